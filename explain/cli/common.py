@@ -1,0 +1,92 @@
+"""What every command shares: option aliases declared once, model loading, error reporting."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from explain.errors import ExplainError, OptionError
+
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+
+F = TypeVar("F", bound=Callable[..., object])
+
+Images = Annotated[list[Path], typer.Argument(help="Image files (several allowed).",
+                                              show_default=False)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec; see `explain models`.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N (default: "
+                                                                "cuda when available).")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target class, name or index.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", min=1,
+                                              help="Images per model call.")]
+OutDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+LogitsOpt = Annotated[bool, typer.Option("--logits", help="The model returns logits: apply a "
+                                                           "softmax.")]
+ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Class names, comma-separated "
+                                                                  "(sfw,nsfw).")]
+InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="Torch/ONNX file models: "
+                                                  "square input size to resize to.")]
+MeanOpt = Annotated[str | None, typer.Option("--mean", help="Torch/ONNX file models: per-channel "
+                                             "mean on [0,1] scale, e.g. 0.485,0.456,0.406.")]
+StdOpt = Annotated[str | None, typer.Option("--std", help="Torch/ONNX file models: per-channel "
+                                            "std, e.g. 0.229,0.224,0.225.")]
+ColormapOpt = Annotated[str, typer.Option("--colormap", help="jet, viridis, … (OpenCV or "
+                                          "matplotlib name).")]
+AlphaOpt = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Heatmap opacity.")]
+
+
+def error_line(message: str) -> None:
+    """One red line on stderr."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def user_errors(fn: F) -> F:
+    """Turn library errors into one red line and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return fn(*args, **kwargs)
+        except ExplainError as exc:
+            error_line(str(exc))
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _floats(text: str | None, what: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(f"{what} must be three comma-separated numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise OptionError(f"{what} must have three values (one per channel), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def load_model(model: str, device: str | None = None, *, logits: bool = False,
+               classes: str | None = None, input_size: int | None = None,
+               mean: str | None = None, std: str | None = None):  # noqa: ANN201
+    """``explain.models.load`` with the CLI's options."""
+    from explain.models import Preprocess, load
+
+    preprocess = None
+    if input_size is not None or mean is not None or std is not None:
+        preprocess = Preprocess(
+            input_size=(input_size, input_size) if input_size else None,
+            mean=_floats(mean, "--mean") or (0.0, 0.0, 0.0),
+            std=_floats(std, "--std") or (1.0, 1.0, 1.0),
+        )
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    return load(model, device, preprocess=preprocess, class_names=names, logits=logits)

@@ -1,0 +1,184 @@
+"""Adapters that turn every kind of model into a :class:`~explain.models.base.Classifier`.
+
+- :class:`TorchClassifier`: an ``nn.Module`` (or a loaded TorchScript module) plus its
+  :class:`~explain.models.base.Preprocess`; white-box methods use its ``module``.
+- :class:`OnnxClassifier`: an ONNX file on onnxruntime (CUDA provider when present), NCHW or NHWC
+  input layout read from the graph.
+- :class:`CallableClassifier`: a Python function taking a uint8 N×H×W×3 numpy batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from explain.errors import ModelError
+from explain.models.base import BaseClassifier, Preprocess, default_device
+
+
+class TorchClassifier(BaseClassifier):
+    """A torch module with its preprocessing; the module runs in eval mode on ``device``."""
+
+    def __init__(self, module: nn.Module, preprocess: Preprocess, *,
+                 class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
+                 logits: bool = False, name: str | None = None,
+                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.device = default_device(device)
+        self.module = module.to(self.device).eval()
+        self.preprocess = preprocess
+        self.input_size = preprocess.input_size
+        self.logits = logits
+        self.name = name or type(module).__name__
+        self.input_transform = input_transform
+        names = class_names or getattr(module, "class_names", None)
+        self.class_names = list(names) if names is not None else None
+
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """The tensor the module sees for an RGB [0, 1] batch (on the module's device)."""
+        x = batch.to(self.device, non_blocking=True)
+        if self.input_transform is not None:
+            x = self.input_transform(x)
+        return self.preprocess(x)
+
+    def _scores(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.module(self.model_input(batch))
+
+    @torch.no_grad()
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Penultimate features, when the module has a ``features`` method."""
+        if not hasattr(self.module, "features"):
+            raise ModelError(f"model {self.name} has no features() method")
+        return self.module.features(self.model_input(batch))
+
+
+def load_torchscript(path: str | os.PathLike, preprocess: Preprocess, **kwargs: object
+                     ) -> TorchClassifier:
+    """A TorchScript file (``.pt``/``.ts``) as a classifier."""
+    device = default_device(kwargs.pop("device", None))  # type: ignore[arg-type]
+    try:
+        module = torch.jit.load(str(path), map_location=device)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ModelError(f"cannot load TorchScript file {path}: {exc}") from exc
+    return TorchClassifier(module, preprocess, device=device, name=Path(path).name,
+                           **kwargs)  # type: ignore[arg-type]
+
+
+class OnnxClassifier(BaseClassifier):
+    """An ONNX model on onnxruntime. The first output is the scores; ``feature_output``, when
+    given, names a graph output holding penultimate features."""
+
+    def __init__(self, model: str | os.PathLike | bytes, preprocess: Preprocess | None = None, *,
+                 class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
+                 logits: bool = False, name: str | None = None,
+                 feature_output: str | None = None,
+                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        import onnxruntime as ort
+
+        wanted = default_device(device)
+        providers = ["CPUExecutionProvider"]
+        if wanted.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"cannot load ONNX model {name or model!s:.200}: {exc}") from exc
+        self.device = torch.device("cuda" if providers[0].startswith("CUDA") else "cpu")
+        self.name = name or Path(str(model)).name
+        inp = self.session.get_inputs()[0]
+        if inp.type != "tensor(float)":
+            raise ModelError(f"ONNX model {self.name} takes {inp.type}; only float inputs work")
+        self.input_name = inp.name
+        shape = list(inp.shape)
+        self.layout = "NHWC" if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3) \
+            else "NCHW"
+        spatial = shape[1:3] if self.layout == "NHWC" else shape[2:4]
+        static = tuple(spatial) if all(isinstance(d, int) for d in spatial) else None
+        self.preprocess = preprocess or Preprocess(input_size=static)  # type: ignore[arg-type]
+        self.input_size = self.preprocess.input_size
+        self.logits = logits
+        self.input_transform = input_transform
+        self.output_name = self.session.get_outputs()[0].name
+        self.feature_output = feature_output
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def _run(self, batch: torch.Tensor, outputs: list[str]) -> list[np.ndarray]:
+        x = batch if self.input_transform is None else self.input_transform(batch)
+        x = self.preprocess(x)
+        if self.layout == "NHWC":
+            x = x.permute(0, 2, 3, 1)
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        try:
+            return self.session.run(outputs, {self.input_name: arr})
+        except Exception as exc:
+            raise ModelError(f"ONNX model {self.name} failed on a batch of shape "
+                             f"{arr.shape}: {exc}") from exc
+
+    def _scores(self, batch: torch.Tensor) -> np.ndarray:
+        return self._run(batch, [self.output_name])[0]
+
+    @torch.no_grad()
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.feature_output is None:
+            raise ModelError(f"ONNX model {self.name} has no feature output")
+        return torch.from_numpy(self._run(batch, [self.feature_output])[0]).to(batch.device)
+
+
+def import_callable(spec: str) -> Callable[..., object]:
+    """``package.module:function`` or ``path/to/file.py:function`` → the function."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ModelError(f"python model spec {spec!r} must look like package.module:function")
+    try:
+        if target.endswith(".py"):
+            file = Path(target)
+            if not file.is_file():
+                raise ModelError(f"python file {target} not found")
+            module_spec = importlib.util.spec_from_file_location(file.stem, file)
+            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(target)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot import {target!r} for model {spec!r}: {exc}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ModelError(f"{target} has no callable named {attr!r}")
+    return fn
+
+
+class CallableClassifier(BaseClassifier):
+    """A Python function ``f(uint8 N×H×W×3 RGB numpy) -> N×C scores``.
+
+    Class names come from ``class_names=``, else the function's ``class_names`` attribute, else
+    they are the indices "0".."C-1" learnt from one probe call.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], object], *,
+                 class_names: Sequence[str] | None = None, logits: bool = False,
+                 name: str | None = None, input_size: tuple[int, int] | None = None) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "callable")
+        self.device = torch.device("cpu")
+        self.input_size = input_size
+        self.logits = logits
+        names = class_names or getattr(fn, "class_names", None)
+        self.class_names = list(names) if names is not None else None
+
+    def _scores(self, batch: torch.Tensor) -> object:
+        arr = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        try:
+            return self.fn(np.ascontiguousarray(arr.cpu().numpy()))
+        except Exception as exc:
+            raise ModelError(f"model {self.name} raised {type(exc).__name__}: {exc}") from exc

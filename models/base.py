@@ -1,0 +1,188 @@
+"""The Classifier contract every explanation method relies on.
+
+A classifier takes a float32 batch N×3×H×W, RGB, values in [0, 1], on any device, and returns
+N×C class probabilities as a torch tensor. It owns its preprocessing (resize, crop, channel order,
+normalisation), its device and its batching limits. ``input_size`` (H, W), when set, is the size
+the model resizes every input to: the engine may resize an image there once and work at that size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from explain.errors import ModelError, TargetError
+
+PROBE_SIZE = 64
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What every black-box method needs of a model."""
+
+    class_names: Sequence[str]
+    device: torch.device
+    input_size: tuple[int, int] | None
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+def resolve_target(classifier: Classifier, target: str | int) -> int:
+    """Class index of ``target``, given by name (``"nsfw"``) or index (``1`` or ``"1"``)."""
+    names = list(classifier.class_names)
+    if isinstance(target, str) and target in names:
+        return names.index(target)
+    try:
+        index = int(target)
+    except (TypeError, ValueError):
+        raise TargetError(
+            f"unknown target {target!r}; this model's classes are {', '.join(names)} "
+            "(give a name or an index)"
+        ) from None
+    if not 0 <= index < len(names):
+        raise TargetError(
+            f"target index {index} is out of range; this model has {len(names)} classes "
+            f"({', '.join(names)})"
+        )
+    return index
+
+
+def check_scores(scores: object, n: int, n_classes: int | None, *, logits: bool, name: str
+                 ) -> torch.Tensor:
+    """Validate a model's raw answer for a batch of ``n`` and return it as probabilities.
+
+    Values outside [0, 1] are logits: they are turned into probabilities with a softmax only when
+    the user said so (``logits=True``), otherwise this is an error naming the model.
+    """
+    try:
+        t = torch.as_tensor(np.asarray(scores) if not torch.is_tensor(scores) else scores)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model {name} returned something that is not an array: {exc}") from exc
+    t = t.float()
+    if t.ndim == 1 and n == 1:
+        t = t.unsqueeze(0)
+    if t.ndim != 2 or t.shape[0] != n or (n_classes is not None and t.shape[1] != n_classes):
+        want = f"({n}, {n_classes})" if n_classes is not None else f"({n}, C)"
+        raise ModelError(
+            f"model {name} returned scores of shape {tuple(t.shape)} for a batch of {n}; "
+            f"expected {want}"
+        )
+    if not torch.isfinite(t).all():
+        raise ModelError(f"model {name} returned NaN or infinite scores")
+    if logits:
+        return torch.softmax(t, dim=1)
+    if t.numel() and (t.min() < -1e-4 or t.max() > 1 + 1e-4):
+        raise ModelError(
+            f"model {name} returned values outside [0, 1] (min {t.min():.3g}, max "
+            f"{t.max():.3g}): these look like logits; pass --logits (logits=True) to apply "
+            "a softmax"
+        )
+    return t
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its input: the description a torch/ONNX adapter needs.
+
+    ``input_size`` is what the image is resized to (bilinear, antialiased), ``crop`` an optional
+    centre crop taken after it, ``mean``/``std`` are given on the ``value_scale`` (1 for [0, 1]
+    inputs, 255 for 0–255 inputs) and in the model's ``channel_order``.
+    """
+
+    input_size: tuple[int, int] | None = (224, 224)
+    crop: tuple[int, int] | None = None
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    channel_order: str = "RGB"
+    value_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ModelError(f"channel_order must be 'RGB' or 'BGR', not {self.channel_order!r}")
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """RGB [0, 1] batch → the model's input tensor (same device)."""
+        x = batch
+        if self.input_size is not None and tuple(x.shape[-2:]) != tuple(self.input_size):
+            x = resize(x, self.input_size)
+        if self.crop is not None:
+            x = center_crop(x, self.crop)
+        if self.channel_order == "BGR":
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * self.value_scale - mean) / std
+
+
+def resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize with antialiasing when shrinking (close to PIL's BILINEAR)."""
+    shrink = size[0] < batch.shape[-2] or size[1] < batch.shape[-1]
+    return F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False,
+                         antialias=shrink)
+
+
+def center_crop(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    h, w = batch.shape[-2:]
+    top, left = (h - size[0]) // 2, (w - size[1]) // 2
+    if top < 0 or left < 0:
+        raise ModelError(f"cannot centre-crop {size} out of an input of {(h, w)}")
+    return batch[..., top:top + size[0], left:left + size[1]]
+
+
+class BaseClassifier:
+    """Shared machinery of the adapters: validation of answers and class-name probing.
+
+    Subclasses implement ``_scores(batch)`` returning raw N×C scores for an RGB [0, 1] batch.
+    """
+
+    name: str = "model"
+    device: torch.device = torch.device("cpu")
+    input_size: tuple[int, int] | None = None
+    logits: bool = False
+    _class_names: list[str] | None = None
+
+    def _scores(self, batch: torch.Tensor) -> object:
+        raise NotImplementedError
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            side = self.input_size or (PROBE_SIZE, PROBE_SIZE)
+            probe = torch.full((1, 3, *side), 0.5, device=self.device)
+            out = check_scores(self._scores(probe), 1, None, logits=True, name=self.name)
+            self._class_names = [str(i) for i in range(out.shape[1])]
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names: Sequence[str] | None) -> None:
+        self._class_names = list(names) if names is not None else None
+
+    @torch.no_grad()
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ModelError(f"a batch must be N×3×H×W, got shape {tuple(batch.shape)}")
+        n_classes = len(self._class_names) if self._class_names is not None else None
+        probs = check_scores(self._scores(batch), batch.shape[0], n_classes, logits=self.logits,
+                             name=self.name)
+        return probs.to(batch.device)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} on {self.device}>"
+
+
+def default_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → CUDA when available, else CPU; anything else as given (validated)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
+    return dev
