@@ -1,1 +1,3 @@
 
+from explain.heatmap import Heatmap
+from explain.render import overlay

@@ -1,0 +1,116 @@
+"""The one renderer: normalisation modes, colormaps, alpha, signed and constant maps, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from explain import Heatmap, overlay
+from explain.errors import OptionError
+from explain.render import colorbar, colorize, colormap_lut, save_png, side_by_side
+
+GRAY = np.full((20, 30, 3), 128, dtype=np.uint8)
+
+
+def ramp(h: int = 20, w: int = 30) -> np.ndarray:
+    return np.tile(np.linspace(0.0, 1.0, w), (h, 1))
+
+
+def test_output_dtype_shape_and_heatmap_object():
+    out = overlay(GRAY, Heatmap(values=ramp(), method="test", target="nsfw"))
+    assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
+
+
+def test_rgb_not_bgr_hot_end_of_jet_is_red():
+    # jet's top colour is red: in RGB the red channel dominates, blue is ~0.
+    hot = overlay(GRAY, np.ones((20, 30)), alpha=1.0, vmin=0.0, vmax=1.0)
+    r, g, b = hot[0, 0].astype(int)
+    assert r > 100 and r > 3 * b and r > g
+    cold = colorize(np.zeros((4, 4)), vmin=0.0, vmax=1.0)[0, 0].astype(int)
+    assert cold[2] > 3 * cold[0]
+
+
+def test_alpha_zero_is_image_one_is_colormap():
+    img = np.random.randint(0, 256, (20, 30, 3), dtype=np.uint8)
+    assert np.array_equal(overlay(img, ramp(), alpha=0.0), img)
+    assert np.array_equal(overlay(img, ramp(), alpha=1.0), colorize(ramp()))
+    half = overlay(img, ramp(), alpha=0.5).astype(int)
+    expected = (img.astype(int) + colorize(ramp()).astype(int)) / 2
+    assert np.abs(half - expected).max() <= 1
+
+
+def test_minmax_is_shift_and_scale_invariant():
+    # the occlusion map and "1 - p(occluded)" differ by a constant: same picture
+    m = np.random.rand(20, 30) - 0.3
+    assert np.array_equal(colorize(m), colorize(m + 0.7))
+    assert np.array_equal(colorize(m), colorize(3.0 * m))
+
+
+def test_percentile_clips_outliers():
+    m = ramp()
+    spiked = m.copy()
+    spiked[0, 0] = 1000.0
+    # minmax: the spike squashes everything else to the bottom colour
+    assert len(np.unique(colorize(spiked).reshape(-1, 3), axis=0)) <= 3
+    clipped = colorize(spiked, normalize="percentile", percentile=99.0)
+    assert len(np.unique(clipped.reshape(-1, 3), axis=0)) > 20
+
+
+def test_fixed_range_compares_images_on_one_scale():
+    low = colorize(np.full((4, 4), 0.25), normalize="fixed", vmin=0.0, vmax=1.0)
+    high = colorize(np.full((4, 4), 0.75), normalize="fixed", vmin=0.0, vmax=1.0)
+    lut = colormap_lut("jet")
+    assert np.array_equal(low[0, 0], lut[64]) and np.array_equal(high[0, 0], lut[191])
+    with pytest.raises(OptionError, match="vmin and vmax"):
+        colorize(np.zeros((4, 4)), normalize="fixed", vmin=0.0)
+
+
+def test_constant_map_no_division_by_zero():
+    with np.errstate(all="raise"):
+        flat = colorize(np.full((5, 5), 0.3))
+        signed = colorize(np.zeros((5, 5)), colormap="bwr")
+    assert np.array_equal(flat[0, 0], colormap_lut("jet")[0])
+    assert np.array_equal(signed[0, 0], colormap_lut("bwr")[128])
+
+
+def test_signed_map_on_diverging_colormap_centres_zero():
+    m = np.array([[-1.0, 0.0, 0.5]])
+    c = colorize(m, colormap="bwr").astype(int)
+    assert c[0, 0, 2] > 200 and c[0, 0, 0] < 50  # negative: blue
+    assert (c[0, 1] > 240).all()  # zero: white, the neutral middle
+    assert c[0, 2, 0] > 200 and c[0, 2, 2] < 200  # positive: red-ish
+    pct = colorize(m, colormap="coolwarm", normalize="percentile", percentile=100.0)
+    assert np.array_equal(pct[0, 1], colormap_lut("coolwarm")[128])
+
+
+def test_colormaps_from_opencv_and_matplotlib_and_unknown():
+    assert not np.array_equal(colormap_lut("jet"), colormap_lut("viridis"))
+    assert colormap_lut("magma").shape == (256, 3)
+    with pytest.raises(OptionError, match="unknown colormap"):
+        colormap_lut("no-such-map")
+
+
+def test_bad_options_are_option_errors():
+    with pytest.raises(OptionError):
+        overlay(GRAY, ramp(), alpha=1.5)
+    with pytest.raises(OptionError):
+        overlay(GRAY, ramp(), normalize="zscore")
+    with pytest.raises(OptionError):
+        overlay(GRAY, np.zeros((2, 3, 4)))
+
+
+def test_smaller_heatmap_is_resized_and_gray_or_float_images_accepted():
+    out = overlay(np.full((20, 30), 0.5), np.random.rand(5, 7))
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+
+
+def test_side_by_side_and_colorbar_and_save_png(tmp_path):
+    img = np.random.randint(0, 256, (40, 50, 3), dtype=np.uint8)
+    pic = side_by_side(img, ramp(40, 50), gap=4)
+    bar = colorbar(40, 0.0, 1.0)
+    assert pic.shape == (40, 3 * 50 + 3 * 4 + bar.shape[1], 3)
+    assert np.array_equal(pic[:, :50], img)
+    path = save_png(tmp_path / "sub" / "x.png", pic)
+    back = np.asarray(Image.open(path))
+    assert back.shape == pic.shape and np.array_equal(back, pic)
