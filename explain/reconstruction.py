@@ -1,0 +1,72 @@
+"""``Reconstruction``: a signed input-space map (deconvnet, guided backprop) and how to show it.
+
+``values`` is float32 (H, W, 3), RGB, in ORIGINAL image coordinates: the derivative of the
+explained score with respect to each input value on the [0, 1] scale. Pixels the model never saw
+(outside its centre crop) are exactly zero. ``magnitude`` is the per-pixel max of ``|values|``
+over the channels (as in Simonyan et al.'s saliency maps), a :class:`~explain.heatmap.Heatmap`
+that every heatmap tool can render.
+
+Two pictures: :meth:`Reconstruction.image` is the Zeiler & Fergus rendering (zero is mid grey,
+the signed values are scaled by a robust maximum, the ``percentile``-th percentile of ``|values|``,
+so a few extreme pixels do not wash the rest out); :meth:`Reconstruction.overlay` blends the
+magnitude on the photo through the shared renderer :func:`explain.render.overlay`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from explain.heatmap import Heatmap
+from explain.render import overlay
+
+
+@dataclass
+class Reconstruction:
+    """A signed (H, W, 3) input-space map plus what it reconstructs.
+
+    ``layer``/``neuron``/``activation`` are set in neuron mode: the layer name, the position of
+    the reconstructed activation in that layer's per-image output (channel, y, x for a conv
+    layer) and its value. ``score`` is the model's probability of ``target`` for the image.
+    """
+
+    values: np.ndarray
+    magnitude: Heatmap
+    method: str
+    target: str
+    score: float | None = None
+    layer: str | None = None
+    neuron: tuple[int, ...] | None = None
+    activation: float | None = None
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape[:2]  # type: ignore[return-value]
+
+    def image(self, *, percentile: float = 99.5) -> np.ndarray:
+        """The Zeiler-style picture: RGB uint8, zero at grey 128, ±robust max at 0/255."""
+        scale = float(np.percentile(np.abs(self.values), percentile))
+        if scale <= 0.0:
+            scale = float(np.abs(self.values).max()) or 1.0
+        centred = 0.5 + 0.5 * np.clip(self.values / scale, -1.0, 1.0)
+        return np.rint(centred * 255.0).astype(np.uint8)
+
+    def overlay(self, image: np.ndarray, *, colormap: str = "jet", alpha: float = 0.5,
+                normalize: str = "percentile", **kwargs: object) -> np.ndarray:
+        """The magnitude blended on ``image`` by the shared renderer (percentile-clipped)."""
+        return overlay(image, self.magnitude, colormap=colormap, alpha=alpha,
+                       normalize=normalize, **kwargs)  # type: ignore[arg-type]
+
+    def metadata(self) -> dict:
+        return {
+            "method": self.method, "target": self.target, "score": self.score,
+            "layer": self.layer, "neuron": list(self.neuron) if self.neuron else None,
+            "activation": self.activation, "seconds": self.seconds,
+            "shape": list(self.values.shape),
+            "min": float(self.values.min()), "max": float(self.values.max()),
+        }
