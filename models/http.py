@@ -18,6 +18,7 @@ malformed reply is an error at once.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import time
 import urllib.error
@@ -82,8 +83,9 @@ class HttpClassifier(BaseClassifier):
                     raise ModelError(f"endpoint {self.url} answered {exc.code} {exc.reason}: "
                                      f"{detail}") from exc
                 last = f"{exc.code} {exc.reason}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                last = str(getattr(exc, "reason", exc))
+            except (urllib.error.URLError, TimeoutError, ConnectionError,
+                    http.client.HTTPException) as exc:
+                last = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
         else:
             raise ModelError(f"endpoint {self.url} failed {self.retries + 1} times; last error: "
                              f"{last}")
@@ -104,8 +106,9 @@ class HttpClassifier(BaseClassifier):
             chunk = [encode_png(a) for a in arr[start:start + self.max_batch]]
             scores = self._post(chunk)["scores"]
             if not isinstance(scores, list) or len(scores) != len(chunk):
-                raise ModelError(f"endpoint {self.url} returned {len(scores) if isinstance(scores, list) else 'no'} "
-                                 f"score rows for {len(chunk)} images")
+                got = len(scores) if isinstance(scores, list) else "no"
+                raise ModelError(f"endpoint {self.url} returned {got} score rows for "
+                                 f"{len(chunk)} images")
             rows.extend(scores)
         try:
             return np.asarray(rows, dtype=np.float32)
