@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from explain.cli import score
+from explain.cli import grid, score
 
 app = typer.Typer(
     name="explain",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.command("score")(score.score)
 app.command("models")(score.models)
+app.command("grid")(grid.grid)
 
 
 def main() -> None:

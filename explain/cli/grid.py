@@ -1,0 +1,101 @@
+"""`explain grid`: a folder of images on a visual-similarity grid (mosaic PNG + grid.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from PIL import Image
+
+from explain.cli.common import (
+    EXIT_BAD_INPUT,
+    BatchOpt,
+    ClassesOpt,
+    DeviceOpt,
+    InputSizeOpt,
+    LogitsOpt,
+    MeanOpt,
+    ModelOpt,
+    StdOpt,
+    TargetOpt,
+    console,
+    error_line,
+    load_model,
+    user_errors,
+)
+from explain.errors import OptionError
+from explain.grid import COLOR_BY, COSTS, draw_mosaic, folder_labels, similarity_grid
+from explain.images import iter_image_files
+
+Folder = Annotated[Path, typer.Argument(help="Folder of images; sub-folders are labels "
+                                        "(DIR/label/img.jpg).", show_default=False)]
+
+
+@user_errors
+def grid(
+    folder: Folder,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Mosaic PNG; grid.json is "
+                                         "written next to it.")] = Path("grid.png"),
+    size: Annotated[int | None, typer.Option("--size", "-s", min=1, help="Fix a SIZE x SIZE "
+                    "grid (images beyond SIZE² are sampled). Default: the smallest near-square "
+                    "grid holding all images.")] = None,
+    model: ModelOpt = "open-nsfw:auto",
+    embed: Annotated[str, typer.Option("--embed", help="features (the model's penultimate "
+                     "layer; its probabilities for a black box), pixels, or package.module:fn "
+                     "(uint8 NxHxWx3 -> NxD).")] = "features",
+    color_by: Annotated[str, typer.Option("--color-by", help="Thumbnail border: score (one more "
+                        "model pass), label (sub-folder) or none.")] = "score",
+    perplexity: Annotated[float, typer.Option("--perplexity", min=0.1, help="t-SNE perplexity "
+                          "(clipped to (N-1)/3 for small N).")] = 30.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of t-SNE, sampling and the random "
+                    "baseline.")] = 0,
+    cost: Annotated[str, typer.Option("--cost", help="Assignment cost: sqeuclidean or "
+                    "euclidean distance point to cell.")] = "sqeuclidean",
+    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours per image in the quality "
+                 "metric.")] = 8,
+    cell_px: Annotated[int, typer.Option("--cell-px", min=8, help="Thumbnail side in "
+                       "pixels.")] = 64,
+    target: TargetOpt = "nsfw",
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    logits: LogitsOpt = False, classes: ClassesOpt = None,
+    input_size: InputSizeOpt = None, mean: MeanOpt = None, std: StdOpt = None,
+) -> None:
+    """Lay a folder of images out on a grid so that similar images sit together."""
+    if color_by not in COLOR_BY:
+        raise OptionError(f"--color-by must be one of {', '.join(COLOR_BY)}, not {color_by!r}")
+    if cost not in COSTS:
+        raise OptionError(f"--cost must be one of {', '.join(COSTS)}, not {cost!r}")
+    if not folder.is_dir():
+        raise OptionError(f"{folder} is not a folder; give a folder of images")
+    paths = list(iter_image_files([folder]))
+    if not paths:
+        raise OptionError(f"no image files in {folder}")
+    labels = folder_labels(folder, paths)
+    if color_by == "label" and labels is None:
+        raise OptionError(f"--color-by label needs sub-folders: {folder}/LABEL/image.jpg")
+    clf = None
+    if embed != "pixels" or color_by == "score":
+        clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
+                         mean=mean, std=std)
+    result = similarity_grid(
+        paths, clf, embed=embed, labels=labels, target=target if color_by == "score" else None,
+        size=size, perplexity=perplexity, seed=seed, cost=cost, k=k, thumb_px=cell_px,
+        batch_size=batch_size or 32, progress=True)
+    for path, reason in result.skipped:
+        error_line(f"{path}: {reason} (skipped)")
+    picture = draw_mosaic(result, color_by=color_by)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(output)
+    json_path = result.save_json(output.with_suffix(".json"))
+    console.print(f"embedding: {result.embed}")
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"quality: {result.quality.summary()}")
+    times = ", ".join(f"{stage} {s:.1f} s" for stage, s in result.seconds.items())
+    console.print(f"{len(result.names)} images on {result.shape[0]}x{result.shape[1]} "
+                  f"({times}); wrote {output} and {json_path}")
+    if result.skipped:
+        console.print(f"{len(result.skipped)} unreadable image(s) skipped")
+        raise typer.Exit(EXIT_BAD_INPUT)
