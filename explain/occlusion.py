@@ -1,0 +1,134 @@
+"""Occlusion sensitivity (Zeiler & Fergus): how much the target's probability drops when a window
+of the image is hidden.
+
+For target class t, each pixel gets the mean, over the windows covering it (see
+:mod:`explain.windows`), of ``p_t(image) − p_t(image with the window filled)``. Positive values
+mark regions that support t. The classic "1 − p_t(occluded)" picture is this map plus the constant
+``1 − p_t(image)``; the renderer's ``minmax`` normalisation is shift-invariant, so both look the
+same.
+
+Relation to captum: with windows captum can express (stride ≤ box and ``(side − box) % stride ==
+0`` on both axes, so that the grids coincide) and the image already at the classifier's input size,
+
+    occlusion_map(...).values == Occlusion(f).attribute(x, sliding_window_shapes=(3, b, b),
+        strides=(3, s, s), baselines=fill, target=t).sum(1)[0] / 3
+
+captum also averages over covering windows and gives every channel the same value, so summing
+the channels and dividing by 3 gives the same per-pixel mean.
+
+Speed: when the classifier declares ``input_size``, the image is resized there once and the
+windows (defined in original pixels) are scaled to it, so no occluded copy is ever resized. Each
+batch of occluded copies is one ``torch.where`` against a mask built by comparing pixel
+coordinates with the batch's window bounds, on the classifier's device, followed by one
+``predict``; the map is accumulated in original coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from explain.errors import OptionError
+from explain.heatmap import Heatmap
+from explain.models.base import Classifier, resize, resolve_target
+from explain.windows import (
+    Progress,
+    as_pair,
+    check_batch_size,
+    image_array,
+    image_tensor,
+    window_grid,
+    window_mean,
+)
+
+FILLS = ("gray", "black", "mean", "blur")
+
+
+def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, int]
+                  ) -> np.ndarray:
+    """Windows in ``shape`` pixels → the same windows in ``size`` pixels (rounded, never empty)."""
+    scale = np.array([size[0] / shape[0], size[1] / shape[1]] * 2)
+    scaled = np.floor(windows * scale + 0.5).astype(np.int64)
+    limit = np.array([size[0], size[1]])
+    scaled[:, :2] = np.minimum(scaled[:, :2], limit - 1)
+    scaled[:, 2:] = np.clip(scaled[:, 2:], scaled[:, :2] + 1, limit)
+    return scaled
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (1, 3, H, W) tensor, edges replicated."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).repeat(3, 1, 1, 1)
+    x = F.pad(x, (radius, radius, 0, 0), mode="replicate")
+    x = F.conv2d(x, kernel.view(3, 1, 1, -1), groups=3)
+    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(x, kernel.view(3, 1, -1, 1), groups=3)
+
+
+def fill_values(x: torch.Tensor, fill: str, box: tuple[int, int]) -> torch.Tensor:
+    """What a window is filled with: ``gray`` (0.5), ``black`` (0), ``mean`` (the image's mean
+    colour) or ``blur`` (the image blurred with σ = half the box side, so that nothing of the
+    box's content survives); broadcastable to ``x``."""
+    if fill == "gray":
+        return torch.full((1, 3, 1, 1), 0.5, dtype=x.dtype, device=x.device)
+    if fill == "black":
+        return torch.zeros((1, 3, 1, 1), dtype=x.dtype, device=x.device)
+    if fill == "mean":
+        return x.mean(dim=(2, 3), keepdim=True)
+    if fill == "blur":
+        return gaussian_blur(x, max(box) / 2.0)
+    raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
+
+
+@torch.no_grad()
+def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
+                  box: int | tuple[int, int] = 64, stride: int | tuple[int, int] = 48,
+                  fill: str = "gray", target: str | int = "nsfw", batch_size: int | None = None,
+                  progress: Progress | None = None) -> Heatmap:
+    """Occlusion sensitivity map of ``image`` for ``target`` (see the module docstring).
+
+    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path; ``box``/``stride`` are in
+    original pixels, one int or (h, w). ``progress(done, total)`` is called after each batch.
+    """
+    start = time.perf_counter()
+    if fill not in FILLS:
+        raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
+    rgb = image_array(image)
+    shape = rgb.shape[:2]
+    t = resolve_target(classifier, target)
+    windows = window_grid(shape, box, stride)
+    device = classifier.device
+    x = image_tensor(rgb, device)
+    size = tuple(classifier.input_size) if classifier.input_size else shape
+    if size != shape:
+        x = resize(x, size)
+    scaled = scale_windows(windows, shape, size)
+    baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
+    # row 0 is an empty window: the unoccluded image, scored in the first batch
+    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled])).to(device)
+    rows = torch.arange(size[0], device=device).view(1, 1, -1, 1)
+    cols = torch.arange(size[1], device=device).view(1, 1, 1, -1)
+    n = len(bounds)
+    step = check_batch_size(batch_size, device, size)
+    scores = torch.empty(n, device=device)
+    for lo in range(0, n, step):
+        b = bounds[lo:lo + step, :, None, None]
+        in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
+        mask = in_rows & ((cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
+        scores[lo:lo + len(b)] = classifier.predict(torch.where(mask, baseline, x))[:, t]
+        if progress is not None:
+            progress(min(lo + step, n) - 1, n - 1)
+    p = scores.double().cpu().numpy()
+    values = window_mean(shape, windows, p[0] - p[1:])
+    return Heatmap(values=values, method="occlusion", target=classifier.class_names[t],
+                   score=float(p[0]), box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
+                   stride=as_pair(stride, "stride"), windows=len(windows),
+                   seconds=time.perf_counter() - start,
+                   params={"fill": fill, "batch_size": step, "work_size": list(size)})

@@ -1,0 +1,75 @@
+"""Sliding-window map: where in the image the classifier sees the target on its own.
+
+Each window (see :mod:`explain.windows`) is cropped, resized to the classifier's input size (when
+it declares one; otherwise fed at the box size) and scored alone; each pixel gets the mean of
+``p_t(crop)`` over the windows covering it. It answers "which part, shown by itself, is
+classified as t", a complement to occlusion, which asks "which part, hidden, changes the score".
+
+Speed: the whole image goes to the classifier's device once; each batch of crops is one gather
+(pixel indices built from the batch's window starts) and one resize, followed by one ``predict``.
+The resize is the one the classifier's own preprocessing applies, so the scores equal scoring each
+crop separately.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from explain.heatmap import Heatmap
+from explain.models.base import Classifier, resize, resolve_target
+from explain.windows import (
+    Progress,
+    as_pair,
+    check_batch_size,
+    image_array,
+    image_tensor,
+    window_grid,
+    window_mean,
+)
+
+
+@torch.no_grad()
+def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
+                       box: int | tuple[int, int] = 64, stride: int | tuple[int, int] = 48,
+                       target: str | int = "nsfw", batch_size: int | None = None,
+                       progress: Progress | None = None) -> Heatmap:
+    """Sliding-window map of ``image`` for ``target`` (see the module docstring).
+
+    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path; ``box``/``stride`` are in
+    original pixels, one int or (h, w). ``score`` is the whole image's probability of ``target``.
+    """
+    start = time.perf_counter()
+    rgb = image_array(image)
+    shape = rgb.shape[:2]
+    t = resolve_target(classifier, target)
+    windows = window_grid(shape, box, stride)
+    device = classifier.device
+    x = image_tensor(rgb, device)[0]
+    score = float(classifier.predict(x.unsqueeze(0))[0, t])
+    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
+    size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)
+    starts = torch.from_numpy(windows[:, :2]).to(device)
+    dy = torch.arange(bh, device=device)
+    dx = torch.arange(bw, device=device)
+    n = len(windows)
+    step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])))
+    scores = torch.empty(n, device=device)
+    for lo in range(0, n, step):
+        s = starts[lo:lo + step]
+        ys = (s[:, 0:1] + dy)[:, :, None]
+        xs = (s[:, 1:2] + dx)[:, None, :]
+        crops = x[:, ys, xs].transpose(0, 1)
+        if size != (bh, bw):
+            crops = resize(crops, size)
+        scores[lo:lo + len(s)] = classifier.predict(crops)[:, t]
+        if progress is not None:
+            progress(min(lo + step, n), n)
+    values = window_mean(shape, windows, scores.double().cpu().numpy())
+    return Heatmap(values=values, method="sliding", target=classifier.class_names[t], score=score,
+                   box=(bh, bw), stride=as_pair(stride, "stride"), windows=n,
+                   seconds=time.perf_counter() - start,
+                   params={"batch_size": step, "crop_size": list(size)})
