@@ -23,8 +23,8 @@ F = TypeVar("F", bound=Callable[..., object])
 Images = Annotated[list[Path], typer.Argument(help="Image files (several allowed).",
                                               show_default=False)]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec; see `explain models`.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N (default: "
-                                                                "cuda when available).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N (default "
+                                                                "auto: cuda when available).")]
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target class, name or index.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", min=1,
                                               help="Images per model call.")]
@@ -42,6 +42,26 @@ StdOpt = Annotated[str | None, typer.Option("--std", help="Torch/ONNX file model
 ColormapOpt = Annotated[str, typer.Option("--colormap", help="jet, viridis, … (OpenCV or "
                                           "matplotlib name).")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Heatmap opacity.")]
+BoxOpt = Annotated[str, typer.Option("--box", help="Window side in original pixels: N or H,W.")]
+StrideOpt = Annotated[str, typer.Option("--stride", help="Window step in original pixels: N or "
+                                        "H,W (at most the box).")]
+FillOpt = Annotated[str, typer.Option("--fill", help="Occluder: gray, black, mean or blur.")]
+SaveNpyOpt = Annotated[bool, typer.Option("--save-npy", help="Also write the raw map as "
+                                          "NAME.METHOD.npy + .json.")]
+SideBySideOpt = Annotated[bool, typer.Option("--side-by-side", help="Also write "
+                                             "NAME.METHOD.side.png: original | heatmap | overlay "
+                                             "with a colour bar.")]
+
+
+def int_pair(text: str, option: str) -> int | tuple[int, int]:
+    """``"64"`` → 64, ``"64,32"`` → (64, 32), for --box / --stride."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise OptionError(f"{option} must be an integer or H,W, got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
 
 
 def error_line(message: str) -> None:
@@ -77,7 +97,8 @@ def _floats(text: str | None, what: str) -> tuple[float, float, float] | None:
 
 def load_model(model: str, device: str | None = None, *, logits: bool = False,
                classes: str | None = None, input_size: int | None = None,
-               mean: str | None = None, std: str | None = None):  # noqa: ANN201
+               mean: str | None = None, std: str | None = None,
+               jpeg_reencode: bool = False):  # noqa: ANN201
     """``explain.models.load`` with the CLI's options."""
     from explain.models import Preprocess, load
 
@@ -89,4 +110,5 @@ def load_model(model: str, device: str | None = None, *, logits: bool = False,
             std=_floats(std, "--std") or (1.0, 1.0, 1.0),
         )
     names = [c.strip() for c in classes.split(",")] if classes else None
-    return load(model, device, preprocess=preprocess, class_names=names, logits=logits)
+    return load(model, device, preprocess=preprocess, class_names=names, logits=logits,
+                jpeg_reencode=jpeg_reencode)

@@ -5,15 +5,28 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from explain.cli.common import (
-    EXIT_BAD_INPUT, ClassesOpt, DeviceOpt, Images, InputSizeOpt, LogitsOpt, MeanOpt, ModelOpt,
-    StdOpt, TargetOpt, console, error_line, load_model, user_errors,
+    EXIT_BAD_INPUT,
+    ClassesOpt,
+    DeviceOpt,
+    Images,
+    InputSizeOpt,
+    LogitsOpt,
+    MeanOpt,
+    ModelOpt,
+    StdOpt,
+    TargetOpt,
+    console,
+    error_line,
+    load_model,
+    user_errors,
 )
 from explain.errors import ExplainError
 from explain.images import load_image, to_tensor
-from explain.models import SPEC_FORMS, resolve_target
+from explain.models import BUNDLED, SPEC_FORMS, resolve_target
 
 
 @user_errors
@@ -25,13 +38,8 @@ def score(images: Images, model: ModelOpt = "open-nsfw", device: DeviceOpt = Non
           logits: LogitsOpt = False, classes: ClassesOpt = None,
           input_size: InputSizeOpt = None, mean: MeanOpt = None, std: StdOpt = None) -> None:
     """Print each image's class probabilities."""
-    from explain.models import load
-
-    if jpeg_reencode:
-        clf = load(model, device, jpeg_reencode=True)
-    else:
-        clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
-                         mean=mean, std=std)
+    clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
+                     mean=mean, std=std, jpeg_reencode=jpeg_reencode)
     names = list(clf.class_names)
     t = resolve_target(clf, target)
     rows, failed = [], 0
@@ -47,13 +55,13 @@ def score(images: Images, model: ModelOpt = "open-nsfw", device: DeviceOpt = Non
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        table = Table(title=f"{getattr(clf, 'name', model)} — target {names[t]}")
+        table = Table(title=escape(f"{getattr(clf, 'name', model)} — target {names[t]}"))
         table.add_column("image")
         for name in names:
-            table.add_column(name, justify="right")
+            table.add_column(escape(name), justify="right")
         for row in rows:
             if "scores" in row:
-                table.add_row(row["path"], *(f"{row['scores'][n]:.4f}" for n in names))
+                table.add_row(escape(row["path"]), *(f"{row['scores'][n]:.4f}" for n in names))
         console.print(table)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -61,9 +69,10 @@ def score(images: Images, model: ModelOpt = "open-nsfw", device: DeviceOpt = Non
 
 def models() -> None:
     """List the bundled models and the model spec forms accepted by --model."""
-    table = Table(title="--model accepts")
-    table.add_column("spec")
-    table.add_column("what")
-    for spec, what in SPEC_FORMS.items():
-        table.add_row(spec, what)
-    console.print(table)
+    for title, rows in (("bundled models", BUNDLED), ("--model accepts", SPEC_FORMS)):
+        table = Table(title=title)
+        table.add_column("spec")
+        table.add_column("what")
+        for spec, what in rows.items():
+            table.add_row(escape(spec), escape(what))
+        console.print(table)
