@@ -1,0 +1,397 @@
+"""The audit's outputs, rebuilt from the store on every call (cheap, and always consistent):
+
+``scores.csv`` (one row per scored image), ``errors.csv`` (path, reason), ``parts.csv`` (one row
+per detected part), ``concepts.csv`` (per group and concept: count, image share, mean score drop,
+mean heat share, mean area share), ``histogram.png`` and ``roc.png``, the similarity mosaic
+``grid.png`` + ``grid.json`` (when :mod:`explain.grid` is installed), and ``audit.html``: one
+self-contained page (pictures inlined as base64; jinja2 with autoescaping, since file names and
+labels are untrusted text).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import jinja2
+import numpy as np
+from PIL import Image
+
+from explain.audit import metrics as m
+from explain.audit.store import ImageRow, Store
+from explain.errors import ExplainError
+from explain.images import load_image
+from explain.models import Classifier
+
+DISPLAY_SIDE = 256
+HTML_ERRORS = 500
+PART_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+                (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of images that concept statistics are aggregated over (an SQL condition)."""
+
+    name: str
+    where: str
+    args: tuple
+
+
+def groups(labels: list[str], target: str, threshold: float) -> list[Group]:
+    """False positives and every non-target label, then false negatives and the target label;
+    for unlabeled data, all images and those at or above the threshold."""
+    if not labels:
+        return [Group("all images", "1", ()),
+                Group(f"score ≥ {threshold:g}", "score >= ?", (threshold,))]
+    out = [Group("false positives", "label IS NOT NULL AND label != ? AND score >= ?",
+                 (target, threshold))]
+    out += [Group(f"all {label}", "label = ?", (label,)) for label in labels if label != target]
+    if target in labels:
+        out += [Group("false negatives", "label = ? AND score < ?", (target, threshold)),
+                Group(f"all {target}", "label = ?", (target,))]
+    return out
+
+
+def concept_table(store: Store, group: Group) -> tuple[int, list[dict]]:
+    """(images in the group with parts detected, per-concept statistics sorted by mean drop)."""
+    where = f"i.run = ? AND i.score IS NOT NULL AND i.concepts_at IS NOT NULL AND ({group.where})"
+    n_images = store.db.execute(f"SELECT COUNT(*) FROM images i WHERE {where}",
+                                (store.run, *group.args)).fetchone()[0]
+    rows = store.db.execute(
+        "SELECT p.concept, COUNT(*), COUNT(DISTINCT p.image), AVG(p.score_drop), "
+        "AVG(p.heat_share), COUNT(p.heat_share), AVG(p.area_share), AVG(p.confidence) "
+        f"FROM parts p JOIN images i ON i.id = p.image WHERE {where} GROUP BY p.concept "
+        "ORDER BY AVG(p.score_drop) DESC, p.concept", (store.run, *group.args)).fetchall()
+    keys = ("concept", "parts", "images", "mean_score_drop", "mean_heat_share", "heat_parts",
+            "mean_area_share", "mean_confidence")
+    table = [dict(zip(keys, r, strict=True)) for r in rows]
+    for row in table:
+        row["image_share"] = row["images"] / n_images if n_images else None
+    return n_images, table
+
+
+def concept_matrix(concept_groups: list[dict]) -> list[dict]:
+    """One row per concept with its statistics in each group (``None`` where absent), sorted by
+    the first group's mean score drop (the false positives when the data is labeled)."""
+    names: dict[str, list] = {}
+    for g, group in enumerate(concept_groups):
+        for row in group["concepts"]:
+            names.setdefault(row["concept"], [None] * len(concept_groups))[g] = row
+
+    def order(item: tuple[str, list]) -> tuple:
+        first = item[1][0]
+        return (first is None, -(first["mean_score_drop"] if first else 0.0), item[0])
+
+    return [{"concept": c, "cells": cells} for c, cells in sorted(names.items(), key=order)]
+
+
+def data_uri(rgb: np.ndarray, fmt: str = "JPEG") -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, format=fmt, quality=85)
+    kind = "jpeg" if fmt == "JPEG" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def file_uri(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    kind = "png" if path.suffix.lower() == ".png" else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _display(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    h, w = rgb.shape[:2]
+    scale = min(1.0, DISPLAY_SIDE / max(h, w))
+    if scale == 1.0:
+        return rgb, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+
+
+def draw_parts(rgb: np.ndarray, parts: list[dict]) -> np.ndarray:
+    """The image at display size with each part's box and number drawn on it."""
+    small, scale = _display(rgb)
+    small = small.copy()
+    for p in parts:
+        colour = PART_COLOURS[p["n"] % len(PART_COLOURS)]
+        top, left = round(p["top"] * scale), round(p["left"] * scale)
+        bottom, right = round(p["bottom"] * scale) - 1, round(p["right"] * scale) - 1
+        cv2.rectangle(small, (left, top), (right, bottom), colour, 2)
+        cv2.putText(small, str(p["n"] + 1), (left + 3, top + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    colour, 2, cv2.LINE_AA)
+    return small
+
+
+def _predicted(probs: list[float], class_names: list[str], t: int, threshold: float) -> str:
+    if probs[t] >= threshold:
+        return class_names[t]
+    others = [i for i in range(len(probs)) if i != t]
+    return class_names[max(others, key=lambda i: probs[i])]
+
+
+def _outcome(label: str | None, predicted: str, target: str) -> str:
+    if label is None:
+        return ""
+    positive, called = label == target, predicted == target
+    return {(True, True): "TP", (False, True): "FP", (True, False): "FN",
+            (False, False): "TN"}[(positive, called)]
+
+
+def write_scores(store: Store, path: Path, class_names: list[str], target: str,
+                 threshold: float) -> dict:
+    """``scores.csv``, streamed from the store; returns what the metrics need."""
+    t = class_names.index(target)
+    labels: list[str | None] = []
+    scores: list[float] = []
+    predicted: list[str] = []
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "score", "predicted", "outcome", "height", "width",
+                         *(f"p_{name}" for name in class_names)])
+        for p, label, score, probs, h, w in store.db.execute(
+                "SELECT path, label, score, probs, height, width FROM images WHERE run = ? AND "
+                "score IS NOT NULL ORDER BY id", (store.run,)):
+            values = json.loads(probs)
+            pred = _predicted(values, class_names, t, threshold)
+            writer.writerow([p, label or "", f"{score:.6f}", pred, _outcome(label, pred, target),
+                             h, w, *(f"{v:.6f}" for v in values)])
+            labels.append(label)
+            scores.append(score)
+            predicted.append(pred)
+    return {"labels": labels, "scores": np.array(scores, dtype=np.float64),
+            "predicted": predicted}
+
+
+def write_errors(store: Store, path: Path) -> list[tuple[str, str]]:
+    """``errors.csv``; returns the first :data:`HTML_ERRORS` rows for the page."""
+    shown = []
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        for p, reason in store.errors():
+            writer.writerow([p, reason])
+            if len(shown) < HTML_ERRORS:
+                shown.append((p, reason))
+    return shown
+
+
+def write_parts(store: Store, path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "score", "part", "concept", "confidence", "top", "left",
+                         "bottom", "right", "area_share", "score_drop", "heat_share"])
+        for row in store.db.execute(
+                "SELECT i.path, i.label, i.score, p.n, p.concept, p.confidence, p.top, p.left, "
+                "p.bottom, p.right, p.area_share, p.score_drop, p.heat_share FROM parts p JOIN "
+                "images i ON i.id = p.image WHERE i.run = ? ORDER BY i.id, p.n", (store.run,)):
+            writer.writerow(["" if v is None else v for v in row])
+
+
+def write_concepts(store: Store, path: Path, group_list: list[Group]) -> list[dict]:
+    """``concepts.csv``; returns the groups with their tables for the page."""
+    out = []
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "group_images", "concept", "parts", "images", "image_share",
+                         "mean_score_drop", "mean_heat_share", "heat_parts", "mean_area_share",
+                         "mean_confidence"])
+        for group in group_list:
+            n, table = concept_table(store, group)
+            out.append({"name": group.name, "images": n, "concepts": table})
+            for r in table:
+                writer.writerow([group.name, n, r["concept"], r["parts"], r["images"],
+                                 _num(r["image_share"]), _num(r["mean_score_drop"]),
+                                 _num(r["mean_heat_share"]), r["heat_parts"],
+                                 _num(r["mean_area_share"]), _num(r["mean_confidence"])])
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def compute_metrics(seen: dict, target: str, threshold: float, class_names: list[str]) -> dict:
+    """Metrics over the labeled scored images (empty when none is labeled)."""
+    labeled = [i for i, lab in enumerate(seen["labels"]) if lab is not None]
+    if not labeled:
+        return {}
+    scores = seen["scores"][labeled]
+    true = [seen["labels"][i] for i in labeled]
+    positive = np.array([lab == target for lab in true])
+    out = m.at_threshold(scores, positive, threshold)
+    out["auc"] = m.roc_auc(scores, positive)
+    rows = [c for c in class_names if c in set(true)]
+    out["confusion_labels"] = rows
+    out["confusion_columns"] = list(class_names)
+    matrix = m.confusion_matrix(true, [seen["predicted"][i] for i in labeled], class_names)
+    out["confusion"] = [matrix[class_names.index(r)].tolist() for r in rows]
+    out["labeled"] = len(labeled)
+    return out
+
+
+def write_plots(folder: Path, seen: dict, metrics_: dict, target: str, threshold: float
+                ) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    if len(seen["scores"]) == 0:
+        return files
+    by_label: dict[str, list[float]] = {}
+    for lab, s in zip(seen["labels"], seen["scores"], strict=True):
+        by_label.setdefault(lab if lab is not None else "unlabeled", []).append(s)
+    files["histogram"] = m.histogram_png(folder / "histogram.png",
+                                         {k: np.array(v) for k, v in sorted(by_label.items())},
+                                         threshold, target)
+    if metrics_.get("auc") is not None:
+        labeled = [i for i, lab in enumerate(seen["labels"]) if lab is not None]
+        positive = np.array([seen["labels"][i] == target for i in labeled])
+        fpr, tpr, _ = m.roc_curve(seen["scores"][labeled], positive)
+        files["roc"] = m.roc_png(folder / "roc.png", fpr, tpr, metrics_["auc"])
+    return files
+
+
+def mosaic_sample(store: Store, first: list[ImageRow], limit: int) -> tuple[list[str], list]:
+    """The heatmap images first, then evenly spaced others, at most ``limit`` in all."""
+    paths = [r.path for r in first][:limit]
+    labels = [r.label for r in first][:limit]
+    taken = set(paths)
+    total = store.count("score IS NOT NULL")
+    room = limit - len(paths)
+    if room > 0 and total:
+        step = max(1, total // room)
+        for k, (_, p, label, _) in enumerate(store.scored()):
+            if len(paths) >= limit:
+                break
+            if k % step == 0 and p not in taken:
+                paths.append(p)
+                labels.append(label)
+    return paths, labels
+
+
+def write_mosaic(store: Store, folder: Path, classifier: Classifier, target: str,
+                 first: list[ImageRow], limit: int) -> tuple[dict | None, list[str]]:
+    """``grid.png`` + ``grid.json`` of a sample (done once per run); (section, notes)."""
+    try:
+        from explain import grid as grid_module
+    except ImportError:
+        return None, []
+    png, js = folder / "grid.png", folder / "grid.json"
+    if limit < 4:
+        return None, []
+    if not (store.stage_done("mosaic") and png.is_file() and js.is_file()):
+        paths, labels = mosaic_sample(store, first, limit)
+        if len(paths) < 4:
+            return None, ["mosaic skipped: fewer than 4 scored images"]
+        use_labels = all(lab is not None for lab in labels)
+        try:
+            grid = grid_module.similarity_grid(paths, classifier,
+                                               labels=labels if use_labels else None,
+                                               target=target,
+                                               perplexity=min(30.0, (len(paths) - 1) / 3.0))
+            picture = grid_module.draw_mosaic(grid, color_by="label" if use_labels else "score")
+        except ExplainError as exc:
+            return None, [f"mosaic skipped: {exc}"]
+        Image.fromarray(picture, "RGB").save(png, format="PNG")
+        grid.save_json(js)
+        store.mark_stage("mosaic")
+    info = json.loads(js.read_text())
+    return {"uri": file_uri(png), "images": len(info.get("images", {})),
+            "rows": info.get("rows"), "cols": info.get("cols"), "embed": info.get("embed"),
+            "quality": info.get("quality", {})}, []
+
+
+def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[dict]:
+    """Cards of one kind (fp, fn, top) for the page: pictures, score, parts."""
+    rank = 0
+    for k, row in targets:
+        if k != kind:
+            continue
+        rank += 1
+        card = {"rank": rank, "path": row.path, "label": row.label, "score": row.score,
+                "parts": store.parts(row.id), "original": None, "overlay": None, "error": None}
+        done = store.heatmap(row.id)
+        if done is not None:
+            card["overlay"] = file_uri(folder / done["png"])
+            card["png"] = done["png"]
+        try:
+            card["original"] = data_uri(draw_parts(load_image(row.path), card["parts"]))
+        except ExplainError as exc:
+            card["error"] = str(exc)
+        yield card
+
+
+def _gallery_kinds(labeled: bool, target: str, threshold: float) -> list[tuple[str, str, str]]:
+    if not labeled:
+        return [("top", "Highest scores", f"highest p({target}) first")]
+    return [("fp", "False positives", f"true label is not {target}, p({target}) ≥ "
+             f"{threshold:g}; highest score first"),
+            ("fn", "False negatives", f"true label is {target}, p({target}) < {threshold:g}; "
+             "lowest score first")]
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("explain", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target: str,
+                  class_names: list[str], options: object, targets: list, labels: list[str],
+                  notes: list[str], seconds: dict[str, float]):  # noqa: ANN201
+    """Every output file of the run; returns the :class:`~explain.audit.run.AuditResult`."""
+    from explain.audit.run import AuditResult
+
+    o = options
+    files = {name: folder / f"{name}.csv" for name in ("scores", "errors", "concepts", "parts")}
+    seen = write_scores(store, files["scores"], class_names, target, o.threshold)
+    errors = write_errors(store, files["errors"])
+    group_list = groups(labels, target, o.threshold)
+    concept_groups = write_concepts(store, files["concepts"], group_list) if o.concepts else []
+    if o.concepts:
+        write_parts(store, files["parts"])
+    else:
+        for name in ("parts", "concepts"):
+            files.pop(name).unlink(missing_ok=True)
+    metrics_ = compute_metrics(seen, target, o.threshold, class_names)
+    files.update(write_plots(folder, seen, metrics_, target, o.threshold))
+    mosaic, mosaic_notes = write_mosaic(store, folder, classifier, target,
+                                        [row for _, row in targets], o.mosaic)
+    if mosaic is not None:
+        files["grid"] = folder / "grid.png"
+    n_images = store.count()
+    n_failed = store.count("error IS NOT NULL")
+    n_heat = store.db.execute("SELECT COUNT(*) FROM heatmaps h JOIN images i ON i.id = h.image "
+                              "WHERE i.run = ?", (store.run,)).fetchone()[0]
+    run_row = store.db.execute("SELECT created FROM runs WHERE id = ?", (store.run,)).fetchone()
+    page = {
+        "params": store.params, "key": store.key, "run": store.run, "resumed": store.resumed,
+        "created": datetime.fromtimestamp(run_row[0], timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "previous": store.previous_runs(), "target": target, "threshold": o.threshold,
+        "options": o, "images": n_images, "scored": len(seen["scores"]), "failed": n_failed,
+        "unlabeled": sum(1 for lab in seen["labels"] if lab is None), "labels": labels,
+        "metrics": metrics_, "seconds": seconds, "notes": notes + mosaic_notes,
+        "histogram": file_uri(files["histogram"]) if "histogram" in files else None,
+        "roc": file_uri(files["roc"]) if "roc" in files else None,
+        "concepts": concept_groups,
+        "concept_rows": concept_matrix(concept_groups), "mosaic": mosaic, "errors": errors,
+        "galleries": [
+            {"kind": kind, "title": title, "help": text,
+             "cards": list(gallery(store, folder, targets, kind))}
+            for kind, title, text in _gallery_kinds(bool(labels), target, o.threshold)],
+    }
+    files["html"] = folder / "audit.html"
+    html = _environment().get_template("audit.html.j2").render(a=page)
+    tmp = folder / "audit.html.tmp"
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, files["html"])
+    return AuditResult(output=folder, run=store.run, key=store.key, resumed=store.resumed,
+                       images=n_images, scored=len(seen["scores"]), failed=n_failed,
+                       heatmaps=n_heat, metrics=metrics_, files=files)

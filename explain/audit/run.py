@@ -1,0 +1,433 @@
+"""Orchestration of ``explain audit``: list → score (+ parts) → heatmaps for the top-k → outputs.
+
+Every stage reads what is left to do from the store and writes each result as it is computed,
+so the same call after a kill resumes where the last committed batch ended:
+
+1. **list**: the dataset's (path, label) rows go into the store once (``runs.listed`` marks the
+   listing complete; files added later are not picked up by a resumed run).
+2. **score**: images still without a score (or, with concepts on, without a part detection) are
+   read by a small thread pool one batch ahead, resized once to the classifier's input size,
+   scored in batches on the classifier's device, and the part detector and the part-occlusion
+   pass run on the same decoded pixels. A bad file becomes an error row; a batch that the model
+   rejects is retried image by image so that only the culprit fails.
+3. **heatmaps**: the top-k false positives (true label ≠ target, score ≥ threshold, highest first)
+   and false negatives (true label = target, score < threshold, lowest first), or for unlabeled
+   data the top-k scores, get an occlusion map each; its PNGs are written first and its row (with
+   the heat shares of the image's parts) committed after, so a kill leaves no row without files.
+4. **mosaic** (when :mod:`explain.grid` is available) and the outputs, rebuilt from the store on
+   every call: ``scores.csv``, ``errors.csv``, ``concepts.csv``, ``parts.csv``, plots and
+   ``audit.html``.
+
+Memory is bounded by a few batches of images plus one heatmap, whatever the dataset's size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from explain.audit.concepts import (
+    NudeNetDetector,
+    PartDetector,
+    area_share,
+    heat_share,
+    scale_part,
+    score_drops,
+)
+from explain.audit.dataset import open_dataset
+from explain.audit.store import ImageRow, Store
+from explain.errors import ExplainError, ModelError, OptionError
+from explain.heatmap import Heatmap
+from explain.images import DEFAULT_MAX_PIXELS, load_image, to_tensor
+from explain.models import Classifier, load, resolve_target
+from explain.models.base import resize
+from explain.occlusion import FILLS, occlusion_map
+from explain.render import overlay, save_png
+
+AUDIT_FORMAT = 1
+DETECT_SIDE = 640
+SAVED_SIDE = 512
+DEFAULT_BATCH = 32
+
+
+@dataclass
+class AuditOptions:
+    """Everything that shapes an audit; all but ``top``, ``batch_size``, ``workers``,
+    ``colormap``, ``alpha`` and ``mosaic`` are part of the run key."""
+
+    threshold: float = 0.5
+    top: int = 50
+    box: int = 64
+    stride: int = 48
+    fill: str = "gray"
+    target: str = "nsfw"
+    concepts: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int | None = None
+    workers: int = 4
+    colormap: str = "jet"
+    alpha: float = 0.5
+    mosaic: int = 256
+
+    def check(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise OptionError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.top < 0:
+            raise OptionError(f"top must be 0 or more, got {self.top}")
+        if self.box < 1 or self.stride < 1:
+            raise OptionError(f"box and stride must be at least 1 pixel, got {self.box}, "
+                              f"{self.stride}")
+        if self.fill not in FILLS:
+            raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise OptionError(f"workers must be at least 1, got {self.workers}")
+
+
+@dataclass
+class AuditResult:
+    """Where the audit went and what it found; ``metrics`` is empty for unlabeled data."""
+
+    output: Path
+    run: int
+    key: str
+    resumed: bool
+    images: int
+    scored: int
+    failed: int
+    heatmaps: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def code_version() -> str:
+    try:
+        package = version("explain")
+    except PackageNotFoundError:
+        package = "unknown"
+    return f"explain {package}, audit format {AUDIT_FORMAT}"
+
+
+def model_spec(model: object, classifier: Classifier) -> str:
+    """How the model enters the run key: its spec string, or for an object its kind and name."""
+    if isinstance(model, str | os.PathLike):
+        return str(model)
+    return f"{type(classifier).__name__}:{getattr(classifier, 'name', '?')}"
+
+
+class Rate:
+    """A rich progress bar with images/s, or nothing when progress is off."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress = None
+
+    @contextmanager
+    def task(self, title: str, total: int) -> Iterator:
+        if not self.enabled:
+            yield lambda n=1: None
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class Speed(ProgressColumn):
+            def render(self, task: object) -> Text:
+                elapsed = task.elapsed or 0.0  # type: ignore[attr-defined]
+                done = task.completed  # type: ignore[attr-defined]
+                return Text(f"{done / elapsed if elapsed else 0.0:.1f} images/s", style="cyan")
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      Speed(), TimeElapsedColumn(), TimeRemainingColumn(),
+                      transient=False) as bar:
+            task_id = bar.add_task(title, total=total)
+            yield lambda n=1: bar.advance(task_id, n)
+
+
+@dataclass
+class Loaded:
+    row: ImageRow
+    x: torch.Tensor | None = None
+    shape: tuple[int, int] | None = None
+    small: np.ndarray | None = None
+    factor: float = 1.0
+    error: str | None = None
+
+
+def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
+          max_pixels: int) -> Loaded:
+    """Decode one file and prepare what the scoring pass needs (off the main thread)."""
+    try:
+        rgb = load_image(row.path, max_pixels=max_pixels)
+    except ExplainError as exc:
+        return Loaded(row, error=getattr(exc, "reason", str(exc)))
+    shape = rgb.shape[:2]
+    x = to_tensor(rgb)
+    if input_size is not None and tuple(input_size) != shape:
+        x = resize(x, tuple(input_size))
+    small, factor = None, 1.0
+    if need_small:
+        factor = min(1.0, DETECT_SIDE / max(shape))
+        small = rgb if factor == 1.0 else cv2.resize(
+            rgb, (max(1, round(shape[1] * factor)), max(1, round(shape[0] * factor))),
+            interpolation=cv2.INTER_AREA)
+    return Loaded(row, x=x[0], shape=shape, small=small, factor=factor)
+
+
+def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | str]:
+    """Probabilities for each item, batched by equal input shape; a failing batch is retried
+    one image at a time so that one bad input only fails itself."""
+    out: list[np.ndarray | str] = [""] * len(items)
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(tuple(item.x.shape), []).append(i)  # type: ignore[union-attr]
+    for indices in groups.values():
+        batch = torch.stack([items[i].x for i in indices]).to(classifier.device)  # type: ignore
+        try:
+            probs = classifier.predict(batch).double().cpu().numpy()
+            for j, i in enumerate(indices):
+                out[i] = probs[j]
+        except ModelError:
+            if len(indices) == 1:
+                raise
+            for i in indices:
+                try:
+                    out[i] = classifier.predict(batch[indices.index(i)][None]).double().cpu() \
+                        .numpy()[0]
+                except ModelError as exc:
+                    out[i] = f"model failed on this image: {exc}"
+    return out
+
+
+def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
+                detector: PartDetector | None, rate: Rate) -> None:
+    """Score (and run the part detector on) every image not done yet, batch by batch."""
+    concepts = detector is not None
+    todo = store.count("error IS NULL AND (score IS NULL" +
+                       (" OR concepts_at IS NULL)" if concepts else ")"))
+    if todo == 0:
+        return
+    step = o.batch_size or DEFAULT_BATCH
+    input_size = tuple(classifier.input_size) if classifier.input_size else None
+    rows = store.pending(concepts=concepts, chunk=max(256, step))
+
+    def chunks() -> Iterator[list[ImageRow]]:
+        batch: list[ImageRow] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == step:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    with ThreadPoolExecutor(max_workers=o.workers) as pool, \
+            rate.task("scoring", todo) as advance:
+        def submit(batch: list[ImageRow]) -> list[Future]:
+            return [pool.submit(_load, r, input_size, concepts, o.max_pixels)
+                    for r in batch]
+
+        source = chunks()
+        ahead = submit(next(source, []))
+        while ahead:
+            current = [f.result() for f in ahead]
+            ahead = submit(next(source, []))
+            store.save_scores(_score_batch(current, classifier, t, o, detector))
+            advance(len(current))
+
+
+def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOptions,
+                 detector: PartDetector | None) -> list[dict]:
+    """The store records for one batch: scores, parts (with their score drops) or errors."""
+    records: dict[int, dict] = {}
+    scores: dict[int, float] = {}
+    for it in items:
+        records[it.row.id] = {"id": it.row.id, "error": it.error}
+        if it.row.score is not None:
+            scores[it.row.id] = it.row.score
+    need_score = [it for it in items if it.error is None and it.row.score is None]
+    probs = _predict(classifier, need_score) if need_score else []
+    for it, p in zip(need_score, probs, strict=True):
+        if isinstance(p, str):
+            records[it.row.id]["error"] = p
+            continue
+        scores[it.row.id] = float(p[t])
+        records[it.row.id].update(score=float(p[t]), probs=p.tolist(), height=it.shape[0],
+                                  width=it.shape[1])  # type: ignore[index]
+    if detector is not None:
+        alive = [it for it in items if it.row.id in scores and it.error is None]
+        found = detector.detect([it.small for it in alive]) if alive else []
+        for it, parts in zip(alive, found, strict=True):
+            shape = it.shape  # type: ignore[assignment]
+            parts = [scale_part(p, it.factor, shape) for p in parts]
+            x = it.x[None].to(classifier.device)  # type: ignore[union-attr]
+            drops = score_drops(classifier, x, shape, parts, t, o.fill, scores[it.row.id])
+            records[it.row.id]["parts"] = [
+                {"concept": p.concept, "confidence": p.confidence, "box": p.box,
+                 "area_share": area_share(p.box, shape), "score_drop": float(d)}
+                for p, d in zip(parts, drops, strict=True)]
+    return list(records.values())
+
+
+def heatmap_targets(store: Store, labels: list[str], target_name: str, o: AuditOptions
+                    ) -> list[tuple[str, ImageRow]]:
+    """(kind, row) of the images that get a heatmap: top-k false positives and false negatives
+    for labeled data, the top-k scores otherwise."""
+    if o.top == 0:
+        return []
+    if labels:
+        fps = store.ranked("label IS NOT NULL AND label != ? AND score >= ?",
+                           (target_name, o.threshold), descending=True, limit=o.top)
+        fns = store.ranked("label = ? AND score < ?", (target_name, o.threshold),
+                           descending=False, limit=o.top)
+        return [("fp", r) for r in fps] + [("fn", r) for r in fns]
+    return [("top", r) for r in store.ranked("1", (), descending=True, limit=o.top)]
+
+
+def _atomic_png(path: Path, picture: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    save_png(tmp, picture)
+    os.replace(tmp, path)
+
+
+def _atomic_heatmap(stem: Path, heatmap: Heatmap) -> Path:
+    tmp = stem.with_name(stem.name + ".tmp")
+    npy, meta = heatmap.save(tmp)
+    final = stem.with_name(stem.name + ".npy")
+    os.replace(npy, final)
+    os.replace(meta, stem.with_name(stem.name + ".json"))
+    return final
+
+
+def shrink(rgb: np.ndarray, values: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image and map shrunk (area averaging) so that the longer side is at most ``side``."""
+    h, w = rgb.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale == 1.0:
+        return rgb, values
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return (cv2.resize(rgb, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(values.astype(np.float32), size, interpolation=cv2.INTER_AREA))
+
+
+def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
+                  o: AuditOptions, folder: Path, rate: Rate) -> list[str]:
+    """An occlusion map for each target image not done yet; returns notes on failures."""
+    todo = [(kind, row) for kind, row in targets if store.heatmap(row.id) is None]
+    notes: list[str] = []
+    if not todo:
+        return notes
+    folder.mkdir(parents=True, exist_ok=True)
+    with rate.task("heatmaps", len(todo)) as advance:
+        for kind, row in todo:
+            try:
+                rgb = load_image(row.path, max_pixels=o.max_pixels)
+            except ExplainError as exc:
+                notes.append(f"no heatmap for {row.path}: {exc}")
+                advance()
+                continue
+            heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
+                                    target=o.target, batch_size=o.batch_size)
+            shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"],
+                                                           p["right"]))
+                      for p in store.parts(row.id)}
+            small_rgb, small_values = shrink(rgb, heatmap.values, SAVED_SIDE)
+            stem = folder / f"{kind}_{row.id:07d}"
+            _atomic_png(stem.with_suffix(".png"), overlay(small_rgb, small_values,
+                                                          colormap=o.colormap, alpha=o.alpha))
+            saved = Heatmap(values=small_values, method=heatmap.method, target=heatmap.target,
+                            score=heatmap.score, box=heatmap.box, stride=heatmap.stride,
+                            windows=heatmap.windows, seconds=heatmap.seconds,
+                            params={**heatmap.params, "source": row.path,
+                                    "original_shape": list(heatmap.shape)})
+            npy = _atomic_heatmap(stem, saved)
+            store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(
+                folder.parent)), str(npy.relative_to(folder.parent)),
+                heatmap.seconds or 0.0, shares)
+            advance()
+    return notes
+
+
+def audit(data: str | os.PathLike, output: str | os.PathLike, *,
+          labels: str | os.PathLike | None = None, model: object = "open-nsfw:auto",
+          device: str | None = None, options: AuditOptions | None = None,
+          detector: PartDetector | None = None, progress: bool = False) -> AuditResult:
+    """Audit a labeled (or unlabeled) image collection; see the module docstring.
+
+    ``model`` is a spec for :func:`explain.models.load` or a ready classifier; ``detector``
+    replaces the NudeNet part detector (used only when ``options.concepts``). Calling it again
+    with the same arguments resumes; changed arguments start a new run in the same folder.
+    """
+    from explain.audit.outputs import write_outputs
+
+    o = options or AuditOptions()
+    o.check()
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"output {output} exists and is not a folder")
+    classifier = load(model, device)
+    t = resolve_target(classifier, o.target)
+    class_names = list(classifier.class_names)
+    dataset = open_dataset(data, class_names, labels=labels)
+    if o.concepts and detector is None:
+        detector = NudeNetDetector(device=classifier.device)
+    params = {
+        "model": model_spec(model, classifier), "classes": class_names, "data": dataset.source,
+        "target": class_names[t], "threshold": o.threshold, "box": o.box, "stride": o.stride,
+        "fill": o.fill, "max_pixels": o.max_pixels,
+        "concepts": getattr(detector, "name", type(detector).__name__) if o.concepts else None,
+        "code": code_version(),
+    }
+    store = Store(out, params)
+    rate = Rate(progress)
+    seconds: dict[str, float] = {}
+    try:
+        start = time.perf_counter()
+        if not store.stage_done("listed"):
+            store.add_items((str(item.path), item.label) for item in dataset)
+            store.mark_stage("listed")
+        seconds["list"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        score_stage(store, classifier, t, o, detector if o.concepts else None, rate)
+        if not store.stage_done("scored"):
+            store.mark_stage("scored")
+        seconds["score"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        labels_seen = [r[0] for r in store.db.execute(
+            "SELECT DISTINCT label FROM images WHERE run = ? AND label IS NOT NULL ORDER BY "
+            "label", (store.run,))]
+        targets = heatmap_targets(store, labels_seen, class_names[t], o)
+        notes = heatmap_stage(store, classifier, targets, o, out / "heatmaps", rate)
+        seconds["heatmaps"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        result = write_outputs(store, out, classifier=classifier, target=class_names[t],
+                               class_names=class_names, options=o, targets=targets,
+                               labels=labels_seen, notes=notes, seconds=seconds)
+        seconds["outputs"] = time.perf_counter() - start
+        store.mark_stage("finished")
+        result.seconds = seconds
+        return result
+    finally:
+        store.close()
