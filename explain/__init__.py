@@ -1,5 +1,8 @@
 
+from explain.backprop import deconvnet, guided_backprop, layers
+from explain.gradcam import gradcam
 from explain.heatmap import Heatmap
+from explain.reconstruction import Reconstruction
 from explain.occlusion import occlusion_map
 from explain.render import overlay
 from explain.sliding import sliding_window_map

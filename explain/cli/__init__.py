@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from explain.cli import grid, score
+from explain.cli import grid, score, whitebox
 
 app = typer.Typer(
     name="explain",
@@ -15,6 +15,10 @@ app = typer.Typer(
 )
 app.command("score")(score.score)
 app.command("models")(score.models)
+app.command("deconv")(whitebox.deconv)
+app.command("guided")(whitebox.guided)
+app.command("gradcam")(whitebox.gradcam)
+app.command("layers")(whitebox.layers_command)
 app.command("grid")(grid.grid)
 
 

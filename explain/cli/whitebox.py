@@ -1,0 +1,192 @@
+"""`explain deconv`, `explain guided`, `explain gradcam`, `explain layers`: white-box pictures.
+
+Per image NAME (the file's stem) in the output folder:
+
+- deconv / guided: ``NAME.deconv.png`` (the Zeiler-style reconstruction: grey = zero),
+  ``NAME.deconv.overlay.png`` (its magnitude on the photo), ``NAME.deconv.json`` (metadata:
+  score, layer, neuron position and activation); ``guided`` writes ``NAME.guided.*``.
+- gradcam: ``NAME.gradcam.png`` (overlay) and ``NAME.gradcam.json``; ``--guided`` writes
+  ``NAME.guided-gradcam.*``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from explain.backprop import deconvnet, guided_backprop, layers
+from explain.cli.common import (
+    EXIT_BAD_INPUT,
+    AlphaOpt,
+    BatchOpt,
+    ClassesOpt,
+    ColormapOpt,
+    DeviceOpt,
+    Images,
+    InputSizeOpt,
+    LogitsOpt,
+    MeanOpt,
+    ModelOpt,
+    OutDirOpt,
+    StdOpt,
+    TargetOpt,
+    console,
+    error_line,
+    load_model,
+    user_errors,
+)
+from explain.errors import ImageError
+from explain.gradcam import gradcam as gradcam_maps
+from explain.heatmap import Heatmap
+from explain.images import iter_image_files, load_image
+from explain.reconstruction import Reconstruction
+from explain.render import overlay, save_png
+
+LayerOpt = Annotated[str | None, typer.Option(
+    "--layer", "-l", help="Reconstruct one activation of this layer (names: `explain layers`) "
+    "instead of the target class.")]
+NeuronOpt = Annotated[str, typer.Option(
+    "--neuron", help="With --layer: 'max' (each image's strongest activation) or C,Y,X.")]
+GradcamLayerOpt = Annotated[str | None, typer.Option(
+    "--layer", "-l", help="Convolutional layer (default: stages.3 for open-nsfw, else the last "
+    "top-level module holding a Conv2d; names: `explain layers`).")]
+
+DEFAULT_BATCH = 16
+
+
+def _run(images: list[Path], batch_size: int | None,
+         explain_chunk: Callable[[list[np.ndarray]], list], write: Callable) -> None:
+    """Explain the readable images ``batch_size`` at a time and write each result; unreadable
+    ones are reported and skipped, and make the exit code 2 at the end."""
+    size = batch_size or DEFAULT_BATCH
+    failed = 0
+    chunk: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> None:
+        for (path, img), result in zip(chunk, explain_chunk([img for _, img in chunk]),
+                                       strict=True):
+            write(path, img, result)
+        chunk.clear()
+
+    for path in iter_image_files(images):
+        try:
+            chunk.append((path, load_image(path)))
+        except ImageError as exc:
+            error_line(str(exc))
+            failed += 1
+        if len(chunk) == size:
+            flush()
+    if chunk:
+        flush()
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _reconstruction_command(method: Callable, suffix: str, images: list[Path], *,
+                            layer: str | None, neuron: str, target: str, model: str,
+                            device: str | None, output: Path, batch_size: int | None,
+                            colormap: str, alpha: float, logits: bool, classes: str | None,
+                            input_size: int | None, mean: str | None, std: str | None) -> None:
+    clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
+                     mean=mean, std=std)
+    output.mkdir(parents=True, exist_ok=True)
+
+    def explain_chunk(chunk: list[np.ndarray]) -> list:
+        return method(clf, chunk, target=target, layer=layer, neuron=neuron,
+                      batch_size=batch_size or DEFAULT_BATCH)
+
+    def write(path: Path, img: np.ndarray, rec: Reconstruction) -> None:
+        stem = output / f"{path.stem}.{suffix}"
+        save_png(f"{stem}.png", rec.image())
+        save_png(f"{stem}.overlay.png", rec.overlay(img, colormap=colormap, alpha=alpha))
+        Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **rec.metadata()},
+                                                   indent=2))
+        where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" if rec.layer \
+            else ""
+        console.print(f"{path}: {rec.target} {rec.score:.4f}{where} -> {stem}.png",
+                      highlight=False, soft_wrap=True)
+
+    _run(images, batch_size, explain_chunk, write)
+
+
+@user_errors
+def deconv(images: Images, layer: LayerOpt = None, neuron: NeuronOpt = "max",
+           target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
+           output: OutDirOpt = Path("."), batch_size: BatchOpt = None,
+           colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
+           classes: ClassesOpt = None, input_size: InputSizeOpt = None, mean: MeanOpt = None,
+           std: StdOpt = None) -> None:
+    """Deconvnet reconstruction (Zeiler & Fergus) of the target class or of one neuron."""
+    _reconstruction_command(deconvnet, "deconv", images, layer=layer, neuron=neuron,
+                            target=target, model=model, device=device, output=output,
+                            batch_size=batch_size, colormap=colormap, alpha=alpha, logits=logits,
+                            classes=classes, input_size=input_size, mean=mean, std=std)
+
+
+@user_errors
+def guided(images: Images, layer: LayerOpt = None, neuron: NeuronOpt = "max",
+           target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
+           output: OutDirOpt = Path("."), batch_size: BatchOpt = None,
+           colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
+           classes: ClassesOpt = None, input_size: InputSizeOpt = None, mean: MeanOpt = None,
+           std: StdOpt = None) -> None:
+    """Guided backprop (Springenberg et al.) of the target class or of one neuron."""
+    _reconstruction_command(guided_backprop, "guided", images, layer=layer, neuron=neuron,
+                            target=target, model=model, device=device, output=output,
+                            batch_size=batch_size, colormap=colormap, alpha=alpha, logits=logits,
+                            classes=classes, input_size=input_size, mean=mean, std=std)
+
+
+@user_errors
+def gradcam(images: Images, layer: GradcamLayerOpt = None,
+            guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times "
+                                                 "guided backprop.")] = False,
+            target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
+            output: OutDirOpt = Path("."), batch_size: BatchOpt = None,
+            colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
+            classes: ClassesOpt = None, input_size: InputSizeOpt = None, mean: MeanOpt = None,
+            std: StdOpt = None) -> None:
+    """Grad-CAM (or guided Grad-CAM) heatmap of the target class, on the photo."""
+    clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
+                     mean=mean, std=std)
+    output.mkdir(parents=True, exist_ok=True)
+    suffix = "guided-gradcam" if guided else "gradcam"
+    normalize = "percentile" if guided else "minmax"
+
+    def explain_chunk(chunk: list[np.ndarray]) -> list:
+        return gradcam_maps(clf, chunk, target=target, layer=layer, guided=guided,
+                            batch_size=batch_size or DEFAULT_BATCH)
+
+    def write(path: Path, img: np.ndarray, heatmap: Heatmap) -> None:
+        stem = output / f"{path.stem}.{suffix}"
+        save_png(f"{stem}.png", overlay(img, heatmap, colormap=colormap, alpha=alpha,
+                                        normalize=normalize))
+        Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **heatmap.metadata()},
+                                                   indent=2, default=list))
+        console.print(f"{path}: {heatmap.target} {heatmap.score:.4f}, layer "
+                      f"{heatmap.params['layer']} -> {stem}.png", highlight=False, soft_wrap=True)
+
+    _run(images, batch_size, explain_chunk, write)
+
+
+@user_errors
+def layers_command(model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
+                   logits: LogitsOpt = False, classes: ClassesOpt = None,
+                   input_size: InputSizeOpt = None, mean: MeanOpt = None,
+                   std: StdOpt = None) -> None:
+    """List a torch model's layer names and output shapes (for --layer)."""
+    clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
+                     mean=mean, std=std)
+    table = Table(title=f"{clf.name}: layers (output per image)")
+    table.add_column("layer")
+    table.add_column("type")
+    table.add_column("output shape")
+    for name, kind, shape in layers(clf):
+        table.add_row(name, kind, "×".join(map(str, shape)) if shape else "-")
+    console.print(table)
