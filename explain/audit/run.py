@@ -53,6 +53,7 @@ from explain.models import Classifier, load, resolve_target
 from explain.models.base import resize
 from explain.occlusion import FILLS, occlusion_map
 from explain.render import overlay, save_png
+from explain.windows import check_windows
 
 AUDIT_FORMAT = 1
 DETECT_SIDE = 640
@@ -67,8 +68,8 @@ class AuditOptions:
 
     threshold: float = 0.5
     top: int = 50
-    box: int = 64
-    stride: int = 48
+    box: int | tuple[int, int] = 64
+    stride: int | tuple[int, int] = 48
     fill: str = "gray"
     target: str = "nsfw"
     concepts: bool = True
@@ -84,9 +85,7 @@ class AuditOptions:
             raise OptionError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.top < 0:
             raise OptionError(f"top must be 0 or more, got {self.top}")
-        if self.box < 1 or self.stride < 1:
-            raise OptionError(f"box and stride must be at least 1 pixel, got {self.box}, "
-                              f"{self.stride}")
+        check_windows(self.box, self.stride)
         if self.fill not in FILLS:
             raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -120,7 +119,7 @@ def code_version() -> str:
     return f"explain {package}, audit format {AUDIT_FORMAT}"
 
 
-def model_spec(model: object, classifier: Classifier) -> str:
+def spec_of(model: object, classifier: Classifier) -> str:
     """How the model enters the run key: its spec string, or for an object its kind and name."""
     if isinstance(model, str | os.PathLike):
         return str(model)
@@ -370,11 +369,14 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
 def audit(data: str | os.PathLike, output: str | os.PathLike, *,
           labels: str | os.PathLike | None = None, model: object = "open-nsfw:auto",
           device: str | None = None, options: AuditOptions | None = None,
-          detector: PartDetector | None = None, progress: bool = False) -> AuditResult:
+          detector: PartDetector | None = None, progress: bool = False,
+          model_spec: str | None = None) -> AuditResult:
     """Audit a labeled (or unlabeled) image collection; see the module docstring.
 
     ``model`` is a spec for :func:`explain.models.load` or a ready classifier; ``detector``
-    replaces the NudeNet part detector (used only when ``options.concepts``). Calling it again
+    replaces the NudeNet part detector (used only when ``options.concepts``); ``model_spec``
+    names the model in the run key when ``model`` is an object (default: its type and name).
+    Calling it again
     with the same arguments resumes; changed arguments start a new run in the same folder.
     """
     from explain.audit.outputs import write_outputs
@@ -390,9 +392,11 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
     dataset = open_dataset(data, class_names, labels=labels)
     if o.concepts and detector is None:
         detector = NudeNetDetector(device=classifier.device)
+    box, stride = check_windows(o.box, o.stride)
     params = {
-        "model": model_spec(model, classifier), "classes": class_names, "data": dataset.source,
-        "target": class_names[t], "threshold": o.threshold, "box": o.box, "stride": o.stride,
+        "model": model_spec or spec_of(model, classifier), "classes": class_names,
+        "data": dataset.source, "target": class_names[t], "threshold": o.threshold,
+        "box": list(box), "stride": list(stride),
         "fill": o.fill, "max_pixels": o.max_pixels,
         "concepts": getattr(detector, "name", type(detector).__name__) if o.concepts else None,
         "code": code_version(),

@@ -1,0 +1,96 @@
+"""`explain audit`: score a (labeled) image collection, rank its errors, explain them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from explain.cli.common import (
+    AlphaOpt,
+    BatchOpt,
+    BoxOpt,
+    ClassesOpt,
+    ColormapOpt,
+    DeviceOpt,
+    FillOpt,
+    LogitsOpt,
+    ModelOpt,
+    OutDirOpt,
+    StrideOpt,
+    TargetOpt,
+    console,
+    int_pair,
+    load_model,
+    user_errors,
+)
+from explain.images import DEFAULT_MAX_PIXELS
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+@user_errors
+def audit(
+    data: Annotated[Path, typer.Argument(help="Folder of images (sub-folders named after classes "
+                                              "give the true labels) or a path,label CSV.",
+                                         show_default=False)],
+    output: OutDirOpt = Path("audit"),
+    labels: Annotated[Path | None, typer.Option("--labels", help="CSV of path,label rows "
+                                                "(relative paths start at DATA).")] = None,
+    model: ModelOpt = "open-nsfw:auto",
+    device: DeviceOpt = None,
+    target: TargetOpt = "nsfw",
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+                                             help="Score at or above which an image counts as "
+                                                  "the target.")] = 0.5,
+    top: Annotated[int, typer.Option("--top", min=0, help="Heatmaps for this many false "
+                                     "positives and as many false negatives.")] = 50,
+    box: BoxOpt = "64",
+    stride: StrideOpt = "48",
+    fill: FillOpt = "gray",
+    concepts: Annotated[bool, typer.Option("--concepts/--no-concepts", help="Run the NudeNet "
+                                           "part detector and measure each part's effect.")
+                        ] = True,
+    batch_size: BatchOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Threads decoding images "
+                                         "ahead of the model.")] = 4,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Larger images are "
+                                            "reported as errors.")] = DEFAULT_MAX_PIXELS,
+    mosaic: Annotated[int, typer.Option("--mosaic", min=0, help="Images in the similarity "
+                                        "mosaic (0: none).")] = 256,
+    colormap: ColormapOpt = "jet",
+    alpha: AlphaOpt = 0.5,
+    logits: LogitsOpt = False,
+    classes: ClassesOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Audit a dataset: metrics, false positives/negatives with heatmaps, and which detected body
+    parts drive the score. Re-running the same command resumes an interrupted audit."""
+    from explain.audit import AuditOptions
+    from explain.audit import audit as run_audit
+
+    options = AuditOptions(threshold=threshold, top=top, box=int_pair(box, "--box"),
+                           stride=int_pair(stride, "--stride"), fill=fill, target=target,
+                           concepts=concepts, max_pixels=max_pixels, batch_size=batch_size,
+                           workers=workers, colormap=colormap, alpha=alpha, mosaic=mosaic)
+    options.check()
+    clf = load_model(model, device, logits=logits, classes=classes)
+    result = run_audit(data, output, labels=labels, model=clf, device=device, options=options,
+                       progress=not quiet,
+                       model_spec=model + (" --logits" if logits else ""))
+    state = "resumed" if result.resumed else "new"
+    console.print(f"run {result.run} ({state}, key {result.key}): {result.images} images, "
+                  f"{result.scored} scored, {result.failed} failed, {result.heatmaps} heatmaps")
+    mt = result.metrics
+    if mt:
+        console.print(f"ROC AUC {_fmt(mt['auc'])} · precision {_fmt(mt['precision'])} · recall "
+                      f"{_fmt(mt['recall'])} · F1 {_fmt(mt['f1'])} at {threshold:g} · "
+                      f"FP {mt['fp']} · FN {mt['fn']}")
+    if result.failed:
+        console.print(f"{result.failed} files could not be read: see "
+                      f"{escape(str(result.files['errors']))}")
+    console.print(f"report: {escape(str(result.files['html']))}")
