@@ -148,9 +148,13 @@ def overlay(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str =
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+def _text_scale(height: int) -> float:
+    return max(0.3, height / 40.0)
+
+
 def _label(text: str, width: int, height: int) -> np.ndarray:
     tile = np.full((height, width, 3), 255, dtype=np.uint8)
-    scale = max(0.3, height / 40.0)
+    scale = _text_scale(height)
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     cv2.putText(tile, text, (max(0, (width - tw) // 2), (height + th) // 2),
                 cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
@@ -159,9 +163,14 @@ def _label(text: str, width: int, height: int) -> np.ndarray:
 
 def colorbar(height: int, lo: float, hi: float, *, colormap: str = "jet",
              width: int | None = None) -> np.ndarray:
-    """A vertical colour bar (high values on top) with its end values written above and below."""
-    width = width or max(48, height // 8)
+    """A vertical colour bar (high values on top) with its end values written above and below;
+    as wide as the wider label unless ``width`` is given."""
     label_h = max(14, height // 16)
+    if width is None:
+        texts = (f"{hi:.3g}", f"{lo:.3g}")
+        widest = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, _text_scale(label_h), 1)[0][0]
+                     for t in texts)
+        width = max(48, height // 8, widest + 8)
     bar_h = max(1, height - 2 * label_h)
     ramp = colormap_lut(colormap)[np.linspace(255, 0, bar_h).round().astype(np.uint8)]
     bar = np.full((bar_h, width, 3), 255, dtype=np.uint8)

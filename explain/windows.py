@@ -40,6 +40,16 @@ def as_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, i
     return int(pair[0]), int(pair[1])
 
 
+def check_windows(box: int | tuple[int, int], stride: int | tuple[int, int]
+                  ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Validated ``(box, stride)`` pairs; a stride larger than the box is refused."""
+    (bh, bw), (sh, sw) = as_pair(box, "box"), as_pair(stride, "stride")
+    if sh > bh or sw > bw:
+        raise OptionError(f"stride {(sh, sw)} is larger than box {(bh, bw)}: the pixels between "
+                          "windows would be covered by none; use a stride of at most the box")
+    return (bh, bw), (sh, sw)
+
+
 def axis_starts(length: int, box: int, stride: int) -> np.ndarray:
     """Start positions along one axis (the box already clipped to ``length``)."""
     box = min(box, length)
@@ -56,10 +66,7 @@ def window_grid(shape: tuple[int, int], box: int | tuple[int, int],
     h, w = int(shape[0]), int(shape[1])
     if h < 1 or w < 1:
         raise OptionError(f"cannot place windows on an empty image of shape {shape}")
-    (bh, bw), (sh, sw) = as_pair(box, "box"), as_pair(stride, "stride")
-    if sh > bh or sw > bw:
-        raise OptionError(f"stride {(sh, sw)} is larger than box {(bh, bw)}: the pixels between "
-                          "windows would be covered by none; use a stride of at most the box")
+    (bh, bw), (sh, sw) = check_windows(box, stride)
     bh, bw = min(bh, h), min(bw, w)
     tops, lefts = axis_starts(h, bh, sh), axis_starts(w, bw, sw)
     top, left = np.repeat(tops, len(lefts)), np.tile(lefts, len(tops))

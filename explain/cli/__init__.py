@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from explain.cli import grid, score, whitebox
+from explain.cli import blackbox, grid, score, whitebox
 
 app = typer.Typer(
     name="explain",
@@ -15,6 +15,8 @@ app = typer.Typer(
 )
 app.command("score")(score.score)
 app.command("models")(score.models)
+app.command("occlude")(blackbox.occlude)
+app.command("slide")(blackbox.slide)
 app.command("deconv")(whitebox.deconv)
 app.command("guided")(whitebox.guided)
 app.command("gradcam")(whitebox.gradcam)

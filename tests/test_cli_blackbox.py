@@ -1,0 +1,87 @@
+"""`explain occlude` / `explain slide` through typer's CliRunner: files written at the input's
+size, bad images reported in one line while the others go on, bad options refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from explain.cli import app
+
+TINY = '''
+import numpy as np
+
+def score(batch):
+    """p(1) = mean brightness of the top-left quarter of each uint8 NxHxWx3 image."""
+    h, w = batch.shape[1] // 2, batch.shape[2] // 2
+    p = batch[:, :h, :w].reshape(len(batch), -1).mean(1) / 255.0
+    return np.stack([1 - p, p], axis=1)
+'''
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def files(tmp_path, photos, monkeypatch) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(photos["chelsea"][:120, :160]).save("cat.png")
+    Image.fromarray(photos["coffee"][:90, :70]).save("cup.jpg")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    (tmp_path / "tiny.py").write_text(TINY)
+    return {"cat": "cat.png", "cup": "cup.jpg", "bad": "notes.jpg", "model": "tiny.py:score"}
+
+
+def test_occlude_default_model_writes_overlay_side_by_side_and_npy(runner, files):
+    result = runner.invoke(app, ["occlude", files["cat"], "--box", "64", "--stride", "48",
+                                 "-o", "out", "--side-by-side", "--save-npy"])
+    assert result.exit_code == 0, result.output
+    assert Image.open("out/cat.occlusion.png").size == (160, 120)
+    assert Image.open("out/cat.occlusion.side.png").size[1] == 120
+    values = np.load("out/cat.occlusion.npy")
+    meta = json.loads(open("out/cat.occlusion.json").read())
+    # rows 0, 48 + flush 56; columns 0, 48, 96: 3 x 3 windows
+    assert values.shape == (120, 160) and meta["windows"] == 9 and meta["method"] == "occlusion"
+    assert "9 windows" in result.stdout
+    assert "out/cat.occlusion.png" in result.stdout.replace("\n", "")
+
+
+def test_bad_image_is_one_line_and_the_others_go_on(runner, files):
+    result = runner.invoke(app, ["occlude", files["cat"], files["bad"], files["cup"], "-m",
+                                 files["model"], "--target", "1", "--box", "32", "--stride", "16",
+                                 "-o", "out", "--fill", "black"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:")
+    assert "notes.jpg" in result.stderr and "not an image" in result.stderr
+    assert Image.open("out/cat.occlusion.png").size == (160, 120)
+    assert Image.open("out/cup.occlusion.png").size == (70, 90)
+
+
+def test_slide_writes_sliding_png(runner, files):
+    result = runner.invoke(app, ["slide", files["cup"], "-m", files["model"], "-t", "1",
+                                 "--box", "40,30", "--stride", "20,15", "-o", "out",
+                                 "--colormap", "viridis", "--alpha", "0.7", "--save-npy"])
+    assert result.exit_code == 0, result.output
+    assert Image.open("out/cup.sliding.png").size == (70, 90)
+    meta = json.loads(open("out/cup.sliding.json").read())
+    assert meta["box"] == [40, 30] and meta["stride"] == [20, 15]
+
+
+@pytest.mark.parametrize("args,word", [(["--fill", "pink"], "--fill"),
+                                       (["--box", "8", "--stride", "16"], "larger than box"),
+                                       (["--box", "big"], "--box"),
+                                       (["--colormap", "nope"], "colormap"),
+                                       (["--target", "7"], "out of range")])
+def test_bad_options_are_one_red_line(runner, files, args, word):
+    result = runner.invoke(app, ["occlude", files["cup"], "-m", files["model"], "-o", "out",
+                                 "-t", "1", *args])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1 and word in result.stderr
