@@ -182,6 +182,7 @@ def folder_labels(root: str | os.PathLike, paths: Sequence[str | os.PathLike]) -
         labels.append(parts[0] if len(parts) > 1 else NO_LABEL)
     return labels if any(label != NO_LABEL for label in labels) else None
 
+
 # --- layout -----------------------------------------------------------------------------------
 
 def grid_shape(n: int) -> tuple[int, int]:
@@ -414,6 +415,8 @@ class Embedder:
                 try:
                     out = clf.features(batch)  # type: ignore[union-attr]
                 except ModelError as exc:
+                    if self.dim:  # features worked on an earlier batch: a real failure
+                        raise
                     self.mode, self.why_not_features = "probabilities", str(exc)
             if out is None:
                 out = clf.predict(batch)  # type: ignore[union-attr]
@@ -456,13 +459,50 @@ def _target_scores(classifier: Classifier, embedder: Embedder, vectors: np.ndarr
     return probs[:, t_index].cpu().numpy().astype(np.float32)
 
 
-def _read(source: ImageSource) -> np.ndarray:
+def _read(source: ImageSource, name: str) -> np.ndarray:
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
-            raise ImageError("<array>", f"arrays must be RGB uint8 HxWx3, got {source.dtype} "
+            raise ImageError(name, f"arrays must be RGB uint8 HxWx3, got {source.dtype} "
                              f"{source.shape}")
         return source
     return load_image(source)
+
+
+@dataclass
+class _Embedded:
+    kept: list[int] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    thumbs: list[np.ndarray] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _embed_all(images: Sequence[ImageSource], order: np.ndarray, names: list[str],
+               embedder: Embedder, classifier: Classifier | None, t_index: int | None,
+               thumb_px: int, batch_size: int, progress: bool) -> _Embedded:
+    """Read, embed (and score) ``images[order]`` batch by batch; unreadable ones are skipped."""
+    out = _Embedded()
+    with _progress(progress) as bar:
+        task = bar.add_task("embedding", total=len(order))
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo:lo + batch_size]
+            loaded = []
+            for i in chunk:
+                try:
+                    loaded.append((int(i), _read(images[i], names[i])))
+                except ImageError as exc:
+                    out.skipped.append((names[i], exc.reason))
+            if loaded:
+                originals = [img for _, img in loaded]
+                embed_in = [_resize(img, embedder.size) for img in originals]
+                out.vectors.append(embedder(embed_in))
+                if t_index is not None:
+                    out.scores.append(_target_scores(classifier, embedder, out.vectors[-1],
+                                                     embed_in, originals, t_index))
+                out.thumbs.extend(thumbnail(img, thumb_px) for img in originals)
+                out.kept.extend(i for i, _ in loaded)
+            bar.advance(task, len(chunk))
+    return out
 
 
 def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None = None, *,
@@ -507,37 +547,16 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
                      f"(seed {seed}), {len(left_out)} left out")
 
     seconds: dict[str, float] = {}
-    kept: list[int] = []
-    skipped: list[tuple[str, str]] = []
-    vectors: list[np.ndarray] = []
-    thumbs: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
     start = time.perf_counter()
-    with _progress(progress) as bar:
-        task = bar.add_task("embedding", total=len(order))
-        for lo in range(0, len(order), batch_size):
-            chunk = order[lo:lo + batch_size]
-            loaded = []
-            for i in chunk:
-                try:
-                    loaded.append((int(i), _read(images[i])))
-                except ImageError as exc:
-                    skipped.append((names[i], exc.reason))
-            if loaded:
-                embed_in = [_resize(img, embedder.size) for _, img in loaded]
-                vectors.append(embedder(embed_in))
-                if t_index is not None:
-                    scores.append(_target_scores(classifier, embedder, vectors[-1], embed_in,
-                                                 [img for _, img in loaded], t_index))
-                thumbs.extend(thumbnail(img, thumb_px) for _, img in loaded)
-                kept.extend(i for i, _ in loaded)
-            bar.advance(task, len(chunk))
+    done = _embed_all(images, order, names, embedder, classifier, t_index, thumb_px, batch_size,
+                      progress)
     seconds["embed"] = time.perf_counter() - start
+    kept, skipped = done.kept, done.skipped
     if len(kept) < MIN_IMAGES:
         raise ExplainError(f"only {len(kept)} readable image(s) of {n}; a grid needs at least "
                            f"{MIN_IMAGES}" + (f" (first skipped: {skipped[0][0]}: {skipped[0][1]})"
                                               if skipped else ""))
-    emb = np.concatenate(vectors)
+    emb = np.concatenate(done.vectors)
     shape = (size, size) if size is not None else grid_shape(len(kept))
     if len(kept) < shape[0] * shape[1]:
         notes.append(f"{len(kept)} images on {shape[0]}x{shape[1]} = {shape[0] * shape[1]} "
@@ -570,8 +589,8 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
     return SimilarityGrid(
         names=[names[i] for i in kept], cells=cells, coords=coords, shape=shape, embedding=emb,
         embed=embedder.describe, quality=quality, perplexity=used, seed=seed,
-        thumbnails=np.stack(thumbs),
-        scores=np.concatenate(scores) if scores else None,
+        thumbnails=np.stack(done.thumbs),
+        scores=np.concatenate(done.scores) if done.scores else None,
         target=classifier.class_names[t_index] if t_index is not None else None,  # type: ignore
         labels=kept_labels, skipped=skipped, left_out=left_out, notes=notes, seconds=seconds)
 

@@ -249,6 +249,13 @@ def test_too_few_readable_images(tmp_path):
         similarity_grid([np.zeros((8, 8, 3), np.uint8)] * 2 + [bad], embed="pixels")
 
 
+def test_a_bad_array_is_skipped_and_named(crop_set):
+    images = list(crop_set[0][:6]) + [np.zeros((8, 8), np.float32)]
+    g = similarity_grid(images, embed="pixels")
+    assert len(g.names) == 6
+    assert g.skipped == [("image-00006", "arrays must be RGB uint8 HxWx3, got float32 (8, 8)")]
+
+
 def test_identical_images_are_placed_without_tsne():
     g = similarity_grid([np.full((8, 8, 3), 9, np.uint8)] * 6, embed="pixels")
     assert len({tuple(c) for c in g.cells}) == 6
