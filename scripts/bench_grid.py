@@ -61,7 +61,8 @@ def main() -> None:
     start = time.perf_counter()
     clf = load(args.model)
     print(f"model {getattr(clf, 'name', args.model)} on {clf.device}, loaded in "
-          f"{time.perf_counter() - start:.1f} s; {os.cpu_count()} CPU cores")
+          f"{time.perf_counter() - start:.1f} s; {os.cpu_count()} CPU cores, load average "
+          f"{os.getloadavg()[0]:.1f} (other work on the machine slows every stage)")
     print(f"data: {len(PHOTOS)} skimage.data photos ({', '.join(PHOTOS)}), crops taken in turn, "
           f"side {SIDE_RANGE[0]:.0%}-{SIDE_RANGE[1]:.0%} of the photo's short side, resized to "
           f"{CROP_PX}x{CROP_PX}; features: the model's preprocessing upscales them to "
@@ -92,7 +93,8 @@ def main() -> None:
     print()
     print(header)
     print("\n".join(rows))
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s, load average now "
+          f"{os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from explain.grid import COLOR_BY, COSTS, draw_mosaic, folder_labels, similarity
 from explain.images import iter_image_files
 
 Folder = Annotated[Path, typer.Argument(help="Folder of images; sub-folders are labels "
-                                        "(DIR/label/img.jpg).", show_default=False)]
+                                        "(DIR/label/img.jpg).", metavar="DIR",
+                                        show_default=False)]
 
 
 @user_errors
