@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from explain.cli import blackbox, grid, score, whitebox
+from explain.cli import blackbox, grid, report, score, whitebox
 
 app = typer.Typer(
     name="explain",
@@ -22,6 +22,7 @@ app.command("guided")(whitebox.guided)
 app.command("gradcam")(whitebox.gradcam)
 app.command("layers")(whitebox.layers_command)
 app.command("grid")(grid.grid)
+app.command("report")(report.report)
 
 
 def main() -> None:

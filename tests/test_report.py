@@ -1,0 +1,234 @@
+"""`explain report` and the report library: numbers, failed rows, skipped methods, escaping, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+from explain import build_report, render_html, report_json, write_report
+from explain.cli import app
+from explain.errors import OptionError
+from explain.models import CallableClassifier, Preprocess, load
+from explain.report import METHODS, Options, parse_methods
+
+FAST = Options(box=16, stride=16, steps=4)
+HOSTILE = "<script>alert(1)</script>"
+
+
+class TinyNet(nn.Module):
+    """conv → ReLU → global pool → linear: every white-box method works on it, in milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+
+
+def tiny_model(class_names: tuple[str, str] = ("sfw", "nsfw")):
+    return load(TinyNet(), "cpu", preprocess=Preprocess(input_size=(32, 32)),
+                class_names=list(class_names), logits=True)
+
+
+def write_images(folder: Path, photos: dict[str, np.ndarray], *, hostile: bool = False
+                 ) -> list[Path]:
+    """Two small real photos and one broken file; with ``hostile``, a path that holds HOSTILE."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in ("astronaut", "coffee"):
+        path = folder / f"{name}.png"
+        Image.fromarray(photos[name][::6, ::6]).save(path)
+        paths.append(path)
+    if hostile:
+        target = folder / "<script>alert(1)<" / "script>.png"
+        target.parent.mkdir()
+        paths[1].rename(target)
+        paths[1] = target
+        assert HOSTILE in str(target)
+    broken = folder / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 this is not a jpeg")
+    return [paths[0], broken, paths[1]]
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory, photos):
+    paths = write_images(tmp_path_factory.mktemp("imgs"), photos)
+    return build_report(paths, model=tiny_model(), options=FAST)
+
+
+def test_every_method_on_every_good_image(tiny_report):
+    r = tiny_report
+    assert r.methods == list(METHODS) and r.notes == []
+    good = [img for img in r.images if img.error is None]
+    assert len(good) == 2
+    for img in good:
+        assert [m.method for m in img.methods] == list(METHODS)
+        for m in img.methods:
+            assert m.error is None and m.skipped is None, (m.method, m.error, m.skipped)
+            assert m.seconds > 0 and m.faith_seconds > 0
+            assert m.overlay_uri.startswith("data:image/jpeg;base64,")
+            assert m.raw_uri.startswith("data:image/jpeg;base64,")
+            f = m.faithfulness
+            assert len(f["deletion"]) == len(f["insertion"]) == FAST.steps + 1
+            assert f["size"] == [32, 32]
+        assert img.scores.keys() == {"sfw", "nsfw"}
+        assert img.score == pytest.approx(img.scores["nsfw"])
+    occlusion = good[0].methods[0]
+    assert occlusion.params["box"] == [16, 16] and occlusion.params["stride"] == [16, 16]
+
+
+def test_bad_image_is_a_failed_row_with_its_reason(tiny_report):
+    failed = [img for img in tiny_report.images if img.error]
+    assert [Path(img.path).name for img in failed] == ["broken.jpg"]
+    assert "cannot decode" in failed[0].error or "not an image" in failed[0].error
+    assert failed[0].methods == []
+
+
+def test_ranks_per_image_and_overall(tiny_report):
+    for img in tiny_report.images:
+        ranked = [m for m in img.methods if m.rank]
+        ranked.sort(key=lambda m: m.rank)
+        assert [m.rank for m in ranked] == list(range(1, len(ranked) + 1))
+        gaps = [m.faithfulness["insertion_minus_deletion"] for m in ranked]
+        assert gaps == sorted(gaps, reverse=True)
+        unranked = [m for m in img.methods if m.faithfulness and not m.rank]
+        assert all(m.faithfulness["constant"] for m in unranked)
+    summary = tiny_report.summary
+    assert [s["rank"] for s in summary] == list(range(1, len(summary) + 1))
+    means = [s["insertion_minus_deletion"] for s in summary]
+    assert means == sorted(means, reverse=True)
+    for s in summary:
+        mine = [m for img in tiny_report.images for m in img.methods
+                if m.method == s["method"] and m.rank]
+        assert s["images"] == len(mine)
+        assert s["deletion_auc"] == pytest.approx(np.mean([m.faithfulness["deletion_auc"]
+                                                           for m in mine]))
+        assert s["wins"] == sum(m.rank == 1 for m in mine)
+
+
+def test_html_is_self_contained(tiny_report):
+    html = render_html(tiny_report)
+    sources = re.findall(r'src="([^"]*)"', html)
+    good = [img for img in tiny_report.images if not img.error]
+    assert len(sources) == sum(2 + 2 * len(img.methods) for img in good)
+    assert all(s.startswith("data:image/") for s in sources)
+    assert not re.search(r"(href|src)=\"(https?:)?//", html)
+    assert "<script" not in html and "<link" not in html
+    for i in range(len(tiny_report.images)):
+        assert f'id="img-{i}"' in html and f'href="#img-{i}"' in html
+    assert "failed: " in html and "broken.jpg" in html
+    for title in (m.title for m in METHODS.values()):
+        assert f"<h4>{title}" in html
+
+
+def test_json_has_the_same_numbers(tiny_report):
+    data = json.loads(json.dumps(report_json(tiny_report)))
+    html = render_html(tiny_report)
+    assert data["methods"] == list(METHODS) and data["target"] == "nsfw"
+    assert data["options"]["box"] == 16 and data["options"]["steps"] == 4
+    first = data["images"][0]
+    assert first["error"] is None and first["best"] is not None
+    for m in first["methods"]:
+        f = m["faithfulness"]
+        assert f"{f['deletion_auc']:.3f}" in html and f"{f['insertion_auc']:.3f}" in html
+    assert data["images"][1]["error"] and data["images"][1]["methods"] == []
+    assert data["summary"] == tiny_report.summary
+
+
+def _scores_by_brightness(batch: np.ndarray) -> np.ndarray:
+    p = batch.reshape(len(batch), -1).mean(1) / 255.0
+    return np.stack([1 - p, p], axis=1)
+
+
+def test_black_box_model_skips_white_box_methods_with_a_note(tmp_path, photos):
+    clf = CallableClassifier(_scores_by_brightness, class_names=["dark", "bright"],
+                             input_size=(32, 32))
+    paths = write_images(tmp_path / "imgs", photos)[:1]
+    r = write_report(paths, tmp_path / "r.html", model=clf, options=Options(
+        box=16, stride=16, steps=4, target="bright"))
+    by_name = {m.method: m for m in r.images[0].methods}
+    for name in ("occlusion", "sliding"):
+        assert by_name[name].faithfulness is not None
+    for name in ("deconv", "guided", "gradcam"):
+        assert by_name[name].skipped and by_name[name].faithfulness is None
+    assert len(r.notes) == 3 and all("skipped" in n for n in r.notes)
+    html = (tmp_path / "r.html").read_text()
+    assert html.count('class="note"') >= 3 + 3
+    assert "Deconvnet skipped" in html
+
+
+def test_constant_map_is_shown_but_not_ranked(tmp_path, photos):
+    clf = CallableClassifier(lambda b: np.tile([0.25, 0.75], (len(b), 1)),
+                             class_names=["a", "b"])
+    paths = write_images(tmp_path / "imgs", photos)[:1]
+    r = build_report(paths, model=clf, methods="occlusion", options=Options(
+        box=40, stride=40, steps=2, target="b"))
+    m = r.images[0].methods[0]
+    assert m.faithfulness["constant"] and m.rank is None and r.summary == []
+    assert "not ranked" in render_html(r)
+
+
+def test_untrusted_names_are_escaped(tmp_path, photos):
+    paths = write_images(tmp_path / "imgs", photos, hostile=True)
+    r = build_report(paths, model=tiny_model(("<b>safe</b>", "nsfw")), methods="occlusion",
+                     options=FAST)
+    html = render_html(r)
+    assert HOSTILE not in html and "<b>safe</b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;safe&lt;/b&gt;" in html
+
+
+def test_parse_methods():
+    assert parse_methods("gradcam, occlusion,gradcam") == ["gradcam", "occlusion"]
+    with pytest.raises(OptionError, match="lime"):
+        parse_methods("occlusion,lime")
+    with pytest.raises(OptionError, match="none given"):
+        parse_methods(" , ")
+
+
+def test_cli_default_model_html_and_json(tmp_path, photos):
+    paths = write_images(tmp_path / "imgs", photos)
+    runner = CliRunner()
+    args = ["report", *map(str, paths), "--methods", "occlusion,gradcam", "--box", "48",
+            "--stride", "48", "--steps", "3"]
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, [*args, "--format", "json", "-o", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "broken.jpg" in res.output and "Traceback" not in res.output
+    data = json.loads(out.read_text())
+    assert data["model"] == "open-nsfw:onnx" and data["white_model"] == "open-nsfw"
+    assert [img["error"] is None for img in data["images"]] == [True, False, True]
+    assert data["images"][0]["methods"][0]["params"]["windows"] == 4
+    html = tmp_path / "r.html"
+    res = runner.invoke(app, [*args[:2], "-o", str(html), "--methods", "occlusion", "--box",
+                              "48", "--stride", "48", "--steps", "3"])
+    assert res.exit_code == 0, res.output
+    assert html.read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--methods", "lime"], "unknown method"), (["--format", "pdf"], "unknown format"),
+    (["--fill", "pink"], "unknown fill"),
+])
+def test_cli_bad_options_one_line(tmp_path, photos, extra, message):
+    paths = write_images(tmp_path / "imgs", photos)[:1]
+    res = CliRunner().invoke(app, ["report", str(paths[0]), "-o", str(tmp_path / "r.html"),
+                                   "--model", "open-nsfw:onnx", *extra])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
