@@ -138,9 +138,15 @@ def test_score_with_a_callable_model_and_cli_options(runner, photo_files, tmp_pa
     row = _json(result)[0]
     assert set(row["scores"]) == {"dark", "bright"}
     assert row["scores"]["dark"] + row["scores"]["bright"] == pytest.approx(1.0)
+    # No --target: a model without an "nsfw" class is scored all the same (here: it answers
+    # logits, and without --logits that is the one error).
     without_flag = runner.invoke(app, ["score", photo_files[0], "-m", "brightness.py:logits",
-                                       "--classes", "dark,bright", "-t", "1"])
+                                       "--classes", "dark,bright"])
     assert without_flag.exit_code == 2 and "--logits" in without_flag.stderr
+    table = runner.invoke(app, ["score", photo_files[0], "-m", "brightness.py:logits",
+                                "--classes", "dark,bright", "--logits"])
+    assert table.exit_code == 0, table.output
+    assert "bright" in table.stdout and "target" not in table.stdout
 
 
 def test_models_lists_bundled_and_spec_forms(runner):

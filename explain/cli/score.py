@@ -31,7 +31,7 @@ from explain.models import BUNDLED, SPEC_FORMS, resolve_target
 
 @user_errors
 def score(images: Images, model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
-          target: TargetOpt = "nsfw", as_json: bool = typer.Option(False, "--json",
+          target: TargetOpt = None, as_json: bool = typer.Option(False, "--json",
                                                                    help="JSON output."),
           jpeg_reencode: bool = typer.Option(False, "--jpeg-reencode",
                                              help="open-nsfw: reference JPEG round trip."),
@@ -41,7 +41,9 @@ def score(images: Images, model: ModelOpt = "open-nsfw", device: DeviceOpt = Non
     clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
                      mean=mean, std=std, jpeg_reencode=jpeg_reencode)
     names = list(clf.class_names)
-    t = resolve_target(clf, target)
+    title = str(getattr(clf, "name", model))
+    if target is not None:
+        title += f" — target {names[resolve_target(clf, target)]}"
     rows, failed = [], 0
     for path in images:
         try:
@@ -55,7 +57,7 @@ def score(images: Images, model: ModelOpt = "open-nsfw", device: DeviceOpt = Non
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        table = Table(title=escape(f"{getattr(clf, 'name', model)} — target {names[t]}"))
+        table = Table(title=escape(title))
         table.add_column("image")
         for name in names:
             table.add_column(escape(name), justify="right")
