@@ -164,6 +164,9 @@ class Rate:
 
 @dataclass
 class Loaded:
+    """A decoded image ready for the model: ``x`` is (3, h, w), float in [0, 1] when resized to
+    the model's input size, else still uint8 (a quarter of the memory until batched)."""
+
     row: ImageRow
     x: torch.Tensor | None = None
     shape: tuple[int, int] | None = None
@@ -180,9 +183,10 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
     except ExplainError as exc:
         return Loaded(row, error=getattr(exc, "reason", str(exc)))
     shape = rgb.shape[:2]
-    x = to_tensor(rgb)
     if input_size is not None and tuple(input_size) != shape:
-        x = resize(x, tuple(input_size))
+        x = resize(to_tensor(rgb), tuple(input_size))
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
     small, factor = None, 1.0
     if need_small:
         factor = min(1.0, DETECT_SIDE / max(shape))
@@ -190,6 +194,11 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
             rgb, (max(1, round(shape[1] * factor)), max(1, round(shape[0] * factor))),
             interpolation=cv2.INTER_AREA)
     return Loaded(row, x=x[0], shape=shape, small=small, factor=factor)
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 → float in [0, 1] exactly as :func:`explain.images.to_tensor` does it."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | str]:
@@ -200,7 +209,7 @@ def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | s
     for i, item in enumerate(items):
         groups.setdefault(tuple(item.x.shape), []).append(i)  # type: ignore[union-attr]
     for indices in groups.values():
-        batch = torch.stack([items[i].x for i in indices]).to(classifier.device)  # type: ignore
+        batch = as_float(torch.stack([items[i].x for i in indices]).to(classifier.device))  # type: ignore
         try:
             probs = classifier.predict(batch).double().cpu().numpy()
             for j, i in enumerate(indices):
@@ -278,7 +287,7 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
         for it, parts in zip(alive, found, strict=True):
             shape = it.shape  # type: ignore[assignment]
             parts = [scale_part(p, it.factor, shape) for p in parts]
-            x = it.x[None].to(classifier.device)  # type: ignore[union-attr]
+            x = as_float(it.x[None].to(classifier.device))  # type: ignore[union-attr]
             drops = score_drops(classifier, x, shape, parts, t, o.fill, scores[it.row.id])
             records[it.row.id]["parts"] = [
                 {"concept": p.concept, "confidence": p.confidence, "box": p.box,
