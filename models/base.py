@@ -185,4 +185,8 @@ def default_device(device: str | torch.device | None) -> torch.device:
         raise ModelError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"device {device!r} asked for, but torch sees "
+                         f"{torch.cuda.device_count()} CUDA GPU(s): use cuda:0 … "
+                         f"cuda:{torch.cuda.device_count() - 1}")
     return dev

@@ -187,6 +187,14 @@ def test_default_device():
         default_device("gpu")
 
 
+def test_cuda_index_beyond_the_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert default_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ModelError, match="torch sees 2 CUDA GPU"):
+        default_device("cuda:2")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_asked_without_a_gpu():
     with pytest.raises(ModelError, match="--device cpu"):
