@@ -86,6 +86,15 @@ def test_rgba_composited_on_white(tmp_path):
     assert all(abs(int(v) - 127) <= 1 for v in out[0, 2])
 
 
+def test_gray_with_alpha_composited_on_white(tmp_path):
+    la = np.array([[[0, 0], [0, 255], [200, 255]]], np.uint8)
+    path = tmp_path / "la.png"
+    Image.fromarray(la, "LA").save(path)
+    out = load_image(path)
+    _check_rgb(out, (1, 3))
+    assert [tuple(px) for px in out[0]] == [(255, 255, 255), (0, 0, 0), (200, 200, 200)]
+
+
 def test_transparent_palette_composited_on_white(tmp_path):
     img = Image.new("P", (2, 1))
     img.putpalette([0, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 6))
