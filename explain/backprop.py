@@ -184,7 +184,7 @@ def prepared(module: nn.Module, *, relu_rules: bool, layer: nn.Module | None = N
              ) -> Iterator[_Calls]:
     """Eval mode, frozen parameters, out-of-place ReLUs and call counting for one pass; all
     undone (hooks removed, flags restored) on the way out, also when the pass raises."""
-    training = module.training
+    training = [(m, m.training) for m in module.modules()]
     requires_grad = [(p, p.requires_grad) for p in module.parameters()]
     inplace = [m for m in module.modules() if isinstance(m, nn.ReLU) and m.inplace]
     calls = _Calls()
@@ -218,7 +218,8 @@ def prepared(module: nn.Module, *, relu_rules: bool, layer: nn.Module | None = N
             m.inplace = True
         for p, flag in requires_grad:
             p.requires_grad_(flag)
-        module.train(training)
+        for m, flag in training:
+            m.training = flag
 
 
 class NeuronSelector:

@@ -229,6 +229,7 @@ def test_hooks_removed_and_state_restored_after_an_exception(where):
         net.insert(2, Boom(backward=where == "backward"))
     clf = tiny(net)
     net.train()
+    net[-1].eval()
     net[0].weight.requires_grad_(True)
     net[2 if where == "neuron" else 3].weight.requires_grad_(False)
     flags = [p.requires_grad for p in net.parameters()]
@@ -241,7 +242,7 @@ def test_hooks_removed_and_state_restored_after_an_exception(where):
                 fn(clf, PIXELS, target="b",
                    layer="4" if where == "backward" else None)
         assert _hooks(net) == 0
-        assert net.training and all(m.training for m in net.modules())
+        assert [m.training for m in net.modules()] == [True] * len(net) + [False]
         assert [p.requires_grad for p in net.parameters()] == flags
         assert not torch._C._len_torch_function_stack()
 

@@ -88,59 +88,49 @@ def _run(images: list[Path], batch_size: int | None,
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def _reconstruction_command(method: Callable, suffix: str, images: list[Path], *,
-                            layer: str | None, neuron: str, target: str, model: str,
-                            device: str | None, output: Path, batch_size: int | None,
-                            colormap: str, alpha: float, logits: bool, classes: str | None,
-                            input_size: int | None, mean: str | None, std: str | None) -> None:
-    clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
-                     mean=mean, std=std)
-    output.mkdir(parents=True, exist_ok=True)
+def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable:
+    """The `explain deconv` / `explain guided` command for a library ``method``."""
 
-    def explain_chunk(chunk: list[np.ndarray]) -> list:
-        return method(clf, chunk, target=target, layer=layer, neuron=neuron,
-                      batch_size=batch_size or DEFAULT_BATCH)
+    @user_errors
+    def command(images: Images, layer: LayerOpt = None, neuron: NeuronOpt = "max",
+                target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw",
+                device: DeviceOpt = None, output: OutDirOpt = Path("."),
+                batch_size: BatchOpt = None, colormap: ColormapOpt = "jet",
+                alpha: AlphaOpt = 0.5, logits: LogitsOpt = False, classes: ClassesOpt = None,
+                input_size: InputSizeOpt = None, mean: MeanOpt = None,
+                std: StdOpt = None) -> None:
+        clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
+                         mean=mean, std=std)
+        output.mkdir(parents=True, exist_ok=True)
 
-    def write(path: Path, img: np.ndarray, rec: Reconstruction) -> None:
-        stem = output / f"{path.stem}.{suffix}"
-        save_png(f"{stem}.png", rec.image())
-        save_png(f"{stem}.overlay.png", rec.overlay(img, colormap=colormap, alpha=alpha))
-        Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **rec.metadata()},
-                                                   indent=2))
-        where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" if rec.layer \
-            else ""
-        console.print(f"{path}: {rec.target} {rec.score:.4f}{where} -> {stem}.png",
-                      highlight=False, soft_wrap=True)
+        def explain_chunk(chunk: list[np.ndarray]) -> list:
+            return method(clf, chunk, target=target, layer=layer, neuron=neuron,
+                          batch_size=batch_size or DEFAULT_BATCH)
 
-    _run(images, batch_size, explain_chunk, write)
+        def write(path: Path, img: np.ndarray, rec: Reconstruction) -> None:
+            stem = output / f"{path.stem}.{suffix}"
+            save_png(f"{stem}.png", rec.image())
+            save_png(f"{stem}.overlay.png", rec.overlay(img, colormap=colormap, alpha=alpha))
+            Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **rec.metadata()},
+                                                       indent=2))
+            where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" \
+                if rec.layer else ""
+            console.print(f"{path}: {rec.target} {rec.score:.4f}{where} -> {stem}.png",
+                          highlight=False, soft_wrap=True)
 
+        _run(images, batch_size, explain_chunk, write)
 
-@user_errors
-def deconv(images: Images, layer: LayerOpt = None, neuron: NeuronOpt = "max",
-           target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
-           output: OutDirOpt = Path("."), batch_size: BatchOpt = None,
-           colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
-           classes: ClassesOpt = None, input_size: InputSizeOpt = None, mean: MeanOpt = None,
-           std: StdOpt = None) -> None:
-    """Deconvnet reconstruction (Zeiler & Fergus) of the target class or of one neuron."""
-    _reconstruction_command(deconvnet, "deconv", images, layer=layer, neuron=neuron,
-                            target=target, model=model, device=device, output=output,
-                            batch_size=batch_size, colormap=colormap, alpha=alpha, logits=logits,
-                            classes=classes, input_size=input_size, mean=mean, std=std)
+    command.__doc__ = doc
+    command.__name__ = suffix
+    return command
 
 
-@user_errors
-def guided(images: Images, layer: LayerOpt = None, neuron: NeuronOpt = "max",
-           target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
-           output: OutDirOpt = Path("."), batch_size: BatchOpt = None,
-           colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
-           classes: ClassesOpt = None, input_size: InputSizeOpt = None, mean: MeanOpt = None,
-           std: StdOpt = None) -> None:
-    """Guided backprop (Springenberg et al.) of the target class or of one neuron."""
-    _reconstruction_command(guided_backprop, "guided", images, layer=layer, neuron=neuron,
-                            target=target, model=model, device=device, output=output,
-                            batch_size=batch_size, colormap=colormap, alpha=alpha, logits=logits,
-                            classes=classes, input_size=input_size, mean=mean, std=std)
+deconv = _reconstruction_command(
+    deconvnet, "deconv", "Deconvnet reconstruction (Zeiler & Fergus) of the target class or of "
+    "one neuron.")
+guided = _reconstruction_command(
+    guided_backprop, "guided", "Guided backprop (Springenberg et al.) of the target class or of "
+    "one neuron.")
 
 
 @user_errors
