@@ -351,3 +351,32 @@ def test_cli_audit(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "run 1 (resumed" in result.output
     bad = runner.invoke(app, [*args[:-1], "--stride", "48"])
     assert bad.exit_code == 2 and "larger than box" in bad.output
+
+
+def test_model_failures(tmp_path):
+    """An image the model rejects fails alone; a model that rejects everything stops the run
+    without recording the images as bad files (so a resume retries them)."""
+    from explain.errors import ModelError
+
+    for i, level in enumerate((10, 99, 200, 30)):
+        _save(tmp_path / "data" / "sfw" / f"x{i}.png", np.full((32, 32, 3), level, np.uint8))
+
+    def picky(batch):
+        if (batch[:, 0, 0, 0] == 99).any():
+            raise ValueError("cannot score this one")
+        return region_score(batch)
+
+    clf = CallableClassifier(picky, class_names=["sfw", "nsfw"])
+    o = AuditOptions(top=0, concepts=False, mosaic=0, batch_size=4)
+    result = audit(tmp_path / "data", tmp_path / "out", model=clf, options=o)
+    errors = _read_csv(tmp_path / "out" / "errors.csv")
+    assert (result.scored, result.failed) == (3, 1)
+    assert errors[0]["path"].endswith("x1.png") and "cannot score this one" in errors[0]["reason"]
+
+    def broken(batch):
+        raise ConnectionError("server down")
+
+    clf = CallableClassifier(broken, class_names=["sfw", "nsfw"])
+    with pytest.raises(ModelError, match="server down"):
+        audit(tmp_path / "data", tmp_path / "out2", model=clf, options=o)
+    assert _rows(tmp_path / "out2") and all(r[3] is None for r in _rows(tmp_path / "out2"))

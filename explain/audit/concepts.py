@@ -30,6 +30,7 @@ import torch
 
 from explain.models.base import Classifier
 from explain.occlusion import fill_values, scale_windows
+from explain.windows import check_batch_size
 
 NUDENET_CLASSES = (
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
@@ -141,8 +142,10 @@ def scale_part(part: Part, factor: float, shape: tuple[int, int]) -> Part:
 
 @torch.no_grad()
 def score_drops(classifier: Classifier, x: torch.Tensor, shape: tuple[int, int],
-                parts: Sequence[Part], target: int, fill: str, base: float) -> np.ndarray:
-    """``base − p_target(x with each part's box filled)``, one batched forward for all parts.
+                parts: Sequence[Part], target: int, fill: str, base: float,
+                batch_size: int | None = None) -> np.ndarray:
+    """``base − p_target(x with each part's box filled)``, all parts in one batched forward
+    (split only when the copies would exceed the memory budget of the window methods).
 
     ``x`` is the image (1, 3, h, w) as the classifier sees it (already at its input size),
     ``shape`` the original size the boxes refer to.
@@ -151,15 +154,18 @@ def score_drops(classifier: Classifier, x: torch.Tensor, shape: tuple[int, int],
         return np.zeros(0)
     size = tuple(x.shape[-2:])
     boxes = scale_windows(np.array([p.box for p in parts], dtype=np.int64), shape, size)
-    b = torch.from_numpy(boxes).to(x.device)[:, :, None, None]
+    largest = (int((boxes[:, 2] - boxes[:, 0]).max()), int((boxes[:, 3] - boxes[:, 1]).max()))
+    baseline = fill_values(x, fill, largest)
     rows = torch.arange(size[0], device=x.device).view(1, 1, -1, 1)
     cols = torch.arange(size[1], device=x.device).view(1, 1, 1, -1)
-    mask = (rows >= b[:, 0:1]) & (rows < b[:, 2:3]) & (cols >= b[:, 1:2]) & (cols < b[:, 3:4])
-    full = max(1, max(box[2] - box[0] for box in boxes)), max(1, max(box[3] - box[1]
-                                                                 for box in boxes))
-    occluded = torch.where(mask, fill_values(x, fill, full), x)
-    scores = classifier.predict(occluded)[:, target].double().cpu().numpy()
-    return base - scores
+    step = check_batch_size(batch_size, x.device, size)
+    scores = []
+    for lo in range(0, len(boxes), step):
+        b = torch.from_numpy(boxes[lo:lo + step]).to(x.device)[:, :, None, None]
+        mask = (rows >= b[:, 0:1]) & (rows < b[:, 2:3]) & (cols >= b[:, 1:2]) & \
+            (cols < b[:, 3:4])
+        scores.append(classifier.predict(torch.where(mask, baseline, x))[:, target])
+    return base - torch.cat(scores).double().cpu().numpy()
 
 
 def heat_share(values: np.ndarray, box: tuple[int, int, int, int]) -> float | None:

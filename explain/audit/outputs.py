@@ -293,8 +293,7 @@ def write_mosaic(store: Store, folder: Path, classifier: Classifier, target: str
         try:
             grid = grid_module.similarity_grid(paths, classifier,
                                                labels=labels if use_labels else None,
-                                               target=target,
-                                               perplexity=min(30.0, (len(paths) - 1) / 3.0))
+                                               target=target)
             picture = grid_module.draw_mosaic(grid, color_by="label" if use_labels else "score")
         except ExplainError as exc:
             return None, [f"mosaic skipped: {exc}"]

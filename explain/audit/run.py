@@ -202,27 +202,34 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | str]:
-    """Probabilities for each item, batched by equal input shape; a failing batch is retried
-    one image at a time so that one bad input only fails itself."""
+    """Probabilities for each item, batched by equal input shape.
+
+    A batch the model rejects is retried one image at a time, so that one bad input only fails
+    itself (its entry becomes the reason). When every image of a batch of several fails on its
+    own, the model itself is broken (a server down, a wrong spec): that error is raised, so that
+    the run stops and a later resume retries these images instead of recording them as bad.
+    """
     out: list[np.ndarray | str] = [""] * len(items)
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(tuple(item.x.shape), []).append(i)  # type: ignore[union-attr]
     for indices in groups.values():
-        batch = as_float(torch.stack([items[i].x for i in indices]).to(classifier.device))  # type: ignore
+        batch = as_float(torch.stack([items[i].x for i in indices]).to(classifier.device))
         try:
             probs = classifier.predict(batch).double().cpu().numpy()
-            for j, i in enumerate(indices):
-                out[i] = probs[j]
         except ModelError:
-            if len(indices) == 1:
-                raise
-            for i in indices:
+            failures: list[ModelError] = []
+            for j, i in enumerate(indices):
                 try:
-                    out[i] = classifier.predict(batch[indices.index(i)][None]).double().cpu() \
-                        .numpy()[0]
+                    out[i] = classifier.predict(batch[j:j + 1]).double().cpu().numpy()[0]
                 except ModelError as exc:
-                    out[i] = f"model failed on this image: {exc}"
+                    failures.append(exc)
+                    out[i] = f"the model failed on this image: {exc}"
+            if len(indices) > 1 and len(failures) == len(indices):
+                raise failures[-1] from None
+            continue
+        for j, i in enumerate(indices):
+            out[i] = probs[j]
     return out
 
 
@@ -288,7 +295,8 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
             shape = it.shape  # type: ignore[assignment]
             parts = [scale_part(p, it.factor, shape) for p in parts]
             x = as_float(it.x[None].to(classifier.device))  # type: ignore[union-attr]
-            drops = score_drops(classifier, x, shape, parts, t, o.fill, scores[it.row.id])
+            drops = score_drops(classifier, x, shape, parts, t, o.fill, scores[it.row.id],
+                                o.batch_size)
             records[it.row.id]["parts"] = [
                 {"concept": p.concept, "confidence": p.confidence, "box": p.box,
                  "area_share": area_share(p.box, shape), "score_drop": float(d)}
