@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from explain.cli import blackbox, grid, report, score, whitebox
+from explain.cli import audit, blackbox, grid, report, score, whitebox
 
 app = typer.Typer(
     name="explain",
@@ -23,6 +23,7 @@ app.command("gradcam")(whitebox.gradcam)
 app.command("layers")(whitebox.layers_command)
 app.command("grid")(grid.grid)
 app.command("report")(report.report)
+app.command("audit")(audit.audit)
 
 
 def main() -> None:
