@@ -9,3 +9,4 @@ from explain.render import overlay
 from explain.sliding import sliding_window_map
 from explain.grid import GridQuality, SimilarityGrid, draw_mosaic, read_grid_json, similarity_grid
 from explain.report import build_report, render_html, report_json, write_report
+from explain.audit import AuditOptions, AuditResult, NudeNetDetector, audit
