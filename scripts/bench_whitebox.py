@@ -79,6 +79,7 @@ def main() -> None:
         times = [seconds_per_image(fn, clf, images, b, args.repeats, clf.device) * 1000
                  for b in (1, 16)]
         print(f"{name:<24} {times[0]:>17.1f} {times[1]:>18.1f}", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
