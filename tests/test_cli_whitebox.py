@@ -17,7 +17,7 @@ def files(tmp_path_factory, photos):
     folder = tmp_path_factory.mktemp("imgs")
     cat = folder / "cat.png"
     Image.fromarray(photos["chelsea"][::4, ::4]).save(cat)
-    cup = folder / "cup.jpg"
+    cup = folder / "cup[red].jpg"
     Image.fromarray(photos["coffee"][::5, ::5]).save(cup)
     broken = folder / "broken.jpg"
     broken.write_bytes(b"not an image")
@@ -33,7 +33,7 @@ def test_deconv_writes_pictures_and_goes_on_after_a_bad_image(files, tmp_path):
               "-o", str(tmp_path), "--batch-size", "1")
     assert res.exit_code == 2, res.output
     assert "broken.jpg" in res.stderr and res.stderr.count("\n") == 1
-    for stem, shape in (("cat", (75, 113)), ("cup", (80, 120))):
+    for stem, shape in (("cat", (75, 113)), ("cup[red]", (80, 120))):
         picture = np.array(Image.open(tmp_path / f"{stem}.deconv.png"))
         assert picture.shape == (*shape, 3) and picture.std() > 0
         assert np.array(Image.open(tmp_path / f"{stem}.deconv.overlay.png")).shape == picture.shape
@@ -58,8 +58,9 @@ def test_gradcam_and_guided_gradcam(files, tmp_path):
     for extra, stem in (((), "gradcam"), (("--guided",), "guided-gradcam")):
         res = run("gradcam", str(files["cup"]), "-t", "sfw", "-o", str(tmp_path), *extra)
         assert res.exit_code == 0, res.output
-        assert np.array(Image.open(tmp_path / f"cup.{stem}.png")).shape == (80, 120, 3)
-        meta = json.loads((tmp_path / f"cup.{stem}.json").read_text())
+        assert "cup[red].jpg" in res.stdout  # printed as is, not as rich markup
+        assert np.array(Image.open(tmp_path / f"cup[red].{stem}.png")).shape == (80, 120, 3)
+        meta = json.loads((tmp_path / f"cup[red].{stem}.json").read_text())
         assert meta["params"]["layer"] == "stages.3" and meta["target"] == "sfw"
 
 

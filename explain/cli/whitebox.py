@@ -116,7 +116,7 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
             where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" \
                 if rec.layer else ""
             console.print(f"{path}: {rec.target} {rec.score:.4f}{where} -> {stem}.png",
-                          highlight=False, soft_wrap=True)
+                          highlight=False, soft_wrap=True, markup=False)
 
         _run(images, batch_size, explain_chunk, write)
 
@@ -158,9 +158,10 @@ def gradcam(images: Images, layer: GradcamLayerOpt = None,
         save_png(f"{stem}.png", overlay(img, heatmap, colormap=colormap, alpha=alpha,
                                         normalize=normalize))
         Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **heatmap.metadata()},
-                                                   indent=2, default=list))
+                                                   indent=2))
         console.print(f"{path}: {heatmap.target} {heatmap.score:.4f}, layer "
-                      f"{heatmap.params['layer']} -> {stem}.png", highlight=False, soft_wrap=True)
+                      f"{heatmap.params['layer']} -> {stem}.png",
+                      highlight=False, soft_wrap=True, markup=False)
 
     _run(images, batch_size, explain_chunk, write)
 
