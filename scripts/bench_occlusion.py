@@ -1,0 +1,123 @@
+"""Benchmark occlusion_map on open_nsfw against its limit (raw predict) and captum's Occlusion.
+
+For a 512×512 photo, box 64, strides 48 and 16, on the torch and onnxruntime backends, prints:
+windows; seconds for ``occlusion_map``; seconds for raw ``predict`` calls on the same number of
+inputs (the windows plus the unoccluded image) at the same batch size, on batches built before
+the clock starts (the limit); and seconds for captum ``Occlusion`` on the torch backend at its
+best ``perturbations_per_eval`` (chosen at stride 48 among --ppe, default 16 and 64; 1 is
+slower than both and takes minutes on 2 cores). captum has no flush last window, so at stride 48
+it evaluates 100 windows where we evaluate 121: the captum ratio is per window. Runs on CUDA
+unchanged when torch sees one.
+
+    python scripts/bench_occlusion.py [--no-captum-16] [--ppe 1,16,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from captum.attr import Occlusion
+
+from explain import occlusion_map
+from explain.images import load_image, to_tensor
+from explain.models import load
+from explain.windows import default_batch_size
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "astronaut.jpg"
+BOX = 64
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ours(clf, img: np.ndarray, stride: int) -> tuple[float, int, int]:
+    sync(clf.device)
+    start = time.perf_counter()
+    hm = occlusion_map(clf, img, box=BOX, stride=stride)
+    sync(clf.device)
+    return time.perf_counter() - start, hm.windows, hm.params["batch_size"]
+
+
+def time_raw(clf, inputs: int, batch_size: int) -> float:
+    size = clf.input_size
+    full = torch.rand(batch_size, 3, *size, device=clf.device)
+    last = full[: inputs - (math.ceil(inputs / batch_size) - 1) * batch_size]
+    batches = [full] * (math.ceil(inputs / batch_size) - 1) + [last]
+    sync(clf.device)
+    start = time.perf_counter()
+    for batch in batches:
+        clf.predict(batch)
+    sync(clf.device)
+    return time.perf_counter() - start
+
+
+def time_captum(clf, img: np.ndarray, stride: int, ppe: int) -> tuple[float, int]:
+    x = to_tensor(img, clf.device)
+    per_axis = [(side - BOX) // stride + 1 for side in img.shape[:2]]
+    sync(clf.device)
+    start = time.perf_counter()
+    Occlusion(clf.predict).attribute(x, sliding_window_shapes=(3, BOX, BOX),
+                                     strides=(3, stride, stride), baselines=0.5, target=1,
+                                     perturbations_per_eval=ppe)
+    sync(clf.device)
+    return time.perf_counter() - start, per_axis[0] * per_axis[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-captum-16", action="store_true",
+                        help="run captum at stride 48 only (stride 16 takes the longest)")
+    parser.add_argument("--ppe", default="16,64",
+                        help="captum perturbations_per_eval values to try at stride 48")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    img = load_image(SAMPLE)
+    if img.shape[:2] != (512, 512):
+        img = cv2.resize(img, (512, 512), interpolation=cv2.INTER_AREA)
+    backends = {"torch": load("open-nsfw", device), "onnx": load("open-nsfw:onnx", device)}
+    for clf in backends.values():
+        clf.predict(torch.rand(default_batch_size(device, clf.input_size), 3, *clf.input_size,
+                               device=device))
+    print(f"device {device}, torch threads {torch.get_num_threads()}, image 512x512, box {BOX}",
+          flush=True)
+    torch_clf = backends["torch"]
+    ppe_times = {ppe: time_captum(torch_clf, img, 48, ppe)
+                 for ppe in (int(v) for v in args.ppe.split(","))}
+    best = min(ppe_times, key=lambda p: ppe_times[p][0])
+    print("captum Occlusion (torch backend) at stride 48 by perturbations_per_eval: "
+          + ", ".join(f"{p}: {s:.2f} s" for p, (s, _) in ppe_times.items()) + f" -> best {best}")
+    header = (f"{'backend':8}{'stride':>7}{'windows':>8}{'batch':>6}{'ours s':>9}{'raw s':>8}"
+              f"{'raw/ours':>9}{'captum s':>10}{'c.windows':>10}{'captum/ours':>12}")
+    print(header)
+    print("-" * len(header), flush=True)
+    for stride in (48, 16):
+        captum = None
+        if stride == 48:
+            captum = ppe_times[best]
+        elif not args.no_captum_16:
+            captum = time_captum(torch_clf, img, stride, best)
+        for name, clf in backends.items():
+            seconds, windows, batch_size = time_ours(clf, img, stride)
+            raw = time_raw(clf, windows + 1, batch_size)
+            line = (f"{name:8}{stride:>7}{windows:>8}{batch_size:>6}{seconds:>9.2f}{raw:>8.2f}"
+                    f"{raw / seconds:>9.2f}")
+            if captum is None:
+                line += f"{'skipped':>10}"
+            else:
+                c_seconds, c_windows = captum
+                ratio = (c_seconds / c_windows) / (seconds / windows)
+                line += f"{c_seconds:>10.2f}{c_windows:>10}{ratio:>12.2f}"
+            print(line, flush=True)
+    print("raw/ours: the share of the limit we reach (1.00 = no overhead beyond predict); "
+          "captum/ours: captum's seconds per window over ours (captum always on torch).")
+
+if __name__ == "__main__":
+    main()
