@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,13 +31,16 @@ import jinja2
 import numpy as np
 from PIL import Image
 
+from explain.backprop import deconvnet, guided_backprop
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
+from explain.gradcam import gradcam
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
 from explain.models import Classifier, load, resolve_target
-from explain.occlusion import FILLS
+from explain.occlusion import FILLS, occlusion_map
 from explain.render import colormap_lut, overlay
+from explain.sliding import sliding_window_map
 from explain.windows import check_windows
 
 DISPLAY_SIDE = 256
@@ -60,7 +64,6 @@ class Options:
     alpha: float = 0.5
     normalize: str = "minmax"
 
-
     def check(self) -> None:
         """Refuse bad values before any model runs (not once per image)."""
         if self.fill not in FILLS:
@@ -76,33 +79,28 @@ class Options:
 @dataclass
 class Models:
     black: Classifier
-    white: object
+    white: object | None
 
 
 def _occlusion(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    from explain.occlusion import occlusion_map
     return occlusion_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
                          batch_size=o.batch_size)
 
 
 def _sliding(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    from explain.sliding import sliding_window_map
     return sliding_window_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
                               batch_size=o.batch_size)
 
 
 def _deconv(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    from explain.backprop import deconvnet
     return deconvnet(models.white, image, target=o.target).magnitude
 
 
 def _guided(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    from explain.backprop import guided_backprop
     return guided_backprop(models.white, image, target=o.target).magnitude
 
 
 def _gradcam(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    from explain.gradcam import gradcam
     return gradcam(models.white, image, target=o.target)
 
 
@@ -198,27 +196,22 @@ def resolve_models(model: object, device: str | None, methods: Sequence[str]) ->
     return Models(clf, clf if wants_white else None)
 
 
+def shrink(picture: np.ndarray, side: int) -> np.ndarray:
+    """An image or a map shrunk (area averaging) so that its longer side is at most ``side``."""
+    h, w = picture.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1.0:
+        return picture
+    return cv2.resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))),
+                      interpolation=cv2.INTER_AREA)
+
+
 def data_uri(rgb: np.ndarray, side: int = DISPLAY_SIDE) -> str:
     """An RGB uint8 picture shrunk to at most ``side`` pixels, as a JPEG data URI."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, format="JPEG", quality=85)
+    Image.fromarray(np.ascontiguousarray(shrink(rgb, side)), "RGB").save(buf, format="JPEG",
+                                                                         quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _display(image: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Image and map shrunk to the display size (area averaging) before rendering."""
-    h, w = image.shape[:2]
-    scale = min(1.0, DISPLAY_SIDE / max(h, w))
-    if scale == 1.0:
-        return image, values
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(values.astype(np.float32), size, interpolation=cv2.INTER_AREA))
 
 
 def _params(heatmap: Heatmap) -> dict:
@@ -238,7 +231,9 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> Met
     result.faithfulness = faithfulness(models.black, image, heatmap, steps=o.steps,
                                        target=o.target, fill=o.fill, batch_size=o.batch_size)
     result.faith_seconds = time.perf_counter() - start
-    small, values = _display(image, heatmap.values)
+    # panels are drawn at display size: the map is shrunk like the image, then rendered
+    small = shrink(image, DISPLAY_SIDE)
+    values = shrink(heatmap.values.astype(np.float32), DISPLAY_SIDE)
     look = {"colormap": o.colormap, "normalize": o.normalize}
     result.overlay_uri = data_uri(overlay(small, values, alpha=o.alpha, **look))
     result.raw_uri = data_uri(overlay(small, values, alpha=1.0, **look))
@@ -345,15 +340,18 @@ def build_report(paths: Sequence[str | os.PathLike], *, model: object = "open-ns
     )
 
 
-def curve_top(f: dict) -> float:
-    """The y-axis top of a panel's curve plot: the highest point of both curves."""
-    return max(1e-6, *f["deletion"], *f["insertion"])
+def curve_range(f: dict) -> tuple[float, float]:
+    """The y-axis range of a panel's curve plot: lowest to highest point of both curves."""
+    values = [*f["deletion"], *f["insertion"]]
+    lo, hi = min(values), max(values)
+    return lo, max(hi, lo + 1e-6)
 
 
-def curve_points(ys: Sequence[float], xs: Sequence[float], top: float = 1.0, width: int = 160,
-                 height: int = 60) -> str:
-    """An SVG polyline ``points`` string for a curve on [0, 1]×[0, top]."""
-    return " ".join(f"{x * width:.1f},{(1.0 - y / top) * height:.1f}"
+def curve_points(ys: Sequence[float], xs: Sequence[float], y_range: tuple[float, float],
+                 width: int = 160, height: int = 60) -> str:
+    """An SVG polyline ``points`` string for a curve on [0, 1]×``y_range``, 2 px inside."""
+    lo, hi = y_range
+    return " ".join(f"{x * width:.1f},{2 + (1.0 - (y - lo) / (hi - lo)) * (height - 4):.1f}"
                     for x, y in zip(xs, ys, strict=True))
 
 
@@ -363,7 +361,7 @@ def _environment() -> jinja2.Environment:
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
     env.filters["points"] = curve_points
-    env.filters["top"] = curve_top
+    env.filters["y_range"] = curve_range
     return env
 
 
@@ -379,11 +377,10 @@ def report_json(report: Report) -> dict:
                 "params": m.params, "rank": m.rank, "error": m.error, "skipped": m.skipped,
                 "faithfulness": m.faithfulness}
 
-    o = report.options
     return {
         "model": report.model, "white_model": report.white_model, "target": report.target,
         "methods": report.methods, "created": report.created, "seconds": report.seconds,
-        "options": {k: getattr(o, k) for k in o.__dataclass_fields__},
+        "options": asdict(report.options),
         "notes": report.notes, "summary": report.summary,
         "images": [{"path": img.path, "error": img.error,
                     "size": list(img.size) if img.size else None, "scores": img.scores,
@@ -396,8 +393,6 @@ def report_json(report: Report) -> dict:
 def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *,
                  format: str = "html", **kwargs: object) -> Report:
     """:func:`build_report` and write it to ``output`` as ``html`` or ``json``."""
-    import json
-
     if format not in FORMATS:
         raise OptionError(f"unknown format {format!r}; use html or json")
     report = build_report(paths, **kwargs)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """Time a full `explain report` (all methods, default options) and measure the HTML it writes.
 
     python scripts/bench_report.py [--images 10] [--methods occlusion,sliding,deconv,guided,gradcam]
+                                   [--keep report.html]
 
 Uses ten real photos from scikit-image (written as JPEG files), the default open-nsfw model
 (black-box methods on the fastest backend, white-box on torch) and prints, per method, the mean
@@ -10,6 +11,7 @@ seconds to make a map and to score its faithfulness, then the total time and the
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--keep", type=Path, help="Also copy the HTML report here.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -45,6 +48,8 @@ def main() -> None:
         report = write_report(paths, folder / "report.html", methods=args.methods)
         seconds = time.perf_counter() - start
         html = (folder / "report.html").stat().st_size
+        if args.keep:
+            shutil.copyfile(folder / "report.html", args.keep)
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"explain report: {args.images} images, methods {args.methods}, default options, "
           f"model {report.model} + {report.white_model}, {device}")

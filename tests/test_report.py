@@ -24,7 +24,8 @@ HOSTILE = "<script>alert(1)</script>"
 
 
 class TinyNet(nn.Module):
-    """conv → ReLU → global pool → linear: every white-box method works on it, in milliseconds."""
+    """conv → ReLU → global pool → linear: every white-box method works on it, in milliseconds.
+    Random weights scaled so that p(nsfw) is about 0.1, not saturated at 0."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,7 +36,7 @@ class TinyNet(nn.Module):
         self.fc = nn.Linear(4, 2)
         with torch.no_grad():
             for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen))
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
