@@ -87,15 +87,29 @@ def confusion_matrix(true: Sequence[str], predicted: Sequence[str], labels: Sequ
     return matrix
 
 
+def _figure(width: float, height: float) -> tuple[object, object]:
+    """A matplotlib figure and axes without pyplot (no global state, no display needed)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    return fig, fig.subplots()
+
+
+def _save(fig: object, path: str | os.PathLike, legend: str) -> Path:
+    ax = fig.axes[0]  # type: ignore[attr-defined]
+    ax.set_xlim(0, 1)
+    ax.legend(loc=legend, fontsize=8)
+    fig.tight_layout()  # type: ignore[attr-defined]
+    out = Path(path)
+    fig.savefig(out, format="png")  # type: ignore[attr-defined]
+    return out
+
+
 def histogram_png(path: str | os.PathLike, scores_by_label: dict[str, np.ndarray],
                   threshold: float, target: str, bins: int = 50) -> Path:
-    """Overlaid score histograms, one per true label, with the threshold marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    """Overlaid score histograms, one per true label, with the threshold marked (a symlog count
+    axis above 1000 images, so that a small class stays visible)."""
+    fig, ax = _figure(6.4, 3.6)
     edges = np.linspace(0.0, 1.0, bins + 1)
     for label, scores in scores_by_label.items():
         ax.hist(scores, bins=edges, histtype="step", linewidth=1.6,
@@ -106,32 +120,19 @@ def histogram_png(path: str | os.PathLike, scores_by_label: dict[str, np.ndarray
     ax.set_ylabel("images")
     if sum(len(s) for s in scores_by_label.values()) > 1000:
         ax.set_yscale("symlog", linthresh=10)
-    ax.set_xlim(0, 1)
-    ax.legend(loc="upper center", fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, path, "upper center")
 
 
 def roc_png(path: str | os.PathLike, fpr: np.ndarray, tpr: np.ndarray, auc: float) -> Path:
     """The ROC curve with its area in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(3.6, 3.6), dpi=100)
+    fig, ax = _figure(3.6, 3.6)
     ax.plot(fpr, tpr, linewidth=1.6, label=f"AUC {auc:.4f}")
     ax.plot([0, 1], [0, 1], color="#aaa", linestyle=":", linewidth=1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out
+    return _save(fig, path, "lower right")
