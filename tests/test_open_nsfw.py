@@ -26,17 +26,20 @@ def reference() -> NSFWClassifier:
     return NSFWClassifier(providers=["CPUExecutionProvider"])
 
 
-def test_torch_and_onnx_agree_on_a_batch(nsfw_torch, nsfw_onnx, photo_batch):
-    p_torch = nsfw_torch.predict(photo_batch)
+@pytest.fixture(scope="module")
+def torch_probs(nsfw_torch, photo_batch) -> torch.Tensor:
+    return nsfw_torch.predict(photo_batch)
+
+
+def test_torch_and_onnx_agree_on_a_batch(torch_probs, nsfw_onnx, photo_batch):
     p_onnx = nsfw_onnx.predict(photo_batch)
-    assert p_torch.shape == p_onnx.shape == (3, 2)
-    assert (p_torch - p_onnx).abs().max() < 1e-4
-    torch.testing.assert_close(p_torch.sum(1), torch.ones(3))
+    assert torch_probs.shape == p_onnx.shape == (3, 2)
+    assert (torch_probs - p_onnx).abs().max() < 1e-4
+    torch.testing.assert_close(torch_probs.sum(1), torch.ones(3))
 
 
-@pytest.mark.parametrize("name", PHOTOS)
-def test_torch_and_onnx_agree_at_original_size(nsfw_torch, nsfw_onnx, photos, name):
-    x = to_tensor(photos[name])
+def test_torch_and_onnx_agree_at_original_size(nsfw_torch, nsfw_onnx, photos):
+    x = to_tensor(photos["coffee"])  # 400×600: the model resizes (squashes) it to 256×256
     assert (nsfw_torch.predict(x) - nsfw_onnx.predict(x)).abs().max() < 1e-4
 
 
@@ -58,8 +61,9 @@ def test_without_jpeg_reencode_equals_the_reference_fast_path(nsfw_onnx, photos)
         assert abs(ours - fast.classify(photos[name]).nsfw) < 1e-3, name
 
 
-def test_architecture():
-    net = open_nsfw.build_net()
+def test_architecture(nsfw_torch):
+    net = nsfw_torch.module
+    assert isinstance(net, open_nsfw.OpenNSFWNet)
     top = [name for name, _ in net.named_children()]
     assert top == ["conv1", "relu1", "pad1", "pool1", "stages", "avgpool", "flatten", "fc"]
     assert [len(stage) for stage in net.stages] == [3, 4, 6, 3]
@@ -76,8 +80,8 @@ def test_architecture():
         assert hasattr(block, part)
 
 
-def test_relus_are_modules_not_functional_nor_inplace(photo_batch):
-    net = open_nsfw.build_net()
+def test_relus_are_modules_not_functional_nor_inplace(nsfw_torch, photo_batch):
+    net = nsfw_torch.module
     relus = {name: m for name, m in net.named_modules() if isinstance(m, nn.ReLU)}
     assert len(relus) == 1 + 3 * sum(len(stage) for stage in net.stages)
     assert not any(m.inplace for m in relus.values())
@@ -89,28 +93,22 @@ def test_relus_are_modules_not_functional_nor_inplace(photo_batch):
     handles = [m.register_forward_hook(lambda mod, i, o, name=name: fired.append(name))
                for name, m in relus.items()]
     try:
-        net(open_nsfw.PREPROCESS(photo_batch[:1]))
+        with torch.no_grad():
+            net(nsfw_torch.model_input(photo_batch[:1]))
     finally:
         for h in handles:
             h.remove()
     assert sorted(fired) == sorted(relus)
 
 
-def test_gradients_reach_the_input(nsfw_torch, photo_batch):
-    x = photo_batch[:1].clone().requires_grad_(True)
-    logits = nsfw_torch.module(nsfw_torch.model_input(x))
-    logits[0, 1].backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-
-
-def test_features_on_both_backends(nsfw_torch, nsfw_onnx, photo_batch):
+def test_features_on_both_backends(nsfw_torch, nsfw_onnx, photo_batch, torch_probs):
     f_torch = nsfw_torch.features(photo_batch)
     f_onnx = nsfw_onnx.features(photo_batch)
     assert f_torch.shape == f_onnx.shape == (3, open_nsfw.FEATURE_DIM)
     assert (f_torch - f_onnx).abs().max() < 1e-3 * f_torch.abs().max()
     assert (f_torch >= 0).all()  # the pool of a ReLU output
     logits = nsfw_torch.module.fc(f_torch)
-    torch.testing.assert_close(torch.softmax(logits, 1), nsfw_torch.predict(photo_batch))
+    torch.testing.assert_close(torch.softmax(logits, 1), torch_probs)
     # Different photos, different features.
     assert torch.cdist(f_torch, f_torch)[0, 1] > 1.0
 
