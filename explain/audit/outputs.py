@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError
 from explain.images import load_image
 from explain.models import Classifier
+from explain.report import data_uri, shrink
 
 DISPLAY_SIDE = 256
 HTML_ERRORS = 500
@@ -94,13 +94,6 @@ def concept_matrix(concept_groups: list[dict]) -> list[dict]:
     return [{"concept": c, "cells": cells} for c, cells in sorted(names.items(), key=order)]
 
 
-def data_uri(rgb: np.ndarray, fmt: str = "JPEG") -> str:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, format=fmt, quality=85)
-    kind = "jpeg" if fmt == "JPEG" else "png"
-    return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def file_uri(path: Path) -> str | None:
     if not path.is_file():
         return None
@@ -108,19 +101,10 @@ def file_uri(path: Path) -> str | None:
     return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _display(rgb: np.ndarray) -> tuple[np.ndarray, float]:
-    h, w = rgb.shape[:2]
-    scale = min(1.0, DISPLAY_SIDE / max(h, w))
-    if scale == 1.0:
-        return rgb, 1.0
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
-
-
 def draw_parts(rgb: np.ndarray, parts: list[dict]) -> np.ndarray:
     """The image at display size with each part's box and number drawn on it."""
-    small, scale = _display(rgb)
-    small = small.copy()
+    small = shrink(rgb, DISPLAY_SIDE).copy()
+    scale = small.shape[1] / rgb.shape[1]
     for p in parts:
         colour = PART_COLOURS[p["n"] % len(PART_COLOURS)]
         top, left = round(p["top"] * scale), round(p["left"] * scale)
@@ -320,7 +304,8 @@ def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[di
             card["overlay"] = file_uri(folder / done["png"])
             card["png"] = done["png"]
         try:
-            card["original"] = data_uri(draw_parts(load_image(row.path), card["parts"]))
+            card["original"] = data_uri(draw_parts(load_image(row.path), card["parts"]),
+                                        DISPLAY_SIDE)
         except ExplainError as exc:
             card["error"] = str(exc)
         yield card

@@ -53,6 +53,7 @@ from explain.models import Classifier, load, resolve_target
 from explain.models.base import resize
 from explain.occlusion import FILLS, occlusion_map
 from explain.render import overlay, save_png
+from explain.report import shrink
 from explain.windows import check_windows
 
 AUDIT_FORMAT = 1
@@ -131,7 +132,6 @@ class Rate:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.progress = None
 
     @contextmanager
     def task(self, title: str, total: int) -> Iterator:
@@ -334,17 +334,6 @@ def _atomic_heatmap(stem: Path, heatmap: Heatmap) -> Path:
     return final
 
 
-def shrink(rgb: np.ndarray, values: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image and map shrunk (area averaging) so that the longer side is at most ``side``."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    if scale == 1.0:
-        return rgb, values
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return (cv2.resize(rgb, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(values.astype(np.float32), size, interpolation=cv2.INTER_AREA))
-
-
 def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
                   o: AuditOptions, folder: Path, rate: Rate) -> list[str]:
     """An occlusion map for each target image not done yet; returns notes on failures."""
@@ -366,7 +355,7 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
             shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"],
                                                            p["right"]))
                       for p in store.parts(row.id)}
-            small_rgb, small_values = shrink(rgb, heatmap.values, SAVED_SIDE)
+            small_rgb, small_values = shrink(rgb, SAVED_SIDE), shrink(heatmap.values, SAVED_SIDE)
             stem = folder / f"{kind}_{row.id:07d}"
             _atomic_png(stem.with_suffix(".png"), overlay(small_rgb, small_values,
                                                           colormap=o.colormap, alpha=o.alpha))
