@@ -233,3 +233,25 @@ def test_cli_bad_options_one_line(tmp_path, photos, extra, message):
                                    "--model", "open-nsfw:onnx", *extra])
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
+
+
+def test_cli_python_function_model_and_literal_names(tmp_path, photos):
+    module = tmp_path / "brightness.py"
+    module.write_text("import numpy as np\n\n"
+                      "def score(batch):\n"
+                      "    p = batch.reshape(len(batch), -1).mean(1) / 255.0\n"
+                      "    return np.stack([1 - p, p], axis=1)\n")
+    folder = tmp_path / "imgs"
+    write_images(folder, photos)
+    res = CliRunner().invoke(app, [
+        "report", str(folder), "--model", f"{module}:score", "--classes",
+        "dark,[bold]bright[/bold]", "--target", "1", "--methods", "occlusion,gradcam",
+        "--box", "40", "--stride", "40", "--steps", "2", "-o", str(tmp_path / "r.json"),
+        "--format", "json"])
+    assert res.exit_code == 2, res.output  # the folder holds broken.jpg
+    assert "[bold]bright[/bold]" in res.output and "Grad-CAM skipped" in res.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["target"] == "[bold]bright[/bold]"
+    names = [Path(img["path"]).name for img in data["images"]]
+    assert names == ["astronaut.png", "broken.jpg", "coffee.png"]
+    assert data["images"][0]["methods"][1]["skipped"]

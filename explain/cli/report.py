@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -83,20 +84,22 @@ def report(images: Images, methods: MethodsOpt = ALL_METHODS, box: BoxOpt = "64"
         result = write_report(paths, output, format=fmt, model=spec, methods=methods,
                               device=device, options=options, progress=progress)
     for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, markup=True)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     failed = [img for img in result.images if img.error]
     for img in failed:
         error_line(f"{img.path}: {img.error}")
-    table = Table(title=f"faithfulness, {len(result.images) - len(failed)} images "
-                        f"(target {result.target})")
-    for name in ("rank", "method", "deletion ↓", "insertion ↑", "ins − del ↑", "s / image"):
+    ok = len(result.images) - len(failed)
+    table = Table(title=f"faithfulness over {ok} image{'' if ok == 1 else 's'} "
+                        f"(target {escape(result.target)})")
+    for name in ("rank", "method", "images", "deletion ↓", "insertion ↑", "ins − del ↑",
+                 "s / image"):
         table.add_column(name, justify="left" if name == "method" else "right")
     for s in result.summary:
-        table.add_row(str(s["rank"]), s["title"], f"{s['deletion_auc']:.3f}",
+        table.add_row(str(s["rank"]), s["title"], str(s["images"]), f"{s['deletion_auc']:.3f}",
                       f"{s['insertion_auc']:.3f}", f"{s['insertion_minus_deletion']:.3f}",
                       f"{s['seconds']:.2f}")
     console.print(table)
-    console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in "
+    console.print(f"wrote {escape(str(output))} ({output.stat().st_size / 1e6:.1f} MB) in "
                   f"{result.seconds:.1f} s", highlight=False)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
