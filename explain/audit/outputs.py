@@ -15,9 +15,11 @@ import csv
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import jinja2
@@ -115,6 +117,16 @@ def draw_parts(rgb: np.ndarray, parts: list[dict]) -> np.ndarray:
     return small
 
 
+@contextmanager
+def replacing(path: Path) -> Iterator[TextIO]:
+    """A CSV file written under a temporary name and renamed over ``path`` when complete, so
+    that a kill never leaves a half-written output."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        yield f
+    os.replace(tmp, path)
+
+
 def _predicted(probs: list[float], class_names: list[str], t: int, threshold: float) -> str:
     if probs[t] >= threshold:
         return class_names[t]
@@ -137,7 +149,7 @@ def write_scores(store: Store, path: Path, class_names: list[str], target: str,
     labels: list[str | None] = []
     scores: list[float] = []
     predicted: list[str] = []
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with replacing(path) as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "score", "predicted", "outcome", "height", "width",
                          *(f"p_{name}" for name in class_names)])
@@ -158,7 +170,7 @@ def write_scores(store: Store, path: Path, class_names: list[str], target: str,
 def write_errors(store: Store, path: Path) -> list[tuple[str, str]]:
     """``errors.csv``; returns the first :data:`HTML_ERRORS` rows for the page."""
     shown = []
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with replacing(path) as f:
         writer = csv.writer(f)
         writer.writerow(["path", "reason"])
         for p, reason in store.errors():
@@ -169,7 +181,7 @@ def write_errors(store: Store, path: Path) -> list[tuple[str, str]]:
 
 
 def write_parts(store: Store, path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with replacing(path) as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "score", "part", "concept", "confidence", "top", "left",
                          "bottom", "right", "area_share", "score_drop", "heat_share"])
@@ -183,7 +195,7 @@ def write_parts(store: Store, path: Path) -> None:
 def write_concepts(store: Store, path: Path, group_list: list[Group]) -> list[dict]:
     """``concepts.csv``; returns the groups with their tables for the page."""
     out = []
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with replacing(path) as f:
         writer = csv.writer(f)
         writer.writerow(["group", "group_images", "concept", "parts", "images", "image_share",
                          "mean_score_drop", "mean_heat_share", "heat_parts", "mean_area_share",
@@ -373,9 +385,8 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
     }
     files["html"] = folder / "audit.html"
     html = _environment().get_template("audit.html.j2").render(a=page)
-    tmp = folder / "audit.html.tmp"
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, files["html"])
+    with replacing(files["html"]) as f:
+        f.write(html)
     return AuditResult(output=folder, run=store.run, key=store.key, resumed=store.resumed,
                        images=n_images, scored=len(seen["scores"]), failed=n_failed,
                        heatmaps=n_heat, metrics=metrics_, files=files)
