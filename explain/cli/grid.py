@@ -87,16 +87,20 @@ def grid(
     for path, reason in result.skipped:
         error_line(f"{path}: {reason} (skipped)")
     picture = draw_mosaic(result, color_by=color_by)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture).save(output)
-    json_path = result.save_json(output.with_suffix(".json"))
-    console.print(f"embedding: {result.embed}")
-    for note in result.notes:
-        console.print(f"note: {note}")
-    console.print(f"quality: {result.quality.summary()}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(output, format="PNG")
+        json_path = result.save_json(output.with_suffix(".json"))
+    except OSError as exc:
+        raise OptionError(f"cannot write {output}: {exc}") from exc
     times = ", ".join(f"{stage} {s:.1f} s" for stage, s in result.seconds.items())
-    console.print(f"{len(result.names)} images on {result.shape[0]}x{result.shape[1]} "
-                  f"({times}); wrote {output} and {json_path}")
+    lines = [f"embedding: {result.embed}", *(f"note: {note}" for note in result.notes),
+             f"quality: {result.quality.summary()}",
+             f"{len(result.names)} images on {result.shape[0]}x{result.shape[1]} ({times}); "
+             f"wrote {output} and {json_path}"]
     if result.skipped:
-        console.print(f"{len(result.skipped)} unreadable image(s) skipped")
+        lines.append(f"{len(result.skipped)} unreadable image(s) skipped")
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+    if result.skipped:
         raise typer.Exit(EXIT_BAD_INPUT)
