@@ -85,3 +85,12 @@ def test_bad_options_are_one_red_line(runner, files, args, word):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert result.stderr.count("\n") == 1 and word in result.stderr
+
+
+def test_paths_with_brackets_are_printed_literally(runner, files):
+    Image.open(files["cup"]).save("cup[red].png")
+    result = runner.invoke(app, ["slide", "cup[red].png", "-m", files["model"], "-t", "1",
+                                 "--box", "30", "--stride", "30", "-o", "out"])
+    assert result.exit_code == 0, result.output
+    assert "cup[red].png" in result.stdout
+    assert Image.open("out/cup[red].sliding.png").size == (70, 90)

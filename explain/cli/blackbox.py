@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from explain.cli.common import (
@@ -62,7 +63,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                TextColumn("windows"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         for path in iter_image_files(images):
-            task = bar.add_task(path.name, total=None)
+            task = bar.add_task(escape(path.name), total=None)
             try:
                 img = load_image(path)
                 hm = make_map(clf, img, box=box_px, stride=stride_px, target=target,
@@ -84,7 +85,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
             finally:
                 bar.remove_task(task)
             bar.console.print(f"{path}  {hm.target} {hm.score:.4f}  {hm.windows} windows  "
-                              f"{hm.seconds:.2f} s  → {out}", highlight=False)
+                              f"{hm.seconds:.2f} s  → {out}", markup=False, highlight=False)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
