@@ -1,6 +1,6 @@
 """Time per image of each white-box method on open_nsfw, at batch 1 and batch 16.
 
-    python scripts/bench_whitebox.py [--device cpu|cuda] [--images 16] [--repeats 2]
+    python scripts/bench_whitebox.py [--device cpu|cuda] [--images 16] [--repeats 2] [--threads N]
 
 Images: 288×288 crops of the scikit-image photos (one size, so a batch is one tensor). Each
 (method, batch) is run once to warm up, then ``repeats`` times over ``images`` images; the table
@@ -66,7 +66,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     clf = load("open-nsfw", args.device)
     images = crops(args.images)
     device_name = torch.cuda.get_device_name() if clf.device.type == "cuda" else \
