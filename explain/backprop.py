@@ -292,7 +292,7 @@ def reconstruct(method: str, model: object, image: Images, *, target: str | int 
                     grads = class_rule(wrapper).attribute(x, target=t)
                 else:
                     grads = neuron_rule(wrapper, layer_module).attribute(x, selector)
-            except Exception:
+            except AssertionError:  # captum's "Forward hook did not obtain any outputs"
                 if layer is not None and calls.layer == 0:
                     raise OptionError(f"layer {layer!r} does not run in the forward pass of "
                                       f"model {clf.name}") from None

@@ -264,6 +264,19 @@ def test_model_unchanged(nsfw_torch, photos):
     assert _hooks(net) == 0
 
 
+class WithSpare(nn.Module):
+    """A module (``spare``) that is registered but never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.relu = nn.ReLU()
+        self.spare = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x)).mean((2, 3))
+
+
 def test_bad_options():
     clf = tiny(hand_net())
     with pytest.raises(OptionError, match="no layer 'nope'"):
@@ -276,6 +289,8 @@ def test_bad_options():
         deconvnet(clf, PIXELS.astype(np.float32), target="b")
     with pytest.raises(OptionError, match="no images"):
         deconvnet(clf, [], target="b")
+    with pytest.raises(OptionError, match="does not run"):
+        deconvnet(tiny(WithSpare()), PIXELS, target="b", layer="spare")
     shared = nn.ReLU()
     twice = tiny(nn.Sequential(nn.Conv2d(3, 2, 1), shared, nn.Conv2d(2, 2, 1), shared,
                                nn.AdaptiveAvgPool2d(1), nn.Flatten()))
