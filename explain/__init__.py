@@ -1,12 +1,50 @@
+"""explain: why does an image classifier score an image the way it does?
 
-from explain.backprop import deconvnet, guided_backprop, layers
-from explain.faithfulness import faithfulness
-from explain.gradcam import gradcam
-from explain.heatmap import Heatmap
-from explain.reconstruction import Reconstruction
-from explain.occlusion import occlusion_map
-from explain.render import overlay
-from explain.sliding import sliding_window_map
-from explain.grid import GridQuality, SimilarityGrid, draw_mosaic, read_grid_json, similarity_grid
-from explain.report import build_report, render_html, report_json, write_report
-from explain.audit import AuditOptions, AuditResult, NudeNetDetector, audit
+The public API is this flat list of names (``explain.occlusion_map``, ``explain.overlay``, …).
+They are imported on first use, so ``import explain`` (and the CLI's start-up) does not pay for
+captum, openTSNE or jinja2 until a method that needs them is called. The dataset audit lives in
+its own package: ``from explain.audit import audit``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {
+    "Heatmap": "explain.heatmap",
+    "overlay": "explain.render",
+    "occlusion_map": "explain.occlusion",
+    "sliding_window_map": "explain.sliding",
+    "deconvnet": "explain.backprop",
+    "guided_backprop": "explain.backprop",
+    "layers": "explain.backprop",
+    "Reconstruction": "explain.reconstruction",
+    "gradcam": "explain.gradcam",
+    "faithfulness": "explain.faithfulness",
+    "build_report": "explain.report",
+    "render_html": "explain.report",
+    "report_json": "explain.report",
+    "write_report": "explain.report",
+    "similarity_grid": "explain.grid",
+    "SimilarityGrid": "explain.grid",
+    "GridQuality": "explain.grid",
+    "draw_mosaic": "explain.grid",
+    "read_grid_json": "explain.grid",
+    "ExplainError": "explain.errors",
+    "load_image": "explain.images",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'explain' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -30,7 +30,7 @@ from explain.models import BUNDLED, SPEC_FORMS, resolve_target
 
 
 @user_errors
-def score(images: Images, model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
+def score(images: Images, model: ModelOpt = "open-nsfw:auto", device: DeviceOpt = None,
           target: TargetOpt = None, as_json: bool = typer.Option(False, "--json",
                                                                    help="JSON output."),
           jpeg_reencode: bool = typer.Option(False, "--jpeg-reencode",
