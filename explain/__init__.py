@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from importlib import import_module
 
+# a function named like its module must be bound here, before anything imports that module and
+# the import system sets the package attribute to the module itself
+from explain.faithfulness import faithfulness as faithfulness
+
 _EXPORTS = {
     "Heatmap": "explain.heatmap",
     "overlay": "explain.render",
@@ -19,8 +23,7 @@ _EXPORTS = {
     "guided_backprop": "explain.backprop",
     "layers": "explain.backprop",
     "Reconstruction": "explain.reconstruction",
-    "gradcam": "explain.gradcam",
-    "faithfulness": "explain.faithfulness",
+    "gradcam": "explain.grad_cam",
     "build_report": "explain.report",
     "render_html": "explain.report",
     "report_json": "explain.report",
@@ -34,7 +37,7 @@ _EXPORTS = {
     "load_image": "explain.images",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "faithfulness"])
 
 
 def __getattr__(name: str) -> object:

@@ -34,7 +34,7 @@ from PIL import Image
 from explain.backprop import deconvnet, guided_backprop
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
-from explain.gradcam import gradcam
+from explain.grad_cam import gradcam
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
 from explain.models import Classifier, load, resolve_target

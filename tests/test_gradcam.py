@@ -9,7 +9,7 @@ from torch import nn
 
 from explain import gradcam, guided_backprop
 from explain.errors import OptionError, WhiteBoxError
-from explain.gradcam import default_layer, to_original
+from explain.grad_cam import default_layer, to_original
 from explain.images import to_tensor
 from explain.models import CallableClassifier, Preprocess, load
 from explain.models.open_nsfw import PREPROCESS

@@ -42,7 +42,7 @@ from explain.cli.common import (
     user_errors,
 )
 from explain.errors import ImageError
-from explain.gradcam import gradcam as gradcam_maps
+from explain.grad_cam import gradcam as gradcam_maps
 from explain.heatmap import Heatmap
 from explain.images import iter_image_files, load_image
 from explain.reconstruction import Reconstruction
