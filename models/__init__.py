@@ -8,7 +8,8 @@
 - an ``nn.Module`` (give ``preprocess=``), or any object that already is a Classifier;
 - a TorchScript file ``*.pt`` / ``*.ts`` / ``*.pth`` (give ``preprocess=``);
 - an ONNX file ``*.onnx``;
-- ``package.module:function`` or ``file.py:function`` (uint8 N×H×W×3 → N×C scores);
+- ``package.module:function`` or ``file.py:function`` (uint8 N×H×W×3 → N×C scores); when the
+  named object is an ``nn.Module`` instance it is used as a white-box torch model instead;
 - ``http://…`` / ``https://…`` (see :mod:`explain.models.http` for the JSON schema).
 """
 
@@ -56,6 +57,8 @@ SPEC_FORMS = {
     "FILE.pt / .ts / .pth": "a TorchScript file (give --input-size/--mean/--std)",
     "FILE.onnx": "an ONNX file on onnxruntime (NCHW or NHWC read from the graph)",
     "package.module:function": "a Python function: uint8 N×H×W×3 RGB numpy → N×C scores",
+    "package.module:net": "an nn.Module instance (white-box capable; give --input-size/--mean/"
+                          "--std)",
     "file.py:function": "the same, from a file",
     "http(s)://host/path": "an HTTP endpoint (JSON with base64 PNGs; see docs)",
 }
@@ -95,8 +98,12 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
         return load_torchscript(text, preprocess or Preprocess(input_size=None),
                                 class_names=class_names, device=device, logits=logits)
     if ":" in text:
-        return CallableClassifier(import_callable(text), class_names=class_names, logits=logits,
-                                  name=text)
+        obj = import_callable(text)
+        if isinstance(obj, nn.Module):
+            return TorchClassifier(obj, preprocess or Preprocess(input_size=None),
+                                   class_names=class_names, device=device, logits=logits,
+                                   name=text)
+        return CallableClassifier(obj, class_names=class_names, logits=logits, name=text)
     raise ModelError(
         f"unknown model {text!r}. Use one of: "
         + "; ".join(f"{k} ({v})" for k, v in SPEC_FORMS.items())

@@ -263,3 +263,42 @@ def test_callable_errors(tmp_path):
     (tmp_path / "bad_syntax.py").write_text("def (:\n")
     with pytest.raises(ModelError, match="cannot import"):
         load(f"{tmp_path / 'bad_syntax.py'}:fn")
+
+
+MODULE_SOURCE = '''
+import torch
+from torch import nn
+
+
+class Brightness(nn.Module):
+    class_names = ("dark", "bright")
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]).view(2, 3, 1, 1))
+            self.conv.bias.zero_()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv(x)).mean(dim=(2, 3))
+
+
+net = Brightness()
+'''
+
+
+def test_module_instance_spec_is_a_white_box_torch_model(tmp_path):
+    from explain import guided_backprop
+
+    path = tmp_path / "my_net.py"
+    path.write_text(MODULE_SOURCE)
+    clf = load(f"{path}:net", "cpu", logits=True)
+    assert isinstance(clf, TorchClassifier)
+    assert clf.class_names == ["dark", "bright"]
+    x = torch.full((1, 3, 4, 4), 0.5)
+    torch.testing.assert_close(clf.predict(x), torch.softmax(torch.tensor([[0.0, 1.5]]), 1))
+    rec = guided_backprop(clf, np.full((4, 4, 3), 128, np.uint8), target="bright")
+    # d mean(relu(sum_c x_c)) / dx = 1/16 per channel where the unit is active
+    np.testing.assert_allclose(rec.values, np.full((4, 4, 3), 1 / 16), rtol=1e-6)
