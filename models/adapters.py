@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from explain.errors import ModelError
-from explain.models.base import BaseClassifier, Preprocess, default_device
+from explain.models.base import BaseClassifier, Preprocess, default_device, to_uint8_images
 
 
 class TorchClassifier(BaseClassifier):
@@ -177,8 +177,7 @@ class CallableClassifier(BaseClassifier):
         self.class_names = list(names) if names is not None else None
 
     def _scores(self, batch: torch.Tensor) -> object:
-        arr = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
         try:
-            return self.fn(np.ascontiguousarray(arr.cpu().numpy()))
+            return self.fn(to_uint8_images(batch))
         except Exception as exc:
             raise ModelError(f"model {self.name} raised {type(exc).__name__}: {exc}") from exc

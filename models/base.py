@@ -119,6 +119,12 @@ class Preprocess:
         return (x * self.value_scale - mean) / std
 
 
+def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
+    """RGB [0, 1] batch N×3×H×W → contiguous uint8 N×H×W×3 numpy array (rounded, clamped)."""
+    arr = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return np.ascontiguousarray(arr.cpu().numpy())
+
+
 def resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize with antialiasing when shrinking (close to PIL's BILINEAR)."""
     shrink = size[0] < batch.shape[-2] or size[1] < batch.shape[-1]

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from explain.errors import ModelError
-from explain.models.base import BaseClassifier
+from explain.models.base import BaseClassifier, to_uint8_images
 
 
 def encode_png(image: np.ndarray) -> str:
@@ -100,7 +100,7 @@ class HttpClassifier(BaseClassifier):
         return reply
 
     def _scores(self, batch: torch.Tensor) -> np.ndarray:
-        arr = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        arr = to_uint8_images(batch)
         rows: list = []
         for start in range(0, len(arr), self.max_batch):
             chunk = [encode_png(a) for a in arr[start:start + self.max_batch]]

@@ -27,7 +27,7 @@ from torch import nn
 
 from explain.errors import ModelError
 from explain.models.adapters import OnnxClassifier, TorchClassifier
-from explain.models.base import Preprocess
+from explain.models.base import Preprocess, to_uint8_images
 
 CLASS_NAMES = ("sfw", "nsfw")
 PREPROCESS = Preprocess(
@@ -165,8 +165,7 @@ def reference_resize(batch: torch.Tensor, *, jpeg_reencode: bool) -> torch.Tenso
     Takes and returns RGB [0, 1] batches (the output is N×3×224×224 on the input's device).
     """
     out = []
-    for img in batch:
-        arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    for arr in to_uint8_images(batch):
         pil = Image.fromarray(arr).resize((256, 256), resample=Image.Resampling.BILINEAR)
         pil = pil.crop((16, 16, 240, 240))
         if jpeg_reencode:
