@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -190,9 +189,7 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
     small, factor = None, 1.0
     if need_small:
         factor = min(1.0, DETECT_SIDE / max(shape))
-        small = rgb if factor == 1.0 else cv2.resize(
-            rgb, (max(1, round(shape[1] * factor)), max(1, round(shape[0] * factor))),
-            interpolation=cv2.INTER_AREA)
+        small = shrink(rgb, DETECT_SIDE)
     return Loaded(row, x=x[0], shape=shape, small=small, factor=factor)
 
 
