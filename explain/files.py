@@ -1,0 +1,145 @@
+"""Writing output files safely, and showing any file name safely.
+
+The one home for two promises the whole toolkit makes:
+
+- **Atomic outputs.** Every file the library or the CLI writes goes through :func:`atomic_write`
+  (or :func:`write_bytes` / :func:`write_text`): it is written under a temporary name in the
+  same folder and renamed over the target only when complete, so a crash, a kill or a full disk
+  never leaves a truncated or empty output, and an earlier good file is kept until the new one is
+  whole.
+- **Any byte name.** File names on POSIX are bytes; Python keeps undecodable bytes as lone
+  surrogates (``os.fsdecode``). :func:`display` turns any name into text safe for a terminal, a
+  log line or a web page (undecodable bytes become U+FFFD, control characters are escaped, so no
+  ESC byte reaches a terminal); :func:`lossless` gives a text form that round-trips to the exact
+  bytes (for storing in a database or a CSV).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from explain.errors import OptionError
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None,
+                 newline: str | None = None) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit rename it over ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left as it was. The folder is
+    created when missing. ``mode`` is ``"wb"`` or ``"w"`` (text; ``encoding`` defaults to UTF-8).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=".part", dir=target.parent)
+    try:
+        if mode == "w":
+            f: IO = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline=newline)
+        else:
+            f = os.fdopen(fd, "wb")
+        with f:
+            yield f
+            f.flush()
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; return the path."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically; return the path."""
+    with atomic_write(path, "w", encoding=encoding) as f:
+        f.write(text)
+    return Path(path)
+
+
+_CONTROL = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def display(name: str | bytes | os.PathLike) -> str:
+    """Any file name (or other user text) as printable text: undecodable bytes → U+FFFD,
+    control characters (ESC, newline, tab, …) → ``\\xNN``. For terminals, logs and pages."""
+    if isinstance(name, bytes):
+        text = name.decode("utf-8", errors="replace")
+    else:
+        text = os.fspath(name)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        text = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    return text.translate(_CONTROL)
+
+
+def lossless(name: str | os.PathLike) -> str:
+    """A path as text that round-trips to the exact file-system bytes (``os.fsdecode`` form,
+    undecodable bytes as lone surrogates) — valid for Python, not for strict UTF-8 encoders:
+    encode it with ``errors="surrogateescape"`` or use :func:`to_storable`."""
+    return os.fsdecode(os.fspath(name))
+
+
+def to_storable(name: str | os.PathLike) -> str:
+    """A path as strict-UTF-8 text that :func:`from_storable` turns back into the same bytes.
+
+    Decodable names are unchanged; a name with undecodable bytes is written as ``\\x``-escaped
+    text behind a ``b:`` prefix (names that start with ``b:`` are escaped too, so the form is
+    unambiguous)."""
+    text = lossless(name)
+    raw = os.fsencode(text)
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        decoded = None
+    if decoded is not None and not decoded.startswith("b:"):
+        return decoded
+    return "b:" + "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}"
+                          for b in raw)
+
+
+def from_storable(text: str) -> str:
+    """The inverse of :func:`to_storable`: the path in ``os.fsdecode`` form."""
+    if not text.startswith("b:"):
+        return text
+    body = text[2:]
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        if body[i] == "\\" and body[i + 1:i + 2] == "x":
+            out.append(int(body[i + 2:i + 4], 16))
+            i += 4
+        else:
+            out.append(ord(body[i]))
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def check_output_dir(folder: str | os.PathLike) -> Path:
+    """Check before any work that ``folder`` can hold outputs: it exists as a folder (or can be
+    created) and is writable. Raises :class:`~explain.errors.OptionError` with the reason."""
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise OptionError(f"output {display(p)} is a file, not a folder; give a folder with -o")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".explain-write-check.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OptionError(f"cannot write to output folder {display(p)}: "
+                          f"{exc.strerror or exc}") from None
+    return p
