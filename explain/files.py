@@ -25,6 +25,9 @@ from typing import IO
 
 from explain.errors import OptionError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import: outputs get the usual 0o666 & ~umask, not mkstemp's 0o600
+
 
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None,
@@ -47,6 +50,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | N
         with f:
             yield f
             f.flush()
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except BaseException:
         try:

@@ -43,6 +43,13 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["out.txt"]
 
 
+def test_atomic_output_has_ordinary_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    out = write_text(tmp_path / "report.html", "x")
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_check_output_dir(tmp_path):
     assert check_output_dir(tmp_path / "new" / "deep").is_dir()
     (tmp_path / "file").write_text("x")
