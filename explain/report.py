@@ -305,11 +305,11 @@ def tie_ranks(values: Sequence[float], tolerance: float = TIE_TOLERANCE) -> list
     every value above it (``[0.5, 0.495, 0.3]`` → ``[1, 1, 3]``)."""
     order = sorted(range(len(values)), key=lambda i: -values[i])
     ranks = [0] * len(values)
-    lead, rank = None, 0
+    lead, group_rank = None, 0
     for place, i in enumerate(order, 1):
         if lead is None or lead - values[i] > tolerance:
-            lead, rank = values[i], place
-        ranks[i] = rank
+            lead, group_rank = values[i], place
+        ranks[i] = group_rank
     return ranks
 
 
@@ -381,15 +381,19 @@ def rank(images: list[ImageResult], names: list[str], target: str
         for m, r in zip(compared, ranks, strict=True):
             m.rank, m.tied = r, ranks.count(r) > 1
 
-    if not any(m.faithfulness is not None for img in loaded for m in img.methods):
-        verdict = "no ranking: no method produced a map"
+    if not loaded:
+        none = "no image could be read"
+    elif not any(m.faithfulness is not None for img in loaded for m in img.methods):
+        none = "no method produced a map"
     elif not signal:
-        verdict = "no ranking: no image had a signal"
+        none = "no image had a signal"
     elif not group:
-        verdict = "no ranking: no method has a usable map on an image with a signal"
+        none = "no method has a usable map on an image with a signal"
     else:
-        verdict = (f"{len(group)} method{'s' * (len(group) != 1)} ranked on {len(shared)} of "
-                   f"{len(images)} image{'s' * (len(images) != 1)}, the same for every method")
+        none = None
+    verdict = f"no ranking: {none}" if none else (
+        f"{len(group)} method{'s' * (len(group) != 1)} ranked on {len(shared)} of "
+        f"{len(images)} image{'s' * (len(images) != 1)}, the same for every method")
     not_ranked = {}
     for n in names:
         if n in group:
@@ -398,7 +402,7 @@ def rank(images: list[ImageResult], names: list[str], target: str
         if results and all(m.skipped for m in results):
             not_ranked[n] = "skipped"
         elif not signal:
-            not_ranked[n] = "no image had a signal"
+            not_ranked[n] = none
         elif any(_usable(m) for img in signal for m in img.methods if m.method == n):
             not_ranked[n] = "shares no image with a signal with the ranked methods"
         else:

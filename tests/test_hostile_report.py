@@ -284,3 +284,12 @@ def test_non_utf8_file_name_is_written_and_shown(tmp_path):
     assert data["images"][0]["error"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [os.fsdecode(b"caf\xe9.jpg"), "r.html",
                                                            "r.json"]  # no temporary file left
+
+
+def test_no_readable_image_gives_no_ranking(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    r = build_report([broken], model=quadrant_model(), methods="occlusion", options=QUADRANTS)
+    assert r.images[0].error and r.images[0].left_out is None
+    assert r.ranking == "no ranking: no image could be read"
+    assert r.summary == [] and r.not_ranked == {"occlusion": "no image could be read"}
