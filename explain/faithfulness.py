@@ -15,6 +15,19 @@ All 2·(steps+1) perturbed images are built in one vectorised operation per batc
 classifier's device and scored with as few ``predict`` calls as the batch size allows. When the
 classifier declares an input size, image and heatmap are resized there once and the curves are
 computed at that size (the model would resize every perturbed copy anyway).
+
+Two flags say when the curves cannot tell one map from another (probability units, stated here
+and in every result):
+
+- **saturated**: the score is pinned at one end whatever the measure does to the image — p_t of
+  the intact image, of the fully deleted image and of the blurred canvas (the three points of the
+  curves that no map can change) all lie within ``SATURATION_MARGIN`` = 0.01 of 0, or all within
+  it of 1.
+- **flat**: the highest and the lowest point of both curves together differ by at most
+  ``FLAT_TOLERANCE`` = 0.01: whatever this map put first, the score did not move.
+
+``constant`` says the map has one value only: it orders no pixel before another, so its curves
+follow raster order and its AUCs say nothing about the map.
 """
 
 from __future__ import annotations
@@ -30,6 +43,9 @@ from explain.heatmap import Heatmap
 from explain.models.base import Classifier, resize, resolve_target
 from explain.occlusion import FILLS, fill_values, gaussian_blur
 from explain.windows import check_batch_size, image_array, image_tensor
+
+SATURATION_MARGIN = 0.01
+FLAT_TOLERANCE = 0.01
 
 
 def blurred(x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +81,9 @@ def faithfulness(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     :class:`Heatmap` or an (H, W) array in the image's coordinates (NaN ranks last). Returns a
     JSON-able dict: ``deletion_auc`` (lower is better), ``insertion_auc`` (higher is better),
     ``insertion_minus_deletion``, the two curves, ``fractions``, ``score`` (p_t of the intact
-    image), ``steps``, ``fill``, ``target``, ``size`` (the (H, W) the curves were computed at) and
-    ``constant`` (the map has one value only: its pixel order, and so its AUCs, mean nothing).
+    image), ``steps``, ``fill``, ``target``, ``size`` (the (H, W) the curves were computed at),
+    ``constant`` (the map has one value only: its pixel order, and so its AUCs, mean nothing) and
+    ``saturated`` / ``flat`` (the curves cannot tell maps apart; see the module docstring).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise OptionError(f"steps must be a positive integer, got {steps!r}")
@@ -111,6 +128,9 @@ def faithfulness(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     deletion, insertion = curve[: steps + 1], curve[steps + 1:]
     fractions = counts.cpu().numpy() / n
     d_auc, i_auc = auc(deletion, fractions), auc(insertion, fractions)
+    fixed = (deletion[0], deletion[-1], insertion[0])  # no pixel order changes these three
+    saturated = (all(p <= SATURATION_MARGIN for p in fixed)
+                 or all(p >= 1.0 - SATURATION_MARGIN for p in fixed))
     return {
         "target": list(classifier.class_names)[t],
         "steps": steps,
@@ -121,6 +141,8 @@ def faithfulness(classifier: Classifier, image: np.ndarray | str | os.PathLike,
         "insertion_auc": i_auc,
         "insertion_minus_deletion": i_auc - d_auc,
         "constant": constant,
+        "saturated": bool(saturated),
+        "flat": bool(curve.max() - curve.min() <= FLAT_TOLERANCE),
         "fractions": fractions.tolist(),
         "deletion": deletion.tolist(),
         "insertion": insertion.tolist(),

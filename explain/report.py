@@ -4,8 +4,29 @@
 insertion AUC (:func:`explain.faithfulness`) and ranks the methods per image and overall by
 ``insertion_auc − deletion_auc`` (higher is better). :func:`render_html` turns the result into ONE
 self-contained HTML file (pictures as base64 data URIs, no network resource, opens from disk;
-jinja2 with autoescaping, since file and class names are untrusted text); :func:`report_json`
-gives the same numbers for machines; :func:`write_report` does both steps.
+jinja2 with autoescaping, since file and class names are untrusted text, and every shown text
+passed through :func:`explain.files.display`); :func:`report_json` gives the same numbers for
+machines; :func:`write_report` does both steps and writes the file atomically.
+
+The ranking counts only what the measure can tell apart:
+
+- An image has **no signal** when the curves cannot tell one map from another: its score is
+  *saturated* (p_t of the image, of its fully deleted copy and of the blurred insertion canvas
+  all within ``SATURATION_MARGIN`` = 0.01 of 0, or all within it of 1, for every method), or its
+  curves are *flat* (for every method, all points of both curves within ``FLAT_TOLERANCE`` =
+  0.01 of each other); see :mod:`explain.faithfulness`. Such an image is flagged with its reason
+  and left out of the ranking, as is an image on which no method produced a map.
+- A method has a **usable map** on an image when it produced one and the map is not constant (a
+  constant map orders no pixel). Methods are compared on the same images only: the compared
+  methods are the largest set of methods that all have a usable map on at least one image with a
+  signal (among sets of that size, the one sharing the most images; then the earlier methods);
+  they are ranked on exactly the images with a signal where every one of them has a usable map.
+  Any other image with a signal is left out for all, with the methods that had no usable map on
+  it. A method outside the compared set is *not ranked*, with its reason — never first.
+- **Ties**: sorted by ``insertion_auc − deletion_auc`` (per image; overall its mean over the
+  compared images), a method within ``TIE_TOLERANCE`` = 0.01 of the best of its group shares that
+  group's rank, and the next group's rank counts all methods above it (1, 1, 3). A shared rank is
+  marked ``tied``. With no image with a signal the verdict is "no ranking: no image had a signal".
 
 Models: for the default ``open-nsfw`` the black-box methods, the scores and the faithfulness
 curves run on the fastest backend (``open-nsfw:auto``) and the white-box methods on the torch
@@ -24,6 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from itertools import combinations
 from pathlib import Path
 
 import cv2
@@ -33,7 +55,8 @@ from PIL import Image
 
 from explain.backprop import deconvnet, guided_backprop
 from explain.errors import ExplainError, OptionError, WhiteBoxError
-from explain.faithfulness import faithfulness
+from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN, faithfulness
+from explain.files import display, to_storable, write_text
 from explain.grad_cam import gradcam
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
@@ -47,6 +70,7 @@ DISPLAY_SIDE = 256
 THUMB_SIDE = 64
 FORMATS = ("html", "json")
 DEFAULT_MODELS = ("open-nsfw", "open-nsfw:auto")
+TIE_TOLERANCE = 0.01
 Progress = Callable[[int, int, str], None]
 
 
@@ -131,6 +155,7 @@ class MethodResult:
     params: dict = field(default_factory=dict)
     faithfulness: dict | None = None
     rank: int | None = None
+    tied: bool = False
     error: str | None = None
     skipped: str | None = None
     overlay_uri: str | None = None
@@ -148,11 +173,12 @@ class ImageResult:
     original_uri: str | None = None
     thumb_uri: str | None = None
     methods: list[MethodResult] = field(default_factory=list)
+    left_out: str | None = None
 
     @property
-    def best(self) -> str | None:
-        ranked = [m for m in self.methods if m.rank == 1]
-        return ranked[0].title if ranked else None
+    def best(self) -> list[MethodResult]:
+        """The methods ranked first on this image (several when tied, none when not ranked)."""
+        return [m for m in self.methods if m.rank == 1]
 
     @property
     def ranked(self) -> list[MethodResult]:
@@ -170,6 +196,8 @@ class Report:
     images: list[ImageResult]
     notes: list[str]
     summary: list[dict]
+    ranking: str
+    not_ranked: dict[str, str]
     seconds: float
     created: str
 
@@ -240,15 +268,6 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> Met
     return result
 
 
-def _rank(results: list[MethodResult]) -> None:
-    """Rank 1 = highest insertion − deletion; a constant map has no pixel order and no rank."""
-    scored = [m for m in results if m.faithfulness is not None
-              and not m.faithfulness["constant"]]
-    scored.sort(key=lambda m: -m.faithfulness["insertion_minus_deletion"])
-    for i, m in enumerate(scored, 1):
-        m.rank = i
-
-
 def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
            skipped: dict[str, str], tick: Callable[[str], None]) -> ImageResult:
     row = ImageResult(path=str(path), anchor=f"img-{index}")
@@ -258,7 +277,7 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
     except ExplainError as exc:
         row.error = getattr(exc, "reason", None) or str(exc)
         for name in names:
-            tick(f"{path.name}: {name}")
+            tick(f"{display(path.name)}: {name}")
         return row
     classes = list(models.black.class_names)
     row.size = image.shape[:2]
@@ -276,34 +295,140 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
                 row.methods.append(MethodResult(name, METHODS[name].title, skipped=str(exc)))
             except (ExplainError, RuntimeError, ValueError) as exc:
                 row.methods.append(MethodResult(name, METHODS[name].title, error=str(exc)))
-        tick(f"{path.name}: {name}")
-    _rank(row.methods)
+        tick(f"{display(path.name)}: {name}")
     return row
 
 
-def _summary(images: list[ImageResult], names: list[str]) -> list[dict]:
-    """Per method, over the images it scored: mean AUCs, mean rank, wins, mean time; best first."""
-    rows = []
-    for name in names:
-        done = [m for img in images for m in img.methods if m.method == name and m.rank]
-        if not done:
+def tie_ranks(values: Sequence[float], tolerance: float = TIE_TOLERANCE) -> list[int]:
+    """Competition ranks of ``values``, highest first: going down the sorted values, one within
+    ``tolerance`` of the best of its group shares the group's rank; a new group's rank counts
+    every value above it (``[0.5, 0.495, 0.3]`` → ``[1, 1, 3]``)."""
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    ranks = [0] * len(values)
+    lead, group_rank = None, 0
+    for place, i in enumerate(order, 1):
+        if lead is None or lead - values[i] > tolerance:
+            lead, group_rank = values[i], place
+        ranks[i] = group_rank
+    return ranks
+
+
+def _gap(m: MethodResult) -> float:
+    return m.faithfulness["insertion_minus_deletion"]
+
+
+def _usable(m: MethodResult) -> bool:
+    return m.faithfulness is not None and not m.faithfulness["constant"]
+
+
+def _unusable(m: MethodResult) -> str:
+    if m.skipped:
+        return "skipped"
+    if m.error:
+        return "failed"
+    return "has a constant map"
+
+
+def _no_signal(img: ImageResult, target: str) -> str | None:
+    """Why the curves on ``img`` cannot tell maps apart (see the module docstring), or None."""
+    curves = [m.faithfulness for m in img.methods if m.faithfulness is not None]
+    if not curves:
+        return "no method produced a map"
+    if all(f["saturated"] for f in curves):
+        end = 0 if curves[0]["score"] <= 0.5 else 1
+        return (f"no signal: score saturated (p({target}) of the image, of its fully deleted "
+                f"copy and of the blurred canvas all within {SATURATION_MARGIN:g} of {end})")
+    if all(f["flat"] for f in curves):
+        return (f"no signal: curves flat (every method's deletion and insertion curves stay "
+                f"within {FLAT_TOLERANCE:g})")
+    return None
+
+
+def _compared(signal: list[ImageResult], names: list[str]) -> tuple[list[str], list[int]]:
+    """The compared methods and the indices of the images they share (module docstring)."""
+    usable = {n: {i for i, img in enumerate(signal) for m in img.methods
+                  if m.method == n and _usable(m)} for n in names}
+    candidates = [n for n in names if usable[n]]
+    for size in range(len(candidates), 0, -1):
+        shared = [(sorted(set.intersection(*(usable[n] for n in group))), list(group))
+                  for group in combinations(candidates, size)]
+        shared = [s for s in shared if s[0]]
+        if shared:
+            images, group = max(shared, key=lambda s: len(s[0]))
+            return group, images
+    return [], []
+
+
+def rank(images: list[ImageResult], names: list[str], target: str
+         ) -> tuple[str, dict[str, str], list[dict]]:
+    """Rank ``names`` over ``images`` as the module docstring says: sets each image's
+    ``left_out`` and each compared method's ``rank``/``tied``; returns the verdict line, the
+    methods not ranked with their reasons, and the summary rows (best first)."""
+    loaded = [img for img in images if img.error is None]
+    for img in loaded:
+        img.left_out = _no_signal(img, target)
+    signal = [img for img in loaded if img.left_out is None]
+    group, shared = _compared(signal, names)
+    for i, img in enumerate(signal):
+        by_name = {m.method: m for m in img.methods}
+        if i not in shared:
+            img.left_out = "not comparable: " + ", ".join(
+                f"{by_name[n].title} {_unusable(by_name[n])}" for n in group
+                if not _usable(by_name[n]))
             continue
+        compared = [by_name[n] for n in group]
+        ranks = tie_ranks([_gap(m) for m in compared])
+        for m, r in zip(compared, ranks, strict=True):
+            m.rank, m.tied = r, ranks.count(r) > 1
+
+    if not loaded:
+        none = "no image could be read"
+    elif not any(m.faithfulness is not None for img in loaded for m in img.methods):
+        none = "no method produced a map"
+    elif not signal:
+        none = "no image had a signal"
+    elif not group:
+        none = "no method has a usable map on an image with a signal"
+    else:
+        none = None
+    verdict = f"no ranking: {none}" if none else (
+        f"{len(group)} method{'s' * (len(group) != 1)} ranked on {len(shared)} of "
+        f"{len(images)} image{'s' * (len(images) != 1)}, the same for every method")
+    not_ranked = {}
+    for n in names:
+        if n in group:
+            continue
+        results = [m for img in loaded for m in img.methods if m.method == n]
+        if results and all(m.skipped for m in results):
+            not_ranked[n] = "skipped"
+        elif not signal:
+            not_ranked[n] = none
+        elif any(_usable(m) for img in signal for m in img.methods if m.method == n):
+            not_ranked[n] = "shares no image with a signal with the ranked methods"
+        else:
+            not_ranked[n] = "no usable map on an image with a signal"
+
+    rows = []
+    for n in group:
+        done = [m for i in shared for m in signal[i].methods if m.method == n]
         f = [m.faithfulness for m in done]
         rows.append({
-            "method": name, "title": METHODS[name].title, "images": len(done),
+            "method": n, "title": METHODS[n].title, "images": len(done),
             "deletion_auc": float(np.mean([x["deletion_auc"] for x in f])),
             "insertion_auc": float(np.mean([x["insertion_auc"] for x in f])),
             "insertion_minus_deletion": float(np.mean([x["insertion_minus_deletion"]
                                                        for x in f])),
             "mean_rank": float(np.mean([m.rank for m in done])),
-            "wins": sum(m.rank == 1 for m in done),
+            "wins": sum(m.rank == 1 and not m.tied for m in done),
+            "shared_wins": sum(m.rank == 1 and m.tied for m in done),
             "seconds": float(np.mean([m.seconds for m in done])),
             "faith_seconds": float(np.mean([m.faith_seconds for m in done])),
         })
-    rows.sort(key=lambda r: (-r["insertion_minus_deletion"], r["mean_rank"]))
-    for i, r in enumerate(rows, 1):
-        r["rank"] = i
-    return rows
+    ranks = tie_ranks([r["insertion_minus_deletion"] for r in rows])
+    for r, place in zip(rows, ranks, strict=True):
+        r["rank"], r["tied"] = place, ranks.count(place) > 1
+    rows.sort(key=lambda r: (r["rank"], -r["insertion_minus_deletion"]))
+    return verdict, not_ranked, rows
 
 
 def build_report(paths: Sequence[str | os.PathLike], *, model: object = "open-nsfw",
@@ -331,11 +456,12 @@ def build_report(paths: Sequence[str | os.PathLike], *, model: object = "open-ns
 
     images = [_image(i, Path(p), models, names, o, skipped, tick) for i, p in enumerate(paths)]
     notes = [f"{METHODS[m].title} skipped: {why}" for m, why in skipped.items()]
+    verdict, not_ranked, summary = rank(images, names, target)
     return Report(
         model=getattr(models.black, "name", str(model)),
         white_model=None if models.white is None else getattr(models.white, "name", str(model)),
-        target=target, methods=names, options=o, images=images, notes=notes,
-        summary=_summary(images, names), seconds=time.perf_counter() - start,
+        target=target, methods=names, options=o, images=images, notes=notes, summary=summary,
+        ranking=verdict, not_ranked=not_ranked, seconds=time.perf_counter() - start,
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
@@ -359,6 +485,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("explain", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        finalize=lambda value: display(value) if isinstance(value, str) else value,
     )
     env.filters["points"] = curve_points
     env.filters["y_range"] = curve_range
@@ -366,38 +493,57 @@ def _environment() -> jinja2.Environment:
 
 
 def render_html(report: Report) -> str:
-    """The report as one self-contained HTML page."""
-    return _environment().get_template("report.html.j2").render(r=report)
+    """The report as one self-contained HTML page; every text shown as :func:`display` shows it
+    (any file name, even with undecodable bytes, becomes printable strict-UTF-8 text)."""
+    titles = {name: m.title for name, m in METHODS.items()}
+    return _environment().get_template("report.html.j2").render(
+        r=report, titles=titles, tie=TIE_TOLERANCE, margin=SATURATION_MARGIN, flat=FLAT_TOLERANCE)
+
+
+def _shown(value: object) -> object:
+    """Every text in a JSON-able value as :func:`display` shows it."""
+    if isinstance(value, str):
+        return display(value)
+    if isinstance(value, dict):
+        return {_shown(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown(v) for v in value]
+    return value
 
 
 def report_json(report: Report) -> dict:
-    """The report's numbers (no pictures) as a JSON-able dict."""
+    """The report's numbers (no pictures) as a JSON-able dict of strict UTF-8 text: image paths
+    in :func:`explain.files.to_storable` form (lossless), other texts as :func:`display` shows
+    them."""
     def method(m: MethodResult) -> dict:
         return {"method": m.method, "seconds": m.seconds, "faith_seconds": m.faith_seconds,
-                "params": m.params, "rank": m.rank, "error": m.error, "skipped": m.skipped,
-                "faithfulness": m.faithfulness}
+                "params": m.params, "rank": m.rank, "tied": m.tied, "error": m.error,
+                "skipped": m.skipped, "faithfulness": m.faithfulness}
 
-    return {
+    def image(img: ImageResult) -> dict:
+        return {"path": to_storable(img.path), **_shown({
+            "error": img.error, "left_out": img.left_out,
+            "size": list(img.size) if img.size else None, "scores": img.scores,
+            "score": img.score, "best": [m.method for m in img.best],
+            "methods": [method(m) for m in img.methods]})}
+
+    return {**_shown({
         "model": report.model, "white_model": report.white_model, "target": report.target,
         "methods": report.methods, "created": report.created, "seconds": report.seconds,
-        "options": asdict(report.options),
-        "notes": report.notes, "summary": report.summary,
-        "images": [{"path": img.path, "error": img.error,
-                    "size": list(img.size) if img.size else None, "scores": img.scores,
-                    "score": img.score, "best": next((m.method for m in img.methods
-                                                      if m.rank == 1), None),
-                    "methods": [method(m) for m in img.methods]} for img in report.images],
-    }
+        "options": asdict(report.options), "notes": report.notes,
+        "ranking": {"verdict": report.ranking, "not_ranked": report.not_ranked,
+                    "tie_tolerance": TIE_TOLERANCE, "saturation_margin": SATURATION_MARGIN,
+                    "flat_tolerance": FLAT_TOLERANCE},
+        "summary": report.summary}), "images": [image(img) for img in report.images]}
 
 
 def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *,
                  format: str = "html", **kwargs: object) -> Report:
-    """:func:`build_report` and write it to ``output`` as ``html`` or ``json``."""
+    """:func:`build_report` and write it to ``output`` as ``html`` or ``json``, atomically
+    (:func:`explain.files.write_text`: a crash never leaves a partial file)."""
     if format not in FORMATS:
         raise OptionError(f"unknown format {format!r}; use html or json")
     report = build_report(paths, **kwargs)  # type: ignore[arg-type]
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = render_html(report) if format == "html" else json.dumps(report_json(report), indent=2)
-    out.write_text(text, encoding="utf-8")
+    write_text(output, text)
     return report

@@ -175,3 +175,20 @@ def test_real_open_nsfw_end_points(nsfw_onnx, photos):
     assert r["insertion"][-1] == pytest.approx(p[0], abs=1e-5)
     assert r["deletion"][-1] == pytest.approx(p[1], abs=1e-5)
     assert all(0 <= v <= 1 for v in r["deletion"] + r["insertion"])
+
+
+@pytest.mark.parametrize(("value", "saturated", "flat"), [
+    (0, True, True),      # p = 0 whatever is deleted or inserted
+    (255, True, True),    # p = 1, and the blur fill / canvas of a white image is white
+    (128, False, True),   # p = 0.502 throughout: nothing moves, but nothing is pinned either
+])
+def test_saturated_and_flat_flags(region_model, value, saturated, flat):
+    img = np.full((SIDE, SIDE, 3), value, dtype=np.uint8)
+    r = faithfulness(region_model, img, region_map(1, 0), steps=STEPS, target="target")
+    assert (r["saturated"], r["flat"]) == (saturated, flat)
+
+
+def test_a_curve_that_moves_is_neither_saturated_nor_flat(region_model, image):
+    r = faithfulness(region_model, image, region_map(1, 0), steps=STEPS, target="target",
+                     fill="black")
+    assert (r["saturated"], r["flat"]) == (False, False)

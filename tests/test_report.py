@@ -17,7 +17,7 @@ from explain import build_report, render_html, report_json, write_report
 from explain.cli import app
 from explain.errors import OptionError
 from explain.models import CallableClassifier, Preprocess, load
-from explain.report import METHODS, Options, parse_methods
+from explain.report import METHODS, Options, parse_methods, tie_ranks
 
 FAST = Options(box=16, stride=16, steps=4)
 HOSTILE = "<script>alert(1)</script>"
@@ -102,25 +102,28 @@ def test_bad_image_is_a_failed_row_with_its_reason(tiny_report):
 
 
 def test_ranks_per_image_and_overall(tiny_report):
-    for img in tiny_report.images:
-        ranked = [m for m in img.methods if m.rank]
-        ranked.sort(key=lambda m: m.rank)
-        assert [m.rank for m in ranked] == list(range(1, len(ranked) + 1))
-        gaps = [m.faithfulness["insertion_minus_deletion"] for m in ranked]
-        assert gaps == sorted(gaps, reverse=True)
-        unranked = [m for m in img.methods if m.faithfulness and not m.rank]
-        assert all(m.faithfulness["constant"] for m in unranked)
-    summary = tiny_report.summary
-    assert [s["rank"] for s in summary] == list(range(1, len(summary) + 1))
-    means = [s["insertion_minus_deletion"] for s in summary]
-    assert means == sorted(means, reverse=True)
-    for s in summary:
-        mine = [m for img in tiny_report.images for m in img.methods
-                if m.method == s["method"] and m.rank]
-        assert s["images"] == len(mine)
+    """Every ranked method is ranked on the same images, by tie_ranks of ins − del there."""
+    r = tiny_report
+    ranked = [s["method"] for s in r.summary]
+    assert set(ranked) | set(r.not_ranked) == set(METHODS) and ranked
+    compared = [img for img in r.images if img.error is None and img.left_out is None]
+    assert compared
+    for img in r.images:
+        by_name = {m.method: m for m in img.methods}
+        if img in compared:
+            ms = [by_name[n] for n in ranked]
+            assert [m.rank for m in ms] == tie_ranks([m.faithfulness["insertion_minus_deletion"]
+                                                      for m in ms])
+        assert all(m.rank is None for n, m in by_name.items() if img not in compared
+                   or n not in ranked)
+    means = {s["method"]: s["insertion_minus_deletion"] for s in r.summary}
+    assert [s["rank"] for s in r.summary] == sorted(tie_ranks(list(means.values())))
+    for s in r.summary:
+        mine = [m for img in compared for m in img.methods if m.method == s["method"]]
+        assert s["images"] == len(compared)
         assert s["deletion_auc"] == pytest.approx(np.mean([m.faithfulness["deletion_auc"]
                                                            for m in mine]))
-        assert s["wins"] == sum(m.rank == 1 for m in mine)
+        assert s["wins"] == sum(m.rank == 1 and not m.tied for m in mine)
 
 
 def test_html_is_self_contained(tiny_report):
@@ -144,7 +147,8 @@ def test_json_has_the_same_numbers(tiny_report):
     assert data["methods"] == list(METHODS) and data["target"] == "nsfw"
     assert data["options"]["box"] == 16 and data["options"]["steps"] == 4
     first = data["images"][0]
-    assert first["error"] is None and first["best"] is not None
+    assert first["error"] is None and first["best"]
+    assert data["ranking"]["verdict"] == tiny_report.ranking
     for m in first["methods"]:
         f = m["faithfulness"]
         assert f"{f['deletion_auc']:.3f}" in html and f"{f['insertion_auc']:.3f}" in html
