@@ -3,9 +3,10 @@
 Per image NAME (the file's stem) in the output folder:
 
 - deconv / guided: ``NAME.deconv.png`` (the Zeiler-style reconstruction: grey = zero),
-  ``NAME.deconv.overlay.png`` (its magnitude on the photo), ``NAME.deconv.json`` (metadata:
+  ``NAME.deconv.overlay.png`` (its magnitude on the photo, with the legend strip of
+  :func:`explain.render.figure` below unless ``--no-legend``), ``NAME.deconv.json`` (metadata:
   score, layer, neuron position and activation); ``guided`` writes ``NAME.guided.*``.
-- gradcam: ``NAME.gradcam.png`` (overlay) and ``NAME.gradcam.json``; ``--guided`` writes
+- gradcam: ``NAME.gradcam.png`` (overlay with legend) and ``NAME.gradcam.json``; ``--guided`` writes
   ``NAME.guided-gradcam.*``.
 """
 
@@ -33,9 +34,13 @@ from explain.cli.common import (
     LogitsOpt,
     MeanOpt,
     ModelOpt,
+    NoLegendOpt,
+    NormalizeOpt,
     OutDirOpt,
     StdOpt,
     TargetOpt,
+    VmaxOpt,
+    VminOpt,
     console,
     error_line,
     load_model,
@@ -46,7 +51,7 @@ from explain.grad_cam import gradcam as gradcam_maps
 from explain.heatmap import Heatmap
 from explain.images import iter_image_files, load_image
 from explain.reconstruction import Reconstruction
-from explain.render import overlay, save_png
+from explain.render import check_look, figure, save_png
 
 LayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Reconstruct one activation of this layer (names: `explain layers`) "
@@ -95,10 +100,14 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
     def command(images: Images, layer: LayerOpt = None, neuron: NeuronOpt = "max",
                 target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw",
                 device: DeviceOpt = None, output: OutDirOpt = Path("."),
-                batch_size: BatchOpt = None, colormap: ColormapOpt = "jet",
+                batch_size: BatchOpt = None, colormap: ColormapOpt = None,
                 alpha: AlphaOpt = 0.5, logits: LogitsOpt = False, classes: ClassesOpt = None,
                 input_size: InputSizeOpt = None, mean: MeanOpt = None,
-                std: StdOpt = None) -> None:
+                std: StdOpt = None, normalize: NormalizeOpt = None, vmin: VminOpt = None,
+                vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
+        check_look(colormap, normalize, vmin, vmax)
+        look = dict(colormap=colormap, alpha=alpha, normalize=normalize or "percentile",
+                    vmin=vmin, vmax=vmax, legend=not no_legend)
         clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
                          mean=mean, std=std)
         output.mkdir(parents=True, exist_ok=True)
@@ -110,7 +119,7 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
         def write(path: Path, img: np.ndarray, rec: Reconstruction) -> None:
             stem = output / f"{path.stem}.{suffix}"
             save_png(f"{stem}.png", rec.image())
-            save_png(f"{stem}.overlay.png", rec.overlay(img, colormap=colormap, alpha=alpha))
+            save_png(f"{stem}.overlay.png", figure(img, rec.magnitude, **look))
             Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **rec.metadata()},
                                                        indent=2))
             where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" \
@@ -139,15 +148,18 @@ def gradcam(images: Images, layer: GradcamLayerOpt = None,
                                                  "guided backprop.")] = False,
             target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
             output: OutDirOpt = Path("."), batch_size: BatchOpt = None,
-            colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
+            colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
             classes: ClassesOpt = None, input_size: InputSizeOpt = None, mean: MeanOpt = None,
-            std: StdOpt = None) -> None:
+            std: StdOpt = None, normalize: NormalizeOpt = None, vmin: VminOpt = None,
+            vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
     """Grad-CAM (or guided Grad-CAM) heatmap of the target class, on the photo."""
+    check_look(colormap, normalize, vmin, vmax)
+    look = dict(colormap=colormap, alpha=alpha, vmin=vmin, vmax=vmax, legend=not no_legend,
+                normalize=normalize or ("percentile" if guided else "minmax"))
     clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
                      mean=mean, std=std)
     output.mkdir(parents=True, exist_ok=True)
     suffix = "guided-gradcam" if guided else "gradcam"
-    normalize = "percentile" if guided else "minmax"
 
     def explain_chunk(chunk: list[np.ndarray]) -> list:
         return gradcam_maps(clf, chunk, target=target, layer=layer, guided=guided,
@@ -155,8 +167,7 @@ def gradcam(images: Images, layer: GradcamLayerOpt = None,
 
     def write(path: Path, img: np.ndarray, heatmap: Heatmap) -> None:
         stem = output / f"{path.stem}.{suffix}"
-        save_png(f"{stem}.png", overlay(img, heatmap, colormap=colormap, alpha=alpha,
-                                        normalize=normalize))
+        save_png(f"{stem}.png", figure(img, heatmap, **look))
         Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **heatmap.metadata()},
                                                    indent=2))
         console.print(f"{path}: {heatmap.target} {heatmap.score:.4f}, layer "
