@@ -73,8 +73,8 @@ class Heatmap:
         if self.noise_floor is None or self.signal >= self.noise_floor:
             return None
         if self.signed:
-            return f"no signal: largest |{self.unit}| {self.signal:.3f} < {self.noise_floor:g}"
-        return f"no signal: {self.unit} spans {self.signal:.3f} < {self.noise_floor:g}"
+            return f"no signal: largest |{self.unit}| {self.signal:.2g} < {self.noise_floor:g}"
+        return f"no signal: {self.unit} spans {self.signal:.2g} < {self.noise_floor:g}"
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -95,7 +95,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                      if n]
             bar.console.print(f"{path}  {hm.target} {hm.score:.4f}  {hm.windows} windows  "
                               f"{hm.seconds:.2f} s  → {out}" + "".join(f"  ({n})" for n in notes),
-                              markup=False, highlight=False)
+                              markup=False, highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
