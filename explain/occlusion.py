@@ -4,8 +4,8 @@ of the image is hidden.
 For target class t, each pixel gets the mean, over the windows covering it (see
 :mod:`explain.windows`), of ``p_t(image) − p_t(image with the window filled)``. Positive values
 mark regions that support t. The classic "1 − p_t(occluded)" picture is this map plus the constant
-``1 − p_t(image)``; the renderer's ``minmax`` normalisation is shift-invariant, so both look the
-same.
+``1 − p_t(image)``; on ``jet`` the renderer's ``minmax`` normalisation is shift-invariant, so both
+look the same (by default the signed map is drawn on a diverging scale centred on 0).
 
 Relation to captum: with windows captum can express (stride ≤ box and ``(side − box) % stride ==
 0`` on both axes, so that the grids coincide) and the image already at the classifier's input size,
