@@ -79,10 +79,12 @@ def _bwr() -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def colormap_lut(name: str) -> np.ndarray:
-    """A (256, 3) RGB uint8 lookup table: the built-in ``bwr``, an OpenCV name (``jet``,
-    ``turbo``…) or a matplotlib one (when matplotlib is installed)."""
+    """A (256, 3) RGB uint8 lookup table: the built-in ``bwr`` or ``gray``, an OpenCV name
+    (``jet``, ``turbo``…) or a matplotlib one (when matplotlib is installed)."""
     if name == "bwr":
         return _bwr()
+    if name == "gray":
+        return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
     code = getattr(cv2, f"COLORMAP_{name.upper()}", None)
     if code is not None:
         bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), code)
@@ -92,8 +94,8 @@ def colormap_lut(name: str) -> np.ndarray:
         cmap = matplotlib.colormaps[name]
     except (ImportError, KeyError):
         raise OptionError(
-            f"unknown colormap {name!r}; use bwr, an OpenCV name (jet, turbo, viridis, inferno, "
-            "…) or, with matplotlib installed, a matplotlib one (coolwarm, RdBu, …)"
+            f"unknown colormap {name!r}; use bwr, gray, an OpenCV name (jet, turbo, viridis, "
+            "inferno, …) or, with matplotlib installed, a matplotlib one (coolwarm, RdBu, …)"
         ) from None
     rgba = cmap(np.linspace(0.0, 1.0, 256))
     return np.clip(np.rint(rgba[:, :3] * 255.0), 0, 255).astype(np.uint8)
@@ -322,7 +324,10 @@ def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndar
     return strip
 
 
-def _with_legend(picture: np.ndarray, strip: np.ndarray) -> np.ndarray:
+def with_legend(picture: np.ndarray, heatmap: Heatmap | np.ndarray, s: Scale) -> np.ndarray:
+    """``picture`` with the legend strip of ``heatmap`` drawn on ``s`` below it (the picture
+    padded with white on the right when the strip is wider)."""
+    strip = legend_strip(heatmap, picture.shape[1], s)
     width = max(picture.shape[1], strip.shape[1])
     pad = np.full((picture.shape[0], width - picture.shape[1], 3), 255, dtype=np.uint8)
     return np.concatenate([np.concatenate([picture, pad], axis=1), strip], axis=0)
@@ -340,7 +345,7 @@ def figure(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str | 
     picture = _blend(rgb, _fit(_colours(_values(heatmap), s), rgb.shape[:2]), alpha)
     if not legend:
         return picture
-    return _with_legend(picture, legend_strip(heatmap, picture.shape[1], s))
+    return with_legend(picture, heatmap, s)
 
 
 def side_by_side(image: np.ndarray, heatmap: Heatmap | np.ndarray, *,
@@ -357,7 +362,7 @@ def side_by_side(image: np.ndarray, heatmap: Heatmap | np.ndarray, *,
     picture = np.concatenate([rgb, spacer, colours, spacer, _blend(rgb, colours, alpha)], axis=1)
     if not legend:
         return picture
-    return _with_legend(picture, legend_strip(heatmap, picture.shape[1], s))
+    return with_legend(picture, heatmap, s)
 
 
 def save_png(path: str | os.PathLike, picture: np.ndarray) -> Path:

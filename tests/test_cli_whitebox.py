@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from explain.backprop import deconvnet
 from explain.cli import app
 from explain.grad_cam import gradcam
 from explain.images import load_image
-from explain.render import figure
+from explain.render import Scale, figure, with_legend
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +39,13 @@ def test_deconv_writes_pictures_and_goes_on_after_a_bad_image(files, tmp_path, n
     assert res.exit_code == 2, res.output
     assert "broken.jpg" in res.stderr and res.stderr.count("\n") == 1
     for stem, shape in (("cat", (75, 113)), ("cup[red]", (80, 120))):
-        picture = np.array(Image.open(tmp_path / f"{stem}.deconv.png"))
-        assert picture.shape == (*shape, 3) and picture.std() > 0
         img = load_image(files["cat" if stem == "cat" else "cup"])
-        expected = figure(img, deconvnet(nsfw_torch, img).magnitude, normalize="percentile")
+        rec = deconvnet(nsfw_torch, img)
+        picture = np.array(Image.open(tmp_path / f"{stem}.deconv.png"))
+        m = rec.image_scale()
+        labelled = replace(rec.magnitude, unit="relevance (a.u.) per channel, grey = 0")
+        assert np.array_equal(picture, with_legend(rec.image(), labelled, Scale("gray", -m, m)))
+        expected = figure(img, rec.magnitude, normalize="percentile")
         assert np.array_equal(np.array(Image.open(tmp_path / f"{stem}.deconv.overlay.png")),
                               expected)
         meta = json.loads((tmp_path / f"{stem}.deconv.json").read_text())

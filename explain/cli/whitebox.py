@@ -2,7 +2,8 @@
 
 Per image NAME (the file's stem) in the output folder:
 
-- deconv / guided: ``NAME.deconv.png`` (the Zeiler-style reconstruction: grey = zero),
+- deconv / guided: ``NAME.deconv.png`` (the Zeiler-style reconstruction: grey = zero, with a
+  grey legend strip of its ±robust max),
   ``NAME.deconv.overlay.png`` (its magnitude on the photo, with the legend strip of
   :func:`explain.render.figure` below unless ``--no-legend``), ``NAME.deconv.json`` (metadata:
   score, layer, neuron position and activation); ``guided`` writes ``NAME.guided.*``.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -51,7 +53,7 @@ from explain.grad_cam import gradcam as gradcam_maps
 from explain.heatmap import Heatmap
 from explain.images import iter_image_files, load_image
 from explain.reconstruction import Reconstruction
-from explain.render import check_look, figure, save_png
+from explain.render import Scale, check_look, figure, save_png, with_legend
 
 LayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Reconstruct one activation of this layer (names: `explain layers`) "
@@ -118,7 +120,13 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
 
         def write(path: Path, img: np.ndarray, rec: Reconstruction) -> None:
             stem = output / f"{path.stem}.{suffix}"
-            save_png(f"{stem}.png", rec.image())
+            picture = rec.image()
+            if not no_legend:
+                m = rec.image_scale()
+                labelled = replace(rec.magnitude,
+                                   unit=f"{rec.magnitude.unit} per channel, grey = 0")
+                picture = with_legend(picture, labelled, Scale("gray", -m, m))
+            save_png(f"{stem}.png", picture)
             save_png(f"{stem}.overlay.png", figure(img, rec.magnitude, **look))
             Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **rec.metadata()},
                                                        indent=2))
