@@ -260,18 +260,24 @@ def _step(width: int) -> int:
     return max(1, round(width / LEGEND_STEP))
 
 
-def _metrics(step: int) -> tuple[float, int, int, int, int]:
-    """font scale, thickness, margin, bar height, line height for one size step."""
+def _metrics(step: int) -> tuple[float, int, int, int, int, int]:
+    """font scale, thickness, margin, bar height, line height and text height (above the
+    baseline) at one size step; a line is the text plus its descent, 2 px per step above and
+    below."""
     font_scale, thickness = 0.45 * step, step
     (_, th), base = cv2.getTextSize("0|p(", _FONT, font_scale, thickness)
-    return font_scale, thickness, 4 * step, 8 * step, th + base + 4 * step
+    return font_scale, thickness, 4 * step, 8 * step, th + base + 4 * step, th
+
+
+def _strip_height(step: int, note: bool) -> int:
+    _, _, margin, bar, line, _ = _metrics(step)
+    return 2 * margin + bar + (2 + note) * line
 
 
 def legend_height(width: int, note: bool = False) -> int:
-    """Height of the legend strip under a picture ``width`` px wide (``note``: with the red
-    "no signal" line)."""
-    _, _, margin, bar, line = _metrics(_step(width))
-    return 2 * margin + bar + (3 + note) * line
+    """Height of the legend strip under a picture ``width`` px wide: margins, colour bar, the
+    line of end values and the line of unit and score (``note``: plus the red "no signal" line)."""
+    return _strip_height(_step(width), note)
 
 
 def _text_width(text: str, step: int) -> int:
@@ -289,7 +295,7 @@ def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndar
     the no-signal note."""
     hm = heatmap if isinstance(heatmap, Heatmap) else None
     step = _step(width)
-    font_scale, thickness, margin, bar_h, line = _metrics(step)
+    font_scale, thickness, margin, bar_h, line, text_h = _metrics(step)
     lo, hi = f"{s.lo:.3g}", f"{s.hi:.3g}"
     zero = s.lo < 0.0 < s.hi
     about = _ascii(hm.unit if hm is not None else "value")
@@ -301,11 +307,11 @@ def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndar
         (_text_width("0", step) if zero else 0)
     need = 2 * margin + max(ticks, *(_text_width(t, step) for t in (about, note)))
     width = max(width, need)
-    strip = np.full((legend_height(width, bool(note)), width, 3), 255, dtype=np.uint8)
+    strip = np.full((_strip_height(step, bool(note)), width, 3), 255, dtype=np.uint8)
     x0, x1 = margin, width - margin
     strip[margin:margin + bar_h, x0:x1] = \
         colormap_lut(s.colormap)[np.linspace(0, 255, x1 - x0).round().astype(np.uint8)]
-    baseline = margin + bar_h + line - 2 * step
+    baseline = margin + bar_h + 2 * step + text_h
 
     def put(text: str, x: int, y: int, colour: tuple[int, int, int] = (0, 0, 0)) -> None:
         cv2.putText(strip, text, (int(x), int(y)), _FONT, font_scale, colour, thickness,

@@ -127,8 +127,7 @@ def axis_starts(length: int, box: int, stride: int) -> np.ndarray:
     return starts
 
 
-def window_grid(shape: tuple[int, int], box: int | tuple[int, int],
-                stride: int | tuple[int, int]) -> np.ndarray:
+def window_grid(shape: tuple[int, int], box: Size, stride: Size) -> np.ndarray:
     """All windows over an image of ``shape`` (H, W): int64 array (N, 4) of top, left, bottom,
     right, rows first."""
     h, w = int(shape[0]), int(shape[1])

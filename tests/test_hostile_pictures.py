@@ -147,9 +147,9 @@ def test_legend_height_is_exact_and_the_note_is_red():
     img = np.zeros((30, 700, 3), np.uint8)
     quiet = occlusion(np.full((30, 700), 0.002))
     loud = occlusion(np.full((30, 700), 0.2))
-    # step 1 (width < 900): margins 4 + 4, bar 8, three text lines of 19 px (four with the note)
-    assert legend_height(700) == 73 and legend_height(700, note=True) == 92
-    assert legend_height(1300) == 2 * 73  # step 2: everything twice as large
+    # step 1 (width < 900): margins 4 + 4, bar 8, two text lines of 19 px (three with the note)
+    assert legend_height(700) == 54 and legend_height(700, note=True) == 73
+    assert legend_height(1300) == 2 * 54  # step 2: everything twice as large
     assert figure(img, loud).shape == (30 + legend_height(700), 700, 3)
     assert figure(img, quiet).shape == (30 + legend_height(700, note=True), 700, 3)
     assert np.array_equal(figure(img, loud, legend=False), overlay(img, loud))
