@@ -1,4 +1,18 @@
-"""``Heatmap``: a per-pixel map in ORIGINAL image coordinates plus how it was made."""
+"""``Heatmap``: a per-pixel map in ORIGINAL image coordinates plus how it was made and what its
+values mean.
+
+What a value means is part of the map, set by the method that made it, so that the renderer can
+draw it without overstating it:
+
+- ``signed``: the sign carries meaning (occlusion: a positive drop supports the target, a negative
+  one works against it); drawn on a diverging colormap centred on 0.
+- ``unit``: what one unit of value is, named on the colour bar ("drop in p(nsfw)",
+  "p(nsfw) of the crop alone", "relevance (a.u.)").
+- ``bounds``: the values' natural range when there is one (a probability: (0, 1)); drawn on it
+  rather than stretched over the map's own min..max.
+- ``noise_floor``: for maps in probability units, the signal below which the map says nothing
+  (:data:`NOISE_FLOOR`); :meth:`Heatmap.no_signal` names a map that stays under it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +22,23 @@ from pathlib import Path
 
 import numpy as np
 
+NOISE_FLOOR = 0.01
+"""One percentage point of probability: a black-box map whose signal (largest |value| of a signed
+map, max − min of an unsigned one) stays below it is called "no signal". Score changes this
+small are below what any moderation threshold acts on and of the order of what re-encoding or
+resampling the same image moves the score by; the map's pattern is then noise."""
+
+RELEVANCE = "relevance (a.u.)"
+
 
 @dataclass
 class Heatmap:
     """``values`` is float32 (H, W) aligned with the original image; the rest is metadata.
 
     ``score`` is the unperturbed probability of ``target``; ``box``/``stride``/``windows`` are set
-    by window methods, ``params`` holds anything else a method wants to record.
+    by window methods (in original pixels), ``params`` holds anything else a method wants to
+    record. ``signed``, ``unit``, ``bounds`` and ``noise_floor`` say what the values mean (see the
+    module docstring); the defaults describe an unsigned map in arbitrary units.
     """
 
     values: np.ndarray
@@ -26,9 +50,31 @@ class Heatmap:
     windows: int | None = None
     seconds: float | None = None
     params: dict = field(default_factory=dict)
+    signed: bool = False
+    unit: str = RELEVANCE
+    bounds: tuple[float, float] | None = None
+    noise_floor: float | None = None
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float32)
+
+    @property
+    def signal(self) -> float:
+        """How much the map says: the largest |value| of a signed map, max − min otherwise."""
+        finite = self.values[np.isfinite(self.values)]
+        if finite.size == 0:
+            return 0.0
+        if self.signed:
+            return float(np.abs(finite).max())
+        return float(finite.max() - finite.min())
+
+    def no_signal(self) -> str | None:
+        """``"no signal: …"`` when the map's signal is below its noise floor, else ``None``."""
+        if self.noise_floor is None or self.signal >= self.noise_floor:
+            return None
+        if self.signed:
+            return f"no signal: largest |{self.unit}| {self.signal:.2g} < {self.noise_floor:g}"
+        return f"no signal: {self.unit} spans {self.signal:.2g} < {self.noise_floor:g}"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -55,7 +101,7 @@ class Heatmap:
         meta = json.loads(stem.with_name(stem.name + ".json").read_text())
         for key in ("shape", "min", "max"):
             meta.pop(key, None)
-        for key in ("box", "stride"):
+        for key in ("box", "stride", "bounds"):
             if meta.get(key) is not None:
                 meta[key] = tuple(meta[key])
         return cls(values=np.load(stem.with_name(stem.name + ".npy")), **meta)

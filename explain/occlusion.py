@@ -4,8 +4,8 @@ of the image is hidden.
 For target class t, each pixel gets the mean, over the windows covering it (see
 :mod:`explain.windows`), of ``p_t(image) − p_t(image with the window filled)``. Positive values
 mark regions that support t. The classic "1 − p_t(occluded)" picture is this map plus the constant
-``1 − p_t(image)``; the renderer's ``minmax`` normalisation is shift-invariant, so both look the
-same.
+``1 − p_t(image)``; on ``jet`` the renderer's ``minmax`` normalisation is shift-invariant, so both
+look the same (by default the signed map is drawn on a diverging scale centred on 0).
 
 Relation to captum: with windows captum can express (stride ≤ box and ``(side − box) % stride ==
 0`` on both axes, so that the grids coincide) and the image already at the classifier's input size,
@@ -34,14 +34,17 @@ import torch
 import torch.nn.functional as F
 
 from explain.errors import OptionError
-from explain.heatmap import Heatmap
+from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.models.base import Classifier, resize, resolve_target
 from explain.windows import (
+    DEFAULT_BOX,
+    DEFAULT_STRIDE,
     Progress,
-    as_pair,
+    Size,
     check_batch_size,
     image_array,
     image_tensor,
+    pixels,
     window_grid,
     window_mean,
 )
@@ -89,13 +92,15 @@ def fill_values(x: torch.Tensor, fill: str, box: tuple[int, int]) -> torch.Tenso
 
 @torch.no_grad()
 def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
-                  box: int | tuple[int, int] = 64, stride: int | tuple[int, int] = 48,
-                  fill: str = "gray", target: str | int = "nsfw", batch_size: int | None = None,
+                  box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
+                  target: str | int = "nsfw", batch_size: int | None = None,
                   progress: Progress | None = None) -> Heatmap:
     """Occlusion sensitivity map of ``image`` for ``target`` (see the module docstring).
 
-    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path; ``box``/``stride`` are in
-    original pixels, one int or (h, w). ``progress(done, total)`` is called after each batch.
+    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path; ``box``/``stride`` are
+    original pixels (int) or fractions of the shorter side (float in (0, 1]), one or (h, w); see
+    :mod:`explain.windows`. ``progress(done, total)`` is called after each batch. The map is
+    signed, in units of p(target), with noise floor :data:`~explain.heatmap.NOISE_FLOOR`.
     """
     start = time.perf_counter()
     if fill not in FILLS:
@@ -127,8 +132,11 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
             progress(min(lo + step, n) - 1, n - 1)
     p = scores.double().cpu().numpy()
     values = window_mean(shape, windows, p[0] - p[1:])
-    return Heatmap(values=values, method="occlusion", target=classifier.class_names[t],
+    name = classifier.class_names[t]
+    return Heatmap(values=values, method="occlusion", target=name,
                    score=float(p[0]), box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
-                   stride=as_pair(stride, "stride"), windows=len(windows),
+                   stride=pixels(stride, "stride", shape), windows=len(windows),
                    seconds=time.perf_counter() - start,
-                   params={"fill": fill, "batch_size": step, "work_size": list(size)})
+                   params={"fill": fill, "batch_size": step, "work_size": list(size),
+                           "box_asked": box, "stride_asked": stride},
+                   signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR)

@@ -48,11 +48,15 @@ class Reconstruction:
     def shape(self) -> tuple[int, int]:
         return self.values.shape[:2]  # type: ignore[return-value]
 
+    def image_scale(self, *, percentile: float = 99.5) -> float:
+        """The robust max that :meth:`image` draws at 0/255: the ``percentile``-th percentile of
+        ``|values|`` (their max if that is 0, 1 for an all-zero map)."""
+        scale = float(np.percentile(np.abs(self.values), percentile))
+        return scale if scale > 0.0 else float(np.abs(self.values).max()) or 1.0
+
     def image(self, *, percentile: float = 99.5) -> np.ndarray:
         """The Zeiler-style picture: RGB uint8, zero at grey 128, ±robust max at 0/255."""
-        scale = float(np.percentile(np.abs(self.values), percentile))
-        if scale <= 0.0:
-            scale = float(np.abs(self.values).max()) or 1.0
+        scale = self.image_scale(percentile=percentile)
         centred = 0.5 + 0.5 * np.clip(self.values / scale, -1.0, 1.0)
         return np.rint(centred * 255.0).astype(np.uint8)
 

@@ -1,23 +1,49 @@
-"""The one renderer: heatmap → normalised → colormap → alpha-composited on the image (RGB uint8).
+"""The one renderer: heatmap → normalised → colormap → alpha-composited on the image (RGB uint8),
+and the legend that says what the colours mean.
 
 Every picture the project draws goes through :func:`overlay` (or :func:`colorize` for the bare
-colour map). Normalisation maps the values to [0, 1] before the colormap:
+colour map); :func:`figure` and :func:`side_by_side` are the pictures the CLI writes: the overlay
+(or original | heatmap | overlay) with a legend strip below it.
+
+What the values mean comes from the :class:`~explain.heatmap.Heatmap` (``signed``, ``unit``,
+``bounds``, ``noise_floor``); a bare array is an unsigned map in arbitrary units. Defaults, each
+overridden by the caller's ``colormap``/``normalize``/``vmin``/``vmax``:
+
+- colormap: :data:`DIVERGING_DEFAULT` (blue-white-red, white exactly at 0) for a signed map, so a
+  region that supports the target is red and one that works against it blue whatever the other
+  values are; ``jet`` (the classic figures) for an unsigned one.
+- range: an unsigned map with ``bounds`` (a probability) is drawn on them (``fixed`` 0..1), never
+  stretched over its own min..max; a signed map on ±max|value|, but never narrower than
+  ±``noise_floor``, so a map without signal is drawn pale instead of saturated; any other map on
+  its own min..max.
+
+Normalisation modes map the values to [0, 1] before the colormap:
 
 - ``minmax``: the map's own range. It is shift-invariant, so an occlusion map and the classic
-  "1 − p(occluded)" picture (the same map plus a constant) render identically.
+  "1 − p(occluded)" picture (the same map plus a constant) render identically on ``jet``.
 - ``percentile``: captum-style outlier clipping, the range between the ``percentile``-th lowest
   and highest values, so one hot pixel does not wash out the rest.
 - ``fixed``: ``vmin``/``vmax`` given by the caller, for comparing several images on one scale.
 
 ``vmin``/``vmax``, when given, override the bound that the mode would compute. On a diverging
-colormap (``bwr``, ``coolwarm``, ``RdBu``, … see :data:`DIVERGING`) the range is made symmetric
-about zero, so zero is the neutral middle colour and signs read as colours. A constant map renders
-as the lowest colour (the middle one on a diverging map), never as a division by zero.
+colormap (see :data:`DIVERGING`) the range is made symmetric about zero, so zero is the neutral
+middle colour and signs read as colours. A constant map renders as the lowest colour (the middle
+one on a diverging map), never as a division by zero.
+
+The legend (:func:`legend_strip`) is a strip as wide as the picture, or wider when its text
+needs it (the picture is then padded with white on the right, so no label is ever clipped, even
+for a 1×1 image): a colour bar with its end values (and 0 when inside), the unit and the
+image's score, and in red the map's "no signal" note
+(:meth:`~explain.heatmap.Heatmap.no_signal`). Its text grows with the width (one step per
+:data:`LEGEND_STEP` px), so its height is
+``legend_height(width, note)``; with ``legend=False`` a figure is exactly the overlay.
 """
 
 from __future__ import annotations
 
+import io
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,19 +52,39 @@ import numpy as np
 from PIL import Image
 
 from explain.errors import OptionError
+from explain.files import write_bytes
 from explain.heatmap import Heatmap
 
 NORMALIZE_MODES = ("minmax", "percentile", "fixed")
+DIVERGING_DEFAULT = "bwr"
 DIVERGING = frozenset({
     "bwr", "coolwarm", "seismic", "RdBu", "RdBu_r", "RdYlBu", "RdYlBu_r", "RdYlGn", "RdGy",
     "PiYG", "PRGn", "BrBG", "PuOr", "Spectral", "Spectral_r", "PuOr_r", "PiYG_r", "PRGn_r",
     "BrBG_r", "RdGy_r", "RdYlGn_r", "bwr_r", "coolwarm_r", "seismic_r",
 })
+LEGEND_STEP = 600
+NOTE_COLOUR = (200, 0, 0)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _bwr() -> np.ndarray:
+    """Blue (0) → white (exactly at 128, where 0 lands on a symmetric range) → red (255)."""
+    i = np.arange(256, dtype=np.float64)
+    fade = np.where(i < 128, (128.0 - i) / 128.0, (i - 128.0) / 127.0)
+    lut = np.full((256, 3), 255.0)
+    lut[i < 128, :2] = 255.0 * (1.0 - fade[i < 128, None])
+    lut[i >= 128, 1:] = 255.0 * (1.0 - fade[i >= 128, None])
+    return np.rint(lut).astype(np.uint8)
 
 
 @lru_cache(maxsize=64)
 def colormap_lut(name: str) -> np.ndarray:
-    """A (256, 3) RGB uint8 lookup table for an OpenCV (``jet``, ``turbo``…) or matplotlib name."""
+    """A (256, 3) RGB uint8 lookup table: the built-in ``bwr`` or ``gray``, an OpenCV name
+    (``jet``, ``turbo``…) or a matplotlib one (when matplotlib is installed)."""
+    if name == "bwr":
+        return _bwr()
+    if name == "gray":
+        return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
     code = getattr(cv2, f"COLORMAP_{name.upper()}", None)
     if code is not None:
         bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), code)
@@ -48,8 +94,8 @@ def colormap_lut(name: str) -> np.ndarray:
         cmap = matplotlib.colormaps[name]
     except (ImportError, KeyError):
         raise OptionError(
-            f"unknown colormap {name!r}; use an OpenCV name (jet, turbo, viridis, inferno, …) "
-            "or a matplotlib one (coolwarm, bwr, RdBu, …)"
+            f"unknown colormap {name!r}; use bwr, gray, an OpenCV name (jet, turbo, viridis, "
+            "inferno, …) or, with matplotlib installed, a matplotlib one (coolwarm, RdBu, …)"
         ) from None
     rgba = cmap(np.linspace(0.0, 1.0, 256))
     return np.clip(np.rint(rgba[:, :3] * 255.0), 0, 255).astype(np.uint8)
@@ -59,8 +105,9 @@ def _values(heatmap: Heatmap | np.ndarray) -> np.ndarray:
     values = heatmap.values if isinstance(heatmap, Heatmap) else np.asarray(heatmap)
     while values.ndim > 2 and values.shape[0] == 1:
         values = values[0]
-    if values.ndim != 2:
-        raise OptionError(f"a heatmap must be 2-D (H, W), got shape {np.shape(values)}")
+    if values.ndim != 2 or values.size == 0:
+        raise OptionError(f"a heatmap must be 2-D (H, W) and not empty, got shape "
+                          f"{np.shape(values)}")
     return np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -81,11 +128,13 @@ def value_range(values: np.ndarray, *, normalize: str = "minmax", vmin: float | 
             lo, hi = -m, m
         else:
             lo, hi = (float(v) for v in np.percentile(values, [100.0 - percentile, percentile]))
-    else:
+    elif normalize == "minmax":
         lo, hi = float(values.min()), float(values.max())
         if symmetric:
             m = max(abs(lo), abs(hi))
             lo, hi = -m, m
+    else:
+        lo, hi = float(vmin), float(vmax)  # type: ignore[arg-type]
     lo = lo if vmin is None else float(vmin)
     hi = hi if vmax is None else float(vmax)
     if hi < lo:
@@ -101,16 +150,69 @@ def normalized(values: np.ndarray, lo: float, hi: float, *, symmetric: bool = Fa
     return np.clip((values - lo) / span, 0.0, 1.0)
 
 
-def colorize(heatmap: Heatmap | np.ndarray, *, colormap: str = "jet", normalize: str = "minmax",
-             vmin: float | None = None, vmax: float | None = None,
+@dataclass(frozen=True)
+class Scale:
+    """How values become colours: the colormap and the (lo, hi) at its two ends."""
+
+    colormap: str
+    lo: float
+    hi: float
+
+    @property
+    def symmetric(self) -> bool:
+        return self.colormap in DIVERGING
+
+
+def check_look(colormap: str | None = None, normalize: str | None = None,
+               vmin: float | None = None, vmax: float | None = None) -> None:
+    """Refuse bad drawing options before any work: unknown colormap or mode, a ``fixed`` range
+    without both ends, ``vmax`` below ``vmin``."""
+    if colormap is not None:
+        colormap_lut(colormap)
+    if normalize is not None and normalize not in NORMALIZE_MODES:
+        raise OptionError(f"unknown normalize {normalize!r}; use one of "
+                          f"{', '.join(NORMALIZE_MODES)}")
+    if normalize == "fixed" and (vmin is None or vmax is None):
+        raise OptionError("normalize 'fixed' needs both vmin and vmax")
+    if vmin is not None and vmax is not None and vmax < vmin:
+        raise OptionError(f"vmax ({vmax}) is below vmin ({vmin})")
+
+
+def scale(heatmap: Heatmap | np.ndarray, *, colormap: str | None = None,
+          normalize: str | None = None, vmin: float | None = None, vmax: float | None = None,
+          percentile: float = 99.0) -> Scale:
+    """The :class:`Scale` a heatmap is drawn on: the caller's choices, else the map's defaults
+    (see the module docstring)."""
+    values = _values(heatmap)
+    hm = heatmap if isinstance(heatmap, Heatmap) else None
+    signed = hm is not None and hm.signed
+    name = colormap or (DIVERGING_DEFAULT if signed else "jet")
+    colormap_lut(name)
+    symmetric = name in DIVERGING
+    if normalize is None and hm is not None and hm.bounds is not None:
+        normalize = "fixed"
+        vmin = hm.bounds[0] if vmin is None else vmin
+        vmax = hm.bounds[1] if vmax is None else vmax
+    lo, hi = value_range(values, normalize=normalize or "minmax", vmin=vmin, vmax=vmax,
+                         percentile=percentile, symmetric=symmetric)
+    if (normalize is None and signed and symmetric and hm.noise_floor  # type: ignore[union-attr]
+            and vmin is None and vmax is None):
+        m = max(hi, hm.noise_floor)  # type: ignore[union-attr]
+        lo, hi = -m, m
+    return Scale(name, lo, hi)
+
+
+def _colours(values: np.ndarray, s: Scale) -> np.ndarray:
+    index = np.rint(normalized(values, s.lo, s.hi, symmetric=s.symmetric) * 255.0)
+    return colormap_lut(s.colormap)[index.astype(np.uint8)]
+
+
+def colorize(heatmap: Heatmap | np.ndarray, *, colormap: str | None = None,
+             normalize: str | None = None, vmin: float | None = None, vmax: float | None = None,
              percentile: float = 99.0) -> np.ndarray:
     """The heatmap alone as an RGB uint8 (H, W, 3) picture."""
-    values = _values(heatmap)
-    symmetric = colormap in DIVERGING
-    lo, hi = value_range(values, normalize=normalize, vmin=vmin, vmax=vmax,
-                         percentile=percentile, symmetric=symmetric)
-    index = np.rint(normalized(values, lo, hi, symmetric=symmetric) * 255.0).astype(np.uint8)
-    return colormap_lut(colormap)[index]
+    return _colours(_values(heatmap), scale(heatmap, colormap=colormap, normalize=normalize,
+                                            vmin=vmin, vmax=vmax, percentile=percentile))
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -131,8 +233,15 @@ def _fit(picture: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(picture, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def overlay(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str = "jet",
-            alpha: float = 0.5, normalize: str = "minmax", vmin: float | None = None,
+def _blend(rgb: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    if not 0.0 <= alpha <= 1.0:
+        raise OptionError(f"alpha must be in [0, 1], got {alpha}")
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours.astype(np.float32)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str | None = None,
+            alpha: float = 0.5, normalize: str | None = None, vmin: float | None = None,
             vmax: float | None = None, percentile: float = 99.0) -> np.ndarray:
     """``image`` with the coloured heatmap blended on top: RGB uint8 of the image's size.
 
@@ -142,65 +251,128 @@ def overlay(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str =
     if not 0.0 <= alpha <= 1.0:
         raise OptionError(f"alpha must be in [0, 1], got {alpha}")
     rgb = as_rgb_uint8(image)
-    colours = _fit(colorize(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
-                            percentile=percentile), rgb.shape[:2])
-    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours.astype(np.float32)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    colours = colorize(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
+                       percentile=percentile)
+    return _blend(rgb, _fit(colours, rgb.shape[:2]), alpha)
 
 
-def _text_scale(height: int) -> float:
-    return max(0.3, height / 40.0)
+def _step(width: int) -> int:
+    return max(1, round(width / LEGEND_STEP))
 
 
-def _label(text: str, width: int, height: int) -> np.ndarray:
-    tile = np.full((height, width, 3), 255, dtype=np.uint8)
-    scale = _text_scale(height)
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    cv2.putText(tile, text, (max(0, (width - tw) // 2), (height + th) // 2),
-                cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return tile
+def _metrics(step: int) -> tuple[float, int, int, int, int, int]:
+    """font scale, thickness, margin, bar height, line height and text height (above the
+    baseline) at one size step; a line is the text plus its descent, 2 px per step above and
+    below."""
+    font_scale, thickness = 0.45 * step, step
+    (_, th), base = cv2.getTextSize("0|p(", _FONT, font_scale, thickness)
+    return font_scale, thickness, 4 * step, 8 * step, th + base + 4 * step, th
 
 
-def colorbar(height: int, lo: float, hi: float, *, colormap: str = "jet",
-             width: int | None = None) -> np.ndarray:
-    """A vertical colour bar (high values on top) with its end values written above and below;
-    as wide as the wider label unless ``width`` is given."""
-    label_h = max(14, height // 16)
-    if width is None:
-        texts = (f"{hi:.3g}", f"{lo:.3g}")
-        widest = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, _text_scale(label_h), 1)[0][0]
-                     for t in texts)
-        width = max(48, height // 8, widest + 8)
-    bar_h = max(1, height - 2 * label_h)
-    ramp = colormap_lut(colormap)[np.linspace(255, 0, bar_h).round().astype(np.uint8)]
-    bar = np.full((bar_h, width, 3), 255, dtype=np.uint8)
-    bar[:, width // 4: 3 * width // 4] = ramp[:, None, :]
-    column = np.concatenate([_label(f"{hi:.3g}", width, label_h), bar,
-                             _label(f"{lo:.3g}", width, height - bar_h - label_h)])
-    return column
+def _strip_height(step: int, note: bool) -> int:
+    _, _, margin, bar, line, _ = _metrics(step)
+    return 2 * margin + bar + (2 + note) * line
 
 
-def side_by_side(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str = "jet",
-                 alpha: float = 0.5, normalize: str = "minmax", vmin: float | None = None,
-                 vmax: float | None = None, percentile: float = 99.0,
-                 gap: int = 8) -> np.ndarray:
-    """original | heatmap | overlay, plus a colour bar of the value range, as one RGB picture."""
+def legend_height(width: int, note: bool = False) -> int:
+    """Height of the legend strip under a picture ``width`` px wide: margins, colour bar, the
+    line of end values and the line of unit and score (``note``: plus the red "no signal" line)."""
+    return _strip_height(_step(width), note)
+
+
+def _text_width(text: str, step: int) -> int:
+    font_scale, thickness, *_ = _metrics(step)
+    return cv2.getTextSize(text, _FONT, font_scale, thickness)[0][0]
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndarray:
+    """The legend strip (RGB uint8) for ``heatmap`` drawn on ``s``, at least ``width`` px wide
+    and wider when its text needs it: colour bar, its end values (and 0), the unit, the score,
+    the no-signal note."""
+    hm = heatmap if isinstance(heatmap, Heatmap) else None
+    step = _step(width)
+    font_scale, thickness, margin, bar_h, line, text_h = _metrics(step)
+    lo, hi = f"{s.lo:.3g}", f"{s.hi:.3g}"
+    zero = s.lo < 0.0 < s.hi
+    about = _ascii(hm.unit if hm is not None else "value")
+    if hm is not None and hm.score is not None:
+        about += _ascii(f";  image: p({hm.target}) = {hm.score:.4f}")
+    note = _ascii(hm.no_signal() or "") if hm is not None else ""
+    gap = 3 * margin
+    ticks = 2 * max(_text_width(lo, step), _text_width(hi, step)) + gap * 2 + \
+        (_text_width("0", step) if zero else 0)
+    need = 2 * margin + max(ticks, *(_text_width(t, step) for t in (about, note)))
+    width = max(width, need)
+    strip = np.full((_strip_height(step, bool(note)), width, 3), 255, dtype=np.uint8)
+    x0, x1 = margin, width - margin
+    strip[margin:margin + bar_h, x0:x1] = \
+        colormap_lut(s.colormap)[np.linspace(0, 255, x1 - x0).round().astype(np.uint8)]
+    baseline = margin + bar_h + 2 * step + text_h
+
+    def put(text: str, x: int, y: int, colour: tuple[int, int, int] = (0, 0, 0)) -> None:
+        cv2.putText(strip, text, (int(x), int(y)), _FONT, font_scale, colour, thickness,
+                    cv2.LINE_AA)
+
+    put(lo, x0, baseline)
+    put(hi, x1 - _text_width(hi, step), baseline)
+    if zero:
+        at = x0 + (x1 - x0) * (0.0 - s.lo) / (s.hi - s.lo) - _text_width("0", step) / 2
+        if x0 + _text_width(lo, step) + margin <= at <= x1 - _text_width(hi, step) - margin - \
+                _text_width("0", step):
+            put("0", at, baseline)
+    put(about, x0, baseline + line)
+    if note:
+        put(note, x0, baseline + 2 * line, NOTE_COLOUR)
+    return strip
+
+
+def with_legend(picture: np.ndarray, heatmap: Heatmap | np.ndarray, s: Scale) -> np.ndarray:
+    """``picture`` with the legend strip of ``heatmap`` drawn on ``s`` below it (the picture
+    padded with white on the right when the strip is wider)."""
+    strip = legend_strip(heatmap, picture.shape[1], s)
+    width = max(picture.shape[1], strip.shape[1])
+    pad = np.full((picture.shape[0], width - picture.shape[1], 3), 255, dtype=np.uint8)
+    return np.concatenate([np.concatenate([picture, pad], axis=1), strip], axis=0)
+
+
+def figure(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str | None = None,
+           alpha: float = 0.5, normalize: str | None = None, vmin: float | None = None,
+           vmax: float | None = None, percentile: float = 99.0,
+           legend: bool = True) -> np.ndarray:
+    """The overlay with its legend strip below (see the module docstring); ``legend=False``
+    gives exactly :func:`overlay`."""
     rgb = as_rgb_uint8(image)
-    values = _values(heatmap)
-    symmetric = colormap in DIVERGING
-    lo, hi = value_range(values, normalize=normalize, vmin=vmin, vmax=vmax,
-                         percentile=percentile, symmetric=symmetric)
-    colours = _fit(colorize(values, colormap=colormap, vmin=lo, vmax=hi), rgb.shape[:2])
-    blended = overlay(rgb, values, colormap=colormap, alpha=alpha, vmin=lo, vmax=hi)
-    h = rgb.shape[0]
-    spacer = np.full((h, gap, 3), 255, dtype=np.uint8)
-    return np.concatenate([rgb, spacer, colours, spacer, blended, spacer,
-                           colorbar(h, lo, hi, colormap=colormap)], axis=1)
+    s = scale(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
+              percentile=percentile)
+    picture = _blend(rgb, _fit(_colours(_values(heatmap), s), rgb.shape[:2]), alpha)
+    if not legend:
+        return picture
+    return with_legend(picture, heatmap, s)
+
+
+def side_by_side(image: np.ndarray, heatmap: Heatmap | np.ndarray, *,
+                 colormap: str | None = None, alpha: float = 0.5, normalize: str | None = None,
+                 vmin: float | None = None, vmax: float | None = None, percentile: float = 99.0,
+                 gap: int = 8, legend: bool = True) -> np.ndarray:
+    """original | heatmap | overlay on one scale, ``gap`` white pixels apart, with the legend
+    strip below (any image size, 1×1 included)."""
+    rgb = as_rgb_uint8(image)
+    s = scale(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
+              percentile=percentile)
+    colours = _fit(_colours(_values(heatmap), s), rgb.shape[:2])
+    spacer = np.full((rgb.shape[0], gap, 3), 255, dtype=np.uint8)
+    picture = np.concatenate([rgb, spacer, colours, spacer, _blend(rgb, colours, alpha)], axis=1)
+    if not legend:
+        return picture
+    return with_legend(picture, heatmap, s)
 
 
 def save_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
-    """Write an RGB uint8 picture as PNG (creating the folder); return the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(as_rgb_uint8(picture), "RGB").save(p, format="PNG")
-    return p
+    """Write an RGB uint8 picture as PNG, atomically (creating the folder); return the path."""
+    buffer = io.BytesIO()
+    Image.fromarray(as_rgb_uint8(picture), "RGB").save(buffer, format="PNG")
+    return write_bytes(path, buffer.getvalue())

@@ -19,14 +19,17 @@ import time
 import numpy as np
 import torch
 
-from explain.heatmap import Heatmap
+from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.models.base import Classifier, resize, resolve_target
 from explain.windows import (
+    DEFAULT_BOX,
+    DEFAULT_STRIDE,
     Progress,
-    as_pair,
+    Size,
     check_batch_size,
     image_array,
     image_tensor,
+    pixels,
     window_grid,
     window_mean,
 )
@@ -34,13 +37,16 @@ from explain.windows import (
 
 @torch.no_grad()
 def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
-                       box: int | tuple[int, int] = 64, stride: int | tuple[int, int] = 48,
+                       box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE,
                        target: str | int = "nsfw", batch_size: int | None = None,
                        progress: Progress | None = None) -> Heatmap:
     """Sliding-window map of ``image`` for ``target`` (see the module docstring).
 
-    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path; ``box``/``stride`` are in
-    original pixels, one int or (h, w). ``score`` is the whole image's probability of ``target``.
+    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path; ``box``/``stride`` are
+    original pixels (int) or fractions of the shorter side (float in (0, 1]), one or (h, w); see
+    :mod:`explain.windows`. ``score`` is the whole image's probability of ``target``. The map is a
+    probability: unsigned, bounds (0, 1), noise floor :data:`~explain.heatmap.NOISE_FLOOR` on its
+    spread.
     """
     start = time.perf_counter()
     rgb = image_array(image)
@@ -69,7 +75,11 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
         if progress is not None:
             progress(min(lo + step, n), n)
     values = window_mean(shape, windows, scores.double().cpu().numpy())
-    return Heatmap(values=values, method="sliding", target=classifier.class_names[t], score=score,
-                   box=(bh, bw), stride=as_pair(stride, "stride"), windows=n,
+    name = classifier.class_names[t]
+    return Heatmap(values=values, method="sliding", target=name, score=score,
+                   box=(bh, bw), stride=pixels(stride, "stride", shape), windows=n,
                    seconds=time.perf_counter() - start,
-                   params={"batch_size": step, "crop_size": list(size)})
+                   params={"batch_size": step, "crop_size": list(size), "box_asked": box,
+                           "stride_asked": stride},
+                   unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0),
+                   noise_floor=NOISE_FLOOR)

@@ -7,6 +7,14 @@ rows first. Windows are half-open pixel boxes ``(top, left, bottom, right)`` in 
 coordinates; every pixel is covered by at least one (a stride larger than the box, which would
 leave gaps, is refused).
 
+Sizes: a box or stride is an int (pixels) or a float in (0, 1], a fraction of the image's SHORTER
+side (rounded half up, at least 1 px), given once for a square or as (h, w); the CLI writes a
+fraction as ``25%``. The defaults, :data:`DEFAULT_BOX` = 25 % and :data:`DEFAULT_STRIDE` =
+18.75 %, are the classic 64-px box and 48-px stride of a 256-px image (open_nsfw's input side) and
+scale with the image, so a 4000-px phone photo gets the same 25 windows as its 256-px thumbnail
+instead of thousands of windows that each hide a few pixels of what the model sees.
+:func:`small_box_note` warns when a box is under :data:`MIN_BOX_AT_INPUT` px at the model's input.
+
 The module also holds what both window methods share: image intake and batch sizing.
 """
 
@@ -23,31 +31,91 @@ from explain.images import load_image, to_tensor
 
 BATCH_BYTES = 256 * 2**20
 Progress = Callable[[int, int], None]
+Size = int | float | tuple[int | float, int | float]
+
+DEFAULT_BOX = 0.25
+DEFAULT_STRIDE = 0.1875
+MIN_BOX_AT_INPUT = 16
 
 
-def as_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """``64`` or ``(64, 32)`` → ``(h, w)``, both positive integers."""
-    if isinstance(value, int | np.integer):
-        pair: tuple = (value, value)
-    elif isinstance(value, tuple | list):
-        pair = tuple(value)
-    else:
-        pair = ()
-    if len(pair) != 2 or not all(isinstance(v, int | np.integer) for v in pair):
-        raise OptionError(f"{name} must be an integer or a pair (h, w) of integers, got {value!r}")
-    if min(pair) < 1:
-        raise OptionError(f"{name} must be at least 1 pixel, got {value!r}")
-    return int(pair[0]), int(pair[1])
+def as_pair(value: Size, name: str) -> tuple[int | float, int | float]:
+    """``64``, ``0.25`` or ``(64, 0.5)`` → ``(h, w)``, each a pixel count (int ≥ 1) or a fraction
+    of the image's shorter side (float in (0, 1])."""
+    pair: tuple = tuple(value) if isinstance(value, tuple | list) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int | float | np.integer | np.floating)
+                                 and not isinstance(v, bool) for v in pair):
+        raise OptionError(f"{name} must be a number or a pair (h, w), got {value!r}")
+    out = []
+    for v in pair:
+        if isinstance(v, int | np.integer):
+            if v < 1:
+                raise OptionError(f"{name} must be at least 1 pixel, got {value!r}")
+            out.append(int(v))
+        elif not 0.0 < v <= 1.0:
+            raise OptionError(f"{name} {value!r}: a fraction of the image's shorter side must be "
+                              "in (0, 1] (e.g. 0.25 or '25%'); give pixels as a whole number")
+        else:
+            out.append(float(v))
+    return out[0], out[1]
 
 
-def check_windows(box: int | tuple[int, int], stride: int | tuple[int, int]
-                  ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Validated ``(box, stride)`` pairs; a stride larger than the box is refused."""
+def check_windows(box: Size, stride: Size) -> tuple[tuple[int | float, int | float],
+                                                     tuple[int | float, int | float]]:
+    """Validated ``(box, stride)`` pairs; a stride larger than the box is refused (here when both
+    are in the same unit, else by :func:`window_grid` once the image's size is known)."""
     (bh, bw), (sh, sw) = as_pair(box, "box"), as_pair(stride, "stride")
-    if sh > bh or sw > bw:
-        raise OptionError(f"stride {(sh, sw)} is larger than box {(bh, bw)}: the pixels between "
-                          "windows would be covered by none; use a stride of at most the box")
+    if any(type(b) is type(s) and s > b for b, s in ((bh, sh), (bw, sw))):
+        raise OptionError(f"stride {_spec((sh, sw))} is larger than box {_spec((bh, bw))}: the "
+                          "pixels between windows would be covered by none; use a stride of at "
+                          "most the box")
     return (bh, bw), (sh, sw)
+
+
+def _spec(pair: tuple[int | float, int | float]) -> str:
+    text = [f"{v:.4g}" if isinstance(v, int) else f"{100 * v:.4g}%" for v in pair]
+    return text[0] if text[0] == text[1] else f"({text[0]}, {text[1]})"
+
+
+def pixels(value: Size, name: str, shape: tuple[int, int]) -> tuple[int, int]:
+    """``value`` (see :func:`as_pair`) in pixels of an image of ``shape``: a fraction f becomes
+    ``max(1, round(f × min(H, W)))``, rounding halves up."""
+    short = min(int(shape[0]), int(shape[1]))
+    h, w = (v if isinstance(v, int) else max(1, int(v * short + 0.5))
+            for v in as_pair(value, name))
+    return h, w
+
+
+def parse_size(text: str, option: str) -> int | float | tuple[int | float, int | float]:
+    """CLI form of a box or stride: ``"64"`` → 64, ``"25%"`` → 0.25, ``"64,25%"`` → (64, 0.25)."""
+    values: list[int | float] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            values.append(float(part[:-1]) / 100.0 if part.endswith("%") else int(part))
+        except ValueError:
+            values = []
+            break
+    if len(values) not in (1, 2):
+        raise OptionError(f"{option} must be N (pixels), P% (of the image's shorter side) or "
+                          f"H,W of those, got {text!r}")
+    size = values[0] if len(values) == 1 else (values[0], values[1])
+    as_pair(size, option)
+    return size
+
+
+def small_box_note(box: tuple[int, int], shape: tuple[int, int],
+                   input_size: tuple[int, int] | None) -> str | None:
+    """A warning when a ``box`` (pixels of an image of ``shape``) spans fewer than
+    :data:`MIN_BOX_AT_INPUT` pixels once the image is resized to the model's ``input_size``: hiding
+    or cropping so little of what the model sees gives a map dominated by noise."""
+    if not input_size:
+        return None
+    at_input = (box[0] * input_size[0] / shape[0], box[1] * input_size[1] / shape[1])
+    if min(at_input) >= MIN_BOX_AT_INPUT:
+        return None
+    return (f"box {box[0]}×{box[1]} px is {min(at_input):.3g} px at the model's "
+            f"{input_size[0]}×{input_size[1]} input (under {MIN_BOX_AT_INPUT}): the map is likely "
+            "noise; use a larger box, e.g. the default 25%")
 
 
 def axis_starts(length: int, box: int, stride: int) -> np.ndarray:
@@ -59,14 +127,17 @@ def axis_starts(length: int, box: int, stride: int) -> np.ndarray:
     return starts
 
 
-def window_grid(shape: tuple[int, int], box: int | tuple[int, int],
-                stride: int | tuple[int, int]) -> np.ndarray:
+def window_grid(shape: tuple[int, int], box: Size, stride: Size) -> np.ndarray:
     """All windows over an image of ``shape`` (H, W): int64 array (N, 4) of top, left, bottom,
     right, rows first."""
     h, w = int(shape[0]), int(shape[1])
     if h < 1 or w < 1:
         raise OptionError(f"cannot place windows on an empty image of shape {shape}")
-    (bh, bw), (sh, sw) = check_windows(box, stride)
+    check_windows(box, stride)
+    (bh, bw), (sh, sw) = pixels(box, "box", (h, w)), pixels(stride, "stride", (h, w))
+    if sh > bh or sw > bw:
+        raise OptionError(f"stride {(sh, sw)} is larger than box {(bh, bw)} on this {h}×{w} "
+                          "image: the pixels between windows would be covered by none")
     bh, bw = min(bh, h), min(bw, w)
     tops, lefts = axis_starts(h, bh, sh), axis_starts(w, bw, sw)
     top, left = np.repeat(tops, len(lefts)), np.tile(lefts, len(tops))

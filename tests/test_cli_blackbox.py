@@ -40,7 +40,7 @@ def files(tmp_path, photos, monkeypatch) -> dict[str, str]:
 
 def test_occlude_default_model_writes_overlay_side_by_side_and_npy(runner, files):
     result = runner.invoke(app, ["occlude", files["cat"], "--box", "64", "--stride", "48",
-                                 "-o", "out", "--side-by-side", "--save-npy"])
+                                 "-o", "out", "--side-by-side", "--save-npy", "--no-legend"])
     assert result.exit_code == 0, result.output
     assert Image.open("out/cat.occlusion.png").size == (160, 120)
     assert Image.open("out/cat.occlusion.side.png").size[1] == 120
@@ -55,7 +55,7 @@ def test_occlude_default_model_writes_overlay_side_by_side_and_npy(runner, files
 def test_bad_image_is_one_line_and_the_others_go_on(runner, files):
     result = runner.invoke(app, ["occlude", files["cat"], files["bad"], files["cup"], "-m",
                                  files["model"], "--target", "1", "--box", "32", "--stride", "16",
-                                 "-o", "out", "--fill", "black"])
+                                 "-o", "out", "--fill", "black", "--no-legend"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:")
@@ -67,7 +67,8 @@ def test_bad_image_is_one_line_and_the_others_go_on(runner, files):
 def test_slide_writes_sliding_png(runner, files):
     result = runner.invoke(app, ["slide", files["cup"], "-m", files["model"], "-t", "1",
                                  "--box", "40,30", "--stride", "20,15", "-o", "out",
-                                 "--colormap", "viridis", "--alpha", "0.7", "--save-npy"])
+                                 "--colormap", "viridis", "--alpha", "0.7", "--save-npy",
+                                 "--no-legend"])
     assert result.exit_code == 0, result.output
     assert Image.open("out/cup.sliding.png").size == (70, 90)
     meta = json.loads(open("out/cup.sliding.json").read())
@@ -90,7 +91,7 @@ def test_bad_options_are_one_red_line(runner, files, args, word):
 def test_paths_with_brackets_are_printed_literally(runner, files):
     Image.open(files["cup"]).save("cup[red].png")
     result = runner.invoke(app, ["slide", "cup[red].png", "-m", files["model"], "-t", "1",
-                                 "--box", "30", "--stride", "30", "-o", "out"])
+                                 "--box", "30", "--stride", "30", "-o", "out", "--no-legend"])
     assert result.exit_code == 0, result.output
     assert "cup[red].png" in result.stdout
     assert Image.open("out/cup[red].sliding.png").size == (70, 90)

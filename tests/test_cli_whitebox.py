@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from explain.backprop import deconvnet
 from explain.cli import app
+from explain.grad_cam import gradcam
+from explain.images import load_image
+from explain.render import Scale, figure, with_legend
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +33,21 @@ def run(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def test_deconv_writes_pictures_and_goes_on_after_a_bad_image(files, tmp_path):
+def test_deconv_writes_pictures_and_goes_on_after_a_bad_image(files, tmp_path, nsfw_torch):
     res = run("deconv", str(files["cat"]), str(files["broken"]), str(files["cup"]),
               "-o", str(tmp_path), "--batch-size", "1")
     assert res.exit_code == 2, res.output
     assert "broken.jpg" in res.stderr and res.stderr.count("\n") == 1
     for stem, shape in (("cat", (75, 113)), ("cup[red]", (80, 120))):
+        img = load_image(files["cat" if stem == "cat" else "cup"])
+        rec = deconvnet(nsfw_torch, img)
         picture = np.array(Image.open(tmp_path / f"{stem}.deconv.png"))
-        assert picture.shape == (*shape, 3) and picture.std() > 0
-        assert np.array(Image.open(tmp_path / f"{stem}.deconv.overlay.png")).shape == picture.shape
+        m = rec.image_scale()
+        labelled = replace(rec.magnitude, unit="relevance (a.u.) per channel, grey = 0")
+        assert np.array_equal(picture, with_legend(rec.image(), labelled, Scale("gray", -m, m)))
+        expected = figure(img, rec.magnitude, normalize="percentile")
+        assert np.array_equal(np.array(Image.open(tmp_path / f"{stem}.deconv.overlay.png")),
+                              expected)
         meta = json.loads((tmp_path / f"{stem}.deconv.json").read_text())
         assert meta["method"] == "deconvnet" and meta["target"] == "nsfw"
         assert meta["shape"] == [*shape, 3] and meta["layer"] is None
@@ -54,12 +65,15 @@ def test_guided_neuron_mode(files, tmp_path):
     assert (tmp_path / "cat.guided.overlay.png").is_file()
 
 
-def test_gradcam_and_guided_gradcam(files, tmp_path):
+def test_gradcam_and_guided_gradcam(files, tmp_path, nsfw_torch):
+    img = load_image(files["cup"])
     for extra, stem in (((), "gradcam"), (("--guided",), "guided-gradcam")):
         res = run("gradcam", str(files["cup"]), "-t", "sfw", "-o", str(tmp_path), *extra)
         assert res.exit_code == 0, res.output
         assert "cup[red].jpg" in res.stdout  # printed as is, not as rich markup
-        assert np.array(Image.open(tmp_path / f"cup[red].{stem}.png")).shape == (80, 120, 3)
+        expected = figure(img, gradcam(nsfw_torch, img, target="sfw", guided=bool(extra)),
+                          normalize="percentile" if extra else "minmax")
+        assert np.array_equal(np.array(Image.open(tmp_path / f"cup[red].{stem}.png")), expected)
         meta = json.loads((tmp_path / f"cup[red].{stem}.json").read_text())
         assert meta["params"]["layer"] == "stages.3" and meta["target"] == "sfw"
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from explain import Heatmap, overlay
 from explain.errors import OptionError
-from explain.render import colorbar, colorize, colormap_lut, save_png, side_by_side
+from explain.render import colorize, colormap_lut, legend_height, save_png, side_by_side
 
 GRAY = np.full((20, 30, 3), 128, dtype=np.uint8)
 
@@ -80,13 +80,13 @@ def test_signed_map_on_diverging_colormap_centres_zero():
     assert c[0, 0, 2] > 200 and c[0, 0, 0] < 50  # negative: blue
     assert (c[0, 1] > 240).all()  # zero: white, the neutral middle
     assert c[0, 2, 0] > 200 and c[0, 2, 2] < 200  # positive: red-ish
-    pct = colorize(m, colormap="coolwarm", normalize="percentile", percentile=100.0)
-    assert np.array_equal(pct[0, 1], colormap_lut("coolwarm")[128])
+    pct = colorize(m, colormap="bwr", normalize="percentile", percentile=100.0)
+    assert np.array_equal(pct[0, 1], colormap_lut("bwr")[128])
 
 
 def test_colormaps_from_opencv_and_matplotlib_and_unknown():
     assert not np.array_equal(colormap_lut("jet"), colormap_lut("viridis"))
-    assert colormap_lut("magma").shape == (256, 3)
+    assert colormap_lut("magma").shape == (256, 3) and colormap_lut("bwr").shape == (256, 3)
     with pytest.raises(OptionError, match="unknown colormap"):
         colormap_lut("no-such-map")
 
@@ -105,12 +105,16 @@ def test_smaller_heatmap_is_resized_and_gray_or_float_images_accepted():
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
 
 
-def test_side_by_side_and_colorbar_and_save_png(tmp_path):
-    img = np.random.randint(0, 256, (40, 50, 3), dtype=np.uint8)
-    pic = side_by_side(img, ramp(40, 50), gap=4)
-    bar = colorbar(40, 0.0, 1.0)
-    assert pic.shape == (40, 3 * 50 + 3 * 4 + bar.shape[1], 3)
-    assert np.array_equal(pic[:, :50], img)
+def test_side_by_side_with_legend_and_save_png(tmp_path):
+    img = np.random.randint(0, 256, (40, 500, 3), dtype=np.uint8)
+    bare = side_by_side(img, ramp(40, 500), gap=4, legend=False)
+    assert bare.shape == (40, 3 * 500 + 2 * 4, 3)
+    assert np.array_equal(bare[:, :500], img)
+    assert np.array_equal(bare[:, 504:1004], colorize(ramp(40, 500)))
+    assert np.array_equal(bare[:, 1008:], overlay(img, ramp(40, 500)))
+    pic = side_by_side(img, ramp(40, 500), gap=4)
+    assert pic.shape == (40 + legend_height(1508), 1508, 3)
+    assert np.array_equal(pic[:40], bare)
     path = save_png(tmp_path / "sub" / "x.png", pic)
     back = np.asarray(Image.open(path))
     assert back.shape == pic.shape and np.array_equal(back, pic)

@@ -1,8 +1,11 @@
 """`explain occlude` and `explain slide`: black-box heatmaps for any classifier.
 
 Per image NAME (the file's stem) in the output folder: ``NAME.occlusion.png`` (or
-``NAME.sliding.png``), the overlay at the input's size; with ``--side-by-side`` also
-``NAME.METHOD.side.png``; with ``--save-npy`` also ``NAME.METHOD.npy`` + ``.json``.
+``NAME.sliding.png``), the overlay at the input's size with the legend strip below it
+(:func:`explain.render.figure`; ``--no-legend``: the bare overlay); with ``--side-by-side`` also
+``NAME.METHOD.side.png``; with ``--save-npy`` also ``NAME.METHOD.npy`` + ``.json``. A map without
+signal (below the noise floor) and a box too small at the model's input are said on the image's
+line.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from explain.cli.common import (
     FillOpt,
     Images,
     ModelOpt,
+    NoLegendOpt,
+    NormalizeOpt,
     OutDirOpt,
     SaveNpyOpt,
     SideBySideOpt,
     StrideOpt,
     TargetOpt,
+    VmaxOpt,
+    VminOpt,
     console,
     error_line,
     int_pair,
@@ -41,21 +48,22 @@ from explain.heatmap import Heatmap
 from explain.images import iter_image_files, load_image
 from explain.models import resolve_target
 from explain.occlusion import FILLS, occlusion_map
-from explain.render import colormap_lut, overlay, save_png, side_by_side
+from explain.render import check_look, figure, save_png, side_by_side
 from explain.sliding import sliding_window_map
-from explain.windows import check_windows
+from explain.windows import check_windows, small_box_note
 
 DEFAULT_MODEL = "open-nsfw:auto"
 
 
 def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[Path], *,
                     box: str, stride: str, target: str, model: str, device: str | None,
-                    batch_size: int | None, colormap: str, alpha: float, output: Path,
-                    save_npy: bool, side: bool) -> None:
-    """Run ``make_map`` over every image with a progress bar; report bad images and go on."""
+                    batch_size: int | None, look: dict, output: Path, save_npy: bool,
+                    side: bool) -> None:
+    """Run ``make_map`` over every image with a progress bar; report bad images and go on.
+    ``look``: the drawing options of :func:`explain.render.figure`."""
     box_px, stride_px = int_pair(box, "--box"), int_pair(stride, "--stride")
     check_windows(box_px, stride_px)
-    colormap_lut(colormap)
+    check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
     clf = load_model(model, device)
     resolve_target(clf, target)
     failed = 0
@@ -71,11 +79,10 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                               progress=lambda done, total, t=task: bar.update(
                                   t, completed=done, total=total))
                 stem = output / f"{path.stem}.{method}"
-                out = save_png(stem.with_name(stem.name + ".png"),
-                               overlay(img, hm, colormap=colormap, alpha=alpha))
+                out = save_png(stem.with_name(stem.name + ".png"), figure(img, hm, **look))
                 if side:
                     save_png(stem.with_name(stem.name + ".side.png"),
-                             side_by_side(img, hm, colormap=colormap, alpha=alpha))
+                             side_by_side(img, hm, **look))
                 if save_npy:
                     hm.save(stem)
             except ExplainError as exc:
@@ -84,41 +91,50 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                 continue
             finally:
                 bar.remove_task(task)
+            notes = [n for n in (hm.no_signal(), small_box_note(hm.box, hm.shape, clf.input_size))
+                     if n]
             bar.console.print(f"{path}  {hm.target} {hm.score:.4f}  {hm.windows} windows  "
-                              f"{hm.seconds:.2f} s  → {out}", markup=False, highlight=False)
+                              f"{hm.seconds:.2f} s  → {out}" + "".join(f"  ({n})" for n in notes),
+                              markup=False, highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @user_errors
-def occlude(images: Images, box: BoxOpt = "64", stride: StrideOpt = "48", fill: FillOpt = "gray",
-            target: TargetOpt = "nsfw", model: ModelOpt = DEFAULT_MODEL, device: DeviceOpt = None,
-            batch_size: BatchOpt = None, colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5,
-            output: OutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
-            side_by_side: SideBySideOpt = False) -> None:
+def occlude(images: Images, box: BoxOpt = "25%", stride: StrideOpt = "18.75%",
+            fill: FillOpt = "gray", target: TargetOpt = "nsfw", model: ModelOpt = DEFAULT_MODEL,
+            device: DeviceOpt = None, batch_size: BatchOpt = None, colormap: ColormapOpt = None,
+            alpha: AlphaOpt = 0.5, output: OutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
+            side_by_side: SideBySideOpt = False, normalize: NormalizeOpt = None,
+            vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
     """Occlusion sensitivity: how much the target's score drops when each window is hidden.
 
-    Writes NAME.occlusion.png (red = hiding this region lowers the score most).
+    Writes NAME.occlusion.png: red = hiding this region lowers the score, blue = raises it,
+    white = no effect (the colour bar below gives the drop in probability).
     """
     if fill not in FILLS:
         raise OptionError(f"unknown --fill {fill!r}; use one of {', '.join(FILLS)}")
     _explain_images("occlusion", partial(occlusion_map, fill=fill), images, box=box,
                     stride=stride, target=target, model=model, device=device,
-                    batch_size=batch_size, colormap=colormap, alpha=alpha, output=output,
-                    save_npy=save_npy, side=side_by_side)
+                    batch_size=batch_size, output=output, save_npy=save_npy, side=side_by_side,
+                    look=dict(colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
+                              vmax=vmax, legend=not no_legend))
 
 
 @user_errors
-def slide(images: Images, box: BoxOpt = "64", stride: StrideOpt = "48",
+def slide(images: Images, box: BoxOpt = "25%", stride: StrideOpt = "18.75%",
           target: TargetOpt = "nsfw", model: ModelOpt = DEFAULT_MODEL, device: DeviceOpt = None,
-          batch_size: BatchOpt = None, colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5,
+          batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
           output: OutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
-          side_by_side: SideBySideOpt = False) -> None:
+          side_by_side: SideBySideOpt = False, normalize: NormalizeOpt = None,
+          vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
     """Sliding window: each window cropped and scored alone; per pixel the mean crop score.
 
-    Writes NAME.sliding.png (red = crops here score highest on their own).
+    Writes NAME.sliding.png: the crops' probability on a fixed 0..1 scale (red = crops here
+    score high on their own).
     """
     _explain_images("sliding", sliding_window_map, images, box=box, stride=stride,
                     target=target, model=model, device=device, batch_size=batch_size,
-                    colormap=colormap, alpha=alpha, output=output, save_npy=save_npy,
-                    side=side_by_side)
+                    output=output, save_npy=save_npy, side=side_by_side,
+                    look=dict(colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
+                              vmax=vmax, legend=not no_legend))

@@ -39,12 +39,14 @@ MeanOpt = Annotated[str | None, typer.Option("--mean", help="Torch/ONNX file mod
                                              "mean on [0,1] scale, e.g. 0.485,0.456,0.406.")]
 StdOpt = Annotated[str | None, typer.Option("--std", help="Torch/ONNX file models: per-channel "
                                             "std, e.g. 0.229,0.224,0.225.")]
-ColormapOpt = Annotated[str, typer.Option("--colormap", help="jet, viridis, … (OpenCV or "
-                                          "matplotlib name).")]
+ColormapOpt = Annotated[str | None, typer.Option(
+    "--colormap", help="bwr, jet, viridis, … (OpenCV or matplotlib name); default bwr (diverging, "
+    "white = 0) for signed maps, jet otherwise.", show_default=False)]
 AlphaOpt = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Heatmap opacity.")]
-BoxOpt = Annotated[str, typer.Option("--box", help="Window side in original pixels: N or H,W.")]
-StrideOpt = Annotated[str, typer.Option("--stride", help="Window step in original pixels: N or "
-                                        "H,W (at most the box).")]
+BoxOpt = Annotated[str, typer.Option("--box", help="Window side: N pixels or P% of the image's "
+                                     "shorter side; N or H,W.")]
+StrideOpt = Annotated[str, typer.Option("--stride", help="Window step: N pixels or P% of the "
+                                        "image's shorter side; N or H,W (at most the box).")]
 FillOpt = Annotated[str, typer.Option("--fill", help="Occluder: gray, black, mean or blur.")]
 SaveNpyOpt = Annotated[bool, typer.Option("--save-npy", help="Also write the raw map as "
                                           "NAME.METHOD.npy + .json.")]
@@ -53,15 +55,12 @@ SideBySideOpt = Annotated[bool, typer.Option("--side-by-side", help="Also write 
                                              "with a colour bar.")]
 
 
-def int_pair(text: str, option: str) -> int | tuple[int, int]:
-    """``"64"`` → 64, ``"64,32"`` → (64, 32), for --box / --stride."""
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2):
-        raise OptionError(f"{option} must be an integer or H,W, got {text!r}")
-    return values[0] if len(values) == 1 else (values[0], values[1])
+def int_pair(text: str, option: str) -> int | float | tuple[int | float, int | float]:
+    """--box / --stride text: ``"64"`` → 64, ``"25%"`` → 0.25, ``"64,25%"`` → (64, 0.25); see
+    :func:`explain.windows.parse_size`."""
+    from explain.windows import parse_size
+
+    return parse_size(text, option)
 
 
 def error_line(message: str) -> None:
@@ -112,3 +111,16 @@ def load_model(model: str, device: str | None = None, *, logits: bool = False,
     names = [c.strip() for c in classes.split(",")] if classes else None
     return load(model, device, preprocess=preprocess, class_names=names, logits=logits,
                 jpeg_reencode=jpeg_reencode)
+
+
+# Drawing: every command that writes a picture takes these (explain.render); the defaults come
+# from the map (0..1 for a probability, ±max|value| on bwr for a signed map, else min..max).
+NormalizeOpt = Annotated[str | None, typer.Option(
+    "--normalize", help="minmax, percentile or fixed (with --vmin and --vmax); default: the "
+    "map's own scale.", show_default=False)]
+VminOpt = Annotated[float | None, typer.Option(
+    "--vmin", help="Value at the low end of the colours (several images on one scale).")]
+VmaxOpt = Annotated[float | None, typer.Option(
+    "--vmax", help="Value at the high end of the colours.")]
+NoLegendOpt = Annotated[bool, typer.Option(
+    "--no-legend", help="Pictures without the legend strip (colour bar, unit, score) below.")]

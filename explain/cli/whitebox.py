@@ -2,10 +2,12 @@
 
 Per image NAME (the file's stem) in the output folder:
 
-- deconv / guided: ``NAME.deconv.png`` (the Zeiler-style reconstruction: grey = zero),
-  ``NAME.deconv.overlay.png`` (its magnitude on the photo), ``NAME.deconv.json`` (metadata:
+- deconv / guided: ``NAME.deconv.png`` (the Zeiler-style reconstruction: grey = zero, with a
+  grey legend strip of its ±robust max),
+  ``NAME.deconv.overlay.png`` (its magnitude on the photo, with the legend strip of
+  :func:`explain.render.figure` below unless ``--no-legend``), ``NAME.deconv.json`` (metadata:
   score, layer, neuron position and activation); ``guided`` writes ``NAME.guided.*``.
-- gradcam: ``NAME.gradcam.png`` (overlay) and ``NAME.gradcam.json``; ``--guided`` writes
+- gradcam: ``NAME.gradcam.png`` (overlay with legend) and ``NAME.gradcam.json``; ``--guided`` writes
   ``NAME.guided-gradcam.*``.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -33,9 +36,13 @@ from explain.cli.common import (
     LogitsOpt,
     MeanOpt,
     ModelOpt,
+    NoLegendOpt,
+    NormalizeOpt,
     OutDirOpt,
     StdOpt,
     TargetOpt,
+    VmaxOpt,
+    VminOpt,
     console,
     error_line,
     load_model,
@@ -46,7 +53,7 @@ from explain.grad_cam import gradcam as gradcam_maps
 from explain.heatmap import Heatmap
 from explain.images import iter_image_files, load_image
 from explain.reconstruction import Reconstruction
-from explain.render import overlay, save_png
+from explain.render import Scale, check_look, figure, save_png, with_legend
 
 LayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Reconstruct one activation of this layer (names: `explain layers`) "
@@ -95,10 +102,14 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
     def command(images: Images, layer: LayerOpt = None, neuron: NeuronOpt = "max",
                 target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw",
                 device: DeviceOpt = None, output: OutDirOpt = Path("."),
-                batch_size: BatchOpt = None, colormap: ColormapOpt = "jet",
+                batch_size: BatchOpt = None, colormap: ColormapOpt = None,
                 alpha: AlphaOpt = 0.5, logits: LogitsOpt = False, classes: ClassesOpt = None,
                 input_size: InputSizeOpt = None, mean: MeanOpt = None,
-                std: StdOpt = None) -> None:
+                std: StdOpt = None, normalize: NormalizeOpt = None, vmin: VminOpt = None,
+                vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
+        check_look(colormap, normalize, vmin, vmax)
+        look = dict(colormap=colormap, alpha=alpha, normalize=normalize or "percentile",
+                    vmin=vmin, vmax=vmax, legend=not no_legend)
         clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
                          mean=mean, std=std)
         output.mkdir(parents=True, exist_ok=True)
@@ -109,8 +120,14 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
 
         def write(path: Path, img: np.ndarray, rec: Reconstruction) -> None:
             stem = output / f"{path.stem}.{suffix}"
-            save_png(f"{stem}.png", rec.image())
-            save_png(f"{stem}.overlay.png", rec.overlay(img, colormap=colormap, alpha=alpha))
+            picture = rec.image()
+            if not no_legend:
+                m = rec.image_scale()
+                labelled = replace(rec.magnitude,
+                                   unit=f"{rec.magnitude.unit} per channel, grey = 0")
+                picture = with_legend(picture, labelled, Scale("gray", -m, m))
+            save_png(f"{stem}.png", picture)
+            save_png(f"{stem}.overlay.png", figure(img, rec.magnitude, **look))
             Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **rec.metadata()},
                                                        indent=2))
             where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" \
@@ -139,15 +156,18 @@ def gradcam(images: Images, layer: GradcamLayerOpt = None,
                                                  "guided backprop.")] = False,
             target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
             output: OutDirOpt = Path("."), batch_size: BatchOpt = None,
-            colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
+            colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
             classes: ClassesOpt = None, input_size: InputSizeOpt = None, mean: MeanOpt = None,
-            std: StdOpt = None) -> None:
+            std: StdOpt = None, normalize: NormalizeOpt = None, vmin: VminOpt = None,
+            vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
     """Grad-CAM (or guided Grad-CAM) heatmap of the target class, on the photo."""
+    check_look(colormap, normalize, vmin, vmax)
+    look = dict(colormap=colormap, alpha=alpha, vmin=vmin, vmax=vmax, legend=not no_legend,
+                normalize=normalize or ("percentile" if guided else "minmax"))
     clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
                      mean=mean, std=std)
     output.mkdir(parents=True, exist_ok=True)
     suffix = "guided-gradcam" if guided else "gradcam"
-    normalize = "percentile" if guided else "minmax"
 
     def explain_chunk(chunk: list[np.ndarray]) -> list:
         return gradcam_maps(clf, chunk, target=target, layer=layer, guided=guided,
@@ -155,8 +175,7 @@ def gradcam(images: Images, layer: GradcamLayerOpt = None,
 
     def write(path: Path, img: np.ndarray, heatmap: Heatmap) -> None:
         stem = output / f"{path.stem}.{suffix}"
-        save_png(f"{stem}.png", overlay(img, heatmap, colormap=colormap, alpha=alpha,
-                                        normalize=normalize))
+        save_png(f"{stem}.png", figure(img, heatmap, **look))
         Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **heatmap.metadata()},
                                                    indent=2))
         console.print(f"{path}: {heatmap.target} {heatmap.score:.4f}, layer "
