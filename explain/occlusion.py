@@ -35,13 +35,12 @@ import torch.nn.functional as F
 
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
+from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
 from explain.windows import (
     Progress,
     as_pair,
     check_batch_size,
-    image_array,
-    image_tensor,
     window_grid,
     window_mean,
 )
@@ -100,12 +99,12 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     start = time.perf_counter()
     if fill not in FILLS:
         raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
-    rgb = image_array(image)
+    rgb = as_rgb(image)
     shape = rgb.shape[:2]
     t = resolve_target(classifier, target)
     windows = window_grid(shape, box, stride)
     device = classifier.device
-    x = image_tensor(rgb, device)
+    x = to_tensor(rgb, device)
     size = tuple(classifier.input_size) if classifier.input_size else shape
     if size != shape:
         x = resize(x, size)

@@ -163,8 +163,9 @@ class Rate:
 
 @dataclass
 class Loaded:
-    """A decoded image ready for the model: ``x`` is (3, h, w), float in [0, 1] when resized to
-    the model's input size, else still uint8 (a quarter of the memory until batched)."""
+    """A decoded image ready for the model: ``x`` is (3, h, w) float32 in [0, 1], made by
+    :func:`explain.images.to_tensor` (the one conversion ``explain score`` uses too) and resized
+    to the model's input size when it declares one."""
 
     row: ImageRow
     x: torch.Tensor | None = None
@@ -182,20 +183,14 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
     except ExplainError as exc:
         return Loaded(row, error=getattr(exc, "reason", str(exc)))
     shape = rgb.shape[:2]
+    x = to_tensor(rgb)
     if input_size is not None and tuple(input_size) != shape:
-        x = resize(to_tensor(rgb), tuple(input_size))
-    else:
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        x = resize(x, tuple(input_size))
     small, factor = None, 1.0
     if need_small:
         factor = min(1.0, DETECT_SIDE / max(shape))
         small = shrink(rgb, DETECT_SIDE)
     return Loaded(row, x=x[0], shape=shape, small=small, factor=factor)
-
-
-def as_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 → float in [0, 1] exactly as :func:`explain.images.to_tensor` does it."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | str]:
@@ -211,7 +206,7 @@ def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | s
     for i, item in enumerate(items):
         groups.setdefault(tuple(item.x.shape), []).append(i)  # type: ignore[union-attr]
     for indices in groups.values():
-        batch = as_float(torch.stack([items[i].x for i in indices]).to(classifier.device))
+        batch = torch.stack([items[i].x for i in indices]).to(classifier.device)
         try:
             probs = classifier.predict(batch).double().cpu().numpy()
         except ModelError:
@@ -291,7 +286,7 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
         for it, parts in zip(alive, found, strict=True):
             shape = it.shape  # type: ignore[assignment]
             parts = [scale_part(p, it.factor, shape) for p in parts]
-            x = as_float(it.x[None].to(classifier.device))  # type: ignore[union-attr]
+            x = it.x[None].to(classifier.device)  # type: ignore[union-attr]
             drops = score_drops(classifier, x, shape, parts, t, o.fill, scores[it.row.id],
                                 o.batch_size)
             records[it.row.id]["parts"] = [
