@@ -22,11 +22,12 @@ that caused them instead of reaching the terminal: see :func:`collect_warnings`.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,18 +69,27 @@ def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX
     """Read ``path`` as an RGB uint8 array of shape (H, W, 3).
 
     With ``notes`` (a list) and inside :func:`collect_warnings`, the warnings the decoding raises
-    are appended to ``notes`` instead of being shown.
+    are appended to ``notes`` instead of being shown (see :func:`warnings_into`).
     """
     p = Path(os.fsdecode(path))
+    problem = _link_problem(p)
+    if problem == "loop":
+        raise ImageError(p, "is a symbolic link loop (it leads back to itself or to a folder "
+                         "above it); remove or fix the link")
+    if problem == "broken":
+        raise ImageError(p, f"is a broken symbolic link (to {os.readlink(p)!r}, which does not "
+                         "exist)")
     if not p.exists():
         raise ImageError(p, "file not found")
     if p.is_dir():
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise ImageError(p, "folder cannot be read (permission denied): its images were "
+                             "not listed")
         raise ImageError(p, "is a directory, not an image file")
     if p.stat().st_size == 0:
         raise ImageError(p, "file is empty (0 bytes)")
     # catch_warnings is process-wide: inside collect_warnings (decoding threads) it filters instead
-    quiet = warnings.catch_warnings() if notes is None else nullcontext()
-    _sink.notes = notes
+    quiet = warnings.catch_warnings() if notes is None else warnings_into(notes)
     try:
         with quiet:
             if notes is None:
@@ -107,11 +117,20 @@ def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX
         if "truncated" in reason.lower() or isinstance(exc, EOFError):
             reason = f"truncated or corrupt image data ({reason})"
         raise ImageError(p, f"cannot decode: {reason}") from exc
-    finally:
-        _sink.notes = None
 
 
 _sink = threading.local()
+
+
+@contextmanager
+def warnings_into(notes: list[str]) -> Iterator[list[str]]:
+    """Inside :func:`collect_warnings`, the warnings this thread raises go into ``notes``."""
+    previous = getattr(_sink, "notes", None)
+    _sink.notes = notes
+    try:
+        yield notes
+    finally:
+        _sink.notes = previous
 
 
 @contextmanager
@@ -141,14 +160,71 @@ def collect_warnings() -> Iterator[None]:
         yield
 
 
-def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Yield image files: files as given, folders searched recursively by suffix, sorted."""
+def iter_image_files(paths: Iterable[str | bytes | os.PathLike], *,
+                     skip: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield image files: files as given, folders searched recursively by suffix, sorted.
+
+    Never raises and never loops: a sub-folder that cannot be read, and a symbolic link to a
+    folder that leads back into the walk (a loop), are yielded themselves, so that reading them
+    with :func:`load_image` reports the reason as for any bad file. Other links to folders are
+    followed once. ``skip(folder)`` true leaves a folder out (an audit's own outputs).
+    """
     for item in paths:
-        p = Path(item)
+        p = Path(os.fsdecode(item))
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            yield from _walk(p, skip)
         else:
             yield p
+
+
+def _walk(root: Path, skip: Callable[[Path], bool] | None) -> Iterator[Path]:
+    visited = {os.path.realpath(root)}
+    found: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            found.append(folder)
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if path.suffix.lower() in IMAGE_SUFFIXES or (
+                        entry.is_symlink() and _link_problem(path) == "loop"):
+                    found.append(path)
+                continue
+            if skip is not None and skip(path):
+                continue
+            real = os.path.realpath(path)
+            if real in visited:
+                if entry.is_symlink() and _link_problem(path) == "loop":
+                    found.append(path)
+                continue
+            visited.add(real)
+            stack.append(path)
+    yield from sorted(found)
+
+
+def _link_problem(path: Path) -> str | None:
+    """"loop" for a symbolic link that leads back to itself or to a folder above it, "broken"
+    for a link to nothing, else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return "loop" if exc.errno == errno.ELOOP else "broken"
+    real = os.path.realpath(path)
+    parent = os.path.realpath(path.parent)
+    if os.path.isdir(real) and (parent == real or parent.startswith(real.rstrip(os.sep) + os.sep)):
+        return "loop"
+    return None
 
 
 ImageInput = np.ndarray | str | bytes | os.PathLike | Sequence

@@ -44,18 +44,25 @@ from explain.audit.concepts import (
     score_drops,
 )
 from explain.audit.dataset import open_dataset
+from explain.audit.outputs import write_png
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError, ModelError, OptionError
+from explain.files import check_output_dir, display
 from explain.heatmap import Heatmap
-from explain.images import DEFAULT_MAX_PIXELS, load_image, to_tensor
+from explain.images import (
+    DEFAULT_MAX_PIXELS,
+    collect_warnings,
+    load_image,
+    to_tensor,
+)
 from explain.models import Classifier, load, resolve_target
 from explain.models.base import resize
 from explain.occlusion import FILLS, occlusion_map
-from explain.render import overlay, save_png
+from explain.render import overlay
 from explain.report import shrink
 from explain.windows import check_windows
 
-AUDIT_FORMAT = 1
+AUDIT_FORMAT = 2  # 2: float batches for every image size (format 1 could score 256×256 ones 0)
 DETECT_SIDE = 640
 SAVED_SIDE = 512
 DEFAULT_BATCH = 32
@@ -173,15 +180,18 @@ class Loaded:
     small: np.ndarray | None = None
     factor: float = 1.0
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
           max_pixels: int) -> Loaded:
-    """Decode one file and prepare what the scoring pass needs (off the main thread)."""
+    """Decode one file and prepare what the scoring pass needs (off the main thread); the
+    warnings its decoding raises are kept with it."""
+    notes: list[str] = []
     try:
-        rgb = load_image(row.path, max_pixels=max_pixels)
+        rgb = load_image(row.file, max_pixels=max_pixels, notes=notes)
     except ExplainError as exc:
-        return Loaded(row, error=getattr(exc, "reason", str(exc)))
+        return Loaded(row, error=getattr(exc, "reason", str(exc)), notes=notes)
     shape = rgb.shape[:2]
     x = to_tensor(rgb)
     if input_size is not None and tuple(input_size) != shape:
@@ -190,7 +200,7 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
     if need_small:
         factor = min(1.0, DETECT_SIDE / max(shape))
         small = shrink(rgb, DETECT_SIDE)
-    return Loaded(row, x=x[0], shape=shape, small=small, factor=factor)
+    return Loaded(row, x=x[0], shape=shape, small=small, factor=factor, notes=notes)
 
 
 def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | str]:
@@ -247,7 +257,7 @@ def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
         if batch:
             yield batch
 
-    with ThreadPoolExecutor(max_workers=o.workers) as pool, \
+    with collect_warnings(), ThreadPoolExecutor(max_workers=o.workers) as pool, \
             rate.task("scoring", todo) as advance:
         def submit(batch: list[ImageRow]) -> list[Future]:
             return [pool.submit(_load, r, input_size, concepts, o.max_pixels)
@@ -268,7 +278,7 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
     records: dict[int, dict] = {}
     scores: dict[int, float] = {}
     for it in items:
-        records[it.row.id] = {"id": it.row.id, "error": it.error}
+        records[it.row.id] = {"id": it.row.id, "error": it.error, "notes": it.notes}
         if it.row.score is not None:
             scores[it.row.id] = it.row.score
     need_score = [it for it in items if it.error is None and it.row.score is None]
@@ -311,21 +321,6 @@ def heatmap_targets(store: Store, labels: list[str], target_name: str, o: AuditO
     return [("top", r) for r in store.ranked("1", (), descending=True, limit=o.top)]
 
 
-def _atomic_png(path: Path, picture: np.ndarray) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    save_png(tmp, picture)
-    os.replace(tmp, path)
-
-
-def _atomic_heatmap(stem: Path, heatmap: Heatmap) -> Path:
-    tmp = stem.with_name(stem.name + ".tmp")
-    npy, meta = heatmap.save(tmp)
-    final = stem.with_name(stem.name + ".npy")
-    os.replace(npy, final)
-    os.replace(meta, stem.with_name(stem.name + ".json"))
-    return final
-
-
 def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
                   o: AuditOptions, folder: Path, rate: Rate) -> list[str]:
     """An occlusion map for each target image not done yet; returns notes on failures."""
@@ -334,12 +329,12 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
     if not todo:
         return notes
     folder.mkdir(parents=True, exist_ok=True)
-    with rate.task("heatmaps", len(todo)) as advance:
+    with collect_warnings(), rate.task("heatmaps", len(todo)) as advance:
         for kind, row in todo:
-            try:
-                rgb = load_image(row.path, max_pixels=o.max_pixels)
+            try:  # its decoding warnings were recorded when it was scored
+                rgb = load_image(row.file, max_pixels=o.max_pixels, notes=[])
             except ExplainError as exc:
-                notes.append(f"no heatmap for {row.path}: {exc}")
+                notes.append(f"no heatmap for {display(row.file)}: {exc.reason}")
                 advance()
                 continue
             heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
@@ -349,14 +344,14 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
                       for p in store.parts(row.id)}
             small_rgb, small_values = shrink(rgb, SAVED_SIDE), shrink(heatmap.values, SAVED_SIDE)
             stem = folder / f"{kind}_{row.id:07d}"
-            _atomic_png(stem.with_suffix(".png"), overlay(small_rgb, small_values,
-                                                          colormap=o.colormap, alpha=o.alpha))
+            write_png(stem.with_suffix(".png"), overlay(small_rgb, small_values,
+                                                        colormap=o.colormap, alpha=o.alpha))
             saved = Heatmap(values=small_values, method=heatmap.method, target=heatmap.target,
                             score=heatmap.score, box=heatmap.box, stride=heatmap.stride,
                             windows=heatmap.windows, seconds=heatmap.seconds,
                             params={**heatmap.params, "source": row.path,
                                     "original_shape": list(heatmap.shape)})
-            npy = _atomic_heatmap(stem, saved)
+            npy, _ = saved.save(stem)
             store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(
                 folder.parent)), str(npy.relative_to(folder.parent)),
                 heatmap.seconds or 0.0, shares)
@@ -381,13 +376,11 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
 
     o = options or AuditOptions()
     o.check()
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"output {output} exists and is not a folder")
+    out = check_output_dir(output)
     classifier = load(model, device)
     t = resolve_target(classifier, o.target)
     class_names = list(classifier.class_names)
-    dataset = open_dataset(data, class_names, labels=labels)
+    dataset = open_dataset(data, class_names, labels=labels, exclude=[out])
     if o.concepts and detector is None:
         detector = NudeNetDetector(device=classifier.device)
     box, stride = check_windows(o.box, o.stride)
@@ -405,7 +398,7 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
     try:
         start = time.perf_counter()
         if not store.stage_done("listed"):
-            store.add_items((str(item.path), item.label) for item in dataset)
+            store.add_items((item.path, item.label) for item in dataset)
             store.mark_stage("listed")
         seconds["list"] = time.perf_counter() - start
 
@@ -424,9 +417,10 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
         seconds["heatmaps"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        result = write_outputs(store, out, classifier=classifier, target=class_names[t],
-                               class_names=class_names, options=o, targets=targets,
-                               labels=labels_seen, notes=notes, seconds=seconds)
+        with collect_warnings():
+            result = write_outputs(store, out, classifier=classifier, target=class_names[t],
+                                   class_names=class_names, options=o, targets=targets,
+                                   labels=labels_seen, notes=notes, seconds=seconds)
         seconds["outputs"] = time.perf_counter() - start
         store.mark_stage("finished")
         result.seconds = seconds
