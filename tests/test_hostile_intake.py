@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import struct
 from pathlib import Path
 
 import cv2
@@ -17,14 +18,15 @@ from skimage import data as skdata
 from torch import nn
 from typer.testing import CliRunner
 
-from explain.audit import AuditOptions, audit
+from explain.audit import AuditOptions, Part, audit, open_dataset
 from explain.backprop import deconvnet, guided_backprop
 from explain.cli import app
-from explain.errors import ExplainError, ImageError, ModelError
+from explain.errors import ExplainError, ImageError, ModelError, OptionError
 from explain.faithfulness import faithfulness
+from explain.files import from_storable, to_storable
 from explain.grad_cam import gradcam
 from explain.images import as_rgb, load_image, to_tensor
-from explain.models import Preprocess, load
+from explain.models import CallableClassifier, Preprocess, load
 from explain.occlusion import occlusion_map
 from explain.sliding import sliding_window_map
 
@@ -41,7 +43,8 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def _quick(batch_size: int | None = None, **kw) -> AuditOptions:
-    return AuditOptions(concepts=False, top=0, mosaic=0, batch_size=batch_size, **kw)
+    return AuditOptions(**{"concepts": False, "top": 0, "mosaic": 0, "batch_size": batch_size,
+                           **kw})
 
 
 # --- item 1: one image representation through the audit ---------------------------------------
@@ -193,3 +196,171 @@ def test_nan_image_is_not_blamed_on_the_model(white_box_model):
         occlusion_map(white_box_model, np.full((8, 8, 3), np.nan, np.float32), target="b")
     assert not isinstance(info.value, ModelError)
     assert "NaN" in str(info.value)
+
+
+# --- items 3 and 10: names, label files, folders and warnings in the audit ---------------------
+
+class Brightness:
+    """A two-class model scoring mean brightness; class names chosen by the test."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.class_names = names
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        p = batch.reshape(len(batch), -1).mean(axis=1) / 255.0
+        return np.stack([1 - p, p], axis=1)
+
+
+def _brightness(names=("sfw", "nsfw")) -> CallableClassifier:
+    return CallableClassifier(Brightness(list(names)), name="brightness")
+
+
+def _photos(root: Path, names: list[str]) -> list[Path]:
+    rng = np.random.default_rng(7)
+    return [_save(root / name, rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+            for name in names]
+
+
+def test_audit_over_a_file_name_that_is_not_utf8(tmp_path):
+    data = tmp_path / "data"
+    _photos(data, ["sfw/a.png", "sfw/b.png", "nsfw/c.png", "nsfw/d.png"])
+    raw = os.path.join(os.fsencode(data / "nsfw"), b"caf\xe9.png")
+    with open(raw, "wb") as f:
+        f.write((data / "nsfw/c.png").read_bytes())
+    out = tmp_path / "out"
+    result = audit(data, out, model=_brightness(),
+                   options=_quick(top=5, box=8, stride=8, mosaic=5, threshold=0.9))
+    assert (result.images, result.scored, result.failed) == (5, 5, 0)
+    rows = {r["path"]: r for r in _read_csv(out / "scores.csv")}
+    stored = to_storable(os.fsdecode(raw))
+    assert stored in rows and from_storable(stored) == os.fsdecode(raw)
+    assert rows[stored]["score"] == rows[str(data / "nsfw/c.png")]["score"]
+    assert result.heatmaps == 3  # the three nsfw images, under 0.9, are false negatives
+    page = (out / "audit.html").read_text(encoding="utf-8")
+    assert "caf\ufffd.png" in page
+    assert json.loads((out / "grid.json").read_text())["images"].get(stored) is not None
+    assert not [p for p in out.rglob("*") if p.name.endswith(".part") or ".tmp" in p.name]
+
+
+def _csv_cells(folder: Path) -> list[str]:
+    cells = []
+    for path in folder.glob("*.csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            cells += [cell for row in csv.reader(f) for cell in row]
+    return cells
+
+
+class EvilParts:
+    name = "evil-parts"
+
+    def detect(self, images):
+        return [[Part("=HYPERLINK(\"http://x\")", 0.9, (0, 0, 4, 4)),
+                 Part("@SUM(A1)", 0.8, (4, 4, 8, 8))] for _ in images]
+
+
+def test_formula_like_class_and_concept_names_are_neutralised_in_every_csv(tmp_path):
+    names = ["-2+3+cmd|' -C calc'!A0", "=1+1"]
+    data = tmp_path / "data"
+    _photos(data, [f"{names[0]}/a.png", f"{names[1]}/b.png", "\tc.png"])
+    (data / "+broken.png").write_bytes(b"not a png")
+    audit(data, tmp_path / "out", model=_brightness(names), detector=EvilParts(),
+          options=AuditOptions(target=names[1], top=1, box=8, stride=8, mosaic=0,
+                               threshold=0.0))
+    cells = _csv_cells(tmp_path / "out")
+    assert {"scores.csv", "errors.csv", "parts.csv", "concepts.csv"} <= \
+        {p.name for p in (tmp_path / "out").glob("*.csv")}
+    dangerous = [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert all(_is_number(c) for c in dangerous), dangerous
+    for text in (*names, '=HYPERLINK("http://x")', "@SUM(A1)"):
+        assert "'" + text in cells
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_a_labels_csv_in_another_encoding_is_a_clear_error(tmp_path, encoding):
+    _photos(tmp_path, ["café.png"])
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("path,label\ncafé.png,sfw\n".encode(encoding))
+    with pytest.raises(OptionError, match=r"labels\.csv.*UTF-8"):
+        open_dataset(tmp_path, ["sfw", "nsfw"], labels=labels)
+
+
+def test_conflicting_labels_name_both_lines_and_paths_are_normalised(tmp_path):
+    _photos(tmp_path, ["a/x.png", "a/y.png"])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na/x.png,sfw\na/y.png,nsfw\na/../a/./x.png,nsfw\n")
+    with pytest.raises(OptionError, match=r"x\.png has two labels: sfw on line 2 and nsfw on "
+                                          r"line 4"):
+        open_dataset(tmp_path, ["sfw", "nsfw"], labels=labels)
+    labels.write_text("a/x.png,sfw\na/y.png,nsfw\na/../a/x.png,sfw\n")
+    items = list(open_dataset(tmp_path, ["sfw", "nsfw"], labels=labels))
+    assert [(i.path, i.label) for i in items] == [(tmp_path / "a/x.png", "sfw"),
+                                                  (tmp_path / "a/y.png", "nsfw")]
+
+
+def test_an_audit_inside_its_data_never_audits_outputs(tmp_path):
+    data = tmp_path / "data"
+    _photos(data, ["sfw/a.png", "nsfw/b.png", "c.png"])
+    first = audit(data, data / "audit1", model=_brightness(),
+                  options=_quick(top=2, box=8, stride=8, threshold=0.0))
+    assert first.images == 3 and first.heatmaps == 1
+    assert list((data / "audit1").rglob("*.png"))
+    second = audit(data, data / "sfw" / "audit2", model=_brightness(),
+                   options=_quick(top=2, box=8, stride=8, threshold=0.3))
+    again = audit(data, data / "sfw" / "audit2", model=_brightness(),
+                  options=_quick(top=2, box=8, stride=8, threshold=0.4))
+    for result in (second, again):
+        rows = _read_csv(result.output / "scores.csv")
+        assert sorted(Path(r["path"]).name for r in rows) == ["a.png", "b.png", "c.png"]
+
+
+def test_symlink_loops_and_unreadable_folders_are_error_rows(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    _photos(data, ["sfw/a.png", "sfw/locked/b.png", "nsfw/c.png"])
+    (data / "sfw" / "back").symlink_to("..")
+    (data / "nsfw" / "self.png").symlink_to("self.png")
+    (data / "nsfw" / "ring1.jpg").symlink_to("ring2.jpg")
+    (data / "nsfw" / "ring2.jpg").symlink_to("ring1.jpg")
+    (data / "nsfw" / "gone.png").symlink_to("nowhere.png")
+    locked = str(data / "sfw" / "locked")
+    scandir, access = os.scandir, os.access
+    monkeypatch.setattr(os, "scandir", lambda p: scandir(p) if os.fspath(p) != locked
+                        else (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode) and os.fspath(p) != locked)
+    result = audit(data, tmp_path / "out", model=_brightness(), options=_quick())
+    errors = {Path(r["path"]).name: r["reason"] for r in _read_csv(tmp_path / "out/errors.csv")}
+    assert set(errors) == {"back", "self.png", "ring1.jpg", "ring2.jpg", "gone.png", "locked"}
+    for name in ("back", "self.png", "ring1.jpg", "ring2.jpg"):
+        assert "symbolic link loop" in errors[name]
+    assert "broken symbolic link" in errors["gone.png"]
+    assert "cannot be read" in errors["locked"]
+    assert (result.scored, result.failed) == (2, 6)
+
+
+def _odd_exif_jpeg(path: Path) -> Path:
+    """A JPEG whose EXIF block names a tag beyond its end: PIL warns while reading it."""
+    ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x010F, 2, 100, 1000) + struct.pack("<I", 0)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(path, exif=b"Exif\x00\x00" + tiff)
+    return path
+
+
+def test_decoding_warnings_are_attached_to_their_image_not_printed(tmp_path, capfd, recwarn):
+    data = tmp_path / "data"
+    _photos(data, ["a.png", "b.png", "c.png"])
+    _odd_exif_jpeg(data / "odd1.jpg")
+    _odd_exif_jpeg(data / "odd2.jpg")
+    audit(data, tmp_path / "out", model=_brightness(), options=_quick(batch_size=2, top=5))
+    rows = {Path(r["path"]).name: r for r in _read_csv(tmp_path / "out/scores.csv")}
+    for name in ("odd1.jpg", "odd2.jpg"):
+        assert "UserWarning" in rows[name]["warnings"] and "tag" in rows[name]["warnings"].lower()
+    assert all(rows[n]["warnings"] == "" for n in ("a.png", "b.png", "c.png"))
+    assert "Tag data" not in capfd.readouterr().err
+    assert not [w for w in recwarn if "tag" in str(w.message).lower()]

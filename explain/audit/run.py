@@ -278,14 +278,15 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
     records: dict[int, dict] = {}
     scores: dict[int, float] = {}
     for it in items:
-        records[it.row.id] = {"id": it.row.id, "error": it.error, "notes": it.notes}
+        records[it.row.id] = {"id": it.row.id, "notes": [display(n) for n in it.notes],
+                              "error": None if it.error is None else display(it.error)}
         if it.row.score is not None:
             scores[it.row.id] = it.row.score
     need_score = [it for it in items if it.error is None and it.row.score is None]
     probs = _predict(classifier, need_score) if need_score else []
     for it, p in zip(need_score, probs, strict=True):
         if isinstance(p, str):
-            records[it.row.id]["error"] = p
+            records[it.row.id]["error"] = display(p)
             continue
         scores[it.row.id] = float(p[t])
         records[it.row.id].update(score=float(p[t]), probs=p.tolist(), height=it.shape[0],
