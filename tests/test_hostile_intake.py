@@ -91,6 +91,18 @@ def test_audit_scores_equal_explain_score_for_every_batch_size(mixed_sizes, nsfw
             assert float(rows[p]["p_nsfw"]) == pytest.approx(cli[p], abs=1e-6), (batch_size, p)
 
 
+def test_audit_scores_equal_library_scores_for_a_model_without_input_size(mixed_sizes,
+                                                                          tmp_path):
+    clf = _brightness()
+    want = {str(p): float(clf.predict(to_tensor(load_image(p)))[0, 1])
+            for p in mixed_sizes.iterdir()}
+    for batch_size in (1, 2, 3, 7):
+        out = tmp_path / f"audit{batch_size}"
+        audit(mixed_sizes, out, model=clf, options=_quick(batch_size))
+        got = {r["path"]: float(r["score"]) for r in _read_csv(out / "scores.csv")}
+        assert got == pytest.approx(want, abs=1e-6)
+
+
 # --- item 8: one intake for every method -------------------------------------------------------
 
 def _net() -> nn.Module:

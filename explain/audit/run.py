@@ -53,6 +53,7 @@ from explain.images import (
     DEFAULT_MAX_PIXELS,
     collect_warnings,
     load_image,
+    to_batch,
     to_tensor,
 )
 from explain.models import Classifier, load, resolve_target
@@ -170,12 +171,15 @@ class Rate:
 
 @dataclass
 class Loaded:
-    """A decoded image ready for the model: ``x`` is (3, h, w) float32 in [0, 1], made by
-    :func:`explain.images.to_tensor` (the one conversion ``explain score`` uses too) and resized
-    to the model's input size when it declares one."""
+    """A decoded image ready for the model. For a model that declares an input size, ``x`` is
+    the model's input: (3, h, w) float32 in [0, 1] from :func:`explain.images.to_tensor` (the
+    conversion ``explain score`` uses too), resized there; otherwise ``rgb`` keeps the decoded
+    RGB uint8 pixels (a quarter of the memory) until :func:`explain.images.to_batch` converts
+    them with the same rule."""
 
     row: ImageRow
     x: torch.Tensor | None = None
+    rgb: np.ndarray | None = None
     shape: tuple[int, int] | None = None
     small: np.ndarray | None = None
     factor: float = 1.0
@@ -193,14 +197,26 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
     except ExplainError as exc:
         return Loaded(row, error=getattr(exc, "reason", str(exc)), notes=notes)
     shape = rgb.shape[:2]
-    x = to_tensor(rgb)
-    if input_size is not None and tuple(input_size) != shape:
-        x = resize(x, tuple(input_size))
+    x = pixels = None
+    if input_size is None:
+        pixels = rgb
+    else:
+        x = to_tensor(rgb)
+        if tuple(input_size) != shape:
+            x = resize(x, tuple(input_size))
+        x = x[0]
     small, factor = None, 1.0
     if need_small:
         factor = min(1.0, DETECT_SIDE / max(shape))
         small = shrink(rgb, DETECT_SIDE)
-    return Loaded(row, x=x[0], shape=shape, small=small, factor=factor, notes=notes)
+    return Loaded(row, x=x, rgb=pixels, shape=shape, small=small, factor=factor, notes=notes)
+
+
+def model_batch(items: list[Loaded], device: torch.device) -> torch.Tensor:
+    """The model's float32 batch (N, 3, h, w) in [0, 1] of same-size loaded images."""
+    if items[0].x is not None:
+        return torch.stack([it.x for it in items]).to(device)  # type: ignore[misc]
+    return to_batch([it.rgb for it in items], device)  # type: ignore[misc]
 
 
 def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | str]:
@@ -214,9 +230,10 @@ def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | s
     out: list[np.ndarray | str] = [""] * len(items)
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
-        groups.setdefault(tuple(item.x.shape), []).append(i)  # type: ignore[union-attr]
+        size = item.x.shape if item.x is not None else item.rgb.shape  # type: ignore[union-attr]
+        groups.setdefault(tuple(size), []).append(i)
     for indices in groups.values():
-        batch = torch.stack([items[i].x for i in indices]).to(classifier.device)
+        batch = model_batch([items[i] for i in indices], classifier.device)
         try:
             probs = classifier.predict(batch).double().cpu().numpy()
         except ModelError:
@@ -297,7 +314,7 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
         for it, parts in zip(alive, found, strict=True):
             shape = it.shape  # type: ignore[assignment]
             parts = [scale_part(p, it.factor, shape) for p in parts]
-            x = it.x[None].to(classifier.device)  # type: ignore[union-attr]
+            x = model_batch([it], classifier.device)
             drops = score_drops(classifier, x, shape, parts, t, o.fill, scores[it.row.id],
                                 o.batch_size)
             records[it.row.id]["parts"] = [
