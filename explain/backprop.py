@@ -29,6 +29,7 @@ and its parameters' ``requires_grad`` are restored.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -44,7 +45,7 @@ from torch.overrides import TorchFunctionMode
 
 from explain.errors import OptionError, WhiteBoxError
 from explain.heatmap import Heatmap
-from explain.images import to_tensor
+from explain.images import ImageInput, as_rgb, to_batch
 from explain.models import TorchClassifier, check_scores, load, resolve_target
 from explain.reconstruction import Reconstruction
 
@@ -56,7 +57,7 @@ METHODS = {
 RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
                             torch.Tensor.relu_})
 
-Images = np.ndarray | Sequence[np.ndarray]
+Images = ImageInput | Sequence[ImageInput]
 Neuron = str | Sequence[int]
 
 
@@ -84,17 +85,18 @@ def white_box(model: object) -> TorchClassifier:
 
 
 def as_images(image: Images) -> tuple[list[np.ndarray], bool]:
-    """(list of images, whether a single image was given), each checked to be RGB uint8."""
-    single = isinstance(image, np.ndarray)
-    images = [image] if single else list(image)
-    if not images:
+    """(list of RGB uint8 images, whether a single image was given).
+
+    One image is anything :func:`explain.images.as_rgb` takes (a path, an array, a nested list);
+    several are a list or tuple of arrays or paths.
+    """
+    if isinstance(image, list | tuple) and len(image) == 0:
         raise OptionError("no images given")
-    for i, img in enumerate(images):
-        arr = np.asarray(img)
-        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-            raise OptionError(f"image {i} must be an RGB uint8 array of shape (H, W, 3), "
-                              f"got {arr.dtype} {arr.shape}")
-    return images, single
+    several = isinstance(image, list | tuple) and all(
+        isinstance(item, np.ndarray | str | bytes | os.PathLike) for item in image)
+    if not several:
+        return [as_rgb(image)], True
+    return [as_rgb(img, name=f"image {i}") for i, img in enumerate(image)], False
 
 
 def batches(images: list[np.ndarray], batch_size: int) -> Iterator[list[int]]:
@@ -111,7 +113,7 @@ def batches(images: list[np.ndarray], batch_size: int) -> Iterator[list[int]]:
 
 def stack(images: list[np.ndarray], indices: list[int], device: torch.device) -> torch.Tensor:
     """The images at ``indices`` as one N×3×H×W [0, 1] batch that requires grad."""
-    return torch.cat([to_tensor(images[i], device) for i in indices]).requires_grad_(True)
+    return to_batch([images[i] for i in indices], device).requires_grad_(True)
 
 
 def find_layer(clf: TorchClassifier, name: str) -> nn.Module:

@@ -32,17 +32,16 @@ follow raster order and its AUCs say nothing about the map.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
+from explain.images import ImageInput, as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
 from explain.occlusion import FILLS, fill_values, gaussian_blur
-from explain.windows import check_batch_size, image_array, image_tensor
+from explain.windows import check_batch_size
 
 SATURATION_MARGIN = 0.01
 FLAT_TOLERANCE = 0.01
@@ -72,12 +71,12 @@ def _saliency(heatmap: Heatmap | np.ndarray, shape: tuple[int, int]) -> np.ndarr
 
 
 @torch.no_grad()
-def faithfulness(classifier: Classifier, image: np.ndarray | str | os.PathLike,
+def faithfulness(classifier: Classifier, image: ImageInput,
                  heatmap: Heatmap | np.ndarray, *, steps: int = 20, target: str | int = "nsfw",
                  fill: str = "blur", batch_size: int | None = None) -> dict:
     """Deletion and insertion curves and AUCs of ``heatmap`` for ``classifier`` on ``image``.
 
-    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path; ``heatmap`` a
+    ``image`` is a path or an array as :func:`explain.images.as_rgb` takes it; ``heatmap`` a
     :class:`Heatmap` or an (H, W) array in the image's coordinates (NaN ranks last). Returns a
     JSON-able dict: ``deletion_auc`` (lower is better), ``insertion_auc`` (higher is better),
     ``insertion_minus_deletion``, the two curves, ``fractions``, ``score`` (p_t of the intact
@@ -89,10 +88,10 @@ def faithfulness(classifier: Classifier, image: np.ndarray | str | os.PathLike,
         raise OptionError(f"steps must be a positive integer, got {steps!r}")
     if fill not in FILLS:
         raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
-    rgb = image_array(image)
+    rgb = as_rgb(image)
     t = resolve_target(classifier, target)
     device = classifier.device
-    x = image_tensor(rgb, device)
+    x = to_tensor(rgb, device)
     sal = torch.from_numpy(_saliency(heatmap, rgb.shape[:2])).to(device)[None, None]
     size = classifier.input_size
     if size is not None and tuple(x.shape[-2:]) != tuple(size):

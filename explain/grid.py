@@ -40,7 +40,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from explain.errors import ExplainError, ImageError, ModelError, OptionError
-from explain.images import load_image
+from explain.images import as_rgb, to_batch
 from explain.models import Classifier, resolve_target
 from explain.models.adapters import import_callable
 
@@ -350,11 +350,6 @@ def thumbnail(img: np.ndarray, side: int) -> np.ndarray:
     return _resize(img[top:top + s, left:left + s], (side, side))
 
 
-def _batch_tensor(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(np.stack(images))).to(device)
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
-
-
 class Embedder:
     """Turns a list of same-size RGB uint8 images (at ``size``) into N×D float32 vectors.
 
@@ -409,7 +404,7 @@ class Embedder:
                                  f"{type(exc).__name__}: {exc}") from exc
         else:
             clf = self.classifier
-            batch = _batch_tensor(images, clf.device)  # type: ignore[union-attr]
+            batch = to_batch(images, clf.device)  # type: ignore[union-attr]
             out = None
             if self.mode == "features":
                 try:
@@ -455,17 +450,8 @@ def _target_scores(classifier: Classifier, embedder: Embedder, vectors: np.ndarr
         return vectors[:, t_index]
     size = tuple(classifier.input_size or DEFAULT_INPUT)
     model_in = embed_in if embedder.size == size else [_resize(img, size) for img in originals]
-    probs = classifier.predict(_batch_tensor(model_in, classifier.device))
+    probs = classifier.predict(to_batch(model_in, classifier.device))
     return probs[:, t_index].cpu().numpy().astype(np.float32)
-
-
-def _read(source: ImageSource, name: str) -> np.ndarray:
-    if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
-            raise ImageError(name, f"arrays must be RGB uint8 HxWx3, got {source.dtype} "
-                             f"{source.shape}")
-        return source
-    return load_image(source)
 
 
 @dataclass
@@ -489,7 +475,7 @@ def _embed_all(images: Sequence[ImageSource], order: np.ndarray, names: list[str
             loaded = []
             for i in chunk:
                 try:
-                    loaded.append((int(i), _read(images[i], names[i])))
+                    loaded.append((int(i), as_rgb(images[i], name=names[i])))
                 except ImageError as exc:
                     out.skipped.append((names[i], exc.reason))
             if loaded:

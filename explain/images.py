@@ -1,17 +1,33 @@
-"""Read image files into RGB uint8 arrays, robustly.
+"""The one image intake: every method, the audit and the grid see an image the same way.
 
-``load_image`` is the single entry point: it applies the EXIF orientation, converts every mode
-(grayscale, palette, RGBA/LA composited on white, CMYK, 16-bit) to RGB uint8, takes the first
-frame of animations, and refuses decompression bombs and images above ``max_pixels``. Every
-failure is an :class:`~explain.errors.ImageError` naming the path and the reason, so batch jobs
-can record it and go on.
+The canonical image is an RGB uint8 array (H, W, 3); the model sees it as a float32 batch
+N×3×H×W in [0, 1] made by :func:`to_batch` / :func:`to_tensor` (value / 255), nowhere else.
+
+- ``load_image`` reads a file: it applies the EXIF orientation, converts every mode (grayscale,
+  palette, RGBA/LA composited on white, CMYK, 16-bit) to RGB uint8, takes the first frame of
+  animations, and refuses decompression bombs and images above ``max_pixels``.
+- ``as_rgb`` takes anything a user may hand a method and gives the canonical array: a path (str,
+  bytes or ``os.PathLike``), a uint8 array, a float array in [0, 1] (rounded to the nearest
+  1/255), an integer array of 0..255, or a nested list of either; grayscale (H, W) or (H, W, 1)
+  is repeated to three channels and RGBA (H, W, 4) is composited on white exactly as an RGBA
+  file is. A float array outside [0, 1] (for example 0..255), an integer array outside 0..255,
+  NaN or infinite values, an empty array and any other shape are refused.
+
+Every failure is an :class:`~explain.errors.ImageError` naming the path (or ``image`` for an
+array) and the reason, so batch jobs can record it and go on.
+
+Warnings raised while decoding (PIL's on odd EXIF or truncated data) can be attached to the image
+that caused them instead of reaching the terminal: see :func:`collect_warnings`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,18 +64,36 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read ``path`` as an RGB uint8 array of shape (H, W, 3)."""
-    p = Path(path)
+def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               notes: list[str] | None = None) -> np.ndarray:
+    """Read ``path`` as an RGB uint8 array of shape (H, W, 3).
+
+    With ``notes`` (a list) and inside :func:`collect_warnings`, the warnings the decoding raises
+    are appended to ``notes`` instead of being shown (see :func:`warnings_into`).
+    """
+    p = Path(os.fsdecode(path))
+    problem = _link_problem(p)
+    if problem == "loop":
+        raise ImageError(p, "is a symbolic link loop (it leads back to itself or to a folder "
+                         "above it); remove or fix the link")
+    if problem == "broken":
+        raise ImageError(p, f"is a broken symbolic link (to {os.readlink(p)!r}, which does not "
+                         "exist)")
     if not p.exists():
         raise ImageError(p, "file not found")
     if p.is_dir():
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise ImageError(p, "folder cannot be read (permission denied): its images were "
+                             "not listed")
         raise ImageError(p, "is a directory, not an image file")
     if p.stat().st_size == 0:
         raise ImageError(p, "file is empty (0 bytes)")
+    # catch_warnings is process-wide: inside collect_warnings (decoding threads) it filters instead
+    quiet = warnings.catch_warnings() if notes is None else warnings_into(notes)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with quiet:
+            if notes is None:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 w, h = img.size
                 if w * h > max_pixels:
@@ -85,17 +119,177 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageError(p, f"cannot decode: {reason}") from exc
 
 
-def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Yield image files: files as given, folders searched recursively by suffix, sorted."""
+_sink = threading.local()
+
+
+@contextmanager
+def warnings_into(notes: list[str]) -> Iterator[list[str]]:
+    """Inside :func:`collect_warnings`, the warnings this thread raises go into ``notes``."""
+    previous = getattr(_sink, "notes", None)
+    _sink.notes = notes
+    try:
+        yield notes
+    finally:
+        _sink.notes = previous
+
+
+@contextmanager
+def collect_warnings() -> Iterator[None]:
+    """While open, a warning raised by ``load_image(..., notes=list)`` on ANY thread goes into
+    that call's ``notes`` instead of the terminal; other warnings are shown as before.
+
+    Enter it once, on the thread that runs the pool of decoding threads: Python's warning state
+    is process-wide and ``catch_warnings`` is not thread-safe, so the decoding threads never
+    touch it themselves. PIL's warnings are recorded for every image (not once per process);
+    PIL's own decompression-bomb warning is dropped, since ``max_pixels`` decides.
+    """
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def route(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+            notes = getattr(_sink, "notes", None)
+            if notes is None:
+                shown(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
+            else:
+                notes.append(f"{category.__name__}: {message}")
+
+        warnings.filterwarnings("always", module=r"(PIL|explain\.images)\b")
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        warnings.showwarning = route
+        yield
+
+
+def iter_image_files(paths: Iterable[str | bytes | os.PathLike], *,
+                     skip: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield image files: files as given, folders searched recursively by suffix, sorted.
+
+    Never raises and never loops: a sub-folder that cannot be read, and a symbolic link to a
+    folder that leads back into the walk (a loop), are yielded themselves, so that reading them
+    with :func:`load_image` reports the reason as for any bad file. Other links to folders are
+    followed once. ``skip(folder)`` true leaves a folder out (an audit's own outputs).
+    """
     for item in paths:
-        p = Path(item)
+        p = Path(os.fsdecode(item))
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            yield from _walk(p, skip)
         else:
             yield p
 
 
-def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """RGB uint8 (H, W, 3) → float32 tensor (1, 3, H, W) in [0, 1] on ``device``."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-    return t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+def _walk(root: Path, skip: Callable[[Path], bool] | None) -> Iterator[Path]:
+    visited = {os.path.realpath(root)}
+    found: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            found.append(folder)
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if path.suffix.lower() in IMAGE_SUFFIXES or (
+                        entry.is_symlink() and _link_problem(path) == "loop"):
+                    found.append(path)
+                continue
+            if skip is not None and skip(path):
+                continue
+            real = os.path.realpath(path)
+            if real in visited:
+                if entry.is_symlink() and _link_problem(path) == "loop":
+                    found.append(path)
+                continue
+            visited.add(real)
+            stack.append(path)
+    yield from sorted(found)
+
+
+def _link_problem(path: Path) -> str | None:
+    """"loop" for a symbolic link that leads back to itself or to a folder above it, "broken"
+    for a link to nothing, else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return "loop" if exc.errno == errno.ELOOP else "broken"
+    real = os.path.realpath(path)
+    parent = os.path.realpath(path.parent)
+    if os.path.isdir(real) and (parent == real or parent.startswith(real.rstrip(os.sep) + os.sep)):
+        return "loop"
+    return None
+
+
+ImageInput = np.ndarray | str | bytes | os.PathLike | Sequence
+
+
+def as_rgb(image: ImageInput, *, name: str = "image") -> np.ndarray:
+    """Any accepted image (see the module docstring) → RGB uint8 array (H, W, 3).
+
+    ``name`` is how an array is called in errors (a path names itself).
+    """
+    if isinstance(image, str | bytes | os.PathLike):
+        return load_image(image)
+    try:
+        arr = np.asarray(image)
+    except (TypeError, ValueError) as exc:
+        raise ImageError(name, f"is not a rectangular array of numbers ({exc})") from None
+    if arr.size == 0:
+        raise ImageError(name, f"is empty (shape {arr.shape}); an image needs at least 1x1 pixel")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageError(name, f"must be an RGB array (H, W, 3), grayscale (H, W) or RGBA "
+                         f"(H, W, 4) with channels last; got shape {arr.shape}")
+    arr = _as_uint8(arr, name)
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.shape[2] == 4:
+        return np.array(_to_rgb(Image.fromarray(np.ascontiguousarray(arr), "RGBA")),
+                        dtype=np.uint8)
+    return arr
+
+
+def _as_uint8(arr: np.ndarray, name: str) -> np.ndarray:
+    """Values of any numeric dtype → uint8 under the rules of :func:`as_rgb`."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
+        raise ImageError(name, f"has values of type {arr.dtype}; give uint8 (0..255), integers "
+                         "(0..255) or floats in [0, 1]")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ImageError(name, "contains NaN or infinite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < 0.0 or high > 1.0:
+            raise ImageError(name, f"is a float array with values {low:g} .. {high:g}, outside "
+                             "[0, 1]; a float image must be in [0, 1]: for a 0..255 image pass "
+                             "image / 255 (or image.astype(np.uint8))")
+        return np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
+    low, high = int(arr.min()), int(arr.max())
+    if low < 0 or high > 255:
+        raise ImageError(name, f"is an integer array with values {low} .. {high}, outside 0..255; "
+                         "integer images are taken as 0..255 (scale 16-bit data to 0..255 "
+                         "first, e.g. image >> 8)")
+    return arr.astype(np.uint8)
+
+
+def to_batch(images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """RGB uint8 images (H, W, 3) of one size → the model's float32 batch (N, 3, H, W) in
+    [0, 1] on ``device``: value / 255, the only place this conversion is written."""
+    stacked = np.stack([as_rgb(img) for img in images])
+    t = torch.from_numpy(np.ascontiguousarray(stacked)).to(device)
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_tensor(image: ImageInput, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Any accepted image (see :func:`as_rgb`) → float32 tensor (1, 3, H, W) in [0, 1] on
+    ``device``."""
+    return to_batch([as_rgb(image)], device)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
+from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
 from explain.windows import (
     DEFAULT_BOX,
@@ -42,8 +43,6 @@ from explain.windows import (
     Progress,
     Size,
     check_batch_size,
-    image_array,
-    image_tensor,
     pixels,
     window_grid,
     window_mean,
@@ -105,12 +104,12 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     start = time.perf_counter()
     if fill not in FILLS:
         raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
-    rgb = image_array(image)
+    rgb = as_rgb(image)
     shape = rgb.shape[:2]
     t = resolve_target(classifier, target)
     windows = window_grid(shape, box, stride)
     device = classifier.device
-    x = image_tensor(rgb, device)
+    x = to_tensor(rgb, device)
     size = tuple(classifier.input_size) if classifier.input_size else shape
     if size != shape:
         x = resize(x, size)

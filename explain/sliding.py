@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from explain.heatmap import NOISE_FLOOR, Heatmap
+from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
 from explain.windows import (
     DEFAULT_BOX,
@@ -27,8 +28,6 @@ from explain.windows import (
     Progress,
     Size,
     check_batch_size,
-    image_array,
-    image_tensor,
     pixels,
     window_grid,
     window_mean,
@@ -49,12 +48,12 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
     spread.
     """
     start = time.perf_counter()
-    rgb = image_array(image)
+    rgb = as_rgb(image)
     shape = rgb.shape[:2]
     t = resolve_target(classifier, target)
     windows = window_grid(shape, box, stride)
     device = classifier.device
-    x = image_tensor(rgb, device)[0]
+    x = to_tensor(rgb, device)[0]
     score = float(classifier.predict(x.unsqueeze(0))[0, t])
     bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
     size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)

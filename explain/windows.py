@@ -15,19 +15,18 @@ scale with the image, so a 4000-px phone photo gets the same 25 windows as its 2
 instead of thousands of windows that each hide a few pixels of what the model sees.
 :func:`small_box_note` warns when a box is under :data:`MIN_BOX_AT_INPUT` px at the model's input.
 
-The module also holds what both window methods share: image intake and batch sizing.
+The module also holds what both window methods share: batch sizing. Image intake lives in
+:mod:`explain.images`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from explain.errors import OptionError
-from explain.images import load_image, to_tensor
 
 BATCH_BYTES = 256 * 2**20
 Progress = Callable[[int, int], None]
@@ -163,26 +162,6 @@ def window_mean(shape: tuple[int, int], windows: np.ndarray, values: np.ndarray)
     total = total.cumsum(0).cumsum(1)[:h, :w]
     count = np.rint(count.cumsum(0).cumsum(1)[:h, :w])
     return np.divide(total, count, out=np.zeros((h, w)), where=count > 0)
-
-
-def image_array(image: np.ndarray | str | os.PathLike) -> np.ndarray:
-    """An image path or array → RGB (H, W, 3) array, uint8 or float in [0, 1]."""
-    if isinstance(image, str | os.PathLike):
-        return load_image(image)
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise OptionError(f"an image must be an RGB array (H, W, 3), got shape {arr.shape}")
-    return arr
-
-
-def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """RGB (H, W, 3) uint8 or [0, 1] float → float32 (1, 3, H, W) in [0, 1] on ``device``."""
-    if image.dtype == np.uint8:
-        return to_tensor(image, device)
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-    return t.permute(2, 0, 1).unsqueeze(0)
 
 
 def default_batch_size(device: torch.device, shape: tuple[int, int]) -> int:

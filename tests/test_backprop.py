@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explain import Reconstruction, deconvnet, guided_backprop, layers
-from explain.errors import OptionError, WhiteBoxError
+from explain.errors import ImageError, OptionError, WhiteBoxError
 from explain.images import to_tensor
 from explain.models import CallableClassifier, Preprocess, TorchClassifier, load
 
@@ -285,7 +285,7 @@ def test_bad_options():
         deconvnet(clf, PIXELS, layer="3", target="b", neuron="top")
     with pytest.raises(OptionError, match="outside layer"):
         deconvnet(clf, PIXELS, layer="3", target="b", neuron=(0, 0))
-    with pytest.raises(OptionError, match="RGB uint8"):
+    with pytest.raises(ImageError, match=r"outside \[0, 1\]"):
         deconvnet(clf, PIXELS.astype(np.float32), target="b")
     with pytest.raises(OptionError, match="no images"):
         deconvnet(clf, [], target="b")

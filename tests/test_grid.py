@@ -250,10 +250,11 @@ def test_too_few_readable_images(tmp_path):
 
 
 def test_a_bad_array_is_skipped_and_named(crop_set):
-    images = list(crop_set[0][:6]) + [np.zeros((8, 8), np.float32)]
+    images = list(crop_set[0][:6]) + [np.full((8, 8, 3), 200.0, np.float32)]
     g = similarity_grid(images, embed="pixels")
     assert len(g.names) == 6
-    assert g.skipped == [("image-00006", "arrays must be RGB uint8 HxWx3, got float32 (8, 8)")]
+    assert len(g.skipped) == 1 and g.skipped[0][0] == "image-00006"
+    assert "outside [0, 1]" in g.skipped[0][1]
 
 
 def test_identical_images_are_placed_without_tsne():

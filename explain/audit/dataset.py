@@ -8,8 +8,15 @@ Three inputs are accepted:
   folder), or a folder plus ``labels=`` such a CSV (relative paths then start at the folder);
 - a folder without label sub-folders: every image is unlabeled and the audit ranks by score only.
 
-Folders are searched recursively (:func:`explain.images.iter_image_files`). Items are yielded one
-by one so that a listing of 100k files never needs more than the paths themselves.
+Folders are searched recursively (:func:`explain.images.iter_image_files`); an audit's own output
+folder and every folder holding an earlier audit (``audit.sqlite``) are left out, so an audit
+whose ``-o`` lies inside DATA never audits its outputs. Folder items are yielded one by one so
+that a listing of 100k files never needs more than the paths themselves.
+
+A labels CSV is read and checked whole before any work: it must be UTF-8 (an error names the file
+and how to convert it); paths are normalised (``a/../a/x.jpg`` is ``a/x.jpg``); a file listed
+twice with the same label is listed once, with two different labels it is an error naming both
+lines.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from explain.audit.store import DB_NAME
 from explain.errors import OptionError
+from explain.files import display
 from explain.images import iter_image_files
 
 
@@ -39,6 +48,8 @@ class Dataset:
     root: Path
     labels_csv: Path | None
     class_names: tuple[str, ...]
+    exclude: tuple[Path, ...] = ()
+    rows: tuple[Item, ...] = field(default=(), repr=False)
 
     @property
     def source(self) -> str:
@@ -48,37 +59,59 @@ class Dataset:
 
     def __iter__(self) -> Iterator[Item]:
         if self.labels_csv is not None:
-            base = self.root if self.root.is_dir() else self.labels_csv.parent
-            yield from read_labels_csv(self.labels_csv, base, self.class_names)
+            yield from self.rows
             return
-        yield from folder_items(self.root, self.class_names)
+        yield from folder_items(self.root, self.class_names, self.exclude)
+
+
+def _resolved(path: str | os.PathLike, what: str) -> Path:
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:  # Python < 3.13 raises RuntimeError on a loop
+        raise OptionError(f"{what} {display(path)} cannot be resolved: {exc}; a symbolic link "
+                          "loop? give the real folder or file") from None
 
 
 def open_dataset(data: str | os.PathLike, class_names: Sequence[str], *,
-                 labels: str | os.PathLike | None = None) -> Dataset:
-    """Check ``data`` (folder or CSV) and ``labels`` (CSV) and describe the input."""
-    root = Path(data).resolve()
+                 labels: str | os.PathLike | None = None,
+                 exclude: Sequence[str | os.PathLike] = ()) -> Dataset:
+    """Check ``data`` (folder or CSV) and ``labels`` (CSV) and describe the input; folders in
+    ``exclude`` (the audit's output) are left out of a folder listing."""
+    root = _resolved(data, "DATA")
     if not root.exists():
-        raise OptionError(f"{data} does not exist; give a folder of images or a path,label CSV")
-    csv_path = Path(labels).resolve() if labels is not None else None
+        raise OptionError(f"{display(data)} does not exist; give a folder of images or a "
+                          "path,label CSV")
+    csv_path = _resolved(labels, "labels file") if labels is not None else None
     if csv_path is None and root.is_file():
         if root.suffix.lower() != ".csv":
-            raise OptionError(f"{data} is a file but not a .csv; give a folder of images or a "
-                              "path,label CSV")
+            raise OptionError(f"{display(data)} is a file but not a .csv; give a folder of "
+                              "images or a path,label CSV")
         csv_path = root
     if csv_path is not None and not csv_path.is_file():
-        raise OptionError(f"labels file {labels} not found")
-    return Dataset(root=root, labels_csv=csv_path, class_names=tuple(class_names))
+        raise OptionError(f"labels file {display(labels or csv_path)} not found")
+    rows: tuple[Item, ...] = ()
+    if csv_path is not None:
+        base = root if root.is_dir() else csv_path.parent
+        rows = tuple(read_labels_csv(csv_path, base, class_names))
+    return Dataset(root=root, labels_csv=csv_path, class_names=tuple(class_names),
+                   exclude=tuple(_resolved(p, "output") for p in exclude), rows=rows)
 
 
 def _label_map(class_names: Sequence[str]) -> dict[str, str]:
     return {name.lower(): name for name in class_names}
 
 
-def folder_items(root: Path, class_names: Sequence[str]) -> Iterator[Item]:
-    """Every image under ``root``; the first sub-folder names its label when it is a class."""
+def folder_items(root: Path, class_names: Sequence[str], exclude: Sequence[Path] = ()
+                 ) -> Iterator[Item]:
+    """Every image under ``root``; the first sub-folder names its label when it is a class.
+    Folders in ``exclude`` and folders holding an audit database are skipped."""
     names = _label_map(class_names)
-    for path in iter_image_files([root]):
+    skipped = set(exclude)
+
+    def skip(folder: Path) -> bool:
+        return folder in skipped or (folder / DB_NAME).exists()
+
+    for path in iter_image_files([root], skip=skip):
         first = path.relative_to(root).parts[0]
         label = names.get(first.lower()) if len(path.relative_to(root).parts) > 1 else None
         yield Item(path, label)
@@ -88,22 +121,44 @@ def read_labels_csv(csv_path: Path, base: Path, class_names: Sequence[str]) -> I
     """Rows ``path,label`` of ``csv_path``; an empty label means unlabeled.
 
     A label that is not a class of the model is a user error (probably a typo): it stops the
-    audit before any work with the line number, rather than silently auditing without it.
+    audit before any work with the line number, rather than silently auditing without it. So do
+    a file given two different labels, and a file that is not UTF-8 text.
     """
     names = _label_map(class_names)
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if line == 1 and row[0].strip().lower() == "path":
-                continue
-            if len(row) < 2:
-                raise OptionError(f"{csv_path}:{line}: expected 'path,label', got {row!r}")
-            text, label = row[0].strip(), row[1].strip()
-            path = Path(text) if Path(text).is_absolute() else base / text
-            if label and label.lower() not in names:
-                raise OptionError(
-                    f"{csv_path}:{line}: label {label!r} is not a class of the model "
-                    f"({', '.join(class_names)})"
-                )
-            yield Item(path, names[label.lower()] if label else None)
+    seen: dict[str, tuple[int, str | None]] = {}
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            for line, row in enumerate(csv.reader(f), start=1):
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                if line == 1 and row[0].strip().lower() == "path":
+                    continue
+                if len(row) < 2:
+                    raise OptionError(f"{display(csv_path)}:{line}: expected 'path,label', got "
+                                      f"{display(repr(row))}")
+                text, label = row[0].strip(), row[1].strip()
+                if label and label.lower() not in names:
+                    raise OptionError(
+                        f"{display(csv_path)}:{line}: label {display(repr(label))} is not a "
+                        f"class of the model ({', '.join(class_names)})"
+                    )
+                value = names[label.lower()] if label else None
+                path = os.path.normpath(text if Path(text).is_absolute() else base / text)
+                if path in seen:
+                    first, known = seen[path]
+                    if known != value:
+                        raise OptionError(
+                            f"{display(csv_path)}: {display(path)} has two labels: "
+                            f"{known or '(none)'} on line {first} and {value or '(none)'} on "
+                            f"line {line}; keep one")
+                    continue
+                seen[path] = (line, value)
+                yield Item(Path(path), value)
+    except UnicodeDecodeError as exc:
+        raise OptionError(
+            f"{display(csv_path)} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}); save it as UTF-8, e.g. iconv -f latin1 -t utf-8 (or -f "
+            "utf-16) < labels.csv > labels-utf8.csv") from None
+    except csv.Error as exc:
+        raise OptionError(f"{display(csv_path)} is not a readable CSV ({exc}); a UTF-16 file? "
+                          "save it as UTF-8 text with path,label rows") from None

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from explain.files import atomic_write
+
 
 def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
@@ -101,7 +103,8 @@ def _save(fig: object, path: str | os.PathLike, legend: str) -> Path:
     ax.legend(loc=legend, fontsize=8)
     fig.tight_layout()  # type: ignore[attr-defined]
     out = Path(path)
-    fig.savefig(out, format="png")  # type: ignore[attr-defined]
+    with atomic_write(out) as f:
+        fig.savefig(f, format="png")  # type: ignore[attr-defined]
     return out
 
 

@@ -6,20 +6,24 @@ mean heat share, mean area share), ``histogram.png`` and ``roc.png``, the simila
 ``grid.png`` + ``grid.json`` (when :mod:`explain.grid` is installed), and ``audit.html``: one
 self-contained page (pictures inlined as base64; jinja2 with autoescaping, since file names and
 labels are untrusted text).
+
+Every file is written atomically (:mod:`explain.files`). In the CSVs paths are in the lossless
+strict-UTF-8 form of :func:`explain.files.to_storable` and every text cell goes through
+:func:`csv_cell`, so that a class name or file name such as ``=HYPERLINK(…)`` is not a formula
+in a spreadsheet; the page shows names through :func:`explain.files.display`.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
-import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
 
 import cv2
 import jinja2
@@ -29,7 +33,8 @@ from PIL import Image
 from explain.audit import metrics as m
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError
-from explain.images import load_image
+from explain.files import atomic_write, display, from_storable, write_bytes, write_text
+from explain.images import load_image, warnings_into
 from explain.models import Classifier
 from explain.report import data_uri, shrink
 
@@ -117,14 +122,43 @@ def draw_parts(rgb: np.ndarray, parts: list[dict]) -> np.ndarray:
     return small
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with ``= + - @``, a tab or
+    a carriage return gets a leading single quote (numbers, also as text, are kept)."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
+class CsvRows:
+    """A ``csv.writer`` whose every cell goes through :func:`csv_cell`."""
+
+    def __init__(self, f: object) -> None:
+        self._writer = csv.writer(f)  # type: ignore[arg-type]
+
+    def writerow(self, row: Iterable[object]) -> None:
+        self._writer.writerow([csv_cell(v) for v in row])
+
+
 @contextmanager
-def replacing(path: Path) -> Iterator[TextIO]:
-    """A CSV file written under a temporary name and renamed over ``path`` when complete, so
-    that a kill never leaves a half-written output."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        yield f
-    os.replace(tmp, path)
+def csv_file(path: Path) -> Iterator[CsvRows]:
+    """A CSV output written atomically, its cells neutralised."""
+    with atomic_write(path, "w", newline="") as f:
+        yield CsvRows(f)
+
+
+def write_png(path: Path, picture: np.ndarray) -> Path:
+    """An RGB uint8 picture as a PNG file, written atomically."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(picture), "RGB").save(buffer, format="PNG")
+    return write_bytes(path, buffer.getvalue())
 
 
 def _predicted(probs: list[float], class_names: list[str], t: int, threshold: float) -> str:
@@ -149,17 +183,16 @@ def write_scores(store: Store, path: Path, class_names: list[str], target: str,
     labels: list[str | None] = []
     scores: list[float] = []
     predicted: list[str] = []
-    with replacing(path) as f:
-        writer = csv.writer(f)
+    with csv_file(path) as writer:
         writer.writerow(["path", "label", "score", "predicted", "outcome", "height", "width",
-                         *(f"p_{name}" for name in class_names)])
-        for p, label, score, probs, h, w in store.db.execute(
-                "SELECT path, label, score, probs, height, width FROM images WHERE run = ? AND "
-                "score IS NOT NULL ORDER BY id", (store.run,)):
+                         *(f"p_{name}" for name in class_names), "warnings"])
+        for p, label, score, probs, h, w, notes in store.db.execute(
+                "SELECT path, label, score, probs, height, width, notes FROM images WHERE run = ? "
+                "AND score IS NOT NULL ORDER BY id", (store.run,)):
             values = json.loads(probs)
             pred = _predicted(values, class_names, t, threshold)
             writer.writerow([p, label or "", f"{score:.6f}", pred, _outcome(label, pred, target),
-                             h, w, *(f"{v:.6f}" for v in values)])
+                             h, w, *(f"{v:.6f}" for v in values), notes or ""])
             labels.append(label)
             scores.append(score)
             predicted.append(pred)
@@ -168,21 +201,21 @@ def write_scores(store: Store, path: Path, class_names: list[str], target: str,
 
 
 def write_errors(store: Store, path: Path) -> list[tuple[str, str]]:
-    """``errors.csv``; returns the first :data:`HTML_ERRORS` rows for the page."""
+    """``errors.csv``; returns the first :data:`HTML_ERRORS` rows for the page (as display
+    text)."""
     shown = []
-    with replacing(path) as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        for p, reason in store.errors():
-            writer.writerow([p, reason])
+    with csv_file(path) as writer:
+        writer.writerow(["path", "reason", "warnings"])
+        for p, reason, notes in store.errors():
+            writer.writerow([p, reason, notes])
             if len(shown) < HTML_ERRORS:
-                shown.append((p, reason))
+                text = display(reason) + (f" (warnings: {display(notes)})" if notes else "")
+                shown.append((display(from_storable(p)), text))
     return shown
 
 
 def write_parts(store: Store, path: Path) -> None:
-    with replacing(path) as f:
-        writer = csv.writer(f)
+    with csv_file(path) as writer:
         writer.writerow(["path", "label", "score", "part", "concept", "confidence", "top", "left",
                          "bottom", "right", "area_share", "score_drop", "heat_share"])
         for row in store.db.execute(
@@ -195,8 +228,7 @@ def write_parts(store: Store, path: Path) -> None:
 def write_concepts(store: Store, path: Path, group_list: list[Group]) -> list[dict]:
     """``concepts.csv``; returns the groups with their tables for the page."""
     out = []
-    with replacing(path) as f:
-        writer = csv.writer(f)
+    with csv_file(path) as writer:
         writer.writerow(["group", "group_images", "concept", "parts", "images", "image_share",
                          "mean_score_drop", "mean_heat_share", "heat_parts", "mean_area_share",
                          "mean_confidence"])
@@ -286,15 +318,17 @@ def write_mosaic(store: Store, folder: Path, classifier: Classifier, target: str
         if len(paths) < 4:
             return None, ["mosaic skipped: fewer than 4 scored images"]
         use_labels = all(lab is not None for lab in labels)
-        try:
-            grid = grid_module.similarity_grid(paths, classifier,
-                                               labels=labels if use_labels else None,
-                                               target=target)
+        try:  # decoding warnings were recorded with each image when it was scored
+            with warnings_into([]):
+                grid = grid_module.similarity_grid([from_storable(p) for p in paths], classifier,
+                                                   names=paths,
+                                                   labels=labels if use_labels else None,
+                                                   target=target)
             picture = grid_module.draw_mosaic(grid, color_by="label" if use_labels else "score")
         except ExplainError as exc:
-            return None, [f"mosaic skipped: {exc}"]
-        Image.fromarray(picture, "RGB").save(png, format="PNG")
-        grid.save_json(js)
+            return None, [f"mosaic skipped: {display(str(exc))}"]
+        write_png(png, picture)
+        write_text(js, json.dumps(grid.to_json(), indent=1))
         store.mark_stage("mosaic")
     info = json.loads(js.read_text())
     return {"uri": file_uri(png), "images": len(info.get("images", {})),
@@ -309,17 +343,17 @@ def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[di
         if k != kind:
             continue
         rank += 1
-        card = {"rank": rank, "path": row.path, "label": row.label, "score": row.score,
+        card = {"rank": rank, "path": display(row.file), "label": row.label, "score": row.score,
                 "parts": store.parts(row.id), "original": None, "overlay": None, "error": None}
         done = store.heatmap(row.id)
         if done is not None:
             card["overlay"] = file_uri(folder / done["png"])
             card["png"] = done["png"]
         try:
-            card["original"] = data_uri(draw_parts(load_image(row.path), card["parts"]),
+            card["original"] = data_uri(draw_parts(load_image(row.file, notes=[]), card["parts"]),
                                         DISPLAY_SIDE)
         except ExplainError as exc:
-            card["error"] = str(exc)
+            card["error"] = display(str(exc))
         yield card
 
 
@@ -367,13 +401,15 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
                               "WHERE i.run = ?", (store.run,)).fetchone()[0]
     run_row = store.db.execute("SELECT created FROM runs WHERE id = ?", (store.run,)).fetchone()
     page = {
-        "params": store.params, "key": store.key, "run": store.run, "resumed": store.resumed,
+        "params": {k: display(v) if isinstance(v, str) else v for k, v in store.params.items()},
+        "key": store.key, "run": store.run, "resumed": store.resumed,
         "created": datetime.fromtimestamp(run_row[0], timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "previous": store.previous_runs(), "target": target, "threshold": o.threshold,
         "options": o, "images": n_images, "scored": len(seen["scores"]), "failed": n_failed,
         "unlabeled": sum(1 for lab in seen["labels"] if lab is None), "labels": labels,
-        "metrics": metrics_, "seconds": seconds, "notes": notes + mosaic_notes,
+        "metrics": metrics_, "seconds": seconds,
+        "notes": [display(n) for n in notes + mosaic_notes],
         "histogram": file_uri(files["histogram"]) if "histogram" in files else None,
         "roc": file_uri(files["roc"]) if "roc" in files else None,
         "concepts": concept_groups,
@@ -384,9 +420,7 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
             for kind, title, text in _gallery_kinds(bool(labels), target, o.threshold)],
     }
     files["html"] = folder / "audit.html"
-    html = _environment().get_template("audit.html.j2").render(a=page)
-    with replacing(files["html"]) as f:
-        f.write(html)
+    write_text(files["html"], _environment().get_template("audit.html.j2").render(a=page))
     return AuditResult(output=folder, run=store.run, key=store.key, resumed=store.resumed,
                        images=n_images, scored=len(seen["scores"]), failed=n_failed,
                        heatmaps=n_heat, metrics=metrics_, files=files)

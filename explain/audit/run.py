@@ -44,18 +44,26 @@ from explain.audit.concepts import (
     score_drops,
 )
 from explain.audit.dataset import open_dataset
+from explain.audit.outputs import write_png
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError, ModelError, OptionError
+from explain.files import check_output_dir, display
 from explain.heatmap import Heatmap
-from explain.images import DEFAULT_MAX_PIXELS, load_image, to_tensor
+from explain.images import (
+    DEFAULT_MAX_PIXELS,
+    collect_warnings,
+    load_image,
+    to_batch,
+    to_tensor,
+)
 from explain.models import Classifier, load, resolve_target
 from explain.models.base import resize
 from explain.occlusion import FILLS, occlusion_map
-from explain.render import overlay, save_png
+from explain.render import overlay
 from explain.report import shrink
 from explain.windows import check_windows
 
-AUDIT_FORMAT = 1
+AUDIT_FORMAT = 2  # 2: float batches for every image size (format 1 could score 256×256 ones 0)
 DETECT_SIDE = 640
 SAVED_SIDE = 512
 DEFAULT_BATCH = 32
@@ -163,39 +171,52 @@ class Rate:
 
 @dataclass
 class Loaded:
-    """A decoded image ready for the model: ``x`` is (3, h, w), float in [0, 1] when resized to
-    the model's input size, else still uint8 (a quarter of the memory until batched)."""
+    """A decoded image ready for the model. For a model that declares an input size, ``x`` is
+    the model's input: (3, h, w) float32 in [0, 1] from :func:`explain.images.to_tensor` (the
+    conversion ``explain score`` uses too), resized there; otherwise ``rgb`` keeps the decoded
+    RGB uint8 pixels (a quarter of the memory) until :func:`explain.images.to_batch` converts
+    them with the same rule."""
 
     row: ImageRow
     x: torch.Tensor | None = None
+    rgb: np.ndarray | None = None
     shape: tuple[int, int] | None = None
     small: np.ndarray | None = None
     factor: float = 1.0
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
           max_pixels: int) -> Loaded:
-    """Decode one file and prepare what the scoring pass needs (off the main thread)."""
+    """Decode one file and prepare what the scoring pass needs (off the main thread); the
+    warnings its decoding raises are kept with it."""
+    notes: list[str] = []
     try:
-        rgb = load_image(row.path, max_pixels=max_pixels)
+        rgb = load_image(row.file, max_pixels=max_pixels, notes=notes)
     except ExplainError as exc:
-        return Loaded(row, error=getattr(exc, "reason", str(exc)))
+        return Loaded(row, error=getattr(exc, "reason", str(exc)), notes=notes)
     shape = rgb.shape[:2]
-    if input_size is not None and tuple(input_size) != shape:
-        x = resize(to_tensor(rgb), tuple(input_size))
+    x = pixels = None
+    if input_size is None:
+        pixels = rgb
     else:
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        x = to_tensor(rgb)
+        if tuple(input_size) != shape:
+            x = resize(x, tuple(input_size))
+        x = x[0]
     small, factor = None, 1.0
     if need_small:
         factor = min(1.0, DETECT_SIDE / max(shape))
         small = shrink(rgb, DETECT_SIDE)
-    return Loaded(row, x=x[0], shape=shape, small=small, factor=factor)
+    return Loaded(row, x=x, rgb=pixels, shape=shape, small=small, factor=factor, notes=notes)
 
 
-def as_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 → float in [0, 1] exactly as :func:`explain.images.to_tensor` does it."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+def model_batch(items: list[Loaded], device: torch.device) -> torch.Tensor:
+    """The model's float32 batch (N, 3, h, w) in [0, 1] of same-size loaded images."""
+    if items[0].x is not None:
+        return torch.stack([it.x for it in items]).to(device)  # type: ignore[misc]
+    return to_batch([it.rgb for it in items], device)  # type: ignore[misc]
 
 
 def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | str]:
@@ -209,9 +230,10 @@ def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | s
     out: list[np.ndarray | str] = [""] * len(items)
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
-        groups.setdefault(tuple(item.x.shape), []).append(i)  # type: ignore[union-attr]
+        size = item.x.shape if item.x is not None else item.rgb.shape  # type: ignore[union-attr]
+        groups.setdefault(tuple(size), []).append(i)
     for indices in groups.values():
-        batch = as_float(torch.stack([items[i].x for i in indices]).to(classifier.device))
+        batch = model_batch([items[i] for i in indices], classifier.device)
         try:
             probs = classifier.predict(batch).double().cpu().numpy()
         except ModelError:
@@ -252,7 +274,7 @@ def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
         if batch:
             yield batch
 
-    with ThreadPoolExecutor(max_workers=o.workers) as pool, \
+    with collect_warnings(), ThreadPoolExecutor(max_workers=o.workers) as pool, \
             rate.task("scoring", todo) as advance:
         def submit(batch: list[ImageRow]) -> list[Future]:
             return [pool.submit(_load, r, input_size, concepts, o.max_pixels)
@@ -273,14 +295,15 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
     records: dict[int, dict] = {}
     scores: dict[int, float] = {}
     for it in items:
-        records[it.row.id] = {"id": it.row.id, "error": it.error}
+        records[it.row.id] = {"id": it.row.id, "notes": [display(n) for n in it.notes],
+                              "error": None if it.error is None else display(it.error)}
         if it.row.score is not None:
             scores[it.row.id] = it.row.score
     need_score = [it for it in items if it.error is None and it.row.score is None]
     probs = _predict(classifier, need_score) if need_score else []
     for it, p in zip(need_score, probs, strict=True):
         if isinstance(p, str):
-            records[it.row.id]["error"] = p
+            records[it.row.id]["error"] = display(p)
             continue
         scores[it.row.id] = float(p[t])
         records[it.row.id].update(score=float(p[t]), probs=p.tolist(), height=it.shape[0],
@@ -291,7 +314,7 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
         for it, parts in zip(alive, found, strict=True):
             shape = it.shape  # type: ignore[assignment]
             parts = [scale_part(p, it.factor, shape) for p in parts]
-            x = as_float(it.x[None].to(classifier.device))  # type: ignore[union-attr]
+            x = model_batch([it], classifier.device)
             drops = score_drops(classifier, x, shape, parts, t, o.fill, scores[it.row.id],
                                 o.batch_size)
             records[it.row.id]["parts"] = [
@@ -316,21 +339,6 @@ def heatmap_targets(store: Store, labels: list[str], target_name: str, o: AuditO
     return [("top", r) for r in store.ranked("1", (), descending=True, limit=o.top)]
 
 
-def _atomic_png(path: Path, picture: np.ndarray) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    save_png(tmp, picture)
-    os.replace(tmp, path)
-
-
-def _atomic_heatmap(stem: Path, heatmap: Heatmap) -> Path:
-    tmp = stem.with_name(stem.name + ".tmp")
-    npy, meta = heatmap.save(tmp)
-    final = stem.with_name(stem.name + ".npy")
-    os.replace(npy, final)
-    os.replace(meta, stem.with_name(stem.name + ".json"))
-    return final
-
-
 def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
                   o: AuditOptions, folder: Path, rate: Rate) -> list[str]:
     """An occlusion map for each target image not done yet; returns notes on failures."""
@@ -339,12 +347,12 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
     if not todo:
         return notes
     folder.mkdir(parents=True, exist_ok=True)
-    with rate.task("heatmaps", len(todo)) as advance:
+    with collect_warnings(), rate.task("heatmaps", len(todo)) as advance:
         for kind, row in todo:
-            try:
-                rgb = load_image(row.path, max_pixels=o.max_pixels)
+            try:  # its decoding warnings were recorded when it was scored
+                rgb = load_image(row.file, max_pixels=o.max_pixels, notes=[])
             except ExplainError as exc:
-                notes.append(f"no heatmap for {row.path}: {exc}")
+                notes.append(f"no heatmap for {display(row.file)}: {exc.reason}")
                 advance()
                 continue
             heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
@@ -354,14 +362,14 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
                       for p in store.parts(row.id)}
             small_rgb, small_values = shrink(rgb, SAVED_SIDE), shrink(heatmap.values, SAVED_SIDE)
             stem = folder / f"{kind}_{row.id:07d}"
-            _atomic_png(stem.with_suffix(".png"), overlay(small_rgb, small_values,
-                                                          colormap=o.colormap, alpha=o.alpha))
+            write_png(stem.with_suffix(".png"), overlay(small_rgb, small_values,
+                                                        colormap=o.colormap, alpha=o.alpha))
             saved = Heatmap(values=small_values, method=heatmap.method, target=heatmap.target,
                             score=heatmap.score, box=heatmap.box, stride=heatmap.stride,
                             windows=heatmap.windows, seconds=heatmap.seconds,
                             params={**heatmap.params, "source": row.path,
                                     "original_shape": list(heatmap.shape)})
-            npy = _atomic_heatmap(stem, saved)
+            npy, _ = saved.save(stem)
             store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(
                 folder.parent)), str(npy.relative_to(folder.parent)),
                 heatmap.seconds or 0.0, shares)
@@ -386,13 +394,11 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
 
     o = options or AuditOptions()
     o.check()
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"output {output} exists and is not a folder")
+    out = check_output_dir(output)
     classifier = load(model, device)
     t = resolve_target(classifier, o.target)
     class_names = list(classifier.class_names)
-    dataset = open_dataset(data, class_names, labels=labels)
+    dataset = open_dataset(data, class_names, labels=labels, exclude=[out])
     if o.concepts and detector is None:
         detector = NudeNetDetector(device=classifier.device)
     box, stride = check_windows(o.box, o.stride)
@@ -410,7 +416,7 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
     try:
         start = time.perf_counter()
         if not store.stage_done("listed"):
-            store.add_items((str(item.path), item.label) for item in dataset)
+            store.add_items((item.path, item.label) for item in dataset)
             store.mark_stage("listed")
         seconds["list"] = time.perf_counter() - start
 
@@ -429,9 +435,10 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
         seconds["heatmaps"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        result = write_outputs(store, out, classifier=classifier, target=class_names[t],
-                               class_names=class_names, options=o, targets=targets,
-                               labels=labels_seen, notes=notes, seconds=seconds)
+        with collect_warnings():
+            result = write_outputs(store, out, classifier=classifier, target=class_names[t],
+                                   class_names=class_names, options=o, targets=targets,
+                                   labels=labels_seen, notes=notes, seconds=seconds)
         seconds["outputs"] = time.perf_counter() - start
         store.mark_stage("finished")
         result.seconds = seconds

@@ -7,11 +7,15 @@ that run; a different key starts a new run next to the old one, so results compu
 different settings are never mixed.
 
 Tables: ``runs`` (key, parameters, stage timestamps), ``images`` (one row per image: label,
-score, error, timestamps of each stage), ``parts`` (one row per detected body part: box,
-score drop, heat share) and ``heatmaps`` (one row per top-k heatmap, with its files). Each batch
-of images is committed in one short transaction together with its stage marks, so a kill at any
-moment loses at most the batch in flight and never leaves half of one. WAL journaling keeps
+score, error, the warnings its decoding raised, timestamps of each stage), ``parts`` (one row
+per detected body part: box, score drop, heat share) and ``heatmaps`` (one row per top-k
+heatmap, with its files). Each batch of images is committed in one short transaction together
+with its stage marks, so a kill at any moment loses at most the batch in flight and never leaves
+half of one. WAL journaling keeps
 readers (a progress poller, a test) from blocking the writer.
+
+Paths are stored in the strict-UTF-8 form of :func:`explain.files.to_storable`, so any byte file
+name (``caf\xe9.jpg``) is kept losslessly; ``ImageRow.file`` gives the path to open.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explain.errors import OptionError
+from explain.files import from_storable, to_storable
 
 DB_NAME = "audit.sqlite"
 
@@ -51,6 +56,7 @@ CREATE TABLE IF NOT EXISTS images (
     height INTEGER,
     width INTEGER,
     error TEXT,
+    notes TEXT,
     scored_at REAL,
     concepts_at REAL,
     UNIQUE (run, path)
@@ -89,12 +95,18 @@ def run_key(params: dict) -> str:
 
 @dataclass
 class ImageRow:
+    """One image of the run; ``path`` is the stored (strict UTF-8) form, ``file`` the path."""
+
     id: int
     path: str
     label: str | None
     score: float | None
     height: int | None
     width: int | None
+
+    @property
+    def file(self) -> str:
+        return from_storable(self.path)
 
 
 class Store:
@@ -109,6 +121,9 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
+            if "notes" not in columns:  # a database written before notes were kept
+                self.db.execute("ALTER TABLE images ADD COLUMN notes TEXT")
         except sqlite3.DatabaseError as exc:
             raise OptionError(f"{self.path} is not a usable audit database ({exc}); choose "
                               "another output folder or remove the file") from exc
@@ -156,11 +171,12 @@ class Store:
             self.db.execute(f"UPDATE runs SET {stage} = ? WHERE id = ?", (time.time(), self.run))
 
     # listing
-    def add_items(self, items: Iterable[tuple[str, str | None]], chunk: int = 1000) -> int:
+    def add_items(self, items: Iterable[tuple[str | os.PathLike, str | None]],
+                  chunk: int = 1000) -> int:
         """Insert (path, label) rows, ignoring paths already there; returns how many were new."""
         added, buffer = 0, []
-        for item in items:
-            buffer.append((self.run, *item))
+        for path, label in items:
+            buffer.append((self.run, to_storable(path), label))
             if len(buffer) >= chunk:
                 added += self._insert(buffer)
                 buffer = []
@@ -201,6 +217,9 @@ class Store:
         now = time.time()
         with self.transaction():
             for r in results:
+                if r.get("notes"):
+                    self.db.execute("UPDATE images SET notes = ? WHERE id = ?",
+                                    ("; ".join(r["notes"]), r["id"]))
                 if r.get("error") is not None:
                     self.db.execute("UPDATE images SET error = ?, scored_at = ? WHERE id = ?",
                                     (r["error"], now, r["id"]))
@@ -236,9 +255,10 @@ class Store:
             (self.run, *args, limit)).fetchall()
         return [ImageRow(*r) for r in rows]
 
-    def errors(self) -> Iterator[tuple[str, str]]:
-        yield from self.db.execute("SELECT path, error FROM images WHERE run = ? AND error IS NOT "
-                                   "NULL ORDER BY id", (self.run,))
+    def errors(self) -> Iterator[tuple[str, str, str]]:
+        """(stored path, reason, warnings) of every image that failed, in id order."""
+        yield from self.db.execute("SELECT path, error, COALESCE(notes, '') FROM images WHERE "
+                                   "run = ? AND error IS NOT NULL ORDER BY id", (self.run,))
 
     def heatmap(self, image: int) -> dict | None:
         row = self.db.execute("SELECT kind, png, npy, seconds, done_at FROM heatmaps WHERE "
