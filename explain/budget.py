@@ -42,7 +42,7 @@ def memory_budget(device: torch.device | None = None) -> int:
             raise OptionError(f"{BUDGET_ENV}={text!r} is not a memory size; use bytes or a "
                               "number with K, M, G or T, e.g. 16G")
         return int(float(match[1]) * UNITS[match[2].upper()])
-    if device is not None and device.type == "cuda":
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_properties(device).total_memory // 2
     try:
         machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

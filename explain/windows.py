@@ -153,10 +153,11 @@ def fit_batch(batch_size: int, device: torch.device | None, shape: tuple[int, in
 
 def default_batch_size(device: torch.device, shape: tuple[int, int]) -> int:
     """Windows per model call: 16 on CPU, 64 on CUDA, fewer when one input is large, so that a
-    batch's inputs stay under about 256 MB whatever the number of windows."""
+    batch's inputs stay under about 256 MB whatever the number of windows and the whole batch
+    fits the memory budget."""
     base = 64 if device.type == "cuda" else 16
     per_item = INPUT_BYTES_PER_PIXEL * int(shape[0]) * int(shape[1])
-    return max(1, min(base, BATCH_BYTES // per_item))
+    return max(1, min(base, BATCH_BYTES // per_item, batch_limit(device, shape)))
 
 
 def check_batch_size(batch_size: int | None, device: torch.device, shape: tuple[int, int],
