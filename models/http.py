@@ -36,7 +36,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from io import BytesIO
 
 import numpy as np
 import torch
@@ -85,7 +84,7 @@ def check_url(url: str) -> str:
 
 
 def encode_png(image: np.ndarray) -> str:
-    buf = BytesIO()
+    buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=1)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -138,26 +137,24 @@ class _DeadlineSocket:
         return getattr(self._sock, name)
 
 
-class _DeadlineHTTP(http.client.HTTPConnection):
+class _Deadline:
+    """Mixin for http.client connections: once connected, the socket stops at ``deadline``."""
+
     def __init__(self, *args: object, deadline: float, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self._deadline = deadline
 
     def connect(self) -> None:
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline,  # type: ignore[assignment]
-                                   self.timeout)
+        super().connect()  # type: ignore[misc]
+        self.sock = _DeadlineSocket(self.sock, self._deadline, self.timeout)  # type: ignore
 
 
-class _DeadlineHTTPS(http.client.HTTPSConnection):
-    def __init__(self, *args: object, deadline: float, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._deadline = deadline
+class _DeadlineHTTP(_Deadline, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline,  # type: ignore[assignment]
-                                   self.timeout)
+
+class _DeadlineHTTPS(_Deadline, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
