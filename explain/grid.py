@@ -242,11 +242,13 @@ def grid_bytes(images: int, shape: tuple[int, int], cell_px: int) -> int:
     return thumbnails + max(assignment, neighbours, mosaic_bytes(shape, cell_px))
 
 
-def check_grid_memory(images: int, shape: tuple[int, int], cell_px: int) -> None:
-    """Refuse, before any work, a grid whose layout and mosaic would not fit the memory budget
-    (:mod:`explain.budget`)."""
-    check_memory(grid_bytes(images, shape, cell_px),
-                 f"a {shape[0]}x{shape[1]} grid of {images} images with {cell_px}-px cells",
+def check_grid_memory(images: int, size: int | None, cell_px: int) -> None:
+    """Refuse, before any work, a grid of ``images`` (``size``×``size``, or the default shape)
+    whose layout and mosaic would not fit the memory budget (:mod:`explain.budget`)."""
+    shape = (size, size) if size is not None else grid_shape(images)
+    used = min(images, size * size) if size is not None else images
+    check_memory(grid_bytes(used, shape, cell_px),
+                 f"a {shape[0]}x{shape[1]} grid of {used} images with {cell_px}-px cells",
                  "use a smaller --size or --cell-px, or fewer images")
 
 
@@ -557,8 +559,7 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
              for i, x in enumerate(images)] if names is None else [str(x) for x in names]
     if len(names) != n or (labels is not None and len(labels) != n):
         raise OptionError("names and labels must have one entry per image")
-    check_grid_memory(min(n, size * size) if size is not None else n,
-                      (size, size) if size is not None else grid_shape(n), thumb_px)
+    check_grid_memory(n, size, thumb_px)
     t_index = None
     if target is not None:
         if classifier is None:
