@@ -48,6 +48,7 @@ from explain.heatmap import Heatmap
 from explain.images import ImageInput, as_rgb, to_batch
 from explain.models import TorchClassifier, check_scores, load, resolve_target
 from explain.reconstruction import Reconstruction
+from explain.windows import batch_limit
 
 BLACK_BOX_COMMANDS = "`explain occlude` or `explain slide`"
 METHODS = {
@@ -99,16 +100,20 @@ def as_images(image: Images) -> tuple[list[np.ndarray], bool]:
     return [as_rgb(img, name=f"image {i}") for i, img in enumerate(image)], False
 
 
-def batches(images: list[np.ndarray], batch_size: int) -> Iterator[list[int]]:
-    """Indices of images of one shape (one tensor on the device), ``batch_size`` at most."""
+def batches(images: list[np.ndarray], batch_size: int, device: torch.device | None = None,
+            model_shape: tuple[int, int] | None = None) -> Iterator[list[int]]:
+    """Indices of images of one shape (one tensor on the device), ``batch_size`` at most, and
+    fewer when that many would not fit the memory budget (:func:`explain.windows.batch_limit`;
+    the maps do not depend on the batching)."""
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, img in enumerate(images):
         groups.setdefault(img.shape, []).append(i)
-    for indices in groups.values():
-        for start in range(0, len(indices), batch_size):
-            yield indices[start:start + batch_size]
+    for shape, indices in groups.items():
+        step = min(batch_size, batch_limit(device, shape[:2], model_shape))
+        for start in range(0, len(indices), step):
+            yield indices[start:start + step]
 
 
 def stack(images: list[np.ndarray], indices: list[int], device: torch.device) -> torch.Tensor:
@@ -284,7 +289,7 @@ def reconstruct(method: str, model: object, image: Images, *, target: str | int 
     class_rule, neuron_rule = METHODS[method]
     wrapper = OnOriginal(clf)
     results: list[Reconstruction] = [None] * len(images)  # type: ignore[list-item]
-    for indices in batches(images, batch_size):
+    for indices in batches(images, batch_size, clf.device, clf.input_size):
         start = time.perf_counter()
         x = stack(images, indices, clf.device)
         selector = NeuronSelector(neuron, layer) if layer else None

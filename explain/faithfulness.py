@@ -110,7 +110,7 @@ def faithfulness(classifier: Classifier, image: ImageInput,
     removed = canvas if fill == "blur" else fill_values(x, fill, (1, 1))
     # Items 0..steps are the deletion steps, steps+1..2·steps+1 the insertion steps.
     total = 2 * (steps + 1)
-    batch_size = check_batch_size(batch_size, device, (h, w))
+    batch_size = check_batch_size(batch_size, device, (h, w), total)
     scores = []
     for lo in range(0, total, batch_size):
         hi = min(lo + batch_size, total)

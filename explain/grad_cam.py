@@ -89,7 +89,7 @@ def gradcam(model: object, image: Images, *, target: str | int = "nsfw",
     guides = guided_backprop(clf, images, target=t, batch_size=batch_size) if guided else None
     method = "guided_gradcam" if guided else "gradcam"
     results: list[Heatmap] = [None] * len(images)  # type: ignore[list-item]
-    for indices in batches(images, batch_size):
+    for indices in batches(images, batch_size, clf.device, clf.input_size):
         start = time.perf_counter()
         x = stack(images, indices, clf.device)
         with prepared(clf.module, relu_rules=False, layer=layer_module) as calls:

@@ -39,10 +39,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
+from explain.budget import check_memory
 from explain.errors import ExplainError, ImageError, ModelError, OptionError
 from explain.images import as_rgb, to_batch
 from explain.models import Classifier, resolve_target
 from explain.models.adapters import import_callable
+from explain.windows import fit_batch
 
 EMBED_MODES = ("features", "pixels")
 COSTS = ("sqeuclidean", "euclidean")
@@ -222,6 +224,32 @@ def assign_to_grid(points: np.ndarray, shape: tuple[int, int], *, cost: str = "s
     out = np.empty((len(pts), 2), dtype=np.int64)
     out[point_idx] = cells[cell_idx]
     return out
+
+
+def mosaic_bytes(shape: tuple[int, int], cell_px: int) -> int:
+    """Memory of drawing a mosaic: the picture, the canvas with its footer and the array copy."""
+    return 3 * 3 * shape[0] * shape[1] * cell_px * cell_px
+
+
+def grid_bytes(images: int, shape: tuple[int, int], cell_px: int) -> int:
+    """Estimated peak memory of laying ``images`` out on a ``shape`` grid and drawing its mosaic
+    with ``cell_px`` cells: the thumbnails (kept throughout, stacked once) plus the largest of
+    the images×cells float64 assignment cost matrix, the neighbour search's distance blocks and
+    the mosaic."""
+    thumbnails = 2 * 3 * images * cell_px * cell_px
+    assignment = 8 * images * shape[0] * shape[1]
+    neighbours = 3 * 8 * min(1024, images) * images
+    return thumbnails + max(assignment, neighbours, mosaic_bytes(shape, cell_px))
+
+
+def check_grid_memory(images: int, size: int | None, cell_px: int) -> None:
+    """Refuse, before any work, a grid of ``images`` (``size``×``size``, or the default shape)
+    whose layout and mosaic would not fit the memory budget (:mod:`explain.budget`)."""
+    shape = (size, size) if size is not None else grid_shape(images)
+    used = min(images, size * size) if size is not None else images
+    check_memory(grid_bytes(used, shape, cell_px),
+                 f"a {shape[0]}x{shape[1]} grid of {used} images with {cell_px}-px cells",
+                 "use a smaller --size or --cell-px, or fewer images")
 
 
 def tsne_layout(vectors: np.ndarray, *, perplexity: float = 30.0, seed: int = 0,
@@ -503,6 +531,8 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
     the grid is the smallest near-square one holding every readable image. ``target`` (a class
     name or index) adds each image's score for it. ``labels`` (e.g. folder names) are kept for
     colouring and a same-label quality figure. Unreadable images are skipped and listed.
+    A grid whose layout and mosaic (at ``thumb_px``), or an embedding batch, would not fit the
+    memory budget is refused before any image is read (:func:`check_grid_memory`).
     """
     if embed not in EMBED_MODES and ":" not in embed:
         raise OptionError(f"unknown embed {embed!r}: use features, pixels or package.module:fn")
@@ -515,12 +545,14 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
              for i, x in enumerate(images)] if names is None else [str(x) for x in names]
     if len(names) != n or (labels is not None and len(labels) != n):
         raise OptionError("names and labels must have one entry per image")
+    check_grid_memory(n, size, thumb_px)
     t_index = None
     if target is not None:
         if classifier is None:
             raise OptionError("scores need a classifier (--model)")
         t_index = resolve_target(classifier, target)
     embedder = Embedder(embed, classifier)
+    fit_batch(batch_size, getattr(classifier, "device", None), embedder.size, items=n)
 
     notes: list[str] = []
     order = np.arange(n)
@@ -629,6 +661,9 @@ def draw_mosaic(grid: SimilarityGrid, *, color_by: str = "none", cell_px: int | 
     if color_by == "label" and grid.labels is None:
         raise OptionError("colouring by label needs labels (images in sub-folders DIR/label/)")
     side = cell_px or grid.thumbnails.shape[1]
+    check_memory(mosaic_bytes(grid.shape, side),
+                 f"a mosaic of {grid.shape[0]}x{grid.shape[1]} cells of {side} px",
+                 "use a smaller cell_px")
     frame = (border if border is not None else max(2, side // 16)) if color_by != "none" else 0
     rows, cols = grid.shape
     mosaic = np.empty((rows * side, cols * side, 3), dtype=np.uint8)

@@ -120,7 +120,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     rows = torch.arange(size[0], device=device).view(1, 1, -1, 1)
     cols = torch.arange(size[1], device=device).view(1, 1, 1, -1)
     n = len(bounds)
-    step = check_batch_size(batch_size, device, size)
+    step = check_batch_size(batch_size, device, size, n)
     scores = torch.empty(n, device=device)
     for lo in range(0, n, step):
         b = bounds[lo:lo + step, :, None, None]

@@ -54,14 +54,14 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
     windows = window_grid(shape, box, stride)
     device = classifier.device
     x = to_tensor(rgb, device)[0]
-    score = float(classifier.predict(x.unsqueeze(0))[0, t])
     bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
     size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)
     starts = torch.from_numpy(windows[:, :2]).to(device)
     dy = torch.arange(bh, device=device)
     dx = torch.arange(bw, device=device)
     n = len(windows)
-    step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])))
+    step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])), n)
+    score = float(classifier.predict(x.unsqueeze(0))[0, t])
     scores = torch.empty(n, device=device)
     for lo in range(0, n, step):
         s = starts[lo:lo + step]

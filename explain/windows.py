@@ -26,9 +26,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from explain.budget import check_memory, memory_budget
 from explain.errors import OptionError
 
 BATCH_BYTES = 256 * 2**20
+INPUT_BYTES_PER_PIXEL = 3 * 4 * 2
+MODEL_BYTES_PER_PIXEL = 160  # open_nsfw (ResNet-50 thin) at 256×256: ~150 B/px, torch and onnx
 Progress = Callable[[int, int], None]
 Size = int | float | tuple[int | float, int | float]
 
@@ -164,17 +167,54 @@ def window_mean(shape: tuple[int, int], windows: np.ndarray, values: np.ndarray)
     return np.divide(total, count, out=np.zeros((h, w)), where=count > 0)
 
 
-def default_batch_size(device: torch.device, shape: tuple[int, int]) -> int:
-    """Windows per model call: 16 on CPU, 64 on CUDA, fewer when one input is large, so that a
-    batch stays under about 256 MB whatever the number of windows."""
-    base = 64 if device.type == "cuda" else 16
-    per_item = 3 * 4 * 2 * int(shape[0]) * int(shape[1])
-    return max(1, min(base, BATCH_BYTES // per_item))
+def batch_bytes(batch_size: int, shape: tuple[int, int],
+                model_shape: tuple[int, int] | None = None) -> int:
+    """Estimated memory of one batch of ``batch_size`` inputs of ``shape`` (H, W): the float32
+    batch and one copy of it, plus the model's activations at ``model_shape`` (the size the
+    model resizes to; ``shape`` when None)."""
+    model_h, model_w = model_shape or shape
+    per_item = INPUT_BYTES_PER_PIXEL * int(shape[0]) * int(shape[1]) \
+        + MODEL_BYTES_PER_PIXEL * int(model_h) * int(model_w)
+    return int(batch_size) * per_item
 
 
-def check_batch_size(batch_size: int | None, device: torch.device, shape: tuple[int, int]) -> int:
-    if batch_size is None:
-        return default_batch_size(device, shape)
+def batch_limit(device: torch.device | None, shape: tuple[int, int],
+                model_shape: tuple[int, int] | None = None) -> int:
+    """The largest batch of inputs of ``shape`` that fits the memory budget (at least 1)."""
+    return max(1, memory_budget(device) // batch_bytes(1, shape, model_shape))
+
+
+def fit_batch(batch_size: int, device: torch.device | None, shape: tuple[int, int],
+              model_shape: tuple[int, int] | None = None, items: int | None = None) -> int:
+    """``batch_size`` when its batches fit the memory budget (:mod:`explain.budget`), else an
+    OptionError giving the estimate and the largest batch size that fits. A batch holds at most
+    ``items`` inputs (all there are to score, when known); a batch of one is always allowed:
+    its size is the image's, not the option's."""
     if int(batch_size) < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
+    used = min(int(batch_size), items) if items is not None else int(batch_size)
+    fits = batch_limit(device, shape, model_shape)
+    if used > fits:
+        check_memory(batch_bytes(used, shape, model_shape),
+                     f"batches of {used} inputs of {shape[0]}x{shape[1]} px",
+                     f"use a batch size (--batch-size) of at most {fits}", device)
     return int(batch_size)
+
+
+def default_batch_size(device: torch.device, shape: tuple[int, int]) -> int:
+    """Windows per model call: 16 on CPU, 64 on CUDA, fewer when one input is large, so that a
+    batch's inputs stay under about 256 MB whatever the number of windows and the whole batch
+    fits the memory budget."""
+    base = 64 if device.type == "cuda" else 16
+    per_item = INPUT_BYTES_PER_PIXEL * int(shape[0]) * int(shape[1])
+    return max(1, min(base, BATCH_BYTES // per_item, batch_limit(device, shape)))
+
+
+def check_batch_size(batch_size: int | None, device: torch.device, shape: tuple[int, int],
+                     items: int | None = None) -> int:
+    """The batch size for ``items`` inputs of ``shape``: the default when None; a given one is
+    checked against the memory budget (:func:`fit_batch`) and refused, not clamped, when over
+    it — the user asked for that size, and a silent clamp would hide it."""
+    if batch_size is None:
+        return default_batch_size(device, shape)
+    return fit_batch(batch_size, device, shape, items=items)

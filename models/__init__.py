@@ -38,7 +38,7 @@ from explain.models.base import (
     default_device,
     resolve_target,
 )
-from explain.models.http import HttpClassifier
+from explain.models.http import HttpClassifier, is_url
 
 __all__ = [
     "BaseClassifier", "CallableClassifier", "Classifier", "HttpClassifier", "OnnxClassifier",
@@ -86,7 +86,7 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
         return open_nsfw.classifier(backend, device=device, jpeg_reencode=jpeg_reencode)
     if text.partition(":")[0] in BUNDLED:
         raise ModelError(f"unknown model {text!r}; the bundled models are {', '.join(BUNDLED)}")
-    if text.startswith(("http://", "https://")):
+    if is_url(text):
         return HttpClassifier(text, class_names=class_names, logits=logits)
     suffix = Path(text).suffix.lower()
     if suffix in (".pt", ".ts", ".pth", ".onnx"):

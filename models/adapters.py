@@ -133,6 +133,13 @@ class OnnxClassifier(BaseClassifier):
         return torch.from_numpy(self._run(batch, [self.feature_output])[0]).to(batch.device)
 
 
+def raised(exc: BaseException) -> str:
+    """What a user's code did, in words: ``raised ValueError: …`` or ``called sys.exit(3)``."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"raised {type(exc).__name__}: {exc}"
+
+
 def import_callable(spec: str) -> Callable[..., object]:
     """``package.module:function`` or ``path/to/file.py:function`` → the function."""
     target, _, attr = spec.rpartition(":")
@@ -150,8 +157,11 @@ def import_callable(spec: str) -> Callable[..., object]:
             module = importlib.import_module(target)
     except ModelError:
         raise
-    except Exception as exc:
-        raise ModelError(f"cannot import {target!r} for model {spec!r}: {exc}") from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a user's module must not end the program
+        raise ModelError(f"cannot import {target!r} for model {spec!r}: "
+                         f"{raised(exc)}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ModelError(f"{target} has no callable named {attr!r}")
@@ -179,5 +189,7 @@ class CallableClassifier(BaseClassifier):
     def _scores(self, batch: torch.Tensor) -> object:
         try:
             return self.fn(to_uint8_images(batch))
-        except Exception as exc:
-            raise ModelError(f"model {self.name} raised {type(exc).__name__}: {exc}") from exc
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a model must not end the program
+            raise ModelError(f"model {self.name} {raised(exc)}") from exc

@@ -56,14 +56,19 @@ def check_scores(scores: object, n: int, n_classes: int | None, *, logits: bool,
                  ) -> torch.Tensor:
     """Validate a model's raw answer for a batch of ``n`` and return it as probabilities.
 
-    Values outside [0, 1] are logits: they are turned into probabilities with a softmax only when
-    the user said so (``logits=True``), otherwise this is an error naming the model.
+    Anything but a real-valued N×C array with C ≥ 1 and finite values (strings, objects, ragged
+    lists, booleans, complex numbers, a wrong number of rows or classes, no classes at all) is an
+    error naming the model. Values outside [0, 1] are logits: they are turned into probabilities
+    with a softmax only when the user said so (``logits=True``), otherwise this is an error too.
     """
     try:
-        t = torch.as_tensor(np.asarray(scores) if not torch.is_tensor(scores) else scores)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model {name} returned something that is not an array: {exc}") from exc
-    t = t.float()
+        t = scores if torch.is_tensor(scores) else torch.as_tensor(np.asarray(scores))
+    except Exception as exc:  # np.asarray runs the object's own conversion code
+        raise ModelError(f"model {name} returned a {type(scores).__name__} that is not an "
+                         f"N×C array of numbers ({str(exc)[:120]})") from exc
+    if t.dtype == torch.bool or t.is_complex():
+        raise ModelError(f"model {name} returned {t.dtype} values; scores must be real numbers")
+    t = t.detach().float()
     if t.ndim == 1 and n == 1:
         t = t.unsqueeze(0)
     if t.ndim != 2 or t.shape[0] != n or (n_classes is not None and t.shape[1] != n_classes):
@@ -72,6 +77,9 @@ def check_scores(scores: object, n: int, n_classes: int | None, *, logits: bool,
             f"model {name} returned scores of shape {tuple(t.shape)} for a batch of {n}; "
             f"expected {want}"
         )
+    if t.shape[1] == 0:
+        raise ModelError(f"model {name} returned no class scores (shape {tuple(t.shape)} for a "
+                         f"batch of {n}); a classifier must score at least one class")
     if not torch.isfinite(t).all():
         raise ModelError(f"model {name} returned NaN or infinite scores")
     if logits:

@@ -158,7 +158,7 @@ def score_drops(classifier: Classifier, x: torch.Tensor, shape: tuple[int, int],
     baseline = fill_values(x, fill, largest)
     rows = torch.arange(size[0], device=x.device).view(1, 1, -1, 1)
     cols = torch.arange(size[1], device=x.device).view(1, 1, 1, -1)
-    step = check_batch_size(batch_size, x.device, size)
+    step = check_batch_size(batch_size, x.device, size, len(boxes))
     scores = []
     for lo in range(0, len(boxes), step):
         b = torch.from_numpy(boxes[lo:lo + step]).to(x.device)[:, :, None, None]

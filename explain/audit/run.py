@@ -61,7 +61,7 @@ from explain.models.base import resize
 from explain.occlusion import FILLS, occlusion_map
 from explain.render import overlay
 from explain.report import shrink
-from explain.windows import check_windows
+from explain.windows import batch_limit, check_windows, fit_batch
 
 AUDIT_FORMAT = 2  # 2: float batches for every image size (format 1 could score 256×256 ones 0)
 DETECT_SIDE = 640
@@ -260,8 +260,11 @@ def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
                        (" OR concepts_at IS NULL)" if concepts else ")"))
     if todo == 0:
         return
-    step = o.batch_size or DEFAULT_BATCH
     input_size = tuple(classifier.input_size) if classifier.input_size else None
+    step = o.batch_size or DEFAULT_BATCH
+    if input_size is not None:  # a given batch size over the memory budget is refused
+        step = fit_batch(step, classifier.device, input_size, items=todo) if o.batch_size else \
+            min(step, batch_limit(classifier.device, input_size))
     rows = store.pending(concepts=concepts, chunk=max(256, step))
 
     def chunks() -> Iterator[list[ImageRow]]:

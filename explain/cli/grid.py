@@ -25,7 +25,14 @@ from explain.cli.common import (
     user_errors,
 )
 from explain.errors import OptionError
-from explain.grid import COLOR_BY, COSTS, draw_mosaic, folder_labels, similarity_grid
+from explain.grid import (
+    COLOR_BY,
+    COSTS,
+    check_grid_memory,
+    draw_mosaic,
+    folder_labels,
+    similarity_grid,
+)
 from explain.images import iter_image_files
 
 Folder = Annotated[Path, typer.Argument(help="Folder of images; sub-folders are labels "
@@ -76,6 +83,7 @@ def grid(
     labels = folder_labels(folder, paths)
     if color_by == "label" and labels is None:
         raise OptionError(f"--color-by label needs sub-folders: {folder}/LABEL/image.jpg")
+    check_grid_memory(len(paths), size, cell_px)  # before the model loads
     clf = None
     if embed != "pixels" or color_by == "score":
         clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
