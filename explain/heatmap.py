@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from explain.files import atomic_write, write_text
+
 
 @dataclass
 class Heatmap:
@@ -42,11 +44,13 @@ class Heatmap:
         return meta
 
     def save(self, stem: str | Path) -> tuple[Path, Path]:
-        """Write ``<stem>.npy`` (values) and ``<stem>.json`` (metadata); return both paths."""
+        """Write ``<stem>.npy`` (values) and ``<stem>.json`` (metadata), atomically; return both
+        paths."""
         stem = Path(stem)
         npy, meta = stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
-        np.save(npy, self.values)
-        meta.write_text(json.dumps(self.metadata(), indent=2, default=_jsonable))
+        with atomic_write(npy) as f:
+            np.save(f, self.values)
+        write_text(meta, json.dumps(self.metadata(), indent=2, default=_jsonable))
         return npy, meta
 
     @classmethod

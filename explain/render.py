@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from explain.errors import OptionError
+from explain.files import atomic_write
 from explain.heatmap import Heatmap
 
 NORMALIZE_MODES = ("minmax", "percentile", "fixed")
@@ -199,8 +200,7 @@ def side_by_side(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: 
 
 
 def save_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
-    """Write an RGB uint8 picture as PNG (creating the folder); return the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(as_rgb_uint8(picture), "RGB").save(p, format="PNG")
-    return p
+    """Write an RGB uint8 picture as PNG, atomically (creating the folder); return the path."""
+    with atomic_write(path) as f:
+        Image.fromarray(as_rgb_uint8(picture), "RGB").save(f, format="PNG")
+    return Path(path)

@@ -34,6 +34,7 @@ from PIL import Image
 from explain.backprop import deconvnet, guided_backprop
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
+from explain.files import to_storable, write_text
 from explain.grad_cam import gradcam
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
@@ -139,6 +140,9 @@ class MethodResult:
 
 @dataclass
 class ImageResult:
+    """One image's row; ``path`` is :func:`explain.files.to_storable` text (lossless and
+    strict UTF-8, so a name that is not UTF-8 is written out as ``b:caf\\xe9.jpg``)."""
+
     path: str
     anchor: str
     error: str | None = None
@@ -251,7 +255,7 @@ def _rank(results: list[MethodResult]) -> None:
 
 def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
            skipped: dict[str, str], tick: Callable[[str], None]) -> ImageResult:
-    row = ImageResult(path=str(path), anchor=f"img-{index}")
+    row = ImageResult(path=to_storable(path), anchor=f"img-{index}")
     try:
         image = load_image(path)
         probs = models.black.predict(to_tensor(image, models.black.device))[0].tolist()
@@ -396,8 +400,6 @@ def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, 
     if format not in FORMATS:
         raise OptionError(f"unknown format {format!r}; use html or json")
     report = build_report(paths, **kwargs)  # type: ignore[arg-type]
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = render_html(report) if format == "html" else json.dumps(report_json(report), indent=2)
-    out.write_text(text, encoding="utf-8")
+    write_text(output, text)
     return report
