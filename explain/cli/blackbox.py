@@ -67,7 +67,8 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     resolve_target(clf, target)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("windows"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
         for path, stem in zip(paths, stems, strict=True):
             task = bar.add_task(escape(display(path.name)), total=None)
             try:

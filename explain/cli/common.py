@@ -113,17 +113,19 @@ def gather_images(items: Sequence[Path]) -> Inputs:
     and counts as a failure; nothing to do at all is an error."""
     from explain.images import iter_image_files
 
-    paths: list[Path] = []
-    failed = 0
-    for item in items:
-        found = list(iter_image_files([item]))
-        if not found:
-            error_line(f"{item}: no image files in this folder")
-            failed += 1
-        paths.extend(found)
-    if not paths:
+    def expand(item: Path) -> list[Path]:
+        try:
+            return list(iter_image_files([item]))
+        except OSError:  # not even a folder test passes (a name too long): read_image says why
+            return [item]
+
+    found = [expand(item) for item in items]
+    if not any(found):
         raise OptionError(f"no image files in {', '.join(display(i) for i in items)}")
-    return Inputs(paths, failed)
+    empty = [item for item, files in zip(items, found, strict=True) if not files]
+    for item in empty:
+        error_line(f"{item}: no image files in this folder")
+    return Inputs([p for files in found for p in files], len(empty))
 
 
 def output_stems(paths: Sequence[Path], folder: Path, method: str,

@@ -36,9 +36,8 @@ from explain.cli.common import (
     user_errors,
     with_model_options,
 )
-from explain.errors import OptionError
 from explain.files import check_output_file, display
-from explain.report import DEFAULT_MODELS, FORMATS, METHODS, Options, Report, write_report
+from explain.report import DEFAULT_MODELS, METHODS, Options, Report, write_report
 
 ALL_METHODS = ",".join(METHODS)
 MethodsOpt = Annotated[str, typer.Option("--methods", help=f"Comma-separated: {ALL_METHODS}.")]
@@ -61,8 +60,6 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = ALL_METHO
            output: ReportOutOpt = Path("report.html")) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
     insertion AUC), rank them, and write one self-contained report."""
-    if fmt not in FORMATS:
-        raise OptionError(f"unknown --format {fmt!r}; use html or json")
     options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
                       target=target, steps=steps, fill=fill, batch_size=batch_size,
                       colormap=colormap, alpha=alpha, normalize=normalize)
@@ -74,7 +71,8 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = ALL_METHO
         spec = models.load()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with Progress(*columns, console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as bar:
         task = bar.add_task("report", total=None)
 
         def progress(done: int, total: int, label: str) -> None:

@@ -17,7 +17,6 @@ from explain.cli.common import (
     error_line,
     gather_images,
     read_image,
-    result_line,
     user_errors,
     with_model_options,
 )
@@ -66,10 +65,10 @@ def score(images: Images, models: ModelOptions, target: TargetOpt = None,
             table.add_row(escape(row["shown"]), *(f"{row['scores'][n]:.4f}" for n in names))
         console.print(table)
     elif scored:
-        result_line(f"# {display(title)}")
-        result_line("\t".join(["image", *map(display, names)]))
+        typer.echo(f"# {display(title)}")
+        typer.echo("\t".join(["image", *map(display, names)]))
         for row in scored:
-            result_line("\t".join([row["shown"], *(f"{row['scores'][n]:.4f}" for n in names)]))
+            typer.echo("\t".join([row["shown"], *(f"{row['scores'][n]:.4f}" for n in names)]))
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
