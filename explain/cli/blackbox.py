@@ -23,9 +23,9 @@ from explain.cli.common import (
     BoxOpt,
     ColormapOpt,
     FillOpt,
+    ImageOutDirOpt,
     Images,
     ModelOptions,
-    OutDirOpt,
     SaveNpyOpt,
     SideBySideOpt,
     StrideOpt,
@@ -101,13 +101,12 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
 @with_model_options(DEFAULT_MODEL)
 def occlude(images: Images, models: ModelOptions, box: BoxOpt = "64", stride: StrideOpt = "48",
             fill: FillOpt = "gray", target: TargetOpt = "nsfw", batch_size: BatchOpt = None,
-            colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5, output: OutDirOpt = Path("."),
-            save_npy: SaveNpyOpt = False, side_by_side: SideBySideOpt = False) -> None:
+            colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5,
+            output: ImageOutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
+            side_by_side: SideBySideOpt = False) -> None:
     """Occlusion sensitivity: how much the target's score drops when each window is hidden.
 
-    Writes NAME.occlusion.png (red = hiding this region lowers the score most). NAME is the
-    file's stem; inputs sharing a stem get their file name, then their path below the common
-    folder (sfw__photo.jpg), so no output replaces another or an input.
+    Writes NAME.occlusion.png (red = hiding this region lowers the score most).
     """
     if fill not in FILLS:
         raise OptionError(f"unknown --fill {fill!r}; use one of {', '.join(FILLS)}")
@@ -121,13 +120,11 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "64", stride: St
 @with_model_options(DEFAULT_MODEL)
 def slide(images: Images, models: ModelOptions, box: BoxOpt = "64", stride: StrideOpt = "48",
           target: TargetOpt = "nsfw", batch_size: BatchOpt = None, colormap: ColormapOpt = "jet",
-          alpha: AlphaOpt = 0.5, output: OutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
-          side_by_side: SideBySideOpt = False) -> None:
+          alpha: AlphaOpt = 0.5, output: ImageOutDirOpt = Path("."),
+          save_npy: SaveNpyOpt = False, side_by_side: SideBySideOpt = False) -> None:
     """Sliding window: each window cropped and scored alone; per pixel the mean crop score.
 
-    Writes NAME.sliding.png (red = crops here score highest on their own). NAME is the file's
-    stem; inputs sharing a stem get their file name, then their path below the common folder
-    (sfw__photo.jpg), so no output replaces another or an input.
+    Writes NAME.sliding.png (red = crops here score highest on their own).
     """
     _explain_images("sliding", sliding_window_map, images, box=box, stride=stride,
                     target=target, models=models, batch_size=batch_size, colormap=colormap,

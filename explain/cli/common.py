@@ -32,6 +32,10 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target class, na
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", min=1,
                                               help="Images per model call.")]
 OutDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+ImageOutDirOpt = Annotated[Path, typer.Option(
+    "--output", "-o", help="Output folder. Files are NAME.METHOD…, NAME the image's stem; inputs "
+    "sharing a stem get their file name (photo.jpg), then their path below their common folder "
+    "(sfw__photo.jpg), then ~2, ~3.")]
 LogitsOpt = Annotated[bool, typer.Option("--logits", help="The model returns logits: apply a "
                                                            "softmax.")]
 ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Class names, comma-separated "
@@ -183,11 +187,11 @@ class ModelOptions:
 
     def describe(self) -> str:
         """The spec and the options that change the model's answers, as command-line text."""
-        flags = [self.model, "--logits" if self.logits else ""]
-        flags += [f"--{f.name.replace('_', '-')} {getattr(self, f.name)}" for f in fields(self)
-                  if f.name in ("classes", "input_size", "mean", "std")
-                  and getattr(self, f.name) is not None]
-        return " ".join(f for f in flags if f)
+        given = {"--classes": self.classes, "--input-size": self.input_size,
+                 "--mean": self.mean, "--std": self.std}
+        return " ".join([self.model, *(["--logits"] if self.logits else []),
+                         *(f"{flag} {value}" for flag, value in given.items()
+                           if value is not None)])
 
 
 def with_model_options(default: str) -> Callable[[F], F]:

@@ -85,7 +85,8 @@ def grid(
     save_png(output, draw_mosaic(result, color_by=color_by))
     result.save_json(json_path)
     times = ", ".join(f"{stage} {s:.1f} s" for stage, s in result.seconds.items())
-    lines = [f"embedding: {result.embed}", *(f"note: {display(note)}" for note in result.notes),
+    lines = [f"embedding: {display(result.embed)}",
+             *(f"note: {display(note)}" for note in result.notes),
              f"quality: {result.quality.summary()}",
              f"{len(result.names)} images on {result.shape[0]}x{result.shape[1]} ({times}); "
              f"wrote {display(output)} and {display(json_path)}"]

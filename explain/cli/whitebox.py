@@ -28,9 +28,9 @@ from explain.cli.common import (
     AlphaOpt,
     BatchOpt,
     ColormapOpt,
+    ImageOutDirOpt,
     Images,
     ModelOptions,
-    OutDirOpt,
     TargetOpt,
     console,
     error_line,
@@ -94,7 +94,7 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
     @with_model_options("open-nsfw")
     def command(images: Images, models: ModelOptions, layer: LayerOpt = None,
                 neuron: NeuronOpt = "max", target: TargetOpt = "nsfw",
-                output: OutDirOpt = Path("."), batch_size: BatchOpt = None,
+                output: ImageOutDirOpt = Path("."), batch_size: BatchOpt = None,
                 colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5) -> None:
         paths, failed = gather_images(images)
         stems = output_stems(paths, output, suffix, [".png", ".overlay.png", ".json"])
@@ -137,7 +137,7 @@ guided = _reconstruction_command(
 def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
             guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times "
                                                  "guided backprop.")] = False,
-            target: TargetOpt = "nsfw", output: OutDirOpt = Path("."),
+            target: TargetOpt = "nsfw", output: ImageOutDirOpt = Path("."),
             batch_size: BatchOpt = None, colormap: ColormapOpt = "jet",
             alpha: AlphaOpt = 0.5) -> None:
     """Grad-CAM (or guided Grad-CAM) heatmap of the target class, on the photo."""
