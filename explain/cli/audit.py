@@ -79,12 +79,12 @@ def audit(
                        options=options, progress=not quiet, model_spec=models.describe())
     state = "resumed" if result.resumed else "new"
     result_line(f"run {result.run} ({state}, key {result.key}): {result.images} images, "
-                  f"{result.scored} scored, {result.failed} failed, {result.heatmaps} heatmaps")
+                f"{result.scored} scored, {result.failed} failed, {result.heatmaps} heatmaps")
     mt = result.metrics
     if mt:
         result_line(f"ROC AUC {_fmt(mt['auc'])} · precision {_fmt(mt['precision'])} · recall "
-                      f"{_fmt(mt['recall'])} · F1 {_fmt(mt['f1'])} at {threshold:g} · "
-                      f"FP {mt['fp']} · FN {mt['fn']}")
+                    f"{_fmt(mt['recall'])} · F1 {_fmt(mt['f1'])} at {threshold:g} · "
+                    f"FP {mt['fp']} · FN {mt['fn']}")
     if result.failed:
         result_line(f"{result.failed} files could not be read: see "
                     f"{display(result.files['errors'])}")
