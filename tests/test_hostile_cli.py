@@ -250,11 +250,21 @@ def test_undecodable_and_control_character_names(runner, work):
     assert "caf\ufffd.png" in result.stdout and "esc\\x1b[31mred.png" in result.stdout
     assert sorted(os.listdir(os.fsencode(work / "out"))) == [
         b"caf\xe9.occlusion.png", b"esc\x1b[31mred.occlusion.png"]
+    score = runner.invoke(app, ["score", odd, esc, *PROBS, "--json"])
+    assert [row["path"] for row in json.loads(score.stdout)] == ["b:caf\\xe9.png", esc]
+    (work / "odd").mkdir()
+    for name in (odd, esc, "photo.png", "sfw/photo.jpg"):
+        os.replace(work / name, work / "odd" / os.path.basename(name))
+    grid = runner.invoke(app, ["grid", "odd", "--embed", "pixels", "--color-by", "none",
+                               "-o", "g.png"])
+    assert grid.exit_code == 0, grid.output
+    assert "\x1b" not in grid.output and "wrote g.png and g.json" in grid.stdout
+    os.replace(work / "odd" / odd, work / odd)
     gradcam = runner.invoke(app, ["gradcam", odd, *NET_OPTIONS, "-o", "wb"])
     assert gradcam.exit_code == 0, gradcam.output
     meta = json.loads((work / "wb" / os.fsdecode(b"caf\xe9.gradcam.json")).read_text())
     assert meta["image"] == "b:caf\\xe9.png"
-    report = runner.invoke(app, ["report", odd, esc, *PROBS, "--methods", "occlusion", "--box",
+    report = runner.invoke(app, ["report", odd, f"odd/{esc}", *PROBS, "--methods", "occlusion", "--box",
                                  "30", "--stride", "30", "--steps", "2", "-o", "r.html"])
     assert report.exit_code == 0, report.output
     assert "\x1b" not in report.output
