@@ -264,8 +264,8 @@ def test_undecodable_and_control_character_names(runner, work):
     assert gradcam.exit_code == 0, gradcam.output
     meta = json.loads((work / "wb" / os.fsdecode(b"caf\xe9.gradcam.json")).read_text())
     assert meta["image"] == "b:caf\\xe9.png"
-    report = runner.invoke(app, ["report", odd, f"odd/{esc}", *PROBS, "--methods", "occlusion", "--box",
-                                 "30", "--stride", "30", "--steps", "2", "-o", "r.html"])
+    report = runner.invoke(app, ["report", odd, f"odd/{esc}", *PROBS, "--methods", "occlusion",
+                                 "--box", "30", "--stride", "30", "--steps", "2", "-o", "r.html"])
     assert report.exit_code == 0, report.output
     assert "\x1b" not in report.output
     html = (work / "r.html").read_text(encoding="utf-8")
