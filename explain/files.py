@@ -12,6 +12,9 @@ The one home for two promises the whole toolkit makes:
   log line or a web page (undecodable bytes become U+FFFD, control characters are escaped, so no
   ESC byte reaches a terminal); :func:`lossless` gives a text form that round-trips to the exact
   bytes (for storing in a database or a CSV).
+- **No output over an input or another output.** :func:`output_names` gives each input of a
+  call its own output name; :func:`check_output_dir`, :func:`check_output_file` and
+  :func:`check_outputs` refuse a bad output location before any work starts.
 """
 
 from __future__ import annotations
