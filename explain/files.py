@@ -1,6 +1,6 @@
 """Writing output files safely, and showing any file name safely.
 
-The one home for two promises the whole toolkit makes:
+The one home for three promises the whole toolkit makes:
 
 - **Atomic outputs.** Every file the library or the CLI writes goes through :func:`atomic_write`
   (or :func:`write_bytes` / :func:`write_text`): it is written under a temporary name in the
