@@ -1,6 +1,6 @@
 """Writing output files safely, and showing any file name safely.
 
-The one home for two promises the whole toolkit makes:
+The one home for three promises the whole toolkit makes:
 
 - **Atomic outputs.** Every file the library or the CLI writes goes through :func:`atomic_write`
   (or :func:`write_bytes` / :func:`write_text`): it is written under a temporary name in the
@@ -12,13 +12,17 @@ The one home for two promises the whole toolkit makes:
   log line or a web page (undecodable bytes become U+FFFD, control characters are escaped, so no
   ESC byte reaches a terminal); :func:`lossless` gives a text form that round-trips to the exact
   bytes (for storing in a database or a CSV).
+- **No output over an input or another output.** :func:`output_names` gives each input of a
+  call its own output name; :func:`check_output_dir`, :func:`check_output_file` and
+  :func:`check_outputs` refuse a bad output location before any work starts.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -147,3 +151,83 @@ def check_output_dir(folder: str | os.PathLike) -> Path:
         raise OptionError(f"cannot write to output folder {display(p)}: "
                           f"{exc.strerror or exc}") from None
     return p
+
+
+def check_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()
+                      ) -> Path:
+    """Check before any work that the file ``path`` can be written: it is not a folder, its
+    folder exists (or can be created) and is writable, and it is none of ``inputs``. Raises
+    :class:`~explain.errors.OptionError` with the reason."""
+    p = Path(path)
+    if p.is_dir():
+        raise OptionError(f"output {display(p)} is a folder; give a file name with -o")
+    check_output_dir(p.parent)
+    check_outputs([p], inputs)
+    return p
+
+
+def _identity(path: str | os.PathLike) -> tuple:
+    """What makes two paths one file: (device, inode) when it exists, else the absolute path."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return ("path", os.path.abspath(path))
+    return ("inode", st.st_dev, st.st_ino)
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike],
+                  inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, an output that would replace one of ``inputs`` or that two
+    outputs share one path. Raises :class:`~explain.errors.OptionError` naming the file."""
+    taken = {_identity(p): p for p in inputs}
+    written: dict[str, Path] = {}
+    for out in map(Path, outputs):
+        key = os.path.abspath(out)
+        if key in written:
+            raise OptionError(f"two outputs would be written to {display(out)}; choose another "
+                              f"output name")
+        written[key] = out
+        if _identity(out) in taken:
+            raise OptionError(f"output {display(out)} would replace the input "
+                              f"{display(taken[_identity(out)])}; write the outputs elsewhere "
+                              f"with -o")
+
+
+def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """One distinct output NAME per input path (outputs are ``NAME.METHOD.png`` and the like);
+    the same list always gets the same names.
+
+    The rule, step by step for the inputs whose name is still shared (compared ignoring case,
+    for case-insensitive file systems):
+
+    1. the file's stem: ``photo`` for ``photo.jpg``;
+    2. the file name with its suffix: ``photo.jpg``, ``photo.png``;
+    3. its path below the folder common to those inputs, each separator written ``__``:
+       ``nsfw__photo.jpg``, ``sfw__photo.jpg``;
+    4. ``~2``, ``~3``, … in input order (the same file given twice).
+
+    Names keep the file's bytes (undecodable ones included), so they are lossless.
+    """
+    full = [os.path.abspath(os.fsdecode(os.fspath(p))) for p in paths]
+    names = [Path(p).stem for p in full]
+
+    def shared() -> list[int]:
+        count = Counter(n.casefold() for n in names)
+        return [i for i, n in enumerate(names) if count[n.casefold()] > 1]
+
+    for i in shared():
+        names[i] = Path(full[i]).name
+    clash = shared()
+    if clash:
+        root = os.path.commonpath([os.path.dirname(full[i]) for i in clash])
+        for i in clash:
+            names[i] = os.path.relpath(full[i], root).replace(os.sep, "__")
+    unique, seen = [], set()
+    for name in names:
+        candidate, n = name, 1
+        while candidate.casefold() in seen:
+            n += 1
+            candidate = f"{name}~{n}"
+        seen.add(candidate.casefold())
+        unique.append(candidate)
+    return unique

@@ -41,6 +41,7 @@ from scipy.spatial.distance import cdist
 
 from explain.budget import check_memory
 from explain.errors import ExplainError, ImageError, ModelError, OptionError
+from explain.files import write_text
 from explain.images import as_rgb, to_batch
 from explain.models import Classifier, resolve_target
 from explain.models.adapters import import_callable
@@ -154,10 +155,8 @@ class SimilarityGrid:
         }
 
     def save_json(self, path: str | os.PathLike) -> Path:
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.to_json(), indent=1))
-        return out
+        """Write :meth:`to_json` to ``path``, atomically."""
+        return write_text(path, json.dumps(self.to_json(), indent=1))
 
 
 def read_grid_json(path: str | os.PathLike) -> dict:

@@ -164,6 +164,9 @@ class MethodResult:
 
 @dataclass
 class ImageResult:
+    """One image's row; ``path`` is :func:`explain.files.to_storable` text (lossless and
+    strict UTF-8, so a name that is not UTF-8 is written out as ``b:caf\\xe9.jpg``)."""
+
     path: str
     anchor: str
     error: str | None = None

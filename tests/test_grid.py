@@ -286,7 +286,7 @@ def test_grid_json_round_trip(tmp_path, nsfw_grid):
 
 def test_cli_writes_mosaic_and_json_and_lists_the_bad_image(tmp_path, photos, nsfw_onnx,
                                                             monkeypatch):
-    monkeypatch.setattr("explain.cli.grid.load_model", lambda *a, **k: nsfw_onnx)
+    monkeypatch.setattr("explain.cli.common.load_model", lambda *a, **k: nsfw_onnx)
     root = tmp_path / "data"
     images, labels = crops(photos, 12, seed=1)
     for i, (img, label) in enumerate(zip(images, labels, strict=True)):

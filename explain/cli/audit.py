@@ -6,26 +6,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from explain.cli.common import (
     AlphaOpt,
     BatchOpt,
     BoxOpt,
-    ClassesOpt,
     ColormapOpt,
-    DeviceOpt,
     FillOpt,
-    LogitsOpt,
-    ModelOpt,
+    ModelOptions,
     OutDirOpt,
     StrideOpt,
     TargetOpt,
-    console,
     int_pair,
-    load_model,
+    result_line,
     user_errors,
+    with_model_options,
 )
+from explain.files import check_output_dir, display
 from explain.images import DEFAULT_MAX_PIXELS
 
 
@@ -34,15 +31,15 @@ def _fmt(value: float | None) -> str:
 
 
 @user_errors
+@with_model_options("open-nsfw:auto")
 def audit(
     data: Annotated[Path, typer.Argument(help="Folder of images (sub-folders named after classes "
                                               "give the true labels) or a path,label CSV.",
                                          show_default=False)],
+    models: ModelOptions,
     output: OutDirOpt = Path("audit"),
     labels: Annotated[Path | None, typer.Option("--labels", help="CSV of path,label rows "
                                                 "(relative paths start at DATA).")] = None,
-    model: ModelOpt = "open-nsfw:auto",
-    device: DeviceOpt = None,
     target: TargetOpt = "nsfw",
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
                                              help="Score at or above which an image counts as "
@@ -64,8 +61,6 @@ def audit(
                                         "mosaic (0: none).")] = 256,
     colormap: ColormapOpt = "jet",
     alpha: AlphaOpt = 0.5,
-    logits: LogitsOpt = False,
-    classes: ClassesOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Audit a dataset: metrics, false positives/negatives with heatmaps, and which detected body
@@ -78,19 +73,20 @@ def audit(
                            concepts=concepts, max_pixels=max_pixels, batch_size=batch_size,
                            workers=workers, colormap=colormap, alpha=alpha, mosaic=mosaic)
     options.check()
-    clf = load_model(model, device, logits=logits, classes=classes)
-    result = run_audit(data, output, labels=labels, model=clf, device=device, options=options,
-                       progress=not quiet,
-                       model_spec=model + (" --logits" if logits else ""))
+    check_output_dir(output)
+    clf = models.load()
+    result = run_audit(data, output, labels=labels, model=clf, device=models.device,
+                       options=options, progress=not quiet, model_spec=models.describe())
     state = "resumed" if result.resumed else "new"
-    console.print(f"run {result.run} ({state}, key {result.key}): {result.images} images, "
-                  f"{result.scored} scored, {result.failed} failed, {result.heatmaps} heatmaps")
+    result_line(f"run {result.run} ({state}, key {result.key}): {result.images} images, "
+                f"{result.scored} scored, {result.failed} failed, {result.heatmaps} heatmaps")
     mt = result.metrics
     if mt:
-        console.print(f"ROC AUC {_fmt(mt['auc'])} · precision {_fmt(mt['precision'])} · recall "
-                      f"{_fmt(mt['recall'])} · F1 {_fmt(mt['f1'])} at {threshold:g} · "
-                      f"FP {mt['fp']} · FN {mt['fn']}")
+        result_line(f"ROC AUC {_fmt(mt['auc'])} · precision {_fmt(mt['precision'])} · recall "
+                    f"{_fmt(mt['recall'])} · F1 {_fmt(mt['f1'])} at {threshold:g} · "
+                    f"FP {mt['fp']} · FN {mt['fn']}")
     if result.failed:
-        console.print(f"{result.failed} files could not be read: see "
-                      f"{escape(str(result.files['errors']))}")
-    console.print(f"report: {escape(str(result.files['html']))}")
+        result_line(f"{result.failed} files could not be read: see "
+                    f"{display(result.files['errors'])}")
+    result_line("wrote " + ", ".join(display(path) for path in result.files.values()))
+    result_line(f"report: {display(result.files['html'])}")

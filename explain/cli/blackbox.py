@@ -1,9 +1,10 @@
 """`explain occlude` and `explain slide`: black-box heatmaps for any classifier.
 
-Per image NAME (the file's stem) in the output folder: ``NAME.occlusion.png`` (or
-``NAME.sliding.png``), the overlay at the input's size with the legend strip below it
-(:func:`explain.render.figure`; ``--no-legend``: the bare overlay); with ``--side-by-side`` also
-``NAME.METHOD.side.png``; with ``--save-npy`` also ``NAME.METHOD.npy`` + ``.json``. A map without
+Per image NAME in the output folder: ``NAME.occlusion.png`` (or ``NAME.sliding.png``), the
+overlay at the input's size with the legend strip below it (:func:`explain.render.figure`;
+``--no-legend``: the bare overlay); with ``--side-by-side`` also ``NAME.METHOD.side.png``; with
+``--save-npy`` also ``NAME.METHOD.npy`` + ``.json``. NAME is the file's stem, made unique within
+the call by :func:`explain.files.output_names` (see the README, "Output files"). A map without
 signal (below the noise floor) and a box too small at the model's input are said on the image's
 line.
 """
@@ -24,13 +25,12 @@ from explain.cli.common import (
     BatchOpt,
     BoxOpt,
     ColormapOpt,
-    DeviceOpt,
     FillOpt,
+    ImageOutDirOpt,
     Images,
-    ModelOpt,
+    ModelOptions,
     NoLegendOpt,
     NormalizeOpt,
-    OutDirOpt,
     SaveNpyOpt,
     SideBySideOpt,
     StrideOpt,
@@ -39,13 +39,17 @@ from explain.cli.common import (
     VminOpt,
     console,
     error_line,
+    gather_images,
     int_pair,
-    load_model,
+    output_stems,
+    read_image,
+    result_line,
     user_errors,
+    with_model_options,
 )
 from explain.errors import ExplainError, OptionError
+from explain.files import display
 from explain.heatmap import Heatmap
-from explain.images import iter_image_files, load_image
 from explain.models import resolve_target
 from explain.occlusion import FILLS, occlusion_map
 from explain.render import check_look, figure, save_png, side_by_side
@@ -56,7 +60,7 @@ DEFAULT_MODEL = "open-nsfw:auto"
 
 
 def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[Path], *,
-                    box: str, stride: str, target: str, model: str, device: str | None,
+                    box: str, stride: str, target: str, models: ModelOptions,
                     batch_size: int | None, look: dict, output: Path, save_npy: bool,
                     side: bool) -> None:
     """Run ``make_map`` over every image with a progress bar; report bad images and go on.
@@ -64,27 +68,28 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     box_px, stride_px = int_pair(box, "--box"), int_pair(stride, "--stride")
     check_windows(box_px, stride_px)
     check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
-    clf = load_model(model, device)
+    paths, failed = gather_images(images)
+    suffixes = [".png", *([".side.png"] if side else []), *([".npy", ".json"] if save_npy else [])]
+    stems = output_stems(paths, output, method, suffixes)
+    clf = models.load()
     resolve_target(clf, target)
-    failed = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("windows"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        for path in iter_image_files(images):
-            task = bar.add_task(escape(path.name), total=None)
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
+        for path, stem in zip(paths, stems, strict=True):
+            task = bar.add_task(escape(display(path.name)), total=None)
             try:
-                img = load_image(path)
+                img = read_image(path)
                 hm = make_map(clf, img, box=box_px, stride=stride_px, target=target,
                               batch_size=batch_size,
                               progress=lambda done, total, t=task: bar.update(
                                   t, completed=done, total=total))
-                stem = output / f"{path.stem}.{method}"
-                out = save_png(stem.with_name(stem.name + ".png"), figure(img, hm, **look))
+                written = [save_png(f"{stem}.png", figure(img, hm, **look))]
                 if side:
-                    save_png(stem.with_name(stem.name + ".side.png"),
-                             side_by_side(img, hm, **look))
+                    written.append(save_png(f"{stem}.side.png", side_by_side(img, hm, **look)))
                 if save_npy:
-                    hm.save(stem)
+                    written.extend(hm.save(stem))
             except ExplainError as exc:
                 error_line(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
                 failed += 1
@@ -93,18 +98,19 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                 bar.remove_task(task)
             notes = [n for n in (hm.no_signal(), small_box_note(hm.box, hm.shape, clf.input_size))
                      if n]
-            bar.console.print(f"{path}  {hm.target} {hm.score:.4f}  {hm.windows} windows  "
-                              f"{hm.seconds:.2f} s  → {out}" + "".join(f"  ({n})" for n in notes),
-                              markup=False, highlight=False, soft_wrap=True)
+            result_line(f"{display(path)}  {hm.target} {hm.score:.4f}  {hm.windows} windows  "
+                        f"{hm.seconds:.2f} s  → {', '.join(map(display, written))}"
+                        + "".join(f"  ({n})" for n in notes))
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @user_errors
-def occlude(images: Images, box: BoxOpt = "25%", stride: StrideOpt = "18.75%",
-            fill: FillOpt = "gray", target: TargetOpt = "nsfw", model: ModelOpt = DEFAULT_MODEL,
-            device: DeviceOpt = None, batch_size: BatchOpt = None, colormap: ColormapOpt = None,
-            alpha: AlphaOpt = 0.5, output: OutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
+@with_model_options(DEFAULT_MODEL)
+def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
+            stride: StrideOpt = "18.75%", fill: FillOpt = "gray", target: TargetOpt = "nsfw",
+            batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
+            output: ImageOutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
             side_by_side: SideBySideOpt = False, normalize: NormalizeOpt = None,
             vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
     """Occlusion sensitivity: how much the target's score drops when each window is hidden.
@@ -115,26 +121,27 @@ def occlude(images: Images, box: BoxOpt = "25%", stride: StrideOpt = "18.75%",
     if fill not in FILLS:
         raise OptionError(f"unknown --fill {fill!r}; use one of {', '.join(FILLS)}")
     _explain_images("occlusion", partial(occlusion_map, fill=fill), images, box=box,
-                    stride=stride, target=target, model=model, device=device,
-                    batch_size=batch_size, output=output, save_npy=save_npy, side=side_by_side,
+                    stride=stride, target=target, models=models, batch_size=batch_size,
+                    output=output, save_npy=save_npy, side=side_by_side,
                     look=dict(colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
                               vmax=vmax, legend=not no_legend))
 
 
 @user_errors
-def slide(images: Images, box: BoxOpt = "25%", stride: StrideOpt = "18.75%",
-          target: TargetOpt = "nsfw", model: ModelOpt = DEFAULT_MODEL, device: DeviceOpt = None,
-          batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
-          output: OutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
-          side_by_side: SideBySideOpt = False, normalize: NormalizeOpt = None,
-          vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
+@with_model_options(DEFAULT_MODEL)
+def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: StrideOpt = "18.75%",
+          target: TargetOpt = "nsfw", batch_size: BatchOpt = None, colormap: ColormapOpt = None,
+          alpha: AlphaOpt = 0.5, output: ImageOutDirOpt = Path("."),
+          save_npy: SaveNpyOpt = False, side_by_side: SideBySideOpt = False,
+          normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
+          no_legend: NoLegendOpt = False) -> None:
     """Sliding window: each window cropped and scored alone; per pixel the mean crop score.
 
     Writes NAME.sliding.png: the crops' probability on a fixed 0..1 scale (red = crops here
     score high on their own).
     """
     _explain_images("sliding", sliding_window_map, images, box=box, stride=stride,
-                    target=target, model=model, device=device, batch_size=batch_size,
-                    output=output, save_npy=save_npy, side=side_by_side,
+                    target=target, models=models, batch_size=batch_size, output=output,
+                    save_npy=save_npy, side=side_by_side,
                     look=dict(colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
                               vmax=vmax, legend=not no_legend))

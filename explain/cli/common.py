@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, NamedTuple, TypeVar, get_type_hints
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from explain.errors import ExplainError, OptionError
+from explain.errors import ExplainError, ImageError, OptionError
+from explain.files import check_output_dir, check_outputs, display, output_names
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,6 +32,10 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target class, na
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", min=1,
                                               help="Images per model call.")]
 OutDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+ImageOutDirOpt = Annotated[Path, typer.Option(
+    "--output", "-o", help="Output folder. Files are NAME.METHOD…, NAME the image's stem; inputs "
+    "sharing a stem get their file name (photo.jpg), then their path below their common folder "
+    "(sfw__photo.jpg), then ~2, ~3.")]
 LogitsOpt = Annotated[bool, typer.Option("--logits", help="The model returns logits: apply a "
                                                            "softmax.")]
 ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Class names, comma-separated "
@@ -64,8 +71,10 @@ def int_pair(text: str, option: str) -> int | float | tuple[int | float, int | f
 
 
 def error_line(message: str) -> None:
-    """One red line on stderr."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """One red line on stderr (any file name in it shown safely: no control character reaches
+    the terminal)."""
+    err_console.print(f"[bold red]error:[/] {escape(display(message))}", highlight=False,
+                      soft_wrap=True)
 
 
 def user_errors(fn: F) -> F:
@@ -92,6 +101,126 @@ def _floats(text: str | None, what: str) -> tuple[float, float, float] | None:
     if len(values) != 3:
         raise OptionError(f"{what} must have three values (one per channel), got {text!r}")
     return values  # type: ignore[return-value]
+
+
+# --- inputs and outputs: gather the images, name and check the outputs before any work ---
+
+class Inputs(NamedTuple):
+    paths: list[Path]
+    failed: int
+
+
+def gather_images(items: Sequence[Path]) -> Inputs:
+    """The image files of the command line: files as given (a missing or unreadable one is then
+    a per-file error), folders searched recursively. A folder without images is one red line
+    and counts as a failure; nothing to do at all is an error."""
+    from explain.images import iter_image_files
+
+    def expand(item: Path) -> list[Path]:
+        try:
+            return list(iter_image_files([item]))
+        except OSError:  # not even a folder test passes (a name too long): read_image says why
+            return [item]
+
+    found = [expand(item) for item in items]
+    if not any(found):
+        raise OptionError(f"no image files in {', '.join(display(i) for i in items)}")
+    empty = [item for item, files in zip(items, found, strict=True) if not files]
+    for item in empty:
+        error_line(f"{item}: no image files in this folder")
+    return Inputs([p for files in found for p in files], len(empty))
+
+
+def output_stems(paths: Sequence[Path], folder: Path, method: str,
+                 suffixes: Sequence[str]) -> list[Path]:
+    """``folder/NAME.METHOD`` per input (NAME: :func:`explain.files.output_names`), after
+    checking, before any work, that ``folder`` is writable and that no ``stem + suffix`` file
+    would replace an input or another output."""
+    check_output_dir(folder)
+    stems = [folder / f"{name}.{method}" for name in output_names(paths)]
+    check_outputs([f"{stem}{suffix}" for stem in stems for suffix in suffixes], paths)
+    return stems
+
+
+def read_image(path: Path):  # noqa: ANN201
+    """:func:`explain.images.load_image`, with an operating-system refusal (a name too long,
+    a permission) turned into that file's error like any other bad file."""
+    from explain.images import load_image
+
+    try:
+        return load_image(path)
+    except OSError as exc:
+        raise ImageError(path, exc.strerror or str(exc)) from None
+
+
+def result_line(text: str) -> None:
+    """One result line on stdout, never wrapped (a pipe gets whole lines); ``text`` holds no
+    markup and its file names went through :func:`explain.files.display`."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+# --- model options: declared once, given to every command that loads a model ---
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model options of every command, as :func:`with_model_options` collects them."""
+
+    model: str
+    device: str | None = None
+    logits: bool = False
+    classes: str | None = None
+    input_size: int | None = None
+    mean: str | None = None
+    std: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        """No option beyond the spec and the device: a bundled spec can be passed on as is."""
+        return not (self.logits or self.classes or self.input_size or self.mean or self.std)
+
+    def load(self, *, jpeg_reencode: bool = False):  # noqa: ANN201
+        """The classifier (``explain.models.load`` with these options)."""
+        return load_model(self.model, self.device, logits=self.logits, classes=self.classes,
+                          input_size=self.input_size, mean=self.mean, std=self.std,
+                          jpeg_reencode=jpeg_reencode)
+
+    def describe(self) -> str:
+        """The spec and the options that change the model's answers, as command-line text."""
+        given = {"--classes": self.classes, "--input-size": self.input_size,
+                 "--mean": self.mean, "--std": self.std}
+        return " ".join([self.model, *(["--logits"] if self.logits else []),
+                         *(f"{flag} {value}" for flag, value in given.items()
+                           if value is not None)])
+
+
+def with_model_options(default: str) -> Callable[[F], F]:
+    """Give a command the shared model options (``--model`` with ``default``, ``--device``,
+    ``--logits``, ``--classes``, ``--input-size``, ``--mean``, ``--std``); the command receives
+    them as one :class:`ModelOptions` argument named ``models``."""
+    annotations = {"model": ModelOpt, "device": DeviceOpt, "logits": LogitsOpt,
+                   "classes": ClassesOpt, "input_size": InputSizeOpt, "mean": MeanOpt,
+                   "std": StdOpt}
+
+    def decorate(fn: F) -> F:
+        hints = get_type_hints(fn, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in inspect.signature(fn).parameters.values() if p.name != "models"]
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                   default=default if f.name == "model" else f.default,
+                                   annotation=annotations[f.name])
+                 for f in fields(ModelOptions)]
+
+        @functools.wraps(fn)
+        def command(*args: object, **kwargs: object) -> object:
+            chosen = {name: kwargs.pop(name) for name in annotations}
+            return fn(*args, models=ModelOptions(**chosen), **kwargs)  # type: ignore[arg-type]
+
+        params = own + added
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command  # type: ignore[return-value]
+
+    return decorate
 
 
 def load_model(model: str, device: str | None = None, *, logits: bool = False,

@@ -6,25 +6,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from PIL import Image
 
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     BatchOpt,
-    ClassesOpt,
-    DeviceOpt,
-    InputSizeOpt,
-    LogitsOpt,
-    MeanOpt,
-    ModelOpt,
-    StdOpt,
+    ModelOptions,
     TargetOpt,
-    console,
     error_line,
-    load_model,
+    result_line,
     user_errors,
+    with_model_options,
 )
 from explain.errors import OptionError
+from explain.files import check_output_file, check_outputs, display
 from explain.grid import (
     COLOR_BY,
     COSTS,
@@ -34,6 +28,7 @@ from explain.grid import (
     similarity_grid,
 )
 from explain.images import iter_image_files
+from explain.render import save_png
 
 Folder = Annotated[Path, typer.Argument(help="Folder of images; sub-folders are labels "
                                         "(DIR/label/img.jpg).", metavar="DIR",
@@ -41,14 +36,16 @@ Folder = Annotated[Path, typer.Argument(help="Folder of images; sub-folders are 
 
 
 @user_errors
+@with_model_options("open-nsfw:auto")
 def grid(
     folder: Folder,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Mosaic PNG; grid.json is "
-                                         "written next to it.")] = Path("grid.png"),
+    models: ModelOptions,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Mosaic PNG; the JSON is "
+                                         "written next to it, the suffix replaced by .json "
+                                         "(grid.png → grid.json).")] = Path("grid.png"),
     size: Annotated[int | None, typer.Option("--size", "-s", min=1, help="Fix a SIZE x SIZE "
                     "grid (images beyond SIZE² are sampled). Default: the smallest near-square "
                     "grid holding all images.")] = None,
-    model: ModelOpt = "open-nsfw:auto",
     embed: Annotated[str, typer.Option("--embed", help="features (the model's penultimate "
                      "layer; its probabilities for a black box), pixels, or package.module:fn "
                      "(uint8 NxHxWx3 -> NxD).")] = "features",
@@ -65,10 +62,7 @@ def grid(
     cell_px: Annotated[int, typer.Option("--cell-px", min=8, help="Thumbnail side in "
                        "pixels.")] = 64,
     target: TargetOpt = "nsfw",
-    device: DeviceOpt = None,
     batch_size: BatchOpt = None,
-    logits: LogitsOpt = False, classes: ClassesOpt = None,
-    input_size: InputSizeOpt = None, mean: MeanOpt = None, std: StdOpt = None,
 ) -> None:
     """Lay a folder of images out on a grid so that similar images sit together."""
     if color_by not in COLOR_BY:
@@ -76,39 +70,37 @@ def grid(
     if cost not in COSTS:
         raise OptionError(f"--cost must be one of {', '.join(COSTS)}, not {cost!r}")
     if not folder.is_dir():
-        raise OptionError(f"{folder} is not a folder; give a folder of images")
+        raise OptionError(f"{display(folder)} is not a folder; give a folder of images")
     paths = list(iter_image_files([folder]))
     if not paths:
-        raise OptionError(f"no image files in {folder}")
+        raise OptionError(f"no image files in {display(folder)}")
     labels = folder_labels(folder, paths)
     if color_by == "label" and labels is None:
-        raise OptionError(f"--color-by label needs sub-folders: {folder}/LABEL/image.jpg")
+        raise OptionError(f"--color-by label needs sub-folders: {display(folder)}/LABEL/image.jpg")
+    json_path = output.with_suffix(".json")
+    check_output_file(output, inputs=paths)
+    check_outputs([output, json_path], paths)
     check_grid_memory(len(paths), size, cell_px)  # before the model loads
     clf = None
     if embed != "pixels" or color_by == "score":
-        clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
-                         mean=mean, std=std)
+        clf = models.load()
     result = similarity_grid(
         paths, clf, embed=embed, labels=labels, target=target if color_by == "score" else None,
         size=size, perplexity=perplexity, seed=seed, cost=cost, k=k, thumb_px=cell_px,
         batch_size=batch_size or 32, progress=True)
     for path, reason in result.skipped:
         error_line(f"{path}: {reason} (skipped)")
-    picture = draw_mosaic(result, color_by=color_by)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(picture).save(output, format="PNG")
-        json_path = result.save_json(output.with_suffix(".json"))
-    except OSError as exc:
-        raise OptionError(f"cannot write {output}: {exc}") from exc
+    save_png(output, draw_mosaic(result, color_by=color_by))
+    result.save_json(json_path)
     times = ", ".join(f"{stage} {s:.1f} s" for stage, s in result.seconds.items())
-    lines = [f"embedding: {result.embed}", *(f"note: {note}" for note in result.notes),
+    lines = [f"embedding: {display(result.embed)}",
+             *(f"note: {display(note)}" for note in result.notes),
              f"quality: {result.quality.summary()}",
              f"{len(result.names)} images on {result.shape[0]}x{result.shape[1]} ({times}); "
-             f"wrote {output} and {json_path}"]
+             f"wrote {display(output)} and {display(json_path)}"]
     if result.skipped:
         lines.append(f"{len(result.skipped)} unreadable image(s) skipped")
     for line in lines:
-        console.print(line, markup=False, highlight=False)
+        result_line(line)
     if result.skipped:
         raise typer.Exit(EXIT_BAD_INPUT)

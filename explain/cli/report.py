@@ -22,26 +22,22 @@ from explain.cli.common import (
     AlphaOpt,
     BatchOpt,
     BoxOpt,
-    ClassesOpt,
     ColormapOpt,
-    DeviceOpt,
     Images,
-    InputSizeOpt,
-    LogitsOpt,
-    MeanOpt,
-    ModelOpt,
-    StdOpt,
+    ModelOptions,
     StrideOpt,
     TargetOpt,
     console,
     err_console,
     error_line,
+    gather_images,
     int_pair,
-    load_model,
+    result_line,
     user_errors,
+    with_model_options,
 )
-from explain.images import iter_image_files
-from explain.report import DEFAULT_MODELS, METHODS, Options, write_report
+from explain.files import check_output_file, display
+from explain.report import DEFAULT_MODELS, METHODS, Options, Report, write_report
 
 ALL_METHODS = ",".join(METHODS)
 MethodsOpt = Annotated[str, typer.Option("--methods", help=f"Comma-separated: {ALL_METHODS}.")]
@@ -55,42 +51,57 @@ ReportOutOpt = Annotated[Path, typer.Option("--output", "-o", help="The report f
 
 
 @user_errors
-def report(images: Images, methods: MethodsOpt = ALL_METHODS, box: BoxOpt = "64",
-           stride: StrideOpt = "48", model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
-           target: TargetOpt = "nsfw", steps: StepsOpt = 20, fill: DeletionFillOpt = "blur",
-           batch_size: BatchOpt = None, colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5,
+@with_model_options("open-nsfw")
+def report(images: Images, models: ModelOptions, methods: MethodsOpt = ALL_METHODS,
+           box: BoxOpt = "64", stride: StrideOpt = "48", target: TargetOpt = "nsfw",
+           steps: StepsOpt = 20, fill: DeletionFillOpt = "blur", batch_size: BatchOpt = None,
+           colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5,
            normalize: NormalizeOpt = "minmax", fmt: FormatOpt = "html",
-           output: ReportOutOpt = Path("report.html"), logits: LogitsOpt = False,
-           classes: ClassesOpt = None, input_size: InputSizeOpt = None, mean: MeanOpt = None,
-           std: StdOpt = None) -> None:
+           output: ReportOutOpt = Path("report.html")) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
     insertion AUC), rank them, and write one self-contained report."""
-    paths = list(iter_image_files(images))
-    spec: object = model
-    if model not in DEFAULT_MODELS:
-        spec = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
-                          mean=mean, std=std)
     options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
                       target=target, steps=steps, fill=fill, batch_size=batch_size,
                       colormap=colormap, alpha=alpha, normalize=normalize)
+    options.check()
+    paths, failed_inputs = gather_images(images)
+    check_output_file(output, inputs=paths)
+    spec: object = models.model
+    if models.model not in DEFAULT_MODELS or not models.plain:
+        spec = models.load()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with Progress(*columns, console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as bar:
         task = bar.add_task("report", total=None)
 
         def progress(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total, description=label)
+            bar.update(task, completed=done, total=total, description=escape(display(label)))
 
         result = write_report(paths, output, format=fmt, model=spec, methods=methods,
-                              device=device, options=options, progress=progress)
+                              device=models.device, options=options, progress=progress)
     for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(display(note))}", highlight=False,
+                          soft_wrap=True)
     failed = [img for img in result.images if img.error]
     for img in failed:
-        error_line(f"{img.path}: {img.error}")
+        error_line(f"{display(img.path)}: {img.error}")
     ok = len(result.images) - len(failed)
+    if result.summary:
+        console.print(_summary_table(result, ok))
+    result_line(f"ranking (target {display(result.target)}): {display(result.ranking)}")
+    for name, why in result.not_ranked.items():
+        result_line(f"not ranked: {name}: {display(why)}")
+    result_line(f"wrote {display(output)} ({output.stat().st_size / 1e6:.1f} MB) in "
+                f"{result.seconds:.1f} s")
+    if failed or failed_inputs:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _summary_table(result: Report, ok: int) -> Table:
+    """The methods ranked by faithfulness, best first."""
     table = Table(title=f"faithfulness over {ok} image{'' if ok == 1 else 's'} "
-                        f"(target {escape(result.target)})")
+                        f"(target {escape(display(result.target))})")
     for name in ("rank", "method", "images", "deletion ↓", "insertion ↑", "ins − del ↑",
                  "s / image"):
         table.add_column(name, justify="left" if name == "method" else "right")
@@ -98,8 +109,4 @@ def report(images: Images, methods: MethodsOpt = ALL_METHODS, box: BoxOpt = "64"
         table.add_row(str(s["rank"]), s["title"], str(s["images"]), f"{s['deletion_auc']:.3f}",
                       f"{s['insertion_auc']:.3f}", f"{s['insertion_minus_deletion']:.3f}",
                       f"{s['seconds']:.2f}")
-    console.print(table)
-    console.print(f"wrote {escape(str(output))} ({output.stat().st_size / 1e6:.1f} MB) in "
-                  f"{result.seconds:.1f} s", highlight=False)
-    if failed:
-        raise typer.Exit(EXIT_BAD_INPUT)
+    return table

@@ -10,61 +10,65 @@ from rich.table import Table
 
 from explain.cli.common import (
     EXIT_BAD_INPUT,
-    ClassesOpt,
-    DeviceOpt,
     Images,
-    InputSizeOpt,
-    LogitsOpt,
-    MeanOpt,
-    ModelOpt,
-    StdOpt,
+    ModelOptions,
     TargetOpt,
     console,
     error_line,
-    load_model,
+    gather_images,
+    read_image,
     user_errors,
+    with_model_options,
 )
 from explain.errors import ExplainError
-from explain.images import load_image, to_tensor
+from explain.files import display, to_storable
+from explain.images import to_tensor
 from explain.models import BUNDLED, SPEC_FORMS, resolve_target
 
 
 @user_errors
-def score(images: Images, model: ModelOpt = "open-nsfw:auto", device: DeviceOpt = None,
-          target: TargetOpt = None, as_json: bool = typer.Option(False, "--json",
-                                                                   help="JSON output."),
+@with_model_options("open-nsfw:auto")
+def score(images: Images, models: ModelOptions, target: TargetOpt = None,
+          as_json: bool = typer.Option(False, "--json", help="JSON output."),
           jpeg_reencode: bool = typer.Option(False, "--jpeg-reencode",
-                                             help="open-nsfw: reference JPEG round trip."),
-          logits: LogitsOpt = False, classes: ClassesOpt = None,
-          input_size: InputSizeOpt = None, mean: MeanOpt = None, std: StdOpt = None) -> None:
-    """Print each image's class probabilities."""
-    clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
-                     mean=mean, std=std, jpeg_reencode=jpeg_reencode)
+                                             help="open-nsfw: reference JPEG round trip.")
+          ) -> None:
+    """Print each image's class probabilities (a table on a terminal; tab-separated lines,
+    header first, when piped; JSON with --json)."""
+    clf = models.load(jpeg_reencode=jpeg_reencode)
     names = list(clf.class_names)
-    title = str(getattr(clf, "name", model))
+    title = str(getattr(clf, "name", models.model))
     if target is not None:
         title += f" — target {names[resolve_target(clf, target)]}"
-    rows, failed = [], 0
-    for path in images:
+    paths, failed = gather_images(images)
+    rows = []
+    for path in paths:
         try:
-            probs = clf.predict(to_tensor(load_image(path), clf.device))[0].tolist()
+            probs = clf.predict(to_tensor(read_image(path), clf.device))[0].tolist()
         except ExplainError as exc:
             error_line(str(exc))
-            rows.append({"path": str(path), "error": str(exc)})
+            rows.append({"path": to_storable(path), "error": str(exc)})
             failed += 1
             continue
-        rows.append({"path": str(path), "scores": dict(zip(names, probs, strict=True))})
+        rows.append({"path": to_storable(path), "shown": display(path),
+                     "scores": dict(zip(names, probs, strict=True))})
+    scored = [row for row in rows if "scores" in row]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-    else:
+        typer.echo(json.dumps([{k: v for k, v in row.items() if k != "shown"} for row in rows],
+                              indent=2))
+    elif scored and console.is_terminal:
         table = Table(title=escape(title))
-        table.add_column("image")
+        table.add_column("image", overflow="fold")
         for name in names:
-            table.add_column(escape(name), justify="right")
-        for row in rows:
-            if "scores" in row:
-                table.add_row(escape(row["path"]), *(f"{row['scores'][n]:.4f}" for n in names))
+            table.add_column(escape(name), justify="right", no_wrap=True)
+        for row in scored:
+            table.add_row(escape(row["shown"]), *(f"{row['scores'][n]:.4f}" for n in names))
         console.print(table)
+    elif scored:
+        typer.echo(f"# {display(title)}")
+        typer.echo("\t".join(["image", *map(display, names)]))
+        for row in scored:
+            typer.echo("\t".join([row["shown"], *(f"{row['scores'][n]:.4f}" for n in names)]))
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 

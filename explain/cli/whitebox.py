@@ -1,6 +1,7 @@
 """`explain deconv`, `explain guided`, `explain gradcam`, `explain layers`: white-box pictures.
 
-Per image NAME (the file's stem) in the output folder:
+Per image NAME in the output folder (the file's stem, made unique within the call by
+:func:`explain.files.output_names`; see the README, "Output files"):
 
 - deconv / guided: ``NAME.deconv.png`` (the Zeiler-style reconstruction: grey = zero, with a
   grey legend strip of its ±robust max),
@@ -21,6 +22,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from explain.backprop import deconvnet, guided_backprop, layers
@@ -28,30 +30,28 @@ from explain.cli.common import (
     EXIT_BAD_INPUT,
     AlphaOpt,
     BatchOpt,
-    ClassesOpt,
     ColormapOpt,
-    DeviceOpt,
+    ImageOutDirOpt,
     Images,
-    InputSizeOpt,
-    LogitsOpt,
-    MeanOpt,
-    ModelOpt,
+    ModelOptions,
     NoLegendOpt,
     NormalizeOpt,
-    OutDirOpt,
-    StdOpt,
     TargetOpt,
     VmaxOpt,
     VminOpt,
     console,
     error_line,
-    load_model,
+    gather_images,
+    output_stems,
+    read_image,
+    result_line,
     user_errors,
+    with_model_options,
 )
 from explain.errors import ImageError
+from explain.files import display, to_storable, write_text
 from explain.grad_cam import gradcam as gradcam_maps
 from explain.heatmap import Heatmap
-from explain.images import iter_image_files, load_image
 from explain.reconstruction import Reconstruction
 from explain.render import Scale, check_look, figure, save_png, with_legend
 
@@ -67,23 +67,22 @@ GradcamLayerOpt = Annotated[str | None, typer.Option(
 DEFAULT_BATCH = 16
 
 
-def _run(images: list[Path], batch_size: int | None,
+def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | None,
          explain_chunk: Callable[[list[np.ndarray]], list], write: Callable) -> None:
-    """Explain the readable images ``batch_size`` at a time and write each result; unreadable
-    ones are reported and skipped, and make the exit code 2 at the end."""
+    """Explain the readable images ``batch_size`` at a time and write each result under its
+    stem; unreadable ones are reported and skipped, and make the exit code 2 at the end."""
     size = batch_size or DEFAULT_BATCH
-    failed = 0
-    chunk: list[tuple[Path, np.ndarray]] = []
+    chunk: list[tuple[Path, Path, np.ndarray]] = []
 
     def flush() -> None:
-        for (path, img), result in zip(chunk, explain_chunk([img for _, img in chunk]),
-                                       strict=True):
-            write(path, img, result)
+        for (path, stem, img), result in zip(chunk, explain_chunk([c[2] for c in chunk]),
+                                             strict=True):
+            write(path, stem, img, result)
         chunk.clear()
 
-    for path in iter_image_files(images):
+    for path, stem in zip(paths, stems, strict=True):
         try:
-            chunk.append((path, load_image(path)))
+            chunk.append((path, stem, read_image(path)))
         except ImageError as exc:
             error_line(str(exc))
             failed += 1
@@ -99,43 +98,43 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
     """The `explain deconv` / `explain guided` command for a library ``method``."""
 
     @user_errors
-    def command(images: Images, layer: LayerOpt = None, neuron: NeuronOpt = "max",
-                target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw",
-                device: DeviceOpt = None, output: OutDirOpt = Path("."),
-                batch_size: BatchOpt = None, colormap: ColormapOpt = None,
-                alpha: AlphaOpt = 0.5, logits: LogitsOpt = False, classes: ClassesOpt = None,
-                input_size: InputSizeOpt = None, mean: MeanOpt = None,
-                std: StdOpt = None, normalize: NormalizeOpt = None, vmin: VminOpt = None,
-                vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
+    @with_model_options("open-nsfw")
+    def command(images: Images, models: ModelOptions, layer: LayerOpt = None,
+                neuron: NeuronOpt = "max", target: TargetOpt = "nsfw",
+                output: ImageOutDirOpt = Path("."), batch_size: BatchOpt = None,
+                colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
+                normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
+                no_legend: NoLegendOpt = False) -> None:
         check_look(colormap, normalize, vmin, vmax)
         look = dict(colormap=colormap, alpha=alpha, normalize=normalize or "percentile",
                     vmin=vmin, vmax=vmax, legend=not no_legend)
-        clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
-                         mean=mean, std=std)
-        output.mkdir(parents=True, exist_ok=True)
+        paths, failed = gather_images(images)
+        stems = output_stems(paths, output, suffix, [".png", ".overlay.png", ".json"])
+        clf = models.load()
 
         def explain_chunk(chunk: list[np.ndarray]) -> list:
             return method(clf, chunk, target=target, layer=layer, neuron=neuron,
                           batch_size=batch_size or DEFAULT_BATCH)
 
-        def write(path: Path, img: np.ndarray, rec: Reconstruction) -> None:
-            stem = output / f"{path.stem}.{suffix}"
+        def write(path: Path, stem: Path, img: np.ndarray, rec: Reconstruction) -> None:
             picture = rec.image()
             if not no_legend:
                 m = rec.image_scale()
                 labelled = replace(rec.magnitude,
                                    unit=f"{rec.magnitude.unit} per channel, grey = 0")
                 picture = with_legend(picture, labelled, Scale("gray", -m, m))
-            save_png(f"{stem}.png", picture)
-            save_png(f"{stem}.overlay.png", figure(img, rec.magnitude, **look))
-            Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **rec.metadata()},
-                                                       indent=2))
+            written = [
+                save_png(f"{stem}.png", picture),
+                save_png(f"{stem}.overlay.png", figure(img, rec.magnitude, **look)),
+                write_text(f"{stem}.json", json.dumps({"image": to_storable(path),
+                                                       **rec.metadata()}, indent=2)),
+            ]
             where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" \
                 if rec.layer else ""
-            console.print(f"{path}: {rec.target} {rec.score:.4f}{where} -> {stem}.png",
-                          highlight=False, soft_wrap=True, markup=False)
+            result_line(f"{display(path)}: {rec.target} {rec.score:.4f}{where} -> "
+                        f"{', '.join(map(display, written))}")
 
-        _run(images, batch_size, explain_chunk, write)
+        _run(paths, stems, failed, batch_size, explain_chunk, write)
 
     command.__doc__ = doc
     command.__name__ = suffix
@@ -151,52 +150,48 @@ guided = _reconstruction_command(
 
 
 @user_errors
-def gradcam(images: Images, layer: GradcamLayerOpt = None,
+@with_model_options("open-nsfw")
+def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
             guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times "
                                                  "guided backprop.")] = False,
-            target: TargetOpt = "nsfw", model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
-            output: OutDirOpt = Path("."), batch_size: BatchOpt = None,
-            colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5, logits: LogitsOpt = False,
-            classes: ClassesOpt = None, input_size: InputSizeOpt = None, mean: MeanOpt = None,
-            std: StdOpt = None, normalize: NormalizeOpt = None, vmin: VminOpt = None,
-            vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
+            target: TargetOpt = "nsfw", output: ImageOutDirOpt = Path("."),
+            batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
+            normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
+            no_legend: NoLegendOpt = False) -> None:
     """Grad-CAM (or guided Grad-CAM) heatmap of the target class, on the photo."""
     check_look(colormap, normalize, vmin, vmax)
     look = dict(colormap=colormap, alpha=alpha, vmin=vmin, vmax=vmax, legend=not no_legend,
                 normalize=normalize or ("percentile" if guided else "minmax"))
-    clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
-                     mean=mean, std=std)
-    output.mkdir(parents=True, exist_ok=True)
     suffix = "guided-gradcam" if guided else "gradcam"
+    paths, failed = gather_images(images)
+    stems = output_stems(paths, output, suffix, [".png", ".json"])
+    clf = models.load()
 
     def explain_chunk(chunk: list[np.ndarray]) -> list:
         return gradcam_maps(clf, chunk, target=target, layer=layer, guided=guided,
                             batch_size=batch_size or DEFAULT_BATCH)
 
-    def write(path: Path, img: np.ndarray, heatmap: Heatmap) -> None:
-        stem = output / f"{path.stem}.{suffix}"
-        save_png(f"{stem}.png", figure(img, heatmap, **look))
-        Path(f"{stem}.json").write_text(json.dumps({"image": str(path), **heatmap.metadata()},
-                                                   indent=2))
-        console.print(f"{path}: {heatmap.target} {heatmap.score:.4f}, layer "
-                      f"{heatmap.params['layer']} -> {stem}.png",
-                      highlight=False, soft_wrap=True, markup=False)
+    def write(path: Path, stem: Path, img: np.ndarray, heatmap: Heatmap) -> None:
+        written = [
+            save_png(f"{stem}.png", figure(img, heatmap, **look)),
+            write_text(f"{stem}.json", json.dumps({"image": to_storable(path),
+                                                   **heatmap.metadata()}, indent=2)),
+        ]
+        result_line(f"{display(path)}: {heatmap.target} {heatmap.score:.4f}, layer "
+                    f"{heatmap.params['layer']} -> {', '.join(map(display, written))}")
 
-    _run(images, batch_size, explain_chunk, write)
+    _run(paths, stems, failed, batch_size, explain_chunk, write)
 
 
 @user_errors
-def layers_command(model: ModelOpt = "open-nsfw", device: DeviceOpt = None,
-                   logits: LogitsOpt = False, classes: ClassesOpt = None,
-                   input_size: InputSizeOpt = None, mean: MeanOpt = None,
-                   std: StdOpt = None) -> None:
+@with_model_options("open-nsfw")
+def layers_command(models: ModelOptions) -> None:
     """List a torch model's layer names and output shapes (for --layer)."""
-    clf = load_model(model, device, logits=logits, classes=classes, input_size=input_size,
-                     mean=mean, std=std)
-    table = Table(title=f"{clf.name}: layers (output per image)")
+    clf = models.load()
+    table = Table(title=f"{escape(display(clf.name))}: layers (output per image)")
     table.add_column("layer")
     table.add_column("type")
     table.add_column("output shape")
     for name, kind, shape in layers(clf):
-        table.add_row(name, kind, "×".join(map(str, shape)) if shape else "-")
+        table.add_row(escape(name), escape(kind), "×".join(map(str, shape)) if shape else "-")
     console.print(table)
