@@ -43,7 +43,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
@@ -62,9 +62,9 @@ from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
 from explain.models import Classifier, load, resolve_target
 from explain.occlusion import FILLS, occlusion_map
-from explain.render import colormap_lut, overlay
+from explain.render import check_look, figure, overlay
 from explain.sliding import sliding_window_map
-from explain.windows import check_windows
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 DISPLAY_SIDE = 256
 THUMB_SIDE = 64
@@ -78,26 +78,27 @@ Progress = Callable[[int, int, str], None]
 class Options:
     """What every method is run and drawn with (the same for all, so panels compare)."""
 
-    box: int | tuple[int, int] = 64
-    stride: int | tuple[int, int] = 48
+    box: Size = DEFAULT_BOX
+    stride: Size = DEFAULT_STRIDE
     target: str | int = "nsfw"
     steps: int = 20
     fill: str = "blur"
     batch_size: int | None = None
-    colormap: str = "jet"
+    colormap: str | None = None
     alpha: float = 0.5
-    normalize: str = "minmax"
+    normalize: str | None = None
 
     def check(self) -> None:
         """Refuse bad values before any model runs (not once per image)."""
         if self.fill not in FILLS:
             raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
-        if self.normalize not in ("minmax", "percentile"):
-            raise OptionError(f"unknown normalize {self.normalize!r}; use minmax or percentile")
+        if self.normalize not in (None, "minmax", "percentile"):
+            raise OptionError(f"unknown normalize {self.normalize!r}; use minmax or percentile "
+                              "(or none: each map's own scale)")
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
         check_windows(self.box, self.stride)
-        colormap_lut(self.colormap)
+        check_look(self.colormap)
 
 
 @dataclass
@@ -264,10 +265,10 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> Met
     result.faith_seconds = time.perf_counter() - start
     # panels are drawn at display size: the map is shrunk like the image, then rendered
     small = shrink(image, DISPLAY_SIDE)
-    values = shrink(heatmap.values.astype(np.float32), DISPLAY_SIDE)
+    shown = replace(heatmap, values=shrink(heatmap.values.astype(np.float32), DISPLAY_SIDE))
     look = {"colormap": o.colormap, "normalize": o.normalize}
-    result.overlay_uri = data_uri(overlay(small, values, alpha=o.alpha, **look))
-    result.raw_uri = data_uri(overlay(small, values, alpha=1.0, **look))
+    result.overlay_uri = data_uri(figure(small, shown, alpha=o.alpha, **look))
+    result.raw_uri = data_uri(overlay(small, shown, alpha=1.0, **look))
     return result
 
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -48,7 +48,6 @@ from explain.audit.outputs import write_png
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError, ModelError, OptionError
 from explain.files import check_output_dir, display
-from explain.heatmap import Heatmap
 from explain.images import (
     DEFAULT_MAX_PIXELS,
     collect_warnings,
@@ -59,9 +58,16 @@ from explain.images import (
 from explain.models import Classifier, load, resolve_target
 from explain.models.base import resize
 from explain.occlusion import FILLS, occlusion_map
-from explain.render import overlay
+from explain.render import check_look, figure
 from explain.report import shrink
-from explain.windows import batch_limit, check_windows, fit_batch
+from explain.windows import (
+    DEFAULT_BOX,
+    DEFAULT_STRIDE,
+    Size,
+    batch_limit,
+    check_windows,
+    fit_batch,
+)
 
 AUDIT_FORMAT = 2  # 2: float batches for every image size (format 1 could score 256×256 ones 0)
 DETECT_SIDE = 640
@@ -76,15 +82,15 @@ class AuditOptions:
 
     threshold: float = 0.5
     top: int = 50
-    box: int | tuple[int, int] = 64
-    stride: int | tuple[int, int] = 48
+    box: Size = DEFAULT_BOX
+    stride: Size = DEFAULT_STRIDE
     fill: str = "gray"
     target: str = "nsfw"
     concepts: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int | None = None
     workers: int = 4
-    colormap: str = "jet"
+    colormap: str | None = None
     alpha: float = 0.5
     mosaic: int = 256
 
@@ -94,6 +100,7 @@ class AuditOptions:
         if self.top < 0:
             raise OptionError(f"top must be 0 or more, got {self.top}")
         check_windows(self.box, self.stride)
+        check_look(self.colormap)
         if self.fill not in FILLS:
             raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -363,15 +370,13 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
             shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"],
                                                            p["right"]))
                       for p in store.parts(row.id)}
-            small_rgb, small_values = shrink(rgb, SAVED_SIDE), shrink(heatmap.values, SAVED_SIDE)
-            stem = folder / f"{kind}_{row.id:07d}"
-            write_png(stem.with_suffix(".png"), overlay(small_rgb, small_values,
-                                                        colormap=o.colormap, alpha=o.alpha))
-            saved = Heatmap(values=small_values, method=heatmap.method, target=heatmap.target,
-                            score=heatmap.score, box=heatmap.box, stride=heatmap.stride,
-                            windows=heatmap.windows, seconds=heatmap.seconds,
+            small_rgb = shrink(rgb, SAVED_SIDE)
+            saved = replace(heatmap, values=shrink(heatmap.values, SAVED_SIDE),
                             params={**heatmap.params, "source": row.path,
                                     "original_shape": list(heatmap.shape)})
+            stem = folder / f"{kind}_{row.id:07d}"
+            write_png(stem.with_suffix(".png"), figure(small_rgb, saved, colormap=o.colormap,
+                                                       alpha=o.alpha))
             npy, _ = saved.save(stem)
             store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(
                 folder.parent)), str(npy.relative_to(folder.parent)),

@@ -46,8 +46,8 @@ def audit(
                                                   "the target.")] = 0.5,
     top: Annotated[int, typer.Option("--top", min=0, help="Heatmaps for this many false "
                                      "positives and as many false negatives.")] = 50,
-    box: BoxOpt = "64",
-    stride: StrideOpt = "48",
+    box: BoxOpt = "25%",
+    stride: StrideOpt = "18.75%",
     fill: FillOpt = "gray",
     concepts: Annotated[bool, typer.Option("--concepts/--no-concepts", help="Run the NudeNet "
                                            "part detector and measure each part's effect.")
@@ -59,7 +59,7 @@ def audit(
                                             "reported as errors.")] = DEFAULT_MAX_PIXELS,
     mosaic: Annotated[int, typer.Option("--mosaic", min=0, help="Images in the similarity "
                                         "mosaic (0: none).")] = 256,
-    colormap: ColormapOpt = "jet",
+    colormap: ColormapOpt = None,
     alpha: AlphaOpt = 0.5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:

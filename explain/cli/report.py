@@ -44,8 +44,9 @@ MethodsOpt = Annotated[str, typer.Option("--methods", help=f"Comma-separated: {A
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Deletion/insertion steps.")]
 DeletionFillOpt = Annotated[str, typer.Option("--fill", help="What deleted pixels become: gray, "
                                               "black, mean or blur (faithfulness).")]
-NormalizeOpt = Annotated[str, typer.Option("--normalize", help="minmax or percentile, the same "
-                                           "for every panel.")]
+NormalizeOpt = Annotated[str | None, typer.Option(
+    "--normalize", help="minmax or percentile for every panel (default: each map's own scale — "
+    "signed maps centred on 0, probabilities on 0..1).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="html or json.")]
 ReportOutOpt = Annotated[Path, typer.Option("--output", "-o", help="The report file.")]
 
@@ -53,10 +54,10 @@ ReportOutOpt = Annotated[Path, typer.Option("--output", "-o", help="The report f
 @user_errors
 @with_model_options("open-nsfw")
 def report(images: Images, models: ModelOptions, methods: MethodsOpt = ALL_METHODS,
-           box: BoxOpt = "64", stride: StrideOpt = "48", target: TargetOpt = "nsfw",
+           box: BoxOpt = "25%", stride: StrideOpt = "18.75%", target: TargetOpt = "nsfw",
            steps: StepsOpt = 20, fill: DeletionFillOpt = "blur", batch_size: BatchOpt = None,
-           colormap: ColormapOpt = "jet", alpha: AlphaOpt = 0.5,
-           normalize: NormalizeOpt = "minmax", fmt: FormatOpt = "html",
+           colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
+           normalize: NormalizeOpt = None, fmt: FormatOpt = "html",
            output: ReportOutOpt = Path("report.html")) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
     insertion AUC), rank them, and write one self-contained report."""
