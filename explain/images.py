@@ -64,14 +64,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               notes: list[str] | None = None) -> np.ndarray:
-    """Read ``path`` as an RGB uint8 array of shape (H, W, 3).
-
-    With ``notes`` (a list) and inside :func:`collect_warnings`, the warnings the decoding raises
-    are appended to ``notes`` instead of being shown (see :func:`warnings_into`).
-    """
-    p = Path(os.fsdecode(path))
+def _check_path(p: Path) -> None:
+    """What can be wrong with the path itself, before decoding: an ImageError naming it."""
     problem = _link_problem(p)
     if problem == "loop":
         raise ImageError(p, "is a symbolic link loop (it leads back to itself or to a folder "
@@ -88,6 +82,20 @@ def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX
         raise ImageError(p, "is a directory, not an image file")
     if p.stat().st_size == 0:
         raise ImageError(p, "file is empty (0 bytes)")
+
+
+def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               notes: list[str] | None = None) -> np.ndarray:
+    """Read ``path`` as an RGB uint8 array of shape (H, W, 3).
+
+    With ``notes`` (a list) and inside :func:`collect_warnings`, the warnings the decoding raises
+    are appended to ``notes`` instead of being shown (see :func:`warnings_into`).
+    """
+    p = Path(os.fsdecode(path))
+    try:
+        _check_path(p)
+    except OSError as exc:  # the system refuses the name itself (too long, …)
+        raise ImageError(p, f"cannot be read: {exc.strerror or exc}") from None
     # catch_warnings is process-wide: inside collect_warnings (decoding threads) it filters instead
     quiet = warnings.catch_warnings() if notes is None else warnings_into(notes)
     try:
@@ -171,7 +179,11 @@ def iter_image_files(paths: Iterable[str | bytes | os.PathLike], *,
     """
     for item in paths:
         p = Path(os.fsdecode(item))
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # a name the system refuses (too long): load_image reports it
+            is_dir = False
+        if is_dir:
             yield from _walk(p, skip)
         else:
             yield p

@@ -307,3 +307,13 @@ def test_result_lines_do_not_wrap_and_list_every_file(runner, work):
                        "photo.occlusion.side.png"]
     for name in written:
         assert f"out/{name}" in line
+
+
+def test_report_names_a_refused_file_name_and_goes_on(runner, work):
+    """The library turns the system's refusal of a name (too long) into that file's ImageError."""
+    report = runner.invoke(app, ["report", "photo.png", TOO_LONG, *PROBS, "--methods",
+                                 "occlusion", "--box", "30", "--stride", "30", "--steps", "2",
+                                 "-o", "r.html"])
+    assert report.exit_code == 2, report.output
+    assert "Traceback" not in report.output and "too long" in report.stderr.lower()
+    assert (work / "r.html").stat().st_size > 0

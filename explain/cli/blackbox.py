@@ -42,7 +42,6 @@ from explain.cli.common import (
     gather_images,
     int_pair,
     output_stems,
-    read_image,
     result_line,
     user_errors,
     with_model_options,
@@ -50,6 +49,7 @@ from explain.cli.common import (
 from explain.errors import ExplainError, OptionError
 from explain.files import display
 from explain.heatmap import Heatmap
+from explain.images import load_image
 from explain.models import resolve_target
 from explain.occlusion import FILLS, occlusion_map
 from explain.render import check_look, figure, save_png, side_by_side
@@ -80,7 +80,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
         for path, stem in zip(paths, stems, strict=True):
             task = bar.add_task(escape(display(path.name)), total=None)
             try:
-                img = read_image(path)
+                img = load_image(path)
                 hm = make_map(clf, img, box=box_px, stride=stride_px, target=target,
                               batch_size=batch_size,
                               progress=lambda done, total, t=task: bar.update(

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from explain.errors import ExplainError, ImageError, OptionError
+from explain.errors import ExplainError, OptionError
 from explain.files import check_output_dir, check_outputs, display, output_names
 
 console = Console()
@@ -116,13 +116,7 @@ def gather_images(items: Sequence[Path]) -> Inputs:
     and counts as a failure; nothing to do at all is an error."""
     from explain.images import iter_image_files
 
-    def expand(item: Path) -> list[Path]:
-        try:
-            return list(iter_image_files([item]))
-        except OSError:  # not even a folder test passes (a name too long): read_image says why
-            return [item]
-
-    found = [expand(item) for item in items]
+    found = [list(iter_image_files([item])) for item in items]
     if not any(found):
         raise OptionError(f"no image files in {', '.join(display(i) for i in items)}")
     empty = [item for item, files in zip(items, found, strict=True) if not files]
@@ -140,17 +134,6 @@ def output_stems(paths: Sequence[Path], folder: Path, method: str,
     stems = [folder / f"{name}.{method}" for name in output_names(paths)]
     check_outputs([f"{stem}{suffix}" for stem in stems for suffix in suffixes], paths)
     return stems
-
-
-def read_image(path: Path):  # noqa: ANN201
-    """:func:`explain.images.load_image`, with an operating-system refusal (a name too long,
-    a permission) turned into that file's error like any other bad file."""
-    from explain.images import load_image
-
-    try:
-        return load_image(path)
-    except OSError as exc:
-        raise ImageError(path, exc.strerror or str(exc)) from None
 
 
 def result_line(text: str) -> None:

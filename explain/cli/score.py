@@ -16,13 +16,12 @@ from explain.cli.common import (
     console,
     error_line,
     gather_images,
-    read_image,
     user_errors,
     with_model_options,
 )
 from explain.errors import ExplainError
 from explain.files import display, to_storable
-from explain.images import to_tensor
+from explain.images import load_image, to_tensor
 from explain.models import BUNDLED, SPEC_FORMS, resolve_target
 
 
@@ -44,7 +43,7 @@ def score(images: Images, models: ModelOptions, target: TargetOpt = None,
     rows = []
     for path in paths:
         try:
-            probs = clf.predict(to_tensor(read_image(path), clf.device))[0].tolist()
+            probs = clf.predict(to_tensor(load_image(path), clf.device))[0].tolist()
         except ExplainError as exc:
             error_line(str(exc))
             rows.append({"path": to_storable(path), "error": str(exc)})

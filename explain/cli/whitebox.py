@@ -43,7 +43,6 @@ from explain.cli.common import (
     error_line,
     gather_images,
     output_stems,
-    read_image,
     result_line,
     user_errors,
     with_model_options,
@@ -52,6 +51,7 @@ from explain.errors import ImageError
 from explain.files import display, to_storable, write_text
 from explain.grad_cam import gradcam as gradcam_maps
 from explain.heatmap import Heatmap
+from explain.images import load_image
 from explain.reconstruction import Reconstruction
 from explain.render import Scale, check_look, figure, save_png, with_legend
 
@@ -82,7 +82,7 @@ def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | No
 
     for path, stem in zip(paths, stems, strict=True):
         try:
-            chunk.append((path, stem, read_image(path)))
+            chunk.append((path, stem, load_image(path)))
         except ImageError as exc:
             error_line(str(exc))
             failed += 1
