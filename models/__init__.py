@@ -87,7 +87,8 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
     if text.partition(":")[0] in BUNDLED:
         raise ModelError(f"unknown model {text!r}; the bundled models are {', '.join(BUNDLED)}")
     if is_url(text):
-        return HttpClassifier(text, class_names=class_names, logits=logits)
+        return HttpClassifier(text, class_names=class_names, logits=logits,
+                              input_size=_pixels_only(preprocess, text))
     suffix = Path(text).suffix.lower()
     if suffix in (".pt", ".ts", ".pth", ".onnx"):
         if not Path(text).is_file():
@@ -103,8 +104,22 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
             return TorchClassifier(obj, preprocess or Preprocess(input_size=None),
                                    class_names=class_names, device=device, logits=logits,
                                    name=text)
-        return CallableClassifier(obj, class_names=class_names, logits=logits, name=text)
+        return CallableClassifier(obj, class_names=class_names, logits=logits, name=text,
+                                  input_size=_pixels_only(preprocess, text))
     raise ModelError(
         f"unknown model {text!r}. Use one of: "
         + "; ".join(f"{k} ({v})" for k, v in SPEC_FORMS.items())
     )
+
+
+def _pixels_only(preprocess: Preprocess | None, spec: str) -> tuple[int, int] | None:
+    """The input size of a model that is sent uint8 pixels (a function, an endpoint): it may be
+    resized for it, but a mean/std or crop would be silently meaningless, so they are refused."""
+    if preprocess is None:
+        return None
+    if preprocess.mean != (0.0, 0.0, 0.0) or preprocess.std != (1.0, 1.0, 1.0) \
+            or preprocess.crop is not None or preprocess.channel_order != "RGB":
+        raise ModelError(f"model {spec} is sent uint8 RGB pixels: --mean/--std (normalisation) "
+                         "apply to torch and ONNX models only; normalise inside the function "
+                         "or endpoint")
+    return tuple(preprocess.input_size) if preprocess.input_size else None

@@ -188,7 +188,7 @@ class CallableClassifier(BaseClassifier):
 
     def _scores(self, batch: torch.Tensor) -> object:
         try:
-            return self.fn(to_uint8_images(batch))
+            return self.fn(to_uint8_images(self.at_input_size(batch)))
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit too: a model must not end the program

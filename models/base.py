@@ -176,6 +176,14 @@ class BaseClassifier:
     def class_names(self, names: Sequence[str] | None) -> None:
         self._class_names = list(names) if names is not None else None
 
+    def at_input_size(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch`` resized to ``input_size`` when one is declared and the batch is not at it:
+        what an adapter without a :class:`Preprocess` (a function, an endpoint) does, so that
+        the engine's resize-once and a direct ``predict`` give the same scores."""
+        if self.input_size is None or tuple(batch.shape[-2:]) == tuple(self.input_size):
+            return batch
+        return resize(batch, tuple(self.input_size))
+
     @torch.no_grad()
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.ndim != 4 or batch.shape[1] != 3:

@@ -275,7 +275,7 @@ class HttpClassifier(BaseClassifier):
         return reply
 
     def _scores(self, batch: torch.Tensor) -> np.ndarray:
-        arr = to_uint8_images(batch)
+        arr = to_uint8_images(self.at_input_size(batch))
         rows: list = []
         for start in range(0, len(arr), self.max_batch):
             chunk = [encode_png(a) for a in arr[start:start + self.max_batch]]

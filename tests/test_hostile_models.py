@@ -217,3 +217,24 @@ def test_check_scores_still_takes_integer_and_float16_scores():
     out = check_scores(np.array([[0.25, 0.75]], dtype=np.float16), 1, None, logits=False,
                        name="f")
     torch.testing.assert_close(out, torch.tensor([[0.25, 0.75]]))
+
+
+def test_function_model_with_an_input_size_scores_the_same_however_it_is_fed(tmp_path):
+    """--input-size on a function model is honoured (not silently ignored): a direct predict at
+    full size equals the engine's resize-once path, and normalisation options are refused."""
+    from explain.models import Preprocess, load
+    from explain.models.base import resize
+
+    module = tmp_path / "corner.py"
+    module.write_text("import numpy as np\n\n"
+                      "def probs(batch):\n"
+                      "    assert batch.shape[1:3] == (16, 16), batch.shape\n"
+                      "    p = batch[:, :8, :8].reshape(len(batch), -1).mean(1) / 255.0\n"
+                      "    return np.stack([1 - p, p], axis=1)\n")
+    clf = load(f"{module}:probs", preprocess=Preprocess(input_size=(16, 16)),
+               class_names=["a", "b"])
+    assert clf.input_size == (16, 16)
+    x = torch.rand(2, 3, 40, 56)
+    assert torch.allclose(clf.predict(x), clf.predict(resize(x, (16, 16))), atol=1e-6)
+    with pytest.raises(ModelError, match="--mean/--std"):
+        load(f"{module}:probs", preprocess=Preprocess(input_size=(16, 16), mean=(0.5, 0.5, 0.5)))

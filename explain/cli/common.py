@@ -40,8 +40,8 @@ LogitsOpt = Annotated[bool, typer.Option("--logits", help="The model returns log
                                                            "softmax.")]
 ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Class names, comma-separated "
                                                                   "(sfw,nsfw).")]
-InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="Torch/ONNX file models: "
-                                                  "square input size to resize to.")]
+InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="Square input size the "
+                                                  "model resizes every image to (any model).")]
 MeanOpt = Annotated[str | None, typer.Option("--mean", help="Torch/ONNX file models: per-channel "
                                              "mean on [0,1] scale, e.g. 0.485,0.456,0.406.")]
 StdOpt = Annotated[str | None, typer.Option("--std", help="Torch/ONNX file models: per-channel "
