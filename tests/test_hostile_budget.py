@@ -180,3 +180,16 @@ def test_white_box_batches_shrink_to_the_budget(monkeypatch):
     images = [np.zeros((32, 32, 3), np.uint8)] * 5 + [np.zeros((8, 8, 3), np.uint8)]
     assert list(batches(images, 16)) == [[0, 1], [2, 3], [4], [5]]
     assert list(batches(images, 16, torch.device("cpu"), (1, 1)))[0] == [0, 1, 2, 3, 4]
+
+
+def test_report_whose_methods_fail_on_the_budget_says_so_and_exits_2(folder):
+    """A batch size the budget refuses fails each method on the image: each failure is one red
+    line and the exit code is 2, never a quiet exit 0 with an empty ranking."""
+    args = ["report", str(folder / "p0.png"), "--model", "open-nsfw:onnx", "--methods",
+            "occlusion,sliding", "--steps", "2", "-b", "1000000", "-o",
+            str(folder.parent / "r.html")]
+    result = CliRunner().invoke(app, args, env={BUDGET_ENV: "20M"})
+    assert result.exit_code == 2, result.output
+    assert "Occlusion failed: batches of" in result.output
+    assert "Sliding window failed: batches of" in result.output
+    assert (folder.parent / "r.html").stat().st_size > 0  # the report is still written

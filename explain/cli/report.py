@@ -87,6 +87,9 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = ALL_METHO
     failed = [img for img in result.images if img.error]
     for img in failed:
         error_line(f"{display(img.path)}: {img.error}")
+    method_failures = [(img, m) for img in result.images for m in img.methods if m.error]
+    for img, m in method_failures:
+        error_line(f"{display(img.path)}: {m.title} failed: {m.error}")
     ok = len(result.images) - len(failed)
     if result.summary:
         console.print(_summary_table(result, ok))
@@ -95,7 +98,7 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = ALL_METHO
         result_line(f"not ranked: {name}: {display(why)}")
     result_line(f"wrote {display(output)} ({output.stat().st_size / 1e6:.1f} MB) in "
                 f"{result.seconds:.1f} s")
-    if failed or failed_inputs:
+    if failed or failed_inputs or method_failures:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
