@@ -39,8 +39,7 @@ def _seed():
     np.random.seed(0)
 
 
-@pytest.fixture(scope="session")
-def chromium() -> str:
+def find_chromium() -> str:
     """The Debian chromium that the page tests drive. Missing, it is a listed skip on a
     developer's machine and a failure under CI (``CI=true``), where .ci/run installs it."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -50,6 +49,12 @@ def chromium() -> str:
             pytest.fail(f"{reason}: under CI the browser tests must run, not be skipped")
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """:func:`find_chromium`, once per session."""
+    return find_chromium()
 
 
 def assert_cli_picture(path: Path, draw: Callable[..., np.ndarray], image: np.ndarray,
