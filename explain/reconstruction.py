@@ -14,12 +14,12 @@ magnitude on the photo through the shared renderer :func:`explain.render.overlay
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from explain.heatmap import Heatmap
-from explain.render import overlay
+from explain.render import Scale, overlay, with_legend
 
 
 @dataclass
@@ -59,6 +59,16 @@ class Reconstruction:
         scale = self.image_scale(percentile=percentile)
         centred = 0.5 + 0.5 * np.clip(self.values / scale, -1.0, 1.0)
         return np.rint(centred * 255.0).astype(np.uint8)
+
+    def picture(self, *, legend: bool = True, percentile: float = 99.5) -> np.ndarray:
+        """:meth:`image`, with (unless ``legend=False``) the legend strip of its grey scale:
+        ±the robust max of :meth:`image_scale`, grey = 0."""
+        picture = self.image(percentile=percentile)
+        if not legend:
+            return picture
+        m = self.image_scale(percentile=percentile)
+        labelled = replace(self.magnitude, unit=f"{self.magnitude.unit} per channel, grey = 0")
+        return with_legend(picture, labelled, Scale("gray", -m, m))
 
     def overlay(self, image: np.ndarray, *, colormap: str = "jet", alpha: float = 0.5,
                 normalize: str = "percentile", **kwargs: object) -> np.ndarray:

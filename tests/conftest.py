@@ -1,10 +1,17 @@
-"""Shared fixtures: the real open_nsfw on both backends (built once) and real photos."""
+"""Shared fixtures: the real open_nsfw on both backends (built once), real photos, the browser
+for the page tests, and the one comparison of a CLI picture with the renderer's."""
 
 from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage import data
 
 from explain.models import load
@@ -30,3 +37,39 @@ def photos() -> dict[str, np.ndarray]:
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+def find_chromium() -> str:
+    """The Debian chromium that the page tests drive. Missing, it is a listed skip on a
+    developer's machine and a failure under CI (``CI=true``), where .ci/run installs it."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        reason = "Debian chromium is not installed (apt-get install chromium; .ci/run does it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}: under CI the browser tests must run, not be skipped")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """:func:`find_chromium`, once per session."""
+    return find_chromium()
+
+
+def assert_cli_picture(path: Path, draw: Callable[..., np.ndarray], image: np.ndarray,
+                       result: object, **options: object) -> None:
+    """The PNG the CLI wrote at ``path`` holds exactly ``draw(image, result, **options)``, the
+    picture the library draws for the same image and map (``result``: a Heatmap or a
+    Reconstruction). The one place to adjust when the CLI's pictures change form."""
+    expected = draw(image, result, **options)
+    written = np.asarray(Image.open(path).convert("RGB"))
+    assert written.shape == expected.shape, (path, written.shape, expected.shape)
+    differ = (written != expected).any(axis=2)
+    assert not differ.any(), f"{path}: {differ.sum()} of {differ.size} pixels differ"
+
+
+@pytest.fixture
+def cli_picture() -> Callable[..., None]:
+    """:func:`assert_cli_picture`, for the CLI tests."""
+    return assert_cli_picture

@@ -1,5 +1,6 @@
-"""`explain occlude` / `explain slide` through typer's CliRunner: files written at the input's
-size, bad images reported in one line while the others go on, bad options refused."""
+"""`explain occlude` / `explain slide` through typer's CliRunner: each map and picture equal to
+what the library computes for the same file, bad images reported in one line while the others
+go on, bad options refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from explain import occlusion_map, sliding_window_map
 from explain.cli import app
+from explain.images import load_image
+from explain.models import load
+from explain.render import figure, side_by_side
 
 TINY = '''
 import numpy as np
@@ -38,41 +43,62 @@ def files(tmp_path, photos, monkeypatch) -> dict[str, str]:
     return {"cat": "cat.png", "cup": "cup.jpg", "bad": "notes.jpg", "model": "tiny.py:score"}
 
 
-def test_occlude_default_model_writes_overlay_side_by_side_and_npy(runner, files):
+def test_occlude_default_model_writes_overlay_side_by_side_and_npy(runner, files, nsfw_onnx,
+                                                                   cli_picture):
     result = runner.invoke(app, ["occlude", files["cat"], "--box", "64", "--stride", "48",
-                                 "-o", "out", "--side-by-side", "--save-npy", "--no-legend"])
+                                 "-o", "out", "--side-by-side", "--save-npy", "--colormap", "jet",
+                                 "--alpha", "0.5"])
     assert result.exit_code == 0, result.output
-    assert Image.open("out/cat.occlusion.png").size == (160, 120)
-    assert Image.open("out/cat.occlusion.side.png").size[1] == 120
+    img = load_image(files["cat"])
+    # the default model on CPU is open-nsfw:onnx
+    expected = occlusion_map(nsfw_onnx, img, box=64, stride=48, target="nsfw")
     values = np.load("out/cat.occlusion.npy")
+    assert values.shape == (120, 160)
+    np.testing.assert_allclose(values, expected.values, rtol=0, atol=1e-6)
     meta = json.loads(open("out/cat.occlusion.json").read())
     # rows 0, 48 + flush 56; columns 0, 48, 96: 3 x 3 windows
-    assert values.shape == (120, 160) and meta["windows"] == 9 and meta["method"] == "occlusion"
+    assert meta["windows"] == 9 and meta["method"] == "occlusion"
+    assert meta["score"] == pytest.approx(expected.score, abs=1e-6)
+    assert f"{expected.score:.4f}" in result.stdout
+    cli_picture("out/cat.occlusion.png", figure, img, expected, colormap="jet", alpha=0.5)
+    cli_picture("out/cat.occlusion.side.png", side_by_side, img, expected, colormap="jet",
+                alpha=0.5)
     assert "9 windows" in result.stdout
     assert "out/cat.occlusion.png" in result.stdout.replace("\n", "")
 
 
-def test_bad_image_is_one_line_and_the_others_go_on(runner, files):
+def test_bad_image_is_one_line_and_the_others_go_on(runner, files, cli_picture):
     result = runner.invoke(app, ["occlude", files["cat"], files["bad"], files["cup"], "-m",
                                  files["model"], "--target", "1", "--box", "32", "--stride", "16",
-                                 "-o", "out", "--fill", "black", "--no-legend"])
+                                 "-o", "out", "--fill", "black", "--save-npy",
+                                 "--colormap", "jet", "--alpha", "0.5"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:")
     assert "notes.jpg" in result.stderr and "not an image" in result.stderr
-    assert Image.open("out/cat.occlusion.png").size == (160, 120)
-    assert Image.open("out/cup.occlusion.png").size == (70, 90)
+    tiny = load(files["model"])
+    for name in ("cat", "cup"):
+        img = load_image(files[name])
+        expected = occlusion_map(tiny, img, box=32, stride=16, target=1, fill="black")
+        np.testing.assert_allclose(np.load(f"out/{name}.occlusion.npy"), expected.values,
+                                   rtol=0, atol=1e-6)
+        cli_picture(f"out/{name}.occlusion.png", figure, img, expected, colormap="jet",
+                    alpha=0.5)
 
 
-def test_slide_writes_sliding_png(runner, files):
+def test_slide_writes_sliding_png(runner, files, cli_picture):
     result = runner.invoke(app, ["slide", files["cup"], "-m", files["model"], "-t", "1",
                                  "--box", "40,30", "--stride", "20,15", "-o", "out",
-                                 "--colormap", "viridis", "--alpha", "0.7", "--save-npy",
-                                 "--no-legend"])
+                                 "--colormap", "viridis", "--alpha", "0.7", "--save-npy"])
     assert result.exit_code == 0, result.output
-    assert Image.open("out/cup.sliding.png").size == (70, 90)
+    img = load_image(files["cup"])
+    expected = sliding_window_map(load(files["model"]), img, box=(40, 30), stride=(20, 15),
+                                  target=1)
+    np.testing.assert_allclose(np.load("out/cup.sliding.npy"), expected.values, rtol=0,
+                               atol=1e-6)
     meta = json.loads(open("out/cup.sliding.json").read())
     assert meta["box"] == [40, 30] and meta["stride"] == [20, 15]
+    cli_picture("out/cup.sliding.png", figure, img, expected, colormap="viridis", alpha=0.7)
 
 
 @pytest.mark.parametrize("args,word", [(["--fill", "pink"], "--fill"),

@@ -1,20 +1,19 @@
-"""`explain deconv/guided/gradcam/layers` through typer's CliRunner, on the real open_nsfw."""
+"""`explain deconv/guided/gradcam/layers` through typer's CliRunner, on the real open_nsfw: each
+picture and its metadata equal to what the library computes for the same file."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from explain.backprop import deconvnet
+from explain import deconvnet, gradcam, guided_backprop
 from explain.cli import app
-from explain.grad_cam import gradcam
 from explain.images import load_image
-from explain.render import Scale, figure, with_legend
+from explain.render import figure
 
 
 @pytest.fixture(scope="module")
@@ -33,49 +32,75 @@ def run(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def test_deconv_writes_pictures_and_goes_on_after_a_bad_image(files, tmp_path, nsfw_torch):
+def zeiler(_image: np.ndarray, rec) -> np.ndarray:
+    return rec.picture()
+
+
+def magnitude_overlay(image: np.ndarray, rec, **options) -> np.ndarray:
+    return figure(image, rec.magnitude, normalize="percentile", **options)
+
+
+def assert_metadata(meta: dict, expected: dict) -> None:
+    """The written metadata is the library's, numbers to float32 precision, timings aside."""
+    for key, value in json.loads(json.dumps(expected)).items():
+        if key == "seconds":
+            continue
+        if isinstance(value, float):
+            assert meta[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+        else:
+            assert meta[key] == value, key
+
+
+def test_deconv_writes_pictures_and_goes_on_after_a_bad_image(files, tmp_path, nsfw_torch,
+                                                              cli_picture):
     res = run("deconv", str(files["cat"]), str(files["broken"]), str(files["cup"]),
-              "-o", str(tmp_path), "--batch-size", "1")
+              "-o", str(tmp_path), "--batch-size", "1", "--colormap", "jet", "--alpha", "0.5")
     assert res.exit_code == 2, res.output
     assert "broken.jpg" in res.stderr and res.stderr.count("\n") == 1
-    for stem, shape in (("cat", (75, 113)), ("cup[red]", (80, 120))):
-        img = load_image(files["cat" if stem == "cat" else "cup"])
-        rec = deconvnet(nsfw_torch, img)
-        picture = np.array(Image.open(tmp_path / f"{stem}.deconv.png"))
-        m = rec.image_scale()
-        labelled = replace(rec.magnitude, unit="relevance (a.u.) per channel, grey = 0")
-        assert np.array_equal(picture, with_legend(rec.image(), labelled, Scale("gray", -m, m)))
-        expected = figure(img, rec.magnitude, normalize="percentile")
-        assert np.array_equal(np.array(Image.open(tmp_path / f"{stem}.deconv.overlay.png")),
-                              expected)
+    for name, stem, shape in (("cat", "cat", (75, 113)), ("cup", "cup[red]", (80, 120))):
+        img = load_image(files[name])
+        expected = deconvnet(nsfw_torch, img, target="nsfw")
         meta = json.loads((tmp_path / f"{stem}.deconv.json").read_text())
         assert meta["method"] == "deconvnet" and meta["target"] == "nsfw"
         assert meta["shape"] == [*shape, 3] and meta["layer"] is None
+        assert_metadata(meta, expected.metadata())
+        cli_picture(tmp_path / f"{stem}.deconv.png", zeiler, img, expected)
+        cli_picture(tmp_path / f"{stem}.deconv.overlay.png", magnitude_overlay, img, expected,
+                    colormap="jet", alpha=0.5)
     assert not list(tmp_path.glob("broken*"))
 
 
-def test_guided_neuron_mode(files, tmp_path):
+def test_guided_neuron_mode(files, tmp_path, nsfw_torch, cli_picture):
     res = run("guided", str(files["cat"]), "--layer", "stages.3", "--neuron", "5,1,2",
-              "-o", str(tmp_path))
+              "-o", str(tmp_path), "--colormap", "viridis", "--alpha", "0.6")
     assert res.exit_code == 0, res.output
+    img = load_image(files["cat"])
+    expected = guided_backprop(nsfw_torch, img, layer="stages.3", neuron=(5, 1, 2))
     meta = json.loads((tmp_path / "cat.guided.json").read_text())
     assert meta["layer"] == "stages.3" and meta["neuron"] == [5, 1, 2]
+    assert_metadata(meta, expected.metadata())
     assert "stages.3[5, 1, 2]" in res.stdout
-    assert (tmp_path / "cat.guided.png").is_file()
-    assert (tmp_path / "cat.guided.overlay.png").is_file()
+    cli_picture(tmp_path / "cat.guided.png", zeiler, img, expected)
+    cli_picture(tmp_path / "cat.guided.overlay.png", magnitude_overlay, img, expected,
+                colormap="viridis", alpha=0.6)
 
 
-def test_gradcam_and_guided_gradcam(files, tmp_path, nsfw_torch):
+def test_gradcam_and_guided_gradcam(files, tmp_path, nsfw_torch, cli_picture):
     img = load_image(files["cup"])
-    for extra, stem in (((), "gradcam"), (("--guided",), "guided-gradcam")):
-        res = run("gradcam", str(files["cup"]), "-t", "sfw", "-o", str(tmp_path), *extra)
+    for guided, normalize, stem in ((False, "minmax", "gradcam"),
+                                    (True, "percentile", "guided-gradcam")):
+        extra = ("--guided",) if guided else ()
+        res = run("gradcam", str(files["cup"]), "-t", "sfw", "-o", str(tmp_path), "--colormap",
+                  "jet", "--alpha", "0.5", *extra)
         assert res.exit_code == 0, res.output
         assert "cup[red].jpg" in res.stdout  # printed as is, not as rich markup
-        expected = figure(img, gradcam(nsfw_torch, img, target="sfw", guided=bool(extra)),
-                          normalize="percentile" if extra else "minmax")
-        assert np.array_equal(np.array(Image.open(tmp_path / f"cup[red].{stem}.png")), expected)
+        expected = gradcam(nsfw_torch, img, target="sfw", guided=guided)
         meta = json.loads((tmp_path / f"cup[red].{stem}.json").read_text())
         assert meta["params"]["layer"] == "stages.3" and meta["target"] == "sfw"
+        assert meta["shape"] == [80, 120]
+        assert_metadata(meta, expected.metadata())
+        cli_picture(tmp_path / f"cup[red].{stem}.png", figure, img, expected, colormap="jet",
+                    alpha=0.5, normalize=normalize)
 
 
 def test_layers_lists_the_names():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cv2
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
@@ -84,9 +86,25 @@ def test_signed_map_on_diverging_colormap_centres_zero():
     assert np.array_equal(pct[0, 1], colormap_lut("bwr")[128])
 
 
-def test_colormaps_from_opencv_and_matplotlib_and_unknown():
-    assert not np.array_equal(colormap_lut("jet"), colormap_lut("viridis"))
-    assert colormap_lut("magma").shape == (256, 3) and colormap_lut("bwr").shape == (256, 3)
+def test_colormaps_are_opencv_and_matplotlib_values_in_rgb():
+    ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    for name, code in (("jet", cv2.COLORMAP_JET), ("turbo", cv2.COLORMAP_TURBO),
+                       ("viridis", cv2.COLORMAP_VIRIDIS)):
+        bgr = cv2.applyColorMap(ramp, code).reshape(256, 3)
+        assert np.array_equal(colormap_lut(name), bgr[:, ::-1]), name
+    jet = colormap_lut("jet")  # the classic ends: dark blue (lowest) to dark red (highest)
+    assert jet[0].tolist() == [0, 0, 128] and jet[255].tolist() == [128, 0, 0]
+    # OpenCV's viridis is matplotlib's, so the two libraries agree once the order is RGB
+    mpl_viridis = matplotlib.colormaps["viridis"](np.arange(256), bytes=True)[:, :3]
+    assert np.abs(colormap_lut("viridis").astype(int) - mpl_viridis).max() <= 1
+    for name in ("coolwarm", "RdBu"):  # not in OpenCV: matplotlib's table, rounded
+        table = matplotlib.colormaps[name](np.arange(256))[:, :3]
+        assert np.array_equal(colormap_lut(name), np.rint(table * 255).astype(np.uint8)), name
+    # bwr is built in (the default for signed maps, matplotlib or not): matplotlib's within one
+    # level, but with pure white exactly at the middle entry 128, where 0 is drawn
+    mpl_bwr = np.rint(matplotlib.colormaps["bwr"](np.arange(256))[:, :3] * 255)
+    assert np.abs(colormap_lut("bwr").astype(int) - mpl_bwr).max() <= 1
+    assert colormap_lut("bwr")[128].tolist() == [255, 255, 255]
     with pytest.raises(OptionError, match="unknown colormap"):
         colormap_lut("no-such-map")
 
@@ -100,9 +118,30 @@ def test_bad_options_are_option_errors():
         overlay(GRAY, np.zeros((2, 3, 4)))
 
 
-def test_smaller_heatmap_is_resized_and_gray_or_float_images_accepted():
-    out = overlay(np.full((20, 30), 0.5), np.random.rand(5, 7))
+def _bilinear(picture: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``picture`` resized to (h, w) by bilinear interpolation between pixel centres (the
+    half-pixel convention of OpenCV and PIL), edges held."""
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(x).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), x - lo
+
+    y0, y1, fy = axis(h, picture.shape[0])
+    x0, x1, fx = axis(w, picture.shape[1])
+    p = picture.astype(np.float64)
+    top = p[y0][:, x0] * (1 - fx)[None, :, None] + p[y0][:, x1] * fx[None, :, None]
+    bottom = p[y1][:, x0] * (1 - fx)[None, :, None] + p[y1][:, x1] * fx[None, :, None]
+    return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
+
+
+def test_smaller_heatmap_is_coloured_then_resized_and_gray_or_float_images_accepted():
+    small = np.random.rand(5, 7)
+    out = overlay(np.full((20, 30), 0.5), small)  # a float gray image: 0.5 is grey 128
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    colours = colormap_lut("jet")[np.rint((small - small.min()) / np.ptp(small) * 255)
+                                  .astype(int)]
+    expected = 0.5 * 128 + 0.5 * _bilinear(colours, 20, 30)
+    assert np.abs(out - expected).max() <= 1  # OpenCV resizes uint8 in fixed point
 
 
 def test_side_by_side_with_legend_and_save_png(tmp_path):

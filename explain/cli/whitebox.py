@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -53,7 +52,7 @@ from explain.grad_cam import gradcam as gradcam_maps
 from explain.heatmap import Heatmap
 from explain.images import load_image
 from explain.reconstruction import Reconstruction
-from explain.render import Scale, check_look, figure, save_png, with_legend
+from explain.render import check_look, figure, save_png
 
 LayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Reconstruct one activation of this layer (names: `explain layers`) "
@@ -117,14 +116,8 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
                           batch_size=batch_size or DEFAULT_BATCH)
 
         def write(path: Path, stem: Path, img: np.ndarray, rec: Reconstruction) -> None:
-            picture = rec.image()
-            if not no_legend:
-                m = rec.image_scale()
-                labelled = replace(rec.magnitude,
-                                   unit=f"{rec.magnitude.unit} per channel, grey = 0")
-                picture = with_legend(picture, labelled, Scale("gray", -m, m))
             written = [
-                save_png(f"{stem}.png", picture),
+                save_png(f"{stem}.png", rec.picture(legend=not no_legend)),
                 save_png(f"{stem}.overlay.png", figure(img, rec.magnitude, **look)),
                 write_text(f"{stem}.json", json.dumps({"image": to_storable(path),
                                                        **rec.metadata()}, indent=2)),
