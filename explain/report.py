@@ -87,18 +87,17 @@ class Options:
     colormap: str | None = None
     alpha: float = 0.5
     normalize: str | None = None
+    vmin: float | None = None
+    vmax: float | None = None
 
     def check(self) -> None:
         """Refuse bad values before any model runs (not once per image)."""
         if self.fill not in FILLS:
             raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
-        if self.normalize not in (None, "minmax", "percentile"):
-            raise OptionError(f"unknown normalize {self.normalize!r}; use minmax or percentile "
-                              "(or none: each map's own scale)")
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
         check_windows(self.box, self.stride)
-        check_look(self.colormap)
+        check_look(self.colormap, self.normalize, self.vmin, self.vmax)
 
 
 @dataclass
@@ -266,7 +265,7 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> Met
     # panels are drawn at display size: the map is shrunk like the image, then rendered
     small = shrink(image, DISPLAY_SIDE)
     shown = replace(heatmap, values=shrink(heatmap.values.astype(np.float32), DISPLAY_SIDE))
-    look = {"colormap": o.colormap, "normalize": o.normalize}
+    look = {"colormap": o.colormap, "normalize": o.normalize, "vmin": o.vmin, "vmax": o.vmax}
     result.overlay_uri = data_uri(figure(small, shown, alpha=o.alpha, **look))
     result.raw_uri = data_uri(overlay(small, shown, alpha=1.0, **look))
     return result

@@ -376,3 +376,26 @@ def test_decoding_warnings_are_attached_to_their_image_not_printed(tmp_path, cap
     assert all(rows[n]["warnings"] == "" for n in ("a.png", "b.png", "c.png"))
     assert "Tag data" not in capfd.readouterr().err
     assert not [w for w in recwarn if "tag" in str(w.message).lower()]
+
+
+def test_an_edited_label_csv_starts_a_new_run_instead_of_resuming_stale_labels(tmp_path):
+    """The run key holds a digest of the label CSV's rows: fixing a wrong label and re-running
+    must not resume the old run (whose metrics were computed with the old label)."""
+    from explain.audit import AuditOptions, audit
+    from explain.models.adapters import CallableClassifier
+
+    for name, level in (("a", 10), ("b", 240)):
+        Image.fromarray(np.full((16, 16, 3), level, np.uint8)).save(tmp_path / f"{name}.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.png,sfw\nb.png,sfw\n")
+    clf = CallableClassifier(lambda b: np.stack([1 - b.mean((1, 2, 3)) / 255,
+                                                 b.mean((1, 2, 3)) / 255], 1),
+                             class_names=["sfw", "nsfw"])
+    o = AuditOptions(top=0, concepts=False, mosaic=0)
+    first = audit(tmp_path / "labels.csv", tmp_path / "out", model=clf, options=o)
+    labels.write_text("path,label\na.png,sfw\nb.png,nsfw\n")  # the label of b fixed
+    second = audit(tmp_path / "labels.csv", tmp_path / "out", model=clf, options=o)
+    assert not second.resumed and second.key != first.key
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(
+        open(tmp_path / "out" / "scores.csv", encoding="utf-8"))}
+    assert rows["b.png"]["label"] == "nsfw"

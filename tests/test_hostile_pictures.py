@@ -257,3 +257,20 @@ def test_bad_drawing_options_are_one_red_line(folder, command, args, word):
     res = CliRunner().invoke(app, [command, "cat.png", "-o", "out", *model, *args])
     assert res.exit_code == 2, res.output
     assert res.stderr.count("\n") == 1 and word in res.stderr
+
+
+def test_report_and_audit_take_the_shared_scale_options(tmp_path):
+    """--normalize/--vmin/--vmax on every command that draws: report and audit refuse a bad
+    scale before any work, like occlude."""
+    from typer.testing import CliRunner
+
+    from explain.cli import app
+
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(img)
+    for args in (["report", str(img), "-o", str(tmp_path / "r.html")],
+                 ["audit", str(tmp_path), "-o", str(tmp_path / "a"), "--no-concepts"]):
+        result = CliRunner().invoke(app, [*args, "--normalize", "fixed", "--vmin", "0.2",
+                                          "--vmax", "0.1"])
+        assert result.exit_code == 2, result.output
+        assert "vmax (0.1) is below vmin (0.2)" in result.output

@@ -22,6 +22,7 @@ lines.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from explain.audit.store import DB_NAME
 from explain.errors import OptionError
-from explain.files import display
+from explain.files import display, to_storable
 from explain.images import iter_image_files
 
 
@@ -53,9 +54,15 @@ class Dataset:
 
     @property
     def source(self) -> str:
-        """A stable description of the input, part of the run key."""
-        csv_part = f" labels={self.labels_csv}" if self.labels_csv else ""
-        return f"{self.root}{csv_part}"
+        """A stable description of the input, part of the run key: with a label CSV, also a
+        digest of its rows, so that an edited CSV starts a new run instead of resuming one whose
+        labels (and so metrics) are stale."""
+        if self.labels_csv is None:
+            return str(self.root)
+        digest = hashlib.sha256()
+        for item in self.rows:
+            digest.update(f"{to_storable(item.path)}\0{item.label or ''}\n".encode())
+        return f"{self.root} labels={self.labels_csv} rows={digest.hexdigest()[:16]}"
 
     def __iter__(self) -> Iterator[Item]:
         if self.labels_csv is not None:

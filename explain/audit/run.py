@@ -78,7 +78,8 @@ DEFAULT_BATCH = 32
 @dataclass
 class AuditOptions:
     """Everything that shapes an audit; all but ``top``, ``batch_size``, ``workers``,
-    ``colormap``, ``alpha`` and ``mosaic`` are part of the run key."""
+    ``colormap``, ``alpha``, ``normalize``, ``vmin``, ``vmax`` and ``mosaic`` are part of the
+    run key."""
 
     threshold: float = 0.5
     top: int = 50
@@ -92,6 +93,9 @@ class AuditOptions:
     workers: int = 4
     colormap: str | None = None
     alpha: float = 0.5
+    normalize: str | None = None
+    vmin: float | None = None
+    vmax: float | None = None
     mosaic: int = 256
 
     def check(self) -> None:
@@ -100,7 +104,7 @@ class AuditOptions:
         if self.top < 0:
             raise OptionError(f"top must be 0 or more, got {self.top}")
         check_windows(self.box, self.stride)
-        check_look(self.colormap)
+        check_look(self.colormap, self.normalize, self.vmin, self.vmax)
         if self.fill not in FILLS:
             raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -376,7 +380,8 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
                                     "original_shape": list(heatmap.shape)})
             stem = folder / f"{kind}_{row.id:07d}"
             write_png(stem.with_suffix(".png"), figure(small_rgb, saved, colormap=o.colormap,
-                                                       alpha=o.alpha))
+                                                       alpha=o.alpha, normalize=o.normalize,
+                                                       vmin=o.vmin, vmax=o.vmax))
             npy, _ = saved.save(stem)
             store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(
                 folder.parent)), str(npy.relative_to(folder.parent)),

@@ -14,9 +14,12 @@ from explain.cli.common import (
     ColormapOpt,
     FillOpt,
     ModelOptions,
+    NormalizeOpt,
     OutDirOpt,
     StrideOpt,
     TargetOpt,
+    VmaxOpt,
+    VminOpt,
     int_pair,
     result_line,
     user_errors,
@@ -61,6 +64,9 @@ def audit(
                                         "mosaic (0: none).")] = 256,
     colormap: ColormapOpt = None,
     alpha: AlphaOpt = 0.5,
+    normalize: NormalizeOpt = None,
+    vmin: VminOpt = None,
+    vmax: VmaxOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Audit a dataset: metrics, false positives/negatives with heatmaps, and which detected body
@@ -71,7 +77,8 @@ def audit(
     options = AuditOptions(threshold=threshold, top=top, box=int_pair(box, "--box"),
                            stride=int_pair(stride, "--stride"), fill=fill, target=target,
                            concepts=concepts, max_pixels=max_pixels, batch_size=batch_size,
-                           workers=workers, colormap=colormap, alpha=alpha, mosaic=mosaic)
+                           workers=workers, colormap=colormap, alpha=alpha, normalize=normalize,
+                           vmin=vmin, vmax=vmax, mosaic=mosaic)
     options.check()
     check_output_dir(output)
     clf = models.load()

@@ -25,8 +25,11 @@ from explain.cli.common import (
     ColormapOpt,
     Images,
     ModelOptions,
+    NormalizeOpt,
     StrideOpt,
     TargetOpt,
+    VmaxOpt,
+    VminOpt,
     console,
     err_console,
     error_line,
@@ -44,9 +47,6 @@ MethodsOpt = Annotated[str, typer.Option("--methods", help=f"Comma-separated: {A
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Deletion/insertion steps.")]
 DeletionFillOpt = Annotated[str, typer.Option("--fill", help="What deleted pixels become: gray, "
                                               "black, mean or blur (faithfulness).")]
-NormalizeOpt = Annotated[str | None, typer.Option(
-    "--normalize", help="minmax or percentile for every panel (default: each map's own scale — "
-    "signed maps centred on 0, probabilities on 0..1).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="html or json.")]
 ReportOutOpt = Annotated[Path, typer.Option("--output", "-o", help="The report file.")]
 
@@ -57,13 +57,15 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = ALL_METHO
            box: BoxOpt = "25%", stride: StrideOpt = "18.75%", target: TargetOpt = "nsfw",
            steps: StepsOpt = 20, fill: DeletionFillOpt = "blur", batch_size: BatchOpt = None,
            colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
-           normalize: NormalizeOpt = None, fmt: FormatOpt = "html",
+           normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
+           fmt: FormatOpt = "html",
            output: ReportOutOpt = Path("report.html")) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
     insertion AUC), rank them, and write one self-contained report."""
     options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
                       target=target, steps=steps, fill=fill, batch_size=batch_size,
-                      colormap=colormap, alpha=alpha, normalize=normalize)
+                      colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
+                      vmax=vmax)
     options.check()
     paths, failed_inputs = gather_images(images)
     check_output_file(output, inputs=paths)
