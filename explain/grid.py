@@ -41,10 +41,10 @@ from scipy.spatial.distance import cdist
 
 from explain.budget import check_memory
 from explain.errors import ExplainError, ImageError, ModelError, OptionError
-from explain.files import write_text
+from explain.files import display, to_storable, write_text
 from explain.images import as_rgb, to_batch
 from explain.models import Classifier, resolve_target
-from explain.models.adapters import import_callable
+from explain.models.adapters import import_callable, raised
 from explain.windows import fit_batch
 
 EMBED_MODES = ("features", "pixels")
@@ -129,7 +129,8 @@ class SimilarityGrid:
     def to_json(self) -> dict:
         """The ``grid.json`` document.
 
-        ``images`` maps each name (the path as given) to ``{"cell": [row, col], "xy": [x, y]}``
+        ``images`` maps each name (the path as given, in :func:`explain.files.to_storable` form,
+        so any byte name is kept exactly in strict UTF-8) to ``{"cell": [row, col], "xy": [x, y]}``
         plus ``"score"`` and ``"label"`` when known; ``skipped`` lists unreadable images with the
         reason, ``left_out`` the images sampled out to fit a fixed grid.
         """
@@ -141,7 +142,7 @@ class SimilarityGrid:
                 entry["score"] = float(self.scores[i])
             if self.labels is not None:
                 entry["label"] = self.labels[i]
-            images[name] = entry
+            images[to_storable(name)] = entry
         return {
             "version": GRID_JSON_VERSION,
             "rows": self.shape[0], "cols": self.shape[1],
@@ -149,7 +150,7 @@ class SimilarityGrid:
             "perplexity": self.perplexity, "seed": self.seed, "target": self.target,
             "quality": self.quality.to_json(),
             "images": images,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "skipped": [{"path": to_storable(p), "reason": display(r)} for p, r in self.skipped],
             "left_out": list(self.left_out),
             "notes": list(self.notes),
         }
@@ -426,9 +427,10 @@ class Embedder:
         elif self.mode == "function":
             try:
                 out = self.fn(np.stack(images))  # type: ignore[misc]
-            except Exception as exc:
-                raise ModelError(f"embedding function {self.spec} raised "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit too: a user's function must not end us
+                raise ModelError(f"embedding function {self.spec} {raised(exc)}") from exc
         else:
             clf = self.classifier
             batch = to_batch(images, clf.device)  # type: ignore[union-attr]

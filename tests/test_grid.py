@@ -321,3 +321,27 @@ def test_tensor_batches_keep_rgb_order():
     red[..., 0] = 255
     g = similarity_grid([red, red[..., ::-1].copy(), red, red[..., ::-1].copy()], embed="pixels")
     assert (g.thumbnails[0][..., 0] == 255).all() and g.embedding[0, 0] == 1.0
+
+
+def test_embedding_function_that_exits_is_a_model_error_and_byte_names_are_kept(tmp_path):
+    """A user's embedding function calling sys.exit is a ModelError naming it (it ended the
+    program before); grid.json keeps an undecodable file name exactly, in strict UTF-8."""
+    import os
+
+    from explain.errors import ModelError
+    from explain.files import from_storable
+
+    (tmp_path / "emb.py").write_text("import sys\n\ndef quits(batch):\n    sys.exit(3)\n")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = [os.fsdecode(b"caf\xe9.png"), "a.png", "b.png", "c.png"]
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / name)
+    paths = sorted(folder.iterdir())
+    with pytest.raises(ModelError, match=r"emb.py:quits called sys.exit\(3\)"):
+        similarity_grid(paths, embed=f"{tmp_path / 'emb.py'}:quits")
+    grid = similarity_grid(paths, embed="pixels")
+    text = json.dumps(grid.to_json(), ensure_ascii=False)
+    text.encode("utf-8")  # strict: no lone surrogate (a JSON reader in another language)
+    stored = {from_storable(k) for k in json.loads(text)["images"]}
+    assert stored == {str(p) for p in paths}

@@ -321,7 +321,6 @@ def write_mosaic(store: Store, folder: Path, classifier: Classifier, target: str
         try:  # decoding warnings were recorded with each image when it was scored
             with warnings_into([]):
                 grid = grid_module.similarity_grid([from_storable(p) for p in paths], classifier,
-                                                   names=paths,
                                                    labels=labels if use_labels else None,
                                                    target=target)
             picture = grid_module.draw_mosaic(grid, color_by="label" if use_labels else "score")
