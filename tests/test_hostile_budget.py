@@ -193,3 +193,13 @@ def test_report_whose_methods_fail_on_the_budget_says_so_and_exits_2(folder):
     assert "Occlusion failed: batches of" in result.output
     assert "Sliding window failed: batches of" in result.output
     assert (folder.parent / "r.html").stat().st_size > 0  # the report is still written
+
+
+def test_audit_mosaic_over_the_budget_is_refused_before_any_work(folder):
+    """The mosaic is drawn last; a size over the budget is refused up front, not after scoring."""
+    args = ["audit", str(folder), "--model", "open-nsfw:onnx", "--no-concepts", "--mosaic",
+            "1000000", "-o", str(folder.parent / "audit")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "over the memory budget" in result.output and "1000000 images" in result.output
+    assert not (folder.parent / "audit" / "audit.sqlite").exists()

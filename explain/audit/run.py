@@ -105,6 +105,12 @@ class AuditOptions:
             raise OptionError(f"top must be 0 or more, got {self.top}")
         check_windows(self.box, self.stride)
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
+        if self.mosaic < 0:
+            raise OptionError(f"mosaic must be 0 or more images, got {self.mosaic}")
+        if self.mosaic >= 4:  # the mosaic comes last: refuse an oversized one before any work
+            from explain.grid import check_grid_memory
+
+            check_grid_memory(self.mosaic, None, 64)
         if self.fill not in FILLS:
             raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
         if self.batch_size is not None and self.batch_size < 1:
