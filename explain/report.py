@@ -2,11 +2,13 @@
 
 :func:`build_report` runs the chosen methods on each image, times each, computes its deletion and
 insertion AUC (:func:`explain.faithfulness`) and ranks the methods per image and overall by
-``insertion_auc − deletion_auc`` (higher is better). :func:`render_html` turns the result into ONE
-self-contained HTML file (pictures as base64 data URIs, no network resource, opens from disk;
-jinja2 with autoescaping, since file and class names are untrusted text, and every shown text
-passed through :func:`explain.files.display`); :func:`report_json` gives the same numbers for
-machines; :func:`write_report` does both steps and writes the file atomically.
+``insertion_auc − deletion_auc`` (higher is better); the methods are the registry's,
+:data:`explain.methods.METHODS` (re-exported here with ``Method`` and ``Models`` under their old
+names). :func:`render_html` turns the result into ONE self-contained HTML file (pictures as
+base64 data URIs, no network resource, opens from disk; jinja2 with autoescaping, since file and
+class names are untrusted text, and every shown text passed through
+:func:`explain.files.display`); :func:`report_json` gives the same numbers for machines;
+:func:`write_report` does both steps and writes the file atomically.
 
 The ranking counts only what the measure can tell apart:
 
@@ -53,17 +55,17 @@ import jinja2
 import numpy as np
 from PIL import Image
 
-from explain.backprop import deconvnet, guided_backprop
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN, faithfulness
 from explain.files import display, to_storable, write_text
-from explain.grad_cam import gradcam
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
-from explain.models import Classifier, load, resolve_target
-from explain.occlusion import FILLS, occlusion_map
+from explain.methods import METHODS as METHODS
+from explain.methods import Method as Method
+from explain.methods import Models as Models
+from explain.models import load, resolve_target
+from explain.occlusion import FILLS
 from explain.render import check_look, figure, overlay
-from explain.sliding import sliding_window_map
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 DISPLAY_SIDE = 256
@@ -98,50 +100,6 @@ class Options:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
         check_windows(self.box, self.stride)
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
-
-
-@dataclass
-class Models:
-    black: Classifier
-    white: object | None
-
-
-def _occlusion(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    return occlusion_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
-                         batch_size=o.batch_size)
-
-
-def _sliding(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    return sliding_window_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
-                              batch_size=o.batch_size)
-
-
-def _deconv(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    return deconvnet(models.white, image, target=o.target).magnitude
-
-
-def _guided(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    return guided_backprop(models.white, image, target=o.target).magnitude
-
-
-def _gradcam(models: Models, image: np.ndarray, o: Options) -> Heatmap:
-    return gradcam(models.white, image, target=o.target)
-
-
-@dataclass(frozen=True)
-class Method:
-    title: str
-    white_box: bool
-    run: Callable[[Models, np.ndarray, Options], Heatmap]
-
-
-METHODS: dict[str, Method] = {
-    "occlusion": Method("Occlusion", False, _occlusion),
-    "sliding": Method("Sliding window", False, _sliding),
-    "deconv": Method("Deconvnet", True, _deconv),
-    "guided": Method("Guided backprop", True, _guided),
-    "gradcam": Method("Grad-CAM", True, _gradcam),
-}
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch import nn
 from explain import build_report, render_html, report_json, write_report
 from explain.files import from_storable
 from explain.models import CallableClassifier, Preprocess, load
-from explain.report import METHODS, ImageResult, Method, MethodResult, Options, rank, tie_ranks
+from explain.report import METHODS, ImageResult, MethodResult, Options, rank, tie_ranks
 
 SIDE = 32
 # one window per quadrant and one faithfulness step per quadrant (1024 pixels / 4 steps)
@@ -151,7 +152,7 @@ def test_a_method_that_fails_on_one_image_is_compared_on_the_rest(tmp_path, monk
             raise ValueError("no map for this one")
         return sliding.run(models, image, o)
 
-    monkeypatch.setitem(METHODS, "sliding", Method(sliding.title, False, sliding_failing_on_180))
+    monkeypatch.setitem(METHODS, "sliding", replace(sliding, run=sliding_failing_on_180))
     r = build_report(paths, model=quadrant_model(), methods="occlusion,sliding",
                      options=QUADRANTS)
     a, fails, c = r.images

@@ -40,7 +40,8 @@ from explain.cli.common import (
     with_model_options,
 )
 from explain.files import check_output_file, display
-from explain.report import DEFAULT_MODELS, METHODS, Options, Report, write_report
+from explain.methods import METHODS
+from explain.report import DEFAULT_MODELS, Options, Report, write_report
 
 ALL_METHODS = ",".join(METHODS)
 MethodsOpt = Annotated[str, typer.Option("--methods", help=f"Comma-separated: {ALL_METHODS}.")]

@@ -1,0 +1,95 @@
+"""The method registry: every explanation method the report (and any other caller that runs
+"all methods") knows, declared once in :data:`METHODS`.
+
+A :class:`Method` is its name (the key everywhere: ``--methods``, JSON, output files), its title
+(what people read), whether it needs a white-box torch model, and its run function
+``run(models, image, options) -> Heatmap``, which adapts the shared run options to the method's
+own library function. The table is explicit (no registration by import side effects), and the
+module imports no method: each run function imports its implementation when it is called, so
+reading the names and titles (the CLI's ``--methods`` help) loads neither torch nor captum.
+
+Adding a method: its module (the library function and its maths), one run function here, one
+line in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from explain.heatmap import Heatmap
+    from explain.models import Classifier
+    from explain.windows import Size
+
+
+@dataclass
+class Models:
+    """The classifiers a run uses: ``black`` for black-box methods (and scores), ``white`` (a torch
+    model, or None when no white-box method runs) for white-box ones."""
+
+    black: Classifier
+    white: object | None
+
+
+class RunOptions(Protocol):
+    """What every method is run with (the report's :class:`explain.report.Options` is one)."""
+
+    box: Size
+    stride: Size
+    target: str | int
+    batch_size: int | None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One explanation method, as the registry declares it (see the module docstring)."""
+
+    name: str
+    title: str
+    white_box: bool
+    run: Callable[[Models, np.ndarray, RunOptions], Heatmap]
+
+
+def _occlusion(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+    from explain.occlusion import occlusion_map
+
+    return occlusion_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
+                         batch_size=o.batch_size)
+
+
+def _sliding(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+    from explain.sliding import sliding_window_map
+
+    return sliding_window_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
+                              batch_size=o.batch_size)
+
+
+def _deconv(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+    from explain.backprop import deconvnet
+
+    return deconvnet(models.white, image, target=o.target).magnitude
+
+
+def _guided(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+    from explain.backprop import guided_backprop
+
+    return guided_backprop(models.white, image, target=o.target).magnitude
+
+
+def _gradcam(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+    from explain.grad_cam import gradcam
+
+    return gradcam(models.white, image, target=o.target)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("occlusion", "Occlusion", False, _occlusion),
+    Method("sliding", "Sliding window", False, _sliding),
+    Method("deconv", "Deconvnet", True, _deconv),
+    Method("guided", "Guided backprop", True, _guided),
+    Method("gradcam", "Grad-CAM", True, _gradcam),
+)}
