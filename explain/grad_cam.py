@@ -10,9 +10,10 @@ Guided Grad-CAM multiplies the map by guided backprop (:func:`explain.guided_bac
 heatmap is the per-pixel max over channels of ``|guided backprop × Grad-CAM|``, which is Grad-CAM
 times the guided-backprop magnitude.
 
-Default layer: ``stages.3`` for open_nsfw; for other models the last top-level child module
-(in registration order) that is or contains an ``nn.Conv2d``. Any other name from
-``explain layers`` can be given.
+Default layer: the model says which, as a ``default_cam_layer`` attribute of its ``nn.Module``
+naming a submodule (open_nsfw: ``stages.3``, declared in ``explain/models/open_nsfw.py``). A
+module without the attribute gets the last top-level child module (in registration order) that
+is or contains an ``nn.Conv2d``. Any other name from ``explain layers`` can be given.
 """
 
 from __future__ import annotations
@@ -38,16 +39,18 @@ from explain.backprop import (
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
 from explain.models import Preprocess, resolve_target
-from explain.models.open_nsfw import OpenNSFWNet
-
-DEFAULT_LAYERS: dict[type[nn.Module], str] = {OpenNSFWNet: "stages.3"}
 
 
 def default_layer(module: nn.Module) -> str:
-    """The layer Grad-CAM uses when none is given (see the module docstring)."""
-    for cls, name in DEFAULT_LAYERS.items():
-        if isinstance(module, cls):
-            return name
+    """The layer Grad-CAM uses when none is given: the module's ``default_cam_layer``, else the
+    last top-level child holding an ``nn.Conv2d`` (see the module docstring)."""
+    declared = getattr(module, "default_cam_layer", None)
+    if declared is not None:
+        if not isinstance(declared, str) or declared not in _layer_names(module):
+            raise OptionError(f"{type(module).__name__}.default_cam_layer is {declared!r}, which "
+                              "names none of its layers; fix the attribute or give a layer "
+                              "(`explain layers` lists them)")
+        return declared
     last = None
     for name, child in module.named_children():
         if any(isinstance(m, nn.Conv2d) for m in child.modules()):
@@ -56,6 +59,10 @@ def default_layer(module: nn.Module) -> str:
         raise OptionError(f"{type(module).__name__} has no Conv2d layer for Grad-CAM; give a "
                           "layer (`explain layers` lists them)")
     return last
+
+
+def _layer_names(module: nn.Module) -> set[str]:
+    return {name for name, _ in module.named_modules() if name}
 
 
 def to_original(maps: torch.Tensor, preprocess: Preprocess, size: tuple[int, int]

@@ -74,9 +74,11 @@ class Bottleneck(nn.Module):
 
 
 class OpenNSFWNet(nn.Module):
-    """The open_nsfw network; ``forward`` returns the two logits, ``features`` the 1024-d pool."""
+    """The open_nsfw network; ``forward`` returns the two logits, ``features`` the 1024-d pool.
+    ``default_cam_layer``: Grad-CAM's layer when none is given, the last stage (7×7 at 224)."""
 
     class_names = CLASS_NAMES
+    default_cam_layer = "stages.3"
 
     def __init__(self) -> None:
         super().__init__()

@@ -85,6 +85,28 @@ def test_batches_and_layers(photos):
         default_layer(nn.Sequential(nn.Flatten(), nn.Linear(3, 2)))
 
 
+class DeclaresLayer(nn.Sequential):
+    """tiny_net's layers; the model itself names Grad-CAM's layer."""
+
+    default_cam_layer = "0"
+
+
+def test_default_layer_is_read_from_the_model(photos, nsfw_torch):
+    img = photos["chelsea"][:24, :20]
+    declares = DeclaresLayer(*tiny_net())
+    h = gradcam(tiny(declares), img, target="b")
+    assert h.params["layer"] == "0"
+    np.testing.assert_array_equal(h.values, gradcam(tiny(declares), img, target="b",
+                                                    layer="0").values)
+    assert default_layer(nsfw_torch.module) == nsfw_torch.module.default_cam_layer == "stages.3"
+    # without the attribute: the documented fallback, the last top-level child with a Conv2d
+    assert gradcam(tiny(tiny_net()), img, target="b").params["layer"] == "2"
+    declares.default_cam_layer = "stages.3"
+    with pytest.raises(OptionError, match=r"DeclaresLayer.default_cam_layer is 'stages.3'"):
+        gradcam(tiny(declares), img, target="b")
+    assert gradcam(tiny(declares), img, target="b", layer="2").params["layer"] == "2"
+
+
 class Raise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("boom")

@@ -60,8 +60,8 @@ LayerOpt = Annotated[str | None, typer.Option(
 NeuronOpt = Annotated[str, typer.Option(
     "--neuron", help="With --layer: 'max' (each image's strongest activation) or C,Y,X.")]
 GradcamLayerOpt = Annotated[str | None, typer.Option(
-    "--layer", "-l", help="Convolutional layer (default: stages.3 for open-nsfw, else the last "
-    "top-level module holding a Conv2d; names: `explain layers`).")]
+    "--layer", "-l", help="Convolutional layer (default: the model's default_cam_layer, stages.3 "
+    "for open-nsfw, else the last top-level module holding a Conv2d; names: `explain layers`).")]
 
 DEFAULT_BATCH = 16
 
