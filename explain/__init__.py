@@ -19,6 +19,7 @@ _EXPORTS = {
     "overlay": "explain.render",
     "occlusion_map": "explain.occlusion",
     "sliding_window_map": "explain.sliding",
+    "rise_map": "explain.rise",
     "deconvnet": "explain.backprop",
     "guided_backprop": "explain.backprop",
     "layers": "explain.backprop",

@@ -2,11 +2,14 @@
 "all methods") knows, declared once in :data:`METHODS`.
 
 A :class:`Method` is its name (the key everywhere: ``--methods``, JSON, output files), its title
-(what people read), whether it needs a white-box torch model, and its run function
+(what people read), whether it needs a white-box torch model, its run function
 ``run(models, image, options) -> Heatmap``, which adapts the shared run options to the method's
-own library function. The table is explicit (no registration by import side effects), and the
-module imports no method: each run function imports its implementation when it is called, so
-reading the names and titles (the CLI's ``--methods`` help) loads neither torch nor captum.
+own library function, and whether a report runs it when no methods are named (``by_default``;
+RISE is left out: it scores thousands of masked images, a minute per image on a CPU).
+
+The table is explicit (no registration by import side effects), and this module imports no
+method: each run function imports its implementation when it is called, so reading the names
+and titles (the CLI's ``--methods`` help) does not load captum or jinja2.
 
 Adding a method: its module (the library function and its maths), one run function here, one
 line in :data:`METHODS`.
@@ -42,6 +45,7 @@ class RunOptions(Protocol):
     stride: Size
     target: str | int
     batch_size: int | None
+    masks: int
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Method:
     title: str
     white_box: bool
     run: Callable[[Models, np.ndarray, RunOptions], Heatmap]
+    by_default: bool = True
 
 
 def _occlusion(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
@@ -66,6 +71,13 @@ def _sliding(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
 
     return sliding_window_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
                               batch_size=o.batch_size)
+
+
+def _rise(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+    from explain.rise import rise_map
+
+    return rise_map(models.black, image, masks=o.masks, target=o.target,
+                    batch_size=o.batch_size)
 
 
 def _deconv(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
@@ -89,7 +101,9 @@ def _gradcam(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("occlusion", "Occlusion", False, _occlusion),
     Method("sliding", "Sliding window", False, _sliding),
+    Method("rise", "RISE", False, _rise, by_default=False),
     Method("deconv", "Deconvnet", True, _deconv),
     Method("guided", "Guided backprop", True, _guided),
     Method("gradcam", "Grad-CAM", True, _gradcam),
 )}
+DEFAULT_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.by_default)

@@ -2,13 +2,13 @@
 
 :func:`build_report` runs the chosen methods on each image, times each, computes its deletion and
 insertion AUC (:func:`explain.faithfulness`) and ranks the methods per image and overall by
-``insertion_auc − deletion_auc`` (higher is better); the methods are the registry's,
+``insertion_auc − deletion_auc`` (higher is better). The methods are the registry's,
 :data:`explain.methods.METHODS` (re-exported here with ``Method`` and ``Models`` under their old
-names). :func:`render_html` turns the result into ONE self-contained HTML file (pictures as
-base64 data URIs, no network resource, opens from disk; jinja2 with autoescaping, since file and
-class names are untrusted text, and every shown text passed through
-:func:`explain.files.display`); :func:`report_json` gives the same numbers for machines;
-:func:`write_report` does both steps and writes the file atomically.
+names), by default its :data:`~explain.methods.DEFAULT_METHODS`. :func:`render_html` turns the
+result into ONE self-contained HTML file (pictures as base64 data URIs, no network resource, opens
+from disk; jinja2 with autoescaping, since file and class names are untrusted text, and every
+shown text passed through :func:`explain.files.display`); :func:`report_json` gives the same
+numbers for machines; :func:`write_report` does both steps and writes the file atomically.
 
 The ranking counts only what the measure can tell apart:
 
@@ -60,12 +60,14 @@ from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN, faithfulness
 from explain.files import display, to_storable, write_text
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
+from explain.methods import DEFAULT_METHODS
 from explain.methods import METHODS as METHODS
 from explain.methods import Method as Method
 from explain.methods import Models as Models
 from explain.models import load, resolve_target
 from explain.occlusion import FILLS
 from explain.render import check_look, figure, overlay
+from explain.rise import DEFAULT_MASKS, check_rise
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 DISPLAY_SIDE = 256
@@ -86,6 +88,7 @@ class Options:
     steps: int = 20
     fill: str = "blur"
     batch_size: int | None = None
+    masks: int = DEFAULT_MASKS
     colormap: str | None = None
     alpha: float = 0.5
     normalize: str | None = None
@@ -99,6 +102,7 @@ class Options:
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
         check_windows(self.box, self.stride)
+        check_rise(self.masks)
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
 
 
@@ -393,7 +397,7 @@ def rank(images: list[ImageResult], names: list[str], target: str
 
 
 def build_report(paths: Sequence[str | os.PathLike], *, model: object = "open-nsfw",
-                 methods: str | Sequence[str] = tuple(METHODS), device: str | None = None,
+                 methods: str | Sequence[str] = DEFAULT_METHODS, device: str | None = None,
                  options: Options | None = None, progress: Progress | None = None) -> Report:
     """Run ``methods`` on every image of ``paths`` and collect numbers and pictures.
 

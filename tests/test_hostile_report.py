@@ -238,7 +238,7 @@ def test_a_model_with_no_signal_gives_no_ranking(tmp_path, photos, kind):
         model = CallableClassifier(barely, class_names=["sfw", "nsfw"], input_size=(SIDE, SIDE))
         methods = ["occlusion", "sliding"]
     r = build_report(paths, model=model, methods=methods,
-                     options=Options(box=12, stride=12, steps=4))
+                     options=Options(box=12, stride=12, steps=4, masks=64))
     flat = ("no signal: curves flat (every method's deletion and insertion curves stay within "
             "0.01)")
     assert [img.left_out for img in r.images] == [flat, flat]

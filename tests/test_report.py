@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 from explain import build_report, render_html, report_json, write_report
 from explain.cli import app
 from explain.errors import OptionError
+from explain.methods import DEFAULT_METHODS
 from explain.models import CallableClassifier, Preprocess, load
 from explain.report import METHODS, Options, parse_methods, tie_ranks
 
-FAST = Options(box=16, stride=16, steps=4)
+FAST = Options(box=16, stride=16, steps=4, masks=64)
 HOSTILE = "<script>alert(1)</script>"
 
 
@@ -70,7 +71,7 @@ def write_images(folder: Path, photos: dict[str, np.ndarray], *, hostile: bool =
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory, photos):
     paths = write_images(tmp_path_factory.mktemp("imgs"), photos)
-    return build_report(paths, model=tiny_model(), options=FAST)
+    return build_report(paths, model=tiny_model(), methods=list(METHODS), options=FAST)
 
 
 def test_every_method_on_every_good_image(tiny_report):
@@ -197,6 +198,17 @@ def test_untrusted_names_are_escaped(tmp_path, photos):
     assert HOSTILE not in html and "<b>safe</b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;b&gt;safe&lt;/b&gt;" in html
+
+
+def test_every_registered_method_but_rise_runs_by_default(tmp_path, photos):
+    """The report's methods come from the registry; RISE (thousands of model calls per image)
+    runs only when asked for."""
+    assert list(METHODS) == ["occlusion", "sliding", "rise", "deconv", "guided", "gradcam"]
+    assert all(name == m.name for name, m in METHODS.items())
+    assert DEFAULT_METHODS == tuple(n for n in METHODS if n != "rise")
+    r = build_report(write_images(tmp_path, photos)[:1], model=tiny_model(), options=FAST)
+    assert r.methods == list(DEFAULT_METHODS)
+    assert [m.method for m in r.images[0].methods] == list(DEFAULT_METHODS)
 
 
 def test_parse_methods():

@@ -55,6 +55,8 @@ BoxOpt = Annotated[str, typer.Option("--box", help="Window side: N pixels or P% 
 StrideOpt = Annotated[str, typer.Option("--stride", help="Window step: N pixels or P% of the "
                                         "image's shorter side; N or H,W (at most the box).")]
 FillOpt = Annotated[str, typer.Option("--fill", help="Occluder: gray, black, mean or blur.")]
+MasksOpt = Annotated[int, typer.Option("--masks", min=1, help="RISE: random masks scored per "
+                                      "image (more: less sampling noise, proportionally slower).")]
 SaveNpyOpt = Annotated[bool, typer.Option("--save-npy", help="Also write the raw map as "
                                           "NAME.METHOD.npy + .json.")]
 SideBySideOpt = Annotated[bool, typer.Option("--side-by-side", help="Also write "

@@ -24,6 +24,7 @@ from explain.cli.common import (
     BoxOpt,
     ColormapOpt,
     Images,
+    MasksOpt,
     ModelOptions,
     NormalizeOpt,
     StrideOpt,
@@ -40,11 +41,13 @@ from explain.cli.common import (
     with_model_options,
 )
 from explain.files import check_output_file, display
-from explain.methods import METHODS
+from explain.methods import DEFAULT_METHODS, METHODS
 from explain.report import DEFAULT_MODELS, Options, Report, write_report
+from explain.rise import DEFAULT_MASKS
 
-ALL_METHODS = ",".join(METHODS)
-MethodsOpt = Annotated[str, typer.Option("--methods", help=f"Comma-separated: {ALL_METHODS}.")]
+BY_DEFAULT = ",".join(DEFAULT_METHODS)
+MethodsOpt = Annotated[str, typer.Option(
+    "--methods", help=f"Comma-separated, from: {','.join(METHODS)}.")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Deletion/insertion steps.")]
 DeletionFillOpt = Annotated[str, typer.Option("--fill", help="What deleted pixels become: gray, "
                                               "black, mean or blur (faithfulness).")]
@@ -54,17 +57,17 @@ ReportOutOpt = Annotated[Path, typer.Option("--output", "-o", help="The report f
 
 @user_errors
 @with_model_options("open-nsfw")
-def report(images: Images, models: ModelOptions, methods: MethodsOpt = ALL_METHODS,
+def report(images: Images, models: ModelOptions, methods: MethodsOpt = BY_DEFAULT,
            box: BoxOpt = "25%", stride: StrideOpt = "18.75%", target: TargetOpt = "nsfw",
-           steps: StepsOpt = 20, fill: DeletionFillOpt = "blur", batch_size: BatchOpt = None,
-           colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
+           steps: StepsOpt = 20, fill: DeletionFillOpt = "blur", masks: MasksOpt = DEFAULT_MASKS,
+           batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
            normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
            fmt: FormatOpt = "html",
            output: ReportOutOpt = Path("report.html")) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
     insertion AUC), rank them, and write one self-contained report."""
     options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
-                      target=target, steps=steps, fill=fill, batch_size=batch_size,
+                      target=target, steps=steps, fill=fill, masks=masks, batch_size=batch_size,
                       colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
                       vmax=vmax)
     options.check()
