@@ -61,8 +61,8 @@ NET_OPTIONS = ["-m", "tinynet.py:net", "--logits", "--classes", "a,b", "--input-
 PROBS = ["-m", "bright.py:probs", "--classes", "dark,bright", "-t", "bright"]
 SHARED_MODEL_OPTIONS = {"--model", "--device", "--logits", "--classes", "--input-size", "--mean",
                         "--std"}
-MODEL_COMMANDS = ("score", "occlude", "slide", "deconv", "guided", "gradcam", "layers", "grid",
-                  "report", "audit")
+MODEL_COMMANDS = ("score", "occlude", "slide", "rise", "deconv", "guided", "gradcam", "layers",
+                  "grid", "report", "audit")
 # a name the operating system refuses even to root (255 bytes is the limit of one name)
 TOO_LONG = "x" * 300 + ".png"
 
@@ -152,7 +152,7 @@ def test_grid_json_output_is_not_the_mosaic(runner, work):
 
 # --- item 5: the output location is checked before the work ---
 
-FOLDER_OUTPUTS = ("occlude", "slide", "deconv", "guided", "gradcam", "audit")
+FOLDER_OUTPUTS = ("occlude", "slide", "rise", "deconv", "guided", "gradcam", "audit")
 FILE_OUTPUTS = ("report", "grid")
 
 

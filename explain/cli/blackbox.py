@@ -1,12 +1,12 @@
-"""`explain occlude` and `explain slide`: black-box heatmaps for any classifier.
+"""`explain occlude`, `explain slide` and `explain rise`: black-box heatmaps for any classifier.
 
-Per image NAME in the output folder: ``NAME.occlusion.png`` (or ``NAME.sliding.png``), the
-overlay at the input's size with the legend strip below it (:func:`explain.render.figure`;
-``--no-legend``: the bare overlay); with ``--side-by-side`` also ``NAME.METHOD.side.png``; with
-``--save-npy`` also ``NAME.METHOD.npy`` + ``.json``. NAME is the file's stem, made unique within
-the call by :func:`explain.files.output_names` (see the README, "Output files"). A map without
-signal (below the noise floor) and a box too small at the model's input are said on the image's
-line.
+Per image NAME in the output folder: ``NAME.occlusion.png`` (``NAME.sliding.png``,
+``NAME.rise.png``), the overlay at the input's size with the legend strip below it
+(:func:`explain.render.figure`; ``--no-legend``: the bare overlay); with ``--side-by-side`` also
+``NAME.METHOD.side.png``; with ``--save-npy`` also ``NAME.METHOD.npy`` + ``.json``. NAME is the
+file's stem, made unique within the call by :func:`explain.files.output_names` (see the README,
+"Output files"). A map without signal (below the noise floor) and a box too small at the model's
+input are said on the image's line. The three commands share one runner, :func:`_explain_images`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -28,6 +29,7 @@ from explain.cli.common import (
     FillOpt,
     ImageOutDirOpt,
     Images,
+    MasksOpt,
     ModelOptions,
     NoLegendOpt,
     NormalizeOpt,
@@ -53,20 +55,27 @@ from explain.images import load_image
 from explain.models import resolve_target
 from explain.occlusion import FILLS, occlusion_map
 from explain.render import check_look, figure, save_png, side_by_side
+from explain.rise import DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P, check_rise, rise_map
 from explain.sliding import sliding_window_map
 from explain.windows import check_windows, small_box_note
 
 DEFAULT_MODEL = "open-nsfw:auto"
 
+CellOpt = Annotated[int, typer.Option("--cell", min=1, help="RISE: each mask is a CELL×CELL grid "
+                                      "of random cells, smoothly up-sampled to the image.")]
+KeepOpt = Annotated[float, typer.Option("--p", min=0.0, max=1.0, help="RISE: probability that a "
+                                        "cell is kept (the rest of the image goes black).")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="RISE: random seed; the same seed "
+                                      "gives the same masks and map.")]
+
 
 def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[Path], *,
-                    box: str, stride: str, target: str, models: ModelOptions,
-                    batch_size: int | None, look: dict, output: Path, save_npy: bool,
-                    side: bool) -> None:
-    """Run ``make_map`` over every image with a progress bar; report bad images and go on.
-    ``look``: the drawing options of :func:`explain.render.figure`."""
-    box_px, stride_px = int_pair(box, "--box"), int_pair(stride, "--stride")
-    check_windows(box_px, stride_px)
+                    target: str, models: ModelOptions, batch_size: int | None, look: dict,
+                    output: Path, save_npy: bool, side: bool, unit: str = "windows") -> None:
+    """Run ``make_map(clf, image, target=…, batch_size=…, progress=…)`` (the method's own
+    settings already bound) over every image with a progress bar counting ``unit`` (the map's
+    ``params[unit]``, else its ``windows``); report bad images and go on. ``look``: the drawing
+    options of :func:`explain.render.figure`."""
     check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
     paths, failed = gather_images(images)
     suffixes = [".png", *([".side.png"] if side else []), *([".npy", ".json"] if save_npy else [])]
@@ -74,15 +83,14 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     clf = models.load()
     resolve_target(clf, target)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("windows"), TimeElapsedColumn())
+               TextColumn(unit), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True,
                   disable=not console.is_terminal) as bar:
         for path, stem in zip(paths, stems, strict=True):
             task = bar.add_task(escape(display(path.name)), total=None)
             try:
                 img = load_image(path)
-                hm = make_map(clf, img, box=box_px, stride=stride_px, target=target,
-                              batch_size=batch_size,
+                hm = make_map(clf, img, target=target, batch_size=batch_size,
                               progress=lambda done, total, t=task: bar.update(
                                   t, completed=done, total=total))
                 written = [save_png(f"{stem}.png", figure(img, hm, **look))]
@@ -96,13 +104,28 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                 continue
             finally:
                 bar.remove_task(task)
-            notes = [n for n in (hm.no_signal(), small_box_note(hm.box, hm.shape, clf.input_size))
-                     if n]
-            result_line(f"{display(path)}  {hm.target} {hm.score:.4f}  {hm.windows} windows  "
+            small = hm.box and small_box_note(hm.box, hm.shape, clf.input_size)
+            notes = [n for n in (hm.no_signal(), small) if n]
+            count = hm.params.get(unit, hm.windows)
+            result_line(f"{display(path)}  {hm.target} {hm.score:.4f}  {count} {unit}  "
                         f"{hm.seconds:.2f} s  → {', '.join(map(display, written))}"
                         + "".join(f"  ({n})" for n in notes))
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _windows(box: str, stride: str) -> dict:
+    """--box / --stride as the window methods' ``box``/``stride`` arguments, checked."""
+    box_px, stride_px = int_pair(box, "--box"), int_pair(stride, "--stride")
+    check_windows(box_px, stride_px)
+    return {"box": box_px, "stride": stride_px}
+
+
+def _look(colormap: str | None, alpha: float, normalize: str | None, vmin: float | None,
+          vmax: float | None, no_legend: bool) -> dict:
+    """The drawing options as :func:`explain.render.figure` takes them."""
+    return dict(colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin, vmax=vmax,
+                legend=not no_legend)
 
 
 @user_errors
@@ -120,11 +143,10 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
     """
     if fill not in FILLS:
         raise OptionError(f"unknown --fill {fill!r}; use one of {', '.join(FILLS)}")
-    _explain_images("occlusion", partial(occlusion_map, fill=fill), images, box=box,
-                    stride=stride, target=target, models=models, batch_size=batch_size,
-                    output=output, save_npy=save_npy, side=side_by_side,
-                    look=dict(colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
-                              vmax=vmax, legend=not no_legend))
+    _explain_images("occlusion", partial(occlusion_map, fill=fill, **_windows(box, stride)),
+                    images, target=target, models=models, batch_size=batch_size, output=output,
+                    save_npy=save_npy, side=side_by_side,
+                    look=_look(colormap, alpha, normalize, vmin, vmax, no_legend))
 
 
 @user_errors
@@ -140,8 +162,29 @@ def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: Str
     Writes NAME.sliding.png: the crops' probability on a fixed 0..1 scale (red = crops here
     score high on their own).
     """
-    _explain_images("sliding", sliding_window_map, images, box=box, stride=stride,
+    _explain_images("sliding", partial(sliding_window_map, **_windows(box, stride)), images,
                     target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
-                    look=dict(colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
-                              vmax=vmax, legend=not no_legend))
+                    look=_look(colormap, alpha, normalize, vmin, vmax, no_legend))
+
+
+@user_errors
+@with_model_options(DEFAULT_MODEL)
+def rise(images: Images, models: ModelOptions, masks: MasksOpt = DEFAULT_MASKS,
+         cell: CellOpt = DEFAULT_CELL, p: KeepOpt = DEFAULT_P, seed: SeedOpt = 0,
+         target: TargetOpt = "nsfw", batch_size: BatchOpt = None, colormap: ColormapOpt = None,
+         alpha: AlphaOpt = 0.5, output: ImageOutDirOpt = Path("."),
+         save_npy: SaveNpyOpt = False, side_by_side: SideBySideOpt = False,
+         normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
+         no_legend: NoLegendOpt = False) -> None:
+    """RISE: the score of thousands of randomly masked copies, averaged per pixel over the
+    masks that keep it.
+
+    Writes NAME.rise.png: per pixel the expected p(target) when that pixel is kept, on a fixed
+    0..1 scale (red = the score stays high when this region is shown).
+    """
+    check_rise(masks, cell, p, seed)
+    _explain_images("rise", partial(rise_map, masks=masks, cell=cell, p=p, seed=seed), images,
+                    target=target, models=models, batch_size=batch_size, output=output,
+                    save_npy=save_npy, side=side_by_side, unit="masks",
+                    look=_look(colormap, alpha, normalize, vmin, vmax, no_legend))
