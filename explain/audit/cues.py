@@ -3,11 +3,12 @@ automatically (black-box; in the spirit of ACE, Ghorbani et al. 2019).
 
 1. **Harvest.** Each image's occlusion map (the audit's own map for a false positive; one computed
    here for the contrast images: a seeded sample of true negatives and true positives) gives at
-   most ``per_image`` patches: box-sized windows (the occlusion box, placed at any pixel) whose
-   mean positive heat is highest, chosen greedily without overlap, kept while that mean is at
-   least the map's ``percentile``-th percentile and at least a quarter of the best window's. Each
-   patch's **drop** is ``p_t(image) − p_t(image with the patch filled)`` (one batched call per
-   image, :func:`explain.audit.concepts.score_drops`).
+   most ``per_image`` patches: box-sized windows (the occlusion box, placed at any pixel) of
+   highest mean positive heat, chosen greedily without overlap, each re-centred on the centre of
+   mass of the heat around it (the map is flat in stride-sized steps), kept while its mean is at
+   least the ``percentile``-th percentile of all window positions' means and half the best
+   one's (:func:`top_windows`). Each patch's **drop** is ``p_t(image) − p_t(image with the
+   patch filled)`` (one batched call per image, :func:`explain.audit.concepts.score_drops`).
 2. **Embed and group.** Patches are embedded by the model's own ``features()`` when it has them,
    by open_nsfw's penultimate features otherwise, by 16×16 pixels as the last resort, each patch
    faded to gray where its heat is low (:func:`focus`); vectors are centred, L2-normalised and
@@ -17,10 +18,9 @@ automatically (black-box; in the spirit of ACE, Ghorbani et al. 2019).
    harvested), ``tn_share`` and ``tp_share`` (the same for the contrast samples), ``mean_drop``
    (over its false-positive patches) and the **paste test**: ``paste_pairs`` seeded (donor patch,
    recipient) pairs, the donor a false-positive patch of the cluster (any of its patches when it
-   has none), the recipient a true
-   negative of the sample other than the donor's image, the patch scaled to keep its share of the
-   image area and pasted at a seeded position; ``paste_gain`` is the mean of
-   ``p_t(recipient with patch) − p_t(recipient)``.
+   has none), the recipient a true negative of the sample other than the donor's image, the
+   patch scaled to keep its share of the image area and pasted at a seeded position;
+   ``paste_gain`` is the mean of ``p_t(recipient with patch) − p_t(recipient)``.
 4. **Rank** by ``strength = max(fp_share − tn_share, 0) · (max(mean_drop, 0) +
    max(paste_gain, 0))``: common in the mistakes, rare in the correct negatives, and causal
    (hiding it lowers the score, adding it raises it). Ties: larger paste gain, more
@@ -29,7 +29,8 @@ automatically (black-box; in the spirit of ACE, Ghorbani et al. 2019).
 
 Model evaluations (images through ``predict``): ``windows + 1`` per contrast image (none for a
 false positive whose map is given), one per patch for the drops, ``paste_pairs`` per cluster, plus
-one per recipient whose score is unknown; the embedder's evaluations are counted apart. Every
+one per image given a map but no score; the embedder's evaluations (one per patch) are counted
+apart. Every
 result goes into a :class:`CueCache` as it is computed (the audit's is its SQLite store), so a
 second call does only what is missing.
 """
@@ -59,7 +60,7 @@ from explain.windows import check_batch_size, check_windows
 ROLES = ("fp", "tn", "tp")
 EMBEDS = ("auto", "features", "open-nsfw", "pixels")
 PIXEL_SIDE = 16
-MIN_SHARE = 0.25
+MIN_SHARE = 0.5
 MIN_CLUSTER = 8
 KMEANS_STARTS = 8
 KMEANS_ITERATIONS = 100
@@ -304,26 +305,44 @@ class Counting:
 
 def top_windows(values: np.ndarray, box: tuple[int, int], k: int, percentile: float
                 ) -> list[tuple[tuple[int, int, int, int], float]]:
-    """At most ``k`` non-overlapping box-sized windows of highest mean positive heat, each at
-    least the map's ``percentile``-th percentile and :data:`MIN_SHARE` of the best window's
-    mean: ``[(box, mean heat)]``, best first, in the map's pixels."""
+    """At most ``k`` non-overlapping box-sized windows of highest mean positive heat, each
+    re-centred on the heat around it, kept while its mean is at least the ``percentile``-th
+    percentile of the means of all window positions and :data:`MIN_SHARE` of the best one's:
+    ``[(box, mean heat)]``, best first, in the map's pixels."""
     h, w = values.shape
     bh, bw = min(box[0], h), min(box[1], w)
     positive = np.clip(values.astype(np.float64), 0.0, None)
     if positive.max() <= 0.0:
         return []
-    floor = float(np.percentile(values, percentile))
     total = cv2.integral(positive)
     means = (total[bh:, bw:] - total[:-bh, bw:] - total[bh:, :-bw] + total[:-bh, :-bw]) / (bh * bw)
+    floor = float(np.percentile(means, percentile))
     out: list[tuple[tuple[int, int, int, int], float]] = []
     while len(out) < k:
         i, j = np.unravel_index(int(np.argmax(means)), means.shape)
         best = float(means[i, j])
         if best <= 0.0 or best < floor or (out and best < MIN_SHARE * out[0][1]):
             break
+        i, j = _heat_centre(positive, (int(i), int(j)), (bh, bw))
         out.append(((int(i), int(j), int(i) + bh, int(j) + bw), best))
         means[max(0, i - bh + 1):i + bh, max(0, j - bw + 1):j + bw] = -np.inf
     return out
+
+
+def _heat_centre(positive: np.ndarray, corner: tuple[int, int], box: tuple[int, int]
+                 ) -> tuple[int, int]:
+    """The window of ``box`` re-centred on the centre of mass of the positive heat around the
+    one at ``corner`` (that window grown by half a box on each side): a window-averaged map is
+    flat in steps of the stride, so its first maximum may hold the region at its edge."""
+    (i, j), (bh, bw) = corner, box
+    h, w = positive.shape
+    top, left = max(0, i - bh // 2), max(0, j - bw // 2)
+    part = positive[top:min(h, i + bh + bh // 2), left:min(w, j + bw + bw // 2)]
+    ys, xs = np.indices(part.shape)
+    mass = part.sum()
+    cy, cx = top + (ys * part).sum() / mass, left + (xs * part).sum() / mass
+    return (int(min(max(round(cy + 0.5 - bh / 2), 0), h - bh)),
+            int(min(max(round(cx + 0.5 - bw / 2), 0), w - bw)))
 
 
 def _scaled_boxes(values: np.ndarray, shape: tuple[int, int], box: tuple[int, int], k: int,
