@@ -15,9 +15,11 @@ from PIL import Image
 from skimage import data as skdata
 from typer.testing import CliRunner
 
-from explain.audit import AuditOptions, audit
+from explain.audit import AuditOptions, CueOptions, audit, discover_cues
 from explain.audit.cues import top_windows
 from explain.cli import app
+from explain.images import load_image
+from explain.models import load
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "astronaut.jpg"
 SIDE = 112
@@ -165,3 +167,23 @@ def test_cues_skipped_with_a_reason_when_too_few_false_positives(planted, tmp_pa
     assert result.cues is None and not (tmp_path / "few" / "cues.csv").exists()
     page = (tmp_path / "few" / "audit.html").read_text(encoding="utf-8")
     assert "cue discovery skipped: 3 false positive(s) with a heatmap, it needs 5" in page
+
+
+def test_discover_cues_library_on_arrays_pixels_embedding(planted):
+    root, spec, discs = planted
+    clf = load(spec)
+    fps = [load_image(p) for p in sorted(discs)]
+    tns = [load_image(p) for p in sorted(str(p) for p in root.rglob("*.png"))
+           if p not in discs][:8]
+    o = CueOptions(embed="pixels", paste_pairs=8)
+    first = discover_cues(clf, fps, tns, box=32, stride=16, options=o)
+    assert first.embedding.startswith("raw pixels")
+    top = first.cues[0]
+    assert top.rank == 1 and top.fp_share >= 0.8 and top.paste_gain >= 0.3
+    assert sum(_covered(p.box, discs[sorted(discs)[p.image]]) >= 0.5 for p in top.patches
+               if p.role == "fp") >= 0.8 * len(discs)
+    assert first.calls == first.new_calls > 0 and first.embed_calls == 0
+    again = discover_cues(clf, fps, tns, box=32, stride=16, options=o)
+    assert [(c.cue, c.rank, [(p.image, p.box) for p in c.patches], c.paste_gain)
+            for c in again.cues] == [(c.cue, c.rank, [(p.image, p.box) for p in c.patches],
+                                      c.paste_gain) for c in first.cues]

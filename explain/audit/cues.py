@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from explain.audit.concepts import Part, score_drops
-from explain.errors import ExplainError, OptionError
+from explain.errors import ExplainError, ImageError, OptionError
 from explain.files import display
 from explain.images import DEFAULT_MAX_PIXELS, as_rgb, load_image, to_batch
 from explain.models import Classifier, resolve_target
@@ -62,6 +62,7 @@ EMBEDS = ("auto", "features", "open-nsfw", "pixels")
 PIXEL_SIDE = 16
 MIN_SHARE = 0.5
 MIN_CLUSTER = 8
+SILHOUETTE_POINTS = 2000
 KMEANS_STARTS = 8
 KMEANS_ITERATIONS = 100
 
@@ -510,7 +511,12 @@ def kmeans(vectors: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.nd
 
 
 def silhouette(vectors: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette (Euclidean); a point alone in its cluster scores 0."""
+    """Mean silhouette (Euclidean); a point alone in its cluster scores 0. Over
+    :data:`SILHOUETTE_POINTS` points at most (an evenly spaced subset), so that memory stays
+    bounded."""
+    if len(vectors) > SILHOUETTE_POINTS:
+        keep = np.linspace(0, len(vectors) - 1, SILHOUETTE_POINTS).astype(np.int64)
+        vectors, labels = vectors[keep], labels[keep]
     sq = (vectors ** 2).sum(1)
     d = np.sqrt(np.clip(sq[:, None] + sq[None] - 2 * vectors @ vectors.T, 0, None))
     ids = np.unique(labels)
@@ -635,7 +641,8 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
               progress: CueProgress | None = None) -> Cues:
     """Harvest, group, measure and rank (the module docstring) over ``images``, keeping every
     result in ``cache`` as it is computed; what the cache already holds is not recomputed.
-    An image that cannot be read is recorded with its reason and skipped."""
+    An image that cannot be read is recorded with its reason and skipped; a model error stops
+    the call (what was committed stays, and the next call goes on from there)."""
     o = options or CueOptions()
     o.check()
     if fill not in FILLS:
@@ -656,11 +663,12 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
         calls, embed_calls = counted.calls, embed.calls
         try:
             rgb = _load(image, max_pixels)
+        except ImageError as exc:
+            score, patches, error = None, [], display(exc.reason)
+        else:
             score, patches = harvest(counted, image, rgb, t, embed, box=box_, stride=stride_,
                                      fill=fill, batch_size=batch_size, options=o)
             error = None
-        except ExplainError as exc:
-            score, patches, error = None, [], display(getattr(exc, "reason", str(exc)))
         cache.save_image(image, Harvested(image.role, score, counted.calls - calls,
                                           embed.calls - embed_calls, embed.describe, error),
                          patches)
