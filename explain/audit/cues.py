@@ -10,7 +10,7 @@ automatically (black-box; in the spirit of ACE, Ghorbani et al. 2019).
    one's (:func:`top_windows`). Each patch's **drop** is ``p_t(image) − p_t(image with the
    patch filled)`` (one batched call per image, :func:`explain.audit.concepts.score_drops`).
 2. **Embed and group.** Patches are embedded by the model's own ``features()`` when it has them,
-   by open_nsfw's penultimate features otherwise, by 16×16 pixels as the last resort, each patch
+   by open_nsfw's penultimate features otherwise, by 32×32 pixels as the last resort, each patch
    faded to gray where its heat is low (:func:`focus`); vectors are centred, L2-normalised and
    grouped by seeded k-means (k-means++ starts, best of 8), k in 2..``max_cues`` (at most one
    cluster per 8 patches) chosen by the largest silhouette (the smallest k on ties).
@@ -59,7 +59,6 @@ from explain.windows import check_batch_size, check_windows
 
 ROLES = ("fp", "tn", "tp")
 EMBEDS = ("auto", "features", "open-nsfw", "pixels")
-PIXEL_SIDE = 16
 MIN_SHARE = 0.5
 MIN_CLUSTER = 8
 SILHOUETTE_POINTS = 2000
@@ -415,7 +414,6 @@ class PatchEmbedder:
             raise OptionError(f"cue embedding {embed!r} is not available for this model; use "
                               "auto or pixels")
         self.embedder = Embedder("pixels", None)
-        self.embedder.size = (PIXEL_SIDE, PIXEL_SIDE)
 
     @property
     def describe(self) -> str:
@@ -658,9 +656,9 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
     decoded: dict[int, np.ndarray] = {}
     notes: list[str] = []
     for i, image in enumerate(todo):
-        if embed is None:
+        calls, embed_calls = counted.calls, embed.calls if embed is not None else 0
+        if embed is None:  # its probe counts for the first image
             embed = PatchEmbedder(classifier, o.embed)
-        calls, embed_calls = counted.calls, embed.calls
         try:
             rgb = _load(image, max_pixels)
         except ImageError as exc:
