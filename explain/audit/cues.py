@@ -585,7 +585,7 @@ def put(recipient: np.ndarray, crop: np.ndarray, box: tuple[int, int, int, int])
 
 
 def paste_test(classifier: Counting, donors: list[Patch], recipients: list[int],
-               pixels: Callable[[int], np.ndarray], scores: dict[int, float], t: int,
+               pixels: Callable[[int], np.ndarray | None], scores: dict[int, float], t: int,
                pairs: int, seed: int, batch_size: int | None) -> list[Paste]:
     """``pairs`` (donor, recipient) pastes, seeded; recipients never get their own patch."""
     rng = np.random.default_rng(seed)
@@ -600,16 +600,18 @@ def paste_test(classifier: Counting, donors: list[Patch], recipients: list[int],
         donor, rec = donors[order_d[i % len(donors)]], recipients[order_r[i % len(recipients)]]
         if rec != donor.image:
             chosen.append((donor, rec))
-    images, boxes = [], []
+    images, made = [], []
     for donor, rec in chosen:
         t_, l_, b_, r_ = donor.box
-        src = pixels(donor.image)
-        pasted, where = _paste(pixels(rec), src[t_:b_, l_:r_], src.shape[:2], rng)
+        src, dst = pixels(donor.image), pixels(rec)
+        if src is None or dst is None:  # a file gone since its harvest
+            continue
+        pasted, where = _paste(dst, src[t_:b_, l_:r_], src.shape[:2], rng)
         images.append(pasted)
-        boxes.append(where)
+        made.append((donor, rec, where))
     after = score_images(classifier, images, t, batch_size) if images else []
     return [Paste(d.image, d.box, rec, where, scores[rec], float(a))
-            for (d, rec), where, a in zip(chosen, boxes, after, strict=True)]
+            for (d, rec, where), a in zip(made, after, strict=True)]
 
 
 def _signature(members: list[Patch], recipients: list[int], options: CueOptions) -> str:
@@ -653,7 +655,7 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
     done = cache.harvested()
     todo = [im for im in images if im.key not in done]
     embed: PatchEmbedder | None = None
-    decoded: dict[int, np.ndarray] = {}
+    decoded: dict[int, np.ndarray | None] = {}
     notes: list[str] = []
     for i, image in enumerate(todo):
         calls, embed_calls = counted.calls, embed.calls if embed is not None else 0
@@ -696,11 +698,14 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
     recipients = sorted((k for k, r in alive.items() if r.role == "tn"), key=order.__getitem__)
     scores = {k: r.score for k, r in alive.items()}
 
-    def pixels(key: int) -> np.ndarray:
+    def pixels(key: int) -> np.ndarray | None:
         if key not in decoded:
             if len(decoded) > 64:
                 decoded.clear()
-            decoded[key] = _load(by_key[key], max_pixels)
+            try:
+                decoded[key] = _load(by_key[key], max_pixels)
+            except ImageError:
+                decoded[key] = None
         return decoded[key]
 
     for c in range(result.k):
