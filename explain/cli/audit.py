@@ -55,6 +55,7 @@ def audit(
     concepts: Annotated[bool, typer.Option("--concepts/--no-concepts", help="Run the NudeNet "
                                            "part detector and measure each part's effect.")
                         ] = True,
+    cues: Annotated[bool, typer.Option("--cues/--no-cues", help="Discover the cues the model reacts to in its false positives (needs 5 with a heatmap).")] = True,  # noqa: E501
     batch_size: BatchOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Threads decoding images "
                                          "ahead of the model.")] = 4,
@@ -76,9 +77,9 @@ def audit(
 
     options = AuditOptions(threshold=threshold, top=top, box=int_pair(box, "--box"),
                            stride=int_pair(stride, "--stride"), fill=fill, target=target,
-                           concepts=concepts, max_pixels=max_pixels, batch_size=batch_size,
-                           workers=workers, colormap=colormap, alpha=alpha, normalize=normalize,
-                           vmin=vmin, vmax=vmax, mosaic=mosaic)
+                           concepts=concepts, cues=cues, max_pixels=max_pixels,
+                           batch_size=batch_size, workers=workers, colormap=colormap,
+                           alpha=alpha, normalize=normalize, vmin=vmin, vmax=vmax, mosaic=mosaic)
     options.check()
     check_output_dir(output)
     clf = models.load()
