@@ -424,12 +424,9 @@ def cue_stage(store: Store, classifier: Classifier, targets: list[tuple[str, Ima
     items = [CueImage(row.id, "fp", row.file, row.path, row.score,
                       heatmap=lambda npy=done["npy"]: np.load(folder / npy))
              for row, done in fps]
-    for role, where, args, n in (
-            ("tn", "label IS NOT NULL AND label != ? AND score < ?", (target_name, o.threshold),
-             c.negatives),
-            ("tp", "label = ? AND score >= ?", (target_name, o.threshold), c.positives)):
+    for role, n in (("tn", c.negatives), ("tp", c.positives)):
         items += [CueImage(row.id, role, row.file, row.path, row.score)
-                  for row in store.sample(where, args, n, c.seed)]
+                  for row in store.sample(role, target_name, o.threshold, n, c.seed)]
     box, stride = check_windows(o.box, o.stride)
     cache = StoreCache(store, c.setting(box=box, stride=stride, fill=o.fill, target=target_name))
     todo = len(items) - len(cache.harvested().keys() & {it.key for it in items})

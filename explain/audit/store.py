@@ -367,11 +367,16 @@ class Store:
                             "calls, done_at) VALUES (?, ?, ?, ?, ?, ?)",
                             (self.run, setting, signature, pastes, calls, time.time()))
 
-    def sample(self, where: str, args: tuple, n: int, seed: int) -> list[ImageRow]:
-        """``n`` scored images matching ``where``, a seeded pseudo-random choice (the order of a
-        multiplicative hash of the id), the same on every call with the same seed."""
+    def sample(self, outcome: str, target: str, threshold: float, n: int, seed: int
+               ) -> list[ImageRow]:
+        """``n`` labeled, scored images of one ``outcome``: ``"tn"`` (label ≠ ``target``, score
+        below ``threshold``) or ``"tp"`` (label = ``target``, score at or above it); a seeded
+        pseudo-random choice (the order of a multiplicative hash of the id), the same on every
+        call with the same seed."""
+        where = {"tn": "label != ? AND score < ?", "tp": "label = ? AND score >= ?"}[outcome]
         rows = self.db.execute(
-            f"SELECT id, path, label, score, height, width FROM images WHERE run = ? AND "
-            f"score IS NOT NULL AND ({where}) ORDER BY (id * 2654435761 + ?) % 4294967296, id "
-            "LIMIT ?", (self.run, *args, seed, n)).fetchall()
+            "SELECT id, path, label, score, height, width FROM images WHERE run = ? AND "
+            f"score IS NOT NULL AND label IS NOT NULL AND {where} "
+            "ORDER BY (id * 2654435761 + ?) % 4294967296, id LIMIT ?",
+            (self.run, target, threshold, seed, n)).fetchall()
         return [ImageRow(*r) for r in rows]
