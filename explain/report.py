@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image
 
 from explain.backprop import deconvnet, guided_backprop
+from explain.choices import FORMATS
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN, faithfulness
 from explain.files import display, to_storable, write_text
@@ -68,7 +69,6 @@ from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 DISPLAY_SIDE = 256
 THUMB_SIDE = 64
-FORMATS = ("html", "json")
 DEFAULT_MODELS = ("open-nsfw", "open-nsfw:auto")
 TIE_TOLERANCE = 0.01
 Progress = Callable[[int, int, str], None]
