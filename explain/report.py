@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image
 
 from explain.backprop import deconvnet, guided_backprop
+from explain.choices import FILLS, FORMATS
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN, faithfulness
 from explain.files import display, to_storable, write_text
@@ -61,14 +62,13 @@ from explain.grad_cam import gradcam
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
 from explain.models import Classifier, load, resolve_target
-from explain.occlusion import FILLS, occlusion_map
+from explain.occlusion import occlusion_map
 from explain.render import check_look, figure, overlay
 from explain.sliding import sliding_window_map
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 DISPLAY_SIDE = 256
 THUMB_SIDE = 64
-FORMATS = ("html", "json")
 DEFAULT_MODELS = ("open-nsfw", "open-nsfw:auto")
 TIE_TOLERANCE = 0.01
 Progress = Callable[[int, int, str], None]

@@ -51,18 +51,13 @@ from explain.audit.cues import CueImage, CueOptions, Cues, StoreCache, find_cues
 from explain.audit.dataset import open_dataset
 from explain.audit.outputs import write_png
 from explain.audit.store import ImageRow, Store
+from explain.choices import DEFAULT_MAX_PIXELS, FILLS
 from explain.errors import ExplainError, ModelError, OptionError
 from explain.files import check_output_dir, display
-from explain.images import (
-    DEFAULT_MAX_PIXELS,
-    collect_warnings,
-    load_image,
-    to_batch,
-    to_tensor,
-)
+from explain.images import collect_warnings, load_image, to_batch, to_tensor
 from explain.models import Classifier, load, resolve_target
 from explain.models.base import resize
-from explain.occlusion import FILLS, occlusion_map
+from explain.occlusion import occlusion_map
 from explain.render import check_look, figure
 from explain.report import shrink
 from explain.windows import (

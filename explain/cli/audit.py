@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
+from explain.choices import DEFAULT_MAX_PIXELS
 from explain.cli.common import (
     AlphaOpt,
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    Fill,
     FillOpt,
     ModelOptions,
     NormalizeOpt,
@@ -26,7 +28,6 @@ from explain.cli.common import (
     with_model_options,
 )
 from explain.files import check_output_dir, display
-from explain.images import DEFAULT_MAX_PIXELS
 
 
 def _fmt(value: float | None) -> str:
@@ -51,7 +52,7 @@ def audit(
                                      "positives and as many false negatives.")] = 50,
     box: BoxOpt = "25%",
     stride: StrideOpt = "18.75%",
-    fill: FillOpt = "gray",
+    fill: FillOpt = Fill.gray,
     concepts: Annotated[bool, typer.Option("--concepts/--no-concepts", help="Run the NudeNet "
                                            "part detector and measure each part's effect.")
                         ] = True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -25,6 +26,7 @@ from explain.cli.common import (
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    Fill,
     FillOpt,
     ImageOutDirOpt,
     Images,
@@ -46,15 +48,11 @@ from explain.cli.common import (
     user_errors,
     with_model_options,
 )
-from explain.errors import ExplainError, OptionError
+from explain.errors import ExplainError
 from explain.files import display
-from explain.heatmap import Heatmap
-from explain.images import load_image
-from explain.models import resolve_target
-from explain.occlusion import FILLS, occlusion_map
-from explain.render import check_look, figure, save_png, side_by_side
-from explain.sliding import sliding_window_map
-from explain.windows import check_windows, small_box_note
+
+if TYPE_CHECKING:
+    from explain.heatmap import Heatmap
 
 DEFAULT_MODEL = "open-nsfw:auto"
 
@@ -65,6 +63,11 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                     side: bool) -> None:
     """Run ``make_map`` over every image with a progress bar; report bad images and go on.
     ``look``: the drawing options of :func:`explain.render.figure`."""
+    from explain.images import load_image
+    from explain.models import resolve_target
+    from explain.render import check_look, figure, save_png, side_by_side
+    from explain.windows import check_windows, small_box_note
+
     box_px, stride_px = int_pair(box, "--box"), int_pair(stride, "--stride")
     check_windows(box_px, stride_px)
     check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
@@ -108,7 +111,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
 @user_errors
 @with_model_options(DEFAULT_MODEL)
 def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
-            stride: StrideOpt = "18.75%", fill: FillOpt = "gray", target: TargetOpt = "nsfw",
+            stride: StrideOpt = "18.75%", fill: FillOpt = Fill.gray, target: TargetOpt = "nsfw",
             batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
             output: ImageOutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
             side_by_side: SideBySideOpt = False, normalize: NormalizeOpt = None,
@@ -118,8 +121,8 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
     Writes NAME.occlusion.png: red = hiding this region lowers the score, blue = raises it,
     white = no effect (the colour bar below gives the drop in probability).
     """
-    if fill not in FILLS:
-        raise OptionError(f"unknown --fill {fill!r}; use one of {', '.join(FILLS)}")
+    from explain.occlusion import occlusion_map
+
     _explain_images("occlusion", partial(occlusion_map, fill=fill), images, box=box,
                     stride=stride, target=target, models=models, batch_size=batch_size,
                     output=output, save_npy=save_npy, side=side_by_side,
@@ -140,6 +143,8 @@ def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: Str
     Writes NAME.sliding.png: the crops' probability on a fixed 0..1 scale (red = crops here
     score high on their own).
     """
+    from explain.sliding import sliding_window_map
+
     _explain_images("sliding", sliding_window_map, images, box=box, stride=stride,
                     target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
