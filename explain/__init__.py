@@ -1,18 +1,16 @@
 """explain: why does an image classifier score an image the way it does?
 
 The public API is this flat list of names (``explain.occlusion_map``, ``explain.overlay``, …).
-They are imported on first use, so ``import explain`` (and the CLI's start-up) does not pay for
-captum, openTSNE or jinja2 until a method that needs them is called. The dataset audit lives in
+They are imported on first use, so ``import explain`` (and the CLI's start-up) loads none of
+torch, captum, openTSNE or jinja2 until a name that needs them is used. The dataset audit lives in
 its own package: ``from explain.audit import audit``.
 """
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
-
-# a function named like its module must be bound here, before anything imports that module and
-# the import system sets the package attribute to the module itself
-from explain.faithfulness import faithfulness as faithfulness
+from types import ModuleType
 
 _EXPORTS = {
     "Heatmap": "explain.heatmap",
@@ -36,9 +34,10 @@ _EXPORTS = {
     "read_grid_json": "explain.grid",
     "ExplainError": "explain.errors",
     "load_image": "explain.images",
+    "faithfulness": "explain.faithfulness",
 }
 
-__all__ = sorted([*_EXPORTS, "faithfulness"])
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> object:
@@ -52,3 +51,15 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(ModuleType):
+    """Importing a submodule binds it to the package's attribute of its name; a function named
+    like its module (``faithfulness``) keeps that name instead of being shadowed by it."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if not (name in _EXPORTS and isinstance(value, ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from explain.choices import FILLS
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
 from explain.images import ImageInput, as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
-from explain.occlusion import FILLS, fill_values, gaussian_blur
+from explain.occlusion import fill_values, gaussian_blur
 from explain.windows import check_batch_size
 
 SATURATION_MARGIN = 0.01

@@ -40,6 +40,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from explain.budget import check_memory
+from explain.choices import COLOR_BY, COSTS, EMBED_MODES
 from explain.errors import ExplainError, ImageError, ModelError, OptionError
 from explain.files import display, to_storable, write_text
 from explain.images import as_rgb, to_batch
@@ -47,9 +48,6 @@ from explain.models import Classifier, resolve_target
 from explain.models.adapters import import_callable, raised
 from explain.windows import fit_batch
 
-EMBED_MODES = ("features", "pixels")
-COSTS = ("sqeuclidean", "euclidean")
-COLOR_BY = ("score", "label", "none")
 PIXEL_SIDE = 32
 DEFAULT_INPUT = (256, 256)
 MIN_IMAGES = 4

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from explain.choices import DEFAULT_MAX_PIXELS
 from explain.errors import ImageError
 
-DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )

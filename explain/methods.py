@@ -9,7 +9,8 @@ RISE is left out: it scores thousands of masked images, a minute per image on a 
 
 The table is explicit (no registration by import side effects), and this module imports no
 method: each run function imports its implementation when it is called, so reading the names
-and titles (the CLI's ``--methods`` help) does not load captum or jinja2.
+and titles (the CLI's ``--methods`` help and check) loads neither torch, numpy, captum nor
+jinja2.
 
 Adding a method: its module (the library function and its maths), one run function here, one
 line in :data:`METHODS`.
@@ -17,9 +18,11 @@ line in :data:`METHODS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+
+from explain.errors import OptionError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -107,3 +110,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gradcam", "Grad-CAM", True, _gradcam),
 )}
 DEFAULT_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.by_default)
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[str]:
+    """``"occlusion,gradcam"`` or a list → validated method names, in the given order."""
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = [m for m in names if m]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise OptionError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose "
+                          f"from {','.join(METHODS)}")
+    return list(dict.fromkeys(names))

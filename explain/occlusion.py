@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from explain.choices import FILLS
 from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
@@ -47,8 +48,6 @@ from explain.windows import (
     window_grid,
     window_mean,
 )
-
-FILLS = ("gray", "black", "mean", "blur")
 
 
 def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, int]

@@ -51,11 +51,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from explain.choices import NORMALIZE_MODES
 from explain.errors import OptionError
 from explain.files import write_bytes
 from explain.heatmap import Heatmap
 
-NORMALIZE_MODES = ("minmax", "percentile", "fixed")
 DIVERGING_DEFAULT = "bwr"
 DIVERGING = frozenset({
     "bwr", "coolwarm", "seismic", "RdBu", "RdBu_r", "RdYlBu", "RdYlBu_r", "RdYlGn", "RdGy",

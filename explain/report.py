@@ -3,12 +3,13 @@
 :func:`build_report` runs the chosen methods on each image, times each, computes its deletion and
 insertion AUC (:func:`explain.faithfulness`) and ranks the methods per image and overall by
 ``insertion_auc − deletion_auc`` (higher is better). The methods are the registry's,
-:data:`explain.methods.METHODS` (re-exported here with ``Method`` and ``Models`` under their old
-names), by default its :data:`~explain.methods.DEFAULT_METHODS`. :func:`render_html` turns the
-result into ONE self-contained HTML file (pictures as base64 data URIs, no network resource, opens
-from disk; jinja2 with autoescaping, since file and class names are untrusted text, and every
-shown text passed through :func:`explain.files.display`); :func:`report_json` gives the same
-numbers for machines; :func:`write_report` does both steps and writes the file atomically.
+:data:`explain.methods.METHODS` (re-exported here with ``Method``, ``Models`` and
+``parse_methods`` under their old names), by default its
+:data:`~explain.methods.DEFAULT_METHODS`. :func:`render_html` turns the result into ONE
+self-contained HTML file (pictures as base64 data URIs, no network resource, opens from disk;
+jinja2 with autoescaping, since file and class names are untrusted text, and every shown text
+passed through :func:`explain.files.display`); :func:`report_json` gives the same numbers for
+machines; :func:`write_report` does both steps and writes the file atomically.
 
 The ranking counts only what the measure can tell apart:
 
@@ -55,6 +56,7 @@ import jinja2
 import numpy as np
 from PIL import Image
 
+from explain.choices import DEFAULT_MASKS, FILLS, FORMATS
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN, faithfulness
 from explain.files import display, to_storable, write_text
@@ -64,15 +66,14 @@ from explain.methods import DEFAULT_METHODS
 from explain.methods import METHODS as METHODS
 from explain.methods import Method as Method
 from explain.methods import Models as Models
+from explain.methods import parse_methods as parse_methods
 from explain.models import load, resolve_target
-from explain.occlusion import FILLS
 from explain.render import check_look, figure, overlay
-from explain.rise import DEFAULT_MASKS, check_rise
+from explain.rise import check_rise
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 DISPLAY_SIDE = 256
 THUMB_SIDE = 64
-FORMATS = ("html", "json")
 DEFAULT_MODELS = ("open-nsfw", "open-nsfw:auto")
 TIE_TOLERANCE = 0.01
 Progress = Callable[[int, int, str], None]
@@ -165,17 +166,6 @@ class Report:
     not_ranked: dict[str, str]
     seconds: float
     created: str
-
-
-def parse_methods(methods: str | Sequence[str]) -> list[str]:
-    """``"occlusion,gradcam"`` or a list → validated method names, in the given order."""
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
-    names = [m for m in names if m]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise OptionError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose "
-                          f"from {','.join(METHODS)}")
-    return list(dict.fromkeys(names))
 
 
 def resolve_models(model: object, device: str | None, methods: Sequence[str]) -> Models:

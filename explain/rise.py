@@ -43,15 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from explain.choices import DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P
 from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
 from explain.windows import Progress, check_batch_size
-
-DEFAULT_MASKS = 4000
-DEFAULT_CELL = 7
-DEFAULT_P = 0.5
 
 
 def check_rise(masks: int, cell: int = DEFAULT_CELL, p: float = DEFAULT_P, seed: int = 0) -> None:

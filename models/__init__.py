@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from explain.choices import BUNDLED, SPEC_FORMS
 from explain.errors import ModelError
 from explain.models import open_nsfw
 from explain.models.adapters import (
@@ -45,23 +46,6 @@ __all__ = [
     "Preprocess", "TorchClassifier", "check_scores", "default_device", "load", "open_nsfw",
     "resolve_target", "SPEC_FORMS", "BUNDLED",
 ]
-
-BUNDLED = {
-    "open-nsfw": "Yahoo open_nsfw (ResNet-50 thin), torch backend, white-box capable",
-    "open-nsfw:torch": "same as open-nsfw",
-    "open-nsfw:onnx": "Yahoo open_nsfw on onnxruntime (fastest on CPU; black-box only)",
-    "open-nsfw:auto": "onnx on CPU, torch on CUDA: the fastest backend for black-box methods",
-}
-SPEC_FORMS = {
-    "NAME": "a bundled model: " + ", ".join(BUNDLED),
-    "FILE.pt / .ts / .pth": "a TorchScript file (give --input-size/--mean/--std)",
-    "FILE.onnx": "an ONNX file on onnxruntime (NCHW or NHWC read from the graph)",
-    "package.module:function": "a Python function: uint8 N×H×W×3 RGB numpy → N×C scores",
-    "package.module:net": "an nn.Module instance (white-box capable; give --input-size/--mean/"
-                          "--std)",
-    "file.py:function": "the same, from a file",
-    "http(s)://host/path": "an HTTP endpoint (JSON with base64 PNGs; see docs)",
-}
 
 
 def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *,

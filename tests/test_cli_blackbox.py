@@ -101,8 +101,7 @@ def test_slide_writes_sliding_png(runner, files, cli_picture):
     cli_picture("out/cup.sliding.png", figure, img, expected, colormap="viridis", alpha=0.7)
 
 
-@pytest.mark.parametrize("args,word", [(["--fill", "pink"], "--fill"),
-                                       (["--box", "8", "--stride", "16"], "larger than box"),
+@pytest.mark.parametrize("args,word", [(["--box", "8", "--stride", "16"], "larger than box"),
                                        (["--box", "big"], "--box"),
                                        (["--colormap", "nope"], "colormap"),
                                        (["--target", "7"], "out of range")])

@@ -248,7 +248,6 @@ def test_cli_says_no_signal_and_small_box_on_the_image_line(folder):
     ("occlude", ["--vmin", "1", "--vmax", "0"], "vmax"),
     ("occlude", ["--normalize", "fixed"], "vmin and vmax"),
     ("occlude", ["--box", "150%"], "fraction"),
-    ("slide", ["--normalize", "zscore"], "normalize"),
     ("gradcam", ["--vmin", "1", "--vmax", "0"], "vmax"),
     ("deconv", ["--normalize", "fixed", "--vmax", "1"], "vmin and vmax"),
 ])

@@ -239,18 +239,6 @@ def test_cli_default_model_html_and_json(tmp_path, photos):
     assert html.read_text().startswith("<!DOCTYPE html>")
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--methods", "lime"], "unknown method"), (["--format", "pdf"], "unknown format"),
-    (["--fill", "pink"], "unknown fill"),
-])
-def test_cli_bad_options_one_line(tmp_path, photos, extra, message):
-    paths = write_images(tmp_path / "imgs", photos)[:1]
-    res = CliRunner().invoke(app, ["report", str(paths[0]), "-o", str(tmp_path / "r.html"),
-                                   "--model", "open-nsfw:onnx", *extra])
-    assert res.exit_code == 2
-    assert message in res.output and "Traceback" not in res.output
-
-
 def test_cli_python_function_model_and_literal_names(tmp_path, photos):
     module = tmp_path / "brightness.py"
     module.write_text("import numpy as np\n\n"

@@ -5,8 +5,9 @@ resumable SQLite store.
 """
 
 from explain.audit.concepts import NudeNetDetector, Part, PartDetector
+from explain.audit.cues import Cue, CueOptions, Cues, discover_cues
 from explain.audit.dataset import Item, open_dataset
 from explain.audit.run import AuditOptions, AuditResult, audit
 
-__all__ = ["AuditOptions", "AuditResult", "Item", "NudeNetDetector", "Part", "PartDetector",
-           "audit", "open_dataset"]
+__all__ = ["AuditOptions", "AuditResult", "Cue", "CueOptions", "Cues", "Item", "NudeNetDetector",
+           "Part", "PartDetector", "audit", "discover_cues", "open_dataset"]

@@ -2,7 +2,9 @@
 
 ``scores.csv`` (one row per scored image), ``errors.csv`` (path, reason), ``parts.csv`` (one row
 per detected part), ``concepts.csv`` (per group and concept: count, image share, mean score drop,
-mean heat share, mean area share), ``histogram.png`` and ``roc.png``, the similarity mosaic
+mean heat share, mean area share), ``cues.csv`` and ``cue_patches.csv`` (the discovered cues and
+their patches, with a patch mosaic and two paste examples per cue under ``cues/``),
+``histogram.png`` and ``roc.png``, the similarity mosaic
 ``grid.png`` + ``grid.json`` (when :mod:`explain.grid` is installed), and ``audit.html``: one
 self-contained page (pictures inlined as base64; jinja2 with autoescaping, since file names and
 labels are untrusted text).
@@ -19,7 +21,7 @@ import base64
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from explain.audit import metrics as m
+from explain.audit.cues import Cues, Paste, put
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError
 from explain.files import atomic_write, display, from_storable, write_bytes, write_text
@@ -365,6 +368,95 @@ def _gallery_kinds(labeled: bool, target: str, threshold: float) -> list[tuple[s
              "lowest score first")]
 
 
+CUE_TILE = 64
+CUE_TILES = 24
+CUES_SHOWN = 12
+ROLE_COLOURS = {"fp": (214, 39, 40), "tn": (44, 160, 44), "tp": (31, 119, 180)}
+
+
+def write_cues(folder: Path, cues: Cues) -> tuple[dict[str, Path], dict]:
+    """``cues.csv``, ``cue_patches.csv`` and per cue a patch mosaic and two before/after paste
+    pictures under ``cues/``; returns the files and the page section."""
+    files = {"cues": folder / "cues.csv", "cue_patches": folder / "cue_patches.csv"}
+    with csv_file(files["cues"]) as writer:
+        writer.writerow(["cue", "rank", "strength", "patches", "fp_images", "fp_share",
+                         "tn_share", "tp_share", "mean_drop", "paste_gain", "paste_images",
+                         "paste_pairs"])
+        for c in cues.cues:
+            writer.writerow([c.cue, c.rank, f"{c.strength:.6f}", len(c.patches), c.fp_images,
+                             _num(c.fp_share), _num(c.tn_share), _num(c.tp_share),
+                             _num(c.mean_drop), _num(c.paste_gain), c.paste_images,
+                             len(c.pastes)])
+    with csv_file(files["cue_patches"]) as writer:
+        writer.writerow(["cue", "rank", "path", "role", "top", "left", "bottom", "right", "heat",
+                         "drop"])
+        for c in cues.cues:
+            for p in c.patches:
+                writer.writerow([c.cue, c.rank, cues.images[p.image].name, p.role, *p.box,
+                                 f"{p.heat:.6f}", f"{p.drop:.6f}"])
+    pixels: dict[int, np.ndarray | None] = {}
+
+    def image(key: int) -> np.ndarray | None:
+        if key not in pixels:
+            try:
+                pixels[key] = load_image(from_storable(cues.images[key].name), notes=[])
+            except ExplainError:
+                pixels[key] = None
+        return pixels[key]
+
+    shown = []
+    for c in cues.cues[:CUES_SHOWN]:
+        tiles = []
+        for p in sorted(c.patches, key=lambda q: (q.role != "fp", -q.drop))[:CUE_TILES]:
+            rgb = image(p.image)
+            if rgb is not None:
+                tile = cv2.resize(np.ascontiguousarray(rgb[p.box[0]:p.box[2], p.box[1]:p.box[3]]),
+                                  (CUE_TILE - 4, CUE_TILE - 4), interpolation=cv2.INTER_AREA)
+                tiles.append(cv2.copyMakeBorder(tile, 2, 2, 2, 2, cv2.BORDER_CONSTANT,
+                                                value=ROLE_COLOURS[p.role]))
+        card = {"cue": c, "mosaic": None, "pastes": []}
+        if tiles:
+            cols = min(len(tiles), 8)
+            rows = -(-len(tiles) // cols)
+            sheet = np.full((rows * CUE_TILE, cols * CUE_TILE, 3), 255, np.uint8)
+            for i, tile in enumerate(tiles):
+                r, q = divmod(i, cols)
+                sheet[r * CUE_TILE:(r + 1) * CUE_TILE, q * CUE_TILE:(q + 1) * CUE_TILE] = tile
+            png = write_png(folder / "cues" / f"cue_{c.cue:02d}.png", sheet)
+            card["mosaic"] = file_uri(png)
+        for k, paste in enumerate(sorted(c.pastes, key=lambda q: -q.gain)[:2], 1):
+            picture = paste_picture(paste, image)
+            if picture is not None:
+                png = write_png(folder / "cues" / f"cue_{c.cue:02d}_paste_{k}.png", picture)
+                card["pastes"].append({"uri": file_uri(png), "before": paste.before,
+                                       "after": paste.after,
+                                       "recipient": display(from_storable(
+                                           cues.images[paste.recipient].name))})
+        shown.append(card)
+    section = {"cards": shown, "total": len(cues.cues), "embedding": cues.embedding,
+               "k": cues.k, "silhouette": cues.silhouette, "calls": cues.calls,
+               "new_calls": cues.new_calls, "embed_calls": cues.embed_calls,
+               "fp_images": cues.fp_images, "tn_images": cues.tn_images,
+               "tp_images": cues.tp_images}
+    return files, section
+
+
+def paste_picture(paste: Paste, image: Callable[[int], np.ndarray | None]) -> np.ndarray | None:
+    """The recipient before and after the paste, side by side, the pasted box outlined."""
+    rgb, donor = image(paste.recipient), image(paste.donor)
+    if rgb is None or donor is None:
+        return None
+    t, le, b, r = paste.box
+    dt, dl, db, dr = paste.donor_box
+    after = put(rgb, donor[dt:db, dl:dr], paste.box)
+    before, after = shrink(rgb, DISPLAY_SIDE), shrink(after, DISPLAY_SIDE).copy()
+    scale = after.shape[1] / rgb.shape[1]
+    cv2.rectangle(after, (round(le * scale), round(t * scale)),
+                  (round(r * scale) - 1, round(b * scale) - 1), (255, 255, 0), 2)
+    gap = np.full((before.shape[0], 8, 3), 255, np.uint8)
+    return np.concatenate([before, gap, after], axis=1)
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.PackageLoader("explain", "templates"),
                               autoescape=True, undefined=jinja2.StrictUndefined,
@@ -373,7 +465,8 @@ def _environment() -> jinja2.Environment:
 
 def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target: str,
                   class_names: list[str], options: object, targets: list, labels: list[str],
-                  notes: list[str], seconds: dict[str, float]):  # noqa: ANN201
+                  notes: list[str], seconds: dict[str, float], cues: Cues | None = None
+                  ):  # noqa: ANN201
     """Every output file of the run; returns the :class:`~explain.audit.run.AuditResult`."""
     from explain.audit.run import AuditResult
 
@@ -388,6 +481,13 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
     else:
         for name in ("parts", "concepts"):
             files.pop(name).unlink(missing_ok=True)
+    cue_section = None
+    if cues is not None:
+        cue_files, cue_section = write_cues(folder, cues)
+        files.update(cue_files)
+    else:
+        for name in ("cues.csv", "cue_patches.csv"):
+            (folder / name).unlink(missing_ok=True)
     metrics_ = compute_metrics(seen, target, o.threshold, class_names)
     files.update(write_plots(folder, seen, metrics_, target, o.threshold))
     mosaic, mosaic_notes = write_mosaic(store, folder, classifier, target,
@@ -413,6 +513,7 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
         "roc": file_uri(files["roc"]) if "roc" in files else None,
         "concepts": concept_groups,
         "concept_rows": concept_matrix(concept_groups), "mosaic": mosaic, "errors": errors,
+        "cues": cue_section,
         "galleries": [
             {"kind": kind, "title": title, "help": text,
              "cards": list(gallery(store, folder, targets, kind))}

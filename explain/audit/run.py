@@ -14,9 +14,13 @@ so the same call after a kill resumes where the last committed batch ended:
    and false negatives (true label = target, score < threshold, lowest first), or for unlabeled
    data the top-k scores, get an occlusion map each; its PNGs are written first and its row (with
    the heat shares of the image's parts) committed after, so a kill leaves no row without files.
-4. **mosaic** (when :mod:`explain.grid` is available) and the outputs, rebuilt from the store on
-   every call: ``scores.csv``, ``errors.csv``, ``concepts.csv``, ``parts.csv``, plots and
-   ``audit.html``.
+4. **cues** (``options.cues``, labeled data with at least ``cue_options.min_fps`` false positives
+   with a heatmap): :func:`explain.audit.cues.find_cues` over those false positives (their stored
+   heatmaps reused), a seeded sample of true negatives and of true positives; each image's
+   harvest and each cluster's paste test is committed as computed.
+5. **mosaic** (when :mod:`explain.grid` is available) and the outputs, rebuilt from the store on
+   every call: ``scores.csv``, ``errors.csv``, ``concepts.csv``, ``parts.csv``, ``cues.csv``,
+   ``cue_patches.csv``, plots and ``audit.html``.
 
 Memory is bounded by a few batches of images plus one heatmap, whatever the dataset's size.
 """
@@ -43,21 +47,17 @@ from explain.audit.concepts import (
     scale_part,
     score_drops,
 )
+from explain.audit.cues import CueImage, CueOptions, Cues, StoreCache, find_cues
 from explain.audit.dataset import open_dataset
 from explain.audit.outputs import write_png
 from explain.audit.store import ImageRow, Store
+from explain.choices import DEFAULT_MAX_PIXELS, FILLS
 from explain.errors import ExplainError, ModelError, OptionError
 from explain.files import check_output_dir, display
-from explain.images import (
-    DEFAULT_MAX_PIXELS,
-    collect_warnings,
-    load_image,
-    to_batch,
-    to_tensor,
-)
+from explain.images import collect_warnings, load_image, to_batch, to_tensor
 from explain.models import Classifier, load, resolve_target
 from explain.models.base import resize
-from explain.occlusion import FILLS, occlusion_map
+from explain.occlusion import occlusion_map
 from explain.render import check_look, figure
 from explain.report import shrink
 from explain.windows import (
@@ -78,8 +78,9 @@ DEFAULT_BATCH = 32
 @dataclass
 class AuditOptions:
     """Everything that shapes an audit; all but ``top``, ``batch_size``, ``workers``,
-    ``colormap``, ``alpha``, ``normalize``, ``vmin``, ``vmax`` and ``mosaic`` are part of the
-    run key."""
+    ``colormap``, ``alpha``, ``normalize``, ``vmin``, ``vmax``, ``mosaic``, ``cues`` and
+    ``cue_options`` are part of the run key (the cue discovery keeps its results under a hash of
+    its own options)."""
 
     threshold: float = 0.5
     top: int = 50
@@ -97,6 +98,8 @@ class AuditOptions:
     vmin: float | None = None
     vmax: float | None = None
     mosaic: int = 256
+    cues: bool = True
+    cue_options: CueOptions = field(default_factory=CueOptions)
 
     def check(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -117,6 +120,7 @@ class AuditOptions:
             raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
         if self.workers < 1:
             raise OptionError(f"workers must be at least 1, got {self.workers}")
+        self.cue_options.check()
 
 
 @dataclass
@@ -134,6 +138,7 @@ class AuditResult:
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    cues: Cues | None = None
 
 
 def code_version() -> str:
@@ -396,6 +401,38 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
     return notes
 
 
+def cue_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
+              o: AuditOptions, labels: list[str], target_name: str, folder: Path, rate: Rate
+              ) -> tuple[Cues | None, list[str]]:
+    """Discovered cues over the false positives that have a heatmap (step 4), or why not."""
+    if not o.cues:
+        return None, []
+    c = o.cue_options
+    if not labels:
+        return None, ["cue discovery skipped: it needs labeled data (it explains false "
+                      "positives)"]
+    fps = [(row, store.heatmap(row.id)) for kind, row in targets if kind == "fp"]
+    fps = [(row, done) for row, done in fps if done is not None]
+    if len(fps) < c.min_fps:
+        return None, [f"cue discovery skipped: {len(fps)} false positive(s) with a heatmap, it "
+                      f"needs {c.min_fps} (raise --top or lower --threshold)"]
+    items = [CueImage(row.id, "fp", row.file, row.path, row.score,
+                      heatmap=lambda npy=done["npy"]: np.load(folder / npy))
+             for row, done in fps]
+    for role, n in (("tn", c.negatives), ("tp", c.positives)):
+        items += [CueImage(row.id, role, row.file, row.path, row.score)
+                  for row in store.sample(role, target_name, o.threshold, n, c.seed)]
+    box, stride = check_windows(o.box, o.stride)
+    cache = StoreCache(store, c.setting(box=box, stride=stride, fill=o.fill, target=target_name))
+    todo = len(items) - len(cache.harvested().keys() & {it.key for it in items})
+    with collect_warnings(), rate.task("cues", todo) as advance:
+        cues = find_cues(classifier, items, options=c, target=target_name, box=box,
+                         stride=stride, fill=o.fill, batch_size=o.batch_size,
+                         max_pixels=o.max_pixels, cache=cache,
+                         progress=lambda stage, done, total: advance())
+    return cues, cues.notes
+
+
 def audit(data: str | os.PathLike, output: str | os.PathLike, *,
           labels: str | os.PathLike | None = None, model: object = "open-nsfw:auto",
           device: str | None = None, options: AuditOptions | None = None,
@@ -454,13 +491,22 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
         seconds["heatmaps"] = time.perf_counter() - start
 
         start = time.perf_counter()
+        cues, cue_notes = cue_stage(store, classifier, targets, o, labels_seen, class_names[t],
+                                    out, rate)
+        notes += cue_notes
+        if cues is not None:
+            seconds["cues"] = time.perf_counter() - start
+
+        start = time.perf_counter()
         with collect_warnings():
             result = write_outputs(store, out, classifier=classifier, target=class_names[t],
                                    class_names=class_names, options=o, targets=targets,
-                                   labels=labels_seen, notes=notes, seconds=seconds)
+                                   labels=labels_seen, notes=notes, seconds=seconds,
+                                   cues=cues)
         seconds["outputs"] = time.perf_counter() - start
         store.mark_stage("finished")
         result.seconds = seconds
+        result.cues = cues
         return result
     finally:
         store.close()

@@ -8,8 +8,11 @@ different settings are never mixed.
 
 Tables: ``runs`` (key, parameters, stage timestamps), ``images`` (one row per image: label,
 score, error, the warnings its decoding raised, timestamps of each stage), ``parts`` (one row
-per detected body part: box, score drop, heat share) and ``heatmaps`` (one row per top-k
-heatmap, with its files). Each batch of images is committed in one short transaction together
+per detected body part: box, score drop, heat share), ``heatmaps`` (one row per top-k
+heatmap, with its files) and the cue discovery's (:mod:`explain.audit.cues`): ``cue_images``
+(one row per image harvested, under a *setting*, the hash of the cue options), ``cue_patches``
+(its patches with their embeddings) and ``cue_pastes`` (each cluster's paste test). Each batch
+of images is committed in one short transaction together
 with its stage marks, so a kill at any moment loses at most the batch in flight and never leaves
 half of one. WAL journaling keeps
 readers (a progress poller, a test) from blocking the writer.
@@ -83,6 +86,40 @@ CREATE TABLE IF NOT EXISTS heatmaps (
     npy TEXT NOT NULL,
     seconds REAL NOT NULL,
     done_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cue_images (
+    setting TEXT NOT NULL,
+    image INTEGER NOT NULL REFERENCES images(id),
+    role TEXT NOT NULL,
+    score REAL,
+    calls INTEGER NOT NULL,
+    embed_calls INTEGER NOT NULL,
+    embedding TEXT NOT NULL,
+    error TEXT,
+    done_at REAL NOT NULL,
+    PRIMARY KEY (setting, image)
+);
+CREATE TABLE IF NOT EXISTS cue_patches (
+    setting TEXT NOT NULL,
+    image INTEGER NOT NULL REFERENCES images(id),
+    n INTEGER NOT NULL,
+    top INTEGER NOT NULL,
+    left INTEGER NOT NULL,
+    bottom INTEGER NOT NULL,
+    right INTEGER NOT NULL,
+    heat REAL NOT NULL,
+    drop_ REAL NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (setting, image, n)
+);
+CREATE TABLE IF NOT EXISTS cue_pastes (
+    run INTEGER NOT NULL REFERENCES runs(id),
+    setting TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    pastes TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    done_at REAL NOT NULL,
+    PRIMARY KEY (run, setting, signature)
 );
 """
 
@@ -284,3 +321,62 @@ class Store:
                             (image, kind, png, npy, seconds, time.time()))
             self.db.executemany("UPDATE parts SET heat_share = ? WHERE image = ? AND n = ?",
                                 [(share, image, n) for n, share in heat_shares.items()])
+
+    # cue discovery (explain.audit.cues): one image, one transaction; one cluster, one transaction
+    def cue_images(self, setting: str) -> list[tuple]:
+        """(image, role, score, calls, embed_calls, embedding, error) of the images harvested."""
+        return self.db.execute(
+            "SELECT c.image, c.role, c.score, c.calls, c.embed_calls, c.embedding, c.error FROM "
+            "cue_images c JOIN images i ON i.id = c.image WHERE i.run = ? AND c.setting = ? "
+            "ORDER BY c.image", (self.run, setting)).fetchall()
+
+    def cue_patches(self, setting: str) -> list[tuple]:
+        """(image, role, n, top, left, bottom, right, heat, drop, vector bytes) of every patch."""
+        return self.db.execute(
+            "SELECT p.image, c.role, p.n, p.top, p.left, p.bottom, p.right, p.heat, p.drop_, "
+            "p.vector FROM cue_patches p JOIN cue_images c ON c.setting = p.setting AND "
+            "c.image = p.image JOIN images i ON i.id = p.image WHERE i.run = ? AND "
+            "p.setting = ? ORDER BY p.image, p.n", (self.run, setting)).fetchall()
+
+    def save_cue_image(self, setting: str, image: int, record: tuple, patches: list[tuple]
+                       ) -> None:
+        """An image's harvest: ``record`` = (role, score, calls, embed_calls, embedding, error),
+        ``patches`` = (n, top, left, bottom, right, heat, drop, vector bytes) rows."""
+        with self.transaction():
+            self.db.execute("DELETE FROM cue_patches WHERE setting = ? AND image = ?",
+                            (setting, image))
+            self.db.executemany(
+                "INSERT INTO cue_patches (setting, image, n, top, left, bottom, right, heat, "
+                "drop_, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(setting, image, *p) for p in patches])
+            self.db.execute(
+                "INSERT OR REPLACE INTO cue_images (setting, image, role, score, calls, "
+                "embed_calls, embedding, error, done_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (setting, image, *record, time.time()))
+
+    def cue_pastes(self, setting: str, signature: str) -> tuple[str, int] | None:
+        """(pastes as JSON, model calls) of a cluster's paste test, when done."""
+        row = self.db.execute("SELECT pastes, calls FROM cue_pastes WHERE run = ? AND "
+                              "setting = ? AND signature = ?",
+                              (self.run, setting, signature)).fetchone()
+        return None if row is None else (row[0], int(row[1]))
+
+    def save_cue_pastes(self, setting: str, signature: str, pastes: str, calls: int) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO cue_pastes (run, setting, signature, pastes, "
+                            "calls, done_at) VALUES (?, ?, ?, ?, ?, ?)",
+                            (self.run, setting, signature, pastes, calls, time.time()))
+
+    def sample(self, outcome: str, target: str, threshold: float, n: int, seed: int
+               ) -> list[ImageRow]:
+        """``n`` labeled, scored images of one ``outcome``: ``"tn"`` (label ≠ ``target``, score
+        below ``threshold``) or ``"tp"`` (label = ``target``, score at or above it); a seeded
+        pseudo-random choice (the order of a multiplicative hash of the id), the same on every
+        call with the same seed."""
+        where = {"tn": "label != ? AND score < ?", "tp": "label = ? AND score >= ?"}[outcome]
+        rows = self.db.execute(
+            "SELECT id, path, label, score, height, width FROM images WHERE run = ? AND "
+            f"score IS NOT NULL AND label IS NOT NULL AND {where} "
+            "ORDER BY (id * 2654435761 + ?) % 4294967296, id LIMIT ?",
+            (self.run, target, threshold, seed, n)).fetchall()
+        return [ImageRow(*r) for r in rows]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from explain.cli import audit, blackbox, grid, report, score, whitebox
@@ -25,6 +27,21 @@ app.command("layers")(whitebox.layers_command)
 app.command("grid")(grid.grid)
 app.command("report")(report.report)
 app.command("audit")(audit.audit)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version as installed_version
+
+        typer.echo(f"explain {installed_version('explain')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", help="Print the installed version and exit.", is_eager=True,
+        callback=_print_version)] = False) -> None:
+    """The options of `explain` itself, before the command."""
 
 
 def main() -> None:

@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
+from explain.choices import DEFAULT_MAX_PIXELS
 from explain.cli.common import (
     AlphaOpt,
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    Fill,
     FillOpt,
     ModelOptions,
     NormalizeOpt,
@@ -26,7 +28,6 @@ from explain.cli.common import (
     with_model_options,
 )
 from explain.files import check_output_dir, display
-from explain.images import DEFAULT_MAX_PIXELS
 
 
 def _fmt(value: float | None) -> str:
@@ -51,10 +52,11 @@ def audit(
                                      "positives and as many false negatives.")] = 50,
     box: BoxOpt = "25%",
     stride: StrideOpt = "18.75%",
-    fill: FillOpt = "gray",
+    fill: FillOpt = Fill.gray,
     concepts: Annotated[bool, typer.Option("--concepts/--no-concepts", help="Run the NudeNet "
                                            "part detector and measure each part's effect.")
                         ] = True,
+    cues: Annotated[bool, typer.Option("--cues/--no-cues", help="Discover the cues the model reacts to in its false positives (needs 5 with a heatmap).")] = True,  # noqa: E501
     batch_size: BatchOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Threads decoding images "
                                          "ahead of the model.")] = 4,
@@ -76,9 +78,9 @@ def audit(
 
     options = AuditOptions(threshold=threshold, top=top, box=int_pair(box, "--box"),
                            stride=int_pair(stride, "--stride"), fill=fill, target=target,
-                           concepts=concepts, max_pixels=max_pixels, batch_size=batch_size,
-                           workers=workers, colormap=colormap, alpha=alpha, normalize=normalize,
-                           vmin=vmin, vmax=vmax, mosaic=mosaic)
+                           concepts=concepts, cues=cues, max_pixels=max_pixels,
+                           batch_size=batch_size, workers=workers, colormap=colormap,
+                           alpha=alpha, normalize=normalize, vmin=vmin, vmax=vmax, mosaic=mosaic)
     options.check()
     check_output_dir(output)
     clf = models.load()

@@ -14,18 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from explain.choices import DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     AlphaOpt,
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    Fill,
     FillOpt,
     ImageOutDirOpt,
     Images,
@@ -48,16 +50,11 @@ from explain.cli.common import (
     user_errors,
     with_model_options,
 )
-from explain.errors import ExplainError, OptionError
+from explain.errors import ExplainError
 from explain.files import display
-from explain.heatmap import Heatmap
-from explain.images import load_image
-from explain.models import resolve_target
-from explain.occlusion import FILLS, occlusion_map
-from explain.render import check_look, figure, save_png, side_by_side
-from explain.rise import DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P, check_rise, rise_map
-from explain.sliding import sliding_window_map
-from explain.windows import check_windows, small_box_note
+
+if TYPE_CHECKING:
+    from explain.heatmap import Heatmap
 
 DEFAULT_MODEL = "open-nsfw:auto"
 
@@ -76,6 +73,11 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     settings already bound) over every image with a progress bar counting ``unit`` (the map's
     ``params[unit]``, else its ``windows``); report bad images and go on. ``look``: the drawing
     options of :func:`explain.render.figure`."""
+    from explain.images import load_image
+    from explain.models import resolve_target
+    from explain.render import check_look, figure, save_png, side_by_side
+    from explain.windows import small_box_note
+
     check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
     paths, failed = gather_images(images)
     suffixes = [".png", *([".side.png"] if side else []), *([".npy", ".json"] if save_npy else [])]
@@ -116,6 +118,8 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
 
 def _windows(box: str, stride: str) -> dict:
     """--box / --stride as the window methods' ``box``/``stride`` arguments, checked."""
+    from explain.windows import check_windows
+
     box_px, stride_px = int_pair(box, "--box"), int_pair(stride, "--stride")
     check_windows(box_px, stride_px)
     return {"box": box_px, "stride": stride_px}
@@ -131,7 +135,7 @@ def _look(colormap: str | None, alpha: float, normalize: str | None, vmin: float
 @user_errors
 @with_model_options(DEFAULT_MODEL)
 def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
-            stride: StrideOpt = "18.75%", fill: FillOpt = "gray", target: TargetOpt = "nsfw",
+            stride: StrideOpt = "18.75%", fill: FillOpt = Fill.gray, target: TargetOpt = "nsfw",
             batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
             output: ImageOutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
             side_by_side: SideBySideOpt = False, normalize: NormalizeOpt = None,
@@ -141,8 +145,8 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
     Writes NAME.occlusion.png: red = hiding this region lowers the score, blue = raises it,
     white = no effect (the colour bar below gives the drop in probability).
     """
-    if fill not in FILLS:
-        raise OptionError(f"unknown --fill {fill!r}; use one of {', '.join(FILLS)}")
+    from explain.occlusion import occlusion_map
+
     _explain_images("occlusion", partial(occlusion_map, fill=fill, **_windows(box, stride)),
                     images, target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
@@ -162,6 +166,8 @@ def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: Str
     Writes NAME.sliding.png: the crops' probability on a fixed 0..1 scale (red = crops here
     score high on their own).
     """
+    from explain.sliding import sliding_window_map
+
     _explain_images("sliding", partial(sliding_window_map, **_windows(box, stride)), images,
                     target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
@@ -183,6 +189,8 @@ def rise(images: Images, models: ModelOptions, masks: MasksOpt = DEFAULT_MASKS,
     Writes NAME.rise.png: per pixel the expected p(target) when that pixel is kept, on a fixed
     0..1 scale (red = the score stays high when this region is shown).
     """
+    from explain.rise import check_rise, rise_map
+
     check_rise(masks, cell, p, seed)
     _explain_images("rise", partial(rise_map, masks=masks, cell=cell, p=p, seed=seed), images,
                     target=target, models=models, batch_size=batch_size, output=output,

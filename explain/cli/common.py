@@ -1,4 +1,10 @@
-"""What every command shares: option aliases declared once, model loading, error reporting."""
+"""What every command shares: option aliases declared once, model loading, error reporting.
+
+The command modules import every library module that loads torch, numpy, OpenCV, PIL, captum,
+jinja2 or openTSNE inside their commands, never at module level, so that `explain --help` and
+`explain models` answer at once; the choices the options list come from the import-free
+:mod:`explain.choices`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, NamedTuple, TypeVar, get_type_hints
 
@@ -13,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from explain.choices import FILLS, NORMALIZE_MODES
 from explain.errors import ExplainError, OptionError
 from explain.files import check_output_dir, check_outputs, display, output_names
 
@@ -22,6 +30,23 @@ err_console = Console(stderr=True)
 EXIT_BAD_INPUT = 2
 
 F = TypeVar("F", bound=Callable[..., object])
+
+
+def choice(name: str, values: Sequence[str]) -> type[Enum]:
+    """An Enum of the library's ``values`` for an option: typer lists them in ``--help`` and
+    refuses any other value with its own message (exit code 2). Declare the option with
+    ``callback=plain``."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+def plain(chosen: Enum | None) -> str | None:
+    """Option callback: the command receives the chosen value as the plain string the library
+    takes (None stays None)."""
+    return None if chosen is None else chosen.value
+
+
+Fill = choice("Fill", FILLS)
+Normalize = choice("Normalize", NORMALIZE_MODES)
 
 Images = Annotated[list[Path], typer.Argument(help="Image files (several allowed).",
                                               show_default=False)]
@@ -54,7 +79,7 @@ BoxOpt = Annotated[str, typer.Option("--box", help="Window side: N pixels or P% 
                                      "shorter side; N or H,W.")]
 StrideOpt = Annotated[str, typer.Option("--stride", help="Window step: N pixels or P% of the "
                                         "image's shorter side; N or H,W (at most the box).")]
-FillOpt = Annotated[str, typer.Option("--fill", help="Occluder: gray, black, mean or blur.")]
+FillOpt = Annotated[Fill, typer.Option("--fill", help="Occluder.", callback=plain)]
 MasksOpt = Annotated[int, typer.Option("--masks", min=1, help="RISE: random masks scored per "
                                       "image (more: less sampling noise, proportionally slower).")]
 SaveNpyOpt = Annotated[bool, typer.Option("--save-npy", help="Also write the raw map as "
@@ -229,9 +254,9 @@ def load_model(model: str, device: str | None = None, *, logits: bool = False,
 
 # Drawing: every command that writes a picture takes these (explain.render); the defaults come
 # from the map (0..1 for a probability, ±max|value| on bwr for a signed map, else min..max).
-NormalizeOpt = Annotated[str | None, typer.Option(
-    "--normalize", help="minmax, percentile or fixed (with --vmin and --vmax); default: the "
-    "map's own scale.", show_default=False)]
+NormalizeOpt = Annotated[Normalize | None, typer.Option(
+    "--normalize", help="Colour scale (fixed: from --vmin to --vmax); default: the map's own "
+    "scale.", show_default=False, callback=plain)]
 VminOpt = Annotated[float | None, typer.Option(
     "--vmin", help="Value at the low end of the colours (several images on one scale).")]
 VmaxOpt = Annotated[float | None, typer.Option(

@@ -7,28 +7,24 @@ from typing import Annotated
 
 import typer
 
+from explain.choices import COLOR_BY, COSTS, EMBED_MODES
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     BatchOpt,
     ModelOptions,
     TargetOpt,
+    choice,
     error_line,
+    plain,
     result_line,
     user_errors,
     with_model_options,
 )
 from explain.errors import OptionError
 from explain.files import check_output_file, check_outputs, display
-from explain.grid import (
-    COLOR_BY,
-    COSTS,
-    check_grid_memory,
-    draw_mosaic,
-    folder_labels,
-    similarity_grid,
-)
-from explain.images import iter_image_files
-from explain.render import save_png
+
+ColorBy = choice("ColorBy", COLOR_BY)
+Cost = choice("Cost", COSTS)
 
 Folder = Annotated[Path, typer.Argument(help="Folder of images; sub-folders are labels "
                                         "(DIR/label/img.jpg).", metavar="DIR",
@@ -46,17 +42,18 @@ def grid(
     size: Annotated[int | None, typer.Option("--size", "-s", min=1, help="Fix a SIZE x SIZE "
                     "grid (images beyond SIZE² are sampled). Default: the smallest near-square "
                     "grid holding all images.")] = None,
-    embed: Annotated[str, typer.Option("--embed", help="features (the model's penultimate "
-                     "layer; its probabilities for a black box), pixels, or package.module:fn "
-                     "(uint8 NxHxWx3 -> NxD).")] = "features",
-    color_by: Annotated[str, typer.Option("--color-by", help="Thumbnail border: score (one more "
-                        "model pass), label (sub-folder) or none.")] = "score",
+    embed: Annotated[str, typer.Option("--embed", help=f"{', '.join(EMBED_MODES)} or "
+                     "package.module:fn (uint8 NxHxWx3 -> NxD); features: the model's "
+                     "penultimate layer (its probabilities for a black box).")] = "features",
+    color_by: Annotated[ColorBy, typer.Option("--color-by", help="Thumbnail border: score (one "
+                        "more model pass), label (sub-folder) or none.",
+                        callback=plain)] = ColorBy.score,
     perplexity: Annotated[float, typer.Option("--perplexity", min=0.1, help="t-SNE perplexity "
                           "(clipped to (N-1)/3 for small N).")] = 30.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of t-SNE, sampling and the random "
                     "baseline.")] = 0,
-    cost: Annotated[str, typer.Option("--cost", help="Assignment cost: sqeuclidean or "
-                    "euclidean distance point to cell.")] = "sqeuclidean",
+    cost: Annotated[Cost, typer.Option("--cost", help="Assignment cost: squared or plain "
+                    "distance point to cell.", callback=plain)] = Cost.sqeuclidean,
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours per image in the quality "
                  "metric.")] = 8,
     cell_px: Annotated[int, typer.Option("--cell-px", min=8, help="Thumbnail side in "
@@ -65,10 +62,10 @@ def grid(
     batch_size: BatchOpt = None,
 ) -> None:
     """Lay a folder of images out on a grid so that similar images sit together."""
-    if color_by not in COLOR_BY:
-        raise OptionError(f"--color-by must be one of {', '.join(COLOR_BY)}, not {color_by!r}")
-    if cost not in COSTS:
-        raise OptionError(f"--cost must be one of {', '.join(COSTS)}, not {cost!r}")
+    from explain.grid import check_grid_memory, draw_mosaic, folder_labels, similarity_grid
+    from explain.images import iter_image_files
+    from explain.render import save_png
+
     if not folder.is_dir():
         raise OptionError(f"{display(folder)} is not a folder; give a folder of images")
     paths = list(iter_image_files([folder]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -17,12 +17,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from explain.choices import DEFAULT_MASKS, FORMATS
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     AlphaOpt,
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    Fill,
     Images,
     MasksOpt,
     ModelOptions,
@@ -31,41 +33,63 @@ from explain.cli.common import (
     TargetOpt,
     VmaxOpt,
     VminOpt,
+    choice,
     console,
     err_console,
     error_line,
     gather_images,
     int_pair,
+    plain,
     result_line,
     user_errors,
     with_model_options,
 )
+from explain.errors import OptionError
 from explain.files import check_output_file, display
-from explain.methods import DEFAULT_METHODS, METHODS
-from explain.report import DEFAULT_MODELS, Options, Report, write_report
-from explain.rise import DEFAULT_MASKS
+from explain.methods import DEFAULT_METHODS, METHODS, parse_methods
 
-BY_DEFAULT = ",".join(DEFAULT_METHODS)
-MethodsOpt = Annotated[str, typer.Option(
-    "--methods", help=f"Comma-separated, from: {','.join(METHODS)}.")]
+if TYPE_CHECKING:
+    from explain.report import Report
+
+Format = choice("Format", FORMATS)
+
+
+def method_names(text: str | None) -> list[str]:
+    """Option callback: ``--methods`` as the validated list of method names (the registry's
+    default methods when not given); an unknown name is typer's usage error, listing the valid
+    ones."""
+    try:
+        return parse_methods(DEFAULT_METHODS if text is None else text)
+    except OptionError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+MethodsOpt = Annotated[str | None, typer.Option(
+    "--methods", help=f"Comma-separated, from: {','.join(METHODS)} (default: "
+    f"{','.join(DEFAULT_METHODS)}).",
+    show_default=False, callback=method_names)]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Deletion/insertion steps.")]
-DeletionFillOpt = Annotated[str, typer.Option("--fill", help="What deleted pixels become: gray, "
-                                              "black, mean or blur (faithfulness).")]
-FormatOpt = Annotated[str, typer.Option("--format", help="html or json.")]
+DeletionFillOpt = Annotated[Fill, typer.Option("--fill", help="What deleted pixels become "
+                                               "(faithfulness).", callback=plain)]
+FormatOpt = Annotated[Format, typer.Option("--format", help="The report file's format.",
+                                           callback=plain)]
 ReportOutOpt = Annotated[Path, typer.Option("--output", "-o", help="The report file.")]
 
 
 @user_errors
 @with_model_options("open-nsfw")
-def report(images: Images, models: ModelOptions, methods: MethodsOpt = BY_DEFAULT,
+def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
            box: BoxOpt = "25%", stride: StrideOpt = "18.75%", target: TargetOpt = "nsfw",
-           steps: StepsOpt = 20, fill: DeletionFillOpt = "blur", masks: MasksOpt = DEFAULT_MASKS,
-           batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
+           steps: StepsOpt = 20, fill: DeletionFillOpt = Fill.blur,
+           masks: MasksOpt = DEFAULT_MASKS, batch_size: BatchOpt = None,
+           colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
            normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
-           fmt: FormatOpt = "html",
+           fmt: FormatOpt = Format.html,
            output: ReportOutOpt = Path("report.html")) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
     insertion AUC), rank them, and write one self-contained report."""
+    from explain.report import DEFAULT_MODELS, Options, write_report
+
     options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
                       target=target, steps=steps, fill=fill, masks=masks, batch_size=batch_size,
                       colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from explain.choices import BUNDLED, SPEC_FORMS
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     Images,
@@ -21,8 +22,6 @@ from explain.cli.common import (
 )
 from explain.errors import ExplainError
 from explain.files import display, to_storable
-from explain.images import load_image, to_tensor
-from explain.models import BUNDLED, SPEC_FORMS, resolve_target
 
 
 @user_errors
@@ -34,6 +33,9 @@ def score(images: Images, models: ModelOptions, target: TargetOpt = None,
           ) -> None:
     """Print each image's class probabilities (a table on a terminal; tab-separated lines,
     header first, when piped; JSON with --json)."""
+    from explain.images import load_image, to_tensor
+    from explain.models import resolve_target
+
     clf = models.load(jpeg_reencode=jpeg_reencode)
     names = list(clf.class_names)
     title = str(getattr(clf, "name", models.model))

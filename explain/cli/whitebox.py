@@ -17,14 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from explain.backprop import deconvnet, guided_backprop, layers
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     AlphaOpt,
@@ -48,11 +46,12 @@ from explain.cli.common import (
 )
 from explain.errors import ImageError
 from explain.files import display, to_storable, write_text
-from explain.grad_cam import gradcam as gradcam_maps
-from explain.heatmap import Heatmap
-from explain.images import load_image
-from explain.reconstruction import Reconstruction
-from explain.render import check_look, figure, save_png
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from explain.heatmap import Heatmap
+    from explain.reconstruction import Reconstruction
 
 LayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Reconstruct one activation of this layer (names: `explain layers`) "
@@ -70,6 +69,8 @@ def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | No
          explain_chunk: Callable[[list[np.ndarray]], list], write: Callable) -> None:
     """Explain the readable images ``batch_size`` at a time and write each result under its
     stem; unreadable ones are reported and skipped, and make the exit code 2 at the end."""
+    from explain.images import load_image
+
     size = batch_size or DEFAULT_BATCH
     chunk: list[tuple[Path, Path, np.ndarray]] = []
 
@@ -93,8 +94,9 @@ def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | No
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable:
-    """The `explain deconv` / `explain guided` command for a library ``method``."""
+def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
+    """The `explain deconv` / `explain guided` command for a :func:`explain.backprop.reconstruct`
+    ``method``."""
 
     @user_errors
     @with_model_options("open-nsfw")
@@ -104,6 +106,9 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
                 colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
                 normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
                 no_legend: NoLegendOpt = False) -> None:
+        from explain.backprop import reconstruct
+        from explain.render import check_look, figure, save_png
+
         check_look(colormap, normalize, vmin, vmax)
         look = dict(colormap=colormap, alpha=alpha, normalize=normalize or "percentile",
                     vmin=vmin, vmax=vmax, legend=not no_legend)
@@ -112,8 +117,8 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
         clf = models.load()
 
         def explain_chunk(chunk: list[np.ndarray]) -> list:
-            return method(clf, chunk, target=target, layer=layer, neuron=neuron,
-                          batch_size=batch_size or DEFAULT_BATCH)
+            return reconstruct(method, clf, chunk, target=target, layer=layer, neuron=neuron,
+                               batch_size=batch_size or DEFAULT_BATCH)
 
         def write(path: Path, stem: Path, img: np.ndarray, rec: Reconstruction) -> None:
             written = [
@@ -135,10 +140,10 @@ def _reconstruction_command(method: Callable, suffix: str, doc: str) -> Callable
 
 
 deconv = _reconstruction_command(
-    deconvnet, "deconv", "Deconvnet reconstruction (Zeiler & Fergus) of the target class or of "
+    "deconvnet", "deconv", "Deconvnet reconstruction (Zeiler & Fergus) of the target class or of "
     "one neuron.")
 guided = _reconstruction_command(
-    guided_backprop, "guided", "Guided backprop (Springenberg et al.) of the target class or of "
+    "guided_backprop", "guided", "Guided backprop (Springenberg et al.) of the target class or of "
     "one neuron.")
 
 
@@ -152,6 +157,9 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
             normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
             no_legend: NoLegendOpt = False) -> None:
     """Grad-CAM (or guided Grad-CAM) heatmap of the target class, on the photo."""
+    from explain.grad_cam import gradcam as gradcam_maps
+    from explain.render import check_look, figure, save_png
+
     check_look(colormap, normalize, vmin, vmax)
     look = dict(colormap=colormap, alpha=alpha, vmin=vmin, vmax=vmax, legend=not no_legend,
                 normalize=normalize or ("percentile" if guided else "minmax"))
@@ -180,6 +188,8 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
 @with_model_options("open-nsfw")
 def layers_command(models: ModelOptions) -> None:
     """List a torch model's layer names and output shapes (for --layer)."""
+    from explain.backprop import layers
+
     clf = models.load()
     table = Table(title=f"{escape(display(clf.name))}: layers (output per image)")
     table.add_column("layer")

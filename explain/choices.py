@@ -1,0 +1,48 @@
+"""The values the library's options take: fixed choices, bundled model specs, shared defaults.
+
+Their one home, in a module that imports nothing, so that the command line can list them in
+``--help`` (and ``explain models`` can print the specs) without loading torch. The modules that
+use them import them from here.
+"""
+
+from __future__ import annotations
+
+# occlusion, faithfulness and the audit: what an occluded (or deleted) pixel becomes
+FILLS = ("gray", "black", "mean", "blur")
+
+# render: how a map's values are scaled to colours
+NORMALIZE_MODES = ("minmax", "percentile", "fixed")
+
+# grid: the embedding (besides package.module:fn), the assignment cost, the thumbnail border
+EMBED_MODES = ("features", "pixels")
+COSTS = ("sqeuclidean", "euclidean")
+COLOR_BY = ("score", "label", "none")
+
+# RISE: masks per image, the masks' grid side, the probability that a grid cell is kept
+DEFAULT_MASKS = 4000
+DEFAULT_CELL = 7
+DEFAULT_P = 0.5
+
+# report: the file it writes
+FORMATS = ("html", "json")
+
+# images: larger images are refused before they are decoded
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# models: the bundled models and the spec forms load() accepts
+BUNDLED = {
+    "open-nsfw": "Yahoo open_nsfw (ResNet-50 thin), torch backend, white-box capable",
+    "open-nsfw:torch": "same as open-nsfw",
+    "open-nsfw:onnx": "Yahoo open_nsfw on onnxruntime (fastest on CPU; black-box only)",
+    "open-nsfw:auto": "onnx on CPU, torch on CUDA: the fastest backend for black-box methods",
+}
+SPEC_FORMS = {
+    "NAME": "a bundled model: " + ", ".join(BUNDLED),
+    "FILE.pt / .ts / .pth": "a TorchScript file (give --input-size/--mean/--std)",
+    "FILE.onnx": "an ONNX file on onnxruntime (NCHW or NHWC read from the graph)",
+    "package.module:function": "a Python function: uint8 N×H×W×3 RGB numpy → N×C scores",
+    "package.module:net": "an nn.Module instance (white-box capable; give --input-size/--mean/"
+                          "--std)",
+    "file.py:function": "the same, from a file",
+    "http(s)://host/path": "an HTTP endpoint (JSON with base64 PNGs; see docs)",
+}
