@@ -20,7 +20,8 @@ Speed: when the classifier declares ``input_size``, the image is resized there o
 windows (defined in original pixels) are scaled to it, so no occluded copy is ever resized. Each
 batch of occluded copies is one ``torch.where`` against a mask built by comparing pixel
 coordinates with the batch's window bounds, on the classifier's device, followed by one
-``predict``; the map is accumulated in original coordinates.
+``predict`` (:func:`explain.perturb.masked_scores`, the core RISE shares); the map is accumulated
+in original coordinates.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
+from explain.perturb import masked_scores
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
@@ -116,19 +119,21 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
     # row 0 is an empty window: the unoccluded image, scored in the first batch
     bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled])).to(device)
-    rows = torch.arange(size[0], device=device).view(1, 1, -1, 1)
-    cols = torch.arange(size[1], device=device).view(1, 1, 1, -1)
+    rows = torch.arange(size[0], device=device).view(1, -1, 1)
+    cols = torch.arange(size[1], device=device).view(1, 1, -1)
     n = len(bounds)
     step = check_batch_size(batch_size, device, size, n)
-    scores = torch.empty(n, device=device)
-    for lo in range(0, n, step):
-        b = bounds[lo:lo + step, :, None, None]
-        in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
-        mask = in_rows & ((cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
-        scores[lo:lo + len(b)] = classifier.predict(torch.where(mask, baseline, x))[:, t]
-        if progress is not None:
-            progress(min(lo + step, n) - 1, n - 1)
-    p = scores.double().cpu().numpy()
+
+    def kept() -> Iterator[torch.Tensor]:
+        """Per batch, True outside each window: the pixels each occluded copy keeps."""
+        for lo in range(0, n, step):
+            b = bounds[lo:lo + step, :, None]
+            in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
+            yield ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
+
+    windows_done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
+    scores = masked_scores(classifier, x, baseline, kept(), t, n, windows_done)
+    p = torch.cat([s for _, s in scores]).double().cpu().numpy()
     values = window_mean(shape, windows, p[0] - p[1:])
     name = classifier.class_names[t]
     return Heatmap(values=values, method="occlusion", target=name,

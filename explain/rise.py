@@ -28,8 +28,9 @@ pixels two or more up-sampled cells apart). The tests check RISE against it.
 
 Reproducible: the grids and shifts come from two numpy generators seeded by ``seed`` and drawn
 batch after batch (N·cell² and 2N uniform numbers in order), so the same seed gives the same map
-whatever the batch size or device. Each batch's masks are up-sampled, cropped and applied on the
-classifier's device, then scored in one ``predict``; memory is bounded by the batch, not by N.
+whatever the batch size or device. Each batch's masks are up-sampled and cropped on the
+classifier's device and scored in one ``predict`` by the core occlusion shares,
+:func:`explain.perturb.masked_scores`; memory is bounded by the batch, not by N.
 The map, computed at the work size, is resized bilinearly to the ORIGINAL image's size.
 """
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -48,6 +50,7 @@ from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
+from explain.perturb import masked_scores
 from explain.windows import Progress, check_batch_size
 
 
@@ -109,18 +112,21 @@ def rise_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
     step = check_batch_size(batch_size, device, size, masks)
     grid_rng, shift_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     score = float(classifier.predict(x)[0, t])
+
+    def drawn() -> Iterator[torch.Tensor]:
+        for lo in range(0, masks, step):
+            n = min(step, masks - lo)
+            keep = grid_rng.random((n, cell, cell)) < p
+            shifts = np.floor(shift_rng.random((n, 2)) * cells).astype(np.int64)
+            yield _masks(keep, shifts, cells, size, device)
+
     total = torch.zeros(size, dtype=torch.float64, device=device)
     squares = torch.zeros(size, dtype=torch.float64, device=device)
-    for lo in range(0, masks, step):
-        n = min(step, masks - lo)
-        keep = grid_rng.random((n, cell, cell)) < p
-        shifts = np.floor(shift_rng.random((n, 2)) * cells).astype(np.int64)
-        m = _masks(keep, shifts, cells, size, device)
-        weighted = classifier.predict(x * m[:, None])[:, t].view(-1, 1, 1) * m
+    black = torch.zeros((1, 3, 1, 1), device=device)
+    for m, scores in masked_scores(classifier, x, black, drawn(), t, masks, progress):
+        weighted = scores.view(-1, 1, 1) * m
         total += weighted.sum(0, dtype=torch.float64)
         squares += weighted.square().sum(0, dtype=torch.float64)
-        if progress is not None:
-            progress(lo + n, masks)
     mean = total / masks
     variance = (squares / masks - mean.square()).clamp(min=0) * masks / max(masks - 1, 1)
     error = float((variance / masks).sqrt().max()) / p
