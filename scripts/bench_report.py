@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from explain.report import METHODS, write_report
+from explain.methods import DEFAULT_METHODS
+from explain.report import write_report
 
 
 def photos() -> list[np.ndarray]:
@@ -34,7 +35,7 @@ def photos() -> list[np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--keep", type=Path, help="Also copy the HTML report here.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
