@@ -5,7 +5,7 @@ A :class:`Method` is its name (the key everywhere: ``--methods``, JSON, output f
 (what people read), whether it needs a white-box torch model, its run function
 ``run(models, image, options) -> Heatmap``, which adapts the shared run options to the method's
 own library function, and whether a report runs it when no methods are named (``by_default``;
-RISE is left out: it scores thousands of masked images, a minute per image on a CPU).
+RISE is left out: it scores thousands of masked images, minutes per image on a CPU).
 
 The table is explicit (no registration by import side effects), and this module imports no
 method: each run function imports its implementation when it is called, so reading the names
