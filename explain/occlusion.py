@@ -41,10 +41,10 @@ from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
 from explain.perturb import masked_scores
+from explain.progress import Progress
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
-    Progress,
     Size,
     check_batch_size,
     pixels,

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from explain.models.base import Classifier
-from explain.windows import Progress
+from explain.progress import Progress
 
 
 def masked_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,

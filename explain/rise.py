@@ -51,7 +51,8 @@ from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
 from explain.perturb import masked_scores
-from explain.windows import Progress, check_batch_size
+from explain.progress import Progress
+from explain.windows import check_batch_size
 
 
 def check_rise(masks: int, cell: int = DEFAULT_CELL, p: float = DEFAULT_P, seed: int = 0) -> None:

@@ -21,18 +21,16 @@ The module also holds what both window methods share: batch sizing. Image intake
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
 from explain.budget import check_memory, memory_budget
 from explain.errors import OptionError
+from explain.progress import Progress as Progress  # its old home; the type lives in progress
 
 BATCH_BYTES = 256 * 2**20
 INPUT_BYTES_PER_PIXEL = 3 * 4 * 2
 MODEL_BYTES_PER_PIXEL = 160  # open_nsfw (ResNet-50 thin) at 256×256: ~150 B/px, torch and onnx
-Progress = Callable[[int, int], None]
 Size = int | float | tuple[int | float, int | float]
 
 DEFAULT_BOX = 0.25
