@@ -24,209 +24,48 @@ captum's rules hook ``nn.ReLU`` modules only; a ReLU applied as a function (``F.
 model with functional ReLUs gets a :class:`~explain.errors.WhiteBoxError`; in-place ``nn.ReLU``
 modules are switched to out-of-place for the pass (same outputs). TorchScript modules take no
 Python hooks and are refused. Whatever happens, hooks are removed and the module's training flag
-and its parameters' ``requires_grad`` are restored.
+and its parameters' ``requires_grad`` are restored. The skeleton (target, layer, hooks, batches,
+original coordinates) is the white-box engine's, :mod:`explain.whitebox`; this module is the
+ReLU rule and the neuron selector.
 """
 
 from __future__ import annotations
 
-import os
-import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from captum.attr import Deconvolution, GuidedBackprop, NeuronDeconvolution, NeuronGuidedBackprop
-from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from explain.errors import OptionError, WhiteBoxError
+from explain.errors import OptionError
 from explain.heatmap import Heatmap
-from explain.images import ImageInput, as_rgb, to_batch
-from explain.models import TorchClassifier, check_scores, load, resolve_target
 from explain.reconstruction import Reconstruction
-from explain.windows import batch_limit
+from explain.whitebox import (
+    Calls,
+    Context,
+    Images,
+    Method,
+    as_images,
+    batches,
+    find_layer,
+    layers,
+    prepared,
+    run,
+    white_box,
+)
 
-BLACK_BOX_COMMANDS = "`explain occlude` or `explain slide`"
+__all__ = [
+    "METHODS", "Images", "Neuron", "NeuronSelector", "as_images", "batches", "deconvnet",
+    "find_layer", "guided_backprop", "layers", "parse_neuron", "prepared", "reconstruct",
+    "white_box",
+]
+
 METHODS = {
     "deconvnet": (Deconvolution, NeuronDeconvolution),
     "guided_backprop": (GuidedBackprop, NeuronGuidedBackprop),
 }
-RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
-                            torch.Tensor.relu_})
 
-Images = ImageInput | Sequence[ImageInput]
 Neuron = str | Sequence[int]
-
-
-def white_box(model: object) -> TorchClassifier:
-    """``model`` as a :class:`TorchClassifier` whose gradients we can take, or a WhiteBoxError."""
-    clf = model if isinstance(model, TorchClassifier) else load(model)
-    if not isinstance(clf, TorchClassifier):
-        raise WhiteBoxError(
-            f"model {getattr(clf, 'name', clf)} is a black box ({type(clf).__name__}): "
-            "deconvnet, guided backprop and Grad-CAM need a torch module (e.g. --model "
-            f"open-nsfw); for this model use the black-box commands {BLACK_BOX_COMMANDS}"
-        )
-    if isinstance(clf.module, torch.jit.ScriptModule):
-        raise WhiteBoxError(
-            f"model {clf.name} is TorchScript, which takes no Python hooks, so its ReLUs and "
-            "layers cannot be hooked: load the eager nn.Module instead (explain.models.load("
-            f"module, preprocess=...)) or use the black-box commands {BLACK_BOX_COMMANDS}"
-        )
-    if clf.input_transform is not None:
-        raise WhiteBoxError(
-            f"model {clf.name} has an input transform outside torch (e.g. jpeg_reencode), "
-            "which gradients cannot pass; load it without one"
-        )
-    return clf
-
-
-def as_images(image: Images) -> tuple[list[np.ndarray], bool]:
-    """(list of RGB uint8 images, whether a single image was given).
-
-    One image is anything :func:`explain.images.as_rgb` takes (a path, an array, a nested list);
-    several are a list or tuple of arrays or paths.
-    """
-    if isinstance(image, list | tuple) and len(image) == 0:
-        raise OptionError("no images given")
-    several = isinstance(image, list | tuple) and all(
-        isinstance(item, np.ndarray | str | bytes | os.PathLike) for item in image)
-    if not several:
-        return [as_rgb(image)], True
-    return [as_rgb(img, name=f"image {i}") for i, img in enumerate(image)], False
-
-
-def batches(images: list[np.ndarray], batch_size: int, device: torch.device | None = None,
-            model_shape: tuple[int, int] | None = None) -> Iterator[list[int]]:
-    """Indices of images of one shape (one tensor on the device), ``batch_size`` at most, and
-    fewer when that many would not fit the memory budget (:func:`explain.windows.batch_limit`;
-    the maps do not depend on the batching)."""
-    if batch_size < 1:
-        raise OptionError(f"batch_size must be at least 1, got {batch_size}")
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(img.shape, []).append(i)
-    for shape, indices in groups.items():
-        step = min(batch_size, batch_limit(device, shape[:2], model_shape))
-        for start in range(0, len(indices), step):
-            yield indices[start:start + step]
-
-
-def stack(images: list[np.ndarray], indices: list[int], device: torch.device) -> torch.Tensor:
-    """The images at ``indices`` as one N×3×H×W [0, 1] batch that requires grad."""
-    return to_batch([images[i] for i in indices], device).requires_grad_(True)
-
-
-def find_layer(clf: TorchClassifier, name: str) -> nn.Module:
-    try:
-        return clf.module.get_submodule(name)
-    except AttributeError:
-        raise OptionError(f"model {clf.name} has no layer {name!r}; `explain layers` lists "
-                          "the names") from None
-
-
-class OnOriginal(nn.Module):
-    """The classifier as a module of the original-size RGB [0, 1] batch, preprocessing inside,
-    so gradients land in original image coordinates. Keeps its last output for the scores."""
-
-    def __init__(self, clf: TorchClassifier) -> None:
-        super().__init__()
-        self.net = clf.module
-        self.clf = clf
-        self.output: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(self.clf.model_input(x))
-        self.output = out.detach()
-        return out
-
-    def scores(self, target: int) -> list[float]:
-        """Probability of ``target`` per image of the last pass."""
-        n = self.output.shape[0]  # type: ignore[union-attr]
-        probs = check_scores(self.output, n, None, logits=self.clf.logits, name=self.clf.name)
-        return probs[:, target].tolist()
-
-
-@dataclass
-class _Calls:
-    """What one forward pass did: ReLU calls seen as functions and as modules, layer calls."""
-
-    relu_functions: int = 0
-    relu_modules: int = 0
-    layer: int = 0
-
-    def check(self, model: str, layer: str | None) -> None:
-        functional = self.relu_functions - self.relu_modules
-        if functional > 0:
-            raise WhiteBoxError(
-                f"model {model} applies {functional} ReLU(s) as functions (F.relu, x.relu()), "
-                "which the deconvnet/guided-backprop rules cannot hook, so the map would be "
-                "wrong: use nn.ReLU modules, or Grad-CAM (`explain gradcam`), or the black-box "
-                f"commands {BLACK_BOX_COMMANDS}"
-            )
-        if layer is not None and self.layer != 1:
-            raise OptionError(f"layer {layer!r} ran {self.layer} times in one forward pass; "
-                              "pick a layer that runs exactly once (`explain layers`)")
-
-
-class _ReluCounter(TorchFunctionMode):
-    """Counts ReLU calls on tensors that carry gradients (the model's, not captum's hooks')."""
-
-    def __init__(self, calls: _Calls) -> None:
-        super().__init__()
-        self.calls = calls
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        if func in RELU_FUNCTIONS and args and torch.is_tensor(args[0]) and args[0].requires_grad:
-            self.calls.relu_functions += 1
-        return func(*args, **(kwargs or {}))
-
-
-@contextmanager
-def prepared(module: nn.Module, *, relu_rules: bool, layer: nn.Module | None = None
-             ) -> Iterator[_Calls]:
-    """Eval mode, frozen parameters, out-of-place ReLUs and call counting for one pass; all
-    undone (hooks removed, flags restored) on the way out, also when the pass raises."""
-    training = [(m, m.training) for m in module.modules()]
-    requires_grad = [(p, p.requires_grad) for p in module.parameters()]
-    inplace = [m for m in module.modules() if isinstance(m, nn.ReLU) and m.inplace]
-    calls = _Calls()
-    handles = []
-
-    def count_relu(_module: nn.Module, args: tuple) -> None:
-        if args and torch.is_tensor(args[0]) and args[0].requires_grad:
-            calls.relu_modules += 1
-
-    def count_layer(*_: object) -> None:
-        calls.layer += 1
-
-    try:
-        module.eval()
-        for p, _ in requires_grad:
-            p.requires_grad_(False)
-        for m in inplace:
-            m.inplace = False
-        if relu_rules:
-            handles += [m.register_forward_pre_hook(count_relu) for m in module.modules()
-                        if isinstance(m, nn.ReLU)]
-        if layer is not None:
-            handles.append(layer.register_forward_hook(count_layer))
-        with _ReluCounter(calls) if relu_rules else nullcontext(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-            yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
-        for m in inplace:
-            m.inplace = True
-        for p, flag in requires_grad:
-            p.requires_grad_(flag)
-        for m, flag in training:
-            m.training = flag
 
 
 class NeuronSelector:
@@ -275,57 +114,79 @@ def parse_neuron(neuron: Neuron) -> str | tuple[int, ...]:
     return tuple(int(v) for v in neuron)
 
 
+class _Backprop(Method):
+    """Deconvnet or guided backprop for :func:`explain.whitebox.run`: captum's ReLU rule on
+    the class score, or on one neuron of ``layer``; a signed (H, W, 3) map per image."""
+
+    relu_rules = True
+
+    def __init__(self, method: str, neuron: Neuron) -> None:
+        self.method = method
+        self.neuron = neuron
+        self.selector: NeuronSelector | None = None
+
+    def attribute(self, ctx: Context, x: torch.Tensor, calls: Calls) -> torch.Tensor:
+        class_rule, neuron_rule = METHODS[self.method]
+        if ctx.layer is None:
+            return class_rule(ctx.wrapper).attribute(x, target=ctx.target)
+        self.selector = NeuronSelector(self.neuron, ctx.layer)
+        try:
+            return neuron_rule(ctx.wrapper, ctx.layer_module).attribute(x, self.selector)
+        except AssertionError:  # captum's "Forward hook did not obtain any outputs"
+            if calls.layer == 0:
+                raise OptionError(f"layer {ctx.layer!r} does not run in the forward pass of "
+                                  f"model {ctx.clf.name}") from None
+            raise
+
+    def maps(self, ctx: Context, out: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+        return out.detach().permute(0, 2, 3, 1).cpu().numpy()
+
+    def result(self, ctx: Context, values: np.ndarray, index: int, k: int, score: float,
+               seconds: float) -> Reconstruction:
+        position = self.selector.positions[k] if self.selector else None
+        activation = self.selector.values[k] if self.selector else None
+        magnitude = Heatmap(
+            np.abs(values).max(axis=2), method=self.method, target=ctx.target_name,
+            score=score, seconds=seconds,
+            params={"layer": ctx.layer, "neuron": position, "activation": activation},
+        )
+        return Reconstruction(values, magnitude, self.method, ctx.target_name, score=score,
+                              layer=ctx.layer, neuron=position, activation=activation,
+                              seconds=seconds)
+
+
 def reconstruct(method: str, model: object, image: Images, *, target: str | int = "nsfw",
                 layer: str | None = None, neuron: Neuron = "max", batch_size: int = 16
                 ) -> Reconstruction | list[Reconstruction]:
-    """``method`` ("deconvnet" or "guided_backprop") on one image or a list of them."""
+    """Deconvnet or guided backprop of one image or a list of them (see the module docstring).
+
+    ``method``: ``"deconvnet"`` or ``"guided_backprop"``. ``model``: a TorchClassifier or a spec
+    for :func:`explain.models.load` that gives an eager torch module. ``image``: a path, an RGB
+    array (uint8, or float in [0, 1]) or a list of them. ``target``: the class explained, by name
+    or index. ``layer``: None explains the class logit; a layer name (:func:`layers`) explains one
+    of its activations, ``neuron``: ``"max"`` (each image's strongest), or ``(c, y, x)`` /
+    ``"c,y,x"``. ``batch_size``: images per pass (fewer when memory is short; maps do not depend
+    on it). Returns a :class:`Reconstruction` per image (one, or a list in input order): its
+    ``values`` are SIGNED, the derivative of the score with respect to each RGB value of the
+    original image on the [0, 1] scale (positive = raising that value raises the score, after the
+    method's ReLU rule), zero outside what the model saw; ``magnitude`` is max |values| over RGB.
+    """
     if method not in METHODS:
         raise OptionError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    clf = white_box(model)
-    images, single = as_images(image)
-    t = resolve_target(clf, target)
-    target_name = str(clf.class_names[t])
-    layer_module = find_layer(clf, layer) if layer else None
-    class_rule, neuron_rule = METHODS[method]
-    wrapper = OnOriginal(clf)
-    results: list[Reconstruction] = [None] * len(images)  # type: ignore[list-item]
-    for indices in batches(images, batch_size, clf.device, clf.input_size):
-        start = time.perf_counter()
-        x = stack(images, indices, clf.device)
-        selector = NeuronSelector(neuron, layer) if layer else None
-        with prepared(clf.module, relu_rules=True, layer=layer_module) as calls:
-            try:
-                if selector is None:
-                    grads = class_rule(wrapper).attribute(x, target=t)
-                else:
-                    grads = neuron_rule(wrapper, layer_module).attribute(x, selector)
-            except AssertionError:  # captum's "Forward hook did not obtain any outputs"
-                if layer is not None and calls.layer == 0:
-                    raise OptionError(f"layer {layer!r} does not run in the forward pass of "
-                                      f"model {clf.name}") from None
-                raise
-            calls.check(clf.name, layer)
-        scores = wrapper.scores(t)
-        values = grads.detach().permute(0, 2, 3, 1).cpu().numpy()
-        seconds = (time.perf_counter() - start) / len(indices)
-        for k, i in enumerate(indices):
-            position = selector.positions[k] if selector else None
-            activation = selector.values[k] if selector else None
-            magnitude = Heatmap(
-                np.abs(values[k]).max(axis=2), method=method, target=target_name,
-                score=scores[k], seconds=seconds,
-                params={"layer": layer, "neuron": position, "activation": activation},
-            )
-            results[i] = Reconstruction(values[k], magnitude, method, target_name,
-                                        score=scores[k], layer=layer, neuron=position,
-                                        activation=activation, seconds=seconds)
-    return results[0] if single else results
+    return run(_Backprop(method, neuron), model, image, target=target, layer=layer,
+               batch_size=batch_size)  # type: ignore[return-value]
 
 
 def deconvnet(model: object, image: Images, *, target: str | int = "nsfw",
               layer: str | None = None, neuron: Neuron = "max", batch_size: int = 16
               ) -> Reconstruction | list[Reconstruction]:
-    """Zeiler & Fergus's deconvnet reconstruction of ``target`` (or of one ``layer`` neuron)."""
+    """Zeiler & Fergus's deconvnet reconstruction of ``target`` (or of one ``layer`` neuron):
+    the backward signal is rectified at every ReLU, ``g_in = relu(g_out)``.
+
+    ``model``, ``image``, ``target``, ``layer``, ``neuron``, ``batch_size`` and the returned
+    :class:`Reconstruction` (signed values, RGB, original coordinates) are as in
+    :func:`reconstruct`.
+    """
     return reconstruct("deconvnet", model, image, target=target, layer=layer, neuron=neuron,
                        batch_size=batch_size)
 
@@ -333,33 +194,12 @@ def deconvnet(model: object, image: Images, *, target: str | int = "nsfw",
 def guided_backprop(model: object, image: Images, *, target: str | int = "nsfw",
                     layer: str | None = None, neuron: Neuron = "max", batch_size: int = 16
                     ) -> Reconstruction | list[Reconstruction]:
-    """Springenberg et al.'s guided backprop of ``target`` (or of one ``layer`` neuron)."""
+    """Springenberg et al.'s guided backprop of ``target`` (or of one ``layer`` neuron): the
+    backward signal passes a ReLU only where both it and the ReLU's input are positive.
+
+    ``model``, ``image``, ``target``, ``layer``, ``neuron``, ``batch_size`` and the returned
+    :class:`Reconstruction` (signed values, RGB, original coordinates) are as in
+    :func:`reconstruct`.
+    """
     return reconstruct("guided_backprop", model, image, target=target, layer=layer,
                        neuron=neuron, batch_size=batch_size)
-
-
-def layers(model: object, *, size: tuple[int, int] | None = None
-           ) -> list[tuple[str, str, tuple[int, ...] | None]]:
-    """(name, type, output shape per image) of every named module, from one grey input of
-    ``size`` (default: the model's input size, else 224×224); shape None = did not run or
-    returned no single tensor."""
-    clf = white_box(model)
-    height, width = size or clf.input_size or (224, 224)
-    named = list(clf.module.named_modules())
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def recorder(name: str):  # noqa: ANN202
-        def record(_module: nn.Module, _args: tuple, out: object) -> None:
-            if torch.is_tensor(out):
-                shapes[name] = tuple(out.shape[1:])
-        return record
-
-    handles = []
-    try:
-        handles = [m.register_forward_hook(recorder(name)) for name, m in named if name]
-        with torch.no_grad():
-            clf.module(clf.model_input(torch.full((1, 3, height, width), 0.5)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [(name, type(m).__name__, shapes.get(name)) for name, m in named if name]

@@ -18,27 +18,18 @@ is or contains an ``nn.Conv2d``. Any other name from ``explain layers`` can be g
 
 from __future__ import annotations
 
-import time
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
-from explain.backprop import (
-    Images,
-    OnOriginal,
-    as_images,
-    batches,
-    find_layer,
-    guided_backprop,
-    prepared,
-    stack,
-    white_box,
-)
+from explain.backprop import guided_backprop
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
-from explain.models import Preprocess, resolve_target
+from explain.models import Preprocess, TorchClassifier
+from explain.reconstruction import Reconstruction
+from explain.whitebox import Calls, Context, Images, Method, run
 
 
 def default_layer(module: nn.Module) -> str:
@@ -81,45 +72,58 @@ def to_original(maps: torch.Tensor, preprocess: Preprocess, size: tuple[int, int
     return out
 
 
+class _GradCam(Method):
+    """Grad-CAM for :func:`explain.whitebox.run`: captum's ``LayerGradCam`` at the layer, the
+    coarse map resized onto the original image, times guided backprop's magnitude if guided."""
+
+    def __init__(self, guided: bool) -> None:
+        self.guided = guided
+        self.guides: list[Reconstruction] | None = None
+        self.layer_shape: tuple[int, ...] = ()
+
+    def default_layer(self, clf: TorchClassifier) -> str:
+        return default_layer(clf.module)
+
+    def start(self, ctx: Context) -> None:
+        if self.guided:
+            self.guides = guided_backprop(ctx.clf, ctx.images, target=ctx.target,
+                                          batch_size=ctx.batch_size)  # type: ignore[assignment]
+
+    def attribute(self, ctx: Context, x: torch.Tensor, calls: Calls) -> torch.Tensor:
+        return LayerGradCam(ctx.wrapper, ctx.layer_module).attribute(x, target=ctx.target,
+                                                                     relu_attributions=True)
+
+    def maps(self, ctx: Context, out: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+        if out.ndim != 4:
+            raise OptionError(f"Grad-CAM needs a layer with N×C×H×W output; {ctx.layer!r} gives "
+                              f"{tuple(out.shape)}: pick a convolutional one")
+        self.layer_shape = tuple(out.shape[-2:])
+        maps = to_original(out.detach()[:, 0], ctx.clf.preprocess, tuple(x.shape[-2:]))
+        return maps.cpu().numpy()
+
+    def result(self, ctx: Context, values: np.ndarray, index: int, k: int, score: float,
+               seconds: float) -> Heatmap:
+        if self.guides is not None:
+            values = values * self.guides[index].magnitude.values
+            seconds = seconds + self.guides[index].seconds
+        return Heatmap(values, method="guided_gradcam" if self.guided else "gradcam",
+                       target=ctx.target_name, score=score, seconds=seconds,
+                       params={"layer": ctx.layer, "layer_shape": self.layer_shape})
+
+
 def gradcam(model: object, image: Images, *, target: str | int = "nsfw",
             layer: str | None = None, guided: bool = False, batch_size: int = 16
             ) -> Heatmap | list[Heatmap]:
-    """Grad-CAM of ``target`` at ``layer`` (guided Grad-CAM with ``guided=True``) for one image
-    or a list of them; each map is in the image's original coordinates."""
-    clf = white_box(model)
-    images, single = as_images(image)
-    t = resolve_target(clf, target)
-    target_name = str(clf.class_names[t])
-    layer = layer or default_layer(clf.module)
-    layer_module = find_layer(clf, layer)
-    wrapper = OnOriginal(clf)
-    guides = guided_backprop(clf, images, target=t, batch_size=batch_size) if guided else None
-    method = "guided_gradcam" if guided else "gradcam"
-    results: list[Heatmap] = [None] * len(images)  # type: ignore[list-item]
-    for indices in batches(images, batch_size, clf.device, clf.input_size):
-        start = time.perf_counter()
-        x = stack(images, indices, clf.device)
-        with prepared(clf.module, relu_rules=False, layer=layer_module) as calls:
-            cams = LayerGradCam(wrapper, layer_module).attribute(x, target=t,
-                                                                 relu_attributions=True)
-            calls.check(clf.name, layer)
-        if cams.ndim != 4:
-            raise OptionError(f"Grad-CAM needs a layer with N×C×H×W output; {layer!r} gives "
-                              f"{tuple(cams.shape)}: pick a convolutional one")
-        layer_shape = tuple(cams.shape[-2:])
-        maps = to_original(cams.detach()[:, 0], clf.preprocess, tuple(x.shape[-2:]))
-        maps = maps.cpu().numpy()
-        scores = wrapper.scores(t)
-        seconds = (time.perf_counter() - start) / len(indices)
-        for k, i in enumerate(indices):
-            values = maps[k]
-            if guides is not None:
-                values = values * guides[i].magnitude.values
-                seconds_i = seconds + guides[i].seconds
-            else:
-                seconds_i = seconds
-            results[i] = Heatmap(values, method=method, target=target_name, score=scores[k],
-                                 seconds=seconds_i,
-                                 params={"layer": layer, "layer_shape": layer_shape})
-    return results[0] if single else results
+    """Grad-CAM of ``target`` at ``layer`` (guided Grad-CAM with ``guided=True``).
 
+    ``model``: a TorchClassifier or a spec for :func:`explain.models.load` that gives an eager
+    torch module. ``image``: a path, an RGB array (uint8, or float in [0, 1]) or a list of them.
+    ``target``: the class explained, by name or index. ``layer``: a layer name (`explain layers`);
+    None takes the model's default (see the module docstring). ``guided``: multiply by guided
+    backprop's magnitude. ``batch_size``: images per pass (fewer when memory is short).
+    Returns a :class:`~explain.heatmap.Heatmap` per image (one, or a list in input order), in the
+    image's original coordinates, NON-NEGATIVE (the ReLU keeps only regions that raise the
+    score), zero outside the model's centre crop; ``params`` records the layer and its map shape.
+    """
+    return run(_GradCam(guided), model, image, target=target, layer=layer,
+               batch_size=batch_size)  # type: ignore[return-value]

@@ -1,0 +1,309 @@
+"""The white-box engine: the skeleton every gradient method runs (deconvnet, guided backprop,
+their neuron mode, Grad-CAM), like TorchRay's ``saliency``.
+
+:func:`run` does, for a :class:`Method` (a small strategy object, one per call)::
+
+    model → TorchClassifier (refused if it is not an eager torch module)  → target index
+    → layer (the method's default when none is given) → method.start (once)
+    → images grouped by shape in batches
+    → per batch: prepared(module) { method.attribute } → method.maps (original coordinates)
+    → method.result per image
+
+All gradients are taken with respect to the ORIGINAL-size RGB image on the [0, 1] scale through
+the classifier's own preprocessing in torch (:class:`OnOriginal`), so maps land in original image
+coordinates. :func:`prepared` is the one place hooks are set: everything is registered inside
+``try`` and undone in ``finally`` (as captum does): hooks removed, ``nn.ReLU.inplace``, the
+training flags and the parameters' ``requires_grad`` restored, also when the pass raises. With
+``relu_rules`` it counts ReLU calls, and a model that applies ReLUs as functions (which captum's
+ReLU rules cannot hook) is refused instead of given a wrong map.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from explain.errors import OptionError, WhiteBoxError
+from explain.images import ImageInput, as_rgb, to_batch
+from explain.models import TorchClassifier, check_scores, load, resolve_target
+from explain.windows import batch_limit
+
+BLACK_BOX_COMMANDS = "`explain occlude` or `explain slide`"
+RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
+                            torch.Tensor.relu_})
+
+Images = ImageInput | Sequence[ImageInput]
+
+
+def white_box(model: object) -> TorchClassifier:
+    """``model`` as a :class:`TorchClassifier` whose gradients we can take, or a WhiteBoxError."""
+    clf = model if isinstance(model, TorchClassifier) else load(model)
+    if not isinstance(clf, TorchClassifier):
+        raise WhiteBoxError(
+            f"model {getattr(clf, 'name', clf)} is a black box ({type(clf).__name__}): "
+            "deconvnet, guided backprop and Grad-CAM need a torch module (e.g. --model "
+            f"open-nsfw); for this model use the black-box commands {BLACK_BOX_COMMANDS}"
+        )
+    if isinstance(clf.module, torch.jit.ScriptModule):
+        raise WhiteBoxError(
+            f"model {clf.name} is TorchScript, which takes no Python hooks, so its ReLUs and "
+            "layers cannot be hooked: load the eager nn.Module instead (explain.models.load("
+            f"module, preprocess=...)) or use the black-box commands {BLACK_BOX_COMMANDS}"
+        )
+    if clf.input_transform is not None:
+        raise WhiteBoxError(
+            f"model {clf.name} has an input transform outside torch (e.g. jpeg_reencode), "
+            "which gradients cannot pass; load it without one"
+        )
+    return clf
+
+
+def as_images(image: Images) -> tuple[list[np.ndarray], bool]:
+    """(list of RGB uint8 images, whether a single image was given).
+
+    One image is anything :func:`explain.images.as_rgb` takes (a path, an array, a nested list);
+    several are a list or tuple of arrays or paths.
+    """
+    if isinstance(image, list | tuple) and len(image) == 0:
+        raise OptionError("no images given")
+    several = isinstance(image, list | tuple) and all(
+        isinstance(item, np.ndarray | str | bytes | os.PathLike) for item in image)
+    if not several:
+        return [as_rgb(image)], True
+    return [as_rgb(img, name=f"image {i}") for i, img in enumerate(image)], False
+
+
+def batches(images: list[np.ndarray], batch_size: int, device: torch.device | None = None,
+            model_shape: tuple[int, int] | None = None) -> Iterator[list[int]]:
+    """Indices of images of one shape (one tensor on the device), ``batch_size`` at most, and
+    fewer when that many would not fit the memory budget (:func:`explain.windows.batch_limit`;
+    the maps do not depend on the batching)."""
+    if batch_size < 1:
+        raise OptionError(f"batch_size must be at least 1, got {batch_size}")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.shape, []).append(i)
+    for shape, indices in groups.items():
+        step = min(batch_size, batch_limit(device, shape[:2], model_shape))
+        for start in range(0, len(indices), step):
+            yield indices[start:start + step]
+
+
+def find_layer(clf: TorchClassifier, name: str) -> nn.Module:
+    """The submodule called ``name`` (a name of ``module.named_modules()``), or an OptionError."""
+    try:
+        return clf.module.get_submodule(name)
+    except AttributeError:
+        raise OptionError(f"model {clf.name} has no layer {name!r}; `explain layers` lists "
+                          "the names") from None
+
+
+class OnOriginal(nn.Module):
+    """The classifier as a module of the original-size RGB [0, 1] batch, preprocessing inside,
+    so gradients land in original image coordinates. Keeps its last output for the scores."""
+
+    def __init__(self, clf: TorchClassifier) -> None:
+        super().__init__()
+        self.net = clf.module
+        self.clf = clf
+        self.output: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.clf.model_input(x))
+        self.output = out.detach()
+        return out
+
+    def scores(self, target: int) -> list[float]:
+        """Probability of ``target`` per image of the last pass."""
+        n = self.output.shape[0]  # type: ignore[union-attr]
+        probs = check_scores(self.output, n, None, logits=self.clf.logits, name=self.clf.name)
+        return probs[:, target].tolist()
+
+
+@dataclass
+class Calls:
+    """What one forward pass did: ReLU calls seen as functions and as modules, layer calls."""
+
+    relu_functions: int = 0
+    relu_modules: int = 0
+    layer: int = 0
+
+    def check(self, model: str, layer: str | None) -> None:
+        functional = self.relu_functions - self.relu_modules
+        if functional > 0:
+            raise WhiteBoxError(
+                f"model {model} applies {functional} ReLU(s) as functions (F.relu, x.relu()), "
+                "which the deconvnet/guided-backprop rules cannot hook, so the map would be "
+                "wrong: use nn.ReLU modules, or Grad-CAM (`explain gradcam`), or the black-box "
+                f"commands {BLACK_BOX_COMMANDS}"
+            )
+        if layer is not None and self.layer != 1:
+            raise OptionError(f"layer {layer!r} ran {self.layer} times in one forward pass; "
+                              "pick a layer that runs exactly once (`explain layers`)")
+
+
+class _ReluCounter(TorchFunctionMode):
+    """Counts ReLU calls on tensors that carry gradients (the model's, not captum's hooks')."""
+
+    def __init__(self, calls: Calls) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func in RELU_FUNCTIONS and args and torch.is_tensor(args[0]) and args[0].requires_grad:
+            self.calls.relu_functions += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def prepared(module: nn.Module, *, relu_rules: bool, layer: nn.Module | None = None
+             ) -> Iterator[Calls]:
+    """Eval mode, frozen parameters, out-of-place ReLUs and call counting for one pass; all
+    undone (hooks removed, flags restored) on the way out, also when the pass raises."""
+    training = [(m, m.training) for m in module.modules()]
+    requires_grad = [(p, p.requires_grad) for p in module.parameters()]
+    inplace = [m for m in module.modules() if isinstance(m, nn.ReLU) and m.inplace]
+    calls = Calls()
+    handles = []
+
+    def count_relu(_module: nn.Module, args: tuple) -> None:
+        if args and torch.is_tensor(args[0]) and args[0].requires_grad:
+            calls.relu_modules += 1
+
+    def count_layer(*_: object) -> None:
+        calls.layer += 1
+
+    try:
+        module.eval()
+        for p, _ in requires_grad:
+            p.requires_grad_(False)
+        for m in inplace:
+            m.inplace = False
+        if relu_rules:
+            handles += [m.register_forward_pre_hook(count_relu) for m in module.modules()
+                        if isinstance(m, nn.ReLU)]
+        if layer is not None:
+            handles.append(layer.register_forward_hook(count_layer))
+        with _ReluCounter(calls) if relu_rules else nullcontext(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m in inplace:
+            m.inplace = True
+        for p, flag in requires_grad:
+            p.requires_grad_(flag)
+        for m, flag in training:
+            m.training = flag
+
+
+@dataclass
+class Context:
+    """What :func:`run` resolved once per call and hands to every step of the method."""
+
+    clf: TorchClassifier
+    target: int
+    target_name: str
+    layer: str | None
+    layer_module: nn.Module | None
+    wrapper: OnOriginal
+    images: list[np.ndarray]
+    batch_size: int
+
+
+class Method:
+    """A white-box method as :func:`run` drives it; subclasses fill in the three steps.
+
+    ``relu_rules``: the method replaces the ReLUs' backward pass (captum's deconvnet/guided
+    rules), so functional ReLUs are counted and refused.
+    """
+
+    relu_rules = False
+
+    def default_layer(self, clf: TorchClassifier) -> str | None:
+        """The layer used when none is given (None: no layer, class mode)."""
+        return None
+
+    def start(self, ctx: Context) -> None:
+        """Anything computed once for all the images, before the first batch."""
+
+    def attribute(self, ctx: Context, x: torch.Tensor, calls: Calls) -> torch.Tensor:
+        """The batch's raw attribution, inside :func:`prepared` (``x``: N×3×H×W, requires grad)."""
+        raise NotImplementedError
+
+    def maps(self, ctx: Context, out: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+        """The batch's maps as one array, in original image coordinates."""
+        raise NotImplementedError
+
+    def result(self, ctx: Context, values: np.ndarray, index: int, k: int, score: float,
+               seconds: float) -> object:
+        """The result for image ``index`` (position ``k`` in its batch) from its map ``values``."""
+        raise NotImplementedError
+
+
+def run(method: Method, model: object, image: Images, *, target: str | int, layer: str | None,
+        batch_size: int) -> object:
+    """``method`` on one image (its result) or a list of images (a list of results, in order);
+    see the module docstring for the steps."""
+    clf = white_box(model)
+    images, single = as_images(image)
+    t = resolve_target(clf, target)
+    layer = layer or method.default_layer(clf)
+    ctx = Context(clf, t, str(clf.class_names[t]), layer,
+                  find_layer(clf, layer) if layer else None, OnOriginal(clf), images, batch_size)
+    method.start(ctx)
+    results: list[object] = [None] * len(images)
+    for indices in batches(images, batch_size, clf.device, clf.input_size):
+        start = time.perf_counter()
+        x = to_batch([images[i] for i in indices], clf.device).requires_grad_(True)
+        with prepared(clf.module, relu_rules=method.relu_rules, layer=ctx.layer_module) as calls:
+            out = method.attribute(ctx, x, calls)
+            calls.check(clf.name, layer)
+        maps = method.maps(ctx, out, x)
+        scores = ctx.wrapper.scores(t)
+        seconds = (time.perf_counter() - start) / len(indices)
+        for k, i in enumerate(indices):
+            results[i] = method.result(ctx, maps[k], i, k, scores[k], seconds)
+    return results[0] if single else results
+
+
+def layers(model: object, *, size: tuple[int, int] | None = None
+           ) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """Every named layer of a white-box ``model``: what ``layer=`` accepts.
+
+    ``model``: a TorchClassifier or a spec for :func:`explain.models.load`; ``size``: (h, w) of
+    the grey probe image run once (default: the model's input size, else 224×224). Returns
+    (name, type, output shape per image) for every named module; the shape is None when the
+    module did not run or returned no single tensor.
+    """
+    clf = white_box(model)
+    height, width = size or clf.input_size or (224, 224)
+    named = list(clf.module.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def recorder(name: str):  # noqa: ANN202
+        def record(_module: nn.Module, _args: tuple, out: object) -> None:
+            if torch.is_tensor(out):
+                shapes[name] = tuple(out.shape[1:])
+        return record
+
+    handles = []
+    try:
+        handles = [m.register_forward_hook(recorder(name)) for name, m in named if name]
+        with torch.no_grad():
+            clf.module(clf.model_input(torch.full((1, 3, height, width), 0.5)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(name, type(m).__name__, shapes.get(name)) for name, m in named if name]
