@@ -154,6 +154,6 @@ def test_side_by_side_with_legend_and_save_png(tmp_path):
     pic = side_by_side(img, ramp(40, 500), gap=4)
     assert pic.shape == (40 + legend_height(1508), 1508, 3)
     assert np.array_equal(pic[:40], bare)
-    path = save_png(tmp_path / "sub" / "x.png", pic)
+    path = save_png(pic, tmp_path / "sub" / "x.png")
     back = np.asarray(Image.open(path))
     assert back.shape == pic.shape and np.array_equal(back, pic)

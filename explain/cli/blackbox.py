@@ -95,9 +95,9 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                 hm = make_map(clf, img, target=target, batch_size=batch_size,
                               progress=lambda done, total, t=task: bar.update(
                                   t, completed=done, total=total))
-                written = [save_png(f"{stem}.png", figure(img, hm, **look))]
+                written = [save_png(figure(img, hm, **look), f"{stem}.png")]
                 if side:
-                    written.append(save_png(f"{stem}.side.png", side_by_side(img, hm, **look)))
+                    written.append(save_png(side_by_side(img, hm, **look), f"{stem}.side.png"))
                 if save_npy:
                     written.extend(hm.save(stem))
             except ExplainError as exc:

@@ -87,7 +87,7 @@ def grid(
         batch_size=batch_size or 32, progress=True)
     for path, reason in result.skipped:
         error_line(f"{path}: {reason} (skipped)")
-    save_png(output, draw_mosaic(result, color_by=color_by))
+    save_png(draw_mosaic(result, color_by=color_by), output)
     result.save_json(json_path)
     times = ", ".join(f"{stage} {s:.1f} s" for stage, s in result.seconds.items())
     lines = [f"embedding: {display(result.embed)}",

@@ -122,8 +122,8 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
 
         def write(path: Path, stem: Path, img: np.ndarray, rec: Reconstruction) -> None:
             written = [
-                save_png(f"{stem}.png", rec.picture(legend=not no_legend)),
-                save_png(f"{stem}.overlay.png", figure(img, rec.magnitude, **look)),
+                save_png(rec.picture(legend=not no_legend), f"{stem}.png"),
+                save_png(figure(img, rec.magnitude, **look), f"{stem}.overlay.png"),
                 write_text(f"{stem}.json", json.dumps({"image": to_storable(path),
                                                        **rec.metadata()}, indent=2)),
             ]
@@ -174,7 +174,7 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
 
     def write(path: Path, stem: Path, img: np.ndarray, heatmap: Heatmap) -> None:
         written = [
-            save_png(f"{stem}.png", figure(img, heatmap, **look)),
+            save_png(figure(img, heatmap, **look), f"{stem}.png"),
             write_text(f"{stem}.json", json.dumps({"image": to_storable(path),
                                                    **heatmap.metadata()}, indent=2)),
         ]
