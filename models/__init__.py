@@ -10,6 +10,7 @@
 - an ONNX file ``*.onnx``;
 - ``package.module:function`` or ``file.py:function`` (uint8 N×H×W×3 → N×C scores); when the
   named object is an ``nn.Module`` instance it is used as a white-box torch model instead;
+- the Python function itself (any callable that is not a class): the same as naming it;
 - ``http://…`` / ``https://…`` (see :mod:`explain.models.http` for the JSON schema).
 """
 
@@ -51,7 +52,17 @@ __all__ = [
 def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *,
          preprocess: Preprocess | None = None, class_names: Sequence[str] | None = None,
          logits: bool = False, jpeg_reencode: bool = False) -> Classifier:
-    """Build a :class:`Classifier` from ``spec`` (see the module docstring for the forms)."""
+    """Build a :class:`Classifier` from ``spec`` (see the module docstring for the forms).
+
+    ``device``: where torch and ONNX models run (default: CUDA when present, else CPU).
+    ``preprocess``: input size, crop, mean/std and channel order of a torch or ONNX model (a
+    function or endpoint takes an input size only). ``class_names``: the names of the output
+    columns (else the model's or a function's ``class_names`` attribute, else "0".."C-1").
+    ``logits``: the model returns logits, softmaxed into probabilities. ``jpeg_reencode``: the
+    bundled open-nsfw models only, the reference package's PIL resize and JPEG round trip.
+    Returns the :class:`Classifier`; raises :class:`~explain.errors.ModelError` for a spec that
+    makes none.
+    """
     if jpeg_reencode and not (isinstance(spec, str) and spec in BUNDLED):
         raise ModelError("jpeg_reencode (--jpeg-reencode) only applies to the bundled open-nsfw "
                          f"models ({', '.join(BUNDLED)})")
@@ -60,6 +71,10 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
                                class_names=class_names, device=device, logits=logits)
     if isinstance(spec, Classifier):
         return spec
+    if callable(spec) and not isinstance(spec, type):
+        name = getattr(spec, "__name__", "callable")
+        return CallableClassifier(spec, class_names=class_names, logits=logits, name=name,
+                                  input_size=_pixels_only(preprocess, name))
     if not isinstance(spec, str | Path):
         raise ModelError(f"cannot make a classifier out of a {type(spec).__name__}")
     text = str(spec)

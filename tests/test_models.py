@@ -221,6 +221,24 @@ def test_load_refuses_other_objects():
         load(42)
 
 
+def test_load_takes_a_function_object_as_its_string_form_does():
+    def redness(images):
+        return images[..., 0].mean(axis=(1, 2))[:, None] / 255.0 * [1.0, -1.0] + [0.0, 1.0]
+
+    redness.class_names = ["red", "other"]
+    clf = load(redness)
+    assert isinstance(clf, CallableClassifier) and clf.fn is redness
+    assert clf.name == "redness" and clf.class_names == ["red", "other"]
+    probs = clf.predict(_solid((1, 0, 0), (0, 1, 0)))
+    torch.testing.assert_close(probs, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert load(redness, class_names=["a", "b"]).class_names == ["a", "b"]
+    assert load(redness, preprocess=Preprocess(input_size=(4, 4))).input_size == (4, 4)
+    with pytest.raises(ModelError, match="uint8 RGB pixels"):
+        load(redness, preprocess=Preprocess(input_size=(4, 4), mean=(0.5, 0.5, 0.5)))
+    with pytest.raises(ModelError, match="cannot make a classifier out of a type"):
+        load(MeanColour)
+
+
 def test_load_returns_a_classifier_as_is(colour_clf):
     assert load(colour_clf) is colour_clf
 
