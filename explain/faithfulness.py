@@ -77,13 +77,18 @@ def faithfulness(classifier: Classifier, image: ImageInput,
                  fill: str = "blur", batch_size: int | None = None) -> dict:
     """Deletion and insertion curves and AUCs of ``heatmap`` for ``classifier`` on ``image``.
 
-    ``image`` is a path or an array as :func:`explain.images.as_rgb` takes it; ``heatmap`` a
-    :class:`Heatmap` or an (H, W) array in the image's coordinates (NaN ranks last). Returns a
-    JSON-able dict: ``deletion_auc`` (lower is better), ``insertion_auc`` (higher is better),
-    ``insertion_minus_deletion``, the two curves, ``fractions``, ``score`` (p_t of the intact
-    image), ``steps``, ``fill``, ``target``, ``size`` (the (H, W) the curves were computed at),
-    ``constant`` (the map has one value only: its pixel order, and so its AUCs, mean nothing) and
-    ``saturated`` / ``flat`` (the curves cannot tell maps apart; see the module docstring).
+    ``classifier``: any :class:`~explain.models.base.Classifier`. ``image``: a path or an array as
+    :func:`explain.images.as_rgb` takes it. ``heatmap``: a :class:`Heatmap` or an (H, W) array in
+    the image's coordinates, HIGHER = more salient (a signed map ranks its most positive pixels
+    first; NaN ranks last). ``steps``: points of each curve after the first. ``target``: the class,
+    by name or index. ``fill``: what deleted pixels become (as in occlusion: ``gray``, ``black``,
+    ``mean``, ``blur``). ``batch_size``: perturbed images per ``predict`` (default:
+    :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
+    Returns a JSON-able dict: ``deletion_auc`` (lower is better), ``insertion_auc`` (higher is
+    better), ``insertion_minus_deletion``, the two curves, ``fractions``, ``score`` (p_t of the
+    intact image), ``steps``, ``fill``, ``target``, ``size`` (the (H, W) the curves were computed
+    at), ``constant`` (the map has one value only: its pixel order, and so its AUCs, mean nothing)
+    and ``saturated`` / ``flat`` (the curves cannot tell maps apart; see the module docstring).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise OptionError(f"steps must be a positive integer, got {steps!r}")

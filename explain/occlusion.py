@@ -96,12 +96,22 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
                   target: str | int = "nsfw", batch_size: int | None = None,
                   progress: Progress | None = None) -> Heatmap:
-    """Occlusion sensitivity map of ``image`` for ``target`` (see the module docstring).
+    """Occlusion sensitivity map of ``image`` for ``target`` (the maths: the module docstring).
 
-    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path; ``box``/``stride`` are
-    original pixels (int) or fractions of the shorter side (float in (0, 1]), one or (h, w); see
-    :mod:`explain.windows`. ``progress(done, total)`` is called after each batch. The map is
-    signed, in units of p(target), with noise floor :data:`~explain.heatmap.NOISE_FLOOR`.
+    ``classifier``: any :class:`~explain.models.base.Classifier` (black box is enough). ``image``:
+    an RGB array (uint8, or float in [0, 1]) or a path. ``box``/``stride``: original pixels (int) or
+    fractions of the shorter side (float in (0, 1]), one or (h, w); see :mod:`explain.windows`.
+    ``fill``: what a hidden window becomes, ``gray`` (0.5), ``black``, ``mean`` (the image's mean
+    colour) or ``blur`` (a heavily blurred copy). ``target``: the class, by name or index.
+    ``batch_size``: occluded copies per ``predict`` (default:
+    :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
+    ``progress(done, total)`` is called after each batch, counting windows.
+
+    Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
+    the mean over covering windows of p(target | image) − p(target | window hidden). SIGNED,
+    in units of p(target): positive = hiding the region lowers the score (it supports the
+    target), negative = hiding it raises the score; noise floor
+    :data:`~explain.heatmap.NOISE_FLOOR`; ``score`` is the intact image's probability.
     """
     start = time.perf_counter()
     if fill not in FILLS:

@@ -87,11 +87,12 @@ def rise_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
              progress: Progress | None = None) -> Heatmap:
     """RISE saliency of ``image`` for ``target``, from ``masks`` random masks.
 
-    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path. ``cell``: the masks' grid
-    is ``cell × cell``; ``p``: the probability that a grid cell is kept; ``seed``: the same seed
-    gives the same map. ``batch_size``: masked images per model call (default as for occlusion,
-    refused when over the memory budget). ``progress(done, total)`` is called after each batch,
-    counting masks.
+    ``classifier``: any :class:`~explain.models.base.Classifier` (black box is enough). ``image``:
+    an RGB array (uint8, or float in [0, 1]) or a path. ``target``: the class, by name or index.
+    ``cell``: the masks' grid is ``cell × cell``; ``p``: the probability that a grid cell is kept;
+    ``seed``: the same seed gives the same map. ``batch_size``: masked images per model call
+    (default as for occlusion, refused when over the memory budget). ``progress(done, total)`` is
+    called after each batch, counting masks.
 
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
     the estimate of E[p(target) | pixel kept] (see the module docstring); unsigned, bounds

@@ -39,13 +39,19 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
                        box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE,
                        target: str | int = "nsfw", batch_size: int | None = None,
                        progress: Progress | None = None) -> Heatmap:
-    """Sliding-window map of ``image`` for ``target`` (see the module docstring).
+    """Sliding-window map of ``image`` for ``target`` (the maths: the module docstring).
 
-    ``image`` is an RGB array (uint8, or float in [0, 1]) or a path; ``box``/``stride`` are
-    original pixels (int) or fractions of the shorter side (float in (0, 1]), one or (h, w); see
-    :mod:`explain.windows`. ``score`` is the whole image's probability of ``target``. The map is a
-    probability: unsigned, bounds (0, 1), noise floor :data:`~explain.heatmap.NOISE_FLOOR` on its
-    spread.
+    ``classifier``: any :class:`~explain.models.base.Classifier` (black box is enough). ``image``:
+    an RGB array (uint8, or float in [0, 1]) or a path. ``box``/``stride``: original pixels (int) or
+    fractions of the shorter side (float in (0, 1]), one or (h, w); see :mod:`explain.windows`.
+    ``target``: the class, by name or index. ``batch_size``: crops per ``predict`` (default:
+    :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
+    ``progress(done, total)`` is called after each batch, counting windows.
+
+    Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
+    the mean over covering windows of p(target | the crop alone). A probability: unsigned, bounds
+    (0, 1), noise floor :data:`~explain.heatmap.NOISE_FLOOR` on its spread; ``score`` is the
+    whole image's probability of ``target``.
     """
     start = time.perf_counter()
     rgb = as_rgb(image)

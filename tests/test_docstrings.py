@@ -1,0 +1,31 @@
+"""Every public function says in its own docstring what each of its parameters is (issue #11,
+item 10): ``help(explain.occlusion_map)`` must not send the reader elsewhere."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+
+import explain
+
+FUNCTIONS = [name for name in explain.__all__ if inspect.isfunction(getattr(explain, name))]
+# Their modules are being split by other work on issue #11; their docstrings follow after it.
+PENDING = {"build_report", "draw_mosaic", "load_image", "overlay", "read_grid_json",
+           "similarity_grid", "write_report"}
+
+
+def test_the_public_api_has_functions():
+    assert {"occlusion_map", "gradcam", "deconvnet", "faithfulness"} <= set(FUNCTIONS)
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="docstring not yet complete"))
+    if name in PENDING else name for name in FUNCTIONS])
+def test_docstring_mentions_every_parameter(name):
+    function = getattr(explain, name)
+    doc = inspect.getdoc(function) or ""
+    missing = [p for p in inspect.signature(function).parameters
+               if not re.search(rf"\b{re.escape(p)}\b", doc)]
+    assert not missing, f"explain.{name}'s docstring does not mention {missing}"
