@@ -102,7 +102,8 @@ class NeuronSelector:
 
 
 def parse_neuron(neuron: Neuron) -> str | tuple[int, ...]:
-    """``"max"``, a sequence of ints, or the same written ``"c,y,x"``."""
+    """``neuron`` as ``"max"`` or a tuple of ints: it may be ``"max"``, a sequence of ints, or
+    the same written ``"c,y,x"``."""
     if isinstance(neuron, str):
         if neuron.strip().lower() == "max":
             return "max"

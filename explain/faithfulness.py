@@ -49,13 +49,13 @@ FLAT_TOLERANCE = 0.01
 
 
 def blurred(x: torch.Tensor) -> torch.Tensor:
-    """The "heavily blurred" insertion canvas: Gaussian with σ = 1/20 of the longer side (≥ 1 px),
-    the blur of :mod:`explain.occlusion`."""
+    """The "heavily blurred" insertion canvas of ``x`` (1×3×H×W): Gaussian with σ = 1/20 of the
+    longer side (≥ 1 px), the blur of :mod:`explain.occlusion`."""
     return gaussian_blur(x, max(1.0, max(x.shape[-2:]) / 20.0))
 
 
 def auc(curve: np.ndarray, fractions: np.ndarray) -> float:
-    """Trapezoid area under ``curve`` over the fraction axis 0..1."""
+    """Trapezoid area under ``curve`` over ``fractions``, the axis 0..1."""
     y, x = np.asarray(curve, dtype=np.float64), np.asarray(fractions, dtype=np.float64)
     return float(((y[1:] + y[:-1]) * np.diff(x)).sum() / 2.0)
 

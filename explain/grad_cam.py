@@ -58,8 +58,9 @@ def _layer_names(module: nn.Module) -> set[str]:
 
 def to_original(maps: torch.Tensor, preprocess: Preprocess, size: tuple[int, int]
                 ) -> torch.Tensor:
-    """N×h×w maps over the model's input → N×H×W over the original image: resized onto the
-    region the centre crop came from, zero elsewhere."""
+    """N×h×w ``maps`` over the model's input → N×H×W over the original image of ``size``
+    (H, W): resized bilinearly onto the region ``preprocess``'s centre crop came from (the whole
+    image without a crop), zero elsewhere."""
     height, width = size
     in_h, in_w = preprocess.input_size or size
     crop_h, crop_w = preprocess.crop or (in_h, in_w)

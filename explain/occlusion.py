@@ -65,7 +65,8 @@ def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, 
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a (1, 3, H, W) tensor, edges replicated."""
+    """Separable Gaussian blur of ``x``, a (1, 3, H, W) tensor, with standard deviation ``sigma``
+    pixels, edges replicated."""
     radius = max(1, math.ceil(3.0 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
@@ -79,7 +80,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def fill_values(x: torch.Tensor, fill: str, box: tuple[int, int]) -> torch.Tensor:
     """What a window is filled with: ``gray`` (0.5), ``black`` (0), ``mean`` (the image's mean
     colour) or ``blur`` (the image blurred with σ = half the box side, so that nothing of the
-    box's content survives); broadcastable to ``x``."""
+    box's content survives), as ``fill`` names it; broadcastable to ``x``."""
     if fill == "gray":
         return torch.full((1, 3, 1, 1), 0.5, dtype=x.dtype, device=x.device)
     if fill == "black":

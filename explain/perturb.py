@@ -23,7 +23,11 @@ def masked_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
                   progress: Progress | None = None
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """For each batch of ``masks``: (the masks, p(``target``) of each masked image).
-    ``progress(done, total)`` after each batch, counting masks."""
+
+    ``classifier`` scores; ``x`` is the image (1×3×H×W on its device), ``fill`` what hidden
+    pixels become (broadcastable to ``x``); a boolean mask keeps ``x`` where True, a float one
+    blends (see the module docstring). ``progress(done, total)`` after each batch, counting
+    masks out of ``total``."""
     done = 0
     for m in masks:
         keep = m[:, None]

@@ -56,7 +56,8 @@ from explain.windows import check_batch_size
 
 
 def check_rise(masks: int, cell: int = DEFAULT_CELL, p: float = DEFAULT_P, seed: int = 0) -> None:
-    """Refuse RISE settings that cannot give a map, before any model runs."""
+    """Refuse RISE settings that cannot give a map, before any model runs: ``masks`` and
+    ``cell`` at least 1, ``p`` in (0, 1], ``seed`` at least 0 (see :func:`rise_map`)."""
     for name, value, least in (("masks", masks, 1), ("cell", cell, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
             raise OptionError(f"RISE {name} must be a whole number of at least {least}, got "

@@ -86,8 +86,9 @@ def as_images(image: Images) -> tuple[list[np.ndarray], bool]:
 def batches(images: list[np.ndarray], batch_size: int, device: torch.device | None = None,
             model_shape: tuple[int, int] | None = None) -> Iterator[list[int]]:
     """Indices of images of one shape (one tensor on the device), ``batch_size`` at most, and
-    fewer when that many would not fit the memory budget (:func:`explain.windows.batch_limit`;
-    the maps do not depend on the batching)."""
+    fewer when that many would not fit the memory budget on ``device`` for a model fed
+    ``model_shape`` inputs (:func:`explain.windows.batch_limit`; the maps do not depend on the
+    batching)."""
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -100,7 +101,8 @@ def batches(images: list[np.ndarray], batch_size: int, device: torch.device | No
 
 
 def find_layer(clf: TorchClassifier, name: str) -> nn.Module:
-    """The submodule called ``name`` (a name of ``module.named_modules()``), or an OptionError."""
+    """The submodule of ``clf``'s module called ``name`` (a name of ``named_modules()``), or an
+    OptionError."""
     try:
         return clf.module.get_submodule(name)
     except AttributeError:
@@ -168,8 +170,10 @@ class _ReluCounter(TorchFunctionMode):
 @contextmanager
 def prepared(module: nn.Module, *, relu_rules: bool, layer: nn.Module | None = None
              ) -> Iterator[Calls]:
-    """Eval mode, frozen parameters, out-of-place ReLUs and call counting for one pass; all
-    undone (hooks removed, flags restored) on the way out, also when the pass raises."""
+    """Eval mode, frozen parameters, out-of-place ReLUs and call counting for one pass of
+    ``module``; all undone (hooks removed, flags restored) on the way out, also when the pass
+    raises. ``relu_rules``: count ReLU calls as modules and as functions (:meth:`Calls.check`
+    refuses functional ones); ``layer``: count that submodule's calls (it must run once)."""
     training = [(m, m.training) for m in module.modules()]
     requires_grad = [(p, p.requires_grad) for p in module.parameters()]
     inplace = [m for m in module.modules() if isinstance(m, nn.ReLU) and m.inplace]
@@ -255,7 +259,9 @@ class Method:
 def run(method: Method, model: object, image: Images, *, target: str | int, layer: str | None,
         batch_size: int) -> object:
     """``method`` on one image (its result) or a list of images (a list of results, in order);
-    see the module docstring for the steps."""
+    see the module docstring for the steps. ``model``: a TorchClassifier or a spec for
+    :func:`explain.models.load`; ``target``: class name or index; ``layer``: a layer name, or None
+    for the method's default; ``batch_size``: images per pass at most."""
     clf = white_box(model)
     images, single = as_images(image)
     t = resolve_target(clf, target)
