@@ -8,12 +8,9 @@ a fixed grid, times each step and gathers the :class:`SimilarityGrid`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from explain.budget import check_memory
 from explain.choices import EMBED_MODES
@@ -27,6 +24,7 @@ from explain.models import Classifier, resolve_target
 from explain.windows import fit_batch
 
 MIN_IMAGES = 4
+GridProgress = Callable[[int, int, str], None]
 
 
 def grid_bytes(images: int, shape: tuple[int, int], cell_px: int) -> int:
@@ -55,20 +53,13 @@ def check_grid_memory(images: int, size: int | None, cell_px: int) -> None:
                  "use a smaller --size or --cell-px, or fewer images")
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Progress]:
-    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
-        yield bar
-
-
 def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None = None, *,
                     embed: str = "features", names: Sequence[str] | None = None,
                     labels: Sequence[str] | None = None, target: str | int | None = None,
                     size: int | None = None, perplexity: float = 30.0, seed: int = 0,
                     cost: str = "sqeuclidean", k: int = 8, thumb_px: int = 64,
-                    batch_size: int = 32, progress: bool = False) -> SimilarityGrid:
+                    batch_size: int = 32, progress: GridProgress | None = None
+                    ) -> SimilarityGrid:
     """Lay ``images`` (paths or RGB uint8 arrays) out on a grid so that similar ones sit together.
 
     ``size`` fixes a size×size grid (images beyond size² are sampled with ``seed``); by default
@@ -84,7 +75,8 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
     the paths, ``image-00000``… for arrays). ``perplexity`` and ``seed`` drive t-SNE, ``cost``
     the assignment (:func:`explain.grid.layout.assign_to_grid`), ``k`` the quality metric
     (:func:`explain.grid.quality.grid_quality`); ``thumb_px`` is the thumbnails' side,
-    ``batch_size`` the images per model call; ``progress`` shows bars on stderr.
+    ``batch_size`` the images per model call. ``progress(done, total, stage)`` is called as
+    each stage advances: "embedding" counts images, "t-SNE" iterations (from 0 to total).
 
     Returns the :class:`SimilarityGrid` of the readable images; ExplainError when fewer than
     :data:`MIN_IMAGES` are readable, OptionError for a bad option.
@@ -121,10 +113,10 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    with _progress(progress) as bar:
-        task = bar.add_task("embedding", total=len(order))
-        done = embed_all(images, order, names, embedder, classifier, t_index, thumb_px,
-                         batch_size, advance=lambda step: bar.advance(task, step))
+    report = progress or (lambda done, total, stage: None)
+    report(0, len(order), "embedding")
+    done = embed_all(images, order, names, embedder, classifier, t_index, thumb_px, batch_size,
+                     progress=lambda count, total: report(count, total, "embedding"))
     seconds["embed"] = time.perf_counter() - start
     kept, skipped = done.kept, done.skipped
     if len(kept) < MIN_IMAGES:
@@ -138,19 +130,24 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
                      f"cells: {shape[0] * shape[1] - len(kept)} left empty")
 
     start = time.perf_counter()
-    with _progress(progress) as bar:
-        task = bar.add_task("t-SNE", total=TSNE_ITERATIONS)
-        if np.ptp(emb, axis=0).max() == 0:
-            coords = grid_cells(shape)[:len(kept), ::-1].astype(np.float64)
-            used = 0.0
-            notes.append("all embeddings are identical: images placed in input order")
-        else:
-            coords, used = tsne_layout(emb, perplexity=perplexity, seed=seed,
-                                       callback=lambda step: bar.advance(task, step))
-            if used < perplexity:
-                notes.append(f"perplexity {perplexity:g} clipped to (N-1)/3 = {used:.3g} "
-                             f"for N = {len(kept)}")
-        bar.update(task, completed=TSNE_ITERATIONS)
+    iterations = 0
+
+    def tsne_step(step: int) -> None:
+        nonlocal iterations
+        iterations += step
+        report(iterations, TSNE_ITERATIONS, "t-SNE")
+
+    report(0, TSNE_ITERATIONS, "t-SNE")
+    if np.ptp(emb, axis=0).max() == 0:
+        coords = grid_cells(shape)[:len(kept), ::-1].astype(np.float64)
+        used = 0.0
+        notes.append("all embeddings are identical: images placed in input order")
+    else:
+        coords, used = tsne_layout(emb, perplexity=perplexity, seed=seed, callback=tsne_step)
+        if used < perplexity:
+            notes.append(f"perplexity {perplexity:g} clipped to (N-1)/3 = {used:.3g} "
+                         f"for N = {len(kept)}")
+    report(TSNE_ITERATIONS, TSNE_ITERATIONS, "t-SNE")
     seconds["tsne"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -21,6 +21,7 @@ from explain.errors import ImageError, ModelError, OptionError
 from explain.images import as_rgb, to_batch
 from explain.models import Classifier
 from explain.models.adapters import import_callable, raised
+from explain.windows import Progress
 
 PIXEL_SIDE = 32
 DEFAULT_INPUT = (256, 256)
@@ -185,13 +186,13 @@ class Embedded:
 
 def embed_all(images: Sequence[ImageSource], order: np.ndarray, names: list[str],
               embedder: Embedder, classifier: Classifier | None, t_index: int | None,
-              thumb_px: int, batch_size: int, advance: Callable[[int], None]) -> Embedded:
+              thumb_px: int, batch_size: int, progress: Progress) -> Embedded:
     """Read, embed (and score) ``images[order]`` batch by batch; unreadable ones are skipped.
 
     ``names`` (one per image) name them in errors; ``t_index`` (a class index of
     ``classifier``, or None for no scores) adds each image's target probability; thumbnails are
-    ``thumb_px`` square; ``advance(n)`` is called after each batch of ``n`` images. Returns the
-    :class:`Embedded` lists, in ``order``.
+    ``thumb_px`` square; ``progress(done, total)`` is called after each batch, counting images
+    read or skipped. Returns the :class:`Embedded` lists, in ``order``.
     """
     out = Embedded()
     for lo in range(0, len(order), batch_size):
@@ -211,5 +212,5 @@ def embed_all(images: Sequence[ImageSource], order: np.ndarray, names: list[str]
                                                  embed_in, originals, t_index))
             out.thumbs.extend(thumbnail(img, thumb_px) for img in originals)
             out.kept.extend(i for i, _ in loaded)
-        advance(len(chunk))
+        progress(lo + len(chunk), len(order))
     return out
