@@ -13,7 +13,13 @@
 Every public name is re-exported here: ``from explain.grid import X`` is the way in.
 """
 
-from explain.grid.build import MIN_IMAGES, check_grid_memory, grid_bytes, similarity_grid
+from explain.grid.build import (
+    MIN_IMAGES,
+    GridProgress,
+    check_grid_memory,
+    grid_bytes,
+    similarity_grid,
+)
 from explain.grid.embed import (
     DEFAULT_INPUT,
     NO_LABEL,
@@ -46,7 +52,7 @@ from explain.grid.result import GRID_JSON_VERSION, SimilarityGrid, read_grid_jso
 __all__ = [
     "DEFAULT_INPUT", "EMPTY_CELL", "GRID_JSON_VERSION", "MIN_IMAGES", "NO_LABEL", "PIXEL_SIDE",
     "TAB10", "TSNE_ITERATIONS",
-    "Embedder", "GridQuality", "ImageSource", "SimilarityGrid",
+    "Embedder", "GridProgress", "GridQuality", "ImageSource", "SimilarityGrid",
     "assign_to_grid", "check_grid_memory", "draw_mosaic", "folder_labels", "grid_bytes",
     "grid_cells", "grid_quality", "grid_shape", "knn_preservation", "label_agreement",
     "label_colours", "mosaic_bytes", "nearest_neighbours", "neighbourhood_radius",
