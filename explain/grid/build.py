@@ -44,7 +44,8 @@ def check_grid_memory(images: int, size: int | None, cell_px: int) -> None:
 
     ``size`` fixes a ``size``×``size`` grid (at most size² images are used), None the default
     shape (:func:`explain.grid.layout.grid_shape`); ``cell_px`` is the mosaic's cell side.
-    Returns None; raises the budget's ExplainError when it does not fit.
+    Returns None; raises OptionError (what it would need, the budget, the way out) when it
+    does not fit.
     """
     shape = (size, size) if size is not None else grid_shape(images)
     used = min(images, size * size) if size is not None else images
