@@ -6,6 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from explain.choices import COLOR_BY, COSTS, EMBED_MODES
 from explain.cli.common import (
@@ -14,6 +22,7 @@ from explain.cli.common import (
     ModelOptions,
     TargetOpt,
     choice,
+    err_console,
     error_line,
     plain,
     result_line,
@@ -81,10 +90,21 @@ def grid(
     clf = None
     if embed != "pixels" or color_by == "score":
         clf = models.load()
-    result = similarity_grid(
-        paths, clf, embed=embed, labels=labels, target=target if color_by == "score" else None,
-        size=size, perplexity=perplexity, seed=seed, cost=cost, k=k, thumb_px=cell_px,
-        batch_size=batch_size or 32, progress=True)
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err_console) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(done: int, total: int, stage: str) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        result = similarity_grid(
+            paths, clf, embed=embed, labels=labels,
+            target=target if color_by == "score" else None, size=size, perplexity=perplexity,
+            seed=seed, cost=cost, k=k, thumb_px=cell_px, batch_size=batch_size or 32,
+            progress=progress)
     for path, reason in result.skipped:
         error_line(f"{path}: {reason} (skipped)")
     save_png(draw_mosaic(result, color_by=color_by), output)
