@@ -86,10 +86,14 @@ def _check_path(p: Path) -> None:
 
 def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                notes: list[str] | None = None) -> np.ndarray:
-    """Read ``path`` as an RGB uint8 array of shape (H, W, 3).
+    """Read ``path`` (str, bytes or PathLike: any byte name) as an RGB uint8 array (H, W, 3),
+    EXIF-rotated, every mode converted (see the module docstring).
 
-    With ``notes`` (a list) and inside :func:`collect_warnings`, the warnings the decoding raises
-    are appended to ``notes`` instead of being shown (see :func:`warnings_into`).
+    ``max_pixels``: a larger image is refused before it is decoded. ``notes``: with a list, and
+    inside :func:`collect_warnings`, the warnings the decoding raises are appended to it instead
+    of being shown (see :func:`warnings_into`). Raises :class:`~explain.errors.ImageError`
+    naming the path and the reason (missing, empty, a folder, a link loop, truncated, not an
+    image, too large).
     """
     p = Path(os.fsdecode(path))
     try:

@@ -243,10 +243,21 @@ def _blend(rgb: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
 def overlay(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str | None = None,
             alpha: float = 0.5, normalize: str | None = None, vmin: float | None = None,
             vmax: float | None = None, percentile: float = 99.0) -> np.ndarray:
-    """``image`` with the coloured heatmap blended on top: RGB uint8 of the image's size.
+    """``image`` with the coloured ``heatmap`` blended on top: RGB uint8 of the image's size.
 
-    ``alpha`` is the heatmap's opacity (0 = image only, 1 = heatmap only). A heatmap of another
-    size (e.g. a coarse Grad-CAM map) is resized bilinearly to the image after colouring.
+    - ``image``: RGB (or gray) uint8, or float in [0, 1].
+    - ``heatmap``: a :class:`Heatmap` (its ``signed``/``bounds`` choose the default scale, see
+      the module docstring) or a bare (h, w) array. A map of another size (e.g. a coarse
+      Grad-CAM map) is resized bilinearly to the image after colouring.
+    - ``colormap``: an OpenCV or matplotlib name; None = the map's default (``bwr`` centred on 0
+      for signed maps, ``jet`` otherwise).
+    - ``alpha``: the heatmap's opacity (0 = image only, 1 = heatmap only).
+    - ``normalize``: ``minmax``, ``percentile`` (clip at the ``percentile``-th percentile of
+      |values|), ``fixed`` (``vmin``..``vmax``) or None = the map's default.
+    - ``vmin``/``vmax``: the values drawn at the two ends of the colormap (``fixed``), so several
+      pictures share one scale.
+
+    Returns the blended picture without legend (:func:`figure` adds the legend strip).
     """
     if not 0.0 <= alpha <= 1.0:
         raise OptionError(f"alpha must be in [0, 1], got {alpha}")
