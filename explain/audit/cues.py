@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from explain.audit.concepts import Part, score_drops
+from explain.audit.options import CueOptions
 from explain.errors import ExplainError, ImageError, OptionError
 from explain.files import display
 from explain.images import DEFAULT_MAX_PIXELS, as_rgb, load_image, to_batch
@@ -65,7 +66,6 @@ from explain.windows import (
 )
 
 ROLES = ("fp", "tn", "tp")
-EMBEDS = ("auto", "features", "open-nsfw", "pixels")
 MIN_SHARE = 0.5
 MIN_CLUSTER = 8
 SILHOUETTE_POINTS = 2000
@@ -76,42 +76,6 @@ if TYPE_CHECKING:
     from explain.audit.store import Store
 
 CueProgress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class CueOptions:
-    """How cues are harvested, grouped and tested; every field shapes the results."""
-
-    per_image: int = 3
-    percentile: float = 90.0
-    negatives: int = 50
-    positives: int = 20
-    paste_pairs: int = 16
-    max_cues: int = 12
-    min_fps: int = 5
-    seed: int = 0
-    embed: str = "auto"
-
-    def check(self) -> None:
-        if self.per_image < 1:
-            raise OptionError(f"cue patches per image must be at least 1, got {self.per_image}")
-        if not 0.0 <= self.percentile <= 100.0:
-            raise OptionError(f"cue percentile must be in [0, 100], got {self.percentile}")
-        if min(self.negatives, self.positives, self.paste_pairs) < 0:
-            raise OptionError("cue sample sizes and paste pairs must be 0 or more")
-        if self.max_cues < 2:
-            raise OptionError(f"max_cues must be at least 2, got {self.max_cues}")
-        if self.min_fps < 1:
-            raise OptionError(f"min_fps must be at least 1, got {self.min_fps}")
-        if self.embed not in EMBEDS:
-            raise OptionError(f"unknown cue embedding {self.embed!r}; use one of "
-                              f"{', '.join(EMBEDS)}")
-
-    def setting(self, **more: object) -> str:
-        """A short hash of these options and ``more`` (the windows, fill, target): the key under
-        which a cache keeps results."""
-        text = json.dumps({**self.__dict__, **more}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass

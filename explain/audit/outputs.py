@@ -34,6 +34,7 @@ from PIL import Image
 
 from explain.audit import metrics as m
 from explain.audit.cues import Cues, Paste, put
+from explain.audit.options import AuditOptions, AuditResult
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError
 from explain.files import atomic_write, display, from_storable, write_bytes, write_text
@@ -464,12 +465,13 @@ def _environment() -> jinja2.Environment:
 
 
 def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target: str,
-                  class_names: list[str], options: object, targets: list, labels: list[str],
-                  notes: list[str], seconds: dict[str, float], cues: Cues | None = None
-                  ):  # noqa: ANN201
-    """Every output file of the run; returns the :class:`~explain.audit.run.AuditResult`."""
-    from explain.audit.run import AuditResult
-
+                  class_names: list[str], options: AuditOptions, targets: list,
+                  labels: list[str], notes: list[str], seconds: dict[str, float],
+                  cues: Cues | None = None) -> AuditResult:
+    """Every output file of the run in ``folder``, rebuilt from ``store``: ``targets`` are the
+    (kind, row) pairs that got a heatmap, ``labels`` the true labels seen (empty: unlabeled),
+    ``notes`` and ``seconds`` go on the page; returns the :class:`AuditResult` (its ``seconds``
+    and ``cues`` left for the caller to fill)."""
     o = options
     files = {name: folder / f"{name}.csv" for name in ("scores", "errors", "concepts", "parts")}
     seen = write_scores(store, files["scores"], class_names, target, o.threshold)

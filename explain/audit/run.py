@@ -47,98 +47,31 @@ from explain.audit.concepts import (
     scale_part,
     score_drops,
 )
-from explain.audit.cues import CueImage, CueOptions, Cues, StoreCache, find_cues
+from explain.audit.cues import CueImage, Cues, StoreCache, find_cues
 from explain.audit.dataset import open_dataset
-from explain.audit.outputs import write_png
+from explain.audit.options import AuditOptions, AuditResult
+from explain.audit.outputs import write_outputs, write_png
 from explain.audit.store import ImageRow, Store
-from explain.choices import DEFAULT_MAX_PIXELS, FILLS
-from explain.errors import ExplainError, ModelError, OptionError
+from explain.errors import ExplainError, ModelError
 from explain.files import check_output_dir, display
 from explain.images import collect_warnings, load_image, to_batch, to_tensor
 from explain.models import Classifier, load, resolve_target
 from explain.models.base import resize
 from explain.occlusion import occlusion_map
-from explain.render import check_look, figure
+from explain.render import figure
 from explain.report import shrink
 from explain.windows import (
-    DEFAULT_BOX,
-    DEFAULT_STRIDE,
-    Size,
     batch_limit,
     check_windows,
     fit_batch,
 )
 
+__all__ = ["AuditOptions", "AuditResult", "audit"]
+
 AUDIT_FORMAT = 2  # 2: float batches for every image size (format 1 could score 256×256 ones 0)
 DETECT_SIDE = 640
 SAVED_SIDE = 512
 DEFAULT_BATCH = 32
-
-
-@dataclass
-class AuditOptions:
-    """Everything that shapes an audit; all but ``top``, ``batch_size``, ``workers``,
-    ``colormap``, ``alpha``, ``normalize``, ``vmin``, ``vmax``, ``mosaic``, ``cues`` and
-    ``cue_options`` are part of the run key (the cue discovery keeps its results under a hash of
-    its own options)."""
-
-    threshold: float = 0.5
-    top: int = 50
-    box: Size = DEFAULT_BOX
-    stride: Size = DEFAULT_STRIDE
-    fill: str = "gray"
-    target: str = "nsfw"
-    concepts: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    batch_size: int | None = None
-    workers: int = 4
-    colormap: str | None = None
-    alpha: float = 0.5
-    normalize: str | None = None
-    vmin: float | None = None
-    vmax: float | None = None
-    mosaic: int = 256
-    cues: bool = True
-    cue_options: CueOptions = field(default_factory=CueOptions)
-
-    def check(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise OptionError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.top < 0:
-            raise OptionError(f"top must be 0 or more, got {self.top}")
-        check_windows(self.box, self.stride)
-        check_look(self.colormap, self.normalize, self.vmin, self.vmax)
-        if self.mosaic < 0:
-            raise OptionError(f"mosaic must be 0 or more images, got {self.mosaic}")
-        if self.mosaic >= 4:  # the mosaic comes last: refuse an oversized one before any work
-            from explain.grid import check_grid_memory
-
-            check_grid_memory(self.mosaic, None, 64)
-        if self.fill not in FILLS:
-            raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.workers < 1:
-            raise OptionError(f"workers must be at least 1, got {self.workers}")
-        self.cue_options.check()
-
-
-@dataclass
-class AuditResult:
-    """Where the audit went and what it found; ``metrics`` is empty for unlabeled data."""
-
-    output: Path
-    run: int
-    key: str
-    resumed: bool
-    images: int
-    scored: int
-    failed: int
-    heatmaps: int
-    seconds: dict[str, float] = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-    cues: Cues | None = None
 
 
 def code_version() -> str:
@@ -446,8 +379,6 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
     Calling it again
     with the same arguments resumes; changed arguments start a new run in the same folder.
     """
-    from explain.audit.outputs import write_outputs
-
     o = options or AuditOptions()
     o.check()
     out = check_output_dir(output)
