@@ -50,10 +50,11 @@ PART_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (14
 
 @dataclass(frozen=True)
 class Group:
-    """A set of images that concept statistics are aggregated over (an SQL condition)."""
+    """A set of images that concept statistics are aggregated over: its title, and the store's
+    selection (:data:`explain.audit.schema.SELECTIONS`) with its parameters."""
 
     name: str
-    where: str
+    selection: str
     args: tuple
 
 
@@ -61,27 +62,19 @@ def groups(labels: list[str], target: str, threshold: float) -> list[Group]:
     """False positives and every non-target label, then false negatives and the target label;
     for unlabeled data, all images and those at or above the threshold."""
     if not labels:
-        return [Group("all images", "1", ()),
-                Group(f"score ≥ {threshold:g}", "score >= ?", (threshold,))]
-    out = [Group("false positives", "label IS NOT NULL AND label != ? AND score >= ?",
-                 (target, threshold))]
-    out += [Group(f"all {label}", "label = ?", (label,)) for label in labels if label != target]
+        return [Group("all images", "all", ()),
+                Group(f"score ≥ {threshold:g}", "at_or_above", (threshold,))]
+    out = [Group("false positives", "fp", (target, threshold))]
+    out += [Group(f"all {label}", "label", (label,)) for label in labels if label != target]
     if target in labels:
-        out += [Group("false negatives", "label = ? AND score < ?", (target, threshold)),
-                Group(f"all {target}", "label = ?", (target,))]
+        out += [Group("false negatives", "fn", (target, threshold)),
+                Group(f"all {target}", "label", (target,))]
     return out
 
 
 def concept_table(store: Store, group: Group) -> tuple[int, list[dict]]:
     """(images in the group with parts detected, per-concept statistics sorted by mean drop)."""
-    where = f"i.run = ? AND i.score IS NOT NULL AND i.concepts_at IS NOT NULL AND ({group.where})"
-    n_images = store.db.execute(f"SELECT COUNT(*) FROM images i WHERE {where}",
-                                (store.run, *group.args)).fetchone()[0]
-    rows = store.db.execute(
-        "SELECT p.concept, COUNT(*), COUNT(DISTINCT p.image), AVG(p.score_drop), "
-        "AVG(p.heat_share), COUNT(p.heat_share), AVG(p.area_share), AVG(p.confidence) "
-        f"FROM parts p JOIN images i ON i.id = p.image WHERE {where} GROUP BY p.concept "
-        "ORDER BY AVG(p.score_drop) DESC, p.concept", (store.run, *group.args)).fetchall()
+    n_images, rows = store.concept_stats(group.selection, group.args)
     keys = ("concept", "parts", "images", "mean_score_drop", "mean_heat_share", "heat_parts",
             "mean_area_share", "mean_confidence")
     table = [dict(zip(keys, r, strict=True)) for r in rows]
@@ -190,9 +183,7 @@ def write_scores(store: Store, path: Path, class_names: list[str], target: str,
     with csv_file(path) as writer:
         writer.writerow(["path", "label", "score", "predicted", "outcome", "height", "width",
                          *(f"p_{name}" for name in class_names), "warnings"])
-        for p, label, score, probs, h, w, notes in store.db.execute(
-                "SELECT path, label, score, probs, height, width, notes FROM images WHERE run = ? "
-                "AND score IS NOT NULL ORDER BY id", (store.run,)):
+        for p, label, score, probs, h, w, notes in store.score_rows():
             values = json.loads(probs)
             pred = _predicted(values, class_names, t, threshold)
             writer.writerow([p, label or "", f"{score:.6f}", pred, _outcome(label, pred, target),
@@ -219,13 +210,11 @@ def write_errors(store: Store, path: Path) -> list[tuple[str, str]]:
 
 
 def write_parts(store: Store, path: Path) -> None:
+    """``parts.csv``: one row per detected part, in image then part order."""
     with csv_file(path) as writer:
         writer.writerow(["path", "label", "score", "part", "concept", "confidence", "top", "left",
                          "bottom", "right", "area_share", "score_drop", "heat_share"])
-        for row in store.db.execute(
-                "SELECT i.path, i.label, i.score, p.n, p.concept, p.confidence, p.top, p.left, "
-                "p.bottom, p.right, p.area_share, p.score_drop, p.heat_share FROM parts p JOIN "
-                "images i ON i.id = p.image WHERE i.run = ? ORDER BY i.id, p.n", (store.run,)):
+        for row in store.part_rows():
             writer.writerow(["" if v is None else v for v in row])
 
 
@@ -294,7 +283,7 @@ def mosaic_sample(store: Store, first: list[ImageRow], limit: int) -> tuple[list
     paths = [r.path for r in first][:limit]
     labels = [r.label for r in first][:limit]
     taken = set(paths)
-    total = store.count("score IS NOT NULL")
+    total = store.count("scored")
     room = limit - len(paths)
     if room > 0 and total:
         step = max(1, total // room)
@@ -497,14 +486,13 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
     if mosaic is not None:
         files["grid"] = folder / "grid.png"
     n_images = store.count()
-    n_failed = store.count("error IS NOT NULL")
-    n_heat = store.db.execute("SELECT COUNT(*) FROM heatmaps h JOIN images i ON i.id = h.image "
-                              "WHERE i.run = ?", (store.run,)).fetchone()[0]
-    run_row = store.db.execute("SELECT created FROM runs WHERE id = ?", (store.run,)).fetchone()
+    n_failed = store.count("failed")
+    n_heat = store.heatmap_count()
     page = {
         "params": {k: display(v) if isinstance(v, str) else v for k, v in store.params.items()},
         "key": store.key, "run": store.run, "resumed": store.resumed,
-        "created": datetime.fromtimestamp(run_row[0], timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "created": datetime.fromtimestamp(store.created(), timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"),
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "previous": store.previous_runs(), "target": target, "threshold": o.threshold,
         "options": o, "images": n_images, "scored": len(seen["scores"]), "failed": n_failed,

@@ -211,8 +211,7 @@ def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
                 detector: PartDetector | None, rate: Rate) -> None:
     """Score (and run the part detector on) every image not done yet, batch by batch."""
     concepts = detector is not None
-    todo = store.count("error IS NULL AND (score IS NULL" +
-                       (" OR concepts_at IS NULL)" if concepts else ")"))
+    todo = store.pending_count(concepts=concepts)
     if todo == 0:
         return
     input_size = tuple(classifier.input_size) if classifier.input_size else None
@@ -289,12 +288,10 @@ def heatmap_targets(store: Store, labels: list[str], target_name: str, o: AuditO
     if o.top == 0:
         return []
     if labels:
-        fps = store.ranked("label IS NOT NULL AND label != ? AND score >= ?",
-                           (target_name, o.threshold), descending=True, limit=o.top)
-        fns = store.ranked("label = ? AND score < ?", (target_name, o.threshold),
-                           descending=False, limit=o.top)
+        fps = store.ranked("fp", (target_name, o.threshold), descending=True, limit=o.top)
+        fns = store.ranked("fn", (target_name, o.threshold), descending=False, limit=o.top)
         return [("fp", r) for r in fps] + [("fn", r) for r in fns]
-    return [("top", r) for r in store.ranked("1", (), descending=True, limit=o.top)]
+    return [("top", r) for r in store.ranked("all", (), descending=True, limit=o.top)]
 
 
 def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
@@ -414,9 +411,7 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
         seconds["score"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        labels_seen = [r[0] for r in store.db.execute(
-            "SELECT DISTINCT label FROM images WHERE run = ? AND label IS NOT NULL ORDER BY "
-            "label", (store.run,))]
+        labels_seen = store.labels()
         targets = heatmap_targets(store, labels_seen, class_names[t], o)
         notes = heatmap_stage(store, classifier, targets, o, out / "heatmaps", rate)
         seconds["heatmaps"] = time.perf_counter() - start
