@@ -50,7 +50,8 @@ from explain.audit.concepts import (
 from explain.audit.cues import CueImage, Cues, StoreCache, find_cues
 from explain.audit.dataset import open_dataset
 from explain.audit.options import AuditOptions, AuditResult
-from explain.audit.outputs import write_outputs, write_png
+from explain.audit.outputs import write_outputs
+from explain.audit.page import write_png
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError, ModelError
 from explain.files import check_output_dir, display
