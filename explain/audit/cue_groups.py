@@ -34,7 +34,6 @@ class Paste:
         return self.after - self.before
 
 
-
 # --- 2. group ------------------------------------------------------------------------------------
 
 def kmeans(vectors: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -170,7 +169,6 @@ def paste_test(classifier: Counting, donors: list[Patch], recipients: list[int],
     after = score_images(classifier, images, t, batch_size) if images else []
     return [Paste(d.image, d.box, rec, where, scores[rec], float(a))
             for (d, rec, where), a in zip(made, after, strict=True)]
-
 
 
 def strength(fp_share: float, tn_share: float | None, mean_drop: float | None,

@@ -56,7 +56,6 @@ class Patch:
     vector: np.ndarray
 
 
-
 class Counting:
     """A classifier that counts the images it is asked to score."""
 
@@ -79,7 +78,6 @@ class Counting:
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         self.calls += int(batch.shape[0])
         return self.classifier.predict(batch)
-
 
 
 def top_windows(values: np.ndarray, box: tuple[int, int], k: int, percentile: float

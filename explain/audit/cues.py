@@ -35,7 +35,6 @@ result goes into a :class:`CueCache` as it is computed (the audit's is its SQLit
 second call does only what is missing.
 """
 
-
 from __future__ import annotations
 
 import hashlib
@@ -87,8 +86,6 @@ class Harvested:
     embed_calls: int
     embedding: str
     error: str | None = None
-
-
 
 
 @dataclass
@@ -203,7 +200,6 @@ class StoreCache:
                                    json.dumps([asdict(p) for p in pastes]), calls)
 
 
-
 def _signature(members: list[Patch], recipients: list[int], options: CueOptions) -> str:
     text = json.dumps([[(p.image, p.n) for p in members], recipients, options.paste_pairs,
                        options.seed])
@@ -212,7 +208,6 @@ def _signature(members: list[Patch], recipients: list[int], options: CueOptions)
 
 def _share(images: set[int], of: int) -> float | None:
     return len(images) / of if of else None
-
 
 
 # --- the whole discovery ------------------------------------------------------------------------

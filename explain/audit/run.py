@@ -25,7 +25,6 @@ so the same call after a kill resumes where the last committed batch ended:
 Memory is bounded by a few batches of images plus one heatmap, whatever the dataset's size.
 """
 
-
 from __future__ import annotations
 
 import os
@@ -61,7 +60,6 @@ def spec_of(model: object, classifier: Classifier) -> str:
     if isinstance(model, str | os.PathLike):
         return str(model)
     return f"{type(classifier).__name__}:{getattr(classifier, 'name', '?')}"
-
 
 
 def audit(data: str | os.PathLike, output: str | os.PathLike, *,
