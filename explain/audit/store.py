@@ -88,30 +88,31 @@ class ImageRow:
 
 
 class Store:
-    """An open audit database, bound to one run (found by its key or created)."""
+    """An open audit database, bound to one run (found by its key or created). Its connection
+    is private: every query is one of its methods."""
 
     def __init__(self, folder: str | os.PathLike, params: dict) -> None:
         self.path = Path(folder) / DB_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA)
-            columns = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
             if "notes" not in columns:  # a database written before notes were kept
-                self.db.execute("ALTER TABLE images ADD COLUMN notes TEXT")
+                self._db.execute("ALTER TABLE images ADD COLUMN notes TEXT")
         except sqlite3.DatabaseError as exc:
             raise OptionError(f"{self.path} is not a usable audit database ({exc}); choose "
                               "another output folder or remove the file") from exc
         self.params = params
         self.key = run_key(params)
-        row = self.db.execute("SELECT id, created FROM runs WHERE key = ?", (self.key,)).fetchone()
+        row = self._db.execute("SELECT id, created FROM runs WHERE key = ?", (self.key,)).fetchone()
         self.resumed = row is not None
         if row is None:
             with self.transaction():
-                cur = self.db.execute("INSERT INTO runs (key, params, created) VALUES (?, ?, ?)",
+                cur = self._db.execute("INSERT INTO runs (key, params, created) VALUES (?, ?, ?)",
                                       (self.key, json.dumps(params, sort_keys=True, default=str),
                                        time.time()))
             self.run = int(cur.lastrowid)
@@ -119,41 +120,41 @@ class Store:
             self.run = int(row[0])
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE … COMMIT``; rolled back if anything in it fails."""
-        self.db.execute("BEGIN IMMEDIATE")
+        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self.db
+            yield self._db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        self._db.execute("COMMIT")
 
     def previous_runs(self) -> list[dict]:
         """The other runs in this database (their key, creation time and image count)."""
-        rows = self.db.execute(
+        rows = self._db.execute(
             "SELECT r.id, r.key, r.created, COUNT(i.id) FROM runs r LEFT JOIN images i "
             "ON i.run = r.id WHERE r.id != ? GROUP BY r.id ORDER BY r.id", (self.run,))
         return [{"id": r[0], "key": r[1], "created": r[2], "images": r[3]} for r in rows]
 
     def created(self) -> float:
         """When this run was first created (seconds since the epoch)."""
-        return self.db.execute("SELECT created FROM runs WHERE id = ?",
+        return self._db.execute("SELECT created FROM runs WHERE id = ?",
                                (self.run,)).fetchone()[0]
 
     # stages of the run as a whole
     def stage_done(self, stage: str) -> bool:
         """Whether ``stage`` (one of :data:`STAGES`) was marked done for this run."""
-        return self.db.execute(f"SELECT {_stage(stage)} FROM runs WHERE id = ?",
+        return self._db.execute(f"SELECT {_stage(stage)} FROM runs WHERE id = ?",
                                (self.run,)).fetchone()[0] is not None
 
     def mark_stage(self, stage: str) -> None:
         """Record now as the time ``stage`` (one of :data:`STAGES`) was done."""
         with self.transaction():
-            self.db.execute(f"UPDATE runs SET {_stage(stage)} = ? WHERE id = ?",
+            self._db.execute(f"UPDATE runs SET {_stage(stage)} = ? WHERE id = ?",
                             (time.time(), self.run))
 
     # listing
@@ -172,21 +173,21 @@ class Store:
 
     def _insert(self, rows: list[tuple]) -> int:
         with self.transaction():
-            before = self.db.total_changes
-            self.db.executemany("INSERT OR IGNORE INTO images (run, path, label) VALUES (?, ?, ?)",
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO images (run, path, label) VALUES (?, ?, ?)",
                                 rows)
-            return self.db.total_changes - before
+            return self._db.total_changes - before
 
     # scoring (+ concepts) stage
     def count(self, selection: str = "all", args: tuple = ()) -> int:
         """How many images of this run are in ``selection`` (a name of :data:`SELECTIONS`,
         ``args`` its parameters)."""
-        return self.db.execute(f"SELECT COUNT(*) FROM images WHERE run = ? AND "
+        return self._db.execute(f"SELECT COUNT(*) FROM images WHERE run = ? AND "
                                f"({_where(selection, args)})", (self.run, *args)).fetchone()[0]
 
     def pending_count(self, *, concepts: bool) -> int:
         """How many images :meth:`pending` will give."""
-        return self.db.execute(f"SELECT COUNT(*) FROM images WHERE run = ? AND "
+        return self._db.execute(f"SELECT COUNT(*) FROM images WHERE run = ? AND "
                                f"{_pending(concepts)}", (self.run,)).fetchone()[0]
 
     def pending(self, *, concepts: bool, chunk: int = 256) -> Iterator[ImageRow]:
@@ -195,7 +196,7 @@ class Store:
         todo = _pending(concepts)
         last = 0
         while True:
-            rows = self.db.execute(
+            rows = self._db.execute(
                 f"SELECT id, path, label, score, height, width FROM images WHERE run = ? AND "
                 f"id > ? AND {todo} ORDER BY id LIMIT ?", (self.run, last, chunk)).fetchall()
             if not rows:
@@ -210,32 +211,32 @@ class Store:
         with self.transaction():
             for r in results:
                 if r.get("notes"):
-                    self.db.execute("UPDATE images SET notes = ? WHERE id = ?",
+                    self._db.execute("UPDATE images SET notes = ? WHERE id = ?",
                                     ("; ".join(r["notes"]), r["id"]))
                 if r.get("error") is not None:
-                    self.db.execute("UPDATE images SET error = ?, scored_at = ? WHERE id = ?",
+                    self._db.execute("UPDATE images SET error = ?, scored_at = ? WHERE id = ?",
                                     (r["error"], now, r["id"]))
                     continue
                 if "score" in r:
-                    self.db.execute(
+                    self._db.execute(
                         "UPDATE images SET score = ?, probs = ?, height = ?, width = ?, "
                         "scored_at = ? WHERE id = ?",
                         (r["score"], json.dumps(r["probs"]), r["height"], r["width"], now,
                          r["id"]))
                 if "parts" in r:
-                    self.db.execute("DELETE FROM parts WHERE image = ?", (r["id"],))
-                    self.db.executemany(
+                    self._db.execute("DELETE FROM parts WHERE image = ?", (r["id"],))
+                    self._db.executemany(
                         "INSERT INTO parts (image, n, concept, confidence, top, left, bottom, "
                         "right, area_share, score_drop) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [(r["id"], n, p["concept"], p["confidence"], *p["box"], p["area_share"],
                           p["score_drop"]) for n, p in enumerate(r["parts"])])
-                    self.db.execute("UPDATE images SET concepts_at = ? WHERE id = ?",
+                    self._db.execute("UPDATE images SET concepts_at = ? WHERE id = ?",
                                     (now, r["id"]))
 
     # results
     def scored(self) -> Iterator[tuple[int, str, str | None, float]]:
         """(id, path, label, score) of every scored image, streamed in id order."""
-        yield from self.db.execute(
+        yield from self._db.execute(
             "SELECT id, path, label, score FROM images WHERE run = ? AND score IS NOT NULL "
             "ORDER BY id", (self.run,))
 
@@ -245,7 +246,7 @@ class Store:
         ``args`` its parameters), highest score first when ``descending`` (ties: lower id
         first)."""
         order = "DESC" if descending else "ASC"
-        rows = self.db.execute(
+        rows = self._db.execute(
             f"SELECT id, path, label, score, height, width FROM images WHERE run = ? AND "
             f"score IS NOT NULL AND ({_where(selection, args)}) ORDER BY score {order}, id "
             "LIMIT ?", (self.run, *args, limit)).fetchall()
@@ -253,21 +254,21 @@ class Store:
 
     def labels(self) -> list[str]:
         """The distinct true labels of this run's images, sorted (empty for unlabeled data)."""
-        return [r[0] for r in self.db.execute(
+        return [r[0] for r in self._db.execute(
             "SELECT DISTINCT label FROM images WHERE run = ? AND label IS NOT NULL ORDER BY "
             "label", (self.run,))]
 
     def score_rows(self) -> Iterator[tuple[str, str | None, float, str, int, int, str | None]]:
         """(stored path, label, score, probabilities as JSON, height, width, warnings) of every
         scored image, streamed in id order."""
-        yield from self.db.execute(
+        yield from self._db.execute(
             "SELECT path, label, score, probs, height, width, notes FROM images WHERE run = ? "
             "AND score IS NOT NULL ORDER BY id", (self.run,))
 
     def part_rows(self) -> Iterator[tuple]:
         """(stored path, label, score, n, concept, confidence, top, left, bottom, right,
         area_share, score_drop, heat_share) of every detected part, in image then part order."""
-        yield from self.db.execute(
+        yield from self._db.execute(
             "SELECT i.path, i.label, i.score, p.n, p.concept, p.confidence, p.top, p.left, "
             "p.bottom, p.right, p.area_share, p.score_drop, p.heat_share FROM parts p JOIN "
             "images i ON i.id = p.image WHERE i.run = ? ORDER BY i.id, p.n", (self.run,))
@@ -279,9 +280,9 @@ class Store:
         confidence), highest mean score drop first)."""
         where = (f"i.run = ? AND i.score IS NOT NULL AND i.concepts_at IS NOT NULL AND "
                  f"({_where(selection, args)})")
-        n_images = self.db.execute(f"SELECT COUNT(*) FROM images i WHERE {where}",
+        n_images = self._db.execute(f"SELECT COUNT(*) FROM images i WHERE {where}",
                                    (self.run, *args)).fetchone()[0]
-        rows = self.db.execute(
+        rows = self._db.execute(
             "SELECT p.concept, COUNT(*), COUNT(DISTINCT p.image), AVG(p.score_drop), "
             "AVG(p.heat_share), COUNT(p.heat_share), AVG(p.area_share), AVG(p.confidence) "
             f"FROM parts p JOIN images i ON i.id = p.image WHERE {where} GROUP BY p.concept "
@@ -290,23 +291,23 @@ class Store:
 
     def heatmap_count(self) -> int:
         """How many images of this run have a heatmap."""
-        return self.db.execute("SELECT COUNT(*) FROM heatmaps h JOIN images i ON i.id = h.image "
+        return self._db.execute("SELECT COUNT(*) FROM heatmaps h JOIN images i ON i.id = h.image "
                                "WHERE i.run = ?", (self.run,)).fetchone()[0]
 
     def errors(self) -> Iterator[tuple[str, str, str]]:
         """(stored path, reason, warnings) of every image that failed, in id order."""
-        yield from self.db.execute("SELECT path, error, COALESCE(notes, '') FROM images WHERE "
+        yield from self._db.execute("SELECT path, error, COALESCE(notes, '') FROM images WHERE "
                                    "run = ? AND error IS NOT NULL ORDER BY id", (self.run,))
 
     def heatmap(self, image: int) -> dict | None:
-        row = self.db.execute("SELECT kind, png, npy, seconds, done_at FROM heatmaps WHERE "
+        row = self._db.execute("SELECT kind, png, npy, seconds, done_at FROM heatmaps WHERE "
                               "image = ?", (image,)).fetchone()
         if row is None:
             return None
         return dict(zip(("kind", "png", "npy", "seconds", "done_at"), row, strict=True))
 
     def parts(self, image: int) -> list[dict]:
-        rows = self.db.execute("SELECT n, concept, confidence, top, left, bottom, right, "
+        rows = self._db.execute("SELECT n, concept, confidence, top, left, bottom, right, "
                                "area_share, score_drop, heat_share FROM parts WHERE image = ? "
                                "ORDER BY n", (image,))
         keys = ("n", "concept", "confidence", "top", "left", "bottom", "right", "area_share",
@@ -317,23 +318,23 @@ class Store:
                      heat_shares: dict[int, float | None]) -> None:
         """The heatmap row and the heat shares of the image's parts, in one transaction."""
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO heatmaps (image, kind, png, npy, seconds, "
+            self._db.execute("INSERT OR REPLACE INTO heatmaps (image, kind, png, npy, seconds, "
                             "done_at) VALUES (?, ?, ?, ?, ?, ?)",
                             (image, kind, png, npy, seconds, time.time()))
-            self.db.executemany("UPDATE parts SET heat_share = ? WHERE image = ? AND n = ?",
+            self._db.executemany("UPDATE parts SET heat_share = ? WHERE image = ? AND n = ?",
                                 [(share, image, n) for n, share in heat_shares.items()])
 
     # cue discovery (explain.audit.cues): one image, one transaction; one cluster, one transaction
     def cue_images(self, setting: str) -> list[tuple]:
         """(image, role, score, calls, embed_calls, embedding, error) of the images harvested."""
-        return self.db.execute(
+        return self._db.execute(
             "SELECT c.image, c.role, c.score, c.calls, c.embed_calls, c.embedding, c.error FROM "
             "cue_images c JOIN images i ON i.id = c.image WHERE i.run = ? AND c.setting = ? "
             "ORDER BY c.image", (self.run, setting)).fetchall()
 
     def cue_patches(self, setting: str) -> list[tuple]:
         """(image, role, n, top, left, bottom, right, heat, drop, vector bytes) of every patch."""
-        return self.db.execute(
+        return self._db.execute(
             "SELECT p.image, c.role, p.n, p.top, p.left, p.bottom, p.right, p.heat, p.drop_, "
             "p.vector FROM cue_patches p JOIN cue_images c ON c.setting = p.setting AND "
             "c.image = p.image JOIN images i ON i.id = p.image WHERE i.run = ? AND "
@@ -344,27 +345,27 @@ class Store:
         """An image's harvest: ``record`` = (role, score, calls, embed_calls, embedding, error),
         ``patches`` = (n, top, left, bottom, right, heat, drop, vector bytes) rows."""
         with self.transaction():
-            self.db.execute("DELETE FROM cue_patches WHERE setting = ? AND image = ?",
+            self._db.execute("DELETE FROM cue_patches WHERE setting = ? AND image = ?",
                             (setting, image))
-            self.db.executemany(
+            self._db.executemany(
                 "INSERT INTO cue_patches (setting, image, n, top, left, bottom, right, heat, "
                 "drop_, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(setting, image, *p) for p in patches])
-            self.db.execute(
+            self._db.execute(
                 "INSERT OR REPLACE INTO cue_images (setting, image, role, score, calls, "
                 "embed_calls, embedding, error, done_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (setting, image, *record, time.time()))
 
     def cue_pastes(self, setting: str, signature: str) -> tuple[str, int] | None:
         """(pastes as JSON, model calls) of a cluster's paste test, when done."""
-        row = self.db.execute("SELECT pastes, calls FROM cue_pastes WHERE run = ? AND "
+        row = self._db.execute("SELECT pastes, calls FROM cue_pastes WHERE run = ? AND "
                               "setting = ? AND signature = ?",
                               (self.run, setting, signature)).fetchone()
         return None if row is None else (row[0], int(row[1]))
 
     def save_cue_pastes(self, setting: str, signature: str, pastes: str, calls: int) -> None:
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO cue_pastes (run, setting, signature, pastes, "
+            self._db.execute("INSERT OR REPLACE INTO cue_pastes (run, setting, signature, pastes, "
                             "calls, done_at) VALUES (?, ?, ?, ?, ?, ?)",
                             (self.run, setting, signature, pastes, calls, time.time()))
 
@@ -377,7 +378,7 @@ class Store:
         if outcome not in ("tn", "tp"):
             raise ValueError(f"no sample of outcome {outcome!r}; use tn or tp")
         where = _where(outcome, (target, threshold))
-        rows = self.db.execute(
+        rows = self._db.execute(
             "SELECT id, path, label, score, height, width FROM images WHERE run = ? AND "
             f"score IS NOT NULL AND label IS NOT NULL AND {where} "
             "ORDER BY (id * 2654435761 + ?) % 4294967296, id LIMIT ?",
