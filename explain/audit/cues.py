@@ -44,103 +44,35 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import cv2
 import numpy as np
-import torch
 
-from explain.audit.concepts import Part, score_drops
-from explain.errors import ExplainError, ImageError, OptionError
-from explain.files import display
-from explain.images import DEFAULT_MAX_PIXELS, as_rgb, load_image, to_batch
-from explain.models import Classifier, resolve_target
-from explain.models.base import resize
-from explain.occlusion import FILLS, occlusion_map
-from explain.windows import (
-    DEFAULT_BOX,
-    DEFAULT_STRIDE,
-    Size,
-    check_batch_size,
-    check_windows,
-    pixels,
+from explain.audit.cue_groups import Paste, cluster, paste_test, put, strength
+from explain.audit.cue_harvest import (
+    Counting,
+    CueImage,
+    Patch,
+    PatchEmbedder,
+    decode,
+    harvest,
+    top_windows,
 )
+from explain.audit.options import CueOptions
+from explain.errors import ImageError, OptionError
+from explain.files import display
+from explain.images import DEFAULT_MAX_PIXELS
+from explain.models import Classifier, resolve_target
+from explain.occlusion import FILLS
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
+
+__all__ = ["Cue", "CueCache", "CueImage", "CueOptions", "Cues", "Harvested", "MemoryCache",
+           "Paste", "Patch", "StoreCache", "discover_cues", "find_cues", "put", "top_windows"]
 
 ROLES = ("fp", "tn", "tp")
-EMBEDS = ("auto", "features", "open-nsfw", "pixels")
-MIN_SHARE = 0.5
-MIN_CLUSTER = 8
-SILHOUETTE_POINTS = 2000
-KMEANS_STARTS = 8
-KMEANS_ITERATIONS = 100
 
 if TYPE_CHECKING:
     from explain.audit.store import Store
 
 CueProgress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class CueOptions:
-    """How cues are harvested, grouped and tested; every field shapes the results."""
-
-    per_image: int = 3
-    percentile: float = 90.0
-    negatives: int = 50
-    positives: int = 20
-    paste_pairs: int = 16
-    max_cues: int = 12
-    min_fps: int = 5
-    seed: int = 0
-    embed: str = "auto"
-
-    def check(self) -> None:
-        if self.per_image < 1:
-            raise OptionError(f"cue patches per image must be at least 1, got {self.per_image}")
-        if not 0.0 <= self.percentile <= 100.0:
-            raise OptionError(f"cue percentile must be in [0, 100], got {self.percentile}")
-        if min(self.negatives, self.positives, self.paste_pairs) < 0:
-            raise OptionError("cue sample sizes and paste pairs must be 0 or more")
-        if self.max_cues < 2:
-            raise OptionError(f"max_cues must be at least 2, got {self.max_cues}")
-        if self.min_fps < 1:
-            raise OptionError(f"min_fps must be at least 1, got {self.min_fps}")
-        if self.embed not in EMBEDS:
-            raise OptionError(f"unknown cue embedding {self.embed!r}; use one of "
-                              f"{', '.join(EMBEDS)}")
-
-    def setting(self, **more: object) -> str:
-        """A short hash of these options and ``more`` (the windows, fill, target): the key under
-        which a cache keeps results."""
-        text = json.dumps({**self.__dict__, **more}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-@dataclass
-class CueImage:
-    """One image of the discovery: ``key`` identifies it in the cache (the audit's image id),
-    ``role`` is fp, tn or tp, ``name`` how outputs name it; ``score`` (its unperturbed
-    p_target) and ``heatmap`` (its occlusion map at any scale of the image, or a function
-    loading it) spare model calls when known."""
-
-    key: int
-    role: str
-    source: object
-    name: str
-    score: float | None = None
-    heatmap: np.ndarray | Callable[[], np.ndarray] | None = None
-
-
-@dataclass
-class Patch:
-    """A harvested region: ``box`` (top, left, bottom, right) in original pixels, its mean
-    positive ``heat``, its ``drop``, its embedding ``vector``."""
-
-    image: int
-    n: int
-    role: str
-    box: tuple[int, int, int, int]
-    heat: float
-    drop: float
-    vector: np.ndarray
 
 
 @dataclass
@@ -154,22 +86,6 @@ class Harvested:
     embed_calls: int
     embedding: str
     error: str | None = None
-
-
-@dataclass
-class Paste:
-    """One paste-test pair: the donor patch, the recipient and where the patch went."""
-
-    donor: int
-    donor_box: tuple[int, int, int, int]
-    recipient: int
-    box: tuple[int, int, int, int]
-    before: float
-    after: float
-
-    @property
-    def gain(self) -> float:
-        return self.after - self.before
 
 
 @dataclass
@@ -284,344 +200,6 @@ class StoreCache:
                                    json.dumps([asdict(p) for p in pastes]), calls)
 
 
-class Counting:
-    """A classifier that counts the images it is asked to score."""
-
-    def __init__(self, classifier: Classifier) -> None:
-        self.classifier = classifier
-        self.calls = 0
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.classifier.class_names)
-
-    @property
-    def device(self) -> torch.device:
-        return self.classifier.device
-
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        return self.classifier.input_size
-
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        self.calls += int(batch.shape[0])
-        return self.classifier.predict(batch)
-
-
-# --- 1. harvest ---------------------------------------------------------------------------------
-
-def top_windows(values: np.ndarray, box: tuple[int, int], k: int, percentile: float
-                ) -> list[tuple[tuple[int, int, int, int], float]]:
-    """At most ``k`` non-overlapping box-sized windows of highest mean positive heat, each
-    re-centred on the heat around it, kept while its mean is at least the ``percentile``-th
-    percentile of the means of all window positions and :data:`MIN_SHARE` of the best one's:
-    ``[(box, mean heat)]``, best first, in the map's pixels."""
-    h, w = values.shape
-    bh, bw = min(box[0], h), min(box[1], w)
-    positive = np.clip(values.astype(np.float64), 0.0, None)
-    if positive.max() <= 0.0:
-        return []
-    total = cv2.integral(positive)
-    means = (total[bh:, bw:] - total[:-bh, bw:] - total[bh:, :-bw] + total[:-bh, :-bw]) / (bh * bw)
-    floor = float(np.percentile(means, percentile))
-    out: list[tuple[tuple[int, int, int, int], float]] = []
-    while len(out) < k:
-        i, j = np.unravel_index(int(np.argmax(means)), means.shape)
-        best = float(means[i, j])
-        if best <= 0.0 or best < floor or (out and best < MIN_SHARE * out[0][1]):
-            break
-        i, j = _heat_centre(positive, (int(i), int(j)), (bh, bw))
-        out.append(((int(i), int(j), int(i) + bh, int(j) + bw), best))
-        means[max(0, i - bh + 1):i + bh, max(0, j - bw + 1):j + bw] = -np.inf
-    return out
-
-
-def _heat_centre(positive: np.ndarray, corner: tuple[int, int], box: tuple[int, int]
-                 ) -> tuple[int, int]:
-    """The window of ``box`` re-centred on the centre of mass of the positive heat around the
-    one at ``corner`` (that window grown by half a box on each side): a window-averaged map is
-    flat in steps of the stride, so its first maximum may hold the region at its edge."""
-    (i, j), (bh, bw) = corner, box
-    h, w = positive.shape
-    top, left = max(0, i - bh // 2), max(0, j - bw // 2)
-    part = positive[top:min(h, i + bh + bh // 2), left:min(w, j + bw + bw // 2)]
-    ys, xs = np.indices(part.shape)
-    mass = part.sum()
-    cy, cx = top + (ys * part).sum() / mass, left + (xs * part).sum() / mass
-    return (int(min(max(round(cy + 0.5 - bh / 2), 0), h - bh)),
-            int(min(max(round(cx + 0.5 - bw / 2), 0), w - bw)))
-
-
-def _scaled_boxes(values: np.ndarray, shape: tuple[int, int], box: tuple[int, int], k: int,
-                  percentile: float) -> list[tuple[tuple[int, int, int, int], float]]:
-    """:func:`top_windows` on a map of any scale of an image of ``shape``, boxes in the image's
-    pixels."""
-    fy, fx = values.shape[0] / shape[0], values.shape[1] / shape[1]
-    small = (max(1, round(box[0] * fy)), max(1, round(box[1] * fx)))
-    out = []
-    for (t, le, b, r), heat in top_windows(values, small, k, percentile):
-        top, left = min(round(t / fy), shape[0] - 1), min(round(le / fx), shape[1] - 1)
-        bottom = min(max(round(b / fy), top + 1), shape[0])
-        right = min(max(round(r / fx), left + 1), shape[1])
-        out.append(((top, left, bottom, right), heat))
-    return out
-
-
-def model_input(classifier: Classifier, images: Sequence[np.ndarray]) -> torch.Tensor:
-    """Same-size RGB uint8 images → the batch the audit scores (resized to the model's input
-    size when it has one)."""
-    x = to_batch(list(images), classifier.device)
-    size = classifier.input_size
-    if size is not None and tuple(size) != tuple(x.shape[-2:]):
-        x = resize(x, tuple(size))
-    return x
-
-
-def score_images(classifier: Classifier, images: Sequence[np.ndarray], t: int,
-                 batch_size: int | None = None) -> np.ndarray:
-    """p_t of each RGB uint8 image, batched by equal size."""
-    out = np.zeros(len(images))
-    groups: dict[tuple, list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(img.shape, []).append(i)
-    for shape, idx in groups.items():
-        size = tuple(classifier.input_size or shape[:2])
-        step = check_batch_size(batch_size, classifier.device, size)
-        for lo in range(0, len(idx), step):
-            part = idx[lo:lo + step]
-            probs = classifier.predict(model_input(classifier, [images[i] for i in part]))
-            out[part] = probs[:, t].double().cpu().numpy()
-    return out
-
-
-class PatchEmbedder:
-    """Patch crops → L2-normalised vectors: the model's features, open_nsfw's, or pixels."""
-
-    def __init__(self, classifier: Classifier, embed: str = "auto") -> None:
-        from explain.grid import Embedder
-        from explain.models import load
-
-        self.calls = 0
-        candidates: list[Callable[[], object]] = []
-        if embed in ("auto", "features") and callable(getattr(classifier, "features", None)):
-            candidates.append(lambda: classifier)
-        if embed in ("auto", "open-nsfw"):
-            candidates.append(lambda: load("open-nsfw:auto", None))
-        for make in candidates:
-            try:
-                embedder = Embedder("features", make())  # type: ignore[arg-type]
-                embedder([np.full((*embedder.size, 3), 128, np.uint8)])
-            except (ExplainError, ImportError, OSError, RuntimeError):
-                continue
-            self.calls += 1
-            if embedder.mode == "features":
-                self.embedder = embedder
-                return
-        if embed in ("features", "open-nsfw"):
-            raise OptionError(f"cue embedding {embed!r} is not available for this model; use "
-                              "auto or pixels")
-        self.embedder = Embedder("pixels", None)
-
-    @property
-    def describe(self) -> str:
-        return self.embedder.describe
-
-    def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        h, w = self.embedder.size
-        images = [cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA if c.shape[0] > h
-                             else cv2.INTER_LINEAR) for c in crops]
-        vectors = self.embedder(images).astype(np.float64)
-        if self.embedder.mode != "pixels":
-            self.calls += len(images)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-
-def focus(rgb: np.ndarray, values: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The patch as it is embedded: its pixels faded to gray where its heat is low (weight =
-    (positive heat / the patch's highest)²), so that the region the model reacts to, not its
-    surroundings, decides which cluster it joins (ACE blanks a segment's context the same way).
-    ``values`` is the image's occlusion map at any scale."""
-    top, left, bottom, right = box
-    crop = rgb[top:bottom, left:right].astype(np.float32)
-    fy, fx = values.shape[0] / rgb.shape[0], values.shape[1] / rgb.shape[1]
-    t, le = min(int(top * fy), values.shape[0] - 1), min(int(left * fx), values.shape[1] - 1)
-    b, r = max(round(bottom * fy), t + 1), max(round(right * fx), le + 1)
-    heat = np.clip(values[t:b, le:r].astype(np.float32), 0.0, None)
-    heat = cv2.resize(heat, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
-    weight = ((heat / heat.max()) ** 2 if heat.max() > 0 else np.ones_like(heat))[..., None]
-    return np.rint(127.5 + (crop - 127.5) * weight).astype(np.uint8)
-
-
-def _load(image: CueImage, max_pixels: int) -> np.ndarray:
-    if isinstance(image.source, str | bytes | os.PathLike):
-        return load_image(image.source, max_pixels=max_pixels, notes=[])  # type: ignore[arg-type]
-    return as_rgb(image.source, name=image.name)
-
-
-def harvest(classifier: Counting, image: CueImage, rgb: np.ndarray, t: int, embed: PatchEmbedder,
-            *, box: Size, stride: Size, fill: str,
-            batch_size: int | None, options: CueOptions) -> tuple[float, list[Patch]]:
-    """The image's score and patches (see the module docstring, step 1)."""
-    shape = rgb.shape[:2]
-    values = image.heatmap() if callable(image.heatmap) else image.heatmap
-    score = image.score
-    if values is None:
-        heat = occlusion_map(classifier, rgb, box=box, stride=stride, fill=fill, target=t,
-                             batch_size=batch_size)
-        values, score = heat.values, heat.score
-    x = model_input(classifier, [rgb])
-    if score is None:
-        score = float(classifier.predict(x)[0, t])
-    found = _scaled_boxes(np.asarray(values), shape, pixels(box, "box", shape),
-                          options.per_image, options.percentile)
-    if not found:
-        return float(score), []
-    drops = score_drops(classifier, x, shape, [Part("cue", 1.0, b) for b, _ in found], t, fill,
-                        float(score), batch_size)
-    vectors = embed([focus(rgb, np.asarray(values), b) for b, _ in found])
-    return float(score), [Patch(image.key, n, image.role, b, heat, float(d), v)
-                          for n, ((b, heat), d, v) in enumerate(zip(found, drops, vectors,
-                                                                    strict=True))]
-
-
-# --- 2. group -----------------------------------------------------------------------------------
-
-def kmeans(vectors: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Labels and inertia of the best of :data:`KMEANS_STARTS` k-means++ runs."""
-    best: tuple[np.ndarray, float] | None = None
-    sq = (vectors ** 2).sum(1)
-    for _start in range(KMEANS_STARTS):
-        centres = [vectors[rng.integers(len(vectors))]]
-        for _more in range(1, k):
-            d = np.min([((vectors - c) ** 2).sum(1) for c in centres], axis=0)
-            total = d.sum()
-            pick = rng.choice(len(vectors), p=d / total) if total > 0 else \
-                rng.integers(len(vectors))
-            centres.append(vectors[pick])
-        c = np.array(centres)
-        labels = np.zeros(len(vectors), dtype=np.int64)
-        for step in range(KMEANS_ITERATIONS):
-            dist = sq[:, None] - 2 * vectors @ c.T + (c ** 2).sum(1)[None]
-            new = dist.argmin(1)
-            if step and np.array_equal(new, labels):
-                break
-            labels = new
-            for j in range(k):
-                if (labels == j).any():
-                    c[j] = vectors[labels == j].mean(0)
-        inertia = float(dist[np.arange(len(vectors)), labels].sum())
-        if best is None or inertia < best[1] - 1e-12:
-            best = (labels.copy(), inertia)
-    return best  # type: ignore[return-value]
-
-
-def silhouette(vectors: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette (Euclidean); a point alone in its cluster scores 0. Over
-    :data:`SILHOUETTE_POINTS` points at most (an evenly spaced subset), so that memory stays
-    bounded."""
-    if len(vectors) > SILHOUETTE_POINTS:
-        keep = np.linspace(0, len(vectors) - 1, SILHOUETTE_POINTS).astype(np.int64)
-        vectors, labels = vectors[keep], labels[keep]
-    sq = (vectors ** 2).sum(1)
-    d = np.sqrt(np.clip(sq[:, None] + sq[None] - 2 * vectors @ vectors.T, 0, None))
-    ids = np.unique(labels)
-    if len(ids) < 2:
-        return -1.0
-    mean_to = np.stack([d[:, labels == j].mean(1) for j in ids], axis=1)
-    sizes = np.array([(labels == j).sum() for j in ids])
-    own = np.searchsorted(ids, labels)
-    n_own = sizes[own]
-    a = mean_to[np.arange(len(labels)), own] * n_own / np.maximum(n_own - 1, 1)
-    mean_to[np.arange(len(labels)), own] = np.inf
-    b = mean_to.min(1)
-    s = np.where(n_own > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
-    return float(s.mean())
-
-
-def cluster(vectors: np.ndarray, max_k: int, seed: int) -> tuple[np.ndarray, float | None]:
-    """Cluster ids (numbered in order of first member) and the silhouette of the chosen k.
-
-    The vectors are centred (their mean removed: CNN features share a large common part that
-    makes every pair look alike) and L2-normalised. k runs from 2 to ``max_k`` but at most
-    n / :data:`MIN_CLUSTER`: on few points the silhouette keeps rising with k as clusters shrink
-    to pairs."""
-    n = len(vectors)
-    if n < 4:
-        return np.zeros(n, dtype=np.int64), None
-    vectors = vectors - vectors.mean(0)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = vectors / np.where(norms > 0, norms, 1.0)
-    rng = np.random.default_rng(seed)
-    best: tuple[float, np.ndarray] | None = None
-    for k in range(2, max(2, min(max_k, n // MIN_CLUSTER, n - 1)) + 1):
-        labels, _ = kmeans(vectors, k, rng)
-        score = silhouette(vectors, labels)
-        if best is None or score > best[0] + 1e-9:
-            best = (score, labels)
-    score, labels = best  # type: ignore[misc]
-    _, first = np.unique(labels, return_index=True)
-    order = {old: new for new, old in enumerate(labels[np.sort(first)])}
-    return np.array([order[v] for v in labels], dtype=np.int64), score
-
-
-# --- 3. measure ---------------------------------------------------------------------------------
-
-def _paste(recipient: np.ndarray, crop: np.ndarray, donor_shape: tuple[int, int],
-           rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """``recipient`` with ``crop`` pasted at a seeded position, scaled to keep its share of the
-    image area."""
-    h, w = recipient.shape[:2]
-    scale = np.sqrt(h * w / float(donor_shape[0] * donor_shape[1]))
-    ph = int(min(h, max(1, round(crop.shape[0] * scale))))
-    pw = int(min(w, max(1, round(crop.shape[1] * scale))))
-    top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-    box = (top, left, top + ph, left + pw)
-    return put(recipient, crop, box), box
-
-
-def put(recipient: np.ndarray, crop: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """A copy of ``recipient`` with ``crop`` resized into ``box``."""
-    top, left, bottom, right = box
-    shrinking = bottom - top < crop.shape[0]
-    out = recipient.copy()
-    out[top:bottom, left:right] = cv2.resize(np.ascontiguousarray(crop), (right - left,
-                                                                          bottom - top),
-                                             interpolation=cv2.INTER_AREA if shrinking
-                                             else cv2.INTER_LINEAR)
-    return out
-
-
-def paste_test(classifier: Counting, donors: list[Patch], recipients: list[int],
-               pixels: Callable[[int], np.ndarray | None], scores: dict[int, float], t: int,
-               pairs: int, seed: int, batch_size: int | None) -> list[Paste]:
-    """``pairs`` (donor, recipient) pastes, seeded; recipients never get their own patch."""
-    rng = np.random.default_rng(seed)
-    if not donors or not recipients or pairs == 0:
-        return []
-    order_d = rng.permutation(len(donors))
-    order_r = rng.permutation(len(recipients))
-    chosen: list[tuple[Patch, int]] = []
-    for i in range(pairs * 4):
-        if len(chosen) == pairs:
-            break
-        donor, rec = donors[order_d[i % len(donors)]], recipients[order_r[i % len(recipients)]]
-        if rec != donor.image:
-            chosen.append((donor, rec))
-    images, made = [], []
-    for donor, rec in chosen:
-        t_, l_, b_, r_ = donor.box
-        src, dst = pixels(donor.image), pixels(rec)
-        if src is None or dst is None:  # a file gone since its harvest
-            continue
-        pasted, where = _paste(dst, src[t_:b_, l_:r_], src.shape[:2], rng)
-        images.append(pasted)
-        made.append((donor, rec, where))
-    after = score_images(classifier, images, t, batch_size) if images else []
-    return [Paste(d.image, d.box, rec, where, scores[rec], float(a))
-            for (d, rec, where), a in zip(made, after, strict=True)]
-
-
 def _signature(members: list[Patch], recipients: list[int], options: CueOptions) -> str:
     text = json.dumps([[(p.image, p.n) for p in members], recipients, options.paste_pairs,
                        options.seed])
@@ -630,13 +208,6 @@ def _signature(members: list[Patch], recipients: list[int], options: CueOptions)
 
 def _share(images: set[int], of: int) -> float | None:
     return len(images) / of if of else None
-
-
-def strength(fp_share: float, tn_share: float | None, mean_drop: float | None,
-             paste_gain: float | None) -> float:
-    """The ranking score of the module docstring (missing measurements count as 0)."""
-    lift = max(fp_share - (tn_share or 0.0), 0.0)
-    return lift * (max(mean_drop or 0.0, 0.0) + max(paste_gain or 0.0, 0.0))
 
 
 # --- the whole discovery ------------------------------------------------------------------------
@@ -670,7 +241,7 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
         if embed is None:  # its probe counts for the first image
             embed = PatchEmbedder(classifier, o.embed)
         try:
-            rgb = _load(image, max_pixels)
+            rgb = decode(image, max_pixels)
         except ImageError as exc:
             score, patches, error = None, [], display(exc.reason)
         else:
@@ -711,7 +282,7 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
             if len(decoded) > 64:
                 decoded.clear()
             try:
-                decoded[key] = _load(by_key[key], max_pixels)
+                decoded[key] = decode(by_key[key], max_pixels)
             except ImageError:
                 decoded[key] = None
         return decoded[key]

@@ -29,116 +29,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
-import numpy as np
-import torch
-
-from explain.audit.concepts import (
-    NudeNetDetector,
-    PartDetector,
-    area_share,
-    heat_share,
-    scale_part,
-    score_drops,
-)
-from explain.audit.cues import CueImage, CueOptions, Cues, StoreCache, find_cues
+from explain.audit.concepts import NudeNetDetector, PartDetector
 from explain.audit.dataset import open_dataset
-from explain.audit.outputs import write_png
-from explain.audit.store import ImageRow, Store
-from explain.choices import DEFAULT_MAX_PIXELS, FILLS
-from explain.errors import ExplainError, ModelError, OptionError
-from explain.files import check_output_dir, display
-from explain.images import collect_warnings, load_image, to_batch, to_tensor
+from explain.audit.options import AuditOptions, AuditResult
+from explain.audit.outputs import write_outputs
+from explain.audit.stages import Rate, cue_stage, heatmap_stage, heatmap_targets, score_stage
+from explain.audit.store import Store
+from explain.files import check_output_dir
+from explain.images import collect_warnings
 from explain.models import Classifier, load, resolve_target
-from explain.models.base import resize
-from explain.occlusion import occlusion_map
-from explain.render import check_look, figure
-from explain.report import shrink
-from explain.windows import (
-    DEFAULT_BOX,
-    DEFAULT_STRIDE,
-    Size,
-    batch_limit,
-    check_windows,
-    fit_batch,
-)
+from explain.windows import check_windows
+
+__all__ = ["AuditOptions", "AuditResult", "audit"]
 
 AUDIT_FORMAT = 2  # 2: float batches for every image size (format 1 could score 256×256 ones 0)
-DETECT_SIDE = 640
-SAVED_SIDE = 512
-DEFAULT_BATCH = 32
-
-
-@dataclass
-class AuditOptions:
-    """Everything that shapes an audit; all but ``top``, ``batch_size``, ``workers``,
-    ``colormap``, ``alpha``, ``normalize``, ``vmin``, ``vmax``, ``mosaic``, ``cues`` and
-    ``cue_options`` are part of the run key (the cue discovery keeps its results under a hash of
-    its own options)."""
-
-    threshold: float = 0.5
-    top: int = 50
-    box: Size = DEFAULT_BOX
-    stride: Size = DEFAULT_STRIDE
-    fill: str = "gray"
-    target: str = "nsfw"
-    concepts: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    batch_size: int | None = None
-    workers: int = 4
-    colormap: str | None = None
-    alpha: float = 0.5
-    normalize: str | None = None
-    vmin: float | None = None
-    vmax: float | None = None
-    mosaic: int = 256
-    cues: bool = True
-    cue_options: CueOptions = field(default_factory=CueOptions)
-
-    def check(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise OptionError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.top < 0:
-            raise OptionError(f"top must be 0 or more, got {self.top}")
-        check_windows(self.box, self.stride)
-        check_look(self.colormap, self.normalize, self.vmin, self.vmax)
-        if self.mosaic < 0:
-            raise OptionError(f"mosaic must be 0 or more images, got {self.mosaic}")
-        if self.mosaic >= 4:  # the mosaic comes last: refuse an oversized one before any work
-            from explain.grid import check_grid_memory
-
-            check_grid_memory(self.mosaic, None, 64)
-        if self.fill not in FILLS:
-            raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.workers < 1:
-            raise OptionError(f"workers must be at least 1, got {self.workers}")
-        self.cue_options.check()
-
-
-@dataclass
-class AuditResult:
-    """Where the audit went and what it found; ``metrics`` is empty for unlabeled data."""
-
-    output: Path
-    run: int
-    key: str
-    resumed: bool
-    images: int
-    scored: int
-    failed: int
-    heatmaps: int
-    seconds: dict[str, float] = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-    cues: Cues | None = None
 
 
 def code_version() -> str:
@@ -156,283 +62,6 @@ def spec_of(model: object, classifier: Classifier) -> str:
     return f"{type(classifier).__name__}:{getattr(classifier, 'name', '?')}"
 
 
-class Rate:
-    """A rich progress bar with images/s, or nothing when progress is off."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-
-    @contextmanager
-    def task(self, title: str, total: int) -> Iterator:
-        if not self.enabled:
-            yield lambda n=1: None
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
-
-        class Speed(ProgressColumn):
-            def render(self, task: object) -> Text:
-                elapsed = task.elapsed or 0.0  # type: ignore[attr-defined]
-                done = task.completed  # type: ignore[attr-defined]
-                return Text(f"{done / elapsed if elapsed else 0.0:.1f} images/s", style="cyan")
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      Speed(), TimeElapsedColumn(), TimeRemainingColumn(),
-                      transient=False) as bar:
-            task_id = bar.add_task(title, total=total)
-            yield lambda n=1: bar.advance(task_id, n)
-
-
-@dataclass
-class Loaded:
-    """A decoded image ready for the model. For a model that declares an input size, ``x`` is
-    the model's input: (3, h, w) float32 in [0, 1] from :func:`explain.images.to_tensor` (the
-    conversion ``explain score`` uses too), resized there; otherwise ``rgb`` keeps the decoded
-    RGB uint8 pixels (a quarter of the memory) until :func:`explain.images.to_batch` converts
-    them with the same rule."""
-
-    row: ImageRow
-    x: torch.Tensor | None = None
-    rgb: np.ndarray | None = None
-    shape: tuple[int, int] | None = None
-    small: np.ndarray | None = None
-    factor: float = 1.0
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
-          max_pixels: int) -> Loaded:
-    """Decode one file and prepare what the scoring pass needs (off the main thread); the
-    warnings its decoding raises are kept with it."""
-    notes: list[str] = []
-    try:
-        rgb = load_image(row.file, max_pixels=max_pixels, notes=notes)
-    except ExplainError as exc:
-        return Loaded(row, error=getattr(exc, "reason", str(exc)), notes=notes)
-    shape = rgb.shape[:2]
-    x = pixels = None
-    if input_size is None:
-        pixels = rgb
-    else:
-        x = to_tensor(rgb)
-        if tuple(input_size) != shape:
-            x = resize(x, tuple(input_size))
-        x = x[0]
-    small, factor = None, 1.0
-    if need_small:
-        factor = min(1.0, DETECT_SIDE / max(shape))
-        small = shrink(rgb, DETECT_SIDE)
-    return Loaded(row, x=x, rgb=pixels, shape=shape, small=small, factor=factor, notes=notes)
-
-
-def model_batch(items: list[Loaded], device: torch.device) -> torch.Tensor:
-    """The model's float32 batch (N, 3, h, w) in [0, 1] of same-size loaded images."""
-    if items[0].x is not None:
-        return torch.stack([it.x for it in items]).to(device)  # type: ignore[misc]
-    return to_batch([it.rgb for it in items], device)  # type: ignore[misc]
-
-
-def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | str]:
-    """Probabilities for each item, batched by equal input shape.
-
-    A batch the model rejects is retried one image at a time, so that one bad input only fails
-    itself (its entry becomes the reason). When every image of a batch of several fails on its
-    own, the model itself is broken (a server down, a wrong spec): that error is raised, so that
-    the run stops and a later resume retries these images instead of recording them as bad.
-    """
-    out: list[np.ndarray | str] = [""] * len(items)
-    groups: dict[tuple, list[int]] = {}
-    for i, item in enumerate(items):
-        size = item.x.shape if item.x is not None else item.rgb.shape  # type: ignore[union-attr]
-        groups.setdefault(tuple(size), []).append(i)
-    for indices in groups.values():
-        batch = model_batch([items[i] for i in indices], classifier.device)
-        try:
-            probs = classifier.predict(batch).double().cpu().numpy()
-        except ModelError:
-            failures: list[ModelError] = []
-            for j, i in enumerate(indices):
-                try:
-                    out[i] = classifier.predict(batch[j:j + 1]).double().cpu().numpy()[0]
-                except ModelError as exc:
-                    failures.append(exc)
-                    out[i] = f"the model failed on this image: {exc}"
-            if len(indices) > 1 and len(failures) == len(indices):
-                raise failures[-1] from None
-            continue
-        for j, i in enumerate(indices):
-            out[i] = probs[j]
-    return out
-
-
-def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
-                detector: PartDetector | None, rate: Rate) -> None:
-    """Score (and run the part detector on) every image not done yet, batch by batch."""
-    concepts = detector is not None
-    todo = store.count("error IS NULL AND (score IS NULL" +
-                       (" OR concepts_at IS NULL)" if concepts else ")"))
-    if todo == 0:
-        return
-    input_size = tuple(classifier.input_size) if classifier.input_size else None
-    step = o.batch_size or DEFAULT_BATCH
-    if input_size is not None:  # a given batch size over the memory budget is refused
-        step = fit_batch(step, classifier.device, input_size, items=todo) if o.batch_size else \
-            min(step, batch_limit(classifier.device, input_size))
-    rows = store.pending(concepts=concepts, chunk=max(256, step))
-
-    def chunks() -> Iterator[list[ImageRow]]:
-        batch: list[ImageRow] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == step:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    with collect_warnings(), ThreadPoolExecutor(max_workers=o.workers) as pool, \
-            rate.task("scoring", todo) as advance:
-        def submit(batch: list[ImageRow]) -> list[Future]:
-            return [pool.submit(_load, r, input_size, concepts, o.max_pixels)
-                    for r in batch]
-
-        source = chunks()
-        ahead = submit(next(source, []))
-        while ahead:
-            current = [f.result() for f in ahead]
-            ahead = submit(next(source, []))
-            store.save_scores(_score_batch(current, classifier, t, o, detector))
-            advance(len(current))
-
-
-def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOptions,
-                 detector: PartDetector | None) -> list[dict]:
-    """The store records for one batch: scores, parts (with their score drops) or errors."""
-    records: dict[int, dict] = {}
-    scores: dict[int, float] = {}
-    for it in items:
-        records[it.row.id] = {"id": it.row.id, "notes": [display(n) for n in it.notes],
-                              "error": None if it.error is None else display(it.error)}
-        if it.row.score is not None:
-            scores[it.row.id] = it.row.score
-    need_score = [it for it in items if it.error is None and it.row.score is None]
-    probs = _predict(classifier, need_score) if need_score else []
-    for it, p in zip(need_score, probs, strict=True):
-        if isinstance(p, str):
-            records[it.row.id]["error"] = display(p)
-            continue
-        scores[it.row.id] = float(p[t])
-        records[it.row.id].update(score=float(p[t]), probs=p.tolist(), height=it.shape[0],
-                                  width=it.shape[1])  # type: ignore[index]
-    if detector is not None:
-        alive = [it for it in items if it.row.id in scores and it.error is None]
-        found = detector.detect([it.small for it in alive]) if alive else []
-        for it, parts in zip(alive, found, strict=True):
-            shape = it.shape  # type: ignore[assignment]
-            parts = [scale_part(p, it.factor, shape) for p in parts]
-            x = model_batch([it], classifier.device)
-            drops = score_drops(classifier, x, shape, parts, t, o.fill, scores[it.row.id],
-                                o.batch_size)
-            records[it.row.id]["parts"] = [
-                {"concept": p.concept, "confidence": p.confidence, "box": p.box,
-                 "area_share": area_share(p.box, shape), "score_drop": float(d)}
-                for p, d in zip(parts, drops, strict=True)]
-    return list(records.values())
-
-
-def heatmap_targets(store: Store, labels: list[str], target_name: str, o: AuditOptions
-                    ) -> list[tuple[str, ImageRow]]:
-    """(kind, row) of the images that get a heatmap: top-k false positives and false negatives
-    for labeled data, the top-k scores otherwise."""
-    if o.top == 0:
-        return []
-    if labels:
-        fps = store.ranked("label IS NOT NULL AND label != ? AND score >= ?",
-                           (target_name, o.threshold), descending=True, limit=o.top)
-        fns = store.ranked("label = ? AND score < ?", (target_name, o.threshold),
-                           descending=False, limit=o.top)
-        return [("fp", r) for r in fps] + [("fn", r) for r in fns]
-    return [("top", r) for r in store.ranked("1", (), descending=True, limit=o.top)]
-
-
-def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
-                  o: AuditOptions, folder: Path, rate: Rate) -> list[str]:
-    """An occlusion map for each target image not done yet; returns notes on failures."""
-    todo = [(kind, row) for kind, row in targets if store.heatmap(row.id) is None]
-    notes: list[str] = []
-    if not todo:
-        return notes
-    folder.mkdir(parents=True, exist_ok=True)
-    with collect_warnings(), rate.task("heatmaps", len(todo)) as advance:
-        for kind, row in todo:
-            try:  # its decoding warnings were recorded when it was scored
-                rgb = load_image(row.file, max_pixels=o.max_pixels, notes=[])
-            except ExplainError as exc:
-                notes.append(f"no heatmap for {display(row.file)}: {exc.reason}")
-                advance()
-                continue
-            heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
-                                    target=o.target, batch_size=o.batch_size)
-            shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"],
-                                                           p["right"]))
-                      for p in store.parts(row.id)}
-            small_rgb = shrink(rgb, SAVED_SIDE)
-            saved = replace(heatmap, values=shrink(heatmap.values, SAVED_SIDE),
-                            params={**heatmap.params, "source": row.path,
-                                    "original_shape": list(heatmap.shape)})
-            stem = folder / f"{kind}_{row.id:07d}"
-            write_png(stem.with_suffix(".png"), figure(small_rgb, saved, colormap=o.colormap,
-                                                       alpha=o.alpha, normalize=o.normalize,
-                                                       vmin=o.vmin, vmax=o.vmax))
-            npy, _ = saved.save(stem)
-            store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(
-                folder.parent)), str(npy.relative_to(folder.parent)),
-                heatmap.seconds or 0.0, shares)
-            advance()
-    return notes
-
-
-def cue_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
-              o: AuditOptions, labels: list[str], target_name: str, folder: Path, rate: Rate
-              ) -> tuple[Cues | None, list[str]]:
-    """Discovered cues over the false positives that have a heatmap (step 4), or why not."""
-    if not o.cues:
-        return None, []
-    c = o.cue_options
-    if not labels:
-        return None, ["cue discovery skipped: it needs labeled data (it explains false "
-                      "positives)"]
-    fps = [(row, store.heatmap(row.id)) for kind, row in targets if kind == "fp"]
-    fps = [(row, done) for row, done in fps if done is not None]
-    if len(fps) < c.min_fps:
-        return None, [f"cue discovery skipped: {len(fps)} false positive(s) with a heatmap, it "
-                      f"needs {c.min_fps} (raise --top or lower --threshold)"]
-    items = [CueImage(row.id, "fp", row.file, row.path, row.score,
-                      heatmap=lambda npy=done["npy"]: np.load(folder / npy))
-             for row, done in fps]
-    for role, n in (("tn", c.negatives), ("tp", c.positives)):
-        items += [CueImage(row.id, role, row.file, row.path, row.score)
-                  for row in store.sample(role, target_name, o.threshold, n, c.seed)]
-    box, stride = check_windows(o.box, o.stride)
-    cache = StoreCache(store, c.setting(box=box, stride=stride, fill=o.fill, target=target_name))
-    todo = len(items) - len(cache.harvested().keys() & {it.key for it in items})
-    with collect_warnings(), rate.task("cues", todo) as advance:
-        cues = find_cues(classifier, items, options=c, target=target_name, box=box,
-                         stride=stride, fill=o.fill, batch_size=o.batch_size,
-                         max_pixels=o.max_pixels, cache=cache,
-                         progress=lambda stage, done, total: advance())
-    return cues, cues.notes
-
-
 def audit(data: str | os.PathLike, output: str | os.PathLike, *,
           labels: str | os.PathLike | None = None, model: object = "open-nsfw:auto",
           device: str | None = None, options: AuditOptions | None = None,
@@ -446,8 +75,6 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
     Calling it again
     with the same arguments resumes; changed arguments start a new run in the same folder.
     """
-    from explain.audit.outputs import write_outputs
-
     o = options or AuditOptions()
     o.check()
     out = check_output_dir(output)
@@ -483,9 +110,7 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
         seconds["score"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        labels_seen = [r[0] for r in store.db.execute(
-            "SELECT DISTINCT label FROM images WHERE run = ? AND label IS NOT NULL ORDER BY "
-            "label", (store.run,))]
+        labels_seen = store.labels()
         targets = heatmap_targets(store, labels_seen, class_names[t], o)
         notes = heatmap_stage(store, classifier, targets, o, out / "heatmaps", rate)
         seconds["heatmaps"] = time.perf_counter() - start

@@ -73,8 +73,8 @@ def audit(
 ) -> None:
     """Audit a dataset: metrics, false positives/negatives with heatmaps, and which detected body
     parts drive the score. Re-running the same command resumes an interrupted audit."""
-    from explain.audit import AuditOptions
     from explain.audit import audit as run_audit
+    from explain.audit.options import AuditOptions
 
     options = AuditOptions(threshold=threshold, top=top, box=int_pair(box, "--box"),
                            stride=int_pair(stride, "--stride"), fill=fill, target=target,

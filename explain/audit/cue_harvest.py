@@ -1,0 +1,257 @@
+"""Cue discovery, step 1: harvest (see :mod:`explain.audit.cues` for the whole method).
+
+Each image's occlusion map gives at most ``per_image`` patches (:func:`top_windows`), each with
+its score drop and its embedding vector (:class:`PatchEmbedder` over the patch faded to gray where
+its heat is low, :func:`focus`). :class:`Counting` counts the images the model scores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from explain.audit.concepts import Part, score_drops
+from explain.audit.options import CueOptions
+from explain.errors import ExplainError, OptionError
+from explain.images import as_rgb, load_image, to_batch
+from explain.models import Classifier
+from explain.models.base import resize
+from explain.occlusion import occlusion_map
+from explain.windows import Size, check_batch_size, pixels
+
+MIN_SHARE = 0.5
+
+
+@dataclass
+class CueImage:
+    """One image of the discovery: ``key`` identifies it in the cache (the audit's image id),
+    ``role`` is fp, tn or tp, ``name`` how outputs name it; ``score`` (its unperturbed
+    p_target) and ``heatmap`` (its occlusion map at any scale of the image, or a function
+    loading it) spare model calls when known."""
+
+    key: int
+    role: str
+    source: object
+    name: str
+    score: float | None = None
+    heatmap: np.ndarray | Callable[[], np.ndarray] | None = None
+
+
+@dataclass
+class Patch:
+    """A harvested region: ``box`` (top, left, bottom, right) in original pixels, its mean
+    positive ``heat``, its ``drop``, its embedding ``vector``."""
+
+    image: int
+    n: int
+    role: str
+    box: tuple[int, int, int, int]
+    heat: float
+    drop: float
+    vector: np.ndarray
+
+
+class Counting:
+    """A classifier that counts the images it is asked to score."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
+        self.calls = 0
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classifier.class_names)
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.device
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self.classifier.input_size
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calls += int(batch.shape[0])
+        return self.classifier.predict(batch)
+
+
+def top_windows(values: np.ndarray, box: tuple[int, int], k: int, percentile: float
+                ) -> list[tuple[tuple[int, int, int, int], float]]:
+    """At most ``k`` non-overlapping box-sized windows of highest mean positive heat, each
+    re-centred on the heat around it, kept while its mean is at least the ``percentile``-th
+    percentile of the means of all window positions and :data:`MIN_SHARE` of the best one's:
+    ``[(box, mean heat)]``, best first, in the map's pixels."""
+    h, w = values.shape
+    bh, bw = min(box[0], h), min(box[1], w)
+    positive = np.clip(values.astype(np.float64), 0.0, None)
+    if positive.max() <= 0.0:
+        return []
+    total = cv2.integral(positive)
+    means = (total[bh:, bw:] - total[:-bh, bw:] - total[bh:, :-bw] + total[:-bh, :-bw]) / (bh * bw)
+    floor = float(np.percentile(means, percentile))
+    out: list[tuple[tuple[int, int, int, int], float]] = []
+    while len(out) < k:
+        i, j = np.unravel_index(int(np.argmax(means)), means.shape)
+        best = float(means[i, j])
+        if best <= 0.0 or best < floor or (out and best < MIN_SHARE * out[0][1]):
+            break
+        i, j = _heat_centre(positive, (int(i), int(j)), (bh, bw))
+        out.append(((int(i), int(j), int(i) + bh, int(j) + bw), best))
+        means[max(0, i - bh + 1):i + bh, max(0, j - bw + 1):j + bw] = -np.inf
+    return out
+
+
+def _heat_centre(positive: np.ndarray, corner: tuple[int, int], box: tuple[int, int]
+                 ) -> tuple[int, int]:
+    """The window of ``box`` re-centred on the centre of mass of the positive heat around the
+    one at ``corner`` (that window grown by half a box on each side): a window-averaged map is
+    flat in steps of the stride, so its first maximum may hold the region at its edge."""
+    (i, j), (bh, bw) = corner, box
+    h, w = positive.shape
+    top, left = max(0, i - bh // 2), max(0, j - bw // 2)
+    part = positive[top:min(h, i + bh + bh // 2), left:min(w, j + bw + bw // 2)]
+    ys, xs = np.indices(part.shape)
+    mass = part.sum()
+    cy, cx = top + (ys * part).sum() / mass, left + (xs * part).sum() / mass
+    return (int(min(max(round(cy + 0.5 - bh / 2), 0), h - bh)),
+            int(min(max(round(cx + 0.5 - bw / 2), 0), w - bw)))
+
+
+def _scaled_boxes(values: np.ndarray, shape: tuple[int, int], box: tuple[int, int], k: int,
+                  percentile: float) -> list[tuple[tuple[int, int, int, int], float]]:
+    """:func:`top_windows` on a map of any scale of an image of ``shape``, boxes in the image's
+    pixels."""
+    fy, fx = values.shape[0] / shape[0], values.shape[1] / shape[1]
+    small = (max(1, round(box[0] * fy)), max(1, round(box[1] * fx)))
+    out = []
+    for (t, le, b, r), heat in top_windows(values, small, k, percentile):
+        top, left = min(round(t / fy), shape[0] - 1), min(round(le / fx), shape[1] - 1)
+        bottom = min(max(round(b / fy), top + 1), shape[0])
+        right = min(max(round(r / fx), left + 1), shape[1])
+        out.append(((top, left, bottom, right), heat))
+    return out
+
+
+def model_input(classifier: Classifier, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Same-size RGB uint8 images → the batch the audit scores (resized to the model's input
+    size when it has one)."""
+    x = to_batch(list(images), classifier.device)
+    size = classifier.input_size
+    if size is not None and tuple(size) != tuple(x.shape[-2:]):
+        x = resize(x, tuple(size))
+    return x
+
+
+def score_images(classifier: Classifier, images: Sequence[np.ndarray], t: int,
+                 batch_size: int | None = None) -> np.ndarray:
+    """p_t of each RGB uint8 image, batched by equal size."""
+    out = np.zeros(len(images))
+    groups: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.shape, []).append(i)
+    for shape, idx in groups.items():
+        size = tuple(classifier.input_size or shape[:2])
+        step = check_batch_size(batch_size, classifier.device, size)
+        for lo in range(0, len(idx), step):
+            part = idx[lo:lo + step]
+            probs = classifier.predict(model_input(classifier, [images[i] for i in part]))
+            out[part] = probs[:, t].double().cpu().numpy()
+    return out
+
+
+class PatchEmbedder:
+    """Patch crops → L2-normalised vectors: the model's features, open_nsfw's, or pixels."""
+
+    def __init__(self, classifier: Classifier, embed: str = "auto") -> None:
+        from explain.grid import Embedder
+        from explain.models import load
+
+        self.calls = 0
+        candidates: list[Callable[[], object]] = []
+        if embed in ("auto", "features") and callable(getattr(classifier, "features", None)):
+            candidates.append(lambda: classifier)
+        if embed in ("auto", "open-nsfw"):
+            candidates.append(lambda: load("open-nsfw:auto", None))
+        for make in candidates:
+            try:
+                embedder = Embedder("features", make())  # type: ignore[arg-type]
+                embedder([np.full((*embedder.size, 3), 128, np.uint8)])
+            except (ExplainError, ImportError, OSError, RuntimeError):
+                continue
+            self.calls += 1
+            if embedder.mode == "features":
+                self.embedder = embedder
+                return
+        if embed in ("features", "open-nsfw"):
+            raise OptionError(f"cue embedding {embed!r} is not available for this model; use "
+                              "auto or pixels")
+        self.embedder = Embedder("pixels", None)
+
+    @property
+    def describe(self) -> str:
+        return self.embedder.describe
+
+    def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        h, w = self.embedder.size
+        images = [cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA if c.shape[0] > h
+                             else cv2.INTER_LINEAR) for c in crops]
+        vectors = self.embedder(images).astype(np.float64)
+        if self.embedder.mode != "pixels":
+            self.calls += len(images)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def focus(rgb: np.ndarray, values: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The patch as it is embedded: its pixels faded to gray where its heat is low (weight =
+    (positive heat / the patch's highest)²), so that the region the model reacts to, not its
+    surroundings, decides which cluster it joins (ACE blanks a segment's context the same way).
+    ``values`` is the image's occlusion map at any scale."""
+    top, left, bottom, right = box
+    crop = rgb[top:bottom, left:right].astype(np.float32)
+    fy, fx = values.shape[0] / rgb.shape[0], values.shape[1] / rgb.shape[1]
+    t, le = min(int(top * fy), values.shape[0] - 1), min(int(left * fx), values.shape[1] - 1)
+    b, r = max(round(bottom * fy), t + 1), max(round(right * fx), le + 1)
+    heat = np.clip(values[t:b, le:r].astype(np.float32), 0.0, None)
+    heat = cv2.resize(heat, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
+    weight = ((heat / heat.max()) ** 2 if heat.max() > 0 else np.ones_like(heat))[..., None]
+    return np.rint(127.5 + (crop - 127.5) * weight).astype(np.uint8)
+
+
+def decode(image: CueImage, max_pixels: int) -> np.ndarray:
+    """The image's RGB uint8 pixels, read from its file or taken from its array (raises
+    :class:`~explain.errors.ImageError` when it cannot be read)."""
+    if isinstance(image.source, str | bytes | os.PathLike):
+        return load_image(image.source, max_pixels=max_pixels, notes=[])  # type: ignore[arg-type]
+    return as_rgb(image.source, name=image.name)
+
+
+def harvest(classifier: Counting, image: CueImage, rgb: np.ndarray, t: int, embed: PatchEmbedder,
+            *, box: Size, stride: Size, fill: str,
+            batch_size: int | None, options: CueOptions) -> tuple[float, list[Patch]]:
+    """The image's score and patches (see the module docstring, step 1)."""
+    shape = rgb.shape[:2]
+    values = image.heatmap() if callable(image.heatmap) else image.heatmap
+    score = image.score
+    if values is None:
+        heat = occlusion_map(classifier, rgb, box=box, stride=stride, fill=fill, target=t,
+                             batch_size=batch_size)
+        values, score = heat.values, heat.score
+    x = model_input(classifier, [rgb])
+    if score is None:
+        score = float(classifier.predict(x)[0, t])
+    found = _scaled_boxes(np.asarray(values), shape, pixels(box, "box", shape),
+                          options.per_image, options.percentile)
+    if not found:
+        return float(score), []
+    drops = score_drops(classifier, x, shape, [Part("cue", 1.0, b) for b, _ in found], t, fill,
+                        float(score), batch_size)
+    vectors = embed([focus(rgb, np.asarray(values), b) for b, _ in found])
+    return float(score), [Patch(image.key, n, image.role, b, heat, float(d), v)
+                          for n, ((b, heat), d, v) in enumerate(zip(found, drops, vectors,
+                                                                    strict=True))]
