@@ -40,8 +40,6 @@ with its reason; the other images are complete.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import time
@@ -51,10 +49,8 @@ from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 
-import cv2
 import jinja2
 import numpy as np
-from PIL import Image
 
 from explain.choices import DEFAULT_MASKS, FILLS, FORMATS
 from explain.errors import ExplainError, OptionError, WhiteBoxError
@@ -68,11 +64,12 @@ from explain.methods import Method as Method
 from explain.methods import Models as Models
 from explain.methods import parse_methods as parse_methods
 from explain.models import load, resolve_target
-from explain.render import check_look, figure, overlay
+from explain.render import DISPLAY_SIDE as DISPLAY_SIDE
+from explain.render import check_look, data_uri, figure, overlay
+from explain.render import shrink as shrink
 from explain.rise import check_rise
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
-DISPLAY_SIDE = 256
 THUMB_SIDE = 64
 DEFAULT_MODELS = ("open-nsfw", "open-nsfw:auto")
 TIE_TOLERANCE = 0.01
@@ -177,24 +174,6 @@ def resolve_models(model: object, device: str | None, methods: Sequence[str]) ->
         return Models(black, load("open-nsfw", device) if wants_white else None)
     clf = load(model, device)
     return Models(clf, clf if wants_white else None)
-
-
-def shrink(picture: np.ndarray, side: int) -> np.ndarray:
-    """An image or a map shrunk (area averaging) so that its longer side is at most ``side``."""
-    h, w = picture.shape[:2]
-    scale = side / max(h, w)
-    if scale >= 1.0:
-        return picture
-    return cv2.resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))),
-                      interpolation=cv2.INTER_AREA)
-
-
-def data_uri(rgb: np.ndarray, side: int = DISPLAY_SIDE) -> str:
-    """An RGB uint8 picture shrunk to at most ``side`` pixels, as a JPEG data URI."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(shrink(rgb, side)), "RGB").save(buf, format="JPEG",
-                                                                         quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _params(heatmap: Heatmap) -> dict:

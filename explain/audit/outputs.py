@@ -39,7 +39,7 @@ from explain.errors import ExplainError
 from explain.files import atomic_write, display, from_storable, write_bytes, write_text
 from explain.images import load_image, warnings_into
 from explain.models import Classifier
-from explain.report import data_uri, shrink
+from explain.render import data_uri, shrink
 
 DISPLAY_SIDE = 256
 HTML_ERRORS = 500

@@ -58,8 +58,7 @@ from explain.images import collect_warnings, load_image, to_batch, to_tensor
 from explain.models import Classifier, load, resolve_target
 from explain.models.base import resize
 from explain.occlusion import occlusion_map
-from explain.render import check_look, figure
-from explain.report import shrink
+from explain.render import check_look, figure, shrink
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
