@@ -49,7 +49,6 @@ from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 
-import jinja2
 import numpy as np
 
 from explain.choices import DEFAULT_MASKS, FILLS, FORMATS
@@ -57,6 +56,7 @@ from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN, faithfulness
 from explain.files import display, to_storable, write_text
 from explain.heatmap import Heatmap
+from explain.html import environment
 from explain.images import load_image, to_tensor
 from explain.methods import DEFAULT_METHODS
 from explain.methods import METHODS as METHODS
@@ -415,22 +415,17 @@ def curve_points(ys: Sequence[float], xs: Sequence[float], y_range: tuple[float,
                     for x, y in zip(xs, ys, strict=True))
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("explain", "templates"),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-        finalize=lambda value: display(value) if isinstance(value, str) else value,
-    )
-    env.filters["points"] = curve_points
-    env.filters["y_range"] = curve_range
-    return env
+def _text(value: object) -> object:
+    """jinja2's ``finalize``: a printed text as :func:`display` shows it, any other value as is."""
+    return display(value) if isinstance(value, str) else value
 
 
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML page; every text shown as :func:`display` shows it
     (any file name, even with undecodable bytes, becomes printable strict-UTF-8 text)."""
     titles = {name: m.title for name, m in METHODS.items()}
-    return _environment().get_template("report.html.j2").render(
+    env = environment(finalize=_text, filters={"points": curve_points, "y_range": curve_range})
+    return env.get_template("report.html.j2").render(
         r=report, titles=titles, tie=TIE_TOLERANCE, margin=SATURATION_MARGIN, flat=FLAT_TOLERANCE)
 
 

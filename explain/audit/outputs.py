@@ -28,7 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
-import jinja2
 import numpy as np
 from PIL import Image
 
@@ -37,6 +36,7 @@ from explain.audit.cues import Cues, Paste, put
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError
 from explain.files import atomic_write, display, from_storable, write_bytes, write_text
+from explain.html import environment
 from explain.images import load_image, warnings_into
 from explain.models import Classifier
 from explain.render import data_uri, shrink
@@ -457,12 +457,6 @@ def paste_picture(paste: Paste, image: Callable[[int], np.ndarray | None]) -> np
     return np.concatenate([before, gap, after], axis=1)
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("explain", "templates"),
-                              autoescape=True, undefined=jinja2.StrictUndefined,
-                              trim_blocks=True, lstrip_blocks=True)
-
-
 def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target: str,
                   class_names: list[str], options: object, targets: list, labels: list[str],
                   notes: list[str], seconds: dict[str, float], cues: Cues | None = None
@@ -520,7 +514,7 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
             for kind, title, text in _gallery_kinds(bool(labels), target, o.threshold)],
     }
     files["html"] = folder / "audit.html"
-    write_text(files["html"], _environment().get_template("audit.html.j2").render(a=page))
+    write_text(files["html"], environment().get_template("audit.html.j2").render(a=page))
     return AuditResult(output=folder, run=store.run, key=store.key, resumed=store.resumed,
                        images=n_images, scored=len(seen["scores"]), failed=n_failed,
                        heatmaps=n_heat, metrics=metrics_, files=files)
