@@ -49,3 +49,7 @@ def __getattr__(name: str) -> object:
     value = getattr(import_module("explain.report.html"), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
