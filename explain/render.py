@@ -37,10 +37,14 @@ image's score, and in red the map's "no signal" note
 (:meth:`~explain.heatmap.Heatmap.no_signal`). Its text grows with the width (one step per
 :data:`LEGEND_STEP` px), so its height is
 ``legend_height(width, note)``; with ``legend=False`` a figure is exactly the overlay.
+
+For pages (the report, the audit): :func:`shrink` brings a picture or a map down to display size,
+:func:`data_uri` inlines a picture as a JPEG data URI.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 from dataclasses import dataclass
@@ -63,6 +67,7 @@ DIVERGING = frozenset({
     "BrBG_r", "RdGy_r", "RdYlGn_r", "bwr_r", "coolwarm_r", "seismic_r",
 })
 LEGEND_STEP = 600
+DISPLAY_SIDE = 256
 NOTE_COLOUR = (200, 0, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -395,3 +400,24 @@ def save_png(picture: np.ndarray, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     Image.fromarray(as_rgb_uint8(picture), "RGB").save(buffer, format="PNG")
     return write_bytes(path, buffer.getvalue())
+
+
+def shrink(picture: np.ndarray, side: int) -> np.ndarray:
+    """``picture`` (an image (H, W, 3) or a map (H, W), any dtype cv2 resizes) shrunk by area
+    averaging so that its longer side is at most ``side`` pixels; returned as is (not copied)
+    when it already fits."""
+    h, w = picture.shape[:2]
+    factor = side / max(h, w)
+    if factor >= 1.0:
+        return picture
+    return cv2.resize(picture, (max(1, round(w * factor)), max(1, round(h * factor))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def data_uri(rgb: np.ndarray, side: int = DISPLAY_SIDE) -> str:
+    """An RGB uint8 picture (H, W, 3), shrunk to at most ``side`` pixels (:func:`shrink`), as a
+    ``data:image/jpeg;base64,…`` URI (quality 85) to inline in a self-contained page."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(shrink(rgb, side)), "RGB").save(buf, format="JPEG",
+                                                                         quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

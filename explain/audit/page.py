@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
-import jinja2
 import numpy as np
 from PIL import Image
 
@@ -25,11 +24,11 @@ from explain.audit.cues import Cues
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError
 from explain.files import display, from_storable, write_bytes, write_text
+from explain.html import environment
 from explain.images import load_image, warnings_into
 from explain.models import Classifier
-from explain.report import data_uri, shrink
+from explain.render import DISPLAY_SIDE, data_uri, shrink
 
-DISPLAY_SIDE = 256
 PART_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                 (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
 CUE_TILE = 64
@@ -250,12 +249,6 @@ def paste_picture(paste: Paste, image: Callable[[int], np.ndarray | None]) -> np
     return np.concatenate([before, gap, after], axis=1)
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("explain", "templates"),
-                              autoescape=True, undefined=jinja2.StrictUndefined,
-                              trim_blocks=True, lstrip_blocks=True)
-
-
 def write_page(path: Path, store: Store, page: dict, *, targets: list, files: dict[str, Path]
                ) -> Path:
     """``audit.html`` at ``path``: ``page`` (the run's counts, metrics, tables, notes and
@@ -280,5 +273,5 @@ def write_page(path: Path, store: Store, page: dict, *, targets: list, files: di
             for kind, title, text in _gallery_kinds(bool(page["labels"]), page["target"],
                                                     page["threshold"])],
     }
-    write_text(path, _environment().get_template("audit.html.j2").render(a=page))
+    write_text(path, environment().get_template("audit.html.j2").render(a=page))
     return path

@@ -25,8 +25,7 @@ from explain.images import collect_warnings, load_image, to_batch, to_tensor
 from explain.models import Classifier
 from explain.models.base import resize
 from explain.occlusion import occlusion_map
-from explain.render import figure
-from explain.report import shrink
+from explain.render import figure, shrink
 from explain.windows import batch_limit, check_windows, fit_batch
 
 DETECT_SIDE = 640

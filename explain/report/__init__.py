@@ -1,0 +1,55 @@
+"""Heatmap reports: every method on every image, timed, scored for faithfulness, ranked.
+
+- :mod:`explain.report.build`: :func:`build_report` runs the methods on the images and collects
+  numbers and pictures into a :class:`Report`.
+- :mod:`explain.report.ranking`: the ranking rules (:func:`rank`, :func:`tie_ranks`): which
+  methods are compared on which images, by ``insertion_auc − deletion_auc``, and how ties count.
+- :mod:`explain.report.html`: the report as one self-contained HTML page (:func:`render_html`),
+  as JSON (:func:`report_json`), or written to a file (:func:`write_report`). The only part that
+  loads jinja2, and only when one of its names is first used.
+
+Every name is re-exported here, as are the registry's ``METHODS``, ``Method``, ``Models`` and
+``parse_methods`` and the renderer's ``shrink``, ``data_uri`` and ``DISPLAY_SIDE``, under the
+names ``explain.report`` has always had.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from explain.methods import DEFAULT_METHODS, METHODS, Method, Models, parse_methods
+from explain.render import DISPLAY_SIDE, data_uri, shrink
+from explain.report.build import (
+    DEFAULT_MODELS,
+    THUMB_SIDE,
+    ImageResult,
+    MethodResult,
+    Options,
+    Progress,
+    Report,
+    build_report,
+    resolve_models,
+)
+from explain.report.ranking import TIE_TOLERANCE, rank, tie_ranks
+
+_PAGES = ("curve_points", "curve_range", "render_html", "report_json", "write_report")
+
+__all__ = [
+    "DEFAULT_METHODS", "DEFAULT_MODELS", "DISPLAY_SIDE", "METHODS", "THUMB_SIDE", "TIE_TOLERANCE",
+    "ImageResult", "Method", "MethodResult", "Models", "Options", "Progress", "Report",
+    "build_report", "data_uri", "parse_methods", "rank", "resolve_models", "shrink", "tie_ranks",
+    *_PAGES,
+]
+
+
+def __getattr__(name: str) -> object:
+    """The page names of :mod:`explain.report.html`, imported (with jinja2) on first use."""
+    if name not in _PAGES:
+        raise AttributeError(f"module 'explain.report' has no attribute {name!r}")
+    value = getattr(import_module("explain.report.html"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,241 @@
+"""Building a report: every method on every image, timed, scored for faithfulness, ranked.
+
+:func:`build_report` runs the chosen methods on each image, times each, computes its deletion and
+insertion AUC (:func:`explain.faithfulness`), draws its panels at display size (as data URIs,
+:func:`explain.render.data_uri`) and ranks the methods per image and overall
+(:func:`explain.report.ranking.rank`). The methods are the registry's,
+:data:`explain.methods.METHODS`, by default its :data:`~explain.methods.DEFAULT_METHODS`.
+
+Models: for the default ``open-nsfw`` the black-box methods, the scores and the faithfulness
+curves run on the fastest backend (``open-nsfw:auto``) and the white-box methods on the torch
+one. Any other model is used for everything; a white-box method that it cannot serve (ONNX,
+HTTP, a Python function) is skipped with a note, never a crash. A bad image becomes a failed row
+with its reason; the other images are complete.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from explain.choices import DEFAULT_MASKS, FILLS
+from explain.errors import ExplainError, OptionError, WhiteBoxError
+from explain.faithfulness import faithfulness
+from explain.files import display
+from explain.heatmap import Heatmap
+from explain.images import load_image, to_tensor
+from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods
+from explain.models import load, resolve_target
+from explain.render import DISPLAY_SIDE, check_look, data_uri, figure, overlay, shrink
+from explain.report.ranking import rank
+from explain.rise import check_rise
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
+
+THUMB_SIDE = 64
+DEFAULT_MODELS = ("open-nsfw", "open-nsfw:auto")
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class Options:
+    """What every method is run and drawn with (the same for all, so panels compare)."""
+
+    box: Size = DEFAULT_BOX
+    stride: Size = DEFAULT_STRIDE
+    target: str | int = "nsfw"
+    steps: int = 20
+    fill: str = "blur"
+    batch_size: int | None = None
+    masks: int = DEFAULT_MASKS
+    colormap: str | None = None
+    alpha: float = 0.5
+    normalize: str | None = None
+    vmin: float | None = None
+    vmax: float | None = None
+
+    def check(self) -> None:
+        """Refuse bad values before any model runs (not once per image)."""
+        if self.fill not in FILLS:
+            raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
+        if self.steps < 1:
+            raise OptionError(f"steps must be at least 1, got {self.steps}")
+        check_windows(self.box, self.stride)
+        check_rise(self.masks)
+        check_look(self.colormap, self.normalize, self.vmin, self.vmax)
+
+
+@dataclass
+class MethodResult:
+    """One method on one image: its numbers, or why there are none; pictures as data URIs."""
+
+    method: str
+    title: str
+    seconds: float | None = None
+    faith_seconds: float | None = None
+    params: dict = field(default_factory=dict)
+    faithfulness: dict | None = None
+    rank: int | None = None
+    tied: bool = False
+    error: str | None = None
+    skipped: str | None = None
+    overlay_uri: str | None = None
+    raw_uri: str | None = None
+
+
+@dataclass
+class ImageResult:
+    """One image's row; ``path`` is :func:`explain.files.to_storable` text (lossless and
+    strict UTF-8, so a name that is not UTF-8 is written out as ``b:caf\\xe9.jpg``)."""
+
+    path: str
+    anchor: str
+    error: str | None = None
+    size: tuple[int, int] | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    score: float | None = None
+    original_uri: str | None = None
+    thumb_uri: str | None = None
+    methods: list[MethodResult] = field(default_factory=list)
+    left_out: str | None = None
+
+    @property
+    def best(self) -> list[MethodResult]:
+        """The methods ranked first on this image (several when tied, none when not ranked)."""
+        return [m for m in self.methods if m.rank == 1]
+
+    @property
+    def ranked(self) -> list[MethodResult]:
+        """The methods best first; skipped and failed ones last."""
+        return sorted(self.methods, key=lambda m: (m.rank is None, m.rank or 0))
+
+
+@dataclass
+class Report:
+    """A built report: the run's settings, one :class:`ImageResult` per image, the ranking."""
+
+    model: str
+    white_model: str | None
+    target: str
+    methods: list[str]
+    options: Options
+    images: list[ImageResult]
+    notes: list[str]
+    summary: list[dict]
+    ranking: str
+    not_ranked: dict[str, str]
+    seconds: float
+    created: str
+
+
+def resolve_models(model: object, device: str | None, methods: Sequence[str]) -> Models:
+    """The default open_nsfw: black-box on the fastest backend, white-box on torch (loaded only
+    when a white-box method is asked for). Any other model: the same one for both."""
+    wants_white = any(METHODS[m].white_box for m in methods)
+    if isinstance(model, str) and model in DEFAULT_MODELS:
+        black = load("open-nsfw:auto", device)
+        return Models(black, load("open-nsfw", device) if wants_white else None)
+    clf = load(model, device)
+    return Models(clf, clf if wants_white else None)
+
+
+def _params(heatmap: Heatmap) -> dict:
+    params = {"box": heatmap.box, "stride": heatmap.stride, "windows": heatmap.windows,
+              **heatmap.params}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if v is not None}
+
+
+def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> MethodResult:
+    method = METHODS[name]
+    result = MethodResult(name, method.title)
+    start = time.perf_counter()
+    heatmap = method.run(models, image, o)
+    result.seconds = time.perf_counter() - start
+    result.params = _params(heatmap)
+    start = time.perf_counter()
+    result.faithfulness = faithfulness(models.black, image, heatmap, steps=o.steps,
+                                       target=o.target, fill=o.fill, batch_size=o.batch_size)
+    result.faith_seconds = time.perf_counter() - start
+    # panels are drawn at display size: the map is shrunk like the image, then rendered
+    small = shrink(image, DISPLAY_SIDE)
+    shown = replace(heatmap, values=shrink(heatmap.values.astype(np.float32), DISPLAY_SIDE))
+    look = {"colormap": o.colormap, "normalize": o.normalize, "vmin": o.vmin, "vmax": o.vmax}
+    result.overlay_uri = data_uri(figure(small, shown, alpha=o.alpha, **look))
+    result.raw_uri = data_uri(overlay(small, shown, alpha=1.0, **look))
+    return result
+
+
+def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
+           skipped: dict[str, str], tick: Callable[[str], None]) -> ImageResult:
+    row = ImageResult(path=str(path), anchor=f"img-{index}")
+    try:
+        image = load_image(path)
+        probs = models.black.predict(to_tensor(image, models.black.device))[0].tolist()
+    except ExplainError as exc:
+        row.error = getattr(exc, "reason", None) or str(exc)
+        for name in names:
+            tick(f"{display(path.name)}: {name}")
+        return row
+    classes = list(models.black.class_names)
+    row.size = image.shape[:2]
+    row.scores = dict(zip(classes, probs, strict=True))
+    row.score = probs[resolve_target(models.black, o.target)]
+    row.original_uri, row.thumb_uri = data_uri(image), data_uri(image, THUMB_SIDE)
+    for name in names:
+        if name in skipped:
+            row.methods.append(MethodResult(name, METHODS[name].title, skipped=skipped[name]))
+        else:
+            try:
+                row.methods.append(_run_method(name, models, image, o))
+            except WhiteBoxError as exc:
+                skipped[name] = str(exc)
+                row.methods.append(MethodResult(name, METHODS[name].title, skipped=str(exc)))
+            except (ExplainError, RuntimeError, ValueError) as exc:
+                row.methods.append(MethodResult(name, METHODS[name].title, error=str(exc)))
+        tick(f"{display(path.name)}: {name}")
+    return row
+
+
+def build_report(paths: Sequence[str | os.PathLike], *, model: object = "open-nsfw",
+                 methods: str | Sequence[str] = DEFAULT_METHODS, device: str | None = None,
+                 options: Options | None = None, progress: Progress | None = None) -> Report:
+    """Run ``methods`` on every image of ``paths`` and collect numbers and pictures.
+
+    ``methods`` is a comma-separated string or a list of registry names; ``model`` a spec for
+    :func:`explain.models.load` or a Classifier (see the module docstring for the default one);
+    ``device`` where to load it; ``options`` what every method is run and drawn with;
+    ``progress(done, total, label)`` is called after each (image, method). Returns the
+    :class:`Report`: one row per path (a bad image is a row with its ``error``), each method's
+    faithfulness (``insertion_minus_deletion``: higher is better) and its rank
+    (:func:`explain.report.ranking.rank`).
+    """
+    start = time.perf_counter()
+    o = options or Options()
+    o.check()
+    names = parse_methods(methods)
+    models = resolve_models(model, device, names)
+    target = list(models.black.class_names)[resolve_target(models.black, o.target)]
+    skipped: dict[str, str] = {}
+    total, done = len(paths) * len(names), 0
+
+    def tick(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, label)
+
+    images = [_image(i, Path(p), models, names, o, skipped, tick) for i, p in enumerate(paths)]
+    notes = [f"{METHODS[m].title} skipped: {why}" for m, why in skipped.items()]
+    verdict, not_ranked, summary = rank(images, names, target)
+    return Report(
+        model=getattr(models.black, "name", str(model)),
+        white_model=None if models.white is None else getattr(models.white, "name", str(model)),
+        target=target, methods=names, options=o, images=images, notes=notes, summary=summary,
+        ranking=verdict, not_ranked=not_ranked, seconds=time.perf_counter() - start,
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
