@@ -391,12 +391,8 @@ def save_png(picture: np.ndarray, path: str | os.PathLike) -> Path:
     """Write ``picture`` (an RGB uint8 array; float [0, 1] and grey are converted as everywhere)
     as a PNG at ``path``, atomically, creating the folder; return the path written.
 
-    The picture comes first, as the thing in every other function does. The old order
-    ``save_png(path, picture)`` is still understood (the argument that is an array is the
-    picture) until every caller has switched.
+    The picture comes first, as the thing in every other function does.
     """
-    if isinstance(path, np.ndarray) and not isinstance(picture, np.ndarray):
-        picture, path = path, picture
     buffer = io.BytesIO()
     Image.fromarray(as_rgb_uint8(picture), "RGB").save(buffer, format="PNG")
     return write_bytes(path, buffer.getvalue())

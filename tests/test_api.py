@@ -26,3 +26,17 @@ def test_import_explain_does_not_load_the_heavy_extras():
             "print(sorted({'torch', 'captum', 'openTSNE', 'jinja2'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_dependencies_point_one_way():
+    """The audit never loads the report, and building a report loads jinja2 only when it
+    renders HTML."""
+    audit = ("import sys, explain.audit.run, explain.audit.outputs, explain.audit.stages; "
+             "print(sorted(m for m in sys.modules if m.startswith('explain.report')))")
+    out = subprocess.run([sys.executable, "-c", audit], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    report = ("import sys; from explain.report import build_report, Options; "
+              "print('jinja2' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", report], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

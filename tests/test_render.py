@@ -157,5 +157,3 @@ def test_side_by_side_with_legend_and_save_png(tmp_path):
     path = save_png(pic, tmp_path / "sub" / "x.png")
     back = np.asarray(Image.open(path))
     assert back.shape == pic.shape and np.array_equal(back, pic)
-    old_order = save_png(tmp_path / "old.png", pic)  # (path, picture), still understood
-    assert np.array_equal(np.asarray(Image.open(old_order)), pic)

@@ -8,7 +8,6 @@ through :func:`explain.files.display`.
 from __future__ import annotations
 
 import base64
-import io
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -16,18 +15,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from explain.audit import metrics as m
 from explain.audit.cue_groups import Paste, put
 from explain.audit.cues import Cues
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError
-from explain.files import display, from_storable, write_bytes, write_text
+from explain.files import display, from_storable, write_text
 from explain.html import environment
 from explain.images import load_image, warnings_into
 from explain.models import Classifier
-from explain.render import DISPLAY_SIDE, data_uri, shrink
+from explain.render import DISPLAY_SIDE, data_uri, save_png, shrink
 
 PART_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                 (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
@@ -35,13 +33,6 @@ CUE_TILE = 64
 CUE_TILES = 24
 CUES_SHOWN = 12
 ROLE_COLOURS = {"fp": (214, 39, 40), "tn": (44, 160, 44), "tp": (31, 119, 180)}
-
-
-def write_png(path: Path, picture: np.ndarray) -> Path:
-    """An RGB uint8 picture as a PNG file, written atomically."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(picture), "RGB").save(buffer, format="PNG")
-    return write_bytes(path, buffer.getvalue())
 
 
 def file_uri(path: Path) -> str | None:
@@ -144,7 +135,7 @@ def write_mosaic(store: Store, folder: Path, classifier: Classifier, target: str
             picture = grid_module.draw_mosaic(grid, color_by="label" if use_labels else "score")
         except ExplainError as exc:
             return None, [f"mosaic skipped: {display(str(exc))}"]
-        write_png(png, picture)
+        save_png(picture, png)
         write_text(js, json.dumps(grid.to_json(), indent=1))
         store.mark_stage("mosaic")
     info = json.loads(js.read_text())
@@ -214,12 +205,12 @@ def cue_section(folder: Path, cues: Cues) -> dict:
             for i, tile in enumerate(tiles):
                 r, q = divmod(i, cols)
                 sheet[r * CUE_TILE:(r + 1) * CUE_TILE, q * CUE_TILE:(q + 1) * CUE_TILE] = tile
-            png = write_png(folder / "cues" / f"cue_{c.cue:02d}.png", sheet)
+            png = save_png(sheet, folder / "cues" / f"cue_{c.cue:02d}.png")
             card["mosaic"] = file_uri(png)
         for k, paste in enumerate(sorted(c.pastes, key=lambda q: -q.gain)[:2], 1):
             picture = paste_picture(paste, image)
             if picture is not None:
-                png = write_png(folder / "cues" / f"cue_{c.cue:02d}_paste_{k}.png", picture)
+                png = save_png(picture, folder / "cues" / f"cue_{c.cue:02d}_paste_{k}.png")
                 card["pastes"].append({"uri": file_uri(png), "before": paste.before,
                                        "after": paste.after,
                                        "recipient": display(from_storable(

@@ -17,7 +17,6 @@ import torch
 from explain.audit.concepts import PartDetector, area_share, heat_share, scale_part, score_drops
 from explain.audit.cues import CueImage, Cues, StoreCache, find_cues
 from explain.audit.options import AuditOptions
-from explain.audit.page import write_png
 from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError, ModelError
 from explain.files import display
@@ -25,7 +24,7 @@ from explain.images import collect_warnings, load_image, to_batch, to_tensor
 from explain.models import Classifier
 from explain.models.base import resize
 from explain.occlusion import occlusion_map
-from explain.render import figure, shrink
+from explain.render import figure, save_png, shrink
 from explain.windows import batch_limit, check_windows, fit_batch
 
 DETECT_SIDE = 640
@@ -264,9 +263,9 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
                             params={**heatmap.params, "source": row.path,
                                     "original_shape": list(heatmap.shape)})
             stem = folder / f"{kind}_{row.id:07d}"
-            write_png(stem.with_suffix(".png"), figure(small_rgb, saved, colormap=o.colormap,
-                                                       alpha=o.alpha, normalize=o.normalize,
-                                                       vmin=o.vmin, vmax=o.vmax))
+            save_png(figure(small_rgb, saved, colormap=o.colormap, alpha=o.alpha,
+                            normalize=o.normalize, vmin=o.vmin, vmax=o.vmax),
+                     stem.with_suffix(".png"))
             npy, _ = saved.save(stem)
             store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(
                 folder.parent)), str(npy.relative_to(folder.parent)),
