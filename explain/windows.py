@@ -1,4 +1,4 @@
-"""The window grid shared by the black-box methods (DESIGN.md, "Definitions").
+"""The window grid shared by the black-box methods (the README, "Black-box heatmaps").
 
 Along an axis of length ``L`` with box ``b`` and stride ``s``, windows start at 0, s, 2s, … while
 the box fits, plus one last window flush with the far edge when the image would otherwise not be

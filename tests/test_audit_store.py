@@ -134,3 +134,25 @@ def test_the_audit_package_has_no_import_cycle():
     audit = {m: {w for w in ws if w.startswith("explain.audit.")}
              for m, ws in graph.items() if m.startswith("explain.audit.")}
     assert cycles(audit) == []
+
+
+def test_the_audit_reports_progress_through_a_callback_and_never_prints(tmp_path, capsys):
+    """The library never prints: the stages call ``progress(done, total, stage)`` and the CLI
+    draws the bars; every stage ends at its total."""
+    import numpy as np
+    from PIL import Image
+
+    from explain.audit import AuditOptions, audit
+    from explain.models.adapters import CallableClassifier
+
+    for i, level in enumerate((20, 230, 120)):
+        Image.fromarray(np.full((16, 16, 3), level, np.uint8)).save(tmp_path / f"x{i}.png")
+    clf = CallableClassifier(lambda b: np.stack([1 - b.mean((1, 2, 3)) / 255,
+                                                 b.mean((1, 2, 3)) / 255], 1),
+                             class_names=["sfw", "nsfw"])
+    calls: list[tuple[int, int, str]] = []
+    audit(tmp_path, tmp_path / "out", model=clf, progress=lambda *a: calls.append(a),
+          options=AuditOptions(top=2, concepts=False, mosaic=0))
+    last = {stage: (done, total) for done, total, stage in calls}
+    assert last == {"scoring": (3, 3), "heatmaps": (2, 2)}
+    assert capsys.readouterr() == ("", "")

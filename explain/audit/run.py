@@ -40,6 +40,7 @@ from explain.audit.store import Store
 from explain.files import check_output_dir
 from explain.images import collect_warnings
 from explain.models import Classifier, load, resolve_target
+from explain.progress import LabelledProgress
 from explain.windows import check_windows
 
 __all__ = ["AuditOptions", "AuditResult", "audit"]
@@ -65,14 +66,15 @@ def spec_of(model: object, classifier: Classifier) -> str:
 def audit(data: str | os.PathLike, output: str | os.PathLike, *,
           labels: str | os.PathLike | None = None, model: object = "open-nsfw:auto",
           device: str | None = None, options: AuditOptions | None = None,
-          detector: PartDetector | None = None, progress: bool = False,
+          detector: PartDetector | None = None, progress: LabelledProgress | None = None,
           model_spec: str | None = None) -> AuditResult:
     """Audit a labeled (or unlabeled) image collection; see the module docstring.
 
     ``model`` is a spec for :func:`explain.models.load` or a ready classifier; ``detector``
     replaces the NudeNet part detector (used only when ``options.concepts``); ``model_spec``
-    names the model in the run key when ``model`` is an object (default: its type and name).
-    Calling it again
+    names the model in the run key when ``model`` is an object (default: its type and name);
+    ``progress(done, total, stage)`` is called as each stage ("scoring", "heatmaps", "cues")
+    advances (the library never prints). Calling it again
     with the same arguments resumes; changed arguments start a new run in the same folder.
     """
     o = options or AuditOptions()

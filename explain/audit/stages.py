@@ -5,7 +5,7 @@ is left to do from the store and writing each result as it is computed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,6 +24,7 @@ from explain.images import collect_warnings, load_image, to_batch, to_tensor
 from explain.models import Classifier
 from explain.models.base import resize
 from explain.occlusion import occlusion_map
+from explain.progress import LabelledProgress
 from explain.render import figure, save_png, shrink
 from explain.windows import batch_limit, check_windows, fit_batch
 
@@ -33,38 +34,28 @@ DEFAULT_BATCH = 32
 
 
 class Rate:
-    """A rich progress bar with images/s, or nothing when progress is off."""
+    """Stage progress through the library's callback ``progress(done, total, stage)``
+    (:data:`explain.progress.LabelledProgress`; the CLI draws the bars), or nothing when it is
+    None. ``task(stage, total)`` yields ``advance(n=1)``."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, progress: LabelledProgress | None) -> None:
+        self.progress = progress
 
     @contextmanager
-    def task(self, title: str, total: int) -> Iterator:
-        if not self.enabled:
+    def task(self, title: str, total: int) -> Iterator[Callable[..., None]]:
+        report = self.progress
+        if report is None:
             yield lambda n=1: None
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
+        done = 0
+        report(0, total, title)
 
-        class Speed(ProgressColumn):
-            def render(self, task: object) -> Text:
-                elapsed = task.elapsed or 0.0  # type: ignore[attr-defined]
-                done = task.completed  # type: ignore[attr-defined]
-                return Text(f"{done / elapsed if elapsed else 0.0:.1f} images/s", style="cyan")
+        def advance(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            report(done, total, title)
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      Speed(), TimeElapsedColumn(), TimeRemainingColumn(),
-                      transient=False) as bar:
-            task_id = bar.add_task(title, total=total)
-            yield lambda n=1: bar.advance(task_id, n)
+        yield advance
 
 
 @dataclass

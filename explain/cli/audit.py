@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -22,12 +24,49 @@ from explain.cli.common import (
     TargetOpt,
     VmaxOpt,
     VminOpt,
+    console,
     int_pair,
     result_line,
     user_errors,
     with_model_options,
 )
 from explain.files import check_output_dir, display
+
+
+@contextmanager
+def stage_bars(enabled: bool) -> Iterator[Callable[[int, int, str], None] | None]:
+    """Rich bars with images/s for the audit's stages, driven by the library's
+    ``progress(done, total, stage)`` callback; None when off or not on a terminal."""
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Speed(ProgressColumn):
+        def render(self, task: object) -> Text:
+            elapsed = task.elapsed or 0.0  # type: ignore[attr-defined]
+            done = task.completed  # type: ignore[attr-defined]
+            return Text(f"{done / elapsed if elapsed else 0.0:.1f} images/s", style="cyan")
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        tasks: dict[str, object] = {}
+
+        def progress(done: int, total: int, stage: str) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)  # type: ignore[arg-type]
+
+        yield progress
 
 
 def _fmt(value: float | None) -> str:
@@ -84,8 +123,9 @@ def audit(
     options.check()
     check_output_dir(output)
     clf = models.load()
-    result = run_audit(data, output, labels=labels, model=clf, device=models.device,
-                       options=options, progress=not quiet, model_spec=models.describe())
+    with stage_bars(not quiet) as progress:
+        result = run_audit(data, output, labels=labels, model=clf, device=models.device,
+                           options=options, progress=progress, model_spec=models.describe())
     state = "resumed" if result.resumed else "new"
     result_line(f"run {result.run} ({state}, key {result.key}): {result.images} images, "
                 f"{result.scored} scored, {result.failed} failed, {result.heatmaps} heatmaps")
