@@ -10,6 +10,17 @@ from __future__ import annotations
 # occlusion, faithfulness and the audit: what an occluded (or deleted) pixel becomes
 FILLS = ("gray", "black", "mean", "blur")
 
+
+def check_fill(fill: str) -> str:
+    """``fill`` when it is one of :data:`FILLS`, else an OptionError listing them (the one check
+    every method and option set uses; the values themselves: :func:`explain.perturb.fill_values`).
+    """
+    if fill not in FILLS:
+        from explain.errors import OptionError
+
+        raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
+    return fill
+
 # render: how a map's values are scaled to colours
 NORMALIZE_MODES = ("minmax", "percentile", "fixed")
 

@@ -36,12 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from explain.choices import FILLS
+from explain.choices import check_fill
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
 from explain.images import ImageInput, as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
-from explain.occlusion import fill_values, gaussian_blur
+from explain.perturb import fill_values, gaussian_blur
 from explain.windows import check_batch_size
 
 SATURATION_MARGIN = 0.01
@@ -92,8 +92,7 @@ def faithfulness(classifier: Classifier, image: ImageInput,
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise OptionError(f"steps must be a positive integer, got {steps!r}")
-    if fill not in FILLS:
-        raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
+    check_fill(fill)
     rgb = as_rgb(image)
     t = resolve_target(classifier, target)
     device = classifier.device

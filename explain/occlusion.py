@@ -26,21 +26,18 @@ in original coordinates.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from explain.choices import FILLS
-from explain.errors import OptionError
+from explain.choices import check_fill
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
-from explain.perturb import masked_scores
+from explain.perturb import fill_values, masked_scores
 from explain.progress import Progress
 from explain.windows import (
     DEFAULT_BOX,
@@ -62,34 +59,6 @@ def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, 
     scaled[:, :2] = np.minimum(scaled[:, :2], limit - 1)
     scaled[:, 2:] = np.clip(scaled[:, 2:], scaled[:, :2] + 1, limit)
     return scaled
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``x``, a (1, 3, H, W) tensor, with standard deviation ``sigma``
-    pixels, edges replicated."""
-    radius = max(1, math.ceil(3.0 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).repeat(3, 1, 1, 1)
-    x = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    x = F.conv2d(x, kernel.view(3, 1, 1, -1), groups=3)
-    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(x, kernel.view(3, 1, -1, 1), groups=3)
-
-
-def fill_values(x: torch.Tensor, fill: str, box: tuple[int, int]) -> torch.Tensor:
-    """What a window is filled with: ``gray`` (0.5), ``black`` (0), ``mean`` (the image's mean
-    colour) or ``blur`` (the image blurred with σ = half the box side, so that nothing of the
-    box's content survives), as ``fill`` names it; broadcastable to ``x``."""
-    if fill == "gray":
-        return torch.full((1, 3, 1, 1), 0.5, dtype=x.dtype, device=x.device)
-    if fill == "black":
-        return torch.zeros((1, 3, 1, 1), dtype=x.dtype, device=x.device)
-    if fill == "mean":
-        return x.mean(dim=(2, 3), keepdim=True)
-    if fill == "blur":
-        return gaussian_blur(x, max(box) / 2.0)
-    raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
 
 
 @torch.no_grad()
@@ -115,8 +84,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     :data:`~explain.heatmap.NOISE_FLOOR`; ``score`` is the intact image's probability.
     """
     start = time.perf_counter()
-    if fill not in FILLS:
-        raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
+    check_fill(fill)
     rgb = as_rgb(image)
     shape = rgb.shape[:2]
     t = resolve_target(classifier, target)

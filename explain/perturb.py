@@ -10,10 +10,13 @@ batch of masked images is scored in ONE ``predict``, with no copy between host a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 
+from explain.choices import check_fill
 from explain.models.base import Classifier
 from explain.progress import Progress
 
@@ -40,3 +43,29 @@ def masked_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
         if progress is not None:
             progress(done, total)
         yield m, scores
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``x``, a (1, 3, H, W) tensor, with standard deviation ``sigma``
+    pixels, edges replicated."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).repeat(3, 1, 1, 1)
+    x = F.pad(x, (radius, radius, 0, 0), mode="replicate")
+    x = F.conv2d(x, kernel.view(3, 1, 1, -1), groups=3)
+    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(x, kernel.view(3, 1, -1, 1), groups=3)
+
+
+def fill_values(x: torch.Tensor, fill: str, box: tuple[int, int]) -> torch.Tensor:
+    """What a window is filled with: ``gray`` (0.5), ``black`` (0), ``mean`` (the image's mean
+    colour) or ``blur`` (the image blurred with σ = half the box side, so that nothing of the
+    box's content survives), as ``fill`` names it; broadcastable to ``x``."""
+    if fill == "gray":
+        return torch.full((1, 3, 1, 1), 0.5, dtype=x.dtype, device=x.device)
+    if fill == "black":
+        return torch.zeros((1, 3, 1, 1), dtype=x.dtype, device=x.device)
+    if check_fill(fill) == "blur":
+        return gaussian_blur(x, max(box) / 2.0)
+    return x.mean(dim=(2, 3), keepdim=True)

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from explain.models.base import Classifier
-from explain.occlusion import fill_values, scale_windows
+from explain.occlusion import scale_windows
+from explain.perturb import fill_values
 from explain.windows import check_batch_size
 
 NUDENET_CLASSES = (

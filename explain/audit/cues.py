@@ -57,11 +57,11 @@ from explain.audit.cue_harvest import (
     top_windows,
 )
 from explain.audit.options import CueOptions
-from explain.errors import ImageError, OptionError
+from explain.choices import check_fill
+from explain.errors import ImageError
 from explain.files import display
 from explain.images import DEFAULT_MAX_PIXELS
 from explain.models import Classifier, resolve_target
-from explain.occlusion import FILLS
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 __all__ = ["Cue", "CueCache", "CueImage", "CueOptions", "Cues", "Harvested", "MemoryCache",
@@ -224,8 +224,7 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
     the call (what was committed stays, and the next call goes on from there)."""
     o = options or CueOptions()
     o.check()
-    if fill not in FILLS:
-        raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
+    check_fill(fill)
     box_, stride_ = check_windows(box, stride)
     cache = cache if cache is not None else MemoryCache()
     counted = Counting(classifier)

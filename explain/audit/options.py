@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from explain.choices import DEFAULT_MAX_PIXELS, FILLS
+from explain.choices import DEFAULT_MAX_PIXELS, check_fill
 from explain.errors import OptionError
 from explain.render import check_look
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
@@ -103,8 +103,7 @@ class AuditOptions:
             from explain.grid import check_grid_memory
 
             check_grid_memory(self.mosaic, None, 64)
-        if self.fill not in FILLS:
-            raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
+        check_fill(self.fill)
         if self.batch_size is not None and self.batch_size < 1:
             raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
         if self.workers < 1:

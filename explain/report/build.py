@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.choices import DEFAULT_MASKS, FILLS
+from explain.choices import DEFAULT_MASKS, check_fill
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
 from explain.files import display
@@ -61,8 +61,7 @@ class Options:
 
     def check(self) -> None:
         """Refuse bad values before any model runs (not once per image)."""
-        if self.fill not in FILLS:
-            raise OptionError(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
+        check_fill(self.fill)
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
         check_windows(self.box, self.stride)
