@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from captum.attr import Deconvolution, GuidedBackprop, NeuronDeconvolution, NeuronGuidedBackprop
 
+from explain.choices import WHITE_BOX_BATCH
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
 from explain.reconstruction import Reconstruction
@@ -157,7 +158,7 @@ class _Backprop(Method):
 
 
 def reconstruct(method: str, model: object, image: Images, *, target: str | int = "nsfw",
-                layer: str | None = None, neuron: Neuron = "max", batch_size: int = 16
+                layer: str | None = None, neuron: Neuron = "max", batch_size: int = WHITE_BOX_BATCH
                 ) -> Reconstruction | list[Reconstruction]:
     """Deconvnet or guided backprop of one image or a list of them (see the module docstring).
 
@@ -179,7 +180,7 @@ def reconstruct(method: str, model: object, image: Images, *, target: str | int 
 
 
 def deconvnet(model: object, image: Images, *, target: str | int = "nsfw",
-              layer: str | None = None, neuron: Neuron = "max", batch_size: int = 16
+              layer: str | None = None, neuron: Neuron = "max", batch_size: int = WHITE_BOX_BATCH
               ) -> Reconstruction | list[Reconstruction]:
     """Zeiler & Fergus's deconvnet reconstruction of ``target`` (or of one ``layer`` neuron):
     the backward signal is rectified at every ReLU, ``g_in = relu(g_out)``.
@@ -193,8 +194,8 @@ def deconvnet(model: object, image: Images, *, target: str | int = "nsfw",
 
 
 def guided_backprop(model: object, image: Images, *, target: str | int = "nsfw",
-                    layer: str | None = None, neuron: Neuron = "max", batch_size: int = 16
-                    ) -> Reconstruction | list[Reconstruction]:
+                    layer: str | None = None, neuron: Neuron = "max",
+                    batch_size: int = WHITE_BOX_BATCH) -> Reconstruction | list[Reconstruction]:
     """Springenberg et al.'s guided backprop of ``target`` (or of one ``layer`` neuron): the
     backward signal passes a ReLU only where both it and the ReLU's input are positive.
 

@@ -37,6 +37,15 @@ DEFAULT_P = 0.5
 # report: the file it writes
 FORMATS = ("html", "json")
 
+# the default models: the fastest backend for black-box work (onnxruntime on CPU, torch on
+# CUDA) and the torch port for white-box methods, which need gradients
+BLACK_BOX_MODEL = "open-nsfw:auto"
+WHITE_BOX_MODEL = "open-nsfw"
+
+# images per model call by default: white-box methods (gradients kept) and the audit's scoring
+WHITE_BOX_BATCH = 16
+AUDIT_BATCH = 32
+
 # images: larger images are refused before they are decoded
 DEFAULT_MAX_PIXELS = 100_000_000
 

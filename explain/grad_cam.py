@@ -25,6 +25,7 @@ from captum.attr import LayerGradCam
 from torch import nn
 
 from explain.backprop import guided_backprop
+from explain.choices import WHITE_BOX_BATCH
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
 from explain.models import Preprocess, TorchClassifier
@@ -113,7 +114,7 @@ class _GradCam(Method):
 
 
 def gradcam(model: object, image: Images, *, target: str | int = "nsfw",
-            layer: str | None = None, guided: bool = False, batch_size: int = 16
+            layer: str | None = None, guided: bool = False, batch_size: int = WHITE_BOX_BATCH
             ) -> Heatmap | list[Heatmap]:
     """Grad-CAM of ``target`` at ``layer`` (guided Grad-CAM with ``guided=True``).
 

@@ -37,6 +37,7 @@ from explain.audit.options import AuditOptions, AuditResult
 from explain.audit.outputs import write_outputs
 from explain.audit.stages import Rate, cue_stage, heatmap_stage, heatmap_targets, score_stage
 from explain.audit.store import Store
+from explain.choices import BLACK_BOX_MODEL
 from explain.files import check_output_dir
 from explain.images import collect_warnings
 from explain.models import Classifier, load, resolve_target
@@ -64,7 +65,7 @@ def spec_of(model: object, classifier: Classifier) -> str:
 
 
 def audit(data: str | os.PathLike, output: str | os.PathLike, *,
-          labels: str | os.PathLike | None = None, model: object = "open-nsfw:auto",
+          labels: str | os.PathLike | None = None, model: object = BLACK_BOX_MODEL,
           device: str | None = None, options: AuditOptions | None = None,
           detector: PartDetector | None = None, progress: LabelledProgress | None = None,
           model_spec: str | None = None) -> AuditResult:

@@ -18,6 +18,7 @@ from explain.audit.concepts import PartDetector, area_share, heat_share, scale_p
 from explain.audit.cues import CueImage, Cues, StoreCache, find_cues
 from explain.audit.options import AuditOptions
 from explain.audit.store import ImageRow, Store
+from explain.choices import AUDIT_BATCH
 from explain.errors import ExplainError, ModelError
 from explain.files import display
 from explain.images import collect_warnings, load_image, to_batch, to_tensor
@@ -30,7 +31,6 @@ from explain.windows import batch_limit, check_windows, fit_batch
 
 DETECT_SIDE = 640
 SAVED_SIDE = 512
-DEFAULT_BATCH = 32
 
 
 class Rate:
@@ -149,7 +149,7 @@ def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
     if todo == 0:
         return
     input_size = tuple(classifier.input_size) if classifier.input_size else None
-    step = o.batch_size or DEFAULT_BATCH
+    step = o.batch_size or AUDIT_BATCH
     if input_size is not None:  # a given batch size over the memory budget is refused
         step = fit_batch(step, classifier.device, input_size, items=todo) if o.batch_size else \
             min(step, batch_limit(classifier.device, input_size))

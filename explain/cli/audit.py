@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from explain.choices import DEFAULT_MAX_PIXELS
+from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_PIXELS
 from explain.cli.common import (
     AlphaOpt,
     BatchOpt,
@@ -74,7 +74,7 @@ def _fmt(value: float | None) -> str:
 
 
 @user_errors
-@with_model_options("open-nsfw:auto")
+@with_model_options(BLACK_BOX_MODEL)
 def audit(
     data: Annotated[Path, typer.Argument(help="Folder of images (sub-folders named after classes "
                                               "give the true labels) or a path,label CSV.",

@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from explain.choices import DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P
+from explain.choices import BLACK_BOX_MODEL, DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     AlphaOpt,
@@ -56,7 +56,6 @@ from explain.files import display
 if TYPE_CHECKING:
     from explain.heatmap import Heatmap
 
-DEFAULT_MODEL = "open-nsfw:auto"
 
 CellOpt = Annotated[int, typer.Option("--cell", min=1, help="RISE: each mask is a CELL×CELL grid "
                                       "of random cells, smoothly up-sampled to the image.")]
@@ -133,7 +132,7 @@ def _look(colormap: str | None, alpha: float, normalize: str | None, vmin: float
 
 
 @user_errors
-@with_model_options(DEFAULT_MODEL)
+@with_model_options(BLACK_BOX_MODEL)
 def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
             stride: StrideOpt = "18.75%", fill: FillOpt = Fill.gray, target: TargetOpt = "nsfw",
             batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
@@ -154,7 +153,7 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
 
 
 @user_errors
-@with_model_options(DEFAULT_MODEL)
+@with_model_options(BLACK_BOX_MODEL)
 def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: StrideOpt = "18.75%",
           target: TargetOpt = "nsfw", batch_size: BatchOpt = None, colormap: ColormapOpt = None,
           alpha: AlphaOpt = 0.5, output: ImageOutDirOpt = Path("."),
@@ -175,7 +174,7 @@ def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: Str
 
 
 @user_errors
-@with_model_options(DEFAULT_MODEL)
+@with_model_options(BLACK_BOX_MODEL)
 def rise(images: Images, models: ModelOptions, masks: MasksOpt = DEFAULT_MASKS,
          cell: CellOpt = DEFAULT_CELL, p: KeepOpt = DEFAULT_P, seed: SeedOpt = 0,
          target: TargetOpt = "nsfw", batch_size: BatchOpt = None, colormap: ColormapOpt = None,

@@ -15,7 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from explain.choices import COLOR_BY, COSTS, EMBED_MODES
+from explain.choices import BLACK_BOX_MODEL, COLOR_BY, COSTS, EMBED_MODES
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     BatchOpt,
@@ -41,7 +41,7 @@ Folder = Annotated[Path, typer.Argument(help="Folder of images; sub-folders are 
 
 
 @user_errors
-@with_model_options("open-nsfw:auto")
+@with_model_options(BLACK_BOX_MODEL)
 def grid(
     folder: Folder,
     models: ModelOptions,

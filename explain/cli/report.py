@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from explain.choices import DEFAULT_MASKS, FORMATS
+from explain.choices import DEFAULT_MASKS, FORMATS, WHITE_BOX_MODEL
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     AlphaOpt,
@@ -77,7 +77,7 @@ ReportOutOpt = Annotated[Path, typer.Option("--output", "-o", help="The report f
 
 
 @user_errors
-@with_model_options("open-nsfw")
+@with_model_options(WHITE_BOX_MODEL)
 def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
            box: BoxOpt = "25%", stride: StrideOpt = "18.75%", target: TargetOpt = "nsfw",
            steps: StepsOpt = 20, fill: DeletionFillOpt = Fill.blur,

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from explain.choices import BUNDLED, SPEC_FORMS
+from explain.choices import BLACK_BOX_MODEL, BUNDLED, SPEC_FORMS
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     Images,
@@ -25,7 +25,7 @@ from explain.files import display, to_storable
 
 
 @user_errors
-@with_model_options("open-nsfw:auto")
+@with_model_options(BLACK_BOX_MODEL)
 def score(images: Images, models: ModelOptions, target: TargetOpt = None,
           as_json: bool = typer.Option(False, "--json", help="JSON output."),
           jpeg_reencode: bool = typer.Option(False, "--jpeg-reencode",

@@ -23,6 +23,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from explain.choices import WHITE_BOX_BATCH, WHITE_BOX_MODEL
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     AlphaOpt,
@@ -62,7 +63,6 @@ GradcamLayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Convolutional layer (default: the model's default_cam_layer, stages.3 "
     "for open-nsfw, else the last top-level module holding a Conv2d; names: `explain layers`).")]
 
-DEFAULT_BATCH = 16
 
 
 def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | None,
@@ -71,7 +71,7 @@ def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | No
     stem; unreadable ones are reported and skipped, and make the exit code 2 at the end."""
     from explain.images import load_image
 
-    size = batch_size or DEFAULT_BATCH
+    size = batch_size or WHITE_BOX_BATCH
     chunk: list[tuple[Path, Path, np.ndarray]] = []
 
     def flush() -> None:
@@ -99,7 +99,7 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
     ``method``."""
 
     @user_errors
-    @with_model_options("open-nsfw")
+    @with_model_options(WHITE_BOX_MODEL)
     def command(images: Images, models: ModelOptions, layer: LayerOpt = None,
                 neuron: NeuronOpt = "max", target: TargetOpt = "nsfw",
                 output: ImageOutDirOpt = Path("."), batch_size: BatchOpt = None,
@@ -118,7 +118,7 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
 
         def explain_chunk(chunk: list[np.ndarray]) -> list:
             return reconstruct(method, clf, chunk, target=target, layer=layer, neuron=neuron,
-                               batch_size=batch_size or DEFAULT_BATCH)
+                               batch_size=batch_size or WHITE_BOX_BATCH)
 
         def write(path: Path, stem: Path, img: np.ndarray, rec: Reconstruction) -> None:
             written = [
@@ -148,7 +148,7 @@ guided = _reconstruction_command(
 
 
 @user_errors
-@with_model_options("open-nsfw")
+@with_model_options(WHITE_BOX_MODEL)
 def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
             guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times "
                                                  "guided backprop.")] = False,
@@ -170,7 +170,7 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
 
     def explain_chunk(chunk: list[np.ndarray]) -> list:
         return gradcam_maps(clf, chunk, target=target, layer=layer, guided=guided,
-                            batch_size=batch_size or DEFAULT_BATCH)
+                            batch_size=batch_size or WHITE_BOX_BATCH)
 
     def write(path: Path, stem: Path, img: np.ndarray, heatmap: Heatmap) -> None:
         written = [
@@ -185,7 +185,7 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
 
 
 @user_errors
-@with_model_options("open-nsfw")
+@with_model_options(WHITE_BOX_MODEL)
 def layers_command(models: ModelOptions) -> None:
     """List a torch model's layer names and output shapes (for --layer)."""
     from explain.backprop import layers

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.choices import DEFAULT_MASKS, check_fill
+from explain.choices import BLACK_BOX_MODEL, DEFAULT_MASKS, WHITE_BOX_MODEL, check_fill
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
 from explain.files import display
@@ -32,14 +32,15 @@ from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
 from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods
 from explain.models import load, resolve_target
+from explain.progress import LabelledProgress
 from explain.render import DISPLAY_SIDE, check_look, data_uri, figure, overlay, shrink
 from explain.report.ranking import rank
 from explain.rise import check_rise
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 THUMB_SIDE = 64
-DEFAULT_MODELS = ("open-nsfw", "open-nsfw:auto")
-Progress = Callable[[int, int, str], None]
+DEFAULT_MODELS = (WHITE_BOX_MODEL, BLACK_BOX_MODEL)
+Progress = LabelledProgress
 
 
 @dataclass
@@ -137,8 +138,8 @@ def resolve_models(model: object, device: str | None, methods: Sequence[str]) ->
     when a white-box method is asked for). Any other model: the same one for both."""
     wants_white = any(METHODS[m].white_box for m in methods)
     if isinstance(model, str) and model in DEFAULT_MODELS:
-        black = load("open-nsfw:auto", device)
-        return Models(black, load("open-nsfw", device) if wants_white else None)
+        black = load(BLACK_BOX_MODEL, device)
+        return Models(black, load(WHITE_BOX_MODEL, device) if wants_white else None)
     clf = load(model, device)
     return Models(clf, clf if wants_white else None)
 
@@ -200,7 +201,7 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
     return row
 
 
-def build_report(paths: Sequence[str | os.PathLike], *, model: object = "open-nsfw",
+def build_report(paths: Sequence[str | os.PathLike], *, model: object = WHITE_BOX_MODEL,
                  methods: str | Sequence[str] = DEFAULT_METHODS, device: str | None = None,
                  options: Options | None = None, progress: Progress | None = None) -> Report:
     """Run ``methods`` on every image of ``paths`` and collect numbers and pictures.
