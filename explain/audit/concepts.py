@@ -19,7 +19,7 @@ use a fake one).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -30,7 +30,7 @@ import torch
 
 from explain.models.base import Classifier
 from explain.occlusion import scale_windows
-from explain.perturb import fill_values
+from explain.perturb import fill_values, masked_scores
 from explain.windows import check_batch_size
 
 NUDENET_CLASSES = (
@@ -160,12 +160,15 @@ def score_drops(classifier: Classifier, x: torch.Tensor, shape: tuple[int, int],
     rows = torch.arange(size[0], device=x.device).view(1, 1, -1, 1)
     cols = torch.arange(size[1], device=x.device).view(1, 1, 1, -1)
     step = check_batch_size(batch_size, x.device, size, len(boxes))
-    scores = []
-    for lo in range(0, len(boxes), step):
-        b = torch.from_numpy(boxes[lo:lo + step]).to(x.device)[:, :, None, None]
-        mask = (rows >= b[:, 0:1]) & (rows < b[:, 2:3]) & (cols >= b[:, 1:2]) & \
-            (cols < b[:, 3:4])
-        scores.append(classifier.predict(torch.where(mask, baseline, x))[:, target])
+
+    def keep() -> Iterator[torch.Tensor]:  # each batch's masks: True outside the part's box
+        for lo in range(0, len(boxes), step):
+            b = torch.from_numpy(boxes[lo:lo + step]).to(x.device)[:, :, None, None]
+            inside = (rows >= b[:, 0:1]) & (rows < b[:, 2:3]) & (cols >= b[:, 1:2]) & \
+                (cols < b[:, 3:4])
+            yield ~inside[:, 0]
+
+    scores = [s for _, s in masked_scores(classifier, x, baseline, keep(), target, len(boxes))]
     return base - torch.cat(scores).double().cpu().numpy()
 
 
