@@ -90,8 +90,9 @@ class MethodResult:
 
 @dataclass
 class ImageResult:
-    """One image's row; ``path`` is :func:`explain.files.to_storable` text (lossless and
-    strict UTF-8, so a name that is not UTF-8 is written out as ``b:caf\\xe9.jpg``)."""
+    """One image's row; ``path`` is the path as given (``os.fsdecode`` text: any byte name);
+    the JSON writes it in :func:`explain.files.to_storable` form, the page through
+    :func:`explain.files.display`."""
 
     path: str
     anchor: str
