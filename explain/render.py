@@ -220,16 +220,13 @@ def colorize(heatmap: Heatmap | np.ndarray, *, colormap: str | None = None,
                                             vmin=vmin, vmax=vmax, percentile=percentile))
 
 
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from uint8 or [0, 1] float, gray (H, W) or RGB(A) input."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = np.clip(np.rint(img.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise OptionError(f"an image must be (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
-    return np.ascontiguousarray(img[:, :, :3])
+def _picture(image: np.ndarray) -> np.ndarray:
+    """The image to draw on, through the one intake (:func:`explain.images.as_rgb`: uint8,
+    integers 0..255, floats in [0, 1], gray, RGBA composited on white; anything else refused),
+    as a contiguous RGB uint8 array."""
+    from explain.images import as_rgb
+
+    return np.ascontiguousarray(as_rgb(image, name="picture"))
 
 
 def _fit(picture: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -266,7 +263,7 @@ def overlay(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str |
     """
     if not 0.0 <= alpha <= 1.0:
         raise OptionError(f"alpha must be in [0, 1], got {alpha}")
-    rgb = as_rgb_uint8(image)
+    rgb = _picture(image)
     colours = colorize(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
                        percentile=percentile)
     return _blend(rgb, _fit(colours, rgb.shape[:2]), alpha)
@@ -361,7 +358,7 @@ def figure(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str | 
            legend: bool = True) -> np.ndarray:
     """The overlay with its legend strip below (see the module docstring); ``legend=False``
     gives exactly :func:`overlay`."""
-    rgb = as_rgb_uint8(image)
+    rgb = _picture(image)
     s = scale(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
               percentile=percentile)
     picture = _blend(rgb, _fit(_colours(_values(heatmap), s), rgb.shape[:2]), alpha)
@@ -376,7 +373,7 @@ def side_by_side(image: np.ndarray, heatmap: Heatmap | np.ndarray, *,
                  gap: int = 8, legend: bool = True) -> np.ndarray:
     """original | heatmap | overlay on one scale, ``gap`` white pixels apart, with the legend
     strip below (any image size, 1×1 included)."""
-    rgb = as_rgb_uint8(image)
+    rgb = _picture(image)
     s = scale(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
               percentile=percentile)
     colours = _fit(_colours(_values(heatmap), s), rgb.shape[:2])
@@ -394,7 +391,7 @@ def save_png(picture: np.ndarray, path: str | os.PathLike) -> Path:
     The picture comes first, as the thing in every other function does.
     """
     buffer = io.BytesIO()
-    Image.fromarray(as_rgb_uint8(picture), "RGB").save(buffer, format="PNG")
+    Image.fromarray(_picture(picture), "RGB").save(buffer, format="PNG")
     return write_bytes(path, buffer.getvalue())
 
 

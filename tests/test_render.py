@@ -157,3 +157,19 @@ def test_side_by_side_with_legend_and_save_png(tmp_path):
     path = save_png(pic, tmp_path / "sub" / "x.png")
     back = np.asarray(Image.open(path))
     assert back.shape == pic.shape and np.array_equal(back, pic)
+
+
+def test_pictures_go_through_the_one_image_intake():
+    """The renderer takes images by the library's one rule (explain.images.as_rgb): a float
+    image must be in [0, 1] (0..255 floats would saturate to white), RGBA is composited on white
+    exactly as an RGBA file is."""
+    from explain.errors import ImageError
+    from explain.images import as_rgb
+
+    with pytest.raises(ImageError, match="outside"):
+        overlay(np.full((4, 5, 3), 200.0), ramp(4, 5))
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 3] = 0  # fully transparent: white once composited
+    m = ramp(4, 5)
+    assert np.array_equal(overlay(rgba, m), overlay(as_rgb(rgba), m))
+    assert (as_rgb(rgba) == 255).all()
