@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,6 +61,82 @@ def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, 
     return scaled
 
 
+@dataclass
+class OcclusionPlan:
+    """Everything an occlusion map scores, ready on the classifier's device (see
+    :func:`plan_occlusion`): row 0 of ``bounds`` is an empty window (the intact image), rows 1…
+    the windows scaled to the work size; :meth:`kept` gives the masks of any rows and
+    :meth:`heatmap` turns their scores into the map. :func:`occlusion_map` drives it batch
+    after batch; the service (:mod:`explain.serve.batching`) interleaves several plans in one
+    model batch."""
+
+    shape: tuple[int, int]
+    windows: np.ndarray
+    x: torch.Tensor
+    baseline: torch.Tensor
+    bounds: torch.Tensor
+    target: int
+    target_name: str
+    box: Size
+    stride: Size
+    fill: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The work size (H, W): the classifier's input size, else the image's."""
+        return tuple(self.x.shape[2:])  # type: ignore[return-value]
+
+    @property
+    def n(self) -> int:
+        """Masks to score: the intact image and one per window."""
+        return len(self.bounds)
+
+    def kept(self, lo: int, hi: int) -> torch.Tensor:
+        """Masks of rows ``lo:hi`` (bool, b×H×W at the work size): True outside each window, the
+        pixels each occluded copy keeps."""
+        b = self.bounds[lo:hi, :, None]
+        rows = torch.arange(self.size[0], device=self.x.device).view(1, -1, 1)
+        cols = torch.arange(self.size[1], device=self.x.device).view(1, 1, -1)
+        in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
+        return ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
+
+    def heatmap(self, p: np.ndarray, seconds: float, batch_size: int) -> Heatmap:
+        """The map from ``p``, p(target) of every row in order (float64, length :attr:`n`)."""
+        return Heatmap(values=window_mean(self.shape, self.windows, p[0] - p[1:]),
+                       method="occlusion", target=self.target_name, score=float(p[0]),
+                       box=tuple(int(v) for v in self.windows[0, 2:] - self.windows[0, :2]),
+                       stride=pixels(self.stride, "stride", self.shape),
+                       windows=len(self.windows), seconds=seconds,
+                       params={"fill": self.fill, "batch_size": batch_size,
+                               "work_size": list(self.size), "box_asked": self.box,
+                               "stride_asked": self.stride},
+                       signed=True, unit=f"drop in p({self.target_name})",
+                       noise_floor=NOISE_FLOOR)
+
+
+def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
+                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
+                   target: str | int = "nsfw") -> OcclusionPlan:
+    """The :class:`OcclusionPlan` of :func:`occlusion_map` (same arguments, same checks): the
+    image at the classifier's input size on its device, the fill, the scaled windows."""
+    check_fill(fill)
+    rgb = as_rgb(image)
+    shape = rgb.shape[:2]
+    t = resolve_target(classifier, target)
+    windows = window_grid(shape, box, stride)
+    device = classifier.device
+    x = to_tensor(rgb, device)
+    size = tuple(classifier.input_size) if classifier.input_size else shape
+    if size != shape:
+        x = resize(x, size)
+    scaled = scale_windows(windows, shape, size)
+    baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
+    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled])).to(device)
+    return OcclusionPlan(shape=shape, windows=windows, x=x, baseline=baseline, bounds=bounds,
+                         target=t, target_name=classifier.class_names[t], box=box,
+                         stride=stride, fill=fill)
+
+
 @torch.no_grad()
 def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
@@ -84,41 +160,11 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     :data:`~explain.heatmap.NOISE_FLOOR`; ``score`` is the intact image's probability.
     """
     start = time.perf_counter()
-    check_fill(fill)
-    rgb = as_rgb(image)
-    shape = rgb.shape[:2]
-    t = resolve_target(classifier, target)
-    windows = window_grid(shape, box, stride)
-    device = classifier.device
-    x = to_tensor(rgb, device)
-    size = tuple(classifier.input_size) if classifier.input_size else shape
-    if size != shape:
-        x = resize(x, size)
-    scaled = scale_windows(windows, shape, size)
-    baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
-    # row 0 is an empty window: the unoccluded image, scored in the first batch
-    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled])).to(device)
-    rows = torch.arange(size[0], device=device).view(1, -1, 1)
-    cols = torch.arange(size[1], device=device).view(1, 1, -1)
-    n = len(bounds)
-    step = check_batch_size(batch_size, device, size, n)
-
-    def kept() -> Iterator[torch.Tensor]:
-        """Per batch, True outside each window: the pixels each occluded copy keeps."""
-        for lo in range(0, n, step):
-            b = bounds[lo:lo + step, :, None]
-            in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
-            yield ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
-
+    plan = plan_occlusion(classifier, image, box=box, stride=stride, fill=fill, target=target)
+    step = check_batch_size(batch_size, plan.x.device, plan.size, plan.n)
+    masks = (plan.kept(lo, lo + step) for lo in range(0, plan.n, step))
     windows_done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
-    scores = masked_scores(classifier, x, baseline, kept(), t, n, windows_done)
+    scores = masked_scores(classifier, plan.x, plan.baseline, masks, plan.target, plan.n,
+                           windows_done)
     p = torch.cat([s for _, s in scores]).double().cpu().numpy()
-    values = window_mean(shape, windows, p[0] - p[1:])
-    name = classifier.class_names[t]
-    return Heatmap(values=values, method="occlusion", target=name,
-                   score=float(p[0]), box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
-                   stride=pixels(stride, "stride", shape), windows=len(windows),
-                   seconds=time.perf_counter() - start,
-                   params={"fill": fill, "batch_size": step, "work_size": list(size),
-                           "box_asked": box, "stride_asked": stride},
-                   signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR)
+    return plan.heatmap(p, time.perf_counter() - start, step)
