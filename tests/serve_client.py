@@ -47,11 +47,11 @@ class Reply:
 
 
 class Server:
-    """``python -m explain serve --model open-nsfw:onnx --data DATA --port P *extra``; its output
-    goes to ``DATA.log``. :meth:`start` waits for /healthz."""
+    """``python -m explain serve --model MODEL --data DATA --port P *extra``; its output goes to
+    ``DATA.log``. :meth:`start` waits for /healthz."""
 
-    def __init__(self, data: Path, *extra: str) -> None:
-        self.data, self.extra = data, extra
+    def __init__(self, data: Path, *extra: str, model: str = "open-nsfw:onnx") -> None:
+        self.data, self.extra, self.model = data, extra, model
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -62,7 +62,7 @@ class Server:
     def start(self) -> Server:
         self.log = open(f"{self.data}.log", "ab")  # noqa: SIM115 — closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "explain", "serve", "--model", "open-nsfw:onnx", "--data",
+            [sys.executable, "-m", "explain", "serve", "--model", self.model, "--data",
              str(self.data), "--port", str(self.port), *self.extra],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT

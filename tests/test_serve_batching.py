@@ -1,14 +1,25 @@
-"""Cross-job batching (explain.serve.batching): the occluded copies of several images share model
-calls, oldest job first, images of one work size per call, and every map equals the library's
-`occlusion_map` for the same image and options."""
+"""The service's engine without HTTP (no serve extra needed): cross-job batching
+(explain.serve.batching) — the occluded copies of several images share model calls, oldest job
+first, images of one work size per call, every map equal to the library's `occlusion_map` — and
+a worker thread running the other methods through the registry."""
 
 from __future__ import annotations
 
-import numpy as np
+import threading
 
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from explain.grad_cam import gradcam
+from explain.methods import Models
 from explain.models import load
 from explain.occlusion import occlusion_map, plan_occlusion
 from explain.serve.batching import OcclusionRun, score_step
+from explain.serve.jobs import JobStore
+from explain.serve.worker import INPUT, Worker
+from explain.sliding import sliding_window_map
 
 
 def counting_model(calls: list[int]):
@@ -58,3 +69,41 @@ def test_without_other_jobs_a_run_scores_as_the_library_batches():
         pass
     assert calls == [4, 4, 2] and run.complete
     assert score_step(clf, [run], 4) == []
+
+
+def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_onnx, nsfw_torch,
+                                                               photos):
+    """A worker thread over a job store: sliding (black box, onnx) and Grad-CAM (white box, the
+    torch port) jobs give the library's maps; a job whose upload is not an image fails with the
+    reason and the worker goes on."""
+    image = cv2.resize(photos["coffee"], (96, 64), interpolation=cv2.INTER_AREA)
+    store = JobStore(tmp_path)
+    options = {"box": 0.5, "stride": 0.5, "fill": "gray", "target": "nsfw", "masks": 8}
+    ids = {}
+    for method in ("sliding", "gradcam", "broken"):
+        ids[method] = store.new_id()
+        folder = store.folder(ids[method])
+        folder.mkdir()
+        if method == "broken":
+            (folder / INPUT).write_bytes(b"not an image")
+        else:
+            Image.fromarray(image).save(folder / INPUT, format="PNG")
+        store.add(ids[method], "", "sliding" if method == "broken" else method, options)
+    worker = Worker(store, Models(nsfw_onnx, nsfw_torch), threading.Event(), max_pixels=10**6)
+    worker.start()
+    try:
+        while store.pending():
+            worker.wake.wait(0.05)
+    finally:
+        worker.stop()
+        worker.join()
+    expected = {"sliding": sliding_window_map(nsfw_onnx, image, box=0.5, stride=0.5),
+                "gradcam": gradcam(nsfw_torch, image)}
+    for method, heatmap in expected.items():
+        job = store.get(ids[method])
+        assert job.status == "done", job
+        values = np.load(store.folder(job.id) / "heatmap.npy")
+        np.testing.assert_allclose(values, heatmap.values, atol=1e-6)
+        assert job.score == pytest.approx(heatmap.score, abs=1e-6)
+    broken = store.get(ids["broken"])
+    assert broken.status == "failed" and broken.error.startswith("not an image")

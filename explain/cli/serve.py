@@ -70,7 +70,9 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
     import uvicorn
 
     from explain.report.build import DEFAULT_MODELS
-    from explain.serve import Settings, check_bind, create_app, load_tokens, serve_models
+    from explain.serve.app import Settings, create_app
+    from explain.serve.security import check_bind, load_tokens
+    from explain.serve.served import serve_models
 
     known = load_tokens(tokens) if tokens is not None else None
     check_bind(host, known)
