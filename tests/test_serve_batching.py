@@ -107,3 +107,38 @@ def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_on
         assert job.score == pytest.approx(heatmap.score, abs=1e-6)
     broken = store.get(ids["broken"])
     assert broken.status == "failed" and broken.error.startswith("not an image")
+
+
+def test_the_job_store_orders_pages_isolates_and_survives_restarts(tmp_path):
+    store = JobStore(tmp_path)
+    ids = [store.new_id() for _ in range(5)]
+    for i, job_id in enumerate(ids):
+        store.add(job_id, "a" if i != 2 else "b", "occlusion", {"box": 64})
+    assert store.claim().id == ids[0] and store.pending() == 5
+    page = store.page("a", 2)
+    assert [j.id for j in page] == [ids[4], ids[3]]
+    assert [j.id for j in store.page("a", 2, before=ids[3])] == [ids[1], ids[0]]
+    assert store.page("a", 2, before=ids[2]) == []  # another tenant's id is no cursor
+    assert store.get(ids[2], "a") is None and store.get(ids[2], "b").tenant == "b"
+    assert not store.delete(ids[2], "a") and store.delete(ids[2], "b")
+    store.close()
+    store = JobStore(tmp_path)  # a restart: the running job is queued again, in its place
+    assert store.requeue_running() == 1
+    job = store.claim()
+    assert (job.id, job.attempts, job.status) == (ids[0], 2, "running")
+    for bad in ("../../etc", "", "00000000-0000-0000-0000-000000000000", ids[0].upper()):
+        with pytest.raises(ValueError):
+            store.folder(bad)
+
+
+def test_a_job_that_keeps_killing_the_server_is_failed(tmp_path, nsfw_onnx):
+    store = JobStore(tmp_path)
+    job_id = store.new_id()
+    store.add(job_id, "", "occlusion", {})
+    for _ in range(3):
+        store.claim()
+        store.requeue_running()
+    worker = Worker(store, Models(nsfw_onnx, None), threading.Event(), max_pixels=10**6)
+    worker._claim()
+    job = store.get(job_id)
+    assert job.status == "failed" and "3 times" in job.error

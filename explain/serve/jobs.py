@@ -9,7 +9,9 @@ such an id (:meth:`JobStore.folder` refuses anything else), never from a client'
 Restart safety: a job's folder and input are written before its row is inserted, its results
 before it is marked done, each file atomically (:mod:`explain.files`); SQLite commits each
 change. :meth:`JobStore.requeue_running` at start-up puts a job that was running when the
-process died (``kill -9`` included) back in the queue, in its place, so it is run again.
+process died (``kill -9`` included) back in the queue, in its place, so it is run again; a
+job that was running through :data:`MAX_ATTEMPTS` deaths of the server is failed instead of
+killing it forever (the worker's check).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STATUSES = ("queued", "running", "done", "failed")
+MAX_ATTEMPTS = 3
 RESULTS = {"overlay.png": "image/png", "side.png": "image/png", "original.png": "image/png",
            "heatmap.npy": "application/octet-stream", "heatmap.json": "application/json"}
 
@@ -41,13 +44,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     created REAL NOT NULL,
     started REAL,
-    finished REAL
+    finished REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, seq);
 """
 _COLUMNS = "seq, id, tenant, method, options, status, done, total, score, error, created, " \
-           "started, finished"
+           "started, finished, attempts"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Job:
     created: float
     started: float | None
     finished: float | None
+    attempts: int
 
 
 def _job(row: tuple) -> Job:
@@ -148,9 +153,11 @@ class JobStore:
                          ).fetchone()[0]
 
     def claim(self) -> Job | None:
-        """The oldest queued job, now marked running; None when none is queued."""
+        """The oldest queued job, now marked running (its ``attempts`` counted); None when none
+        is queued."""
         with self._lock:
-            row = self._db.execute("UPDATE jobs SET status = 'running', started = ? WHERE seq = "
+            row = self._db.execute("UPDATE jobs SET status = 'running', started = ?, "
+                                   "attempts = attempts + 1 WHERE seq = "
                                    "(SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq "
                                    f"LIMIT 1) RETURNING {_COLUMNS}", (time.time(),)).fetchone()
         return None if row is None else _job(row)

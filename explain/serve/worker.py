@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,11 @@ from explain.methods import METHODS, Models
 from explain.occlusion import plan_occlusion
 from explain.render import figure, save_png, side_by_side
 from explain.serve.batching import OcclusionRun, score_step
-from explain.serve.jobs import Job, JobStore
+from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
 
 INPUT = "input"
+WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ class Worker(threading.Thread):
             job = self.store.claim()
             if job is None:
                 return
+            if job.attempts > MAX_ATTEMPTS:
+                self.store.fail(job.id, f"the server stopped {MAX_ATTEMPTS} times while running "
+                                "this job; it is not tried again")
+                continue
             try:
                 image = load_image(self.store.folder(job.id) / INPUT, max_pixels=self.max_pixels)
                 if job.method == "occlusion":
@@ -127,7 +133,9 @@ class Worker(threading.Thread):
         o = job.options
         options = JobOptions(box=o["box"], stride=o["stride"], target=o["target"],
                              batch_size=self.batch_size, masks=o["masks"])
-        heatmap = METHODS[job.method].run(self.models, image, options)
+        method = METHODS[job.method]
+        with WHITE_BOX if method.white_box else nullcontext():
+            heatmap = method.run(self.models, image, options)
         heatmap.seconds = time.perf_counter() - start
         self._finish(job, image, heatmap)
 
