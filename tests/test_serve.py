@@ -111,8 +111,10 @@ def test_tokens_keep_tenants_apart(server, photos):
     assert job_id not in server.call("GET", "/v1/visualizations?limit=100", token=BOB).body.decode()
     assert job_id in server.call("GET", "/v1/visualizations?limit=100", token=ALICE).body.decode()
     assert server.wait(job_id, ALICE)["status"] == "done"
-    assert server.call("DELETE", url, token=ALICE).status == 204
-    assert server.call("GET", url, token=ALICE).status == 404
+    pending = server.submit(png(small_images(photos, 1)[0]), ALICE).json()["id"]
+    for gone in (job_id, pending):  # a done job, and one still queued or running
+        assert server.call("DELETE", f"/v1/visualizations/{gone}", token=ALICE).status == 204
+        assert server.call("GET", f"/v1/visualizations/{gone}", token=ALICE).status == 404
     for path in ("/", "/healthz", "/docs", "/openapi.json", "/static/app.js"):
         assert server.call("GET", path).status == 200, path
     assert "access-control-allow-origin" not in {k.lower() for k in

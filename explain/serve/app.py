@@ -47,7 +47,7 @@ from explain.images import probe_image
 from explain.methods import METHODS
 from explain.models.base import resolve_target
 from explain.serve.assets import Assets
-from explain.serve.jobs import RESULTS, JobStore, is_job_id
+from explain.serve.jobs import RESULTS, Job, JobStore, is_job_id
 from explain.serve.schemas import (
     Accepted,
     Health,
@@ -155,7 +155,11 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
     def job_url(request: Request, job_id: str) -> str:
         return str(request.url_for("get_visualization", job_id=job_id).path)
 
-    def owned(job_id: str, who: str):  # noqa: ANN202
+    def queue_full() -> HTTPException:
+        return HTTPException(429, f"the queue is full ({settings.max_queue} jobs); retry later",
+                             headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def owned(job_id: str, who: str) -> Job:
         job = store.get(job_id, who) if is_job_id(job_id) else None
         if job is None:
             raise HTTPException(404, "no such visualization")
@@ -190,9 +194,8 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
                            else served.models.black, target)
         except ExplainError as exc:
             raise invalid("target", str(exc)) from None
-        if store.pending() >= settings.max_queue:
-            raise HTTPException(429, f"the queue is full ({settings.max_queue} jobs); retry "
-                                "later", headers={"Retry-After": str(RETRY_AFTER_S)})
+        if store.pending() >= settings.max_queue:  # before reading the upload; add() decides
+            raise queue_full()
         job_id = store.new_id()
         folder = store.folder(job_id)
         try:
@@ -203,7 +206,9 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        store.add(job_id, who, name, options)
+        if not store.add(job_id, who, name, options, settings.max_queue):
+            shutil.rmtree(folder, ignore_errors=True)
+            raise queue_full()
         wake.set()
         url = job_url(request, job_id)
         response.headers["Location"] = url

@@ -101,6 +101,8 @@ class JobStore:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
+            # each commit survives a killed process (kill -9); only a power cut may lose the last
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -121,11 +123,17 @@ class JobStore:
     def new_id() -> str:
         return str(uuid.uuid4())
 
-    def add(self, job_id: str, tenant: str, method: str, options: dict) -> None:
-        """Queue job ``job_id`` (its folder and input already written)."""
-        self._run("INSERT INTO jobs (id, tenant, method, options, status, created) "
-                  "VALUES (?, ?, ?, ?, 'queued', ?)",
-                  (job_id, tenant, method, json.dumps(options), time.time()))
+    def add(self, job_id: str, tenant: str, method: str, options: dict,
+            limit: int | None = None) -> bool:
+        """Queue job ``job_id`` (its folder and input already written), unless ``limit`` jobs
+        are already pending (checked in the same statement, so concurrent adds never pass it);
+        returns whether it was queued."""
+        cur = self._run("INSERT INTO jobs (id, tenant, method, options, status, created) "
+                        "SELECT ?, ?, ?, ?, 'queued', ? WHERE (SELECT COUNT(*) FROM jobs WHERE "
+                        "status IN ('queued', 'running')) < ?",
+                        (job_id, tenant, method, json.dumps(options), time.time(),
+                         2**62 if limit is None else limit))
+        return cur.rowcount > 0
 
     def get(self, job_id: str, tenant: str | None = None) -> Job | None:
         """Job ``job_id``; None when there is none, or when it belongs to another tenant than
