@@ -142,3 +142,36 @@ def test_a_job_that_keeps_killing_the_server_is_failed(tmp_path, nsfw_onnx):
     worker._claim()
     job = store.get(job_id)
     assert job.status == "failed" and "3 times" in job.error
+
+
+def test_a_shared_batch_the_model_refuses_fails_only_the_culprit(tmp_path):
+    """The model raises on an all-black image: its job fails with the model's reason, the two
+    jobs that shared its batches finish with the library's maps."""
+    def picky(batch: np.ndarray) -> np.ndarray:
+        if (batch.reshape(len(batch), -1).max(axis=1) == 0).any():
+            raise ValueError("refuses black images")
+        p = batch[:, :6, :6, 0].reshape(len(batch), -1).mean(axis=1) / 255.0
+        return np.stack([1.0 - p, p], axis=1)
+
+    clf = load(picky, class_names=["a", "b"])
+    store = JobStore(tmp_path)
+    pictures = [images()[0], np.zeros((20, 24, 3), np.uint8), images()[2]]
+    ids = []
+    for picture in pictures:
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
+                                            "target": "b"})
+    worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
+                    max_pixels=10**6)
+    worker._claim()
+    while worker._active:
+        worker._step()
+    jobs = [store.get(i) for i in ids]
+    assert [j.status for j in jobs] == ["done", "failed", "done"]
+    assert "refuses black images" in jobs[1].error
+    for job, picture in zip(jobs[::2], pictures[::2], strict=True):
+        expected = occlusion_map(clf, picture, box=8, stride=8, target="b")
+        np.testing.assert_allclose(np.load(store.folder(job.id) / "heatmap.npy"),
+                                   expected.values, atol=1e-6)

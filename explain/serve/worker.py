@@ -7,7 +7,8 @@ one shared model batch at a time (:func:`~explain.serve.batching.score_step`): w
 different jobs share batches. Every other method runs one job at a time through the registry
 (:data:`explain.methods.METHODS`). After each batch the worker records progress; a job deleted
 meanwhile is dropped. A job whose image cannot be decoded (truncated, corrupt) or whose model
-call fails becomes ``failed`` with the reason; the worker goes on with the rest.
+call fails becomes ``failed`` with the reason; the worker goes on with the rest (a shared batch
+the model refuses is retried job by job, so only the culprit fails).
 
 Results, in the job's folder, each written atomically: ``overlay.png`` (the overlay with its
 legend strip: colour bar, unit, score; :func:`explain.render.figure`), ``side.png``
@@ -152,11 +153,8 @@ class Worker(threading.Thread):
         step = check_batch_size(self.batch_size, first.x.device, first.size)
         try:
             stepped = score_step(self.models.black, runs, step)
-        except Exception as exc:  # noqa: BLE001 — which job's copies broke the call is unknown
-            for a in self._active:
-                self.store.fail(a.job.id, f"the model failed: {reason(exc)}")
-            self._active.clear()
-            return
+        except Exception:  # noqa: BLE001 — which job's copies broke the call is unknown
+            stepped = self._one_by_one(step)
         keys = {r.key for r in stepped}
         for a in list(self._active):
             if a.run.key not in keys:
@@ -171,3 +169,15 @@ class Worker(threading.Thread):
                     self._finish(a.job, a.image, heatmap)
                 except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
                     self.store.fail(a.job.id, reason(exc))
+
+    def _one_by_one(self, step: int) -> list[OcclusionRun]:
+        """After a shared batch failed: one batch of each held job alone; a job whose own batch
+        fails is failed with the model's reason, the others go on."""
+        stepped = []
+        for a in list(self._active):
+            try:
+                stepped += score_step(self.models.black, [a.run], step)
+            except Exception as exc:  # noqa: BLE001 — only this job fails
+                self._active.remove(a)
+                self.store.fail(a.job.id, f"the model failed: {reason(exc)}")
+        return stepped
