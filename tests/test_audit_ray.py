@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from explain.audit import AuditOptions, audit
 from explain.audit.options import RayOptions
 from explain.cli import app
+from explain.errors import ModelError
 
 FAKE = '''
 import os, time
@@ -233,6 +234,20 @@ def test_a_killed_driver_leaves_a_run_the_local_engine_resumes(cluster, tmp_path
     assert resumed.resumed and (resumed.key, resumed.scored) == (fresh.key, 40)
     assert (tmp_path / "out" / "scores.csv").read_bytes() == \
         (tmp_path / "fresh" / "scores.csv").read_bytes()
+
+
+def test_a_broken_model_stops_the_ray_run_with_the_local_error(cluster, tmp_path):
+    _small_dataset(tmp_path / "data", 4)
+    model = tmp_path / "broken.py"
+    model.write_text(  # answers in this process (the driver's checks), fails on the actors
+        f"import os\nimport numpy as np\ndef score(batch):\n"
+        f"    if os.getpid() != {os.getpid()}:\n        raise RuntimeError('server down')\n"
+        f"    return np.full((len(batch), 2), 0.5)\nscore.class_names = ['sfw', 'nsfw']\n")
+    with pytest.raises(ModelError, match="raised RuntimeError: server down"):
+        audit(tmp_path / "data", tmp_path / "out", model=f"{model}:score",
+              options=AuditOptions(concepts=False, cues=False, mosaic=0, batch_size=2),
+              engine="ray", ray=RayOptions(actors=1))
+    assert _scored(tmp_path / "out" / "audit.sqlite") == 0  # nothing recorded as a bad image
 
 
 def test_engine_ray_without_ray_is_one_clear_error(tmp_path, monkeypatch):

@@ -27,7 +27,6 @@ batches that either engine resumes. Cue discovery and the outputs run on the dri
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -120,8 +119,11 @@ class _Scorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [pickle.loads(raw) for raw in batch["loaded"]]
-        records = _score_batch(items, self.classifier, self.t, self.o, self.detector)
-        return {"record": _objects([json.dumps(r) for r in records])}
+        try:
+            records = _score_batch(items, self.classifier, self.t, self.o, self.detector)
+        except ExplainError as exc:  # a broken model: the driver raises it (see _unpacked)
+            return {"records": _objects([pickle.dumps(exc)])}
+        return {"records": _objects([pickle.dumps(records, protocol=5)])}
 
 
 class _Heatmapper:
@@ -136,7 +138,11 @@ class _Heatmapper:
         with collect_warnings():
             for raw in batch["job"]:
                 kind, row, parts = pickle.loads(raw)
-                done = compute_heatmap(self.classifier, row, parts, self.o)
+                try:
+                    done = compute_heatmap(self.classifier, row, parts, self.o)
+                except ExplainError as exc:  # a broken model: the driver raises it
+                    out.append(pickle.dumps(exc))
+                    continue
                 out.append(pickle.dumps((kind, row, done), protocol=5))
         return {"done": _objects(out)}
 
@@ -212,9 +218,8 @@ class RayStages:
                        "max_pixels": o.max_pixels})
         data = data.map_batches(_Scorer, batch_size=step, batch_format="numpy",
                                 fn_constructor_args=(self.loader, detector_maker(detector), t, o),
-                                **self._pool(self.actors))
-        for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
-            records = [json.loads(r) for r in batch["record"]]
+                                **self._pool(min(self.actors, len(blocks))))
+        for records in _unpacked(data, "records"):
             store.save_scores(records)
             advance(len(records))
 
@@ -234,15 +239,26 @@ class RayStages:
             fn_constructor_args=(self.loader, o), **self._pool(min(self.actors, len(jobs))))
         failed: dict[int, str] = {}
         with rate.task("heatmaps", len(todo)) as advance:
-            for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
-                for raw in batch["done"]:
-                    kind, row, done = pickle.loads(raw)
-                    if isinstance(done, str):
-                        failed[row.id] = done
-                    else:
-                        write_heatmap(store, folder, kind, row, done)
-                    advance()
+            for kind, row, done in _unpacked(data, "done"):
+                if isinstance(done, str):
+                    failed[row.id] = done
+                else:
+                    write_heatmap(store, folder, kind, row, done)
+                advance()
         return [failed[row.id] for _, row in todo if row.id in failed]
+
+
+def _unpacked(data: Any, column: str) -> Iterator[Any]:
+    """The pickled results in ``column`` of ``data``'s output blocks, as they come. An actor
+    returns a library error (a broken model) instead of raising it, since Ray would wrap it in
+    its own exceptions and drop it; it is raised here as itself, and the run stops as the local
+    engine's would."""
+    for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+        for raw in batch[column]:
+            result = pickle.loads(raw)
+            if isinstance(result, ExplainError):
+                raise result
+            yield result
 
 
 def model_loader(settings: RayOptions, model: object, device: str | None
