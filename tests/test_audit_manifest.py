@@ -3,31 +3,18 @@ column read by the same rules as a path,label CSV, and a whole audit from one.""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
+from conftest import need_module
 from PIL import Image
 
 from explain.audit import AuditOptions, audit, open_dataset
 from explain.errors import OptionError
 
 
-def need_pyarrow():
-    """pyarrow (the 'ray' extra brings it); a listed skip without it, a failure under CI."""
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        reason = "pyarrow is not installed (pip install -e '.[ray]'; the dev extra pulls it in)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: under CI the Parquet tests must run, not be skipped")
-        pytest.skip(reason)
-    return pyarrow
-
-
 def _write(path, columns: dict) -> None:
-    pa = need_pyarrow()
+    pa = need_module("pyarrow", "ray", "Parquet manifest tests")
+    need_module("pyarrow.parquet", "ray", "Parquet manifest tests")
     pa.parquet.write_table(pa.table(columns), path)
 
 

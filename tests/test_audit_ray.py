@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import need_module
 from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
@@ -51,23 +52,11 @@ def _fake(folder: Path, pids: Path | None = None, sleep: float = 0.0) -> str:
     return f"{path}:score"
 
 
-def need_ray():
-    """The ray module; a listed skip without it, a failure under CI (``CI=true``)."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        reason = "ray is not installed (pip install -e '.[ray]'; the dev extra pulls it in)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: under CI the Ray engine tests must run, not be skipped")
-        pytest.skip(reason)
-    return ray
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """One local Ray for the module: 3 CPUs, so that 2 actors leave one to decode."""
-    ray = need_ray()
+    need_module("ray.data", "ray", "Ray engine tests")
+    ray = need_module("ray", "ray", "Ray engine tests")
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
