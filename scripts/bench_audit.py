@@ -6,10 +6,10 @@ audit with occlusion heatmaps for the top-k false positives and negatives.
     python scripts/bench_audit.py --manifest-rows 100000 [--engine ray|local] [--batch-size 256]
 
 ``--engines``: the scoring stage on the local engine and on the Ray engine with 1 and 2 actors, in
-one local Ray instance started once (its start-up is not counted). Each engine scores the first
-half of the images and then all of them in fresh folders; the difference of the two times is the
-marginal cost of the second half, free of the one-off costs (actor start, model load), and gives
-the marginal images/s and the per-batch overhead of Ray over local.
+one local Ray instance started once and warmed up by one run (its start-up is not counted). Each
+engine scores the first half of the images and then all of them in fresh folders; the difference
+of the two times is the marginal cost of the second half, free of the one-off costs (actor start,
+model load), and gives the marginal images/s and the per-batch overhead of Ray over local.
 ``--manifest-rows``: a Parquet manifest of that many rows (hard links to 100 tiny PNGs) scored
 by a fake fast model (mean brightness, a `file.py:function` model), with the driver's peak RSS.
 
@@ -102,6 +102,9 @@ def engines(args: argparse.Namespace) -> None:
         raw = raw_throughput(clf, args.batch_size)
         o = AuditOptions(threshold=args.threshold, top=0, concepts=False, cues=False, mosaic=0,
                          batch_size=args.batch_size)
+        # warm-up: Ray's worker processes started and the library imported in them, once
+        audit(root / "half", root / "out-warm-up", model=args.model, device="cpu", options=o,
+              engine="ray", ray=RayOptions(actors=2))
         for name, engine, actors in (("local", "local", 1), ("ray, 1 actor", "ray", 1),
                                      ("ray, 2 actors", "ray", 2)):
             times = []
