@@ -113,7 +113,7 @@ def audit(
     vmin: VminOpt = None,
     vmax: VmaxOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    engine: Annotated[Engine, typer.Option("--engine", callback=plain, help="Where scoring and heatmaps run: local (this process) or ray (a Ray cluster; pip install 'explain[ray]').")] = Engine.local,  # noqa: E501
+    engine: Annotated[Engine, typer.Option("--engine", callback=plain, help="Where scoring and heatmaps run: local (this process) or ray (a Ray cluster; pip install 'explain\\[ray]').")] = Engine.local,  # noqa: E501
     address: Annotated[str | None, typer.Option("--address", help="Ray: auto (the cluster of this node) or ray://HOST:PORT (default: a local Ray instance).")] = None,  # noqa: E501
     actors: Annotated[int, typer.Option("--actors", min=1, help="Ray: model actors (the model is loaded once per actor).")] = 1,  # noqa: E501
     gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor", min=0.0, help="Ray: GPUs per actor (default: 1 when the cluster has GPUs, else 0).")] = None,  # noqa: E501
