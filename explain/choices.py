@@ -56,6 +56,18 @@ DEFAULT_VIDEO_FPS = 4.0
 DEFAULT_MAX_FRAMES = 300
 DEFAULT_TOP_FRAMES = 3
 DEFAULT_REUSE_THRESHOLD = 0
+# how a frame's map reuses the previous frame's (explain.frame_reuse): not at all, when the frame
+# is unchanged (exact), or also the windows away from a changed region
+REUSE_MODES = ("none", "identical", "region")
+
+
+def check_reuse(reuse: str) -> str:
+    """``reuse`` when it is one of :data:`REUSE_MODES`, else an OptionError listing them."""
+    if reuse not in REUSE_MODES:
+        from explain.errors import OptionError
+
+        raise OptionError(f"unknown reuse {reuse!r}; use one of {', '.join(REUSE_MODES)}")
+    return reuse
 
 # models: the bundled models and the spec forms load() accepts
 BUNDLED = {

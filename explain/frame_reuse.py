@@ -1,23 +1,26 @@
-"""Occlusion maps of a sequence of frames that reuse the previous frame's work.
+"""Maps of a sequence of frames (occlusion, sliding window) that reuse the previous frame's work.
 
-Frame after frame (in time order), with the window grid, fill and model of
-:func:`explain.occlusion.occlusion_map`:
+Frame after frame (in time order), with the window grid and model of the single-image method,
+each map takes one of three paths (``Heatmap.params["reuse"]``; ``params["rescored"]`` counts
+the windows scored for it):
 
 - **identical**: a frame that differs from the previous one nowhere by more than ``threshold``
   levels (0..255) takes its map. With threshold 0 the pixels are the same, so the map is exactly
-  the one a recomputation gives, for any model.
-- **region**: otherwise, with fill ``gray`` or ``black``, only the intact frame and the windows
-  that meet the changed pixels' bounding box (in original pixels) are scored again; every other
-  window keeps its previous *drop* p(frame) − p(frame, window hidden). The re-scored windows are
-  exact. A kept drop equals the recomputed one when hiding a window changes the score
-  independently of the pixels outside it (models additive over regions, such as the tests'); for
-  a deep network, whose every output sees the whole frame, it is an approximation:
-  ``scripts/bench_video.py`` measures how far it moves the map.
-- **none**: with fill ``mean`` or ``blur`` the fill is computed from the whole frame, so a change
-  anywhere changes every window's occluded copy: changed frames are recomputed in full.
-
-``Heatmap.params["reuse"]`` says which path each map took and ``params["rescored"]`` how many
-windows were scored for it.
+  the one a recomputation gives, for any model. (With a threshold above 0, small changes can
+  add up over many frames: each frame is compared with the one before it.)
+- **region** (asked with ``reuse="region"``): only the windows that meet the bounding box of the
+  changed pixels (in original pixels) are scored again; every other window keeps its previous
+  value. Re-scored windows are exact. For the sliding-window map a kept value is exact too, for
+  ANY model: a window away from the change crops the same pixels, so its crop scores the same.
+  For occlusion, the kept value is the window's *drop* p(frame) − p(frame, window hidden), which
+  equals the recomputed one only when hiding a window changes the score independently of the
+  pixels outside it (models additive over regions, such as the tests'). A deep network sees the
+  whole frame in every output: ``scripts/bench_video.py`` measured kept drops off by up to 70 %
+  of the map's largest value on open_nsfw, so for occlusion region reuse is an approximation,
+  never the default. It is refused (changed frames are recomputed in full) with the fills
+  ``mean`` and ``blur``, which are computed from the whole frame: a change anywhere changes
+  every window's occluded copy.
+- **none**: the first frame, a changed frame without region reuse, and ``reuse="none"``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from explain.choices import DEFAULT_REUSE_THRESHOLD, check_fill
+from explain.choices import DEFAULT_REUSE_THRESHOLD, check_fill, check_reuse
 from explain.clips import changed
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import to_tensor
@@ -47,6 +50,23 @@ from explain.windows import (
 )
 
 REGION_FILLS = ("gray", "black")
+
+
+def plan(previous: np.ndarray | None, frame: np.ndarray, windows: np.ndarray, reuse: str,
+         threshold: int, region: bool = True) -> tuple[str, np.ndarray]:
+    """How a frame's map is made (``identical``, ``region`` or ``none``) and which ``windows``
+    are scored for it, given the ``previous`` frame (None for the first), the ``reuse`` mode
+    asked (``none``, ``identical``, ``region``), the pixel ``threshold``, and whether region
+    reuse applies (``region``: False for whole-frame fills)."""
+    every = np.ones(len(windows), bool)
+    if reuse == "none" or previous is None:
+        return "none", every
+    mask = changed(previous, frame, threshold)
+    if not mask.any():
+        return "identical", ~every
+    if reuse == "region" and region:
+        return "region", meeting(windows, mask)
+    return "none", every
 
 
 def meeting(windows: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -80,20 +100,22 @@ def window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
 def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                    box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
                    target: str | int = "nsfw", batch_size: int | None = None,
-                   threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: bool = True,
+                   threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: str = "identical",
                    progress: Progress | None = None) -> list[Heatmap]:
     """One occlusion map per frame of ``frames`` (RGB uint8 arrays of one size, in time order),
     each as :func:`explain.occlusion.occlusion_map` defines it (same parameters: ``box``,
     ``stride``, ``fill``, ``target``, ``batch_size``), reusing the previous frame's work as the
-    module docstring says. ``threshold``: the level difference (0..255) below which a pixel
-    counts as unchanged. ``reuse=False`` recomputes every frame (the reference the benchmark
-    compares with). ``progress(done, total)`` counts frames.
+    module docstring says: ``reuse`` is ``identical`` (exact; the default), ``region``
+    (approximate for occlusion, see the module docstring) or ``none``. ``threshold``: the level
+    difference (0..255) up to which a pixel counts as unchanged. ``progress(done, total)``
+    counts frames.
 
     Returns one SIGNED :class:`~explain.heatmap.Heatmap` per frame, in units of p(target),
     ``params["reuse"]`` in ``identical``, ``region`` or ``none`` and ``params["rescored"]`` the
     windows scored for it.
     """
     check_fill(fill)
+    check_reuse(reuse)
     shape = frames[0].shape[:2]
     t = resolve_target(classifier, target)
     name = classifier.class_names[t]
@@ -108,13 +130,8 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     score = 0.0
     for k, frame in enumerate(frames):
         start = time.perf_counter()
-        mask = changed(frames[k - 1], frame, threshold) if reuse and k else None
-        if mask is not None and not mask.any():
-            how, chosen = "identical", np.zeros(len(windows), bool)
-        elif mask is not None and fill in REGION_FILLS:
-            how, chosen = "region", meeting(windows, mask)
-        else:
-            how, chosen = "none", np.ones(len(windows), bool)
+        how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold,
+                           region=fill in REGION_FILLS)
         if how != "identical":
             x = to_tensor(frame, device)
             if size != shape:
@@ -134,6 +151,75 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                     "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
                     "threshold": threshold},
             signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR))
+        if progress is not None:
+            progress(k + 1, len(frames))
+    return maps
+
+
+def crop_scores(classifier: Classifier, x: torch.Tensor, windows: np.ndarray,
+                size: tuple[int, int], target: int, step: int) -> np.ndarray:
+    """p(``target``) of each window of ``windows`` (n × 4, one box size, in x's pixels) cropped
+    from ``x`` (3 × H × W on the classifier's device) and resized to ``size``, scored alone in
+    batches of ``step`` (as :func:`explain.sliding.sliding_window_map` scores its crops)."""
+    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
+    starts = torch.from_numpy(windows[:, :2]).to(x.device)
+    dy, dx = torch.arange(bh, device=x.device), torch.arange(bw, device=x.device)
+    out = []
+    for lo in range(0, len(windows), step):
+        s = starts[lo:lo + step]
+        crops = x[:, (s[:, 0:1] + dy)[:, :, None], (s[:, 1:2] + dx)[:, None, :]].transpose(0, 1)
+        if size != (bh, bw):
+            crops = resize(crops, size)
+        out.append(classifier.predict(crops)[:, target].double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@torch.no_grad()
+def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
+                 box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE,
+                 target: str | int = "nsfw", batch_size: int | None = None,
+                 threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: str = "region",
+                 progress: Progress | None = None) -> list[Heatmap]:
+    """One sliding-window map per frame of ``frames`` (RGB uint8 arrays of one size, in time
+    order), each as :func:`explain.sliding.sliding_window_map` defines it (same ``box``,
+    ``stride``, ``target``, ``batch_size``), reusing the previous frame's work: ``reuse`` is
+    ``region`` (the default: exact for any model, see the module docstring), ``identical`` or
+    ``none``; ``threshold`` as for :func:`occlusion_maps`. ``progress(done, total)`` counts
+    frames.
+
+    Returns one :class:`~explain.heatmap.Heatmap` per frame: per pixel the mean p(target) of the
+    crops covering it, bounds (0, 1); ``params["reuse"]`` and ``params["rescored"]`` as for
+    occlusion.
+    """
+    check_reuse(reuse)
+    shape = frames[0].shape[:2]
+    t = resolve_target(classifier, target)
+    name = classifier.class_names[t]
+    windows = window_grid(shape, box, stride)
+    device = classifier.device
+    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
+    size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)
+    step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])),
+                            len(windows))
+    maps: list[Heatmap] = []
+    crops = np.zeros(len(windows))
+    score = 0.0
+    for k, frame in enumerate(frames):
+        start = time.perf_counter()
+        how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold)
+        if how != "identical":
+            x = to_tensor(frame, device)[0]
+            score = float(classifier.predict(x.unsqueeze(0))[0, t])
+            crops = crops.copy()
+            crops[chosen] = crop_scores(classifier, x, windows[chosen], size, t, step)
+        maps.append(Heatmap(
+            values=window_mean(shape, windows, crops), method="sliding", target=name,
+            score=score, box=(bh, bw), stride=pixels(stride, "stride", shape),
+            windows=len(windows), seconds=time.perf_counter() - start,
+            params={"batch_size": step, "crop_size": list(size), "box_asked": box,
+                    "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
+                    "threshold": threshold},
+            unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0), noise_floor=NOISE_FLOOR))
         if progress is not None:
             progress(k + 1, len(frames))
     return maps

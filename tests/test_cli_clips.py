@@ -91,7 +91,7 @@ def test_occlude_explains_the_planted_frame(clips):
 def test_all_frames_with_reuse_on_a_video(clips):
     result = CliRunner().invoke(app, ["occlude", "moving.mkv", "-o", "out", "--frames", "all",
                                       "--all-frames", "--top-frames", "2", "--box", "8",
-                                      "--stride", "8", *ARGS])
+                                      "--stride", "8", "--reuse", "region", *ARGS])
     assert result.exit_code == 0, result.output
     assert "10 explained (reuse: 1 none, 9 region)" in result.stdout
     names = sorted(p.name for p in (clips / "out").iterdir())

@@ -29,6 +29,7 @@ from explain.choices import (
     DEFAULT_P,
     DEFAULT_REUSE_THRESHOLD,
     DEFAULT_TOP_FRAMES,
+    REUSE_MODES,
 )
 from explain.cli.common import (
     EXIT_BAD_INPUT,
@@ -54,12 +55,14 @@ from explain.cli.common import (
     TopFramesOpt,
     VmaxOpt,
     VminOpt,
+    choice,
     console,
     error_line,
     gather_images,
     int_pair,
     note_line,
     output_stems,
+    plain,
     result_line,
     user_errors,
     with_model_options,
@@ -75,9 +78,15 @@ CellOpt = Annotated[int, typer.Option("--cell", min=1, help="RISE: each mask is 
                                       "of random cells, smoothly up-sampled to the image.")]
 KeepOpt = Annotated[float, typer.Option("--p", min=0.0, max=1.0, help="RISE: probability that a "
                                         "cell is kept (the rest of the image goes black).")]
-ReuseOpt = Annotated[int, typer.Option(
+Reuse = choice("Reuse", REUSE_MODES)
+ReuseOpt = Annotated[Reuse, typer.Option(
+    "--reuse", help="Clips, between consecutive explained frames: identical = an unchanged frame "
+    "takes the previous map (exact); region = also windows away from the changed region keep "
+    "their value (exact for slide; an approximation for occlude, see the README).",
+    callback=plain)]
+ReuseBelowOpt = Annotated[int, typer.Option(
     "--reuse-below", min=0, max=255, help="Clips: a pixel differing from the previous "
-    "frame's by at most this many levels (0..255) counts as unchanged; 0 = exact reuse only.")]
+    "frame's by at most this many levels (0..255) counts as unchanged; 0 = exact.")]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="RISE: random seed; the same seed "
                                       "gives the same masks and map.")]
 
@@ -228,7 +237,8 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
             vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False,
             frames: FramesOpt = "auto", max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
             top_frames: TopFramesOpt = DEFAULT_TOP_FRAMES, all_frames: AllFramesOpt = False,
-            reuse_threshold: ReuseOpt = DEFAULT_REUSE_THRESHOLD) -> None:
+            reuse: ReuseOpt = Reuse.identical, reuse_below: ReuseBelowOpt = DEFAULT_REUSE_THRESHOLD
+            ) -> None:
     """Occlusion sensitivity: how much the target's score drops when each window is hidden.
 
     Writes NAME.occlusion.png: red = hiding this region lowers the score, blue = raises it,
@@ -240,7 +250,7 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
     from explain.occlusion import occlusion_map
 
     windows = _windows(box, stride)
-    sequence = partial(occlusion_maps, fill=fill, threshold=reuse_threshold, **windows)
+    sequence = partial(occlusion_maps, fill=fill, reuse=reuse, threshold=reuse_below, **windows)
     _explain_images("occlusion", partial(occlusion_map, fill=fill, **windows),
                     images, target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
@@ -257,19 +267,24 @@ def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: Str
           normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
           no_legend: NoLegendOpt = False, frames: FramesOpt = "auto",
           max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
-          top_frames: TopFramesOpt = DEFAULT_TOP_FRAMES, all_frames: AllFramesOpt = False) -> None:
+          top_frames: TopFramesOpt = DEFAULT_TOP_FRAMES, all_frames: AllFramesOpt = False,
+          reuse: ReuseOpt = Reuse.region, reuse_below: ReuseBelowOpt = DEFAULT_REUSE_THRESHOLD
+          ) -> None:
     """Sliding window: each window cropped and scored alone; per pixel the mean crop score.
 
     Writes NAME.sliding.png: the crops' probability on a fixed 0..1 scale (red = crops here
     score high on their own).
     """
+    from explain.frame_reuse import sliding_maps
     from explain.sliding import sliding_window_map
 
-    _explain_images("sliding", partial(sliding_window_map, **_windows(box, stride)), images,
+    windows = _windows(box, stride)
+    sequence = partial(sliding_maps, reuse=reuse, threshold=reuse_below, **windows)
+    _explain_images("sliding", partial(sliding_window_map, **windows), images,
                     target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
                     look=_look(colormap, alpha, normalize, vmin, vmax, no_legend),
-                    clips=ClipChoice(frames, max_frames, top_frames, all_frames))
+                    clips=ClipChoice(frames, max_frames, top_frames, all_frames, sequence))
 
 
 @user_errors
