@@ -22,8 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from explain.choices import AUDIT_BATCH, DEFAULT_REUSE_THRESHOLD, DEFAULT_TOP_FRAMES
-from explain.frames import Clip
+from explain.choices import (
+    AUDIT_BATCH,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_REUSE_THRESHOLD,
+    DEFAULT_TOP_FRAMES,
+)
+from explain.frames import Clip, read_clip
 from explain.heatmap import Heatmap
 from explain.images import to_batch
 from explain.models.base import Classifier, resolve_target
@@ -110,6 +115,21 @@ def score_clip(classifier: Classifier, clip: Clip, target: str | int = "nsfw", *
                           progress=progress)
     return ClipScores(list(classifier.class_names), t, [f.index for f in clip.frames],
                       [f.time for f in clip.frames], scores, list(clip.notes))
+
+
+def judge_clip(classifier: Classifier, path: str | Path, target: str | int = "nsfw", *,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Clip, ClipScores, str]:
+    """Read the clip at ``path`` with the default sampling and score its frames: (the clip, its
+    scores, a sentence saying which frame judges it). The clip's answer is its max frame,
+    ``clip.frames[scores.top]`` (see the module docstring). ``max_pixels`` as in
+    :func:`explain.frames.read_clip`; a bad file raises its ImageError."""
+    clip = read_clip(path, max_pixels=max_pixels)
+    scores = score_clip(classifier, clip, target)
+    top = clip.frames[scores.top]
+    return clip, scores, (
+        f"clip: {len(clip.frames)} of {clip.source_frames} frames scored ({clip.sampling}); "
+        f"judged by its max frame {top.index} at {top.time:.2f} s (mean "
+        f"p({scores.class_names[scores.target]}) over frames {scores.mean:.4f})")
 
 
 def changed(a: np.ndarray, b: np.ndarray, threshold: int = 0) -> np.ndarray:

@@ -118,3 +118,17 @@ def test_bad_clips_are_one_error_each_and_the_batch_goes_on(clips):
 def test_bad_frames_option(clips):
     result = CliRunner().invoke(app, ["score", "planted.gif", "--frames", "fps:-1", *ARGS])
     assert result.exit_code == 2 and "--frames must be all, auto" in result.stderr
+
+
+def test_report_shows_the_timeline_and_explains_the_max_frame(clips):
+    result = CliRunner().invoke(app, ["report", "planted.gif", "--methods", "occlusion,sliding",
+                                      "-o", "report.json", "--format", "json", *ARGS])
+    assert result.exit_code == 0, result.output
+    row = json.loads((clips / "report.json").read_text())["images"][0]
+    assert "judged by its max frame 5 at 0.60 s" in row["clip"]
+    assert row["scores"]["nsfw"] == pytest.approx(SHARE)
+    html = CliRunner().invoke(app, ["report", "planted.gif", "--methods", "sliding", "-o",
+                                    "report.html", *ARGS])
+    assert html.exit_code == 0, html.output
+    page = (clips / "report.html").read_text()
+    assert 'alt="timeline of p(nsfw)"' in page and "the explained frame is marked" in page

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.clips import score_clip
+from explain.clips import judge_clip
 from explain.frames import is_clip, read_clip
 from explain.images import load_image
 from explain.models.base import Classifier
@@ -34,15 +34,13 @@ def audit_pixels(path: Path, *, max_pixels: int, notes: list[str],
     file."""
     if not is_clip(path):
         return load_image(path, max_pixels=max_pixels, notes=notes), None
-    clip = read_clip(path, max_pixels=max_pixels)
     if frame is not None or classifier is None:
+        clip = read_clip(path, max_pixels=max_pixels)
         chosen = next((f for f in clip.frames if f.index == frame), clip.frames[0])
         return chosen.rgb, chosen.index
-    scores = score_clip(classifier, clip, target)
+    clip, scores, note = judge_clip(classifier, path, target, max_pixels=max_pixels)
+    notes.append(note)
     top = clip.frames[scores.top]
-    notes.append(f"clip: {len(clip.frames)} of {clip.source_frames} frames scored "
-                 f"({clip.sampling}); judged by its max frame {top.index} at {top.time:.2f} s "
-                 f"(mean p({scores.class_names[scores.target]}) over frames {scores.mean:.4f})")
     return top.rgb, top.index
 
 
