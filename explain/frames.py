@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +223,7 @@ def _plan(sampling: Sampling, source: _Source, max_frames: int
     return _Keep(limit, None, step), notes, sampling
 
 
-class _Source:
+class _Source(ABC):
     """A decoder: ``count`` (frames declared, 0 when unknown), ``duration`` (seconds, 0 when
     unknown), ``size`` (H, W); iterating yields (index, time, rgb); a context manager."""
 
@@ -236,6 +237,7 @@ class _Source:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @abstractmethod
     def close(self) -> None:
         """Release the decoder."""
 
@@ -243,8 +245,9 @@ class _Source:
         """The clip's end in seconds, once ``decoded`` frames were read."""
         return self.duration
 
+    @abstractmethod
     def __iter__(self) -> Iterator[tuple[int, float, np.ndarray]]:
-        raise NotImplementedError
+        """(index, time in seconds, RGB uint8 frame) of every frame, in order."""
 
 
 def _refuse_size(path: Path, w: int, h: int, max_pixels: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -25,12 +26,13 @@ from PIL import Image
 
 from explain.files import write_bytes
 from explain.heatmap import Heatmap
-from explain.render import figure
+from explain.render import figure, shrink
 
 LINE = (40, 90, 200)
 MARK = (220, 30, 30)
 GRID = (225, 225, 225)
 INK = (60, 60, 60)
+ANIMATION_SIDE = 512
 
 
 def timeline(times: Sequence[float], scores: Sequence[float], durations: Sequence[float], *,
@@ -79,10 +81,12 @@ def _ascii(text: str) -> str:
 
 
 def animation(frames: Sequence[np.ndarray], maps: dict[int, Heatmap], *,
-              colormap: str | None = None, alpha: float = 0.5,
-              legend: bool = True) -> list[np.ndarray]:
+              colormap: str | None = None, alpha: float = 0.5, legend: bool = True,
+              side: int = ANIMATION_SIDE) -> list[np.ndarray]:
     """One picture per frame of ``frames`` (RGB uint8, in order): ``maps`` gives the map of
-    each explained frame by position; all are drawn on one scale (see the module docstring)."""
+    each explained frame by position; all are drawn on one scale (see the module docstring),
+    frames and maps shrunk so that the longer side is at most ``side`` pixels (an animation
+    holds every frame in memory and in the file)."""
     values = [hm.values for hm in maps.values()]
     signed = any(hm.signed for hm in maps.values())
     if signed:
@@ -92,11 +96,13 @@ def animation(frames: Sequence[np.ndarray], maps: dict[int, Heatmap], *,
         lo, hi = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
     pictures = []
     for k, frame in enumerate(frames):
+        small = shrink(frame, side)
         if k in maps:
-            pictures.append(figure(frame, maps[k], colormap=colormap, alpha=alpha,
+            shown = replace(maps[k], values=shrink(maps[k].values.astype(np.float32), side))
+            pictures.append(figure(small, shown, colormap=colormap, alpha=alpha,
                                    normalize="fixed", vmin=lo, vmax=hi, legend=legend))
         else:
-            pictures.append(frame)
+            pictures.append(small)
     height = max(p.shape[0] for p in pictures)
     width = max(p.shape[1] for p in pictures)
     return [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)),

@@ -185,3 +185,18 @@ def test_sliding_region_reuse_is_exact_for_any_model(tmp_path):
     moved = [np.abs(a.values - b.values).max()
              for a, b in zip(occluded, recomputed, strict=True)]
     assert max(moved) > 1e-5
+
+
+def test_timeline_marks_the_explained_frames():
+    from explain.render_clip import MARK, timeline
+
+    times, durations = [0.0, 1.0, 2.0, 3.0], [1.0] * 4
+    picture = timeline(times, [0.1, 0.9, 0.2, 0.5], durations, target="nsfw", marked=[1, 3])
+    assert picture.shape == (260, 800, 3) and picture.dtype == np.uint8
+    red = (picture == MARK).all(axis=2)
+    columns = np.nonzero(red.any(axis=0))[0]
+    # plot area x from 48 to 784 over 4 s: frame k's mark is centred at 48 + 184 * (k + 0.5)
+    centres = [48 + 184 * (k + 0.5) for k in range(4)]
+    assert any(abs(c - centres[1]) <= 8 for c in columns)
+    assert any(abs(c - centres[3]) <= 8 for c in columns)
+    assert not any(abs(c - centres[2]) <= 12 for c in columns)
