@@ -169,10 +169,10 @@ def read_clip(path: str | os.PathLike, frames: str | Sampling = "auto", *,
                          "frames its header declares could be decoded")
     if capped:
         notes.append(f"the last {capped} sampled frames were dropped: the cap of "
-                     f"{keep.limit} frames (--max-frames) was reached")
+                     f"{keep.limit} frames (--max-frames, or the memory budget) was reached")
     if decoded > len(kept):
-        notes.insert(0, f"{len(kept)} of {decoded} frames sampled ({_describe(sampling)})"
-                     + ("; the rest were skipped" if len(kept) < decoded else ""))
+        notes.insert(0, f"{len(kept)} of {decoded} frames sampled ({_describe(sampling)}); "
+                     "the rest were skipped")
     times = [t for _, t, _ in kept] + [max(end, kept[-1][1])]
     out = [Frame(i, t, times[k + 1] - t, rgb) for k, (i, t, rgb) in enumerate(kept)]
     return Clip(p, out, decoded, end, _describe(sampling), notes)

@@ -7,6 +7,11 @@ Per image NAME in the output folder: ``NAME.occlusion.png`` (``NAME.sliding.png`
 file's stem, made unique within the call by :func:`explain.files.output_names` (see the README,
 "Output files"). A map without signal (below the noise floor) and a box too small at the model's
 input are said on the image's line. The three commands share one runner, :func:`_explain_images`.
+
+A clip (animated GIF/WebP/PNG, video; :mod:`explain.frames`) is scored on every sampled frame
+and its top frames (or all) explained, reusing the previous frame's work (``--reuse``), by
+:func:`_explain_clip`: ``NAME.METHOD.gif``, ``NAME.METHOD.timeline.png`` and
+``NAME.METHOD.frameINDEX.png`` (:func:`explain.clips.write_clip`).
 """
 
 from __future__ import annotations
