@@ -27,6 +27,7 @@ NORMALIZE_MODES = ("minmax", "percentile", "fixed")
 # grid: the embedding (besides package.module:fn), the assignment cost, the thumbnail border
 EMBED_MODES = ("features", "pixels")
 COSTS = ("sqeuclidean", "euclidean")
+LAYOUTS = ("auto", "tsne-jv", "tsne-jv+polish", "flas", "tsne-snap")
 COLOR_BY = ("score", "label", "none")
 
 # RISE: masks per image, the masks' grid side, the probability that a grid cell is kept
