@@ -300,8 +300,12 @@ def test_cli_writes_mosaic_and_json_and_lists_the_bad_image(tmp_path, photos, ns
     assert "broken.jpg" in result.output and "skipped" in result.output
     assert "8-NN preservation" in result.output and "vs random" in result.output
     assert "penultimate features of open-nsfw" in result.output
+    assert "DPQ16 " in result.output and "layout auto kept" in result.output
     assert Image.open(out).size[1] > 3 * 64  # 12 images: 3×4 cells, plus the footer
+    assert out.with_suffix(".html").is_file() and (out.parent / "grid_tiles" / "0").is_dir()
     doc = read_grid_json(out.with_suffix(".json"))
+    assert doc["layout"] in doc["layouts_tried"]
+    assert doc["quality"]["dpq"] == doc["layouts_tried"][doc["layout"]]
     assert len(doc["images"]) == 12 and doc["skipped"][0]["path"].endswith("broken.jpg")
     assert {e["label"] for e in doc["images"].values()} == set(photos)
 
