@@ -152,7 +152,8 @@ def test_crops_of_one_photo_end_up_together(nsfw_grid):
     assert q.ratio > 3.0, q.summary()
     assert q.label_layout > 0.65 and q.label_ratio > 1.8, q.summary()
     assert g.scores is not None and g.scores.shape == (64,) and g.target == "nsfw"
-    assert any("clipped to (N-1)/3 = 21" in note for note in g.notes)
+    assert g.quality.dpq == g.tried[g.layout] == max(g.tried.values()) > 0.8
+    assert any(note.startswith(f"layout auto kept {g.layout}") for note in g.notes)
 
 
 def test_features_group_photos_better_than_raw_pixels(crop_set, nsfw_grid):

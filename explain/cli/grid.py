@@ -16,7 +16,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from explain.choices import BLACK_BOX_MODEL, COLOR_BY, COSTS, EMBED_MODES, LAYOUTS
+from explain.choices import (
+    BLACK_BOX_MODEL,
+    COLOR_BY,
+    COSTS,
+    EMBED_MODES,
+    GRID_PERPLEXITY,
+    LAYOUTS,
+)
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     BatchOpt,
@@ -66,7 +73,7 @@ def grid(
                       "Linear Assignment Sorting; tsne-snap: t-SNE + windowed assignment (any N).",
                       callback=plain)] = Layout.auto,
     perplexity: Annotated[float, typer.Option("--perplexity", min=0.1, help="t-SNE perplexity "
-                          "(clipped to (N-1)/3 for small N).")] = 30.0,
+                          "(clipped to (N-1)/3 for small N).")] = GRID_PERPLEXITY,
     seed: Annotated[int, typer.Option("--seed", help="Seed of t-SNE, sampling and the random "
                     "baseline.")] = 0,
     cost: Annotated[Cost, typer.Option("--cost", help="Assignment cost: squared or plain "

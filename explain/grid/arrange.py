@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from explain.choices import LAYOUTS
+from explain.choices import GRID_PERPLEXITY, LAYOUTS
 from explain.errors import OptionError
 from explain.grid.layout import assign_to_grid, grid_cells, tsne_layout
 from explain.grid.quality import dpq_scores
@@ -68,7 +68,7 @@ def candidates(layout: str, n: int) -> list[str]:
 
 
 def arrange(vectors: np.ndarray, shape: tuple[int, int], *, layout: str = "auto",
-            perplexity: float = 30.0, seed: int = 0, cost: str = "sqeuclidean",
+            perplexity: float = GRID_PERPLEXITY, seed: int = 0, cost: str = "sqeuclidean",
             tsne_step: Callable[[int], None] | None = None) -> Arranged:
     """Lay ``vectors`` (N×D, N ≤ rows·cols) out on a ``shape`` = (rows, cols) grid.
 

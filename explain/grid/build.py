@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from explain.budget import check_memory
-from explain.choices import EMBED_MODES
+from explain.choices import EMBED_MODES, GRID_PERPLEXITY
 from explain.errors import ExplainError, OptionError
 from explain.grid.arrange import arrange, candidates
 from explain.grid.embed import Embedder, ImageSource, embed_all
@@ -65,8 +65,8 @@ def check_grid_memory(images: int, size: int | None, cell_px: int, layout: str =
 def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None = None, *,
                     embed: str = "features", names: Sequence[str] | None = None,
                     labels: Sequence[str] | None = None, target: str | int | None = None,
-                    size: int | None = None, layout: str = "auto", perplexity: float = 30.0,
-                    seed: int = 0,
+                    size: int | None = None, layout: str = "auto",
+                    perplexity: float = GRID_PERPLEXITY, seed: int = 0,
                     cost: str = "sqeuclidean", k: int = 8, thumb_px: int = 64,
                     batch_size: int = 32, progress: GridProgress | None = None
                     ) -> SimilarityGrid:

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from explain.choices import COSTS
+from explain.choices import COSTS, GRID_PERPLEXITY
 from explain.errors import ModelError, OptionError
 
 TSNE_ITERATIONS = 250 + 500
@@ -76,7 +76,7 @@ def assign_to_grid(points: np.ndarray, shape: tuple[int, int], *, cost: str = "s
     return out
 
 
-def tsne_layout(vectors: np.ndarray, *, perplexity: float = 30.0, seed: int = 0,
+def tsne_layout(vectors: np.ndarray, *, perplexity: float = GRID_PERPLEXITY, seed: int = 0,
                 n_jobs: int = 1, callback: Callable[[int], None] | None = None
                 ) -> tuple[np.ndarray, float]:
     """2-D openTSNE embedding of ``vectors`` (N×D) and the perplexity used.
