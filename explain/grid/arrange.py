@@ -91,8 +91,9 @@ def arrange(vectors: np.ndarray, shape: tuple[int, int], *, layout: str = "auto"
         out.seconds[step] = out.seconds.get(step, 0.0) + time.perf_counter() - start
         return result
 
-    if np.ptp(x, axis=0).max(initial=0.0) == 0:
-        out.notes.append("all embeddings are identical: images placed in input order")
+    if n < 2 or np.ptp(x, axis=0).max() == 0:
+        if n > 1:
+            out.notes.append("all embeddings are identical: images placed in input order")
         out.tried = {out.layout: 1.0}
         return out
     if any(r.startswith("tsne") for r in runs):
