@@ -11,6 +11,7 @@ layout (auto), quality, the PNG (when it fits 8192 px) and grid.html with its ti
 
     python scripts/bench_grid.py                         # N = 1024, 4096, 16384
     python scripts/bench_grid.py --sizes 1024 --layouts auto flas
+    python scripts/bench_grid.py --sizes 16384 --layouts --no-peer   # only end to end
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ def row(dataset: str, n: int, r: dict, peer: dict | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384])
-    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS))
+    parser.add_argument("--layouts", nargs="*", default=list(LAYOUTS),
+                        help="layouts run alone (none: only the end-to-end row)")
+    parser.add_argument("--no-peer", action="store_true", help="skip vc-flas")
     parser.add_argument("--model", default="open-nsfw:onnx")
     parser.add_argument("--cheap-from", type=int, default=8192,
                         help="from this N on, embed with raw pixels instead of the model")
@@ -188,16 +191,20 @@ def main() -> None:
         for n in args.sizes:
             embed = "pixels" if n >= args.cheap_from else "features"
             images, _ = photo_crops(n, args.seed)
-            sets = [(f"crops/{embed}", *features(images, embed, args.model))]
-            if n <= 4096:
+            sets = []
+            if args.layouts or not args.no_peer:
+                sets.append((f"crops/{embed}", *features(images, embed, args.model)))
+            if n <= 4096 and (args.layouts or not args.no_peer):
                 sets.append(("colours/pixels", *features(colours(n, args.seed), "pixels",
                                                           args.model)))
             for name, x, speed in sets:
                 path = str(Path(tmp) / f"{name.replace('/', '-')}-{n}.npy")
                 np.save(path, x)
                 print(f"  {name} N={n}: embedded at {speed:.1f} images/s", flush=True)
-                peer = child("--one", "vc-flas", path, str(args.seed))
-                lines.append(row(name, n, peer, None))
+                peer = None
+                if not args.no_peer:
+                    peer = child("--one", "vc-flas", path, str(args.seed))
+                    lines.append(row(name, n, peer, None))
                 for layout in args.layouts:
                     if layout.startswith("tsne-jv") and n > 4096:
                         continue
