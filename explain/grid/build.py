@@ -19,7 +19,7 @@ from explain.grid.arrange import arrange, candidates
 from explain.grid.embed import Embedder, ImageSource, embed_all
 from explain.grid.layout import TSNE_ITERATIONS, grid_shape
 from explain.grid.mosaic import mosaic_bytes
-from explain.grid.quality import DPQ_BLOCK_BYTES, grid_quality
+from explain.grid.quality import dpq_bytes, grid_quality
 from explain.grid.result import SimilarityGrid
 from explain.models import Classifier, resolve_target
 from explain.windows import fit_batch
@@ -41,7 +41,7 @@ def grid_bytes(images: int, shape: tuple[int, int], cell_px: int, layout: str = 
     dense = any(name.startswith("tsne-jv") for name in candidates(layout, images))
     assignment = 8 * images * shape[0] * shape[1] if dense else 0
     neighbours = 3 * 8 * min(1024, images) * images
-    dpq = DPQ_BLOCK_BYTES + 16 * images * 4
+    dpq = dpq_bytes(images)
     return thumbnails + features + max(assignment, neighbours, dpq, mosaic_bytes(shape, cell_px))
 
 
@@ -105,7 +105,6 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
              for i, x in enumerate(images)] if names is None else [str(x) for x in names]
     if len(names) != n or (labels is not None and len(labels) != n):
         raise OptionError("names and labels must have one entry per image")
-    check_grid_memory(n, size, thumb_px, layout)
     t_index = None
     if target is not None:
         if classifier is None:
@@ -113,6 +112,7 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
         t_index = resolve_target(classifier, target)
     embedder = Embedder(embed, classifier)
     fit_batch(batch_size, getattr(classifier, "device", None), embedder.size, items=n)
+    check_grid_memory(n, size, thumb_px, layout)
 
     notes: list[str] = []
     order = np.arange(n)

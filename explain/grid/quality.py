@@ -149,6 +149,12 @@ def _block_rows(n: int) -> int:
     return int(max(8, min(1024, DPQ_BLOCK_BYTES // (32 * max(n, 1)))))
 
 
+def dpq_bytes(n: int) -> int:
+    """Peak bytes of :func:`dpq_scores`' distance blocks for ``n`` vectors (about 32 bytes per
+    distance of a block of rows: the float32 block, its sorted copy, the float64 sort keys)."""
+    return 32 * min(n, _block_rows(n)) * n
+
+
 def _distance_block(x: np.ndarray, sq: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Euclidean distances (float32) of rows lo..hi of ``x`` to every row; exact 0 to itself."""
     d = sq[lo:hi, None] + sq[None, :] - 2.0 * (x[lo:hi] @ x.T)
