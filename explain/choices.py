@@ -27,6 +27,10 @@ NORMALIZE_MODES = ("minmax", "percentile", "fixed")
 # grid: the embedding (besides package.module:fn), the assignment cost, the thumbnail border
 EMBED_MODES = ("features", "pixels")
 COSTS = ("sqeuclidean", "euclidean")
+LAYOUTS = ("auto", "tsne-jv", "tsne-jv+polish", "flas", "tsne-snap")
+# t-SNE's perplexity for grids: 10 keeps near neighbours nearer than 30 (DPQ16 on 1,024 photo
+# crops with open_nsfw features: 0.923 vs 0.907; on random colours 0.930 vs 0.932)
+GRID_PERPLEXITY = 10.0
 COLOR_BY = ("score", "label", "none")
 
 # RISE: masks per image, the masks' grid side, the probability that a grid cell is kept

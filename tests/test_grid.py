@@ -152,7 +152,8 @@ def test_crops_of_one_photo_end_up_together(nsfw_grid):
     assert q.ratio > 3.0, q.summary()
     assert q.label_layout > 0.65 and q.label_ratio > 1.8, q.summary()
     assert g.scores is not None and g.scores.shape == (64,) and g.target == "nsfw"
-    assert any("clipped to (N-1)/3 = 21" in note for note in g.notes)
+    assert g.quality.dpq == g.tried[g.layout] == max(g.tried.values()) > 0.8
+    assert any(note.startswith(f"layout auto kept {g.layout}") for note in g.notes)
 
 
 def test_features_group_photos_better_than_raw_pixels(crop_set, nsfw_grid):
@@ -300,8 +301,12 @@ def test_cli_writes_mosaic_and_json_and_lists_the_bad_image(tmp_path, photos, ns
     assert "broken.jpg" in result.output and "skipped" in result.output
     assert "8-NN preservation" in result.output and "vs random" in result.output
     assert "penultimate features of open-nsfw" in result.output
+    assert "DPQ16 " in result.output and "layout auto kept" in result.output
     assert Image.open(out).size[1] > 3 * 64  # 12 images: 3×4 cells, plus the footer
+    assert out.with_suffix(".html").is_file() and (out.parent / "grid_tiles" / "0").is_dir()
     doc = read_grid_json(out.with_suffix(".json"))
+    assert doc["layout"] in doc["layouts_tried"]
+    assert doc["quality"]["dpq"] == doc["layouts_tried"][doc["layout"]]
     assert len(doc["images"]) == 12 and doc["skipped"][0]["path"].endswith("broken.jpg")
     assert {e["label"] for e in doc["images"].values()} == set(photos)
 

@@ -75,7 +75,8 @@ def test_memory_budget_default_and_setting(monkeypatch):
 
 
 @pytest.mark.parametrize("extra, what", [
-    (["--size", "1000"], "a 1000x1000 grid of 4 images with 64-px cells would need about 34.3 GiB"),
+    # the mosaic (34.3 GiB) and the blurred grid of FLAS and the polish (one vector per cell)
+    (["--size", "1000"], "a 1000x1000 grid of 4 images with 64-px cells would need about 49.6 GiB"),
     (["--cell-px", "100000"], "a 2x2 grid of 4 images with 100000-px cells would need about "),
 ])
 def test_grid_too_large_is_refused_before_any_model_call(folder, extra, what):
@@ -95,9 +96,13 @@ def test_grid_too_large_is_refused_before_any_model_call(folder, extra, what):
 
 def test_grid_estimate_counts_the_assignment_matrix_and_the_mosaic():
     """1000 images on a 1000x1000 grid: the 1000 x 10^6 float64 cost matrix (8 GB) is larger
-    than the mosaic of 8-px cells (1.7 GB); thumbnails 2 x 1000 x 8 x 8 x 3 bytes."""
-    assert grid_bytes(1000, (1000, 1000), 8) == 2 * 1000 * 64 * 3 + 8 * 1000 * 10**6
-    assert grid_bytes(4, (2, 2), 64) == 2 * 4 * 64 * 64 * 3 + 9 * 4 * 64 * 64
+    than the mosaic of 8-px cells (1.7 GB); thumbnails 2 x 1000 x 8 x 8 x 3 bytes; 1024-d
+    float32 vectors, 4 copies, one per cell (FLAS's blurred grid). FLAS alone has no matrix."""
+    vectors = 4 * 4 * 1024 * 10**6
+    assert grid_bytes(1000, (1000, 1000), 8) == 2 * 1000 * 64 * 3 + vectors + 8 * 1000 * 10**6
+    assert grid_bytes(1000, (1000, 1000), 8, "flas") == (2 * 1000 * 64 * 3 + vectors
+                                                         + 9 * 10**6 * 64)
+    assert grid_bytes(4, (2, 2), 64) == 2 * 4 * 64 * 64 * 3 + 4 * 4 * 1024 * 4 + 9 * 4 * 64 * 64
 
 
 def test_library_grid_and_mosaic_are_checked(photos, monkeypatch):

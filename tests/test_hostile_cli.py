@@ -258,7 +258,7 @@ def test_undecodable_and_control_character_names(runner, work):
     grid = runner.invoke(app, ["grid", "odd", "--embed", "pixels", "--color-by", "none",
                                "-o", "g.png"])
     assert grid.exit_code == 0, grid.output
-    assert "\x1b" not in grid.output and "wrote g.png and g.json" in grid.stdout
+    assert "\x1b" not in grid.output and "wrote g.png, g.json, g.html" in grid.stdout
     os.replace(work / "odd" / odd, work / odd)
     gradcam = runner.invoke(app, ["gradcam", odd, *NET_OPTIONS, "-o", "wb"])
     assert gradcam.exit_code == 0, gradcam.output

@@ -1,4 +1,5 @@
-"""`explain grid`: a folder of images on a visual-similarity grid (mosaic PNG + grid.json)."""
+"""`explain grid`: a folder of images on a visual-similarity grid (mosaic PNG, grid.json, and
+grid.html over a tiled pyramid)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from explain.choices import BLACK_BOX_MODEL, COLOR_BY, COSTS, EMBED_MODES
+from explain.choices import (
+    BLACK_BOX_MODEL,
+    COLOR_BY,
+    COSTS,
+    EMBED_MODES,
+    GRID_PERPLEXITY,
+    LAYOUTS,
+)
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     BatchOpt,
@@ -34,6 +42,7 @@ from explain.files import check_output_file, check_outputs, display
 
 ColorBy = choice("ColorBy", COLOR_BY)
 Cost = choice("Cost", COSTS)
+Layout = choice("Layout", LAYOUTS)
 
 Folder = Annotated[Path, typer.Argument(help="Folder of images; sub-folders are labels "
                                         "(DIR/label/img.jpg).", metavar="DIR",
@@ -45,9 +54,10 @@ Folder = Annotated[Path, typer.Argument(help="Folder of images; sub-folders are 
 def grid(
     folder: Folder,
     models: ModelOptions,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Mosaic PNG; the JSON is "
-                                         "written next to it, the suffix replaced by .json "
-                                         "(grid.png → grid.json).")] = Path("grid.png"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Mosaic PNG (written when it "
+                                         "fits 8192 px a side); grid.json, grid.html and the "
+                                         "tiles folder grid_tiles/ are written next to it.")
+                      ] = Path("grid.png"),
     size: Annotated[int | None, typer.Option("--size", "-s", min=1, help="Fix a SIZE x SIZE "
                     "grid (images beyond SIZE² are sampled). Default: the smallest near-square "
                     "grid holding all images.")] = None,
@@ -57,8 +67,13 @@ def grid(
     color_by: Annotated[ColorBy, typer.Option("--color-by", help="Thumbnail border: score (one "
                         "more model pass), label (sub-folder) or none.",
                         callback=plain)] = ColorBy.score,
+    layout: Annotated[Layout, typer.Option("--layout", help="auto: the layouts that fit the "
+                      "size, keeping the best by DPQ16; tsne-jv: t-SNE + dense assignment "
+                      "(<= 4096 images); tsne-jv+polish: then improved locally; flas: Fast "
+                      "Linear Assignment Sorting; tsne-snap: t-SNE + windowed assignment (any N).",
+                      callback=plain)] = Layout.auto,
     perplexity: Annotated[float, typer.Option("--perplexity", min=0.1, help="t-SNE perplexity "
-                          "(clipped to (N-1)/3 for small N).")] = 30.0,
+                          "(clipped to (N-1)/3 for small N).")] = GRID_PERPLEXITY,
     seed: Annotated[int, typer.Option("--seed", help="Seed of t-SNE, sampling and the random "
                     "baseline.")] = 0,
     cost: Annotated[Cost, typer.Option("--cost", help="Assignment cost: squared or plain "
@@ -71,7 +86,14 @@ def grid(
     batch_size: BatchOpt = None,
 ) -> None:
     """Lay a folder of images out on a grid so that similar images sit together."""
-    from explain.grid import check_grid_memory, draw_mosaic, folder_labels, similarity_grid
+    from explain.grid import (
+        check_grid_memory,
+        draw_mosaic,
+        fits_png,
+        folder_labels,
+        similarity_grid,
+        write_viewer,
+    )
     from explain.images import iter_image_files
     from explain.render import save_png
 
@@ -83,10 +105,10 @@ def grid(
     labels = folder_labels(folder, paths)
     if color_by == "label" and labels is None:
         raise OptionError(f"--color-by label needs sub-folders: {display(folder)}/LABEL/image.jpg")
-    json_path = output.with_suffix(".json")
+    json_path, page = output.with_suffix(".json"), output.with_suffix(".html")
     check_output_file(output, inputs=paths)
-    check_outputs([output, json_path], paths)
-    check_grid_memory(len(paths), size, cell_px)  # before the model loads
+    check_outputs([output, json_path, page], paths)
+    check_grid_memory(len(paths), size, cell_px, layout)  # before the model loads
     clf = None
     if embed != "pixels" or color_by == "score":
         clf = models.load()
@@ -102,19 +124,28 @@ def grid(
 
         result = similarity_grid(
             paths, clf, embed=embed, labels=labels,
-            target=target if color_by == "score" else None, size=size, perplexity=perplexity,
+            target=target if color_by == "score" else None, size=size, layout=layout,
+            perplexity=perplexity,
             seed=seed, cost=cost, k=k, thumb_px=cell_px, batch_size=batch_size or 32,
             progress=progress)
     for path, reason in result.skipped:
         error_line(f"{path}: {reason} (skipped)")
-    save_png(draw_mosaic(result, color_by=color_by), output)
+    written = [json_path, page]
+    if fits_png(result, cell_px):
+        save_png(draw_mosaic(result, color_by=color_by), output)
+        written.insert(0, output)
     result.save_json(json_path)
+    write_viewer(result, page, color_by=color_by)
     times = ", ".join(f"{stage} {s:.1f} s" for stage, s in result.seconds.items())
     lines = [f"embedding: {display(result.embed)}",
              *(f"note: {display(note)}" for note in result.notes),
+             f"layout: {result.layout}",
              f"quality: {result.quality.summary()}",
              f"{len(result.names)} images on {result.shape[0]}x{result.shape[1]} ({times}); "
-             f"wrote {display(output)} and {display(json_path)}"]
+             f"wrote {', '.join(display(p) for p in written)} (+ {display(page.stem)}_tiles/)"]
+    if not fits_png(result, cell_px):
+        lines.append(f"no PNG: {result.shape[1] * cell_px}x{result.shape[0] * cell_px} px is "
+                     f"over 8192 px a side; open {display(page)}")
     if result.skipped:
         lines.append(f"{len(result.skipped)} unreadable image(s) skipped")
     for line in lines:

@@ -2,17 +2,21 @@
 
 1. **Embed** each image (:mod:`explain.grid.embed`): the classifier's penultimate features, its
    probabilities for a black box, a user function or raw pixels.
-2. **Reduce** to 2-D with openTSNE and 3. **snap** the points to a rows×cols grid with an optimal
-   one-to-one assignment (:mod:`explain.grid.layout`).
-4. **Measure** (:mod:`explain.grid.quality`): mean k-NN preservation of the layout against
-   seeded random placements, and with labels the share of same-label grid neighbours.
+2. **Lay out** (:mod:`explain.grid.arrange`): t-SNE to 2-D snapped to a rows×cols grid by an
+   optimal dense assignment (:mod:`explain.grid.layout`) or a windowed one, FLAS on the
+   features, a local polish (:mod:`explain.grid.sorting`); ``auto`` keeps the best by DPQ16.
+4. **Measure** (:mod:`explain.grid.quality`): DPQ16, the field's measure, and the mean k-NN
+   preservation of the layout against seeded random placements, with labels the share of
+   same-label grid neighbours.
 5. **Draw** the mosaic (:mod:`explain.grid.mosaic`: square thumbnails, optional border coloured
-   by score or label, legend) and write ``grid.json`` (:mod:`explain.grid.result`).
+   by score or label, legend), write ``grid.json`` (:mod:`explain.grid.result`) and the tiled
+   pyramid with its pan/zoom page ``grid.html`` (:mod:`explain.grid.tiles`).
 
 :func:`similarity_grid` (:mod:`explain.grid.build`) runs steps 1–4; :func:`draw_mosaic` draws.
 Every public name is re-exported here: ``from explain.grid import X`` is the way in.
 """
 
+from explain.grid.arrange import JV_MAX, Arranged, arrange, candidates
 from explain.grid.build import (
     MIN_IMAGES,
     GridProgress,
@@ -29,7 +33,14 @@ from explain.grid.embed import (
     folder_labels,
     thumbnail,
 )
-from explain.grid.layout import TSNE_ITERATIONS, assign_to_grid, grid_cells, grid_shape, tsne_layout
+from explain.grid.layout import (
+    TSNE_ITERATIONS,
+    assign_to_grid,
+    grid_cells,
+    grid_shape,
+    scaled_points,
+    tsne_layout,
+)
 from explain.grid.mosaic import (
     EMPTY_CELL,
     TAB10,
@@ -39,7 +50,10 @@ from explain.grid.mosaic import (
     score_colours,
 )
 from explain.grid.quality import (
+    DPQ_P,
     GridQuality,
+    dpq_bytes,
+    dpq_scores,
     grid_quality,
     knn_preservation,
     label_agreement,
@@ -48,14 +62,25 @@ from explain.grid.quality import (
     random_cells,
 )
 from explain.grid.result import GRID_JSON_VERSION, SimilarityGrid, read_grid_json
+from explain.grid.sorting import flas_layout, polish_layout, snap_to_grid
+from explain.grid.tiles import (
+    PNG_MAX_PX,
+    TILE_PX,
+    fits_png,
+    pyramid_levels,
+    write_pyramid,
+    write_viewer,
+)
 
 __all__ = [
-    "DEFAULT_INPUT", "EMPTY_CELL", "GRID_JSON_VERSION", "MIN_IMAGES", "NO_LABEL", "PIXEL_SIDE",
-    "TAB10", "TSNE_ITERATIONS",
-    "Embedder", "GridProgress", "GridQuality", "ImageSource", "SimilarityGrid",
-    "assign_to_grid", "check_grid_memory", "draw_mosaic", "folder_labels", "grid_bytes",
-    "grid_cells", "grid_quality", "grid_shape", "knn_preservation", "label_agreement",
-    "label_colours", "mosaic_bytes", "nearest_neighbours", "neighbourhood_radius",
-    "random_cells", "read_grid_json", "score_colours", "similarity_grid", "thumbnail",
-    "tsne_layout",
+    "DEFAULT_INPUT", "DPQ_P", "EMPTY_CELL", "GRID_JSON_VERSION", "JV_MAX", "MIN_IMAGES",
+    "NO_LABEL", "PIXEL_SIDE", "PNG_MAX_PX", "TAB10", "TILE_PX", "TSNE_ITERATIONS",
+    "Arranged", "Embedder", "GridProgress", "GridQuality", "ImageSource", "SimilarityGrid",
+    "arrange", "assign_to_grid", "candidates", "check_grid_memory", "dpq_bytes", "dpq_scores",
+    "draw_mosaic", "fits_png", "flas_layout", "folder_labels", "grid_bytes", "grid_cells",
+    "grid_quality", "grid_shape", "knn_preservation", "label_agreement", "label_colours",
+    "mosaic_bytes", "nearest_neighbours", "neighbourhood_radius", "polish_layout",
+    "pyramid_levels", "random_cells", "read_grid_json", "scaled_points", "score_colours",
+    "similarity_grid", "snap_to_grid", "thumbnail", "tsne_layout", "write_pyramid",
+    "write_viewer",
 ]

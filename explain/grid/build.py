@@ -13,12 +13,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from explain.budget import check_memory
-from explain.choices import EMBED_MODES
+from explain.choices import EMBED_MODES, GRID_PERPLEXITY
 from explain.errors import ExplainError, OptionError
+from explain.grid.arrange import arrange, candidates
 from explain.grid.embed import Embedder, ImageSource, embed_all
-from explain.grid.layout import TSNE_ITERATIONS, assign_to_grid, grid_cells, grid_shape, tsne_layout
+from explain.grid.layout import TSNE_ITERATIONS, grid_shape
 from explain.grid.mosaic import mosaic_bytes
-from explain.grid.quality import grid_quality
+from explain.grid.quality import dpq_bytes, grid_quality
 from explain.grid.result import SimilarityGrid
 from explain.models import Classifier, resolve_target
 from explain.windows import fit_batch
@@ -27,29 +28,36 @@ MIN_IMAGES = 4
 GridProgress = Callable[[int, int, str], None]
 
 
-def grid_bytes(images: int, shape: tuple[int, int], cell_px: int) -> int:
+def grid_bytes(images: int, shape: tuple[int, int], cell_px: int, layout: str = "auto",
+               dim: int = 1024) -> int:
     """Estimated peak memory, in bytes, of laying ``images`` out on a ``shape`` = (rows, cols)
-    grid and drawing its mosaic with ``cell_px`` cells: the thumbnails (kept throughout, stacked
-    once) plus the largest of the images×cells float64 assignment cost matrix, the neighbour
-    search's distance blocks and the mosaic (:func:`explain.grid.mosaic.mosaic_bytes`)."""
+    grid with ``layout`` and drawing its mosaic with ``cell_px`` cells: the thumbnails (kept
+    throughout, stacked once) and ``dim``-d float32 features (a few copies: the features, the
+    blurred grid of the polish), plus the largest of the images×cells float64 cost matrix of a
+    dense assignment (only for the layouts that run one), the distance blocks of the DPQ and
+    of the neighbour search, and the mosaic (:func:`explain.grid.mosaic.mosaic_bytes`)."""
     thumbnails = 2 * 3 * images * cell_px * cell_px
-    assignment = 8 * images * shape[0] * shape[1]
+    features = 4 * 4 * dim * max(images, shape[0] * shape[1])
+    dense = any(name.startswith("tsne-jv") for name in candidates(layout, images))
+    assignment = 8 * images * shape[0] * shape[1] if dense else 0
     neighbours = 3 * 8 * min(1024, images) * images
-    return thumbnails + max(assignment, neighbours, mosaic_bytes(shape, cell_px))
+    dpq = dpq_bytes(images)
+    return thumbnails + features + max(assignment, neighbours, dpq, mosaic_bytes(shape, cell_px))
 
 
-def check_grid_memory(images: int, size: int | None, cell_px: int) -> None:
+def check_grid_memory(images: int, size: int | None, cell_px: int, layout: str = "auto") -> None:
     """Refuse, before any work, a grid of ``images`` (a count) whose layout and mosaic would
     not fit the memory budget (:mod:`explain.budget`).
 
     ``size`` fixes a ``size``×``size`` grid (at most size² images are used), None the default
-    shape (:func:`explain.grid.layout.grid_shape`); ``cell_px`` is the mosaic's cell side.
-    Returns None; raises OptionError (what it would need, the budget, the way out) when it
-    does not fit.
+    shape (:func:`explain.grid.layout.grid_shape`); ``cell_px`` is the mosaic's cell side;
+    ``layout`` the layout asked for (OptionError for a dense one beyond its limit). Returns
+    None; raises OptionError (what it would need, the budget, the way out) when it does not
+    fit.
     """
     shape = (size, size) if size is not None else grid_shape(images)
     used = min(images, size * size) if size is not None else images
-    check_memory(grid_bytes(used, shape, cell_px),
+    check_memory(grid_bytes(used, shape, cell_px, layout),
                  f"a {shape[0]}x{shape[1]} grid of {used} images with {cell_px}-px cells",
                  "use a smaller --size or --cell-px, or fewer images")
 
@@ -57,7 +65,8 @@ def check_grid_memory(images: int, size: int | None, cell_px: int) -> None:
 def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None = None, *,
                     embed: str = "features", names: Sequence[str] | None = None,
                     labels: Sequence[str] | None = None, target: str | int | None = None,
-                    size: int | None = None, perplexity: float = 30.0, seed: int = 0,
+                    size: int | None = None, layout: str = "auto",
+                    perplexity: float = GRID_PERPLEXITY, seed: int = 0,
                     cost: str = "sqeuclidean", k: int = 8, thumb_px: int = 64,
                     batch_size: int = 32, progress: GridProgress | None = None
                     ) -> SimilarityGrid:
@@ -73,8 +82,11 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
     ``classifier`` embeds and scores (None only for ``embed="pixels"`` or a function without
     a target); ``embed`` is "features", "pixels" or ``package.module:function`` (see
     :class:`explain.grid.embed.Embedder`); ``names`` name the images in the output (default:
-    the paths, ``image-00000``… for arrays). ``perplexity`` and ``seed`` drive t-SNE, ``cost``
-    the assignment (:func:`explain.grid.layout.assign_to_grid`), ``k`` the quality metric
+    the paths, ``image-00000``… for arrays). ``layout`` picks the layout (one of
+    :data:`explain.choices.LAYOUTS`; ``auto`` keeps the best by DPQ16 of those that fit the
+    size, see :mod:`explain.grid.arrange`); ``perplexity`` and ``seed`` drive t-SNE (``seed``
+    FLAS too), ``cost`` the dense assignment (:func:`explain.grid.layout.assign_to_grid`),
+    ``k`` the quality metric
     (:func:`explain.grid.quality.grid_quality`); ``thumb_px`` is the thumbnails' side,
     ``batch_size`` the images per model call. ``progress(done, total, stage)`` is called as
     each stage advances: "embedding" counts images, "t-SNE" iterations (from 0 to total).
@@ -93,7 +105,6 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
              for i, x in enumerate(images)] if names is None else [str(x) for x in names]
     if len(names) != n or (labels is not None and len(labels) != n):
         raise OptionError("names and labels must have one entry per image")
-    check_grid_memory(n, size, thumb_px)
     t_index = None
     if target is not None:
         if classifier is None:
@@ -101,6 +112,7 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
         t_index = resolve_target(classifier, target)
     embedder = Embedder(embed, classifier)
     fit_batch(batch_size, getattr(classifier, "device", None), embedder.size, items=n)
+    check_grid_memory(n, size, thumb_px, layout)
 
     notes: list[str] = []
     order = np.arange(n)
@@ -130,7 +142,6 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
         notes.append(f"{len(kept)} images on {shape[0]}x{shape[1]} = {shape[0] * shape[1]} "
                      f"cells: {shape[0] * shape[1] - len(kept)} left empty")
 
-    start = time.perf_counter()
     iterations = 0
 
     def tsne_step(step: int) -> None:
@@ -138,30 +149,19 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
         iterations += step
         report(iterations, TSNE_ITERATIONS, "t-SNE")
 
-    report(0, TSNE_ITERATIONS, "t-SNE")
-    if np.ptp(emb, axis=0).max() == 0:
-        coords = grid_cells(shape)[:len(kept), ::-1].astype(np.float64)
-        used = 0.0
-        notes.append("all embeddings are identical: images placed in input order")
-    else:
-        coords, used = tsne_layout(emb, perplexity=perplexity, seed=seed, callback=tsne_step)
-        if used < perplexity:
-            notes.append(f"perplexity {perplexity:g} clipped to (N-1)/3 = {used:.3g} "
-                         f"for N = {len(kept)}")
-    report(TSNE_ITERATIONS, TSNE_ITERATIONS, "t-SNE")
-    seconds["tsne"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    cells = assign_to_grid(coords, shape, cost=cost)
-    seconds["assign"] = time.perf_counter() - start
-
+    laid = arrange(emb, shape, layout=layout, perplexity=perplexity, seed=seed, cost=cost,
+                   tsne_step=tsne_step)
+    seconds.update(laid.seconds)
+    notes.extend(laid.notes)
     kept_labels = [labels[i] for i in kept] if labels is not None else None
     start = time.perf_counter()
-    quality = grid_quality(emb, cells, shape, k=k, labels=kept_labels, seed=seed)
+    quality = grid_quality(emb, laid.cells, shape, k=k, labels=kept_labels, seed=seed,
+                           dpq=laid.dpq)
     seconds["quality"] = time.perf_counter() - start
     return SimilarityGrid(
-        names=[names[i] for i in kept], cells=cells, coords=coords, shape=shape, embedding=emb,
-        embed=embedder.describe, quality=quality, perplexity=used, seed=seed,
+        names=[names[i] for i in kept], cells=laid.cells, coords=laid.coords, shape=shape,
+        embedding=emb, embed=embedder.describe, quality=quality, perplexity=laid.perplexity,
+        seed=seed, layout=laid.layout, tried=laid.tried,
         thumbnails=np.stack(done.thumbs),
         scores=np.concatenate(done.scores) if done.scores else None,
         target=classifier.class_names[t_index] if t_index is not None else None,  # type: ignore

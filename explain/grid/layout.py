@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from explain.choices import COSTS
+from explain.choices import COSTS, GRID_PERPLEXITY
 from explain.errors import ModelError, OptionError
 
 TSNE_ITERATIONS = 250 + 500
@@ -39,6 +39,23 @@ def grid_cells(shape: tuple[int, int]) -> np.ndarray:
     return np.stack([r, c], axis=1)
 
 
+def scaled_points(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """2-D ``points`` (N×2, x → column, y → row) scaled per axis to the extent of a ``shape``
+    = (rows, cols) grid: x in [0, cols − 1], y in [0, rows − 1] (a constant axis → 0).
+    Returns N×2 float64; OptionError when they are not N×2 or more than rows·cols."""
+    pts = np.asarray(points, dtype=np.float64)
+    rows, cols = shape
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise OptionError(f"points must be Nx2, got shape {pts.shape}")
+    if len(pts) > rows * cols:
+        raise OptionError(f"{len(pts)} points do not fit a {rows}x{cols} grid")
+    if not len(pts):
+        return pts
+    lo, span = pts.min(axis=0), np.ptp(pts, axis=0)
+    span[span == 0] = 1.0
+    return (pts - lo) / span * np.array([cols - 1, rows - 1], dtype=np.float64)
+
+
 def assign_to_grid(points: np.ndarray, shape: tuple[int, int], *, cost: str = "sqeuclidean"
                    ) -> np.ndarray:
     """Cells for 2-D ``points`` (N×2, x → column, y → row): the optimal one-to-one map.
@@ -50,24 +67,16 @@ def assign_to_grid(points: np.ndarray, shape: tuple[int, int], *, cost: str = "s
     """
     if cost not in COSTS:
         raise OptionError(f"unknown cost {cost!r}: use one of {', '.join(COSTS)}")
-    pts = np.asarray(points, dtype=np.float64)
-    rows, cols = shape
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise OptionError(f"points must be Nx2, got shape {pts.shape}")
-    if len(pts) > rows * cols:
-        raise OptionError(f"{len(pts)} points do not fit a {rows}x{cols} grid")
-    lo, span = pts.min(axis=0), np.ptp(pts, axis=0)
-    span[span == 0] = 1.0
-    scaled = (pts - lo) / span * np.array([cols - 1, rows - 1], dtype=np.float64)
+    scaled = scaled_points(points, shape)
     cells = grid_cells(shape)
     matrix = cdist(scaled, cells[:, ::-1].astype(np.float64), metric=cost)
     point_idx, cell_idx = linear_sum_assignment(matrix)
-    out = np.empty((len(pts), 2), dtype=np.int64)
+    out = np.empty((len(scaled), 2), dtype=np.int64)
     out[point_idx] = cells[cell_idx]
     return out
 
 
-def tsne_layout(vectors: np.ndarray, *, perplexity: float = 30.0, seed: int = 0,
+def tsne_layout(vectors: np.ndarray, *, perplexity: float = GRID_PERPLEXITY, seed: int = 0,
                 n_jobs: int = 1, callback: Callable[[int], None] | None = None
                 ) -> tuple[np.ndarray, float]:
     """2-D openTSNE embedding of ``vectors`` (N×D) and the perplexity used.

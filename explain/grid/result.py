@@ -20,8 +20,10 @@ GRID_JSON_VERSION = 1
 class SimilarityGrid:
     """A laid-out grid: where every image sits, what it was embedded with, and how good it is.
 
-    Arrays are aligned with ``names``: ``cells`` N×2 (row, col), ``coords`` N×2 t-SNE points,
-    ``embedding`` N×D, ``thumbnails`` N×t×t×3 uint8, ``scores`` N (target probability) or None.
+    Arrays are aligned with ``names``: ``cells`` N×2 (row, col), ``coords`` N×2 t-SNE points
+    (the cells as (x, y) for a layout without t-SNE), ``embedding`` N×D, ``thumbnails``
+    N×t×t×3 uint8, ``scores`` N (target probability) or None. ``layout`` names the layout kept
+    (:mod:`explain.grid.arrange`), ``tried`` the DPQ16 of every layout measured.
     """
 
     names: list[str]
@@ -41,6 +43,8 @@ class SimilarityGrid:
     left_out: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    layout: str = "tsne-jv"
+    tried: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The ``grid.json`` document, a JSON-ready dict (version :data:`GRID_JSON_VERSION`).
@@ -48,7 +52,8 @@ class SimilarityGrid:
         ``images`` maps each name (the path as given, in :func:`explain.files.to_storable` form,
         so any byte name is kept exactly in strict UTF-8) to ``{"cell": [row, col], "xy": [x, y]}``
         plus ``"score"`` and ``"label"`` when known; ``skipped`` lists unreadable images with the
-        reason, ``left_out`` the images sampled out to fit a fixed grid.
+        reason, ``left_out`` the images sampled out to fit a fixed grid; ``layout`` the layout
+        kept and ``layouts_tried`` the DPQ16 of each one measured (``auto`` measures several).
         """
         images = {}
         for i, name in enumerate(self.names):
@@ -64,6 +69,7 @@ class SimilarityGrid:
             "rows": self.shape[0], "cols": self.shape[1],
             "embed": self.embed, "embedding_dim": int(self.embedding.shape[1]),
             "perplexity": self.perplexity, "seed": self.seed, "target": self.target,
+            "layout": self.layout, "layouts_tried": dict(self.tried),
             "quality": self.quality.to_json(),
             "images": images,
             "skipped": [{"path": to_storable(p), "reason": display(r)} for p, r in self.skipped],

@@ -1,0 +1,83 @@
+"""The tiled pyramid and ``grid.html``: the tiles hold the mosaic, and the page opens in a real
+headless Chromium with its tiles loaded, no console error, and the hover naming the image."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+from test_report_browser import Browser
+
+from explain.grid import (
+    TILE_PX,
+    draw_mosaic,
+    fits_png,
+    pyramid_levels,
+    similarity_grid,
+    write_pyramid,
+    write_viewer,
+)
+
+
+@pytest.fixture(scope="module")
+def grid():
+    """36 solid colours (6×6 cells of 64 px: a 384 px mosaic, so two levels) with labels."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, size=(36, 3))
+    images = [np.broadcast_to(c.astype(np.uint8), (16, 16, 3)).copy() for c in colours]
+    labels = ["warm" if c[0] > c[2] else "cool" for c in colours]
+    return similarity_grid(images, embed="pixels", labels=labels, layout="flas",
+                           names=[f"colour <{i}>.png" for i in range(36)])
+
+
+def test_pyramid_levels():
+    assert pyramid_levels(TILE_PX, TILE_PX) == 1
+    assert pyramid_levels(TILE_PX + 1, 10) == 2
+    assert pyramid_levels(8192, 8192) == 6
+
+
+def test_tiles_hold_the_mosaic(tmp_path, grid):
+    info = write_pyramid(grid, tmp_path / "tiles", color_by="label")
+    assert info == {"tile": TILE_PX, "levels": 2, "width": 384, "height": 384, "cell": 64}
+    mosaic = draw_mosaic(grid, color_by="label", caption=False)
+    top = cv2.imread(str(tmp_path / "tiles/1/0_0.jpg"))[..., ::-1]
+    assert top.shape == (TILE_PX, TILE_PX, 3)
+    assert np.abs(top.astype(int) - mosaic[:TILE_PX, :TILE_PX]).mean() < 3  # JPEG
+    edge = cv2.imread(str(tmp_path / "tiles/1/1_1.jpg"))
+    assert edge.shape == (384 - TILE_PX, 384 - TILE_PX, 3)
+    assert cv2.imread(str(tmp_path / "tiles/0/0_0.jpg")).shape == (192, 192, 3)
+    assert fits_png(grid, 64) and not fits_png(grid, 2048)
+
+
+def test_grid_html_opens_with_tiles_and_hover(chromium, tmp_path, grid):
+    page = write_viewer(grid, tmp_path / "grid.html", color_by="label")
+    assert "<script src" not in page.read_text() and "http" not in page.read_text()
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(page.as_uri())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            tiles = browser.evaluate("window.gridTiles")
+            if tiles["requested"] and tiles["loaded"] + tiles["failed"] == tiles["requested"]:
+                break
+            time.sleep(0.1)
+        assert tiles["loaded"] >= 1 and tiles["failed"] == 0, tiles
+        assert browser.console_errors() == []
+        r, c = (int(v) for v in grid.cells[5])
+        hover = browser.evaluate(
+            "(() => { const v = document.getElementById('view'), G = JSON.parse("
+            "document.getElementById('grid-data').textContent);"
+            "const b = v.getBoundingClientRect(); const i = window.gridView.under(0, 0);"
+            f"const s = Math.min(v.width / G.width, (v.height - 24) / G.height);"
+            f"const x = (v.width - G.width * s) / 2 + ({c} + 0.5) * G.cell * s;"
+            f"const y = (v.height - 24 - G.height * s) / 2 + ({r} + 0.5) * G.cell * s;"
+            "v.dispatchEvent(new MouseEvent('mousemove', {clientX: x + b.left, "
+            "clientY: y + b.top}));"
+            "return [i, document.getElementById('tip').textContent]; })()")
+        assert hover[0] == -1  # the page's corner is outside the grid
+        assert hover[1] == f"colour <5>.png · label {grid.labels[5]}"
+        assert browser.console_errors() == []
+    finally:
+        browser.close()
