@@ -61,6 +61,31 @@ def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, 
     return scaled
 
 
+def _window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
+                   bounds: torch.Tensor, target: int, step: int, progress: Progress | None
+                   ) -> torch.Tensor:
+    """p(``target``) of ``x`` (1×3×H×W at the work size, on the classifier's device) with each
+    window of ``bounds`` filled with ``fill`` (broadcastable to ``x``), as a tensor on the CPU,
+    one score per row. ``bounds``: (n, 4) int64 windows (top, left, bottom, right) in work
+    pixels; an empty window (e.g. all zeros) scores the intact image. ``step`` windows per
+    ``predict``; ``progress(done, n)`` after each batch. Every window an occlusion map scores goes
+    through here, exact or drill-down."""
+    bounds = bounds.to(x.device)
+    rows = torch.arange(x.shape[2], device=x.device).view(1, -1, 1)
+    cols = torch.arange(x.shape[3], device=x.device).view(1, 1, -1)
+    n = len(bounds)
+
+    def kept() -> Iterator[torch.Tensor]:
+        """Per batch, True outside each window: the pixels each occluded copy keeps."""
+        for lo in range(0, n, step):
+            b = bounds[lo:lo + step, :, None]
+            in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
+            yield ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
+
+    scores = masked_scores(classifier, x, fill, kept(), target, n, progress)
+    return torch.cat([s for _, s in scores]).cpu()
+
+
 @torch.no_grad()
 def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
@@ -96,23 +121,11 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
         x = resize(x, size)
     scaled = scale_windows(windows, shape, size)
     baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
+    step = check_batch_size(batch_size, device, size, len(windows) + 1)
     # row 0 is an empty window: the unoccluded image, scored in the first batch
-    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled])).to(device)
-    rows = torch.arange(size[0], device=device).view(1, -1, 1)
-    cols = torch.arange(size[1], device=device).view(1, 1, -1)
-    n = len(bounds)
-    step = check_batch_size(batch_size, device, size, n)
-
-    def kept() -> Iterator[torch.Tensor]:
-        """Per batch, True outside each window: the pixels each occluded copy keeps."""
-        for lo in range(0, n, step):
-            b = bounds[lo:lo + step, :, None]
-            in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
-            yield ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
-
+    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled]))
     windows_done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
-    scores = masked_scores(classifier, x, baseline, kept(), t, n, windows_done)
-    p = torch.cat([s for _, s in scores]).double().cpu().numpy()
+    p = _window_scores(classifier, x, baseline, bounds, t, step, windows_done).double().numpy()
     values = window_mean(shape, windows, p[0] - p[1:])
     name = classifier.class_names[t]
     return Heatmap(values=values, method="occlusion", target=name,
@@ -120,5 +133,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
                    stride=pixels(stride, "stride", shape), windows=len(windows),
                    seconds=time.perf_counter() - start,
                    params={"fill": fill, "batch_size": step, "work_size": list(size),
-                           "box_asked": box, "stride_asked": stride},
+                           "box_asked": box, "stride_asked": stride, "incremental": False,
+                           "drill_down": None, "windows_evaluated": len(windows),
+                           "windows_total": len(windows)},
                    signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR)
