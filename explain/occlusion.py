@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from explain.choices import check_fill
+from explain.drill_down import check_drill_down, coarse_step, drill_down
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
@@ -86,11 +87,39 @@ def _window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     return torch.cat([s for _, s in scores]).cpu()
 
 
+def _drilled(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor, scaled: np.ndarray,
+             target: int, step: int, progress: Progress | None, r: float, coarse: int
+             ) -> tuple[float, np.ndarray, int]:
+    """Drill-down over the fine windows ``scaled`` (work pixels, the grid rows first): (the intact
+    image's score, every window's drop, evaluated or estimated, the number evaluated). The intact
+    image rides in the coarse pass's first batch, as in the exact map."""
+    n_rows = len(np.unique(scaled[:, 0]))
+    n_cols = len(scaled) // n_rows
+    intact: list[float] = []
+    done = 0  # windows scored so far, the intact image not counted
+
+    def score(points: np.ndarray) -> np.ndarray:
+        nonlocal done
+        lead = 0 if intact else 1
+        bounds = np.concatenate([np.zeros((lead, 4), np.int64),
+                                 scaled[points[:, 0] * n_cols + points[:, 1]]])
+        report = None if progress is None else \
+            lambda k, total, before=done: progress(before + k - lead, before + total - lead)
+        p = _window_scores(classifier, x, fill, torch.from_numpy(bounds), target, step,
+                           report).double().numpy()
+        intact.extend(p[:lead].tolist())
+        done += len(points)
+        return intact[0] - p[lead:]
+
+    drops, known = drill_down((n_rows, n_cols), score, r, coarse)
+    return intact[0], drops.ravel(), int(known.sum())
+
+
 @torch.no_grad()
 def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
                   target: str | int = "nsfw", batch_size: int | None = None,
-                  progress: Progress | None = None) -> Heatmap:
+                  progress: Progress | None = None, drill_down: float | None = None) -> Heatmap:
     """Occlusion sensitivity map of ``image`` for ``target`` (the maths: the module docstring).
 
     ``classifier``: any :class:`~explain.models.base.Classifier` (black box is enough). ``image``:
@@ -100,7 +129,14 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     colour) or ``blur`` (a heavily blurred copy). ``target``: the class, by name or index.
     ``batch_size``: occluded copies per ``predict`` (default:
     :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
-    ``progress(done, total)`` is called after each batch, counting windows.
+    ``progress(done, total)`` is called after each batch, counting windows (with drill-down,
+    ``total`` is the windows planned so far: it grows with each level). ``drill_down``: None =
+    the exact map (every window scored); r in (0, 1] = adaptive drill-down
+    (:mod:`explain.drill_down`): a coarse pass at :func:`~explain.drill_down.coarse_step` × the
+    stride, then levels that score the fine windows of the fraction r of cells where the map varies
+    or matters most, the rest interpolated; equal to the exact map wherever every covering window
+    was scored, and everywhere when r = 1. ``params`` records ``drill_down``,
+    ``windows_evaluated`` and ``windows_total``.
 
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
     the mean over covering windows of p(target | image) − p(target | window hidden). SIGNED,
@@ -110,10 +146,13 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     """
     start = time.perf_counter()
     check_fill(fill)
+    drill = check_drill_down(drill_down)
     rgb = as_rgb(image)
     shape = rgb.shape[:2]
     t = resolve_target(classifier, target)
     windows = window_grid(shape, box, stride)
+    box_px = tuple(int(v) for v in windows[0, 2:] - windows[0, :2])
+    stride_px = pixels(stride, "stride", shape)
     device = classifier.device
     x = to_tensor(rgb, device)
     size = tuple(classifier.input_size) if classifier.input_size else shape
@@ -122,18 +161,22 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     scaled = scale_windows(windows, shape, size)
     baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
     step = check_batch_size(batch_size, device, size, len(windows) + 1)
-    # row 0 is an empty window: the unoccluded image, scored in the first batch
-    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled]))
-    windows_done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
-    p = _window_scores(classifier, x, baseline, bounds, t, step, windows_done).double().numpy()
-    values = window_mean(shape, windows, p[0] - p[1:])
+    if drill is None:
+        # row 0 is an empty window: the unoccluded image, scored in the first batch
+        bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled]))
+        done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
+        p = _window_scores(classifier, x, baseline, bounds, t, step, done).double().numpy()
+        score, drops, evaluated = float(p[0]), p[0] - p[1:], len(windows)
+    else:
+        score, drops, evaluated = _drilled(classifier, x, baseline, scaled, t, step, progress,
+                                           drill, coarse_step(box_px, stride_px))
+    values = window_mean(shape, windows, drops)
     name = classifier.class_names[t]
     return Heatmap(values=values, method="occlusion", target=name,
-                   score=float(p[0]), box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
-                   stride=pixels(stride, "stride", shape), windows=len(windows),
+                   score=score, box=box_px, stride=stride_px, windows=len(windows),
                    seconds=time.perf_counter() - start,
                    params={"fill": fill, "batch_size": step, "work_size": list(size),
                            "box_asked": box, "stride_asked": stride, "incremental": False,
-                           "drill_down": None, "windows_evaluated": len(windows),
+                           "drill_down": drill, "windows_evaluated": evaluated,
                            "windows_total": len(windows)},
                    signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR)

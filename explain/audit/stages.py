@@ -245,7 +245,8 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
                 advance()
                 continue
             heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
-                                    target=o.target, batch_size=o.batch_size)
+                                    target=o.target, batch_size=o.batch_size,
+                                    drill_down=o.drill_down)
             shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"],
                                                            p["right"]))
                       for p in store.parts(row.id)}

@@ -15,6 +15,8 @@ from explain.cli.common import (
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    DrillDownOpt,
+    FastOpt,
     Fill,
     FillOpt,
     ModelOptions,
@@ -25,6 +27,7 @@ from explain.cli.common import (
     VmaxOpt,
     VminOpt,
     console,
+    drill_down_fraction,
     int_pair,
     result_line,
     user_errors,
@@ -92,6 +95,8 @@ def audit(
     box: BoxOpt = "25%",
     stride: StrideOpt = "18.75%",
     fill: FillOpt = Fill.gray,
+    fast: FastOpt = False,
+    drill_down: DrillDownOpt = None,
     concepts: Annotated[bool, typer.Option("--concepts/--no-concepts", help="Run the NudeNet "
                                            "part detector and measure each part's effect.")
                         ] = True,
@@ -117,6 +122,7 @@ def audit(
 
     options = AuditOptions(threshold=threshold, top=top, box=int_pair(box, "--box"),
                            stride=int_pair(stride, "--stride"), fill=fill, target=target,
+                           drill_down=drill_down_fraction(fast, drill_down),
                            concepts=concepts, cues=cues, max_pixels=max_pixels,
                            batch_size=batch_size, workers=workers, colormap=colormap,
                            alpha=alpha, normalize=normalize, vmin=vmin, vmax=vmax, mosaic=mosaic)

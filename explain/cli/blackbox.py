@@ -27,6 +27,8 @@ from explain.cli.common import (
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    DrillDownOpt,
+    FastOpt,
     Fill,
     FillOpt,
     ImageOutDirOpt,
@@ -42,6 +44,7 @@ from explain.cli.common import (
     VmaxOpt,
     VminOpt,
     console,
+    drill_down_fraction,
     error_line,
     gather_images,
     int_pair,
@@ -70,8 +73,8 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                     output: Path, save_npy: bool, side: bool, unit: str = "windows") -> None:
     """Run ``make_map(clf, image, target=…, batch_size=…, progress=…)`` (the method's own
     settings already bound) over every image with a progress bar counting ``unit`` (the map's
-    ``params[unit]``, else its ``windows``); report bad images and go on. ``look``: the drawing
-    options of :func:`explain.render.figure`."""
+    ``params[unit]``, else its ``windows``; after drill-down, evaluated/all); report bad images
+    and go on. ``look``: the drawing options of :func:`explain.render.figure`."""
     from explain.images import load_image
     from explain.models import resolve_target
     from explain.render import check_look, figure, save_png, side_by_side
@@ -108,6 +111,8 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
             small = hm.box and small_box_note(hm.box, hm.shape, clf.input_size)
             notes = [n for n in (hm.no_signal(), small) if n]
             count = hm.params.get(unit, hm.windows)
+            if hm.params.get("drill_down"):  # the windows scored of the fine map's
+                count = f"{hm.params['windows_evaluated']}/{count}"
             result_line(f"{display(path)}  {hm.target} {hm.score:.4f}  {count} {unit}  "
                         f"{hm.seconds:.2f} s  → {', '.join(map(display, written))}"
                         + "".join(f"  ({n})" for n in notes))
@@ -138,15 +143,19 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
             batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
             output: ImageOutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
             side_by_side: SideBySideOpt = False, normalize: NormalizeOpt = None,
-            vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False) -> None:
+            vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False,
+            fast: FastOpt = False, drill_down: DrillDownOpt = None) -> None:
     """Occlusion sensitivity: how much the target's score drops when each window is hidden.
 
     Writes NAME.occlusion.png: red = hiding this region lowers the score, blue = raises it,
-    white = no effect (the colour bar below gives the drop in probability).
+    white = no effect (the colour bar below gives the drop in probability). --fast / --drill-down
+    score the fine windows only where the map needs them (the line says how many ran).
     """
     from explain.occlusion import occlusion_map
 
-    _explain_images("occlusion", partial(occlusion_map, fill=fill, **_windows(box, stride)),
+    drill = drill_down_fraction(fast, drill_down)
+    _explain_images("occlusion", partial(occlusion_map, fill=fill, drill_down=drill,
+                                         **_windows(box, stride)),
                     images, target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
                     look=_look(colormap, alpha, normalize, vmin, vmax, no_legend))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from explain.choices import BLACK_BOX_MODEL, DEFAULT_MASKS, WHITE_BOX_MODEL, check_fill
+from explain.drill_down import check_drill_down
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
 from explain.files import display
@@ -54,6 +55,7 @@ class Options:
     fill: str = "blur"
     batch_size: int | None = None
     masks: int = DEFAULT_MASKS
+    drill_down: float | None = None
     colormap: str | None = None
     alpha: float = 0.5
     normalize: str | None = None
@@ -66,6 +68,7 @@ class Options:
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
         check_windows(self.box, self.stride)
+        check_drill_down(self.drill_down)
         check_rise(self.masks)
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
 
