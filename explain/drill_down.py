@@ -1,29 +1,29 @@
 """Adaptive drill-down: a fine occlusion map from a fraction of its windows, for any classifier.
 
 The fine grid is the map's own windows (:func:`explain.windows.window_grid`), indexed (i, j) rows
-first, n_r × n_c of them; d(i, j) is window (i, j)'s score drop. Drill-down evaluates d on a subset
-of the grid and estimates the rest; the map is :func:`explain.windows.window_mean` of those values,
-exactly as for the exact map. The rule, with ``r`` in (0, 1] and K = ``coarse`` (a power of two):
+first, n_r × n_c of them; d(i, j) is window (i, j)'s score drop. Drill-down scores d on a subset of
+the grid and estimates the rest; the map is :func:`explain.windows.window_mean` of those values,
+exactly as for the exact map. The rule, with ``r`` in (0, 1]:
 
-1. Coarse pass. Along an axis of n indices the coarse indices are 0, K, 2K, … below n, plus n − 1:
-   the coarse windows are fine windows (stride K × the fine stride, plus the flush last one). d is
-   evaluated at every pair of coarse indices; consecutive coarse indices bound the coarse cells,
-   closed index rectangles [i0, i1] × [j0, j1] (an axis of one index gives cells of height 0).
-2. Levels. The active cells are the coarse cells. While an active cell spans more than one step
-   on some axis, among the m such cells the ⌈r·m⌉ of highest priority (ties: row-major order of
-   their top-left corners) are split at ⌊(i0 + i1) / 2⌋ and ⌊(j0 + j1) / 2⌋ (an axis of one step
-   is not split) into up to four child cells; d is evaluated at every corner of the children not
-   evaluated yet, in one batch; the children are the next level's active cells. A cell's priority
-   is, over d at its four corners, (max − min) + |mean|: the first term is how far bilinear
-   interpolation can miss inside the cell (where the coarse map varies), the second how much the
-   cell matters. Cells that are not split are leaves.
-3. Estimate. A window never evaluated takes the bilinear interpolation, in index coordinates, of d
-   at the four corners of the smallest leaf containing it (of equal ones, the one made last).
+1. Coarse pass: two interleaved coarse grids of stride K = :data:`COARSE` fine steps: the windows
+   whose i and j are both coarse indices (0, K, 2K, … and the axis's last index, so that the
+   grid's edges are covered), and those with i ≡ j ≡ K/2 (mod K). They are fine windows, so their
+   scores are the fine map's own.
+2. :data:`ROUNDS` rounds of refinement. U = the windows the coarse pass left out; each round scores
+   the ⌈r·U / ROUNDS⌉ (at most all left) unscored windows of highest priority, in one batch. A
+   window's priority comes from the triangle holding it in the Delaunay triangulation of the
+   scored windows' (i, j) (:class:`scipy.spatial.Delaunay`): (max − min) + ½ · max |·| of d at the
+   triangle's three corners — how far linear interpolation can miss there (where the map
+   varies) plus how much the place matters. Ties go to the earlier window, rows first.
+3. Estimate: an unscored window takes the linear (barycentric) interpolation of d over its
+   triangle in the Delaunay triangulation of all scored windows.
 
-Consequences: every evaluated d is scored once and kept (the coarse scores are the fine map's own
-scores of those windows, never recomputed); a pixel whose covering windows were all evaluated has
-exactly the exact map's value; with r = 1 every cell is split down to single steps, so every
-window is evaluated and the map IS the exact map. At most ⌈log2 K⌉ levels follow the coarse pass.
+Consequences: every d is scored once and kept (the coarse scores are never recomputed); a pixel
+whose covering windows were all scored has exactly the exact map's value (up to the rounding of
+the summed-area mean); with r = 1 the rounds score every window, so the map IS the exact map. A
+grid one window thick along an axis holds no triangle: it is scored in full (the exact map).
+The defaults (K = 4, three rounds, ``--fast`` = :data:`~explain.choices.FAST_DRILL_DOWN`) were
+tuned with ``scripts/bench_fast.py`` on crops of photos that open_nsfw scores ≥ 0.5.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from explain.errors import OptionError
 from explain.windows import window_mean
 
 COARSE = 4
-Cell = tuple[int, int, int, int]  # i0, i1, j0, j1: a closed rectangle of grid indices
+ROUNDS = 3
 
 
 def check_drill_down(r: float | None) -> float | None:
@@ -49,95 +49,71 @@ def check_drill_down(r: float | None) -> float | None:
     return float(r)
 
 
-def coarse_step(box: tuple[int, int], stride: tuple[int, int]) -> int:
-    """K, the coarse pass's stride in fine steps, for windows of ``box`` and ``stride`` pixels:
-    :data:`COARSE` (a power of two)."""
-    return COARSE
-
-
 def coarse_indices(n: int, k: int) -> np.ndarray:
     """Coarse indices along an axis of ``n`` fine indices: 0, k, 2k, … below n, plus n − 1."""
     idx = np.arange(0, n, k, dtype=np.int64)
     return idx if idx[-1] == n - 1 else np.append(idx, n - 1)
 
 
-def _pairs(idx: np.ndarray) -> list[tuple[int, int]]:
-    return [(int(idx[0]), int(idx[0]))] if len(idx) == 1 else \
-        [(int(a), int(b)) for a, b in zip(idx[:-1], idx[1:], strict=True)]
+def coarse_mask(grid: tuple[int, int]) -> np.ndarray:
+    """Bool ``grid``: the windows of the coarse pass (step 1 of the module docstring); all of them
+    when an axis has a single window."""
+    if min(grid) < 2:
+        return np.ones(grid, dtype=bool)
+    mask = np.zeros(grid, dtype=bool)
+    mask[np.ix_(coarse_indices(grid[0], COARSE), coarse_indices(grid[1], COARSE))] = True
+    half = COARSE // 2
+    mask[half::COARSE, half::COARSE] = True
+    return mask
 
 
-def _split(cell: Cell) -> list[Cell]:
-    i0, i1, j0, j1 = cell
-    rows = [(i0, i1)] if i1 - i0 <= 1 else [(i0, (i0 + i1) // 2), ((i0 + i1) // 2, i1)]
-    cols = [(j0, j1)] if j1 - j0 <= 1 else [(j0, (j0 + j1) // 2), ((j0 + j1) // 2, j1)]
-    return [(a, b, c, e) for a, b in rows for c, e in cols]
+def _triangles(known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every window of the grid, the (i, j) of the three corners of the Delaunay triangle of
+    the ``known`` windows holding it, (n, 3, 2), and its barycentric weights, (n, 3)."""
+    from scipy.spatial import Delaunay
+
+    points = np.argwhere(known)
+    tri = Delaunay(points)
+    every = np.argwhere(np.ones(known.shape, dtype=bool)).astype(np.float64)
+    simplex = tri.find_simplex(every, tol=1e-9)
+    transform = tri.transform[simplex]
+    b = np.einsum("nij,nj->ni", transform[:, :2], every - transform[:, 2])
+    return points[tri.simplices[simplex]], np.c_[b, 1.0 - b.sum(1)]
 
 
-def _corners(cells: list[Cell]) -> np.ndarray:
-    c = np.array(cells, dtype=np.int64).reshape(-1, 4)
-    return np.stack([c[:, [0, 0, 1, 1]], c[:, [2, 3, 2, 3]]], axis=-1).reshape(-1, 2)
-
-
-def _priority(d: np.ndarray, cells: list[Cell]) -> np.ndarray:
-    c = np.array(cells, dtype=np.int64)
-    v = np.stack([d[c[:, 0], c[:, 2]], d[c[:, 0], c[:, 3]], d[c[:, 1], c[:, 2]],
-                  d[c[:, 1], c[:, 3]]], axis=1)
-    return v.max(1) - v.min(1) + np.abs(v.mean(1))
-
-
-def drill_down(grid: tuple[int, int], score: Callable[[np.ndarray], np.ndarray], r: float,
-               coarse: int) -> tuple[np.ndarray, np.ndarray]:
+def drill_down(grid: tuple[int, int], score: Callable[[np.ndarray], np.ndarray], r: float
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Drops on a fine grid of ``grid`` = (n_r, n_c) windows by the rule of the module docstring.
 
-    ``score(points)`` gets an (m, 2) int64 array of (row, column) grid indices, never one it got
-    before, and returns their m drops; it is called once for the coarse pass and once per level.
-    ``r``: the fraction of cells split at each level (see :func:`check_drill_down`); ``coarse``:
-    K, the coarse stride in fine steps (a power of two ≥ 1; 1 = the exact map).
+    ``score(points)`` gets an (m, 2) int64 array of (row, column) grid indices, rows first, never
+    one it got before, and returns their m drops; it is called once for the coarse pass and once
+    per round that has windows left. ``r``: the fraction of the windows left after the coarse pass
+    that the rounds score (see :func:`check_drill_down`).
 
-    Returns (the drops, float64 (n_r, n_c): evaluated or estimated; the evaluated mask, bool).
+    Returns (the drops, float64 (n_r, n_c): scored or estimated; the scored mask, bool).
     """
     d = np.zeros(grid)
-    known = np.zeros(grid, dtype=bool)
-
-    def evaluate(points: np.ndarray) -> None:
-        points = np.unique(points, axis=0)
-        points = points[~known[points[:, 0], points[:, 1]]]
-        if len(points):
-            d[points[:, 0], points[:, 1]] = score(points)
-            known[points[:, 0], points[:, 1]] = True
-
-    rows, cols = coarse_indices(grid[0], coarse), coarse_indices(grid[1], coarse)
-    evaluate(np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).reshape(-1, 2))
-    active = [(a, b, c, e) for a, b in _pairs(rows) for c, e in _pairs(cols)]
-    leaves: list[Cell] = []
-    while active:
-        splittable = sorted(c for c in active if c[1] - c[0] > 1 or c[3] - c[2] > 1)
-        leaves += [c for c in active if c[1] - c[0] <= 1 and c[3] - c[2] <= 1]
-        if not splittable:
+    known = coarse_mask(grid)
+    points = np.argwhere(known)
+    d[known] = score(points)
+    per_round = math.ceil(r * (known.size - len(points)) / ROUNDS)
+    for _ in range(ROUNDS):
+        left = int((~known).sum())
+        if not left or not per_round:
             break
-        order = np.argsort(-_priority(d, splittable), kind="stable")
-        chosen = order[:math.ceil(r * len(splittable))]
-        leaves += [splittable[k] for k in order[len(chosen):]]
-        active = [child for k in chosen for child in _split(splittable[k])]
-        evaluate(_corners(active))
-    return _estimate(d, known, leaves), known
-
-
-def _estimate(d: np.ndarray, known: np.ndarray, leaves: list[Cell]) -> np.ndarray:
-    """``d`` with every unknown window set by bilinear interpolation in its smallest leaf."""
-    out = d.copy()
-    area = [(c[1] - c[0]) * (c[3] - c[2]) for c in leaves]
-    for k in np.argsort(-np.array(area), kind="stable"):
-        i0, i1, j0, j1 = leaves[k]
-        if i1 - i0 <= 1 and j1 - j0 <= 1:
-            continue
-        ti = np.linspace(0.0, 1.0, i1 - i0 + 1)[:, None]
-        tj = np.linspace(0.0, 1.0, j1 - j0 + 1)[None, :]
-        patch = ((1 - ti) * (1 - tj) * d[i0, j0] + (1 - ti) * tj * d[i0, j1]
-                 + ti * (1 - tj) * d[i1, j0] + ti * tj * d[i1, j1])
-        block = known[i0:i1 + 1, j0:j1 + 1]
-        out[i0:i1 + 1, j0:j1 + 1] = np.where(block, d[i0:i1 + 1, j0:j1 + 1], patch)
-    return out
+        corners, _ = _triangles(known)
+        vals = d[corners[..., 0], corners[..., 1]]
+        priority = vals.max(1) - vals.min(1) + 0.5 * np.abs(vals).max(1)
+        priority[known.ravel()] = -np.inf
+        pick = np.argsort(-priority, kind="stable")[:min(per_round, left)]
+        points = np.stack(np.unravel_index(np.sort(pick), grid), axis=1).astype(np.int64)
+        d[points[:, 0], points[:, 1]] = score(points)
+        known[points[:, 0], points[:, 1]] = True
+    if known.all():
+        return d, known
+    corners, weights = _triangles(known)
+    estimate = (weights * d[corners[..., 0], corners[..., 1]]).sum(1).reshape(grid)
+    return np.where(known, d, estimate), known
 
 
 def exact_pixels(shape: tuple[int, int], windows: np.ndarray, evaluated: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from explain.choices import check_fill
-from explain.drill_down import check_drill_down, coarse_step, drill_down
+from explain.drill_down import check_drill_down, drill_down
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
@@ -88,7 +88,7 @@ def _window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
 
 
 def _drilled(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor, scaled: np.ndarray,
-             target: int, step: int, progress: Progress | None, r: float, coarse: int
+             target: int, step: int, progress: Progress | None, r: float
              ) -> tuple[float, np.ndarray, int]:
     """Drill-down over the fine windows ``scaled`` (work pixels, the grid rows first): (the intact
     image's score, every window's drop, evaluated or estimated, the number evaluated). The intact
@@ -111,7 +111,7 @@ def _drilled(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor, scaled
         done += len(points)
         return intact[0] - p[lead:]
 
-    drops, known = drill_down((n_rows, n_cols), score, r, coarse)
+    drops, known = drill_down((n_rows, n_cols), score, r)
     return intact[0], drops.ravel(), int(known.sum())
 
 
@@ -130,12 +130,12 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     ``batch_size``: occluded copies per ``predict`` (default:
     :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
     ``progress(done, total)`` is called after each batch, counting windows (with drill-down,
-    ``total`` is the windows planned so far: it grows with each level). ``drill_down``: None =
+    ``total`` is the windows planned so far: it grows with each round). ``drill_down``: None =
     the exact map (every window scored); r in (0, 1] = adaptive drill-down
-    (:mod:`explain.drill_down`): a coarse pass at :func:`~explain.drill_down.coarse_step` × the
-    stride, then levels that score the fine windows of the fraction r of cells where the map varies
-    or matters most, the rest interpolated; equal to the exact map wherever every covering window
-    was scored, and everywhere when r = 1. ``params`` records ``drill_down``,
+    (:mod:`explain.drill_down`): a coarse pass (two interleaved grids at 4 × the stride), then
+    rounds that score the fraction r of the other windows, where the map varies or matters most,
+    the rest interpolated; equal to the exact map wherever every covering window was scored, and
+    everywhere when r = 1. ``params`` records ``drill_down``,
     ``windows_evaluated`` and ``windows_total``.
 
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
@@ -169,7 +169,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
         score, drops, evaluated = float(p[0]), p[0] - p[1:], len(windows)
     else:
         score, drops, evaluated = _drilled(classifier, x, baseline, scaled, t, step, progress,
-                                           drill, coarse_step(box_px, stride_px))
+                                           drill)
     values = window_mean(shape, windows, drops)
     name = classifier.class_names[t]
     return Heatmap(values=values, method="occlusion", target=name,

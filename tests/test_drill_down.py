@@ -5,6 +5,7 @@ requests to an HTTP model on 127.0.0.1; bad fractions refused; the CLI's --fast 
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import numpy as np
@@ -20,7 +21,14 @@ from explain import occlusion_map
 from explain.audit.options import AuditOptions
 from explain.choices import FAST_DRILL_DOWN
 from explain.cli import app
-from explain.drill_down import check_drill_down, coarse_indices, drill_down, exact_pixels
+from explain.drill_down import (
+    ROUNDS,
+    check_drill_down,
+    coarse_indices,
+    coarse_mask,
+    drill_down,
+    exact_pixels,
+)
 from explain.errors import OptionError
 from explain.models import HttpClassifier, Preprocess, load
 from explain.report import Options
@@ -93,10 +101,14 @@ def test_the_rule_keeps_every_score_and_is_exact_where_it_refines(r):
         asked.extend(map(tuple, points.tolist()))
         return truth[points[:, 0], points[:, 1]]
 
-    est, known = drill_down(shape, score, r, 4)
+    est, known = drill_down(shape, score, r)
     assert len(asked) == len(set(asked)) == known.sum() < truth.size  # each window once
-    rows, cols = coarse_indices(19, 4), coarse_indices(23, 4)
-    assert known[np.ix_(rows, cols)].all()  # the coarse pass is part of the fine grid
+    coarse = coarse_mask(shape)
+    assert coarse[np.ix_(coarse_indices(19, 4), coarse_indices(23, 4))].all()
+    assert coarse[2::4, 2::4].all() and coarse.sum() == 6 * 7 + 5 * 6 - 1
+    assert (known >= coarse).all()
+    left = truth.size - coarse.sum()
+    assert known.sum() - coarse.sum() == min(left, ROUNDS * math.ceil(r * left / ROUNDS))
     np.testing.assert_array_equal(est[known], truth[known])
     windows = window_grid((44, 52), 8, 2)
     assert len(windows) == truth.size
@@ -111,9 +123,12 @@ def test_the_rule_refines_where_the_map_varies():
     shape = (17, 17)
     truth = np.zeros(shape)
     truth[9:, 9:] = 1.0  # a step: only the cells across its edges need more windows
-    est, known = drill_down(shape, lambda p: truth[p[:, 0], p[:, 1]], 0.4, 4)
-    np.testing.assert_allclose(est, truth, atol=1e-12)  # found every edge
-    assert known[13:16, :8].sum() == 0 and known.sum() < truth.size / 2  # not the flat corner
+    est, known = drill_down(shape, lambda p: truth[p[:, 0], p[:, 1]], 0.2)
+    added = known & ~coarse_mask(shape)
+    assert added.sum() == 3 * 17 and not added[:7, :7].any()  # none in the flat corner
+    np.testing.assert_array_equal(est, truth)  # found the whole edge
+    coarse_only, _ = drill_down(shape, lambda p: truth[p[:, 0], p[:, 1]], 1e-9)
+    assert np.abs(coarse_only - truth).max() > 0.5
 
 
 def test_r_one_is_the_exact_map_and_each_window_is_scored_once(small, photo):
@@ -177,8 +192,8 @@ def test_fewer_requests_to_an_http_model(small, photo):
     images = sum(len(r["images"]) for r in server.requests)
     assert images == fast.params["windows_evaluated"] + 1
     assert exact_requests == -(-(exact.windows + 1) // 8)
-    levels = 3  # one partial batch at most per call: the coarse pass and two levels (K = 4)
-    assert len(server.requests) <= -(-images // 8) + levels
+    calls = 1 + ROUNDS  # one partial batch at most per call: the coarse pass and each round
+    assert len(server.requests) <= -(-images // 8) + calls
     ratio = exact.windows / fast.params["windows_evaluated"]
     assert ratio > 3 and exact_requests / len(server.requests) > ratio * 0.75
     np.testing.assert_allclose(fast.score, exact.score, atol=1e-6)
