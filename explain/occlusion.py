@@ -88,13 +88,13 @@ def _window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
 
 
 def _drilled(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor, scaled: np.ndarray,
-             target: int, step: int, progress: Progress | None, r: float
+             grid: tuple[int, int], target: int, step: int, progress: Progress | None, r: float
              ) -> tuple[float, np.ndarray, int]:
-    """Drill-down over the fine windows ``scaled`` (work pixels, the grid rows first): (the intact
-    image's score, every window's drop, evaluated or estimated, the number evaluated). The intact
-    image rides in the coarse pass's first batch, as in the exact map."""
-    n_rows = len(np.unique(scaled[:, 0]))
-    n_cols = len(scaled) // n_rows
+    """Drill-down over the fine windows ``scaled`` (work pixels; a ``grid`` of (rows, columns),
+    rows first): (the intact image's score, every window's drop, evaluated or estimated, the
+    number evaluated). The intact image rides in the coarse pass's first batch, as in the exact
+    map."""
+    n_cols = grid[1]
     intact: list[float] = []
     done = 0  # windows scored so far, the intact image not counted
 
@@ -111,7 +111,7 @@ def _drilled(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor, scaled
         done += len(points)
         return intact[0] - p[lead:]
 
-    drops, known = drill_down((n_rows, n_cols), score, r)
+    drops, known = drill_down(grid, score, r)
     return intact[0], drops.ravel(), int(known.sum())
 
 
@@ -168,8 +168,10 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
         p = _window_scores(classifier, x, baseline, bounds, t, step, done).double().numpy()
         score, drops, evaluated = float(p[0]), p[0] - p[1:], len(windows)
     else:
-        score, drops, evaluated = _drilled(classifier, x, baseline, scaled, t, step, progress,
-                                           drill)
+        # the grid's shape from the ORIGINAL windows: scaled down, distinct tops may coincide
+        rows = len(np.unique(windows[:, 0]))
+        score, drops, evaluated = _drilled(classifier, x, baseline, scaled,
+                                           (rows, len(windows) // rows), t, step, progress, drill)
     values = window_mean(shape, windows, drops)
     name = classifier.class_names[t]
     return Heatmap(values=values, method="occlusion", target=name,

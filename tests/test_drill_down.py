@@ -166,6 +166,19 @@ def test_drilled_map_equals_the_exact_map_where_it_refines(small, photo, monkeyp
     assert exact.params["windows_evaluated"] == exact.params["windows_total"] == exact.windows
 
 
+def test_a_model_input_smaller_than_the_grid(photo):
+    # 40×48 image, stride 1, at a 10×12 model input: several windows share a top there; the grid
+    # is the original's, and r = 1 is still the exact map
+    clf = load(SmallCNN().eval(), "cpu", preprocess=Preprocess(input_size=(10, 12)),
+               class_names=["a", "b"], logits=True)
+    exact = occlusion_map(clf, photo, box=12, stride=1, target="b")
+    for r in (0.05, 1.0):
+        hm = occlusion_map(clf, photo, box=12, stride=1, target="b", drill_down=r)
+        assert hm.params["windows_total"] == exact.windows == 29 * 37
+        if r == 1.0:
+            np.testing.assert_allclose(hm.values, exact.values, rtol=0, atol=1e-6)
+
+
 def test_progress_counts_the_windows_scored(small, photo):
     seen = []
     hm = occlusion_map(small, photo, box=8, stride=2, target="b", drill_down=0.3,
