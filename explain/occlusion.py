@@ -21,7 +21,9 @@ windows (defined in original pixels) are scaled to it, so no occluded copy is ev
 batch of occluded copies is one ``torch.where`` against a mask built by comparing pixel
 coordinates with the batch's window bounds, on the classifier's device, followed by one
 ``predict`` (:func:`explain.perturb.masked_scores`, the core RISE shares); the map is accumulated
-in original coordinates.
+in original coordinates. Every window is scored through the one private ``_window_scores``;
+``drill_down=r`` (:mod:`explain.drill_down`) scores only part of the fine grid and interpolates
+the rest.
 """
 
 from __future__ import annotations
