@@ -41,6 +41,9 @@ DEFAULT_P = 0.5
 # report: the file it writes
 FORMATS = ("html", "json")
 
+# audit: where it computes (local: this process; ray: a Ray cluster, the optional extra 'ray')
+ENGINES = ("local", "ray")
+
 # the default models: the fastest backend for black-box work (onnxruntime on CPU, torch on
 # CUDA) and the torch port for white-box methods, which need gradients
 BLACK_BOX_MODEL = "open-nsfw:auto"

@@ -21,6 +21,10 @@ class ImageError(ExplainError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class ImageTooLargeError(ImageError):
+    """An image above the pixel limit, or a decompression bomb: refused before it is decoded."""
+
+
 class ModelError(ExplainError):
     """A model cannot be loaded, or it answered with something that is not usable scores."""
 

@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from explain.choices import DEFAULT_MAX_PIXELS
-from explain.errors import ImageError
+from explain.errors import ImageError, ImageTooLargeError
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -95,33 +95,64 @@ def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX
     naming the path and the reason (missing, empty, a folder, a link loop, truncated, not an
     image, too large).
     """
+    p = _checked_path(path)
+    # catch_warnings is process-wide: inside collect_warnings (decoding threads) it filters instead
+    quiet = warnings.catch_warnings() if notes is None else warnings_into(notes)
+    with quiet:
+        if notes is None:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _opened(p, max_pixels) as img:
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+            return np.array(rgb, dtype=np.uint8)
+
+
+def probe_image(path: str | bytes | os.PathLike, *,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """The checks :func:`load_image` makes before decoding, without decoding: ``(width,
+    height)`` of the image at ``path`` as its header gives them (before EXIF rotation).
+
+    For a caller that must refuse a file at once and decode it later (the service: a non-image
+    or an over-large one is refused when it is uploaded; a truncated one fails its job). Raises
+    :class:`~explain.errors.ImageError` as :func:`load_image` does (an
+    :class:`~explain.errors.ImageTooLargeError` above ``max_pixels`` or for a bomb); data that
+    is truncated after the header passes.
+    """
+    p = _checked_path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _opened(p, max_pixels) as img:
+            return img.size
+
+
+def _checked_path(path: str | bytes | os.PathLike) -> Path:
     p = Path(os.fsdecode(path))
     try:
         _check_path(p)
     except OSError as exc:  # the system refuses the name itself (too long, …)
         raise ImageError(p, f"cannot be read: {exc.strerror or exc}") from None
-    # catch_warnings is process-wide: inside collect_warnings (decoding threads) it filters instead
-    quiet = warnings.catch_warnings() if notes is None else warnings_into(notes)
+    return p
+
+
+@contextmanager
+def _opened(p: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """``p`` opened by Pillow, refused above ``max_pixels`` before decoding; any error raised
+    while it is open (decoding included) becomes an ImageError with the reason."""
     try:
-        with quiet:
-            if notes is None:
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageError(
-                        p, f"image is {w}x{h} = {w * h:,} pixels, above the limit of "
-                        f"{max_pixels:,}; raise max_pixels (--max-pixels) if you trust the file"
-                    )
-                img.seek(0)
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(img)
-                return np.array(rgb, dtype=np.uint8)
+        with Image.open(p) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageTooLargeError(
+                    p, f"image is {w}x{h} = {w * h:,} pixels, above the limit of "
+                    f"{max_pixels:,}; raise max_pixels (--max-pixels) if you trust the file"
+                )
+            yield img
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(p, f"refused as a decompression bomb ({exc})") from exc
+        raise ImageTooLargeError(p, f"refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(p, "not an image file (or a format Pillow cannot read)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -64,6 +64,97 @@ def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, 
     return scaled
 
 
+def window_masks(bounds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bool b×H×W masks at the work ``size``, on ``bounds``' device: True outside each window of
+    ``bounds`` ((b, 4) top, left, bottom, right), the pixels each occluded copy keeps."""
+    b = bounds[:, :, None]
+    rows = torch.arange(size[0], device=bounds.device).view(1, -1, 1)
+    cols = torch.arange(size[1], device=bounds.device).view(1, 1, -1)
+    in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
+    return ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
+
+
+@dataclass
+class OcclusionPlan:
+    """Everything an occlusion map scores, ready on the classifier's device (see
+    :func:`plan_occlusion`): row 0 of ``bounds`` is an empty window (the intact image), rows 1…
+    the windows scaled to the work size; :meth:`kept` gives the masks of any rows and
+    :meth:`heatmap` turns their scores into the map. :func:`occlusion_map` drives it batch
+    after batch; the service (:mod:`explain.serve.batching`) interleaves several plans in one
+    model batch."""
+
+    shape: tuple[int, int]
+    windows: np.ndarray
+    x: torch.Tensor
+    baseline: torch.Tensor
+    bounds: torch.Tensor
+    target: int
+    target_name: str
+    box: Size
+    stride: Size
+    fill: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The work size (H, W): the classifier's input size, else the image's."""
+        return tuple(self.x.shape[2:])  # type: ignore[return-value]
+
+    @property
+    def n(self) -> int:
+        """Masks to score: the intact image and one per window."""
+        return len(self.bounds)
+
+    def kept(self, lo: int, hi: int) -> torch.Tensor:
+        """Masks of rows ``lo:hi`` (bool, b×H×W at the work size): True outside each window, the
+        pixels each occluded copy keeps."""
+        return window_masks(self.bounds[lo:hi], self.size)
+
+    def heatmap(self, p: np.ndarray, seconds: float, batch_size: int) -> Heatmap:
+        """The map from ``p``, p(target) of every row in order (float64, length :attr:`n`)."""
+        return self.drop_map(float(p[0]), p[0] - p[1:], seconds, batch_size, None,
+                             len(self.windows))
+
+    def drop_map(self, score: float, drops: np.ndarray, seconds: float, batch_size: int,
+                 drill: float | None, evaluated: int) -> Heatmap:
+        """The map from every window's drop (scored or, after drill-down ``drill``, estimated;
+        ``evaluated`` of them scored) and the intact image's ``score``."""
+        return Heatmap(values=window_mean(self.shape, self.windows, drops),
+                       method="occlusion", target=self.target_name, score=score,
+                       box=tuple(int(v) for v in self.windows[0, 2:] - self.windows[0, :2]),
+                       stride=pixels(self.stride, "stride", self.shape),
+                       windows=len(self.windows), seconds=seconds,
+                       params={"fill": self.fill, "batch_size": batch_size,
+                               "work_size": list(self.size), "box_asked": self.box,
+                               "stride_asked": self.stride, "incremental": False,
+                               "drill_down": drill, "windows_evaluated": evaluated,
+                               "windows_total": len(self.windows)},
+                       signed=True, unit=f"drop in p({self.target_name})",
+                       noise_floor=NOISE_FLOOR)
+
+
+def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
+                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
+                   target: str | int = "nsfw") -> OcclusionPlan:
+    """The :class:`OcclusionPlan` of :func:`occlusion_map` (same arguments, same checks): the
+    image at the classifier's input size on its device, the fill, the scaled windows."""
+    check_fill(fill)
+    rgb = as_rgb(image)
+    shape = rgb.shape[:2]
+    t = resolve_target(classifier, target)
+    windows = window_grid(shape, box, stride)
+    device = classifier.device
+    x = to_tensor(rgb, device)
+    size = tuple(classifier.input_size) if classifier.input_size else shape
+    if size != shape:
+        x = resize(x, size)
+    scaled = scale_windows(windows, shape, size)
+    baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
+    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled])).to(device)
+    return OcclusionPlan(shape=shape, windows=windows, x=x, baseline=baseline, bounds=bounds,
+                         target=t, target_name=classifier.class_names[t], box=box,
+                         stride=stride, fill=fill)
+
+
 def _window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
                    bounds: torch.Tensor, target: int, step: int, progress: Progress | None
                    ) -> torch.Tensor:
@@ -74,18 +165,9 @@ def _window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     ``predict``; ``progress(done, n)`` after each batch. Every window an occlusion map scores goes
     through here, exact or drill-down."""
     bounds = bounds.to(x.device)
-    rows = torch.arange(x.shape[2], device=x.device).view(1, -1, 1)
-    cols = torch.arange(x.shape[3], device=x.device).view(1, 1, -1)
-    n = len(bounds)
-
-    def kept() -> Iterator[torch.Tensor]:
-        """Per batch, True outside each window: the pixels each occluded copy keeps."""
-        for lo in range(0, n, step):
-            b = bounds[lo:lo + step, :, None]
-            in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
-            yield ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
-
-    scores = masked_scores(classifier, x, fill, kept(), target, n, progress)
+    n, size = len(bounds), (x.shape[2], x.shape[3])
+    masks = (window_masks(bounds[lo:lo + step], size) for lo in range(0, n, step))
+    scores = masked_scores(classifier, x, fill, masks, target, n, progress)
     return torch.cat([s for _, s in scores]).cpu()
 
 
@@ -147,40 +229,18 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     :data:`~explain.heatmap.NOISE_FLOOR`; ``score`` is the intact image's probability.
     """
     start = time.perf_counter()
-    check_fill(fill)
     drill = check_drill_down(drill_down)
-    rgb = as_rgb(image)
-    shape = rgb.shape[:2]
-    t = resolve_target(classifier, target)
-    windows = window_grid(shape, box, stride)
-    box_px = tuple(int(v) for v in windows[0, 2:] - windows[0, :2])
-    stride_px = pixels(stride, "stride", shape)
-    device = classifier.device
-    x = to_tensor(rgb, device)
-    size = tuple(classifier.input_size) if classifier.input_size else shape
-    if size != shape:
-        x = resize(x, size)
-    scaled = scale_windows(windows, shape, size)
-    baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
-    step = check_batch_size(batch_size, device, size, len(windows) + 1)
+    plan = plan_occlusion(classifier, image, box=box, stride=stride, fill=fill, target=target)
+    step = check_batch_size(batch_size, plan.x.device, plan.size, plan.n)
     if drill is None:
-        # row 0 is an empty window: the unoccluded image, scored in the first batch
-        bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled]))
         done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
-        p = _window_scores(classifier, x, baseline, bounds, t, step, done).double().numpy()
-        score, drops, evaluated = float(p[0]), p[0] - p[1:], len(windows)
-    else:
-        # the grid's shape from the ORIGINAL windows: scaled down, distinct tops may coincide
-        rows = len(np.unique(windows[:, 0]))
-        score, drops, evaluated = _drilled(classifier, x, baseline, scaled,
-                                           (rows, len(windows) // rows), t, step, progress, drill)
-    values = window_mean(shape, windows, drops)
-    name = classifier.class_names[t]
-    return Heatmap(values=values, method="occlusion", target=name,
-                   score=score, box=box_px, stride=stride_px, windows=len(windows),
-                   seconds=time.perf_counter() - start,
-                   params={"fill": fill, "batch_size": step, "work_size": list(size),
-                           "box_asked": box, "stride_asked": stride, "incremental": False,
-                           "drill_down": drill, "windows_evaluated": evaluated,
-                           "windows_total": len(windows)},
-                   signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR)
+        p = _window_scores(classifier, plan.x, plan.baseline, plan.bounds, plan.target, step,
+                           done).double().numpy()
+        return plan.heatmap(p, time.perf_counter() - start, step)
+    # the grid's shape from the ORIGINAL windows: scaled down, distinct tops may coincide
+    rows = len(np.unique(plan.windows[:, 0]))
+    score, drops, evaluated = _drilled(classifier, plan.x, plan.baseline,
+                                       plan.bounds[1:].cpu().numpy(),
+                                       (rows, len(plan.windows) // rows), plan.target, step,
+                                       progress, drill)
+    return plan.drop_map(score, drops, time.perf_counter() - start, step, drill, evaluated)

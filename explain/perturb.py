@@ -33,16 +33,21 @@ def masked_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     masks out of ``total``."""
     done = 0
     for m in masks:
-        keep = m[:, None]
-        if m.dtype == torch.bool:
-            batch = torch.where(keep, x, fill)
-        else:
-            batch = fill + keep * (x - fill)
-        scores = classifier.predict(batch)[:, target]
+        scores = classifier.predict(masked(x, fill, m))[:, target]
         done += len(m)
         if progress is not None:
             progress(done, total)
         yield m, scores
+
+
+def masked(x: torch.Tensor, fill: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The masked copies of ``x`` (1×3×H×W) for a batch of ``masks`` (b×H×W): a boolean mask keeps
+    ``x`` where True and puts ``fill`` elsewhere, a float one blends (the module docstring);
+    b×3×H×W, on ``x``'s device."""
+    keep = masks[:, None]
+    if masks.dtype == torch.bool:
+        return torch.where(keep, x, fill)
+    return fill + keep * (x - fill)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

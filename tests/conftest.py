@@ -3,10 +3,13 @@ for the page tests, and the one comparison of a CLI picture with the renderer's.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -39,15 +42,30 @@ def _seed():
     np.random.seed(0)
 
 
+def missing(reason: str, what: str) -> NoReturn:
+    """A missing optional dependency: a listed skip on a developer's machine, a failure under CI
+    (``CI=true``), where .ci/run installs everything (``what``: the tests that need it)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}: under CI the {what} must run, not be skipped")
+    pytest.skip(reason)
+
+
+def need_module(name: str, extra: str, what: str) -> ModuleType:
+    """The module ``name``, or :func:`missing` naming the extra that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"{name} is not installed (pip install -e '.[{extra}]'; the dev extra pulls it "
+                "in)", what)
+
+
 def find_chromium() -> str:
     """The Debian chromium that the page tests drive. Missing, it is a listed skip on a
     developer's machine and a failure under CI (``CI=true``), where .ci/run installs it."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        reason = "Debian chromium is not installed (apt-get install chromium; .ci/run does it)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: under CI the browser tests must run, not be skipped")
-        pytest.skip(reason)
+        missing("Debian chromium is not installed (apt-get install chromium; .ci/run does it)",
+                "browser tests")
     return path
 
 

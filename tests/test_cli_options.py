@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from explain.cli import app
 
-HEAVY = {"torch", "captum", "openTSNE", "jinja2", "cv2", "numpy", "PIL"}
+HEAVY = {"torch", "captum", "openTSNE", "jinja2", "cv2", "numpy", "PIL", "fastapi", "uvicorn",
+         "starlette"}
 LOADED = """
 import json, sys
 from explain.cli import main
@@ -28,7 +29,7 @@ print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})), file=sys
 
 
 @pytest.mark.parametrize("args", [[], ["--help"], ["models"], ["--version"], ["report", "--help"],
-                                  ["grid", "--help"], ["audit", "--help"]])
+                                  ["grid", "--help"], ["audit", "--help"], ["serve", "--help"]])
 def test_start_up_loads_no_heavy_library(args):
     """`import explain.cli`, the help pages and `explain models` run without torch, captum,
     openTSNE, jinja2, OpenCV, numpy or PIL (what made `explain --help` take seconds)."""

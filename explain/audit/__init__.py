@@ -7,8 +7,8 @@ resumable SQLite store.
 from explain.audit.concepts import NudeNetDetector, Part, PartDetector
 from explain.audit.cues import Cue, Cues, discover_cues
 from explain.audit.dataset import Item, open_dataset
-from explain.audit.options import AuditOptions, AuditResult, CueOptions
+from explain.audit.options import AuditOptions, AuditResult, CueOptions, RayOptions
 from explain.audit.run import audit
 
 __all__ = ["AuditOptions", "AuditResult", "Cue", "CueOptions", "Cues", "Item", "NudeNetDetector",
-           "Part", "PartDetector", "audit", "discover_cues", "open_dataset"]
+           "Part", "PartDetector", "RayOptions", "audit", "discover_cues", "open_dataset"]

@@ -82,6 +82,7 @@ class NudeNetDetector:
         if torch.device(device).type == "cuda" and \
                 "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        self.model_path = Path(model_path)
         self.session = ort.InferenceSession(str(model_path), providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.side = 320

@@ -4,8 +4,9 @@ Three inputs are accepted:
 
 - a folder whose first-level sub-folders name the true label (``sfw/``, ``nsfw/``, any class name
   of the model, case-insensitive); images elsewhere in the folder are unlabeled;
-- a CSV file of ``path,label`` rows (header optional; relative paths are taken from the CSV's
-  folder), or a folder plus ``labels=`` such a CSV (relative paths then start at the folder);
+- a manifest of ``path,label`` rows: a CSV (header optional) or a Parquet file with a ``path``
+  and an optional ``label`` column (relative paths are taken from the manifest's folder), or a
+  folder plus ``labels=`` such a manifest (relative paths then start at the folder);
 - a folder without label sub-folders: every image is unlabeled and the audit ranks by score only.
 
 Folders are searched recursively (:func:`explain.images.iter_image_files`); an audit's own output
@@ -13,7 +14,7 @@ folder and every folder holding an earlier audit (``audit.sqlite``) are left out
 whose ``-o`` lies inside DATA never audits its outputs. Folder items are yielded one by one so
 that a listing of 100k files never needs more than the paths themselves.
 
-A labels CSV is read and checked whole before any work: it must be UTF-8 (an error names the file
+A manifest is read and checked whole before any work: a CSV must be UTF-8 (an error names the file
 and how to convert it); paths are normalised (``a/../a/x.jpg`` is ``a/x.jpg``); a file listed
 twice with the same label is listed once, with two different labels it is an error naming both
 lines.
@@ -90,9 +91,9 @@ def open_dataset(data: str | os.PathLike, class_names: Sequence[str], *,
                           "path,label CSV")
     csv_path = _resolved(labels, "labels file") if labels is not None else None
     if csv_path is None and root.is_file():
-        if root.suffix.lower() != ".csv":
-            raise OptionError(f"{display(data)} is a file but not a .csv; give a folder of "
-                              "images or a path,label CSV")
+        if root.suffix.lower() not in (".csv", ".parquet"):
+            raise OptionError(f"{display(data)} is a file but not a .csv or .parquet; give a "
+                              "folder of images or a path,label manifest")
         csv_path = root
     if csv_path is not None and not csv_path.is_file():
         raise OptionError(f"labels file {display(labels or csv_path)} not found")
@@ -125,14 +126,40 @@ def folder_items(root: Path, class_names: Sequence[str], exclude: Sequence[Path]
 
 
 def read_labels_csv(csv_path: Path, base: Path, class_names: Sequence[str]) -> Iterator[Item]:
-    """Rows ``path,label`` of ``csv_path``; an empty label means unlabeled.
+    """Rows ``path,label`` of a manifest: a CSV (header optional), or a Parquet file (``.parquet``)
+    with a ``path`` column and an optional ``label`` column; an empty label means unlabeled.
 
     A label that is not a class of the model is a user error (probably a typo): it stops the
-    audit before any work with the line number, rather than silently auditing without it. So do
-    a file given two different labels, and a file that is not UTF-8 text.
+    audit before any work with the line (CSV) or row (Parquet, from 1) number, rather than
+    silently auditing without it. So do a file given two different labels, and a CSV that is not
+    UTF-8 text.
     """
     names = _label_map(class_names)
     seen: dict[str, tuple[int, str | None]] = {}
+    rows = _parquet_rows(csv_path) if csv_path.suffix.lower() == ".parquet" else \
+        _csv_rows(csv_path)
+    for line, text, label in rows:
+        if label and label.lower() not in names:
+            raise OptionError(
+                f"{display(csv_path)}:{line}: label {display(repr(label))} is not a "
+                f"class of the model ({', '.join(class_names)})"
+            )
+        value = names[label.lower()] if label else None
+        path = os.path.normpath(text if Path(text).is_absolute() else base / text)
+        if path in seen:
+            first, known = seen[path]
+            if known != value:
+                raise OptionError(
+                    f"{display(csv_path)}: {display(path)} has two labels: "
+                    f"{known or '(none)'} on line {first} and {value or '(none)'} on "
+                    f"line {line}; keep one")
+            continue
+        seen[path] = (line, value)
+        yield Item(Path(path), value)
+
+
+def _csv_rows(csv_path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line, path, label) of each row of a ``path,label`` CSV, stripped; header skipped."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             for line, row in enumerate(csv.reader(f), start=1):
@@ -143,24 +170,7 @@ def read_labels_csv(csv_path: Path, base: Path, class_names: Sequence[str]) -> I
                 if len(row) < 2:
                     raise OptionError(f"{display(csv_path)}:{line}: expected 'path,label', got "
                                       f"{display(repr(row))}")
-                text, label = row[0].strip(), row[1].strip()
-                if label and label.lower() not in names:
-                    raise OptionError(
-                        f"{display(csv_path)}:{line}: label {display(repr(label))} is not a "
-                        f"class of the model ({', '.join(class_names)})"
-                    )
-                value = names[label.lower()] if label else None
-                path = os.path.normpath(text if Path(text).is_absolute() else base / text)
-                if path in seen:
-                    first, known = seen[path]
-                    if known != value:
-                        raise OptionError(
-                            f"{display(csv_path)}: {display(path)} has two labels: "
-                            f"{known or '(none)'} on line {first} and {value or '(none)'} on "
-                            f"line {line}; keep one")
-                    continue
-                seen[path] = (line, value)
-                yield Item(Path(path), value)
+                yield line, row[0].strip(), row[1].strip()
     except UnicodeDecodeError as exc:
         raise OptionError(
             f"{display(csv_path)} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
@@ -169,3 +179,33 @@ def read_labels_csv(csv_path: Path, base: Path, class_names: Sequence[str]) -> I
     except csv.Error as exc:
         raise OptionError(f"{display(csv_path)} is not a readable CSV ({exc}); a UTF-16 file? "
                           "save it as UTF-8 text with path,label rows") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(row number from 1, path, label) of a Parquet manifest, read a record batch at a time;
+    a missing or null label is ``""``."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise OptionError(f"{display(path)}: reading a Parquet manifest needs pyarrow: pip "
+                          "install 'explain[ray]' (or pyarrow), or give a path,label CSV") from None
+    try:
+        manifest = pq.ParquetFile(path)
+        columns = manifest.schema_arrow.names
+        if "path" not in columns:
+            raise OptionError(f"{display(path)} has no 'path' column (columns: "
+                              f"{', '.join(columns) or 'none'}); a manifest needs path and, "
+                              "optionally, label")
+        wanted = ["path"] + (["label"] if "label" in columns else [])
+        number = 0
+        for batch in manifest.iter_batches(columns=wanted, batch_size=4096):
+            paths = batch.column("path").to_pylist()
+            labels = batch.column("label").to_pylist() if "label" in wanted else \
+                [None] * len(paths)
+            for text, label in zip(paths, labels, strict=True):
+                number += 1
+                if not text or not str(text).strip():
+                    raise OptionError(f"{display(path)}:{number}: empty path")
+                yield number, str(text).strip(), "" if label is None else str(label).strip()
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise OptionError(f"{display(path)} is not a readable Parquet file ({exc})") from None

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from explain.choices import DEFAULT_MAX_PIXELS, check_fill
+from explain.choices import DEFAULT_MAX_PIXELS, ENGINES, check_fill
 from explain.drill_down import check_drill_down
 from explain.errors import OptionError
 from explain.render import check_look
@@ -130,3 +131,32 @@ class AuditResult:
     metrics: dict = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     cues: Cues | None = None
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how the Ray engine (``audit(..., engine="ray")``) runs; none of it is part of the
+    run key, so either engine resumes the other's run.
+
+    ``address``: ``None`` starts a local Ray instance for the audit (shut down at its end),
+    ``"auto"`` joins the cluster this machine belongs to, ``"ray://HOST:PORT"`` a remote one.
+    ``actors``: scoring (and heatmap) actors, each loading the model once. ``gpus_per_actor``:
+    GPUs each actor reserves (``None``: 1 when the cluster has GPUs, else 0). ``loader``: a
+    picklable callable that builds the classifier on an actor (default: the model spec loaded on
+    the audit's device).
+    """
+
+    address: str | None = None
+    actors: int = 1
+    gpus_per_actor: float | None = None
+    loader: Callable[[], object] | None = None
+
+    def check(self, engine: str) -> None:
+        """Raise :class:`~explain.errors.OptionError` for an unknown ``engine`` or a value out of
+        its range."""
+        if engine not in ENGINES:
+            raise OptionError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+        if self.actors < 1:
+            raise OptionError(f"actors must be at least 1, got {self.actors}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise OptionError(f"GPUs per actor must be 0 or more, got {self.gpus_per_actor}")

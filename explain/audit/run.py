@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from importlib.metadata import PackageNotFoundError, version
 
 from explain.audit.concepts import NudeNetDetector, PartDetector
 from explain.audit.dataset import open_dataset
-from explain.audit.options import AuditOptions, AuditResult
+from explain.audit.options import AuditOptions, AuditResult, RayOptions
 from explain.audit.outputs import write_outputs
 from explain.audit.stages import Rate, cue_stage, heatmap_stage, heatmap_targets, score_stage
 from explain.audit.store import Store
@@ -68,18 +70,40 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
           labels: str | os.PathLike | None = None, model: object = BLACK_BOX_MODEL,
           device: str | None = None, options: AuditOptions | None = None,
           detector: PartDetector | None = None, progress: LabelledProgress | None = None,
-          model_spec: str | None = None) -> AuditResult:
+          model_spec: str | None = None, engine: str = "local",
+          ray: RayOptions | None = None) -> AuditResult:
     """Audit a labeled (or unlabeled) image collection; see the module docstring.
 
     ``model`` is a spec for :func:`explain.models.load` or a ready classifier; ``detector``
     replaces the NudeNet part detector (used only when ``options.concepts``); ``model_spec``
     names the model in the run key when ``model`` is an object (default: its type and name);
     ``progress(done, total, stage)`` is called as each stage ("scoring", "heatmaps", "cues")
-    advances (the library never prints). Calling it again
-    with the same arguments resumes; changed arguments start a new run in the same folder.
+    advances (the library never prints). ``engine``: ``"local"`` (this process) or ``"ray"``
+    (:mod:`explain.audit.ray_engine`, set by ``ray``; the same store and outputs, either engine
+    resumes the other's run). Calling it again with the same arguments resumes; changed
+    arguments start a new run in the same folder.
     """
     o = options or AuditOptions()
     o.check()
+    ray = ray or RayOptions()
+    ray.check(engine)
+    engine_stages = ExitStack()
+    score, heatmaps = score_stage, heatmap_stage
+    if engine == "ray":  # connected before any work, so a missing extra costs nothing
+        from explain.audit.ray_engine import ray_stages
+
+        on_ray = engine_stages.enter_context(ray_stages(ray, model, device))
+        score, heatmaps = on_ray.score, on_ray.heatmaps
+    with engine_stages:
+        return _audit(data, output, labels, model, device, o, detector, progress, model_spec,
+                      score, heatmaps)
+
+
+def _audit(data: str | os.PathLike, output: str | os.PathLike,
+           labels: str | os.PathLike | None, model: object, device: str | None,
+           o: AuditOptions, detector: PartDetector | None, progress: LabelledProgress | None,
+           model_spec: str | None, score: Callable, heatmaps: Callable) -> AuditResult:
+    """:func:`audit` with the chosen engine's ``score`` and ``heatmaps`` stages."""
     out = check_output_dir(output)
     classifier = load(model, device)
     t = resolve_target(classifier, o.target)
@@ -109,7 +133,7 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
         seconds["list"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        score_stage(store, classifier, t, o, detector if o.concepts else None, rate)
+        score(store, classifier, t, o, detector if o.concepts else None, rate)
         if not store.stage_done("scored"):
             store.mark_stage("scored")
         seconds["score"] = time.perf_counter() - start
@@ -117,7 +141,7 @@ def audit(data: str | os.PathLike, output: str | os.PathLike, *,
         start = time.perf_counter()
         labels_seen = store.labels()
         targets = heatmap_targets(store, labels_seen, class_names[t], o)
-        notes = heatmap_stage(store, classifier, targets, o, out / "heatmaps", rate)
+        notes = heatmaps(store, classifier, targets, o, out / "heatmaps", rate)
         seconds["heatmaps"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -21,6 +21,7 @@ from explain.audit.store import ImageRow, Store
 from explain.choices import AUDIT_BATCH
 from explain.errors import ExplainError, ModelError
 from explain.files import display
+from explain.heatmap import Heatmap
 from explain.images import collect_warnings, load_image, to_batch, to_tensor
 from explain.models import Classifier
 from explain.models.base import resize
@@ -141,6 +142,17 @@ def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | s
     return out
 
 
+def score_step(classifier: Classifier, o: AuditOptions, todo: int) -> int:
+    """Images per scoring batch: ``o.batch_size`` (refused when over the memory budget at the
+    classifier's input size) or the default, capped by the budget."""
+    step = o.batch_size or AUDIT_BATCH
+    if classifier.input_size:
+        size = tuple(classifier.input_size)
+        step = fit_batch(step, classifier.device, size, items=todo) if o.batch_size else \
+            min(step, batch_limit(classifier.device, size))
+    return step
+
+
 def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
                 detector: PartDetector | None, rate: Rate) -> None:
     """Score (and run the part detector on) every image not done yet, batch by batch."""
@@ -149,10 +161,7 @@ def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
     if todo == 0:
         return
     input_size = tuple(classifier.input_size) if classifier.input_size else None
-    step = o.batch_size or AUDIT_BATCH
-    if input_size is not None:  # a given batch size over the memory budget is refused
-        step = fit_batch(step, classifier.device, input_size, items=todo) if o.batch_size else \
-            min(step, batch_limit(classifier.device, input_size))
+    step = score_step(classifier, o, todo)
     rows = store.pending(concepts=concepts, chunk=max(256, step))
 
     def chunks() -> Iterator[list[ImageRow]]:
@@ -228,40 +237,72 @@ def heatmap_targets(store: Store, labels: list[str], target_name: str, o: AuditO
     return [("top", r) for r in store.ranked("all", (), descending=True, limit=o.top)]
 
 
+@dataclass
+class HeatmapDone:
+    """One top-k image's heatmap, computed and drawn, not yet written: ``saved`` is the map at
+    most :data:`SAVED_SIDE` px (its params name the source and the original shape), ``picture``
+    the drawn figure (RGB uint8), ``shares`` the heat share of each of the image's parts (by part
+    number), ``seconds`` the map's computing time."""
+
+    saved: Heatmap
+    picture: np.ndarray
+    shares: dict[int, float | None]
+    seconds: float
+
+
+def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o: AuditOptions
+                    ) -> HeatmapDone | str:
+    """The occlusion map of one top-k image with the heat shares of its ``parts`` (the store's
+    part rows) and its picture; a note (str) when the file can no longer be read. Both engines
+    call it (the Ray engine on its actors)."""
+    try:  # its decoding warnings were recorded when it was scored
+        rgb = load_image(row.file, max_pixels=o.max_pixels, notes=[])
+    except ExplainError as exc:
+        return f"no heatmap for {display(row.file)}: {exc.reason}"
+    heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
+                            target=o.target, batch_size=o.batch_size, drill_down=o.drill_down)
+    shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"], p["right"]))
+              for p in parts}
+    small_rgb = shrink(rgb, SAVED_SIDE)
+    saved = replace(heatmap, values=shrink(heatmap.values, SAVED_SIDE),
+                    params={**heatmap.params, "source": row.path,
+                            "original_shape": list(heatmap.shape)})
+    picture = figure(small_rgb, saved, colormap=o.colormap, alpha=o.alpha,
+                     normalize=o.normalize, vmin=o.vmin, vmax=o.vmax)
+    return HeatmapDone(saved, picture, shares, heatmap.seconds or 0.0)
+
+
+def write_heatmap(store: Store, folder: Path, kind: str, row: ImageRow, done: HeatmapDone
+                  ) -> None:
+    """Write a computed heatmap's files (atomically, first) and then its store row."""
+    stem = folder / f"{kind}_{row.id:07d}"
+    save_png(done.picture, stem.with_suffix(".png"))
+    npy, _ = done.saved.save(stem)
+    store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(folder.parent)),
+                       str(npy.relative_to(folder.parent)), done.seconds, done.shares)
+
+
+def heatmap_todo(store: Store, targets: list[tuple[str, ImageRow]]
+                 ) -> list[tuple[str, ImageRow]]:
+    """The targets (kind, row) whose heatmap is not in the store yet."""
+    return [(kind, row) for kind, row in targets if store.heatmap(row.id) is None]
+
+
 def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
                   o: AuditOptions, folder: Path, rate: Rate) -> list[str]:
     """An occlusion map for each target image not done yet; returns notes on failures."""
-    todo = [(kind, row) for kind, row in targets if store.heatmap(row.id) is None]
+    todo = heatmap_todo(store, targets)
     notes: list[str] = []
     if not todo:
         return notes
     folder.mkdir(parents=True, exist_ok=True)
     with collect_warnings(), rate.task("heatmaps", len(todo)) as advance:
         for kind, row in todo:
-            try:  # its decoding warnings were recorded when it was scored
-                rgb = load_image(row.file, max_pixels=o.max_pixels, notes=[])
-            except ExplainError as exc:
-                notes.append(f"no heatmap for {display(row.file)}: {exc.reason}")
-                advance()
-                continue
-            heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
-                                    target=o.target, batch_size=o.batch_size,
-                                    drill_down=o.drill_down)
-            shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"],
-                                                           p["right"]))
-                      for p in store.parts(row.id)}
-            small_rgb = shrink(rgb, SAVED_SIDE)
-            saved = replace(heatmap, values=shrink(heatmap.values, SAVED_SIDE),
-                            params={**heatmap.params, "source": row.path,
-                                    "original_shape": list(heatmap.shape)})
-            stem = folder / f"{kind}_{row.id:07d}"
-            save_png(figure(small_rgb, saved, colormap=o.colormap, alpha=o.alpha,
-                            normalize=o.normalize, vmin=o.vmin, vmax=o.vmax),
-                     stem.with_suffix(".png"))
-            npy, _ = saved.save(stem)
-            store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(
-                folder.parent)), str(npy.relative_to(folder.parent)),
-                heatmap.seconds or 0.0, shares)
+            done = compute_heatmap(classifier, row, store.parts(row.id), o)
+            if isinstance(done, str):
+                notes.append(done)
+            else:
+                write_heatmap(store, folder, kind, row, done)
             advance()
     return notes
 

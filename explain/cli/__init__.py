@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from explain.cli import audit, blackbox, grid, report, score, whitebox
+from explain.cli import audit, blackbox, grid, report, score, serve, whitebox
 
 app = typer.Typer(
     name="explain",
@@ -27,6 +27,7 @@ app.command("layers")(whitebox.layers_command)
 app.command("grid")(grid.grid)
 app.command("report")(report.report)
 app.command("audit")(audit.audit)
+app.command("serve")(serve.serve)
 
 
 def _print_version(wanted: bool) -> None:

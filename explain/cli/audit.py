@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_PIXELS
+from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_PIXELS, ENGINES
 from explain.cli.common import (
     AlphaOpt,
     BatchOpt,
@@ -26,14 +26,18 @@ from explain.cli.common import (
     TargetOpt,
     VmaxOpt,
     VminOpt,
+    choice,
     console,
     drill_down_fraction,
     int_pair,
+    plain,
     result_line,
     user_errors,
     with_model_options,
 )
 from explain.files import check_output_dir, display
+
+Engine = choice("Engine", ENGINES)
 
 
 @contextmanager
@@ -114,11 +118,16 @@ def audit(
     vmin: VminOpt = None,
     vmax: VmaxOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    engine: Annotated[Engine, typer.Option("--engine", callback=plain, help="Where scoring and heatmaps run: local (this process) or ray (a Ray cluster; pip install 'explain\\[ray]').")] = Engine.local,  # noqa: E501
+    address: Annotated[str | None, typer.Option("--address", help="Ray: auto (the cluster of this node) or ray://HOST:PORT (default: a local Ray instance).")] = None,  # noqa: E501
+    actors: Annotated[int, typer.Option("--actors", min=1, help="Ray: model actors (the model is loaded once per actor).")] = 1,  # noqa: E501
+    gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor", min=0.0, help="Ray: GPUs per actor (default: 1 when the cluster has GPUs, else 0).")] = None,  # noqa: E501
 ) -> None:
     """Audit a dataset: metrics, false positives/negatives with heatmaps, and which detected body
     parts drive the score. Re-running the same command resumes an interrupted audit."""
     from explain.audit import audit as run_audit
-    from explain.audit.options import AuditOptions
+    from explain.audit.options import AuditOptions, RayOptions
+    from explain.errors import OptionError
 
     options = AuditOptions(threshold=threshold, top=top, box=int_pair(box, "--box"),
                            stride=int_pair(stride, "--stride"), fill=fill, target=target,
@@ -127,11 +136,16 @@ def audit(
                            batch_size=batch_size, workers=workers, colormap=colormap,
                            alpha=alpha, normalize=normalize, vmin=vmin, vmax=vmax, mosaic=mosaic)
     options.check()
+    if engine != "ray" and (address is not None or actors != 1 or gpus_per_actor is not None):
+        raise OptionError("--address, --actors and --gpus-per-actor need --engine ray")
+    ray = RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor,
+                     loader=models.load)
     check_output_dir(output)
     clf = models.load()
     with stage_bars(not quiet) as progress:
         result = run_audit(data, output, labels=labels, model=clf, device=models.device,
-                           options=options, progress=progress, model_spec=models.describe())
+                           options=options, progress=progress, model_spec=models.describe(),
+                           engine=engine, ray=ray)
     state = "resumed" if result.resumed else "new"
     result_line(f"run {result.run} ({state}, key {result.key}): {result.images} images, "
                 f"{result.scored} scored, {result.failed} failed, {result.heatmaps} heatmaps")

@@ -1,0 +1,92 @@
+"""`explain serve`: the visualization service and its web page (FastAPI + uvicorn, in-process
+workers; see :mod:`explain.serve`). Needs the ``serve`` extra; the command imports it, and the
+library, only when it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from explain.choices import DEFAULT_MAX_PIXELS, WHITE_BOX_MODEL
+from explain.cli.common import (
+    BatchOpt,
+    ModelOptions,
+    console,
+    user_errors,
+    with_model_options,
+)
+from explain.errors import OptionError
+from explain.files import check_output_dir, display
+
+SERVE_PACKAGES = ("fastapi", "uvicorn", "python_multipart", "fastapi_offline")
+
+HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on. Any address but "
+                                      "loopback needs --tokens.")]
+PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")]
+DataOpt = Annotated[Path, typer.Option("--data", help="Folder of the job table (SQLite) and the "
+                                       "result files; kept across restarts.")]
+TokensOpt = Annotated[Path | None, typer.Option(
+    "--tokens", help="File of bearer tokens, one per line (# comments); each token is a tenant "
+    "that sees only its own jobs. Without it, no authentication (loopback only).",
+    show_default=False)]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Worker threads running jobs.")]
+InterleaveOpt = Annotated[int, typer.Option(
+    "--interleave", min=1, help="Occlusion jobs a worker holds at once, their windows sharing "
+    "model batches (1: no cross-job batching).")]
+UploadOpt = Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest upload "
+                                          "(MB); larger ones are refused with 413.")]
+PixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="Largest image (pixels); "
+                                        "larger ones and decompression bombs get 413.")]
+QueueOpt = Annotated[int, typer.Option("--max-queue", min=1, help="Jobs queued or running at "
+                                       "most; past it 429 with Retry-After.")]
+CorsOpt = Annotated[list[str] | None, typer.Option(
+    "--cors", help="An origin allowed to call the API from a browser (repeatable); none by "
+    "default.", show_default=False)]
+
+
+def _require_extra() -> None:
+    import importlib
+
+    for name in SERVE_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise OptionError(f"explain serve needs the 'serve' extra ({name} is not installed): "
+                              "pip install 'explain[serve]'") from None
+
+
+@user_errors
+@with_model_options(WHITE_BOX_MODEL)
+def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 8000,
+          data: DataOpt = Path("explain-serve"), tokens: TokensOpt = None,
+          workers: WorkersOpt = 1, interleave: InterleaveOpt = 16, batch_size: BatchOpt = None,
+          max_upload_mb: UploadOpt = 20.0, max_pixels: PixelsOpt = DEFAULT_MAX_PIXELS,
+          max_queue: QueueOpt = 1000, cors: CorsOpt = None) -> None:
+    """Serve explanations over HTTP: POST /v1/visualizations, poll the job, fetch the pictures;
+    the web page at /, the API docs at /docs."""
+    _require_extra()
+    import uvicorn
+
+    from explain.report.build import DEFAULT_MODELS
+    from explain.serve.app import Settings, create_app
+    from explain.serve.security import check_bind, load_tokens
+    from explain.serve.served import serve_models
+
+    known = load_tokens(tokens) if tokens is not None else None
+    check_bind(host, known)
+    check_output_dir(data)
+    spec: object = models.model
+    if models.model not in DEFAULT_MODELS or not models.plain:
+        spec = models.load()
+    served = serve_models(spec, models.describe(), models.device)
+    settings = Settings(data=str(data), tokens=known, max_upload=int(max_upload_mb * 1e6),
+                        max_pixels=max_pixels, max_queue=max_queue, cors=list(cors or []),
+                        workers=workers, interleave=interleave, batch_size=batch_size)
+    app = create_app(settings, served)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"explain serve: http://{shown}:{port}/ (API docs /docs), data in "
+                  f"{display(data)}, model {display(served.name)}", markup=False,
+                  highlight=False, soft_wrap=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,325 @@
+"""The FastAPI application of ``explain serve``: the versioned API, the page, the docs.
+
+:func:`create_app` builds it over a :class:`Settings` and a loaded :class:`Served` model; the
+workers (:mod:`explain.serve.worker`) start and stop with the app. Every upload is checked
+before it is queued, each failure its own status: over the size limit 413 (:class:`~explain.
+serve.security.BodyLimit`), over the pixel limit or a decompression bomb 413, not an image 415
+(both by :func:`explain.images.probe_image`, the checks of ``load_image``), a bad option 422
+naming the field, a full queue 429 with ``Retry-After``. With tokens, every ``/v1`` request
+needs ``Authorization: Bearer TOKEN`` (401 without a valid one) and sees only its tenant's
+jobs: another tenant's id is 404, as an unknown one. The page, its assets, ``/docs`` and
+``/healthz`` hold no data and are open (the page asks for the token and sends it with each
+API request). No CORS header unless ``cors`` origins are given. A client's string never
+becomes a path: job folders are named by the ids the store makes, result files by the fixed
+table :data:`~explain.serve.jobs.RESULTS`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    UploadFile,
+)
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from explain.choices import DEFAULT_MASKS, DEFAULT_MAX_PIXELS, FILLS
+from explain.errors import ExplainError, ImageError, ImageTooLargeError, OptionError
+from explain.files import atomic_write
+from explain.images import probe_image
+from explain.methods import METHODS
+from explain.models.base import resolve_target
+from explain.serve.assets import Assets
+from explain.serve.jobs import RESULTS, Job, JobStore, is_job_id
+from explain.serve.schemas import (
+    Accepted,
+    Health,
+    MethodInfo,
+    ModelInfo,
+    Visualization,
+    VisualizationPage,
+    visualization,
+)
+from explain.serve.security import BodyLimit, Tokens
+from explain.serve.served import Served
+from explain.serve.worker import INPUT, Worker
+from explain.windows import parse_size, window_grid
+
+MAX_WINDOWS = 20_000
+MAX_MASKS = 50_000
+RETRY_AFTER_S = 10
+CHUNK = 1 << 20
+FORM_SLACK = 64 * 1024  # the multipart framing and the other fields around the image
+
+MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)  # type: ignore[misc]
+FillName = Enum("FillName", {name: name for name in FILLS}, type=str)  # type: ignore[misc]
+
+
+@dataclass
+class Settings:
+    """How the service runs: where its data lives and its limits (see ``explain serve --help``).
+    """
+
+    data: str = "explain-serve"
+    tokens: Tokens | None = None
+    max_upload: int = 20_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_queue: int = 1000
+    cors: list[str] = field(default_factory=list)
+    workers: int = 1
+    interleave: int = 16
+    batch_size: int | None = None
+
+
+def invalid(field_name: str, message: str) -> HTTPException:
+    """A 422 naming the form field, shaped like FastAPI's own validation errors."""
+    return HTTPException(422, detail=[{"loc": ["body", field_name], "msg": message,
+                                       "type": "value_error"}])
+
+
+BEARER = HTTPBearer(auto_error=False, description="One of the tokens of --tokens.")
+
+
+def tenant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                    Depends(BEARER)]) -> str:
+    """The caller's tenant id ("" without tokens); 401 without a valid token."""
+    tokens: Tokens | None = request.app.state.tokens
+    if tokens is None:
+        return ""
+    found = None if credentials is None else tokens.tenant(credentials.credentials)
+    if found is None:
+        raise HTTPException(401, "a valid token is needed: Authorization: Bearer TOKEN",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+Tenant = Annotated[str, Depends(tenant)]
+
+
+def create_app(settings: Settings, served: Served) -> FastAPI:
+    """The application (see the module docstring); its workers run while it is served."""
+    store = JobStore(settings.data)
+    wake = threading.Event()
+    workers: list[Worker] = []
+    assets = Assets()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        store.requeue_running()
+        store.remove_orphans()
+        for i in range(settings.workers):
+            worker = Worker(store, served.models, wake, interleave=settings.interleave,
+                            batch_size=settings.batch_size, max_pixels=settings.max_pixels,
+                            name=f"explain-worker-{i}")
+            worker.start()
+            workers.append(worker)
+        wake.set()
+        try:
+            yield
+        finally:
+            for worker in workers:
+                worker.stop()
+            for worker in workers:
+                worker.join(timeout=30)
+            store.close()
+
+    app = FastAPI(title="explain", version="1",
+                  description="Why does an image classifier score an image the way it does? "
+                              "POST an image, poll the job, fetch the pictures.",
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, limit=settings.max_upload + FORM_SLACK)
+    if settings.cors:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization"])
+    app.state.tokens = settings.tokens
+    api = APIRouter(prefix="/v1")
+
+    def job_url(request: Request, job_id: str) -> str:
+        return str(request.url_for("get_visualization", job_id=job_id).path)
+
+    def queue_full() -> HTTPException:
+        return HTTPException(429, f"the queue is full ({settings.max_queue} jobs); retry later",
+                             headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def owned(job_id: str, who: str) -> Job:
+        job = store.get(job_id, who) if is_job_id(job_id) else None
+        if job is None:
+            raise HTTPException(404, "no such visualization")
+        return job
+
+    @api.post("/visualizations", status_code=202, response_model=Accepted,
+              responses={413: {"description": "The upload, or its pixel count, is over the "
+                                               "limit (or a decompression bomb)."},
+                         415: {"description": "Not an image (the reason is given)."},
+                         429: {"description": "The queue is full; retry after Retry-After "
+                                              "seconds."}})
+    def submit(request: Request, response: Response, who: Tenant,
+               image: Annotated[UploadFile, File(description="The image file.")],
+               method: Annotated[MethodName, Form()] = MethodName.occlusion,
+               box: Annotated[str, Form(description="Window side: N px or P% of the shorter "
+                                                    "side; N or H,W.")] = "25%",
+               stride: Annotated[str, Form(description="Window step, as box; at most the "
+                                                       "box.")] = "18.75%",
+               fill: Annotated[FillName, Form(description="Occlusion: what a hidden window "
+                                                          "becomes.")] = FillName.gray,
+               target: Annotated[str, Form(description="The class, by name or index.")] = "nsfw",
+               masks: Annotated[int, Form(ge=1, le=MAX_MASKS, description="RISE: random masks."
+                                          )] = DEFAULT_MASKS) -> Accepted:
+        """Queue a visualization of ``image``; poll ``status_url`` until it is done."""
+        name = method.value
+        options = {"box": _size(box, "box"), "stride": _size(stride, "stride"),
+                   "fill": fill.value, "target": target, "masks": masks}
+        if METHODS[name].white_box and served.white_error:
+            raise invalid("method", served.white_error)
+        try:
+            resolve_target(served.models.white if METHODS[name].white_box
+                           else served.models.black, target)
+        except ExplainError as exc:
+            raise invalid("target", str(exc)) from None
+        if store.pending() >= settings.max_queue:  # before reading the upload; add() decides
+            raise queue_full()
+        job_id = store.new_id()
+        folder = store.folder(job_id)
+        try:
+            _receive(image, folder / INPUT, settings.max_upload)
+            width, height = _probe(folder / INPUT, settings.max_pixels)
+            if name in ("occlusion", "sliding"):
+                _check_windows((height, width), options["box"], options["stride"])
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if not store.add(job_id, who, name, options, settings.max_queue):
+            shutil.rmtree(folder, ignore_errors=True)
+            raise queue_full()
+        wake.set()
+        url = job_url(request, job_id)
+        response.headers["Location"] = url
+        return Accepted(id=job_id, status_url=url)
+
+    @api.get("/visualizations/{job_id}", response_model=Visualization)
+    def get_visualization(request: Request, job_id: str, who: Tenant) -> Visualization:
+        """A job's status, progress and, once done, the links to its results."""
+        return visualization(owned(job_id, who), job_url(request, job_id))
+
+    @api.get("/visualizations/{job_id}/{name}", response_class=FileResponse,
+             responses={200: {"content": {t: {} for t in set(RESULTS.values())}}})
+    def get_result(job_id: str, name: str, who: Tenant) -> FileResponse:
+        """One result file of a done job: ``overlay.png``, ``side.png``, ``original.png``,
+        ``heatmap.npy`` or ``heatmap.json``."""
+        job = owned(job_id, who)
+        known = next((k for k in RESULTS if k == name), None)
+        if known is None or job.status != "done":
+            raise HTTPException(404, "no such result" if known is None else
+                                f"the visualization is {job.status}, not done")
+        return FileResponse(store.folder(job.id) / known, media_type=RESULTS[known],
+                            headers={"Cache-Control": "private, max-age=3600"})
+
+    @api.delete("/visualizations/{job_id}", status_code=204)
+    def delete_visualization(job_id: str, who: Tenant) -> Response:
+        """Delete a job and its files (a running job stops)."""
+        if not (is_job_id(job_id) and store.delete(job_id, who)):
+            raise HTTPException(404, "no such visualization")
+        return Response(status_code=204)
+
+    @api.get("/visualizations", response_model=VisualizationPage)
+    def list_visualizations(request: Request, who: Tenant,
+                            limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                            before: Annotated[str | None, Query(
+                                description="A job id: list the jobs older than it.")] = None
+                            ) -> VisualizationPage:
+        """The caller's jobs, newest first, a page at a time."""
+        if before is not None and not is_job_id(before):
+            raise HTTPException(422, detail=[{"loc": ["query", "before"], "msg": "not a job id",
+                                              "type": "value_error"}])
+        jobs = store.page(who, limit, before)
+        items = [visualization(j, job_url(request, j.id)) for j in jobs]
+        following = None
+        if len(jobs) == limit:
+            following = f"{request.url.path}?limit={limit}&before={jobs[-1].id}"
+        return VisualizationPage(items=items, next=following)
+
+    @api.get("/models", response_model=ModelInfo)
+    def models(who: Tenant) -> ModelInfo:
+        """The served model, its classes and the methods it can run."""
+        black = served.models.black
+        methods = [MethodInfo(name=m.name, title=m.title, white_box=m.white_box,
+                              available=not (m.white_box and served.white_error),
+                              why_not=served.white_error if m.white_box else None)
+                   for m in METHODS.values()]
+        size = list(black.input_size) if black.input_size else None
+        return ModelInfo(model=served.name, classes=list(black.class_names), input_size=size,
+                         device=str(black.device), methods=methods, fills=list(FILLS),
+                         defaults={"box": "25%", "stride": "18.75%", "fill": "gray",
+                                   "target": "nsfw", "masks": DEFAULT_MASKS})
+
+    app.include_router(api)
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> Health:
+        """Liveness: the queue and the workers."""
+        return Health(status="ok", pending=store.pending(),
+                      workers=sum(w.is_alive() for w in workers),
+                      auth=settings.tokens is not None)
+
+    assets.mount(app)
+    return app
+
+
+def _size(text: str, field_name: str) -> int | float | tuple:
+    try:
+        return parse_size(text, field_name)
+    except OptionError as exc:
+        raise invalid(field_name, str(exc)) from None
+
+
+def _check_windows(shape: tuple[int, int], box: object, stride: object) -> None:
+    try:
+        count = len(window_grid(shape, box, stride))  # type: ignore[arg-type]
+    except OptionError as exc:
+        raise invalid("stride", str(exc)) from None
+    if count > MAX_WINDOWS:
+        raise invalid("box", f"{count:,} windows on this {shape[1]}x{shape[0]} image, over the "
+                      f"limit of {MAX_WINDOWS:,}; use a larger box and stride")
+
+
+def _receive(upload: UploadFile, path: Path, limit: int) -> None:
+    """Copy the upload to ``path`` atomically, refusing it (413) past ``limit`` bytes, and an
+    empty one (415)."""
+    size = 0
+    with atomic_write(path) as out:
+        while chunk := upload.file.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the upload is over the limit of {limit:,} bytes")
+            out.write(chunk)
+    if size == 0:
+        raise HTTPException(415, "the upload is empty (0 bytes), not an image")
+
+
+def _probe(path: Path, max_pixels: int) -> tuple[int, int]:
+    """The image intake's checks before decoding (:func:`explain.images.probe_image`): too many
+    pixels or a bomb 413, not an image 415, each with the reason."""
+    try:
+        return probe_image(path, max_pixels=max_pixels)
+    except ImageTooLargeError as exc:
+        raise HTTPException(413, exc.reason) from None
+    except ImageError as exc:
+        raise HTTPException(415, exc.reason) from None

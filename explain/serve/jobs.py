@@ -1,0 +1,220 @@
+"""The service's job table: one SQLite file under the data folder, and one folder of files per job.
+
+ALL the service's SQL lives here. A job is a row (its id, its tenant, the method and its
+options as JSON, its status, progress, score and error, three times) and a folder
+``DATA/jobs/<id>/`` holding the upload (``input``) and, once done, the results
+(:data:`RESULTS`). Ids are random (uuid4) and made here; a folder name is only ever made from
+such an id (:meth:`JobStore.folder` refuses anything else), never from a client's string.
+
+Restart safety: a job's folder and input are written before its row is inserted, its results
+before it is marked done, each file atomically (:mod:`explain.files`); SQLite commits each
+change. :meth:`JobStore.requeue_running` at start-up puts a job that was running when the
+process died (``kill -9`` included) back in the queue, in its place, so it is run again; a
+job that was running through :data:`MAX_ATTEMPTS` deaths of the server is failed instead of
+killing it forever (the worker's check).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+STATUSES = ("queued", "running", "done", "failed")
+MAX_ATTEMPTS = 3
+RESULTS = {"overlay.png": "image/png", "side.png": "image/png", "original.png": "image/png",
+           "heatmap.npy": "application/octet-stream", "heatmap.json": "application/json"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    method TEXT NOT NULL,
+    options TEXT NOT NULL,
+    status TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    score REAL,
+    error TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, seq);
+"""
+_COLUMNS = "seq, id, tenant, method, options, status, done, total, score, error, created, " \
+           "started, finished, attempts"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the job table; ``options`` are the method's validated options."""
+
+    seq: int
+    id: str
+    tenant: str
+    method: str
+    options: dict
+    status: str
+    done: int
+    total: int
+    score: float | None
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    attempts: int
+
+
+def _job(row: tuple) -> Job:
+    values = list(row)
+    values[4] = json.loads(values[4])
+    return Job(*values)
+
+
+def is_job_id(text: str) -> bool:
+    """Whether ``text`` is an id this store makes (a canonical uuid4): the only strings that
+    ever name a job's folder."""
+    try:
+        return str(uuid.UUID(text, version=4)) == text
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+class JobStore:
+    """The job table in ``data/jobs.sqlite3`` and the job folders in ``data/jobs/``; safe to use
+    from several threads (one connection behind a lock; each change is committed)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = Path(data)
+        (self.data / "jobs").mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.data / "jobs.sqlite3", check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # each commit survives a killed process (kill -9); only a power cut may lose the last
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _run(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def folder(self, job_id: str) -> Path:
+        """The folder of job ``job_id`` (an id made by :meth:`new_id`, else a ValueError)."""
+        if not is_job_id(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.data / "jobs" / job_id
+
+    @staticmethod
+    def new_id() -> str:
+        return str(uuid.uuid4())
+
+    def add(self, job_id: str, tenant: str, method: str, options: dict,
+            limit: int | None = None) -> bool:
+        """Queue job ``job_id`` (its folder and input already written), unless ``limit`` jobs
+        are already pending (checked in the same statement, so concurrent adds never pass it);
+        returns whether it was queued."""
+        cur = self._run("INSERT INTO jobs (id, tenant, method, options, status, created) "
+                        "SELECT ?, ?, ?, ?, 'queued', ? WHERE (SELECT COUNT(*) FROM jobs WHERE "
+                        "status IN ('queued', 'running')) < ?",
+                        (job_id, tenant, method, json.dumps(options), time.time(),
+                         2**62 if limit is None else limit))
+        return cur.rowcount > 0
+
+    def get(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """Job ``job_id``; None when there is none, or when it belongs to another tenant than
+        ``tenant`` (None: any tenant)."""
+        row = self._run(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or (tenant is not None and row[2] != tenant):
+            return None
+        return _job(row)
+
+    def page(self, tenant: str, limit: int, before: str | None = None) -> list[Job]:
+        """The tenant's jobs, newest first, at most ``limit``, older than job ``before`` when
+        given (an id of this tenant's; another one gives an empty page)."""
+        if before is None:
+            rows = self._run(f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? ORDER BY seq DESC "
+                             "LIMIT ?", (tenant, limit))
+        else:
+            rows = self._run(f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? AND seq < "
+                             "(SELECT seq FROM jobs WHERE id = ? AND tenant = ?) "
+                             "ORDER BY seq DESC LIMIT ?", (tenant, before, tenant, limit))
+        return [_job(row) for row in rows.fetchall()]
+
+    def pending(self) -> int:
+        """Jobs queued or running (what the queue limit counts)."""
+        return self._run("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+                         ).fetchone()[0]
+
+    def claim(self) -> Job | None:
+        """The oldest queued job, now marked running (its ``attempts`` counted); None when none
+        is queued."""
+        with self._lock:
+            row = self._db.execute("UPDATE jobs SET status = 'running', started = ?, "
+                                   "attempts = attempts + 1 WHERE seq = "
+                                   "(SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq "
+                                   f"LIMIT 1) RETURNING {_COLUMNS}", (time.time(),)).fetchone()
+        return None if row is None else _job(row)
+
+    def progress(self, job_id: str, done: int, total: int) -> bool:
+        """Record a running job's progress; False when the job is gone (deleted)."""
+        cur = self._run("UPDATE jobs SET done = ?, total = ? WHERE id = ? AND status = "
+                        "'running'", (done, total, job_id))
+        return cur.rowcount > 0
+
+    def finish(self, job_id: str, score: float | None) -> bool:
+        """Mark a running job done (its results written); False when it was deleted meanwhile
+        (its folder is then removed)."""
+        cur = self._run("UPDATE jobs SET status = 'done', done = total, score = ?, finished = ? "
+                        "WHERE id = ? AND status = 'running'", (score, time.time(), job_id))
+        if cur.rowcount == 0:
+            shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        return cur.rowcount > 0
+
+    def fail(self, job_id: str, error: str) -> None:
+        """Mark a running job failed with ``error`` (a reason a user can read)."""
+        self._run("UPDATE jobs SET status = 'failed', error = ?, finished = ? WHERE id = ? AND "
+                  "status = 'running'", (error, time.time(), job_id))
+
+    def delete(self, job_id: str, tenant: str) -> bool:
+        """Delete the tenant's job ``job_id`` and its files (a running job stops at its next
+        batch); False when the tenant has no such job."""
+        cur = self._run("DELETE FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant))
+        if cur.rowcount == 0:
+            return False
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        return True
+
+    def requeue_running(self) -> int:
+        """At start-up: jobs left running by a process that died go back to the queue (keeping
+        their place); returns how many."""
+        return self._run("UPDATE jobs SET status = 'queued', started = NULL, done = 0 "
+                         "WHERE status = 'running'").rowcount
+
+    def remove_orphans(self) -> int:
+        """At start-up: job folders without a row (an upload cut short by a crash before its
+        row was written, or a delete cut short); returns how many were removed."""
+        known = {row[0] for row in self._run("SELECT id FROM jobs").fetchall()}
+        removed = 0
+        for entry in (self.data / "jobs").iterdir():
+            if entry.name not in known:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+                removed += 1
+        return removed

@@ -1,0 +1,88 @@
+"""The shapes of the service's answers (pydantic models: they are the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from explain.serve.jobs import RESULTS, Job
+
+
+class Accepted(BaseModel):
+    """A queued job: its id and where to poll it."""
+
+    id: str = Field(description="The job id (a random uuid4).")
+    status_url: str = Field(description="GET it for the job's status.")
+
+
+class JobProgress(BaseModel):
+    done: int = Field(description="Units done: masked copies scored (occlusion), else 0 or 1.")
+    total: int = Field(description="Units in all; 0 until the job starts.")
+
+
+class Visualization(BaseModel):
+    """One job as the API shows it."""
+
+    id: str
+    method: str
+    options: dict = Field(description="The method's options as validated (box/stride in "
+                                      "pixels or fractions of the shorter side, …).")
+    status: str = Field(description="queued | running | done | failed")
+    progress: JobProgress
+    score: float | None = Field(description="p(target) of the intact image, once done.")
+    error: str | None = Field(description="Why the job failed (a failed job only).")
+    created: str = Field(description="ISO 8601, UTC.")
+    finished: str | None = Field(description="ISO 8601, UTC; null until done or failed.")
+    results: dict[str, str] = Field(description="Result file name → URL, once done: "
+                                                + ", ".join(RESULTS) + ".")
+
+
+class VisualizationPage(BaseModel):
+    """A page of the caller's jobs, newest first."""
+
+    items: list[Visualization]
+    next: str | None = Field(description="URL of the next (older) page; null on the last.")
+
+
+class MethodInfo(BaseModel):
+    name: str
+    title: str
+    white_box: bool = Field(description="Needs a torch model (gradients).")
+    available: bool = Field(description="The served model can run it.")
+    why_not: str | None = Field(description="Why not, when it cannot.")
+
+
+class ModelInfo(BaseModel):
+    """The served model and what can be asked of it."""
+
+    model: str
+    classes: list[str]
+    input_size: list[int] | None
+    device: str
+    methods: list[MethodInfo]
+    fills: list[str]
+    defaults: dict
+
+
+class Health(BaseModel):
+    status: str
+    pending: int = Field(description="Jobs queued or running.")
+    workers: int = Field(description="Worker threads alive.")
+    auth: bool = Field(description="Whether /v1 needs a bearer token.")
+
+
+def iso(t: float | None) -> str | None:
+    """A time.time() value as ISO 8601 UTC text (milliseconds), None as None."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+def visualization(job: Job, base: str) -> Visualization:
+    """The API's view of ``job``; ``base`` is the job's URL."""
+    results = {name: f"{base}/{name}" for name in RESULTS} if job.status == "done" else {}
+    return Visualization(id=job.id, method=job.method, options=job.options, status=job.status,
+                         progress=JobProgress(done=job.done, total=job.total), score=job.score,
+                         error=job.error, created=iso(job.created) or "",
+                         finished=iso(job.finished), results=results)

@@ -1,0 +1,132 @@
+"""What the service checks before it trusts a request: the bind address, bearer tokens, the body
+size.
+
+- :func:`check_bind`: a loopback address (127.0.0.1, the default) is always allowed; any other
+  address only with tokens, else an :class:`~explain.errors.OptionError`.
+- :func:`load_tokens`: the tokens file, one token per line, blank lines and ``#`` comments
+  ignored. Each token is a tenant; the tenant's id (stored with its jobs) is a hash of the
+  token, never the token itself. :meth:`Tokens.tenant` compares a presented token with EVERY
+  known token in constant time (:func:`hmac.compare_digest`), so neither the answer nor its time
+  says which token or how much of one matched.
+- :class:`BodyLimit`: an ASGI middleware that answers 413 to a request body over the limit,
+  from its ``Content-Length`` before reading it, or as soon as a streamed body passes it: an
+  upload is never read past the limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from explain.errors import OptionError
+from explain.files import display
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts connections from this
+    machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, tokens: Tokens | None) -> None:
+    """Refuse to listen on a non-loopback ``host`` without tokens (an OptionError saying so)."""
+    if tokens is None and not is_loopback(host):
+        raise OptionError(f"refusing to listen on {host} without --tokens: anyone who can reach "
+                          "it could upload images and read every result; give --tokens FILE "
+                          "(one token per line) or bind 127.0.0.1")
+
+
+class Tokens:
+    """The known bearer tokens; :meth:`tenant` is the tenant of a presented token."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        if not tokens:
+            raise OptionError("the tokens file has no token (one per line; blank lines and "
+                              "# comments are ignored)")
+        self._tokens = [(t.encode("utf-8"), tenant_id(t)) for t in tokens]
+
+    def tenant(self, presented: str) -> str | None:
+        """The tenant id of ``presented``, or None when it is no known token. Every known token
+        is compared, each in constant time."""
+        given = presented.encode("utf-8", errors="surrogateescape")
+        found = None
+        for token, tenant in self._tokens:
+            if hmac.compare_digest(given, token):
+                found = tenant
+        return found
+
+
+def tenant_id(token: str) -> str:
+    """The id a token's jobs are stored under: a hash of the token (the table never holds one)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+
+
+def load_tokens(path: str | Path) -> Tokens:
+    """The tokens in file ``path`` (see the module docstring); an OptionError when it cannot be
+    read or holds none."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(f"cannot read the tokens file {display(path)}: {exc}") from None
+    lines = (line.strip() for line in text.splitlines())
+    return Tokens([line for line in lines if line and not line.startswith("#")])
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 (see the module
+    docstring); the app then sees the client gone and its own answer is dropped."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def _too_large(self, send: Send) -> None:
+        body = json.dumps({"detail": f"the upload is over the limit of {self.limit:,} bytes"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(send)
+            return
+        received = 0
+        answered = False
+
+        async def limited() -> Message:
+            nonlocal received, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    if not answered:
+                        answered = True
+                        await self._too_large(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        await self.app(scope, limited, guarded)

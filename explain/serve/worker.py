@@ -1,0 +1,183 @@
+"""The service's workers: threads in the server process that run the queued jobs.
+
+Each :class:`Worker` claims queued jobs oldest first (:meth:`~explain.serve.jobs.JobStore.claim`
+is atomic, so several workers never take one job twice). Occlusion jobs are held as
+:class:`~explain.serve.batching.OcclusionRun` s, up to ``interleave`` at a time, and advanced
+one shared model batch at a time (:func:`~explain.serve.batching.score_step`): windows of
+different jobs share batches. Every other method runs one job at a time through the registry
+(:data:`explain.methods.METHODS`). After each batch the worker records progress; a job deleted
+meanwhile is dropped. A job whose image cannot be decoded (truncated, corrupt) or whose model
+call fails becomes ``failed`` with the reason; the worker goes on with the rest (a shared batch
+the model refuses is retried job by job, so only the culprit fails).
+
+Results, in the job's folder, each written atomically: ``overlay.png`` (the overlay with its
+legend strip: colour bar, unit, score; :func:`explain.render.figure`), ``side.png``
+(original | heatmap | overlay, :func:`explain.render.side_by_side`), ``original.png`` (the
+decoded upload, re-encoded) and ``heatmap.npy`` + ``heatmap.json``
+(:meth:`explain.heatmap.Heatmap.save`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from explain.errors import ExplainError
+from explain.heatmap import Heatmap
+from explain.images import load_image
+from explain.methods import METHODS, Models
+from explain.occlusion import plan_occlusion
+from explain.render import figure, save_png, side_by_side
+from explain.serve.batching import OcclusionRun, score_step
+from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
+from explain.windows import check_batch_size
+
+INPUT = "input"
+WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """A job's options as the registry's run functions take them
+    (:class:`explain.methods.RunOptions`)."""
+
+    box: int | float | tuple
+    stride: int | float | tuple
+    target: str | int
+    batch_size: int | None
+    masks: int
+
+
+def reason(exc: BaseException) -> str:
+    """What a failed job's ``error`` says: a library error's reason (an image error without the
+    server's own path of the upload), else the exception's type and message."""
+    if isinstance(exc, ExplainError):
+        return getattr(exc, "reason", None) or str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def write_results(folder: Path, image: np.ndarray, heatmap: Heatmap) -> None:
+    """The result files of a job (see the module docstring), each written atomically."""
+    save_png(image, folder / "original.png")
+    save_png(figure(image, heatmap), folder / "overlay.png")
+    save_png(side_by_side(image, heatmap), folder / "side.png")
+    heatmap.save(folder / "heatmap")
+
+
+class _Active:
+    """An occlusion job a worker holds: its row, its image and its run."""
+
+    def __init__(self, job: Job, image: np.ndarray, run: OcclusionRun) -> None:
+        self.job, self.image, self.run = job, image, run
+        self.start = time.perf_counter()
+
+
+class Worker(threading.Thread):
+    """One worker thread (see the module docstring). ``models``: the served classifiers;
+    ``wake`` is set when a job is queued; ``interleave``: occlusion jobs sharing batches (1: no
+    cross-job batching); ``batch_size``: masks per model call (None: the library's default for
+    the device); ``max_pixels``: the decoding limit."""
+
+    def __init__(self, store: JobStore, models: Models, wake: threading.Event, *,
+                 interleave: int = 16, batch_size: int | None = None,
+                 max_pixels: int, name: str = "explain-worker") -> None:
+        super().__init__(name=name, daemon=True)
+        self.store, self.models, self.wake = store, models, wake
+        self.interleave, self.batch_size, self.max_pixels = interleave, batch_size, max_pixels
+        self.stopping = threading.Event()
+        self._active: list[_Active] = []
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self._claim()
+            if not self._active:
+                self.wake.wait(0.2)
+                self.wake.clear()
+                continue
+            self._step()
+
+    def _claim(self) -> None:
+        while len(self._active) < self.interleave and not self.stopping.is_set():
+            job = self.store.claim()
+            if job is None:
+                return
+            if job.attempts > MAX_ATTEMPTS:
+                self.store.fail(job.id, f"the server stopped {MAX_ATTEMPTS} times while running "
+                                "this job; it is not tried again")
+                continue
+            try:
+                image = load_image(self.store.folder(job.id) / INPUT, max_pixels=self.max_pixels)
+                if job.method == "occlusion":
+                    o = job.options
+                    plan = plan_occlusion(self.models.black, image, box=o["box"],
+                                          stride=o["stride"], fill=o["fill"],
+                                          target=o["target"])
+                    self._active.append(_Active(job, image, OcclusionRun(job.id, plan)))
+                    self.store.progress(job.id, 0, plan.n)
+                else:
+                    self._run_alone(job, image)
+            except Exception as exc:  # noqa: BLE001 — a bad job never stops the worker
+                self.store.fail(job.id, reason(exc))
+
+    def _run_alone(self, job: Job, image: np.ndarray) -> None:
+        start = time.perf_counter()
+        self.store.progress(job.id, 0, 1)
+        o = job.options
+        options = JobOptions(box=o["box"], stride=o["stride"], target=o["target"],
+                             batch_size=self.batch_size, masks=o["masks"])
+        method = METHODS[job.method]
+        with WHITE_BOX if method.white_box else nullcontext():
+            heatmap = method.run(self.models, image, options)
+        heatmap.seconds = time.perf_counter() - start
+        self._finish(job, image, heatmap)
+
+    def _finish(self, job: Job, image: np.ndarray, heatmap: Heatmap) -> None:
+        if self.store.get(job.id) is None:
+            return  # deleted meanwhile
+        write_results(self.store.folder(job.id), image, heatmap)
+        self.store.finish(job.id, heatmap.score)
+
+    def _step(self) -> None:
+        """One shared model batch for the held occlusion jobs; finish the complete ones."""
+        runs = [a.run for a in self._active]
+        first = runs[0].plan
+        step = check_batch_size(self.batch_size, first.x.device, first.size)
+        try:
+            stepped = score_step(self.models.black, runs, step)
+        except Exception:  # noqa: BLE001 — which job's copies broke the call is unknown
+            stepped = self._one_by_one(step)
+        keys = {r.key for r in stepped}
+        for a in list(self._active):
+            if a.run.key not in keys:
+                continue
+            if not self.store.progress(a.job.id, a.run.scored, a.run.plan.n):
+                self._active.remove(a)  # deleted meanwhile
+            elif a.run.complete:
+                self._active.remove(a)
+                heatmap = a.run.plan.heatmap(a.run.probabilities(),
+                                             time.perf_counter() - a.start, step)
+                try:
+                    self._finish(a.job, a.image, heatmap)
+                except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
+                    self.store.fail(a.job.id, reason(exc))
+
+    def _one_by_one(self, step: int) -> list[OcclusionRun]:
+        """After a shared batch failed: one batch of each held job alone; a job whose own batch
+        fails is failed with the model's reason, the others go on."""
+        stepped = []
+        for a in list(self._active):
+            try:
+                stepped += score_step(self.models.black, [a.run], step)
+            except Exception as exc:  # noqa: BLE001 — only this job fails
+                self._active.remove(a)
+                self.store.fail(a.job.id, f"the model failed: {reason(exc)}")
+        return stepped

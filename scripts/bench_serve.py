@@ -1,0 +1,198 @@
+"""Benchmark `explain serve` against the library's own loop, in the same run.
+
+50 occlusion jobs (box 64, stride 48: 25 windows + the intact image = 26 masked copies each) on
+distinct 256×256 images, submitted at once over HTTP to a real `explain serve` (a subprocess on
+127.0.0.1, the same model, one worker), against:
+
+- the library's loop: ``occlusion_map`` on the same images one after another, in this process,
+  at its default batch size and with all of an image's copies in one call (the best of the two
+  is the peer), alone and plus the time to write the same result files a job writes (overlay,
+  side by side, original, heatmap .npy/.json; the worker's own ``write_results``);
+- raw model throughput: ``predict`` on ready-made batches of the worker's batch size, the same
+  number of inputs (the limit no explanation can beat).
+
+Prints total throughput (jobs/s) and the service's overhead over the library's best loop, p50 and
+p95 job latency (created → finished, from the API), and the gain of cross-job batching at a queue
+of 1, 4 and 16 jobs: the worker's scheduler (:func:`explain.serve.batching.score_step`) on q
+jobs at once versus the same jobs one after another (``--interleave 1``), in this process, with
+the number of model calls of each (best of two rounds in alternating order). CPU:
+onnxruntime's cost grows with the batch, so the gain is mostly the calls saved; on a GPU a batch
+of 64 costs about what a batch of 9 does.
+
+    python scripts/bench_serve.py [--jobs 50] [--model open-nsfw:onnx] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from skimage import data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from serve_client import Server  # noqa: E402
+
+from explain.models import load  # noqa: E402
+from explain.occlusion import occlusion_map, plan_occlusion  # noqa: E402
+from explain.serve.batching import OcclusionRun, score_step  # noqa: E402
+from explain.serve.worker import write_results  # noqa: E402
+from explain.windows import default_batch_size  # noqa: E402
+
+BOX, STRIDE, SIDE = 64, 48, 256
+
+
+def make_images(n: int) -> list[np.ndarray]:
+    """``n`` distinct 256×256 RGB images: crops of scikit-image's photos at varied offsets and
+    scales, mirrored every other one."""
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    out = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(min(h, w) * (0.6 + 0.4 * ((i * 7) % 10) / 10))
+        top, left = (i * 13) % (h - side + 1), (i * 29) % (w - side + 1)
+        crop = photo[top:top + side, left:left + side]
+        img = cv2.resize(crop, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+        out.append(np.ascontiguousarray(img[:, ::-1] if i % 2 else img))
+    return out
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def library_loop(clf, images: list[np.ndarray], batch_size: int | None
+                 ) -> tuple[float, list]:
+    start = time.perf_counter()
+    maps = [occlusion_map(clf, img, box=BOX, stride=STRIDE, batch_size=batch_size)
+            for img in images]
+    return time.perf_counter() - start, maps
+
+
+def writing(images: list[np.ndarray], maps: list) -> float:
+    """Seconds to write the service's result files of every map (the worker's own function):
+    the work a job does beyond its map, so that the loop can be timed doing the same."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        for i, (img, heatmap) in enumerate(zip(images, maps, strict=True)):
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            write_results(folder, img, heatmap)
+        return time.perf_counter() - start
+
+
+def raw_predict(clf, inputs: int, batch_size: int) -> float:
+    batch = torch.rand(batch_size, 3, SIDE, SIDE, device=clf.device)
+    clf.predict(batch)
+    start = time.perf_counter()
+    for lo in range(0, inputs, batch_size):
+        clf.predict(batch[:min(batch_size, inputs - lo)])
+    return time.perf_counter() - start
+
+
+def parse_time(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def service(images: list[np.ndarray], model: str, device: str | None) -> tuple[float, list[float]]:
+    """Seconds from the first submission to the last finished job, and each job's latency."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = ["--device", device] if device else []
+        server = Server(Path(tmp) / "data", *extra, model=model).start()
+        try:
+            bodies = [png(img) for img in images]
+            start = time.time()
+            with ThreadPoolExecutor(16) as pool:
+                replies = list(pool.map(lambda b: server.submit(b, box=str(BOX),
+                                                                stride=str(STRIDE)), bodies))
+            jobs = [server.wait(r.json()["id"], timeout=3600) for r in replies]
+        finally:
+            server.stop()
+    failed = [j for j in jobs if j["status"] != "done"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} jobs did not finish: {failed[0]}")
+    finished = [parse_time(j["finished"]) for j in jobs]
+    latencies = [f - parse_time(j["created"]) for f, j in zip(finished, jobs, strict=True)]
+    return max(finished) - start, latencies
+
+
+def interleaved(clf, images: list[np.ndarray], batch_size: int, together: bool
+                ) -> tuple[float, int]:
+    """The worker's scheduler over ``images`` (all at once, or one job after another): seconds
+    and model calls."""
+    runs = [OcclusionRun(str(i), plan_occlusion(clf, img, box=BOX, stride=STRIDE))
+            for i, img in enumerate(images)]
+    calls = 0
+    start = time.perf_counter()
+    for group in ([runs] if together else [[r] for r in runs]):
+        while score_step(clf, group, batch_size):
+            calls += 1
+    return time.perf_counter() - start, calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--model", default="open-nsfw:onnx")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    images = make_images(args.jobs)
+    clf = load(args.model, args.device)
+    batch = default_batch_size(clf.device, clf.input_size)
+    copies = 26
+    print(f"{args.jobs} occlusion jobs, box {BOX} stride {STRIDE}, {SIDE}x{SIDE} images, "
+          f"{copies} masked copies each; model {args.model} on {clf.device}, batch {batch}")
+    print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
+    occlusion_map(clf, images[0], box=BOX, stride=STRIDE)  # warm-up
+    runs = {f"batch {batch} (default)": library_loop(clf, images, None),
+            f"batch {copies} (one call per image)": library_loop(clf, images, copies)}
+    loops = {name: seconds for name, (seconds, _) in runs.items()}
+    best_name, best = min(loops.items(), key=lambda kv: kv[1])
+    written = writing(images, runs[best_name][1])
+    loops[f"{best_name} + the same result files"] = best + written
+    raw = raw_predict(clf, args.jobs * copies, batch)
+    served, latencies = service(images, args.model, args.device)
+    print("\n| run | seconds | jobs/s | vs library's best loop |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| raw predict, {args.jobs * copies} inputs | {raw:.2f} | {args.jobs / raw:.2f} | "
+          f"{best / raw:.2f}x faster |")
+    for name, seconds in loops.items():
+        print(f"| library loop, {name} | {seconds:.2f} | {args.jobs / seconds:.2f} | "
+              f"{seconds / best:.2f}x time |")
+    equal = best + written
+    print(f"| explain serve, {args.jobs} jobs at once over HTTP | {served:.2f} | "
+          f"{args.jobs / served:.2f} | overhead {100 * (served / best - 1):+.1f} % (maps "
+          f"only), {100 * (served / equal - 1):+.1f} % (maps + files) |")
+    ordered = sorted(latencies)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    print(f"\njob latency (created → finished): p50 {statistics.median(ordered):.2f} s, "
+          f"p95 {p95:.2f} s (peer: {best_name})")
+    print("\n| queue | one job at a time | cross-job batching | calls | gain |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for q in (1, 4, 16):  # best of two rounds, in alternating order: the load drifts
+        first = [interleaved(clf, images[:q], batch, together=False),
+                 interleaved(clf, images[:q], batch, together=True)]
+        second = [interleaved(clf, images[:q], batch, together=True),
+                  interleaved(clf, images[:q], batch, together=False)]
+        alone, alone_calls = min(first[0], second[1])
+        shared, shared_calls = min(first[1], second[0])
+        print(f"| {q} | {alone:.2f} s | {shared:.2f} s | {alone_calls} → {shared_calls} | "
+              f"{alone / shared:.2f}x |")
+    print(f"\nload average after: {Path('/proc/loadavg').read_text().split()[:3]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The service's engine without HTTP (no serve extra needed): cross-job batching
+(explain.serve.batching) — the occluded copies of several images share model calls, oldest job
+first, images of one work size per call, every map equal to the library's `occlusion_map` — and
+a worker thread running the other methods through the registry."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from explain.grad_cam import gradcam
+from explain.methods import Models
+from explain.models import load
+from explain.occlusion import occlusion_map, plan_occlusion
+from explain.serve.batching import OcclusionRun, score_step
+from explain.serve.jobs import JobStore
+from explain.serve.worker import INPUT, Worker
+from explain.sliding import sliding_window_map
+
+
+def counting_model(calls: list[int]):
+    """A tiny black box without an input size (each image is scored at its own size): p(b) is
+    the mean red of the top-left 6×6 pixels; ``calls`` gets each batch's size."""
+    def score(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        p = batch[:, :6, :6, 0].reshape(len(batch), -1).mean(axis=1) / 255.0
+        return np.stack([1.0 - p, p], axis=1)
+    return load(score, class_names=["a", "b"])
+
+
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            for h, w in ((20, 24), (16, 16), (20, 24), (20, 24))]
+
+
+def test_runs_share_model_calls_and_give_the_librarys_maps():
+    calls: list[int] = []
+    clf = counting_model(calls)
+    fills = ["gray", "black", "mean", "blur"]
+    runs = [OcclusionRun(str(i), plan_occlusion(clf, img, box=8, stride=8, fill=fill,
+                                                target="b"))
+            for i, (img, fill) in enumerate(zip(images(), fills, strict=True))]
+    assert [r.plan.n for r in runs] == [10, 5, 10, 10]
+    stepped = []
+    while batch := score_step(clf, runs, 16):
+        stepped.append([r.key for r in batch])
+    # one call holds job 0 and the head of job 2 (same size); job 1 (16×16) never shares a tensor
+    assert stepped == [["0", "2"], ["1"], ["2", "3"]]
+    assert calls == [16, 5, 14]
+    for run, img, fill in zip(runs, images(), fills, strict=True):
+        calls.clear()
+        expected = occlusion_map(clf, img, box=8, stride=8, fill=fill, target="b",
+                                 batch_size=16)
+        got = run.plan.heatmap(run.probabilities(), 0.0, 16)
+        np.testing.assert_allclose(got.values, expected.values, atol=1e-6)
+        assert got.score == expected.score and got.params == expected.params
+
+
+def test_without_other_jobs_a_run_scores_as_the_library_batches():
+    calls: list[int] = []
+    clf = counting_model(calls)
+    run = OcclusionRun("only", plan_occlusion(clf, images()[0], box=8, stride=8, target="b"))
+    while score_step(clf, [run], 4):
+        pass
+    assert calls == [4, 4, 2] and run.complete
+    assert score_step(clf, [run], 4) == []
+
+
+def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_onnx, nsfw_torch,
+                                                               photos):
+    """A worker thread over a job store: sliding (black box, onnx) and Grad-CAM (white box, the
+    torch port) jobs give the library's maps; a job whose upload is not an image fails with the
+    reason and the worker goes on."""
+    image = cv2.resize(photos["coffee"], (96, 64), interpolation=cv2.INTER_AREA)
+    store = JobStore(tmp_path)
+    options = {"box": 0.5, "stride": 0.5, "fill": "gray", "target": "nsfw", "masks": 8}
+    ids = {}
+    for method in ("sliding", "gradcam", "broken"):
+        ids[method] = store.new_id()
+        folder = store.folder(ids[method])
+        folder.mkdir()
+        if method == "broken":
+            (folder / INPUT).write_bytes(b"not an image")
+        else:
+            Image.fromarray(image).save(folder / INPUT, format="PNG")
+        store.add(ids[method], "", "sliding" if method == "broken" else method, options)
+    worker = Worker(store, Models(nsfw_onnx, nsfw_torch), threading.Event(), max_pixels=10**6)
+    worker.start()
+    try:
+        while store.pending():
+            worker.wake.wait(0.05)
+    finally:
+        worker.stop()
+        worker.join()
+    expected = {"sliding": sliding_window_map(nsfw_onnx, image, box=0.5, stride=0.5),
+                "gradcam": gradcam(nsfw_torch, image)}
+    for method, heatmap in expected.items():
+        job = store.get(ids[method])
+        assert job.status == "done", job
+        values = np.load(store.folder(job.id) / "heatmap.npy")
+        np.testing.assert_allclose(values, heatmap.values, atol=1e-6)
+        assert job.score == pytest.approx(heatmap.score, abs=1e-6)
+    broken = store.get(ids["broken"])
+    assert broken.status == "failed" and broken.error.startswith("not an image")
+
+
+def test_the_job_store_orders_pages_isolates_and_survives_restarts(tmp_path):
+    store = JobStore(tmp_path)
+    ids = [store.new_id() for _ in range(5)]
+    for i, job_id in enumerate(ids):
+        store.add(job_id, "a" if i != 2 else "b", "occlusion", {"box": 64})
+    assert store.claim().id == ids[0] and store.pending() == 5
+    page = store.page("a", 2)
+    assert [j.id for j in page] == [ids[4], ids[3]]
+    assert [j.id for j in store.page("a", 2, before=ids[3])] == [ids[1], ids[0]]
+    assert store.page("a", 2, before=ids[2]) == []  # another tenant's id is no cursor
+    assert store.get(ids[2], "a") is None and store.get(ids[2], "b").tenant == "b"
+    assert not store.delete(ids[2], "a") and store.delete(ids[2], "b")
+    store.close()
+    store = JobStore(tmp_path)  # a restart: the running job is queued again, in its place
+    assert store.requeue_running() == 1
+    job = store.claim()
+    assert (job.id, job.attempts, job.status) == (ids[0], 2, "running")
+    for bad in ("../../etc", "", "00000000-0000-0000-0000-000000000000", ids[0].upper()):
+        with pytest.raises(ValueError):
+            store.folder(bad)
+
+
+def test_a_job_that_keeps_killing_the_server_is_failed(tmp_path, nsfw_onnx):
+    store = JobStore(tmp_path)
+    job_id = store.new_id()
+    store.add(job_id, "", "occlusion", {})
+    for _ in range(3):
+        store.claim()
+        store.requeue_running()
+    worker = Worker(store, Models(nsfw_onnx, None), threading.Event(), max_pixels=10**6)
+    worker._claim()
+    job = store.get(job_id)
+    assert job.status == "failed" and "3 times" in job.error
+
+
+def test_a_shared_batch_the_model_refuses_fails_only_the_culprit(tmp_path):
+    """The model raises on an all-black image: its job fails with the model's reason, the two
+    jobs that shared its batches finish with the library's maps."""
+    def picky(batch: np.ndarray) -> np.ndarray:
+        if (batch.reshape(len(batch), -1).max(axis=1) == 0).any():
+            raise ValueError("refuses black images")
+        p = batch[:, :6, :6, 0].reshape(len(batch), -1).mean(axis=1) / 255.0
+        return np.stack([1.0 - p, p], axis=1)
+
+    clf = load(picky, class_names=["a", "b"])
+    store = JobStore(tmp_path)
+    pictures = [images()[0], np.zeros((20, 24, 3), np.uint8), images()[2]]
+    ids = []
+    for picture in pictures:
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
+                                            "target": "b"})
+    worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
+                    max_pixels=10**6)
+    worker._claim()
+    while worker._active:
+        worker._step()
+    jobs = [store.get(i) for i in ids]
+    assert [j.status for j in jobs] == ["done", "failed", "done"]
+    assert "refuses black images" in jobs[1].error
+    for job, picture in zip(jobs[::2], pictures[::2], strict=True):
+        expected = occlusion_map(clf, picture, box=8, stride=8, target="b")
+        np.testing.assert_allclose(np.load(store.folder(job.id) / "heatmap.npy"),
+                                   expected.values, atol=1e-6)
