@@ -56,6 +56,26 @@ AUDIT_BATCH = 32
 # images: larger images are refused before they are decoded
 DEFAULT_MAX_PIXELS = 100_000_000
 
+# clips (animated images, videos): a video's default sampling rate (frames per second), the most
+# frames kept per clip, the frames explained by default, and the level difference (0..255) under
+# which a pixel counts as unchanged from the previous frame (0: only identical pixels, exact)
+DEFAULT_VIDEO_FPS = 4.0
+DEFAULT_MAX_FRAMES = 300
+DEFAULT_TOP_FRAMES = 3
+DEFAULT_REUSE_THRESHOLD = 0
+# how a frame's map reuses the previous frame's (explain.frame_reuse): not at all, when the frame
+# is unchanged (exact), or also the windows away from a changed region
+REUSE_MODES = ("none", "identical", "region")
+
+
+def check_reuse(reuse: str) -> str:
+    """``reuse`` when it is one of :data:`REUSE_MODES`, else an OptionError listing them."""
+    if reuse not in REUSE_MODES:
+        from explain.errors import OptionError
+
+        raise OptionError(f"unknown reuse {reuse!r}; use one of {', '.join(REUSE_MODES)}")
+    return reuse
+
 # models: the bundled models and the spec forms load() accepts
 BUNDLED = {
     "open-nsfw": "Yahoo open_nsfw (ResNet-50 thin), torch backend, white-box capable",

@@ -26,7 +26,7 @@ import errno
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -204,8 +204,10 @@ def collect_warnings() -> Iterator[None]:
 
 
 def iter_image_files(paths: Iterable[str | bytes | os.PathLike], *,
-                     skip: Callable[[Path], bool] | None = None) -> Iterator[Path]:
-    """Yield image files: files as given, folders searched recursively by suffix, sorted.
+                     skip: Callable[[Path], bool] | None = None,
+                     suffixes: Collection[str] = IMAGE_SUFFIXES) -> Iterator[Path]:
+    """Yield image files: files as given, folders searched recursively by suffix (``suffixes``,
+    lower case with the dot: :data:`IMAGE_SUFFIXES` by default), sorted.
 
     Never raises and never loops: a sub-folder that cannot be read, and a symbolic link to a
     folder that leads back into the walk (a loop), are yielded themselves, so that reading them
@@ -219,12 +221,13 @@ def iter_image_files(paths: Iterable[str | bytes | os.PathLike], *,
         except OSError:  # a name the system refuses (too long): load_image reports it
             is_dir = False
         if is_dir:
-            yield from _walk(p, skip)
+            yield from _walk(p, skip, suffixes)
         else:
             yield p
 
 
-def _walk(root: Path, skip: Callable[[Path], bool] | None) -> Iterator[Path]:
+def _walk(root: Path, skip: Callable[[Path], bool] | None, suffixes: Collection[str]
+          ) -> Iterator[Path]:
     visited = {os.path.realpath(root)}
     found: list[Path] = []
     stack = [root]
@@ -242,7 +245,7 @@ def _walk(root: Path, skip: Callable[[Path], bool] | None) -> Iterator[Path]:
             except OSError:
                 is_dir = False
             if not is_dir:
-                if path.suffix.lower() in IMAGE_SUFFIXES or (
+                if path.suffix.lower() in suffixes or (
                         entry.is_symlink() and _link_problem(path) == "loop"):
                     found.append(path)
                 continue

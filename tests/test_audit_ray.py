@@ -64,7 +64,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def photos_dir(tmp_path_factory) -> Path:
-    """Real photos (crops of scikit-image's) labelled sfw/nsfw, plus three broken files."""
+    """Real photos (crops of scikit-image's) labelled sfw/nsfw, an animated GIF of three of them,
+    plus three broken files."""
     root = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
     sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.retina()]
@@ -77,6 +78,10 @@ def photos_dir(tmp_path_factory) -> Path:
         label = "nsfw" if i % 3 == 0 else "sfw"
         (root / label).mkdir(exist_ok=True)
         Image.fromarray(crop).save(root / label / f"photo{i:02d}.jpg", quality=90)
+    # an animated GIF: the audit judges it by its max frame, which the Ray engine must find too
+    frames = [Image.open(root / "sfw" / f"photo{i:02d}.jpg").convert("RGB") for i in (1, 2, 4)]
+    frames[0].save(root / "sfw" / "clip.gif", save_all=True, append_images=frames[1:],
+                   duration=100, loop=0)
     (root / "sfw" / "empty.jpg").write_bytes(b"")
     (root / "sfw" / "text.png").write_bytes(b"not an image at all")
     good = (root / "nsfw" / "photo00.jpg").read_bytes()
@@ -96,13 +101,13 @@ def test_ray_engine_gives_the_local_answers(cluster, photos_dir, tmp_path):
                   options=options)
     on_ray = audit(photos_dir, tmp_path / "ray", model="open-nsfw:onnx", device="cpu",
                    options=options, engine="ray", ray=RayOptions(actors=2))
-    assert (local.images, local.scored, local.failed) == (15, 12, 3)
+    assert (local.images, local.scored, local.failed) == (16, 13, 3)
     assert (on_ray.images, on_ray.scored, on_ray.failed, on_ray.key) == \
         (local.images, local.scored, local.failed, local.key)
     a, b = _rows(tmp_path / "local" / "scores.csv"), _rows(tmp_path / "ray" / "scores.csv")
     assert [r["path"] for r in a] == [r["path"] for r in b]
     exact = _stored_scores(tmp_path / "local"), _stored_scores(tmp_path / "ray")
-    assert exact[0].keys() == exact[1].keys() and len(exact[0]) == 12
+    assert exact[0].keys() == exact[1].keys() and len(exact[0]) == 13
     for path, score in exact[0].items():  # onnxruntime's threads differ: 1e-7 apart at most
         assert abs(exact[1][path] - score) <= 1e-6
     for x, y in zip(a, b, strict=True):  # scores.csv: 6 decimals, so compared above

@@ -32,6 +32,7 @@ from pathlib import Path
 from explain.audit.store import DB_NAME
 from explain.errors import OptionError
 from explain.files import display, to_storable
+from explain.frames import CLIP_SUFFIXES
 from explain.images import iter_image_files
 
 
@@ -119,7 +120,7 @@ def folder_items(root: Path, class_names: Sequence[str], exclude: Sequence[Path]
     def skip(folder: Path) -> bool:
         return folder in skipped or (folder / DB_NAME).exists()
 
-    for path in iter_image_files([root], skip=skip):
+    for path in iter_image_files([root], skip=skip, suffixes=CLIP_SUFFIXES):
         first = path.relative_to(root).parts[0]
         label = names.get(first.lower()) if len(path.relative_to(root).parts) > 1 else None
         yield Item(path, label)

@@ -17,9 +17,11 @@ import cv2
 import numpy as np
 
 from explain.audit import metrics as m
+from explain.audit.clip_frame import audit_pixels, judged_frame
 from explain.audit.cue_groups import Paste, put
 from explain.audit.cues import Cues
 from explain.audit.store import ImageRow, Store
+from explain.choices import DEFAULT_MAX_PIXELS
 from explain.errors import ExplainError
 from explain.files import display, from_storable, write_text
 from explain.html import environment
@@ -157,9 +159,11 @@ def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[di
         if done is not None:
             card["overlay"] = file_uri(folder / done["png"])
             card["png"] = done["png"]
+        frame = None if done is None else judged_frame(folder / done["npy"])
         try:
-            card["original"] = data_uri(draw_parts(load_image(row.file, notes=[]), card["parts"]),
-                                        DISPLAY_SIDE)
+            pixels, _ = audit_pixels(row.file, max_pixels=DEFAULT_MAX_PIXELS, notes=[],
+                                     frame=frame)
+            card["original"] = data_uri(draw_parts(pixels, card["parts"]), DISPLAY_SIDE)
         except ExplainError as exc:
             card["error"] = display(str(exc))
         yield card

@@ -74,7 +74,8 @@ def _decode(batch: dict[str, np.ndarray], input_size: tuple[int, int] | None, ne
             max_pixels: int) -> dict[str, np.ndarray]:
     """Ray task: the local engine's decoding of each row (pickled :class:`ImageRow`)."""
     with collect_warnings():
-        loaded = [_load(pickle.loads(raw), input_size, need_small, max_pixels)
+        # no model here: a clip (judged by its max frame) is decoded on the actor
+        loaded = [_load(pickle.loads(raw), input_size, need_small, max_pixels, None, 0)
                   for raw in batch["row"]]
     return {"loaded": _objects([pickle.dumps(it, protocol=5) for it in loaded])}
 
@@ -119,6 +120,10 @@ class _Scorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [pickle.loads(raw) for raw in batch["loaded"]]
+        input_size = tuple(self.classifier.input_size) if self.classifier.input_size else None
+        with collect_warnings():
+            items = [_load(it.row, input_size, self.detector is not None, self.o.max_pixels,
+                           self.classifier, self.t) if it.clip else it for it in items]
         try:
             records = _score_batch(items, self.classifier, self.t, self.o, self.detector)
         except ExplainError as exc:  # a broken model: the driver raises it (see _unpacked)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from explain.audit.clip_frame import audit_pixels
 from explain.audit.concepts import PartDetector, area_share, heat_share, scale_part, score_drops
 from explain.audit.cues import CueImage, Cues, StoreCache, find_cues
 from explain.audit.options import AuditOptions
@@ -21,8 +22,9 @@ from explain.audit.store import ImageRow, Store
 from explain.choices import AUDIT_BATCH
 from explain.errors import ExplainError, ModelError
 from explain.files import display
+from explain.frames import is_clip
 from explain.heatmap import Heatmap
-from explain.images import collect_warnings, load_image, to_batch, to_tensor
+from explain.images import collect_warnings, to_batch, to_tensor
 from explain.models import Classifier
 from explain.models.base import resize
 from explain.occlusion import occlusion_map
@@ -75,15 +77,22 @@ class Loaded:
     factor: float = 1.0
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    clip: bool = False
 
 
 def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
-          max_pixels: int) -> Loaded:
+          max_pixels: int, classifier: Classifier | None, target: int) -> Loaded:
     """Decode one file and prepare what the scoring pass needs (off the main thread); the
-    warnings its decoding raises are kept with it."""
+    warnings its decoding raises are kept with it. A clip is its max frame for ``target``
+    (:mod:`explain.audit.clip_frame`: ``classifier`` scores its frames); without a
+    ``classifier`` (a decoding task with no model) a clip is left undecoded, ``clip=True``, for
+    whoever holds the model to load with this same function."""
+    if classifier is None and is_clip(row.file):
+        return Loaded(row, clip=True)
     notes: list[str] = []
     try:
-        rgb = load_image(row.file, max_pixels=max_pixels, notes=notes)
+        rgb, _ = audit_pixels(row.file, max_pixels=max_pixels, notes=notes,
+                              classifier=classifier, target=target)
     except ExplainError as exc:
         return Loaded(row, error=getattr(exc, "reason", str(exc)), notes=notes)
     shape = rgb.shape[:2]
@@ -177,7 +186,7 @@ def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
     with collect_warnings(), ThreadPoolExecutor(max_workers=o.workers) as pool, \
             rate.task("scoring", todo) as advance:
         def submit(batch: list[ImageRow]) -> list[Future]:
-            return [pool.submit(_load, r, input_size, concepts, o.max_pixels)
+            return [pool.submit(_load, r, input_size, concepts, o.max_pixels, classifier, t)
                     for r in batch]
 
         source = chunks()
@@ -256,7 +265,8 @@ def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o:
     part rows) and its picture; a note (str) when the file can no longer be read. Both engines
     call it (the Ray engine on its actors)."""
     try:  # its decoding warnings were recorded when it was scored
-        rgb = load_image(row.file, max_pixels=o.max_pixels, notes=[])
+        rgb, frame = audit_pixels(row.file, max_pixels=o.max_pixels, notes=[],
+                                  classifier=classifier, target=o.target)
     except ExplainError as exc:
         return f"no heatmap for {display(row.file)}: {exc.reason}"
     heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
@@ -266,7 +276,8 @@ def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o:
     small_rgb = shrink(rgb, SAVED_SIDE)
     saved = replace(heatmap, values=shrink(heatmap.values, SAVED_SIDE),
                     params={**heatmap.params, "source": row.path,
-                            "original_shape": list(heatmap.shape)})
+                            "original_shape": list(heatmap.shape),
+                            **({} if frame is None else {"frame": frame})})
     picture = figure(small_rgb, saved, colormap=o.colormap, alpha=o.alpha,
                      normalize=o.normalize, vmin=o.vmin, vmax=o.vmax)
     return HeatmapDone(saved, picture, shares, heatmap.seconds or 0.0)

@@ -7,11 +7,17 @@ Per image NAME in the output folder: ``NAME.occlusion.png`` (``NAME.sliding.png`
 file's stem, made unique within the call by :func:`explain.files.output_names` (see the README,
 "Output files"). A map without signal (below the noise floor) and a box too small at the model's
 input are said on the image's line. The three commands share one runner, :func:`_explain_images`.
+
+A clip (animated GIF/WebP/PNG, video; :mod:`explain.frames`) is scored on every sampled frame
+and its top frames (or all) explained, reusing the previous frame's work (``--reuse``), by
+:func:`_explain_clip`: ``NAME.METHOD.gif``, ``NAME.METHOD.timeline.png`` and
+``NAME.METHOD.frameINDEX.png`` (:func:`explain.clips.write_clip`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -20,9 +26,19 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from explain.choices import BLACK_BOX_MODEL, DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P
+from explain.choices import (
+    BLACK_BOX_MODEL,
+    DEFAULT_CELL,
+    DEFAULT_MASKS,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_P,
+    DEFAULT_REUSE_THRESHOLD,
+    DEFAULT_TOP_FRAMES,
+    REUSE_MODES,
+)
 from explain.cli.common import (
     EXIT_BAD_INPUT,
+    AllFramesOpt,
     AlphaOpt,
     BatchOpt,
     BoxOpt,
@@ -31,9 +47,11 @@ from explain.cli.common import (
     FastOpt,
     Fill,
     FillOpt,
+    FramesOpt,
     ImageOutDirOpt,
     Images,
     MasksOpt,
+    MaxFramesOpt,
     ModelOptions,
     NoLegendOpt,
     NormalizeOpt,
@@ -41,14 +59,18 @@ from explain.cli.common import (
     SideBySideOpt,
     StrideOpt,
     TargetOpt,
+    TopFramesOpt,
     VmaxOpt,
     VminOpt,
+    choice,
     console,
     drill_down_fraction,
     error_line,
     gather_images,
     int_pair,
+    note_line,
     output_stems,
+    plain,
     result_line,
     user_errors,
     with_model_options,
@@ -64,24 +86,51 @@ CellOpt = Annotated[int, typer.Option("--cell", min=1, help="RISE: each mask is 
                                       "of random cells, smoothly up-sampled to the image.")]
 KeepOpt = Annotated[float, typer.Option("--p", min=0.0, max=1.0, help="RISE: probability that a "
                                         "cell is kept (the rest of the image goes black).")]
+Reuse = choice("Reuse", REUSE_MODES)
+ReuseOpt = Annotated[Reuse, typer.Option(
+    "--reuse", help="Clips, between consecutive explained frames: identical = an unchanged frame "
+    "takes the previous map (exact); region = also windows away from the changed region keep "
+    "their value (exact for slide; an approximation for occlude, see the README).",
+    callback=plain)]
+ReuseBelowOpt = Annotated[int, typer.Option(
+    "--reuse-below", min=0, max=255, help="Clips: a pixel differing from the previous "
+    "frame's by at most this many levels (0..255) counts as unchanged; 0 = exact.")]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="RISE: random seed; the same seed "
                                       "gives the same masks and map.")]
 
 
+@dataclass(frozen=True)
+class ClipChoice:
+    """The clip options of a command: sampling (``--frames``), ``--max-frames``,
+    ``--top-frames``, ``--all-frames``, and for occlusion the maps of a frame sequence with
+    reuse (``sequence``, :func:`explain.frame_reuse.occlusion_maps` with the method's settings
+    bound; None: each frame's map, identical frames reused)."""
+
+    frames: str
+    max_frames: int
+    top_frames: int
+    all_frames: bool
+    sequence: Callable[..., list[Heatmap]] | None = None
+
+
 def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[Path], *,
                     target: str, models: ModelOptions, batch_size: int | None, look: dict,
-                    output: Path, save_npy: bool, side: bool, unit: str = "windows") -> None:
+                    output: Path, save_npy: bool, side: bool, clips: ClipChoice,
+                    unit: str = "windows") -> None:
     """Run ``make_map(clf, image, target=…, batch_size=…, progress=…)`` (the method's own
     settings already bound) over every image with a progress bar counting ``unit`` (the map's
-    ``params[unit]``, else its ``windows``; after drill-down, evaluated/all); report bad images
-    and go on. ``look``: the drawing options of :func:`explain.render.figure`."""
+    ``params[unit]``, else its ``windows``; after drill-down, evaluated/all); a clip goes to
+    :func:`_explain_clip`. Report bad images and go on. ``look``: the drawing options of
+    :func:`explain.render.figure`."""
+    from explain.frames import is_clip, parse_sampling
     from explain.images import load_image
     from explain.models import resolve_target
     from explain.render import check_look, figure, save_png, side_by_side
     from explain.windows import small_box_note
 
     check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
-    paths, failed = gather_images(images)
+    parse_sampling(clips.frames)
+    paths, failed = gather_images(images, clips=True)
     suffixes = [".png", *([".side.png"] if side else []), *([".npy", ".json"] if save_npy else [])]
     stems = output_stems(paths, output, method, suffixes)
     clf = models.load()
@@ -93,6 +142,12 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
         for path, stem in zip(paths, stems, strict=True):
             task = bar.add_task(escape(display(path.name)), total=None)
             try:
+                if is_clip(path):
+                    result_line(_explain_clip(
+                        path, stem, clf, make_map, clips, target=target, batch_size=batch_size,
+                        look=look, inputs=paths, progress=lambda done, total, t=task: bar.update(
+                            t, completed=done, total=total)))
+                    continue
                 img = load_image(path)
                 hm = make_map(clf, img, target=target, batch_size=batch_size,
                               progress=lambda done, total, t=task: bar.update(
@@ -120,6 +175,53 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
+def _explain_clip(path: Path, stem: Path, clf: object, make_map: Callable[..., Heatmap],
+                  c: ClipChoice, *, target: str, batch_size: int | None, look: dict,
+                  inputs: list[Path], progress: Callable[[int, int], None]) -> str:
+    """Score every sampled frame of the clip at ``path``, explain the chosen frames, write the
+    animated overlay, the timeline and the frames' pictures (:func:`explain.clips.write_clip`);
+    return the result line. Notes (frames skipped) go to stderr."""
+    from collections import Counter
+
+    from explain.clips import (
+        explain_clip,
+        frame_maps,
+        output_names,
+        pick_frames,
+        score_clip,
+        write_clip,
+    )
+    from explain.files import check_outputs
+    from explain.frames import read_clip
+
+    clip = read_clip(path, c.frames, max_frames=c.max_frames)
+    for note in clip.notes:
+        note_line(f"{display(path)}: {note}")
+    scores = score_clip(clf, clip, target, progress=progress)
+    pictures = c.top_frames if c.all_frames else None
+    positions = pick_frames(scores, c.top_frames, c.all_frames)
+    check_outputs(output_names(stem, clip, scores, positions, pictures), inputs)
+
+    def maps(frames: list, done: Callable[[int, int], None] | None) -> list[Heatmap]:
+        if c.sequence is not None:
+            return c.sequence(clf, frames, target=target, batch_size=batch_size, progress=done)
+        return frame_maps(lambda f: make_map(clf, f, target=target, batch_size=batch_size),
+                          frames, progress=done)
+
+    explained = explain_clip(scores, clip, maps, top_frames=c.top_frames,
+                             all_frames=c.all_frames, progress=progress)
+    written = write_clip(clip, explained, stem, frame_pictures=pictures, **look)
+    reuse = Counter(hm.params.get("reuse", "none") for hm in explained.maps)
+    paths = ", ".join(f"{n} {k}" for k, n in sorted(reuse.items()))
+    top = scores.summary()
+    seconds = sum(hm.seconds or 0.0 for hm in explained.maps)
+    return (f"{display(path)}  {top['target']} max {top['max']:.4f} at frame {top['max_frame']} "
+            f"({top['max_time']:.2f} s), mean {top['mean']:.4f} over {len(clip.frames)} frames"
+            f"  {len(explained.maps)} explained (reuse: {paths})  {seconds:.2f} s"
+            f"  → {', '.join(map(display, written[:2]))}"
+            + (f" + {len(written) - 2} frame pictures" if len(written) > 2 else ""))
+
+
 def _windows(box: str, stride: str) -> dict:
     """--box / --stride as the window methods' ``box``/``stride`` arguments, checked."""
     from explain.windows import check_windows
@@ -144,21 +246,29 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
             output: ImageOutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
             side_by_side: SideBySideOpt = False, normalize: NormalizeOpt = None,
             vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False,
+            frames: FramesOpt = "auto", max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
+            top_frames: TopFramesOpt = DEFAULT_TOP_FRAMES, all_frames: AllFramesOpt = False,
+            reuse: ReuseOpt = Reuse.identical, reuse_below: ReuseBelowOpt = DEFAULT_REUSE_THRESHOLD,
             fast: FastOpt = False, drill_down: DrillDownOpt = None) -> None:
     """Occlusion sensitivity: how much the target's score drops when each window is hidden.
 
     Writes NAME.occlusion.png: red = hiding this region lowers the score, blue = raises it,
-    white = no effect (the colour bar below gives the drop in probability). --fast / --drill-down
-    score the fine windows only where the map needs them (the line says how many ran).
+    white = no effect (the colour bar below gives the drop in probability). A clip (animated
+    image, video) writes NAME.occlusion.gif (the animated overlay), NAME.occlusion.timeline.png
+    and NAME.occlusion.frameINDEX.png for its explained frames. --fast / --drill-down score the
+    fine windows of a still image only where the map needs them (the line says how many ran).
     """
+    from explain.frame_reuse import occlusion_maps
     from explain.occlusion import occlusion_map
 
     drill = drill_down_fraction(fast, drill_down)
-    _explain_images("occlusion", partial(occlusion_map, fill=fill, drill_down=drill,
-                                         **_windows(box, stride)),
+    windows = _windows(box, stride)
+    sequence = partial(occlusion_maps, fill=fill, reuse=reuse, threshold=reuse_below, **windows)
+    _explain_images("occlusion", partial(occlusion_map, fill=fill, drill_down=drill, **windows),
                     images, target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
-                    look=_look(colormap, alpha, normalize, vmin, vmax, no_legend))
+                    look=_look(colormap, alpha, normalize, vmin, vmax, no_legend),
+                    clips=ClipChoice(frames, max_frames, top_frames, all_frames, sequence))
 
 
 @user_errors
@@ -168,18 +278,26 @@ def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: Str
           alpha: AlphaOpt = 0.5, output: ImageOutDirOpt = Path("."),
           save_npy: SaveNpyOpt = False, side_by_side: SideBySideOpt = False,
           normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
-          no_legend: NoLegendOpt = False) -> None:
+          no_legend: NoLegendOpt = False, frames: FramesOpt = "auto",
+          max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
+          top_frames: TopFramesOpt = DEFAULT_TOP_FRAMES, all_frames: AllFramesOpt = False,
+          reuse: ReuseOpt = Reuse.region, reuse_below: ReuseBelowOpt = DEFAULT_REUSE_THRESHOLD
+          ) -> None:
     """Sliding window: each window cropped and scored alone; per pixel the mean crop score.
 
     Writes NAME.sliding.png: the crops' probability on a fixed 0..1 scale (red = crops here
     score high on their own).
     """
+    from explain.frame_reuse import sliding_maps
     from explain.sliding import sliding_window_map
 
-    _explain_images("sliding", partial(sliding_window_map, **_windows(box, stride)), images,
+    windows = _windows(box, stride)
+    sequence = partial(sliding_maps, reuse=reuse, threshold=reuse_below, **windows)
+    _explain_images("sliding", partial(sliding_window_map, **windows), images,
                     target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
-                    look=_look(colormap, alpha, normalize, vmin, vmax, no_legend))
+                    look=_look(colormap, alpha, normalize, vmin, vmax, no_legend),
+                    clips=ClipChoice(frames, max_frames, top_frames, all_frames, sequence))
 
 
 @user_errors
@@ -190,7 +308,9 @@ def rise(images: Images, models: ModelOptions, masks: MasksOpt = DEFAULT_MASKS,
          alpha: AlphaOpt = 0.5, output: ImageOutDirOpt = Path("."),
          save_npy: SaveNpyOpt = False, side_by_side: SideBySideOpt = False,
          normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
-         no_legend: NoLegendOpt = False) -> None:
+         no_legend: NoLegendOpt = False, frames: FramesOpt = "auto",
+         max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
+         top_frames: TopFramesOpt = DEFAULT_TOP_FRAMES, all_frames: AllFramesOpt = False) -> None:
     """RISE: the score of thousands of randomly masked copies, averaged per pixel over the
     masks that keep it.
 
@@ -203,4 +323,5 @@ def rise(images: Images, models: ModelOptions, masks: MasksOpt = DEFAULT_MASKS,
     _explain_images("rise", partial(rise_map, masks=masks, cell=cell, p=p, seed=seed), images,
                     target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side, unit="masks",
-                    look=_look(colormap, alpha, normalize, vmin, vmax, no_legend))
+                    look=_look(colormap, alpha, normalize, vmin, vmax, no_legend),
+                    clips=ClipChoice(frames, max_frames, top_frames, all_frames))

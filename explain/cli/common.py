@@ -120,6 +120,13 @@ def error_line(message: str) -> None:
                       soft_wrap=True)
 
 
+def note_line(message: str) -> None:
+    """One yellow note on stderr: something the user should know about a result (frames
+    skipped), not an error."""
+    err_console.print(f"[yellow]note:[/] {escape(display(message))}", highlight=False,
+                      soft_wrap=True)
+
+
 def user_errors(fn: F) -> F:
     """Turn library errors into one red line and exit code 2 (no traceback)."""
 
@@ -153,13 +160,15 @@ class Inputs(NamedTuple):
     failed: int
 
 
-def gather_images(items: Sequence[Path]) -> Inputs:
+def gather_images(items: Sequence[Path], *, clips: bool = False) -> Inputs:
     """The image files of the command line: files as given (a missing or unreadable one is then
-    a per-file error), folders searched recursively. A folder without images is one red line
-    and counts as a failure; nothing to do at all is an error."""
-    from explain.images import iter_image_files
+    a per-file error), folders searched recursively (with ``clips``, for videos too). A folder
+    without images is one red line and counts as a failure; nothing to do at all is an error."""
+    from explain.frames import CLIP_SUFFIXES
+    from explain.images import IMAGE_SUFFIXES, iter_image_files
 
-    found = [list(iter_image_files([item])) for item in items]
+    suffixes = CLIP_SUFFIXES if clips else IMAGE_SUFFIXES
+    found = [list(iter_image_files([item], suffixes=suffixes)) for item in items]
     if not any(found):
         raise OptionError(f"no image files in {', '.join(display(i) for i in items)}")
     empty = [item for item, files in zip(items, found, strict=True) if not files]
@@ -279,3 +288,16 @@ VmaxOpt = Annotated[float | None, typer.Option(
     "--vmax", help="Value at the high end of the colours.")]
 NoLegendOpt = Annotated[bool, typer.Option(
     "--no-legend", help="Pictures without the legend strip (colour bar, unit, score) below.")]
+
+# Clips (animated images, videos): how their frames are sampled and which are explained
+FramesOpt = Annotated[str, typer.Option(
+    "--frames", help="Clips (animated GIF/WebP/PNG, MP4/WebM/MOV/MKV): all, N (evenly spaced) "
+    "or fps:R; auto = every frame of an animated image, 4 frames per second of a video.")]
+MaxFramesOpt = Annotated[int, typer.Option(
+    "--max-frames", min=1, help="Clips: at most this many frames are kept (evenly spaced when "
+    "the sampling asks for more; a note says so).")]
+TopFramesOpt = Annotated[int, typer.Option(
+    "--top-frames", min=1, help="Clips: explain the K frames with the highest p(target).")]
+AllFramesOpt = Annotated[bool, typer.Option(
+    "--all-frames", help="Clips: explain every sampled frame (reusing the previous frame's "
+    "work where it did not change).")]

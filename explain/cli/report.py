@@ -99,7 +99,7 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
                       colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
                       vmax=vmax, drill_down=drill_down_fraction(fast, drill_down))
     options.check()
-    paths, failed_inputs = gather_images(images)
+    paths, failed_inputs = gather_images(images, clips=True)
     check_output_file(output, inputs=paths)
     spec: object = models.model
     if models.model not in DEFAULT_MODELS or not models.plain:

@@ -10,7 +10,8 @@ Models: for the default ``open-nsfw`` the black-box methods, the scores and the 
 curves run on the fastest backend (``open-nsfw:auto``) and the white-box methods on the torch
 one. Any other model is used for everything; a white-box method that it cannot serve (ONNX,
 HTTP, a Python function) is skipped with a note, never a crash. A bad image becomes a failed row
-with its reason; the other images are complete.
+with its reason; the other images are complete. A clip (animated image, video) is explained on
+its max frame; its row shows the timeline of p(target) over its frames with that frame marked.
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ from pathlib import Path
 import numpy as np
 
 from explain.choices import BLACK_BOX_MODEL, DEFAULT_MASKS, WHITE_BOX_MODEL, check_fill
+from explain.clips import judge_clip
 from explain.drill_down import check_drill_down
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
 from explain.files import display
+from explain.frames import is_clip
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
 from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods
 from explain.models import load, resolve_target
 from explain.progress import LabelledProgress
 from explain.render import DISPLAY_SIDE, check_look, data_uri, figure, overlay, shrink
+from explain.render_clip import timeline
 from explain.report.ranking import rank
 from explain.rise import check_rise
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
@@ -107,6 +111,8 @@ class ImageResult:
     thumb_uri: str | None = None
     methods: list[MethodResult] = field(default_factory=list)
     left_out: str | None = None
+    clip: str | None = None
+    timeline_uri: str | None = None
 
     @property
     def best(self) -> list[MethodResult]:
@@ -178,7 +184,7 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
            skipped: dict[str, str], tick: Callable[[str], None]) -> ImageResult:
     row = ImageResult(path=str(path), anchor=f"img-{index}")
     try:
-        image = load_image(path)
+        image = _pixels(path, models, o, row)
         probs = models.black.predict(to_tensor(image, models.black.device))[0].tolist()
     except ExplainError as exc:
         row.error = getattr(exc, "reason", None) or str(exc)
@@ -203,6 +209,19 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
                 row.methods.append(MethodResult(name, METHODS[name].title, error=str(exc)))
         tick(f"{display(path.name)}: {name}")
     return row
+
+
+def _pixels(path: Path, models: Models, o: Options, row: ImageResult) -> np.ndarray:
+    """The image a report row explains: a still image, or a clip's max frame (every sampled
+    frame scored: :func:`explain.clips.judge_clip`), whose row then carries the timeline of
+    p(target) with that frame marked and a sentence saying which frame it is."""
+    if not is_clip(path):
+        return load_image(path)
+    clip, scores, row.clip = judge_clip(models.black, path, o.target)
+    picture = timeline(scores.times, scores.curve.tolist(), [f.duration for f in clip.frames],
+                       target=scores.class_names[scores.target], marked=[scores.top])
+    row.timeline_uri = data_uri(picture, picture.shape[1])
+    return clip.frames[scores.top].rgb
 
 
 def build_report(paths: Sequence[str | os.PathLike], *, model: object = WHITE_BOX_MODEL,

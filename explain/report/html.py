@@ -77,7 +77,7 @@ def report_json(report: Report) -> dict:
         return {"path": to_storable(img.path), **_shown({
             "error": img.error, "left_out": img.left_out,
             "size": list(img.size) if img.size else None, "scores": img.scores,
-            "score": img.score, "best": [m.method for m in img.best],
+            "score": img.score, "clip": img.clip, "best": [m.method for m in img.best],
             "methods": [method(m) for m in img.methods]})}
 
     return {**_shown({

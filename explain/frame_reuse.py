@@ -1,0 +1,225 @@
+"""Maps of a sequence of frames (occlusion, sliding window) that reuse the previous frame's work.
+
+Frame after frame (in time order), with the window grid and model of the single-image method,
+each map takes one of three paths (``Heatmap.params["reuse"]``; ``params["rescored"]`` counts
+the windows scored for it):
+
+- **identical**: a frame that differs from the previous one nowhere by more than ``threshold``
+  levels (0..255) takes its map. With threshold 0 the pixels are the same, so the map is exactly
+  the one a recomputation gives, for any model. (With a threshold above 0, small changes can
+  add up over many frames: each frame is compared with the one before it.)
+- **region** (asked with ``reuse="region"``): only the windows that meet the bounding box of the
+  changed pixels (in original pixels) are scored again; every other window keeps its previous
+  value. Re-scored windows are exact. For the sliding-window map a kept value is exact too, for
+  ANY model: a window away from the change crops the same pixels, so its crop scores the same.
+  For occlusion, the kept value is the window's *drop* p(frame) − p(frame, window hidden), which
+  equals the recomputed one only when hiding a window changes the score independently of the
+  pixels outside it (models additive over regions, such as the tests'). A deep network sees the
+  whole frame in every output: ``scripts/bench_video.py`` measured kept drops off by up to 70 %
+  of the map's largest value on open_nsfw, so for occlusion region reuse is an approximation,
+  never the default. It is refused (changed frames are recomputed in full) with the fills
+  ``mean`` and ``blur``, which are computed from the whole frame: a change anywhere changes
+  every window's occluded copy.
+- **none**: the first frame, a changed frame without region reuse, and ``reuse="none"``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from explain.choices import DEFAULT_REUSE_THRESHOLD, check_fill, check_reuse
+from explain.clips import changed
+from explain.heatmap import NOISE_FLOOR, Heatmap
+from explain.images import to_tensor
+from explain.models.base import Classifier, resize, resolve_target
+from explain.occlusion import scale_windows
+from explain.perturb import fill_values, masked_scores
+from explain.progress import Progress
+from explain.windows import (
+    DEFAULT_BOX,
+    DEFAULT_STRIDE,
+    Size,
+    check_batch_size,
+    pixels,
+    window_grid,
+    window_mean,
+)
+
+REGION_FILLS = ("gray", "black")
+
+
+def plan(previous: np.ndarray | None, frame: np.ndarray, windows: np.ndarray, reuse: str,
+         threshold: int, region: bool = True) -> tuple[str, np.ndarray]:
+    """How a frame's map is made (``identical``, ``region`` or ``none``) and which ``windows``
+    are scored for it, given the ``previous`` frame (None for the first), the ``reuse`` mode
+    asked (``none``, ``identical``, ``region``), the pixel ``threshold``, and whether region
+    reuse applies (``region``: False for whole-frame fills)."""
+    every = np.ones(len(windows), bool)
+    if reuse == "none" or previous is None:
+        return "none", every
+    mask = changed(previous, frame, threshold)
+    if not mask.any():
+        return "identical", ~every
+    if reuse == "region" and region:
+        return "region", meeting(windows, mask)
+    return "none", every
+
+
+def meeting(windows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Which ``windows`` (rows of top, left, bottom, right; bottom/right exclusive) meet the
+    bounding box of the True pixels of ``mask`` (H, W): a boolean per window."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return ((windows[:, 0] < bottom) & (windows[:, 2] > top)
+            & (windows[:, 1] < right) & (windows[:, 3] > left))
+
+
+def window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
+                  bounds: torch.Tensor, target: int, step: int) -> np.ndarray:
+    """p(``target``) of ``x`` with each window of ``bounds`` (n × 4 on x's device, in x's pixels;
+    an empty window scores the intact image) filled with ``fill``, in batches of ``step``,
+    through the perturbation core (:func:`explain.perturb.masked_scores`)."""
+    rows = torch.arange(x.shape[2], device=x.device).view(1, -1, 1)
+    cols = torch.arange(x.shape[3], device=x.device).view(1, 1, -1)
+
+    def kept():  # noqa: ANN202 - a generator of boolean masks, True where the image is kept
+        for lo in range(0, len(bounds), step):
+            b = bounds[lo:lo + step, :, None]
+            in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
+            yield ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
+
+    scores = masked_scores(classifier, x, fill, kept(), target, len(bounds))
+    return torch.cat([s for _, s in scores]).double().cpu().numpy()
+
+
+@torch.no_grad()
+def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
+                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
+                   target: str | int = "nsfw", batch_size: int | None = None,
+                   threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: str = "identical",
+                   progress: Progress | None = None) -> list[Heatmap]:
+    """One occlusion map per frame of ``frames`` (RGB uint8 arrays of one size, in time order),
+    each as :func:`explain.occlusion.occlusion_map` defines it (same parameters: ``box``,
+    ``stride``, ``fill``, ``target``, ``batch_size``), reusing the previous frame's work as the
+    module docstring says: ``reuse`` is ``identical`` (exact; the default), ``region``
+    (approximate for occlusion, see the module docstring) or ``none``. ``threshold``: the level
+    difference (0..255) up to which a pixel counts as unchanged. ``progress(done, total)``
+    counts frames.
+
+    Returns one SIGNED :class:`~explain.heatmap.Heatmap` per frame, in units of p(target),
+    ``params["reuse"]`` in ``identical``, ``region`` or ``none`` and ``params["rescored"]`` the
+    windows scored for it.
+    """
+    check_fill(fill)
+    check_reuse(reuse)
+    shape = frames[0].shape[:2]
+    t = resolve_target(classifier, target)
+    name = classifier.class_names[t]
+    windows = window_grid(shape, box, stride)
+    size = tuple(classifier.input_size) if classifier.input_size else shape
+    scaled = scale_windows(windows, shape, size)
+    device = classifier.device
+    step = check_batch_size(batch_size, device, size, len(windows) + 1)
+    empty = np.zeros((1, 4), np.int64)
+    maps: list[Heatmap] = []
+    drops = np.zeros(len(windows))
+    score = 0.0
+    for k, frame in enumerate(frames):
+        start = time.perf_counter()
+        how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold,
+                           region=fill in REGION_FILLS)
+        if how != "identical":
+            x = to_tensor(frame, device)
+            if size != shape:
+                x = resize(x, size)
+            baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
+            bounds = torch.from_numpy(np.concatenate([empty, scaled[chosen]])).to(device)
+            p = window_scores(classifier, x, baseline, bounds, t, step)
+            score = float(p[0])
+            drops = drops.copy()
+            drops[chosen] = p[0] - p[1:]
+        maps.append(Heatmap(
+            values=window_mean(shape, windows, drops), method="occlusion", target=name,
+            score=score, box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
+            stride=pixels(stride, "stride", shape), windows=len(windows),
+            seconds=time.perf_counter() - start,
+            params={"fill": fill, "batch_size": step, "work_size": list(size), "box_asked": box,
+                    "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
+                    "threshold": threshold},
+            signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR))
+        if progress is not None:
+            progress(k + 1, len(frames))
+    return maps
+
+
+def crop_scores(classifier: Classifier, x: torch.Tensor, windows: np.ndarray,
+                size: tuple[int, int], target: int, step: int) -> np.ndarray:
+    """p(``target``) of each window of ``windows`` (n × 4, one box size, in x's pixels) cropped
+    from ``x`` (3 × H × W on the classifier's device) and resized to ``size``, scored alone in
+    batches of ``step`` (as :func:`explain.sliding.sliding_window_map` scores its crops)."""
+    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
+    starts = torch.from_numpy(windows[:, :2]).to(x.device)
+    dy, dx = torch.arange(bh, device=x.device), torch.arange(bw, device=x.device)
+    out = []
+    for lo in range(0, len(windows), step):
+        s = starts[lo:lo + step]
+        crops = x[:, (s[:, 0:1] + dy)[:, :, None], (s[:, 1:2] + dx)[:, None, :]].transpose(0, 1)
+        if size != (bh, bw):
+            crops = resize(crops, size)
+        out.append(classifier.predict(crops)[:, target].double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@torch.no_grad()
+def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
+                 box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE,
+                 target: str | int = "nsfw", batch_size: int | None = None,
+                 threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: str = "region",
+                 progress: Progress | None = None) -> list[Heatmap]:
+    """One sliding-window map per frame of ``frames`` (RGB uint8 arrays of one size, in time
+    order), each as :func:`explain.sliding.sliding_window_map` defines it (same ``box``,
+    ``stride``, ``target``, ``batch_size``), reusing the previous frame's work: ``reuse`` is
+    ``region`` (the default: exact for any model, see the module docstring), ``identical`` or
+    ``none``; ``threshold`` as for :func:`occlusion_maps`. ``progress(done, total)`` counts
+    frames.
+
+    Returns one :class:`~explain.heatmap.Heatmap` per frame: per pixel the mean p(target) of the
+    crops covering it, bounds (0, 1); ``params["reuse"]`` and ``params["rescored"]`` as for
+    occlusion.
+    """
+    check_reuse(reuse)
+    shape = frames[0].shape[:2]
+    t = resolve_target(classifier, target)
+    name = classifier.class_names[t]
+    windows = window_grid(shape, box, stride)
+    device = classifier.device
+    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
+    size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)
+    step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])),
+                            len(windows))
+    maps: list[Heatmap] = []
+    crops = np.zeros(len(windows))
+    score = 0.0
+    for k, frame in enumerate(frames):
+        start = time.perf_counter()
+        how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold)
+        if how != "identical":
+            x = to_tensor(frame, device)[0]
+            score = float(classifier.predict(x.unsqueeze(0))[0, t])
+            crops = crops.copy()
+            crops[chosen] = crop_scores(classifier, x, windows[chosen], size, t, step)
+        maps.append(Heatmap(
+            values=window_mean(shape, windows, crops), method="sliding", target=name,
+            score=score, box=(bh, bw), stride=pixels(stride, "stride", shape),
+            windows=len(windows), seconds=time.perf_counter() - start,
+            params={"batch_size": step, "crop_size": list(size), "box_asked": box,
+                    "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
+                    "threshold": threshold},
+            unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0), noise_floor=NOISE_FLOOR))
+        if progress is not None:
+            progress(k + 1, len(frames))
+    return maps

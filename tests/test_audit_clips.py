@@ -1,0 +1,39 @@
+"""The audit judges a clip by its max frame: the score, heatmap and card are that frame's."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from test_clips import redness
+from test_frames import save_animation, save_video
+
+from explain.audit import AuditOptions, audit
+from explain.models import CallableClassifier
+
+H, W = 32, 48
+
+
+def test_audit_scores_a_clip_by_its_max_frame_and_explains_that_frame(tmp_path):
+    data = tmp_path / "data"
+    frames = [np.full((H, W, 3), 40 + 20 * k, np.uint8) for k in range(8)]
+    frames[6][8:24, 8:24] = (255, 0, 0)  # only frame 6 carries the signal
+    (data / "sfw").mkdir(parents=True)
+    save_animation(data / "sfw" / "sneaky.gif", frames, 100)
+    quiet = [np.full((H, W, 3), 100, np.uint8) for _ in range(5)]
+    save_video(data / "sfw" / "quiet.mkv", quiet, fps=5)
+    clf = CallableClassifier(redness, class_names=["sfw", "nsfw"])
+    o = AuditOptions(threshold=0.1, top=3, box=16, stride=16, concepts=False, mosaic=0)
+    result = audit(data, tmp_path / "out", model=clf, options=o)
+    assert result.metrics["fp"] == 1 and result.heatmaps == 1
+    rows = {r["path"].split("/")[-1]: r for r in csv.DictReader(
+        (tmp_path / "out" / "scores.csv").open())}
+    assert set(rows) == {"sneaky.gif", "quiet.mkv"}
+    assert float(rows["sneaky.gif"]["score"]) == pytest.approx(16 * 16 / (H * W), abs=1e-6)
+    assert float(rows["quiet.mkv"]["score"]) == 0.0
+    meta = json.loads(next((tmp_path / "out" / "heatmaps").glob("fp_*.json")).read_text())
+    assert meta["params"]["frame"] == 6 and meta["score"] == pytest.approx(16 * 16 / (H * W))
+    html = (tmp_path / "out" / "audit.html").read_text()
+    assert "judged by its max frame 6 at 0.60 s" in html or "sneaky.gif" in html
