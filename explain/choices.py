@@ -21,6 +21,10 @@ def check_fill(fill: str) -> str:
         raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
     return fill
 
+# occlusion: the drill-down fraction ``--fast`` uses (explain.drill_down; tuned on real-signal
+# photos by scripts/bench_fast.py)
+FAST_DRILL_DOWN = 0.05
+
 # render: how a map's values are scaled to colours
 NORMALIZE_MODES = ("minmax", "percentile", "fixed")
 

@@ -49,6 +49,7 @@ class RunOptions(Protocol):
     target: str | int
     batch_size: int | None
     masks: int
+    drill_down: float | None
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def _occlusion(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
     from explain.occlusion import occlusion_map
 
     return occlusion_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
-                         batch_size=o.batch_size)
+                         batch_size=o.batch_size, drill_down=o.drill_down)
 
 
 def _sliding(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:

@@ -21,7 +21,9 @@ windows (defined in original pixels) are scaled to it, so no occluded copy is ev
 batch of occluded copies is one ``torch.where`` against a mask built by comparing pixel
 coordinates with the batch's window bounds, on the classifier's device, followed by one
 ``predict`` (:func:`explain.perturb.masked_scores`, the core RISE shares); the map is accumulated
-in original coordinates.
+in original coordinates. Every window is scored through the one private ``_window_scores``;
+``drill_down=r`` (:mod:`explain.drill_down`) scores only part of the fine grid and interpolates
+the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 
 from explain.choices import check_fill
+from explain.drill_down import check_drill_down, drill_down
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.models.base import Classifier, resize, resolve_target
@@ -59,6 +62,16 @@ def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, 
     scaled[:, :2] = np.minimum(scaled[:, :2], limit - 1)
     scaled[:, 2:] = np.clip(scaled[:, 2:], scaled[:, :2] + 1, limit)
     return scaled
+
+
+def window_masks(bounds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bool b×H×W masks at the work ``size``, on ``bounds``' device: True outside each window of
+    ``bounds`` ((b, 4) top, left, bottom, right), the pixels each occluded copy keeps."""
+    b = bounds[:, :, None]
+    rows = torch.arange(size[0], device=bounds.device).view(1, -1, 1)
+    cols = torch.arange(size[1], device=bounds.device).view(1, 1, -1)
+    in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
+    return ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
 
 
 @dataclass
@@ -94,22 +107,27 @@ class OcclusionPlan:
     def kept(self, lo: int, hi: int) -> torch.Tensor:
         """Masks of rows ``lo:hi`` (bool, b×H×W at the work size): True outside each window, the
         pixels each occluded copy keeps."""
-        b = self.bounds[lo:hi, :, None]
-        rows = torch.arange(self.size[0], device=self.x.device).view(1, -1, 1)
-        cols = torch.arange(self.size[1], device=self.x.device).view(1, 1, -1)
-        in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
-        return ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
+        return window_masks(self.bounds[lo:hi], self.size)
 
     def heatmap(self, p: np.ndarray, seconds: float, batch_size: int) -> Heatmap:
         """The map from ``p``, p(target) of every row in order (float64, length :attr:`n`)."""
-        return Heatmap(values=window_mean(self.shape, self.windows, p[0] - p[1:]),
-                       method="occlusion", target=self.target_name, score=float(p[0]),
+        return self.drop_map(float(p[0]), p[0] - p[1:], seconds, batch_size, None,
+                             len(self.windows))
+
+    def drop_map(self, score: float, drops: np.ndarray, seconds: float, batch_size: int,
+                 drill: float | None, evaluated: int) -> Heatmap:
+        """The map from every window's drop (scored or, after drill-down ``drill``, estimated;
+        ``evaluated`` of them scored) and the intact image's ``score``."""
+        return Heatmap(values=window_mean(self.shape, self.windows, drops),
+                       method="occlusion", target=self.target_name, score=score,
                        box=tuple(int(v) for v in self.windows[0, 2:] - self.windows[0, :2]),
                        stride=pixels(self.stride, "stride", self.shape),
                        windows=len(self.windows), seconds=seconds,
                        params={"fill": self.fill, "batch_size": batch_size,
                                "work_size": list(self.size), "box_asked": self.box,
-                               "stride_asked": self.stride},
+                               "stride_asked": self.stride, "incremental": False,
+                               "drill_down": drill, "windows_evaluated": evaluated,
+                               "windows_total": len(self.windows)},
                        signed=True, unit=f"drop in p({self.target_name})",
                        noise_floor=NOISE_FLOOR)
 
@@ -137,11 +155,55 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
                          stride=stride, fill=fill)
 
 
+def _window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
+                   bounds: torch.Tensor, target: int, step: int, progress: Progress | None
+                   ) -> torch.Tensor:
+    """p(``target``) of ``x`` (1×3×H×W at the work size, on the classifier's device) with each
+    window of ``bounds`` filled with ``fill`` (broadcastable to ``x``), as a tensor on the CPU,
+    one score per row. ``bounds``: (n, 4) int64 windows (top, left, bottom, right) in work
+    pixels; an empty window (e.g. all zeros) scores the intact image. ``step`` windows per
+    ``predict``; ``progress(done, n)`` after each batch. Every window an occlusion map scores goes
+    through here, exact or drill-down."""
+    bounds = bounds.to(x.device)
+    n, size = len(bounds), (x.shape[2], x.shape[3])
+    masks = (window_masks(bounds[lo:lo + step], size) for lo in range(0, n, step))
+    scores = masked_scores(classifier, x, fill, masks, target, n, progress)
+    return torch.cat([s for _, s in scores]).cpu()
+
+
+def _drilled(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor, scaled: np.ndarray,
+             grid: tuple[int, int], target: int, step: int, progress: Progress | None, r: float
+             ) -> tuple[float, np.ndarray, int]:
+    """Drill-down over the fine windows ``scaled`` (work pixels; a ``grid`` of (rows, columns),
+    rows first): (the intact image's score, every window's drop, evaluated or estimated, the
+    number evaluated). The intact image rides in the coarse pass's first batch, as in the exact
+    map."""
+    n_cols = grid[1]
+    intact: list[float] = []
+    done = 0  # windows scored so far, the intact image not counted
+
+    def score(points: np.ndarray) -> np.ndarray:
+        nonlocal done
+        lead = 0 if intact else 1
+        bounds = np.concatenate([np.zeros((lead, 4), np.int64),
+                                 scaled[points[:, 0] * n_cols + points[:, 1]]])
+        report = None if progress is None else \
+            lambda k, total, before=done: progress(before + k - lead, before + total - lead)
+        p = _window_scores(classifier, x, fill, torch.from_numpy(bounds), target, step,
+                           report).double().numpy()
+        intact.extend(p[:lead].tolist())
+        done += len(points)
+        return intact[0] - p[lead:]
+
+    drops, known = drill_down(grid, score, r)
+    return intact[0], drops.ravel(), int(known.sum())
+
+
 @torch.no_grad()
 def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
                   target: str | int = "nsfw", batch_size: int | None = None,
-                  progress: Progress | None = None) -> Heatmap:
+                  progress: Progress | None = None, drill_down: float | None = None) -> Heatmap:
     """Occlusion sensitivity map of ``image`` for ``target`` (the maths: the module docstring).
 
     ``classifier``: any :class:`~explain.models.base.Classifier` (black box is enough). ``image``:
@@ -151,7 +213,14 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     colour) or ``blur`` (a heavily blurred copy). ``target``: the class, by name or index.
     ``batch_size``: occluded copies per ``predict`` (default:
     :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
-    ``progress(done, total)`` is called after each batch, counting windows.
+    ``progress(done, total)`` is called after each batch, counting windows (with drill-down,
+    ``total`` is the windows planned so far: it grows with each round). ``drill_down``: None =
+    the exact map (every window scored); r in (0, 1] = adaptive drill-down
+    (:mod:`explain.drill_down`): a coarse pass (two interleaved grids at 4 × the stride), then
+    rounds that score the fraction r of the other windows, where the map varies or matters most,
+    the rest interpolated; equal to the exact map wherever every covering window was scored, and
+    everywhere when r = 1. ``params`` records ``drill_down``,
+    ``windows_evaluated`` and ``windows_total``.
 
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
     the mean over covering windows of p(target | image) − p(target | window hidden). SIGNED,
@@ -160,11 +229,18 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     :data:`~explain.heatmap.NOISE_FLOOR`; ``score`` is the intact image's probability.
     """
     start = time.perf_counter()
+    drill = check_drill_down(drill_down)
     plan = plan_occlusion(classifier, image, box=box, stride=stride, fill=fill, target=target)
     step = check_batch_size(batch_size, plan.x.device, plan.size, plan.n)
-    masks = (plan.kept(lo, lo + step) for lo in range(0, plan.n, step))
-    windows_done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
-    scores = masked_scores(classifier, plan.x, plan.baseline, masks, plan.target, plan.n,
-                           windows_done)
-    p = torch.cat([s for _, s in scores]).double().cpu().numpy()
-    return plan.heatmap(p, time.perf_counter() - start, step)
+    if drill is None:
+        done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
+        p = _window_scores(classifier, plan.x, plan.baseline, plan.bounds, plan.target, step,
+                           done).double().numpy()
+        return plan.heatmap(p, time.perf_counter() - start, step)
+    # the grid's shape from the ORIGINAL windows: scaled down, distinct tops may coincide
+    rows = len(np.unique(plan.windows[:, 0]))
+    score, drops, evaluated = _drilled(classifier, plan.x, plan.baseline,
+                                       plan.bounds[1:].cpu().numpy(),
+                                       (rows, len(plan.windows) // rows), plan.target, step,
+                                       progress, drill)
+    return plan.drop_map(score, drops, time.perf_counter() - start, step, drill, evaluated)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from explain.choices import DEFAULT_MAX_PIXELS, ENGINES, check_fill
+from explain.drill_down import check_drill_down
 from explain.errors import OptionError
 from explain.render import check_look
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
@@ -75,6 +76,7 @@ class AuditOptions:
     box: Size = DEFAULT_BOX
     stride: Size = DEFAULT_STRIDE
     fill: str = "gray"
+    drill_down: float | None = None
     target: str = "nsfw"
     concepts: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -105,6 +107,7 @@ class AuditOptions:
 
             check_grid_memory(self.mosaic, None, 64)
         check_fill(self.fill)
+        check_drill_down(self.drill_down)
         if self.batch_size is not None and self.batch_size < 1:
             raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
         if self.workers < 1:

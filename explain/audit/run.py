@@ -120,6 +120,8 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
         "concepts": getattr(detector, "name", type(detector).__name__) if o.concepts else None,
         "code": code_version(),
     }
+    if o.drill_down is not None:  # only then, so that earlier exact runs keep their keys
+        params["drill_down"] = o.drill_down
     store = Store(out, params)
     rate = Rate(progress)
     seconds: dict[str, float] = {}

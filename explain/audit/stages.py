@@ -270,7 +270,7 @@ def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o:
     except ExplainError as exc:
         return f"no heatmap for {display(row.file)}: {exc.reason}"
     heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
-                            target=o.target, batch_size=o.batch_size)
+                            target=o.target, batch_size=o.batch_size, drill_down=o.drill_down)
     shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"], p["right"]))
               for p in parts}
     small_rgb = shrink(rgb, SAVED_SIDE)

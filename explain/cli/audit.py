@@ -15,6 +15,8 @@ from explain.cli.common import (
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    DrillDownOpt,
+    FastOpt,
     Fill,
     FillOpt,
     ModelOptions,
@@ -26,6 +28,7 @@ from explain.cli.common import (
     VminOpt,
     choice,
     console,
+    drill_down_fraction,
     int_pair,
     plain,
     result_line,
@@ -96,6 +99,8 @@ def audit(
     box: BoxOpt = "25%",
     stride: StrideOpt = "18.75%",
     fill: FillOpt = Fill.gray,
+    fast: FastOpt = False,
+    drill_down: DrillDownOpt = None,
     concepts: Annotated[bool, typer.Option("--concepts/--no-concepts", help="Run the NudeNet "
                                            "part detector and measure each part's effect.")
                         ] = True,
@@ -126,6 +131,7 @@ def audit(
 
     options = AuditOptions(threshold=threshold, top=top, box=int_pair(box, "--box"),
                            stride=int_pair(stride, "--stride"), fill=fill, target=target,
+                           drill_down=drill_down_fraction(fast, drill_down),
                            concepts=concepts, cues=cues, max_pixels=max_pixels,
                            batch_size=batch_size, workers=workers, colormap=colormap,
                            alpha=alpha, normalize=normalize, vmin=vmin, vmax=vmax, mosaic=mosaic)

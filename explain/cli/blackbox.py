@@ -43,6 +43,8 @@ from explain.cli.common import (
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    DrillDownOpt,
+    FastOpt,
     Fill,
     FillOpt,
     FramesOpt,
@@ -62,6 +64,7 @@ from explain.cli.common import (
     VminOpt,
     choice,
     console,
+    drill_down_fraction,
     error_line,
     gather_images,
     int_pair,
@@ -116,8 +119,9 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                     unit: str = "windows") -> None:
     """Run ``make_map(clf, image, target=…, batch_size=…, progress=…)`` (the method's own
     settings already bound) over every image with a progress bar counting ``unit`` (the map's
-    ``params[unit]``, else its ``windows``); a clip goes to :func:`_explain_clip`. Report bad
-    images and go on. ``look``: the drawing options of :func:`explain.render.figure`."""
+    ``params[unit]``, else its ``windows``; after drill-down, evaluated/all); a clip goes to
+    :func:`_explain_clip`. Report bad images and go on. ``look``: the drawing options of
+    :func:`explain.render.figure`."""
     from explain.frames import is_clip, parse_sampling
     from explain.images import load_image
     from explain.models import resolve_target
@@ -162,6 +166,8 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
             small = hm.box and small_box_note(hm.box, hm.shape, clf.input_size)
             notes = [n for n in (hm.no_signal(), small) if n]
             count = hm.params.get(unit, hm.windows)
+            if hm.params.get("drill_down"):  # the windows scored of the fine map's
+                count = f"{hm.params['windows_evaluated']}/{count}"
             result_line(f"{display(path)}  {hm.target} {hm.score:.4f}  {count} {unit}  "
                         f"{hm.seconds:.2f} s  → {', '.join(map(display, written))}"
                         + "".join(f"  ({n})" for n in notes))
@@ -242,21 +248,23 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
             vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False,
             frames: FramesOpt = "auto", max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
             top_frames: TopFramesOpt = DEFAULT_TOP_FRAMES, all_frames: AllFramesOpt = False,
-            reuse: ReuseOpt = Reuse.identical, reuse_below: ReuseBelowOpt = DEFAULT_REUSE_THRESHOLD
-            ) -> None:
+            reuse: ReuseOpt = Reuse.identical, reuse_below: ReuseBelowOpt = DEFAULT_REUSE_THRESHOLD,
+            fast: FastOpt = False, drill_down: DrillDownOpt = None) -> None:
     """Occlusion sensitivity: how much the target's score drops when each window is hidden.
 
     Writes NAME.occlusion.png: red = hiding this region lowers the score, blue = raises it,
     white = no effect (the colour bar below gives the drop in probability). A clip (animated
     image, video) writes NAME.occlusion.gif (the animated overlay), NAME.occlusion.timeline.png
-    and NAME.occlusion.frameINDEX.png for its explained frames.
+    and NAME.occlusion.frameINDEX.png for its explained frames. --fast / --drill-down score the
+    fine windows of a still image only where the map needs them (the line says how many ran).
     """
     from explain.frame_reuse import occlusion_maps
     from explain.occlusion import occlusion_map
 
+    drill = drill_down_fraction(fast, drill_down)
     windows = _windows(box, stride)
     sequence = partial(occlusion_maps, fill=fill, reuse=reuse, threshold=reuse_below, **windows)
-    _explain_images("occlusion", partial(occlusion_map, fill=fill, **windows),
+    _explain_images("occlusion", partial(occlusion_map, fill=fill, drill_down=drill, **windows),
                     images, target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
                     look=_look(colormap, alpha, normalize, vmin, vmax, no_legend),

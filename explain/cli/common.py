@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from explain.choices import FILLS, NORMALIZE_MODES
+from explain.choices import FAST_DRILL_DOWN, FILLS, NORMALIZE_MODES
 from explain.errors import ExplainError, OptionError
 from explain.files import check_output_dir, check_outputs, display, output_names
 
@@ -80,6 +80,13 @@ BoxOpt = Annotated[str, typer.Option("--box", help="Window side: N pixels or P% 
 StrideOpt = Annotated[str, typer.Option("--stride", help="Window step: N pixels or P% of the "
                                         "image's shorter side; N or H,W (at most the box).")]
 FillOpt = Annotated[Fill, typer.Option("--fill", help="Occluder.", callback=plain)]
+FastOpt = Annotated[bool, typer.Option("--fast", help="Occlusion: adaptive drill-down with the "
+                                      f"tuned fraction {FAST_DRILL_DOWN:g} (see --drill-down).")]
+DrillDownOpt = Annotated[float | None, typer.Option(
+    "--drill-down", metavar="R", help="Occlusion: a coarse pass, then fine windows only in the "
+    "fraction R (0 < R ≤ 1) of cells where the map varies or matters most, level by level; the "
+    "rest interpolated, exact where refined; 1 = the exact map. Overrides --fast.",
+    show_default=False)]
 MasksOpt = Annotated[int, typer.Option("--masks", min=1, help="RISE: random masks scored per "
                                       "image (more: less sampling noise, proportionally slower).")]
 SaveNpyOpt = Annotated[bool, typer.Option("--save-npy", help="Also write the raw map as "
@@ -95,6 +102,15 @@ def int_pair(text: str, option: str) -> int | float | tuple[int | float, int | f
     from explain.windows import parse_size
 
     return parse_size(text, option)
+
+
+def drill_down_fraction(fast: bool, drill_down: float | None) -> float | None:
+    """--fast / --drill-down R as ``occlusion_map``'s ``drill_down``, checked (R wins; neither:
+    None, the exact map)."""
+    from explain.drill_down import check_drill_down
+
+    return check_drill_down(drill_down if drill_down is not None
+                            else FAST_DRILL_DOWN if fast else None)
 
 
 def error_line(message: str) -> None:

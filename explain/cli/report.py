@@ -24,6 +24,8 @@ from explain.cli.common import (
     BatchOpt,
     BoxOpt,
     ColormapOpt,
+    DrillDownOpt,
+    FastOpt,
     Fill,
     Images,
     MasksOpt,
@@ -35,6 +37,7 @@ from explain.cli.common import (
     VminOpt,
     choice,
     console,
+    drill_down_fraction,
     err_console,
     error_line,
     gather_images,
@@ -85,7 +88,8 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
            colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
            normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
            fmt: FormatOpt = Format.html,
-           output: ReportOutOpt = Path("report.html")) -> None:
+           output: ReportOutOpt = Path("report.html"), fast: FastOpt = False,
+           drill_down: DrillDownOpt = None) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
     insertion AUC), rank them, and write one self-contained report."""
     from explain.report import DEFAULT_MODELS, Options, write_report
@@ -93,7 +97,7 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
     options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
                       target=target, steps=steps, fill=fill, masks=masks, batch_size=batch_size,
                       colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
-                      vmax=vmax)
+                      vmax=vmax, drill_down=drill_down_fraction(fast, drill_down))
     options.check()
     paths, failed_inputs = gather_images(images, clips=True)
     check_output_file(output, inputs=paths)

@@ -27,6 +27,7 @@ import numpy as np
 
 from explain.choices import BLACK_BOX_MODEL, DEFAULT_MASKS, WHITE_BOX_MODEL, check_fill
 from explain.clips import judge_clip
+from explain.drill_down import check_drill_down
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
 from explain.files import display
@@ -58,6 +59,7 @@ class Options:
     fill: str = "blur"
     batch_size: int | None = None
     masks: int = DEFAULT_MASKS
+    drill_down: float | None = None
     colormap: str | None = None
     alpha: float = 0.5
     normalize: str | None = None
@@ -70,6 +72,7 @@ class Options:
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
         check_windows(self.box, self.stride)
+        check_drill_down(self.drill_down)
         check_rise(self.masks)
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
 
