@@ -36,6 +36,7 @@ import torch
 from explain.choices import check_fill
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
+from explain.incremental import network_for, window_scores
 from explain.models.base import Classifier, resize, resolve_target
 from explain.perturb import fill_values, masked_scores
 from explain.progress import Progress
@@ -65,7 +66,8 @@ def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, 
 def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
                   target: str | int = "nsfw", batch_size: int | None = None,
-                  progress: Progress | None = None) -> Heatmap:
+                  progress: Progress | None = None, incremental: bool | None = None,
+                  tau: float | None = None) -> Heatmap:
     """Occlusion sensitivity map of ``image`` for ``target`` (the maths: the module docstring).
 
     ``classifier``: any :class:`~explain.models.base.Classifier` (black box is enough). ``image``:
@@ -76,6 +78,10 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     ``batch_size``: occluded copies per ``predict`` (default:
     :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
     ``progress(done, total)`` is called after each batch, counting windows.
+    ``incremental``: reuse the intact image's activations (:mod:`explain.incremental`, exact):
+    None = whenever the classifier is a torch module torch.fx traces, True = required (an
+    OptionError says why when impossible), False = never. ``tau``: Krypton's projective-field
+    threshold in (0, 1] (approximate, faster; None = exact). ``params`` records what ran.
 
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
     the mean over covering windows of p(target | image) − p(target | window hidden). SIGNED,
@@ -85,6 +91,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     """
     start = time.perf_counter()
     check_fill(fill)
+    net = network_for(classifier, incremental, tau)
     rgb = as_rgb(image)
     shape = rgb.shape[:2]
     t = resolve_target(classifier, target)
@@ -111,8 +118,12 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
             yield ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
 
     windows_done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
-    scores = masked_scores(classifier, x, baseline, kept(), t, n, windows_done)
-    p = torch.cat([s for _, s in scores]).double().cpu().numpy()
+    if net is not None:
+        p = window_scores(classifier, net, x, baseline, bounds, t, step, windows_done, tau=tau)
+    else:
+        p = torch.cat([s for _, s in masked_scores(classifier, x, baseline, kept(), t, n,
+                                                   windows_done)])
+    p = p.double().cpu().numpy()
     values = window_mean(shape, windows, p[0] - p[1:])
     name = classifier.class_names[t]
     return Heatmap(values=values, method="occlusion", target=name,
@@ -120,5 +131,6 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
                    stride=pixels(stride, "stride", shape), windows=len(windows),
                    seconds=time.perf_counter() - start,
                    params={"fill": fill, "batch_size": step, "work_size": list(size),
-                           "box_asked": box, "stride_asked": stride},
+                           "box_asked": box, "stride_asked": stride,
+                           "incremental": net is not None, "tau": tau},
                    signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR)
