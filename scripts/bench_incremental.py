@@ -1,10 +1,18 @@
-"""Exact incremental inference against full re-inference: open_nsfw (torch), same windows and
-batch size, on two scikit-image photos at box/stride 64/48, 32/8 and 16/4 (original pixels).
+"""Exact incremental inference against full re-inference, open_nsfw (torch) on CPU.
 
-Prints per photo and setting: windows, full and incremental wall time, their ratio, the max
-|difference| of the maps, and the peak RSS of each path (each measured in a child process so
-that peaks do not mix); then the approximate path (``tau``) with its speed-up and SSIM against
-the exact map. Usage: ``python scripts/bench_incremental.py [--quick] [--tau 0.5 0.7]``.
+For two scikit-image photos (resized to 256², the model's work size, so box/stride are work
+pixels and the window counts are the issue's: 25 at 64/48, 841 at 32/8, 3,721 at 16/4), each
+setting scores the same windows — the whole grid, or ``--sample`` of them drawn uniformly with a
+fixed seed — with the same batch size (the default, 16) through both paths: full re-inference
+(``perturb.masked_scores``, what ``occlusion_map(incremental=False)`` runs) and
+``incremental.window_scores``. Each path runs in its own child process (peak RSS apart).
+Prints windows, seconds per path, their ratio, the model's raw time on as many unmasked inputs
+and the incremental path's ratio to it, the ratio of CPU times (steadier than wall time on a
+shared machine), max |p difference|; then, on whole maps at
+64/48 and 32/8, the approximate path (``tau``): speed-up over the exact incremental map and
+the SSIM of its map against the exact one.
+
+Usage: ``python scripts/bench_incremental.py [--sample 96] [--threads 1] [--tau 0.5 0.7]``.
 """
 
 from __future__ import annotations
@@ -23,37 +31,77 @@ SETTINGS = ((64, 48), (32, 8), (16, 4))
 PHOTOS = ("astronaut", "coffee")
 
 
-def child(photo: str, box: int, stride: int, incremental: bool, tau: float | None) -> None:
-    """One map in this process; prints JSON with seconds, peak RSS and the map."""
-    import torch
+def photo(name: str) -> np.ndarray:
+    import cv2
     from skimage import data
+
+    return cv2.resize(getattr(data, name)(), (256, 256), interpolation=cv2.INTER_AREA)
+
+
+def child(name: str, box: int, stride: int, path: str, sample: int, threads: int) -> None:
+    """Scores the windows through one path; prints seconds, peak RSS (MB), the scores."""
+    import torch
+
+    from explain.images import to_tensor
+    from explain.incremental import network_for, window_scores
+    from explain.models import load
+    from explain.perturb import fill_values, masked_scores
+    from explain.windows import default_batch_size, window_grid
+
+    torch.set_num_threads(threads)
+    clf = load("open-nsfw:torch", "cpu")
+    x = to_tensor(photo(name), torch.device("cpu"))
+    windows = window_grid((256, 256), box, stride)
+    if sample and sample < len(windows):
+        windows = windows[np.sort(np.random.default_rng(0).choice(len(windows), sample, False))]
+    bounds = torch.from_numpy(windows)
+    fill = fill_values(x, "gray", (box, box))
+    step = default_batch_size(torch.device("cpu"), (256, 256))
+    rows, cols = torch.arange(256).view(1, -1, 1), torch.arange(256).view(1, 1, -1)
+
+    def masks():
+        for lo in range(0, len(bounds), step):
+            b = bounds[lo:lo + step, :, None]
+            yield ~((rows >= b[:, 0:1]) & (rows < b[:, 2:3]) & (cols >= b[:, 1:2])
+                    & (cols < b[:, 3:4]))
+
+    clf.predict(x)  # warm-up
+    start, cpu = time.perf_counter(), time.process_time()
+    if path == "full":
+        p = torch.cat([s for _, s in masked_scores(clf, x, fill, masks(), 1, len(bounds))])
+    else:
+        p = window_scores(clf, network_for(clf, True), x, fill, bounds, 1, step)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    raw = 0.0
+    if path == "full":  # the model's own throughput on as many unmasked inputs
+        start = time.perf_counter()
+        for lo in range(0, len(bounds), step):
+            clf.predict(x.expand(min(step, len(bounds) - lo), -1, -1, -1))
+        raw = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "raw": raw, "windows": len(bounds),
+                      "batch": step,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "p": p.tolist()}))
+
+
+def child_map(name: str, box: int, stride: int, tau: float | None, threads: int) -> None:
+    """A whole incremental map (exact or with ``tau``); prints seconds and the map."""
+    import torch
 
     from explain import occlusion_map
     from explain.models import load
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    torch.set_num_threads(threads)
     clf = load("open-nsfw:torch", "cpu")
-    image = getattr(data, photo)()
-    occlusion_map(clf, image[:64, :64], box=32, stride=32, incremental=incremental)  # warm-up
-    start = time.perf_counter()
-    hm = occlusion_map(clf, image, box=box, stride=stride, incremental=incremental, tau=tau)
-    seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    np.save(f"/tmp/bench_incremental_{os.getpid()}.npy", hm.values)
-    print(json.dumps({"seconds": seconds, "rss_mb": rss, "windows": hm.windows,
-                      "ran": hm.params["incremental"],
-                      "map": f"/tmp/bench_incremental_{os.getpid()}.npy"}))
+    clf.predict(torch.rand(1, 3, 256, 256))
+    hm = occlusion_map(clf, photo(name), box=box, stride=stride, incremental=True, tau=tau)
+    print(json.dumps({"seconds": hm.seconds, "values": hm.values.tolist()}))
 
 
-def run(photo: str, box: int, stride: int, incremental: bool, tau: float | None = None) -> dict:
-    args = [sys.executable, __file__, "--child", photo, str(box), str(stride),
-            str(int(incremental)), str(tau)]
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    path = result.pop("map")
-    result["values"] = np.load(path)
-    os.unlink(path)
-    return result
+def spawn(*args: object) -> dict:
+    out = subprocess.run([sys.executable, __file__, *map(str, args)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -65,33 +113,47 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="64/48 and 32/8 on one photo")
+    parser.add_argument("--sample", type=int, default=96,
+                        help="windows scored per setting (0: the whole grid)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tau", type=float, nargs="*", default=[0.5, 0.7])
     ns = parser.parse_args()
-    photos = PHOTOS[:1] if ns.quick else PHOTOS
-    settings = SETTINGS[:2] if ns.quick else SETTINGS
-    print(f"load average {os.getloadavg()}; CPU; open-nsfw:torch; batch = the default")
-    print(f"{'photo':10} {'box/stride':>10} {'windows':>7} {'full s':>8} {'incr s':>8} "
-          f"{'ratio':>6} {'max|err|':>9} {'RSS full':>9} {'RSS incr':>9}")
-    for photo in photos:
-        for box, stride in settings:
-            full = run(photo, box, stride, False)
-            inc = run(photo, box, stride, True)
-            err = float(np.abs(full["values"] - inc["values"]).max())
-            print(f"{photo:10} {box:>5}/{stride:<4} {full['windows']:>7} {full['seconds']:8.2f} "
-                  f"{inc['seconds']:8.2f} {full['seconds'] / inc['seconds']:6.2f} {err:9.2e} "
+    print(f"load average {os.getloadavg()}; CPU, {ns.threads} torch thread(s); "
+          "open-nsfw:torch; fill gray; batch 16 on both paths")
+    print(f"{'photo':10} {'box/stride':>10} {'windows':>8} {'full s':>8} {'incr s':>8} "
+          f"{'ratio':>6} {'raw s':>7} {'vs raw':>6} {'CPU ratio':>9} {'max|dp|':>9} "
+          f"{'RSS full':>9} {'RSS incr':>9}")
+    for name in PHOTOS:
+        for box, stride in SETTINGS:
+            full = spawn("--child", name, box, stride, "full", ns.sample, ns.threads)
+            inc = spawn("--child", name, box, stride, "incremental", ns.sample, ns.threads)
+            err = float(np.abs(np.array(full["p"]) - np.array(inc["p"])).max())
+            print(f"{name:10} {box:>5}/{stride:<4} {full['windows']:>8} {full['seconds']:8.2f} "
+                  f"{inc['seconds']:8.2f} {full['seconds'] / inc['seconds']:6.2f} "
+                  f"{full['raw']:7.2f} {full['raw'] / inc['seconds']:6.2f} "
+                  f"{full['cpu'] / inc['cpu']:9.2f} {err:9.2e} "
                   f"{full['rss_mb']:8.0f}M {inc['rss_mb']:8.0f}M")
+    print(f"load average {os.getloadavg()}")
+    print("\napproximate (tau), whole maps: time and SSIM against the exact incremental map")
+    for name in PHOTOS:
+        for box, stride in SETTINGS[:2]:
+            exact = spawn("--map", name, box, stride, None, ns.threads)
+            line = f"{name:10} {box:>5}/{stride:<4} exact {exact['seconds']:7.2f}s"
             for tau in ns.tau:
-                approx = run(photo, box, stride, True, tau)
-                print(f"{'':10} {'tau ' + str(tau):>10} {'':7} {'':8} {approx['seconds']:8.2f} "
-                      f"{full['seconds'] / approx['seconds']:6.2f} SSIM vs exact "
-                      f"{ssim(inc['values'], approx['values']):.3f}")
+                approx = spawn("--map", name, box, stride, tau, ns.threads)
+                line += (f" | tau {tau}: {approx['seconds']:7.2f}s "
+                         f"×{exact['seconds'] / approx['seconds']:.2f} SSIM "
+                         f"{ssim(np.array(exact['values']), np.array(approx['values'])):.3f}")
+            print(line)
     print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _, _, photo, box, stride, inc, tau = sys.argv
-        child(photo, int(box), int(stride), inc == "1", None if tau == "None" else float(tau))
+        _, _, n, b, s, how, k, t = sys.argv
+        child(n, int(b), int(s), how, int(k), int(t))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--map":
+        _, _, n, b, s, tau_arg, t = sys.argv
+        child_map(n, int(b), int(s), None if tau_arg == "None" else float(tau_arg), int(t))
     else:
         main()

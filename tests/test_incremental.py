@@ -82,6 +82,26 @@ class Untraceable(nn.Module):
         return y if y.sum() > 0 else -y
 
 
+class Doubled(nn.Conv2d):
+    """A convolution subclass with its own forward: not a plain Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+class Unusual(nn.Module):
+    """A local start, then a Conv2d subclass, a hooked convolution and a global pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 3), Doubled(4, 4, 3, padding=1), \
+            nn.Conv2d(4, 2, 3)
+        self.c.register_forward_hook(lambda m, i, out: out * 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(self.a(x)))).amax(dim=(2, 3))
+
+
 def tiny(module: nn.Module, **pre: object):
     torch.manual_seed(0)
     for m in module.modules():
@@ -202,6 +222,23 @@ def test_untraceable_module_falls_back_or_says_why(image):
     hm = occlusion_map(clf, image, box=16, stride=16, target=1)
     assert hm.params["incremental"] is False
     with pytest.raises(OptionError, match="torch.fx cannot trace"):
+        occlusion_map(clf, image, box=16, stride=16, target=1, incremental=True)
+
+
+def test_subclasses_and_hooks_run_whole_and_stay_exact(image):
+    clf = tiny(Unusual(), input_size=None)
+    exact, fast = both(clf, image, box=7, stride=5, target=1)
+    np.testing.assert_allclose(fast.values, exact.values, atol=1e-6)
+    rules = {s.name: type(s.rule).__name__ for s in network_for(clf, True).steps}
+    # torch.fx traces into the subclass: its F.conv2d (weights as arguments) runs whole
+    assert rules["a"] == "Window" and rules["conv2d"] == rules["c"] == "Full"
+
+
+def test_a_network_that_starts_with_a_global_op_reuses_nothing(image):
+    clf = tiny(nn.Sequential(nn.Flatten(), nn.Linear(45 * 39 * 3, 2)), input_size=None)
+    clf.class_names = ["a", "b"]  # no probe: the linear layer takes this image size only
+    assert occlusion_map(clf, image, box=16, stride=16, target=1).params["incremental"] is False
+    with pytest.raises(OptionError, match="is not local"):
         occlusion_map(clf, image, box=16, stride=16, target=1, incremental=True)
 
 

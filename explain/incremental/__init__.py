@@ -20,8 +20,6 @@ changed rectangle at ``⌈τ · side⌉`` of the map, dropping changes beyond it
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 
@@ -35,9 +33,6 @@ __all__ = ["MOST", "Incremental", "network_for", "window_scores"]
 
 MOST = 0.6
 """A step runs on whole maps when its patches would cover more than this fraction of the map."""
-
-_traced: weakref.WeakKeyDictionary[torch.nn.Module, Network | str] = \
-    weakref.WeakKeyDictionary()
 
 
 def _why_not(classifier: Classifier) -> str | Network:
@@ -53,13 +48,12 @@ def _why_not(classifier: Classifier) -> str | Network:
         return f"model {classifier.name} has a preprocessing that is not a Preprocess"
     if isinstance(module, torch.jit.ScriptModule):
         return f"model {classifier.name} is TorchScript, which torch.fx cannot trace"
-    if module not in _traced:
-        try:
-            _traced[module] = _local_start(trace(module), classifier.name)
-        except Exception as exc:  # torch.fx raises many kinds of errors on untraceable code
-            _traced[module] = f"torch.fx cannot trace model {classifier.name}: " \
-                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    return _traced[module]
+    try:
+        net = trace(module)
+    except Exception as exc:  # torch.fx raises many kinds of errors on untraceable code
+        return (f"torch.fx cannot trace model {classifier.name}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}")
+    return _local_start(net, classifier.name)
 
 
 def _local_start(net: Network, name: str) -> Network | str:

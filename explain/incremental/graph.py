@@ -148,19 +148,23 @@ def _constant_pad(pad: Any, value: Any) -> Rule:
 
 
 def _module_rule(m: nn.Module) -> Rule:
-    if isinstance(m, nn.Conv2d):
+    """Exact types only: a subclass may override ``forward``; hooks may change anything."""
+    kind = type(m)
+    if m._forward_hooks or m._forward_pre_hooks:
+        return Full(f"{kind.__name__} with hooks")
+    if kind is nn.Conv2d:
         return _conv_rule(m)
-    if isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
+    if kind in (nn.MaxPool2d, nn.AvgPool2d):
         return _pool_rule(m)
-    if isinstance(m, nn.ConstantPad2d | nn.ZeroPad2d):
+    if kind in (nn.ConstantPad2d, nn.ZeroPad2d):
         return _constant_pad(m.padding, m.value)
-    if isinstance(m, nn.BatchNorm2d):
+    if kind is nn.BatchNorm2d:
         if m.training or m.running_mean is None:
             return Full("BatchNorm2d in training mode or without running statistics")
         return Aligned()
-    if isinstance(m, POINTWISE_MODULES):
+    if kind in POINTWISE_MODULES:
         return Full("a module in training mode") if m.training else Aligned()
-    return Full(f"unknown module {type(m).__name__}")
+    return Full(f"unknown module {kind.__name__}")
 
 
 def _function_rule(node: fx.Node) -> Rule:
