@@ -21,7 +21,8 @@ windows (defined in original pixels) are scaled to it, so no occluded copy is ev
 batch of occluded copies is one ``torch.where`` against a mask built by comparing pixel
 coordinates with the batch's window bounds, on the classifier's device, followed by one
 ``predict`` (:func:`explain.perturb.masked_scores`, the core RISE shares); the map is accumulated
-in original coordinates.
+in original coordinates. For a torch model that torch.fx traces, :mod:`explain.incremental`
+scores the same windows exactly by recomputing only what each window changes.
 """
 
 from __future__ import annotations

@@ -142,4 +142,6 @@ def window_scores(classifier: Classifier, net: Network, x: torch.Tensor, fill: t
         done += len(rows)
         if progress is not None:
             progress(done, len(rect))
+    if progress is not None and not len(todo):
+        progress(done, len(rect))
     return scores
