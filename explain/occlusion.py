@@ -23,13 +23,15 @@ coordinates with the batch's window bounds, on the classifier's device, followed
 ``predict`` (:func:`explain.perturb.masked_scores`, the core RISE shares); the map is accumulated
 in original coordinates. Every window is scored through the one private ``_window_scores``;
 ``drill_down=r`` (:mod:`explain.drill_down`) scores only part of the fine grid and interpolates
-the rest.
+the rest; for a torch model that torch.fx traces, :mod:`explain.incremental` scores the windows
+exactly by recomputing only what each window changes (both combine).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +41,7 @@ from explain.choices import check_fill
 from explain.drill_down import check_drill_down, drill_down
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
+from explain.incremental import Network, network_for, window_scores
 from explain.models.base import Classifier, resize, resolve_target
 from explain.perturb import fill_values, masked_scores
 from explain.progress import Progress
@@ -72,6 +75,7 @@ def window_masks(bounds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     cols = torch.arange(size[1], device=bounds.device).view(1, 1, -1)
     in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
     return ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
+
 
 
 @dataclass
@@ -115,9 +119,11 @@ class OcclusionPlan:
                              len(self.windows))
 
     def drop_map(self, score: float, drops: np.ndarray, seconds: float, batch_size: int,
-                 drill: float | None, evaluated: int) -> Heatmap:
+                 drill: float | None, evaluated: int, incremental: bool = False,
+                 tau: float | None = None) -> Heatmap:
         """The map from every window's drop (scored or, after drill-down ``drill``, estimated;
-        ``evaluated`` of them scored) and the intact image's ``score``."""
+        ``evaluated`` of them scored) and the intact image's ``score``; ``incremental`` and
+        ``tau`` say how the windows were scored (recorded in ``params``)."""
         return Heatmap(values=window_mean(self.shape, self.windows, drops),
                        method="occlusion", target=self.target_name, score=score,
                        box=tuple(int(v) for v in self.windows[0, 2:] - self.windows[0, :2]),
@@ -125,7 +131,7 @@ class OcclusionPlan:
                        windows=len(self.windows), seconds=seconds,
                        params={"fill": self.fill, "batch_size": batch_size,
                                "work_size": list(self.size), "box_asked": self.box,
-                               "stride_asked": self.stride, "incremental": False,
+                               "stride_asked": self.stride, "incremental": incremental, "tau": tau,
                                "drill_down": drill, "windows_evaluated": evaluated,
                                "windows_total": len(self.windows)},
                        signed=True, unit=f"drop in p({self.target_name})",
@@ -156,28 +162,34 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
 
 
 def _window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
-                   bounds: torch.Tensor, target: int, step: int, progress: Progress | None
-                   ) -> torch.Tensor:
+                   bounds: torch.Tensor, target: int, step: int, progress: Progress | None,
+                   net: Network | None = None, tau: float | None = None) -> torch.Tensor:
     """p(``target``) of ``x`` (1×3×H×W at the work size, on the classifier's device) with each
     window of ``bounds`` filled with ``fill`` (broadcastable to ``x``), as a tensor on the CPU,
     one score per row. ``bounds``: (n, 4) int64 windows (top, left, bottom, right) in work
     pixels; an empty window (e.g. all zeros) scores the intact image. ``step`` windows per
-    ``predict``; ``progress(done, n)`` after each batch. Every window an occlusion map scores goes
-    through here, exact or drill-down."""
+    ``predict``; ``progress(done, n)`` after each batch. ``net`` (from
+    :func:`explain.incremental.network_for`): score by incremental inference, with ``tau`` its
+    projective-field threshold; None: full re-inference of every masked copy. Every window an
+    occlusion map scores goes through here: exact, drill-down, incremental or both."""
     bounds = bounds.to(x.device)
+    if net is not None:
+        return window_scores(classifier, net, x, fill, bounds, target, step, progress,
+                             tau=tau).cpu()
     n, size = len(bounds), (x.shape[2], x.shape[3])
     masks = (window_masks(bounds[lo:lo + step], size) for lo in range(0, n, step))
     scores = masked_scores(classifier, x, fill, masks, target, n, progress)
     return torch.cat([s for _, s in scores]).cpu()
 
 
-def _drilled(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor, scaled: np.ndarray,
-             grid: tuple[int, int], target: int, step: int, progress: Progress | None, r: float
+def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
+             scaled: np.ndarray, grid: tuple[int, int], progress: Progress | None, r: float
              ) -> tuple[float, np.ndarray, int]:
     """Drill-down over the fine windows ``scaled`` (work pixels; a ``grid`` of (rows, columns),
-    rows first): (the intact image's score, every window's drop, evaluated or estimated, the
-    number evaluated). The intact image rides in the coarse pass's first batch, as in the exact
-    map."""
+    rows first), each batch of windows scored by ``scores(bounds, progress)`` (the map's
+    :func:`_window_scores`): (the intact image's score, every window's drop, evaluated or
+    estimated, the number evaluated). The intact image rides in the coarse pass's first batch,
+    as in the exact map."""
     n_cols = grid[1]
     intact: list[float] = []
     done = 0  # windows scored so far, the intact image not counted
@@ -189,8 +201,7 @@ def _drilled(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor, scaled
                                  scaled[points[:, 0] * n_cols + points[:, 1]]])
         report = None if progress is None else \
             lambda k, total, before=done: progress(before + k - lead, before + total - lead)
-        p = _window_scores(classifier, x, fill, torch.from_numpy(bounds), target, step,
-                           report).double().numpy()
+        p = scores(torch.from_numpy(bounds), report).double().numpy()
         intact.extend(p[:lead].tolist())
         done += len(points)
         return intact[0] - p[lead:]
@@ -203,7 +214,8 @@ def _drilled(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor, scaled
 def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
                   target: str | int = "nsfw", batch_size: int | None = None,
-                  progress: Progress | None = None, drill_down: float | None = None) -> Heatmap:
+                  progress: Progress | None = None, drill_down: float | None = None,
+                  incremental: bool | None = None, tau: float | None = None) -> Heatmap:
     """Occlusion sensitivity map of ``image`` for ``target`` (the maths: the module docstring).
 
     ``classifier``: any :class:`~explain.models.base.Classifier` (black box is enough). ``image``:
@@ -219,8 +231,12 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     (:mod:`explain.drill_down`): a coarse pass (two interleaved grids at 4 × the stride), then
     rounds that score the fraction r of the other windows, where the map varies or matters most,
     the rest interpolated; equal to the exact map wherever every covering window was scored, and
-    everywhere when r = 1. ``params`` records ``drill_down``,
-    ``windows_evaluated`` and ``windows_total``.
+    everywhere when r = 1. ``incremental``: reuse the intact image's activations
+    (:mod:`explain.incremental`, exact to float rounding): None = whenever the classifier is a
+    torch module torch.fx traces, True = required (an OptionError says why when impossible),
+    False = never. ``tau``: Krypton's projective-field threshold in (0, 1] (approximate, faster;
+    None = exact); it needs incremental inference. ``params`` records what ran:
+    ``incremental``, ``tau``, ``drill_down``, ``windows_evaluated`` and ``windows_total``.
 
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
     the mean over covering windows of p(target | image) − p(target | window hidden). SIGNED,
@@ -230,17 +246,23 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     """
     start = time.perf_counter()
     drill = check_drill_down(drill_down)
+    net = network_for(classifier, incremental, tau)
     plan = plan_occlusion(classifier, image, box=box, stride=stride, fill=fill, target=target)
     step = check_batch_size(batch_size, plan.x.device, plan.size, plan.n)
+    ran = {"incremental": net is not None, "tau": tau}
+
+    def scores(bounds: torch.Tensor, report: Progress | None) -> torch.Tensor:
+        return _window_scores(classifier, plan.x, plan.baseline, bounds, plan.target, step,
+                              report, net, tau)
+
     if drill is None:
         done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
-        p = _window_scores(classifier, plan.x, plan.baseline, plan.bounds, plan.target, step,
-                           done).double().numpy()
-        return plan.heatmap(p, time.perf_counter() - start, step)
+        p = scores(plan.bounds, done).double().numpy()
+        return plan.drop_map(float(p[0]), p[0] - p[1:], time.perf_counter() - start, step,
+                             None, len(plan.windows), **ran)
     # the grid's shape from the ORIGINAL windows: scaled down, distinct tops may coincide
     rows = len(np.unique(plan.windows[:, 0]))
-    score, drops, evaluated = _drilled(classifier, plan.x, plan.baseline,
-                                       plan.bounds[1:].cpu().numpy(),
-                                       (rows, len(plan.windows) // rows), plan.target, step,
-                                       progress, drill)
-    return plan.drop_map(score, drops, time.perf_counter() - start, step, drill, evaluated)
+    score, drops, evaluated = _drilled(scores, plan.bounds[1:].cpu().numpy(),
+                                       (rows, len(plan.windows) // rows), progress, drill)
+    return plan.drop_map(score, drops, time.perf_counter() - start, step, drill, evaluated,
+                         **ran)

@@ -1,0 +1,147 @@
+"""Exact incremental inference for occlusion maps of torch models (Krypton, re-designed).
+
+An occluded image differs from the intact one inside one window, so most activations of the
+network are the intact image's: only a rectangle of each map changes, growing layer by layer
+with the receptive field. For a torch classifier whose network ``torch.fx`` traces, the
+intact image's activations are cached once; each batch of windows then recomputes, at every
+convolution, pooling, padding and pixel-wise step, only each window's changed rectangle (see
+:mod:`~explain.incremental.regions`), and runs whole maps where the rectangles cover most of the
+map or where a step is not known to be local (global pooling, linear layers, any other op: never
+silently wrong). The scores equal full re-inference up to float rounding (tests: 1e-4).
+
+The classifier's preprocessing (:class:`~explain.models.base.Preprocess`: centre crop, channel
+order, ``(x · scale − mean) / std``) is pixel-wise, so hiding a window then preprocessing equals
+preprocessing the image and the fill and hiding the window in the network's input: a window
+moves by the crop offset, and the part outside the crop changes nothing.
+
+``tau`` (Krypton's projective-field threshold, approximate, off by default) caps each layer's
+changed rectangle at ``⌈τ · side⌉`` of the map, dropping changes beyond it: faster, not exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from explain.errors import OptionError
+from explain.incremental.engine import Incremental
+from explain.incremental.graph import Full, Network, trace
+from explain.models.base import Classifier, Preprocess, check_scores
+from explain.progress import Progress
+
+__all__ = ["MOST", "Incremental", "network_for", "window_scores"]
+
+MOST = 0.6
+"""A step runs on whole maps when its patches would cover more than this fraction of the map."""
+
+
+def _why_not(classifier: Classifier) -> str | Network:
+    """The traced network of ``classifier``, or why incremental inference cannot run on it."""
+    module = getattr(classifier, "module", None)
+    if not isinstance(module, torch.nn.Module) or not hasattr(classifier, "model_input"):
+        return (f"model {getattr(classifier, 'name', classifier)!s} is not a torch module "
+                f"({type(classifier).__name__}); only torch models can reuse activations")
+    if getattr(classifier, "input_transform", None) is not None:
+        return (f"model {classifier.name} transforms its input before the network (the "
+                "reference JPEG round trip?), which is not pixel-wise")
+    if type(getattr(classifier, "preprocess", None)) is not Preprocess:
+        return f"model {classifier.name} has a preprocessing that is not a Preprocess"
+    if isinstance(module, torch.jit.ScriptModule):
+        return f"model {classifier.name} is TorchScript, which torch.fx cannot trace"
+    try:
+        net = trace(module)
+    except Exception as exc:  # torch.fx raises many kinds of errors on untraceable code
+        return (f"torch.fx cannot trace model {classifier.name}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}")
+    return _local_start(net, classifier.name)
+
+
+def _local_start(net: Network, name: str) -> Network | str:
+    """``net``, or why nothing can be reused: an op that reads the input is not local."""
+    for step in net.steps:
+        if net.input in step.inputs and isinstance(step.rule, Full):
+            return (f"the first op of model {name} ({step.name}) is not local "
+                    f"({step.rule.why}), so no activation can be reused")
+    return net
+
+
+def network_for(classifier: Classifier, incremental: bool | None, tau: float | None = None
+                ) -> Network | None:
+    """The traced network to score ``classifier``'s windows incrementally, or None for full
+    re-inference. ``incremental``: None = whenever possible, True = required (an
+    :class:`~explain.errors.OptionError` saying why when impossible), False = never.
+    ``tau``: None (exact) or the projective-field threshold in (0, 1], which needs
+    incremental inference."""
+    if tau is not None and not (isinstance(tau, int | float) and 0 < tau <= 1):
+        raise OptionError(f"tau must be in (0, 1] (a fraction of each map's side), not {tau!r}")
+    if incremental is False:
+        if tau is not None:
+            raise OptionError("tau applies to incremental inference; drop tau or allow "
+                              "incremental inference")
+        return None
+    found = _why_not(classifier)
+    if isinstance(found, Network):
+        return found
+    if incremental or tau is not None:
+        asked = "incremental=True" if incremental else f"tau={tau}"
+        raise OptionError(f"{asked} needs incremental inference, but {found}; use "
+                          "incremental=None (automatic) or False")
+    return None
+
+
+def _model_windows(classifier: Classifier, x: torch.Tensor, bounds: torch.Tensor
+                   ) -> np.ndarray:
+    """``bounds`` (work-size pixels) → rectangles on the network's input (after the crop)."""
+    pre: Preprocess = classifier.preprocess  # type: ignore[attr-defined]
+    h, w = x.shape[-2:]
+    ch, cw = pre.crop if pre.crop is not None else (h, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    rect = bounds.cpu().numpy().astype(np.int64) - np.array([top, left, top, left])
+    rect = np.clip(rect, 0, np.array([ch, cw, ch, cw]))
+    empty = (rect[:, 2] <= rect[:, 0]) | (rect[:, 3] <= rect[:, 1])
+    rect[empty] = 0
+    return rect
+
+
+@torch.no_grad()
+def window_scores(classifier: Classifier, net: Network, x: torch.Tensor, fill: torch.Tensor,
+                  bounds: torch.Tensor, target: int, step: int,
+                  progress: Progress | None = None, *, tau: float | None = None
+                  ) -> torch.Tensor:
+    """p(``target``) of ``x`` with each window of ``bounds`` filled, by incremental inference.
+
+    ``classifier``: a torch classifier ``net`` was traced from (:func:`network_for`); ``x``:
+    1×3×H×W RGB in [0, 1] at the classifier's input size; ``fill``: what hidden pixels become,
+    broadcastable to ``x``; ``bounds``: n×4 int64 windows [y0, x0, y1, x1) in ``x``'s pixels (an
+    empty window = the intact image); ``step``: windows per batch; ``progress(done, n)`` after
+    each batch. Returns the n probabilities (float32, on ``x``'s device). Windows that miss the
+    network's input (outside the crop) score as the intact image without running. Windows run
+    in order of size, so that a batch's patches have one size."""
+    pre: Preprocess = classifier.preprocess  # type: ignore[attr-defined]
+    if pre.input_size is not None and tuple(x.shape[-2:]) != tuple(pre.input_size):
+        raise OptionError(f"incremental inference needs the image at the model's input size "
+                          f"{tuple(pre.input_size)}, got {tuple(x.shape[-2:])}")
+    model_input = classifier.model_input  # type: ignore[attr-defined]
+    engine = Incremental(net, model_input(x), model_input(fill.expand_as(x)), most=MOST, tau=tau)
+    n_classes = len(classifier.class_names)
+
+    def probs(out: object, n: int) -> torch.Tensor:
+        return check_scores(out, n, n_classes, logits=classifier.logits,  # type: ignore[attr-defined]
+                            name=classifier.name)[:, target]  # type: ignore[attr-defined]
+
+    rect = _model_windows(classifier, x, bounds)
+    scores = probs(engine.output, 1).expand(len(rect)).clone()
+    sides = rect[:, 2:] - rect[:, :2]
+    todo = np.flatnonzero(sides.min(axis=1) > 0)
+    todo = todo[np.lexsort((sides[todo, 1], sides[todo, 0]))]
+    done = len(rect) - len(todo)
+    for lo in range(0, len(todo), step):
+        rows = todo[lo:lo + step]
+        scores[torch.from_numpy(rows).to(scores.device)] = probs(engine.run(rect[rows]),
+                                                                  len(rows))
+        done += len(rows)
+        if progress is not None:
+            progress(done, len(rect))
+    if progress is not None and not len(todo):
+        progress(done, len(rect))
+    return scores
