@@ -35,9 +35,10 @@ from explain.choices import DEFAULT_REUSE_THRESHOLD, check_fill, check_reuse
 from explain.clips import changed
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import to_tensor
+from explain.incremental import network_for
 from explain.models.base import Classifier, resize, resolve_target
-from explain.occlusion import scale_windows
-from explain.perturb import fill_values, masked_scores
+from explain.occlusion import occluded_scores, scale_windows
+from explain.perturb import fill_values
 from explain.progress import Progress
 from explain.windows import (
     DEFAULT_BOX,
@@ -78,24 +79,6 @@ def meeting(windows: np.ndarray, mask: np.ndarray) -> np.ndarray:
             & (windows[:, 1] < right) & (windows[:, 3] > left))
 
 
-def window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
-                  bounds: torch.Tensor, target: int, step: int) -> np.ndarray:
-    """p(``target``) of ``x`` with each window of ``bounds`` (n × 4 on x's device, in x's pixels;
-    an empty window scores the intact image) filled with ``fill``, in batches of ``step``,
-    through the perturbation core (:func:`explain.perturb.masked_scores`)."""
-    rows = torch.arange(x.shape[2], device=x.device).view(1, -1, 1)
-    cols = torch.arange(x.shape[3], device=x.device).view(1, 1, -1)
-
-    def kept():  # noqa: ANN202 - a generator of boolean masks, True where the image is kept
-        for lo in range(0, len(bounds), step):
-            b = bounds[lo:lo + step, :, None]
-            in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 2:3])
-            yield ~(in_rows & (cols >= b[:, 1:2]) & (cols < b[:, 3:4]))
-
-    scores = masked_scores(classifier, x, fill, kept(), target, len(bounds))
-    return torch.cat([s for _, s in scores]).double().cpu().numpy()
-
-
 @torch.no_grad()
 def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                    box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
@@ -124,6 +107,7 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     scaled = scale_windows(windows, shape, size)
     device = classifier.device
     step = check_batch_size(batch_size, device, size, len(windows) + 1)
+    net = network_for(classifier, None)  # incremental inference whenever it applies (exact)
     empty = np.zeros((1, 4), np.int64)
     maps: list[Heatmap] = []
     drops = np.zeros(len(windows))
@@ -138,7 +122,8 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                 x = resize(x, size)
             baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
             bounds = torch.from_numpy(np.concatenate([empty, scaled[chosen]])).to(device)
-            p = window_scores(classifier, x, baseline, bounds, t, step)
+            p = occluded_scores(classifier, x, baseline, bounds, t, step, None, net,
+                                None).double().numpy()
             score = float(p[0])
             drops = drops.copy()
             drops[chosen] = p[0] - p[1:]
@@ -149,6 +134,7 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
             seconds=time.perf_counter() - start,
             params={"fill": fill, "batch_size": step, "work_size": list(size), "box_asked": box,
                     "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
+                    "incremental": net is not None,
                     "threshold": threshold},
             signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR))
         if progress is not None:

@@ -21,7 +21,7 @@ windows (defined in original pixels) are scaled to it, so no occluded copy is ev
 batch of occluded copies is one ``torch.where`` against a mask built by comparing pixel
 coordinates with the batch's window bounds, on the classifier's device, followed by one
 ``predict`` (:func:`explain.perturb.masked_scores`, the core RISE shares); the map is accumulated
-in original coordinates. Every window is scored through the one private ``_window_scores``;
+in original coordinates. Every window is scored through the one function :func:`occluded_scores`;
 ``drill_down=r`` (:mod:`explain.drill_down`) scores only part of the fine grid and interpolates
 the rest; for a torch model that torch.fx traces, :mod:`explain.incremental` scores the windows
 exactly by recomputing only what each window changes (both combine).
@@ -161,7 +161,7 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
                          stride=stride, fill=fill)
 
 
-def _window_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
+def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
                    bounds: torch.Tensor, target: int, step: int, progress: Progress | None,
                    net: Network | None = None, tau: float | None = None) -> torch.Tensor:
     """p(``target``) of ``x`` (1×3×H×W at the work size, on the classifier's device) with each
@@ -187,7 +187,7 @@ def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
              ) -> tuple[float, np.ndarray, int]:
     """Drill-down over the fine windows ``scaled`` (work pixels; a ``grid`` of (rows, columns),
     rows first), each batch of windows scored by ``scores(bounds, progress)`` (the map's
-    :func:`_window_scores`): (the intact image's score, every window's drop, evaluated or
+    :func:`occluded_scores`): (the intact image's score, every window's drop, evaluated or
     estimated, the number evaluated). The intact image rides in the coarse pass's first batch,
     as in the exact map."""
     n_cols = grid[1]
@@ -252,7 +252,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     ran = {"incremental": net is not None, "tau": tau}
 
     def scores(bounds: torch.Tensor, report: Progress | None) -> torch.Tensor:
-        return _window_scores(classifier, plan.x, plan.baseline, bounds, plan.target, step,
+        return occluded_scores(classifier, plan.x, plan.baseline, bounds, plan.target, step,
                               report, net, tau)
 
     if drill is None:
