@@ -5,6 +5,7 @@ a worker thread running the other methods through the registry."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import cv2
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from explain.choices import FAST_DRILL_DOWN
 from explain.grad_cam import gradcam
 from explain.methods import Models
 from explain.models import load
@@ -74,13 +76,14 @@ def test_without_other_jobs_a_run_scores_as_the_library_batches():
 def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_onnx, nsfw_torch,
                                                                photos):
     """A worker thread over a job store: sliding (black box, onnx) and Grad-CAM (white box, the
-    torch port) jobs give the library's maps; a job whose upload is not an image fails with the
-    reason and the worker goes on."""
+    torch port) jobs give the library's maps, and so does a ``fast`` occlusion job (drill-down,
+    run on its own); a job whose upload is not an image fails with the reason and the worker
+    goes on."""
     image = cv2.resize(photos["coffee"], (96, 64), interpolation=cv2.INTER_AREA)
     store = JobStore(tmp_path)
     options = {"box": 0.5, "stride": 0.5, "fill": "gray", "target": "nsfw", "masks": 8}
     ids = {}
-    for method in ("sliding", "gradcam", "broken"):
+    for method in ("sliding", "gradcam", "fast", "broken"):
         ids[method] = store.new_id()
         folder = store.folder(ids[method])
         folder.mkdir()
@@ -88,7 +91,10 @@ def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_on
             (folder / INPUT).write_bytes(b"not an image")
         else:
             Image.fromarray(image).save(folder / INPUT, format="PNG")
-        store.add(ids[method], "", "sliding" if method == "broken" else method, options)
+        if method == "fast":
+            store.add(ids[method], "", "occlusion", {**options, "stride": 0.125, "fast": True})
+        else:
+            store.add(ids[method], "", "sliding" if method == "broken" else method, options)
     worker = Worker(store, Models(nsfw_onnx, nsfw_torch), threading.Event(), max_pixels=10**6)
     worker.start()
     try:
@@ -98,13 +104,18 @@ def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_on
         worker.stop()
         worker.join()
     expected = {"sliding": sliding_window_map(nsfw_onnx, image, box=0.5, stride=0.5),
-                "gradcam": gradcam(nsfw_torch, image)}
+                "gradcam": gradcam(nsfw_torch, image),
+                "fast": occlusion_map(nsfw_onnx, image, box=0.5, stride=0.125,
+                                      drill_down=FAST_DRILL_DOWN)}
     for method, heatmap in expected.items():
         job = store.get(ids[method])
         assert job.status == "done", job
         values = np.load(store.folder(job.id) / "heatmap.npy")
         np.testing.assert_allclose(values, heatmap.values, atol=1e-6)
         assert job.score == pytest.approx(heatmap.score, abs=1e-6)
+    saved = json.loads((store.folder(ids["fast"]) / "heatmap.json").read_text())["params"]
+    assert saved["drill_down"] == FAST_DRILL_DOWN
+    assert saved["windows_evaluated"] < saved["windows_total"]
     broken = store.get(ids["broken"])
     assert broken.status == "failed" and broken.error.startswith("not an image")
 

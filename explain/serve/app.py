@@ -182,11 +182,15 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
                                                           "becomes.")] = FillName.gray,
                target: Annotated[str, Form(description="The class, by name or index.")] = "nsfw",
                masks: Annotated[int, Form(ge=1, le=MAX_MASKS, description="RISE: random masks."
-                                          )] = DEFAULT_MASKS) -> Accepted:
+                                          )] = DEFAULT_MASKS,
+               fast: Annotated[bool, Form(description="Occlusion: adaptive drill-down, as "
+                                                      "`explain occlude --fast` (far fewer "
+                                                      "windows scored; exact where refined)."
+                                          )] = False) -> Accepted:
         """Queue a visualization of ``image``; poll ``status_url`` until it is done."""
         name = method.value
         options = {"box": _size(box, "box"), "stride": _size(stride, "stride"),
-                   "fill": fill.value, "target": target, "masks": masks}
+                   "fill": fill.value, "target": target, "masks": masks, "fast": fast}
         if METHODS[name].white_box and served.white_error:
             raise invalid("method", served.white_error)
         try:
@@ -268,7 +272,7 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
         return ModelInfo(model=served.name, classes=list(black.class_names), input_size=size,
                          device=str(black.device), methods=methods, fills=list(FILLS),
                          defaults={"box": "25%", "stride": "18.75%", "fill": "gray",
-                                   "target": "nsfw", "masks": DEFAULT_MASKS})
+                                   "target": "nsfw", "masks": DEFAULT_MASKS, "fast": False})
 
     app.include_router(api)
 

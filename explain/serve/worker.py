@@ -4,11 +4,14 @@ Each :class:`Worker` claims queued jobs oldest first (:meth:`~explain.serve.jobs
 is atomic, so several workers never take one job twice). Occlusion jobs are held as
 :class:`~explain.serve.batching.OcclusionRun` s, up to ``interleave`` at a time, and advanced
 one shared model batch at a time (:func:`~explain.serve.batching.score_step`): windows of
-different jobs share batches. Every other method runs one job at a time through the registry
-(:data:`explain.methods.METHODS`). After each batch the worker records progress; a job deleted
-meanwhile is dropped. A job whose image cannot be decoded (truncated, corrupt) or whose model
-call fails becomes ``failed`` with the reason; the worker goes on with the rest (a shared batch
-the model refuses is retried job by job, so only the culprit fails).
+different jobs share batches. An occlusion job with ``fast`` (drill-down, whose later windows
+depend on the earlier scores) runs on its own through :func:`explain.occlusion.occlusion_map`
+with ``drill_down=``:data:`explain.choices.FAST_DRILL_DOWN`; every other method runs one job at
+a time through the registry (:data:`explain.methods.METHODS`). After each batch the worker
+records progress; a job deleted meanwhile is dropped. A job whose image cannot be decoded
+(truncated, corrupt) or whose model call fails becomes ``failed`` with the reason; the worker
+goes on with the rest (a shared batch the model refuses is retried job by job, so only the
+culprit fails).
 
 Results, in the job's folder, each written atomically: ``overlay.png`` (the overlay with its
 legend strip: colour bar, unit, score; :func:`explain.render.figure`), ``side.png``
@@ -27,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from explain.choices import FAST_DRILL_DOWN
 from explain.errors import ExplainError
 from explain.heatmap import Heatmap
 from explain.images import load_image
 from explain.methods import METHODS, Models
-from explain.occlusion import plan_occlusion
+from explain.occlusion import occlusion_map, plan_occlusion
 from explain.render import figure, save_png, side_by_side
 from explain.serve.batching import OcclusionRun, score_step
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
@@ -51,6 +55,7 @@ class JobOptions:
     target: str | int
     batch_size: int | None
     masks: int
+    drill_down: float | None = None
 
 
 def reason(exc: BaseException) -> str:
@@ -116,7 +121,7 @@ class Worker(threading.Thread):
                 continue
             try:
                 image = load_image(self.store.folder(job.id) / INPUT, max_pixels=self.max_pixels)
-                if job.method == "occlusion":
+                if job.method == "occlusion" and not job.options.get("fast"):
                     o = job.options
                     plan = plan_occlusion(self.models.black, image, box=o["box"],
                                           stride=o["stride"], fill=o["fill"],
@@ -132,11 +137,18 @@ class Worker(threading.Thread):
         start = time.perf_counter()
         self.store.progress(job.id, 0, 1)
         o = job.options
-        options = JobOptions(box=o["box"], stride=o["stride"], target=o["target"],
-                             batch_size=self.batch_size, masks=o["masks"])
         method = METHODS[job.method]
-        with WHITE_BOX if method.white_box else nullcontext():
-            heatmap = method.run(self.models, image, options)
+        if job.method == "occlusion":  # drill-down: adaptive, so it runs on its own
+            heatmap = occlusion_map(self.models.black, image, box=o["box"], stride=o["stride"],
+                                    fill=o["fill"], target=o["target"],
+                                    batch_size=self.batch_size, drill_down=FAST_DRILL_DOWN,
+                                    progress=lambda done, total: self.store.progress(job.id, done,
+                                                                                     total))
+        else:
+            options = JobOptions(box=o["box"], stride=o["stride"], target=o["target"],
+                                 batch_size=self.batch_size, masks=o["masks"])
+            with WHITE_BOX if method.white_box else nullcontext():
+                heatmap = method.run(self.models, image, options)
         heatmap.seconds = time.perf_counter() - start
         self._finish(job, image, heatmap)
 

@@ -93,7 +93,7 @@ async function submit(event) {
   form.append("target", $("target").value);
   for (const label of document.querySelectorAll("label[data-for]")) {
     const input = label.querySelector("input, select");
-    if (!label.hidden) form.append(input.id, input.value);
+    if (!label.hidden) form.append(input.id, input.type === "checkbox" ? input.checked : input.value);
   }
   say("Uploading…");
   const response = await api("v1/visualizations", { method: "POST", body: form });
