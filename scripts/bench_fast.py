@@ -1,12 +1,16 @@
-"""Fine occlusion maps fast: adaptive drill-down against the exact map, on real-signal photos.
+"""Fine occlusion maps fast: drill-down and incremental inference against the exact map, on
+real-signal photos.
 
 open_nsfw scores every whole scikit-image photo below 0.2, where the map is mostly noise; square
 crops of them (a seeded random search) that it scores ≥ 0.5 once resized to 256×256 carry a real
 signal. Per image, window setting (box/stride in pixels) and backend, prints: windows evaluated
 and in all, wall time of each variant and of the exact map, the ratio, and the variant's map
 against the exact one: SSIM, Spearman, overlap of the top-10 % pixels, max |error| where the
-variant claims to be exact (drill-down: pixels whose covering windows were all scored). Then
-the means over images. All variants of a row group run back to back in one process, exact first.
+variant claims to be exact (drill-down: pixels whose covering windows were all scored;
+incremental inference: every pixel). Variants: exact (full re-inference), incr (exact
+incremental inference, torch only), drill R (drill-down), both R (drill-down through
+incremental inference, torch only). Then the means over images. All variants of a row group
+run back to back in one process, exact first.
 
     python scripts/bench_fast.py [--crops 1] [--photos astronaut] [--settings 64/48,32/8,16/4]
         [--backends onnx,torch] [--r 0.05,0.1] [--device cuda --batch-size 64]
@@ -73,12 +77,17 @@ def _overlap(a: tuple, b: tuple) -> float:
     return max(dy, 0) * max(dx, 0) / min(a[2], b[2]) ** 2
 
 
-def variants(fractions: list[float]) -> dict[str, dict]:
-    """name → extra ``occlusion_map`` arguments; "exact" (no extra) is the reference. Add a
-    variant here (e.g. incremental inference) and every table gets its row."""
-    out: dict[str, dict] = {"exact": {}}
+def variants(fractions: list[float], backend: str) -> dict[str, dict]:
+    """name → extra ``occlusion_map`` arguments; "exact" (full re-inference of every window) is
+    the reference. On the torch backend also exact incremental inference ("incr") and
+    drill-down through it ("both"); onnxruntime cannot reuse activations."""
+    out: dict[str, dict] = {"exact": {"incremental": False}}
+    if backend == "torch":
+        out["incr"] = {"incremental": True}
     for r in fractions:
-        out[f"drill {r:g}"] = {"drill_down": r}
+        out[f"drill {r:g}"] = {"drill_down": r, "incremental": False}
+        if backend == "torch":
+            out[f"both {r:g}"] = {"drill_down": r, "incremental": True}
     return out
 
 
@@ -148,9 +157,11 @@ def main() -> None:
         images += [(name, getattr(skimage.data, name)()[..., :3])
                    for name in args.photos.split(",")]
     settings = [tuple(int(v) for v in s.split("/")) for s in args.settings.split(",")]
-    runs = variants([float(r) for r in args.r.split(",")])
+    fractions = [float(r) for r in args.r.split(",")]
     print(f"device {device}, torch threads {torch.get_num_threads()}, load average "
-          f"{os.getloadavg()[0]:.2f}; variants {', '.join(runs)}", flush=True)
+          f"{os.getloadavg()[0]:.2f}; variants "
+          f"{', '.join(dict.fromkeys(v for b in clfs for v in variants(fractions, b)))}",
+          flush=True)
     head = (f"{'image':28}{'backend':>8}{'box/s':>7}{'variant':>12}{'windows':>12}{'sec':>8}"
             f"{'speed-up':>9}{'SSIM':>7}{'Spearman':>9}{'top10':>7}{'max|err|':>10}{'load':>6}")
     print(head + "\n" + "-" * len(head), flush=True)
@@ -160,7 +171,7 @@ def main() -> None:
             for backend, clf in clfs.items():
                 clf.predict(torch.rand(4, 3, 64, 64, device=device))  # warm
                 exact = None
-                for name, kwargs in runs.items():
+                for name, kwargs in variants(fractions, backend).items():
                     hm, seconds, known = timed_map(clf, img, box, stride, args.batch_size,
                                                    kwargs)
                     p = hm.params
