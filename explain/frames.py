@@ -23,7 +23,6 @@ still images keep their own faster path, :func:`explain.images.load_image`.
 from __future__ import annotations
 
 import os
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from explain.budget import memory_budget
 from explain.choices import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, DEFAULT_VIDEO_FPS
 from explain.errors import ImageError, OptionError
-from explain.images import IMAGE_SUFFIXES, _check_path, _to_rgb
+from explain.images import IMAGE_SUFFIXES, _check_path, _to_rgb, decoding_warnings
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".webm", ".mov", ".mkv", ".avi"})
 ANIMATED_SUFFIXES = frozenset({".gif", ".webp", ".png", ".apng"})
@@ -108,8 +107,7 @@ def is_clip(path: str | os.PathLike) -> bool:
     if suffix not in ANIMATED_SUFFIXES:
         return False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with decoding_warnings(None, ignore=True):  # load_image or read_clip reads it again
             with Image.open(p) as img:
                 return bool(getattr(img, "is_animated", False))
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
@@ -262,8 +260,7 @@ class _AnimatedSource(_Source):
     def __init__(self, path: Path, max_pixels: int) -> None:
         self.path = path
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with decoding_warnings(None):
                 self.img = Image.open(path)
         except Image.DecompressionBombError as exc:
             raise ImageError(path, f"refused as a decompression bomb ({exc})") from exc

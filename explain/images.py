@@ -96,11 +96,7 @@ def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX
     image, too large).
     """
     p = _checked_path(path)
-    # catch_warnings is process-wide: inside collect_warnings (decoding threads) it filters instead
-    quiet = warnings.catch_warnings() if notes is None else warnings_into(notes)
-    with quiet:
-        if notes is None:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with decoding_warnings(notes):
         with _opened(p, max_pixels) as img:
             img.seek(0)
             img.load()
@@ -121,8 +117,7 @@ def probe_image(path: str | bytes | os.PathLike, *,
     is truncated after the header passes.
     """
     p = _checked_path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with decoding_warnings(None):
         with _opened(p, max_pixels) as img:
             return img.size
 
@@ -176,6 +171,32 @@ def warnings_into(notes: list[str]) -> Iterator[list[str]]:
         _sink.notes = previous
 
 
+_collecting = 0  # how many collect_warnings are open (process-wide, like the state they guard)
+
+
+@contextmanager
+def decoding_warnings(notes: list[str] | None, *, ignore: bool = False) -> Iterator[None]:
+    """Around a decoder, on any thread: what happens to the warnings it raises.
+
+    Inside :func:`collect_warnings` (several decoding threads), only the thread-local sink is
+    set (:func:`warnings_into`), into ``notes`` or, when None, a list thrown away: the
+    process-wide warning state is never touched there, since ``catch_warnings`` from one thread
+    would change (and on exit restore) the filters and the routing of every other thread. Outside
+    it (one thread), ``notes`` given: the sink is set and the warnings are shown as usual;
+    ``notes`` None: PIL's decompression-bomb warning is silenced (``max_pixels`` decides) or,
+    with ``ignore``, every warning (a probe whose file is read again later)."""
+    if _collecting or notes is not None:
+        with warnings_into([] if notes is None else notes):
+            yield
+        return
+    with warnings.catch_warnings():
+        if ignore:
+            warnings.simplefilter("ignore")
+        else:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 @contextmanager
 def collect_warnings() -> Iterator[None]:
     """While open, a warning raised by ``load_image(..., notes=list)`` on ANY thread goes into
@@ -200,7 +221,12 @@ def collect_warnings() -> Iterator[None]:
         warnings.filterwarnings("always", module=r"(PIL|explain\.images)\b")
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         warnings.showwarning = route
-        yield
+        global _collecting
+        _collecting += 1
+        try:
+            yield
+        finally:
+            _collecting -= 1
 
 
 def iter_image_files(paths: Iterable[str | bytes | os.PathLike], *,

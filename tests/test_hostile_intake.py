@@ -399,3 +399,32 @@ def test_an_edited_label_csv_starts_a_new_run_instead_of_resuming_stale_labels(t
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(
         open(tmp_path / "out" / "scores.csv", encoding="utf-8"))}
     assert rows["b.png"]["label"] == "nsfw"
+
+
+def test_decoders_inside_collect_warnings_never_touch_the_process_wide_warning_state(
+        tmp_path, monkeypatch):
+    """The audit decodes on several threads inside collect_warnings: a decoder that entered
+    catch_warnings there (the clip probe did) changed and then restored the filters and the
+    routing of every thread, so another image's warning could be lost (a flaky empty
+    ``warnings`` cell)."""
+    import warnings
+
+    from explain.frames import is_clip, read_clip
+    from explain.images import collect_warnings, load_image, probe_image
+
+    still = tmp_path / "still.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(still)
+    gif = tmp_path / "clip.gif"
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    entered = []
+    real = warnings.catch_warnings
+    with collect_warnings():
+        monkeypatch.setattr(warnings, "catch_warnings",
+                            lambda *a, **k: entered.append(1) or real(*a, **k))
+        assert not is_clip(still) and is_clip(gif)
+        load_image(still, notes=[])
+        load_image(still)
+        probe_image(still)
+        assert len(read_clip(gif).frames) == 2
+    assert entered == []
