@@ -38,7 +38,7 @@ from explain.grid.sorting import (
 )
 
 JV_MAX = 4096
-FLAS_DECAY = {1024: 0.99, 4096: 0.97}  # up to N images: slower decay, better grids
+FLAS_DECAY = {1024: 0.99, 16384: 0.97}  # up to N images: slower decay, better grids
 FLAS_DECAY_LARGE = 0.93
 
 

@@ -37,7 +37,7 @@ WINDOW = 5
 POLISH_RADII = (2, 2, 1, 1, 1, 1)
 SNAP_ROUNDS = 4
 
-LAYOUT_DIMS = 64
+LAYOUT_DIMS = 128
 
 Cost = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -47,8 +47,9 @@ def principal_components(vectors: np.ndarray, dims: int = LAYOUT_DIMS) -> np.nda
     the eigenvectors of the D×D or N×N Gram matrix, whichever is smaller), as float32 N×dims;
     unchanged (as float32) when D ≤ ``dims``. Squared distances between rows shrink by the
     variance left out; the layout search (FLAS, polish) needs only their ranking, so a copy
-    of 64 dims sorts about as well as 1,024 at a fraction of the cost (DPQ is measured on
-    the full vectors)."""
+    of 128 dims sorts about as well as 1,024 at a fraction of the cost (16,384 crop features:
+    FLAS 4 s instead of 30 s, DPQ16 0.897 instead of 0.900 at the same radius decay; DPQ is
+    measured on the full vectors)."""
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] <= dims:
         return x
