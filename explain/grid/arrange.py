@@ -6,15 +6,15 @@
 - ``tsne-jv+polish``: that layout improved locally (:func:`explain.grid.sorting.polish_layout`),
   kept only when its DPQ is higher.
 - ``flas``: FLAS on the features (:func:`explain.grid.sorting.flas_layout`).
-
-FLAS and the polish search on the features' first :data:`~explain.grid.sorting.LAYOUT_DIMS`
-principal components (:func:`explain.grid.sorting.principal_components`); every DPQ is
-measured on the full features.
 - ``tsne-snap``: t-SNE, then the windowed assignment with no N×N matrix
   (:func:`explain.grid.sorting.snap_to_grid`): the t-SNE layout for large N.
 - ``auto``: every candidate that fits the size (up to :data:`JV_MAX` images: tsne-jv,
   tsne-jv+polish, flas; beyond: flas and flas+polish), measured together by DPQ16
   (:func:`explain.grid.quality.dpq_scores`, one pass over the distances); the highest is kept.
+
+FLAS and the polish search on the features' first :data:`~explain.grid.sorting.LAYOUT_DIMS`
+principal components (:func:`explain.grid.sorting.principal_components`); every DPQ is
+measured on the full features.
 """
 
 from __future__ import annotations
