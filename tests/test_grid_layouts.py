@@ -21,6 +21,7 @@ from explain.grid import (
     grid_cells,
     grid_shape,
     polish_layout,
+    principal_components,
     scaled_points,
     snap_to_grid,
 )
@@ -168,3 +169,25 @@ def test_the_budget_counts_the_dense_matrix_only_for_dense_layouts(monkeypatch):
     monkeypatch.setenv("EXPLAIN_MEMORY_BUDGET", "100M")
     with pytest.raises(OptionError, match="memory budget"):
         check_grid_memory(16384, None, 16, "flas")
+
+
+def pairwise(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(axis=2))
+
+
+@pytest.mark.parametrize(("n", "dim"), [(300, 200), (40, 500)])  # the D×D and the N×N path
+def test_principal_components_keep_the_distances_of_data_that_span_few_dims(n, dim):
+    rng = np.random.default_rng(dim)
+    x = (rng.normal(size=(n, 6)) @ rng.normal(size=(6, dim)) + rng.normal(size=dim)) * 3
+    small = principal_components(x, 8)
+    assert small.shape == (n, 8) and small.dtype == np.float32
+    np.testing.assert_allclose(pairwise(small), pairwise(x), rtol=1e-4, atol=1e-3)
+
+
+def test_principal_components_keep_the_largest_variance_and_leave_few_dims_alone():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 100)) * np.linspace(10, 0.1, 100)
+    small = principal_components(x, 3)
+    top = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)[:3] ** 2 / len(x)
+    np.testing.assert_allclose(small.var(axis=0), top, rtol=1e-4)
+    np.testing.assert_array_equal(principal_components(x[:, :5], 8), x[:, :5].astype(np.float32))

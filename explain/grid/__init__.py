@@ -62,7 +62,13 @@ from explain.grid.quality import (
     random_cells,
 )
 from explain.grid.result import GRID_JSON_VERSION, SimilarityGrid, read_grid_json
-from explain.grid.sorting import flas_layout, polish_layout, snap_to_grid
+from explain.grid.sorting import (
+    LAYOUT_DIMS,
+    flas_layout,
+    polish_layout,
+    principal_components,
+    snap_to_grid,
+)
 from explain.grid.tiles import (
     PNG_MAX_PX,
     TILE_PX,
@@ -73,14 +79,15 @@ from explain.grid.tiles import (
 )
 
 __all__ = [
-    "DEFAULT_INPUT", "DPQ_P", "EMPTY_CELL", "GRID_JSON_VERSION", "JV_MAX", "MIN_IMAGES",
+    "DEFAULT_INPUT", "DPQ_P", "EMPTY_CELL", "GRID_JSON_VERSION", "JV_MAX", "LAYOUT_DIMS",
+    "MIN_IMAGES",
     "NO_LABEL", "PIXEL_SIDE", "PNG_MAX_PX", "TAB10", "TILE_PX", "TSNE_ITERATIONS",
     "Arranged", "Embedder", "GridProgress", "GridQuality", "ImageSource", "SimilarityGrid",
     "arrange", "assign_to_grid", "candidates", "check_grid_memory", "dpq_bytes", "dpq_scores",
     "draw_mosaic", "fits_png", "flas_layout", "folder_labels", "grid_bytes", "grid_cells",
     "grid_quality", "grid_shape", "knn_preservation", "label_agreement", "label_colours",
     "mosaic_bytes", "nearest_neighbours", "neighbourhood_radius", "polish_layout",
-    "pyramid_levels", "random_cells", "read_grid_json", "scaled_points", "score_colours",
-    "similarity_grid", "snap_to_grid", "thumbnail", "tsne_layout", "write_pyramid",
-    "write_viewer",
+    "principal_components", "pyramid_levels", "random_cells", "read_grid_json",
+    "scaled_points", "score_colours", "similarity_grid", "snap_to_grid", "thumbnail",
+    "tsne_layout", "write_pyramid", "write_viewer",
 ]

@@ -5,12 +5,16 @@
   :data:`JV_MAX` images).
 - ``tsne-jv+polish``: that layout improved locally (:func:`explain.grid.sorting.polish_layout`),
   kept only when its DPQ is higher.
-- ``flas``: FLAS on the features themselves (:func:`explain.grid.sorting.flas_layout`).
+- ``flas``: FLAS on the features (:func:`explain.grid.sorting.flas_layout`).
 - ``tsne-snap``: t-SNE, then the windowed assignment with no N×N matrix
   (:func:`explain.grid.sorting.snap_to_grid`): the t-SNE layout for large N.
 - ``auto``: every candidate that fits the size (up to :data:`JV_MAX` images: tsne-jv,
   tsne-jv+polish, flas; beyond: flas and flas+polish), measured together by DPQ16
   (:func:`explain.grid.quality.dpq_scores`, one pass over the distances); the highest is kept.
+
+FLAS and the polish search on the features' first :data:`~explain.grid.sorting.LAYOUT_DIMS`
+principal components (:func:`explain.grid.sorting.principal_components`); every DPQ is
+measured on the full features.
 """
 
 from __future__ import annotations
@@ -25,10 +29,16 @@ from explain.choices import GRID_PERPLEXITY, LAYOUTS
 from explain.errors import OptionError
 from explain.grid.layout import assign_to_grid, grid_cells, tsne_layout
 from explain.grid.quality import dpq_scores
-from explain.grid.sorting import flas_layout, polish_layout, snap_to_grid
+from explain.grid.sorting import (
+    LAYOUT_DIMS,
+    flas_layout,
+    polish_layout,
+    principal_components,
+    snap_to_grid,
+)
 
 JV_MAX = 4096
-FLAS_DECAY = {1024: 0.99, 4096: 0.97}  # up to N images: slower decay, better grids
+FLAS_DECAY = {1024: 0.99, 16384: 0.97}  # up to N images: slower decay, better grids
 FLAS_DECAY_LARGE = 0.93
 
 
@@ -111,14 +121,16 @@ def arrange(vectors: np.ndarray, shape: tuple[int, int], *, layout: str = "auto"
             layouts["tsne-snap"] = timed("assign", lambda: snap_to_grid(points, shape, seed=seed))
         else:
             layouts["tsne-jv"] = timed("assign", lambda: assign_to_grid(points, shape, cost=cost))
+    if any(r == "flas" or r.endswith("+polish") for r in runs):
+        small = timed("pca", lambda: principal_components(x, LAYOUT_DIMS))
     if "flas" in runs or "flas+polish" in runs:
         layouts["flas"] = timed("flas", lambda: flas_layout(
-            x, shape, seed=seed, radius_decay=flas_decay(n)))
+            small, shape, seed=seed, radius_decay=flas_decay(n)))
     for r in runs:
         if r.endswith("+polish"):
             base = r.removesuffix("+polish")
             layouts[r] = timed("polish", lambda base=base: polish_layout(
-                x, layouts[base], shape, seed=seed))
+                small, layouts[base], shape, seed=seed))
     start = time.perf_counter()
     scores = dict(zip(layouts, dpq_scores(x, list(layouts.values())), strict=True))
     out.seconds["dpq"] = time.perf_counter() - start

@@ -94,17 +94,22 @@ def neighbourhood_radius(k: int) -> int:
 
 
 def nearest_neighbours(vectors: np.ndarray, k: int, *, chunk: int = 1024) -> np.ndarray:
-    """Each row's ``k`` nearest other rows of ``vectors`` (N×D), exact Euclidean.
+    """Each row's ``k`` nearest other rows of ``vectors`` (N×D), Euclidean.
 
-    Distances are computed ``chunk`` rows at a time (memory ~ chunk·N). Returns an N×k int64
-    array of row indices, nearest first; a row is never its own neighbour. k < N.
+    The vectors are centred and compared in float32 (half the time and memory of float64;
+    the ranking differs only between neighbours at equal distance to ~1e-7), ``chunk`` rows
+    at a time (memory ~ 12·chunk·N bytes: the block and its argpartition). Returns an N×k
+    int64 array of row indices, nearest first; a row is never its own neighbour. k < N.
     """
-    x = np.asarray(vectors, dtype=np.float64)
-    sq = (x * x).sum(axis=1)
+    x = np.asarray(vectors, dtype=np.float32)
+    x = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    sq = np.einsum("ij,ij->i", x, x)
     out = np.empty((len(x), k), dtype=np.int64)
     for start in range(0, len(x), chunk):
         block = x[start:start + chunk]
-        d = sq[start:start + chunk, None] + sq[None, :] - 2.0 * block @ x.T
+        d = block @ x.T
+        d *= -2.0
+        d += sq[None, :]  # the row's own |x|² is the same for all its candidates: left out
         d[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
         part = np.argpartition(d, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(d, part, axis=1).argsort(axis=1, kind="stable")
@@ -151,7 +156,8 @@ def _block_rows(n: int) -> int:
 
 def dpq_bytes(n: int) -> int:
     """Peak bytes of :func:`dpq_scores`' distance blocks for ``n`` vectors (about 32 bytes per
-    distance of a block of rows: the float32 block, its sorted copy, the float64 sort keys)."""
+    distance of a block of rows: the float32 block, its sorted copy, the int64 sort keys and
+    the distances' bits)."""
     return 32 * min(n, _block_rows(n)) * n
 
 
@@ -192,13 +198,15 @@ def dpq_scores(vectors: np.ndarray, layouts: Sequence[np.ndarray], *, p: float =
         d = _distance_block(x, sq, lo, hi)
         total += float(d.sum(dtype=np.float64))
         ideal += np.sort(d, axis=1)[:, 1:].sum(axis=0, dtype=np.float64)
-        bound = float(d.max()) * 1.0001 + 1e-30
-        scaled = d.astype(np.float64) / bound  # in [0, 1): breaks ties of grid distance
+        # a distance's float32 bits, sign cleared, rank as the distance does: the sort key
+        # (grid distance << 32 | bits) orders by grid distance, ties by feature distance
+        bits = (d.view(np.uint32) & np.uint32(0x7FFFFFFF)).astype(np.int64)
         for c, acc in zip(cells, by_grid, strict=True):
             key = ((c[lo:hi, None, 0] - c[None, :, 0]) ** 2
-                   + (c[lo:hi, None, 1] - c[None, :, 1]) ** 2) + scaled
+                   + (c[lo:hi, None, 1] - c[None, :, 1]) ** 2) << 32
+            key |= bits
             key.sort(axis=1)  # itself first: grid distance 0
-            acc += (np.fmod(key[:, 1:], 1.0) * bound).sum(axis=0)
+            acc += key[:, 1:].astype(np.uint32).view(np.float32).sum(axis=0, dtype=np.float64)
     mean = total / (n * (n - 1))
     if mean <= 0:
         return [1.0] * len(cells)
