@@ -40,6 +40,7 @@ from explain.models.base import Classifier, resize, resolve_target
 from explain.occlusion import occluded_scores, scale_windows
 from explain.perturb import fill_values
 from explain.progress import Progress
+from explain.sliding import crop_scores
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
@@ -140,24 +141,6 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
         if progress is not None:
             progress(k + 1, len(frames))
     return maps
-
-
-def crop_scores(classifier: Classifier, x: torch.Tensor, windows: np.ndarray,
-                size: tuple[int, int], target: int, step: int) -> np.ndarray:
-    """p(``target``) of each window of ``windows`` (n × 4, one box size, in x's pixels) cropped
-    from ``x`` (3 × H × W on the classifier's device) and resized to ``size``, scored alone in
-    batches of ``step`` (as :func:`explain.sliding.sliding_window_map` scores its crops)."""
-    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
-    starts = torch.from_numpy(windows[:, :2]).to(x.device)
-    dy, dx = torch.arange(bh, device=x.device), torch.arange(bw, device=x.device)
-    out = []
-    for lo in range(0, len(windows), step):
-        s = starts[lo:lo + step]
-        crops = x[:, (s[:, 0:1] + dy)[:, :, None], (s[:, 1:2] + dx)[:, None, :]].transpose(0, 1)
-        if size != (bh, bw):
-            crops = resize(crops, size)
-        out.append(classifier.predict(crops)[:, target].double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
 
 
 @torch.no_grad()

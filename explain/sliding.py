@@ -62,24 +62,11 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
     x = to_tensor(rgb, device)[0]
     bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
     size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)
-    starts = torch.from_numpy(windows[:, :2]).to(device)
-    dy = torch.arange(bh, device=device)
-    dx = torch.arange(bw, device=device)
     n = len(windows)
     step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])), n)
     score = float(classifier.predict(x.unsqueeze(0))[0, t])
-    scores = torch.empty(n, device=device)
-    for lo in range(0, n, step):
-        s = starts[lo:lo + step]
-        ys = (s[:, 0:1] + dy)[:, :, None]
-        xs = (s[:, 1:2] + dx)[:, None, :]
-        crops = x[:, ys, xs].transpose(0, 1)
-        if size != (bh, bw):
-            crops = resize(crops, size)
-        scores[lo:lo + len(s)] = classifier.predict(crops)[:, t]
-        if progress is not None:
-            progress(min(lo + step, n), n)
-    values = window_mean(shape, windows, scores.double().cpu().numpy())
+    scores = crop_scores(classifier, x, windows, size, t, step, progress)
+    values = window_mean(shape, windows, scores)
     name = classifier.class_names[t]
     return Heatmap(values=values, method="sliding", target=name, score=score,
                    box=(bh, bw), stride=pixels(stride, "stride", shape), windows=n,
@@ -88,3 +75,27 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
                            "stride_asked": stride},
                    unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0),
                    noise_floor=NOISE_FLOOR)
+
+
+def crop_scores(classifier: Classifier, x: torch.Tensor, windows: np.ndarray,
+                size: tuple[int, int], target: int, step: int,
+                progress: Progress | None = None) -> np.ndarray:
+    """p(``target``) (float64) of each window of ``windows`` (n × 4 [y0, x0, y1, x1), one box
+    size, in x's pixels) cropped from ``x`` (3 × H × W on the classifier's device), resized to
+    ``size`` when it differs from the box and scored alone: one gather, one resize and one
+    ``predict`` per batch of ``step``; ``progress(done, n)`` after each batch. The sliding map's
+    scoring, and the clip maps' (:mod:`explain.frame_reuse`)."""
+    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2]) if len(windows) else (0, 0)
+    starts = torch.from_numpy(windows[:, :2]).to(x.device)
+    dy, dx = torch.arange(bh, device=x.device), torch.arange(bw, device=x.device)
+    n = len(windows)
+    scores = torch.empty(n, device=x.device)
+    for lo in range(0, n, step):
+        s = starts[lo:lo + step]
+        crops = x[:, (s[:, 0:1] + dy)[:, :, None], (s[:, 1:2] + dx)[:, None, :]].transpose(0, 1)
+        if size != (bh, bw):
+            crops = resize(crops, size)
+        scores[lo:lo + len(s)] = classifier.predict(crops)[:, target]
+        if progress is not None:
+            progress(min(lo + step, n), n)
+    return scores.double().cpu().numpy()
