@@ -31,13 +31,13 @@ _RANKS = 8
 _RING = np.array([(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)])
 _BOX = np.concatenate([[(0, 0)], _RING])
 _PAD = 2
-_CHUNK = 1024  # candidate swaps evaluated at a time (~12 MB of gathered arrays each)
+_CHUNK = 512  # candidate swaps evaluated at a time (~8 KB of gathered arrays per swap)
 
 
 def swap_bytes(n: int) -> int:
     """Peak bytes of :func:`swap_polish` for ``n`` images: the N×N float32 distances, the
     rank weights' blocks and the candidate chunks."""
-    return 4 * n * n + 8 * 3 * 256 * n + 12 * 8 * 18 * 8 * _CHUNK
+    return 4 * n * n + 8 * 3 * min(256, n) * n + 8192 * min(_CHUNK, 12 * n)
 
 
 def feature_distances(vectors: np.ndarray) -> np.ndarray:
