@@ -15,7 +15,7 @@ from explain.backprop import batches
 from explain.budget import BUDGET_ENV, DEFAULT_BUDGET, format_bytes, memory_budget
 from explain.cli import app
 from explain.errors import OptionError
-from explain.grid import draw_mosaic, grid_bytes, similarity_grid
+from explain.grid import draw_mosaic, grid_bytes, similarity_grid, swap_bytes
 from explain.models import CallableClassifier
 from explain.occlusion import occlusion_map
 from explain.windows import INPUT_BYTES_PER_PIXEL, MODEL_BYTES_PER_PIXEL, batch_bytes
@@ -97,12 +97,14 @@ def test_grid_too_large_is_refused_before_any_model_call(folder, extra, what):
 def test_grid_estimate_counts_the_assignment_matrix_and_the_mosaic():
     """1000 images on a 1000x1000 grid: the 1000 x 10^6 float64 cost matrix (8 GB) is larger
     than the mosaic of 8-px cells (1.7 GB); thumbnails 2 x 1000 x 8 x 8 x 3 bytes; 1024-d
-    float32 vectors, 4 copies, one per cell (FLAS's blurred grid). FLAS alone has no matrix."""
+    float32 vectors, 4 copies, one per cell (FLAS's blurred grid). FLAS alone has no matrix.
+    4 images: the larger of the mosaic and the swap polish's buffers."""
     vectors = 4 * 4 * 1024 * 10**6
     assert grid_bytes(1000, (1000, 1000), 8) == 2 * 1000 * 64 * 3 + vectors + 8 * 1000 * 10**6
     assert grid_bytes(1000, (1000, 1000), 8, "flas") == (2 * 1000 * 64 * 3 + vectors
                                                          + 9 * 10**6 * 64)
-    assert grid_bytes(4, (2, 2), 64) == 2 * 4 * 64 * 64 * 3 + 4 * 4 * 1024 * 4 + 9 * 4 * 64 * 64
+    assert grid_bytes(4, (2, 2), 64) == (2 * 4 * 64 * 64 * 3 + 4 * 4 * 1024 * 4
+                                         + max(9 * 4 * 64 * 64, swap_bytes(4)))
 
 
 def test_library_grid_and_mosaic_are_checked(photos, monkeypatch):

@@ -4,7 +4,8 @@
    probabilities for a black box, a user function or raw pixels.
 2. **Lay out** (:mod:`explain.grid.arrange`): t-SNE to 2-D snapped to a rows×cols grid by an
    optimal dense assignment (:mod:`explain.grid.layout`) or a windowed one, FLAS on the
-   features, a local polish (:mod:`explain.grid.sorting`); ``auto`` keeps the best by DPQ16.
+   features, a local polish (:mod:`explain.grid.sorting`), swaps that optimise DPQ16's own
+   objective (:mod:`explain.grid.swaps`); ``auto`` keeps the best by DPQ16.
 4. **Measure** (:mod:`explain.grid.quality`): DPQ16, the field's measure, and the mean k-NN
    preservation of the layout against seeded random placements, with labels the share of
    same-label grid neighbours.
@@ -69,6 +70,7 @@ from explain.grid.sorting import (
     principal_components,
     snap_to_grid,
 )
+from explain.grid.swaps import SWAP_MAX, swap_bytes, swap_polish
 from explain.grid.tiles import (
     PNG_MAX_PX,
     TILE_PX,
@@ -81,13 +83,14 @@ from explain.grid.tiles import (
 __all__ = [
     "DEFAULT_INPUT", "DPQ_P", "EMPTY_CELL", "GRID_JSON_VERSION", "JV_MAX", "LAYOUT_DIMS",
     "MIN_IMAGES",
-    "NO_LABEL", "PIXEL_SIDE", "PNG_MAX_PX", "TAB10", "TILE_PX", "TSNE_ITERATIONS",
+    "NO_LABEL", "PIXEL_SIDE", "PNG_MAX_PX", "SWAP_MAX", "TAB10", "TILE_PX", "TSNE_ITERATIONS",
     "Arranged", "Embedder", "GridProgress", "GridQuality", "ImageSource", "SimilarityGrid",
     "arrange", "assign_to_grid", "candidates", "check_grid_memory", "dpq_bytes", "dpq_scores",
     "draw_mosaic", "fits_png", "flas_layout", "folder_labels", "grid_bytes", "grid_cells",
     "grid_quality", "grid_shape", "knn_preservation", "label_agreement", "label_colours",
     "mosaic_bytes", "nearest_neighbours", "neighbourhood_radius", "polish_layout",
     "principal_components", "pyramid_levels", "random_cells", "read_grid_json",
-    "scaled_points", "score_colours", "similarity_grid", "snap_to_grid", "thumbnail",
+    "scaled_points", "score_colours", "similarity_grid", "snap_to_grid", "swap_bytes",
+    "swap_polish", "thumbnail",
     "tsne_layout", "write_pyramid", "write_viewer",
 ]

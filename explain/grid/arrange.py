@@ -3,8 +3,10 @@
 - ``tsne-jv``: t-SNE to 2-D, then the optimal dense assignment of points to cells
   (:func:`explain.grid.layout.assign_to_grid`; an N×N cost matrix, cubic time: up to
   :data:`JV_MAX` images).
-- ``tsne-jv+polish``: that layout improved locally (:func:`explain.grid.sorting.polish_layout`),
-  kept only when its DPQ is higher.
+- ``tsne-jv+polish``: that layout improved by swaps that optimise DPQ16's own objective
+  (:func:`explain.grid.swaps.swap_polish`, up to :data:`~explain.grid.swaps.SWAP_MAX` images),
+  kept only when its DPQ is higher; ``flas+polish`` (beyond JV_MAX) is FLAS improved locally by
+  small-radius FLAS steps (:func:`explain.grid.sorting.polish_layout`).
 - ``flas``: FLAS on the features (:func:`explain.grid.sorting.flas_layout`).
 - ``tsne-snap``: t-SNE, then the windowed assignment with no N×N matrix
   (:func:`explain.grid.sorting.snap_to_grid`): the t-SNE layout for large N.
@@ -36,8 +38,9 @@ from explain.grid.sorting import (
     principal_components,
     snap_to_grid,
 )
+from explain.grid.swaps import swap_polish
 
-JV_MAX = 4096
+JV_MAX = 4096  # also the swap polish's limit (explain.grid.swaps.SWAP_MAX)
 FLAS_DECAY = {1024: 0.99, 16384: 0.97}  # up to N images: slower decay, better grids
 FLAS_DECAY_LARGE = 0.93
 
@@ -121,16 +124,16 @@ def arrange(vectors: np.ndarray, shape: tuple[int, int], *, layout: str = "auto"
             layouts["tsne-snap"] = timed("assign", lambda: snap_to_grid(points, shape, seed=seed))
         else:
             layouts["tsne-jv"] = timed("assign", lambda: assign_to_grid(points, shape, cost=cost))
-    if any(r == "flas" or r.endswith("+polish") for r in runs):
-        small = timed("pca", lambda: principal_components(x, LAYOUT_DIMS))
     if "flas" in runs or "flas+polish" in runs:
+        small = timed("pca", lambda: principal_components(x, LAYOUT_DIMS))
         layouts["flas"] = timed("flas", lambda: flas_layout(
             small, shape, seed=seed, radius_decay=flas_decay(n)))
-    for r in runs:
-        if r.endswith("+polish"):
-            base = r.removesuffix("+polish")
-            layouts[r] = timed("polish", lambda base=base: polish_layout(
-                small, layouts[base], shape, seed=seed))
+    if "flas+polish" in runs:
+        layouts["flas+polish"] = timed("polish", lambda: polish_layout(
+            small, layouts["flas"], shape, seed=seed))
+    if "tsne-jv+polish" in runs:
+        layouts["tsne-jv+polish"] = timed("polish", lambda: swap_polish(
+            x, layouts["tsne-jv"], shape))
     start = time.perf_counter()
     scores = dict(zip(layouts, dpq_scores(x, list(layouts.values())), strict=True))
     out.seconds["dpq"] = time.perf_counter() - start

@@ -21,6 +21,7 @@ from explain.grid.layout import TSNE_ITERATIONS, grid_shape
 from explain.grid.mosaic import mosaic_bytes
 from explain.grid.quality import dpq_bytes, grid_quality
 from explain.grid.result import SimilarityGrid
+from explain.grid.swaps import swap_bytes
 from explain.models import Classifier, resolve_target
 from explain.windows import fit_batch
 
@@ -34,15 +35,19 @@ def grid_bytes(images: int, shape: tuple[int, int], cell_px: int, layout: str = 
     grid with ``layout`` and drawing its mosaic with ``cell_px`` cells: the thumbnails (kept
     throughout, stacked once) and ``dim``-d float32 features (a few copies: the features, the
     blurred grid of the polish), plus the largest of the images×cells float64 cost matrix of a
-    dense assignment (only for the layouts that run one), the distance blocks of the DPQ and
+    dense assignment (only for the layouts that run one), the swap polish's N×N distances
+    (:func:`explain.grid.swaps.swap_bytes`, when it runs), the distance blocks of the DPQ and
     of the neighbour search, and the mosaic (:func:`explain.grid.mosaic.mosaic_bytes`)."""
     thumbnails = 2 * 3 * images * cell_px * cell_px
     features = 4 * 4 * dim * max(images, shape[0] * shape[1])
-    dense = any(name.startswith("tsne-jv") for name in candidates(layout, images))
+    runs = candidates(layout, images)
+    dense = any(name.startswith("tsne-jv") for name in runs)
     assignment = 8 * images * shape[0] * shape[1] if dense else 0
+    swaps = swap_bytes(images) if "tsne-jv+polish" in runs else 0
     neighbours = 3 * 8 * min(1024, images) * images
     dpq = dpq_bytes(images)
-    return thumbnails + features + max(assignment, neighbours, dpq, mosaic_bytes(shape, cell_px))
+    return thumbnails + features + max(assignment, swaps, neighbours, dpq,
+                                       mosaic_bytes(shape, cell_px))
 
 
 def check_grid_memory(images: int, size: int | None, cell_px: int, layout: str = "auto") -> None:
