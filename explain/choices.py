@@ -23,7 +23,7 @@ def check_fill(fill: str) -> str:
 
 # occlusion: the drill-down fraction ``--fast`` uses (explain.drill_down; tuned on real-signal
 # photos by scripts/bench_fast.py)
-FAST_DRILL_DOWN = 0.05
+FAST_DRILL_DOWN = 0.04
 
 # render: how a map's values are scaled to colours
 NORMALIZE_MODES = ("minmax", "percentile", "fixed")

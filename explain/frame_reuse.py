@@ -108,7 +108,9 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     scaled = scale_windows(windows, shape, size)
     device = classifier.device
     step = check_batch_size(batch_size, device, size, len(windows) + 1)
-    net = network_for(classifier, None)  # incremental inference whenever it applies (exact)
+    # incremental inference (exact) whenever it applies and pays
+    net = network_for(classifier, None, window=tuple((scaled[0, 2:] - scaled[0, :2]).tolist()),
+                      size=tuple(size))
     empty = np.zeros((1, 4), np.int64)
     maps: list[Heatmap] = []
     drops = np.zeros(len(windows))

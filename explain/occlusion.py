@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -41,9 +42,9 @@ from explain.choices import check_fill
 from explain.drill_down import check_drill_down, drill_down
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
-from explain.incremental import Network, network_for, window_scores
-from explain.models.base import Classifier, resize, resolve_target
-from explain.perturb import fill_values, masked_scores
+from explain.incremental import Network, check_incremental, network_for, window_scores
+from explain.models.base import Classifier, Preprocess, pixelwise_input, resize, resolve_target
+from explain.perturb import fill_values, masked
 from explain.progress import Progress
 from explain.windows import (
     DEFAULT_BOX,
@@ -65,6 +66,57 @@ def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, 
     scaled[:, :2] = np.minimum(scaled[:, :2], limit - 1)
     scaled[:, 2:] = np.clip(scaled[:, 2:], scaled[:, :2] + 1, limit)
     return scaled
+
+
+class OccludedCopies:
+    """The occluded copies of one image and how ``classifier`` scores them, one model call per
+    batch: :meth:`build` makes the batch of copies for some windows, :meth:`score` scores it.
+
+    ``x``: the image, 1×3×H×W RGB in [0, 1] at the work size, on the classifier's device;
+    ``fill``: what hidden pixels become, broadcastable to ``x``. When the classifier allows it
+    (:func:`~explain.models.base.pixelwise_input`: the torch and ONNX adapters with a plain
+    :class:`~explain.models.base.Preprocess` and the image at their input size), the image and
+    the fill are turned into model inputs ONCE, and each copy is the image's input with its
+    window's rectangle (:meth:`~explain.models.base.Preprocess.input_windows`) copied from the
+    fill's, in the model's own layout: no mask, no per-copy preprocessing or transpose, and the
+    same numbers as preprocessing each filled copy (every step of a Preprocess but the resize,
+    which does not run, is pixel-wise). Otherwise (a function, an endpoint, an input transform)
+    the copies are RGB images, ``torch.where`` against :func:`window_masks`, scored by
+    ``predict``."""
+
+    def __init__(self, classifier: Classifier, x: torch.Tensor, fill: torch.Tensor) -> None:
+        self.classifier = classifier
+        self.x, self.fill = x, fill
+        self.size = (int(x.shape[2]), int(x.shape[3]))
+        self.in_input = pixelwise_input(classifier, self.size)
+        if self.in_input:
+            model_input = classifier.model_input  # type: ignore[attr-defined]
+            self.x_input = model_input(x)
+            self.fill_input = model_input(fill.expand_as(x))
+            self.last = getattr(classifier, "layout", "NCHW") == "NHWC"
+
+    def build(self, bounds: torch.Tensor) -> torch.Tensor:
+        """The copies for ``bounds`` ((b, 4) int64 windows [top, left, bottom, right) in work
+        pixels; an empty one = the intact image): what :meth:`score` takes."""
+        if not self.in_input:
+            return masked(self.x, self.fill, window_masks(bounds.to(self.x.device), self.size))
+        pre: Preprocess = self.classifier.preprocess  # type: ignore[attr-defined]
+        rect = pre.input_windows(bounds.cpu().numpy(), self.size).tolist()
+        batch = self.x_input.expand(len(rect), *self.x_input.shape[1:]).contiguous()
+        for i, (top, left, bottom, right) in enumerate(rect):
+            if bottom > top:
+                if self.last:
+                    batch[i, top:bottom, left:right] = self.fill_input[0, top:bottom, left:right]
+                else:
+                    batch[i, :, top:bottom, left:right] = \
+                        self.fill_input[0, :, top:bottom, left:right]
+        return batch
+
+    def score(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N×C) of a batch :meth:`build` made (or several concatenated)."""
+        if self.in_input:
+            return self.classifier.predict_input(batch)  # type: ignore[attr-defined]
+        return self.classifier.predict(batch)
 
 
 def window_masks(bounds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -97,6 +149,7 @@ class OcclusionPlan:
     box: Size
     stride: Size
     fill: str
+    classifier: Classifier
 
     @property
     def size(self) -> tuple[int, int]:
@@ -108,10 +161,10 @@ class OcclusionPlan:
         """Masks to score: the intact image and one per window."""
         return len(self.bounds)
 
-    def kept(self, lo: int, hi: int) -> torch.Tensor:
-        """Masks of rows ``lo:hi`` (bool, b×H×W at the work size): True outside each window, the
-        pixels each occluded copy keeps."""
-        return window_masks(self.bounds[lo:hi], self.size)
+    @cached_property
+    def copies(self) -> OccludedCopies:
+        """How the occluded copies of rows of :attr:`bounds` are built and scored."""
+        return OccludedCopies(self.classifier, self.x, self.baseline)
 
     def heatmap(self, p: np.ndarray, seconds: float, batch_size: int) -> Heatmap:
         """The map from ``p``, p(target) of every row in order (float64, length :attr:`n`)."""
@@ -158,28 +211,34 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
     bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled])).to(device)
     return OcclusionPlan(shape=shape, windows=windows, x=x, baseline=baseline, bounds=bounds,
                          target=t, target_name=classifier.class_names[t], box=box,
-                         stride=stride, fill=fill)
+                         stride=stride, fill=fill, classifier=classifier)
 
 
 def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
                    bounds: torch.Tensor, target: int, step: int, progress: Progress | None,
-                   net: Network | None = None, tau: float | None = None) -> torch.Tensor:
+                   net: Network | None = None, tau: float | None = None,
+                   copies: OccludedCopies | None = None) -> torch.Tensor:
     """p(``target``) of ``x`` (1×3×H×W at the work size, on the classifier's device) with each
     window of ``bounds`` filled with ``fill`` (broadcastable to ``x``), as a tensor on the CPU,
     one score per row. ``bounds``: (n, 4) int64 windows (top, left, bottom, right) in work
     pixels; an empty window (e.g. all zeros) scores the intact image. ``step`` windows per
     ``predict``; ``progress(done, n)`` after each batch. ``net`` (from
     :func:`explain.incremental.network_for`): score by incremental inference, with ``tau`` its
-    projective-field threshold; None: full re-inference of every masked copy. Every window an
-    occlusion map scores goes through here: exact, drill-down, incremental or both."""
+    projective-field threshold; None: full re-inference of every occluded copy, made by
+    ``copies`` (the :class:`OccludedCopies` of ``x`` and ``fill``, so that several calls on one
+    image prepare them once; made here when None). Every window an occlusion map scores goes
+    through here: exact, drill-down, incremental or both."""
     bounds = bounds.to(x.device)
     if net is not None:
         return window_scores(classifier, net, x, fill, bounds, target, step, progress,
                              tau=tau).cpu()
-    n, size = len(bounds), (x.shape[2], x.shape[3])
-    masks = (window_masks(bounds[lo:lo + step], size) for lo in range(0, n, step))
-    scores = masked_scores(classifier, x, fill, masks, target, n, progress)
-    return torch.cat([s for _, s in scores]).cpu()
+    copies = copies or OccludedCopies(classifier, x, fill)
+    scores = []
+    for lo in range(0, len(bounds), step):
+        scores.append(copies.score(copies.build(bounds[lo:lo + step]))[:, target].cpu())
+        if progress is not None:
+            progress(min(lo + step, len(bounds)), len(bounds))
+    return torch.cat(scores)
 
 
 def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
@@ -232,11 +291,13 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     rounds that score the fraction r of the other windows, where the map varies or matters most,
     the rest interpolated; equal to the exact map wherever every covering window was scored, and
     everywhere when r = 1. ``incremental``: reuse the intact image's activations
-    (:mod:`explain.incremental`, exact to float rounding): None = whenever the classifier is a
-    torch module torch.fx traces, True = required (an OptionError says why when impossible),
-    False = never. ``tau``: Krypton's projective-field threshold in (0, 1] (approximate, faster;
-    None = exact); it needs incremental inference. ``params`` records what ran:
-    ``incremental``, ``tau``, ``drill_down``, ``windows_evaluated`` and ``windows_total``.
+    (:mod:`explain.incremental`, exact to float rounding): None = when the classifier is a
+    torch module torch.fx traces, on the CPU, and the window's side is at most a quarter of the
+    work image's (:func:`explain.incremental.pays`: where it was measured to win); True =
+    required (an OptionError says why when impossible); False = never. ``tau``: Krypton's
+    projective-field threshold in (0, 1] (approximate, faster; None = exact); it needs
+    incremental inference. ``params`` records what ran: ``incremental``, ``tau``,
+    ``drill_down``, ``windows_evaluated`` and ``windows_total``.
 
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
     the mean over covering windows of p(target | image) − p(target | window hidden). SIGNED,
@@ -246,14 +307,16 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     """
     start = time.perf_counter()
     drill = check_drill_down(drill_down)
-    net = network_for(classifier, incremental, tau)
+    check_incremental(incremental, tau)
     plan = plan_occlusion(classifier, image, box=box, stride=stride, fill=fill, target=target)
+    window = plan.bounds[1, 2:] - plan.bounds[1, :2]
+    net = network_for(classifier, incremental, tau, tuple(window.tolist()), plan.size)
     step = check_batch_size(batch_size, plan.x.device, plan.size, plan.n)
     ran = {"incremental": net is not None, "tau": tau}
 
     def scores(bounds: torch.Tensor, report: Progress | None) -> torch.Tensor:
         return occluded_scores(classifier, plan.x, plan.baseline, bounds, plan.target, step,
-                              report, net, tau)
+                              report, net, tau, None if net is not None else plan.copies)
 
     if drill is None:
         done = None if progress is None else lambda done, total: progress(done - 1, total - 1)

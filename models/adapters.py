@@ -51,6 +51,12 @@ class TorchClassifier(BaseClassifier):
         return self.module(self.model_input(batch))
 
     @torch.no_grad()
+    def predict_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N×C, on the module's device) of a batch already in the module's input
+        form (:meth:`model_input`'s), with the checks of ``predict``."""
+        return self._checked(self.module(inputs), len(inputs))
+
+    @torch.no_grad()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """Penultimate features, when the module has a ``features`` method."""
         if not hasattr(self.module, "features"):
@@ -111,11 +117,22 @@ class OnnxClassifier(BaseClassifier):
         self.feature_output = feature_output
         self.class_names = list(class_names) if class_names is not None else None
 
-    def _run(self, batch: torch.Tensor, outputs: list[str]) -> list[np.ndarray]:
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """The tensor the graph sees for an RGB [0, 1] batch, in its layout (:attr:`layout`)."""
         x = batch if self.input_transform is None else self.input_transform(batch)
         x = self.preprocess(x)
-        if self.layout == "NHWC":
-            x = x.permute(0, 2, 3, 1)
+        return x.permute(0, 2, 3, 1) if self.layout == "NHWC" else x
+
+    @torch.no_grad()
+    def predict_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N×C, on the CPU) of a batch already in the graph's input form
+        (:meth:`model_input`'s), with the checks of ``predict``."""
+        return self._checked(self._session_run(inputs, [self.output_name])[0], len(inputs))
+
+    def _run(self, batch: torch.Tensor, outputs: list[str]) -> list[np.ndarray]:
+        return self._session_run(self.model_input(batch), outputs)
+
+    def _session_run(self, x: torch.Tensor, outputs: list[str]) -> list[np.ndarray]:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         try:
             return self.session.run(outputs, {self.input_name: arr})

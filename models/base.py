@@ -113,6 +113,20 @@ class Preprocess:
         if self.channel_order not in ("RGB", "BGR"):
             raise ModelError(f"channel_order must be 'RGB' or 'BGR', not {self.channel_order!r}")
 
+    def input_windows(self, bounds: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Windows ``bounds`` (n×4 int [top, left, bottom, right) in the pixels of an image of
+        ``size``, already at :attr:`input_size`) → the same rectangles in the model's input,
+        after the centre crop (clipped; a window that misses the crop becomes all zeros, i.e.
+        empty). Every other step of the preprocessing is pixel-wise, so hiding a window and then
+        preprocessing equals preprocessing and then hiding this rectangle."""
+        h, w = size
+        ch, cw = self.crop if self.crop is not None else (h, w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        rect = np.asarray(bounds, dtype=np.int64) - np.array([top, left, top, left])
+        rect = np.clip(rect, 0, np.array([ch, cw, ch, cw]))
+        rect[(rect[:, 2] <= rect[:, 0]) | (rect[:, 3] <= rect[:, 1])] = 0
+        return rect
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """RGB [0, 1] batch → the model's input tensor (same device)."""
         x = batch
@@ -188,13 +202,29 @@ class BaseClassifier:
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ModelError(f"a batch must be N×3×H×W, got shape {tuple(batch.shape)}")
+        return self._checked(self._scores(batch), batch.shape[0]).to(batch.device)
+
+    def _checked(self, scores: object, n: int) -> torch.Tensor:
+        """The model's raw answer for ``n`` inputs as checked probabilities
+        (:func:`check_scores`)."""
         n_classes = len(self._class_names) if self._class_names is not None else None
-        probs = check_scores(self._scores(batch), batch.shape[0], n_classes, logits=self.logits,
-                             name=self.name)
-        return probs.to(batch.device)
+        return check_scores(scores, n, n_classes, logits=self.logits, name=self.name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} on {self.device}>"
+
+
+def pixelwise_input(classifier: Classifier, size: tuple[int, int]) -> bool:
+    """Whether a window hidden in an image of ``size`` (H, W) can be hidden in ``classifier``'s
+    model input instead: the adapter turns RGB batches into model inputs
+    (``model_input``/``predict_input``, the torch and ONNX adapters) with a plain
+    :class:`Preprocess` and no ``input_transform`` (a JPEG round trip is not pixel-wise), and
+    ``size`` is its input size (no resize runs)."""
+    pre = getattr(classifier, "preprocess", None)
+    return (hasattr(classifier, "model_input") and hasattr(classifier, "predict_input")
+            and getattr(classifier, "input_transform", None) is None
+            and type(pre) is Preprocess
+            and (pre.input_size is None or tuple(pre.input_size) == tuple(size)))
 
 
 def default_device(device: str | torch.device | None) -> torch.device:

@@ -14,7 +14,7 @@ from torch import nn
 from explain import occlusion_map
 from explain.choices import FILLS
 from explain.errors import OptionError
-from explain.incremental import Incremental, network_for, window_scores
+from explain.incremental import Incremental, network_for, pays, window_scores
 from explain.incremental.regions import layout
 from explain.models import Preprocess, load
 from explain.models.adapters import CallableClassifier
@@ -283,9 +283,23 @@ def test_tau_is_approximate_checked_and_recorded(image):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
-def test_equal_on_cuda_without_tf32(image):
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_equal_on_cuda_without_tf32(image, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     clf = load(SmallResNet(), "cuda", preprocess=Preprocess(input_size=None), logits=True)
     exact, fast = both(clf, image, box=(9, 7), stride=5, fill="blur", target=1)
     np.testing.assert_allclose(fast.values, exact.values, atol=1e-6)
+
+
+def test_automatic_choice_reuses_activations_only_where_it_pays(image):
+    # image: 45x39; windows up to a quarter of the side reuse activations on the CPU, larger
+    # ones run in full; CUDA never chooses it by itself (measured to lose there)
+    clf = tiny(SmallResNet(), input_size=None)
+    assert occlusion_map(clf, image, box=9, stride=5, target=1).params["incremental"] is True
+    big = occlusion_map(clf, image, box=20, stride=10, target=1)
+    assert big.params["incremental"] is False
+    assert occlusion_map(clf, image, box=20, stride=10, target=1,
+                         incremental=True).params["incremental"] is True
+    assert pays(torch.device("cpu"), (64, 64), (256, 256))
+    assert not pays(torch.device("cpu"), (65, 64), (256, 256))
+    assert not pays(torch.device("cuda"), (16, 16), (256, 256))

@@ -77,10 +77,9 @@ def test_input_size_resizes_once_and_maps_back_to_original_coordinates():
     # original pixels is box 1 stride 1 at the model's size: only the top-left window matters
     seen = []
     clf = region_model(0, 1, 0, 1, input_size=(4, 4))
-    predict = clf.predict
-    clf.predict = lambda batch: seen.append(tuple(batch.shape)) or predict(batch)
+    clf.module.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
     hm = occlusion_map(clf, np.full((8, 8, 3), 255, np.uint8), box=2, stride=2, target="bright")
-    assert {s[-2:] for s in seen} == {(4, 4)}
+    assert seen and {s[-2:] for s in seen} == {(4, 4)}
     assert hm.values.shape == (8, 8) and hm.params["work_size"] == [4, 4]
     expected = np.zeros((8, 8))
     expected[:2, :2] = 0.5
@@ -147,8 +146,7 @@ def test_10000_windows_in_batches_bounded_by_batch_size():
     img = np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8)
     clf = region_model(0, 100, 0, 100)
     batches = []
-    predict = clf.predict
-    clf.predict = lambda batch: batches.append(batch.shape[0]) or predict(batch)
+    clf.module.register_forward_pre_hook(lambda _, args: batches.append(args[0].shape[0]))
     done = []
     hm = occlusion_map(clf, img, box=1, stride=1, target="bright", batch_size=64,
                        progress=lambda d, n: done.append((d, n)))
@@ -169,3 +167,42 @@ def test_path_input_and_bad_options(tmp_path):
         occlusion_map(clf, WHITE, box=2, stride=1, target="nsfw")
     with pytest.raises(OptionError, match="batch_size"):
         occlusion_map(clf, WHITE, box=2, stride=1, target="bright", batch_size=0)
+
+
+def _generic(classifier):
+    """``classifier`` seen as a black box: only ``predict``, so copies are masked RGB images."""
+    class Box:
+        class_names = classifier.class_names
+        device = classifier.device
+        input_size = classifier.input_size
+
+        def predict(self, batch):
+            return classifier.predict(batch)
+
+    return Box()
+
+
+@pytest.mark.parametrize("fill", ["gray", "black", "mean", "blur"])
+def test_copies_in_the_model_input_equal_masked_rgb_copies(fill):
+    # open_nsfw's preprocessing (resize to 256, centre crop 224, BGR, ×255 − mean): the copies
+    # built in the model's input must score exactly as the filled RGB copies through predict,
+    # windows over the crop's border and outside it included
+    from explain.models.base import pixelwise_input
+    from explain.occlusion import OccludedCopies
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)
+    for name in ("open-nsfw", "open-nsfw:onnx"):
+        clf = load(name, "cpu")
+        assert pixelwise_input(clf, (256, 256)) and not pixelwise_input(clf, (300, 260))
+        fast = occlusion_map(clf, img, box=40, stride=24, fill=fill, incremental=False)
+        slow = occlusion_map(_generic(clf), img, box=40, stride=24, fill=fill)
+        assert fast.score == pytest.approx(slow.score, abs=1e-6)
+        np.testing.assert_allclose(fast.values, slow.values, atol=1e-6)
+    x = torch.rand(1, 3, 256, 256)
+    copies = OccludedCopies(clf, x, torch.full((1, 3, 1, 1), 0.5))
+    bounds = torch.tensor([[0, 0, 0, 0], [0, 0, 16, 16], [10, 20, 60, 250], [240, 0, 256, 256]])
+    built = copies.build(bounds)
+    rgb = OccludedCopies(_generic(clf), x, torch.full((1, 3, 1, 1), 0.5)).build(bounds)
+    np.testing.assert_array_equal(built.numpy(), clf.model_input(rgb).numpy())
+    assert torch.equal(built[0], built[3])  # the last window misses the 224 crop: intact

@@ -6,8 +6,9 @@ mostly empty. Here each job is an :class:`OcclusionRun` over the library's own p
 (:func:`explain.occlusion.plan_occlusion`: the image at the model's input size, the fill, the
 scaled windows, the masks), and :func:`score_step` fills ONE model batch with the next masks of
 the runs in order, the oldest first: the head job's tail and the next job's head go in the same
-``predict``. Each run's masked copies are made by :func:`explain.perturb.masked` (the core
-:func:`~explain.perturb.masked_scores` uses), so a run's scores, and so its map
+model call. Each run's copies are made by its plan's
+:class:`~explain.occlusion.OccludedCopies` (what :func:`~explain.occlusion.occlusion_map`
+scores through), so a run's scores, and so its map
 (:meth:`~explain.occlusion.OcclusionPlan.heatmap`), are those of
 :func:`~explain.occlusion.occlusion_map` for the same image and options; only how the copies
 are grouped into model calls differs.
@@ -25,7 +26,6 @@ import torch
 
 from explain.models.base import Classifier
 from explain.occlusion import OcclusionPlan
-from explain.perturb import masked
 
 
 class OcclusionRun:
@@ -57,7 +57,7 @@ class OcclusionRun:
 def score_step(classifier: Classifier, runs: Sequence[OcclusionRun],
                batch_size: int) -> list[OcclusionRun]:
     """Score one model batch of at most ``batch_size`` masks, taken from ``runs`` in order (those
-    of the first unfinished run's work size), in ONE ``classifier.predict``; returns the runs
+    of the first unfinished run's work size), in ONE model call; returns the runs
     that got scores (none when every run is complete)."""
     pending = [r for r in runs if not r.complete]
     if not pending:
@@ -73,9 +73,8 @@ def score_step(classifier: Classifier, runs: Sequence[OcclusionRun],
         hi = min(run.scored + room, run.plan.n)
         parts.append((run, run.scored, hi))
         room -= hi - run.scored
-    batch = torch.cat([masked(r.plan.x, r.plan.baseline, r.plan.kept(lo, hi))
-                       for r, lo, hi in parts])
-    probs = classifier.predict(batch)
+    batch = torch.cat([r.plan.copies.build(r.plan.bounds[lo:hi]) for r, lo, hi in parts])
+    probs = parts[0][0].plan.copies.score(batch)
     at = 0
     for run, lo, hi in parts:
         run.add(probs[at:at + hi - lo, run.plan.target])
