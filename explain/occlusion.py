@@ -17,11 +17,13 @@ captum also averages over covering windows and gives every channel the same valu
 the channels and dividing by 3 gives the same per-pixel mean.
 
 Speed: when the classifier declares ``input_size``, the image is resized there once and the
-windows (defined in original pixels) are scaled to it, so no occluded copy is ever resized. Each
-batch of occluded copies is one ``torch.where`` against a mask built by comparing pixel
-coordinates with the batch's window bounds, on the classifier's device, followed by one
-``predict`` (:func:`explain.perturb.masked_scores`, the core RISE shares); the map is accumulated
-in original coordinates. Every window is scored through the one function :func:`occluded_scores`;
+windows (defined in original pixels) are scaled to it, so no occluded copy is ever resized. For
+the torch and ONNX adapters the copies are built in the model's own input (:class:`OccludedCopies`:
+the image and the fill preprocessed once, each window's rectangle copied from the fill's, so no
+mask, normalisation or transpose runs per copy); for any other model each batch is one
+``torch.where`` against masks built from the batch's window bounds; either way each batch is ONE
+model call on the classifier's device, and the map is accumulated in original coordinates.
+Every window is scored through the one function :func:`occluded_scores`;
 ``drill_down=r`` (:mod:`explain.drill_down`) scores only part of the fine grid and interpolates
 the rest; for a torch model that torch.fx traces, :mod:`explain.incremental` scores the windows
 exactly by recomputing only what each window changes (both combine).

@@ -388,10 +388,13 @@ def save_png(picture: np.ndarray, path: str | os.PathLike) -> Path:
     """Write ``picture`` (an RGB uint8 array; float [0, 1] and grey are converted as everywhere)
     as a PNG at ``path``, atomically, creating the folder; return the path written.
 
-    The picture comes first, as the thing in every other function does.
+    The picture comes first, as the thing in every other function does. zlib level 1: about 3×
+    faster to write than PIL's default 6 for ~10 % more bytes (a 256×768 strip: 8.5 ms and 127 KB
+    against 27 ms and 114 KB), which matters where pictures are written per job (the service,
+    batch commands).
     """
     buffer = io.BytesIO()
-    Image.fromarray(_picture(picture), "RGB").save(buffer, format="PNG")
+    Image.fromarray(_picture(picture), "RGB").save(buffer, format="PNG", compress_level=1)
     return write_bytes(path, buffer.getvalue())
 
 

@@ -8,8 +8,8 @@ distinct 256×256 images, submitted at once over HTTP to a real `explain serve` 
   at its default batch size and with all of an image's copies in one call (the best of the two
   is the peer), alone and plus the time to write the same result files a job writes (overlay,
   side by side, original, heatmap .npy/.json; the worker's own ``write_results``);
-- raw model throughput: ``predict`` on ready-made batches of the worker's batch size, the same
-  number of inputs (the limit no explanation can beat).
+- raw model throughput: the network alone on model-ready batches of the worker's batch size,
+  the same number of inputs (the limit of full re-inference).
 
 Prints total throughput (jobs/s) and the service's overhead over the library's best loop, p50 and
 p95 job latency (created → finished, from the API), and the gain of cross-job batching at a queue
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_occlusion import time_raw  # noqa: E402
 from serve_client import Server  # noqa: E402
 
 from explain.models import load  # noqa: E402
@@ -95,12 +95,8 @@ def writing(images: list[np.ndarray], maps: list) -> float:
 
 
 def raw_predict(clf, inputs: int, batch_size: int) -> float:
-    batch = torch.rand(batch_size, 3, SIDE, SIDE, device=clf.device)
-    clf.predict(batch)
-    start = time.perf_counter()
-    for lo in range(0, inputs, batch_size):
-        clf.predict(batch[:min(batch_size, inputs - lo)])
-    return time.perf_counter() - start
+    """:func:`bench_occlusion.time_raw`: the network alone on model-ready batches."""
+    return time_raw(clf, inputs, batch_size)
 
 
 def parse_time(text: str) -> float:

@@ -179,6 +179,7 @@ def test_a_shared_batch_the_model_refuses_fails_only_the_culprit(tmp_path):
     worker._claim()
     while worker._active:
         worker._step()
+    worker.drain()
     jobs = [store.get(i) for i in ids]
     assert [j.status for j in jobs] == ["done", "failed", "done"]
     assert "refuses black images" in jobs[1].error
@@ -186,3 +187,42 @@ def test_a_shared_batch_the_model_refuses_fails_only_the_culprit(tmp_path):
         expected = occlusion_map(clf, picture, box=8, stride=8, target="b")
         np.testing.assert_allclose(np.load(store.folder(job.id) / "heatmap.npy"),
                                    expected.values, atol=1e-6)
+
+
+def test_results_are_written_off_the_model_thread_and_a_failed_write_fails_only_its_job(
+        tmp_path, monkeypatch):
+    """The writer thread writes each computed job's files, then marks it done; a write that
+    fails (a full disk, say) fails that job with the reason, and the next job is written."""
+    import explain.serve.worker as worker_module
+
+    real = worker_module.write_results
+    calls = []
+
+    def flaky(folder, image, heatmap):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real(folder, image, heatmap)
+
+    monkeypatch.setattr(worker_module, "write_results", flaky)
+    clf = load(lambda b: np.stack([1 - b.mean((1, 2, 3)) / 255, b.mean((1, 2, 3)) / 255], 1),
+               class_names=["a", "b"])
+    store = JobStore(tmp_path)
+    ids = []
+    for picture in images()[:2]:
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
+                                            "target": "b"})
+    worker = Worker(store, Models(clf, None), threading.Event(), interleave=1, batch_size=64,
+                    max_pixels=10**6)
+    for _ in ids:
+        worker._claim()
+        while worker._active:
+            worker._step()
+    worker.drain()
+    first, second = (store.get(i) for i in ids)
+    assert first.status == "failed" and "No space left" in first.error
+    assert second.status == "done" and (store.folder(ids[1]) / "overlay.png").exists()
+    assert all(name.startswith("explain-worker-writer") for name in calls)

@@ -13,7 +13,8 @@ records progress; a job deleted meanwhile is dropped. A job whose image cannot b
 goes on with the rest (a shared batch the model refuses is retried job by job, so only the
 culprit fails).
 
-Results, in the job's folder, each written atomically: ``overlay.png`` (the overlay with its
+Results, in the job's folder, each written atomically by the worker's writer thread (the model
+goes on meanwhile; the job is ``done`` once they are written): ``overlay.png`` (the overlay with its
 legend strip: colour bar, unit, score; :func:`explain.render.figure`), ``side.png``
 (original | heatmap | overlay, :func:`explain.render.side_by_side`), ``original.png`` (the
 decoded upload, re-encoded) and ``heatmap.npy`` + ``heatmap.json``
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
 
 INPUT = "input"
+WRITES_PENDING = 32  # computed jobs that may wait for the writer thread before the worker waits
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
 
 
@@ -96,19 +99,26 @@ class Worker(threading.Thread):
         self.interleave, self.batch_size, self.max_pixels = interleave, batch_size, max_pixels
         self.stopping = threading.Event()
         self._active: list[_Active] = []
+        # result files are written by a thread of their own, so that the model (a GPU above
+        # all) goes on with the next batch meanwhile; at most WRITES_PENDING jobs wait for it
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-writer")
+        self._pending = threading.Semaphore(WRITES_PENDING)
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            self._claim()
-            if not self._active:
-                self.wake.wait(0.2)
-                self.wake.clear()
-                continue
-            self._step()
+        try:
+            while not self.stopping.is_set():
+                self._claim()
+                if not self._active:
+                    self.wake.wait(0.2)
+                    self.wake.clear()
+                    continue
+                self._step()
+        finally:
+            self._writer.shutdown(wait=True)  # the results already computed are written
 
     def _claim(self) -> None:
         while len(self._active) < self.interleave and not self.stopping.is_set():
@@ -153,10 +163,25 @@ class Worker(threading.Thread):
         self._finish(job, image, heatmap)
 
     def _finish(self, job: Job, image: np.ndarray, heatmap: Heatmap) -> None:
-        if self.store.get(job.id) is None:
-            return  # deleted meanwhile
-        write_results(self.store.folder(job.id), image, heatmap)
-        self.store.finish(job.id, heatmap.score)
+        """Hand a computed job to the writer thread: its files, then ``done`` (a failure to
+        write fails the job with the reason)."""
+        self._pending.acquire()
+        self._writer.submit(self._write, job, image, heatmap)
+
+    def drain(self) -> None:
+        """Wait until every job handed to the writer thread so far is written (or failed)."""
+        self._writer.submit(lambda: None).result()
+
+    def _write(self, job: Job, image: np.ndarray, heatmap: Heatmap) -> None:
+        try:
+            if self.store.get(job.id) is None:
+                return  # deleted meanwhile
+            write_results(self.store.folder(job.id), image, heatmap)
+            self.store.finish(job.id, heatmap.score)
+        except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
+            self.store.fail(job.id, reason(exc))
+        finally:
+            self._pending.release()
 
     def _step(self) -> None:
         """One shared model batch for the held occlusion jobs; finish the complete ones."""
@@ -177,10 +202,7 @@ class Worker(threading.Thread):
                 self._active.remove(a)
                 heatmap = a.run.plan.heatmap(a.run.probabilities(),
                                              time.perf_counter() - a.start, step)
-                try:
-                    self._finish(a.job, a.image, heatmap)
-                except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
-                    self.store.fail(a.job.id, reason(exc))
+                self._finish(a.job, a.image, heatmap)
 
     def _one_by_one(self, step: int) -> list[OcclusionRun]:
         """After a shared batch failed: one batch of each held job alone; a job whose own batch
