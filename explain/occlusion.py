@@ -80,11 +80,12 @@ class OccludedCopies:
     :class:`~explain.models.base.Preprocess` and the image at their input size), the image and
     the fill are turned into model inputs ONCE, and each copy is the image's input with its
     window's rectangle (:meth:`~explain.models.base.Preprocess.input_windows`) copied from the
-    fill's, in the model's own layout: no mask, no per-copy preprocessing or transpose, and the
-    same numbers as preprocessing each filled copy (every step of a Preprocess but the resize,
-    which does not run, is pixel-wise). Otherwise (a function, an endpoint, an input transform)
-    the copies are RGB images, ``torch.where`` against :func:`window_masks`, scored by
-    ``predict``."""
+    fill's, in the model's own layout (on the CPU one slice copy per window; on a GPU one
+    ``torch.where`` per batch, so as not to launch two kernels per window): no per-copy
+    preprocessing or transpose, and the same numbers as preprocessing each filled copy (every
+    step of a Preprocess but the resize, which does not run, is pixel-wise). Otherwise (a
+    function, an endpoint, an input transform) the copies are RGB images, ``torch.where``
+    against :func:`window_masks`, scored by ``predict``."""
 
     def __init__(self, classifier: Classifier, x: torch.Tensor, fill: torch.Tensor) -> None:
         self.classifier = classifier
@@ -96,6 +97,9 @@ class OccludedCopies:
             self.x_input = model_input(x)
             self.fill_input = model_input(fill.expand_as(x))
             self.last = getattr(classifier, "layout", "NCHW") == "NHWC"
+            shape = self.x_input.shape
+            self._input_size = (int(shape[1]), int(shape[2])) if self.last else \
+                (int(shape[2]), int(shape[3]))
 
     def build(self, bounds: torch.Tensor) -> torch.Tensor:
         """The copies for ``bounds`` ((b, 4) int64 windows [top, left, bottom, right) in work
@@ -103,9 +107,14 @@ class OccludedCopies:
         if not self.in_input:
             return masked(self.x, self.fill, window_masks(bounds.to(self.x.device), self.size))
         pre: Preprocess = self.classifier.preprocess  # type: ignore[attr-defined]
-        rect = pre.input_windows(bounds.cpu().numpy(), self.size).tolist()
+        rect = pre.input_windows(bounds.cpu().numpy(), self.size)
+        if self.x_input.device.type != "cpu":  # one launch, not two per window
+            where = torch.from_numpy(rect).to(self.x_input.device)
+            keep = window_masks(where, self._input_size)
+            keep = keep[..., None] if self.last else keep[:, None]
+            return torch.where(keep, self.x_input, self.fill_input)
         batch = self.x_input.expand(len(rect), *self.x_input.shape[1:]).contiguous()
-        for i, (top, left, bottom, right) in enumerate(rect):
+        for i, (top, left, bottom, right) in enumerate(rect.tolist()):
             if bottom > top:
                 if self.last:
                     batch[i, top:bottom, left:right] = self.fill_input[0, top:bottom, left:right]

@@ -40,6 +40,7 @@ from PIL import Image
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under python -P
 from bench_occlusion import time_raw  # noqa: E402
 from serve_client import Server  # noqa: E402
 

@@ -182,8 +182,12 @@ def _generic(classifier):
     return Box()
 
 
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fill", ["gray", "black", "mean", "blur"])
-def test_copies_in_the_model_input_equal_masked_rgb_copies(fill):
+def test_copies_in_the_model_input_equal_masked_rgb_copies(fill, device):
     # open_nsfw's preprocessing (resize to 256, centre crop 224, BGR, ×255 − mean): the copies
     # built in the model's input must score exactly as the filled RGB copies through predict,
     # windows over the crop's border and outside it included
@@ -193,16 +197,18 @@ def test_copies_in_the_model_input_equal_masked_rgb_copies(fill):
     rng = np.random.default_rng(3)
     img = rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)
     for name in ("open-nsfw", "open-nsfw:onnx"):
-        clf = load(name, "cpu")
+        clf = load(name, device)
         assert pixelwise_input(clf, (256, 256)) and not pixelwise_input(clf, (300, 260))
         fast = occlusion_map(clf, img, box=40, stride=24, fill=fill, incremental=False)
         slow = occlusion_map(_generic(clf), img, box=40, stride=24, fill=fill)
         assert fast.score == pytest.approx(slow.score, abs=1e-6)
         np.testing.assert_allclose(fast.values, slow.values, atol=1e-6)
-    x = torch.rand(1, 3, 256, 256)
-    copies = OccludedCopies(clf, x, torch.full((1, 3, 1, 1), 0.5))
+    clf = load("open-nsfw", device)  # the one that runs on the GPU too
+    x = torch.rand(1, 3, 256, 256, device=clf.device)
+    gray = torch.full((1, 3, 1, 1), 0.5, device=clf.device)
+    copies = OccludedCopies(clf, x, gray)
     bounds = torch.tensor([[0, 0, 0, 0], [0, 0, 16, 16], [10, 20, 60, 250], [240, 0, 256, 256]])
     built = copies.build(bounds)
-    rgb = OccludedCopies(_generic(clf), x, torch.full((1, 3, 1, 1), 0.5)).build(bounds)
-    np.testing.assert_array_equal(built.numpy(), clf.model_input(rgb).numpy())
+    rgb = OccludedCopies(_generic(clf), x, gray).build(bounds)
+    np.testing.assert_array_equal(built.cpu().numpy(), clf.model_input(rgb).cpu().numpy())
     assert torch.equal(built[0], built[3])  # the last window misses the 224 crop: intact
