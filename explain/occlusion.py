@@ -109,7 +109,7 @@ class OccludedCopies:
         pre: Preprocess = self.classifier.preprocess  # type: ignore[attr-defined]
         rect = pre.input_windows(bounds.cpu().numpy(), self.size)
         if self.x_input.device.type != "cpu":  # one launch, not two per window
-            where = torch.from_numpy(rect).to(self.x_input.device)
+            where = torch.from_numpy(rect).to(self.x_input.device, non_blocking=True)
             keep = window_masks(where, self._input_size)
             keep = keep[..., None] if self.last else keep[:, None]
             return torch.where(keep, self.x_input, self.fill_input)
@@ -171,6 +171,11 @@ class OcclusionPlan:
     def n(self) -> int:
         """Masks to score: the intact image and one per window."""
         return len(self.bounds)
+
+    @cached_property
+    def host_bounds(self) -> torch.Tensor:
+        """:attr:`bounds` on the CPU (building copies from them never waits for the device)."""
+        return self.bounds.cpu()
 
     @cached_property
     def copies(self) -> OccludedCopies:
@@ -239,17 +244,17 @@ def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     ``copies`` (the :class:`OccludedCopies` of ``x`` and ``fill``, so that several calls on one
     image prepare them once; made here when None). Every window an occlusion map scores goes
     through here: exact, drill-down, incremental or both."""
-    bounds = bounds.to(x.device)
     if net is not None:
-        return window_scores(classifier, net, x, fill, bounds, target, step, progress,
-                             tau=tau).cpu()
+        return window_scores(classifier, net, x, fill, bounds.to(x.device), target, step,
+                             progress, tau=tau).cpu()
     copies = copies or OccludedCopies(classifier, x, fill)
+    bounds = bounds.cpu()  # once: the batches below never wait for the device
     scores = []
     for lo in range(0, len(bounds), step):
-        scores.append(copies.score(copies.build(bounds[lo:lo + step]))[:, target].cpu())
+        scores.append(copies.score(copies.build(bounds[lo:lo + step]))[:, target])
         if progress is not None:
             progress(min(lo + step, len(bounds)), len(bounds))
-    return torch.cat(scores)
+    return torch.cat(scores).cpu()
 
 
 def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],

@@ -115,6 +115,11 @@ def service(images: list[np.ndarray], model: str, device: str | None) -> tuple[f
             with ThreadPoolExecutor(16) as pool:
                 replies = list(pool.map(lambda b: server.submit(b, box=str(BOX),
                                                                 stride=str(STRIDE)), bodies))
+            refused = [r for r in replies if r.status != 202]
+            if refused:
+                raise RuntimeError(f"{len(refused)} submissions refused, e.g. HTTP "
+                                   f"{refused[0].status}: {refused[0].body[:300]!r}; server log: "
+                                   + Path(f"{server.data}.log").read_text(errors="replace")[-3000:])
             jobs = [server.wait(r.json()["id"], timeout=3600) for r in replies]
         finally:
             server.stop()
