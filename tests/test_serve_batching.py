@@ -226,3 +226,36 @@ def test_results_are_written_off_the_model_thread_and_a_failed_write_fails_only_
     assert first.status == "failed" and "No space left" in first.error
     assert second.status == "done" and (store.folder(ids[1]) / "overlay.png").exists()
     assert all(name.startswith("explain-worker-writer") for name in calls)
+
+
+def test_the_job_store_answers_many_threads_at_once(tmp_path):
+    """The HTTP threads, the worker and its writer share one SQLite connection: every answer is
+    read under the store's lock. Reading a cursor after the lock was released once gave a
+    submission None for the queue count (a 500 on a 16-core GPU machine; on 2 cores it did not
+    show), so this hammers the same statements from 12 threads and checks every answer."""
+    store = JobStore(tmp_path)
+    ids = []
+    for _ in range(6):
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        store.add(ids[-1], "t", "occlusion", {})
+    for _ in range(3):
+        store.claim()
+    errors = []
+
+    def hammer(k: int) -> None:
+        try:
+            for n in range(300):
+                assert store.pending() == 6
+                assert store.get(ids[(n + k) % 6]) is not None
+                assert len(store.page("t", 4)) == 4
+                store.progress(ids[k % 3], n, 300)
+        except Exception as exc:  # noqa: BLE001 — reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]

@@ -109,9 +109,16 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def _run(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+    def _run(self, sql: str, args: tuple = ()) -> int:
+        """Run a change; the number of rows it changed (read under the lock: a cursor of the
+        shared connection must not be read while another thread runs a statement on it)."""
         with self._lock:
-            return self._db.execute(sql, args)
+            return self._db.execute(sql, args).rowcount
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Run a query; all its rows, fetched under the lock (see :meth:`_run`)."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     def folder(self, job_id: str) -> Path:
         """The folder of job ``job_id`` (an id made by :meth:`new_id`, else a ValueError)."""
@@ -128,17 +135,18 @@ class JobStore:
         """Queue job ``job_id`` (its folder and input already written), unless ``limit`` jobs
         are already pending (checked in the same statement, so concurrent adds never pass it);
         returns whether it was queued."""
-        cur = self._run("INSERT INTO jobs (id, tenant, method, options, status, created) "
+        changed = self._run("INSERT INTO jobs (id, tenant, method, options, status, created) "
                         "SELECT ?, ?, ?, ?, 'queued', ? WHERE (SELECT COUNT(*) FROM jobs WHERE "
                         "status IN ('queued', 'running')) < ?",
                         (job_id, tenant, method, json.dumps(options), time.time(),
                          2**62 if limit is None else limit))
-        return cur.rowcount > 0
+        return changed > 0
 
     def get(self, job_id: str, tenant: str | None = None) -> Job | None:
         """Job ``job_id``; None when there is none, or when it belongs to another tenant than
         ``tenant`` (None: any tenant)."""
-        row = self._run(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        rows = self._rows(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        row = rows[0] if rows else None
         if row is None or (tenant is not None and row[2] != tenant):
             return None
         return _job(row)
@@ -147,18 +155,18 @@ class JobStore:
         """The tenant's jobs, newest first, at most ``limit``, older than job ``before`` when
         given (an id of this tenant's; another one gives an empty page)."""
         if before is None:
-            rows = self._run(f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? ORDER BY seq DESC "
+            rows = self._rows(f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? ORDER BY seq DESC "
                              "LIMIT ?", (tenant, limit))
         else:
-            rows = self._run(f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? AND seq < "
+            rows = self._rows(f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? AND seq < "
                              "(SELECT seq FROM jobs WHERE id = ? AND tenant = ?) "
                              "ORDER BY seq DESC LIMIT ?", (tenant, before, tenant, limit))
-        return [_job(row) for row in rows.fetchall()]
+        return [_job(row) for row in rows]
 
     def pending(self) -> int:
         """Jobs queued or running (what the queue limit counts)."""
-        return self._run("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
-                         ).fetchone()[0]
+        return self._rows("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+                          )[0][0]
 
     def claim(self) -> Job | None:
         """The oldest queued job, now marked running (its ``attempts`` counted); None when none
@@ -172,18 +180,18 @@ class JobStore:
 
     def progress(self, job_id: str, done: int, total: int) -> bool:
         """Record a running job's progress; False when the job is gone (deleted)."""
-        cur = self._run("UPDATE jobs SET done = ?, total = ? WHERE id = ? AND status = "
-                        "'running'", (done, total, job_id))
-        return cur.rowcount > 0
+        return self._run("UPDATE jobs SET done = ?, total = ? WHERE id = ? AND status = "
+                         "'running'", (done, total, job_id)) > 0
 
     def finish(self, job_id: str, score: float | None) -> bool:
         """Mark a running job done (its results written); False when it was deleted meanwhile
         (its folder is then removed)."""
-        cur = self._run("UPDATE jobs SET status = 'done', done = total, score = ?, finished = ? "
-                        "WHERE id = ? AND status = 'running'", (score, time.time(), job_id))
-        if cur.rowcount == 0:
+        changed = self._run("UPDATE jobs SET status = 'done', done = total, score = ?, "
+                            "finished = ? WHERE id = ? AND status = 'running'",
+                            (score, time.time(), job_id))
+        if changed == 0:
             shutil.rmtree(self.folder(job_id), ignore_errors=True)
-        return cur.rowcount > 0
+        return changed > 0
 
     def fail(self, job_id: str, error: str) -> None:
         """Mark a running job failed with ``error`` (a reason a user can read)."""
@@ -193,8 +201,7 @@ class JobStore:
     def delete(self, job_id: str, tenant: str) -> bool:
         """Delete the tenant's job ``job_id`` and its files (a running job stops at its next
         batch); False when the tenant has no such job."""
-        cur = self._run("DELETE FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant))
-        if cur.rowcount == 0:
+        if self._run("DELETE FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)) == 0:
             return False
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return True
@@ -203,12 +210,12 @@ class JobStore:
         """At start-up: jobs left running by a process that died go back to the queue (keeping
         their place); returns how many."""
         return self._run("UPDATE jobs SET status = 'queued', started = NULL, done = 0 "
-                         "WHERE status = 'running'").rowcount
+                         "WHERE status = 'running'")
 
     def remove_orphans(self) -> int:
         """At start-up: job folders without a row (an upload cut short by a crash before its
         row was written, or a delete cut short); returns how many were removed."""
-        known = {row[0] for row in self._run("SELECT id FROM jobs").fetchall()}
+        known = {row[0] for row in self._rows("SELECT id FROM jobs")}
         removed = 0
         for entry in (self.data / "jobs").iterdir():
             if entry.name not in known:
