@@ -6,8 +6,10 @@ distinct 256×256 images, submitted at once over HTTP to a real `explain serve` 
 
 - the library's loop: ``occlusion_map`` on the same images one after another, in this process,
   at its default batch size and with all of an image's copies in one call (the best of the two
-  is the peer), alone and plus the time to write the same result files a job writes (overlay,
-  side by side, original, heatmap .npy/.json; the worker's own ``write_results``);
+  is the peer), alone, plus the time to write what a finished job writes (the map's
+  .npy/.json; the worker's own ``write_results``), and plus that and the three result pictures
+  (overlay, side by side, original), which the service renders only on a client's first request
+  for each; after the jobs, the time to GET every job's overlay.png is printed too;
 - raw model throughput: the network alone on model-ready batches of the worker's batch size,
   the same number of inputs (the limit of full re-inference).
 
@@ -46,6 +48,7 @@ from serve_client import Server  # noqa: E402
 
 from explain.models import load  # noqa: E402
 from explain.occlusion import occlusion_map, plan_occlusion  # noqa: E402
+from explain.render import figure, save_png, side_by_side  # noqa: E402
 from explain.serve.batching import OcclusionRun, score_step  # noqa: E402
 from explain.serve.worker import write_results  # noqa: E402
 from explain.windows import default_batch_size  # noqa: E402
@@ -83,15 +86,21 @@ def library_loop(clf, images: list[np.ndarray], batch_size: int | None
     return time.perf_counter() - start, maps
 
 
-def writing(images: list[np.ndarray], maps: list) -> float:
-    """Seconds to write the service's result files of every map (the worker's own function):
-    the work a job does beyond its map, so that the loop can be timed doing the same."""
+def writing(images: list[np.ndarray], maps: list, pictures: bool = False) -> float:
+    """Seconds to write what a finished job writes for every map (the worker's own
+    ``write_results``: the map's .npy/.json), so that the loop can be timed doing the same;
+    ``pictures``: also render and write the three result pictures (what the service renders
+    only when a client asks for them, :func:`explain.serve.worker.picture`)."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         for i, (img, heatmap) in enumerate(zip(images, maps, strict=True)):
             folder = Path(tmp) / str(i)
             folder.mkdir()
-            write_results(folder, img, heatmap)
+            write_results(folder, heatmap)
+            if pictures:
+                save_png(img, folder / "original.png")
+                save_png(figure(img, heatmap), folder / "overlay.png")
+                save_png(side_by_side(img, heatmap), folder / "side.png")
         return time.perf_counter() - start
 
 
@@ -104,8 +113,10 @@ def parse_time(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def service(images: list[np.ndarray], model: str, device: str | None) -> tuple[float, list[float]]:
-    """Seconds from the first submission to the last finished job, and each job's latency."""
+def service(images: list[np.ndarray], model: str, device: str | None
+            ) -> tuple[float, list[float], float]:
+    """Seconds from the first submission to the last finished job, each job's latency, and the
+    seconds to then GET every job's overlay.png (rendered on that first request)."""
     with tempfile.TemporaryDirectory() as tmp:
         extra = ["--device", device] if device else []
         server = Server(Path(tmp) / "data", *extra, model=model).start()
@@ -121,6 +132,12 @@ def service(images: list[np.ndarray], model: str, device: str | None) -> tuple[f
                                    f"{refused[0].status}: {refused[0].body[:300]!r}; server log: "
                                    + Path(f"{server.data}.log").read_text(errors="replace")[-3000:])
             jobs = [server.wait(r.json()["id"], timeout=3600) for r in replies]
+            start_get = time.time()
+            for job in jobs:
+                got = server.call("GET", f"/v1/visualizations/{job['id']}/overlay.png")
+                if got.status != 200:
+                    raise RuntimeError(f"overlay.png of job {job['id']}: HTTP {got.status}")
+            overlays = time.time() - start_get
         finally:
             server.stop()
     failed = [j for j in jobs if j["status"] != "done"]
@@ -128,7 +145,7 @@ def service(images: list[np.ndarray], model: str, device: str | None) -> tuple[f
         raise RuntimeError(f"{len(failed)} jobs did not finish: {failed[0]}")
     finished = [parse_time(j["finished"]) for j in jobs]
     latencies = [f - parse_time(j["created"]) for f, j in zip(finished, jobs, strict=True)]
-    return max(finished) - start, latencies
+    return max(finished) - start, latencies, overlays
 
 
 def interleaved(clf, images: list[np.ndarray], batch_size: int, together: bool
@@ -164,9 +181,11 @@ def main() -> None:
     loops = {name: seconds for name, (seconds, _) in runs.items()}
     best_name, best = min(loops.items(), key=lambda kv: kv[1])
     written = writing(images, runs[best_name][1])
-    loops[f"{best_name} + the same result files"] = best + written
+    loops[f"{best_name} + the same result files (.npy/.json)"] = best + written
+    pictured = writing(images, runs[best_name][1], pictures=True)
+    loops[f"{best_name} + those files and the three pictures"] = best + pictured
     raw = raw_predict(clf, args.jobs * copies, batch)
-    served, latencies = service(images, args.model, args.device)
+    served, latencies, overlays = service(images, args.model, args.device)
     print("\n| run | seconds | jobs/s | vs library's best loop |")
     print("| --- | ---: | ---: | ---: |")
     print(f"| raw predict, {args.jobs * copies} inputs | {raw:.2f} | {args.jobs / raw:.2f} | "
@@ -180,6 +199,8 @@ def main() -> None:
           f"only), {100 * (served / equal - 1):+.1f} % (maps + files) |")
     ordered = sorted(latencies)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    print(f"| then GET every job's overlay.png (rendered on that first request) | "
+          f"{overlays:.2f} | | |")
     print(f"\njob latency (created → finished): p50 {statistics.median(ordered):.2f} s, "
           f"p95 {p95:.2f} s (peer: {best_name})")
     print("\n| queue | one job at a time | cross-job batching | calls | gain |")

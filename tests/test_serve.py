@@ -85,10 +85,17 @@ def test_twenty_concurrent_jobs_equal_the_library(server, photos, nsfw_onnx, cli
         assert job["score"] == pytest.approx(expected.score, abs=1e-6)
         assert job["progress"] == {"done": expected.windows + 1, "total": expected.windows + 1}
         np.testing.assert_allclose(heatmap_of(server, job, ALICE), expected.values, atol=1e-6)
+    folder = server.data / "jobs" / job_id
+    assert {p.name for p in folder.iterdir()} == {"input", "heatmap.npy", "heatmap.json"}
     overlay = server.call("GET", job["results"]["overlay.png"], token=ALICE)
     assert overlay.headers["content-type"] == "image/png"
     (tmp_path / "overlay.png").write_bytes(overlay.body)
     cli_picture(tmp_path / "overlay.png", figure, image, expected)
+    # rendered on that first request and kept: the next one is the same file
+    assert (folder / "overlay.png").read_bytes() == overlay.body
+    assert server.call("GET", job["results"]["overlay.png"], token=ALICE).body == overlay.body
+    for name in ("side.png", "original.png"):
+        assert server.call("GET", job["results"][name], token=ALICE).status == 200
     meta = server.call("GET", job["results"]["heatmap.json"], token=ALICE).json()
     assert meta["method"] == "occlusion" and meta["params"]["fill"] == ask["fill"]
 

@@ -59,7 +59,7 @@ from explain.serve.schemas import (
 )
 from explain.serve.security import BodyLimit, Tokens
 from explain.serve.served import Served
-from explain.serve.worker import INPUT, Worker
+from explain.serve.worker import INPUT, PICTURES, Worker, picture
 from explain.windows import parse_size, window_grid
 
 MAX_WINDOWS = 20_000
@@ -233,7 +233,15 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
         if known is None or job.status != "done":
             raise HTTPException(404, "no such result" if known is None else
                                 f"the visualization is {job.status}, not done")
-        return FileResponse(store.folder(job.id) / known, media_type=RESULTS[known],
+        path = store.folder(job.id) / known
+        if known in PICTURES:
+            try:  # rendered on the first request, then kept
+                path = picture(store.folder(job.id), known, settings.max_pixels)
+            except (OSError, ExplainError):  # deleted meanwhile, or its files are gone
+                raise HTTPException(404, "no such result") from None
+        elif not path.is_file():  # deleted meanwhile
+            raise HTTPException(404, "no such result")
+        return FileResponse(path, media_type=RESULTS[known],
                             headers={"Cache-Control": "private, max-age=3600"})
 
     @api.delete("/visualizations/{job_id}", status_code=204)

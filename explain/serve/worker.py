@@ -13,12 +13,14 @@ records progress; a job deleted meanwhile is dropped. A job whose image cannot b
 goes on with the rest (a shared batch the model refuses is retried job by job, so only the
 culprit fails).
 
-Results, in the job's folder, each written atomically by the worker's writer thread (the model
-goes on meanwhile; the job is ``done`` once they are written): ``overlay.png`` (the overlay with its
-legend strip: colour bar, unit, score; :func:`explain.render.figure`), ``side.png``
-(original | heatmap | overlay, :func:`explain.render.side_by_side`), ``original.png`` (the
-decoded upload, re-encoded) and ``heatmap.npy`` + ``heatmap.json``
-(:meth:`explain.heatmap.Heatmap.save`).
+Results, in the job's folder: ``heatmap.npy`` + ``heatmap.json``
+(:meth:`explain.heatmap.Heatmap.save`), written atomically by the worker's writer thread (the
+model goes on meanwhile; the job is ``done`` once they are written). The pictures
+(:data:`PICTURES`: ``overlay.png``, the overlay with its legend strip,
+:func:`explain.render.figure`; ``side.png``, original | heatmap | overlay,
+:func:`explain.render.side_by_side`; ``original.png``, the decoded upload) are rendered from the
+input and the map on their first request (:func:`picture`) and kept: a client that wants only
+the map and the score pays for no PNG, and rendering is off the model's path.
 """
 
 from __future__ import annotations
@@ -69,19 +71,38 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def write_results(folder: Path, image: np.ndarray, heatmap: Heatmap) -> None:
-    """The result files of a job (see the module docstring), each written atomically."""
-    save_png(image, folder / "original.png")
-    save_png(figure(image, heatmap), folder / "overlay.png")
-    save_png(side_by_side(image, heatmap), folder / "side.png")
+PICTURES = ("original.png", "overlay.png", "side.png")
+"""The result pictures, rendered on their first request (:func:`picture`), not by the worker."""
+
+
+def write_results(folder: Path, heatmap: Heatmap) -> None:
+    """What a finished job writes (see the module docstring): the map, ``heatmap.npy`` +
+    ``heatmap.json``, atomically; the pictures are made from the input and the map when first
+    asked for (:func:`picture`)."""
     heatmap.save(folder / "heatmap")
 
 
-class _Active:
-    """An occlusion job a worker holds: its row, its image and its run."""
+def picture(folder: Path, name: str, max_pixels: int) -> Path:
+    """Result picture ``name`` (one of :data:`PICTURES`) of the done job in ``folder``: rendered
+    by the one renderer from the job's input (decoded as the worker decoded it) and its saved
+    map on the first request, written atomically and kept; the path. A folder deleted meanwhile
+    raises OSError."""
+    path = folder / name
+    if path.exists():
+        return path
+    image = load_image(folder / INPUT, max_pixels=max_pixels)
+    if name == "original.png":
+        return save_png(image, path)
+    heatmap = Heatmap.load(folder / "heatmap")
+    return save_png(figure(image, heatmap) if name == "overlay.png"
+                    else side_by_side(image, heatmap), path)
 
-    def __init__(self, job: Job, image: np.ndarray, run: OcclusionRun) -> None:
-        self.job, self.image, self.run = job, image, run
+
+class _Active:
+    """An occlusion job a worker holds: its row and its run."""
+
+    def __init__(self, job: Job, run: OcclusionRun) -> None:
+        self.job, self.run = job, run
         self.start = time.perf_counter()
 
 
@@ -136,7 +157,7 @@ class Worker(threading.Thread):
                     plan = plan_occlusion(self.models.black, image, box=o["box"],
                                           stride=o["stride"], fill=o["fill"],
                                           target=o["target"])
-                    self._active.append(_Active(job, image, OcclusionRun(job.id, plan)))
+                    self._active.append(_Active(job, OcclusionRun(job.id, plan)))
                     self.store.progress(job.id, 0, plan.n)
                 else:
                     self._run_alone(job, image)
@@ -160,23 +181,23 @@ class Worker(threading.Thread):
             with WHITE_BOX if method.white_box else nullcontext():
                 heatmap = method.run(self.models, image, options)
         heatmap.seconds = time.perf_counter() - start
-        self._finish(job, image, heatmap)
+        self._finish(job, heatmap)
 
-    def _finish(self, job: Job, image: np.ndarray, heatmap: Heatmap) -> None:
+    def _finish(self, job: Job, heatmap: Heatmap) -> None:
         """Hand a computed job to the writer thread: its files, then ``done`` (a failure to
         write fails the job with the reason)."""
         self._pending.acquire()
-        self._writer.submit(self._write, job, image, heatmap)
+        self._writer.submit(self._write, job, heatmap)
 
     def drain(self) -> None:
         """Wait until every job handed to the writer thread so far is written (or failed)."""
         self._writer.submit(lambda: None).result()
 
-    def _write(self, job: Job, image: np.ndarray, heatmap: Heatmap) -> None:
+    def _write(self, job: Job, heatmap: Heatmap) -> None:
         try:
             if self.store.get(job.id) is None:
                 return  # deleted meanwhile
-            write_results(self.store.folder(job.id), image, heatmap)
+            write_results(self.store.folder(job.id), heatmap)
             self.store.finish(job.id, heatmap.score)
         except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
             self.store.fail(job.id, reason(exc))
@@ -202,7 +223,7 @@ class Worker(threading.Thread):
                 self._active.remove(a)
                 heatmap = a.run.plan.heatmap(a.run.probabilities(),
                                              time.perf_counter() - a.start, step)
-                self._finish(a.job, a.image, heatmap)
+                self._finish(a.job, heatmap)
 
     def _one_by_one(self, step: int) -> list[OcclusionRun]:
         """After a shared batch failed: one batch of each held job alone; a job whose own batch
