@@ -22,6 +22,7 @@ from explain.audit.options import AuditOptions
 from explain.choices import FAST_DRILL_DOWN
 from explain.cli import app
 from explain.drill_down import (
+    MIN_WINDOWS,
     ROUNDS,
     check_drill_down,
     coarse_indices,
@@ -261,3 +262,12 @@ def test_cli_refuses_a_bad_fraction_in_one_line(tmp_path, monkeypatch, photos, c
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert "drill-down fraction must be in (0, 1]" in result.output
+
+
+def test_a_grid_of_fewer_than_100_windows_is_scored_in_full(small, photo):
+    # 40x48, box 16 stride 8: 4 x 5 windows; drill-down would score few of them and miss the top
+    exact = occlusion_map(small, photo, box=16, stride=8, target="b")
+    fast = occlusion_map(small, photo, box=16, stride=8, target="b", drill_down=FAST_DRILL_DOWN)
+    assert fast.params["windows_evaluated"] == fast.params["windows_total"] == 20
+    np.testing.assert_allclose(fast.values, exact.values, atol=1e-6)
+    assert MIN_WINDOWS == 100 and coarse_mask((9, 11)).all() and not coarse_mask((10, 10)).all()

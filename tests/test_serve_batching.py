@@ -92,7 +92,8 @@ def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_on
         else:
             Image.fromarray(image).save(folder / INPUT, format="PNG")
         if method == "fast":
-            store.add(ids[method], "", "occlusion", {**options, "stride": 0.125, "fast": True})
+            store.add(ids[method], "", "occlusion", {**options, "box": 0.25, "stride": 0.0625,
+                                                      "fast": True})  # 13 x 13 windows
         else:
             store.add(ids[method], "", "sliding" if method == "broken" else method, options)
     worker = Worker(store, Models(nsfw_onnx, nsfw_torch), threading.Event(), max_pixels=10**6)
@@ -105,7 +106,7 @@ def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_on
         worker.join()
     expected = {"sliding": sliding_window_map(nsfw_onnx, image, box=0.5, stride=0.5),
                 "gradcam": gradcam(nsfw_torch, image),
-                "fast": occlusion_map(nsfw_onnx, image, box=0.5, stride=0.125,
+                "fast": occlusion_map(nsfw_onnx, image, box=0.25, stride=0.0625,
                                       drill_down=FAST_DRILL_DOWN)}
     for method, heatmap in expected.items():
         job = store.get(ids[method])
