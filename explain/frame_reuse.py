@@ -124,7 +124,7 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
             if size != shape:
                 x = resize(x, size)
             baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
-            bounds = torch.from_numpy(np.concatenate([empty, scaled[chosen]])).to(device)
+            bounds = torch.from_numpy(np.concatenate([empty, scaled[chosen]]))
             p = occluded_scores(classifier, x, baseline, bounds, t, step, None, net,
                                 None).double().numpy()
             score = float(p[0])

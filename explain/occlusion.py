@@ -143,12 +143,12 @@ def window_masks(bounds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @dataclass
 class OcclusionPlan:
-    """Everything an occlusion map scores, ready on the classifier's device (see
-    :func:`plan_occlusion`): row 0 of ``bounds`` is an empty window (the intact image), rows 1…
-    the windows scaled to the work size; :meth:`kept` gives the masks of any rows and
-    :meth:`heatmap` turns their scores into the map. :func:`occlusion_map` drives it batch
-    after batch; the service (:mod:`explain.serve.batching`) interleaves several plans in one
-    model batch."""
+    """Everything an occlusion map scores (see :func:`plan_occlusion`): the image and the fill
+    ready on the classifier's device; ``bounds`` (on the host), row 0 an empty window (the intact
+    image), rows 1… the windows scaled to the work size; :attr:`copies` builds and scores the
+    occluded copies of any rows and :meth:`heatmap` turns their scores into the map.
+    :func:`occlusion_map` drives it batch after batch; the service
+    (:mod:`explain.serve.batching`) interleaves several plans in one model batch."""
 
     shape: tuple[int, int]
     windows: np.ndarray
@@ -171,11 +171,6 @@ class OcclusionPlan:
     def n(self) -> int:
         """Masks to score: the intact image and one per window."""
         return len(self.bounds)
-
-    @cached_property
-    def host_bounds(self) -> torch.Tensor:
-        """:attr:`bounds` on the CPU (building copies from them never waits for the device)."""
-        return self.bounds.cpu()
 
     @cached_property
     def copies(self) -> OccludedCopies:
@@ -224,7 +219,8 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
         x = resize(x, size)
     scaled = scale_windows(windows, shape, size)
     baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
-    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled])).to(device)
+    # on the host: building copies from them never waits for the device
+    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled]))
     return OcclusionPlan(shape=shape, windows=windows, x=x, baseline=baseline, bounds=bounds,
                          target=t, target_name=classifier.class_names[t], box=box,
                          stride=stride, fill=fill, classifier=classifier)
@@ -341,7 +337,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
                              None, len(plan.windows), **ran)
     # the grid's shape from the ORIGINAL windows: scaled down, distinct tops may coincide
     rows = len(np.unique(plan.windows[:, 0]))
-    score, drops, evaluated = _drilled(scores, plan.bounds[1:].cpu().numpy(),
+    score, drops, evaluated = _drilled(scores, plan.bounds[1:].numpy(),
                                        (rows, len(plan.windows) // rows), progress, drill)
     return plan.drop_map(score, drops, time.perf_counter() - start, step, drill, evaluated,
                          **ran)

@@ -73,7 +73,7 @@ def score_step(classifier: Classifier, runs: Sequence[OcclusionRun],
         hi = min(run.scored + room, run.plan.n)
         parts.append((run, run.scored, hi))
         room -= hi - run.scored
-    batch = torch.cat([r.plan.copies.build(r.plan.host_bounds[lo:hi]) for r, lo, hi in parts])
+    batch = torch.cat([r.plan.copies.build(r.plan.bounds[lo:hi]) for r, lo, hi in parts])
     probs = parts[0][0].plan.copies.score(batch)
     at = 0
     for run, lo, hi in parts:

@@ -14,8 +14,8 @@ goes on with the rest (a shared batch the model refuses is retried job by job, s
 culprit fails).
 
 Results, in the job's folder: ``heatmap.npy`` + ``heatmap.json``
-(:meth:`explain.heatmap.Heatmap.save`), written atomically by the worker's writer thread (the
-model goes on meanwhile; the job is ``done`` once they are written). The pictures
+(:meth:`explain.heatmap.Heatmap.save`), written atomically before the job is ``done``. The
+pictures
 (:data:`PICTURES`: ``overlay.png``, the overlay with its legend strip,
 :func:`explain.render.figure`; ``side.png``, original | heatmap | overlay,
 :func:`explain.render.side_by_side`; ``original.png``, the decoded upload) are rendered from the
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,6 @@ from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
 
 INPUT = "input"
-WRITES_PENDING = 32  # computed jobs that may wait for the writer thread before the worker waits
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
 
 
@@ -120,26 +118,19 @@ class Worker(threading.Thread):
         self.interleave, self.batch_size, self.max_pixels = interleave, batch_size, max_pixels
         self.stopping = threading.Event()
         self._active: list[_Active] = []
-        # result files are written by a thread of their own, so that the model (a GPU above
-        # all) goes on with the next batch meanwhile; at most WRITES_PENDING jobs wait for it
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-writer")
-        self._pending = threading.Semaphore(WRITES_PENDING)
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
 
     def run(self) -> None:
-        try:
-            while not self.stopping.is_set():
-                self._claim()
-                if not self._active:
-                    self.wake.wait(0.2)
-                    self.wake.clear()
-                    continue
-                self._step()
-        finally:
-            self._writer.shutdown(wait=True)  # the results already computed are written
+        while not self.stopping.is_set():
+            self._claim()
+            if not self._active:
+                self.wake.wait(0.2)
+                self.wake.clear()
+                continue
+            self._step()
 
     def _claim(self) -> None:
         while len(self._active) < self.interleave and not self.stopping.is_set():
@@ -184,16 +175,8 @@ class Worker(threading.Thread):
         self._finish(job, heatmap)
 
     def _finish(self, job: Job, heatmap: Heatmap) -> None:
-        """Hand a computed job to the writer thread: its files, then ``done`` (a failure to
-        write fails the job with the reason)."""
-        self._pending.acquire()
-        self._writer.submit(self._write, job, heatmap)
-
-    def drain(self) -> None:
-        """Wait until every job handed to the writer thread so far is written (or failed)."""
-        self._writer.submit(lambda: None).result()
-
-    def _write(self, job: Job, heatmap: Heatmap) -> None:
+        """Write a computed job's map, then mark it ``done``; a failure to write (a full disk)
+        fails this job with the reason, and the worker goes on."""
         try:
             if self.store.get(job.id) is None:
                 return  # deleted meanwhile
@@ -201,8 +184,6 @@ class Worker(threading.Thread):
             self.store.finish(job.id, heatmap.score)
         except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
             self.store.fail(job.id, reason(exc))
-        finally:
-            self._pending.release()
 
     def _step(self) -> None:
         """One shared model batch for the held occlusion jobs; finish the complete ones."""
