@@ -1,4 +1,6 @@
-"""Batched masked scoring, the core the perturbation methods share (occlusion, RISE).
+"""Batched masked scoring, the core the mask-based perturbations share (RISE, the audit's concept
+occlusion; occlusion maps of models whose input is not pixel-wise, through :func:`masked` in
+:class:`explain.occlusion.OccludedCopies`).
 
 :func:`masked_scores` takes the image ``x`` (1×3×H×W on the classifier's device), what hidden
 pixels become (``fill``, broadcastable to ``x``) and batches of masks (b×H×W on the same device,

@@ -4,8 +4,8 @@ For two scikit-image photos (resized to 256², the model's work size, so box/str
 pixels and the window counts are the issue's: 25 at 64/48, 841 at 32/8, 3,721 at 16/4), each
 setting scores the same windows — the whole grid, or ``--sample`` of them drawn uniformly with a
 fixed seed — with the same batch size (the default, 16) through both paths: full re-inference
-(``perturb.masked_scores``, what ``occlusion_map(incremental=False)`` runs) and
-``incremental.window_scores``. Each path runs in its own child process (peak RSS apart).
+(``occlusion.occluded_scores`` without a network, what ``occlusion_map(incremental=False)``
+runs) and ``incremental.window_scores``. Each path runs in its own child process (peak RSS apart).
 Prints windows, seconds per path, their ratio, the model's raw time on as many unmasked inputs
 and the incremental path's ratio to it, the ratio of CPU times (steadier than wall time on a
 shared machine), max |p difference|; then, on whole maps at 64/48 and 32/8, the approximate
@@ -45,7 +45,8 @@ def child(name: str, box: int, stride: int, path: str, sample: int, threads: int
     from explain.images import to_tensor
     from explain.incremental import network_for, window_scores
     from explain.models import load
-    from explain.perturb import fill_values, masked_scores
+    from explain.occlusion import occluded_scores
+    from explain.perturb import fill_values
     from explain.windows import default_batch_size, window_grid
 
     torch.set_num_threads(threads)
@@ -57,18 +58,11 @@ def child(name: str, box: int, stride: int, path: str, sample: int, threads: int
     bounds = torch.from_numpy(windows)
     fill = fill_values(x, "gray", (box, box))
     step = default_batch_size(torch.device("cpu"), (256, 256))
-    rows, cols = torch.arange(256).view(1, -1, 1), torch.arange(256).view(1, 1, -1)
-
-    def masks():
-        for lo in range(0, len(bounds), step):
-            b = bounds[lo:lo + step, :, None]
-            yield ~((rows >= b[:, 0:1]) & (rows < b[:, 2:3]) & (cols >= b[:, 1:2])
-                    & (cols < b[:, 3:4]))
 
     clf.predict(x)  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
     if path == "full":
-        p = torch.cat([s for _, s in masked_scores(clf, x, fill, masks(), 1, len(bounds))])
+        p = occluded_scores(clf, x, fill, bounds, 1, step, None)
     else:
         p = window_scores(clf, network_for(clf, True), x, fill, bounds, 1, step)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
