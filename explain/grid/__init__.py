@@ -76,6 +76,7 @@ from explain.grid.tiles import (
     TILE_PX,
     fits_png,
     pyramid_levels,
+    pyramid_tiles,
     write_pyramid,
     write_viewer,
 )
@@ -89,7 +90,7 @@ __all__ = [
     "draw_mosaic", "fits_png", "flas_layout", "folder_labels", "grid_bytes", "grid_cells",
     "grid_quality", "grid_shape", "knn_preservation", "label_agreement", "label_colours",
     "mosaic_bytes", "nearest_neighbours", "neighbourhood_radius", "polish_layout",
-    "principal_components", "pyramid_levels", "random_cells", "read_grid_json",
+    "principal_components", "pyramid_levels", "pyramid_tiles", "random_cells", "read_grid_json",
     "scaled_points", "score_colours", "similarity_grid", "snap_to_grid", "swap_bytes",
     "swap_polish", "thumbnail",
     "tsne_layout", "write_pyramid", "write_viewer",

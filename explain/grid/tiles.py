@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from explain.errors import ExplainError
 from explain.files import display, to_storable, write_bytes, write_text
@@ -37,33 +39,45 @@ def fits_png(grid: SimilarityGrid, cell_px: int) -> bool:
     return max(grid.shape) * cell_px <= PNG_MAX_PX
 
 
+def pyramid_tiles(grid: SimilarityGrid, *, color_by: str = "none", cell_px: int | None = None
+                  ) -> tuple[dict, Iterator[tuple[int, int, int, np.ndarray]]]:
+    """The pyramid of ``grid``'s mosaic (:func:`explain.grid.mosaic.draw_mosaic` with ``color_by``
+    and ``cell_px``, no footer) before encoding: what the viewer needs (``{"tile", "levels",
+    "width", "height", "cell"}``, pixels of the full-size level) and the tiles, lazily, as
+    ``(level, row, col, RGB uint8 tile)`` from the full-size level down."""
+    side = cell_px or grid.thumbnails.shape[1]
+    mosaic = draw_mosaic(grid, color_by=color_by, cell_px=side, caption=False)
+    height, width = mosaic.shape[:2]
+    levels = pyramid_levels(width, height)
+
+    def tiles() -> Iterator[tuple[int, int, int, np.ndarray]]:
+        level = mosaic
+        for z in range(levels - 1, -1, -1):
+            for top in range(0, level.shape[0], TILE_PX):
+                for left in range(0, level.shape[1], TILE_PX):
+                    yield z, top // TILE_PX, left // TILE_PX, level[top:top + TILE_PX,
+                                                                    left:left + TILE_PX]
+            if z:
+                level = cv2.resize(level, (max(1, (level.shape[1] + 1) // 2),
+                                           max(1, (level.shape[0] + 1) // 2)),
+                                   interpolation=cv2.INTER_AREA)
+
+    info = {"tile": TILE_PX, "levels": levels, "width": width, "height": height, "cell": side}
+    return info, tiles()
+
+
 def write_pyramid(grid: SimilarityGrid, folder: str | os.PathLike, *, color_by: str = "none",
                   cell_px: int | None = None) -> dict:
-    """Write the pyramid of ``grid``'s mosaic (:func:`explain.grid.mosaic.draw_mosaic` with
-    ``color_by`` and ``cell_px``, no footer) into ``folder`` (created).
-
-    Returns what the viewer needs: ``{"tile", "levels", "width", "height", "cell"}`` (pixels of
-    the full-size level). ExplainError when a tile cannot be encoded.
-    """
-    side = cell_px or grid.thumbnails.shape[1]
-    level = draw_mosaic(grid, color_by=color_by, cell_px=side, caption=False)
-    height, width = level.shape[:2]
-    levels = pyramid_levels(width, height)
+    """Write :func:`pyramid_tiles` into ``folder`` (created) as ``<level>/<row>_<col>.jpg``;
+    return what the viewer needs. ExplainError when a tile cannot be encoded."""
+    info, tiles = pyramid_tiles(grid, color_by=color_by, cell_px=cell_px)
     root = Path(folder)
-    for z in range(levels - 1, -1, -1):
-        for top in range(0, level.shape[0], TILE_PX):
-            for left in range(0, level.shape[1], TILE_PX):
-                tile = level[top:top + TILE_PX, left:left + TILE_PX, ::-1]
-                ok, data = cv2.imencode(".jpg", tile, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                if not ok:
-                    raise ExplainError(f"could not encode a tile of level {z}")
-                write_bytes(root / str(z) / f"{top // TILE_PX}_{left // TILE_PX}.jpg",
-                            data.tobytes())
-        if z:
-            level = cv2.resize(level, (max(1, (level.shape[1] + 1) // 2),
-                                       max(1, (level.shape[0] + 1) // 2)),
-                               interpolation=cv2.INTER_AREA)
-    return {"tile": TILE_PX, "levels": levels, "width": width, "height": height, "cell": side}
+    for z, row, col, tile in tiles:
+        ok, data = cv2.imencode(".jpg", tile[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise ExplainError(f"could not encode a tile of level {z}")
+        write_bytes(root / str(z) / f"{row}_{col}.jpg", data.tobytes())
+    return info
 
 
 def viewer_data(grid: SimilarityGrid, pyramid: dict, tiles: str) -> dict:
