@@ -91,3 +91,16 @@ def assert_cli_picture(path: Path, draw: Callable[..., np.ndarray], image: np.nd
 def cli_picture() -> Callable[..., None]:
     """:func:`assert_cli_picture`, for the CLI tests."""
     return assert_cli_picture
+
+
+SLOW_FIXTURES = frozenset({"nsfw_torch", "nsfw_onnx", "chromium", "cluster"})
+"""Fixtures that make a test slow wherever it is: the real open_nsfw at full size (its load and its
+forward passes), a headless browser, a local Ray cluster. A test that uses one, directly or
+through another fixture, is in the full tier only; other slow tests carry ``@pytest.mark.slow``."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The quick tier (``pytest -m "not slow"``) leaves out every test of :data:`SLOW_FIXTURES`."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import types
 
+import pytest
+
 import explain
 
 
@@ -28,6 +30,7 @@ def test_import_explain_does_not_load_the_heavy_extras():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_dependencies_point_one_way():
     """The audit never loads the report, and building a report loads jinja2 only when it
     renders HTML."""

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 N_GOOD = 24
@@ -106,6 +107,7 @@ ROWS = "SELECT path, score, error, scored_at FROM images ORDER BY path"
 MAPS = "SELECT image, png, done_at FROM heatmaps ORDER BY image"
 
 
+@pytest.mark.slow
 def test_kill_and_resume(tmp_path):
     _dataset(tmp_path / "data")
     (tmp_path / "model.py").write_text(MODEL)

@@ -51,6 +51,7 @@ def test_score_json_equals_the_model(runner, photo_files, photos, nsfw_onnx):
         assert row["scores"]["nsfw"] == pytest.approx(float(expected[1]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_score_jpeg_reencode_equals_the_reference_package(runner, photo_files):
     reference = NSFWClassifier(providers=["CPUExecutionProvider"])  # jpeg_reencode=True
     result = runner.invoke(app, ["score", *photo_files, "--jpeg-reencode", "--json",

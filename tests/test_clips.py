@@ -117,6 +117,7 @@ def moving_square(n: int = 8) -> list[np.ndarray]:
     return frames
 
 
+@pytest.mark.slow
 def test_moving_region_rescores_only_the_windows_meeting_it_and_equals_recomputation(tmp_path):
     clip = read_clip(save_animation(tmp_path / "moving.png", moving_square(), 100))
     frames = [f.rgb for f in clip.frames]
@@ -168,6 +169,7 @@ def contrast(images: np.ndarray) -> np.ndarray:
     return np.stack([1 - s, s], axis=1)
 
 
+@pytest.mark.slow
 def test_sliding_region_reuse_is_exact_for_any_model(tmp_path):
     clip = read_clip(save_animation(tmp_path / "moving.png", moving_square(6), 100))
     frames = [f.rgb for f in clip.frames]

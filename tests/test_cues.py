@@ -106,6 +106,7 @@ def test_top_windows_finds_blobs_best_first_without_overlap():
     assert top_windows(np.zeros((8, 8)), (4, 4), 3, 90.0) == []
 
 
+@pytest.mark.slow
 def test_known_answer_planted_disc_is_the_top_cue(planted, tmp_path):
     root, spec, discs = planted
     out = tmp_path / "audit"
@@ -169,6 +170,7 @@ def test_cues_skipped_with_a_reason_when_too_few_false_positives(planted, tmp_pa
     assert "cue discovery skipped: 3 false positive(s) with a heatmap, it needs 5" in page
 
 
+@pytest.mark.slow
 def test_discover_cues_library_on_arrays_pixels_embedding(planted):
     root, spec, discs = planted
     clf = load(spec)

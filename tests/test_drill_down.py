@@ -132,6 +132,7 @@ def test_the_rule_refines_where_the_map_varies():
     assert np.abs(coarse_only - truth).max() > 0.5
 
 
+@pytest.mark.slow
 def test_r_one_is_the_exact_map_and_each_window_is_scored_once(small, photo):
     drill_model = Counting(small)
     exact = occlusion_map(small, photo, box=8, stride=2, target="b", batch_size=7)
@@ -143,6 +144,7 @@ def test_r_one_is_the_exact_map_and_each_window_is_scored_once(small, photo):
     assert len(drill_model.seen) == len(set(drill_model.seen)) == exact.windows + 1
 
 
+@pytest.mark.slow
 def test_drilled_map_equals_the_exact_map_where_it_refines(small, photo, monkeypatch):
     kept = {}
 
@@ -167,6 +169,7 @@ def test_drilled_map_equals_the_exact_map_where_it_refines(small, photo, monkeyp
     assert exact.params["windows_evaluated"] == exact.params["windows_total"] == exact.windows
 
 
+@pytest.mark.slow
 def test_a_model_input_smaller_than_the_grid(photo):
     # 40×48 image, stride 1, at a 10×12 model input: several windows share a top there; the grid
     # is the original's, and r = 1 is still the exact map
@@ -188,6 +191,7 @@ def test_progress_counts_the_windows_scored(small, photo):
     assert all(d <= t for d, t in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+@pytest.mark.slow
 def test_fewer_requests_to_an_http_model(small, photo):
     server = ScoringServer(small)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -237,6 +241,7 @@ def score(batch):
 
 @pytest.mark.parametrize("flags,r", [(["--fast"], FAST_DRILL_DOWN), (["--drill-down", "0.4"], 0.4),
                                      (["--fast", "--drill-down", "1"], 1.0)])
+@pytest.mark.slow
 def test_cli_fast_and_drill_down(tmp_path, monkeypatch, photos, flags, r):
     monkeypatch.chdir(tmp_path)
     Image.fromarray(photos["chelsea"][:60, :80]).save("cat.png")

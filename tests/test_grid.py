@@ -163,6 +163,7 @@ def test_features_group_photos_better_than_raw_pixels(crop_set, nsfw_grid):
     assert nsfw_grid.quality.label_layout > pixels.quality.label_layout
 
 
+@pytest.mark.slow
 def test_same_seed_same_grid(crop_set):
     images, _ = crop_set
     a = similarity_grid(images[:24], embed="pixels", seed=3)

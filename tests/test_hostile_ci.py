@@ -43,6 +43,7 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow
 def test_report_command_writes_the_library_report(tmp_path, photos):
     """`explain report` (JSON and HTML) holds the numbers and the pictures of build_report for
     the same white-box model (a tiny torch net given as ``file.py:net``, so every method runs)."""

@@ -239,6 +239,7 @@ def test_model_options_describe_keeps_the_old_audit_key():
 
 # --- items 3, 10 and 12: any file name, safe on the terminal, whole lines, no empty table ---
 
+@pytest.mark.slow
 def test_undecodable_and_control_character_names(runner, work):
     odd, esc = os.fsdecode(b"caf\xe9.png"), "esc\x1b[31mred.png"
     for name in (odd, esc):

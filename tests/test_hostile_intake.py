@@ -91,6 +91,7 @@ def test_audit_scores_equal_explain_score_for_every_batch_size(mixed_sizes, nsfw
             assert float(rows[p]["p_nsfw"]) == pytest.approx(cli[p], abs=1e-6), (batch_size, p)
 
 
+@pytest.mark.slow
 def test_audit_scores_equal_library_scores_for_a_model_without_input_size(mixed_sizes,
                                                                           tmp_path):
     clf = _brightness()
@@ -149,6 +150,7 @@ def _maps(model, image) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow
 def test_every_form_of_one_image_gives_the_same_maps(white_box_model, pixels, tmp_path):
     want = _maps(white_box_model, pixels)
     for form, image in _forms(pixels, tmp_path).items():
@@ -233,6 +235,7 @@ def _photos(root: Path, names: list[str]) -> list[Path]:
             for name in names]
 
 
+@pytest.mark.slow
 def test_audit_over_a_file_name_that_is_not_utf8(tmp_path):
     data = tmp_path / "data"
     _photos(data, ["sfw/a.png", "sfw/b.png", "nsfw/c.png", "nsfw/d.png"])
@@ -317,6 +320,7 @@ def test_conflicting_labels_name_both_lines_and_paths_are_normalised(tmp_path):
                                                   (tmp_path / "a/y.png", "nsfw")]
 
 
+@pytest.mark.slow
 def test_an_audit_inside_its_data_never_audits_outputs(tmp_path):
     data = tmp_path / "data"
     _photos(data, ["sfw/a.png", "nsfw/b.png", "c.png"])

@@ -232,6 +232,7 @@ def test_cli_png_equals_the_renderer(folder, extra, look):
                           side_by_side(img, hm, **look))
 
 
+@pytest.mark.slow
 def test_cli_says_no_signal_and_small_box_on_the_image_line(folder):
     res = CliRunner().invoke(app, ["occlude", "black.png", "-m", "tiny.py:score", "-t", "1",
                                    "--fill", "black", "-o", "out"])

@@ -222,6 +222,7 @@ def barely(batch: np.ndarray) -> np.ndarray:
     return np.stack([1 - p, p], axis=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["untrained", "barely"])
 def test_a_model_with_no_signal_gives_no_ranking(tmp_path, photos, kind):
     folder = tmp_path / "imgs"
@@ -254,6 +255,7 @@ def test_a_model_with_no_signal_gives_no_ranking(tmp_path, photos, kind):
     assert html.count("no signal: curves flat") == 2 * 3  # list, images table, image section
 
 
+@pytest.mark.slow
 def test_real_open_nsfw_still_ranks_the_sample_photo():
     r = build_report([SAMPLE], methods="occlusion,gradcam",
                      options=Options(box=128, stride=128, steps=5))
@@ -267,6 +269,7 @@ def test_real_open_nsfw_still_ranks_the_sample_photo():
     assert abs(gaps["occlusion"] - gaps["gradcam"]) > 0.01
 
 
+@pytest.mark.slow
 def test_non_utf8_file_name_is_written_and_shown(tmp_path):
     """A name with an undecodable byte used to crash after all the work and leave a 0-byte HTML."""
     name = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.jpg")

@@ -149,6 +149,7 @@ def test_equal_to_full_inference_on_tiny_nets_at_odd_sizes(net, fill, image):
     assert np.abs(exact.values).max() > 5e-5  # the map is not trivially zero
 
 
+@pytest.mark.slow
 def test_drill_down_runs_through_incremental_inference_with_the_same_answer(image,
                                                                             monkeypatch):
     """Drill-down and incremental inference combine: every pass of drill-down is scored by

@@ -107,6 +107,7 @@ def captum_map(forward, img: np.ndarray, box: int, stride: int, target: int,
 
 @pytest.mark.parametrize("box,stride,fill,base", [(4, 2, "gray", 0.5), (5, 3, "black", 0.0),
                                                   (5, 5, "gray", 0.5)])
+@pytest.mark.slow
 def test_equals_captum_on_a_tiny_cnn(box, stride, fill, base):
     torch.manual_seed(1)
     module = TinyCNN().eval()
@@ -140,6 +141,7 @@ def test_onnx_and_torch_backends_agree(nsfw_torch, nsfw_onnx, astronaut256):
     np.testing.assert_allclose(a.values, b.values, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_10000_windows_in_batches_bounded_by_batch_size():
     # score = mean brightness of the whole 100x100 image; box 1 occludes one pixel, so the map
     # is exactly (brightness - 0.5) / 10000 per pixel
@@ -185,6 +187,7 @@ def _generic(classifier):
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fill", ["gray", "black", "mean", "blur"])
 def test_copies_in_the_model_input_equal_masked_rgb_copies(fill, device):

@@ -43,6 +43,7 @@ def test_torch_and_onnx_agree_at_original_size(nsfw_torch, nsfw_onnx, photos):
     assert (nsfw_torch.predict(x) - nsfw_onnx.predict(x)).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["open-nsfw", "open-nsfw:onnx"])
 def test_jpeg_reencode_equals_the_reference_package(backend, photos, reference):
     clf = load(backend, "cpu", jpeg_reencode=True)

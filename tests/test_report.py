@@ -74,6 +74,7 @@ def tiny_report(tmp_path_factory, photos):
     return build_report(paths, model=tiny_model(), methods=list(METHODS), options=FAST)
 
 
+@pytest.mark.slow
 def test_every_method_on_every_good_image(tiny_report):
     r = tiny_report
     assert r.methods == list(METHODS) and r.notes == []
@@ -200,6 +201,7 @@ def test_untrusted_names_are_escaped(tmp_path, photos):
     assert "&lt;b&gt;safe&lt;/b&gt;" in html
 
 
+@pytest.mark.slow
 def test_every_registered_method_but_rise_runs_by_default(tmp_path, photos):
     """The report's methods come from the registry; RISE (thousands of model calls per image)
     runs only when asked for."""
@@ -219,6 +221,7 @@ def test_parse_methods():
         parse_methods(" , ")
 
 
+@pytest.mark.slow
 def test_cli_default_model_html_and_json(tmp_path, photos):
     paths = write_images(tmp_path / "imgs", photos)
     runner = CliRunner()

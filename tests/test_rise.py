@@ -64,6 +64,7 @@ def expected_rise(image: np.ndarray, cell: int, p: float) -> np.ndarray:
     return (p * contribution.sum() + (1 - p) * blurred).view(h, w).numpy()
 
 
+@pytest.mark.slow
 def test_expectation_matches_the_closed_form(photos):
     """3000 masks, p = 0.3, a 28×20 photo (cells of 4×3 px, 12 shifts): every pixel of the
     estimate within 5 standard errors of the exact expectation."""
@@ -77,6 +78,7 @@ def test_expectation_matches_the_closed_form(photos):
     assert h.score == pytest.approx(image[REGION].mean() / 255.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ranks_the_region_that_drives_the_score_highest(photos):
     image = photos["chelsea"][100:128, 150:178]
     clf = CallableClassifier(region_brightness, class_names=["rest", "region"])
@@ -158,6 +160,7 @@ def test_cli_writes_the_library_picture(tmp_path, photos, monkeypatch, cli_pictu
     assert "Traceback" not in bad.output
 
 
+@pytest.mark.slow
 def test_report_ranks_rise_among_the_methods(tmp_path, photos):
     """A region-brightness model on two photos (deleted pixels go black, so both have a signal):
     RISE is run, timed, scored and ranked with the other black-box methods."""

@@ -100,6 +100,7 @@ def test_twenty_concurrent_jobs_equal_the_library(server, photos, nsfw_onnx, cli
     assert meta["method"] == "occlusion" and meta["params"]["fill"] == ask["fill"]
 
 
+@pytest.mark.slow
 def test_tokens_keep_tenants_apart(server, photos):
     reply = server.submit(png(small_images(photos, 1)[0]), ALICE, box="50%", stride="50%")
     job_id = reply.json()["id"]

@@ -74,6 +74,7 @@ def built(tmp_path_factory) -> dict:
     return {"sdist": sdist_names, "wheel": names, "entry_points": entry_points}
 
 
+@pytest.mark.slow
 def test_wheel_holds_every_module_and_template(built):
     names = built["wheel"]
     expected = {f"explain/{f}" for f in tree_files("explain")}
