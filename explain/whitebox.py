@@ -109,7 +109,8 @@ def find_layer(clf: TorchClassifier, name: str) -> nn.Module:
 
 class OnOriginal(nn.Module):
     """The classifier as a module of the original-size RGB [0, 1] batch, preprocessing inside,
-    so gradients land in original image coordinates. Keeps its last output for the scores."""
+    so gradients land in original image coordinates. Keeps its last output for the scores. A
+    one-column (binary) module gets two output columns, one per class name."""
 
     def __init__(self, clf: TorchClassifier) -> None:
         super().__init__()
@@ -120,12 +121,17 @@ class OnOriginal(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(self.clf.model_input(x))
         self.output = out.detach()
+        if out.ndim == 2 and out.shape[1] == 1:  # a binary model: its negative class's output
+            # is −z for a logit z (sigmoid(−z) = 1 − sigmoid(z)), 1 − p for a probability p
+            reads_logits = self.clf.logits or self.clf.sigmoid
+            out = torch.cat([-out, out] if reads_logits else [1 - out, out], dim=1)
         return out
 
     def scores(self, target: int) -> list[float]:
         """Probability of ``target`` per image of the last pass."""
         n = self.output.shape[0]  # type: ignore[union-attr]
-        probs = check_scores(self.output, n, None, logits=self.clf.logits, name=self.clf.name)
+        probs = check_scores(self.output, n, None, logits=self.clf.logits,
+                             sigmoid=self.clf.sigmoid, name=self.clf.name)
         return probs[:, target].tolist()
 
 
