@@ -210,11 +210,12 @@ def graph_preprocess(preprocess: Preprocess | None, static: tuple[int, int] | No
         return pre
     if pre.input_size is None and pre.crop is None:
         pre = dataclasses.replace(pre, input_size=static)
-    made = pre.crop or pre.input_size
-    if made is None or tuple(made) != tuple(static):
-        size = "the image's own size" if made is None else f"{made[0]}×{made[1]}"
+    made = tuple(pre.crop or pre.input_size)  # type: ignore[arg-type]
+    if made != tuple(static):
+        fix = (f"give --input-size {static[0]} or leave it out" if static[0] == static[1]
+               else "leave --input-size out")
         raise ModelError(f"ONNX model {name} takes {expects}, but its preprocessing makes "
-                         f"inputs of {size}: give --input-size {static[0]} (or leave it out)")
+                         f"inputs of {made[0]}×{made[1]}: {fix}")
     return pre
 
 

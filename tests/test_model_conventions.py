@@ -137,7 +137,7 @@ def test_onnx_fixed_size_refuses_another_input_size(tmp_path):
     path = tmp_path / "fixed.onnx"
     export(MeanNet(), torch.rand(1, 3, 12, 12), path)
     with pytest.raises(ModelError, match=r"takes input 'pixels' of shape \[1, 3, 12, 12\] "
-                                         r"\(float\).*--input-size 12"):
+                                         r"\(float\).*16×16: give --input-size 12"):
         load(str(path), preprocess=Preprocess(input_size=(16, 16)))
 
 
@@ -237,3 +237,21 @@ def test_cli_one_logit_model_and_conventions(tmp_path, photos, monkeypatch):
     scores = json.loads(result.stdout)[0]["scores"]
     b, g = img.astype(np.float64).mean(axis=(0, 1))[[2, 1]] / 255
     assert scores["b"] == pytest.approx(b, abs=1e-4) and scores["g"] == pytest.approx(g, abs=1e-4)
+
+
+def test_cli_fixed_batch_graph_with_mean_std_only(tmp_path, photos, monkeypatch):
+    """The case that failed: a graph of fixed batch 1 and size 12, three images at the default
+    batch size, only --mean/--std given."""
+    monkeypatch.chdir(tmp_path)
+    export(MeanNet(), torch.rand(1, 3, 12, 12), tmp_path / "fixed.onnx")
+    names = ["coffee", "chelsea", "astronaut"]
+    images = [photos[name][:60, :80] for name in names]
+    for name, img in zip(names, images, strict=True):
+        Image.fromarray(img).save(f"{name}.png")
+    result = CliRunner().invoke(app, ["score", *(f"{n}.png" for n in names), "-m", "fixed.onnx",
+                                      "--mean", "0.4,0.5,0.6", "--std", "0.2,0.3,0.25",
+                                      "--logits", "--json"])
+    assert result.exit_code == 0, result.output
+    got = [[row["scores"]["0"], row["scores"]["1"]] for row in json.loads(result.stdout)]
+    want = hand_probs(images, 12, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
+    np.testing.assert_allclose(got, want, atol=1e-4)
