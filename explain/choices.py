@@ -53,6 +53,9 @@ ENGINES = ("local", "ray")
 BLACK_BOX_MODEL = "open-nsfw:auto"
 WHITE_BOX_MODEL = "open-nsfw"
 
+# a model's input convention (--channels; explain.models.load's channels=)
+CHANNEL_ORDERS = ("rgb", "bgr")
+
 # images per model call by default: white-box methods (gradients kept) and the audit's scoring
 WHITE_BOX_BATCH = 16
 AUDIT_BATCH = 32

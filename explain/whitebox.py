@@ -11,27 +11,24 @@ their neuron mode, Grad-CAM), like TorchRay's ``saliency``.
 
 All gradients are taken with respect to the ORIGINAL-size RGB image on the [0, 1] scale through
 the classifier's own preprocessing in torch (:class:`OnOriginal`), so maps land in original image
-coordinates. :func:`prepared` is the one place hooks are set: everything is registered inside
-``try`` and undone in ``finally`` (as captum does): hooks removed, ``nn.ReLU.inplace``, the
-training flags and the parameters' ``requires_grad`` restored, also when the pass raises. With
-``relu_rules`` it counts ReLU calls, and a model that applies ReLUs as functions (which captum's
-ReLU rules cannot hook) is refused instead of given a wrong map.
+coordinates. :func:`prepared` sets up each pass: everything is registered inside ``try`` and
+undone in ``finally`` (as captum does): hooks removed, activations' ``inplace``, the training
+flags and the parameters' ``requires_grad`` restored, also when the pass raises. A method that
+changes the backward pass at activations (deconvnet, guided backprop) does it the same way inside
+its ``attribute``: :func:`explain.backprop.activation_rules`.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from explain.errors import OptionError, WhiteBoxError
 from explain.images import ImageInput, as_rgb, to_batch
@@ -39,8 +36,8 @@ from explain.models import TorchClassifier, check_scores, load, resolve_target
 from explain.windows import batch_limit
 
 BLACK_BOX_COMMANDS = "`explain occlude` or `explain slide`"
-RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
-                            torch.Tensor.relu_})
+# activation modules with an ``inplace`` flag, switched to out-of-place for a pass
+INPLACE_ACTIVATIONS = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.RReLU)
 
 Images = ImageInput | Sequence[ImageInput]
 
@@ -56,7 +53,7 @@ def white_box(model: object) -> TorchClassifier:
         )
     if isinstance(clf.module, torch.jit.ScriptModule):
         raise WhiteBoxError(
-            f"model {clf.name} is TorchScript, which takes no Python hooks, so its ReLUs and "
+            f"model {clf.name} is TorchScript, which takes no Python hooks, so its activations and "
             "layers cannot be hooked: load the eager nn.Module instead (explain.models.load("
             f"module, preprocess=...)) or use the black-box commands {BLACK_BOX_COMMANDS}"
         )
@@ -112,7 +109,8 @@ def find_layer(clf: TorchClassifier, name: str) -> nn.Module:
 
 class OnOriginal(nn.Module):
     """The classifier as a module of the original-size RGB [0, 1] batch, preprocessing inside,
-    so gradients land in original image coordinates. Keeps its last output for the scores."""
+    so gradients land in original image coordinates. Keeps its last output for the scores. A
+    one-column (binary) module gets two output columns, one per class name."""
 
     def __init__(self, clf: TorchClassifier) -> None:
         super().__init__()
@@ -123,66 +121,42 @@ class OnOriginal(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(self.clf.model_input(x))
         self.output = out.detach()
+        if out.ndim == 2 and out.shape[1] == 1:  # a binary model: its negative class's output
+            # is −z for a logit z (sigmoid(−z) = 1 − sigmoid(z)), 1 − p for a probability p
+            reads_logits = self.clf.logits or self.clf.sigmoid
+            out = torch.cat([-out, out] if reads_logits else [1 - out, out], dim=1)
         return out
 
     def scores(self, target: int) -> list[float]:
         """Probability of ``target`` per image of the last pass."""
         n = self.output.shape[0]  # type: ignore[union-attr]
-        probs = check_scores(self.output, n, None, logits=self.clf.logits, name=self.clf.name)
+        probs = check_scores(self.output, n, None, logits=self.clf.logits,
+                             sigmoid=self.clf.sigmoid, name=self.clf.name)
         return probs[:, target].tolist()
 
 
 @dataclass
 class Calls:
-    """What one forward pass did: ReLU calls seen as functions and as modules, layer calls."""
+    """What one forward pass did: how many times the chosen layer ran."""
 
-    relu_functions: int = 0
-    relu_modules: int = 0
     layer: int = 0
 
     def check(self, model: str, layer: str | None) -> None:
-        functional = self.relu_functions - self.relu_modules
-        if functional > 0:
-            raise WhiteBoxError(
-                f"model {model} applies {functional} ReLU(s) as functions (F.relu, x.relu()), "
-                "which the deconvnet/guided-backprop rules cannot hook, so the map would be "
-                "wrong: use nn.ReLU modules, or Grad-CAM (`explain gradcam`), or the black-box "
-                f"commands {BLACK_BOX_COMMANDS}"
-            )
         if layer is not None and self.layer != 1:
             raise OptionError(f"layer {layer!r} ran {self.layer} times in one forward pass; "
                               "pick a layer that runs exactly once (`explain layers`)")
 
 
-class _ReluCounter(TorchFunctionMode):
-    """Counts ReLU calls on tensors that carry gradients (the model's, not captum's hooks')."""
-
-    def __init__(self, calls: Calls) -> None:
-        super().__init__()
-        self.calls = calls
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        if func in RELU_FUNCTIONS and args and torch.is_tensor(args[0]) and args[0].requires_grad:
-            self.calls.relu_functions += 1
-        return func(*args, **(kwargs or {}))
-
-
 @contextmanager
-def prepared(module: nn.Module, *, relu_rules: bool, layer: nn.Module | None = None
-             ) -> Iterator[Calls]:
-    """Eval mode, frozen parameters, out-of-place ReLUs and call counting for one pass of
-    ``module``; all undone (hooks removed, flags restored) on the way out, also when the pass
-    raises. ``relu_rules``: count ReLU calls as modules and as functions (:meth:`Calls.check`
-    refuses functional ones); ``layer``: count that submodule's calls (it must run once)."""
+def prepared(module: nn.Module, *, layer: nn.Module | None = None) -> Iterator[Calls]:
+    """Eval mode, frozen parameters, out-of-place activations and call counting for one pass
+    of ``module``; all undone (hooks removed, flags restored) on the way out, also when the
+    pass raises. ``layer``: count that submodule's calls (it must run once)."""
     training = [(m, m.training) for m in module.modules()]
     requires_grad = [(p, p.requires_grad) for p in module.parameters()]
-    inplace = [m for m in module.modules() if isinstance(m, nn.ReLU) and m.inplace]
+    inplace = [m for m in module.modules() if isinstance(m, INPLACE_ACTIVATIONS) and m.inplace]
     calls = Calls()
     handles = []
-
-    def count_relu(_module: nn.Module, args: tuple) -> None:
-        if args and torch.is_tensor(args[0]) and args[0].requires_grad:
-            calls.relu_modules += 1
 
     def count_layer(*_: object) -> None:
         calls.layer += 1
@@ -193,14 +167,9 @@ def prepared(module: nn.Module, *, relu_rules: bool, layer: nn.Module | None = N
             p.requires_grad_(False)
         for m in inplace:
             m.inplace = False
-        if relu_rules:
-            handles += [m.register_forward_pre_hook(count_relu) for m in module.modules()
-                        if isinstance(m, nn.ReLU)]
         if layer is not None:
             handles.append(layer.register_forward_hook(count_layer))
-        with _ReluCounter(calls) if relu_rules else nullcontext(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-            yield calls
+        yield calls
     finally:
         for handle in handles:
             handle.remove()
@@ -227,13 +196,7 @@ class Context:
 
 
 class Method:
-    """A white-box method as :func:`run` drives it; subclasses fill in the three steps.
-
-    ``relu_rules``: the method replaces the ReLUs' backward pass (captum's deconvnet/guided
-    rules), so functional ReLUs are counted and refused.
-    """
-
-    relu_rules = False
+    """A white-box method as :func:`run` drives it; subclasses fill in the three steps."""
 
     def default_layer(self, clf: TorchClassifier) -> str | None:
         """The layer used when none is given (None: no layer, class mode)."""
@@ -273,7 +236,7 @@ def run(method: Method, model: object, image: Images, *, target: str | int, laye
     for indices in batches(images, batch_size, clf.device, clf.input_size):
         start = time.perf_counter()
         x = to_batch([images[i] for i in indices], clf.device).requires_grad_(True)
-        with prepared(clf.module, relu_rules=method.relu_rules, layer=ctx.layer_module) as calls:
+        with prepared(clf.module, layer=ctx.layer_module) as calls:
             out = method.attribute(ctx, x, calls)
             calls.check(clf.name, layer)
         maps = method.maps(ctx, out, x)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -29,7 +30,8 @@ class TorchClassifier(BaseClassifier):
     def __init__(self, module: nn.Module, preprocess: Preprocess, *,
                  class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
                  logits: bool = False, name: str | None = None,
-                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 sigmoid: bool = False) -> None:
         self.device = default_device(device)
         self.module = module.to(self.device).eval()
         try:  # conv weights in channels-last order: open_nsfw's forward on 2 CPU cores runs
@@ -40,6 +42,7 @@ class TorchClassifier(BaseClassifier):
         self.preprocess = preprocess
         self.input_size = preprocess.input_size
         self.logits = logits
+        self.sigmoid = sigmoid
         self.name = name or type(module).__name__
         self.input_transform = input_transform
         names = class_names or getattr(module, "class_names", None)
@@ -83,13 +86,21 @@ def load_torchscript(path: str | os.PathLike, preprocess: Preprocess, **kwargs: 
 
 class OnnxClassifier(BaseClassifier):
     """An ONNX model on onnxruntime. The first output is the scores; ``feature_output``, when
-    given, names a graph output holding penultimate features."""
+    given, names a graph output holding penultimate features.
+
+    The graph's one input says what it takes: NCHW or NHWC layout, and any fixed dimension. A
+    fixed batch is honoured (batches are cut to it, the last one padded with copies of its last
+    image, whose answers are dropped); a fixed height and width is the input size when the
+    preprocessing gives none (``--mean``/``--std`` alone), and a preprocessing that makes
+    another size is refused at load, naming the input the graph expects.
+    """
 
     def __init__(self, model: str | os.PathLike | bytes, preprocess: Preprocess | None = None, *,
                  class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
                  logits: bool = False, name: str | None = None,
                  feature_output: str | None = None,
-                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 sigmoid: bool = False) -> None:
         import onnxruntime as ort
 
         wanted = default_device(device)
@@ -105,18 +116,30 @@ class OnnxClassifier(BaseClassifier):
             raise ModelError(f"cannot load ONNX model {name or model!s:.200}: {exc}") from exc
         self.device = torch.device("cuda" if providers[0].startswith("CUDA") else "cpu")
         self.name = name or Path(str(model)).name
-        inp = self.session.get_inputs()[0]
-        if inp.type != "tensor(float)":
-            raise ModelError(f"ONNX model {self.name} takes {inp.type}; only float inputs work")
-        self.input_name = inp.name
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"ONNX model {self.name} has {len(inputs)} inputs ("
+                             + "; ".join(expected_input(i) for i in inputs)
+                             + "); explain feeds one image tensor")
+        inp = inputs[0]
+        self.expects = expected_input(inp)
         shape = list(inp.shape)
-        self.layout = "NHWC" if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3) \
-            else "NCHW"
+        if inp.type != "tensor(float)" or len(shape) != 4:
+            raise ModelError(f"ONNX model {self.name} takes {self.expects}; explain feeds "
+                             "float32 images N×3×H×W or N×H×W×3")
+        self.input_name = inp.name
+        self.layout = "NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
+        channels = shape[3] if self.layout == "NHWC" else shape[1]
+        if isinstance(channels, int) and channels != 3:
+            raise ModelError(f"ONNX model {self.name} takes {self.expects}: {channels} "
+                             "channel(s); explain feeds RGB (3 channels)")
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         spatial = shape[1:3] if self.layout == "NHWC" else shape[2:4]
-        static = tuple(spatial) if all(isinstance(d, int) for d in spatial) else None
-        self.preprocess = preprocess or Preprocess(input_size=static)  # type: ignore[arg-type]
+        static = tuple(spatial) if all(isinstance(d, int) and d > 0 for d in spatial) else None
+        self.preprocess = graph_preprocess(preprocess, static, self.name, self.expects)
         self.input_size = self.preprocess.input_size
         self.logits = logits
+        self.sigmoid = sigmoid
         self.input_transform = input_transform
         self.output_name = self.session.get_outputs()[0].name
         self.feature_output = feature_output
@@ -139,11 +162,24 @@ class OnnxClassifier(BaseClassifier):
 
     def _session_run(self, x: torch.Tensor, outputs: list[str]) -> list[np.ndarray]:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        step = self.fixed_batch
+        if step is None or len(arr) == step:
+            return self._session_call(arr, outputs)
+        parts = []
+        for start in range(0, len(arr), step):
+            chunk = arr[start:start + step]
+            n = len(chunk)
+            if n < step:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
+            parts.append([out[:n] for out in self._session_call(chunk, outputs)])
+        return [np.concatenate([part[k] for part in parts]) for k in range(len(outputs))]
+
+    def _session_call(self, arr: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         try:
             return self.session.run(outputs, {self.input_name: arr})
         except Exception as exc:
             raise ModelError(f"ONNX model {self.name} failed on a batch of shape "
-                             f"{arr.shape}: {exc}") from exc
+                             f"{arr.shape} (float32); it takes {self.expects}: {exc}") from exc
 
     def _scores(self, batch: torch.Tensor) -> np.ndarray:
         return self._run(batch, [self.output_name])[0]
@@ -153,6 +189,34 @@ class OnnxClassifier(BaseClassifier):
         if self.feature_output is None:
             raise ModelError(f"ONNX model {self.name} has no feature output")
         return torch.from_numpy(self._run(batch, [self.feature_output])[0]).to(batch.device)
+
+
+def expected_input(inp: object) -> str:
+    """An ONNX graph input in words: name, shape (``N`` for a named dimension, ``?`` for an
+    unknown one) and element type, e.g. ``input 'data' of shape [1, 3, 224, 224] (float)``."""
+    dims = [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d else "?")
+            for d in getattr(inp, "shape", None) or []]
+    kind = str(getattr(inp, "type", "?")).removeprefix("tensor(").removesuffix(")")
+    return f"input {getattr(inp, 'name', '?')!r} of shape [{', '.join(map(str, dims))}] ({kind})"
+
+
+def graph_preprocess(preprocess: Preprocess | None, static: tuple[int, int] | None, name: str,
+                     expects: str) -> Preprocess:
+    """The preprocessing of a graph whose fixed height and width are ``static`` (None: free):
+    ``preprocess`` with that input size when it gives none (nor a crop), refused when what it
+    makes has another size."""
+    pre = preprocess or Preprocess(input_size=static)
+    if static is None:
+        return pre
+    if pre.input_size is None and pre.crop is None:
+        pre = dataclasses.replace(pre, input_size=static)
+    made = tuple(pre.crop or pre.input_size)  # type: ignore[arg-type]
+    if made != tuple(static):
+        fix = (f"give --input-size {static[0]} or leave it out" if static[0] == static[1]
+               else "leave --input-size out")
+        raise ModelError(f"ONNX model {name} takes {expects}, but its preprocessing makes "
+                         f"inputs of {made[0]}×{made[1]}: {fix}")
+    return pre
 
 
 def raised(exc: BaseException) -> str:
@@ -199,12 +263,14 @@ class CallableClassifier(BaseClassifier):
 
     def __init__(self, fn: Callable[[np.ndarray], object], *,
                  class_names: Sequence[str] | None = None, logits: bool = False,
-                 name: str | None = None, input_size: tuple[int, int] | None = None) -> None:
+                 name: str | None = None, input_size: tuple[int, int] | None = None,
+                 sigmoid: bool = False) -> None:
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "callable")
         self.device = torch.device("cpu")
         self.input_size = input_size
         self.logits = logits
+        self.sigmoid = sigmoid
         names = class_names or getattr(fn, "class_names", None)
         self.class_names = list(names) if names is not None else None
 

@@ -52,14 +52,42 @@ def resolve_target(classifier: Classifier, target: str | int) -> int:
     return index
 
 
-def check_scores(scores: object, n: int, n_classes: int | None, *, logits: bool, name: str
-                 ) -> torch.Tensor:
-    """Validate a model's raw answer for a batch of ``n`` and return it as probabilities.
+def check_scores(scores: object, n: int, n_classes: int | None, *, logits: bool, name: str,
+                 sigmoid: bool = False) -> torch.Tensor:
+    """Validate a model's raw answer for a batch of ``n`` (:func:`score_columns`) and return it
+    as probabilities. How the columns are read:
+
+    - one column (a binary model): ``p = sigmoid(z)`` with ``logits`` or ``sigmoid``, else the
+      probability itself; returned as the two columns ``1 − p, p``. Never a softmax over one
+      column, which is 1 whatever the model says.
+    - ``sigmoid``: independent (multi-label) columns, ``p_c = sigmoid(z_c)`` each.
+    - ``logits``: exclusive classes, a softmax over the columns.
+    - neither: probabilities as they are; values outside [0, 1] are an error (logits were
+      meant).
+    """
+    t = score_columns(scores, n, n_classes, name=name)
+    binary = t.shape[1] == 1
+    if sigmoid or (logits and binary):
+        t = torch.sigmoid(t)
+    elif logits:
+        return torch.softmax(t, dim=1)
+    elif t.numel() and (t.min() < -1e-4 or t.max() > 1 + 1e-4):
+        raise ModelError(
+            f"model {name} returned values outside [0, 1] (min {t.min():.3g}, max "
+            f"{t.max():.3g}): these look like logits; pass --logits (logits=True) for "
+            "exclusive classes (a softmax; one column: a sigmoid), or --sigmoid (sigmoid=True) "
+            "for independent labels"
+        )
+    return torch.cat([1 - t, t], dim=1) if binary else t
+
+
+def score_columns(scores: object, n: int, n_classes: int | None, *, name: str) -> torch.Tensor:
+    """A model's raw answer for a batch of ``n`` as a float N×C tensor, C as the model gave it.
 
     Anything but a real-valued N×C array with C ≥ 1 and finite values (strings, objects, ragged
     lists, booleans, complex numbers, a wrong number of rows or classes, no classes at all) is an
-    error naming the model. Values outside [0, 1] are logits: they are turned into probabilities
-    with a softmax only when the user said so (``logits=True``), otherwise this is an error too.
+    error naming the model. ``n_classes`` is the number of named classes; a one-column answer
+    is a binary model, and fits two.
     """
     try:
         t = scores if torch.is_tensor(scores) else torch.as_tensor(np.asarray(scores))
@@ -71,8 +99,12 @@ def check_scores(scores: object, n: int, n_classes: int | None, *, logits: bool,
     t = t.detach().float()
     if t.ndim == 1 and n == 1:
         t = t.unsqueeze(0)
-    if t.ndim != 2 or t.shape[0] != n or (n_classes is not None and t.shape[1] != n_classes):
+    binary = t.ndim == 2 and t.shape[1] == 1 and n_classes in (None, 2)
+    if t.ndim != 2 or t.shape[0] != n or (n_classes is not None and t.shape[1] != n_classes
+                                          and not binary):
         want = f"({n}, {n_classes})" if n_classes is not None else f"({n}, C)"
+        if n_classes == 2:
+            want += f" or ({n}, 1)"
         raise ModelError(
             f"model {name} returned scores of shape {tuple(t.shape)} for a batch of {n}; "
             f"expected {want}"
@@ -82,15 +114,16 @@ def check_scores(scores: object, n: int, n_classes: int | None, *, logits: bool,
                          f"batch of {n}); a classifier must score at least one class")
     if not torch.isfinite(t).all():
         raise ModelError(f"model {name} returned NaN or infinite scores")
-    if logits:
-        return torch.softmax(t, dim=1)
-    if t.numel() and (t.min() < -1e-4 or t.max() > 1 + 1e-4):
-        raise ModelError(
-            f"model {name} returned values outside [0, 1] (min {t.min():.3g}, max "
-            f"{t.max():.3g}): these look like logits; pass --logits (logits=True) to apply "
-            "a softmax"
-        )
     return t
+
+
+def binary_names(names: Sequence[str] | None) -> list[str] | None:
+    """Class names as a classifier keeps them: one name ``x`` (a one-column model's column)
+    becomes the binary pair ``not-x, x``; anything else stays as given."""
+    if names is None:
+        return None
+    names = [str(c) for c in names]
+    return [f"not-{names[0]}", names[0]] if len(names) == 1 else names
 
 
 @dataclass(frozen=True)
@@ -172,6 +205,7 @@ class BaseClassifier:
     device: torch.device = torch.device("cpu")
     input_size: tuple[int, int] | None = None
     logits: bool = False
+    sigmoid: bool = False
     _class_names: list[str] | None = None
 
     def _scores(self, batch: torch.Tensor) -> object:
@@ -179,16 +213,19 @@ class BaseClassifier:
 
     @property
     def class_names(self) -> list[str]:
+        """The names of the classes, one per column of ``predict``'s answer. Unnamed, they are
+        learnt from one probe: "0".."C-1", or "not-positive", "positive" for one column."""
         if self._class_names is None:
             side = self.input_size or (PROBE_SIZE, PROBE_SIZE)
             probe = torch.full((1, 3, *side), 0.5, device=self.device)
-            out = check_scores(self._scores(probe), 1, None, logits=True, name=self.name)
-            self._class_names = [str(i) for i in range(out.shape[1])]
+            columns = score_columns(self._scores(probe), 1, None, name=self.name).shape[1]
+            self._class_names = (["not-positive", "positive"] if columns == 1
+                                 else [str(i) for i in range(columns)])
         return self._class_names
 
     @class_names.setter
     def class_names(self, names: Sequence[str] | None) -> None:
-        self._class_names = list(names) if names is not None else None
+        self._class_names = binary_names(names)
 
     def at_input_size(self, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` resized to ``input_size`` when one is declared and the batch is not at it:
@@ -208,7 +245,8 @@ class BaseClassifier:
         """The model's raw answer for ``n`` inputs as checked probabilities
         (:func:`check_scores`)."""
         n_classes = len(self._class_names) if self._class_names is not None else None
-        return check_scores(scores, n, n_classes, logits=self.logits, name=self.name)
+        return check_scores(scores, n, n_classes, logits=self.logits, sigmoid=self.sigmoid,
+                            name=self.name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} on {self.device}>"

@@ -193,7 +193,7 @@ class HttpClassifier(BaseClassifier):
                  timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
                  max_batch: int = 16, logits: bool = False,
                  input_size: tuple[int, int] | None = None, deadline: float = DEADLINE,
-                 max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
+                 max_reply_bytes: int = MAX_REPLY_BYTES, sigmoid: bool = False) -> None:
         self.url = check_url(url)
         if not deadline > 0 or max_reply_bytes < 1:
             raise ModelError("the deadline and the reply cap of an endpoint must be positive")
@@ -203,6 +203,7 @@ class HttpClassifier(BaseClassifier):
         self.backoff = backoff
         self.max_batch = max_batch
         self.logits = logits
+        self.sigmoid = sigmoid
         self.input_size = input_size
         self.deadline = deadline
         self.max_reply_bytes = max_reply_bytes

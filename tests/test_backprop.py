@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -162,25 +164,213 @@ def test_inplace_relu_handled_and_restored():
 
 
 class FunctionalRelu(nn.Module):
+    """hand_net's ReLUs applied as functions (``how``), not modules."""
+
     def __init__(self, how: str) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 2, 1)
-        self.fc = nn.Linear(2, 2)
+        self.net = hand_net()
         self.how = how
 
+    def act(self, y: torch.Tensor) -> torch.Tensor:
+        if self.how == "F.relu":
+            return F.relu(y)
+        if self.how == "method":
+            return y.relu()
+        if self.how == "torch.relu_":
+            return torch.relu_(y)
+        return F.hardtanh(y, 0.0, 1e9, True)  # a ReLU written as an in-place Hardtanh
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        y = F.relu(y) if self.how == "F.relu" else y.relu() if self.how == "method" \
-            else torch.relu_(y)
+        y = self.act(self.net[0](x))
+        y = self.act(self.net[2](y))
+        return self.net[5](self.net[4](y))
+
+
+@pytest.mark.parametrize("how", ["F.relu", "method", "torch.relu_", "F.hardtanh inplace"])
+def test_functional_activations_get_the_rule(how):
+    """A ReLU applied as a function gets the same rule as an nn.ReLU (it used to be refused)."""
+    clf = tiny(FunctionalRelu(how))
+    np.testing.assert_allclose(deconvnet(clf, PIXELS, target="b").values, DECONV, atol=1e-6)
+    np.testing.assert_allclose(guided_backprop(clf, PIXELS, target="b").values, GUIDED,
+                               atol=1e-6)
+    assert not torch._C._len_torch_function_stack() and _hooks(clf.module) == 0
+
+
+def rectifier_net(act: nn.Module) -> nn.Sequential:
+    """1×1 conv 3→2 → act → 1×1 conv 2→1 → act → flatten → linear 4→2, weights large enough
+    that ReLU6 saturates: on PIXELS the first layer's pre-activations are (6.9, −0.3),
+    (−1.5, 4.5), (4.9, −0.3), (−0.9, −1.7) per pixel."""
+    conv1 = nn.Conv2d(3, 2, 1)
+    conv2 = nn.Conv2d(2, 1, 1)
+    fc = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        conv1.weight.copy_(torch.tensor([[7.0, -2.0, -1.0], [-1.0, 4.0, -3.0]]).view(2, 3, 1, 1))
+        conv1.bias.fill_(0.5)
+        conv2.weight.copy_(torch.tensor([0.5, 1.0]).view(1, 2, 1, 1))
+        conv2.bias.fill_(-0.5)
+        fc.weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, -1.0, 3.0, 0.5]]))
+    return nn.Sequential(conv1, act, conv2, copy.deepcopy(act), nn.Flatten(), fc).eval()
+
+
+def hand_rules(net: nn.Sequential, f, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray,
+                                                                      np.ndarray]:
+    """Deconvnet, guided backprop and the plain gradient of class 1 of :func:`rectifier_net`
+    on PIXELS, written out pixel by pixel in numpy: ``f`` the activation, guided passes where
+    lo < x < hi."""
+    w1 = net[0].weight.detach().numpy()[:, :, 0, 0]
+    b1 = net[0].bias.detach().numpy()
+    w2 = net[2].weight.detach().numpy()[0, :, 0, 0]
+    b2 = float(net[2].bias.detach())
+    u = net[5].weight.detach().numpy()[1]
+    x = PIXELS.reshape(4, 3).astype(np.float64) / 255
+    z1 = x @ w1.T + b1                       # (4 pixels, 2)
+    z2 = f(z1) @ w2 + b2                     # (4,)
+    eps = 1e-3                               # the plain gradient of f, by central differences
+    df1, df2 = ((f(z + eps) - f(z - eps)) / (2 * eps) for z in (z1, z2))
+    relu = lambda v: np.maximum(v, 0)  # noqa: E731
+    passes = lambda z: ((z > lo) & (z < hi)).astype(np.float64)  # noqa: E731
+    deconv = relu(relu(u)[:, None] * w2) @ w1
+    guided = (relu((relu(u) * passes(z2))[:, None] * w2) * passes(z1)) @ w1
+    plain = ((u * df2)[:, None] * w2 * df1) @ w1
+    return tuple(v.reshape(2, 2, 3).astype(np.float32) for v in (deconv, guided, plain))
+
+
+RECTIFIERS = {
+    "ReLU6": (nn.ReLU6(), lambda z: np.clip(z, 0, 6), 0.0, 6.0),
+    "Hardtanh(-1, 5)": (nn.Hardtanh(-1.0, 5.0), lambda z: np.clip(z, -1, 5), 0.0, 5.0),
+    "Hardtanh(0.5, 6)": (nn.Hardtanh(0.5, 6.0), lambda z: np.clip(z, 0.5, 6), 0.5, 6.0),
+    "LeakyReLU(0.2)": (nn.LeakyReLU(0.2), lambda z: np.where(z > 0, z, 0.2 * z), 0.0, np.inf),
+    "PReLU(-0.5)": (nn.PReLU(init=-0.5), lambda z: np.where(z > 0, z, -0.5 * z), 0.0, np.inf),
+}
+
+
+@pytest.mark.parametrize("name", list(RECTIFIERS))
+def test_rectifier_rules_equal_hand_written_ones(name):
+    """ReLU6, Hardtanh, LeakyReLU and PReLU get their rule (module docstring) at every
+    activation: exactly the hand-written maps, which differ from the plain gradient."""
+    act, f, lo, hi = RECTIFIERS[name]
+    net = rectifier_net(act)
+    deconv, guided, plain = hand_rules(net, f, lo, hi)
+    clf = tiny(net)
+    d = deconvnet(clf, PIXELS, target="b")
+    g = guided_backprop(clf, PIXELS, target="b")
+    np.testing.assert_allclose(d.values, deconv, atol=1e-5)
+    np.testing.assert_allclose(g.values, guided, atol=1e-5)
+    assert np.abs(g.values - plain).max() > 0.5 and np.abs(d.values - plain).max() > 0.5
+    assert np.abs(g.values).max() > 0.5
+
+
+@pytest.mark.parametrize("how", ["F.relu6", "F.hardtanh_", "F.leaky_relu_", "torch.prelu"])
+def test_functional_rectifiers_get_their_rule(how):
+    """The same activations called as functions (in place too) inside the model's forward."""
+    name = {"F.relu6": "ReLU6", "F.hardtanh_": "ReLU6", "F.leaky_relu_": "LeakyReLU(0.2)",
+            "torch.prelu": "PReLU(-0.5)"}[how]
+    act, f, lo, hi = RECTIFIERS[name]
+    net = rectifier_net(act)
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def act(self, y: torch.Tensor) -> torch.Tensor:
+            if how == "F.relu6":
+                return F.relu6(y)
+            if how == "F.hardtanh_":
+                return F.hardtanh_(y, 0.0, 6.0)
+            if how == "F.leaky_relu_":
+                return F.leaky_relu_(y, 0.2)
+            return torch.prelu(y, torch.tensor([-0.5]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net[5](self.net[4](self.act(self.net[2](self.act(self.net[0](x))))))
+
+    deconv, guided, _ = hand_rules(net, f, lo, hi)
+    clf = tiny(Functional())
+    np.testing.assert_allclose(deconvnet(clf, PIXELS, target="b").values, deconv, atol=1e-5)
+    np.testing.assert_allclose(guided_backprop(clf, PIXELS, target="b").values, guided,
+                               atol=1e-5)
+
+
+class Gated(nn.Module):
+    """A conv block with an activation that has no guided/deconvnet rule."""
+
+    def __init__(self, act: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.act = nn.SiLU() if act == "SiLU" else nn.Identity()
+        self.how = act
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv(x))
+        if self.how == "sigmoid":
+            y = y * torch.sigmoid(y)
         return self.fc(y.mean((2, 3)))
 
 
-@pytest.mark.parametrize("how", ["F.relu", "method", "torch.relu_"])
-def test_functional_relu_is_refused(how):
-    clf = tiny(FunctionalRelu(how))
-    with pytest.raises(WhiteBoxError, match="as functions"):
-        guided_backprop(clf, PIXELS, target="b")
-    assert not torch._C._len_torch_function_stack()
+@pytest.mark.parametrize(("act", "message"), [
+    ("SiLU", r"no rule for SiLU, which module '0\.act' \(SiLU\) applies"),
+    ("sigmoid", r"no rule for Sigmoid, which module '0' \(Gated\) applies")])
+def test_activation_without_a_rule_is_refused(act, message):
+    """SiLU as a module, a sigmoid gate as a function: refused, naming the module that ran it,
+    never the plain gradient under the method's name."""
+    model = nn.Sequential(Gated(act))
+    clf = tiny(model)
+    for fn, title in ((deconvnet, "deconvnet"), (guided_backprop, "guided backprop")):
+        with pytest.raises(WhiteBoxError, match=f"{title} has {message}"):
+            fn(clf, PIXELS, target="b")
+        assert not torch._C._len_torch_function_stack() and _hooks(model) == 0
+    with pytest.raises(WhiteBoxError, match=r"which the forward of Gated applies"):
+        guided_backprop(tiny(Gated("sigmoid")), PIXELS, target="b")
+
+
+def relu_zoo() -> nn.Module:
+    """A random ReLU net with what captum's hooks must handle: in-place ReLUs, max pooling, a
+    residual addition."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(2))
+            self.branch = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+                                        nn.Conv2d(6, 6, 3, padding=1))
+            self.relu = nn.ReLU()
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.stem(x)
+            return self.head(self.relu(y + self.branch(y)))
+
+    torch.manual_seed(5)
+    return Net().eval()
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided_backprop"])
+def test_relu_nets_equal_captum(method, photos):
+    """On ReLU nets the rules are captum's exactly, in class and in neuron mode."""
+    from captum.attr import (
+        Deconvolution,
+        GuidedBackprop,
+        NeuronDeconvolution,
+        NeuronGuidedBackprop,
+    )
+
+    rule, neuron_rule = ((Deconvolution, NeuronDeconvolution) if method == "deconvnet"
+                         else (GuidedBackprop, NeuronGuidedBackprop))
+    fn = deconvnet if method == "deconvnet" else guided_backprop
+    net = relu_zoo()
+    img = photos["chelsea"][100:148, 200:260]
+    x = to_tensor(img).requires_grad_(True)
+    ours = fn(tiny(net), img, target="b")
+    theirs = rule(net).attribute(x, target=1)[0].permute(1, 2, 0).detach().numpy()
+    assert np.abs(theirs).max() > 0
+    np.testing.assert_allclose(ours.values, theirs, rtol=1e-5, atol=1e-7)
+    neuron = fn(tiny(net), img, target="b", layer="branch.1", neuron=(2, 5, 7))
+    theirs = neuron_rule(net, net.branch[1]).attribute(x, (2, 5, 7))[0]
+    np.testing.assert_allclose(neuron.values, theirs.permute(1, 2, 0).detach().numpy(),
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_black_box_and_torchscript_models_are_refused(tmp_path, nsfw_onnx):

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from explain.choices import FAST_DRILL_DOWN, FILLS, NORMALIZE_MODES
+from explain.choices import CHANNEL_ORDERS, FAST_DRILL_DOWN, FILLS, NORMALIZE_MODES
 from explain.errors import ExplainError, OptionError
 from explain.files import check_output_dir, check_outputs, display, output_names
 
@@ -47,6 +47,7 @@ def plain(chosen: Enum | None) -> str | None:
 
 Fill = choice("Fill", FILLS)
 Normalize = choice("Normalize", NORMALIZE_MODES)
+Channels = choice("Channels", CHANNEL_ORDERS)
 
 Images = Annotated[list[Path], typer.Argument(help="Image files (several allowed).",
                                               show_default=False)]
@@ -61,14 +62,26 @@ ImageOutDirOpt = Annotated[Path, typer.Option(
     "--output", "-o", help="Output folder. Files are NAME.METHOD…, NAME the image's stem; inputs "
     "sharing a stem get their file name (photo.jpg), then their path below their common folder "
     "(sfw__photo.jpg), then ~2, ~3.")]
-LogitsOpt = Annotated[bool, typer.Option("--logits", help="The model returns logits: apply a "
-                                                           "softmax.")]
+LogitsOpt = Annotated[bool, typer.Option("--logits", help="The model returns logits of "
+                                         "exclusive classes: a softmax (one column: a sigmoid, "
+                                         "read as two classes).")]
+SigmoidOpt = Annotated[bool, typer.Option("--sigmoid", help="The model returns independent "
+                                          "(multi-label) logits: a sigmoid per column, no "
+                                          "softmax.")]
 ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Class names, comma-separated "
-                                                                  "(sfw,nsfw).")]
+                                                "(sfw,nsfw); a one-column model: NEG,POS, or POS "
+                                                "alone for not-POS,POS.")]
 InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="Square input size the "
                                                   "model resizes every image to (any model).")]
 MeanOpt = Annotated[str | None, typer.Option("--mean", help="Torch/ONNX file models: per-channel "
-                                             "mean on [0,1] scale, e.g. 0.485,0.456,0.406.")]
+                                             "mean on the --scale, in the --channels order, "
+                                             "e.g. 0.485,0.456,0.406.")]
+ChannelsOpt = Annotated[Channels | None, typer.Option(
+    "--channels", help="Torch/ONNX file models: the channel order the model was trained on "
+    "(default rgb).", callback=plain, show_default=False)]
+ScaleOpt = Annotated[float | None, typer.Option(
+    "--scale", help="Torch/ONNX file models: pixel values on 0..SCALE (255 for models trained "
+    "on 0-255 input; default 1).", show_default=False)]
 StdOpt = Annotated[str | None, typer.Option("--std", help="Torch/ONNX file models: per-channel "
                                             "std, e.g. 0.229,0.224,0.225.")]
 ColormapOpt = Annotated[str | None, typer.Option(
@@ -203,38 +216,47 @@ class ModelOptions:
     model: str
     device: str | None = None
     logits: bool = False
+    sigmoid: bool = False
     classes: str | None = None
     input_size: int | None = None
     mean: str | None = None
     std: str | None = None
+    channels: str | None = None
+    scale: float | None = None
 
     @property
     def plain(self) -> bool:
         """No option beyond the spec and the device: a bundled spec can be passed on as is."""
-        return not (self.logits or self.classes or self.input_size or self.mean or self.std)
+        return not (self.logits or self.sigmoid or self.classes or self.input_size or self.mean
+                    or self.std or self.channels is not None or self.scale is not None)
 
     def load(self, *, jpeg_reencode: bool = False):  # noqa: ANN201
         """The classifier (``explain.models.load`` with these options)."""
-        return load_model(self.model, self.device, logits=self.logits, classes=self.classes,
-                          input_size=self.input_size, mean=self.mean, std=self.std,
+        return load_model(self.model, self.device, logits=self.logits, sigmoid=self.sigmoid,
+                          classes=self.classes, input_size=self.input_size, mean=self.mean,
+                          std=self.std, channels=self.channels, scale=self.scale,
                           jpeg_reencode=jpeg_reencode)
 
     def describe(self) -> str:
-        """The spec and the options that change the model's answers, as command-line text."""
+        """The spec and the options that change the model's answers, as command-line text (the
+        audit's run key and the name the service shows)."""
+        flags = {"--logits": self.logits, "--sigmoid": self.sigmoid}
         given = {"--classes": self.classes, "--input-size": self.input_size,
-                 "--mean": self.mean, "--std": self.std}
-        return " ".join([self.model, *(["--logits"] if self.logits else []),
+                 "--mean": self.mean, "--std": self.std, "--channels": self.channels,
+                 "--scale": None if self.scale is None else f"{self.scale:g}"}
+        return " ".join([self.model, *(flag for flag, on in flags.items() if on),
                          *(f"{flag} {value}" for flag, value in given.items()
                            if value is not None)])
 
 
 def with_model_options(default: str) -> Callable[[F], F]:
     """Give a command the shared model options (``--model`` with ``default``, ``--device``,
-    ``--logits``, ``--classes``, ``--input-size``, ``--mean``, ``--std``); the command receives
-    them as one :class:`ModelOptions` argument named ``models``."""
+    ``--logits``, ``--sigmoid``, ``--classes``, ``--input-size``, ``--mean``, ``--std``,
+    ``--channels``, ``--scale``); the command receives them as one :class:`ModelOptions`
+    argument named ``models``."""
     annotations = {"model": ModelOpt, "device": DeviceOpt, "logits": LogitsOpt,
-                   "classes": ClassesOpt, "input_size": InputSizeOpt, "mean": MeanOpt,
-                   "std": StdOpt}
+                   "sigmoid": SigmoidOpt, "classes": ClassesOpt, "input_size": InputSizeOpt,
+                   "mean": MeanOpt, "std": StdOpt, "channels": ChannelsOpt, "scale": ScaleOpt}
 
     def decorate(fn: F) -> F:
         hints = get_type_hints(fn, include_extras=True)
@@ -259,9 +281,9 @@ def with_model_options(default: str) -> Callable[[F], F]:
 
 
 def load_model(model: str, device: str | None = None, *, logits: bool = False,
-               classes: str | None = None, input_size: int | None = None,
-               mean: str | None = None, std: str | None = None,
-               jpeg_reencode: bool = False):  # noqa: ANN201
+               sigmoid: bool = False, classes: str | None = None, input_size: int | None = None,
+               mean: str | None = None, std: str | None = None, channels: str | None = None,
+               scale: float | None = None, jpeg_reencode: bool = False):  # noqa: ANN201
     """``explain.models.load`` with the CLI's options."""
     from explain.models import Preprocess, load
 
@@ -274,7 +296,7 @@ def load_model(model: str, device: str | None = None, *, logits: bool = False,
         )
     names = [c.strip() for c in classes.split(",")] if classes else None
     return load(model, device, preprocess=preprocess, class_names=names, logits=logits,
-                jpeg_reencode=jpeg_reencode)
+                sigmoid=sigmoid, channels=channels, scale=scale, jpeg_reencode=jpeg_reencode)
 
 
 # Drawing: every command that writes a picture takes these (explain.render); the defaults come

@@ -144,6 +144,7 @@ def window_scores(classifier: Classifier, net: Network, x: torch.Tensor, fill: t
 
     def probs(out: object, n: int) -> torch.Tensor:
         return check_scores(out, n, n_classes, logits=classifier.logits,  # type: ignore[attr-defined]
+                            sigmoid=classifier.sigmoid,  # type: ignore[attr-defined]
                             name=classifier.name)[:, target]  # type: ignore[attr-defined]
 
     rect = pre.input_windows(bounds.cpu().numpy(), tuple(x.shape[-2:]))
