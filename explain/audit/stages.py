@@ -29,7 +29,7 @@ from explain.models import Classifier
 from explain.models.base import resize
 from explain.occlusion import occlusion_map
 from explain.progress import LabelledProgress
-from explain.render import figure, save_png, shrink
+from explain.render import DISPLAY_SIDE, figure, save_png, shrink
 from explain.windows import batch_limit, check_windows, fit_batch
 
 DETECT_SIDE = 640
@@ -250,8 +250,9 @@ def heatmap_targets(store: Store, labels: list[str], target_name: str, o: AuditO
 class HeatmapDone:
     """One top-k image's heatmap, computed and drawn, not yet written: ``saved`` is the map at
     most :data:`SAVED_SIDE` px (its params name the source and the original shape), ``picture``
-    the drawn figure (RGB uint8), ``shares`` the heat share of each of the image's parts (by part
-    number), ``seconds`` the map's computing time."""
+    the drawn figure (RGB uint8) at the page's card size (:data:`~explain.render.DISPLAY_SIDE`,
+    so the card shows its legend at native size), ``shares`` the heat share of each of the
+    image's parts (by part number), ``seconds`` the map's computing time."""
 
     saved: Heatmap
     picture: np.ndarray
@@ -278,7 +279,8 @@ def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o:
                     params={**heatmap.params, "source": row.path,
                             "original_shape": list(heatmap.shape),
                             **({} if frame is None else {"frame": frame})})
-    picture = figure(small_rgb, saved, colormap=o.colormap, alpha=o.alpha,
+    shown = replace(saved, values=shrink(saved.values, DISPLAY_SIDE))
+    picture = figure(shrink(small_rgb, DISPLAY_SIDE), shown, colormap=o.colormap, alpha=o.alpha,
                      normalize=o.normalize, vmin=o.vmin, vmax=o.vmax)
     return HeatmapDone(saved, picture, shares, heatmap.seconds or 0.0)
 

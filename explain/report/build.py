@@ -175,7 +175,8 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> Met
     small = shrink(image, DISPLAY_SIDE)
     shown = replace(heatmap, values=shrink(heatmap.values.astype(np.float32), DISPLAY_SIDE))
     look = {"colormap": o.colormap, "normalize": o.normalize, "vmin": o.vmin, "vmax": o.vmax}
-    result.overlay_uri = data_uri(figure(small, shown, alpha=o.alpha, **look))
+    drawn = figure(small, shown, alpha=o.alpha, **look)  # shown at native size: not shrunk
+    result.overlay_uri = data_uri(drawn, max(drawn.shape[:2]))
     result.raw_uri = data_uri(overlay(small, shown, alpha=1.0, **look))
     return result
 
