@@ -19,7 +19,7 @@ draw it without overstating it:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -111,26 +111,30 @@ class Heatmap:
         meta["signal"], meta["no_signal"] = self.signal, self.no_signal()
         return meta
 
-    def save(self, stem: str | Path) -> tuple[Path, Path]:
-        """Write ``<stem>.npy`` (values) and ``<stem>.json`` (metadata), each atomically; return
-        both paths."""
+    def save(self, stem: str | Path, extra: dict | None = None) -> tuple[Path, Path]:
+        """Write ``<stem>.npy`` (values) and ``<stem>.json`` (metadata, plus ``extra``: e.g.
+        how a picture of it was drawn), each atomically; return both paths."""
         stem = Path(stem)
         npy, meta = stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
         with atomic_write(npy) as f:
             np.save(f, self.values)
-        write_text(meta, json.dumps(self.metadata(), indent=2, default=_jsonable))
+        write_text(meta, json.dumps({**self.metadata(), **(extra or {})}, indent=2,
+                                    default=_jsonable))
         return npy, meta
 
     @classmethod
     def load(cls, stem: str | Path) -> Heatmap:
+        """The map :meth:`save` wrote (what it derived or was given as ``extra`` is dropped)."""
         stem = Path(stem)
         meta = json.loads(stem.with_name(stem.name + ".json").read_text())
-        for key in ("shape", "min", "max", "signal", "no_signal"):
-            meta.pop(key, None)
+        meta = {key: value for key, value in meta.items() if key in _FIELDS}
         for key in ("box", "stride", "bounds"):
             if meta.get(key) is not None:
                 meta[key] = tuple(meta[key])
         return cls(values=np.load(stem.with_name(stem.name + ".npy")), **meta)
+
+
+_FIELDS = frozenset(f.name for f in fields(Heatmap)) - {"values"}
 
 
 def _jsonable(obj: object) -> object:

@@ -214,6 +214,39 @@ def scale(heatmap: Heatmap | np.ndarray, *, colormap: str | None = None,
     return Scale(name, lo, hi)
 
 
+ENDS = {
+    "bwr": ("blue", "red"), "coolwarm": ("blue", "red"), "seismic": ("dark blue", "dark red"),
+    "RdBu": ("red", "blue"), "RdBu_r": ("blue", "red"), "jet": ("dark blue", "dark red"),
+    "turbo": ("dark blue", "dark red"), "gray": ("black", "white"), "hot": ("black", "white"),
+    "viridis": ("purple", "yellow"), "inferno": ("black", "yellow"), "magma": ("black", "pale"),
+    "plasma": ("blue", "yellow"),
+}
+"""The colours at the two ends of the colormaps the docs name, for :func:`reading`."""
+
+
+def reading(heatmap: Heatmap, s: Scale) -> str:
+    """What the colours of ``heatmap`` drawn on ``s`` mean, in one sentence made from the map's
+    own fields (``signed``, ``unit``, ``target``, the no-signal note) and the drawn scale: the
+    words every page prints under a picture, never a fixed sentence. Only a signed map drawn on
+    a diverging colormap speaks of supporting and working against the target; an unsigned map
+    says that low values are not evidence against it."""
+    low, high = ENDS.get(s.colormap, ("the bar's left end", "its right end"))
+    t = heatmap.target
+    if heatmap.signed and s.symmetric:
+        text = (f"Colour = {heatmap.unit}: {high} where the region supports {t} (above 0), "
+                f"{low} where it works against {t} (below 0), the middle colour at 0; the bar "
+                f"runs from {number(s.lo)} to {number(s.hi)}.")
+    elif heatmap.signed:
+        text = (f"Colour = {heatmap.unit}, from {number(s.lo)} ({low}) to {number(s.hi)} "
+                f"({high}); above 0 supports {t}, below 0 works against it.")
+    else:
+        text = (f"Colour = {heatmap.unit}, from {number(s.lo)} ({low}) to {number(s.hi)} "
+                f"({high}). The map has no sign: a low value is weak or no evidence for {t}, "
+                "not evidence against it.")
+    note = heatmap.no_signal()
+    return f"{text} {note[0].upper()}{note[1:]}." if note else text
+
+
 def _colours(values: np.ndarray, s: Scale) -> np.ndarray:
     index = np.rint(normalized(values, s.lo, s.hi, symmetric=s.symmetric) * 255.0)
     return colormap_lut(s.colormap)[index.astype(np.uint8)]
