@@ -159,6 +159,7 @@ def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[di
         if done is not None:
             card["overlay"] = file_uri(folder / done["png"])
             card["png"] = done["png"]
+            card["reading"] = _reading(folder / done["npy"])
         frame = None if done is None else judged_frame(folder / done["npy"])
         try:
             pixels, _ = audit_pixels(row.file, max_pixels=DEFAULT_MAX_PIXELS, notes=[],
@@ -167,6 +168,15 @@ def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[di
         except ExplainError as exc:
             card["error"] = display(str(exc))
         yield card
+
+
+def _reading(npy: Path) -> str | None:
+    """What the colours of a card's picture mean, as its map's JSON records it (None for a
+    map written before it did)."""
+    try:
+        return json.loads(npy.with_suffix(".json").read_text()).get("reading")
+    except (OSError, ValueError):
+        return None
 
 
 def _gallery_kinds(labeled: bool, target: str, threshold: float) -> list[tuple[str, str, str]]:
