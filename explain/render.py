@@ -229,7 +229,7 @@ def reading(heatmap: Heatmap, s: Scale) -> str:
     own fields (``signed``, ``unit``, ``target``, the no-signal note) and the drawn scale: the
     words every page prints under a picture, never a fixed sentence. Only a signed map drawn on
     a diverging colormap speaks of supporting and working against the target; an unsigned map
-    says that low values are not evidence against it."""
+    says that none of its colours means the opposite of the target."""
     low, high = ENDS.get(s.colormap, ("the bar's left end", "its right end"))
     t = heatmap.target
     if heatmap.signed and s.symmetric:
@@ -241,8 +241,7 @@ def reading(heatmap: Heatmap, s: Scale) -> str:
                 f"({high}); above 0 supports {t}, below 0 works against it.")
     else:
         text = (f"Colour = {heatmap.unit}, from {number(s.lo)} ({low}) to {number(s.hi)} "
-                f"({high}). The map has no sign: a low value is weak or no evidence for {t}, "
-                "not evidence against it.")
+                f"({high}). The map has no sign: no colour says that a region lowers p({t}).")
     note = heatmap.no_signal()
     return f"{text} {note[0].upper()}{note[1:]}." if note else text
 

@@ -7,7 +7,8 @@ them out in time.
   their frame index, the max frame with a ring.
 - :func:`animation`: one picture per sampled frame, each shown for the frame's duration; an
   explained frame carries its overlay, drawn on ONE scale for the whole clip (±max |value| over
-  the explained maps for signed maps) so that colours compare across frames; an unexplained
+  the explained maps for signed maps; never narrower than their noise floor, so a clip without
+  signal is not drawn saturated) so that colours compare across frames; an unexplained
   frame is shown plain, with the legend strip's space left blank.
 - :func:`save_gif`: the pictures as an animated GIF with those durations, written atomically.
 """
@@ -83,11 +84,13 @@ def animation(frames: Sequence[np.ndarray], maps: dict[int, Heatmap], *,
     holds every frame in memory and in the file)."""
     values = [hm.values for hm in maps.values()]
     signed = any(hm.signed for hm in maps.values())
+    floor = max((hm.noise_floor or 0.0) for hm in maps.values())
     if signed:
-        m = max(float(np.abs(v).max()) for v in values) or 1.0
+        m = max(max(float(np.abs(v).max()) for v in values), floor) or 1.0
         lo, hi = -m, m
     else:
         lo, hi = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
+        hi = max(hi, lo + floor)
     pictures = []
     for k, frame in enumerate(frames):
         small = shrink(frame, side)

@@ -325,3 +325,13 @@ def test_report_and_audit_take_the_shared_scale_options(tmp_path):
                                           "--vmax", "0.1"])
         assert result.exit_code == 2, result.output
         assert "vmax (0.1) is below vmin (0.2)" in result.output
+
+
+def test_a_clip_without_signal_is_not_drawn_saturated():
+    from explain.render_clip import animation
+
+    frames = [np.full((20, 20, 3), 128, np.uint8)] * 2
+    quiet = {0: occlusion(np.linspace(0.0, 0.002, 400).reshape(20, 20))}
+    first = animation(frames, quiet, legend=False)[0]
+    # on ±max|value| the 0.002 corner would be pure red over grey; on ±NOISE_FLOOR it is pale
+    assert first[-1, -1].tolist() != [192, 64, 64] and first[-1, -1, 1] > 100

@@ -117,7 +117,7 @@ function clearPictures() {
 }
 
 function share(id) {
-  // jobs/ID resolves against the page's base: the service's root, from / and from /jobs/ID
+  // jobs/ID is relative to the page's base: the service's root, from / and from /jobs/ID
   const link = document.createElement("a");
   link.href = `jobs/${encodeURIComponent(id)}`;
   link.textContent = link.href;
