@@ -70,7 +70,7 @@ from torch.overrides import TorchFunctionMode
 
 from explain.choices import WHITE_BOX_BATCH
 from explain.errors import OptionError, WhiteBoxError
-from explain.heatmap import Heatmap
+from explain.heatmap import WHITE_BOX_FLOOR, Heatmap
 from explain.reconstruction import Reconstruction
 from explain.whitebox import (
     BLACK_BOX_COMMANDS,
@@ -322,14 +322,18 @@ class _Backprop(Method):
                seconds: float) -> Reconstruction:
         position = self.selector.positions[k] if self.selector else None
         activation = self.selector.values[k] if self.selector else None
+        explained = ctx.output if ctx.layer is None else f"{ctx.layer}{list(position)}"
         magnitude = Heatmap(
             np.abs(values).max(axis=2), method=self.method, target=ctx.target_name,
             score=score, seconds=seconds,
             params={"layer": ctx.layer, "neuron": position, "activation": activation},
+            unit=f"|{METHODS[self.method]} of {explained}|, max over RGB",
+            noise_floor=WHITE_BOX_FLOOR,
         )
         return Reconstruction(values, magnitude, self.method, ctx.target_name, score=score,
                               layer=ctx.layer, neuron=position, activation=activation,
-                              seconds=seconds)
+                              seconds=seconds,
+                              unit=f"{METHODS[self.method]} of {explained} per RGB value")
 
 
 def reconstruct(method: str, model: object, image: Images, *, target: str | int = "nsfw",
@@ -347,7 +351,8 @@ def reconstruct(method: str, model: object, image: Images, *, target: str | int 
     ``values`` are SIGNED, the derivative of the score with respect to each RGB value of the
     original image on the [0, 1] scale (positive = raising that value raises the score, after the
     method's activation rules), zero outside what the model saw; ``magnitude`` is max |values|
-    over RGB.
+    over RGB, unsigned, named by its ``unit`` and "no signal" below
+    :data:`~explain.heatmap.WHITE_BOX_FLOOR`.
     """
     if method not in METHODS:
         raise OptionError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")

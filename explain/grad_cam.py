@@ -27,7 +27,7 @@ from torch import nn
 from explain.backprop import guided_backprop
 from explain.choices import WHITE_BOX_BATCH
 from explain.errors import OptionError
-from explain.heatmap import Heatmap
+from explain.heatmap import WHITE_BOX_FLOOR, Heatmap
 from explain.models import Preprocess, TorchClassifier
 from explain.reconstruction import Reconstruction
 from explain.whitebox import Calls, Context, Images, Method, run
@@ -82,6 +82,7 @@ class _GradCam(Method):
         self.guided = guided
         self.guides: list[Reconstruction] | None = None
         self.layer_shape: tuple[int, ...] = ()
+        self.raw: list[float] = []
 
     def default_layer(self, clf: TorchClassifier) -> str:
         return default_layer(clf.module)
@@ -93,24 +94,32 @@ class _GradCam(Method):
 
     def attribute(self, ctx: Context, x: torch.Tensor, calls: Calls) -> torch.Tensor:
         return LayerGradCam(ctx.wrapper, ctx.layer_module).attribute(x, target=ctx.target,
-                                                                     relu_attributions=True)
+                                                                     relu_attributions=False)
 
     def maps(self, ctx: Context, out: torch.Tensor, x: torch.Tensor) -> np.ndarray:
         if out.ndim != 4:
             raise OptionError(f"Grad-CAM needs a layer with N×C×H×W output; {ctx.layer!r} gives "
                               f"{tuple(out.shape)}: pick a convolutional one")
         self.layer_shape = tuple(out.shape[-2:])
+        cam = out.detach()[:, 0]
+        self.raw = cam.abs().flatten(1).amax(1).tolist()
+        out = torch.relu(cam)[:, None]
         maps = to_original(out.detach()[:, 0], ctx.clf.preprocess, tuple(x.shape[-2:]))
         return maps.cpu().numpy()
 
     def result(self, ctx: Context, values: np.ndarray, index: int, k: int, score: float,
                seconds: float) -> Heatmap:
+        raw = self.raw[k]
         if self.guides is not None:
             values = values * self.guides[index].magnitude.values
             seconds = seconds + self.guides[index].seconds
+            raw = min(raw, self.guides[index].magnitude.signal)
+        name = "guided Grad-CAM" if self.guided else "Grad-CAM"
         return Heatmap(values, method="guided_gradcam" if self.guided else "gradcam",
                        target=ctx.target_name, score=score, seconds=seconds,
-                       params={"layer": ctx.layer, "layer_shape": self.layer_shape})
+                       params={"layer": ctx.layer, "layer_shape": self.layer_shape},
+                       unit=f"{name} of {ctx.output} (>= 0)", noise_floor=WHITE_BOX_FLOOR,
+                       raw_signal=raw)
 
 
 def gradcam(model: object, image: Images, *, target: str | int = "nsfw",
@@ -125,7 +134,11 @@ def gradcam(model: object, image: Images, *, target: str | int = "nsfw",
     backprop's magnitude. ``batch_size``: images per pass (fewer when memory is short).
     Returns a :class:`~explain.heatmap.Heatmap` per image (one, or a list in input order), in the
     image's original coordinates, NON-NEGATIVE (the ReLU keeps only regions that raise the
-    score), zero outside the model's centre crop; ``params`` records the layer and its map shape.
+    score: low means no evidence for the target, never evidence against it), zero outside the
+    model's centre crop, in units of the explained output (``unit``). Its ``signal`` is the
+    largest |value| BEFORE the ReLU (a map that is all zero because nothing raises the score
+    still has one; guided: the weaker of that and guided backprop's), "no signal" below
+    :data:`~explain.heatmap.WHITE_BOX_FLOOR`; ``params`` records the layer and its map shape.
     """
     return run(_GradCam(guided), model, image, target=target, layer=layer,
                batch_size=batch_size)  # type: ignore[return-value]

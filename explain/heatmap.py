@@ -10,14 +10,16 @@ draw it without overstating it:
   "p(nsfw) of the crop alone", "relevance (a.u.)").
 - ``bounds``: the values' natural range when there is one (a probability: (0, 1)); drawn on it
   rather than stretched over the map's own min..max.
-- ``noise_floor``: for maps in probability units, the signal below which the map says nothing
-  (:data:`NOISE_FLOOR`); :meth:`Heatmap.no_signal` names a map that stays under it.
+- ``noise_floor``: the signal below which the map says nothing: :data:`NOISE_FLOOR` for maps in
+  probability units, :data:`WHITE_BOX_FLOOR` for white-box maps (derivatives of the model's
+  output); :meth:`Heatmap.no_signal` names a map that stays under it. The signal (its raw,
+  unnormalised magnitude, :attr:`Heatmap.signal`) is saved with the map.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,18 @@ map, max − min of an unsigned one) stays below it is called "no signal". Score
 small are below what any moderation threshold acts on and of the order of what re-encoding or
 resampling the same image moves the score by; the map's pattern is then noise."""
 
+WHITE_BOX_FLOOR = 1e-6
+"""The floor of white-box maps (deconvnet, guided backprop, Grad-CAM), whose values are in units
+of the explained output, the target's logit (or probability), per unit of input on the [0, 1]
+scale (per cell of the layer for Grad-CAM). float32 resolves an output of magnitude |z| to
+|z| · 2^-23; for the logits of any confident score (|z| <= 8, p within 0.9997 of 0 or 1) that is
+<= 1e-6. A map whose largest value stays below it moves the output, through any one input value
+or cell, by less than float32 can show: it is rounding noise, what a model that ignores its
+input gives (its gradients are then exactly 0). Real maps are far above it: open_nsfw's maps of
+nine scikit-image photos (astronaut, coffee, chelsea, camera, rocket, cat, hubble_deep_field,
+immunohistochemistry, coins; both classes) have largest values >= 0.034 (guided backprop),
+>= 0.094 (Grad-CAM, before its ReLU), >= 2.4 (deconvnet) (``tests/test_whitebox_signal.py``)."""
+
 RELEVANCE = "relevance (a.u.)"
 
 
@@ -39,8 +53,9 @@ class Heatmap:
 
     ``score`` is the unperturbed probability of ``target``; ``box``/``stride``/``windows`` are set
     by window methods (in original pixels), ``params`` holds anything else a method wants to
-    record. ``signed``, ``unit``, ``bounds`` and ``noise_floor`` say what the values mean (see the
-    module docstring); the defaults describe an unsigned map in arbitrary units.
+    record. ``signed``, ``unit``, ``bounds``, ``noise_floor`` (and ``raw_signal``, see
+    :attr:`signal`) say what the values mean (see the module docstring); the defaults describe an
+    unsigned map in arbitrary units.
     """
 
     values: np.ndarray
@@ -56,17 +71,23 @@ class Heatmap:
     unit: str = RELEVANCE
     bounds: tuple[float, float] | None = None
     noise_floor: float | None = None
+    raw_signal: float | None = None
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float32)
 
     @property
     def signal(self) -> float:
-        """How much the map says: the largest |value| of a signed map, max − min otherwise."""
+        """How much the map says, on its raw (unnormalised) values: the largest |value| of a map
+        whose 0 means "no effect" (signed maps, white-box maps: any map without ``bounds``),
+        max − min of a map on a natural range (a probability), whose level alone says nothing;
+        ``raw_signal`` when the method measured it before a last step (Grad-CAM's ReLU)."""
+        if self.raw_signal is not None:
+            return self.raw_signal
         finite = self.values[np.isfinite(self.values)]
         if finite.size == 0:
             return 0.0
-        if self.signed:
+        if self.bounds is None:
             return float(np.abs(finite).max())
         return float(finite.max() - finite.min())
 
@@ -74,9 +95,9 @@ class Heatmap:
         """``"no signal: …"`` when the map's signal is below its noise floor, else ``None``."""
         if self.noise_floor is None or self.signal >= self.noise_floor:
             return None
-        if self.signed:
-            return f"no signal: largest |{self.unit}| {self.signal:.2g} < {self.noise_floor:g}"
-        return f"no signal: {self.unit} spans {self.signal:.2g} < {self.noise_floor:g}"
+        if self.bounds is not None:
+            return f"no signal: {self.unit} spans {self.signal:.2g} < {self.noise_floor:g}"
+        return f"no signal: largest |{self.unit}| {self.signal:.2g} < {self.noise_floor:g}"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -87,28 +108,33 @@ class Heatmap:
         del meta["values"]
         meta["shape"] = list(self.shape)
         meta["min"], meta["max"] = float(self.values.min()), float(self.values.max())
+        meta["signal"], meta["no_signal"] = self.signal, self.no_signal()
         return meta
 
-    def save(self, stem: str | Path) -> tuple[Path, Path]:
-        """Write ``<stem>.npy`` (values) and ``<stem>.json`` (metadata), each atomically; return
-        both paths."""
+    def save(self, stem: str | Path, extra: dict | None = None) -> tuple[Path, Path]:
+        """Write ``<stem>.npy`` (values) and ``<stem>.json`` (metadata, plus ``extra``: e.g.
+        how a picture of it was drawn), each atomically; return both paths."""
         stem = Path(stem)
         npy, meta = stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
         with atomic_write(npy) as f:
             np.save(f, self.values)
-        write_text(meta, json.dumps(self.metadata(), indent=2, default=_jsonable))
+        write_text(meta, json.dumps({**self.metadata(), **(extra or {})}, indent=2,
+                                    default=_jsonable))
         return npy, meta
 
     @classmethod
     def load(cls, stem: str | Path) -> Heatmap:
+        """The map :meth:`save` wrote (what it derived or was given as ``extra`` is dropped)."""
         stem = Path(stem)
         meta = json.loads(stem.with_name(stem.name + ".json").read_text())
-        for key in ("shape", "min", "max"):
-            meta.pop(key, None)
+        meta = {key: value for key, value in meta.items() if key in _FIELDS}
         for key in ("box", "stride", "bounds"):
             if meta.get(key) is not None:
                 meta[key] = tuple(meta[key])
         return cls(values=np.load(stem.with_name(stem.name + ".npy")), **meta)
+
+
+_FIELDS = frozenset(f.name for f in fields(Heatmap)) - {"values"}
 
 
 def _jsonable(obj: object) -> object:

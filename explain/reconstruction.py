@@ -4,7 +4,9 @@
 explained score with respect to each input value on the [0, 1] scale. Pixels the model never saw
 (outside its centre crop) are exactly zero. ``magnitude`` is the per-pixel max of ``|values|``
 over the channels (as in Simonyan et al.'s saliency maps), a :class:`~explain.heatmap.Heatmap`
-that every heatmap tool can render.
+that every heatmap tool can render, with its unit and its "no signal" floor. The JSON
+(:meth:`Reconstruction.metadata`) says what the values mean: signed, their unit, the robust max
+the picture is drawn on (``image_scale``) and the magnitude's raw signal.
 
 Two pictures: :meth:`Reconstruction.image` is the Zeiler & Fergus rendering (zero is mid grey,
 the signed values are scaled by a robust maximum, the ``percentile``-th percentile of ``|values|``,
@@ -18,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from explain.heatmap import Heatmap
+from explain.heatmap import RELEVANCE, Heatmap
 from explain.render import Scale, overlay, with_legend
 
 
@@ -29,6 +31,8 @@ class Reconstruction:
     ``layer``/``neuron``/``activation`` are set in neuron mode: the layer name, the position of
     the reconstructed activation in that layer's per-image output (channel, y, x for a conv
     layer) and its value. ``score`` is the model's probability of ``target`` for the image.
+    ``unit`` names one unit of ``values`` (signed: grey = 0 in :meth:`image`); the magnitude
+    carries its own unit and noise floor.
     """
 
     values: np.ndarray
@@ -40,6 +44,7 @@ class Reconstruction:
     neuron: tuple[int, ...] | None = None
     activation: float | None = None
     seconds: float | None = None
+    unit: str = RELEVANCE
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float32)
@@ -67,7 +72,7 @@ class Reconstruction:
         if not legend:
             return picture
         m = self.image_scale(percentile=percentile)
-        labelled = replace(self.magnitude, unit=f"{self.magnitude.unit} per channel, grey = 0")
+        labelled = replace(self.magnitude, unit=f"{self.unit}, grey = 0")
         return with_legend(picture, labelled, Scale("gray", -m, m))
 
     def overlay(self, image: np.ndarray, *, colormap: str = "jet", alpha: float = 0.5,
@@ -83,4 +88,7 @@ class Reconstruction:
             "activation": self.activation, "seconds": self.seconds,
             "shape": list(self.values.shape),
             "min": float(self.values.min()), "max": float(self.values.max()),
+            "signed": True, "unit": self.unit, "image_scale": self.image_scale(),
+            "magnitude": {key: self.magnitude.metadata()[key] for key in
+                          ("unit", "signal", "noise_floor", "no_signal")},
         }

@@ -13,9 +13,10 @@ overridden by the caller's ``colormap``/``normalize``/``vmin``/``vmax``:
   region that supports the target is red and one that works against it blue whatever the other
   values are; ``jet`` (the classic figures) for an unsigned one.
 - range: an unsigned map with ``bounds`` (a probability) is drawn on them (``fixed`` 0..1), never
-  stretched over its own min..max; a signed map on ±max|value|, but never narrower than
-  ±``noise_floor``, so a map without signal is drawn pale instead of saturated; any other map on
-  its own min..max.
+  stretched over its own min..max; a signed map on ±max|value|, any other map on its own
+  min..max (or percentiles), but never narrower than its ``noise_floor`` (±floor on a diverging
+  colormap, lo..lo + floor on another) unless the caller fixes the range, so a map without
+  signal is drawn pale (or flat) instead of saturated, never as a hot spot.
 
 Normalisation modes map the values to [0, 1] before the colormap:
 
@@ -30,13 +31,15 @@ colormap (see :data:`DIVERGING`) the range is made symmetric about zero, so zero
 middle colour and signs read as colours. A constant map renders as the lowest colour (the middle
 one on a diverging map), never as a division by zero.
 
-The legend (:func:`legend_strip`) is a strip as wide as the picture, or wider when its text
-needs it (the picture is then padded with white on the right, so no label is ever clipped, even
-for a 1×1 image): a colour bar with its end values (and 0 when inside), the unit and the
-image's score, and in red the map's "no signal" note
-(:meth:`~explain.heatmap.Heatmap.no_signal`). Its text grows with the width (one step per
-:data:`LEGEND_STEP` px), so its height is
-``legend_height(width, note)``; with ``legend=False`` a figure is exactly the overlay.
+The legend (:func:`legend_strip`) is a strip as wide as the picture: a colour bar with its end
+values (and 0 when inside), the unit and the image's score, and in red the map's "no signal"
+note (:meth:`~explain.heatmap.Heatmap.no_signal`). Its text is drawn in a TrueType font
+(:func:`font`: Pillow's bundled Aileron, where 0 and 8 never look alike) at :data:`TEXT_SIZE` px
+per :data:`LEGEND_STEP` px of width, numbers to significant digits (:func:`number`), and wrapped
+to the width, so a 256-px card shows its legend at native size; the strip is wider (the picture
+padded with white on the right) only when one word needs it, so no label is ever clipped, even
+for a 1×1 image. Its height is :func:`legend_height`; with ``legend=False`` a figure is exactly
+the overlay.
 
 For pages (the report, the audit): :func:`shrink` brings a picture or a map down to display size,
 :func:`data_uri` inlines a picture as a JPEG data URI.
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -53,7 +57,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from explain.choices import NORMALIZE_MODES
 from explain.errors import OptionError
@@ -67,9 +71,9 @@ DIVERGING = frozenset({
     "BrBG_r", "RdGy_r", "RdYlGn_r", "bwr_r", "coolwarm_r", "seismic_r",
 })
 LEGEND_STEP = 600
+TEXT_SIZE = 13
 DISPLAY_SIDE = 256
 NOTE_COLOUR = (200, 0, 0)
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def _bwr() -> np.ndarray:
@@ -200,11 +204,46 @@ def scale(heatmap: Heatmap | np.ndarray, *, colormap: str | None = None,
         vmax = hm.bounds[1] if vmax is None else vmax
     lo, hi = value_range(values, normalize=normalize or "minmax", vmin=vmin, vmax=vmax,
                          percentile=percentile, symmetric=symmetric)
-    if (normalize is None and signed and symmetric and hm.noise_floor  # type: ignore[union-attr]
-            and vmin is None and vmax is None):
-        m = max(hi, hm.noise_floor)  # type: ignore[union-attr]
-        lo, hi = -m, m
+    floor = hm.noise_floor if hm is not None else None
+    if floor and normalize != "fixed" and vmin is None and vmax is None:
+        if symmetric:
+            m = max(hi, floor)
+            lo, hi = -m, m
+        else:
+            hi = max(hi, lo + floor)
     return Scale(name, lo, hi)
+
+
+ENDS = {
+    "bwr": ("blue", "red"), "coolwarm": ("blue", "red"), "seismic": ("dark blue", "dark red"),
+    "RdBu": ("red", "blue"), "RdBu_r": ("blue", "red"), "jet": ("dark blue", "dark red"),
+    "turbo": ("dark blue", "dark red"), "gray": ("black", "white"), "hot": ("black", "white"),
+    "viridis": ("purple", "yellow"), "inferno": ("black", "yellow"), "magma": ("black", "pale"),
+    "plasma": ("blue", "yellow"),
+}
+"""The colours at the two ends of the colormaps the docs name, for :func:`reading`."""
+
+
+def reading(heatmap: Heatmap, s: Scale) -> str:
+    """What the colours of ``heatmap`` drawn on ``s`` mean, in one sentence made from the map's
+    own fields (``signed``, ``unit``, ``target``, the no-signal note) and the drawn scale: the
+    words every page prints under a picture, never a fixed sentence. Only a signed map drawn on
+    a diverging colormap speaks of supporting and working against the target; an unsigned map
+    says that none of its colours means the opposite of the target."""
+    low, high = ENDS.get(s.colormap, ("the bar's left end", "its right end"))
+    t = heatmap.target
+    if heatmap.signed and s.symmetric:
+        text = (f"Colour = {heatmap.unit}: {high} where the region supports {t} (above 0), "
+                f"{low} where it works against {t} (below 0), the middle colour at 0; the bar "
+                f"runs from {number(s.lo)} to {number(s.hi)}.")
+    elif heatmap.signed:
+        text = (f"Colour = {heatmap.unit}, from {number(s.lo)} ({low}) to {number(s.hi)} "
+                f"({high}); above 0 supports {t}, below 0 works against it.")
+    else:
+        text = (f"Colour = {heatmap.unit}, from {number(s.lo)} ({low}) to {number(s.hi)} "
+                f"({high}). The map has no sign: no colour says that a region lowers p({t}).")
+    note = heatmap.no_signal()
+    return f"{text} {note[0].upper()}{note[1:]}." if note else text
 
 
 def _colours(values: np.ndarray, s: Scale) -> np.ndarray:
@@ -273,74 +312,129 @@ def _step(width: int) -> int:
     return max(1, round(width / LEGEND_STEP))
 
 
-def _metrics(step: int) -> tuple[float, int, int, int, int, int]:
-    """font scale, thickness, margin, bar height, line height and text height (above the
-    baseline) at one size step; a line is the text plus its descent, 2 px per step above and
-    below."""
-    font_scale, thickness = 0.45 * step, step
-    (_, th), base = cv2.getTextSize("0|p(", _FONT, font_scale, thickness)
-    return font_scale, thickness, 4 * step, 8 * step, th + base + 4 * step, th
+@lru_cache(maxsize=16)
+def font(size: int) -> ImageFont.FreeTypeFont:
+    """The one typeface of every picture's text: Pillow's bundled TrueType font (Aileron, drawn
+    by FreeType; Pillow >= 10.1) at ``size`` px, so "0" and "8" differ at any size, unlike
+    OpenCV's Hershey strokes; no system font is needed."""
+    return ImageFont.load_default(size=size)  # type: ignore[return-value]
 
 
-def _strip_height(step: int, note: bool) -> int:
-    _, _, margin, bar, line, _ = _metrics(step)
-    return 2 * margin + bar + (2 + note) * line
+def text_width(text: str, size: int) -> int:
+    """Width in px of ``text`` drawn by :func:`draw_text` at ``size``."""
+    return math.ceil(font(size).getlength(text))
 
 
-def legend_height(width: int, note: bool = False) -> int:
-    """Height of the legend strip under a picture ``width`` px wide: margins, colour bar, the
-    line of end values and the line of unit and score (``note``: plus the red "no signal" line)."""
-    return _strip_height(_step(width), note)
+def line_height(size: int) -> int:
+    """Height in px of one line of text at ``size`` (ascent + descent)."""
+    ascent, descent = font(size).getmetrics()
+    return ascent + descent
 
 
-def _text_width(text: str, step: int) -> int:
-    font_scale, thickness, *_ = _metrics(step)
-    return cv2.getTextSize(text, _FONT, font_scale, thickness)[0][0]
+def draw_text(picture: np.ndarray, items: list[tuple[str, float, float, tuple[int, int, int]]],
+              size: int) -> np.ndarray:
+    """``picture`` (RGB uint8) with each ``(text, x, y, colour)`` of ``items`` drawn on it, its
+    top-left corner at (x, y), anti-aliased, at ``size`` px; returns a new array."""
+    canvas = Image.fromarray(np.ascontiguousarray(picture), "RGB")
+    draw = ImageDraw.Draw(canvas)
+    for text, x, y, colour in items:
+        draw.text((round(x), round(y)), text, fill=colour, font=font(size), anchor="la")
+    return np.asarray(canvas).copy()
 
 
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii")
+def wrap(text: str, size: int, width: int) -> list[str]:
+    """``text`` broken at spaces into lines at most ``width`` px wide at ``size`` (a single word
+    wider than ``width`` gets a line of its own)."""
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if line and text_width(candidate, size) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    return [*lines, line] if line else lines
+
+
+def number(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits ("0.0218", "1.2e-07"), with more digits where
+    rounding would show a probability below 1 as "1" or a nonzero value as "0"."""
+    for d in range(digits, 9):
+        text = f"{value:.{d}g}"
+        if float(text) not in (0.0, 1.0) or float(text) == value:
+            return text
+    return text
+
+
+@dataclass(frozen=True)
+class _Legend:
+    """The legend strip's layout at one width: text size, spacing and its lines of text."""
+
+    size: int
+    margin: int
+    bar: int
+    line: int
+    width: int
+    lines: list[str]
+    note: list[str]
+
+    @property
+    def height(self) -> int:
+        return 2 * self.margin + self.bar + (1 + len(self.lines) + len(self.note)) * self.line
+
+
+def _legend(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> _Legend:
+    """The legend's layout for ``heatmap`` on ``s`` under a picture ``width`` px wide: its text
+    at one size per :data:`LEGEND_STEP` px, wrapped to the width; the strip is wider only when
+    one word or the end values need it."""
+    hm = heatmap if isinstance(heatmap, Heatmap) else None
+    step = _step(width)
+    size, margin = TEXT_SIZE * step, 4 * step
+    about = hm.unit if hm is not None else "value"
+    if hm is not None and hm.score is not None:
+        about += f";  image: p({hm.target}) = {number(hm.score)}"
+    note = (hm.no_signal() or "") if hm is not None else ""
+    lo, hi = number(s.lo), number(s.hi)
+    ticks = 2 * max(text_width(lo, size), text_width(hi, size)) + 6 * margin + \
+        text_width("0", size)
+    words = max(text_width(w, size) for w in f"{about} {note}".split())
+    width = max(width, 2 * margin + max(ticks, words))
+    inner = width - 2 * margin
+    return _Legend(size, margin, 8 * step, line_height(size) + 4 * step, width,
+                   wrap(about, size, inner), wrap(note, size, inner) if note else [])
+
+
+def legend_height(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> int:
+    """Height of the legend strip of ``heatmap`` drawn on ``s`` under a picture ``width`` px
+    wide: margins, colour bar, the line of end values, the unit and score (wrapped), and the red
+    "no signal" note when there is one."""
+    return _legend(heatmap, width, s).height
 
 
 def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndarray:
     """The legend strip (RGB uint8) for ``heatmap`` drawn on ``s``, at least ``width`` px wide
-    and wider when its text needs it: colour bar, its end values (and 0), the unit, the score,
+    and wider when a word needs it: colour bar, its end values (and 0), the unit, the score,
     the no-signal note."""
-    hm = heatmap if isinstance(heatmap, Heatmap) else None
-    step = _step(width)
-    font_scale, thickness, margin, bar_h, line, text_h = _metrics(step)
-    lo, hi = f"{s.lo:.3g}", f"{s.hi:.3g}"
-    zero = s.lo < 0.0 < s.hi
-    about = _ascii(hm.unit if hm is not None else "value")
-    if hm is not None and hm.score is not None:
-        about += _ascii(f";  image: p({hm.target}) = {hm.score:.4f}")
-    note = _ascii(hm.no_signal() or "") if hm is not None else ""
-    gap = 3 * margin
-    ticks = 2 * max(_text_width(lo, step), _text_width(hi, step)) + gap * 2 + \
-        (_text_width("0", step) if zero else 0)
-    need = 2 * margin + max(ticks, *(_text_width(t, step) for t in (about, note)))
-    width = max(width, need)
-    strip = np.full((_strip_height(step, bool(note)), width, 3), 255, dtype=np.uint8)
-    x0, x1 = margin, width - margin
-    strip[margin:margin + bar_h, x0:x1] = \
+    g = _legend(heatmap, width, s)
+    strip = np.full((g.height, g.width, 3), 255, dtype=np.uint8)
+    x0, x1 = g.margin, g.width - g.margin
+    strip[g.margin:g.margin + g.bar, x0:x1] = \
         colormap_lut(s.colormap)[np.linspace(0, 255, x1 - x0).round().astype(np.uint8)]
-    baseline = margin + bar_h + 2 * step + text_h
-
-    def put(text: str, x: int, y: int, colour: tuple[int, int, int] = (0, 0, 0)) -> None:
-        cv2.putText(strip, text, (int(x), int(y)), _FONT, font_scale, colour, thickness,
-                    cv2.LINE_AA)
-
-    put(lo, x0, baseline)
-    put(hi, x1 - _text_width(hi, step), baseline)
-    if zero:
-        at = x0 + (x1 - x0) * (0.0 - s.lo) / (s.hi - s.lo) - _text_width("0", step) / 2
-        if x0 + _text_width(lo, step) + margin <= at <= x1 - _text_width(hi, step) - margin - \
-                _text_width("0", step):
-            put("0", at, baseline)
-    put(about, x0, baseline + line)
-    if note:
-        put(note, x0, baseline + 2 * line, NOTE_COLOUR)
-    return strip
+    top = g.margin + g.bar + 2 * (g.size // TEXT_SIZE)
+    lo, hi = number(s.lo), number(s.hi)
+    ink = (0, 0, 0)
+    items = [(lo, x0, top, ink), (hi, x1 - text_width(hi, g.size), top, ink)]
+    zero_w = text_width("0", g.size)
+    if s.lo < 0.0 < s.hi:
+        at = x0 + (x1 - x0) * (0.0 - s.lo) / (s.hi - s.lo) - zero_w / 2
+        if x0 + text_width(lo, g.size) + g.margin <= at <= \
+                x1 - text_width(hi, g.size) - g.margin - zero_w:
+            items.append(("0", at, top, ink))
+    for k, text in enumerate(g.lines):
+        items.append((text, x0, top + (1 + k) * g.line, ink))
+    for k, text in enumerate(g.note):
+        items.append((text, x0, top + (1 + len(g.lines) + k) * g.line, NOTE_COLOUR))
+    return draw_text(strip, items, g.size)
 
 
 def with_legend(picture: np.ndarray, heatmap: Heatmap | np.ndarray, s: Scale) -> np.ndarray:

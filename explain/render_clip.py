@@ -7,7 +7,8 @@ them out in time.
   their frame index, the max frame with a ring.
 - :func:`animation`: one picture per sampled frame, each shown for the frame's duration; an
   explained frame carries its overlay, drawn on ONE scale for the whole clip (±max |value| over
-  the explained maps for signed maps) so that colours compare across frames; an unexplained
+  the explained maps for signed maps; never narrower than their noise floor, so a clip without
+  signal is not drawn saturated) so that colours compare across frames; an unexplained
   frame is shown plain, with the legend strip's space left blank.
 - :func:`save_gif`: the pictures as an animated GIF with those durations, written atomically.
 """
@@ -26,7 +27,7 @@ from PIL import Image
 
 from explain.files import write_bytes
 from explain.heatmap import Heatmap
-from explain.render import figure, shrink
+from explain.render import TEXT_SIZE, draw_text, figure, number, shrink
 
 LINE = (40, 90, 200)
 MARK = (220, 30, 30)
@@ -53,15 +54,13 @@ def timeline(times: Sequence[float], scores: Sequence[float], durations: Sequenc
     def y(p: float) -> int:
         return int(round(bottom - (bottom - top) * min(max(p, 0.0), 1.0)))
 
-    font = cv2.FONT_HERSHEY_SIMPLEX
+    labels = []
     for p in (0.0, 0.25, 0.5, 0.75, 1.0):
         cv2.line(pic, (left, y(p)), (right, y(p)), GRID, 1)
-        cv2.putText(pic, f"{p:.2f}", (4, y(p) + 4), font, 0.38, INK, 1, cv2.LINE_AA)
-    ticks = np.linspace(0.0, end, 6)
-    for t in ticks:
-        cv2.putText(pic, f"{t:.1f}s", (x(t) - 12, bottom + 16), font, 0.38, INK, 1, cv2.LINE_AA)
-    cv2.putText(pic, f"p({_ascii(target)}) per frame", (left, height - 4), font, 0.42, INK, 1,
-                cv2.LINE_AA)
+        labels.append((f"{p:.2f}", 4, y(p) - 6, INK))
+    for t in np.linspace(0.0, end, 6):
+        labels.append((f"{number(t, 2)} s", x(t) - 12, bottom + 4, INK))
+    labels.append((f"p({target}) per frame", left, height - 17, INK))
     cv2.rectangle(pic, (left, top), (right, bottom), INK, 1)
     points = []
     for t, d, p in zip(times, durations, scores, strict=True):
@@ -73,11 +72,7 @@ def timeline(times: Sequence[float], scores: Sequence[float], durations: Sequenc
     for k in marked:
         centre = (x(times[k] + durations[k] / 2), y(scores[k]))
         cv2.circle(pic, centre, 4, MARK, -1, cv2.LINE_AA)
-    return pic
-
-
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii")
+    return draw_text(pic, labels, TEXT_SIZE - 2)
 
 
 def animation(frames: Sequence[np.ndarray], maps: dict[int, Heatmap], *,
@@ -89,11 +84,13 @@ def animation(frames: Sequence[np.ndarray], maps: dict[int, Heatmap], *,
     holds every frame in memory and in the file)."""
     values = [hm.values for hm in maps.values()]
     signed = any(hm.signed for hm in maps.values())
+    floor = max((hm.noise_floor or 0.0) for hm in maps.values())
     if signed:
-        m = max(float(np.abs(v).max()) for v in values) or 1.0
+        m = max(max(float(np.abs(v).max()) for v in values), floor) or 1.0
         lo, hi = -m, m
     else:
         lo, hi = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
+        hi = max(hi, lo + floor)
     pictures = []
     for k, frame in enumerate(frames):
         small = shrink(frame, side)

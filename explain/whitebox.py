@@ -194,6 +194,12 @@ class Context:
     images: list[np.ndarray]
     batch_size: int
 
+    @property
+    def output(self) -> str:
+        """What the methods differentiate, as units name it: the module's output for the
+        target, ``logit(t)`` when the module returns logits, else ``p(t)``."""
+        return f"{'logit' if self.clf.logits else 'p'}({self.target_name})"
+
 
 class Method:
     """A white-box method as :func:`run` drives it; subclasses fill in the three steps."""

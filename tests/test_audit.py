@@ -290,7 +290,17 @@ def test_unlabeled_folder_ranks_by_score(tmp_path):
     rows = _read_csv(tmp_path / "out" / "scores.csv")
     assert all(r["label"] == "" and r["outcome"] == "" for r in rows)
     assert not (tmp_path / "out" / "concepts.csv").exists()
-    assert "Highest scores" in (tmp_path / "out" / "audit.html").read_text()
+    page = (tmp_path / "out" / "audit.html").read_text()
+    assert "Highest scores" in page
+    # issue 22: each card says what its colours mean, from its own map's JSON, and its
+    # picture is drawn at the card's size so the page shows the legend at native size
+    maps = sorted((tmp_path / "out" / "heatmaps").glob("*.json"))
+    readings = [json.loads(f.read_text())["reading"] for f in maps]
+    assert all(r.startswith("Colour = drop in p(nsfw): red where the region supports nsfw")
+               for r in readings)
+    assert all(r in page for r in readings) and "red = hiding" not in page
+    for png in (tmp_path / "out" / "heatmaps").glob("*.png"):
+        assert Image.open(png).size[0] <= 256
 
 
 def test_labels_csv(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 from skimage import data
 from typer.testing import CliRunner
 
@@ -24,9 +24,12 @@ from explain.render import (
     NOTE_COLOUR,
     colorize,
     colormap_lut,
+    draw_text,
     figure,
+    font,
     legend_height,
     legend_strip,
+    number,
     overlay,
     scale,
     side_by_side,
@@ -73,7 +76,7 @@ def test_side_by_side_and_figure_render_any_size(shape):
     pic = side_by_side(img, hm, gap=8)
     s = scale(hm)
     strip = legend_strip(hm, panels.shape[1], s)
-    assert pic.shape == (shape[0] + legend_height(strip.shape[1]), strip.shape[1], 3)
+    assert pic.shape == (shape[0] + legend_height(hm, panels.shape[1], s), strip.shape[1], 3)
     assert np.array_equal(pic[:shape[0], :panels.shape[1]], panels)
     assert np.array_equal(pic[shape[0]:], strip)
     fig = figure(img, hm)
@@ -147,15 +150,64 @@ def test_legend_height_is_exact_and_the_note_is_red():
     img = np.zeros((30, 700, 3), np.uint8)
     quiet = occlusion(np.full((30, 700), 0.002))
     loud = occlusion(np.full((30, 700), 0.2))
-    # step 1 (width < 900): margins 4 + 4, bar 8, two text lines of 19 px (three with the note)
-    assert legend_height(700) == 54 and legend_height(700, note=True) == 73
-    assert legend_height(1300) == 2 * 54  # step 2: everything twice as large
-    assert figure(img, loud).shape == (30 + legend_height(700), 700, 3)
-    assert figure(img, quiet).shape == (30 + legend_height(700, note=True), 700, 3)
+    # step 1 (width < 900): margins 4 + 4, bar 8, two text lines of 13 + 3 + 4 px (three with
+    # the note)
+    assert legend_height(loud, 700, scale(loud)) == 56
+    assert legend_height(quiet, 700, scale(quiet)) == 76
+    wide = occlusion(np.full((30, 1300), 0.2))
+    assert legend_height(wide, 1300, scale(wide)) == 2 * 56  # step 2: everything twice as large
+    assert figure(img, loud).shape == (30 + 56, 700, 3)
+    assert figure(img, quiet).shape == (30 + 76, 700, 3)
     assert np.array_equal(figure(img, loud, legend=False), overlay(img, loud))
-    red = np.all(figure(img, quiet)[-legend_height(700) + 30:] == NOTE_COLOUR, axis=2)
+    red = np.all(figure(img, quiet)[30 + 56:] == NOTE_COLOUR, axis=2)
     assert red.any()
     assert not np.all(figure(img, loud) == NOTE_COLOUR, axis=2).any()
+
+
+def _glyphs(strip: np.ndarray) -> list[np.ndarray]:
+    """The dark glyphs of one line of text, left to right, each cropped to its own box."""
+    ink = strip.min(axis=2) < 128
+    columns = ink.any(axis=0)
+    glyphs, x = [], 0
+    while x < len(columns):
+        if columns[x]:
+            end = x
+            while end < len(columns) and columns[end]:
+                end += 1
+            rows = np.flatnonzero(ink[:, x:end].any(axis=1))
+            glyphs.append(ink[rows[0]:rows[-1] + 1, x:end])
+            x = end
+        x += 1
+    return glyphs
+
+
+def _strokes(column: np.ndarray) -> int:
+    return int(column[0]) + int(np.sum(column[1:] & ~column[:-1]))
+
+
+@pytest.mark.parametrize("size", [11, 13, 26])
+def test_legend_text_is_truetype_and_tells_0_from_8(size):
+    assert isinstance(font(size), ImageFont.FreeTypeFont)
+    line = draw_text(np.full((size * 2, size * 4, 3), 255, np.uint8),
+                     [("0.08", 2, 2, (0, 0, 0))], size)
+    zero, point, zero2, eight = _glyphs(line)
+    assert np.array_equal(zero, zero2)  # the same glyph is drawn the same
+    assert point.size < zero.size
+    same = zero.shape == eight.shape and np.array_equal(zero, eight)
+    assert not same
+    # the difference is the glyph, not a pixel: down its middle column the 0 crosses two
+    # strokes (top, bottom) and the 8 three (its waist); Hershey's 0 had a dot there too
+    assert _strokes(zero[:, zero.shape[1] // 2]) == 2
+    assert _strokes(eight[:, eight.shape[1] // 2]) == 3
+
+
+def test_numbers_are_rounded_to_significant_digits():
+    assert [number(v) for v in (0.0218, 0.017, 0.999, 0.99997, 1e-7, -0.05, 123.456, 0.0)] == \
+        ["0.0218", "0.017", "0.999", "0.99997", "1e-07", "-0.05", "123", "0"]
+    hm = occlusion(np.full((30, 256), 0.02), score=0.0218)
+    s = scale(hm)
+    glyph_rows = legend_strip(hm, 256, s)
+    assert glyph_rows.shape[1] == 256  # wrapped to the card's width: shown at native size
 
 
 def test_caller_overrides_and_bad_options():
@@ -274,3 +326,13 @@ def test_report_and_audit_take_the_shared_scale_options(tmp_path):
                                           "--vmax", "0.1"])
         assert result.exit_code == 2, result.output
         assert "vmax (0.1) is below vmin (0.2)" in result.output
+
+
+def test_a_clip_without_signal_is_not_drawn_saturated():
+    from explain.render_clip import animation
+
+    frames = [np.full((20, 20, 3), 128, np.uint8)] * 2
+    quiet = {0: occlusion(np.linspace(0.0, 0.002, 400).reshape(20, 20))}
+    first = animation(frames, quiet, legend=False)[0]
+    # on ±max|value| the 0.002 corner would be pure red over grey; on ±NOISE_FLOOR it is pale
+    assert first[-1, -1].tolist() != [192, 64, 64] and first[-1, -1, 1] > 100

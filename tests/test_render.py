@@ -10,7 +10,14 @@ from PIL import Image
 
 from explain import Heatmap, overlay
 from explain.errors import OptionError
-from explain.render import colorize, colormap_lut, legend_height, save_png, side_by_side
+from explain.render import (
+    colorize,
+    colormap_lut,
+    legend_height,
+    save_png,
+    scale,
+    side_by_side,
+)
 
 GRAY = np.full((20, 30, 3), 128, dtype=np.uint8)
 
@@ -152,7 +159,8 @@ def test_side_by_side_with_legend_and_save_png(tmp_path):
     assert np.array_equal(bare[:, 504:1004], colorize(ramp(40, 500)))
     assert np.array_equal(bare[:, 1008:], overlay(img, ramp(40, 500)))
     pic = side_by_side(img, ramp(40, 500), gap=4)
-    assert pic.shape == (40 + legend_height(1508), 1508, 3)
+    hm = ramp(40, 500)
+    assert pic.shape == (40 + legend_height(hm, 1508, scale(hm)), 1508, 3)
     assert np.array_equal(pic[:40], bare)
     path = save_png(pic, tmp_path / "sub" / "x.png")
     back = np.asarray(Image.open(path))

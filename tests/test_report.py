@@ -262,3 +262,20 @@ def test_cli_python_function_model_and_literal_names(tmp_path, photos):
     names = [Path(img["path"]).name for img in data["images"]]
     assert names == ["astronaut.png", "broken.jpg", "coffee.png"]
     assert data["images"][0]["methods"][1]["skipped"]
+
+
+def test_each_panel_says_what_its_colours_mean_from_its_map(tiny_report):
+    """Issue 22: the words under a panel come from the map (unit, sign, drawn scale), the
+    overlay is shown at its native size (its legend readable), and only occlusion, the one
+    signed map, speaks of working against the target."""
+    img = next(i for i in tiny_report.images if i.error is None)
+    readings = {m.method: m.reading for m in img.methods}
+    assert readings["occlusion"].startswith("Colour = drop in p(nsfw): red where the region "
+                                            "supports nsfw")
+    assert readings["gradcam"].startswith("Colour = Grad-CAM of logit(nsfw) (>= 0), from 0 ")
+    for name in ("sliding", "rise", "deconv", "guided", "gradcam"):
+        assert "works against" not in readings[name] and "no sign" in readings[name], name
+    html = render_html(tiny_report)
+    assert readings["gradcam"].replace("(>= 0)", "(&gt;= 0)") in html
+    assert 'class="legend" src="data:image/jpeg' in html
+    assert "img.legend { max-width: none; }" in html

@@ -27,7 +27,7 @@ from explain.files import display, from_storable, write_text
 from explain.html import environment
 from explain.images import load_image, warnings_into
 from explain.models import Classifier
-from explain.render import DISPLAY_SIDE, data_uri, save_png, shrink
+from explain.render import DISPLAY_SIDE, TEXT_SIZE, data_uri, draw_text, save_png, shrink
 
 PART_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                 (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
@@ -50,14 +50,14 @@ def draw_parts(rgb: np.ndarray, parts: list[dict]) -> np.ndarray:
     """The image at display size with each part's box and number drawn on it."""
     small = shrink(rgb, DISPLAY_SIDE).copy()
     scale = small.shape[1] / rgb.shape[1]
+    labels = []
     for p in parts:
         colour = PART_COLOURS[p["n"] % len(PART_COLOURS)]
         top, left = round(p["top"] * scale), round(p["left"] * scale)
         bottom, right = round(p["bottom"] * scale) - 1, round(p["right"] * scale) - 1
         cv2.rectangle(small, (left, top), (right, bottom), colour, 2)
-        cv2.putText(small, str(p["n"] + 1), (left + 3, top + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                    colour, 2, cv2.LINE_AA)
-    return small
+        labels.append((str(p["n"] + 1), left + 4, top + 3, colour))
+    return draw_text(small, labels, TEXT_SIZE + 1)
 
 
 def concept_matrix(concept_groups: list[dict]) -> list[dict]:
@@ -159,6 +159,7 @@ def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[di
         if done is not None:
             card["overlay"] = file_uri(folder / done["png"])
             card["png"] = done["png"]
+            card["reading"] = _reading(folder / done["npy"])
         frame = None if done is None else judged_frame(folder / done["npy"])
         try:
             pixels, _ = audit_pixels(row.file, max_pixels=DEFAULT_MAX_PIXELS, notes=[],
@@ -167,6 +168,15 @@ def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[di
         except ExplainError as exc:
             card["error"] = display(str(exc))
         yield card
+
+
+def _reading(npy: Path) -> str | None:
+    """What the colours of a card's picture mean, as its map's JSON records it (None for a
+    map written before it did)."""
+    try:
+        return json.loads(npy.with_suffix(".json").read_text()).get("reading")
+    except (OSError, ValueError):
+        return None
 
 
 def _gallery_kinds(labeled: bool, target: str, threshold: float) -> list[tuple[str, str, str]]:

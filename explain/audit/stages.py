@@ -29,7 +29,7 @@ from explain.models import Classifier
 from explain.models.base import resize
 from explain.occlusion import occlusion_map
 from explain.progress import LabelledProgress
-from explain.render import figure, save_png, shrink
+from explain.render import DISPLAY_SIDE, figure, reading, save_png, scale, shrink
 from explain.windows import batch_limit, check_windows, fit_batch
 
 DETECT_SIDE = 640
@@ -250,13 +250,16 @@ def heatmap_targets(store: Store, labels: list[str], target_name: str, o: AuditO
 class HeatmapDone:
     """One top-k image's heatmap, computed and drawn, not yet written: ``saved`` is the map at
     most :data:`SAVED_SIDE` px (its params name the source and the original shape), ``picture``
-    the drawn figure (RGB uint8), ``shares`` the heat share of each of the image's parts (by part
-    number), ``seconds`` the map's computing time."""
+    the drawn figure (RGB uint8) at the page's card size (:data:`~explain.render.DISPLAY_SIDE`,
+    so the card shows its legend at native size), ``reading`` what its colours mean
+    (:func:`explain.render.reading`, saved in the map's JSON for the page), ``shares`` the heat
+    share of each of the image's parts (by part number), ``seconds`` the map's computing time."""
 
     saved: Heatmap
     picture: np.ndarray
     shares: dict[int, float | None]
     seconds: float
+    reading: str = ""
 
 
 def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o: AuditOptions
@@ -278,9 +281,11 @@ def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o:
                     params={**heatmap.params, "source": row.path,
                             "original_shape": list(heatmap.shape),
                             **({} if frame is None else {"frame": frame})})
-    picture = figure(small_rgb, saved, colormap=o.colormap, alpha=o.alpha,
-                     normalize=o.normalize, vmin=o.vmin, vmax=o.vmax)
-    return HeatmapDone(saved, picture, shares, heatmap.seconds or 0.0)
+    shown = replace(saved, values=shrink(saved.values, DISPLAY_SIDE))
+    look = {"colormap": o.colormap, "normalize": o.normalize, "vmin": o.vmin, "vmax": o.vmax}
+    picture = figure(shrink(small_rgb, DISPLAY_SIDE), shown, alpha=o.alpha, **look)
+    return HeatmapDone(saved, picture, shares, heatmap.seconds or 0.0,
+                       reading(shown, scale(shown, **look)))
 
 
 def write_heatmap(store: Store, folder: Path, kind: str, row: ImageRow, done: HeatmapDone
@@ -288,7 +293,7 @@ def write_heatmap(store: Store, folder: Path, kind: str, row: ImageRow, done: He
     """Write a computed heatmap's files (atomically, first) and then its store row."""
     stem = folder / f"{kind}_{row.id:07d}"
     save_png(done.picture, stem.with_suffix(".png"))
-    npy, _ = done.saved.save(stem)
+    npy, _ = done.saved.save(stem, extra={"reading": done.reading})
     store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(folder.parent)),
                        str(npy.relative_to(folder.parent)), done.seconds, done.shares)
 

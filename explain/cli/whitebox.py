@@ -65,6 +65,12 @@ GradcamLayerOpt = Annotated[str | None, typer.Option(
 
 
 
+def _note(heatmap: Heatmap) -> str:
+    """The result line's ending for a map below its noise floor: ``"  (no signal: …)"``."""
+    note = heatmap.no_signal()
+    return f"  ({note})" if note else ""
+
+
 def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | None,
          explain_chunk: Callable[[list[np.ndarray]], list], write: Callable) -> None:
     """Explain the readable images ``batch_size`` at a time and write each result under its
@@ -130,7 +136,7 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
             where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" \
                 if rec.layer else ""
             result_line(f"{display(path)}: {rec.target} {rec.score:.4f}{where} -> "
-                        f"{', '.join(map(display, written))}")
+                        f"{', '.join(map(display, written))}" + _note(rec.magnitude))
 
         _run(paths, stems, failed, batch_size, explain_chunk, write)
 
@@ -179,7 +185,8 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
                                                    **heatmap.metadata()}, indent=2)),
         ]
         result_line(f"{display(path)}: {heatmap.target} {heatmap.score:.4f}, layer "
-                    f"{heatmap.params['layer']} -> {', '.join(map(display, written))}")
+                    f"{heatmap.params['layer']} -> {', '.join(map(display, written))}"
+                    + _note(heatmap))
 
     _run(paths, stems, failed, batch_size, explain_chunk, write)
 

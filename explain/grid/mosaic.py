@@ -8,13 +8,15 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from explain.budget import check_memory
 from explain.choices import COLOR_BY
 from explain.errors import OptionError
 from explain.grid.embed import resize
 from explain.grid.result import SimilarityGrid
+from explain.render import font as text_font
+from explain.render import wrap
 
 EMPTY_CELL = (40, 40, 40)
 TAB10 = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -45,19 +47,6 @@ def label_colours(labels: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     hsv = np.stack([hues, np.full_like(hues, 200), np.full_like(hues, 230)], axis=1)
     rgb = cv2.cvtColor(hsv.reshape(-1, 1, 3), cv2.COLOR_HSV2RGB).reshape(-1, 3)
     return {name: tuple(int(v) for v in c) for name, c in zip(names, rgb, strict=True)}
-
-
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int
-          ) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        candidate = f"{line} {word}".strip()
-        if line and draw.textlength(candidate, font=font) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = candidate
-    return [*lines, line] if line else lines
 
 
 def draw_mosaic(grid: SimilarityGrid, *, color_by: str = "none", cell_px: int | None = None,
@@ -106,11 +95,11 @@ def draw_mosaic(grid: SimilarityGrid, *, color_by: str = "none", cell_px: int | 
 def _with_footer(mosaic: np.ndarray, grid: SimilarityGrid, color_by: str) -> np.ndarray:
     width = max(mosaic.shape[1], 512)
     pad, size = 8, 14
-    font = ImageFont.load_default(size=size)
+    font = text_font(size)
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text = (f"{len(grid.names)} images on {grid.shape[0]}x{grid.shape[1]}, embedding: "
             f"{grid.embed}. {grid.quality.summary()}.")
-    lines = _wrap(scratch, text, font, width - 2 * pad)
+    lines = wrap(text, size, width - 2 * pad)
     swatches: list[tuple[str, tuple[int, int, int]]] = []
     if color_by == "label":
         swatches = list(label_colours(grid.labels).items())  # type: ignore[arg-type]

@@ -37,7 +37,16 @@ from explain.images import load_image, to_tensor
 from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods
 from explain.models import load, resolve_target
 from explain.progress import LabelledProgress
-from explain.render import DISPLAY_SIDE, check_look, data_uri, figure, overlay, shrink
+from explain.render import (
+    DISPLAY_SIDE,
+    check_look,
+    data_uri,
+    figure,
+    overlay,
+    reading,
+    scale,
+    shrink,
+)
 from explain.render_clip import timeline
 from explain.report.ranking import rank
 from explain.rise import check_rise
@@ -93,6 +102,7 @@ class MethodResult:
     skipped: str | None = None
     overlay_uri: str | None = None
     raw_uri: str | None = None
+    reading: str | None = None
 
 
 @dataclass
@@ -175,7 +185,9 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> Met
     small = shrink(image, DISPLAY_SIDE)
     shown = replace(heatmap, values=shrink(heatmap.values.astype(np.float32), DISPLAY_SIDE))
     look = {"colormap": o.colormap, "normalize": o.normalize, "vmin": o.vmin, "vmax": o.vmax}
-    result.overlay_uri = data_uri(figure(small, shown, alpha=o.alpha, **look))
+    drawn = figure(small, shown, alpha=o.alpha, **look)  # shown at native size: not shrunk
+    result.overlay_uri = data_uri(drawn, max(drawn.shape[:2]))
+    result.reading = reading(shown, scale(shown, **look))
     result.raw_uri = data_uri(overlay(small, shown, alpha=1.0, **look))
     return result
 

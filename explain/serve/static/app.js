@@ -72,6 +72,8 @@ async function start() {
   for (const f of info.fills) option($("fill"), f, f);
   showFields();
   $("go").disabled = false;
+  const opened = openedJob();
+  if (opened) await show(opened);
   await listJobs(true);
 }
 
@@ -111,7 +113,21 @@ function clearPictures() {
   for (const url of state.blobs) URL.revokeObjectURL(url);
   state.blobs = [];
   for (const id of ["original", "overlay", "side"]) $(id).removeAttribute("src");
-  $("downloads").textContent = "";
+  for (const id of ["downloads", "reading", "share", "score"]) $(id).textContent = "";
+}
+
+function share(id) {
+  // jobs/ID is relative to the page's base: the service's root, from / and from /jobs/ID
+  const link = document.createElement("a");
+  link.href = `jobs/${encodeURIComponent(id)}`;
+  link.textContent = link.href;
+  $("share").textContent = "Link to this result: ";
+  $("share").append(link);
+}
+
+function openedJob() {
+  const found = /\/jobs\/([0-9a-f-]+)$/.exec(location.pathname);
+  return found ? `v1/visualizations/${found[1]}` : null;
 }
 
 async function picture(id, url) {
@@ -165,8 +181,13 @@ async function refresh(statusUrl) {
   }
   $("score").className = "";
   $("score").textContent = `p(${job.options.target}) of the image: ${job.score === null
-    ? "—" : job.score.toFixed(4)}; red regions support the target, blue ones work against it.`;
+    ? "—" : job.score.toFixed(4)}`;
+  share(job.id);
   say("Done.");
+  const meta = await (await api(job.results["heatmap.json"])).json();
+  if (state.shown !== statusUrl) return;
+  // the words come from the map (its unit, sign and drawn scale), never a fixed sentence
+  $("reading").textContent = meta.reading || `Colour = ${meta.unit}.`;
   await Promise.all(["original", "overlay", "side"].map(
     (name) => picture(name, job.results[`${name}.png`])));
   for (const name of ["heatmap.npy", "heatmap.json"]) {
