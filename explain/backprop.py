@@ -40,6 +40,7 @@ from captum.attr import Deconvolution, GuidedBackprop, NeuronDeconvolution, Neur
 from explain.choices import WHITE_BOX_BATCH
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
+from explain.models.base import model_view
 from explain.reconstruction import Reconstruction
 from explain.whitebox import (
     Calls,
@@ -150,7 +151,8 @@ class _Backprop(Method):
         magnitude = Heatmap(
             np.abs(values).max(axis=2), method=self.method, target=ctx.target_name,
             score=score, seconds=seconds,
-            params={"layer": ctx.layer, "neuron": position, "activation": activation},
+            params={"layer": ctx.layer, "neuron": position, "activation": activation,
+                    "model_view": model_view(ctx.clf, ctx.images[index].shape[:2])},
         )
         return Reconstruction(values, magnitude, self.method, ctx.target_name, score=score,
                               layer=ctx.layer, neuron=position, activation=activation,

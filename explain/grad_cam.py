@@ -29,6 +29,7 @@ from explain.choices import WHITE_BOX_BATCH
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
 from explain.models import Preprocess, TorchClassifier
+from explain.models.base import model_view
 from explain.reconstruction import Reconstruction
 from explain.whitebox import Calls, Context, Images, Method, run
 
@@ -110,7 +111,8 @@ class _GradCam(Method):
             seconds = seconds + self.guides[index].seconds
         return Heatmap(values, method="guided_gradcam" if self.guided else "gradcam",
                        target=ctx.target_name, score=score, seconds=seconds,
-                       params={"layer": ctx.layer, "layer_shape": self.layer_shape})
+                       params={"layer": ctx.layer, "layer_shape": self.layer_shape,
+                               "model_view": model_view(ctx.clf, ctx.images[index].shape[:2])})
 
 
 def gradcam(model: object, image: Images, *, target: str | int = "nsfw",

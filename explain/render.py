@@ -33,10 +33,15 @@ one on a diverging map), never as a division by zero.
 The legend (:func:`legend_strip`) is a strip as wide as the picture, or wider when its text
 needs it (the picture is then padded with white on the right, so no label is ever clipped, even
 for a 1×1 image): a colour bar with its end values (and 0 when inside), the unit and the
-image's score, and in red the map's "no signal" note
-(:meth:`~explain.heatmap.Heatmap.no_signal`). Its text grows with the width (one step per
-:data:`LEGEND_STEP` px), so its height is
+image's score, the line of :func:`context_line` (the map's baseline score, and what the hatching
+means when the map has an unseen part), and in red the map's notes
+(:meth:`~explain.heatmap.Heatmap.notes`: "no signal", a baseline not below the score). Its text
+grows with the width (one step per :data:`LEGEND_STEP` px), so its height is
 ``legend_height(width, note)``; with ``legend=False`` a figure is exactly the overlay.
+
+What the model never sees (``params["model_view"]``, :mod:`explain.heatmap`) is hatched grey on
+every picture of the map (:func:`hatch_unseen`): the overlay, the figure and the map panel and
+overlay of :func:`side_by_side`; the map's values there mean nothing.
 
 For pages (the report, the audit): :func:`shrink` brings a picture or a map down to display size,
 :func:`data_uri` inlines a picture as a JPEG data URI.
@@ -47,7 +52,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,6 +74,8 @@ DIVERGING = frozenset({
 LEGEND_STEP = 600
 DISPLAY_SIDE = 256
 NOTE_COLOUR = (200, 0, 0)
+HATCH_PERIOD = 8
+HATCH_GREY = 128
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -266,7 +273,54 @@ def overlay(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str |
     rgb = _picture(image)
     colours = colorize(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
                        percentile=percentile)
-    return _blend(rgb, _fit(colours, rgb.shape[:2]), alpha)
+    return hatch_unseen(_blend(rgb, _fit(colours, rgb.shape[:2]), alpha), heatmap)
+
+
+def unseen_mask(heatmap: Heatmap | np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """True where a picture of ``shape`` (H, W) of ``heatmap`` lies outside the map's
+    ``params["model_view"]`` (in the original image's pixels: ``params["original_shape"]`` for a
+    shrunk map, :func:`shrink_map`, else the values'; scaled to ``shape``); None when the model
+    sees it all (or the map does not say)."""
+    view = heatmap.params.get("model_view") if isinstance(heatmap, Heatmap) else None
+    if view is None:
+        return None
+    vh, vw = heatmap.params.get("original_shape") or heatmap.values.shape[-2:]  # type: ignore
+    h, w = shape
+    top, bottom = round(view[0] * h / vh), round(view[2] * h / vh)
+    left, right = round(view[1] * w / vw), round(view[3] * w / vw)
+    if top <= 0 and left <= 0 and bottom >= h and right >= w:
+        return None
+    mask = np.ones((h, w), dtype=bool)
+    mask[max(0, top):max(0, bottom), max(0, left):max(0, right)] = False
+    return mask
+
+
+def hatch_unseen(picture: np.ndarray, heatmap: Heatmap | np.ndarray) -> np.ndarray:
+    """``picture`` (RGB uint8, any size) with the part ``heatmap``'s model never sees
+    (:func:`unseen_mask`) greyed and hatched with diagonal lines, so that it never reads as
+    "no relevance"; returned as is when the model sees it all."""
+    mask = unseen_mask(heatmap, picture.shape[:2])
+    if mask is None:
+        return picture
+    out = picture.copy()
+    grey = (out[mask].astype(np.float32) + HATCH_GREY) / 2.0
+    out[mask] = np.rint(grey).astype(np.uint8)
+    rows, cols = np.indices(mask.shape)
+    lines = mask & ((rows + cols) % HATCH_PERIOD < max(1, HATCH_PERIOD // 4))
+    out[lines] = (HATCH_GREY // 2,) * 3
+    return out
+
+
+def context_line(heatmap: Heatmap | np.ndarray, shape: tuple[int, int]) -> str:
+    """The legend's line under the unit: the map's baseline
+    (:meth:`~explain.heatmap.Heatmap.baseline_text`) and, when a picture of ``shape`` has an
+    unseen part, what its hatching means; "" when there is neither."""
+    if not isinstance(heatmap, Heatmap):
+        return ""
+    parts = [heatmap.baseline_text() or ""]
+    if unseen_mask(heatmap, shape) is not None:
+        parts.append("hatched: never seen by the model")
+    return _ascii(";  ".join(p for p in parts if p))
 
 
 def _step(width: int) -> int:
@@ -282,15 +336,16 @@ def _metrics(step: int) -> tuple[float, int, int, int, int, int]:
     return font_scale, thickness, 4 * step, 8 * step, th + base + 4 * step, th
 
 
-def _strip_height(step: int, note: bool) -> int:
+def _strip_height(step: int, note: int) -> int:
     _, _, margin, bar, line, _ = _metrics(step)
     return 2 * margin + bar + (2 + note) * line
 
 
-def legend_height(width: int, note: bool = False) -> int:
+def legend_height(width: int, note: int | bool = 0) -> int:
     """Height of the legend strip under a picture ``width`` px wide: margins, colour bar, the
-    line of end values and the line of unit and score (``note``: plus the red "no signal" line)."""
-    return _strip_height(_step(width), note)
+    line of end values and the line of unit and score, plus ``note`` more lines (the context
+    line, the red notes; True = one)."""
+    return _strip_height(_step(width), int(note))
 
 
 def _text_width(text: str, step: int) -> int:
@@ -302,10 +357,12 @@ def _ascii(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii")
 
 
-def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndarray:
+def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale,
+                 shape: tuple[int, int] | None = None) -> np.ndarray:
     """The legend strip (RGB uint8) for ``heatmap`` drawn on ``s``, at least ``width`` px wide
     and wider when its text needs it: colour bar, its end values (and 0), the unit, the score,
-    the no-signal note."""
+    the context line (:func:`context_line` for a picture of ``shape``, default the map's), the
+    notes."""
     hm = heatmap if isinstance(heatmap, Heatmap) else None
     step = _step(width)
     font_scale, thickness, margin, bar_h, line, text_h = _metrics(step)
@@ -314,13 +371,17 @@ def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndar
     about = _ascii(hm.unit if hm is not None else "value")
     if hm is not None and hm.score is not None:
         about += _ascii(f";  image: p({hm.target}) = {hm.score:.4f}")
-    note = _ascii(hm.no_signal() or "") if hm is not None else ""
+    lines: list[tuple[str, tuple[int, int, int]]] = []
+    if hm is not None:
+        context = context_line(hm, shape or hm.shape)
+        lines = ([(context, (0, 0, 0))] if context else []) + \
+            [(_ascii(n), NOTE_COLOUR) for n in hm.notes()]
     gap = 3 * margin
     ticks = 2 * max(_text_width(lo, step), _text_width(hi, step)) + gap * 2 + \
         (_text_width("0", step) if zero else 0)
-    need = 2 * margin + max(ticks, *(_text_width(t, step) for t in (about, note)))
+    need = 2 * margin + max(ticks, *(_text_width(t, step) for t in [about] + [t for t, _ in lines]))
     width = max(width, need)
-    strip = np.full((_strip_height(step, bool(note)), width, 3), 255, dtype=np.uint8)
+    strip = np.full((_strip_height(step, len(lines)), width, 3), 255, dtype=np.uint8)
     x0, x1 = margin, width - margin
     strip[margin:margin + bar_h, x0:x1] = \
         colormap_lut(s.colormap)[np.linspace(0, 255, x1 - x0).round().astype(np.uint8)]
@@ -338,15 +399,17 @@ def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndar
                 _text_width("0", step):
             put("0", at, baseline)
     put(about, x0, baseline + line)
-    if note:
-        put(note, x0, baseline + 2 * line, NOTE_COLOUR)
+    for k, (text, colour) in enumerate(lines, 2):
+        put(text, x0, baseline + k * line, colour)
     return strip
 
 
-def with_legend(picture: np.ndarray, heatmap: Heatmap | np.ndarray, s: Scale) -> np.ndarray:
+def with_legend(picture: np.ndarray, heatmap: Heatmap | np.ndarray, s: Scale,
+                shape: tuple[int, int] | None = None) -> np.ndarray:
     """``picture`` with the legend strip of ``heatmap`` drawn on ``s`` below it (the picture
-    padded with white on the right when the strip is wider)."""
-    strip = legend_strip(heatmap, picture.shape[1], s)
+    padded with white on the right when the strip is wider); ``shape``: that of one panel of
+    the map in it (default: the picture's)."""
+    strip = legend_strip(heatmap, picture.shape[1], s, shape or picture.shape[:2])
     width = max(picture.shape[1], strip.shape[1])
     pad = np.full((picture.shape[0], width - picture.shape[1], 3), 255, dtype=np.uint8)
     return np.concatenate([np.concatenate([picture, pad], axis=1), strip], axis=0)
@@ -361,7 +424,8 @@ def figure(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str | 
     rgb = _picture(image)
     s = scale(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
               percentile=percentile)
-    picture = _blend(rgb, _fit(_colours(_values(heatmap), s), rgb.shape[:2]), alpha)
+    picture = hatch_unseen(_blend(rgb, _fit(_colours(_values(heatmap), s), rgb.shape[:2]),
+                                  alpha), heatmap)
     if not legend:
         return picture
     return with_legend(picture, heatmap, s)
@@ -378,10 +442,11 @@ def side_by_side(image: np.ndarray, heatmap: Heatmap | np.ndarray, *,
               percentile=percentile)
     colours = _fit(_colours(_values(heatmap), s), rgb.shape[:2])
     spacer = np.full((rgb.shape[0], gap, 3), 255, dtype=np.uint8)
-    picture = np.concatenate([rgb, spacer, colours, spacer, _blend(rgb, colours, alpha)], axis=1)
+    picture = np.concatenate([rgb, spacer, hatch_unseen(colours, heatmap), spacer,
+                              hatch_unseen(_blend(rgb, colours, alpha), heatmap)], axis=1)
     if not legend:
         return picture
-    return with_legend(picture, heatmap, s)
+    return with_legend(picture, heatmap, s, rgb.shape[:2])
 
 
 def save_png(picture: np.ndarray, path: str | os.PathLike) -> Path:
@@ -408,6 +473,17 @@ def shrink(picture: np.ndarray, side: int) -> np.ndarray:
         return picture
     return cv2.resize(picture, (max(1, round(w * factor)), max(1, round(h * factor))),
                       interpolation=cv2.INTER_AREA)
+
+
+def shrink_map(heatmap: Heatmap, side: int) -> Heatmap:
+    """``heatmap`` with its values shrunk to at most ``side`` px (:func:`shrink`), for a picture
+    at display size; ``params["original_shape"]`` keeps the shape its ``model_view`` refers
+    to."""
+    if max(heatmap.shape) <= side:
+        return heatmap
+    original = heatmap.params.get("original_shape") or list(heatmap.shape)
+    return replace(heatmap, values=shrink(heatmap.values.astype(np.float32), side),
+                   params={**heatmap.params, "original_shape": original})
 
 
 def data_uri(rgb: np.ndarray, side: int = DISPLAY_SIDE) -> str:

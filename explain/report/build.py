@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from explain.images import load_image, to_tensor
 from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods
 from explain.models import load, resolve_target
 from explain.progress import LabelledProgress
-from explain.render import DISPLAY_SIDE, check_look, data_uri, figure, overlay, shrink
+from explain.render import DISPLAY_SIDE, check_look, data_uri, figure, overlay, shrink, shrink_map
 from explain.render_clip import timeline
 from explain.report.ranking import rank
 from explain.rise import check_rise
@@ -173,7 +173,7 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> Met
     result.faith_seconds = time.perf_counter() - start
     # panels are drawn at display size: the map is shrunk like the image, then rendered
     small = shrink(image, DISPLAY_SIDE)
-    shown = replace(heatmap, values=shrink(heatmap.values.astype(np.float32), DISPLAY_SIDE))
+    shown = shrink_map(heatmap, DISPLAY_SIDE)
     look = {"colormap": o.colormap, "normalize": o.normalize, "vmin": o.vmin, "vmax": o.vmax}
     result.overlay_uri = data_uri(figure(small, shown, alpha=o.alpha, **look))
     result.raw_uri = data_uri(overlay(small, shown, alpha=1.0, **look))
