@@ -102,8 +102,9 @@ class Heatmap:
         value = self.params.get("baseline_score")
         if not self.signed or value is None or self.score is None or value < self.score:
             return None
+        hint = "" if self.params.get("fill_asked") == "auto" else " (try fill auto)"
         return (f"baseline {value:.3g} >= image's p({self.target}) {self.score:.3g}: "
-                "the drops measure the fill (try --fill auto)")
+                f"the drops measure the fill{hint}")
 
     def notes(self) -> list[str]:
         """The map's warnings, in order: no signal, a baseline not below the image's score."""
