@@ -71,6 +71,7 @@ from torch.overrides import TorchFunctionMode
 from explain.choices import WHITE_BOX_BATCH
 from explain.errors import OptionError, WhiteBoxError
 from explain.heatmap import WHITE_BOX_FLOOR, Heatmap
+from explain.models.base import model_view
 from explain.reconstruction import Reconstruction
 from explain.whitebox import (
     BLACK_BOX_COMMANDS,
@@ -326,7 +327,8 @@ class _Backprop(Method):
         magnitude = Heatmap(
             np.abs(values).max(axis=2), method=self.method, target=ctx.target_name,
             score=score, seconds=seconds,
-            params={"layer": ctx.layer, "neuron": position, "activation": activation},
+            params={"layer": ctx.layer, "neuron": position, "activation": activation,
+                    "model_view": model_view(ctx.clf, ctx.images[index].shape[:2])},
             unit=f"|{METHODS[self.method]} of {explained}|, max over RGB",
             noise_floor=WHITE_BOX_FLOOR,
         )

@@ -21,6 +21,19 @@ def check_fill(fill: str) -> str:
         raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
     return fill
 
+# occlusion (the maps, the audit, the service): the fills, or ``auto``, the one the model scores
+# lowest for the target (explain.occlusion.choose_fill)
+OCCLUSION_FILLS = ("auto", *FILLS)
+
+
+def check_occlusion_fill(fill: str) -> str:
+    """``fill`` when it is one of :data:`OCCLUSION_FILLS`, else an OptionError listing them."""
+    if fill not in OCCLUSION_FILLS:
+        from explain.errors import OptionError
+
+        raise OptionError(f"unknown fill {fill!r}; use one of {', '.join(OCCLUSION_FILLS)}")
+    return fill
+
 # occlusion: the drill-down fraction ``--fast`` uses (explain.drill_down; tuned on real-signal
 # photos by scripts/bench_fast.py)
 FAST_DRILL_DOWN = 0.04

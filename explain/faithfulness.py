@@ -1,7 +1,9 @@
 """Deletion and insertion AUC (Petsiuk et al., RISE, 2018): does a heatmap match the model?
 
-Pixels are ranked by the heatmap, most salient first (ties keep raster order). For k = 0..steps
-the top ``round(k·N/steps)`` of the N pixels are
+Pixels are ranked by the heatmap, most salient first (ties keep raster order). Only the N pixels
+the model sees count (:func:`~explain.models.base.model_view`: open_nsfw never sees the border
+outside its centre crop, so deleting there would spend steps that cannot move the score). For
+k = 0..steps the top ``round(k·N/steps)`` of the N pixels are
 
 - **deleted**: replaced by the fill (as in occlusion: ``gray``, ``black``, ``mean``, ``blur``),
   starting from the image. A faithful map makes p_t fall fast: *lower* AUC is better.
@@ -40,7 +42,7 @@ from explain.choices import check_fill
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
 from explain.images import ImageInput, as_rgb, to_tensor
-from explain.models.base import Classifier, resize, resolve_target
+from explain.models.base import Classifier, model_view, resize, resolve_target
 from explain.perturb import fill_values, gaussian_blur
 from explain.windows import check_batch_size
 
@@ -87,8 +89,9 @@ def faithfulness(classifier: Classifier, image: ImageInput,
     Returns a JSON-able dict: ``deletion_auc`` (lower is better), ``insertion_auc`` (higher is
     better), ``insertion_minus_deletion``, the two curves, ``fractions``, ``score`` (p_t of the
     intact image), ``steps``, ``fill``, ``target``, ``size`` (the (H, W) the curves were computed
-    at), ``constant`` (the map has one value only: its pixel order, and so its AUCs, mean nothing)
-    and ``saturated`` / ``flat`` (the curves cannot tell maps apart; see the module docstring).
+    at), ``view`` (the part of that size the model sees, the only pixels ranked), ``constant``
+    (the map has one value only: its pixel order, and so its AUCs, mean nothing) and
+    ``saturated`` / ``flat`` (the curves cannot tell maps apart; see the module docstring).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise OptionError(f"steps must be a positive integer, got {steps!r}")
@@ -103,11 +106,17 @@ def faithfulness(classifier: Classifier, image: ImageInput,
         x = resize(x, tuple(size))
         sal = F.interpolate(sal, size=tuple(size), mode="area")
     h, w = x.shape[-2:]
-    n = h * w
-    constant = bool(sal.max() == sal.min())
+    top, left, bottom, right = view = model_view(classifier, (h, w))
+    seen = torch.zeros((h, w), dtype=torch.bool, device=device)
+    seen[top:bottom, left:right] = True
+    n = int(seen.sum())
+    inside = sal[0, 0][seen]
+    constant = bool(inside.max() == inside.min())
+    # the unseen pixels rank after every seen one: no step ever deletes or inserts them
+    sal = torch.where(seen, sal, torch.tensor(-torch.inf, device=device))
     order = torch.argsort(-sal.flatten(), stable=True)
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(n, device=device)
+    rank[order] = torch.arange(h * w, device=device)
     rank = rank.view(1, 1, h, w)
     counts = torch.round(torch.arange(steps + 1, device=device, dtype=torch.float64)
                          * n / steps).long()
@@ -140,6 +149,7 @@ def faithfulness(classifier: Classifier, image: ImageInput,
         "steps": steps,
         "fill": fill,
         "size": [int(h), int(w)],
+        "view": [int(v) for v in view],
         "score": float(deletion[0]),
         "deletion_auc": d_auc,
         "insertion_auc": i_auc,

@@ -31,16 +31,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from explain.choices import DEFAULT_REUSE_THRESHOLD, check_fill, check_reuse
+from explain.choices import DEFAULT_REUSE_THRESHOLD, check_occlusion_fill, check_reuse
 from explain.clips import changed
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import to_tensor
 from explain.incremental import network_for
-from explain.models.base import Classifier, resize, resolve_target
-from explain.occlusion import occluded_scores, scale_windows
+from explain.models.base import Classifier, model_view, resize, resolve_target
+from explain.occlusion import LEAD, choose_fill, lead_rows, occluded_scores, scale_windows
 from explain.perturb import fill_values
 from explain.progress import Progress
-from explain.sliding import crop_scores
+from explain.sliding import BLANK, blank_score, crop_scores, crops_view
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
@@ -96,9 +96,11 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
 
     Returns one SIGNED :class:`~explain.heatmap.Heatmap` per frame, in units of p(target),
     ``params["reuse"]`` in ``identical``, ``region`` or ``none`` and ``params["rescored"]`` the
-    windows scored for it.
+    windows scored for it. ``fill="auto"`` is chosen once, on the first frame
+    (:func:`~explain.occlusion.choose_fill`), and kept for the clip, so that its maps share one
+    baseline fill.
     """
-    check_fill(fill)
+    asked = check_occlusion_fill(fill)
     check_reuse(reuse)
     shape = frames[0].shape[:2]
     t = resolve_target(classifier, target)
@@ -107,35 +109,41 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     size = tuple(classifier.input_size) if classifier.input_size else shape
     scaled = scale_windows(windows, shape, size)
     device = classifier.device
-    step = check_batch_size(batch_size, device, size, len(windows) + 1)
+    step = check_batch_size(batch_size, device, size, len(windows) + LEAD)
     # incremental inference (exact) whenever it applies and pays
     net = network_for(classifier, None, window=tuple((scaled[0, 2:] - scaled[0, :2]).tolist()),
                       size=tuple(size))
-    empty = np.zeros((1, 4), np.int64)
+    head = lead_rows(size)
+    view = model_view(classifier, shape)
     maps: list[Heatmap] = []
     drops = np.zeros(len(windows))
-    score = 0.0
+    score = base = 0.0
+    window = tuple(int(v) for v in scaled[0, 2:] - scaled[0, :2])
     for k, frame in enumerate(frames):
         start = time.perf_counter()
+        x = None
+        if fill == "auto":
+            x = _at(frame, device, size)
+            fill = choose_fill(classifier, x, t, window)[0]
         how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold,
                            region=fill in REGION_FILLS)
         if how != "identical":
-            x = to_tensor(frame, device)
-            if size != shape:
-                x = resize(x, size)
-            baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
-            bounds = torch.from_numpy(np.concatenate([empty, scaled[chosen]]))
+            x = _at(frame, device, size) if x is None else x
+            baseline = fill_values(x, fill, window)
+            bounds = torch.from_numpy(np.concatenate([head, scaled[chosen]]))
             p = occluded_scores(classifier, x, baseline, bounds, t, step, None, net,
                                 None).double().numpy()
-            score = float(p[0])
+            score, base = float(p[0]), float(p[1])
             drops = drops.copy()
-            drops[chosen] = p[0] - p[1:]
+            drops[chosen] = p[0] - p[LEAD:]
         maps.append(Heatmap(
             values=window_mean(shape, windows, drops), method="occlusion", target=name,
             score=score, box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
             stride=pixels(stride, "stride", shape), windows=len(windows),
             seconds=time.perf_counter() - start,
-            params={"fill": fill, "batch_size": step, "work_size": list(size), "box_asked": box,
+            params={"fill": fill, "fill_asked": asked, "baseline": f"whole image {fill}-filled",
+                    "baseline_score": base, "model_view": view,
+                    "batch_size": step, "work_size": list(size), "box_asked": box,
                     "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
                     "incremental": net is not None,
                     "threshold": threshold},
@@ -143,6 +151,12 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
         if progress is not None:
             progress(k + 1, len(frames))
     return maps
+
+
+def _at(frame: np.ndarray, device: torch.device, size: tuple[int, int]) -> torch.Tensor:
+    """``frame`` as a 1×3×H×W tensor on ``device`` at the work ``size``."""
+    x = to_tensor(frame, device)
+    return x if tuple(x.shape[-2:]) == tuple(size) else resize(x, size)
 
 
 @torch.no_grad()
@@ -175,6 +189,7 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     maps: list[Heatmap] = []
     crops = np.zeros(len(windows))
     score = 0.0
+    blank, view = blank_score(classifier, size, t), crops_view(classifier, windows)
     for k, frame in enumerate(frames):
         start = time.perf_counter()
         how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold)
@@ -187,7 +202,8 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
             values=window_mean(shape, windows, crops), method="sliding", target=name,
             score=score, box=(bh, bw), stride=pixels(stride, "stride", shape),
             windows=len(windows), seconds=time.perf_counter() - start,
-            params={"batch_size": step, "crop_size": list(size), "box_asked": box,
+            params={"baseline": BLANK, "baseline_score": blank, "model_view": view,
+                    "batch_size": step, "crop_size": list(size), "box_asked": box,
                     "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
                     "threshold": threshold},
             unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0), noise_floor=NOISE_FLOOR))

@@ -29,6 +29,7 @@ from explain.choices import WHITE_BOX_BATCH
 from explain.errors import OptionError
 from explain.heatmap import WHITE_BOX_FLOOR, Heatmap
 from explain.models import Preprocess, TorchClassifier
+from explain.models.base import model_view
 from explain.reconstruction import Reconstruction
 from explain.whitebox import Calls, Context, Images, Method, run
 
@@ -117,7 +118,8 @@ class _GradCam(Method):
         name = "guided Grad-CAM" if self.guided else "Grad-CAM"
         return Heatmap(values, method="guided_gradcam" if self.guided else "gradcam",
                        target=ctx.target_name, score=score, seconds=seconds,
-                       params={"layer": ctx.layer, "layer_shape": self.layer_shape},
+                       params={"layer": ctx.layer, "layer_shape": self.layer_shape,
+                               "model_view": model_view(ctx.clf, ctx.images[index].shape[:2])},
                        unit=f"{name} of {ctx.output} (>= 0)", noise_floor=WHITE_BOX_FLOOR,
                        raw_signal=raw)
 

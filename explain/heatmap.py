@@ -14,6 +14,15 @@ draw it without overstating it:
   probability units, :data:`WHITE_BOX_FLOOR` for white-box maps (derivatives of the model's
   output); :meth:`Heatmap.no_signal` names a map that stays under it. The signal (its raw,
   unnormalised magnitude, :attr:`Heatmap.signal`) is saved with the map.
+Two ``params`` say what the values are measured against and where they mean anything:
+
+- ``baseline_score`` (with ``baseline``, what was scored): p(target) of the image with
+  everything hidden (occlusion: the whole image filled; sliding: a blank crop). Occlusion drops
+  are measured against it: :meth:`Heatmap.baseline_note` warns when it is not below the image's
+  own score (the drops then measure the fill, not the image).
+- ``model_view``: ``[top, left, bottom, right)`` in the values' pixels, the part of the image
+  the model sees (:func:`~explain.models.base.model_view`); outside it the map means nothing,
+  and pictures hatch it.
 """
 
 from __future__ import annotations
@@ -99,6 +108,28 @@ class Heatmap:
             return f"no signal: {self.unit} spans {self.signal:.2g} < {self.noise_floor:g}"
         return f"no signal: largest |{self.unit}| {self.signal:.2g} < {self.noise_floor:g}"
 
+    def baseline_text(self) -> str | None:
+        """``"<baseline>: p(<target>) = <score>"`` when the map records its baseline."""
+        value = self.params.get("baseline_score")
+        if value is None:
+            return None
+        return f"{self.params.get('baseline', 'baseline')}: p({self.target}) = {value:.3g}"
+
+    def baseline_note(self) -> str | None:
+        """A warning when a signed map's baseline (the fill's own score) is not below the
+        image's score: every drop is then measured against a fill the model scores at least as
+        high as the image, so the map measures the fill, not the image."""
+        value = self.params.get("baseline_score")
+        if not self.signed or value is None or self.score is None or value < self.score:
+            return None
+        hint = "" if self.params.get("fill_asked") == "auto" else " (try fill auto)"
+        return (f"baseline {value:.3g} >= image's p({self.target}) {self.score:.3g}: "
+                f"the drops measure the fill{hint}")
+
+    def notes(self) -> list[str]:
+        """The map's warnings, in order: no signal, a baseline not below the image's score."""
+        return [n for n in (self.no_signal(), self.baseline_note()) if n]
+
     @property
     def shape(self) -> tuple[int, int]:
         return self.values.shape  # type: ignore[return-value]
@@ -109,6 +140,7 @@ class Heatmap:
         meta["shape"] = list(self.shape)
         meta["min"], meta["max"] = float(self.values.min()), float(self.values.max())
         meta["signal"], meta["no_signal"] = self.signal, self.no_signal()
+        meta["warnings"] = self.notes()
         return meta
 
     def save(self, stem: str | Path, extra: dict | None = None) -> tuple[Path, Path]:

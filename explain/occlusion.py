@@ -40,12 +40,19 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from explain.choices import check_fill
+from explain.choices import FILLS, check_occlusion_fill
 from explain.drill_down import check_drill_down, drill_down
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
 from explain.incremental import Network, check_incremental, network_for, window_scores
-from explain.models.base import Classifier, Preprocess, pixelwise_input, resize, resolve_target
+from explain.models.base import (
+    Classifier,
+    Preprocess,
+    model_view,
+    pixelwise_input,
+    resize,
+    resolve_target,
+)
 from explain.perturb import fill_values, masked
 from explain.progress import Progress
 from explain.windows import (
@@ -141,12 +148,19 @@ def window_masks(bounds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 
+LEAD = 2
+"""Rows of :attr:`OcclusionPlan.bounds` before the windows: the intact image (an empty window)
+and the baseline (one window over the whole work image: every window hidden at once)."""
+
+
 @dataclass
 class OcclusionPlan:
     """Everything an occlusion map scores (see :func:`plan_occlusion`): the image and the fill
     ready on the classifier's device; ``bounds`` (on the host), row 0 an empty window (the intact
-    image), rows 1… the windows scaled to the work size; :attr:`copies` builds and scores the
-    occluded copies of any rows and :meth:`heatmap` turns their scores into the map.
+    image), row 1 the whole image (the baseline: the fill's own score), rows 2… the windows
+    scaled to the work size; :attr:`copies` builds and scores the occluded copies of any rows and
+    :meth:`heatmap` turns their scores into the map. ``fill`` is the fill used (``fill_asked``
+    ``auto`` chose it; ``fill_scores``: each fill's own score, when it did).
     :func:`occlusion_map` drives it batch after batch; the service
     (:mod:`explain.serve.batching`) interleaves several plans in one model batch."""
 
@@ -161,6 +175,8 @@ class OcclusionPlan:
     stride: Size
     fill: str
     classifier: Classifier
+    fill_asked: str = ""
+    fill_scores: dict[str, float] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -169,7 +185,7 @@ class OcclusionPlan:
 
     @property
     def n(self) -> int:
-        """Masks to score: the intact image and one per window."""
+        """Masks to score: the intact image, the baseline and one per window."""
         return len(self.bounds)
 
     @cached_property
@@ -179,21 +195,27 @@ class OcclusionPlan:
 
     def heatmap(self, p: np.ndarray, seconds: float, batch_size: int) -> Heatmap:
         """The map from ``p``, p(target) of every row in order (float64, length :attr:`n`)."""
-        return self.drop_map(float(p[0]), p[0] - p[1:], seconds, batch_size, None,
-                             len(self.windows))
+        return self.drop_map(float(p[0]), float(p[1]), p[0] - p[LEAD:], seconds, batch_size,
+                             None, len(self.windows))
 
-    def drop_map(self, score: float, drops: np.ndarray, seconds: float, batch_size: int,
-                 drill: float | None, evaluated: int, incremental: bool = False,
-                 tau: float | None = None) -> Heatmap:
+    def drop_map(self, score: float, baseline: float, drops: np.ndarray, seconds: float,
+                 batch_size: int, drill: float | None, evaluated: int,
+                 incremental: bool = False, tau: float | None = None) -> Heatmap:
         """The map from every window's drop (scored or, after drill-down ``drill``, estimated;
-        ``evaluated`` of them scored) and the intact image's ``score``; ``incremental`` and
-        ``tau`` say how the windows were scored (recorded in ``params``)."""
+        ``evaluated`` of them scored), the intact image's ``score`` and the ``baseline`` (the
+        whole image filled); ``incremental`` and ``tau`` say how the windows were scored
+        (recorded in ``params``)."""
         return Heatmap(values=window_mean(self.shape, self.windows, drops),
                        method="occlusion", target=self.target_name, score=score,
                        box=tuple(int(v) for v in self.windows[0, 2:] - self.windows[0, :2]),
                        stride=pixels(self.stride, "stride", self.shape),
                        windows=len(self.windows), seconds=seconds,
-                       params={"fill": self.fill, "batch_size": batch_size,
+                       params={"fill": self.fill, "fill_asked": self.fill_asked or self.fill,
+                               "fill_scores": self.fill_scores,
+                               "baseline": f"whole image {self.fill}-filled",
+                               "baseline_score": baseline,
+                               "model_view": model_view(self.classifier, self.shape),
+                               "batch_size": batch_size,
                                "work_size": list(self.size), "box_asked": self.box,
                                "stride_asked": self.stride, "incremental": incremental, "tau": tau,
                                "drill_down": drill, "windows_evaluated": evaluated,
@@ -206,8 +228,9 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
                    box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
                    target: str | int = "nsfw") -> OcclusionPlan:
     """The :class:`OcclusionPlan` of :func:`occlusion_map` (same arguments, same checks): the
-    image at the classifier's input size on its device, the fill, the scaled windows."""
-    check_fill(fill)
+    image at the classifier's input size on its device, the fill (``auto``:
+    :func:`choose_fill`, one model call), the scaled windows."""
+    check_occlusion_fill(fill)
     rgb = as_rgb(image)
     shape = rgb.shape[:2]
     t = resolve_target(classifier, target)
@@ -218,12 +241,36 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
     if size != shape:
         x = resize(x, size)
     scaled = scale_windows(windows, shape, size)
-    baseline = fill_values(x, fill, tuple(scaled[0, 2:] - scaled[0, :2]))
+    window = tuple(int(v) for v in scaled[0, 2:] - scaled[0, :2])
+    asked, fill_scores = fill, None
+    if fill == "auto":
+        fill, fill_scores = choose_fill(classifier, x, t, window)
+    baseline = fill_values(x, fill, window)
     # on the host: building copies from them never waits for the device
-    bounds = torch.from_numpy(np.concatenate([np.zeros((1, 4), np.int64), scaled]))
+    bounds = torch.from_numpy(np.concatenate([lead_rows(size), scaled]))
     return OcclusionPlan(shape=shape, windows=windows, x=x, baseline=baseline, bounds=bounds,
                          target=t, target_name=classifier.class_names[t], box=box,
-                         stride=stride, fill=fill, classifier=classifier)
+                         stride=stride, fill=fill, classifier=classifier, fill_asked=asked,
+                         fill_scores=fill_scores)
+
+
+def lead_rows(size: tuple[int, int]) -> np.ndarray:
+    """The :data:`LEAD` rows scored before the windows, in work pixels of ``size``: an empty
+    window (the intact image) and the whole image (the baseline)."""
+    return np.array([[0, 0, 0, 0], [0, 0, size[0], size[1]]], np.int64)
+
+
+@torch.no_grad()
+def choose_fill(classifier: Classifier, x: torch.Tensor, target: int, window: tuple[int, int]
+                ) -> tuple[str, dict[str, float]]:
+    """``fill="auto"``: of :data:`~explain.choices.FILLS`, the one whose own score (the whole
+    image ``x`` filled with it, ``window`` the work-pixel window for ``blur``'s σ) has the least
+    evidence for ``target``, the lowest p(target); ties go to the earlier fill. Returns it and
+    every fill's score (one model call of four images)."""
+    canvases = torch.cat([fill_values(x, f, window).expand_as(x) for f in FILLS])
+    scores = classifier.predict(canvases)[:, target].double().cpu().tolist()
+    chosen = FILLS[int(np.argmin(scores))]
+    return chosen, {f: float(v) for f, v in zip(FILLS, scores, strict=True)}
 
 
 def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
@@ -254,31 +301,32 @@ def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
 
 
 def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
-             scaled: np.ndarray, grid: tuple[int, int], progress: Progress | None, r: float
-             ) -> tuple[float, np.ndarray, int]:
+             head: np.ndarray, scaled: np.ndarray, grid: tuple[int, int],
+             progress: Progress | None, r: float) -> tuple[float, float, np.ndarray, int]:
     """Drill-down over the fine windows ``scaled`` (work pixels; a ``grid`` of (rows, columns),
     rows first), each batch of windows scored by ``scores(bounds, progress)`` (the map's
-    :func:`occluded_scores`): (the intact image's score, every window's drop, evaluated or
-    estimated, the number evaluated). The intact image rides in the coarse pass's first batch,
-    as in the exact map."""
+    :func:`occluded_scores`): (the intact image's score, the baseline's, every window's drop,
+    evaluated or estimated, the number evaluated). The ``head`` rows (:func:`lead_rows`: the
+    intact image and the baseline) ride in the coarse pass's first batch, as in the exact
+    map."""
     n_cols = grid[1]
     intact: list[float] = []
-    done = 0  # windows scored so far, the intact image not counted
+    done = 0  # windows scored so far, the head rows not counted
 
     def score(points: np.ndarray) -> np.ndarray:
         nonlocal done
-        lead = 0 if intact else 1
-        bounds = np.concatenate([np.zeros((lead, 4), np.int64),
-                                 scaled[points[:, 0] * n_cols + points[:, 1]]])
+        lead = 0 if intact else len(head)
+        bounds = np.concatenate([head[:lead], scaled[points[:, 0] * n_cols + points[:, 1]]])
         report = None if progress is None else \
-            lambda k, total, before=done: progress(before + k - lead, before + total - lead)
+            lambda k, total, before=done: progress(before + max(0, k - lead),
+                                                   before + total - lead)
         p = scores(torch.from_numpy(bounds), report).double().numpy()
         intact.extend(p[:lead].tolist())
         done += len(points)
         return intact[0] - p[lead:]
 
     drops, known = drill_down(grid, score, r)
-    return intact[0], drops.ravel(), int(known.sum())
+    return intact[0], intact[1], drops.ravel(), int(known.sum())
 
 
 @torch.no_grad()
@@ -293,7 +341,10 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     an RGB array (uint8, or float in [0, 1]) or a path. ``box``/``stride``: original pixels (int) or
     fractions of the shorter side (float in (0, 1]), one or (h, w); see :mod:`explain.windows`.
     ``fill``: what a hidden window becomes, ``gray`` (0.5), ``black``, ``mean`` (the image's mean
-    colour) or ``blur`` (a heavily blurred copy). ``target``: the class, by name or index.
+    colour), ``blur`` (a heavily blurred copy) or ``auto`` (of those four, the one the model
+    scores lowest for ``target`` when it fills the whole image: :func:`choose_fill`; ``params``
+    record ``fill`` chosen, ``fill_asked`` and ``fill_scores``). ``target``: the class, by name
+    or index.
     ``batch_size``: occluded copies per ``predict`` (default:
     :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
     ``progress(done, total)`` is called after each batch, counting windows (with drill-down,
@@ -309,7 +360,11 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     required (an OptionError says why when impossible); False = never. ``tau``: Krypton's
     projective-field threshold in (0, 1] (approximate, faster; None = exact); it needs
     incremental inference. ``params`` records what ran: ``incremental``, ``tau``,
-    ``drill_down``, ``windows_evaluated`` and ``windows_total``.
+    ``drill_down``, ``windows_evaluated`` and ``windows_total``; and what the map is measured
+    against and where it means anything: ``baseline_score`` (p(target) of the image with every
+    window hidden at once, scored beside the intact image; :meth:`Heatmap.baseline_note` warns
+    when it is not below ``score``) and ``model_view`` (the part of the image the model sees,
+    :func:`~explain.models.base.model_view`).
 
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
     the mean over covering windows of p(target | image) − p(target | window hidden). SIGNED,
@@ -321,7 +376,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     drill = check_drill_down(drill_down)
     check_incremental(incremental, tau)
     plan = plan_occlusion(classifier, image, box=box, stride=stride, fill=fill, target=target)
-    window = plan.bounds[1, 2:] - plan.bounds[1, :2]
+    window = plan.bounds[LEAD, 2:] - plan.bounds[LEAD, :2]
     net = network_for(classifier, incremental, tau, tuple(window.tolist()), plan.size)
     step = check_batch_size(batch_size, plan.x.device, plan.size, plan.n)
     ran = {"incremental": net is not None, "tau": tau}
@@ -331,13 +386,15 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
                               report, net, tau, None if net is not None else plan.copies)
 
     if drill is None:
-        done = None if progress is None else lambda done, total: progress(done - 1, total - 1)
+        done = None if progress is None else \
+            lambda done, total: progress(max(0, done - LEAD), total - LEAD)
         p = scores(plan.bounds, done).double().numpy()
-        return plan.drop_map(float(p[0]), p[0] - p[1:], time.perf_counter() - start, step,
-                             None, len(plan.windows), **ran)
+        return plan.drop_map(float(p[0]), float(p[1]), p[0] - p[LEAD:],
+                             time.perf_counter() - start, step, None, len(plan.windows), **ran)
     # the grid's shape from the ORIGINAL windows: scaled down, distinct tops may coincide
     rows = len(np.unique(plan.windows[:, 0]))
-    score, drops, evaluated = _drilled(scores, plan.bounds[1:].numpy(),
-                                       (rows, len(plan.windows) // rows), progress, drill)
-    return plan.drop_map(score, drops, time.perf_counter() - start, step, drill, evaluated,
-                         **ran)
+    score, baseline, drops, evaluated = _drilled(
+        scores, plan.bounds[:LEAD].numpy(), plan.bounds[LEAD:].numpy(),
+        (rows, len(plan.windows) // rows), progress, drill)
+    return plan.drop_map(score, baseline, drops, time.perf_counter() - start, step, drill,
+                         evaluated, **ran)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from explain.heatmap import RELEVANCE, Heatmap
-from explain.render import Scale, overlay, with_legend
+from explain.render import Scale, hatch_unseen, overlay, with_legend
 
 
 @dataclass
@@ -66,9 +66,10 @@ class Reconstruction:
         return np.rint(centred * 255.0).astype(np.uint8)
 
     def picture(self, *, legend: bool = True, percentile: float = 99.5) -> np.ndarray:
-        """:meth:`image`, with (unless ``legend=False``) the legend strip of its grey scale:
-        ±the robust max of :meth:`image_scale`, grey = 0."""
-        picture = self.image(percentile=percentile)
+        """:meth:`image`, what the model never sees hatched (:func:`~explain.render.hatch_unseen`),
+        with (unless ``legend=False``) the legend strip of its grey scale: ±the robust max of
+        :meth:`image_scale`, grey = 0."""
+        picture = hatch_unseen(self.image(percentile=percentile), self.magnitude)
         if not legend:
             return picture
         m = self.image_scale(percentile=percentile)

@@ -32,14 +32,19 @@ middle colour and signs read as colours. A constant map renders as the lowest co
 one on a diverging map), never as a division by zero.
 
 The legend (:func:`legend_strip`) is a strip as wide as the picture: a colour bar with its end
-values (and 0 when inside), the unit and the image's score, and in red the map's "no signal"
-note (:meth:`~explain.heatmap.Heatmap.no_signal`). Its text is drawn in a TrueType font
-(:func:`font`: Pillow's bundled Aileron, where 0 and 8 never look alike) at :data:`TEXT_SIZE` px
-per :data:`LEGEND_STEP` px of width, numbers to significant digits (:func:`number`), and wrapped
-to the width, so a 256-px card shows its legend at native size; the strip is wider (the picture
-padded with white on the right) only when one word needs it, so no label is ever clipped, even
-for a 1×1 image. Its height is :func:`legend_height`; with ``legend=False`` a figure is exactly
-the overlay.
+values (and 0 when inside), the unit and the image's score, the line of :func:`context_line`
+(the map's baseline score, and what the hatching means when the map has an unseen part), and in
+red the map's notes (:meth:`~explain.heatmap.Heatmap.notes`: "no signal", a baseline not below
+the score). Its text is drawn in a TrueType font (:func:`font`: Pillow's bundled Aileron, where
+0 and 8 never look alike) at :data:`TEXT_SIZE` px per :data:`LEGEND_STEP` px of width, numbers to
+significant digits (:func:`number`), and wrapped to the width, so a 256-px card shows its legend
+at native size; the strip is wider (the picture padded with white on the right) only when one
+word needs it, so no label is ever clipped, even for a 1×1 image. Its height is
+:func:`legend_height`; with ``legend=False`` a figure is exactly the overlay.
+
+What the model never sees (``params["model_view"]``, :mod:`explain.heatmap`) is hatched grey on
+every picture of the map (:func:`hatch_unseen`): the overlay, the figure and the map panel and
+overlay of :func:`side_by_side`; the map's values there mean nothing.
 
 For pages (the report, the audit): :func:`shrink` brings a picture or a map down to display size,
 :func:`data_uri` inlines a picture as a JPEG data URI.
@@ -51,7 +56,7 @@ import base64
 import io
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -74,6 +79,8 @@ LEGEND_STEP = 600
 TEXT_SIZE = 13
 DISPLAY_SIDE = 256
 NOTE_COLOUR = (200, 0, 0)
+HATCH_PERIOD = 8
+HATCH_GREY = 128
 
 
 def _bwr() -> np.ndarray:
@@ -242,8 +249,8 @@ def reading(heatmap: Heatmap, s: Scale) -> str:
     else:
         text = (f"Colour = {heatmap.unit}, from {number(s.lo)} ({low}) to {number(s.hi)} "
                 f"({high}). The map has no sign: no colour says that a region lowers p({t}).")
-    note = heatmap.no_signal()
-    return f"{text} {note[0].upper()}{note[1:]}." if note else text
+    notes = [context_line(heatmap, heatmap.shape), *heatmap.notes()]
+    return " ".join([text, *(f"{n[0].upper()}{n[1:]}." for n in notes if n)])
 
 
 def _colours(values: np.ndarray, s: Scale) -> np.ndarray:
@@ -305,7 +312,54 @@ def overlay(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str |
     rgb = _picture(image)
     colours = colorize(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
                        percentile=percentile)
-    return _blend(rgb, _fit(colours, rgb.shape[:2]), alpha)
+    return hatch_unseen(_blend(rgb, _fit(colours, rgb.shape[:2]), alpha), heatmap)
+
+
+def unseen_mask(heatmap: Heatmap | np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """True where a picture of ``shape`` (H, W) of ``heatmap`` lies outside the map's
+    ``params["model_view"]`` (in the original image's pixels: ``params["original_shape"]`` for a
+    shrunk map, :func:`shrink_map`, else the values'; scaled to ``shape``); None when the model
+    sees it all (or the map does not say)."""
+    view = heatmap.params.get("model_view") if isinstance(heatmap, Heatmap) else None
+    if view is None:
+        return None
+    vh, vw = heatmap.params.get("original_shape") or heatmap.values.shape[-2:]  # type: ignore
+    h, w = shape
+    top, bottom = round(view[0] * h / vh), round(view[2] * h / vh)
+    left, right = round(view[1] * w / vw), round(view[3] * w / vw)
+    if top <= 0 and left <= 0 and bottom >= h and right >= w:
+        return None
+    mask = np.ones((h, w), dtype=bool)
+    mask[max(0, top):max(0, bottom), max(0, left):max(0, right)] = False
+    return mask
+
+
+def hatch_unseen(picture: np.ndarray, heatmap: Heatmap | np.ndarray) -> np.ndarray:
+    """``picture`` (RGB uint8, any size) with the part ``heatmap``'s model never sees
+    (:func:`unseen_mask`) greyed and hatched with diagonal lines, so that it never reads as
+    "no relevance"; returned as is when the model sees it all."""
+    mask = unseen_mask(heatmap, picture.shape[:2])
+    if mask is None:
+        return picture
+    out = picture.copy()
+    grey = (out[mask].astype(np.float32) + HATCH_GREY) / 2.0
+    out[mask] = np.rint(grey).astype(np.uint8)
+    rows, cols = np.indices(mask.shape)
+    lines = mask & ((rows + cols) % HATCH_PERIOD < max(1, HATCH_PERIOD // 4))
+    out[lines] = (HATCH_GREY // 2,) * 3
+    return out
+
+
+def context_line(heatmap: Heatmap | np.ndarray, shape: tuple[int, int]) -> str:
+    """The legend's line under the unit: the map's baseline
+    (:meth:`~explain.heatmap.Heatmap.baseline_text`) and, when a picture of ``shape`` has an
+    unseen part, what its hatching means; "" when there is neither."""
+    if not isinstance(heatmap, Heatmap):
+        return ""
+    parts = [heatmap.baseline_text() or ""]
+    if unseen_mask(heatmap, shape) is not None:
+        parts.append("hatched: never seen by the model")
+    return ";  ".join(p for p in parts if p)
 
 
 def _step(width: int) -> int:
@@ -383,39 +437,46 @@ class _Legend:
         return 2 * self.margin + self.bar + (1 + len(self.lines) + len(self.note)) * self.line
 
 
-def _legend(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> _Legend:
-    """The legend's layout for ``heatmap`` on ``s`` under a picture ``width`` px wide: its text
-    at one size per :data:`LEGEND_STEP` px, wrapped to the width; the strip is wider only when
-    one word or the end values need it."""
+def _legend(heatmap: Heatmap | np.ndarray, width: int, s: Scale,
+            shape: tuple[int, int] | None = None) -> _Legend:
+    """The legend's layout for ``heatmap`` on ``s`` under a picture ``width`` px wide (one panel
+    of the map in it ``shape``, default the map's): its text at one size per
+    :data:`LEGEND_STEP` px, wrapped to the width; the strip is wider only when one word or the
+    end values need it."""
     hm = heatmap if isinstance(heatmap, Heatmap) else None
     step = _step(width)
     size, margin = TEXT_SIZE * step, 4 * step
     about = hm.unit if hm is not None else "value"
     if hm is not None and hm.score is not None:
         about += f";  image: p({hm.target}) = {number(hm.score)}"
-    note = (hm.no_signal() or "") if hm is not None else ""
+    context = context_line(hm, shape or hm.shape) if hm is not None else ""
+    notes = hm.notes() if hm is not None else []
     lo, hi = number(s.lo), number(s.hi)
     ticks = 2 * max(text_width(lo, size), text_width(hi, size)) + 6 * margin + \
         text_width("0", size)
-    words = max(text_width(w, size) for w in f"{about} {note}".split())
+    words = max(text_width(w, size) for w in " ".join([about, context, *notes]).split())
     width = max(width, 2 * margin + max(ticks, words))
     inner = width - 2 * margin
-    return _Legend(size, margin, 8 * step, line_height(size) + 4 * step, width,
-                   wrap(about, size, inner), wrap(note, size, inner) if note else [])
+    lines = wrap(about, size, inner) + (wrap(context, size, inner) if context else [])
+    return _Legend(size, margin, 8 * step, line_height(size) + 4 * step, width, lines,
+                   [line for note in notes for line in wrap(note, size, inner)])
 
 
-def legend_height(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> int:
+def legend_height(heatmap: Heatmap | np.ndarray, width: int, s: Scale,
+                  shape: tuple[int, int] | None = None) -> int:
     """Height of the legend strip of ``heatmap`` drawn on ``s`` under a picture ``width`` px
-    wide: margins, colour bar, the line of end values, the unit and score (wrapped), and the red
-    "no signal" note when there is one."""
-    return _legend(heatmap, width, s).height
+    wide: margins, colour bar, the line of end values, the unit and score, the context line
+    (:func:`context_line`) and the red notes (:meth:`~explain.heatmap.Heatmap.notes`), each
+    wrapped."""
+    return _legend(heatmap, width, s, shape).height
 
 
-def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndarray:
+def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale,
+                 shape: tuple[int, int] | None = None) -> np.ndarray:
     """The legend strip (RGB uint8) for ``heatmap`` drawn on ``s``, at least ``width`` px wide
     and wider when a word needs it: colour bar, its end values (and 0), the unit, the score,
-    the no-signal note."""
-    g = _legend(heatmap, width, s)
+    the context line for a panel of ``shape`` (default the map's), the notes in red."""
+    g = _legend(heatmap, width, s, shape)
     strip = np.full((g.height, g.width, 3), 255, dtype=np.uint8)
     x0, x1 = g.margin, g.width - g.margin
     strip[g.margin:g.margin + g.bar, x0:x1] = \
@@ -437,10 +498,12 @@ def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndar
     return draw_text(strip, items, g.size)
 
 
-def with_legend(picture: np.ndarray, heatmap: Heatmap | np.ndarray, s: Scale) -> np.ndarray:
+def with_legend(picture: np.ndarray, heatmap: Heatmap | np.ndarray, s: Scale,
+                shape: tuple[int, int] | None = None) -> np.ndarray:
     """``picture`` with the legend strip of ``heatmap`` drawn on ``s`` below it (the picture
-    padded with white on the right when the strip is wider)."""
-    strip = legend_strip(heatmap, picture.shape[1], s)
+    padded with white on the right when the strip is wider); ``shape``: that of one panel of
+    the map in it (default: the picture's)."""
+    strip = legend_strip(heatmap, picture.shape[1], s, shape or picture.shape[:2])
     width = max(picture.shape[1], strip.shape[1])
     pad = np.full((picture.shape[0], width - picture.shape[1], 3), 255, dtype=np.uint8)
     return np.concatenate([np.concatenate([picture, pad], axis=1), strip], axis=0)
@@ -455,7 +518,8 @@ def figure(image: np.ndarray, heatmap: Heatmap | np.ndarray, *, colormap: str | 
     rgb = _picture(image)
     s = scale(heatmap, colormap=colormap, normalize=normalize, vmin=vmin, vmax=vmax,
               percentile=percentile)
-    picture = _blend(rgb, _fit(_colours(_values(heatmap), s), rgb.shape[:2]), alpha)
+    picture = hatch_unseen(_blend(rgb, _fit(_colours(_values(heatmap), s), rgb.shape[:2]),
+                                  alpha), heatmap)
     if not legend:
         return picture
     return with_legend(picture, heatmap, s)
@@ -472,10 +536,11 @@ def side_by_side(image: np.ndarray, heatmap: Heatmap | np.ndarray, *,
               percentile=percentile)
     colours = _fit(_colours(_values(heatmap), s), rgb.shape[:2])
     spacer = np.full((rgb.shape[0], gap, 3), 255, dtype=np.uint8)
-    picture = np.concatenate([rgb, spacer, colours, spacer, _blend(rgb, colours, alpha)], axis=1)
+    picture = np.concatenate([rgb, spacer, hatch_unseen(colours, heatmap), spacer,
+                              hatch_unseen(_blend(rgb, colours, alpha), heatmap)], axis=1)
     if not legend:
         return picture
-    return with_legend(picture, heatmap, s)
+    return with_legend(picture, heatmap, s, rgb.shape[:2])
 
 
 def save_png(picture: np.ndarray, path: str | os.PathLike) -> Path:
@@ -502,6 +567,17 @@ def shrink(picture: np.ndarray, side: int) -> np.ndarray:
         return picture
     return cv2.resize(picture, (max(1, round(w * factor)), max(1, round(h * factor))),
                       interpolation=cv2.INTER_AREA)
+
+
+def shrink_map(heatmap: Heatmap, side: int) -> Heatmap:
+    """``heatmap`` with its values shrunk to at most ``side`` px (:func:`shrink`), for a picture
+    at display size; ``params["original_shape"]`` keeps the shape its ``model_view`` refers
+    to."""
+    if max(heatmap.shape) <= side:
+        return heatmap
+    original = heatmap.params.get("original_shape") or list(heatmap.shape)
+    return replace(heatmap, values=shrink(heatmap.values.astype(np.float32), side),
+                   params={**heatmap.params, "original_shape": original})
 
 
 def data_uri(rgb: np.ndarray, side: int = DISPLAY_SIDE) -> str:

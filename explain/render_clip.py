@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -27,7 +26,7 @@ from PIL import Image
 
 from explain.files import write_bytes
 from explain.heatmap import Heatmap
-from explain.render import TEXT_SIZE, draw_text, figure, number, shrink
+from explain.render import TEXT_SIZE, draw_text, figure, number, shrink, shrink_map
 
 LINE = (40, 90, 200)
 MARK = (220, 30, 30)
@@ -95,7 +94,7 @@ def animation(frames: Sequence[np.ndarray], maps: dict[int, Heatmap], *,
     for k, frame in enumerate(frames):
         small = shrink(frame, side)
         if k in maps:
-            shown = replace(maps[k], values=shrink(maps[k].values.astype(np.float32), side))
+            shown = shrink_map(maps[k], side)
             pictures.append(figure(small, shown, colormap=colormap, alpha=alpha,
                                    normalize="fixed", vmin=lo, vmax=hi, legend=legend))
         else:

@@ -21,7 +21,7 @@ import torch
 
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
-from explain.models.base import Classifier, resize, resolve_target
+from explain.models.base import Classifier, model_view, resize, resolve_target
 from explain.progress import Progress
 from explain.windows import (
     DEFAULT_BOX,
@@ -51,7 +51,9 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
     the mean over covering windows of p(target | the crop alone). A probability: unsigned, bounds
     (0, 1), noise floor :data:`~explain.heatmap.NOISE_FLOOR` on its spread; ``score`` is the
-    whole image's probability of ``target``.
+    whole image's probability of ``target``; ``params["baseline_score"]`` what a crop of nothing
+    scores (:func:`blank_score`), ``params["model_view"]`` the part of the image some crop's
+    model input covers (:func:`crops_view`).
     """
     start = time.perf_counter()
     rgb = as_rgb(image)
@@ -71,10 +73,34 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
     return Heatmap(values=values, method="sliding", target=name, score=score,
                    box=(bh, bw), stride=pixels(stride, "stride", shape), windows=n,
                    seconds=time.perf_counter() - start,
-                   params={"batch_size": step, "crop_size": list(size), "box_asked": box,
+                   params={"baseline": BLANK, "baseline_score": blank_score(classifier, size, t),
+                           "model_view": crops_view(classifier, windows),
+                           "batch_size": step, "crop_size": list(size), "box_asked": box,
                            "stride_asked": stride},
                    unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0),
                    noise_floor=NOISE_FLOOR)
+
+
+BLANK = "blank gray crop"
+"""What a sliding map's baseline scores: a crop with nothing in it, uniform gray (0.5)."""
+
+
+@torch.no_grad()
+def blank_score(classifier: Classifier, size: tuple[int, int], target: int) -> float:
+    """p(``target``) of a blank gray crop of ``size`` (the sliding map's canvas: a crop's score
+    means something only against what a crop of nothing scores)."""
+    blank = torch.full((1, 3, *size), 0.5, device=classifier.device)
+    return float(classifier.predict(blank)[0, target])
+
+
+def crops_view(classifier: Classifier, windows: np.ndarray) -> list[int]:
+    """The part of the image some crop's model input covers: each window's
+    :func:`~explain.models.base.model_view` (the model's resize and centre crop of the crop)
+    placed at the window, their bounding box, in the image's pixels."""
+    box = (int(windows[0, 2] - windows[0, 0]), int(windows[0, 3] - windows[0, 1]))
+    top, left, bottom, right = model_view(classifier, box)
+    return [int(windows[:, 0].min() + top), int(windows[:, 1].min() + left),
+            int(windows[:, 0].max() + bottom), int(windows[:, 1].max() + right)]
 
 
 def crop_scores(classifier: Classifier, x: torch.Tensor, windows: np.ndarray,

@@ -160,6 +160,21 @@ class Preprocess:
         rect[(rect[:, 2] <= rect[:, 0]) | (rect[:, 3] <= rect[:, 1])] = 0
         return rect
 
+    def view(self, shape: tuple[int, int]) -> list[int]:
+        """[top, left, bottom, right) of an image of ``shape`` (H, W) that reaches the model: the
+        centre crop mapped back through the resize to :attr:`input_size`, rounded to the image's
+        pixels (open_nsfw, 256 then 224: the centre 224/256 of each axis); the whole image
+        without a crop. The pixels outside never reach the model, whatever they hold."""
+        h, w = shape
+        if self.crop is None:
+            return [0, 0, h, w]
+        rh, rw = self.input_size if self.input_size is not None else (h, w)
+        ch, cw = min(self.crop[0], rh), min(self.crop[1], rw)
+        top, left = (rh - ch) // 2, (rw - cw) // 2
+        fy, fx = h / rh, w / rw
+        return [_nearest(top * fy), _nearest(left * fx), _nearest((top + ch) * fy),
+                _nearest((left + cw) * fx)]
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """RGB [0, 1] batch → the model's input tensor (same device)."""
         x = batch
@@ -172,6 +187,22 @@ class Preprocess:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x * self.value_scale - mean) / std
+
+
+def _nearest(value: float) -> int:
+    return int(np.floor(value + 0.5))
+
+
+def model_view(classifier: object, shape: tuple[int, int]) -> list[int]:
+    """``[top, left, bottom, right)``: the part of an ORIGINAL image of ``shape`` (H, W) that
+    reaches ``classifier``'s model after its resize and centre crop
+    (:meth:`Preprocess.view` of its ``geometry``, the resize and crop it applies when they are
+    not its ``preprocess``'s, else of its ``preprocess``); the whole image when it declares
+    neither (a function, an endpoint: no crop is known)."""
+    pre = getattr(classifier, "geometry", None) or getattr(classifier, "preprocess", None)
+    if isinstance(pre, Preprocess):
+        return pre.view(shape)
+    return [0, 0, int(shape[0]), int(shape[1])]
 
 
 def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
@@ -199,6 +230,8 @@ class BaseClassifier:
     """Shared machinery of the adapters: validation of answers and class-name probing.
 
     Subclasses implement ``_scores(batch)`` returning raw N×C scores for an RGB [0, 1] batch.
+    ``geometry``: the resize and crop the model applies when they are not in its ``preprocess``
+    (an input transform that crops), read by :func:`model_view`.
     """
 
     name: str = "model"
@@ -206,6 +239,7 @@ class BaseClassifier:
     input_size: tuple[int, int] | None = None
     logits: bool = False
     sigmoid: bool = False
+    geometry: Preprocess | None = None
     _class_names: list[str] | None = None
 
     def _scores(self, batch: torch.Tensor) -> object:

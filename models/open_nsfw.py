@@ -222,4 +222,5 @@ def classifier(backend: str = "torch", *, device: str | torch.device | None = No
     else:
         raise ModelError(f"unknown open-nsfw backend {backend!r}: use 'torch' or 'onnx'")
     clf.input_size = PREPROCESS.input_size
+    clf.geometry = PREPROCESS  # the resize and crop, also when the JPEG transform applies them
     return clf

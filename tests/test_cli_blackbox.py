@@ -120,3 +120,22 @@ def test_paths_with_brackets_are_printed_literally(runner, files):
     assert result.exit_code == 0, result.output
     assert "cup[red].png" in result.stdout
     assert Image.open("out/cup[red].sliding.png").size == (70, 90)
+
+
+def test_occlude_says_when_the_baseline_is_not_below_the_score_and_fill_auto(runner, files):
+    # a white image scores 1 on the tiny model; its mean fill is white too (baseline 1)
+    Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save("white.png")
+    args = ["occlude", "white.png", "--model", files["model"], "--target", "1", "--box", "20",
+            "--stride", "20", "--save-npy"]
+    mean = runner.invoke(app, [*args, "--fill", "mean", "-o", "mean"])
+    assert mean.exit_code == 0, mean.output
+    line = " ".join(mean.output.split())
+    assert "baseline 1 >= image's p(1) 1: the drops measure the fill (try fill auto)" in line
+    meta = json.loads(open("mean/white.occlusion.json").read())
+    assert meta["params"]["baseline_score"] == 1.0 and len(meta["warnings"]) == 2
+    auto = runner.invoke(app, [*args, "--fill", "auto", "-o", "auto"])
+    assert auto.exit_code == 0, auto.output
+    assert "baseline" not in auto.output
+    meta = json.loads(open("auto/white.occlusion.json").read())
+    assert meta["params"]["fill_asked"] == "auto" and meta["params"]["fill"] == "black"
+    assert meta["params"]["baseline_score"] == 0.0 and meta["warnings"] == []

@@ -135,7 +135,8 @@ def test_moving_region_rescores_only_the_windows_meeting_it_and_equals_recomputa
         assert 0 < expected < len(windows) // 3
         full = occlusion_map(clf, frames[k], box=8, stride=4, fill="gray")
         np.testing.assert_allclose(maps[k].values, full.values, atol=ATOL)
-    assert sum(scored) == len(windows) + 1 + sum(m.params["rescored"] + 1 for m in maps[1:])
+    # each scored frame: its windows, the intact frame and the baseline (the whole frame filled)
+    assert sum(scored) == len(windows) + 2 + sum(m.params["rescored"] + 2 for m in maps[1:])
     recomputed = occlusion_maps(clf, frames, box=8, stride=4, fill="gray", reuse="none")
     assert all(m.params["rescored"] == len(windows) for m in recomputed)
     by_default = occlusion_maps(clf, frames, box=8, stride=4, fill="gray")  # identical only

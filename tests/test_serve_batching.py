@@ -47,13 +47,14 @@ def test_runs_share_model_calls_and_give_the_librarys_maps():
     runs = [OcclusionRun(str(i), plan_occlusion(clf, img, box=8, stride=8, fill=fill,
                                                 target="b"))
             for i, (img, fill) in enumerate(zip(images(), fills, strict=True))]
-    assert [r.plan.n for r in runs] == [10, 5, 10, 10]
+    # each: the intact image, the baseline (the whole image filled) and its windows
+    assert [r.plan.n for r in runs] == [11, 6, 11, 11]
     stepped = []
     while batch := score_step(clf, runs, 16):
         stepped.append([r.key for r in batch])
     # one call holds job 0 and the head of job 2 (same size); job 1 (16×16) never shares a tensor
-    assert stepped == [["0", "2"], ["1"], ["2", "3"]]
-    assert calls == [16, 5, 14]
+    assert stepped == [["0", "2"], ["1"], ["2", "3"], ["3"]]
+    assert calls == [16, 6, 16, 1]
     for run, img, fill in zip(runs, images(), fills, strict=True):
         calls.clear()
         expected = occlusion_map(clf, img, box=8, stride=8, fill=fill, target="b",
@@ -69,7 +70,7 @@ def test_without_other_jobs_a_run_scores_as_the_library_batches():
     run = OcclusionRun("only", plan_occlusion(clf, images()[0], box=8, stride=8, target="b"))
     while score_step(clf, [run], 4):
         pass
-    assert calls == [4, 4, 2] and run.complete
+    assert calls == [4, 4, 3] and run.complete
     assert score_step(clf, [run], 4) == []
 
 

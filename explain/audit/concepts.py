@@ -9,6 +9,10 @@ A *part detector* finds labelled boxes in an image; the bundled one is NudeNet's
 - **heat share**: the share of the positive occlusion-heatmap mass that lies inside the box (only
   for images that got a heatmap); compare it with the box's **area share** of the image.
 
+Only what the model sees counts (:func:`~explain.models.base.model_view`; open_nsfw never sees
+the border outside its centre crop): :func:`seen_parts` clips every box to that view and drops a
+part wholly outside it, so area shares, heat shares and drops are of the seen region.
+
 Aggregated per concept over the false positives and over all images of a true label, this is the
 table that shows a model reacting to, say, navels and lips rather than to nudity.
 
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 
 from explain.models.base import Classifier
-from explain.occlusion import scale_windows
+from explain.occlusion import choose_fill, scale_windows
 from explain.perturb import fill_values, masked_scores
 from explain.windows import check_batch_size
 
@@ -131,6 +135,20 @@ class NudeNetDetector:
         return found
 
 
+def seen_parts(parts: Sequence[Part], view: Sequence[int]) -> list[Part]:
+    """``parts`` clipped to ``view`` ([top, left, bottom, right) in the same pixels, the part of
+    the image the model sees); a part with nothing inside it is left out: hiding it cannot move
+    the score, and a drop of 0 would read as "the model ignores it"."""
+    top, left, bottom, right = view
+    out = []
+    for p in parts:
+        box = (max(p.box[0], top), max(p.box[1], left), min(p.box[2], bottom),
+               min(p.box[3], right))
+        if box[2] > box[0] and box[3] > box[1]:
+            out.append(Part(p.concept, p.confidence, box))
+    return out
+
+
 def scale_part(part: Part, factor: float, shape: tuple[int, int]) -> Part:
     """``part`` found on an image shrunk by ``factor``, in the original ``shape``'s pixels."""
     if factor == 1.0:
@@ -150,13 +168,16 @@ def score_drops(classifier: Classifier, x: torch.Tensor, shape: tuple[int, int],
     (split only when the copies would exceed the memory budget of the window methods).
 
     ``x`` is the image (1, 3, h, w) as the classifier sees it (already at its input size),
-    ``shape`` the original size the boxes refer to.
+    ``shape`` the original size the boxes refer to; ``fill="auto"`` is chosen for this image as
+    occlusion chooses it (:func:`~explain.occlusion.choose_fill`).
     """
     if not parts:
         return np.zeros(0)
     size = tuple(x.shape[-2:])
     boxes = scale_windows(np.array([p.box for p in parts], dtype=np.int64), shape, size)
     largest = (int((boxes[:, 2] - boxes[:, 0]).max()), int((boxes[:, 3] - boxes[:, 1]).max()))
+    if fill == "auto":
+        fill = choose_fill(classifier, x, target, largest)[0]
     baseline = fill_values(x, fill, largest)
     rows = torch.arange(size[0], device=x.device).view(1, 1, -1, 1)
     cols = torch.arange(size[1], device=x.device).view(1, 1, 1, -1)
@@ -173,8 +194,14 @@ def score_drops(classifier: Classifier, x: torch.Tensor, shape: tuple[int, int],
     return base - torch.cat(scores).double().cpu().numpy()
 
 
-def heat_share(values: np.ndarray, box: tuple[int, int, int, int]) -> float | None:
-    """Share of the positive heatmap mass inside ``box``; ``None`` when there is none at all."""
+def heat_share(values: np.ndarray, box: tuple[int, int, int, int],
+               view: Sequence[int] | None = None) -> float | None:
+    """Share of the positive heatmap mass inside ``box``, of the mass inside ``view`` (the part
+    the model sees, default all); ``None`` when there is none at all."""
+    if view is not None:
+        clipped = np.zeros_like(values)
+        clipped[view[0]:view[2], view[1]:view[3]] = values[view[0]:view[2], view[1]:view[3]]
+        values = clipped
     positive = np.clip(values, 0.0, None)
     total = float(positive.sum())
     if total <= 0.0:
@@ -183,6 +210,9 @@ def heat_share(values: np.ndarray, box: tuple[int, int, int, int]) -> float | No
     return float(positive[top:bottom, left:right].sum()) / total
 
 
-def area_share(box: tuple[int, int, int, int], shape: tuple[int, int]) -> float:
+def area_share(box: tuple[int, int, int, int], shape: tuple[int, int],
+               view: Sequence[int] | None = None) -> float:
+    """The box's share of the image of ``shape``, or of ``view`` (the part the model sees)."""
     top, left, bottom, right = box
-    return (bottom - top) * (right - left) / float(shape[0] * shape[1])
+    vt, vl, vb, vr = view if view is not None else (0, 0, *shape)
+    return (bottom - top) * (right - left) / float((vb - vt) * (vr - vl))

@@ -1,8 +1,9 @@
 """Cue discovery, step 1: harvest (see :mod:`explain.audit.cues` for the whole method).
 
-Each image's occlusion map gives at most ``per_image`` patches (:func:`top_windows`), each with
-its score drop and its embedding vector (:class:`PatchEmbedder` over the patch faded to gray where
-its heat is low, :func:`focus`). :class:`Counting` counts the images the model scores.
+Each image's occlusion map gives at most ``per_image`` patches (:func:`top_windows`, over the
+heat the model can see: :func:`seen_heat`), each with its score drop and its embedding vector
+(:class:`PatchEmbedder` over the patch faded to gray where its heat is low, :func:`focus`).
+:class:`Counting` counts the images the model scores.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from explain.audit.options import CueOptions
 from explain.errors import ExplainError, OptionError
 from explain.images import as_rgb, load_image, to_batch
 from explain.models import Classifier
-from explain.models.base import resize
+from explain.models.base import Preprocess, model_view, resize
 from explain.occlusion import occlusion_map
 from explain.windows import Size, check_batch_size, pixels
 
@@ -75,9 +76,27 @@ class Counting:
     def input_size(self) -> tuple[int, int] | None:
         return self.classifier.input_size
 
+    @property
+    def geometry(self) -> Preprocess | None:
+        """The resize and crop of the counted model (what :func:`model_view` reads)."""
+        inner = self.classifier
+        return getattr(inner, "geometry", None) or getattr(inner, "preprocess", None)
+
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         self.calls += int(batch.shape[0])
         return self.classifier.predict(batch)
+
+
+def seen_heat(values: np.ndarray, view: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    """``values`` (an occlusion map at any scale of an image of ``shape``) with everything
+    outside ``view`` (the part of the image the model sees, in its pixels) set to 0: no heat,
+    so that no patch is harvested where the model never looks."""
+    fy, fx = values.shape[0] / shape[0], values.shape[1] / shape[1]
+    top, left = round(view[0] * fy), round(view[1] * fx)
+    bottom, right = round(view[2] * fy), round(view[3] * fx)
+    out = np.zeros_like(values)
+    out[top:bottom, left:right] = values[top:bottom, left:right]
+    return out
 
 
 def top_windows(values: np.ndarray, box: tuple[int, int], k: int, percentile: float
@@ -245,7 +264,8 @@ def harvest(classifier: Counting, image: CueImage, rgb: np.ndarray, t: int, embe
     x = model_input(classifier, [rgb])
     if score is None:
         score = float(classifier.predict(x)[0, t])
-    found = _scaled_boxes(np.asarray(values), shape, pixels(box, "box", shape),
+    values = seen_heat(np.asarray(values), model_view(classifier, shape), shape)
+    found = _scaled_boxes(values, shape, pixels(box, "box", shape),
                           options.per_image, options.percentile)
     if not found:
         return float(score), []

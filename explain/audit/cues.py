@@ -57,7 +57,7 @@ from explain.audit.cue_harvest import (
     top_windows,
 )
 from explain.audit.options import CueOptions
-from explain.choices import check_fill
+from explain.choices import check_occlusion_fill
 from explain.errors import ImageError
 from explain.files import display
 from explain.images import DEFAULT_MAX_PIXELS
@@ -224,7 +224,7 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
     the call (what was committed stays, and the next call goes on from there)."""
     o = options or CueOptions()
     o.check()
-    check_fill(fill)
+    check_occlusion_fill(fill)
     box_, stride_ = check_windows(box, stride)
     cache = cache if cache is not None else MemoryCache()
     counted = Counting(classifier)

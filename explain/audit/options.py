@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from explain.choices import DEFAULT_MAX_PIXELS, ENGINES, check_fill
+from explain.choices import DEFAULT_MAX_PIXELS, ENGINES, check_occlusion_fill
 from explain.drill_down import check_drill_down
 from explain.errors import OptionError
 from explain.render import check_look
@@ -106,7 +106,7 @@ class AuditOptions:
             from explain.grid import check_grid_memory
 
             check_grid_memory(self.mosaic, None, 64)
-        check_fill(self.fill)
+        check_occlusion_fill(self.fill)
         check_drill_down(self.drill_down)
         if self.batch_size is not None and self.batch_size < 1:
             raise OptionError(f"batch size must be at least 1, got {self.batch_size}")

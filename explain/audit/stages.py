@@ -15,7 +15,14 @@ import numpy as np
 import torch
 
 from explain.audit.clip_frame import audit_pixels
-from explain.audit.concepts import PartDetector, area_share, heat_share, scale_part, score_drops
+from explain.audit.concepts import (
+    PartDetector,
+    area_share,
+    heat_share,
+    scale_part,
+    score_drops,
+    seen_parts,
+)
 from explain.audit.cues import CueImage, Cues, StoreCache, find_cues
 from explain.audit.options import AuditOptions
 from explain.audit.store import ImageRow, Store
@@ -26,7 +33,7 @@ from explain.frames import is_clip
 from explain.heatmap import Heatmap
 from explain.images import collect_warnings, to_batch, to_tensor
 from explain.models import Classifier
-from explain.models.base import resize
+from explain.models.base import model_view, resize
 from explain.occlusion import occlusion_map
 from explain.progress import LabelledProgress
 from explain.render import DISPLAY_SIDE, figure, reading, save_png, scale, shrink
@@ -222,13 +229,14 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
         found = detector.detect([it.small for it in alive]) if alive else []
         for it, parts in zip(alive, found, strict=True):
             shape = it.shape  # type: ignore[assignment]
-            parts = [scale_part(p, it.factor, shape) for p in parts]
+            view = model_view(classifier, shape)
+            parts = seen_parts([scale_part(p, it.factor, shape) for p in parts], view)
             x = model_batch([it], classifier.device)
             drops = score_drops(classifier, x, shape, parts, t, o.fill, scores[it.row.id],
                                 o.batch_size)
             records[it.row.id]["parts"] = [
                 {"concept": p.concept, "confidence": p.confidence, "box": p.box,
-                 "area_share": area_share(p.box, shape), "score_drop": float(d)}
+                 "area_share": area_share(p.box, shape, view), "score_drop": float(d)}
                 for p, d in zip(parts, drops, strict=True)]
     return list(records.values())
 
@@ -274,7 +282,9 @@ def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o:
         return f"no heatmap for {display(row.file)}: {exc.reason}"
     heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
                             target=o.target, batch_size=o.batch_size, drill_down=o.drill_down)
-    shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"], p["right"]))
+    view = heatmap.params.get("model_view")
+    shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"], p["right"]),
+                                 view)
               for p in parts}
     small_rgb = shrink(rgb, SAVED_SIDE)
     saved = replace(heatmap, values=shrink(heatmap.values, SAVED_SIDE),

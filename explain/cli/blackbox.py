@@ -45,7 +45,6 @@ from explain.cli.common import (
     ColormapOpt,
     DrillDownOpt,
     FastOpt,
-    Fill,
     FillOpt,
     FramesOpt,
     ImageOutDirOpt,
@@ -55,6 +54,7 @@ from explain.cli.common import (
     ModelOptions,
     NoLegendOpt,
     NormalizeOpt,
+    OcclusionFill,
     SaveNpyOpt,
     SideBySideOpt,
     StrideOpt,
@@ -164,7 +164,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
             finally:
                 bar.remove_task(task)
             small = hm.box and small_box_note(hm.box, hm.shape, clf.input_size)
-            notes = [n for n in (hm.no_signal(), small) if n]
+            notes = [n for n in (*hm.notes(), small) if n]
             count = hm.params.get(unit, hm.windows)
             if hm.params.get("drill_down"):  # the windows scored of the fine map's
                 count = f"{hm.params['windows_evaluated']}/{count}"
@@ -241,7 +241,8 @@ def _look(colormap: str | None, alpha: float, normalize: str | None, vmin: float
 @user_errors
 @with_model_options(BLACK_BOX_MODEL)
 def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
-            stride: StrideOpt = "18.75%", fill: FillOpt = Fill.gray, target: TargetOpt = "nsfw",
+            stride: StrideOpt = "18.75%", fill: FillOpt = OcclusionFill.gray,
+            target: TargetOpt = "nsfw",
             batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
             output: ImageOutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
             side_by_side: SideBySideOpt = False, normalize: NormalizeOpt = None,

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from explain.choices import CHANNEL_ORDERS, FAST_DRILL_DOWN, FILLS, NORMALIZE_MODES
+from explain.choices import CHANNEL_ORDERS, FAST_DRILL_DOWN, FILLS, NORMALIZE_MODES, OCCLUSION_FILLS
 from explain.errors import ExplainError, OptionError
 from explain.files import check_output_dir, check_outputs, display, output_names
 
@@ -46,6 +46,7 @@ def plain(chosen: Enum | None) -> str | None:
 
 
 Fill = choice("Fill", FILLS)
+OcclusionFill = choice("OcclusionFill", OCCLUSION_FILLS)
 Normalize = choice("Normalize", NORMALIZE_MODES)
 Channels = choice("Channels", CHANNEL_ORDERS)
 
@@ -92,7 +93,10 @@ BoxOpt = Annotated[str, typer.Option("--box", help="Window side: N pixels or P% 
                                      "shorter side; N or H,W.")]
 StrideOpt = Annotated[str, typer.Option("--stride", help="Window step: N pixels or P% of the "
                                         "image's shorter side; N or H,W (at most the box).")]
-FillOpt = Annotated[Fill, typer.Option("--fill", help="Occluder.", callback=plain)]
+FillOpt = Annotated[OcclusionFill, typer.Option(
+    "--fill", help="Occluder; auto = of the others, the one the model scores lowest for the "
+    "target on the whole image (the map records its choice and every fill's score).",
+    callback=plain)]
 FastOpt = Annotated[bool, typer.Option("--fast", help="Occlusion: adaptive drill-down with the "
                                       f"tuned fraction {FAST_DRILL_DOWN:g} (see --drill-down).")]
 DrillDownOpt = Annotated[float | None, typer.Option(

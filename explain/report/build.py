@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from explain.render import (
     reading,
     scale,
     shrink,
+    shrink_map,
 )
 from explain.render_clip import timeline
 from explain.report.ranking import rank
@@ -183,7 +184,7 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> Met
     result.faith_seconds = time.perf_counter() - start
     # panels are drawn at display size: the map is shrunk like the image, then rendered
     small = shrink(image, DISPLAY_SIDE)
-    shown = replace(heatmap, values=shrink(heatmap.values.astype(np.float32), DISPLAY_SIDE))
+    shown = shrink_map(heatmap, DISPLAY_SIDE)
     look = {"colormap": o.colormap, "normalize": o.normalize, "vmin": o.vmin, "vmax": o.vmax}
     drawn = figure(small, shown, alpha=o.alpha, **look)  # shown at native size: not shrunk
     result.overlay_uri = data_uri(drawn, max(drawn.shape[:2]))

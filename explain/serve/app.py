@@ -40,7 +40,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from explain.choices import DEFAULT_MASKS, DEFAULT_MAX_PIXELS, FILLS
+from explain.choices import DEFAULT_MASKS, DEFAULT_MAX_PIXELS, OCCLUSION_FILLS
 from explain.errors import ExplainError, ImageError, ImageTooLargeError, OptionError
 from explain.files import atomic_write
 from explain.images import probe_image
@@ -69,7 +69,7 @@ CHUNK = 1 << 20
 FORM_SLACK = 64 * 1024  # the multipart framing and the other fields around the image
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)  # type: ignore[misc]
-FillName = Enum("FillName", {name: name for name in FILLS}, type=str)  # type: ignore[misc]
+FillName = Enum("FillName", {name: name for name in OCCLUSION_FILLS}, type=str)  # type: ignore[misc]
 
 
 @dataclass
@@ -278,7 +278,7 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
                    for m in METHODS.values()]
         size = list(black.input_size) if black.input_size else None
         return ModelInfo(model=served.name, classes=list(black.class_names), input_size=size,
-                         device=str(black.device), methods=methods, fills=list(FILLS),
+                         device=str(black.device), methods=methods, fills=list(OCCLUSION_FILLS),
                          defaults={"box": "25%", "stride": "18.75%", "fill": "gray",
                                    "target": "nsfw", "masks": DEFAULT_MASKS, "fast": False})
 
