@@ -71,12 +71,14 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
 
     from explain.report.build import DEFAULT_MODELS
     from explain.serve.app import Settings, create_app
+    from explain.serve.jobs import JobStore
     from explain.serve.security import check_bind, load_tokens
     from explain.serve.served import serve_models
 
     known = load_tokens(tokens) if tokens is not None else None
     check_bind(host, known)
-    check_output_dir(data)
+    check_output_dir(data, "--data")
+    store = JobStore(data)  # the folder's lock: a second server is refused before loading
     spec: object = models.model
     if models.model not in DEFAULT_MODELS or not models.plain:
         spec = models.load()
@@ -84,7 +86,7 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
     settings = Settings(data=str(data), tokens=known, max_upload=int(max_upload_mb * 1e6),
                         max_pixels=max_pixels, max_queue=max_queue, cors=list(cors or []),
                         workers=workers, interleave=interleave, batch_size=batch_size)
-    app = create_app(settings, served)
+    app = create_app(settings, served, store)
     shown = f"[{host}]" if ":" in host else host
     console.print(f"explain serve: http://{shown}:{port}/ (API docs /docs), data in "
                   f"{display(data)}, model {display(served.name)}", markup=False,

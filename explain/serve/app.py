@@ -113,9 +113,11 @@ def tenant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials
 Tenant = Annotated[str, Depends(tenant)]
 
 
-def create_app(settings: Settings, served: Served) -> FastAPI:
-    """The application (see the module docstring); its workers run while it is served."""
-    store = JobStore(settings.data)
+def create_app(settings: Settings, served: Served, store: JobStore | None = None) -> FastAPI:
+    """The application (see the module docstring); its workers run while it is served.
+    ``store``: the job store of ``settings.data``, when the caller opened it already (the CLI
+    does, to take the folder's lock before it loads the model)."""
+    store = store or JobStore(settings.data)
     wake = threading.Event()
     workers: list[Worker] = []
     assets = Assets()

@@ -12,11 +12,19 @@ change. :meth:`JobStore.requeue_running` at start-up puts a job that was running
 process died (``kill -9`` included) back in the queue, in its place, so it is run again; a
 job that was running through :data:`MAX_ATTEMPTS` deaths of the server is failed instead of
 killing it forever (the worker's check).
+
+One owner per data folder: the store holds an exclusive ``flock`` on ``DATA/lock`` (holding
+its pid) for as long as it is open, so a second server on the same folder is refused with the
+holder's pid instead of re-running the first one's jobs and deleting their results. The kernel
+drops the lock when its process dies (``kill -9`` included), so a stale lock file is simply
+taken over.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -25,8 +33,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from explain.errors import OptionError
+from explain.files import display
+
 STATUSES = ("queued", "running", "done", "failed")
 MAX_ATTEMPTS = 3
+LOCK = "lock"
 RESULTS = {"overlay.png": "image/png", "side.png": "image/png", "original.png": "image/png",
            "heatmap.npy": "application/octet-stream", "heatmap.json": "application/json"}
 
@@ -80,6 +92,23 @@ def _job(row: tuple) -> Job:
     return Job(*values)
 
 
+def _own(data: Path) -> int:
+    """Take the data folder's lock (see the module docstring): the open descriptor holding it,
+    or an OptionError naming the folder and the pid of the server that holds it."""
+    fd = os.open(data / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode("ascii", errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OptionError(f"the data folder {display(data)} is in use by another explain serve "
+                          f"(pid {holder}); stop that one, or give this one another --data "
+                          "folder") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def is_job_id(text: str) -> bool:
     """Whether ``text`` is an id this store makes (a canonical uuid4): the only strings that
     ever name a job's folder."""
@@ -95,7 +124,9 @@ class JobStore:
 
     def __init__(self, data: Path) -> None:
         self.data = Path(data)
-        (self.data / "jobs").mkdir(parents=True, exist_ok=True)
+        self.data.mkdir(parents=True, exist_ok=True)
+        self._owner = _own(self.data)
+        (self.data / "jobs").mkdir(exist_ok=True)
         self._db = sqlite3.connect(self.data / "jobs.sqlite3", check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._lock = threading.Lock()
@@ -108,6 +139,7 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        os.close(self._owner)  # the folder's lock goes with it
 
     def _run(self, sql: str, args: tuple = ()) -> int:
         """Run a change; the number of rows it changed (read under the lock: a cursor of the
@@ -213,8 +245,10 @@ class JobStore:
                          "WHERE status = 'running'")
 
     def remove_orphans(self) -> int:
-        """At start-up: job folders without a row (an upload cut short by a crash before its
-        row was written, or a delete cut short); returns how many were removed."""
+        """At start-up (the folder's lock held, so nothing is being written): job folders
+        without a row (an upload cut short by a crash before its row was written, or a delete
+        cut short), and the temporary ``.part`` files of writes cut short by a kill
+        (:func:`explain.files.atomic_write`); returns how many were removed."""
         known = {row[0] for row in self._rows("SELECT id FROM jobs")}
         removed = 0
         for entry in (self.data / "jobs").iterdir():
@@ -224,4 +258,8 @@ class JobStore:
                 else:
                     entry.unlink()
                 removed += 1
+            elif entry.is_dir():
+                for part in entry.glob("*.part"):
+                    part.unlink(missing_ok=True)
+                    removed += 1
         return removed

@@ -3,11 +3,14 @@ size.
 
 - :func:`check_bind`: a loopback address (127.0.0.1, the default) is always allowed; any other
   address only with tokens, else an :class:`~explain.errors.OptionError`.
-- :func:`load_tokens`: the tokens file, one token per line, blank lines and ``#`` comments
-  ignored. Each token is a tenant; the tenant's id (stored with its jobs) is a hash of the
-  token, never the token itself. :meth:`Tokens.tenant` compares a presented token with EVERY
-  known token in constant time (:func:`hmac.compare_digest`), so neither the answer nor its time
-  says which token or how much of one matched.
+- :func:`load_tokens`: the tokens file (UTF-8, a byte-order mark ignored), one token per line,
+  blank lines and lines starting with ``#`` ignored. A token is what a client sends in an HTTP
+  header, so a line with anything but printable ASCII without spaces (a non-ASCII character,
+  a space, an inline ``# comment``) is refused at start with its line number, never loaded as
+  a token no client can present. Each token is a tenant; the tenant's id (stored with its
+  jobs) is a hash of the token, never the token itself. :meth:`Tokens.tenant` compares a
+  presented token with EVERY known token in constant time (:func:`hmac.compare_digest`), so
+  neither the answer nor its time says which token or how much of one matched.
 - :class:`BodyLimit`: an ASGI middleware that answers 413 to a request body over the limit,
   from its ``Content-Length`` before reading it, or as soon as a streamed body passes it: an
   upload is never read past the limit.
@@ -81,11 +84,20 @@ def load_tokens(path: str | Path) -> Tokens:
     """The tokens in file ``path`` (see the module docstring); an OptionError when it cannot be
     read or holds none."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise OptionError(f"cannot read the tokens file {display(path)}: {exc}") from None
-    lines = (line.strip() for line in text.splitlines())
-    return Tokens([line for line in lines if line and not line.startswith("#")])
+    tokens = []
+    for number, line in enumerate(text.split("\n"), 1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if not all("!" <= c <= "~" for c in token):
+            raise OptionError(f"line {number} of the tokens file {display(path)}: a token is "
+                              "sent in an HTTP header, so it must be printable ASCII without "
+                              "spaces; put a comment on a line of its own, starting with #")
+        tokens.append(token)
+    return Tokens(tokens)
 
 
 class BodyLimit:
