@@ -22,6 +22,7 @@ taken over.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -30,6 +31,8 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +95,14 @@ def _job(row: tuple) -> Job:
     return Job(*values)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full: an OSError ENOSPC/EDQUOT, or
+    SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
 def _own(data: Path) -> int:
     """Take the data folder's lock (see the module docstring): the open descriptor holding it,
     or an OptionError naming the folder and the pid of the server that holds it."""
@@ -130,6 +141,8 @@ class JobStore:
         self._db = sqlite3.connect(self.data / "jobs.sqlite3", check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._lock = threading.Lock()
+        self._job_locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+        self._job_locks_guard = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             # each commit survives a killed process (kill -9); only a power cut may lose the last
@@ -152,6 +165,23 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    @contextmanager
+    def locked(self, job_id: str) -> Iterator[None]:
+        """Hold job ``job_id``'s own lock: what writes or removes its files (the worker's
+        results, a picture's first render, a DELETE) holds it, so none of them sees the others
+        half done, and concurrent first requests of one picture render it once."""
+        with self._job_locks_guard:
+            lock, users = self._job_locks.setdefault(job_id, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._job_locks_guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._job_locks[job_id]
+
     def folder(self, job_id: str) -> Path:
         """The folder of job ``job_id`` (an id made by :meth:`new_id`, else a ValueError)."""
         if not is_job_id(job_id):
@@ -163,15 +193,17 @@ class JobStore:
         return str(uuid.uuid4())
 
     def add(self, job_id: str, tenant: str, method: str, options: dict,
-            limit: int | None = None) -> bool:
+            limit: int | None = None, tenant_limit: int | None = None) -> bool:
         """Queue job ``job_id`` (its folder and input already written), unless ``limit`` jobs
-        are already pending (checked in the same statement, so concurrent adds never pass it);
-        returns whether it was queued."""
+        in all, or ``tenant_limit`` of this tenant's, are already pending (checked in the same
+        statement, so concurrent adds never pass either); returns whether it was queued."""
         changed = self._run("INSERT INTO jobs (id, tenant, method, options, status, created) "
-                        "SELECT ?, ?, ?, ?, 'queued', ? WHERE (SELECT COUNT(*) FROM jobs WHERE "
-                        "status IN ('queued', 'running')) < ?",
-                        (job_id, tenant, method, json.dumps(options), time.time(),
-                         2**62 if limit is None else limit))
+                            "SELECT ?, ?, ?, ?, 'queued', ? WHERE (SELECT COUNT(*) FROM jobs "
+                            "WHERE status IN ('queued', 'running')) < ? AND (SELECT COUNT(*) "
+                            "FROM jobs WHERE tenant = ? AND status IN ('queued', 'running')) < ?",
+                            (job_id, tenant, method, json.dumps(options), time.time(),
+                             2**62 if limit is None else limit, tenant,
+                             2**62 if tenant_limit is None else tenant_limit))
         return changed > 0
 
     def get(self, job_id: str, tenant: str | None = None) -> Job | None:
@@ -195,10 +227,14 @@ class JobStore:
                              "ORDER BY seq DESC LIMIT ?", (tenant, before, tenant, limit))
         return [_job(row) for row in rows]
 
-    def pending(self) -> int:
-        """Jobs queued or running (what the queue limit counts)."""
-        return self._rows("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
-                          )[0][0]
+    def pending(self, tenant: str | None = None) -> int:
+        """Jobs queued or running (what the queue limit counts), of ``tenant`` only when given
+        (what its quota counts)."""
+        if tenant is None:
+            return self._rows("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', "
+                              "'running')")[0][0]
+        return self._rows("SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status IN "
+                          "('queued', 'running')", (tenant,))[0][0]
 
     def claim(self) -> Job | None:
         """The oldest queued job, now marked running (its ``attempts`` counted); None when none
@@ -231,12 +267,32 @@ class JobStore:
                   "status = 'running'", (error, time.time(), job_id))
 
     def delete(self, job_id: str, tenant: str) -> bool:
-        """Delete the tenant's job ``job_id`` and its files (a running job stops at its next
-        batch); False when the tenant has no such job."""
-        if self._run("DELETE FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)) == 0:
-            return False
-        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        """Delete the tenant's job ``job_id`` and its files, under the job's lock (a result or
+        picture being written is finished first, then removed; a running job stops at its next
+        batch and writes nothing); False when the tenant has no such job."""
+        with self.locked(job_id):
+            if self._run("DELETE FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)) == 0:
+                return False
+            shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return True
+
+    def requeue(self, job_ids: list[str]) -> int:
+        """Put running jobs ``job_ids`` back in the queue, in their place (a worker that held
+        them died); returns how many."""
+        return sum(self._run("UPDATE jobs SET status = 'queued', started = NULL, done = 0 "
+                             "WHERE id = ? AND status = 'running'", (job_id,))
+                   for job_id in job_ids)
+
+    def expire(self, before: float) -> int:
+        """Delete the jobs that finished (done or failed) before time ``before`` and their
+        files (``--retain``); returns how many."""
+        ids = [row[0] for row in self._rows("SELECT id FROM jobs WHERE status IN ('done', "
+                                            "'failed') AND finished < ?", (before,))]
+        for job_id in ids:
+            with self.locked(job_id):
+                self._run("DELETE FROM jobs WHERE id = ?", (job_id,))
+                shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        return len(ids)
 
     def requeue_running(self) -> int:
         """At start-up: jobs left running by a process that died go back to the queue (keeping

@@ -13,15 +13,21 @@ size.
   neither the answer nor its time says which token or how much of one matched.
 - :class:`BodyLimit`: an ASGI middleware that answers 413 to a request body over the limit,
   from its ``Content-Length`` before reading it, or as soon as a streamed body passes it: an
-  upload is never read past the limit.
+  upload is never read past the limit; and 408 to a body not received in full within its
+  timeout (a client dripping bytes cannot hold a connection forever).
+- :class:`RateLimitedLog`: a logging filter that lets through a few lines per period and
+  counts the rest, so hostile clients cannot flood the server's log with tracebacks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -101,18 +107,22 @@ def load_tokens(path: str | Path) -> Tokens:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is answered 413 (see the module
-    docstring); the app then sees the client gone and its own answer is dropped."""
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413, one not received
+    in full within ``timeout`` seconds 408 (see the module docstring); the app then sees the
+    client gone and its own answer is dropped."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps({"detail": f"the upload is over the limit of {self.limit:,} bytes"})
-        await send({"type": "http.response.start", "status": 413,
+    @staticmethod
+    async def _refuse(send: Send, status: int, detail: str) -> None:
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body.encode()})
+        await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+    async def _too_large(self, send: Send) -> None:
+        await self._refuse(send, 413, f"the upload is over the limit of {self.limit:,} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,22 +133,62 @@ class BodyLimit:
             await self._too_large(send)
             return
         received = 0
-        answered = False
+        answered = gone = False
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def limited() -> Message:
-            nonlocal received, answered
-            message = await receive()
+            nonlocal received, answered, gone
+            if answered:
+                return {"type": "http.disconnect"}
+            try:
+                left = deadline - asyncio.get_running_loop().time()
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except TimeoutError:
+                answered = True
+                await self._refuse(send, 408, f"the upload was not received within "
+                                   f"{self.timeout:g} s")
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    if not answered:
-                        answered = True
-                        await self._too_large(send)
+                    answered = True
+                    await self._too_large(send)
                     return {"type": "http.disconnect"}
+            gone = gone or message["type"] == "http.disconnect"
             return message
 
         async def guarded(message: Message) -> None:
             if not answered:
                 await send(message)
 
-        await self.app(scope, limited, guarded)
+        try:
+            await self.app(scope, limited, guarded)
+        except Exception:
+            if not (answered or gone):
+                raise  # a fault of the app's own: the server logs it
+            # the app failed reading a body refused here or cut short by the client: no traceback
+
+
+class RateLimitedLog(logging.Filter):
+    """Let at most ``lines`` records through per ``period`` seconds; the next one let through
+    says how many were dropped (a flood of tracebacks from hostile clients stays a few lines)."""
+
+    def __init__(self, lines: int = 20, period: float = 60.0) -> None:
+        super().__init__()
+        self.lines, self.period = lines, period
+        self._start, self._passed, self._dropped = 0.0, 0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._start >= self.period:
+            self._start, self._passed = now, 0
+        if self._passed >= self.lines:
+            self._dropped += 1
+            return False
+        self._passed += 1
+        if self._dropped:
+            record.msg = f"({self._dropped} log lines dropped: over {self.lines} per " \
+                         f"{self.period:g} s) {record.getMessage()}"
+            record.args = None
+            self._dropped = 0
+        return True

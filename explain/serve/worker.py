@@ -8,13 +8,19 @@ different jobs share batches. An occlusion job with ``fast`` (drill-down, whose 
 depend on the earlier scores) runs on its own through :func:`explain.occlusion.occlusion_map`
 with ``drill_down=``:data:`explain.choices.FAST_DRILL_DOWN`; every other method runs one job at
 a time through the registry (:data:`explain.methods.METHODS`). After each batch the worker
-records progress; a job deleted meanwhile is dropped. A job whose image cannot be decoded
+records progress; a job deleted meanwhile is dropped. Every other method reports each batch
+through its progress callback, which raises :class:`Cancelled` once the job is deleted (or the
+server stops): a DELETE stops any method within one batch. A job whose image cannot be decoded
 (truncated, corrupt) or whose model call fails becomes ``failed`` with the reason; the worker
 goes on with the rest (a shared batch the model refuses is retried job by job, so only the
-culprit fails).
+culprit fails). A fault outside any one job (the job table's disk is full, say) fails the jobs
+the worker holds with the reason, and the worker goes on after a pause; it never dies of an
+error (the app's supervisor restarts one that dies all the same).
 
 Results, in the job's folder: ``heatmap.npy`` + ``heatmap.json``
-(:meth:`explain.heatmap.Heatmap.save`), written atomically before the job is ``done``. The
+(:meth:`explain.heatmap.Heatmap.save`), written atomically before the job is ``done``, under
+the job's lock (:meth:`~explain.serve.jobs.JobStore.locked`), so a DELETE either comes first
+(nothing is written) or removes them. The
 pictures
 (:data:`PICTURES`: ``overlay.png``, the overlay with its legend strip,
 :func:`explain.render.figure`; ``side.png``, original | heatmap | overlay,
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +52,7 @@ from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
 
 INPUT = "input"
+FAULT_PAUSE_S = 1.0  # after a fault outside any one job: do not spin on a lasting one
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
 
 
@@ -59,6 +67,11 @@ class JobOptions:
     batch_size: int | None
     masks: int
     drill_down: float | None = None
+
+
+class Cancelled(Exception):  # noqa: N818 — a control signal, not an error
+    """Raised from a running job's progress callback when the job was deleted or the server is
+    stopping: the method stops after its current batch, and the worker drops the job."""
 
 
 def reason(exc: BaseException) -> str:
@@ -118,19 +131,48 @@ class Worker(threading.Thread):
         self.interleave, self.batch_size, self.max_pixels = interleave, batch_size, max_pixels
         self.stopping = threading.Event()
         self._active: list[_Active] = []
+        self._alone: str | None = None  # the job run on its own right now
+        self._unrecorded: dict[str, str] = {}  # failed jobs the table could not record yet
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
 
+    def held(self) -> list[str]:
+        """The ids of the jobs this worker is running (what a supervisor puts back in the queue
+        when the worker died)."""
+        alone = [] if self._alone is None else [self._alone]
+        return [a.job.id for a in self._active] + alone
+
     def run(self) -> None:
         while not self.stopping.is_set():
-            self._claim()
-            if not self._active:
-                self.wake.wait(0.2)
-                self.wake.clear()
-                continue
-            self._step()
+            try:
+                self._record_failures()
+                self._claim()
+                if not self._active:
+                    self.wake.wait(0.2)
+                    self.wake.clear()
+                    continue
+                self._step()
+            except Exception as exc:  # noqa: BLE001 — a fault outside any one job (the disk)
+                for job_id in self.held():
+                    self._fail(job_id, reason(exc))
+                self._active.clear()
+                self._alone = None
+                self.stopping.wait(FAULT_PAUSE_S)
+
+    def _fail(self, job_id: str, why: str) -> None:
+        """Fail job ``job_id`` with ``why``; when the table cannot record it (its disk is
+        full), it is kept and recorded as soon as the table can be written."""
+        try:
+            self.store.fail(job_id, why)
+        except Exception:  # noqa: BLE001 — retried by _record_failures
+            self._unrecorded[job_id] = why
+
+    def _record_failures(self) -> None:
+        for job_id, why in list(self._unrecorded.items()):
+            self.store.fail(job_id, why)
+            del self._unrecorded[job_id]
 
     def _claim(self) -> None:
         while len(self._active) < self.interleave and not self.stopping.is_set():
@@ -138,9 +180,10 @@ class Worker(threading.Thread):
             if job is None:
                 return
             if job.attempts > MAX_ATTEMPTS:
-                self.store.fail(job.id, f"the server stopped {MAX_ATTEMPTS} times while running "
-                                "this job; it is not tried again")
+                self._fail(job.id, f"the server stopped {MAX_ATTEMPTS} times while running "
+                           "this job; it is not tried again")
                 continue
+            self._alone = job.id
             try:
                 image = load_image(self.store.folder(job.id) / INPUT, max_pixels=self.max_pixels)
                 if job.method == "occlusion" and not job.options.get("fast"):
@@ -152,38 +195,52 @@ class Worker(threading.Thread):
                     self.store.progress(job.id, 0, plan.n)
                 else:
                     self._run_alone(job, image)
+            except Cancelled:
+                pass  # deleted (its files went with it), or the server stops (run again at start)
             except Exception as exc:  # noqa: BLE001 — a bad job never stops the worker
-                self.store.fail(job.id, reason(exc))
+                self._fail(job.id, reason(exc))
+            self._alone = None
+
+    def _watch(self, job_id: str) -> Callable[[int, int], None]:
+        """The progress callback of a job run on its own: records progress, and raises
+        :class:`Cancelled` once the job is deleted or the server stops."""
+        def report(done: int, total: int) -> None:
+            if not self.store.progress(job_id, done, total) or self.stopping.is_set():
+                raise Cancelled(job_id)
+        return report
 
     def _run_alone(self, job: Job, image: np.ndarray) -> None:
         start = time.perf_counter()
-        self.store.progress(job.id, 0, 1)
+        watch = self._watch(job.id)
+        watch(0, 1)
         o = job.options
         method = METHODS[job.method]
         if job.method == "occlusion":  # drill-down: adaptive, so it runs on its own
             heatmap = occlusion_map(self.models.black, image, box=o["box"], stride=o["stride"],
                                     fill=o["fill"], target=o["target"],
                                     batch_size=self.batch_size, drill_down=FAST_DRILL_DOWN,
-                                    progress=lambda done, total: self.store.progress(job.id, done,
-                                                                                     total))
+                                    progress=watch)
         else:
             options = JobOptions(box=o["box"], stride=o["stride"], target=o["target"],
                                  batch_size=self.batch_size, masks=o["masks"])
             with WHITE_BOX if method.white_box else nullcontext():
-                heatmap = method.run(self.models, image, options)
+                watch(0, 1)  # waiting for the white-box lock may have taken a while
+                heatmap = method.run(self.models, image, options, watch)
         heatmap.seconds = time.perf_counter() - start
         self._finish(job, heatmap)
 
     def _finish(self, job: Job, heatmap: Heatmap) -> None:
-        """Write a computed job's map, then mark it ``done``; a failure to write (a full disk)
-        fails this job with the reason, and the worker goes on."""
+        """Write a computed job's map, then mark it ``done``, under the job's lock (a DELETE
+        waits, then removes them; or came first, and nothing is written); a failure to write
+        (a full disk) fails this job with the reason, and the worker goes on."""
         try:
-            if self.store.get(job.id) is None:
-                return  # deleted meanwhile
-            write_results(self.store.folder(job.id), heatmap)
-            self.store.finish(job.id, heatmap.score)
+            with self.store.locked(job.id):
+                if self.store.get(job.id) is None:
+                    return  # deleted meanwhile
+                write_results(self.store.folder(job.id), heatmap)
+                self.store.finish(job.id, heatmap.score)
         except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
-            self.store.fail(job.id, reason(exc))
+            self._fail(job.id, reason(exc))
 
     def _step(self) -> None:
         """One shared model batch for the held occlusion jobs; finish the complete ones."""
@@ -215,5 +272,5 @@ class Worker(threading.Thread):
                 stepped += score_step(self.models.black, [a.run], step)
             except Exception as exc:  # noqa: BLE001 — only this job fails
                 self._active.remove(a)
-                self.store.fail(a.job.id, f"the model failed: {reason(exc)}")
+                self._fail(a.job.id, f"the model failed: {reason(exc)}")
         return stepped
