@@ -4,23 +4,40 @@ per-tenant quotas, slow uploads, animated uploads, tokens files and cut-short wr
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import io
+import json
+import logging
 import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
+from serve_client import InProcess, png
 from typer.testing import CliRunner
 
 from explain.cli import app
 from explain.errors import OptionError
+from explain.models import load
+from explain.models.base import Preprocess
 from explain.serve.jobs import LOCK, JobStore
-from explain.serve.security import load_tokens, tenant_id
+from explain.serve.security import RateLimitedLog, Tokens, load_tokens, tenant_id
 
 if importlib.util.find_spec("fastapi") is None:  # under CI a missing extra fails, never skips
     if os.environ.get("CI", "").lower() == "true":
         raise RuntimeError("the serve extra is not installed: pip install -e '.[dev]'")
     pytest.skip("the serve extra is not installed (pip install -e '.[dev]')",
                 allow_module_level=True)
+
+from explain.serve.app import Settings, create_app  # noqa: E402 — needs the serve extra
+from explain.serve.served import serve_models  # noqa: E402
 
 
 def test_one_store_per_data_folder_and_a_stale_lock_is_taken_over(tmp_path):
@@ -71,3 +88,251 @@ def test_stale_part_files_are_removed_at_start(tmp_path):
     assert store.remove_orphans() == 1
     assert [p.name for p in folder.iterdir()] == ["input"]
     store.close()
+
+
+class Gate:
+    """A tiny black box (p(nsfw) = the mean red level of the 32×32 input) that counts its
+    calls and, while ``hold`` is set, stops in each call until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.hold = False
+        self.entered = threading.Semaphore(0)
+        self.go = threading.Semaphore(0)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.hold:
+            self.entered.release()
+            self.go.acquire()
+        p = batch[..., 0].reshape(len(batch), -1).mean(axis=1) / 255.0
+        return np.stack([1.0 - p, p], axis=1)
+
+    def release(self) -> None:
+        self.hold = False
+        for _ in range(64):
+            self.go.release()
+
+
+@contextmanager
+def tiny_service(tmp_path: Path, **settings: object) -> Iterator[tuple[InProcess, Gate]]:
+    """A real server in this process over :class:`Gate` (batches of 4)."""
+    gate = Gate()
+    model = load(gate, class_names=["sfw", "nsfw"], preprocess=Preprocess(input_size=(32, 32)))
+    app_ = create_app(Settings(data=str(tmp_path / "data"), batch_size=4, **settings),
+                      serve_models(model, "gate"))
+    try:
+        with InProcess(app_) as server:
+            yield server, gate
+    finally:
+        gate.release()
+
+
+def red(side: int = 64, level: int = 200) -> bytes:
+    return png(np.full((side, side, 3), level, np.uint8))
+
+
+def poll(check, timeout: float = 60.0) -> object:
+    """``check()`` until it is truthy (its value); a failure after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.05)
+    return value
+
+
+QUICK = {"box": "100%", "stride": "100%"}  # the intact image and one window: one model call
+
+
+def test_a_delete_stops_every_black_box_method_within_one_batch(tmp_path):
+    asks = {"sliding": {"method": "sliding", "box": "4", "stride": "4"},  # 256 windows
+            "rise": {"method": "rise", "masks": "200"},
+            "drill-down": {"method": "occlusion", "box": "25%", "stride": "6.25%",
+                           "fast": "true"},
+            "occlusion": {"method": "occlusion", "box": "4", "stride": "4"}}
+    with tiny_service(tmp_path) as (server, gate):
+        for name, ask in asks.items():
+            gate.hold = True
+            job_id = server.submit(red(), **ask).json()["id"]
+            assert gate.entered.acquire(timeout=60), name
+            assert server.call("DELETE", f"/v1/visualizations/{job_id}").status == 204
+            assert not (server_folder(tmp_path, job_id)).exists()
+            before = gate.calls
+            gate.release()
+            after = server.submit(red(), **QUICK).json()["id"]
+            assert server.wait(after)["status"] == "done"
+            # at most the batch in flight and one more, then the next job's single call
+            assert gate.calls - before <= 2, (name, gate.calls - before)
+            assert not server_folder(tmp_path, job_id).exists()
+
+
+def server_folder(tmp_path: Path, job_id: str) -> Path:
+    return tmp_path / "data" / "jobs" / job_id
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_507_and_the_worker_survives_it(tmp_path, monkeypatch):
+    full = sqlite3.OperationalError("database or disk is full")
+    real_run, real_claim = JobStore._run, JobStore.claim
+    failing = {"sql": "", "claims": 0}
+
+    def run(self, sql, args=()):
+        if failing["sql"] and sql.startswith(failing["sql"]):
+            raise full
+        return real_run(self, sql, args)
+
+    def claim(self):
+        if failing["claims"]:
+            failing["claims"] -= 1
+            raise full
+        return real_claim(self)
+
+    monkeypatch.setattr(JobStore, "_run", run)
+    monkeypatch.setattr(JobStore, "claim", claim)
+    with tiny_service(tmp_path) as (server, _):
+        failing["sql"] = "INSERT"
+        reply = server.submit(red(), **QUICK)
+        assert reply.status == 507 and "disk is full" in reply.json()["detail"], reply
+        assert int(reply.headers["retry-after"]) > 0
+        assert list((tmp_path / "data" / "jobs").iterdir()) == []  # the upload is not kept
+        failing["sql"] = ""
+        job_id = server.submit(red(), **QUICK).json()["id"]
+        assert server.wait(job_id)["status"] == "done"
+        failing["sql"] = "DELETE"
+        reply = server.call("DELETE", f"/v1/visualizations/{job_id}")
+        assert reply.status == 507 and "disk is full" in reply.json()["detail"]
+        failing["sql"] = ""
+        # the disk fills while the worker looks for work: it goes on once there is room
+        failing["claims"] = 3
+        queued = server.submit(red(), **QUICK).json()["id"]
+        assert server.wait(queued)["status"] == "done"
+        assert server.call("GET", "/healthz").json()["workers"] == 1
+        # a picture drawn while the disk is full: 507, not "no such result"
+        with monkeypatch.context() as m:
+            m.setattr("explain.render.write_bytes", _no_space)
+            reply = server.call("GET", f"/v1/visualizations/{queued}/overlay.png")
+        assert reply.status == 507 and "disk is full" in reply.json()["detail"], reply
+        assert server.call("GET", f"/v1/visualizations/{queued}/overlay.png").status == 200
+
+
+def _no_space(*_: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_healthz_is_503_without_a_worker_and_a_dead_worker_is_restarted(tmp_path, monkeypatch):
+    from explain.serve.worker import Worker
+
+    real = Worker._claim
+    dying = threading.Event()
+
+    def claim(self):
+        if dying.is_set():
+            raise SystemExit  # what no `except Exception` catches: the thread ends
+        return real(self)
+
+    monkeypatch.setattr(Worker, "_claim", claim)
+    with tiny_service(tmp_path) as (server, _):
+        dying.set()
+        reply = poll(lambda: (r := server.call("GET", "/healthz")).status == 503 and r)
+        assert reply.json()["status"] == "unhealthy" and reply.json()["workers"] == 0
+        job_id = server.submit(red(), **QUICK).json()["id"]
+        dying.clear()
+        poll(lambda: server.call("GET", "/healthz").status == 200)
+        assert server.wait(job_id)["status"] == "done"
+
+
+def test_one_tenant_cannot_fill_the_queue(tmp_path):
+    alice, bob = "alice-token-0123456789", "bob-token-9876543210"
+    with tiny_service(tmp_path, tokens=Tokens([alice, bob]), max_queue=4) as (server, gate):
+        gate.hold = True
+        first = server.submit(red(), alice, **QUICK)
+        assert first.status == 202
+        over = server.submit(red(), alice, **QUICK)  # alice's share: a quarter of 4
+        assert over.status == 429 and "your share" in over.json()["detail"]
+        assert int(over.headers["retry-after"]) > 0
+        assert server.submit(red(), bob, **QUICK).status == 202
+        gate.release()
+        assert server.wait(first.json()["id"], alice)["status"] == "done"
+
+
+def test_retain_expires_finished_jobs(tmp_path):
+    with tiny_service(tmp_path, retain_days=1e-6) as (server, _):  # 0.0864 s
+        job_id = server.submit(red(), **QUICK).json()["id"]
+        poll(lambda: server.call("GET", f"/v1/visualizations/{job_id}").status == 404)
+        assert not server_folder(tmp_path, job_id).exists()
+
+
+def test_a_delete_during_a_render_leaves_no_picture_and_pictures_render_once(tmp_path,
+                                                                            monkeypatch):
+    import explain.serve.worker as worker
+
+    real, real_figure = worker.side_by_side, worker.figure
+    drawing, go, overlays = threading.Semaphore(0), threading.Semaphore(0), []
+
+    def slow_side(*args, **kwargs):
+        drawing.release()
+        go.acquire()
+        return real(*args, **kwargs)
+
+    def counted_figure(*args, **kwargs):
+        overlays.append(1)
+        return real_figure(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "side_by_side", slow_side)
+    monkeypatch.setattr(worker, "figure", counted_figure)
+    with tiny_service(tmp_path) as (server, _):
+        job_id = server.submit(red(), **QUICK).json()["id"]
+        url = f"/v1/visualizations/{job_id}"
+        assert server.wait(job_id)["status"] == "done"
+        with ThreadPoolExecutor(4) as pool:
+            both = [pool.submit(server.call, "GET", f"{url}/overlay.png") for _ in range(2)]
+            assert [f.result().status for f in both] == [200, 200]
+            assert both[0].result().body == both[1].result().body and len(overlays) == 1
+            side = pool.submit(server.call, "GET", f"{url}/side.png")
+            assert drawing.acquire(timeout=60)
+            deleted = pool.submit(server.call, "DELETE", url)
+            poll(lambda: server.call("GET", url).status == 404)  # the row is gone
+            go.release()
+            assert side.result().status == 404
+            assert deleted.result().status == 204
+        assert not server_folder(tmp_path, job_id).exists()
+
+
+@pytest.mark.slow
+def test_maps_and_pictures_of_a_huge_upload_are_bounded(tmp_path):
+    from PIL import Image
+
+    from explain.serve.worker import MAP_PIXELS, PICTURE_PIXELS
+
+    buffer = io.BytesIO()
+    Image.new("1", (5000, 4000)).save(buffer, format="PNG")  # 20,000,000 pixels
+    assert len(buffer.getvalue()) < 12_000
+    with tiny_service(tmp_path) as (server, _):
+        job_id = server.submit(buffer.getvalue(), box="50%", stride="50%").json()["id"]
+        assert server.wait(job_id)["status"] == "done"
+        folder = server_folder(tmp_path, job_id)
+        values = np.load(folder / "heatmap.npy")
+        assert values.size <= MAP_PIXELS and values.shape == (1831, 2289)
+        meta = json.loads((folder / "heatmap.json").read_text())
+        assert meta["params"]["image_size"] == [4000, 5000]
+        for name, panels in (("overlay.png", 1), ("side.png", 3), ("original.png", 1)):
+            reply = server.call("GET", f"/v1/visualizations/{job_id}/{name}")
+            with Image.open(io.BytesIO(reply.body)) as drawn:
+                width, height = drawn.size
+            panel = (width - 16) / 3 if panels == 3 else width
+            assert panel * height <= PICTURE_PIXELS * 1.25, (name, drawn.size)  # + the legend
+            assert panel < 5000 / 2
+
+
+def test_the_log_lets_a_few_lines_through_a_flood():
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    handler.addFilter(RateLimitedLog(lines=3, period=3600))
+    logger = logging.getLogger("test_serve_faults.flood")
+    logger.propagate = False
+    logger.addHandler(handler)
+    for i in range(10):
+        logger.error("line %d", i)
+    assert [r.getMessage() for r in records] == ["line 0", "line 1", "line 2"]

@@ -53,6 +53,7 @@ from explain.files import atomic_write
 from explain.images import probe_image
 from explain.methods import METHODS
 from explain.models.base import resolve_target
+from explain.render import save_png
 from explain.serve.assets import Assets
 from explain.serve.jobs import RESULTS, Job, JobStore, is_disk_full, is_job_id
 from explain.serve.schemas import (
@@ -66,7 +67,7 @@ from explain.serve.schemas import (
 )
 from explain.serve.security import BodyLimit, Tokens
 from explain.serve.served import Served
-from explain.serve.worker import INPUT, PICTURES, Worker, picture
+from explain.serve.worker import INPUT, PICTURES, Worker, draw
 from explain.windows import parse_size, window_grid
 
 MAX_WINDOWS = 20_000
@@ -303,15 +304,17 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         if known is None or job.status != "done":
             raise HTTPException(404, "no such result" if known is None else
                                 f"the visualization is {job.status}, not done")
-        with store.locked(job.id):  # a DELETE waits for the answer's bytes, or came first
-            if store.get(job.id, who) is None:
-                raise HTTPException(404, "no such visualization")
-            path = store.folder(job.id) / known
-            if known in PICTURES:
-                try:  # rendered on the first request, once, then kept
-                    path = picture(store.folder(job.id), known, settings.max_pixels)
+        path = store.folder(job.id) / known
+        with store.locked(job.id):  # one render per picture; a DELETE removes files after it
+            if known in PICTURES and not path.exists() and store.get(job.id, who) is not None:
+                try:  # rendered on the first request, then kept
+                    drawn = draw(store.folder(job.id), known, settings.max_pixels)
                 except ExplainError as exc:
                     raise HTTPException(500, f"the picture cannot be drawn: {exc}") from None
+                if store.get(job.id, who) is not None:  # not deleted while it was drawn
+                    save_png(drawn, path)
+            if store.get(job.id, who) is None:
+                raise HTTPException(404, "no such visualization")
             body = path.read_bytes()
         return Response(body, media_type=RESULTS[known],
                         headers={"Cache-Control": "private, max-age=3600"})

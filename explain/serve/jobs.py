@@ -267,12 +267,12 @@ class JobStore:
                   "status = 'running'", (error, time.time(), job_id))
 
     def delete(self, job_id: str, tenant: str) -> bool:
-        """Delete the tenant's job ``job_id`` and its files, under the job's lock (a result or
-        picture being written is finished first, then removed; a running job stops at its next
-        batch and writes nothing); False when the tenant has no such job."""
+        """Delete the tenant's job ``job_id``, then its files under the job's lock: a result or
+        picture being made sees the row gone and writes nothing (a running job stops at its next
+        batch); False when the tenant has no such job."""
+        if self._run("DELETE FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)) == 0:
+            return False
         with self.locked(job_id):
-            if self._run("DELETE FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)) == 0:
-                return False
             shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return True
 
@@ -289,8 +289,8 @@ class JobStore:
         ids = [row[0] for row in self._rows("SELECT id FROM jobs WHERE status IN ('done', "
                                             "'failed') AND finished < ?", (before,))]
         for job_id in ids:
+            self._run("DELETE FROM jobs WHERE id = ?", (job_id,))
             with self.locked(job_id):
-                self._run("DELETE FROM jobs WHERE id = ?", (job_id,))
                 shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return len(ids)
 

@@ -25,19 +25,22 @@ pictures
 (:data:`PICTURES`: ``overlay.png``, the overlay with its legend strip,
 :func:`explain.render.figure`; ``side.png``, original | heatmap | overlay,
 :func:`explain.render.side_by_side`; ``original.png``, the decoded upload) are rendered from the
-input and the map on their first request (:func:`picture`) and kept: a client that wants only
-the map and the score pays for no PNG, and rendering is off the model's path.
+input and the map on their first request (:func:`draw`, at a bounded size) and kept: a client
+that wants only the map and the score pays for no PNG, and rendering is off the model's path.
+Stored maps are bounded too (:func:`write_results`).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from explain.choices import FAST_DRILL_DOWN
@@ -46,7 +49,7 @@ from explain.heatmap import Heatmap
 from explain.images import load_image
 from explain.methods import METHODS, Models
 from explain.occlusion import occlusion_map, plan_occlusion
-from explain.render import figure, save_png, side_by_side
+from explain.render import figure, side_by_side
 from explain.serve.batching import OcclusionRun, score_step
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
@@ -83,30 +86,47 @@ def reason(exc: BaseException) -> str:
 
 
 PICTURES = ("original.png", "overlay.png", "side.png")
-"""The result pictures, rendered on their first request (:func:`picture`), not by the worker."""
+"""The result pictures, rendered on their first request (:func:`draw`), not by the worker."""
+PICTURE_PIXELS = 4_194_304
+"""The most pixels a result picture is drawn with (2048²; a legend strip comes on top)."""
+MAP_PIXELS = 4_194_304
+"""The most values a stored map has (16 MiB of float32); larger maps are stored shrunk."""
 
 
 def write_results(folder: Path, heatmap: Heatmap) -> None:
     """What a finished job writes (see the module docstring): the map, ``heatmap.npy`` +
     ``heatmap.json``, atomically; the pictures are made from the input and the map when first
-    asked for (:func:`picture`)."""
+    asked for (:func:`draw`). A map of more than :data:`MAP_PIXELS` values is stored shrunk by
+    area averaging to fit (a 12 KB upload of a huge 1-bit PNG must not leave a 400 MB file);
+    its ``params`` then say ``image_size`` (H, W), the original's, which its pixels span."""
+    h, w = heatmap.shape
+    if h * w > MAP_PIXELS:
+        factor = math.sqrt(MAP_PIXELS / (h * w))
+        size = (max(1, math.floor(w * factor)), max(1, math.floor(h * factor)))
+        heatmap = replace(heatmap, values=cv2.resize(heatmap.values, size,
+                                                      interpolation=cv2.INTER_AREA),
+                          params={**heatmap.params, "image_size": [h, w]})
     heatmap.save(folder / "heatmap")
 
 
-def picture(folder: Path, name: str, max_pixels: int) -> Path:
-    """Result picture ``name`` (one of :data:`PICTURES`) of the done job in ``folder``: rendered
-    by the one renderer from the job's input (decoded as the worker decoded it) and its saved
-    map on the first request, written atomically and kept; the path. A folder deleted meanwhile
-    raises OSError."""
-    path = folder / name
-    if path.exists():
-        return path
+def draw(folder: Path, name: str, max_pixels: int) -> np.ndarray:
+    """Result picture ``name`` (one of :data:`PICTURES`) of the done job in ``folder``, drawn by
+    the one renderer from the job's input (decoded as the worker decoded it) and its saved map,
+    at most ``min(max_pixels, PICTURE_PIXELS)`` pixels (a larger image is drawn shrunk by area
+    averaging; ``side.png`` has three panels, so each is a third of that). The caller writes it
+    (under the job's lock: see :func:`explain.serve.app.create_app`)."""
     image = load_image(folder / INPUT, max_pixels=max_pixels)
+    panels = 3 if name == "side.png" else 1
+    budget = min(max_pixels, PICTURE_PIXELS) / panels
+    h, w = image.shape[:2]
+    if h * w > budget:
+        factor = math.sqrt(budget / (h * w))
+        image = cv2.resize(image, (max(1, math.floor(w * factor)),
+                                   max(1, math.floor(h * factor))), interpolation=cv2.INTER_AREA)
     if name == "original.png":
-        return save_png(image, path)
-    heatmap = Heatmap.load(folder / "heatmap")
-    return save_png(figure(image, heatmap) if name == "overlay.png"
-                    else side_by_side(image, heatmap), path)
+        return image
+    heatmap = Heatmap.load(folder / "heatmap")  # the renderer fits its size to the image's
+    return figure(image, heatmap) if name == "overlay.png" else side_by_side(image, heatmap)
 
 
 class _Active:
