@@ -336,3 +336,26 @@ def test_the_log_lets_a_few_lines_through_a_flood():
     for i in range(10):
         logger.error("line %d", i)
     assert [r.getMessage() for r in records] == ["line 0", "line 1", "line 2"]
+
+
+def test_an_animated_upload_is_judged_by_its_worst_frame(tmp_path):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (48, 40), colour) for colour in ((0, 0, 0), (100, 100, 100),
+                                                                (220, 0, 0), (30, 0, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=200)
+    with tiny_service(tmp_path) as (server, _):
+        job_id = server.submit(buffer.getvalue(), **QUICK).json()["id"]
+        job = server.wait(job_id)
+        assert job["status"] == "done", job
+        assert job["score"] == pytest.approx(220 / 255, abs=1e-6)  # frame 2, not frame 0
+        clip = job["clip"]
+        assert (clip["frame"], clip["frames_scored"], clip["source_frames"]) == (2, 4, 4)
+        assert clip["time"] == pytest.approx(0.4) and "max frame 2" in clip["sentence"]
+        assert clip["max"] == pytest.approx(220 / 255, abs=1e-6)
+        original = server.call("GET", job["results"]["original.png"])
+        with Image.open(io.BytesIO(original.body)) as drawn:
+            assert drawn.convert("RGB").getpixel((0, 0)) == (220, 0, 0)
+        still = server.wait(server.submit(red(), **QUICK).json()["id"])
+        assert still["status"] == "done" and still["clip"] is None

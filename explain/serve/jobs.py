@@ -1,7 +1,8 @@
 """The service's job table: one SQLite file under the data folder, and one folder of files per job.
 
 ALL the service's SQL lives here. A job is a row (its id, its tenant, the method and its
-options as JSON, its status, progress, score and error, three times) and a folder
+options as JSON, its status, progress, score and error, three times, and for an animated upload
+how it was judged) and a folder
 ``DATA/jobs/<id>/`` holding the upload (``input``) and, once done, the results
 (:data:`RESULTS`). Ids are random (uuid4) and made here; a folder name is only ever made from
 such an id (:meth:`JobStore.folder` refuses anything else), never from a client's string.
@@ -60,13 +61,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    clip TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, seq);
 """
 _COLUMNS = "seq, id, tenant, method, options, status, done, total, score, error, created, " \
-           "started, finished, attempts"
+           "started, finished, attempts, clip"
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,13 @@ class Job:
     started: float | None
     finished: float | None
     attempts: int
+    clip: dict | None = None
 
 
 def _job(row: tuple) -> Job:
     values = list(row)
     values[4] = json.loads(values[4])
+    values[14] = None if values[14] is None else json.loads(values[14])
     return Job(*values)
 
 
@@ -148,6 +152,9 @@ class JobStore:
             # each commit survives a killed process (kill -9); only a power cut may lose the last
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "clip" not in columns:  # a table made before animated uploads were judged
+                self._db.execute("ALTER TABLE jobs ADD COLUMN clip TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -251,12 +258,13 @@ class JobStore:
         return self._run("UPDATE jobs SET done = ?, total = ? WHERE id = ? AND status = "
                          "'running'", (done, total, job_id)) > 0
 
-    def finish(self, job_id: str, score: float | None) -> bool:
-        """Mark a running job done (its results written); False when it was deleted meanwhile
-        (its folder is then removed)."""
+    def finish(self, job_id: str, score: float | None, clip: dict | None = None) -> bool:
+        """Mark a running job done (its results written; ``clip``: how an animated upload was
+        judged); False when it was deleted meanwhile (its folder is then removed)."""
         changed = self._run("UPDATE jobs SET status = 'done', done = total, score = ?, "
-                            "finished = ? WHERE id = ? AND status = 'running'",
-                            (score, time.time(), job_id))
+                            "finished = ?, clip = ? WHERE id = ? AND status = 'running'",
+                            (score, time.time(), None if clip is None else json.dumps(clip),
+                             job_id))
         if changed == 0:
             shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return changed > 0

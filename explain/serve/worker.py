@@ -17,17 +17,19 @@ culprit fails). A fault outside any one job (the job table's disk is full, say) 
 the worker holds with the reason, and the worker goes on after a pause; it never dies of an
 error (the app's supervisor restarts one that dies all the same).
 
+An animated upload (GIF, WebP, APNG) is judged as the CLI judges a clip: every frame scored,
+the clip explained by its max frame (:func:`pixels`), which the job's answer names.
+
 Results, in the job's folder: ``heatmap.npy`` + ``heatmap.json``
 (:meth:`explain.heatmap.Heatmap.save`), written atomically before the job is ``done``, under
 the job's lock (:meth:`~explain.serve.jobs.JobStore.locked`), so a DELETE either comes first
-(nothing is written) or removes them. The
-pictures
-(:data:`PICTURES`: ``overlay.png``, the overlay with its legend strip,
-:func:`explain.render.figure`; ``side.png``, original | heatmap | overlay,
-:func:`explain.render.side_by_side`; ``original.png``, the decoded upload) are rendered from the
-input and the map on their first request (:func:`draw`, at a bounded size) and kept: a client
-that wants only the map and the score pays for no PNG, and rendering is off the model's path.
-Stored maps are bounded too (:func:`write_results`).
+(nothing is written) or removes them. The pictures (:data:`PICTURES`: ``overlay.png``, the
+overlay with its legend strip, :func:`explain.render.figure`; ``side.png``, original | heatmap |
+overlay, :func:`explain.render.side_by_side`; ``original.png``, the decoded upload, or an
+animation's max frame) are rendered from the input (or that frame, :data:`FRAME`) and the map
+on their first request (:func:`draw`, at a bounded size) and kept: a client that wants only the
+map and the score pays for no PNG, and rendering is off the model's path. Stored maps are
+bounded too (:func:`write_results`).
 """
 
 from __future__ import annotations
@@ -42,19 +44,23 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from explain.choices import FAST_DRILL_DOWN
+from explain.clips import judge_clip
 from explain.errors import ExplainError
 from explain.heatmap import Heatmap
-from explain.images import load_image
+from explain.images import decoding_warnings, load_image
 from explain.methods import METHODS, Models
+from explain.models.base import Classifier
 from explain.occlusion import occlusion_map, plan_occlusion
-from explain.render import figure, side_by_side
+from explain.render import figure, save_png, side_by_side
 from explain.serve.batching import OcclusionRun, score_step
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
 
 INPUT = "input"
+FRAME = "frame.png"
 FAULT_PAUSE_S = 1.0  # after a fault outside any one job: do not spin on a lasting one
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
 
@@ -115,7 +121,8 @@ def draw(folder: Path, name: str, max_pixels: int) -> np.ndarray:
     at most ``min(max_pixels, PICTURE_PIXELS)`` pixels (a larger image is drawn shrunk by area
     averaging; ``side.png`` has three panels, so each is a third of that). The caller writes it
     (under the job's lock: see :func:`explain.serve.app.create_app`)."""
-    image = load_image(folder / INPUT, max_pixels=max_pixels)
+    frame = folder / FRAME  # an animation's max frame, the image its map explains
+    image = load_image(frame if frame.exists() else folder / INPUT, max_pixels=max_pixels)
     panels = 3 if name == "side.png" else 1
     budget = min(max_pixels, PICTURE_PIXELS) / panels
     h, w = image.shape[:2]
@@ -129,11 +136,41 @@ def draw(folder: Path, name: str, max_pixels: int) -> np.ndarray:
     return figure(image, heatmap) if name == "overlay.png" else side_by_side(image, heatmap)
 
 
-class _Active:
-    """An occlusion job a worker holds: its row and its run."""
+def is_animated(path: Path) -> bool:
+    """Whether the upload at ``path`` has more than one frame (an animated GIF, WebP or PNG).
+    The upload is stored without a suffix, so :func:`explain.frames.is_clip` (which goes by
+    the suffix first) cannot tell; unreadable files are False (the still intake reports them)."""
+    try:
+        with decoding_warnings(None, ignore=True), Image.open(path) as img:
+            return bool(getattr(img, "is_animated", False))
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return False
 
-    def __init__(self, job: Job, run: OcclusionRun) -> None:
-        self.job, self.run = job, run
+
+def pixels(folder: Path, classifier: Classifier, target: str | int, max_pixels: int
+           ) -> tuple[np.ndarray, dict | None]:
+    """The image a job explains, and for an animated upload how it was judged: as the CLI and
+    the report do, every sampled frame is scored (:func:`explain.clips.judge_clip`) and the
+    clip is explained by its max frame, which is kept as :data:`FRAME` (its pictures are drawn
+    from it); the dict says which frame and why (``sentence``), with the clip's scores."""
+    path = folder / INPUT
+    if not is_animated(path):
+        return load_image(path, max_pixels=max_pixels), None
+    clip, scores, sentence = judge_clip(classifier, path, target, max_pixels=max_pixels)
+    top = clip.frames[scores.top].rgb
+    save_png(top, folder / FRAME)
+    summary = scores.summary()
+    return top, {"sentence": sentence, "frame": summary["max_frame"],
+                 "time": summary["max_time"], "frames_scored": summary["frames_scored"],
+                 "source_frames": clip.source_frames, "max": summary["max"],
+                 "mean": summary["mean"], "notes": clip.notes}
+
+
+class _Active:
+    """An occlusion job a worker holds: its row, its run and (an animation) its judgement."""
+
+    def __init__(self, job: Job, run: OcclusionRun, clip: dict | None) -> None:
+        self.job, self.run, self.clip = job, run, clip
         self.start = time.perf_counter()
 
 
@@ -205,16 +242,17 @@ class Worker(threading.Thread):
                 continue
             self._alone = job.id
             try:
-                image = load_image(self.store.folder(job.id) / INPUT, max_pixels=self.max_pixels)
+                image, clip = pixels(self.store.folder(job.id), self.models.black,
+                                     job.options["target"], self.max_pixels)
                 if job.method == "occlusion" and not job.options.get("fast"):
                     o = job.options
                     plan = plan_occlusion(self.models.black, image, box=o["box"],
                                           stride=o["stride"], fill=o["fill"],
                                           target=o["target"])
-                    self._active.append(_Active(job, OcclusionRun(job.id, plan)))
+                    self._active.append(_Active(job, OcclusionRun(job.id, plan), clip))
                     self.store.progress(job.id, 0, plan.n)
                 else:
-                    self._run_alone(job, image)
+                    self._run_alone(job, image, clip)
             except Cancelled:
                 pass  # deleted (its files went with it), or the server stops (run again at start)
             except Exception as exc:  # noqa: BLE001 — a bad job never stops the worker
@@ -229,7 +267,7 @@ class Worker(threading.Thread):
                 raise Cancelled(job_id)
         return report
 
-    def _run_alone(self, job: Job, image: np.ndarray) -> None:
+    def _run_alone(self, job: Job, image: np.ndarray, clip: dict | None) -> None:
         start = time.perf_counter()
         watch = self._watch(job.id)
         watch(0, 1)
@@ -247,9 +285,9 @@ class Worker(threading.Thread):
                 watch(0, 1)  # waiting for the white-box lock may have taken a while
                 heatmap = method.run(self.models, image, options, watch)
         heatmap.seconds = time.perf_counter() - start
-        self._finish(job, heatmap)
+        self._finish(job, heatmap, clip)
 
-    def _finish(self, job: Job, heatmap: Heatmap) -> None:
+    def _finish(self, job: Job, heatmap: Heatmap, clip: dict | None) -> None:
         """Write a computed job's map, then mark it ``done``, under the job's lock (a DELETE
         waits, then removes them; or came first, and nothing is written); a failure to write
         (a full disk) fails this job with the reason, and the worker goes on."""
@@ -258,7 +296,7 @@ class Worker(threading.Thread):
                 if self.store.get(job.id) is None:
                     return  # deleted meanwhile
                 write_results(self.store.folder(job.id), heatmap)
-                self.store.finish(job.id, heatmap.score)
+                self.store.finish(job.id, heatmap.score, clip)
         except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
             self._fail(job.id, reason(exc))
 
@@ -281,7 +319,7 @@ class Worker(threading.Thread):
                 self._active.remove(a)
                 heatmap = a.run.plan.heatmap(a.run.probabilities(),
                                              time.perf_counter() - a.start, step)
-                self._finish(a.job, heatmap)
+                self._finish(a.job, heatmap, a.clip)
 
     def _one_by_one(self, step: int) -> list[OcclusionRun]:
         """After a shared batch failed: one batch of each held job alone; a job whose own batch
