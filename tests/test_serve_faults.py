@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_client import InProcess, png
+from serve_client import InProcess, Server, png
 from typer.testing import CliRunner
 
 from explain.cli import app
@@ -359,3 +360,46 @@ def test_an_animated_upload_is_judged_by_its_worst_frame(tmp_path):
             assert drawn.convert("RGB").getpixel((0, 0)) == (220, 0, 0)
         still = server.wait(server.submit(red(), **QUICK).json()["id"])
         assert still["status"] == "done" and still["clip"] is None
+
+
+SCORE_PY = """import numpy as np
+
+
+def score(batch):
+    p = batch[..., 0].reshape(len(batch), -1).mean(axis=1) / 255.0
+    return np.stack([1.0 - p, p], axis=1)
+"""
+
+
+@pytest.mark.slow
+def test_slow_uploads_time_out_connections_are_capped_and_the_log_stays_short(tmp_path):
+    """`explain serve` itself (a subprocess, a tiny function model): a dripping upload is 408
+    after --upload-timeout, clients cut short leave no traceback in the log, and connections
+    past --max-connections are answered 503 until they go."""
+    model = tmp_path / "model.py"
+    model.write_text(SCORE_PY)
+    server = Server(tmp_path / "data", "--classes", "sfw,nsfw", "--upload-timeout", "1",
+                    "--max-connections", "4", model=f"{model}:score").start()
+    head = (b"POST /v1/visualizations HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as drip:
+            drip.sendall(head)
+            assert drip.recv(4096).startswith(b"HTTP/1.1 408 ")
+        for _ in range(20):  # uploads cut short by their clients
+            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as cut:
+                cut.sendall(head + b"x" * 1000)
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=60)
+                for _ in range(4)]
+        for connection in idle:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost")
+        poll(lambda: server.call("GET", "/healthz").status == 503)
+        for connection in idle:
+            connection.close()
+        poll(lambda: server.call("GET", "/healthz").status == 200)
+        job = server.submit(red(), **QUICK).json()["id"]
+        assert server.wait(job)["status"] == "done"
+    finally:
+        server.stop()
+    log = (tmp_path / "data.log").read_text()
+    assert "Traceback" not in log and len(log.splitlines()) <= 22, log  # 20 a minute

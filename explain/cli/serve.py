@@ -108,6 +108,7 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
     console.print(f"explain serve: http://{shown}:{port}/ (API docs /docs), data in "
                   f"{display(data)}, model {display(served.name)}", markup=False,
                   highlight=False, soft_wrap=True)
+    console.file.flush()  # a log file sees it at once (stdout is block-buffered there)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             limit_concurrency=max_connections, timeout_keep_alive=5)
     for handler in logging.getLogger("uvicorn").handlers:  # set up by Config
