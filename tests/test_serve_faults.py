@@ -232,6 +232,14 @@ def test_healthz_is_503_without_a_worker_and_a_dead_worker_is_restarted(tmp_path
             raise SystemExit  # what no `except Exception` catches: the thread ends
         return real(self)
 
+    real_step, dies_once = Worker._step, threading.Event()
+
+    def step(self):
+        if dies_once.is_set():
+            dies_once.clear()
+            raise SystemExit
+        return real_step(self)
+
     monkeypatch.setattr(Worker, "_claim", claim)
     with tiny_service(tmp_path) as (server, _):
         dying.set()
@@ -241,6 +249,12 @@ def test_healthz_is_503_without_a_worker_and_a_dead_worker_is_restarted(tmp_path
         dying.clear()
         poll(lambda: server.call("GET", "/healthz").status == 200)
         assert server.wait(job_id)["status"] == "done"
+        # a worker that dies holding a job: the job goes back to the queue and is run again
+        monkeypatch.setattr(Worker, "_step", step)
+        dies_once.set()
+        held = server.submit(red(), box="4", stride="4").json()["id"]
+        job = server.wait(held)
+        assert (job["status"], dies_once.is_set()) == ("done", False), job
 
 
 def test_one_tenant_cannot_fill_the_queue(tmp_path):
