@@ -136,10 +136,14 @@ class BodyLimit:
         answered = gone = False
         deadline = asyncio.get_running_loop().time() + self.timeout
 
+        complete = started = False  # the whole body arrived; the app began its answer
+
         async def limited() -> Message:
-            nonlocal received, answered, gone
+            nonlocal received, answered, gone, complete
             if answered:
                 return {"type": "http.disconnect"}
+            if complete or started:  # the timeout is the upload's, not the answer's
+                return await receive()
             try:
                 left = deadline - asyncio.get_running_loop().time()
                 message = await asyncio.wait_for(receive(), max(left, 0.0))
@@ -150,6 +154,7 @@ class BodyLimit:
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.limit:
                     answered = True
                     await self._too_large(send)
@@ -158,7 +163,9 @@ class BodyLimit:
             return message
 
         async def guarded(message: Message) -> None:
+            nonlocal started
             if not answered:
+                started = True
                 await send(message)
 
         try:
