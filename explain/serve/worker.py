@@ -151,14 +151,14 @@ def pixels(folder: Path, classifier: Classifier, target: str | int, max_pixels: 
            ) -> tuple[np.ndarray, dict | None]:
     """The image a job explains, and for an animated upload how it was judged: as the CLI and
     the report do, every sampled frame is scored (:func:`explain.clips.judge_clip`) and the
-    clip is explained by its max frame, which is kept as :data:`FRAME` (its pictures are drawn
-    from it); the dict says which frame and why (``sentence``), with the clip's scores."""
+    clip is explained by its max frame (kept as :data:`FRAME` when the job finishes: its
+    pictures are drawn from it); the dict says which frame and why (``sentence``), with the
+    clip's scores."""
     path = folder / INPUT
     if not is_animated(path):
         return load_image(path, max_pixels=max_pixels), None
     clip, scores, sentence = judge_clip(classifier, path, target, max_pixels=max_pixels)
     top = clip.frames[scores.top].rgb
-    save_png(top, folder / FRAME)
     summary = scores.summary()
     return top, {"sentence": sentence, "frame": summary["max_frame"],
                  "time": summary["max_time"], "frames_scored": summary["frames_scored"],
@@ -167,10 +167,12 @@ def pixels(folder: Path, classifier: Classifier, target: str | int, max_pixels: 
 
 
 class _Active:
-    """An occlusion job a worker holds: its row, its run and (an animation) its judgement."""
+    """An occlusion job a worker holds: its row, its run and (an animation) its judgement and
+    its max frame."""
 
-    def __init__(self, job: Job, run: OcclusionRun, clip: dict | None) -> None:
-        self.job, self.run, self.clip = job, run, clip
+    def __init__(self, job: Job, run: OcclusionRun, clip: dict | None,
+                 frame: np.ndarray | None) -> None:
+        self.job, self.run, self.clip, self.frame = job, run, clip, frame
         self.start = time.perf_counter()
 
 
@@ -249,7 +251,8 @@ class Worker(threading.Thread):
                     plan = plan_occlusion(self.models.black, image, box=o["box"],
                                           stride=o["stride"], fill=o["fill"],
                                           target=o["target"])
-                    self._active.append(_Active(job, OcclusionRun(job.id, plan), clip))
+                    self._active.append(_Active(job, OcclusionRun(job.id, plan), clip,
+                                                None if clip is None else image))
                     self.store.progress(job.id, 0, plan.n)
                 else:
                     self._run_alone(job, image, clip)
@@ -285,17 +288,21 @@ class Worker(threading.Thread):
                 watch(0, 1)  # waiting for the white-box lock may have taken a while
                 heatmap = method.run(self.models, image, options, watch)
         heatmap.seconds = time.perf_counter() - start
-        self._finish(job, heatmap, clip)
+        self._finish(job, heatmap, clip, None if clip is None else image)
 
-    def _finish(self, job: Job, heatmap: Heatmap, clip: dict | None) -> None:
-        """Write a computed job's map, then mark it ``done``, under the job's lock (a DELETE
-        waits, then removes them; or came first, and nothing is written); a failure to write
-        (a full disk) fails this job with the reason, and the worker goes on."""
+    def _finish(self, job: Job, heatmap: Heatmap, clip: dict | None,
+                frame: np.ndarray | None) -> None:
+        """Write a computed job's map (and an animation's max ``frame``), then mark it
+        ``done``, under the job's lock (a DELETE waits, then removes them; or came first, and
+        nothing is written); a failure to write (a full disk) fails this job with the reason,
+        and the worker goes on."""
         try:
             with self.store.locked(job.id):
                 if self.store.get(job.id) is None:
                     return  # deleted meanwhile
                 write_results(self.store.folder(job.id), heatmap)
+                if frame is not None:
+                    save_png(frame, self.store.folder(job.id) / FRAME)
                 self.store.finish(job.id, heatmap.score, clip)
         except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
             self._fail(job.id, reason(exc))
@@ -319,7 +326,7 @@ class Worker(threading.Thread):
                 self._active.remove(a)
                 heatmap = a.run.plan.heatmap(a.run.probabilities(),
                                              time.perf_counter() - a.start, step)
-                self._finish(a.job, heatmap, a.clip)
+                self._finish(a.job, heatmap, a.clip, a.frame)
 
     def _one_by_one(self, step: int) -> list[OcclusionRun]:
         """After a shared batch failed: one batch of each held job alone; a job whose own batch
