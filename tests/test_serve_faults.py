@@ -252,7 +252,7 @@ def test_healthz_is_503_without_a_worker_and_a_dead_worker_is_restarted(tmp_path
         # a worker that dies holding a job: the job goes back to the queue and is run again
         monkeypatch.setattr(Worker, "_step", step)
         dies_once.set()
-        held = server.submit(red(), box="4", stride="4").json()["id"]
+        held = server.submit(red(), box="16", stride="16").json()["id"]
         job = server.wait(held)
         assert (job["status"], dies_once.is_set()) == ("done", False), job
 
