@@ -136,12 +136,14 @@ def from_storable(text: str) -> str:
     return os.fsdecode(bytes(out))
 
 
-def check_output_dir(folder: str | os.PathLike) -> Path:
+def check_output_dir(folder: str | os.PathLike, option: str = "-o") -> Path:
     """Check before any work that ``folder`` can hold outputs: it exists as a folder (or can be
-    created) and is writable. Raises :class:`~explain.errors.OptionError` with the reason."""
+    created) and is writable. Raises :class:`~explain.errors.OptionError` with the reason, naming
+    ``option`` (the command's option that gave the folder)."""
     p = Path(folder)
     if p.exists() and not p.is_dir():
-        raise OptionError(f"output {display(p)} is a file, not a folder; give a folder with -o")
+        raise OptionError(f"output {display(p)} is a file, not a folder; give a folder with "
+                          f"{option}")
     try:
         p.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".explain-write-check.", dir=p)

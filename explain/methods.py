@@ -3,9 +3,12 @@
 
 A :class:`Method` is its name (the key everywhere: ``--methods``, JSON, output files), its title
 (what people read), whether it needs a white-box torch model, its run function
-``run(models, image, options) -> Heatmap``, which adapts the shared run options to the method's
-own library function, and whether a report runs it when no methods are named (``by_default``;
-RISE is left out: it scores thousands of masked images, minutes per image on a CPU).
+``run(models, image, options, progress=None) -> Heatmap``, which adapts the shared run options to
+the method's own library function (``progress(done, total)`` after each batch of a black-box
+method; a white-box method on one image is one batch, so it reports nothing; a caller stops a
+run by raising from it, as the service's DELETE does), and whether a report runs it when no
+methods are named (``by_default``; RISE is left out: it scores thousands of masked images,
+minutes per image on a CPU).
 
 The table is explicit (no registration by import side effects), and this module imports no
 method: each run function imports its implementation when it is called, so reading the names
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
     from explain.heatmap import Heatmap
     from explain.models import Classifier
+    from explain.progress import Progress
     from explain.windows import Size
 
 
@@ -59,44 +63,50 @@ class Method:
     name: str
     title: str
     white_box: bool
-    run: Callable[[Models, np.ndarray, RunOptions], Heatmap]
+    run: Callable[..., Heatmap]
     by_default: bool = True
 
 
-def _occlusion(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+def _occlusion(models: Models, image: np.ndarray, o: RunOptions,
+               progress: Progress | None = None) -> Heatmap:
     from explain.occlusion import occlusion_map
 
     return occlusion_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
-                         batch_size=o.batch_size, drill_down=o.drill_down)
+                         batch_size=o.batch_size, drill_down=o.drill_down, progress=progress)
 
 
-def _sliding(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+def _sliding(models: Models, image: np.ndarray, o: RunOptions,
+             progress: Progress | None = None) -> Heatmap:
     from explain.sliding import sliding_window_map
 
     return sliding_window_map(models.black, image, box=o.box, stride=o.stride, target=o.target,
-                              batch_size=o.batch_size)
+                              batch_size=o.batch_size, progress=progress)
 
 
-def _rise(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+def _rise(models: Models, image: np.ndarray, o: RunOptions,
+          progress: Progress | None = None) -> Heatmap:
     from explain.rise import rise_map
 
     return rise_map(models.black, image, masks=o.masks, target=o.target,
-                    batch_size=o.batch_size)
+                    batch_size=o.batch_size, progress=progress)
 
 
-def _deconv(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+def _deconv(models: Models, image: np.ndarray, o: RunOptions,
+            progress: Progress | None = None) -> Heatmap:
     from explain.backprop import deconvnet
 
     return deconvnet(models.white, image, target=o.target).magnitude
 
 
-def _guided(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+def _guided(models: Models, image: np.ndarray, o: RunOptions,
+            progress: Progress | None = None) -> Heatmap:
     from explain.backprop import guided_backprop
 
     return guided_backprop(models.white, image, target=o.target).magnitude
 
 
-def _gradcam(models: Models, image: np.ndarray, o: RunOptions) -> Heatmap:
+def _gradcam(models: Models, image: np.ndarray, o: RunOptions,
+             progress: Progress | None = None) -> Heatmap:
     from explain.grad_cam import gradcam
 
     return gradcam(models.white, image, target=o.target)

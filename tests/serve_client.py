@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,54 +47,14 @@ class Reply:
         return json.loads(self.body)
 
 
-class Server:
-    """``python -m explain serve --model MODEL --data DATA --port P *extra``; its output goes to
-    ``DATA.log``. :meth:`start` waits for /healthz."""
+class Client:
+    """A stdlib HTTP client of a service on 127.0.0.1:``port``."""
 
-    def __init__(self, data: Path, *extra: str, model: str = "open-nsfw:onnx") -> None:
-        self.data, self.extra, self.model = data, extra, model
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+    port: int
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Server:
-        self.log = open(f"{self.data}.log", "ab")  # noqa: SIM115 — closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "explain", "serve", "--model", self.model, "--data",
-             str(self.data), "--port", str(self.port), *self.extra],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}): "
-                                   + Path(f"{self.data}.log").read_text(errors="replace"))
-            try:
-                if self.call("GET", "/healthz").status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("the server did not answer /healthz in time")
-
-    def kill(self) -> None:
-        """``kill -9``: no clean-up of any kind."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return
-        self.log.close()
 
     def call(self, method: str, path: str, *, token: str | None = None,
              fields: dict[str, str] | None = None, file: bytes | None = None) -> Reply:
@@ -137,6 +98,78 @@ class Server:
                     break
                 answer += chunk
         return int(answer.split(b" ", 2)[1])
+
+
+class Server(Client):
+    """``python -m explain serve --model MODEL --data DATA --port P *extra``; its output goes to
+    ``DATA.log``. :meth:`start` waits for /healthz."""
+
+    def __init__(self, data: Path, *extra: str, model: str = "open-nsfw:onnx") -> None:
+        self.data, self.extra, self.model = data, extra, model
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        self.log = open(f"{self.data}.log", "ab")  # noqa: SIM115 — closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "explain", "serve", "--model", self.model, "--data",
+             str(self.data), "--port", str(self.port), *self.extra],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}): "
+                                   + Path(f"{self.data}.log").read_text(errors="replace"))
+            try:
+                if self.call("GET", "/healthz").status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("the server did not answer /healthz in time")
+
+    def kill(self) -> None:
+        """``kill -9``: no clean-up of any kind."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return
+        self.log.close()
+
+
+class InProcess(Client):
+    """uvicorn serving ``app`` in a thread of this process on a free 127.0.0.1 port (a real
+    server whose library functions a test can monkeypatch); a context manager."""
+
+    def __init__(self, app: object) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> InProcess:
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
 
 
 def multipart(fields: dict[str, str], file: bytes | None) -> tuple[bytes, str]:

@@ -4,6 +4,7 @@ library, only when it runs."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -41,6 +42,18 @@ PixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="Largest ima
                                         "larger ones and decompression bombs get 413.")]
 QueueOpt = Annotated[int, typer.Option("--max-queue", min=1, help="Jobs queued or running at "
                                        "most; past it 429 with Retry-After.")]
+TenantQueueOpt = Annotated[int | None, typer.Option(
+    "--max-queue-per-tenant", min=1, help="Jobs of one tenant (token) queued or running at most; "
+    "past it 429, so one tenant cannot fill the queue. Default: a quarter of --max-queue with "
+    "--tokens, all of it without.", show_default=False)]
+RetainOpt = Annotated[float | None, typer.Option(
+    "--retain", min=0.0, help="Delete finished jobs (done or failed) and their files this many "
+    "days after they finished. Default: keep them.", show_default=False)]
+UploadTimeoutOpt = Annotated[float, typer.Option(
+    "--upload-timeout", min=0.1, help="Seconds an upload may take to arrive in full; past it "
+    "408 (a dripping client cannot hold a connection).")]
+ConnectionsOpt = Annotated[int, typer.Option(
+    "--max-connections", min=1, help="Connections and requests at once; past it 503.")]
 CorsOpt = Annotated[list[str] | None, typer.Option(
     "--cors", help="An origin allowed to call the API from a browser (repeatable); none by "
     "default.", show_default=False)]
@@ -63,7 +76,9 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
           data: DataOpt = Path("explain-serve"), tokens: TokensOpt = None,
           workers: WorkersOpt = 1, interleave: InterleaveOpt = 16, batch_size: BatchOpt = None,
           max_upload_mb: UploadOpt = 20.0, max_pixels: PixelsOpt = DEFAULT_MAX_PIXELS,
-          max_queue: QueueOpt = 1000, cors: CorsOpt = None) -> None:
+          max_queue: QueueOpt = 1000, max_queue_per_tenant: TenantQueueOpt = None,
+          retain: RetainOpt = None, upload_timeout: UploadTimeoutOpt = 60.0,
+          max_connections: ConnectionsOpt = 256, cors: CorsOpt = None) -> None:
     """Serve explanations over HTTP: POST /v1/visualizations, poll the job, fetch the pictures;
     the web page at /, the API docs at /docs."""
     _require_extra()
@@ -71,22 +86,31 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
 
     from explain.report.build import DEFAULT_MODELS
     from explain.serve.app import Settings, create_app
-    from explain.serve.security import check_bind, load_tokens
+    from explain.serve.jobs import JobStore
+    from explain.serve.security import RateLimitedLog, check_bind, load_tokens
     from explain.serve.served import serve_models
 
     known = load_tokens(tokens) if tokens is not None else None
     check_bind(host, known)
-    check_output_dir(data)
+    check_output_dir(data, "--data")
+    store = JobStore(data)  # the folder's lock: a second server is refused before loading
     spec: object = models.model
     if models.model not in DEFAULT_MODELS or not models.plain:
         spec = models.load()
     served = serve_models(spec, models.describe(), models.device)
     settings = Settings(data=str(data), tokens=known, max_upload=int(max_upload_mb * 1e6),
-                        max_pixels=max_pixels, max_queue=max_queue, cors=list(cors or []),
-                        workers=workers, interleave=interleave, batch_size=batch_size)
-    app = create_app(settings, served)
+                        max_pixels=max_pixels, max_queue=max_queue,
+                        tenant_queue=max_queue_per_tenant, cors=list(cors or []),
+                        workers=workers, interleave=interleave, batch_size=batch_size,
+                        retain_days=retain, upload_timeout=upload_timeout)
+    app = create_app(settings, served, store)
     shown = f"[{host}]" if ":" in host else host
     console.print(f"explain serve: http://{shown}:{port}/ (API docs /docs), data in "
                   f"{display(data)}, model {display(served.name)}", markup=False,
                   highlight=False, soft_wrap=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    console.file.flush()  # a log file sees it at once (stdout is block-buffered there)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            limit_concurrency=max_connections, timeout_keep_alive=5)
+    for handler in logging.getLogger("uvicorn").handlers:  # set up by Config
+        handler.addFilter(RateLimitedLog())
+    uvicorn.Server(config).run()

@@ -1,9 +1,10 @@
 """``explain serve``: explanations as an asynchronous HTTP service, and its web page.
 
 POST an image and a method's options, get a job id, poll it until the pictures are ready. The
-parts: ``app`` (the FastAPI app: routes, limits, auth), ``jobs`` (the SQLite job table and the
-job folders; all the SQL), ``worker`` (worker threads, result files), ``batching`` (occlusion
-windows of several jobs in one model batch), ``security`` (bind check, tokens, body limit),
+parts: ``app`` (the FastAPI app: routes, limits, auth, the workers' supervisor), ``jobs`` (the
+SQLite job table, the job folders and their locks; all the SQL), ``worker`` (worker threads,
+cancellation, result files), ``batching`` (occlusion windows of several jobs in one model
+batch), ``security`` (bind check, tokens, body limit and upload timeout, rate-limited log),
 ``served`` (the model served), ``schemas`` (the answers' shapes), ``assets`` and ``static/``
 (the page, the docs' files). ``app``, ``assets`` and ``schemas`` need the ``serve`` extra
 (fastapi, uvicorn, python-multipart, fastapi-offline); the rest does not, so this package

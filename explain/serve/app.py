@@ -5,7 +5,12 @@ workers (:mod:`explain.serve.worker`) start and stop with the app. Every upload 
 before it is queued, each failure its own status: over the size limit 413 (:class:`~explain.
 serve.security.BodyLimit`), over the pixel limit or a decompression bomb 413, not an image 415
 (both by :func:`explain.images.probe_image`, the checks of ``load_image``), a bad option 422
-naming the field, a full queue 429 with ``Retry-After``. With tokens, every ``/v1`` request
+naming the field, a full queue, or a tenant's full share of it (``tenant_queue``: one
+tenant cannot fill the queue for the others), 429 with ``Retry-After``; a full disk 507 with
+the reason and ``Retry-After`` (submit, DELETE, a picture's first render), never a bare 500. An
+upload not received within ``upload_timeout`` seconds is 408. ``/healthz`` answers 503 while no
+worker is alive; a supervisor thread restarts a dead worker (its jobs go back to the queue) and
+deletes finished jobs older than ``retain_days``. With tokens, every ``/v1`` request
 needs ``Authorization: Bearer TOKEN`` (401 without a valid one) and sees only its tenant's
 jobs: another tenant's id is 404, as an unknown one. The page, its assets, ``/docs`` and
 ``/healthz`` hold no data and are open (the page asks for the token and sends it with each
@@ -17,7 +22,9 @@ table :data:`~explain.serve.jobs.RESULTS`.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,7 +44,7 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from explain.choices import DEFAULT_MASKS, DEFAULT_MAX_PIXELS, OCCLUSION_FILLS
@@ -46,8 +53,9 @@ from explain.files import atomic_write
 from explain.images import probe_image
 from explain.methods import METHODS
 from explain.models.base import resolve_target
+from explain.render import save_png
 from explain.serve.assets import Assets
-from explain.serve.jobs import RESULTS, Job, JobStore, is_job_id
+from explain.serve.jobs import RESULTS, Job, JobStore, is_disk_full, is_job_id
 from explain.serve.schemas import (
     Accepted,
     Health,
@@ -59,12 +67,13 @@ from explain.serve.schemas import (
 )
 from explain.serve.security import BodyLimit, Tokens
 from explain.serve.served import Served
-from explain.serve.worker import INPUT, PICTURES, Worker, picture
+from explain.serve.worker import INPUT, PICTURES, Worker, draw
 from explain.windows import parse_size, window_grid
 
 MAX_WINDOWS = 20_000
 MAX_MASKS = 50_000
 RETRY_AFTER_S = 10
+SUPERVISE_S = 1.0
 CHUNK = 1 << 20
 FORM_SLACK = 64 * 1024  # the multipart framing and the other fields around the image
 
@@ -82,10 +91,21 @@ class Settings:
     max_upload: int = 20_000_000
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_queue: int = 1000
+    tenant_queue: int | None = None
     cors: list[str] = field(default_factory=list)
     workers: int = 1
     interleave: int = 16
     batch_size: int | None = None
+    retain_days: float | None = None
+    upload_timeout: float = 60.0
+
+    @property
+    def tenant_limit(self) -> int:
+        """A tenant's quota of the queue: ``tenant_queue``, else the whole queue without
+        tokens (one tenant) and a quarter of it with them."""
+        if self.tenant_queue is not None:
+            return self.tenant_queue
+        return self.max_queue if self.tokens is None else max(1, self.max_queue // 4)
 
 
 def invalid(field_name: str, message: str) -> HTTPException:
@@ -113,27 +133,51 @@ def tenant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials
 Tenant = Annotated[str, Depends(tenant)]
 
 
-def create_app(settings: Settings, served: Served) -> FastAPI:
-    """The application (see the module docstring); its workers run while it is served."""
-    store = JobStore(settings.data)
+def create_app(settings: Settings, served: Served, store: JobStore | None = None) -> FastAPI:
+    """The application (see the module docstring); its workers run while it is served.
+    ``store``: the job store of ``settings.data``, when the caller opened it already (the CLI
+    does, to take the folder's lock before it loads the model)."""
+    store = store or JobStore(settings.data)
     wake = threading.Event()
     workers: list[Worker] = []
+    stopping = threading.Event()
     assets = Assets()
+
+    def new_worker(i: int) -> Worker:
+        worker = Worker(store, served.models, wake, interleave=settings.interleave,
+                        batch_size=settings.batch_size, max_pixels=settings.max_pixels,
+                        name=f"explain-worker-{i}")
+        worker.start()
+        return worker
+
+    def supervise() -> None:
+        """Every SUPERVISE_S: a dead worker's jobs go back to the queue and a new worker takes
+        its place; finished jobs older than ``--retain`` days are deleted."""
+        while not stopping.wait(SUPERVISE_S):
+            try:
+                for i, worker in enumerate(workers):
+                    if not worker.is_alive() and not stopping.is_set():
+                        store.requeue(worker.held())
+                        workers[i] = new_worker(i)
+                        wake.set()
+                if settings.retain_days is not None:
+                    store.expire(time.time() - settings.retain_days * 86400)
+            except Exception:  # noqa: BLE001 — a full disk, say: tried again next time
+                continue
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.requeue_running()
         store.remove_orphans()
-        for i in range(settings.workers):
-            worker = Worker(store, served.models, wake, interleave=settings.interleave,
-                            batch_size=settings.batch_size, max_pixels=settings.max_pixels,
-                            name=f"explain-worker-{i}")
-            worker.start()
-            workers.append(worker)
+        workers.extend(new_worker(i) for i in range(settings.workers))
+        supervisor = threading.Thread(target=supervise, name="explain-supervisor", daemon=True)
+        supervisor.start()
         wake.set()
         try:
             yield
         finally:
+            stopping.set()
+            supervisor.join(timeout=30)
             for worker in workers:
                 worker.stop()
             for worker in workers:
@@ -144,7 +188,8 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
                   description="Why does an image classifier score an image the way it does? "
                               "POST an image, poll the job, fetch the pictures.",
                   lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.add_middleware(BodyLimit, limit=settings.max_upload + FORM_SLACK)
+    app.add_middleware(BodyLimit, limit=settings.max_upload + FORM_SLACK,
+                       timeout=settings.upload_timeout)
     if settings.cors:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors,
                            allow_methods=["GET", "POST", "DELETE"],
@@ -155,9 +200,24 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
     def job_url(request: Request, job_id: str) -> str:
         return str(request.url_for("get_visualization", job_id=job_id).path)
 
-    def queue_full() -> HTTPException:
-        return HTTPException(429, f"the queue is full ({settings.max_queue} jobs); retry later",
+    def queue_full(who: str) -> HTTPException:
+        if store.pending(who) >= settings.tenant_limit:
+            why = (f"you have {settings.tenant_limit} jobs queued or running, your share of the "
+                   "queue")
+        else:
+            why = f"the queue is full ({settings.max_queue} jobs)"
+        return HTTPException(429, f"{why}; retry later",
                              headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.OperationalError)
+    def disk_full(_: Request, exc: Exception) -> JSONResponse:
+        """A full disk is 507 with the reason (the request can be retried once there is
+        room), never a bare 500; any other fault stays a 500."""
+        if not is_disk_full(exc):
+            raise exc
+        return JSONResponse({"detail": f"the server's disk is full ({exc}); retry later"},
+                            status_code=507, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     def owned(job_id: str, who: str) -> Job:
         job = store.get(job_id, who) if is_job_id(job_id) else None
@@ -169,8 +229,10 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
               responses={413: {"description": "The upload, or its pixel count, is over the "
                                                "limit (or a decompression bomb)."},
                          415: {"description": "Not an image (the reason is given)."},
-                         429: {"description": "The queue is full; retry after Retry-After "
-                                              "seconds."}})
+                         429: {"description": "The queue, or the caller's share of it, is "
+                                              "full; retry after Retry-After seconds."},
+                         507: {"description": "The server's disk is full; retry after "
+                                              "Retry-After seconds."}})
     def submit(request: Request, response: Response, who: Tenant,
                image: Annotated[UploadFile, File(description="The image file.")],
                method: Annotated[MethodName, Form()] = MethodName.occlusion,
@@ -198,8 +260,9 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
                            else served.models.black, target)
         except ExplainError as exc:
             raise invalid("target", str(exc)) from None
-        if store.pending() >= settings.max_queue:  # before reading the upload; add() decides
-            raise queue_full()
+        if (store.pending() >= settings.max_queue  # before reading the upload; add() decides
+                or store.pending(who) >= settings.tenant_limit):
+            raise queue_full(who)
         job_id = store.new_id()
         folder = store.folder(job_id)
         try:
@@ -210,9 +273,15 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        if not store.add(job_id, who, name, options, settings.max_queue):
+        try:
+            queued = store.add(job_id, who, name, options, settings.max_queue,
+                               settings.tenant_limit)
+        except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
-            raise queue_full()
+            raise
+        if not queued:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise queue_full(who)
         wake.set()
         url = job_url(request, job_id)
         response.headers["Location"] = url
@@ -223,9 +292,11 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
         """A job's status, progress and, once done, the links to its results."""
         return visualization(owned(job_id, who), job_url(request, job_id))
 
-    @api.get("/visualizations/{job_id}/{name}", response_class=FileResponse,
-             responses={200: {"content": {t: {} for t in set(RESULTS.values())}}})
-    def get_result(job_id: str, name: str, who: Tenant) -> FileResponse:
+    @api.get("/visualizations/{job_id}/{name}", response_class=Response,
+             responses={200: {"content": {t: {} for t in set(RESULTS.values())}},
+                        507: {"description": "The server's disk is full (a picture not yet "
+                                             "rendered cannot be kept)."}})
+    def get_result(job_id: str, name: str, who: Tenant) -> Response:
         """One result file of a done job: ``overlay.png``, ``side.png``, ``original.png``,
         ``heatmap.npy`` or ``heatmap.json``."""
         job = owned(job_id, who)
@@ -234,19 +305,25 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
             raise HTTPException(404, "no such result" if known is None else
                                 f"the visualization is {job.status}, not done")
         path = store.folder(job.id) / known
-        if known in PICTURES:
-            try:  # rendered on the first request, then kept
-                path = picture(store.folder(job.id), known, settings.max_pixels)
-            except (OSError, ExplainError):  # deleted meanwhile, or its files are gone
-                raise HTTPException(404, "no such result") from None
-        elif not path.is_file():  # deleted meanwhile
-            raise HTTPException(404, "no such result")
-        return FileResponse(path, media_type=RESULTS[known],
-                            headers={"Cache-Control": "private, max-age=3600"})
+        with store.locked(job.id):  # one render per picture; a DELETE removes files after it
+            if known in PICTURES and not path.exists() and store.get(job.id, who) is not None:
+                try:  # rendered on the first request, then kept
+                    drawn = draw(store.folder(job.id), known, settings.max_pixels)
+                except ExplainError as exc:
+                    raise HTTPException(500, f"the picture cannot be drawn: {exc}") from None
+                if store.get(job.id, who) is not None:  # not deleted while it was drawn
+                    save_png(drawn, path)
+            if store.get(job.id, who) is None:
+                raise HTTPException(404, "no such visualization")
+            body = path.read_bytes()
+        return Response(body, media_type=RESULTS[known],
+                        headers={"Cache-Control": "private, max-age=3600"})
 
-    @api.delete("/visualizations/{job_id}", status_code=204)
+    @api.delete("/visualizations/{job_id}", status_code=204,
+                responses={507: {"description": "The server's disk is full; retry after "
+                                                "Retry-After seconds."}})
     def delete_visualization(job_id: str, who: Tenant) -> Response:
-        """Delete a job and its files (a running job stops)."""
+        """Delete a job and its files (a running job stops within one batch)."""
         if not (is_job_id(job_id) and store.delete(job_id, who)):
             raise HTTPException(404, "no such visualization")
         return Response(status_code=204)
@@ -284,12 +361,17 @@ def create_app(settings: Settings, served: Served) -> FastAPI:
 
     app.include_router(api)
 
-    @app.get("/healthz", response_model=Health)
-    def healthz() -> Health:
-        """Liveness: the queue and the workers."""
-        return Health(status="ok", pending=store.pending(),
-                      workers=sum(w.is_alive() for w in workers),
-                      auth=settings.tokens is not None)
+    @app.get("/healthz", response_model=Health,
+             responses={503: {"model": Health, "description": "No worker is alive: jobs are "
+                                                              "accepted but none runs."}})
+    def healthz(response: Response) -> Health:
+        """Liveness: the queue and the workers; 503 while no worker is alive (the server
+        restarts a dead one within a few seconds)."""
+        alive = sum(w.is_alive() for w in workers)
+        if alive == 0:
+            response.status_code = 503
+        return Health(status="ok" if alive else "unhealthy", pending=store.pending(),
+                      workers=alive, auth=settings.tokens is not None)
 
     assets.mount(app)
     return app

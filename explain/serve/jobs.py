@@ -1,7 +1,8 @@
 """The service's job table: one SQLite file under the data folder, and one folder of files per job.
 
 ALL the service's SQL lives here. A job is a row (its id, its tenant, the method and its
-options as JSON, its status, progress, score and error, three times) and a folder
+options as JSON, its status, progress, score and error, three times, and for an animated upload
+how it was judged) and a folder
 ``DATA/jobs/<id>/`` holding the upload (``input``) and, once done, the results
 (:data:`RESULTS`). Ids are random (uuid4) and made here; a folder name is only ever made from
 such an id (:meth:`JobStore.folder` refuses anything else), never from a client's string.
@@ -12,21 +13,36 @@ change. :meth:`JobStore.requeue_running` at start-up puts a job that was running
 process died (``kill -9`` included) back in the queue, in its place, so it is run again; a
 job that was running through :data:`MAX_ATTEMPTS` deaths of the server is failed instead of
 killing it forever (the worker's check).
+
+One owner per data folder: the store holds an exclusive ``flock`` on ``DATA/lock`` (holding
+its pid) for as long as it is open, so a second server on the same folder is refused with the
+holder's pid instead of re-running the first one's jobs and deleting their results. The kernel
+drops the lock when its process dies (``kill -9`` included), so a stale lock file is simply
+taken over.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import shutil
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from explain.errors import OptionError
+from explain.files import display
+
 STATUSES = ("queued", "running", "done", "failed")
 MAX_ATTEMPTS = 3
+LOCK = "lock"
 RESULTS = {"overlay.png": "image/png", "side.png": "image/png", "original.png": "image/png",
            "heatmap.npy": "application/octet-stream", "heatmap.json": "application/json"}
 
@@ -45,13 +61,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    clip TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, seq);
 """
 _COLUMNS = "seq, id, tenant, method, options, status, done, total, score, error, created, " \
-           "started, finished, attempts"
+           "started, finished, attempts, clip"
 
 
 @dataclass(frozen=True)
@@ -72,12 +89,39 @@ class Job:
     started: float | None
     finished: float | None
     attempts: int
+    clip: dict | None = None
 
 
 def _job(row: tuple) -> Job:
     values = list(row)
     values[4] = json.loads(values[4])
+    values[14] = None if values[14] is None else json.loads(values[14])
     return Job(*values)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full: an OSError ENOSPC/EDQUOT, or
+    SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+def _own(data: Path) -> int:
+    """Take the data folder's lock (see the module docstring): the open descriptor holding it,
+    or an OptionError naming the folder and the pid of the server that holds it."""
+    fd = os.open(data / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode("ascii", errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OptionError(f"the data folder {display(data)} is in use by another explain serve "
+                          f"(pid {holder}); stop that one, or give this one another --data "
+                          "folder") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def is_job_id(text: str) -> bool:
@@ -95,19 +139,27 @@ class JobStore:
 
     def __init__(self, data: Path) -> None:
         self.data = Path(data)
-        (self.data / "jobs").mkdir(parents=True, exist_ok=True)
+        self.data.mkdir(parents=True, exist_ok=True)
+        self._owner = _own(self.data)
+        (self.data / "jobs").mkdir(exist_ok=True)
         self._db = sqlite3.connect(self.data / "jobs.sqlite3", check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._lock = threading.Lock()
+        self._job_locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+        self._job_locks_guard = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             # each commit survives a killed process (kill -9); only a power cut may lose the last
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "clip" not in columns:  # a table made before animated uploads were judged
+                self._db.execute("ALTER TABLE jobs ADD COLUMN clip TEXT")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        os.close(self._owner)  # the folder's lock goes with it
 
     def _run(self, sql: str, args: tuple = ()) -> int:
         """Run a change; the number of rows it changed (read under the lock: a cursor of the
@@ -120,6 +172,23 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    @contextmanager
+    def locked(self, job_id: str) -> Iterator[None]:
+        """Hold job ``job_id``'s own lock: what writes or removes its files (the worker's
+        results, a picture's first render, a DELETE) holds it, so none of them sees the others
+        half done, and concurrent first requests of one picture render it once."""
+        with self._job_locks_guard:
+            lock, users = self._job_locks.setdefault(job_id, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._job_locks_guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._job_locks[job_id]
+
     def folder(self, job_id: str) -> Path:
         """The folder of job ``job_id`` (an id made by :meth:`new_id`, else a ValueError)."""
         if not is_job_id(job_id):
@@ -131,15 +200,17 @@ class JobStore:
         return str(uuid.uuid4())
 
     def add(self, job_id: str, tenant: str, method: str, options: dict,
-            limit: int | None = None) -> bool:
+            limit: int | None = None, tenant_limit: int | None = None) -> bool:
         """Queue job ``job_id`` (its folder and input already written), unless ``limit`` jobs
-        are already pending (checked in the same statement, so concurrent adds never pass it);
-        returns whether it was queued."""
+        in all, or ``tenant_limit`` of this tenant's, are already pending (checked in the same
+        statement, so concurrent adds never pass either); returns whether it was queued."""
         changed = self._run("INSERT INTO jobs (id, tenant, method, options, status, created) "
-                        "SELECT ?, ?, ?, ?, 'queued', ? WHERE (SELECT COUNT(*) FROM jobs WHERE "
-                        "status IN ('queued', 'running')) < ?",
-                        (job_id, tenant, method, json.dumps(options), time.time(),
-                         2**62 if limit is None else limit))
+                            "SELECT ?, ?, ?, ?, 'queued', ? WHERE (SELECT COUNT(*) FROM jobs "
+                            "WHERE status IN ('queued', 'running')) < ? AND (SELECT COUNT(*) "
+                            "FROM jobs WHERE tenant = ? AND status IN ('queued', 'running')) < ?",
+                            (job_id, tenant, method, json.dumps(options), time.time(),
+                             2**62 if limit is None else limit, tenant,
+                             2**62 if tenant_limit is None else tenant_limit))
         return changed > 0
 
     def get(self, job_id: str, tenant: str | None = None) -> Job | None:
@@ -163,10 +234,14 @@ class JobStore:
                              "ORDER BY seq DESC LIMIT ?", (tenant, before, tenant, limit))
         return [_job(row) for row in rows]
 
-    def pending(self) -> int:
-        """Jobs queued or running (what the queue limit counts)."""
-        return self._rows("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
-                          )[0][0]
+    def pending(self, tenant: str | None = None) -> int:
+        """Jobs queued or running (what the queue limit counts), of ``tenant`` only when given
+        (what its quota counts)."""
+        if tenant is None:
+            return self._rows("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', "
+                              "'running')")[0][0]
+        return self._rows("SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status IN "
+                          "('queued', 'running')", (tenant,))[0][0]
 
     def claim(self) -> Job | None:
         """The oldest queued job, now marked running (its ``attempts`` counted); None when none
@@ -183,12 +258,13 @@ class JobStore:
         return self._run("UPDATE jobs SET done = ?, total = ? WHERE id = ? AND status = "
                          "'running'", (done, total, job_id)) > 0
 
-    def finish(self, job_id: str, score: float | None) -> bool:
-        """Mark a running job done (its results written); False when it was deleted meanwhile
-        (its folder is then removed)."""
+    def finish(self, job_id: str, score: float | None, clip: dict | None = None) -> bool:
+        """Mark a running job done (its results written; ``clip``: how an animated upload was
+        judged); False when it was deleted meanwhile (its folder is then removed)."""
         changed = self._run("UPDATE jobs SET status = 'done', done = total, score = ?, "
-                            "finished = ? WHERE id = ? AND status = 'running'",
-                            (score, time.time(), job_id))
+                            "finished = ?, clip = ? WHERE id = ? AND status = 'running'",
+                            (score, time.time(), None if clip is None else json.dumps(clip),
+                             job_id))
         if changed == 0:
             shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return changed > 0
@@ -199,12 +275,32 @@ class JobStore:
                   "status = 'running'", (error, time.time(), job_id))
 
     def delete(self, job_id: str, tenant: str) -> bool:
-        """Delete the tenant's job ``job_id`` and its files (a running job stops at its next
+        """Delete the tenant's job ``job_id``, then its files under the job's lock: a result or
+        picture being made sees the row gone and writes nothing (a running job stops at its next
         batch); False when the tenant has no such job."""
         if self._run("DELETE FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)) == 0:
             return False
-        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        with self.locked(job_id):
+            shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return True
+
+    def requeue(self, job_ids: list[str]) -> int:
+        """Put running jobs ``job_ids`` back in the queue, in their place (a worker that held
+        them died); returns how many."""
+        return sum(self._run("UPDATE jobs SET status = 'queued', started = NULL, done = 0 "
+                             "WHERE id = ? AND status = 'running'", (job_id,))
+                   for job_id in job_ids)
+
+    def expire(self, before: float) -> int:
+        """Delete the jobs that finished (done or failed) before time ``before`` and their
+        files (``--retain``); returns how many."""
+        ids = [row[0] for row in self._rows("SELECT id FROM jobs WHERE status IN ('done', "
+                                            "'failed') AND finished < ?", (before,))]
+        for job_id in ids:
+            self._run("DELETE FROM jobs WHERE id = ?", (job_id,))
+            with self.locked(job_id):
+                shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        return len(ids)
 
     def requeue_running(self) -> int:
         """At start-up: jobs left running by a process that died go back to the queue (keeping
@@ -213,8 +309,10 @@ class JobStore:
                          "WHERE status = 'running'")
 
     def remove_orphans(self) -> int:
-        """At start-up: job folders without a row (an upload cut short by a crash before its
-        row was written, or a delete cut short); returns how many were removed."""
+        """At start-up (the folder's lock held, so nothing is being written): job folders
+        without a row (an upload cut short by a crash before its row was written, or a delete
+        cut short), and the temporary ``.part`` files of writes cut short by a kill
+        (:func:`explain.files.atomic_write`); returns how many were removed."""
         known = {row[0] for row in self._rows("SELECT id FROM jobs")}
         removed = 0
         for entry in (self.data / "jobs").iterdir():
@@ -224,4 +322,8 @@ class JobStore:
                 else:
                     entry.unlink()
                 removed += 1
+            elif entry.is_dir():
+                for part in entry.glob("*.part"):
+                    part.unlink(missing_ok=True)
+                    removed += 1
         return removed

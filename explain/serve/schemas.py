@@ -36,6 +36,12 @@ class Visualization(BaseModel):
     finished: str | None = Field(description="ISO 8601, UTC; null until done or failed.")
     results: dict[str, str] = Field(description="Result file name → URL, once done: "
                                                 + ", ".join(RESULTS) + ".")
+    clip: dict | None = Field(default=None, description=(
+        "An animated upload (GIF, WebP, APNG), once done: every frame was scored and the clip "
+        "is judged and explained by its max frame, as the CLI does (``score`` and the pictures "
+        "are that frame's): ``sentence`` says which, with ``frame`` (its index), ``time`` (s), "
+        "``frames_scored``, ``source_frames``, ``max`` and ``mean`` p(target) over frames, "
+        "``notes``. Null for a still image."))
 
 
 class VisualizationPage(BaseModel):
@@ -85,4 +91,5 @@ def visualization(job: Job, base: str) -> Visualization:
     return Visualization(id=job.id, method=job.method, options=job.options, status=job.status,
                          progress=JobProgress(done=job.done, total=job.total), score=job.score,
                          error=job.error, created=iso(job.created) or "",
-                         finished=iso(job.finished), results=results)
+                         finished=iso(job.finished), results=results,
+                         clip=job.clip if job.status == "done" else None)

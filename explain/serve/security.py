@@ -3,22 +3,31 @@ size.
 
 - :func:`check_bind`: a loopback address (127.0.0.1, the default) is always allowed; any other
   address only with tokens, else an :class:`~explain.errors.OptionError`.
-- :func:`load_tokens`: the tokens file, one token per line, blank lines and ``#`` comments
-  ignored. Each token is a tenant; the tenant's id (stored with its jobs) is a hash of the
-  token, never the token itself. :meth:`Tokens.tenant` compares a presented token with EVERY
-  known token in constant time (:func:`hmac.compare_digest`), so neither the answer nor its time
-  says which token or how much of one matched.
+- :func:`load_tokens`: the tokens file (UTF-8, a byte-order mark ignored), one token per line,
+  blank lines and lines starting with ``#`` ignored. A token is what a client sends in an HTTP
+  header, so a line with anything but printable ASCII without spaces (a non-ASCII character,
+  a space, an inline ``# comment``) is refused at start with its line number, never loaded as
+  a token no client can present. Each token is a tenant; the tenant's id (stored with its
+  jobs) is a hash of the token, never the token itself. :meth:`Tokens.tenant` compares a
+  presented token with EVERY known token in constant time (:func:`hmac.compare_digest`), so
+  neither the answer nor its time says which token or how much of one matched.
 - :class:`BodyLimit`: an ASGI middleware that answers 413 to a request body over the limit,
   from its ``Content-Length`` before reading it, or as soon as a streamed body passes it: an
-  upload is never read past the limit.
+  upload is never read past the limit; and 408 to a body not received in full within its
+  timeout (a client dripping bytes cannot hold a connection forever).
+- :class:`RateLimitedLog`: a logging filter that lets through a few lines per period and
+  counts the rest, so hostile clients cannot flood the server's log with tracebacks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -81,26 +90,39 @@ def load_tokens(path: str | Path) -> Tokens:
     """The tokens in file ``path`` (see the module docstring); an OptionError when it cannot be
     read or holds none."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise OptionError(f"cannot read the tokens file {display(path)}: {exc}") from None
-    lines = (line.strip() for line in text.splitlines())
-    return Tokens([line for line in lines if line and not line.startswith("#")])
+    tokens = []
+    for number, line in enumerate(text.split("\n"), 1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if not all("!" <= c <= "~" for c in token):
+            raise OptionError(f"line {number} of the tokens file {display(path)}: a token is "
+                              "sent in an HTTP header, so it must be printable ASCII without "
+                              "spaces; put a comment on a line of its own, starting with #")
+        tokens.append(token)
+    return Tokens(tokens)
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is answered 413 (see the module
-    docstring); the app then sees the client gone and its own answer is dropped."""
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413, one not received
+    in full within ``timeout`` seconds 408 (see the module docstring); the app then sees the
+    client gone and its own answer is dropped."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps({"detail": f"the upload is over the limit of {self.limit:,} bytes"})
-        await send({"type": "http.response.start", "status": 413,
+    @staticmethod
+    async def _refuse(send: Send, status: int, detail: str) -> None:
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body.encode()})
+        await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+    async def _too_large(self, send: Send) -> None:
+        await self._refuse(send, 413, f"the upload is over the limit of {self.limit:,} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,22 +133,69 @@ class BodyLimit:
             await self._too_large(send)
             return
         received = 0
-        answered = False
+        answered = gone = False
+        deadline = asyncio.get_running_loop().time() + self.timeout
+
+        complete = started = False  # the whole body arrived; the app began its answer
 
         async def limited() -> Message:
-            nonlocal received, answered
-            message = await receive()
+            nonlocal received, answered, gone, complete
+            if answered:
+                return {"type": "http.disconnect"}
+            if complete or started:  # the timeout is the upload's, not the answer's
+                return await receive()
+            try:
+                left = deadline - asyncio.get_running_loop().time()
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except TimeoutError:
+                answered = True
+                await self._refuse(send, 408, f"the upload was not received within "
+                                   f"{self.timeout:g} s")
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.limit:
-                    if not answered:
-                        answered = True
-                        await self._too_large(send)
+                    answered = True
+                    await self._too_large(send)
                     return {"type": "http.disconnect"}
+            gone = gone or message["type"] == "http.disconnect"
             return message
 
         async def guarded(message: Message) -> None:
+            nonlocal started
             if not answered:
+                started = True
                 await send(message)
 
-        await self.app(scope, limited, guarded)
+        try:
+            await self.app(scope, limited, guarded)
+        except Exception:
+            if not (answered or gone):
+                raise  # a fault of the app's own: the server logs it
+            # the app failed reading a body refused here or cut short by the client: no traceback
+
+
+class RateLimitedLog(logging.Filter):
+    """Let at most ``lines`` records through per ``period`` seconds; the next one let through
+    says how many were dropped (a flood of tracebacks from hostile clients stays a few lines)."""
+
+    def __init__(self, lines: int = 20, period: float = 60.0) -> None:
+        super().__init__()
+        self.lines, self.period = lines, period
+        self._start, self._passed, self._dropped = 0.0, 0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._start >= self.period:
+            self._start, self._passed = now, 0
+        if self._passed >= self.lines:
+            self._dropped += 1
+            return False
+        self._passed += 1
+        if self._dropped:
+            record.msg = f"({self._dropped} log lines dropped: over {self.lines} per " \
+                         f"{self.period:g} s) {record.getMessage()}"
+            record.args = None
+            self._dropped = 0
+        return True

@@ -8,43 +8,60 @@ different jobs share batches. An occlusion job with ``fast`` (drill-down, whose 
 depend on the earlier scores) runs on its own through :func:`explain.occlusion.occlusion_map`
 with ``drill_down=``:data:`explain.choices.FAST_DRILL_DOWN`; every other method runs one job at
 a time through the registry (:data:`explain.methods.METHODS`). After each batch the worker
-records progress; a job deleted meanwhile is dropped. A job whose image cannot be decoded
+records progress; a job deleted meanwhile is dropped. Every other method reports each batch
+through its progress callback, which raises :class:`Cancelled` once the job is deleted (or the
+server stops): a DELETE stops any method within one batch. A job whose image cannot be decoded
 (truncated, corrupt) or whose model call fails becomes ``failed`` with the reason; the worker
 goes on with the rest (a shared batch the model refuses is retried job by job, so only the
-culprit fails).
+culprit fails). A fault outside any one job (the job table's disk is full, say) fails the jobs
+the worker holds with the reason, and the worker goes on after a pause; it never dies of an
+error (the app's supervisor restarts one that dies all the same).
+
+An animated upload (GIF, WebP, APNG) is judged as the CLI judges a clip: every frame scored,
+the clip explained by its max frame (:func:`pixels`), which the job's answer names.
 
 Results, in the job's folder: ``heatmap.npy`` + ``heatmap.json``
-(:meth:`explain.heatmap.Heatmap.save`), written atomically before the job is ``done``. The
-pictures
-(:data:`PICTURES`: ``overlay.png``, the overlay with its legend strip,
-:func:`explain.render.figure`; ``side.png``, original | heatmap | overlay,
-:func:`explain.render.side_by_side`; ``original.png``, the decoded upload) are rendered from the
-input and the map on their first request (:func:`picture`) and kept: a client that wants only
-the map and the score pays for no PNG, and rendering is off the model's path.
+(:meth:`explain.heatmap.Heatmap.save`), written atomically before the job is ``done``, under
+the job's lock (:meth:`~explain.serve.jobs.JobStore.locked`), so a DELETE either comes first
+(nothing is written) or removes them. The pictures (:data:`PICTURES`: ``overlay.png``, the
+overlay with its legend strip, :func:`explain.render.figure`; ``side.png``, original | heatmap |
+overlay, :func:`explain.render.side_by_side`; ``original.png``, the decoded upload, or an
+animation's max frame) are rendered from the input (or that frame, :data:`FRAME`) and the map
+on their first request (:func:`draw`, at a bounded size) and kept: a client that wants only the
+map and the score pays for no PNG, and rendering is off the model's path. Stored maps are
+bounded too (:func:`write_results`).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from explain.choices import FAST_DRILL_DOWN
+from explain.clips import judge_clip
 from explain.errors import ExplainError
 from explain.heatmap import Heatmap
-from explain.images import load_image
+from explain.images import decoding_warnings, load_image
 from explain.methods import METHODS, Models
+from explain.models.base import Classifier
 from explain.occlusion import occlusion_map, plan_occlusion
-from explain.render import figure, reading, save_png, scale, side_by_side
+from explain.render import figure, reading, save_png, scale, shrink_map, side_by_side
 from explain.serve.batching import OcclusionRun, score_step
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
 
 INPUT = "input"
+FRAME = "frame.png"
+FAULT_PAUSE_S = 1.0  # after a fault outside any one job: do not spin on a lasting one
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
 
 
@@ -61,6 +78,11 @@ class JobOptions:
     drill_down: float | None = None
 
 
+class Cancelled(Exception):  # noqa: N818 — a control signal, not an error
+    """Raised from a running job's progress callback when the job was deleted or the server is
+    stopping: the method stops after its current batch, and the worker drops the job."""
+
+
 def reason(exc: BaseException) -> str:
     """What a failed job's ``error`` says: a library error's reason (an image error without the
     server's own path of the upload), else the exception's type and message."""
@@ -70,7 +92,11 @@ def reason(exc: BaseException) -> str:
 
 
 PICTURES = ("original.png", "overlay.png", "side.png")
-"""The result pictures, rendered on their first request (:func:`picture`), not by the worker."""
+"""The result pictures, rendered on their first request (:func:`draw`), not by the worker."""
+PICTURE_PIXELS = 4_194_304
+"""The most pixels a result picture is drawn with (2048²; a legend strip comes on top)."""
+MAP_PIXELS = 4_194_304
+"""The most values a stored map has (16 MiB of float32); larger maps are stored shrunk."""
 
 
 def write_results(folder: Path, heatmap: Heatmap) -> None:
@@ -78,34 +104,78 @@ def write_results(folder: Path, heatmap: Heatmap) -> None:
     ``heatmap.json``, atomically, the JSON with the scale its pictures are drawn on (``drawn``)
     and what their colours mean (``reading``, :func:`explain.render.reading`), which the page
     shows; the pictures are made from the input and the map when first asked for
-    (:func:`picture`)."""
+    (:func:`draw`). A map of more than :data:`MAP_PIXELS` values is stored shrunk by area
+    averaging to fit (:func:`explain.render.shrink_map`: a 12 KB upload of a huge 1-bit PNG must
+    not leave a 400 MB file); its ``params`` then say ``original_shape`` (H, W), the original's,
+    which its pixels span. The scale is the stored map's, the one its pictures are drawn from."""
+    h, w = heatmap.shape
+    if h * w > MAP_PIXELS:
+        heatmap = shrink_map(heatmap, max(1, math.floor(max(h, w) * math.sqrt(MAP_PIXELS
+                                                                            / (h * w)))))
     s = scale(heatmap)
     heatmap.save(folder / "heatmap", extra={
         "drawn": {"colormap": s.colormap, "lo": s.lo, "hi": s.hi},
         "reading": reading(heatmap, s)})
 
 
-def picture(folder: Path, name: str, max_pixels: int) -> Path:
-    """Result picture ``name`` (one of :data:`PICTURES`) of the done job in ``folder``: rendered
-    by the one renderer from the job's input (decoded as the worker decoded it) and its saved
-    map on the first request, written atomically and kept; the path. A folder deleted meanwhile
-    raises OSError."""
-    path = folder / name
-    if path.exists():
-        return path
-    image = load_image(folder / INPUT, max_pixels=max_pixels)
+def draw(folder: Path, name: str, max_pixels: int) -> np.ndarray:
+    """Result picture ``name`` (one of :data:`PICTURES`) of the done job in ``folder``, drawn by
+    the one renderer from the job's input (decoded as the worker decoded it) and its saved map,
+    at most ``min(max_pixels, PICTURE_PIXELS)`` pixels (a larger image is drawn shrunk by area
+    averaging; ``side.png`` has three panels, so each is a third of that). The caller writes it
+    (under the job's lock: see :func:`explain.serve.app.create_app`)."""
+    frame = folder / FRAME  # an animation's max frame, the image its map explains
+    image = load_image(frame if frame.exists() else folder / INPUT, max_pixels=max_pixels)
+    panels = 3 if name == "side.png" else 1
+    budget = min(max_pixels, PICTURE_PIXELS) / panels
+    h, w = image.shape[:2]
+    if h * w > budget:
+        factor = math.sqrt(budget / (h * w))
+        image = cv2.resize(image, (max(1, math.floor(w * factor)),
+                                   max(1, math.floor(h * factor))), interpolation=cv2.INTER_AREA)
     if name == "original.png":
-        return save_png(image, path)
-    heatmap = Heatmap.load(folder / "heatmap")
-    return save_png(figure(image, heatmap) if name == "overlay.png"
-                    else side_by_side(image, heatmap), path)
+        return image
+    heatmap = Heatmap.load(folder / "heatmap")  # the renderer fits its size to the image's
+    return figure(image, heatmap) if name == "overlay.png" else side_by_side(image, heatmap)
+
+
+def is_animated(path: Path) -> bool:
+    """Whether the upload at ``path`` has more than one frame (an animated GIF, WebP or PNG).
+    The upload is stored without a suffix, so :func:`explain.frames.is_clip` (which goes by
+    the suffix first) cannot tell; unreadable files are False (the still intake reports them)."""
+    try:
+        with decoding_warnings(None, ignore=True), Image.open(path) as img:
+            return bool(getattr(img, "is_animated", False))
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return False
+
+
+def pixels(folder: Path, classifier: Classifier, target: str | int, max_pixels: int
+           ) -> tuple[np.ndarray, dict | None]:
+    """The image a job explains, and for an animated upload how it was judged: as the CLI and
+    the report do, every sampled frame is scored (:func:`explain.clips.judge_clip`) and the
+    clip is explained by its max frame (kept as :data:`FRAME` when the job finishes: its
+    pictures are drawn from it); the dict says which frame and why (``sentence``), with the
+    clip's scores."""
+    path = folder / INPUT
+    if not is_animated(path):
+        return load_image(path, max_pixels=max_pixels), None
+    clip, scores, sentence = judge_clip(classifier, path, target, max_pixels=max_pixels)
+    top = clip.frames[scores.top].rgb
+    summary = scores.summary()
+    return top, {"sentence": sentence, "frame": summary["max_frame"],
+                 "time": summary["max_time"], "frames_scored": summary["frames_scored"],
+                 "source_frames": clip.source_frames, "max": summary["max"],
+                 "mean": summary["mean"], "notes": clip.notes}
 
 
 class _Active:
-    """An occlusion job a worker holds: its row and its run."""
+    """An occlusion job a worker holds: its row, its run and (an animation) its judgement and
+    its max frame."""
 
-    def __init__(self, job: Job, run: OcclusionRun) -> None:
-        self.job, self.run = job, run
+    def __init__(self, job: Job, run: OcclusionRun, clip: dict | None,
+                 frame: np.ndarray | None) -> None:
+        self.job, self.run, self.clip, self.frame = job, run, clip, frame
         self.start = time.perf_counter()
 
 
@@ -123,19 +193,48 @@ class Worker(threading.Thread):
         self.interleave, self.batch_size, self.max_pixels = interleave, batch_size, max_pixels
         self.stopping = threading.Event()
         self._active: list[_Active] = []
+        self._alone: str | None = None  # the job run on its own right now
+        self._unrecorded: dict[str, str] = {}  # failed jobs the table could not record yet
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
 
+    def held(self) -> list[str]:
+        """The ids of the jobs this worker is running (what a supervisor puts back in the queue
+        when the worker died)."""
+        alone = [] if self._alone is None else [self._alone]
+        return [a.job.id for a in self._active] + alone
+
     def run(self) -> None:
         while not self.stopping.is_set():
-            self._claim()
-            if not self._active:
-                self.wake.wait(0.2)
-                self.wake.clear()
-                continue
-            self._step()
+            try:
+                self._record_failures()
+                self._claim()
+                if not self._active:
+                    self.wake.wait(0.2)
+                    self.wake.clear()
+                    continue
+                self._step()
+            except Exception as exc:  # noqa: BLE001 — a fault outside any one job (the disk)
+                for job_id in self.held():
+                    self._fail(job_id, reason(exc))
+                self._active.clear()
+                self._alone = None
+                self.stopping.wait(FAULT_PAUSE_S)
+
+    def _fail(self, job_id: str, why: str) -> None:
+        """Fail job ``job_id`` with ``why``; when the table cannot record it (its disk is
+        full), it is kept and recorded as soon as the table can be written."""
+        try:
+            self.store.fail(job_id, why)
+        except Exception:  # noqa: BLE001 — retried by _record_failures
+            self._unrecorded[job_id] = why
+
+    def _record_failures(self) -> None:
+        for job_id, why in list(self._unrecorded.items()):
+            self.store.fail(job_id, why)
+            del self._unrecorded[job_id]
 
     def _claim(self) -> None:
         while len(self._active) < self.interleave and not self.stopping.is_set():
@@ -143,52 +242,73 @@ class Worker(threading.Thread):
             if job is None:
                 return
             if job.attempts > MAX_ATTEMPTS:
-                self.store.fail(job.id, f"the server stopped {MAX_ATTEMPTS} times while running "
-                                "this job; it is not tried again")
+                self._fail(job.id, f"the server stopped {MAX_ATTEMPTS} times while running "
+                           "this job; it is not tried again")
                 continue
+            self._alone = job.id
             try:
-                image = load_image(self.store.folder(job.id) / INPUT, max_pixels=self.max_pixels)
+                image, clip = pixels(self.store.folder(job.id), self.models.black,
+                                     job.options["target"], self.max_pixels)
                 if job.method == "occlusion" and not job.options.get("fast"):
                     o = job.options
                     plan = plan_occlusion(self.models.black, image, box=o["box"],
                                           stride=o["stride"], fill=o["fill"],
                                           target=o["target"])
-                    self._active.append(_Active(job, OcclusionRun(job.id, plan)))
+                    self._active.append(_Active(job, OcclusionRun(job.id, plan), clip,
+                                                None if clip is None else image))
                     self.store.progress(job.id, 0, plan.n)
                 else:
-                    self._run_alone(job, image)
+                    self._run_alone(job, image, clip)
+            except Cancelled:
+                pass  # deleted (its files went with it), or the server stops (run again at start)
             except Exception as exc:  # noqa: BLE001 — a bad job never stops the worker
-                self.store.fail(job.id, reason(exc))
+                self._fail(job.id, reason(exc))
+            self._alone = None
 
-    def _run_alone(self, job: Job, image: np.ndarray) -> None:
+    def _watch(self, job_id: str) -> Callable[[int, int], None]:
+        """The progress callback of a job run on its own: records progress, and raises
+        :class:`Cancelled` once the job is deleted or the server stops."""
+        def report(done: int, total: int) -> None:
+            if not self.store.progress(job_id, done, total) or self.stopping.is_set():
+                raise Cancelled(job_id)
+        return report
+
+    def _run_alone(self, job: Job, image: np.ndarray, clip: dict | None) -> None:
         start = time.perf_counter()
-        self.store.progress(job.id, 0, 1)
+        watch = self._watch(job.id)
+        watch(0, 1)
         o = job.options
         method = METHODS[job.method]
         if job.method == "occlusion":  # drill-down: adaptive, so it runs on its own
             heatmap = occlusion_map(self.models.black, image, box=o["box"], stride=o["stride"],
                                     fill=o["fill"], target=o["target"],
                                     batch_size=self.batch_size, drill_down=FAST_DRILL_DOWN,
-                                    progress=lambda done, total: self.store.progress(job.id, done,
-                                                                                     total))
+                                    progress=watch)
         else:
             options = JobOptions(box=o["box"], stride=o["stride"], target=o["target"],
                                  batch_size=self.batch_size, masks=o["masks"])
             with WHITE_BOX if method.white_box else nullcontext():
-                heatmap = method.run(self.models, image, options)
+                watch(0, 1)  # waiting for the white-box lock may have taken a while
+                heatmap = method.run(self.models, image, options, watch)
         heatmap.seconds = time.perf_counter() - start
-        self._finish(job, heatmap)
+        self._finish(job, heatmap, clip, None if clip is None else image)
 
-    def _finish(self, job: Job, heatmap: Heatmap) -> None:
-        """Write a computed job's map, then mark it ``done``; a failure to write (a full disk)
-        fails this job with the reason, and the worker goes on."""
+    def _finish(self, job: Job, heatmap: Heatmap, clip: dict | None,
+                frame: np.ndarray | None) -> None:
+        """Write a computed job's map (and an animation's max ``frame``), then mark it
+        ``done``, under the job's lock (a DELETE waits, then removes them; or came first, and
+        nothing is written); a failure to write (a full disk) fails this job with the reason,
+        and the worker goes on."""
         try:
-            if self.store.get(job.id) is None:
-                return  # deleted meanwhile
-            write_results(self.store.folder(job.id), heatmap)
-            self.store.finish(job.id, heatmap.score)
+            with self.store.locked(job.id):
+                if self.store.get(job.id) is None:
+                    return  # deleted meanwhile
+                write_results(self.store.folder(job.id), heatmap)
+                if frame is not None:
+                    save_png(frame, self.store.folder(job.id) / FRAME)
+                self.store.finish(job.id, heatmap.score, clip)
         except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
-            self.store.fail(job.id, reason(exc))
+            self._fail(job.id, reason(exc))
 
     def _step(self) -> None:
         """One shared model batch for the held occlusion jobs; finish the complete ones."""
@@ -209,7 +329,7 @@ class Worker(threading.Thread):
                 self._active.remove(a)
                 heatmap = a.run.plan.heatmap(a.run.probabilities(),
                                              time.perf_counter() - a.start, step)
-                self._finish(a.job, heatmap)
+                self._finish(a.job, heatmap, a.clip, a.frame)
 
     def _one_by_one(self, step: int) -> list[OcclusionRun]:
         """After a shared batch failed: one batch of each held job alone; a job whose own batch
@@ -220,5 +340,5 @@ class Worker(threading.Thread):
                 stepped += score_step(self.models.black, [a.run], step)
             except Exception as exc:  # noqa: BLE001 — only this job fails
                 self._active.remove(a)
-                self.store.fail(a.job.id, f"the model failed: {reason(exc)}")
+                self._fail(a.job.id, f"the model failed: {reason(exc)}")
         return stepped
