@@ -122,6 +122,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     ``params[unit]``, else its ``windows``; after drill-down, evaluated/all); a clip goes to
     :func:`_explain_clip`. Report bad images and go on. ``look``: the drawing options of
     :func:`explain.render.figure`."""
+    from explain.clips import LONGEST_ENDING
     from explain.frames import is_clip, parse_sampling
     from explain.images import load_image
     from explain.models import resolve_target
@@ -132,7 +133,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     parse_sampling(clips.frames)
     paths, failed = gather_images(images, clips=True)
     suffixes = [".png", *([".side.png"] if side else []), *([".npy", ".json"] if save_npy else [])]
-    stems = output_stems(paths, output, method, suffixes)
+    stems = output_stems(paths, output, method, suffixes, clip_endings=[LONGEST_ENDING])
     clf = models.load()
     resolve_target(clf, target)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

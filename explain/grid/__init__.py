@@ -76,6 +76,7 @@ from explain.grid.tiles import (
     TILE_PX,
     fits_png,
     pyramid_levels,
+    tiles_folder,
     write_pyramid,
     write_viewer,
 )
@@ -91,6 +92,6 @@ __all__ = [
     "mosaic_bytes", "nearest_neighbours", "neighbourhood_radius", "polish_layout",
     "principal_components", "pyramid_levels", "random_cells", "read_grid_json",
     "scaled_points", "score_colours", "similarity_grid", "snap_to_grid", "swap_bytes",
-    "swap_polish", "thumbnail",
+    "swap_polish", "thumbnail", "tiles_folder",
     "tsne_layout", "write_pyramid", "write_viewer",
 ]
