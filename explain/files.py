@@ -118,14 +118,15 @@ def to_storable(name: str | os.PathLike) -> str:
 
     Decodable names are unchanged; a name with undecodable bytes is written as ``\\x``-escaped
     text behind a ``b:`` prefix (names that start with ``b:`` are escaped too, so the form is
-    unambiguous)."""
+    unambiguous), and so is text holding a NUL (never in a file name, but in a hostile manifest;
+    a raw NUL breaks CSV readers)."""
     text = lossless(name)
     raw = os.fsencode(text)
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError:
         decoded = None
-    if decoded is not None and not decoded.startswith("b:"):
+    if decoded is not None and not decoded.startswith("b:") and "\x00" not in decoded:
         return decoded
     return "b:" + "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}"
                           for b in raw)

@@ -66,6 +66,7 @@ from explain.cli.common import (
     console,
     drill_down_fraction,
     error_line,
+    file_error,
     gather_images,
     int_pair,
     note_line,
@@ -159,7 +160,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                 if save_npy:
                     written.extend(hm.save(stem))
             except ExplainError as exc:
-                error_line(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+                error_line(file_error(path, exc))
                 failed += 1
                 continue
             finally:

@@ -120,6 +120,11 @@ def error_line(message: str) -> None:
                       soft_wrap=True)
 
 
+def file_error(path: Path, exc: Exception) -> str:
+    """The message of a per-file error, led by the file's path unless it already names it."""
+    return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+
+
 def note_line(message: str) -> None:
     """One yellow note on stderr: something the user should know about a result (frames
     skipped), not an error."""
