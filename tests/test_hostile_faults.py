@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 import pytest
+import test_hostile_cli as hostile
 from conftest import need_module
 from PIL import Image
 from test_hostile_cli import BRIGHT, PROBS, _one_red_line
-from typer.testing import CliRunner
 
 from explain.audit import AuditOptions, audit, open_dataset
 from explain.cli import app
@@ -34,22 +34,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the reposi
 EMOJI = "😀" * 60  # 240 bytes: a legal name, and 60 characters
 
 
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
+runner, work = hostile.runner, hostile.work  # the CLI runner and a working folder, shared
 
 
 @pytest.fixture
-def work(tmp_path, photos, monkeypatch):
-    """Six small photos in ``imgs/`` of a working folder, and the brightness model."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("EXPLAIN_TEST_CALLS", str(tmp_path / "calls.log"))
-    (tmp_path / "bright.py").write_text(BRIGHT)
-    (tmp_path / "imgs").mkdir()
+def imgs(work, photos):
+    """Six small photos in ``imgs/`` of the working folder of ``work``."""
+    (work / "imgs").mkdir()
     for i, (name, photo) in enumerate([(n, p) for n in ("a", "b") for p in photos]):
         Image.fromarray(photos[photo][i * 10:i * 10 + 40, :50]).save(
-            tmp_path / "imgs" / f"{name}-{photo}.png")
-    return tmp_path
+            work / "imgs" / f"{name}-{photo}.png")
+    return work / "imgs"
 
 
 GRID = ["--embed", "pixels", "--color-by", "none", "--layout", "flas"]
@@ -57,7 +52,7 @@ GRID = ["--embed", "pixels", "--color-by", "none", "--layout", "flas"]
 
 # --- high: the grid's tiles never replace an input ---
 
-def test_grid_refuses_a_tiles_folder_holding_an_input(runner, work):
+def test_grid_refuses_a_tiles_folder_holding_an_input(runner, work, imgs):
     inner = work / "imgs" / "grid_tiles" / "0"
     inner.mkdir(parents=True)
     Image.open(work / "imgs" / "a-coffee.png").convert("RGB").save(inner / "0_0.jpg")
@@ -115,7 +110,7 @@ def test_output_names_are_shortened_uniquely():
     assert output_names([f"{long_a}.jpg"]) == [long_a]  # fits: unchanged
 
 
-def test_long_names_are_shortened_before_the_work_and_said(runner, work):
+def test_long_names_are_shortened_before_the_work_and_said(runner, work, imgs):
     emoji, long = f"{EMOJI}.jpg", "y" * 249 + ".jpg"
     for name in (emoji, long):
         Image.open(work / "imgs" / "a-coffee.png").convert("RGB").save(work / name)
@@ -134,7 +129,7 @@ def test_long_names_are_shortened_before_the_work_and_said(runner, work):
     assert "Traceback" not in result.output
 
 
-def test_an_output_name_too_long_is_refused_before_the_work(runner, work):
+def test_an_output_name_too_long_is_refused_before_the_work(runner, work, imgs):
     report = runner.invoke(app, ["report", "imgs/a-coffee.png", *PROBS, "--methods",
                                  "occlusion", "-o", "r" * 300 + ".html"])
     _one_red_line(report, "bytes, over the 255 bytes")
@@ -168,7 +163,7 @@ _brightness.class_names = ["sfw", "nsfw"]
 _one_class.class_names = ["nsfw"]
 
 
-def test_rise_cell_is_checked_against_the_memory_budget(runner, work, monkeypatch):
+def test_rise_cell_is_checked_against_the_memory_budget(runner, work, imgs, monkeypatch):
     from explain.models import load
     from explain.rise import rise_map
     clf = load(_brightness)
@@ -262,7 +257,7 @@ def test_float_tiffs_with_nan_or_inf_are_refused_like_arrays(tmp_path):
     assert load_image(tmp_path / "ok.tif")[2, 3].tolist() == [64, 64, 64]
 
 
-def test_a_model_error_line_names_the_file(runner, work):
+def test_a_model_error_line_names_the_file(runner, work, imgs):
     (work / "nanny.py").write_text(
         "import numpy as np\n"
         "def probs(images):\n"
