@@ -289,3 +289,42 @@ def test_opencv_and_ffmpeg_print_no_lines_of_their_own(tmp_path):
     lines = done.stderr.splitlines()
     assert lines and all(line.startswith(("error: ", "note: ")) for line in lines), done.stderr
     assert "error: half.mp4: cannot be opened as a video" in lines[0]
+
+
+NAN_NET = '''
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+
+
+class Net(nn.Module):
+    """Two logits; NaN for a bright image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        out = self.head(torch.relu(self.conv(x))).mean(dim=(2, 3))
+        bright = (x.mean(dim=(1, 2, 3)) > 0.6)[:, None]
+        return torch.where(bright, torch.full_like(out, float("nan")), out)
+
+
+net = Net()
+'''
+
+
+def test_a_white_box_batch_names_the_failing_file_and_goes_on(runner, work):
+    (work / "nannet.py").write_text(NAN_NET)
+    for name, level in (("dark.png", 20), ("white.png", 250), ("grey.png", 100)):
+        Image.new("RGB", (30, 30), (level,) * 3).save(work / name)
+    result = runner.invoke(app, ["gradcam", "dark.png", "white.png", "grey.png", "-m",
+                                 "nannet.py:net", "--logits", "--classes", "a,b", "-t", "b",
+                                 "--device", "cpu", "--input-size", "32", "-o", "out"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr == "error: white.png: model nannet.py:net returned NaN or infinite " \
+                            "scores\n"
+    assert sorted(os.listdir(work / "out")) == ["dark.gradcam.json", "dark.gradcam.png",
+                                                "grey.gradcam.json", "grey.gradcam.png"]
