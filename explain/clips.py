@@ -229,6 +229,11 @@ def pictured(scores: ClipScores, positions: Sequence[int],
     return sorted(sorted(positions, key=lambda k: -scores.curve[k])[:frame_pictures])
 
 
+# the longest ending write_clip adds to a stem (a frame index of up to 10 digits): names are
+# sized for it before any work
+LONGEST_ENDING = ".frame0000000000.png"
+
+
 def output_names(stem: str | Path, clip: Clip, scores: ClipScores, positions: Sequence[int],
                  frame_pictures: int | None = None) -> list[str]:
     """Every file :func:`write_clip` writes for these explained ``positions`` (to check them

@@ -4,8 +4,9 @@ The canonical image is an RGB uint8 array (H, W, 3); the model sees it as a floa
 N×3×H×W in [0, 1] made by :func:`to_batch` / :func:`to_tensor` (value / 255), nowhere else.
 
 - ``load_image`` reads a file: it applies the EXIF orientation, converts every mode (grayscale,
-  palette, RGBA/LA composited on white, CMYK, 16-bit) to RGB uint8, takes the first frame of
-  animations, and refuses decompression bombs and images above ``max_pixels``.
+  palette, RGBA/LA composited on white, CMYK, 16-bit, float) to RGB uint8, takes the first frame
+  of animations, and refuses decompression bombs, images above ``max_pixels`` and float files
+  with NaN or infinite values (as a float array's are).
 - ``as_rgb`` takes anything a user may hand a method and gives the canonical array: a path (str,
   bytes or ``os.PathLike``), a uint8 array, a float array in [0, 1] (rounded to the nearest
   1/255), an integer array of 0..255, or a nested list of either; grayscale (H, W) or (H, W, 1)
@@ -101,6 +102,8 @@ def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
+            if img.mode == "F":  # a float file (TIFF) under the float array's rule
+                _check_finite(np.asarray(img), p)
             rgb = _to_rgb(img)
             return np.array(rgb, dtype=np.uint8)
 
@@ -333,6 +336,16 @@ def as_rgb(image: ImageInput, *, name: str = "image") -> np.ndarray:
     return arr
 
 
+def _check_finite(arr: np.ndarray, name: str | os.PathLike) -> None:
+    """Refuse float pixels that are NaN or infinite (an array's or a float file's): no colour
+    means them, and a silent 0 would be scored as black."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int(arr.size - np.count_nonzero(finite))
+        raise ImageError(name, f"contains NaN or infinite values ({bad} of {arr.size} pixel "
+                         "values); replace them (e.g. numpy.nan_to_num) or mask them first")
+
+
 def _as_uint8(arr: np.ndarray, name: str) -> np.ndarray:
     """Values of any numeric dtype → uint8 under the rules of :func:`as_rgb`."""
     if arr.dtype == np.uint8:
@@ -341,8 +354,7 @@ def _as_uint8(arr: np.ndarray, name: str) -> np.ndarray:
         raise ImageError(name, f"has values of type {arr.dtype}; give uint8 (0..255), integers "
                          "(0..255) or floats in [0, 1]")
     if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise ImageError(name, "contains NaN or infinite values")
+        _check_finite(arr, name)
         low, high = float(arr.min()), float(arr.max())
         if low < 0.0 or high > 1.0:
             raise ImageError(name, f"is a float array with values {low:g} .. {high:g}, outside "

@@ -30,7 +30,9 @@ Reproducible: the grids and shifts come from two numpy generators seeded by ``se
 batch after batch (N·cell² and 2N uniform numbers in order), so the same seed gives the same map
 whatever the batch size or device. Each batch's masks are up-sampled and cropped on the
 classifier's device and scored in one ``predict`` by the core occlusion shares,
-:func:`explain.perturb.masked_scores`; memory is bounded by the batch, not by N.
+:func:`explain.perturb.masked_scores`; memory is bounded by the batch, not by N, and a batch of
+masks is checked against the memory budget before any model call (:func:`mask_bytes`: a huge
+``cell`` is refused, not allocated).
 The map, computed at the work size, is resized bilinearly to the ORIGINAL image's size.
 """
 
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from explain.budget import check_memory, memory_budget
 from explain.choices import DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P
 from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
@@ -65,6 +68,29 @@ def check_rise(masks: int, cell: int = DEFAULT_CELL, p: float = DEFAULT_P, seed:
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < p <= 1.0:
         raise OptionError(f"RISE p (the probability that a cell is kept) must be in (0, 1], "
                           f"got {p!r}; the paper uses 0.5")
+
+
+def mask_bytes(cell: int, size: tuple[int, int]) -> int:
+    """Peak bytes of drawing one mask on an H×W work image: its ``cell``² uniforms (float64),
+    kept flags and float32 grid, the up-sampled grid ((cell+1)·C_H × (cell+1)·C_W float32) and
+    the H×W crop."""
+    ch, cw = math.ceil(size[0] / cell), math.ceil(size[1] / cell)
+    return 13 * cell * cell + 4 * (cell + 1) * ch * (cell + 1) * cw + 4 * size[0] * size[1]
+
+
+def _mask_batch(cell: int, size: tuple[int, int], step: int, given: bool,
+                device: torch.device) -> int:
+    """The masks drawn per batch: ``step`` when they fit the memory budget; a default ``step``
+    (not ``given``) is lowered to fit; a given one, or one mask over the budget, is refused."""
+    one = mask_bytes(cell, size)
+    what = f"RISE masks of {cell}x{cell} cells on a {size[0]}x{size[1]} work image"
+    check_memory(one, f"one of the {what}", f"use a smaller --cell (at most the work image's "
+                 f"side, {max(size)}; the paper uses {DEFAULT_CELL})", device)
+    if not given:
+        return max(1, min(step, memory_budget(device) // one))
+    check_memory(step * one, f"batches of {step} {what}", "use a smaller --batch-size or --cell",
+                 device)
+    return step
 
 
 def _masks(keep: np.ndarray, shifts: np.ndarray, cells: tuple[int, int],
@@ -113,6 +139,7 @@ def rise_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
         x = resize(x, size)
     cells = (math.ceil(size[0] / cell), math.ceil(size[1] / cell))
     step = check_batch_size(batch_size, device, size, masks)
+    step = _mask_batch(cell, size, step, batch_size is not None, device)
     grid_rng, shift_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     score = float(classifier.predict(x)[0, t])
 

@@ -62,8 +62,9 @@ def test_tiles_hold_the_mosaic(tmp_path, grid):
     assert fits_png(grid, 64) and not fits_png(grid, 2048)
 
 
-def test_grid_html_opens_with_tiles_and_hover(chromium, tmp_path, grid):
-    page = write_viewer(grid, tmp_path / "grid.html", color_by="label")
+@pytest.mark.parametrize("name", ["grid.html", "a #1?%41 é.html"])  # '#', '?', '%': issue 28
+def test_grid_html_opens_with_tiles_and_hover(chromium, tmp_path, grid, name):
+    page = write_viewer(grid, tmp_path / name, color_by="label")
     assert "<script src" not in page.read_text() and "http" not in page.read_text()
     browser = Browser(chromium, tmp_path / "profile")
     try:

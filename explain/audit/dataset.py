@@ -197,16 +197,44 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, str, str]]:
             raise OptionError(f"{display(path)} has no 'path' column (columns: "
                               f"{', '.join(columns) or 'none'}); a manifest needs path and, "
                               "optionally, label")
+        for name in ("path", "label"):
+            if columns.count(name) > 1:
+                raise OptionError(f"{display(path)} has {columns.count(name)} '{name}' columns; "
+                                  "keep one")
         wanted = ["path"] + (["label"] if "label" in columns else [])
         number = 0
         for batch in manifest.iter_batches(columns=wanted, batch_size=4096):
             paths = batch.column("path").to_pylist()
             labels = batch.column("label").to_pylist() if "label" in wanted else \
                 [None] * len(paths)
-            for text, label in zip(paths, labels, strict=True):
+            for value, label in zip(paths, labels, strict=True):
                 number += 1
-                if not text or not str(text).strip():
+                text = _path_text(value)
+                if not text.strip():
                     raise OptionError(f"{display(path)}:{number}: empty path")
-                yield number, str(text).strip(), "" if label is None else str(label).strip()
+                yield number, text.strip(), _label_text(label, path, number)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise OptionError(f"{display(path)} is not a readable Parquet file ({exc})") from None
+
+
+def _path_text(value: object) -> str:
+    """A Parquet path cell as a path: a binary cell is the file-system bytes (``os.fsdecode``,
+    lossless, as :func:`explain.files.from_storable` gives), a null is empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    return str(value)
+
+
+def _label_text(value: object, manifest: Path, number: int) -> str:
+    """A Parquet label cell as text (a binary cell as UTF-8; a null is ``""``)."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise OptionError(f"{display(manifest)}:{number}: the label is not UTF-8 text"
+                              ) from None
+    return str(value).strip()

@@ -77,7 +77,11 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 def csv_cell(value: object) -> object:
     """A CSV cell that no spreadsheet runs as a formula: text starting with ``= + - @``, a tab or
-    a carriage return gets a leading single quote (numbers, also as text, are kept)."""
+    a carriage return gets a leading single quote (numbers, also as text, are kept); a NUL,
+    which CSV readers refuse, is written ``\\x00`` (paths never hold one: see
+    :func:`explain.files.to_storable`)."""
+    if isinstance(value, str) and "\x00" in value:
+        value = value.replace("\x00", "\\x00")
     if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
         return value
     try:
@@ -105,10 +109,19 @@ def csv_file(path: Path) -> Iterator[CsvRows]:
 
 
 def _predicted(probs: list[float], class_names: list[str], t: int, threshold: float) -> str:
+    """The target at or above the threshold, else the likeliest other class (``not TARGET`` for
+    a model of one class)."""
     if probs[t] >= threshold:
         return class_names[t]
     others = [i for i in range(len(probs)) if i != t]
+    if not others:
+        return _not(class_names[t])
     return class_names[max(others, key=lambda i: probs[i])]
+
+
+def _not(target: str) -> str:
+    """What a model of one class predicts below the threshold."""
+    return f"not {target}"
 
 
 def _outcome(label: str | None, predicted: str, target: str) -> str:
@@ -196,11 +209,12 @@ def compute_metrics(seen: dict, target: str, threshold: float, class_names: list
     positive = np.array([lab == target for lab in true])
     out = m.at_threshold(scores, positive, threshold)
     out["auc"] = m.roc_auc(scores, positive)
-    rows = [c for c in class_names if c in set(true)]
+    columns = list(class_names) if len(class_names) > 1 else [*class_names, _not(target)]
+    rows = [c for c in columns if c in set(true)]
     out["confusion_labels"] = rows
-    out["confusion_columns"] = list(class_names)
-    matrix = m.confusion_matrix(true, [seen["predicted"][i] for i in labeled], class_names)
-    out["confusion"] = [matrix[class_names.index(r)].tolist() for r in rows]
+    out["confusion_columns"] = columns
+    matrix = m.confusion_matrix(true, [seen["predicted"][i] for i in labeled], columns)
+    out["confusion"] = [matrix[columns.index(r)].tolist() for r in rows]
     out["labeled"] = len(labeled)
     return out
 

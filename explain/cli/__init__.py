@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
+
+# OpenCV and the FFmpeg inside it print their own lines ("[mpeg4 @ 0x…] Error at MB", "[ WARN:0]
+# global cap.cpp …") beside ours for every damaged video; the CLI reports each file's failure in
+# one line of its own, so they stay quiet unless the user sets these variables. Set before any
+# command imports cv2: OpenCV reads them when its logging and its FFmpeg backend start.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 from explain.cli import audit, blackbox, grid, report, score, serve, whitebox
 

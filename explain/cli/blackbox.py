@@ -66,6 +66,7 @@ from explain.cli.common import (
     console,
     drill_down_fraction,
     error_line,
+    file_error,
     gather_images,
     int_pair,
     note_line,
@@ -122,6 +123,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     ``params[unit]``, else its ``windows``; after drill-down, evaluated/all); a clip goes to
     :func:`_explain_clip`. Report bad images and go on. ``look``: the drawing options of
     :func:`explain.render.figure`."""
+    from explain.clips import LONGEST_ENDING
     from explain.frames import is_clip, parse_sampling
     from explain.images import load_image
     from explain.models import resolve_target
@@ -132,7 +134,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     parse_sampling(clips.frames)
     paths, failed = gather_images(images, clips=True)
     suffixes = [".png", *([".side.png"] if side else []), *([".npy", ".json"] if save_npy else [])]
-    stems = output_stems(paths, output, method, suffixes)
+    stems = output_stems(paths, output, method, suffixes, clip_endings=[LONGEST_ENDING])
     clf = models.load()
     resolve_target(clf, target)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -158,7 +160,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                 if save_npy:
                     written.extend(hm.save(stem))
             except ExplainError as exc:
-                error_line(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+                error_line(file_error(path, exc))
                 failed += 1
                 continue
             finally:

@@ -137,6 +137,11 @@ def error_line(message: str) -> None:
                       soft_wrap=True)
 
 
+def file_error(path: Path, exc: Exception) -> str:
+    """The message of a per-file error, led by the file's path unless it already names it."""
+    return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+
+
 def note_line(message: str) -> None:
     """One yellow note on stderr: something the user should know about a result (frames
     skipped), not an error."""
@@ -194,15 +199,38 @@ def gather_images(items: Sequence[Path], *, clips: bool = False) -> Inputs:
     return Inputs([p for files in found for p in files], len(empty))
 
 
-def output_stems(paths: Sequence[Path], folder: Path, method: str,
-                 suffixes: Sequence[str]) -> list[Path]:
+def output_stems(paths: Sequence[Path], folder: Path, method: str, suffixes: Sequence[str],
+                 clip_endings: Sequence[str] = ()) -> list[Path]:
     """``folder/NAME.METHOD`` per input (NAME: :func:`explain.files.output_names`), after
     checking, before any work, that ``folder`` is writable and that no ``stem + suffix`` file
-    would replace an input or another output."""
+    would replace an input or another output. A NAME that would make a file name longer than
+    the folder's file system takes (with the longest of ``suffixes``, and of ``clip_endings``
+    for an input that may be a clip) is shortened, and a note says so."""
+    from explain.files import name_bytes, name_max
+    from explain.frames import ANIMATED_SUFFIXES, VIDEO_SUFFIXES
+
     check_output_dir(folder)
-    stems = [folder / f"{name}.{method}" for name in output_names(paths)]
+    still = max(name_bytes(f".{method}{suffix}") for suffix in suffixes)
+    clip = max([still, *(name_bytes(f".{method}{ending}") for ending in clip_endings)])
+    room = [clip if p.suffix.lower() in ANIMATED_SUFFIXES | VIDEO_SUFFIXES else still
+            for p in paths]
+    limit = name_max(folder)
+    names = output_names(paths, room=room, limit=limit)
+    for path, name, full in zip(paths, names, output_names(paths), strict=True):
+        if name != full and _readable_name(path):  # an unreadable one gets its error later
+            note_line(f"{path}: output name shortened to {name}.{method}… (the full name would "
+                      f"pass the {limit} bytes this file system takes for one name)")
+    stems = [folder / f"{name}.{method}" for name in names]
     check_outputs([f"{stem}{suffix}" for stem in stems for suffix in suffixes], paths)
     return stems
+
+
+def _readable_name(path: Path) -> bool:
+    """Whether the system takes ``path`` as a name (it exists; not too long)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def result_line(text: str) -> None:

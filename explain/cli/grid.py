@@ -92,6 +92,7 @@ def grid(
         fits_png,
         folder_labels,
         similarity_grid,
+        tiles_folder,
         write_viewer,
     )
     from explain.images import iter_image_files
@@ -106,8 +107,9 @@ def grid(
     if color_by == "label" and labels is None:
         raise OptionError(f"--color-by label needs sub-folders: {display(folder)}/LABEL/image.jpg")
     json_path, page = output.with_suffix(".json"), output.with_suffix(".html")
+    tiles = tiles_folder(page)
     check_output_file(output, inputs=paths)
-    check_outputs([output, json_path, page], paths)
+    check_outputs([output, json_path, page], paths, folders=[tiles])
     check_grid_memory(len(paths), size, cell_px, layout)  # before the model loads
     clf = None
     if embed != "pixels" or color_by == "score":
@@ -142,7 +144,7 @@ def grid(
              f"layout: {result.layout}",
              f"quality: {result.quality.summary()}",
              f"{len(result.names)} images on {result.shape[0]}x{result.shape[1]} ({times}); "
-             f"wrote {', '.join(display(p) for p in written)} (+ {display(page.stem)}_tiles/)"]
+             f"wrote {', '.join(display(p) for p in written)} (+ {display(tiles.name)}/)"]
     if not fits_png(result, cell_px):
         lines.append(f"no PNG: {result.shape[1] * cell_px}x{result.shape[0] * cell_px} px is "
                      f"over 8192 px a side; open {display(page)}")

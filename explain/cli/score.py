@@ -18,6 +18,7 @@ from explain.cli.common import (
     TargetOpt,
     console,
     error_line,
+    file_error,
     gather_images,
     note_line,
     user_errors,
@@ -63,7 +64,7 @@ def score(images: Images, models: ModelOptions, target: TargetOpt = None,
                 continue
             probs = clf.predict(to_tensor(load_image(path), clf.device))[0].tolist()
         except ExplainError as exc:
-            error_line(str(exc))
+            error_line(file_error(path, exc))
             rows.append({"path": to_storable(path), "error": str(exc)})
             failed += 1
             continue

@@ -39,13 +39,14 @@ from explain.cli.common import (
     VminOpt,
     console,
     error_line,
+    file_error,
     gather_images,
     output_stems,
     result_line,
     user_errors,
     with_model_options,
 )
-from explain.errors import ImageError
+from explain.errors import ExplainError, ImageError, OptionError, TargetError, WhiteBoxError
 from explain.files import display, to_storable, write_text
 
 if TYPE_CHECKING:
@@ -74,16 +75,32 @@ def _note(heatmap: Heatmap) -> str:
 def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | None,
          explain_chunk: Callable[[list[np.ndarray]], list], write: Callable) -> None:
     """Explain the readable images ``batch_size`` at a time and write each result under its
-    stem; unreadable ones are reported and skipped, and make the exit code 2 at the end."""
+    stem; unreadable ones, and those the model fails on (a batch that fails is explained again
+    image by image to find them), are reported by name and skipped, and make the exit code 2 at
+    the end. An error of the call itself (an option, a layer) stops the command."""
     from explain.images import load_image
 
     size = batch_size or WHITE_BOX_BATCH
     chunk: list[tuple[Path, Path, np.ndarray]] = []
 
+    def each(images: list[np.ndarray]) -> list:
+        try:
+            return explain_chunk(images)
+        except (OptionError, TargetError, WhiteBoxError):
+            raise
+        except ExplainError as exc:
+            if len(images) == 1:
+                return [exc]
+            return [each([img])[0] for img in images]
+
     def flush() -> None:
-        for (path, stem, img), result in zip(chunk, explain_chunk([c[2] for c in chunk]),
-                                             strict=True):
-            write(path, stem, img, result)
+        nonlocal failed
+        for (path, stem, img), result in zip(chunk, each([c[2] for c in chunk]), strict=True):
+            if isinstance(result, ExplainError):
+                error_line(file_error(path, result))
+                failed += 1
+            else:
+                write(path, stem, img, result)
         chunk.clear()
 
     for path, stem in zip(paths, stems, strict=True):

@@ -77,6 +77,7 @@ from explain.grid.tiles import (
     fits_png,
     pyramid_levels,
     pyramid_tiles,
+    tiles_folder,
     write_pyramid,
     write_viewer,
 )
@@ -92,6 +93,6 @@ __all__ = [
     "mosaic_bytes", "nearest_neighbours", "neighbourhood_radius", "polish_layout",
     "principal_components", "pyramid_levels", "pyramid_tiles", "random_cells", "read_grid_json",
     "scaled_points", "score_colours", "similarity_grid", "snap_to_grid", "swap_bytes",
-    "swap_polish", "thumbnail",
+    "swap_polish", "thumbnail", "tiles_folder",
     "tsne_layout", "write_pyramid", "write_viewer",
 ]

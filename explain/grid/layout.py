@@ -85,7 +85,9 @@ def tsne_layout(vectors: np.ndarray, *, perplexity: float = GRID_PERPLEXITY, see
     ``n_jobs`` is openTSNE's thread count. ``callback(iterations)`` is called as the
     optimisation advances, with the iterations done since the last call (for progress bars;
     :data:`TSNE_ITERATIONS` in all). Returns (N×2 float64 coordinates, the perplexity used);
-    ModelError when t-SNE's output is not finite.
+    ModelError when t-SNE's output is not finite. One-dimensional vectors (a one-class model's
+    probabilities, an embedding of one number) get a zero second column: the distances, all
+    t-SNE reads, are unchanged, and its PCA initialisation needs two dimensions.
 
     One thread by default: on a busy 2-core machine openTSNE's threads made N = 64 take 14 s
     instead of 0.8 s and N = 4096 75 s instead of 26 s.
@@ -104,7 +106,10 @@ def tsne_layout(vectors: np.ndarray, *, perplexity: float = GRID_PERPLEXITY, see
             return False
     tsne = TSNE(n_components=2, perplexity=used, random_state=seed, n_jobs=n_jobs,
                 callbacks=callbacks, callbacks_every_iters=every)
-    coords = np.asarray(tsne.fit(np.asarray(vectors, dtype=np.float64)), dtype=np.float64)
+    x = np.asarray(vectors, dtype=np.float64).reshape(n, -1)
+    if x.shape[1] < 2:
+        x = np.pad(x, ((0, 0), (0, 2 - x.shape[1])))
+    coords = np.asarray(tsne.fit(x), dtype=np.float64)
     if not np.isfinite(coords).all():
         raise ModelError("t-SNE produced non-finite coordinates; the embeddings may be degenerate")
     return coords, used

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -80,11 +81,18 @@ def write_pyramid(grid: SimilarityGrid, folder: str | os.PathLike, *, color_by: 
     return info
 
 
+def tiles_folder(page: str | os.PathLike) -> Path:
+    """The folder of the pyramid of the page ``page``: ``<page stem>_tiles/`` beside it."""
+    page = Path(page)
+    return page.with_name(f"{page.stem}_tiles")
+
+
 def viewer_data(grid: SimilarityGrid, pyramid: dict, tiles: str) -> dict:
-    """The JSON the page embeds: the pyramid, the ``tiles`` folder (relative to the page), the
+    """The JSON the page embeds: the pyramid, the ``tiles`` folder (relative to the page, as a
+    URL path: its bytes percent-encoded, so ``#``, ``?`` or ``%`` in the name still load), the
     grid's shape, quality and layout, and per image its cell, name, score and label."""
     return {
-        **pyramid, "tiles": tiles, "rows": grid.shape[0], "cols": grid.shape[1],
+        **pyramid, "tiles": quote(os.fsencode(tiles)), "rows": grid.shape[0], "cols": grid.shape[1],
         "cells": [[int(r), int(c)] for r, c in grid.cells],
         "names": [display(to_storable(n)) for n in grid.names],
         "scores": None if grid.scores is None else [round(float(s), 4) for s in grid.scores],
@@ -96,7 +104,7 @@ def viewer_data(grid: SimilarityGrid, pyramid: dict, tiles: str) -> dict:
 
 def write_viewer(grid: SimilarityGrid, page: str | os.PathLike, *, color_by: str = "none",
                  cell_px: int | None = None) -> Path:
-    """Write ``page`` (``grid.html``) and its pyramid in ``<page stem>_tiles/`` beside it.
+    """Write ``page`` (``grid.html``) and its pyramid in :func:`tiles_folder` beside it.
 
     ``color_by`` and ``cell_px`` are the mosaic's (see :func:`write_pyramid`). Returns the
     page's path.
@@ -104,7 +112,7 @@ def write_viewer(grid: SimilarityGrid, page: str | os.PathLike, *, color_by: str
     from explain.html import environment
 
     page = Path(page)
-    tiles = page.with_name(f"{page.stem}_tiles")
+    tiles = tiles_folder(page)
     pyramid = write_pyramid(grid, tiles, color_by=color_by, cell_px=cell_px)
     text = environment().get_template("grid.html.j2").render(
         data=viewer_data(grid, pyramid, tiles.name), title=f"similarity grid: {page.stem}")
