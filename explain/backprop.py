@@ -173,7 +173,9 @@ class _Rules(TorchFunctionMode):
         self.refuse = refuse
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        kwargs = kwargs or {}
+        kwargs = dict(kwargs or {})
+        if not args and "input" in kwargs and (func in RECTIFIERS or func in NO_RULE):
+            args = (kwargs.pop("input"),)  # F.relu(input=x)
         if args and torch.is_tensor(args[0]) and args[0].requires_grad:
             name = RECTIFIERS.get(func)
             if name is not None:
