@@ -191,6 +191,8 @@ def test_conventions_refused_where_they_mean_nothing():
         load("open-nsfw:onnx", sigmoid=True)
     with pytest.raises(ModelError, match="--channels and --scale apply to torch and ONNX"):
         load(one_logit, scale=255)
+    with pytest.raises(ModelError, match="not both"):
+        load(MeanNet(), logits=True, sigmoid=True)
     with pytest.raises(ModelError, match="channels must be 'rgb' or 'bgr'"):
         load(MeanNet(), channels="rbg")
     with pytest.raises(ModelError, match="scale must be a positive number"):
