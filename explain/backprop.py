@@ -48,7 +48,9 @@ What is explained:
 - neuron mode (``layer="stages.3"``, any name of ``module.named_modules()``, see :func:`layers`):
   one activation of that layer with every other activation set to zero, as Zeiler & Fergus do
   (captum ``NeuronDeconvolution`` / ``NeuronGuidedBackprop``): ``neuron="max"`` takes each image's
-  strongest activation, ``(c, y, x)`` a given one. Position and value are recorded.
+  strongest activation, ``(c, y, x)`` a given one. Position and value are recorded. The rules
+  apply to what runs before the neuron; what runs after the layer cannot change it, so an
+  activation without a rule there is not refused.
 
 TorchScript modules take no Python hooks and are refused. Whatever happens, hooks are removed
 and the module's training flag and its parameters' ``requires_grad`` are restored. The skeleton
@@ -172,10 +174,13 @@ class _Rules(TorchFunctionMode):
         super().__init__()
         self.guided = guided
         self.refuse = refuse
+        self.done = False  # set once the explained layer has run: later calls cannot reach it
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        kwargs = kwargs or {}
-        if args and torch.is_tensor(args[0]) and args[0].requires_grad:
+        kwargs = dict(kwargs or {})
+        if not args and "input" in kwargs and (func in RECTIFIERS or func in NO_RULE):
+            args = (kwargs.pop("input"),)  # F.relu(input=x)
+        if not self.done and args and torch.is_tensor(args[0]) and args[0].requires_grad:
             name = RECTIFIERS.get(func)
             if name is not None:
                 return self._rectified(func, name, args, kwargs)
@@ -196,11 +201,14 @@ class _Rules(TorchFunctionMode):
 
 
 @contextmanager
-def activation_rules(module: nn.Module, method: str, model: str) -> Iterator[None]:
+def activation_rules(module: nn.Module, method: str, model: str, *,
+                     layer: nn.Module | None = None) -> Iterator[None]:
     """While inside, a forward pass of ``module`` uses ``method``'s rule (``"deconvnet"`` or
     ``"guided_backprop"``) at every activation, and an activation without a rule raises a
-    WhiteBoxError naming the module that ran it (see the module docstring). Hooks that track
-    the running module are removed on the way out, also when the pass raises."""
+    WhiteBoxError naming the module that ran it (see the module docstring). With ``layer``
+    (neuron mode), only until that submodule has run: what runs after it cannot change its
+    output, so it keeps its plain forward and is never refused. Hooks that track the running
+    module are removed on the way out, also when the pass raises."""
     running: list[str] = []
     handles = []
 
@@ -224,11 +232,18 @@ def activation_rules(module: nn.Module, method: str, model: str) -> Iterator[Non
     def leave(*_: object) -> None:
         running.pop()
 
+    rules = _Rules(method == "guided_backprop", refuse)
+
+    def layer_done(*_: object) -> None:
+        rules.done = True
+
     try:
         for name, sub in module.named_modules():
             handles.append(sub.register_forward_pre_hook(enter(name)))
             handles.append(sub.register_forward_hook(leave, always_call=True))
-        with _Rules(method == "guided_backprop", refuse):
+        if layer is not None:
+            handles.append(layer.register_forward_hook(layer_done))
+        with rules:
             yield
     finally:
         for handle in handles:
@@ -299,7 +314,8 @@ class _Backprop(Method):
             handle = ctx.layer_module.register_forward_hook(  # type: ignore[union-attr]
                 lambda _m, _a, out: outputs.append(out))
         try:
-            with activation_rules(ctx.clf.module, self.method, ctx.clf.name):
+            with activation_rules(ctx.clf.module, self.method, ctx.clf.name,
+                                  layer=ctx.layer_module):
                 logits = ctx.wrapper(x)
         finally:
             if handle is not None:

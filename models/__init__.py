@@ -80,6 +80,9 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
         raise ModelError(f"model {spec} reads its own input and output: --sigmoid, --channels "
                          "and --scale (sigmoid=, channels=, scale=) describe a model file or "
                          "module you bring")
+    if logits and sigmoid:
+        raise ModelError("give logits (--logits: exclusive classes, a softmax) or sigmoid "
+                         "(--sigmoid: independent labels, a sigmoid each), not both")
     preprocess = input_convention(preprocess, channels, scale)
     reading = {"class_names": class_names, "logits": logits, "sigmoid": sigmoid}
     if isinstance(spec, nn.Module):

@@ -325,6 +325,29 @@ def test_activation_without_a_rule_is_refused(act, message):
         guided_backprop(tiny(Gated("sigmoid")), PIXELS, target="b")
 
 
+def test_neuron_mode_ignores_what_runs_after_the_layer():
+    """ReLU6 → conv (the layer) → SiLU: class mode is refused, but the neuron of the conv
+    depends only on the ReLU6 before it, so neuron mode runs: the hand-written maps."""
+    net = rectifier_net(nn.ReLU6())
+    net[3] = nn.SiLU()
+    clf = tiny(net)
+    with pytest.raises(WhiteBoxError, match="no rule for SiLU"):
+        guided_backprop(clf, PIXELS, target="b")
+    w1 = net[0].weight.detach().numpy()[:, :, 0, 0]
+    w2 = net[2].weight.detach().numpy()[0, :, 0, 0]
+    x = PIXELS.reshape(4, 3).astype(np.float64) / 255
+    z1 = x @ w1.T + net[0].bias.detach().numpy()
+    top = int(np.argmax(np.clip(z1, 0, 6) @ w2))
+    passes = ((z1[top] > 0) & (z1[top] < 6)).astype(np.float64)
+    for fn, g_z1 in ((deconvnet, np.maximum(w2, 0)), (guided_backprop, np.maximum(w2, 0) * passes)):
+        r = fn(clf, PIXELS, target="b", layer="2")
+        assert r.neuron == (0, top // 2, top % 2)
+        expected = np.zeros((4, 3), np.float32)
+        expected[top] = g_z1 @ w1
+        np.testing.assert_allclose(r.values, expected.reshape(2, 2, 3), atol=1e-5)
+        assert np.abs(r.values).max() > 0.5
+
+
 def relu_zoo() -> nn.Module:
     """A random ReLU net with what captum's hooks must handle: in-place ReLUs, max pooling, a
     residual addition."""

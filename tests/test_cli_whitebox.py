@@ -123,3 +123,22 @@ def test_errors_are_one_line_exit_2(files, tmp_path, args, message):
     assert res.exit_code == 2, res.output
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error:")
     assert message in res.stderr and "Traceback" not in res.output
+
+
+def test_activation_without_a_rule_is_one_line_exit_2(files, tmp_path, monkeypatch):
+    """A SiLU net loaded from a file with the model options: guided backprop refuses it in one
+    red line naming the module; Grad-CAM of the same model runs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "silu_net.py").write_text(
+        "from torch import nn\n\n"
+        "net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 1, 3),\n"
+        "                    nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()\n"
+    )
+    options = ("--model", "silu_net.py:net", "--logits", "--classes", "nsfw", "--input-size",
+               "32", "-o", str(tmp_path))
+    res = run("guided", str(files["cat"]), *options)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error:")
+    assert "no rule for SiLU, which module '1' (SiLU) applies" in res.stderr
+    res = run("gradcam", str(files["cat"]), *options, "--layer", "2")
+    assert res.exit_code == 0, res.output

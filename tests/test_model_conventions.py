@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import need_module
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -191,6 +191,8 @@ def test_conventions_refused_where_they_mean_nothing():
         load("open-nsfw:onnx", sigmoid=True)
     with pytest.raises(ModelError, match="--channels and --scale apply to torch and ONNX"):
         load(one_logit, scale=255)
+    with pytest.raises(ModelError, match="not both"):
+        load(MeanNet(), logits=True, sigmoid=True)
     with pytest.raises(ModelError, match="channels must be 'rgb' or 'bgr'"):
         load(MeanNet(), channels="rbg")
     with pytest.raises(ModelError, match="scale must be a positive number"):
@@ -201,13 +203,12 @@ def test_conventions_refused_where_they_mean_nothing():
 
 
 def test_options_travel_to_the_run_key_and_the_loader():
-    """The audit's run key (describe) and the Ray actors' loader (ModelOptions.load, pickled)
-    carry the new options."""
-    cloudpickle = need_module("ray.cloudpickle", "ray", "Ray loader test")
+    """The audit's run key (describe) and the Ray actors' loader (ModelOptions.load, pickled
+    on its way to them) carry the new options."""
     opts = ModelOptions("net.py:net", sigmoid=True, channels="bgr", scale=255.0)
     assert not opts.plain
     assert opts.describe() == "net.py:net --sigmoid --channels bgr --scale 255"
-    assert cloudpickle.loads(cloudpickle.dumps(opts.load)).__self__ == opts
+    assert pickle.loads(pickle.dumps(opts.load)).__self__ == opts
 
 
 def test_cli_one_logit_model_and_conventions(tmp_path, photos, monkeypatch):
