@@ -197,8 +197,10 @@ class Context:
     @property
     def output(self) -> str:
         """What the methods differentiate, as units name it: the module's output for the
-        target, ``logit(t)`` when the module returns logits, else ``p(t)``."""
-        return f"{'logit' if self.clf.logits else 'p'}({self.target_name})"
+        target, ``logit(t)`` when the module returns logits (``--logits`` or ``--sigmoid``),
+        else ``p(t)``."""
+        reads_logits = self.clf.logits or self.clf.sigmoid
+        return f"{'logit' if reads_logits else 'p'}({self.target_name})"
 
 
 class Method:
