@@ -18,6 +18,7 @@ from explain.audit.clip_frame import audit_pixels
 from explain.audit.concepts import PartDetector, area_share, heat_share, scale_part, score_drops
 from explain.audit.cues import CueImage, Cues, StoreCache, find_cues
 from explain.audit.options import AuditOptions
+from explain.audit.slices import image_properties
 from explain.audit.store import ImageRow, Store
 from explain.choices import AUDIT_BATCH
 from explain.errors import ExplainError, ModelError
@@ -78,6 +79,7 @@ class Loaded:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     clip: bool = False
+    props: dict | None = None
 
 
 def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
@@ -108,7 +110,8 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
     if need_small:
         factor = min(1.0, DETECT_SIDE / max(shape))
         small = shrink(rgb, DETECT_SIDE)
-    return Loaded(row, x=x, rgb=pixels, shape=shape, small=small, factor=factor, notes=notes)
+    return Loaded(row, x=x, rgb=pixels, shape=shape, small=small, factor=factor, notes=notes,
+                  props=image_properties(rgb))
 
 
 def model_batch(items: list[Loaded], device: torch.device) -> torch.Tensor:
@@ -216,7 +219,7 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
             continue
         scores[it.row.id] = float(p[t])
         records[it.row.id].update(score=float(p[t]), probs=p.tolist(), height=it.shape[0],
-                                  width=it.shape[1])  # type: ignore[index]
+                                  width=it.shape[1], props=it.props)  # type: ignore[index]
     if detector is not None:
         alive = [it for it in items if it.row.id in scores and it.error is None]
         found = detector.detect([it.small for it in alive]) if alive else []
