@@ -1,16 +1,16 @@
-"""Error slices found without a list of slices (in the spirit of Domino, Eyuboglu et al. 2022):
-the false positives and the false negatives, each kind apart, clustered in the model's feature
-space (:mod:`explain.audit.embedding`).
+"""Error slices found without a list of slices (in the spirit of Domino, Eyuboglu et al. 2022): the
+false positives and the false negatives, each kind apart, clustered in the model's feature space
+(:mod:`explain.audit.embedding`).
 
-Each kind's errors are grouped by :func:`explain.audit.cue_groups.cluster` (the vectors centred
-on the errors' mean and L2-normalised, seeded k-means, k by silhouette, at most one cluster per
-8 errors). A cluster's *region* is the ball around its centre (in that same space) whose radius
-is its farthest member; its **error rate** is the share of errors among the labeled images of
-the same true side (negatives for false positives, positives for false negatives) that fall in
-the region and nearer to this centre than to the kind's other centres, with a Wilson 95 %
-interval. Its **exemplars** are the members nearest its centre. A false-positive cluster
-**matches a cue** (:mod:`explain.audit.cues`) when at least half its members have a region in
-that cue; the cue with the largest share is named.
+Each kind's errors are grouped by :func:`explain.audit.cue_groups.cluster` (the vectors centred on
+the errors' mean and L2-normalised, seeded k-means, k by silhouette, at most one cluster per 8
+errors; fewer than 16 errors stay one cluster). A cluster's *region* is the ball around its centre
+(in that same space) whose radius is its farthest member; its **error rate** is the share of errors
+among the labeled images of the same true side (negatives for false positives, positives for false
+negatives) that fall in the region and nearer to this centre than to the kind's other centres, with
+a Wilson 95 % interval. Its **exemplars** are the members nearest its centre. A false-positive
+cluster **matches a cue** (:mod:`explain.audit.cues`) when at least half its members have a region
+in that cue; the cue with the largest share is named.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from explain.audit.cue_groups import cluster
+from explain.audit.cue_groups import MIN_CLUSTER, cluster
 from explain.audit.cues import Cues
 from explain.audit.metrics import wilson
 
@@ -67,7 +67,8 @@ def error_clusters(vectors: np.ndarray, positive: np.ndarray, called: np.ndarray
         if len(errors) < 2:
             continue
         mean = vectors[errors].astype(np.float64).mean(0)
-        labels, _ = cluster(vectors[errors].astype(np.float64), MAX_CLUSTERS, seed)
+        labels = np.zeros(len(errors), dtype=np.int64) if len(errors) < 2 * MIN_CLUSTER else \
+            cluster(vectors[errors].astype(np.float64), MAX_CLUSTERS, seed)[0]
         space = _space(vectors[errors], mean)
         k = int(labels.max()) + 1
         centres = np.stack([space[labels == j].mean(0) for j in range(k)])

@@ -247,10 +247,12 @@ def write_cue_tables(folder: Path, cues: Cues) -> dict[str, Path]:
 
 
 def _csv_value(value: object) -> object:
+    """A cell of the findings' CSVs: empty for None, a float to 6 significant digits (p-values
+    are small)."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6f}"
+        return f"{value:.6g}"
     return value
 
 
