@@ -215,7 +215,8 @@ def test_wilson_by_hand():
     assert m.wilson(10, 10)[0] == pytest.approx(10 / (10 + Z * Z))
     assert m.wilson(0, 5) == (0.0, pytest.approx(Z * Z / (5 + Z * Z)))
     low, high = m.wilson(3, 10)
-    centre, half = (3 + Z * Z / 2) / (10 + Z * Z), Z * np.sqrt(3 * 7 / 10 + Z * Z / 4) / (10 + Z * Z)
+    centre = (3 + Z * Z / 2) / (10 + Z * Z)
+    half = Z * np.sqrt(3 * 7 / 10 + Z * Z / 4) / (10 + Z * Z)
     assert (low, high) == pytest.approx((centre - half, centre + half))
     assert (low, high) == pytest.approx((0.1078, 0.6032), abs=1e-4)  # the textbook value
     assert m.wilson(0, 0) == (None, None)
