@@ -355,7 +355,8 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
     if metrics_:
         metrics_["rule"] = rule
         block = summary(metrics_, found, model=store.params["model"],
-                        data=store.params["data"], images=n_images, created=created,
+                        data=str(dataset.labels_csv or dataset.root) if dataset is not None
+                        else store.params["data"], images=n_images, created=created,
                         written=written, rule=rule)
         files["summary"] = write_summary(folder / "summary.md", block)
         metrics_["summary"] = {k: v for k, v in block.items() if k != "markdown"}
