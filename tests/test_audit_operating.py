@@ -268,3 +268,31 @@ def test_image_properties():
     assert props(photo[:100]) == ["small", "extreme aspect"]
     collage = np.concatenate([photo[:400, :300], skdata.coffee()[:, :300]], axis=1)  # two photos
     assert props(collage) == ["collage"]
+
+
+@pytest.mark.slow
+def test_cli_target_precision(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from explain.cli import app
+
+    build(tmp_path / "data")
+    (tmp_path / "model.py").write_text(
+        "import numpy as np\n"
+        "def score(batch):\n    s = batch[:, 16:32, 16:32].mean(axis=(1, 2, 3)) / 255.0\n"
+        "    return np.stack([1 - s, s], axis=1)\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["audit", "data/labels.csv", "-o", "out", "--model", "model.py:score", "--classes",
+            "sfw,nsfw", "--top", "0", "--no-concepts", "--no-cues", "--mosaic", "0", "--quiet"]
+    runner = CliRunner()
+    both = runner.invoke(app, [*args, "--threshold", "0.5", "--target-precision", "0.9"])
+    assert both.exit_code == 2 and "not both" in both.output
+    done = runner.invoke(app, [*args, "--threshold", "0.5"])
+    assert done.exit_code == 0, done.output
+    assert "1 slice(s) flagged: source=web (fpr)" in done.output
+    assert "6 likely label errors" in done.output
+    again = runner.invoke(app, [*args, "--target-precision", "0.9"])
+    assert again.exit_code == 0 and "run 1 (resumed" in again.output
+    assert "(the lowest threshold with precision ≥ 0.9" in again.output
+    threshold = json.loads((tmp_path / "out" / "metrics.json").read_text())["threshold"]
+    assert f"threshold {threshold:.4g} (" in again.output

@@ -370,8 +370,10 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
             for c in (found.clusters if found else [])]
         files["metrics"] = write_text(folder / "metrics.json",
                                       json.dumps(metrics_, indent=1, default=str) + "\n")
-    else:
-        (folder / "metrics.json").unlink(missing_ok=True)
+    else:  # unlabeled: only the threshold the rankings used
+        files["metrics"] = write_text(folder / "metrics.json", json.dumps(
+            {"threshold": o.threshold, "rule": rule, "labeled": 0,
+             "scored": len(seen["scores"])}, indent=1) + "\n")
     page = {
         "target": target, "threshold": o.threshold, "options": o, "images": n_images,
         "scored": len(seen["scores"]), "failed": n_failed,
