@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from explain.audit.cues import Cues
 from explain.audit.dataset import Dataset
 from explain.audit.error_clusters import ErrorCluster, error_clusters
 from explain.audit.label_issues import find_issues
 from explain.audit.slices import FDR, Labeled, families, properties_of, slice_table
 from explain.audit.store import Store
+from explain.errors import ExplainError
 from explain.files import display, from_storable, write_text
 
 
@@ -36,10 +38,6 @@ class Findings:
     clusters: list[ErrorCluster] = field(default_factory=list)
     embedding: str | None = None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def issue_paths(self) -> set[str]:
-        return {row["path"] for row in self.issues}
 
 
 def _folder(path: str, base: Path) -> str:
@@ -77,7 +75,7 @@ def labeled_images(store: Store, dataset: Dataset | None, target: str, threshold
 
 def find(store: Store, dataset: Dataset | None, target: str, threshold: float, *,
          vectors: dict[int, np.ndarray] | None = None, embedding: str | None = None,
-         cues: object = None, label_issues: bool = True, clusters: bool = True,
+         cues: Cues | None = None, label_issues: bool = True, clusters: bool = True,
          seed: int = 0) -> Findings:
     """Slices, label issues (``label_issues``) and error clusters (``clusters``, needs
     ``vectors``: image id → embedding) of the labeled images at ``threshold``."""
@@ -106,15 +104,10 @@ def find(store: Store, dataset: Dataset | None, target: str, threshold: float, *
                     "path": x.path, "label": x.label,
                     "score": x.score, "rank": rank,
                     "given_label_probability": float(issues.given[i]),
-                    "outcome": _outcome(x), "index": i})
+                    "outcome": x.outcome, "index": i})
     if clusters and matrix is not None:
-        found.clusters = error_clusters(matrix, positive, called, ids, cues, seed)  # type: ignore[arg-type]
+        found.clusters = error_clusters(matrix, positive, called, ids, cues, seed)
     return found
-
-
-def _outcome(x: Labeled) -> str:
-    return {(True, True): "TP", (False, True): "FP", (True, False): "FN",
-            (False, False): "TN"}[(x.positive, x.called)]
 
 
 def model_file(spec: str) -> Path | None:
@@ -126,7 +119,7 @@ def model_file(spec: str) -> Path | None:
 
         try:
             return onnx_path()
-        except Exception:  # noqa: BLE001 - the summary says there is no file
+        except ExplainError:  # not installed: the summary says there is no file
             return None
     for candidate in (first, first.rpartition(":")[0]):
         if candidate and Path(candidate).is_file():

@@ -194,7 +194,8 @@ def thumbnail_uri(path: str) -> str | None:
 
 def slice_section(found: Findings) -> dict:
     """The page's slices: the flagged ones first, each with up to :data:`EXAMPLES` of the
-    errors it is flagged for (the most confident first), then the others."""
+    errors it is flagged for (false positives highest score first, false negatives lowest first),
+    then the others."""
     flagged = []
     for row in found.slices:
         if not row["flagged"]:
@@ -203,7 +204,7 @@ def slice_section(found: Findings) -> dict:
         wrong = [x for x in members if x.called != x.positive
                  and (("fpr" in row["flagged"] and not x.positive)
                       or ("fnr" in row["flagged"] and x.positive))]
-        wrong.sort(key=lambda x: -abs(x.score - 0.5))
+        wrong.sort(key=lambda x: x.score if x.positive else -x.score)
         examples = [{"path": display(from_storable(x.path)), "score": x.score,
                      "uri": thumbnail_uri(x.path)} for x in wrong[:EXAMPLES]]
         flagged.append({**row, "examples": examples})

@@ -109,6 +109,11 @@ class Labeled:
     score: float
     slices: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def outcome(self) -> str:
+        """TP, FP, FN or TN at the threshold."""
+        return ("T" if self.called == self.positive else "F") + ("P" if self.called else "N")
+
 
 def _counts(members: Iterable[Labeled]) -> tuple[int, int, int, int]:
     tp = fp = fn = tn = 0
