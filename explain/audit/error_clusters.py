@@ -5,12 +5,14 @@ false positives and the false negatives, each kind apart, clustered in the model
 Each kind's errors are grouped by :func:`explain.audit.cue_groups.cluster` (the vectors centred on
 the errors' mean and L2-normalised, seeded k-means, k by silhouette, at most one cluster per 8
 errors; fewer than 16 errors stay one cluster). A cluster's *region* is the ball around its centre
-(in that same space) whose radius is its farthest member; its **error rate** is the share of errors
-among the labeled images of the same true side (negatives for false positives, positives for false
-negatives) that fall in the region and nearer to this centre than to the kind's other centres, with
-a Wilson 95 % interval. Its **exemplars** are the members nearest its centre. A false-positive
-cluster **matches a cue** (:mod:`explain.audit.cues`) when at least half its members have a region
-in that cue; the cue with the largest share is named.
+whose radius is its farthest member, in the space of all labeled images' vectors centred on their
+mean and L2-normalised (centred on the errors alone, a single cluster's ball would hold
+everything); its **error rate** is the share of errors among the labeled images of the same true
+side (negatives for false positives, positives for false negatives) that fall in the region and
+nearer to this centre than to the kind's other centres, with a Wilson 95 % interval. Its
+**exemplars** are the members nearest its centre. A false-positive cluster **matches a cue**
+(:mod:`explain.audit.cues`) when at least half its members have a region in that cue; the cue with
+the largest share is named.
 """
 
 from __future__ import annotations
@@ -62,11 +64,11 @@ def error_clusters(vectors: np.ndarray, positive: np.ndarray, called: np.ndarray
     is at or above the threshold, ``ids`` their store ids, used to match cues), largest error
     rate first within each kind."""
     out: list[ErrorCluster] = []
+    mean = vectors.astype(np.float64).mean(0)
     for kind, side, wrong in (("fp", ~positive, called), ("fn", positive, ~called)):
         errors = np.flatnonzero(side & wrong)
         if len(errors) < 2:
             continue
-        mean = vectors[errors].astype(np.float64).mean(0)
         labels = np.zeros(len(errors), dtype=np.int64) if len(errors) < 2 * MIN_CLUSTER else \
             cluster(vectors[errors].astype(np.float64), MAX_CLUSTERS, seed)[0]
         space = _space(vectors[errors], mean)

@@ -171,7 +171,7 @@ def summary(metrics: dict, found: Findings | None, *, model: str, data: str, ima
         f"- Model: `{display(model)}`; "
         + (f"file {display(str(path))}, SHA-256 `{block['model_sha256']}`." if path
            else "no model file (a Python object or function)."),
-        f"- Operating threshold: {block['threshold']:g} ({rule}).",
+        f"- Operating threshold: {block['threshold']:.4g} ({rule}).",
         f"- Precision {_pct(metrics.get('precision'))}"
         f"{_interval(metrics.get('precision_low'), metrics.get('precision_high'))}; recall "
         f"{_pct(metrics.get('recall'))}"
