@@ -6,7 +6,10 @@ Three inputs are accepted:
   of the model, case-insensitive); images elsewhere in the folder are unlabeled;
 - a manifest of ``path,label`` rows: a CSV (header optional) or a Parquet file with a ``path``
   and an optional ``label`` column (relative paths are taken from the manifest's folder), or a
-  folder plus ``labels=`` such a manifest (relative paths then start at the folder);
+  folder plus ``labels=`` such a manifest (relative paths then start at the folder); a CSV's
+  header (or a Parquet file's schema) names further columns (``source``, ``skin_tone``, …),
+  kept with each item as slices for the report (:mod:`explain.audit.slices`), never part of the
+  run key;
 - a folder without label sub-folders: every image is unlabeled and the audit ranks by score only.
 
 Folders are searched recursively (:func:`explain.images.iter_image_files`); an audit's own output

@@ -4,7 +4,10 @@
 per detected part), ``concepts.csv`` (per group and concept: count, image share, mean score drop,
 mean heat share, mean area share), ``cues.csv`` and ``cue_patches.csv`` (the discovered cues and
 their patches, with a patch mosaic and two paste examples per cue under ``cues/``),
-``histogram.png`` and ``roc.png``, the similarity mosaic
+``slices.csv``, ``label_issues.csv`` and ``error_clusters.csv`` (what
+:mod:`explain.audit.findings` finds), ``metrics.json`` (the operating threshold, the metrics with
+their intervals, calibration, the findings' counts, the summary) and ``summary.md``,
+``histogram.png``, ``roc.png`` and ``reliability.png``, the similarity mosaic
 ``grid.png`` + ``grid.json`` (when :mod:`explain.grid` is installed), and ``audit.html``: one
 self-contained page. This module writes the CSVs and gathers what the page shows; the page and
 the pictures are :mod:`explain.audit.page`'s.

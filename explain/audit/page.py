@@ -1,8 +1,9 @@
 """The audit's page and pictures: ``audit.html`` (one self-contained page, pictures inlined as
-base64; jinja2 with autoescaping, since file names and labels are untrusted text), the
-``histogram.png`` and ``roc.png`` plots, the similarity mosaic ``grid.png`` + ``grid.json`` (when
-:mod:`explain.grid` is installed) and the cue pictures under ``cues/``. The page shows names
-through :func:`explain.files.display`.
+base64; jinja2 with autoescaping, since file names and labels are untrusted text: the summary,
+metrics, the flagged slices with example errors, the label issues, the error clusters, concepts,
+cues and the FP/FN cards), the ``histogram.png``, ``roc.png`` and ``reliability.png`` plots, the
+similarity mosaic ``grid.png`` + ``grid.json`` (when :mod:`explain.grid` is installed) and the
+cue pictures under ``cues/``. The page shows names through :func:`explain.files.display`.
 """
 
 from __future__ import annotations

@@ -1,21 +1,23 @@
 """The audit's SQLite store: every result is written as soon as it is computed.
 
-One database per output folder (``audit.sqlite``) holds any number of runs. A run is identified by
-its *key*: a hash of everything that changes the scores and maps (model, data, target,
-occlusion box/stride/fill, concept detection, code version). Re-running with the same key resumes
-that run; a different key starts a new run next to the old one, so results computed under
-different settings are never mixed. The threshold is not in the key: it only sorts stored scores
-into errors, so a new threshold reuses the run.
+One database per output folder (``audit.sqlite``) holds any number of runs. A run is identified
+by its *key*: a hash of everything that changes the scores and maps (model, data, target,
+occlusion box/stride/fill, concept detection, code version). Re-running with the same key
+resumes that run; a different key starts a new run next to the old one, so results computed
+under different settings are never mixed. The threshold is not in the key: it only sorts stored
+scores into errors, so a new threshold reuses the run.
 
-Tables (:mod:`explain.audit.schema`): ``runs`` (key, parameters, stage timestamps), ``images`` (one
-row per image: label, score, error, the warnings its decoding raised, timestamps of each stage),
-``parts`` (one row per detected body part: box, score drop, heat share), ``heatmaps`` (one row per
-top-k heatmap, with its files) and the cue discovery's (:mod:`explain.audit.cues`): ``cue_images``
-(one row per image harvested, under a *setting*, the hash of the cue options), ``cue_patches`` (its
-patches with their embeddings) and ``cue_pastes`` (each cluster's paste test). Each batch of images
-is committed in one short transaction together with its stage marks, so a kill at any moment loses
-at most the batch in flight and never leaves half of one. WAL journaling keeps readers (a progress
-poller, a test) from blocking the writer.
+Tables (:mod:`explain.audit.schema`): ``runs`` (key, parameters, stage timestamps), ``images``
+(one row per image: label, score, error, the warnings its decoding raised, the properties its
+slices are decided on, timestamps of each stage), ``parts`` (one row per detected body part:
+box, score drop, heat share), ``heatmaps`` (one row per top-k heatmap, with its files),
+``embeddings`` (one vector per labeled image and embedder, for the label issues and error
+clusters) and the cue discovery's (:mod:`explain.audit.cues`): ``cue_images`` (one row per image
+harvested, under a *setting*, the hash of the cue options), ``cue_patches`` (its patches with
+their embeddings) and ``cue_pastes`` (each cluster's paste test). Each batch of images is
+committed in one short transaction together with its stage marks, so a kill at any moment loses
+at most the batch in flight and never leaves half of one. WAL journaling keeps readers (a
+progress poller, a test) from blocking the writer.
 
 Paths are stored in the strict-UTF-8 form of :func:`explain.files.to_storable`, so any byte file
 name (``caf\xe9.jpg``) is kept losslessly; ``ImageRow.file`` gives the path to open.
