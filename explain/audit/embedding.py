@@ -5,7 +5,8 @@ threshold costs no model call).
 The embedder is the grid's (:class:`explain.grid.Embedder`): the classifier's penultimate
 features when it has ``features()``, else raw pixels (32×32 RGB), which need no model call (a
 black box's class probabilities would be one number for two classes, too little to cluster).
-A clip is embedded by the frame the audit judged it by. Vectors longer than :data:`DIMENSIONS`
+A clip is embedded by the frame the audit judged it by (recorded when it was scored; a clip scored
+before that was recorded is judged again). Vectors longer than :data:`DIMENSIONS`
 are projected to that many dimensions by a fixed seeded Gaussian matrix (scaled by 1/√d, which
 keeps distances within a few per cent on average): the store and the steps that read every
 vector then need 512 bytes per image, whatever the network.
@@ -13,6 +14,7 @@ vector then need 512 bytes per image, whatever the network.
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -81,12 +83,14 @@ def _embed_missing(store: Store, classifier: Classifier, o: AuditOptions, embedd
     from explain.grid.embed import resize
 
     stored = store.embeddings(name)
-    rows = [(r[0], r[1]) for r in store.slice_rows() if r[0] not in stored]
+    rows = [(r[0], r[1], json.loads(r[6]).get("frame") if r[6] else None)
+            for r in store.slice_rows() if r[0] not in stored]
 
-    def read(row: tuple[int, str]) -> tuple[int, np.ndarray | str]:
+    def read(row: tuple[int, str, int | None]) -> tuple[int, np.ndarray | str]:
         try:
             rgb, _ = audit_pixels(from_storable(row[1]), max_pixels=o.max_pixels, notes=[],
-                                  classifier=classifier, target=o.target)
+                                  classifier=None if row[2] is not None else classifier,
+                                  target=o.target, frame=row[2])
         except ExplainError as exc:
             return row[0], f"no embedding for {display(from_storable(row[1]))}: {exc}"
         return row[0], resize(rgb, embedder.size)  # type: ignore[attr-defined]

@@ -67,7 +67,9 @@ def labeled_images(store: Store, dataset: Dataset | None, target: str, threshold
                                  else f"column {column}", value))
         x.slices += [("part", c) for c in parts.get(image, [])]
         if props is not None:
-            x.slices += [("property", p) for p in properties_of(json.loads(props), h, w)]
+            measures = json.loads(props)
+            x.slices += [("property", p) for p in properties_of(measures, h, w)]
+            x.frame = measures.get("frame")
         images.append(x)
         ids.append(image)
     return images, ids, notes
@@ -104,7 +106,7 @@ def find(store: Store, dataset: Dataset | None, target: str, threshold: float, *
                     "path": x.path, "label": x.label,
                     "score": x.score, "rank": rank,
                     "given_label_probability": float(issues.given[i]),
-                    "outcome": x.outcome, "index": i})
+                    "outcome": x.outcome, "index": i, "frame": x.frame})
     if clusters and matrix is not None:
         found.clusters = error_clusters(matrix, positive, called, ids, cues, seed)
     return found

@@ -182,12 +182,12 @@ THUMB = 128
 EXAMPLES = 4
 
 
-def thumbnail_uri(path: str) -> str | None:
+def thumbnail_uri(path: str, frame: int | None = None) -> str | None:
     """A small picture of a stored path for the page (None when it cannot be read); a clip
-    shows its first frame."""
+    shows the frame it was judged by (``frame``, recorded when it was scored)."""
     try:
         pixels, _ = audit_pixels(from_storable(path), max_pixels=DEFAULT_MAX_PIXELS, notes=[],
-                                 frame=0)
+                                 frame=0 if frame is None else frame)
     except ExplainError:
         return None
     return data_uri(shrink(pixels, THUMB), THUMB)
@@ -207,7 +207,7 @@ def slice_section(found: Findings) -> dict:
                       or ("fnr" in row["flagged"] and x.positive))]
         wrong.sort(key=lambda x: x.score if x.positive else -x.score)
         examples = [{"path": display(from_storable(x.path)), "score": x.score,
-                     "uri": thumbnail_uri(x.path)} for x in wrong[:EXAMPLES]]
+                     "uri": thumbnail_uri(x.path, x.frame)} for x in wrong[:EXAMPLES]]
         flagged.append({**row, "examples": examples})
     return {"flagged": flagged, "others": [r for r in found.slices if not r["flagged"]]}
 
@@ -215,7 +215,7 @@ def slice_section(found: Findings) -> dict:
 def issue_section(found: Findings, shown: int = 24) -> dict:
     """The page's label issues: the first ``shown`` with a picture each."""
     cards = [{**row, "name": display(from_storable(row["path"])),
-              "uri": thumbnail_uri(row["path"])} for row in found.issues[:shown]]
+              "uri": thumbnail_uri(row["path"], row["frame"])} for row in found.issues[:shown]]
     return {"cards": cards, "total": len(found.issues), "source": found.issue_source}
 
 
@@ -225,7 +225,8 @@ def cluster_section(found: Findings) -> list[dict]:
     for c in found.clusters:
         exemplars = [{"name": display(from_storable(found.images[i].path)),
                       "score": found.images[i].score,
-                      "uri": thumbnail_uri(found.images[i].path)} for i in c.exemplars]
+                      "uri": thumbnail_uri(found.images[i].path, found.images[i].frame)}
+                     for i in c.exemplars]
         out.append({"kind": c.kind, "cluster": c.cluster, "errors": len(c.members),
                     "region": c.region, "rate": c.error_rate, "low": c.interval[0],
                     "high": c.interval[1], "cue": c.cue, "cue_share": c.cue_share,

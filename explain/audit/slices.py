@@ -60,7 +60,8 @@ COLUMNS = ("slice", "value", "n", "positives", "tp", "fp", "fn", "tn",
 def image_properties(rgb: np.ndarray) -> dict[str, float]:
     """The measures the ``property`` slices are decided on (module docstring): ``chroma``,
     ``luma`` and ``seam`` (the largest share of a straight boundary with a jump); the original
-    size is stored beside them."""
+    size is stored beside them, and for a clip the index of the frame it was judged by
+    (``frame``), so that later steps read that frame without scoring the clip again."""
     h, w = rgb.shape[:2]
     scale = min(1.0, PROPERTY_SIDE / max(h, w))
     small = rgb if scale == 1.0 else cv2.resize(
@@ -108,6 +109,7 @@ class Labeled:
     called: bool
     score: float
     slices: list[tuple[str, str]] = field(default_factory=list)
+    frame: int | None = None
 
     @property
     def outcome(self) -> str:

@@ -93,7 +93,7 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
         return Loaded(row, clip=True)
     notes: list[str] = []
     try:
-        rgb, _ = audit_pixels(row.file, max_pixels=max_pixels, notes=notes,
+        rgb, frame = audit_pixels(row.file, max_pixels=max_pixels, notes=notes,
                               classifier=classifier, target=target)
     except ExplainError as exc:
         return Loaded(row, error=getattr(exc, "reason", str(exc)), notes=notes)
@@ -110,8 +110,9 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
     if need_small:
         factor = min(1.0, DETECT_SIDE / max(shape))
         small = shrink(rgb, DETECT_SIDE)
+    props = image_properties(rgb) | ({} if frame is None else {"frame": frame})
     return Loaded(row, x=x, rgb=pixels, shape=shape, small=small, factor=factor, notes=notes,
-                  props=image_properties(rgb))
+                  props=props)
 
 
 def model_batch(items: list[Loaded], device: torch.device) -> torch.Tensor:
