@@ -296,3 +296,20 @@ def test_cli_target_precision(tmp_path, monkeypatch):
     assert "(the lowest threshold with precision ≥ 0.9" in again.output
     threshold = json.loads((tmp_path / "out" / "metrics.json").read_text())["threshold"]
     assert f"threshold {threshold:.4g} (" in again.output
+
+
+@pytest.mark.slow
+def test_a_new_look_redraws_the_heatmaps_with_no_model_call(audited):
+    """The heatmap pictures are drawn again from their saved maps on every run: the same look
+    gives the same bytes, another colormap other bytes, and neither calls the model."""
+    root, _, model, clf, _ = audited
+    pngs = sorted((root / "out" / "heatmaps").glob("*.png"))
+    before, calls = {p: p.read_bytes() for p in pngs}, model.calls
+    audit(root / "data" / "labels.csv", root / "out", model=clf, options=options(threshold=0.5))
+    assert {p: p.read_bytes() for p in pngs} == before
+    audit(root / "data" / "labels.csv", root / "out", model=clf,
+          options=options(threshold=0.5, colormap="viridis"))
+    assert all(p.read_bytes() != before[p] for p in pngs)
+    assert model.calls == calls
+    audit(root / "data" / "labels.csv", root / "out", model=clf, options=options(threshold=0.5))
+    assert {p: p.read_bytes() for p in pngs} == before

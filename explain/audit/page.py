@@ -22,14 +22,16 @@ from explain.audit.clip_frame import audit_pixels, judged_frame
 from explain.audit.cue_groups import Paste, put
 from explain.audit.cues import Cues
 from explain.audit.findings import Findings
+from explain.audit.stages import SAVED_SIDE
 from explain.audit.store import ImageRow, Store
 from explain.choices import DEFAULT_MAX_PIXELS
 from explain.errors import ExplainError
 from explain.files import display, from_storable, write_text
+from explain.heatmap import Heatmap
 from explain.html import environment
 from explain.images import load_image, warnings_into
 from explain.models import Classifier
-from explain.render import DISPLAY_SIDE, data_uri, save_png, shrink
+from explain.render import DISPLAY_SIDE, data_uri, figure, save_png, shrink
 
 PART_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                 (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
@@ -153,9 +155,12 @@ def write_mosaic(store: Store, folder: Path, classifier: Classifier, target: str
 
 
 def gallery(store: Store, folder: Path, targets: list, kind: str,
-            issues: dict[str, int] | None = None) -> Iterator[dict]:
+            issues: dict[str, int] | None = None, look: dict | None = None) -> Iterator[dict]:
     """Cards of one kind (fp, fn, top) for the page: pictures, score, parts, and the image's
-    rank among the label issues (``issues``: stored path → rank) when it is one."""
+    rank among the label issues (``issues``: stored path → rank) when it is one. With ``look``
+    (the renderer's colormap, alpha, normalize, vmin, vmax) each heatmap's picture is drawn
+    again from its saved map, as the heatmap stage drew it, and its PNG rewritten: a new look
+    needs no model call."""
     rank = 0
     for k, row in targets:
         if k != kind:
@@ -175,6 +180,11 @@ def gallery(store: Store, folder: Path, targets: list, kind: str,
             card["original"] = data_uri(draw_parts(pixels, card["parts"]), DISPLAY_SIDE)
         except ExplainError as exc:
             card["error"] = display(str(exc))
+            pixels = None
+        if done is not None and look is not None and pixels is not None:
+            saved = Heatmap.load((folder / done["npy"]).with_suffix(""))
+            png = save_png(figure(shrink(pixels, SAVED_SIDE), saved, **look), folder / done["png"])
+            card["overlay"] = file_uri(png)
         yield card
 
 
@@ -317,6 +327,9 @@ def write_page(path: Path, store: Store, page: dict, *, targets: list, files: di
     returns ``path``."""
     folder = path.parent
     found = page.get("findings")
+    o = page["options"]
+    look = {"colormap": o.colormap, "alpha": o.alpha, "normalize": o.normalize, "vmin": o.vmin,
+            "vmax": o.vmax}
     issues = {row["path"]: row["rank"] for row in found.issues} if found is not None else {}
     page = {
         **page,
@@ -335,7 +348,7 @@ def write_page(path: Path, store: Store, page: dict, *, targets: list, files: di
         "concept_rows": concept_matrix(page["concepts"]),
         "galleries": [
             {"kind": kind, "title": title, "help": text,
-             "cards": list(gallery(store, folder, targets, kind, issues))}
+             "cards": list(gallery(store, folder, targets, kind, issues, look))}
             for kind, title, text in _gallery_kinds(bool(page["labels"]), page["target"],
                                                     page["threshold"])],
     }
