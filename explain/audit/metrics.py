@@ -249,7 +249,7 @@ def reliability_png(path: str | os.PathLike, bins: list[dict], ece: float, brier
                 label=f"ECE {ece:.3f} · Brier {brier:.3f}")
     ax.set_ylabel(f"share truly {target}")
     ax.set_ylim(0, 1.01)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     centres = [(b["low"] + b["high"]) / 2 for b in bins]
     counts.bar(centres, [b["n"] for b in bins], width=1.0 / len(bins) * 0.9, color="#8aa")
     counts.set_xlabel(f"p({target}), {len(bins)} bins")
