@@ -222,7 +222,8 @@ def test_concept_attribution_known_answer(tmp_path):
     assert int(table["all sfw", "FOOT"]["images"]) == 5
     # the table is ordered by the false positives' mean drop: NAVEL first
     html = (tmp_path / "out" / "audit.html").read_text()
-    assert html.index("<td>NAVEL</td>") < html.index("<td>FOOT</td>")
+    concepts = html.index('<h2 id="concepts">')
+    assert html.index("<td>NAVEL</td>", concepts) < html.index("<td>FOOT</td>", concepts)
 
 
 def test_heat_share():
@@ -269,13 +270,13 @@ def test_same_key_resumes_changed_key_starts_a_new_run(tmp_path):
     assert (first.run, first.resumed, again.run, again.resumed) == (1, False, 1, True)
     assert _rows(tmp_path / "out") == before and fake.calls == calls  # nothing recomputed
 
-    o2 = AuditOptions(threshold=0.6, top=1, box=32, stride=32, mosaic=0)
+    o2 = AuditOptions(threshold=0.5, top=1, box=16, stride=16, mosaic=0)
     other = audit(tmp_path / "data", tmp_path / "out", model=clf, options=o2, detector=fake)
     assert (other.run, other.resumed) == (2, False) and other.key != first.key
     rows = _rows(tmp_path / "out")
     assert rows[:len(before)] == before and len(rows) == 2 * len(before)
     html = (tmp_path / "out" / "audit.html").read_text()
-    assert "threshold 0.6" in html and f"key {first.key}" in html  # the old run is listed
+    assert "box 16×16" in html and f"key {first.key}" in html  # the old run is listed
 
 
 def test_unlabeled_folder_ranks_by_score(tmp_path):

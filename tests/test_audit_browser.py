@@ -57,7 +57,8 @@ def test_every_audit_picture_is_decoded(opened):
     html = result.files["html"].read_text(encoding="utf-8")
     assert len(images) == html.count("<img ")
     alts = [alt for alt, *_ in images]
-    # the two plots, the mosaic, and a photo and a heatmap for each card of the galleries
-    assert {"score histograms per label", "ROC curve", "similarity mosaic"} <= set(alts)
+    # the three plots, the mosaic, and a photo and a heatmap for each card of the galleries
+    assert {"score histograms per label", "ROC curve", "similarity mosaic",
+            "reliability diagram"} <= set(alts)
     assert sum(alt.startswith("occlusion map") for alt in alts) == result.heatmaps > 0
     assert all(complete and w > 0 and h > 0 for _, complete, w, h in images), images

@@ -37,3 +37,32 @@ def test_audit_scores_a_clip_by_its_max_frame_and_explains_that_frame(tmp_path):
     assert meta["params"]["frame"] == 6 and meta["score"] == pytest.approx(16 * 16 / (H * W))
     html = (tmp_path / "out" / "audit.html").read_text()
     assert "judged by its max frame 6 at 0.60 s" in html or "sneaky.gif" in html
+
+
+def test_a_clip_keeps_its_judged_frame_so_later_steps_make_no_model_call(tmp_path):
+    """The frame a clip was judged by is stored with it, so its embedding (label issues, error
+    clusters) and a new threshold read that frame without scoring the clip's frames again."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    frames = [np.full((H, W, 3), 40 + 20 * k, np.uint8) for k in range(8)]
+    frames[6][8:24, 8:24] = (255, 0, 0)
+    (data / "sfw").mkdir(parents=True)
+    save_animation(data / "sfw" / "sneaky.gif", frames, 100)
+    calls = [0]
+
+    def counted(batch: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        return redness(batch)
+
+    clf = CallableClassifier(counted, class_names=["sfw", "nsfw"])
+    o = AuditOptions(threshold=0.1, top=0, concepts=False, cues=False, mosaic=0)
+    audit(data, tmp_path / "out", model=clf, options=o)
+    db = sqlite3.connect(tmp_path / "out" / "audit.sqlite")
+    (props,), = db.execute("SELECT props FROM images").fetchall()
+    db.close()
+    assert json.loads(props)["frame"] == 6
+    before = calls[0]
+    o = AuditOptions(threshold=0.5, top=0, concepts=False, cues=False, mosaic=0)
+    again = audit(data, tmp_path / "out", model=clf, options=o)
+    assert again.resumed and calls[0] == before and again.metrics["fp"] == 0

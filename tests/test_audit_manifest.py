@@ -64,3 +64,23 @@ def test_an_audit_from_a_parquet_manifest(tmp_path):
                    options=AuditOptions(top=0, concepts=False, cues=False, mosaic=0))
     assert (result.images, result.scored, result.failed) == (7, 6, 1)
     assert result.metrics["auc"] is not None
+
+
+def test_extra_manifest_columns_become_slice_values(tmp_path):
+    """A manifest's other columns (Parquet's schema, a CSV's header) are kept with each row, as
+    text; a CSV without a header has none."""
+    from explain.files import to_storable
+
+    (tmp_path / "imgs").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / f"{name}.png")
+    a, b = (to_storable(tmp_path / "imgs" / f"{n}.png") for n in ("a", "b"))
+    _write(tmp_path / "m.parquet", {"path": ["imgs/a.png", "imgs/b.png"], "label": ["sfw", None],
+                                    "source": ["web", None], "year": [2021, 2024]})
+    columns = open_dataset(tmp_path / "m.parquet", ["sfw", "nsfw"]).columns()
+    assert columns == {"source": {a: "web", b: ""}, "year": {a: "2021", b: "2024"}}
+    (tmp_path / "m.csv").write_text("path,label,skin_tone\nimgs/a.png,sfw,V\nimgs/b.png,nsfw,II\n")
+    assert open_dataset(tmp_path / "m.csv", ["sfw", "nsfw"]).columns() == \
+        {"skin_tone": {a: "V", b: "II"}}
+    (tmp_path / "m.csv").write_text("imgs/a.png,sfw,V\n")
+    assert open_dataset(tmp_path / "m.csv", ["sfw", "nsfw"]).columns() == {}

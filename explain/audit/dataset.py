@@ -6,7 +6,10 @@ Three inputs are accepted:
   of the model, case-insensitive); images elsewhere in the folder are unlabeled;
 - a manifest of ``path,label`` rows: a CSV (header optional) or a Parquet file with a ``path``
   and an optional ``label`` column (relative paths are taken from the manifest's folder), or a
-  folder plus ``labels=`` such a manifest (relative paths then start at the folder);
+  folder plus ``labels=`` such a manifest (relative paths then start at the folder); a CSV's
+  header (or a Parquet file's schema) names further columns (``source``, ``skin_tone``, …),
+  kept with each item as slices for the report (:mod:`explain.audit.slices`), never part of the
+  run key;
 - a folder without label sub-folders: every image is unlabeled and the audit ranks by score only.
 
 Folders are searched recursively (:func:`explain.images.iter_image_files`); an audit's own output
@@ -38,10 +41,13 @@ from explain.images import iter_image_files
 
 @dataclass(frozen=True)
 class Item:
-    """One image to audit; ``label`` is a class name of the model or ``None`` (unlabeled)."""
+    """One image to audit; ``label`` is a class name of the model or ``None`` (unlabeled);
+    ``extra`` holds a manifest's other columns as (name, value) pairs (report-only: they are
+    slices of the audit, not part of its run key)."""
 
     path: Path
     label: str | None
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,20 @@ class Dataset:
         for item in self.rows:
             digest.update(f"{to_storable(item.path)}\0{item.label or ''}\n".encode())
         return f"{self.root} labels={self.labels_csv} rows={digest.hexdigest()[:16]}"
+
+    @property
+    def base(self) -> Path:
+        """The folder that ``folder`` slices are relative to: the data folder, or the
+        manifest's."""
+        return self.root if self.root.is_dir() else self.root.parent
+
+    def columns(self) -> dict[str, dict[str, str]]:
+        """A manifest's extra columns: column → stored path → value (empty for a folder)."""
+        out: dict[str, dict[str, str]] = {}
+        for item in self.rows:
+            for name, value in item.extra:
+                out.setdefault(name, {})[to_storable(item.path)] = value
+        return out
 
     def __iter__(self) -> Iterator[Item]:
         if self.labels_csv is not None:
@@ -139,7 +159,7 @@ def read_labels_csv(csv_path: Path, base: Path, class_names: Sequence[str]) -> I
     seen: dict[str, tuple[int, str | None]] = {}
     rows = _parquet_rows(csv_path) if csv_path.suffix.lower() == ".parquet" else \
         _csv_rows(csv_path)
-    for line, text, label in rows:
+    for line, text, label, extra in rows:
         if label and label.lower() not in names:
             raise OptionError(
                 f"{display(csv_path)}:{line}: label {display(repr(label))} is not a "
@@ -156,22 +176,28 @@ def read_labels_csv(csv_path: Path, base: Path, class_names: Sequence[str]) -> I
                     f"line {line}; keep one")
             continue
         seen[path] = (line, value)
-        yield Item(Path(path), value)
+        yield Item(Path(path), value, extra)
 
 
-def _csv_rows(csv_path: Path) -> Iterator[tuple[int, str, str]]:
-    """(line, path, label) of each row of a ``path,label`` CSV, stripped; header skipped."""
+def _csv_rows(csv_path: Path) -> Iterator[tuple[int, str, str, tuple[tuple[str, str], ...]]]:
+    """(line, path, label, extra columns) of each row of a ``path,label[,…]`` CSV, stripped;
+    a header (first cell ``path``) is skipped and names the extra columns (without one, there
+    are none)."""
+    names: list[str] = []
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             for line, row in enumerate(csv.reader(f), start=1):
                 if not row or not any(cell.strip() for cell in row):
                     continue
                 if line == 1 and row[0].strip().lower() == "path":
+                    names = [cell.strip() for cell in row]
                     continue
                 if len(row) < 2:
                     raise OptionError(f"{display(csv_path)}:{line}: expected 'path,label', got "
                                       f"{display(repr(row))}")
-                yield line, row[0].strip(), row[1].strip()
+                extra = tuple((name, row[i].strip()) for i, name in enumerate(names)
+                              if i >= 2 and name and i < len(row))
+                yield line, row[0].strip(), row[1].strip(), extra
     except UnicodeDecodeError as exc:
         raise OptionError(
             f"{display(csv_path)} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
@@ -182,9 +208,9 @@ def _csv_rows(csv_path: Path) -> Iterator[tuple[int, str, str]]:
                           "save it as UTF-8 text with path,label rows") from None
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[int, str, str]]:
-    """(row number from 1, path, label) of a Parquet manifest, read a record batch at a time;
-    a missing or null label is ``""``."""
+def _parquet_rows(path: Path) -> Iterator[tuple[int, str, str, tuple[tuple[str, str], ...]]]:
+    """(row number from 1, path, label, extra columns as text) of a Parquet manifest, read a
+    record batch at a time; a missing or null label (or extra value) is ``""``."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -202,17 +228,21 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, str, str]]:
                 raise OptionError(f"{display(path)} has {columns.count(name)} '{name}' columns; "
                                   "keep one")
         wanted = ["path"] + (["label"] if "label" in columns else [])
+        others = [c for c in columns if c not in wanted]
         number = 0
-        for batch in manifest.iter_batches(columns=wanted, batch_size=4096):
+        for batch in manifest.iter_batches(columns=wanted + others, batch_size=4096):
             paths = batch.column("path").to_pylist()
             labels = batch.column("label").to_pylist() if "label" in wanted else \
                 [None] * len(paths)
-            for value, label in zip(paths, labels, strict=True):
+            extras = [batch.column(c).to_pylist() for c in others]
+            for k, (value, label) in enumerate(zip(paths, labels, strict=True)):
                 number += 1
                 text = _path_text(value)
                 if not text.strip():
                     raise OptionError(f"{display(path)}:{number}: empty path")
-                yield number, text.strip(), _label_text(label, path, number)
+                extra = tuple((c, "" if v[k] is None else str(v[k]).strip())
+                              for c, v in zip(others, extras, strict=True))
+                yield number, text.strip(), _label_text(label, path, number), extra
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise OptionError(f"{display(path)} is not a readable Parquet file ({exc})") from None
 

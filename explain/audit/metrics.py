@@ -6,17 +6,32 @@
 - Precision, recall and F1 at a threshold count ``score >= threshold`` as a positive prediction;
   an undefined ratio (0/0) is reported as ``None``, never silently as 0.
 - The confusion matrix has one row per true label and one column per predicted label.
+- A rate k/n comes with its Wilson score interval at 95 % (z = 1.959964): the centre
+  (k + z²/2)/(n + z²) ± z·sqrt(k(n−k)/n + z²/4)/(n + z²), which stays inside [0, 1] and keeps a
+  width at k = 0 or k = n, unlike the normal approximation.
+- The operating threshold is a distinct score of the labeled images. ``--target-precision P``
+  takes the lowest one at which precision ≥ P (so the highest recall that keeps that precision);
+  ``--target-recall R`` the highest one at which recall ≥ R (the highest precision that keeps
+  that recall). Both are chosen on the same images they are measured on, so their intervals are
+  a little optimistic.
+- Calibration: ``bins`` equal-width score bins over [0, 1] (the last one closed); ECE = Σ_b
+  (n_b / N)·|mean score_b − positive rate_b|; Brier score = mean (score − 1[positive])².
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from explain.errors import OptionError
 from explain.files import atomic_write
+
+Z95 = 1.959963984540054
+CALIBRATION_BINS = 10
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -79,6 +94,81 @@ def at_threshold(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] 
             "negatives": int((~pos).sum())}
 
 
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
+    """The Wilson score interval of the rate ``k / n`` (95 % by default); (None, None) for
+    n = 0."""
+    if n <= 0:
+        return None, None
+    centre = (k + z * z / 2.0) / (n + z * z)
+    half = z * math.sqrt(k * (n - k) / n + z * z / 4.0) / (n + z * z)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def with_intervals(point: dict) -> dict:
+    """``point`` (an :func:`at_threshold` result) with the Wilson 95 % bounds of its precision
+    and recall as ``precision_low``, ``precision_high``, ``recall_low``, ``recall_high``."""
+    tp, fp, fn = point["tp"], point["fp"], point["fn"]
+    point["precision_low"], point["precision_high"] = wilson(tp, tp + fp)
+    point["recall_low"], point["recall_high"] = wilson(tp, tp + fn)
+    return point
+
+
+def operating_threshold(scores: Sequence[float] | np.ndarray,
+                        positive: Sequence[bool] | np.ndarray, *,
+                        precision: float | None = None, recall: float | None = None) -> float:
+    """The threshold that meets a target precision or recall on these labeled scores (the rule
+    is in the module docstring); :class:`~explain.errors.OptionError` when no threshold meets
+    it, naming the best that one does."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    if pos.sum() == 0:
+        raise OptionError("a target precision or recall needs labeled images of the target "
+                          "class; none was scored")
+    order = np.argsort(-s, kind="mergesort")
+    s, pos = s[order], pos[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    thresholds = s[last]
+    tps, fps = np.cumsum(pos)[last], np.cumsum(~pos)[last]
+    if precision is not None:
+        prec = tps / (tps + fps)
+        ok = np.flatnonzero(prec >= precision - 1e-12)
+        if len(ok) == 0:
+            best = int(prec.argmax())
+            raise OptionError(f"no threshold reaches precision {precision:g} on these "
+                              f"{len(s)} labeled images (the highest is {prec[best]:.4f}, at "
+                              f"{thresholds[best]:.6g}); lower --target-precision")
+        return float(thresholds[ok[-1]])
+    if recall is None:
+        raise ValueError("give a target precision or a target recall")
+    rec = tps / pos.sum()
+    return float(thresholds[int(np.flatnonzero(rec >= recall - 1e-12)[0])])
+
+
+def calibration(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray,
+                bins: int = CALIBRATION_BINS) -> dict:
+    """``ece``, its ``bins`` (low, high, n, mean score, positive rate with its Wilson interval;
+    empty bins kept with n = 0) and the ``brier`` score of the labeled scores."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        inside = index == b
+        n = int(inside.sum())
+        k = int(y[inside].sum())
+        mean = float(s[inside].mean()) if n else None
+        rate = k / n if n else None
+        low, high = wilson(k, n)
+        if n:
+            ece += n / len(s) * abs(mean - rate)  # type: ignore[operator]
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
+                     "positives": k, "mean_score": mean, "positive_rate": rate,
+                     "positive_rate_low": low, "positive_rate_high": high})
+    return {"ece": float(ece) if len(s) else None, "bins": rows,
+            "brier": float(np.mean((s - y) ** 2)) if len(s) else None}
+
+
 def confusion_matrix(true: Sequence[str], predicted: Sequence[str], labels: Sequence[str]
                      ) -> np.ndarray:
     """Counts, rows = true label, columns = predicted label, both in the order of ``labels``."""
@@ -139,3 +229,34 @@ def roc_png(path: str | os.PathLike, fpr: np.ndarray, tpr: np.ndarray, auc: floa
     ax.set_ylabel("true positive rate")
     ax.set_ylim(0, 1.01)
     return _save(fig, path, "lower right")
+
+
+def reliability_png(path: str | os.PathLike, bins: list[dict], ece: float, brier: float,
+                    target: str) -> Path:
+    """The reliability diagram: each bin's positive rate (with its Wilson interval) against its
+    mean score, the diagonal of perfect calibration, and the bins' image counts below."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.6, 4.4), dpi=100)
+    ax, counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = [b for b in bins if b["n"]]
+    x = np.array([b["mean_score"] for b in full])
+    y = np.array([b["positive_rate"] for b in full])
+    err = np.array([[b["positive_rate"] - b["positive_rate_low"] for b in full],
+                    [b["positive_rate_high"] - b["positive_rate"] for b in full]])
+    ax.plot([0, 1], [0, 1], color="#aaa", linestyle=":", linewidth=1, label="calibrated")
+    ax.errorbar(x, y, yerr=err, marker="o", markersize=4, linewidth=1.4, capsize=2,
+                label=f"ECE {ece:.3f} · Brier {brier:.3f}")
+    ax.set_ylabel(f"share truly {target}")
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc="best", fontsize=8)
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    counts.bar(centres, [b["n"] for b in bins], width=1.0 / len(bins) * 0.9, color="#8aa")
+    counts.set_xlabel(f"p({target}), {len(bins)} bins")
+    counts.set_ylabel("images")
+    counts.set_xlim(0, 1)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_write(out) as f:
+        fig.savefig(f, format="png")
+    return out

@@ -66,12 +66,21 @@ class CueOptions:
 
 @dataclass
 class AuditOptions:
-    """Everything that shapes an audit; all but ``top``, ``batch_size``, ``workers``,
-    ``colormap``, ``alpha``, ``normalize``, ``vmin``, ``vmax``, ``mosaic``, ``cues`` and
-    ``cue_options`` are part of the run key (the cue discovery keeps its results under a hash of
-    its own options)."""
+    """Everything that shapes an audit. Only what changes scores and maps is part of the run key
+    (``box``, ``stride``, ``fill``, ``drill_down``, ``target``, ``concepts``, ``max_pixels``);
+    the operating point (``threshold`` or ``target_precision`` / ``target_recall``) and every
+    other option only change what is reported, so a new value reuses the stored scores and
+    maps (the cue discovery keeps its results under a hash of its own options; the embeddings
+    of the label-issue and error-cluster steps are kept per image).
+
+    ``target_precision`` / ``target_recall`` (at most one) replace ``threshold`` by the one that
+    meets them on the labeled images (:func:`explain.audit.metrics.operating_threshold`).
+    ``label_issues``: find images whose label the data contradicts (cleanlab);
+    ``clusters``: group the errors in the embedder's feature space."""
 
     threshold: float = 0.5
+    target_precision: float | None = None
+    target_recall: float | None = None
     top: int = 50
     box: Size = DEFAULT_BOX
     stride: Size = DEFAULT_STRIDE
@@ -90,12 +99,20 @@ class AuditOptions:
     mosaic: int = 256
     cues: bool = True
     cue_options: CueOptions = field(default_factory=CueOptions)
+    label_issues: bool = True
+    clusters: bool = True
 
     def check(self) -> None:
         """Raise :class:`~explain.errors.OptionError` for a value out of its range, an unknown
         fill, a bad look or a mosaic over the memory budget (before any work is done)."""
         if not 0.0 <= self.threshold <= 1.0:
             raise OptionError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.target_precision is not None and self.target_recall is not None:
+            raise OptionError("give a target precision or a target recall, not both")
+        for name in ("target_precision", "target_recall"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise OptionError(f"{name.replace('_', ' ')} must be in (0, 1], got {value}")
         if self.top < 0:
             raise OptionError(f"top must be 0 or more, got {self.top}")
         check_windows(self.box, self.stride)
@@ -127,6 +144,7 @@ class AuditResult:
     scored: int
     failed: int
     heatmaps: int
+    threshold: float = 0.5
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)

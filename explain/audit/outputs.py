@@ -4,7 +4,10 @@
 per detected part), ``concepts.csv`` (per group and concept: count, image share, mean score drop,
 mean heat share, mean area share), ``cues.csv`` and ``cue_patches.csv`` (the discovered cues and
 their patches, with a patch mosaic and two paste examples per cue under ``cues/``),
-``histogram.png`` and ``roc.png``, the similarity mosaic
+``slices.csv``, ``label_issues.csv`` and ``error_clusters.csv`` (what
+:mod:`explain.audit.findings` finds), ``metrics.json`` (the operating threshold, the metrics with
+their intervals, calibration, the findings' counts, the summary) and ``summary.md``,
+``histogram.png``, ``roc.png`` and ``reliability.png``, the similarity mosaic
 ``grid.png`` + ``grid.json`` (when :mod:`explain.grid` is installed), and ``audit.html``: one
 self-contained page. This module writes the CSVs and gathers what the page shows; the page and
 the pictures are :mod:`explain.audit.page`'s.
@@ -22,16 +25,20 @@ import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from explain.audit import metrics as m
 from explain.audit.cues import Cues
+from explain.audit.dataset import Dataset
+from explain.audit.findings import Findings, find, summary, write_summary
 from explain.audit.options import AuditOptions, AuditResult
 from explain.audit.page import cue_section, write_mosaic, write_page, write_plots
+from explain.audit.slices import COLUMNS
 from explain.audit.store import Store
-from explain.files import atomic_write, display, from_storable
+from explain.files import atomic_write, display, from_storable, write_text
 from explain.models import Classifier
 
 HTML_ERRORS = 500
@@ -199,16 +206,30 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
+def operating_rule(o: AuditOptions) -> str:
+    """How the operating threshold was chosen, in words."""
+    if o.target_precision is not None:
+        return f"the lowest threshold with precision ≥ {o.target_precision:g} on these labels"
+    if o.target_recall is not None:
+        return f"the highest threshold with recall ≥ {o.target_recall:g} on these labels"
+    return "fixed by --threshold"
+
+
 def compute_metrics(seen: dict, target: str, threshold: float, class_names: list[str]) -> dict:
-    """Metrics over the labeled scored images (empty when none is labeled)."""
+    """Metrics over the labeled scored images (empty when none is labeled): the counts and
+    rates at ``threshold`` with the Wilson intervals of precision and recall, ROC AUC, the
+    confusion matrix, ECE with its bins and the Brier score."""
     labeled = [i for i, lab in enumerate(seen["labels"]) if lab is not None]
     if not labeled:
         return {}
     scores = seen["scores"][labeled]
     true = [seen["labels"][i] for i in labeled]
     positive = np.array([lab == target for lab in true])
-    out = m.at_threshold(scores, positive, threshold)
+    out = m.with_intervals(m.at_threshold(scores, positive, threshold))
     out["auc"] = m.roc_auc(scores, positive)
+    calibrated = m.calibration(scores, positive)
+    out["ece"], out["brier"] = calibrated["ece"], calibrated["brier"]
+    out["calibration_bins"] = calibrated["bins"]
     columns = list(class_names) if len(class_names) > 1 else [*class_names, _not(target)]
     rows = [c for c in columns if c in set(true)]
     out["confusion_labels"] = rows
@@ -242,14 +263,63 @@ def write_cue_tables(folder: Path, cues: Cues) -> dict[str, Path]:
     return files
 
 
+def _csv_value(value: object) -> object:
+    """A cell of the findings' CSVs: empty for None, a float to 6 significant digits (p-values
+    are small)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def write_slices(path: Path, rows: list[dict]) -> None:
+    """``slices.csv``: one row per slice, flagged first."""
+    with csv_file(path) as writer:
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([_csv_value(row[c]) for c in COLUMNS])
+
+
+def write_label_issues(path: Path, found: Findings) -> None:
+    """``label_issues.csv``: path, label, score, rank, the probability of the given label under
+    the probabilities used, the model's outcome at the threshold and where the probabilities
+    came from."""
+    with csv_file(path) as writer:
+        writer.writerow(["path", "label", "score", "rank", "given_label_probability",
+                         "outcome", "probabilities"])
+        for row in found.issues:
+            writer.writerow([row["path"], row["label"], f"{row['score']:.6f}",
+                             row["rank"], f"{row['given_label_probability']:.6f}",
+                             row["outcome"], found.issue_source])
+
+
+def write_clusters(path: Path, found: Findings) -> None:
+    """``error_clusters.csv``: one row per cluster of errors."""
+    with csv_file(path) as writer:
+        writer.writerow(["kind", "cluster", "errors", "region_images", "region_errors",
+                         "error_rate", "error_rate_low", "error_rate_high", "cue", "cue_share",
+                         *(f"exemplar_{k}" for k in range(1, 5))])
+        for c in found.clusters:
+            exemplars = [found.images[i].path for i in c.exemplars]
+            writer.writerow([c.kind, c.cluster, len(c.members), c.region, c.region_errors,
+                             *(_csv_value(v) for v in (c.error_rate, *c.interval, c.cue,
+                                                      c.cue_share)),
+                             *(exemplars + [""] * (4 - len(exemplars)))])
+
+
+
 def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target: str,
                   class_names: list[str], options: AuditOptions, targets: list,
                   labels: list[str], notes: list[str], seconds: dict[str, float],
-                  cues: Cues | None = None) -> AuditResult:
+                  cues: Cues | None = None, dataset: Dataset | None = None,
+                  embedded: tuple[dict, str] | None = None) -> AuditResult:
     """Every output file of the run in ``folder``, rebuilt from ``store``: ``targets`` are the
     (kind, row) pairs that got a heatmap, ``labels`` the true labels seen (empty: unlabeled),
-    ``notes`` and ``seconds`` go on the page; returns the :class:`AuditResult` (its ``seconds``
-    and ``cues`` left for the caller to fill)."""
+    ``notes`` and ``seconds`` go on the page, ``dataset`` gives the slices' folders and manifest
+    columns, ``embedded`` = (image id → vector, what they are) the label issues' and error
+    clusters' embeddings; returns the :class:`AuditResult` (its ``seconds`` and ``cues`` left
+    for the caller to fill)."""
     o = options
     files = {name: folder / f"{name}.csv" for name in ("scores", "errors", "concepts", "parts")}
     seen = write_scores(store, files["scores"], class_names, target, o.threshold)
@@ -269,6 +339,23 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
         for name in ("cues.csv", "cue_patches.csv"):
             (folder / name).unlink(missing_ok=True)
     metrics_ = compute_metrics(seen, target, o.threshold, class_names)
+    found = None
+    for name in ("slices", "label_issues", "error_clusters"):
+        (folder / f"{name}.csv").unlink(missing_ok=True)
+    if metrics_:
+        vectors, embedding = embedded if embedded is not None else (None, None)
+        found = find(store, dataset, target, o.threshold, vectors=vectors, embedding=embedding,
+                     cues=cues, label_issues=o.label_issues, clusters=o.clusters,
+                     seed=o.cue_options.seed)
+        files["slices"] = folder / "slices.csv"
+        write_slices(files["slices"], found.slices)
+        if found.issue_source is not None:
+            files["label_issues"] = folder / "label_issues.csv"
+            write_label_issues(files["label_issues"], found)
+        if found.clusters:
+            files["error_clusters"] = folder / "error_clusters.csv"
+            write_clusters(files["error_clusters"], found)
+        notes = notes + found.notes
     files.update(write_plots(folder, seen, metrics_, target, o.threshold))
     mosaic, mosaic_notes = write_mosaic(store, folder, classifier, target,
                                         [row for _, row in targets], o.mosaic)
@@ -277,15 +364,43 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
     n_images = store.count()
     n_failed = store.count("failed")
     n_heat = store.heatmap_count()
+    created = datetime.fromtimestamp(store.created(), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rule = operating_rule(o)
+    block = None
+    (folder / "summary.md").unlink(missing_ok=True)
+    if metrics_:
+        metrics_["rule"] = rule
+        block = summary(metrics_, found, model=store.params["model"],
+                        data=str(dataset.labels_csv or dataset.root) if dataset is not None
+                        else store.params["data"], images=n_images, created=created,
+                        written=written, rule=rule)
+        files["summary"] = write_summary(folder / "summary.md", block)
+        metrics_["summary"] = {k: v for k, v in block.items() if k != "markdown"}
+        metrics_["slices_flagged"] = block["flagged_slices"]
+        metrics_["label_issues"] = len(found.issues) if found else 0
+        metrics_["label_issue_probabilities"] = found.issue_source if found else None
+        metrics_["error_clusters"] = [
+            {"kind": c.kind, "cluster": c.cluster, "errors": len(c.members),
+             "region_images": c.region, "error_rate": c.error_rate,
+             "error_rate_low": c.interval[0], "error_rate_high": c.interval[1], "cue": c.cue}
+            for c in (found.clusters if found else [])]
+        files["metrics"] = write_text(folder / "metrics.json",
+                                      json.dumps(metrics_, indent=1, default=str) + "\n")
+    else:  # unlabeled: only the threshold the rankings used
+        files["metrics"] = write_text(folder / "metrics.json", json.dumps(
+            {"threshold": o.threshold, "rule": rule, "labeled": 0,
+             "scored": len(seen["scores"])}, indent=1) + "\n")
     page = {
         "target": target, "threshold": o.threshold, "options": o, "images": n_images,
         "scored": len(seen["scores"]), "failed": n_failed,
         "unlabeled": sum(1 for lab in seen["labels"] if lab is None), "labels": labels,
         "metrics": metrics_, "seconds": seconds,
         "notes": [display(n) for n in notes + mosaic_notes], "concepts": concept_groups,
-        "mosaic": mosaic, "errors": errors, "cues": cue_pictures,
+        "mosaic": mosaic, "errors": errors, "cues": cue_pictures, "rule": rule,
+        "findings": found, "summary": block, "created": created, "written": written,
     }
     files["html"] = write_page(folder / "audit.html", store, page, targets=targets, files=files)
     return AuditResult(output=folder, run=store.run, key=store.key, resumed=store.resumed,
                        images=n_images, scored=len(seen["scores"]), failed=n_failed,
-                       heatmaps=n_heat, metrics=metrics_, files=files)
+                       heatmaps=n_heat, threshold=o.threshold, metrics=metrics_, files=files)

@@ -1,8 +1,9 @@
 """The audit's page and pictures: ``audit.html`` (one self-contained page, pictures inlined as
-base64; jinja2 with autoescaping, since file names and labels are untrusted text), the
-``histogram.png`` and ``roc.png`` plots, the similarity mosaic ``grid.png`` + ``grid.json`` (when
-:mod:`explain.grid` is installed) and the cue pictures under ``cues/``. The page shows names
-through :func:`explain.files.display`.
+base64; jinja2 with autoescaping, since file names and labels are untrusted text: the summary,
+metrics, the flagged slices with example errors, the label issues, the error clusters, concepts,
+cues and the FP/FN cards), the ``histogram.png``, ``roc.png`` and ``reliability.png`` plots, the
+similarity mosaic ``grid.png`` + ``grid.json`` (when :mod:`explain.grid` is installed) and the
+cue pictures under ``cues/``. The page shows names through :func:`explain.files.display`.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from explain.audit import metrics as m
 from explain.audit.clip_frame import audit_pixels, judged_frame
 from explain.audit.cue_groups import Paste, put
 from explain.audit.cues import Cues
+from explain.audit.findings import Findings
+from explain.audit.stages import SAVED_SIDE
 from explain.audit.store import ImageRow, Store
 from explain.choices import DEFAULT_MAX_PIXELS
 from explain.errors import ExplainError
 from explain.files import display, from_storable, write_text
+from explain.heatmap import Heatmap
 from explain.html import environment
 from explain.images import load_image, warnings_into
 from explain.models import Classifier
-from explain.render import DISPLAY_SIDE, TEXT_SIZE, data_uri, draw_text, save_png, shrink
+from explain.render import DISPLAY_SIDE, TEXT_SIZE, data_uri, draw_text, figure, save_png, shrink
 
 PART_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                 (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
@@ -88,6 +92,10 @@ def write_plots(folder: Path, seen: dict, metrics_: dict, target: str, threshold
     files["histogram"] = m.histogram_png(folder / "histogram.png",
                                          {k: np.array(v) for k, v in sorted(by_label.items())},
                                          threshold, target)
+    if metrics_.get("ece") is not None:
+        files["reliability"] = m.reliability_png(folder / "reliability.png",
+                                                 metrics_["calibration_bins"], metrics_["ece"],
+                                                 metrics_["brier"], target)
     if metrics_.get("auc") is not None:
         labeled = [i for i, lab in enumerate(seen["labels"]) if lab is not None]
         positive = np.array([seen["labels"][i] == target for i in labeled])
@@ -146,15 +154,21 @@ def write_mosaic(store: Store, folder: Path, classifier: Classifier, target: str
             "quality": info.get("quality", {})}, []
 
 
-def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[dict]:
-    """Cards of one kind (fp, fn, top) for the page: pictures, score, parts."""
+def gallery(store: Store, folder: Path, targets: list, kind: str,
+            issues: dict[str, int] | None = None, look: dict | None = None) -> Iterator[dict]:
+    """Cards of one kind (fp, fn, top) for the page: pictures, score, parts, and the image's
+    rank among the label issues (``issues``: stored path → rank) when it is one. With ``look``
+    (the renderer's colormap, alpha, normalize, vmin, vmax) each heatmap's picture is drawn
+    again from its saved map, as the heatmap stage drew it, and its PNG rewritten: a new look
+    needs no model call."""
     rank = 0
     for k, row in targets:
         if k != kind:
             continue
         rank += 1
         card = {"rank": rank, "path": display(row.file), "label": row.label, "score": row.score,
-                "parts": store.parts(row.id), "original": None, "overlay": None, "error": None}
+                "parts": store.parts(row.id), "original": None, "overlay": None, "error": None,
+                "label_issue": (issues or {}).get(row.path)}
         done = store.heatmap(row.id)
         if done is not None:
             card["overlay"] = file_uri(folder / done["png"])
@@ -167,6 +181,11 @@ def gallery(store: Store, folder: Path, targets: list, kind: str) -> Iterator[di
             card["original"] = data_uri(draw_parts(pixels, card["parts"]), DISPLAY_SIDE)
         except ExplainError as exc:
             card["error"] = display(str(exc))
+            pixels = None
+        if done is not None and look is not None and pixels is not None:
+            saved = Heatmap.load((folder / done["npy"]).with_suffix(""))
+            png = save_png(figure(shrink(pixels, SAVED_SIDE), saved, **look), folder / done["png"])
+            card["overlay"] = file_uri(png)
         yield card
 
 
@@ -177,6 +196,62 @@ def _reading(npy: Path) -> str | None:
         return json.loads(npy.with_suffix(".json").read_text()).get("reading")
     except (OSError, ValueError):
         return None
+
+
+THUMB = 128
+EXAMPLES = 4
+
+
+def thumbnail_uri(path: str, frame: int | None = None) -> str | None:
+    """A small picture of a stored path for the page (None when it cannot be read); a clip
+    shows the frame it was judged by (``frame``, recorded when it was scored)."""
+    try:
+        pixels, _ = audit_pixels(from_storable(path), max_pixels=DEFAULT_MAX_PIXELS, notes=[],
+                                 frame=0 if frame is None else frame)
+    except ExplainError:
+        return None
+    return data_uri(shrink(pixels, THUMB), THUMB)
+
+
+def slice_section(found: Findings) -> dict:
+    """The page's slices: the flagged ones first, each with up to :data:`EXAMPLES` of the
+    errors it is flagged for (false positives highest score first, false negatives lowest first),
+    then the others."""
+    flagged = []
+    for row in found.slices:
+        if not row["flagged"]:
+            continue
+        members = [x for x in found.images if (row["slice"], row["value"]) in x.slices]
+        wrong = [x for x in members if x.called != x.positive
+                 and (("fpr" in row["flagged"] and not x.positive)
+                      or ("fnr" in row["flagged"] and x.positive))]
+        wrong.sort(key=lambda x: x.score if x.positive else -x.score)
+        examples = [{"path": display(from_storable(x.path)), "score": x.score,
+                     "uri": thumbnail_uri(x.path, x.frame)} for x in wrong[:EXAMPLES]]
+        flagged.append({**row, "examples": examples})
+    return {"flagged": flagged, "others": [r for r in found.slices if not r["flagged"]]}
+
+
+def issue_section(found: Findings, shown: int = 24) -> dict:
+    """The page's label issues: the first ``shown`` with a picture each."""
+    cards = [{**row, "name": display(from_storable(row["path"])),
+              "uri": thumbnail_uri(row["path"], row["frame"])} for row in found.issues[:shown]]
+    return {"cards": cards, "total": len(found.issues), "source": found.issue_source}
+
+
+def cluster_section(found: Findings) -> list[dict]:
+    """The page's error clusters, each with its exemplars' pictures."""
+    out = []
+    for c in found.clusters:
+        exemplars = [{"name": display(from_storable(found.images[i].path)),
+                      "score": found.images[i].score,
+                      "uri": thumbnail_uri(found.images[i].path, found.images[i].frame)}
+                     for i in c.exemplars]
+        out.append({"kind": c.kind, "cluster": c.cluster, "errors": len(c.members),
+                    "region": c.region, "rate": c.error_rate, "low": c.interval[0],
+                    "high": c.interval[1], "cue": c.cue, "cue_share": c.cue_share,
+                    "exemplars": exemplars})
+    return out
 
 
 def _gallery_kinds(labeled: bool, target: str, threshold: float) -> list[tuple[str, str, str]]:
@@ -261,6 +336,11 @@ def write_page(path: Path, store: Store, page: dict, *, targets: list, files: di
     run's identity, the plots in ``files``, the concept matrix and the galleries of ``targets``;
     returns ``path``."""
     folder = path.parent
+    found = page.get("findings")
+    o = page["options"]
+    look = {"colormap": o.colormap, "alpha": o.alpha, "normalize": o.normalize, "vmin": o.vmin,
+            "vmax": o.vmax}
+    issues = {row["path"]: row["rank"] for row in found.issues} if found is not None else {}
     page = {
         **page,
         "params": {k: display(v) if isinstance(v, str) else v for k, v in store.params.items()},
@@ -271,10 +351,14 @@ def write_page(path: Path, store: Store, page: dict, *, targets: list, files: di
         "previous": store.previous_runs(),
         "histogram": file_uri(files["histogram"]) if "histogram" in files else None,
         "roc": file_uri(files["roc"]) if "roc" in files else None,
+        "reliability": file_uri(files["reliability"]) if "reliability" in files else None,
+        "slices": slice_section(found) if found is not None else None,
+        "issues": issue_section(found) if found is not None and found.issue_source else None,
+        "clusters": cluster_section(found) if found is not None else [],
         "concept_rows": concept_matrix(page["concepts"]),
         "galleries": [
             {"kind": kind, "title": title, "help": text,
-             "cards": list(gallery(store, folder, targets, kind))}
+             "cards": list(gallery(store, folder, targets, kind, issues, look))}
             for kind, title, text in _gallery_kinds(bool(page["labels"]), page["target"],
                                                     page["threshold"])],
     }

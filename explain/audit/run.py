@@ -3,6 +3,11 @@
 Every stage reads what is left to do from the store and writes each result as it is computed,
 so the same call after a kill resumes where the last committed batch ended:
 
+Only what changes scores and maps is in the run key (:mod:`explain.audit.store`): the threshold,
+a target precision or recall and every report-only option reuse the stored scores and maps, so
+changing them costs no model call (except heatmaps, cue harvests and embeddings of images that
+had none yet).
+
 1. **list**: the dataset's (path, label) rows go into the store once (``runs.listed`` marks the
    listing complete; files added later are not picked up by a resumed run).
 2. **score**: images still without a score (or, with concepts on, without a part detection) are
@@ -18,9 +23,12 @@ so the same call after a kill resumes where the last committed batch ended:
    with a heatmap): :func:`explain.audit.cues.find_cues` over those false positives (their stored
    heatmaps reused), a seeded sample of true negatives and of true positives; each image's
    harvest and each cluster's paste test is committed as computed.
-5. **mosaic** (when :mod:`explain.grid` is available) and the outputs, rebuilt from the store on
-   every call: ``scores.csv``, ``errors.csv``, ``concepts.csv``, ``parts.csv``, ``cues.csv``,
-   ``cue_patches.csv``, plots and ``audit.html``.
+5. **embeddings** (labeled data, with label issues or error clusters on): each labeled image's
+   vector in the model's feature space (:mod:`explain.audit.embedding`), once per image.
+6. **mosaic** (when :mod:`explain.grid` is available) and the outputs, rebuilt from the store on
+   every call with no model call: ``scores.csv``, ``errors.csv``, ``concepts.csv``,
+   ``parts.csv``, ``cues.csv``, ``cue_patches.csv``, ``slices.csv``, ``label_issues.csv``,
+   ``error_clusters.csv``, ``metrics.json``, ``summary.md``, plots and ``audit.html``.
 
 Memory is bounded by a few batches of images plus one heatmap, whatever the dataset's size.
 """
@@ -31,10 +39,13 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 
+from explain.audit import metrics as m
 from explain.audit.concepts import NudeNetDetector, PartDetector
 from explain.audit.dataset import open_dataset
+from explain.audit.embedding import embed_labeled
 from explain.audit.options import AuditOptions, AuditResult, RayOptions
 from explain.audit.outputs import write_outputs
 from explain.audit.stages import Rate, cue_stage, heatmap_stage, heatmap_targets, score_stage
@@ -64,6 +75,21 @@ def spec_of(model: object, classifier: Classifier) -> str:
     if isinstance(model, str | os.PathLike):
         return str(model)
     return f"{type(classifier).__name__}:{getattr(classifier, 'name', '?')}"
+
+
+def chosen_threshold(store: Store, target: str, o: AuditOptions) -> float:
+    """The operating threshold: ``o.threshold``, or the one that meets ``o.target_precision`` /
+    ``o.target_recall`` on the labeled scored images (an :class:`~explain.errors.OptionError`
+    when there are none, or when no threshold meets the target; the scores stay stored)."""
+    if o.target_precision is None and o.target_recall is None:
+        return o.threshold
+    scores, positive = [], []
+    for _, _, label, score in store.scored():
+        if label is not None:
+            scores.append(score)
+            positive.append(label == target)
+    return m.operating_threshold(scores, positive, precision=o.target_precision,
+                                 recall=o.target_recall)
 
 
 def audit(data: str | os.PathLike, output: str | os.PathLike, *,
@@ -114,7 +140,7 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
     box, stride = check_windows(o.box, o.stride)
     params = {
         "model": model_spec or spec_of(model, classifier), "classes": class_names,
-        "data": dataset.source, "target": class_names[t], "threshold": o.threshold,
+        "data": dataset.source, "target": class_names[t],
         "box": list(box), "stride": list(stride),
         "fill": o.fill, "max_pixels": o.max_pixels,
         "concepts": getattr(detector, "name", type(detector).__name__) if o.concepts else None,
@@ -138,8 +164,9 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
             store.mark_stage("scored")
         seconds["score"] = time.perf_counter() - start
 
-        start = time.perf_counter()
         labels_seen = store.labels()
+        o = replace(o, threshold=chosen_threshold(store, class_names[t], o))
+        start = time.perf_counter()
         targets = heatmap_targets(store, labels_seen, class_names[t], o)
         notes = heatmaps(store, classifier, targets, o, out / "heatmaps", rate)
         seconds["heatmaps"] = time.perf_counter() - start
@@ -151,12 +178,20 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
         if cues is not None:
             seconds["cues"] = time.perf_counter() - start
 
+        embedded = None
+        if labels_seen and (o.label_issues or o.clusters):
+            start = time.perf_counter()
+            vectors, what, embed_notes = embed_labeled(store, classifier, o, progress)
+            embedded = (vectors, what)
+            notes += embed_notes
+            seconds["embeddings"] = time.perf_counter() - start
+
         start = time.perf_counter()
         with collect_warnings():
             result = write_outputs(store, out, classifier=classifier, target=class_names[t],
                                    class_names=class_names, options=o, targets=targets,
                                    labels=labels_seen, notes=notes, seconds=seconds,
-                                   cues=cues)
+                                   cues=cues, dataset=dataset, embedded=embedded)
         seconds["outputs"] = time.perf_counter() - start
         store.mark_stage("finished")
         result.seconds = seconds

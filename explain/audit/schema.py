@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS images (
     width INTEGER,
     error TEXT,
     notes TEXT,
+    props TEXT,
     scored_at REAL,
     concepts_at REAL,
     UNIQUE (run, path)
@@ -51,6 +52,12 @@ CREATE TABLE IF NOT EXISTS heatmaps (
     npy TEXT NOT NULL,
     seconds REAL NOT NULL,
     done_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    image INTEGER NOT NULL REFERENCES images(id),
+    embedder TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (image, embedder)
 );
 CREATE TABLE IF NOT EXISTS cue_images (
     setting TEXT NOT NULL,

@@ -25,6 +25,7 @@ from explain.audit.concepts import (
 )
 from explain.audit.cues import CueImage, Cues, StoreCache, find_cues
 from explain.audit.options import AuditOptions
+from explain.audit.slices import image_properties
 from explain.audit.store import ImageRow, Store
 from explain.choices import AUDIT_BATCH
 from explain.errors import ExplainError, ModelError
@@ -85,6 +86,7 @@ class Loaded:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     clip: bool = False
+    props: dict | None = None
 
 
 def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
@@ -98,7 +100,7 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
         return Loaded(row, clip=True)
     notes: list[str] = []
     try:
-        rgb, _ = audit_pixels(row.file, max_pixels=max_pixels, notes=notes,
+        rgb, frame = audit_pixels(row.file, max_pixels=max_pixels, notes=notes,
                               classifier=classifier, target=target)
     except ExplainError as exc:
         return Loaded(row, error=getattr(exc, "reason", str(exc)), notes=notes)
@@ -115,7 +117,9 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
     if need_small:
         factor = min(1.0, DETECT_SIDE / max(shape))
         small = shrink(rgb, DETECT_SIDE)
-    return Loaded(row, x=x, rgb=pixels, shape=shape, small=small, factor=factor, notes=notes)
+    props = image_properties(rgb) | ({} if frame is None else {"frame": frame})
+    return Loaded(row, x=x, rgb=pixels, shape=shape, small=small, factor=factor, notes=notes,
+                  props=props)
 
 
 def model_batch(items: list[Loaded], device: torch.device) -> torch.Tensor:
@@ -223,7 +227,7 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
             continue
         scores[it.row.id] = float(p[t])
         records[it.row.id].update(score=float(p[t]), probs=p.tolist(), height=it.shape[0],
-                                  width=it.shape[1])  # type: ignore[index]
+                                  width=it.shape[1], props=it.props)  # type: ignore[index]
     if detector is not None:
         alive = [it for it in items if it.row.id in scores and it.error is None]
         found = detector.detect([it.small for it in alive]) if alive else []

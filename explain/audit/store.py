@@ -1,20 +1,23 @@
 """The audit's SQLite store: every result is written as soon as it is computed.
 
-One database per output folder (``audit.sqlite``) holds any number of runs. A run is identified by
-its *key*: a hash of everything that changes the results (model, data, target, threshold,
-occlusion box/stride/fill, concept detection, code version). Re-running with the same key resumes
-that run; a different key starts a new run next to the old one, so results computed under
-different settings are never mixed.
+One database per output folder (``audit.sqlite``) holds any number of runs. A run is identified
+by its *key*: a hash of everything that changes the scores and maps (model, data, target,
+occlusion box/stride/fill, concept detection, code version). Re-running with the same key
+resumes that run; a different key starts a new run next to the old one, so results computed
+under different settings are never mixed. The threshold is not in the key: it only sorts stored
+scores into errors, so a new threshold reuses the run.
 
-Tables (:mod:`explain.audit.schema`): ``runs`` (key, parameters, stage timestamps), ``images`` (one
-row per image: label, score, error, the warnings its decoding raised, timestamps of each stage),
-``parts`` (one row per detected body part: box, score drop, heat share), ``heatmaps`` (one row per
-top-k heatmap, with its files) and the cue discovery's (:mod:`explain.audit.cues`): ``cue_images``
-(one row per image harvested, under a *setting*, the hash of the cue options), ``cue_patches`` (its
-patches with their embeddings) and ``cue_pastes`` (each cluster's paste test). Each batch of images
-is committed in one short transaction together with its stage marks, so a kill at any moment loses
-at most the batch in flight and never leaves half of one. WAL journaling keeps readers (a progress
-poller, a test) from blocking the writer.
+Tables (:mod:`explain.audit.schema`): ``runs`` (key, parameters, stage timestamps), ``images``
+(one row per image: label, score, error, the warnings its decoding raised, the properties its
+slices are decided on, timestamps of each stage), ``parts`` (one row per detected body part:
+box, score drop, heat share), ``heatmaps`` (one row per top-k heatmap, with its files),
+``embeddings`` (one vector per labeled image and embedder, for the label issues and error
+clusters) and the cue discovery's (:mod:`explain.audit.cues`): ``cue_images`` (one row per image
+harvested, under a *setting*, the hash of the cue options), ``cue_patches`` (its patches with
+their embeddings) and ``cue_pastes`` (each cluster's paste test). Each batch of images is
+committed in one short transaction together with its stage marks, so a kill at any moment loses
+at most the batch in flight and never leaves half of one. WAL journaling keeps readers (a
+progress poller, a test) from blocking the writer.
 
 Paths are stored in the strict-UTF-8 form of :func:`explain.files.to_storable`, so any byte file
 name (``caf\xe9.jpg``) is kept losslessly; ``ImageRow.file`` gives the path to open.
@@ -101,8 +104,9 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
-            if "notes" not in columns:  # a database written before notes were kept
-                self._db.execute("ALTER TABLE images ADD COLUMN notes TEXT")
+            for column in ("notes", "props"):  # a database written before they were kept
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT")
         except sqlite3.DatabaseError as exc:
             raise OptionError(f"{self.path} is not a usable audit database ({exc}); choose "
                               "another output folder or remove the file") from exc
@@ -217,6 +221,9 @@ class Store:
                     self._db.execute("UPDATE images SET error = ?, scored_at = ? WHERE id = ?",
                                     (r["error"], now, r["id"]))
                     continue
+                if r.get("props") is not None:
+                    self._db.execute("UPDATE images SET props = ? WHERE id = ?",
+                                    (json.dumps(r["props"]), r["id"]))
                 if "score" in r:
                     self._db.execute(
                         "UPDATE images SET score = ?, probs = ?, height = ?, width = ?, "
@@ -264,6 +271,31 @@ class Store:
         yield from self._db.execute(
             "SELECT path, label, score, probs, height, width, notes FROM images WHERE run = ? "
             "AND score IS NOT NULL ORDER BY id", (self.run,))
+
+    def slice_rows(self) -> Iterator[tuple[int, str, str, float, int, int, str | None]]:
+        """(id, stored path, label, score, height, width, properties as JSON or None) of every
+        labeled scored image, in id order."""
+        yield from self._db.execute(
+            "SELECT id, path, label, score, height, width, props FROM images WHERE run = ? AND "
+            "score IS NOT NULL AND label IS NOT NULL ORDER BY id", (self.run,))
+
+    def part_concepts(self) -> Iterator[tuple[int, str]]:
+        """(image id, concept) of every part found, once per image and concept."""
+        yield from self._db.execute(
+            "SELECT DISTINCT p.image, p.concept FROM parts p JOIN images i ON i.id = p.image "
+            "WHERE i.run = ? ORDER BY p.image, p.concept", (self.run,))
+
+    def embeddings(self, embedder: str) -> dict[int, bytes]:
+        """The stored vectors (float32 bytes) of this run's images under ``embedder``."""
+        return dict(self._db.execute(
+            "SELECT e.image, e.vector FROM embeddings e JOIN images i ON i.id = e.image WHERE "
+            "i.run = ? AND e.embedder = ?", (self.run, embedder)))
+
+    def save_embeddings(self, embedder: str, rows: list[tuple[int, bytes]]) -> None:
+        """One batch of (image id, float32 vector bytes), in one transaction."""
+        with self.transaction():
+            self._db.executemany("INSERT OR REPLACE INTO embeddings (image, embedder, vector) "
+                                "VALUES (?, ?, ?)", [(i, embedder, v) for i, v in rows])
 
     def part_rows(self) -> Iterator[tuple]:
         """(stored path, label, score, n, concept, confidence, top, left, bottom, right,

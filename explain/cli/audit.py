@@ -80,6 +80,11 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
+def _bounds(metrics: dict, name: str) -> str:
+    low, high = metrics.get(f"{name}_low"), metrics.get(f"{name}_high")
+    return "" if low is None else f"[{low:.4f}, {high:.4f}]"
+
+
 @user_errors
 @with_model_options(BLACK_BOX_MODEL)
 def audit(
@@ -91,9 +96,13 @@ def audit(
     labels: Annotated[Path | None, typer.Option("--labels", help="CSV of path,label rows "
                                                 "(relative paths start at DATA).")] = None,
     target: TargetOpt = "nsfw",
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
-                                             help="Score at or above which an image counts as "
-                                                  "the target.")] = 0.5,
+    threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0,
+                                                    help="Score at or above which an image "
+                                                         "counts as the target (default 0.5; "
+                                                         "not part of the run: a new value "
+                                                         "re-scores nothing).")] = None,
+    target_precision: Annotated[float | None, typer.Option("--target-precision", min=0.0, max=1.0, help="Pick the threshold: the lowest with at least this precision on the labeled images.")] = None,  # noqa: E501
+    target_recall: Annotated[float | None, typer.Option("--target-recall", min=0.0, max=1.0, help="Pick the threshold: the highest with at least this recall on the labeled images.")] = None,  # noqa: E501
     top: Annotated[int, typer.Option("--top", min=0, help="Heatmaps for this many false "
                                      "positives and as many false negatives.")] = 50,
     box: BoxOpt = "25%",
@@ -105,6 +114,8 @@ def audit(
                                            "part detector and measure each part's effect.")
                         ] = True,
     cues: Annotated[bool, typer.Option("--cues/--no-cues", help="Discover the cues the model reacts to in its false positives (needs 5 with a heatmap).")] = True,  # noqa: E501
+    label_issues: Annotated[bool, typer.Option("--label-issues/--no-label-issues", help="Find images whose label the data contradicts (cleanlab; embeds every labeled image once).")] = True,  # noqa: E501
+    clusters: Annotated[bool, typer.Option("--clusters/--no-clusters", help="Cluster the false positives and negatives in the model's feature space.")] = True,  # noqa: E501
     batch_size: BatchOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Threads decoding images "
                                          "ahead of the model.")] = 4,
@@ -129,7 +140,12 @@ def audit(
     from explain.audit.options import AuditOptions, RayOptions
     from explain.errors import OptionError
 
-    options = AuditOptions(threshold=threshold, top=top, box=int_pair(box, "--box"),
+    if threshold is not None and (target_precision is not None or target_recall is not None):
+        raise OptionError("give --threshold or a --target-precision / --target-recall, not both")
+    options = AuditOptions(threshold=0.5 if threshold is None else threshold,
+                           target_precision=target_precision, target_recall=target_recall,
+                           label_issues=label_issues, clusters=clusters, top=top,
+                           box=int_pair(box, "--box"),
                            stride=int_pair(stride, "--stride"), fill=fill, target=target,
                            drill_down=drill_down_fraction(fast, drill_down),
                            concepts=concepts, cues=cues, max_pixels=max_pixels,
@@ -151,9 +167,19 @@ def audit(
                 f"{result.scored} scored, {result.failed} failed, {result.heatmaps} heatmaps")
     mt = result.metrics
     if mt:
-        result_line(f"ROC AUC {_fmt(mt['auc'])} · precision {_fmt(mt['precision'])} · recall "
-                    f"{_fmt(mt['recall'])} · F1 {_fmt(mt['f1'])} at {threshold:g} · "
-                    f"FP {mt['fp']} · FN {mt['fn']}")
+        result_line(f"threshold {result.threshold:.4g} ({mt['rule']}): precision "
+                    f"{_fmt(mt['precision'])} {_bounds(mt, 'precision')} · recall "
+                    f"{_fmt(mt['recall'])} {_bounds(mt, 'recall')} · F1 {_fmt(mt['f1'])} · "
+                    f"FP {mt['fp']} · FN {mt['fn']} · ROC AUC {_fmt(mt['auc'])} · ECE "
+                    f"{_fmt(mt['ece'])} · Brier {_fmt(mt['brier'])}")
+        flagged = mt["slices_flagged"]
+        if flagged:
+            result_line(f"{len(flagged)} slice(s) flagged: " + ", ".join(
+                f"{display(r['slice'])}={display(r['value'])} ({r['flagged']})"
+                for r in flagged[:5]) + (" …" if len(flagged) > 5 else ""))
+        if mt.get("label_issues"):
+            result_line(f"{mt['label_issues']} likely label errors: see "
+                        f"{display(result.files['label_issues'])}")
     if result.failed:
         result_line(f"{result.failed} files could not be read: see "
                     f"{display(result.files['errors'])}")
