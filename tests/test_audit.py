@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from markupsafe import escape
 from PIL import Image
 from skimage import data as skdata
 from typer.testing import CliRunner
@@ -299,7 +300,7 @@ def test_unlabeled_folder_ranks_by_score(tmp_path):
     readings = [json.loads(f.read_text())["reading"] for f in maps]
     assert all(r.startswith("Colour = drop in p(nsfw): red where the region supports nsfw")
                for r in readings)
-    assert all(r in page for r in readings) and "red = hiding" not in page
+    assert all(str(escape(r)) in page for r in readings) and "red = hiding" not in page
     for png in (tmp_path / "out" / "heatmaps").glob("*.png"):
         assert Image.open(png).size[0] <= 256
 
