@@ -365,7 +365,7 @@ def wrap(text: str, size: int, width: int) -> list[str]:
 
 def number(value: float, digits: int = 3) -> str:
     """``value`` to ``digits`` significant digits ("0.0218", "1.2e-07"), with more digits where
-    rounding would show a value that is not 0 or 1 as "0" or "1" (p = 0.99997 is not "1")."""
+    rounding would show a probability below 1 as "1" or a nonzero value as "0"."""
     for d in range(digits, 9):
         text = f"{value:.{d}g}"
         if float(text) not in (0.0, 1.0) or float(text) == value:
@@ -375,9 +375,8 @@ def number(value: float, digits: int = 3) -> str:
 
 @dataclass(frozen=True)
 class _Legend:
-    """The legend strip's layout at one width: size step, text size, spacing, its lines."""
+    """The legend strip's layout at one width: text size, spacing and its lines of text."""
 
-    step: int
     size: int
     margin: int
     bar: int
@@ -408,7 +407,7 @@ def _legend(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> _Legend:
     words = max(text_width(w, size) for w in f"{about} {note}".split())
     width = max(width, 2 * margin + max(ticks, words))
     inner = width - 2 * margin
-    return _Legend(step, size, margin, 8 * step, line_height(size) + 4 * step, width,
+    return _Legend(size, margin, 8 * step, line_height(size) + 4 * step, width,
                    wrap(about, size, inner), wrap(note, size, inner) if note else [])
 
 
@@ -428,7 +427,7 @@ def legend_strip(heatmap: Heatmap | np.ndarray, width: int, s: Scale) -> np.ndar
     x0, x1 = g.margin, g.width - g.margin
     strip[g.margin:g.margin + g.bar, x0:x1] = \
         colormap_lut(s.colormap)[np.linspace(0, 255, x1 - x0).round().astype(np.uint8)]
-    top = g.margin + g.bar + 2 * g.step
+    top = g.margin + g.bar + 2 * (g.size // TEXT_SIZE)
     lo, hi = number(s.lo), number(s.hi)
     ink = (0, 0, 0)
     items = [(lo, x0, top, ink), (hi, x1 - text_width(hi, g.size), top, ink)]
