@@ -39,7 +39,7 @@ from explain.heatmap import Heatmap
 from explain.images import load_image
 from explain.methods import METHODS, Models
 from explain.occlusion import occlusion_map, plan_occlusion
-from explain.render import described, figure, save_png, scale, side_by_side
+from explain.render import figure, reading, save_png, scale, side_by_side
 from explain.serve.batching import OcclusionRun, score_step
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
@@ -76,10 +76,13 @@ PICTURES = ("original.png", "overlay.png", "side.png")
 def write_results(folder: Path, heatmap: Heatmap) -> None:
     """What a finished job writes (see the module docstring): the map, ``heatmap.npy`` +
     ``heatmap.json``, atomically, the JSON with the scale its pictures are drawn on (``drawn``)
-    and what their colours mean (``reading``; :func:`explain.render.described`), which the page
+    and what their colours mean (``reading``, :func:`explain.render.reading`), which the page
     shows; the pictures are made from the input and the map when first asked for
     (:func:`picture`)."""
-    heatmap.save(folder / "heatmap", extra=described(heatmap, scale(heatmap)))
+    s = scale(heatmap)
+    heatmap.save(folder / "heatmap", extra={
+        "drawn": {"colormap": s.colormap, "lo": s.lo, "hi": s.hi},
+        "reading": reading(heatmap, s)})
 
 
 def picture(folder: Path, name: str, max_pixels: int) -> Path:
