@@ -49,9 +49,9 @@ scale (per cell of the layer for Grad-CAM). float32 resolves an output of magnit
 <= 1e-6. A map whose largest value stays below it moves the output, through any one input value
 or cell, by less than float32 can show: it is rounding noise, what a model that ignores its
 input gives (its gradients are then exactly 0). Real maps are far above it: open_nsfw's maps of
-nine scikit-image photos (astronaut, coffee, chelsea, camera, rocket, cat, hubble_deep_field,
-immunohistochemistry, coins; both classes) have largest values >= 0.034 (guided backprop),
->= 0.094 (Grad-CAM, before its ReLU), >= 2.4 (deconvnet) (``tests/test_whitebox_signal.py``)."""
+eight scikit-image photos, both classes, have largest values >= 0.034 (guided backprop), >= 0.094
+(Grad-CAM, before its ReLU), >= 2.4 (deconvnet), 3·10^4 times the floor and more
+(``scripts/whitebox_signal.py``; ``tests/test_whitebox_signal.py`` checks three of them)."""
 
 RELEVANCE = "relevance (a.u.)"
 

@@ -253,6 +253,13 @@ def reading(heatmap: Heatmap, s: Scale) -> str:
     return " ".join([text, *(f"{n[0].upper()}{n[1:]}." for n in notes if n)])
 
 
+def described(heatmap: Heatmap, s: Scale) -> dict:
+    """What a map's JSON says about a picture of it drawn on ``s``: ``drawn`` (colormap and the
+    values at the two ends) and ``reading`` (:func:`reading`); for ``Heatmap.save(extra=…)``."""
+    return {"drawn": {"colormap": s.colormap, "lo": s.lo, "hi": s.hi},
+            "reading": reading(heatmap, s)}
+
+
 def _colours(values: np.ndarray, s: Scale) -> np.ndarray:
     index = np.rint(normalized(values, s.lo, s.hi, symmetric=s.symmetric) * 255.0)
     return colormap_lut(s.colormap)[index.astype(np.uint8)]

@@ -111,6 +111,11 @@ def test_cli_line_says_no_signal(tmp_path, monkeypatch):
         assert "(no signal: largest |" in res.output, res.output
         meta = json.loads((tmp_path / "out" / json_name).read_text())
         assert "no signal" in json.dumps(meta)
+        # the JSON says how its overlay was drawn and what the colours mean
+        about = meta if command == "gradcam" else meta["overlay"]
+        assert about["drawn"]["colormap"] == "jet" and about["drawn"]["lo"] == 0.0
+        assert about["reading"].startswith("Colour = ") and "No signal" in about["reading"]
+        assert "against" not in about["reading"]
 
 
 @pytest.mark.slow

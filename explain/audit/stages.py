@@ -37,7 +37,7 @@ from explain.models import Classifier
 from explain.models.base import model_view, resize
 from explain.occlusion import occlusion_map
 from explain.progress import LabelledProgress
-from explain.render import DISPLAY_SIDE, figure, reading, save_png, scale, shrink
+from explain.render import DISPLAY_SIDE, described, figure, save_png, scale, shrink
 from explain.windows import batch_limit, check_windows, fit_batch
 
 DETECT_SIDE = 640
@@ -263,15 +263,16 @@ class HeatmapDone:
     """One top-k image's heatmap, computed and drawn, not yet written: ``saved`` is the map at
     most :data:`SAVED_SIDE` px (its params name the source and the original shape), ``picture``
     the drawn figure (RGB uint8) at the page's card size (:data:`~explain.render.DISPLAY_SIDE`,
-    so the card shows its legend at native size), ``reading`` what its colours mean
-    (:func:`explain.render.reading`, saved in the map's JSON for the page), ``shares`` the heat
-    share of each of the image's parts (by part number), ``seconds`` the map's computing time."""
+    so the card shows its legend at native size), ``described`` its drawn scale and what its
+    colours mean (:func:`explain.render.described`, saved in the map's JSON for the page),
+    ``shares`` the heat share of each of the image's parts (by part number), ``seconds`` the
+    map's computing time."""
 
     saved: Heatmap
     picture: np.ndarray
     shares: dict[int, float | None]
     seconds: float
-    reading: str = ""
+    described: dict = field(default_factory=dict)
 
 
 def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o: AuditOptions
@@ -299,7 +300,7 @@ def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o:
     look = {"colormap": o.colormap, "normalize": o.normalize, "vmin": o.vmin, "vmax": o.vmax}
     picture = figure(shrink(small_rgb, DISPLAY_SIDE), shown, alpha=o.alpha, **look)
     return HeatmapDone(saved, picture, shares, heatmap.seconds or 0.0,
-                       reading(shown, scale(shown, **look)))
+                       described(shown, scale(shown, **look)))
 
 
 def write_heatmap(store: Store, folder: Path, kind: str, row: ImageRow, done: HeatmapDone
@@ -307,7 +308,7 @@ def write_heatmap(store: Store, folder: Path, kind: str, row: ImageRow, done: He
     """Write a computed heatmap's files (atomically, first) and then its store row."""
     stem = folder / f"{kind}_{row.id:07d}"
     save_png(done.picture, stem.with_suffix(".png"))
-    npy, _ = done.saved.save(stem, extra={"reading": done.reading})
+    npy, _ = done.saved.save(stem, extra=done.described)
     store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(folder.parent)),
                        str(npy.relative_to(folder.parent)), done.seconds, done.shares)
 

@@ -127,10 +127,11 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     from explain.frames import is_clip, parse_sampling
     from explain.images import load_image
     from explain.models import resolve_target
-    from explain.render import check_look, figure, save_png, side_by_side
+    from explain.render import check_look, described, figure, save_png, scale, side_by_side
     from explain.windows import small_box_note
 
     check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
+    drawing = {k: look[k] for k in ("colormap", "normalize", "vmin", "vmax")}
     parse_sampling(clips.frames)
     paths, failed = gather_images(images, clips=True)
     suffixes = [".png", *([".side.png"] if side else []), *([".npy", ".json"] if save_npy else [])]
@@ -158,7 +159,7 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                 if side:
                     written.append(save_png(side_by_side(img, hm, **look), f"{stem}.side.png"))
                 if save_npy:
-                    written.extend(hm.save(stem))
+                    written.extend(hm.save(stem, extra=described(hm, scale(hm, **drawing))))
             except ExplainError as exc:
                 error_line(file_error(path, exc))
                 failed += 1

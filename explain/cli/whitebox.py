@@ -7,9 +7,12 @@ Per image NAME in the output folder (the file's stem, made unique within the cal
   grey legend strip of its ±robust max),
   ``NAME.deconv.overlay.png`` (its magnitude on the photo, with the legend strip of
   :func:`explain.render.figure` below unless ``--no-legend``), ``NAME.deconv.json`` (metadata:
-  score, layer, neuron position and activation); ``guided`` writes ``NAME.guided.*``.
-- gradcam: ``NAME.gradcam.png`` (overlay with legend) and ``NAME.gradcam.json``; ``--guided`` writes
-  ``NAME.guided-gradcam.*``.
+  score, layer, neuron position and activation, what the values mean: signed, unit, the
+  picture's scale; the overlay's drawn scale and reading, :func:`explain.render.described`);
+  ``guided`` writes ``NAME.guided.*``.
+- gradcam: ``NAME.gradcam.png`` (overlay with legend) and ``NAME.gradcam.json`` (the map's
+  metadata with its unit, raw signal and no-signal note, plus ``drawn`` and ``reading``);
+  ``--guided`` writes ``NAME.guided-gradcam.*``.
 """
 
 from __future__ import annotations
@@ -130,11 +133,12 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
                 normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
                 no_legend: NoLegendOpt = False) -> None:
         from explain.backprop import reconstruct
-        from explain.render import check_look, figure, save_png
+        from explain.render import check_look, described, figure, save_png, scale
 
         check_look(colormap, normalize, vmin, vmax)
-        look = dict(colormap=colormap, alpha=alpha, normalize=normalize or "percentile",
-                    vmin=vmin, vmax=vmax, legend=not no_legend)
+        drawing = dict(colormap=colormap, normalize=normalize or "percentile", vmin=vmin,
+                       vmax=vmax)
+        look = dict(drawing, alpha=alpha, legend=not no_legend)
         paths, failed = gather_images(images)
         stems = output_stems(paths, output, suffix, [".png", ".overlay.png", ".json"])
         clf = models.load()
@@ -144,11 +148,13 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
                                batch_size=batch_size or WHITE_BOX_BATCH)
 
         def write(path: Path, stem: Path, img: np.ndarray, rec: Reconstruction) -> None:
+            overlay = described(rec.magnitude, scale(rec.magnitude, **drawing))
             written = [
                 save_png(rec.picture(legend=not no_legend), f"{stem}.png"),
                 save_png(figure(img, rec.magnitude, **look), f"{stem}.overlay.png"),
                 write_text(f"{stem}.json", json.dumps({"image": to_storable(path),
-                                                       **rec.metadata()}, indent=2)),
+                                                       **rec.metadata(), "overlay": overlay},
+                                                      indent=2)),
             ]
             where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" \
                 if rec.layer else ""
@@ -181,11 +187,12 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
             no_legend: NoLegendOpt = False) -> None:
     """Grad-CAM (or guided Grad-CAM) heatmap of the target class, on the photo."""
     from explain.grad_cam import gradcam as gradcam_maps
-    from explain.render import check_look, figure, save_png
+    from explain.render import check_look, described, figure, save_png, scale
 
     check_look(colormap, normalize, vmin, vmax)
-    look = dict(colormap=colormap, alpha=alpha, vmin=vmin, vmax=vmax, legend=not no_legend,
-                normalize=normalize or ("percentile" if guided else "minmax"))
+    drawing = dict(colormap=colormap, vmin=vmin, vmax=vmax,
+                   normalize=normalize or ("percentile" if guided else "minmax"))
+    look = dict(drawing, alpha=alpha, legend=not no_legend)
     suffix = "guided-gradcam" if guided else "gradcam"
     paths, failed = gather_images(images)
     stems = output_stems(paths, output, suffix, [".png", ".json"])
@@ -198,8 +205,9 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
     def write(path: Path, stem: Path, img: np.ndarray, heatmap: Heatmap) -> None:
         written = [
             save_png(figure(img, heatmap, **look), f"{stem}.png"),
-            write_text(f"{stem}.json", json.dumps({"image": to_storable(path),
-                                                   **heatmap.metadata()}, indent=2)),
+            write_text(f"{stem}.json", json.dumps(
+                {"image": to_storable(path), **heatmap.metadata(),
+                 **described(heatmap, scale(heatmap, **drawing))}, indent=2)),
         ]
         result_line(f"{display(path)}: {heatmap.target} {heatmap.score:.4f}, layer "
                     f"{heatmap.params['layer']} -> {', '.join(map(display, written))}"

@@ -54,7 +54,7 @@ from explain.images import decoding_warnings, load_image
 from explain.methods import METHODS, Models
 from explain.models.base import Classifier
 from explain.occlusion import occlusion_map, plan_occlusion
-from explain.render import figure, reading, save_png, scale, shrink_map, side_by_side
+from explain.render import described, figure, save_png, scale, shrink_map, side_by_side
 from explain.serve.batching import OcclusionRun, score_step
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
@@ -101,8 +101,8 @@ MAP_PIXELS = 4_194_304
 
 def write_results(folder: Path, heatmap: Heatmap) -> None:
     """What a finished job writes (see the module docstring): the map, ``heatmap.npy`` +
-    ``heatmap.json``, atomically, the JSON with the scale its pictures are drawn on (``drawn``)
-    and what their colours mean (``reading``, :func:`explain.render.reading`), which the page
+    ``heatmap.json``, atomically, the JSON with the scale its pictures are drawn on and what
+    their colours mean (:func:`explain.render.described`), which the page
     shows; the pictures are made from the input and the map when first asked for
     (:func:`draw`). A map of more than :data:`MAP_PIXELS` values is stored shrunk by area
     averaging to fit (:func:`explain.render.shrink_map`: a 12 KB upload of a huge 1-bit PNG must
@@ -112,10 +112,7 @@ def write_results(folder: Path, heatmap: Heatmap) -> None:
     if h * w > MAP_PIXELS:
         heatmap = shrink_map(heatmap, max(1, math.floor(max(h, w) * math.sqrt(MAP_PIXELS
                                                                             / (h * w)))))
-    s = scale(heatmap)
-    heatmap.save(folder / "heatmap", extra={
-        "drawn": {"colormap": s.colormap, "lo": s.lo, "hi": s.hi},
-        "reading": reading(heatmap, s)})
+    heatmap.save(folder / "heatmap", extra=described(heatmap, scale(heatmap)))
 
 
 def draw(folder: Path, name: str, max_pixels: int) -> np.ndarray:
