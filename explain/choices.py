@@ -60,11 +60,11 @@ AUDIT_BATCH = 32
 # images: larger images are refused before they are decoded
 DEFAULT_MAX_PIXELS = 100_000_000
 
-# clips (animated images, videos): a video's default sampling rate (frames per second), the most
-# frames kept per clip, the frames explained by default, and the level difference (0..255) under
-# which a pixel counts as unchanged from the previous frame (0: only identical pixels, exact)
-DEFAULT_VIDEO_FPS = 4.0
-DEFAULT_MAX_FRAMES = 300
+# clips (animated images, videos): the most frames kept per clip (every frame of a 2-minute clip
+# at 30 fps; past it a difference pass picks them, explain.frames), the frames explained by
+# default, and the level difference (0..255) under which a pixel counts as unchanged from the
+# previous frame (0: only identical pixels, exact)
+DEFAULT_MAX_FRAMES = 3600
 DEFAULT_TOP_FRAMES = 3
 DEFAULT_REUSE_THRESHOLD = 0
 # how a frame's map reuses the previous frame's (explain.frame_reuse): not at all, when the frame

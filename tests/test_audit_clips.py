@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from test_clips import redness
-from test_frames import save_animation, save_video
+from test_frames import cut_gifs, gif_bomb, save_animation, save_video
 
 from explain.audit import AuditOptions, audit
 from explain.models import CallableClassifier
@@ -37,3 +37,22 @@ def test_audit_scores_a_clip_by_its_max_frame_and_explains_that_frame(tmp_path):
     assert meta["params"]["frame"] == 6 and meta["score"] == pytest.approx(16 * 16 / (H * W))
     html = (tmp_path / "out" / "audit.html").read_text()
     assert "judged by its max frame 6 at 0.60 s" in html or "sneaky.gif" in html
+
+
+def test_cut_piped_and_oversized_animations_fail_alone_and_resume(tmp_path, fifos):
+    """A cut GIF, FIFOs named like images and a decoding bomb are each recorded as a failed
+    image (before: a traceback that came back on every resume, or a hang); a resume finishes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    cuts = cut_gifs(data)
+    fifos(data)
+    gif_bomb(data / "bomb.gif", 4000, 20_000)
+    clf = CallableClassifier(redness, class_names=["sfw", "nsfw"])
+    o = AuditOptions(top=0, concepts=False, mosaic=0, cues=False)
+    first = audit(data, tmp_path / "out", model=clf, options=o)
+    again = audit(data, tmp_path / "out", model=clf, options=o)
+    assert again.resumed and again.failed == first.failed
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert errors.count("is not a regular file") == 3
+    assert "bomb.gif" in errors and "pixels to decode" in errors
+    assert first.failed >= 30 + 4 and first.images == len(cuts) + 5  # + whole.gif

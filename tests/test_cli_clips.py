@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_frames import save_animation, save_video
+from test_frames import cut_gifs, gif_bomb, save_animation, save_video
 from typer.testing import CliRunner
 
 from explain.cli import app
@@ -113,6 +113,26 @@ def test_bad_clips_are_one_error_each_and_the_batch_goes_on(clips):
     assert "garbage.mov: cannot be opened as a video" in errors[1]
     assert "cut.mkv" in errors[2] and "truncated" in errors[2]
     assert "planted.gif  nsfw max" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["score", "occlude"])
+def test_cut_piped_and_oversized_animations_are_one_error_each(clips, fifos, command):
+    """A GIF cut anywhere, a FIFO named like an image, and 320 G pixels of GIF frames in 460 KB:
+    one red line each naming the file, and the batch goes on (before: a traceback, a hang)."""
+    cuts = [p.name for p in cut_gifs(clips)]
+    fifos(clips)
+    gif_bomb(clips / "bomb.gif", 4000, 20_000)
+    names = [*cuts, "pipe.gif", "pipe.png", "bomb.gif", "planted.gif"]
+    more = ["-o", "out", "--box", "16", "--stride", "16"] if command == "occlude" else []
+    result = CliRunner().invoke(app, [command, *names, *more, *ARGS])
+    assert result.exit_code == 2, result.output  # an uncaught exception exits 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert sum("pipe." in e and "is not a regular file" in e for e in errors) == 2
+    assert any("bomb.gif: 20,000 frames of 4000x4000" in e for e in errors)
+    for cut in cuts:  # scored (a cut in the trailer), or one line naming it
+        assert (cut in result.stdout) != any(e.startswith(f"error: {cut}:") for e in errors)
+    assert sum(e.startswith("error: cut") for e in errors) >= 30
+    assert "planted.gif" in result.stdout
 
 
 def test_bad_frames_option(clips):
