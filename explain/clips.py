@@ -24,6 +24,7 @@ import torch
 
 from explain.choices import (
     AUDIT_BATCH,
+    DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_REUSE_THRESHOLD,
     DEFAULT_TOP_FRAMES,
@@ -118,16 +119,18 @@ def score_clip(classifier: Classifier, clip: Clip, target: str | int = "nsfw", *
 
 
 def judge_clip(classifier: Classifier, path: str | Path, target: str | int = "nsfw", *,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Clip, ClipScores, str]:
-    """Read the clip at ``path`` with the default sampling and score its frames: (the clip, its
-    scores, a sentence saying which frame judges it). The clip's answer is its max frame,
-    ``clip.frames[scores.top]`` (see the module docstring). ``max_pixels`` as in
-    :func:`explain.frames.read_clip`; a bad file raises its ImageError."""
-    clip = read_clip(path, max_pixels=max_pixels)
+               max_pixels: int = DEFAULT_MAX_PIXELS, frames: str = "auto",
+               max_frames: int = DEFAULT_MAX_FRAMES) -> tuple[Clip, ClipScores, str]:
+    """Read the clip at ``path`` and score its frames: (the clip, its scores, a sentence saying
+    which frame judges it and how many were scored). The clip's answer is its max frame,
+    ``clip.frames[scores.top]`` (see the module docstring). ``max_pixels``, ``frames`` (the
+    sampling) and ``max_frames`` as in :func:`explain.frames.read_clip`; a bad file raises its
+    ImageError."""
+    clip = read_clip(path, frames, max_frames=max_frames, max_pixels=max_pixels)
     scores = score_clip(classifier, clip, target)
     top = clip.frames[scores.top]
     return clip, scores, (
-        f"clip: {len(clip.frames)} of {clip.source_frames} frames scored ({clip.sampling}); "
+        f"clip: {clip.scored_text()} scored; "
         f"judged by its max frame {top.index} at {top.time:.2f} s (mean "
         f"p({scores.class_names[scores.target]}) over frames {scores.mean:.4f})")
 
@@ -213,7 +216,9 @@ def write_clip(clip: Clip, explained: ClipExplanation, stem: str | Path, *,
                          legend=legend)
     written = [save_gif(pictures, [f.duration for f in clip.frames], f"{stem}.gif")]
     picture = timeline(scores.times, scores.curve.tolist(), [f.duration for f in clip.frames],
-                       target=scores.class_names[scores.target], marked=explained.positions)
+                       target=scores.class_names[scores.target], marked=explained.positions,
+                       indices=scores.indices, total=clip.source_frames,
+                       scored=clip.scored_text())
     written.append(save_png(picture, f"{stem}.timeline.png"))
     for k in pictured(scores, explained.positions, frame_pictures):
         written.append(save_png(figure(clip.frames[k].rgb, maps[k], colormap=colormap,

@@ -12,10 +12,12 @@ indices), ``fps:R`` (the frame on screen every 1/R seconds) or ``auto`` (the def
 animations and videos alike, so that a one-frame event is never skipped). At most ``max_frames``
 frames are kept, and no more than the memory budget holds. When ``auto`` or ``all`` asks for more,
 a cheap *difference pass* decodes every frame once more, shrunk to 32×32, and keeps (1) the
-frames most unlike the frame before them, up to half the cap (a one-frame flash differs from the
-frame before it, and so does the frame after it, so both are kept), (2) frame 0, and (3) frames
-evenly spaced over the rest to fill the cap. ``N`` and ``fps:R`` over the cap keep frames evenly
-spaced. :attr:`Clip.notes` says what was skipped and why.
+frames most unlike each of the 3 frames before them, up to half the cap, frame 0 first (a
+one-frame flash is unlike the frames before it; the frame after it, back to what came before,
+is not, and takes no place), and (2) frames evenly spaced over the rest to fill the cap. A
+frame unlike those before it is skipped only when more than half the cap are more unlike
+theirs. ``N`` and ``fps:R`` over the cap keep frames evenly spaced. :attr:`Clip.notes` says
+what was skipped and why.
 
 Bad clips are one :class:`~explain.errors.ImageError` each, naming the file and the cap: not a
 regular file (a FIFO would block forever: refused before it is opened), no frame at all, a file
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,7 +55,9 @@ GIF_DEFAULT_DURATION = 0.1  # seconds: what browsers show a frame that declares 
 # the decoding work a clip may take, in frames of max_pixels: 300 × 100 M (the default) = 30 G
 # pixels, a 2-minute 4K video at 30 fps; a 460 KB GIF of 20,000 4000x4000 frames is 320 G
 CLIP_WORK_FRAMES = 300
-SIGNATURE_SIDE = 32  # the difference pass compares frames shrunk to this side
+# the difference pass compares frames shrunk to this side, each with this many frames before it
+SIGNATURE_SIDE = 32
+LOOK_BACK = 3
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def read_clip(path: str | os.PathLike, frames: str | Sampling = "auto", *,
         keep, n = _difference_pass(p, max_pixels, keep)
         if len(keep.indices or ()) < n:
             notes.append(f"{n} frames are above the cap ({keep.cap}): a difference pass kept "
-                         f"the {keep.limit // 2} frames most unlike the frame before them and "
+                         f"the {keep.limit // 2} frames most unlike the frames before them and "
                          "spread the rest evenly")
         else:
             sampling = Sampling("all")
@@ -266,20 +271,21 @@ def _check_decoded(source: _Source, decoded: int) -> None:
 
 def _difference_pass(p: Path, max_pixels: int, keep: _Keep) -> tuple[_Keep, int]:
     """The frames to keep (and the clip's frame count) when every frame is wanted but only
-    ``keep.limit`` fit: frame 0, the frames most unlike the frame before them (up to half the
-    limit; the mean absolute difference of the frames shrunk to :data:`SIGNATURE_SIDE`, all
-    channels; the earlier frame first on ties), and frames evenly spaced over the rest (see the
-    module docstring)."""
+    ``keep.limit`` fit: the frames most unlike each of the :data:`LOOK_BACK` frames before
+    them (up to half the limit, frame 0 first; the least mean absolute difference, all
+    channels, of the frames shrunk to :data:`SIGNATURE_SIDE`; the earlier frame first on ties),
+    and frames evenly spaced over the rest (see the module docstring)."""
     import cv2
 
     change: list[float] = []
-    previous = None
+    before: deque[np.ndarray] = deque(maxlen=LOOK_BACK)
     with _open(p, max_pixels) as source:
         for _, _, rgb in source:
             small = cv2.resize(rgb, (SIGNATURE_SIDE, SIGNATURE_SIDE),
                                interpolation=cv2.INTER_AREA).astype(np.float32)
-            change.append(np.inf if previous is None else float(np.abs(small - previous).mean()))
-            previous = small
+            change.append(min((float(np.abs(small - b).mean()) for b in before),
+                              default=np.inf))
+            before.append(small)
         _check_decoded(source, len(change))
     n, limit = len(change), keep.limit
     if n <= limit:

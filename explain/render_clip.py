@@ -31,17 +31,24 @@ from explain.render import figure, shrink
 LINE = (40, 90, 200)
 MARK = (220, 30, 30)
 GRID = (225, 225, 225)
+GAP = (160, 160, 160)
 INK = (60, 60, 60)
 ANIMATION_SIDE = 512
 
 
 def timeline(times: Sequence[float], scores: Sequence[float], durations: Sequence[float], *,
-             target: str, marked: Sequence[int] = (), width: int = 800,
+             target: str, marked: Sequence[int] = (), indices: Sequence[int] | None = None,
+             total: int | None = None, scored: str = "", width: int = 800,
              height: int = 260) -> np.ndarray:
     """RGB uint8 picture (``height``, ``width``, 3) of p(``target``) against time.
 
     ``times`` (s), ``scores`` (p(target), 0..1) and ``durations`` (s) are per sampled frame, in
-    order; ``marked``: positions of the explained frames. The y axis is 0..1 whatever the scores.
+    order; ``marked``: positions of the explained frames. With the frames' source ``indices``
+    and the source's ``total`` frame count, a frame followed by frames that were not scored holds
+    its value for its own share of its duration only, and a gray line crosses the frames not
+    scored (a one-frame flash never looks like a long stretch). ``scored``: which frames were
+    scored (:meth:`explain.frames.Clip.scored_text`), written under the axis. The y axis is 0..1
+    whatever the scores.
     """
     pic = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 48, width - 16, 16, height - 36
@@ -60,18 +67,32 @@ def timeline(times: Sequence[float], scores: Sequence[float], durations: Sequenc
     ticks = np.linspace(0.0, end, 6)
     for t in ticks:
         cv2.putText(pic, f"{t:.1f}s", (x(t) - 12, bottom + 16), font, 0.38, INK, 1, cv2.LINE_AA)
-    cv2.putText(pic, f"p({_ascii(target)}) per frame", (left, height - 4), font, 0.42, INK, 1,
-                cv2.LINE_AA)
+    caption = f"p({_ascii(target)}) per frame" + (f": {_ascii(scored)} scored" if scored else "")
+    if indices is not None and total and len(indices) < total:
+        caption += "; gray: frames not scored"
+    cv2.putText(pic, caption, (left, height - 4), font, 0.42, INK, 1, cv2.LINE_AA)
     cv2.rectangle(pic, (left, top), (right, bottom), INK, 1)
-    points = []
-    for t, d, p in zip(times, durations, scores, strict=True):
-        points += [(x(t), y(p)), (x(t + d), y(p))]
-    cv2.polylines(pic, [np.array(points, np.int32)], False, LINE, 2, cv2.LINE_AA)
+    own_share = list(durations)
+    if indices is not None and total:
+        ends = [*indices[1:], total]
+        own_share = [d / max(1, e - i) for d, e, i in zip(durations, ends, indices, strict=True)]
+    points: list[tuple[int, int]] = []
+    for k, (t, d, p, own) in enumerate(zip(times, durations, scores, own_share, strict=True)):
+        if own < d:  # frames not scored follow: the step, then a gray line to the next one
+            points += [(x(t), y(p)), (x(t + own), y(p))]
+            cv2.polylines(pic, [np.array(points, np.int32)], False, LINE, 2, cv2.LINE_AA)
+            following = (x(t + d), y(scores[k + 1] if k + 1 < len(scores) else p))
+            cv2.line(pic, points[-1], following, GAP, 1, cv2.LINE_AA)
+            points = []
+        else:
+            points += [(x(t), y(p)), (x(t + d), y(p))]
+    if points:
+        cv2.polylines(pic, [np.array(points, np.int32)], False, LINE, 2, cv2.LINE_AA)
     top_k = int(np.argmax(scores))
-    cv2.circle(pic, (x(times[top_k] + durations[top_k] / 2), y(scores[top_k])), 8, MARK, 1,
+    cv2.circle(pic, (x(times[top_k] + own_share[top_k] / 2), y(scores[top_k])), 8, MARK, 1,
                cv2.LINE_AA)
     for k in marked:
-        centre = (x(times[k] + durations[k] / 2), y(scores[k]))
+        centre = (x(times[k] + own_share[k] / 2), y(scores[k]))
         cv2.circle(pic, centre, 4, MARK, -1, cv2.LINE_AA)
     return pic
 

@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from test_clips import redness
+from test_clips import flash, flash_video, redness
 from test_frames import cut_gifs, gif_bomb, save_animation, save_video
 
 from explain.audit import AuditOptions, audit
+from explain.errors import OptionError
 from explain.models import CallableClassifier
 
 H, W = 32, 48
@@ -56,3 +57,19 @@ def test_cut_piped_and_oversized_animations_fail_alone_and_resume(tmp_path, fifo
     assert errors.count("is not a regular file") == 3
     assert "bomb.gif" in errors and "pixels to decode" in errors
     assert first.failed >= 30 + 4 and first.images == len(cuts) + 5  # + whole.gif
+
+
+def test_the_audit_finds_a_one_frame_flash_by_default_and_takes_frames(tmp_path):
+    data = tmp_path / "data"
+    (data / "sfw").mkdir(parents=True)
+    flash_video(data / "sfw" / "flash.mkv")
+    clf = CallableClassifier(flash, class_names=["sfw", "nsfw"])
+    scores = {}
+    for frames in ("auto", "fps:4"):
+        o = AuditOptions(top=0, concepts=False, mosaic=0, cues=False, frames=frames)
+        audit(data, tmp_path / frames.replace(":", ""), model=clf, options=o)
+        rows = list(csv.DictReader((tmp_path / frames.replace(":", "") / "scores.csv").open()))
+        scores[frames] = float(rows[0]["score"])
+    assert scores == {"auto": pytest.approx(0.9), "fps:4": pytest.approx(0.02)}
+    with pytest.raises(OptionError, match="--frames must be"):
+        AuditOptions(frames="fps:0").check()

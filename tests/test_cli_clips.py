@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_clips import flash_video
 from test_frames import cut_gifs, gif_bomb, save_animation, save_video
 from typer.testing import CliRunner
 
@@ -19,6 +20,13 @@ def score(images):
     x = images.astype(np.int32)
     red = (x[..., 0] > 200) & (x[..., 1] < 60) & (x[..., 2] < 60)
     s = red.mean(axis=(1, 2))
+    return np.stack([1 - s, s], axis=1)
+'''
+FLASH = '''
+def flash(images):
+    x = images.astype(np.int32)
+    red = ((x[..., 0] > 200) & (x[..., 1] < 60) & (x[..., 2] < 60)).mean(axis=(1, 2)) > 0.5
+    s = np.where(red, 0.9, 0.02)
     return np.stack([1 - s, s], axis=1)
 '''
 SHARE = 12 * 16 / (H * W)
@@ -133,6 +141,30 @@ def test_cut_piped_and_oversized_animations_are_one_error_each(clips, fifos, com
         assert (cut in result.stdout) != any(e.startswith(f"error: {cut}:") for e in errors)
     assert sum(e.startswith("error: cut") for e in errors) >= 30
     assert "planted.gif" in result.stdout
+
+
+def test_a_one_frame_flash_is_found_by_default_and_past_max_frames(clips):
+    """The default scores every frame of a 10 fps video (4 frames per second skipped the hot
+    one); past --max-frames the difference pass still scores it; the line, the JSON and the
+    timeline say how many frames were scored."""
+    flash_video(clips / "flash.mkv")
+    model = ["-m", "model.py:flash", "--classes", "sfw,nsfw"]
+    (clips / "model.py").write_text(MODEL + FLASH)
+    result = CliRunner().invoke(app, ["score", "flash.mkv", "--json", *model])
+    assert result.exit_code == 0, result.output
+    clip = json.loads(result.stdout)[0]["clip"]
+    assert clip["max"] == pytest.approx(0.9) and clip["max_frame"] == 24
+    assert (clip["frames_scored"], clip["source_frames"], clip["sampling"]) == (60, 60, "all")
+    capped = CliRunner().invoke(app, ["score", "flash.mkv", "--max-frames", "8", *model])
+    assert capped.exit_code == 0, capped.output
+    assert "max nsfw at frame 24 (2.40 s)" in capped.stdout
+    assert "8 of 60 frames scored" in capped.stdout
+    assert "a difference pass kept the 4 frames most unlike" in " ".join(capped.stderr.split())
+    out = CliRunner().invoke(app, ["occlude", "flash.mkv", "-o", "out", "--max-frames", "8",
+                                   "--top-frames", "1", "--box", "16", "--stride", "16", *model])
+    assert out.exit_code == 0, out.output
+    assert ("max 0.9000 at frame 24 (2.40 s), mean 0.1300 over 8 of 60 frames (difference "
+            "pass, 8 frames)") in " ".join(out.stdout.split())
 
 
 def test_bad_frames_option(clips):
