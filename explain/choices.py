@@ -42,8 +42,11 @@ DEFAULT_MASKS = 4000
 DEFAULT_CELL = 7
 DEFAULT_P = 0.5
 
-# report: the file it writes
+# report: the file it writes; --sanity: the top layers re-initialised in cascade, and the rank
+# correlation with the original map at or above which a method is flagged (explain.sanity)
 FORMATS = ("html", "json")
+SANITY_LAYERS = 5
+SANITY_THRESHOLD = 0.5
 
 # audit: where it computes (local: this process; ray: a Ray cluster, the optional extra 'ray')
 ENGINES = ("local", "ray")
