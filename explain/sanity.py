@@ -109,7 +109,9 @@ def sanity_checks(maps: dict[str, Heatmap], model_of: Callable[[str], object],
                   seed: int = SANITY_SEED) -> dict[str, Sanity]:
     """Check every method of ``maps`` (name → its original map): ``model_of(name)`` is the
     model the method ran on, ``run(name, model)`` computes its map again on another model.
-    Methods that ran on the same model share one cascade."""
+    Methods that ran on the same model share one cascade. A constant original map is not
+    checked; a randomised map that is constant has lost every order (correlation None), which
+    is no flag."""
     check_layers(layers)
     out: dict[str, Sanity] = {}
     groups: dict[int, list[str]] = {}
@@ -118,6 +120,10 @@ def sanity_checks(maps: dict[str, Heatmap], model_of: Callable[[str], object],
         reason = randomisable(model)
         if reason is not None:
             out[name] = Sanity(False, note=reason)
+        elif np.ptp(maps[name].values) == 0:
+            out[name] = Sanity(False, note="the map is constant: it orders no pixel before "
+                               "another, so there is nothing to compare with a randomised "
+                               "model's map")
         else:
             groups.setdefault(id(model), []).append(name)
     for names in groups.values():
@@ -140,9 +146,11 @@ def _verdict(s: Sanity) -> str:
     """The sentence the page shows under a checked map."""
     if not s.layers:
         return "the model has no layer with parameters to randomise"
-    shown = ", ".join("constant" if c is None else f"{c:.2f}" for c in s.correlations)
-    head = (f"rank correlation with this map after re-initialising the top 1..{len(s.layers)} "
-            f"layers: {shown}")
+    shown = ", ".join("none (the map became constant)" if c is None else f"{c:.2f}"
+                      for c in s.correlations)
+    steps = ", ".join(str(k) for k in range(1, len(s.layers) + 1))
+    head = (f"Spearman rank correlation with this map after re-initialising the top {steps} "
+            f"layers in turn: {shown}")
     if s.flagged:
         return (f"{head}. FLAGGED: the map still correlates ≥ {SANITY_THRESHOLD} with the "
                 "original once the top layers are random, so it shows the image more than what "

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_gradcam import tiny_net
 from test_report import tiny_model, write_images
 from typer.testing import CliRunner
 
@@ -17,7 +18,7 @@ from explain.cli import app
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
 from explain.methods import METHODS, Method
-from explain.models import CallableClassifier
+from explain.models import CallableClassifier, Preprocess, load
 from explain.report import Options
 from explain.sanity import cascade, rank_correlation, top_layers
 
@@ -29,6 +30,13 @@ def _edges(models, image: np.ndarray, o) -> Heatmap:  # noqa: ANN001
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
     values = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
     return Heatmap(values=values, method="edges", target="nsfw")
+
+
+def cam_model():
+    """Two convolutions and a linear layer at full resolution: a Grad-CAM that is not constant
+    on the test photos."""
+    return load(tiny_net(), "cpu", preprocess=Preprocess(input_size=None),
+                class_names=["sfw", "nsfw"], logits=True)
 
 
 @pytest.fixture
@@ -63,16 +71,17 @@ def test_rank_correlation():
 @pytest.mark.slow
 def test_flags_an_edge_map_and_passes_gradcam(tmp_path, photos, edges):
     paths = write_images(tmp_path, photos)
-    report = build_report(paths, model=tiny_model(), methods=["gradcam", "edges", "occlusion"],
+    report = build_report(paths, model=cam_model(), methods=["gradcam", "edges", "occlusion"],
                           options=SANE)
     rows = [img for img in report.images if not img.error]
     assert len(rows) == 2
     for img in rows:
         checks = {m.method: m.sanity for m in img.methods}
         assert checks["edges"]["flagged"] and checks["edges"]["correlations"] == [1.0, 1.0]
-        assert checks["edges"]["layers"] == ["fc", "conv"]
+        assert checks["edges"]["layers"] == ["6", "2"]  # the Linear, then the last Conv2d
         assert checks["gradcam"]["checked"] and not checks["gradcam"]["flagged"]
-        assert all(c is None or c < 0.5 for c in checks["gradcam"]["correlations"])
+        assert checks["gradcam"]["correlations"][-1] is None or (
+            checks["gradcam"]["correlations"][-1] < 0.5)
         assert checks["occlusion"]["checked"]  # a torch model: black-box methods are checked
     assert any(n.startswith("Sanity check: Edges (test) FLAGGED on 2 of 2 images")
                for n in report.notes)
@@ -82,6 +91,16 @@ def test_flags_an_edge_map_and_passes_gradcam(tmp_path, photos, edges):
     data = report_json(report)
     assert data["images"][0]["methods"][1]["sanity"]["flagged"] is True
     assert data["options"]["sanity"] is True and data["options"]["sanity_layers"] == 2
+
+
+def test_a_constant_map_is_not_checked(tmp_path, photos):
+    paths = write_images(tmp_path, photos)
+    report = build_report(paths[:1], model=tiny_model(), methods=["gradcam"], options=SANE)
+    check = report.images[0].methods[0].sanity
+    assert check["checked"] is False and "the map is constant" in check["note"]
+    assert report.notes == ["Sanity check: Grad-CAM cannot be checked: the map is constant: it "
+                            "orders no pixel before another, so there is nothing to compare "
+                            "with a randomised model's map"]
 
 
 @pytest.mark.slow

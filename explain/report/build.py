@@ -266,6 +266,10 @@ def _pixels(path: Path, models: Models, o: Options, row: ImageResult) -> np.ndar
     return clip.frames[scores.top].rgb
 
 
+def _images(n: int) -> str:
+    return f"{n} image" + ("" if n == 1 else "s")
+
+
 def sanity_notes(images: Sequence[ImageResult], names: Sequence[str], layers: int
                  ) -> list[str]:
     """The page's sentences on the sanity check: per method, on how many images it was flagged,
@@ -282,12 +286,14 @@ def sanity_notes(images: Sequence[ImageResult], names: Sequence[str], layers: in
             notes.append(f"Sanity check: {title} cannot be checked: {checks[0]['note']}")
             continue
         flagged = sum(c["flagged"] for c in done)
-        verdict = (f"FLAGGED on {flagged} of {len(done)} images: its map keeps rank correlation "
+        verdict = (f"FLAGGED on {flagged} of {_images(len(done))}: its map keeps rank correlation "
                    f"≥ {SANITY_THRESHOLD} with the original after the top {layers} layers are "
                    "re-initialised, so it does not show what the model learned" if flagged else
-                   f"passes on {len(done)} images (its map changes when the top {layers} "
+                   f"passes on {_images(len(done))} (its map changes when the top {layers} "
                    "layers are re-initialised)")
-        notes.append(f"Sanity check: {title} {verdict}.")
+        unchecked = len(checks) - len(done)
+        notes.append(f"Sanity check: {title} {verdict}" + (
+            f"; not checked on {_images(unchecked)} (constant map)." if unchecked else "."))
     return notes
 
 
