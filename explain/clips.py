@@ -35,7 +35,7 @@ from explain.images import to_batch
 from explain.models.base import Classifier, resolve_target
 from explain.progress import Progress
 from explain.render import figure, save_png
-from explain.render_clip import animation, save_gif, timeline
+from explain.render_clip import animation, save_gif, shown_frames, timeline
 from explain.windows import fit_batch
 
 FrameMaps = Callable[[Sequence[np.ndarray], Progress | None], list[Heatmap]]
@@ -201,7 +201,10 @@ def write_clip(clip: Clip, explained: ClipExplanation, stem: str | Path, *,
 
     - ``STEM.gif``: the animated overlay, every sampled frame for its duration (same timing as
       the clip's sampled frames), explained frames with their map on one scale for the clip
-      (:func:`explain.render_clip.animation`);
+      (:func:`explain.render_clip.animation`); past
+      :data:`~explain.render_clip.ANIMATION_FRAMES` frames, the explained frames and frames
+      evenly spaced, each held until the next one shown
+      (:func:`explain.render_clip.shown_frames`);
     - ``STEM.timeline.png``: p(target) over time, explained frames marked
       (:func:`explain.render_clip.timeline`);
     - ``STEM.frameINDEX.png``: each explained frame's figure (:func:`explain.render.figure`,
@@ -212,9 +215,14 @@ def write_clip(clip: Clip, explained: ClipExplanation, stem: str | Path, *,
     """
     maps = dict(zip(explained.positions, explained.maps, strict=True))
     scores = explained.scores
-    pictures = animation([f.rgb for f in clip.frames], maps, colormap=colormap, alpha=alpha,
-                         legend=legend)
-    written = [save_gif(pictures, [f.duration for f in clip.frames], f"{stem}.gif")]
+    shown = shown_frames(len(clip.frames), explained.positions)
+    pictures = animation([clip.frames[k].rgb for k in shown],
+                         {i: maps[k] for i, k in enumerate(shown) if k in maps},
+                         colormap=colormap, alpha=alpha, legend=legend)
+    ends = [clip.frames[k].time for k in shown[1:]] + [
+        clip.frames[-1].time + clip.frames[-1].duration]
+    held = [end - clip.frames[k].time for k, end in zip(shown, ends, strict=True)]
+    written = [save_gif(pictures, held, f"{stem}.gif")]
     picture = timeline(scores.times, scores.curve.tolist(), [f.duration for f in clip.frames],
                        target=scores.class_names[scores.target], marked=explained.positions,
                        indices=scores.indices, total=clip.source_frames,

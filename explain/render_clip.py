@@ -5,10 +5,13 @@ them out in time.
 - :func:`timeline`: p(target) of every sampled frame against time (seconds) on a fixed 0..1
   axis, a step per frame held for its duration; explained frames are marked with a red dot and
   their frame index, the max frame with a ring.
-- :func:`animation`: one picture per sampled frame, each shown for the frame's duration; an
+- :func:`animation`: one picture per frame given, each shown for the frame's duration; an
   explained frame carries its overlay, drawn on ONE scale for the whole clip (±max |value| over
   the explained maps for signed maps) so that colours compare across frames; an unexplained
   frame is shown plain, with the legend strip's space left blank.
+- :func:`shown_frames`: which frames an animation shows: every frame up to
+  :data:`ANIMATION_FRAMES`, past it the explained frames and frames evenly spaced (a clip of
+  3,600 frames would make a GIF of 3,600 pictures held in memory at once).
 - :func:`save_gif`: the pictures as an animated GIF with those durations, written atomically.
 """
 
@@ -34,6 +37,19 @@ GRID = (225, 225, 225)
 GAP = (160, 160, 160)
 INK = (60, 60, 60)
 ANIMATION_SIDE = 512
+ANIMATION_FRAMES = 600  # at most this many pictures in an animated overlay (20 s at 30 fps)
+
+
+def shown_frames(count: int, keep: Sequence[int], most: int | None = None) -> list[int]:
+    """Positions (of ``count`` frames) an animation shows: all when there are at most ``most``
+    (default :data:`ANIMATION_FRAMES`), else frame 0, the positions ``keep`` (the explained
+    frames) and frames evenly spaced up to about ``most``, in order; each is then held until
+    the next one shown."""
+    most = ANIMATION_FRAMES if most is None else most
+    if count <= most:
+        return list(range(count))
+    spread = np.rint(np.linspace(0, count - 1, max(0, most - len(keep)))).astype(int)
+    return sorted({0, *keep, *spread.tolist()})
 
 
 def timeline(times: Sequence[float], scores: Sequence[float], durations: Sequence[float], *,

@@ -167,6 +167,27 @@ def test_a_one_frame_flash_is_found_by_default_and_past_max_frames(clips):
             "pass, 8 frames)") in " ".join(out.stdout.split())
 
 
+def test_a_long_clip_animates_its_explained_frames_and_frames_evenly_spaced(clips, monkeypatch):
+    monkeypatch.setattr("explain.render_clip.ANIMATION_FRAMES", 10)
+    flash_video(clips / "flash.mkv")
+    (clips / "model.py").write_text(MODEL + FLASH)
+    result = CliRunner().invoke(app, ["occlude", "flash.mkv", "-o", "out", "--top-frames", "1",
+                                      "--box", "16", "--stride", "16", "-m", "model.py:flash",
+                                      "--classes", "sfw,nsfw"])
+    assert result.exit_code == 0, result.output
+    assert "over 60 of 60 frames (every frame)" in " ".join(result.stdout.split())
+    with Image.open(clips / "out" / "flash.occlusion.gif") as gif:
+        durations, red = [], []
+        for k in range(gif.n_frames):
+            gif.seek(k)
+            durations.append(gif.info["duration"])
+            rgb = np.asarray(gif.convert("RGB"))[:H, :W].astype(int)
+            red.append(rgb[..., 0].mean() - rgb[..., 1].mean() > 60)
+    # 10 spread and frame 24 (Pillow merges equal neighbours), held for the whole clip
+    assert gif.n_frames <= 11 and sum(durations) == 6000
+    assert red.count(True) == 1  # the one-frame flash is shown, with its map
+
+
 def test_bad_frames_option(clips):
     result = CliRunner().invoke(app, ["score", "planted.gif", "--frames", "fps:-1", *ARGS])
     assert result.exit_code == 2 and "--frames must be all, auto" in result.stderr
