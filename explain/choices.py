@@ -55,8 +55,11 @@ DEFAULT_MASKS = 4000
 DEFAULT_CELL = 7
 DEFAULT_P = 0.5
 
-# report: the file it writes
+# report: the file it writes; --sanity: the top layers re-initialised in cascade, and the rank
+# correlation with the original map at or above which a method is flagged (explain.sanity)
 FORMATS = ("html", "json")
+SANITY_LAYERS = 5
+SANITY_THRESHOLD = 0.5
 
 # audit: where it computes (local: this process; ray: a Ray cluster, the optional extra 'ray')
 ENGINES = ("local", "ray")
@@ -76,11 +79,11 @@ AUDIT_BATCH = 32
 # images: larger images are refused before they are decoded
 DEFAULT_MAX_PIXELS = 100_000_000
 
-# clips (animated images, videos): a video's default sampling rate (frames per second), the most
-# frames kept per clip, the frames explained by default, and the level difference (0..255) under
-# which a pixel counts as unchanged from the previous frame (0: only identical pixels, exact)
-DEFAULT_VIDEO_FPS = 4.0
-DEFAULT_MAX_FRAMES = 300
+# clips (animated images, videos): the most frames kept per clip (every frame of a 2-minute clip
+# at 30 fps; past it a difference pass picks them, explain.frames), the frames explained by
+# default, and the level difference (0..255) under which a pixel counts as unchanged from the
+# previous frame (0: only identical pixels, exact)
+DEFAULT_MAX_FRAMES = 3600
 DEFAULT_TOP_FRAMES = 3
 DEFAULT_REUSE_THRESHOLD = 0
 # how a frame's map reuses the previous frame's (explain.frame_reuse): not at all, when the frame

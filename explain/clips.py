@@ -24,6 +24,7 @@ import torch
 
 from explain.choices import (
     AUDIT_BATCH,
+    DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_REUSE_THRESHOLD,
     DEFAULT_TOP_FRAMES,
@@ -34,7 +35,7 @@ from explain.images import to_batch
 from explain.models.base import Classifier, resolve_target
 from explain.progress import Progress
 from explain.render import figure, save_png
-from explain.render_clip import animation, save_gif, timeline
+from explain.render_clip import animation, save_gif, shown_frames, timeline
 from explain.windows import fit_batch
 
 FrameMaps = Callable[[Sequence[np.ndarray], Progress | None], list[Heatmap]]
@@ -118,16 +119,18 @@ def score_clip(classifier: Classifier, clip: Clip, target: str | int = "nsfw", *
 
 
 def judge_clip(classifier: Classifier, path: str | Path, target: str | int = "nsfw", *,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Clip, ClipScores, str]:
-    """Read the clip at ``path`` with the default sampling and score its frames: (the clip, its
-    scores, a sentence saying which frame judges it). The clip's answer is its max frame,
-    ``clip.frames[scores.top]`` (see the module docstring). ``max_pixels`` as in
-    :func:`explain.frames.read_clip`; a bad file raises its ImageError."""
-    clip = read_clip(path, max_pixels=max_pixels)
+               max_pixels: int = DEFAULT_MAX_PIXELS, frames: str = "auto",
+               max_frames: int = DEFAULT_MAX_FRAMES) -> tuple[Clip, ClipScores, str]:
+    """Read the clip at ``path`` and score its frames: (the clip, its scores, a sentence saying
+    which frame judges it and how many were scored). The clip's answer is its max frame,
+    ``clip.frames[scores.top]`` (see the module docstring). ``max_pixels``, ``frames`` (the
+    sampling) and ``max_frames`` as in :func:`explain.frames.read_clip`; a bad file raises its
+    ImageError."""
+    clip = read_clip(path, frames, max_frames=max_frames, max_pixels=max_pixels)
     scores = score_clip(classifier, clip, target)
     top = clip.frames[scores.top]
     return clip, scores, (
-        f"clip: {len(clip.frames)} of {clip.source_frames} frames scored ({clip.sampling}); "
+        f"clip: {clip.scored_text()} scored; "
         f"judged by its max frame {top.index} at {top.time:.2f} s (mean "
         f"p({scores.class_names[scores.target]}) over frames {scores.mean:.4f})")
 
@@ -198,7 +201,10 @@ def write_clip(clip: Clip, explained: ClipExplanation, stem: str | Path, *,
 
     - ``STEM.gif``: the animated overlay, every sampled frame for its duration (same timing as
       the clip's sampled frames), explained frames with their map on one scale for the clip
-      (:func:`explain.render_clip.animation`);
+      (:func:`explain.render_clip.animation`); past
+      :data:`~explain.render_clip.ANIMATION_FRAMES` frames, the explained frames and frames
+      evenly spaced, each held until the next one shown
+      (:func:`explain.render_clip.shown_frames`);
     - ``STEM.timeline.png``: p(target) over time, explained frames marked
       (:func:`explain.render_clip.timeline`);
     - ``STEM.frameINDEX.png``: each explained frame's figure (:func:`explain.render.figure`,
@@ -209,11 +215,18 @@ def write_clip(clip: Clip, explained: ClipExplanation, stem: str | Path, *,
     """
     maps = dict(zip(explained.positions, explained.maps, strict=True))
     scores = explained.scores
-    pictures = animation([f.rgb for f in clip.frames], maps, colormap=colormap, alpha=alpha,
-                         legend=legend)
-    written = [save_gif(pictures, [f.duration for f in clip.frames], f"{stem}.gif")]
+    shown = shown_frames(len(clip.frames), explained.positions)
+    pictures = animation([clip.frames[k].rgb for k in shown],
+                         {i: maps[k] for i, k in enumerate(shown) if k in maps},
+                         colormap=colormap, alpha=alpha, legend=legend)
+    ends = [clip.frames[k].time for k in shown[1:]] + [
+        clip.frames[-1].time + clip.frames[-1].duration]
+    held = [end - clip.frames[k].time for k, end in zip(shown, ends, strict=True)]
+    written = [save_gif(pictures, held, f"{stem}.gif")]
     picture = timeline(scores.times, scores.curve.tolist(), [f.duration for f in clip.frames],
-                       target=scores.class_names[scores.target], marked=explained.positions)
+                       target=scores.class_names[scores.target], marked=explained.positions,
+                       indices=scores.indices, total=clip.source_frames,
+                       scored=clip.scored_text())
     written.append(save_png(picture, f"{stem}.timeline.png"))
     for k in pictured(scores, explained.positions, frame_pictures):
         written.append(save_png(figure(clip.frames[k].rgb, maps[k], colormap=colormap,

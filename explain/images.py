@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -81,8 +82,20 @@ def _check_path(p: Path) -> None:
             raise ImageError(p, "folder cannot be read (permission denied): its images were "
                              "not listed")
         raise ImageError(p, "is a directory, not an image file")
+    if not is_regular(p):
+        raise ImageError(p, "is not a regular file (a FIFO, socket or device: reading it could "
+                         "block forever); give the file itself")
     if p.stat().st_size == 0:
         raise ImageError(p, "file is empty (0 bytes)")
+
+
+def is_regular(p: Path) -> bool:
+    """True for a regular file (links followed), decided from its metadata without opening it:
+    opening a FIFO blocks until a writer comes."""
+    try:
+        return stat.S_ISREG(p.stat().st_mode)
+    except OSError:
+        return False
 
 
 def load_image(path: str | bytes | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -104,3 +105,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def fifos():
+    """``fifos(folder)`` makes FIFOs named like images and clips there. A writer thread waits
+    on each, so that code that opens one gets an empty read (and fails these tests) instead of
+    hanging; the teardown opens each for reading once, which lets a writer never needed end."""
+    made: list[Path] = []
+
+    def make(folder: Path) -> list[Path]:
+        paths = [folder / name for name in ("pipe.gif", "pipe.png", "pipe.mp4")]
+        for p in paths:
+            os.mkfifo(p)
+            threading.Thread(target=lambda p=p: open(p, "wb").close(), daemon=True).start()
+        made.extend(paths)
+        return paths
+
+    yield make
+    for p in made:
+        os.close(os.open(p, os.O_RDONLY | os.O_NONBLOCK))

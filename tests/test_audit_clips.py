@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from test_clips import redness
-from test_frames import save_animation, save_video
+from test_clips import flash, flash_video, redness
+from test_frames import cut_gifs, gif_bomb, save_animation, save_video
 
 from explain.audit import AuditOptions, audit
+from explain.errors import OptionError
 from explain.models import CallableClassifier
 
 H, W = 32, 48
@@ -66,3 +67,38 @@ def test_a_clip_keeps_its_judged_frame_so_later_steps_make_no_model_call(tmp_pat
     o = AuditOptions(threshold=0.5, top=0, concepts=False, cues=False, mosaic=0)
     again = audit(data, tmp_path / "out", model=clf, options=o)
     assert again.resumed and calls[0] == before and again.metrics["fp"] == 0
+
+
+def test_cut_piped_and_oversized_animations_fail_alone_and_resume(tmp_path, fifos):
+    """A cut GIF, FIFOs named like images and a decoding bomb are each recorded as a failed
+    image (before: a traceback that came back on every resume, or a hang); a resume finishes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    cuts = cut_gifs(data)
+    fifos(data)
+    gif_bomb(data / "bomb.gif", 4000, 20_000)
+    clf = CallableClassifier(redness, class_names=["sfw", "nsfw"])
+    o = AuditOptions(top=0, concepts=False, mosaic=0, cues=False)
+    first = audit(data, tmp_path / "out", model=clf, options=o)
+    again = audit(data, tmp_path / "out", model=clf, options=o)
+    assert again.resumed and again.failed == first.failed
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert errors.count("is not a regular file") == 3
+    assert "bomb.gif" in errors and "pixels to decode" in errors
+    assert first.failed >= 30 + 4 and first.images == len(cuts) + 5  # + whole.gif
+
+
+def test_the_audit_finds_a_one_frame_flash_by_default_and_takes_frames(tmp_path):
+    data = tmp_path / "data"
+    (data / "sfw").mkdir(parents=True)
+    flash_video(data / "sfw" / "flash.mkv")
+    clf = CallableClassifier(flash, class_names=["sfw", "nsfw"])
+    scores = {}
+    for frames in ("auto", "fps:4"):
+        o = AuditOptions(top=0, concepts=False, mosaic=0, cues=False, frames=frames)
+        audit(data, tmp_path / frames.replace(":", ""), model=clf, options=o)
+        rows = list(csv.DictReader((tmp_path / frames.replace(":", "") / "scores.csv").open()))
+        scores[frames] = float(rows[0]["score"])
+    assert scores == {"auto": pytest.approx(0.9), "fps:4": pytest.approx(0.02)}
+    with pytest.raises(OptionError, match="--frames must be"):
+        AuditOptions(frames="fps:0").check()

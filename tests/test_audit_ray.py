@@ -82,6 +82,12 @@ def photos_dir(tmp_path_factory) -> Path:
     frames = [Image.open(root / "sfw" / f"photo{i:02d}.jpg").convert("RGB") for i in (1, 2, 4)]
     frames[0].save(root / "sfw" / "clip.gif", save_all=True, append_images=frames[1:],
                    duration=100, loop=0)
+    # the same GIF cut just inside the second frame's header: Pillow raised IndexError and
+    # struct.error there, a traceback that stopped the audit on every resume, on Ray too
+    gif = (root / "sfw" / "clip.gif").read_bytes()
+    second = gif.index(b"\x21\xf9\x04", gif.index(b"\x21\xf9\x04") + 1)
+    (root / "sfw" / "cut1.gif").write_bytes(gif[:second + 1])
+    (root / "sfw" / "cut4.gif").write_bytes(gif[:second + 4])
     (root / "sfw" / "empty.jpg").write_bytes(b"")
     (root / "sfw" / "text.png").write_bytes(b"not an image at all")
     good = (root / "nsfw" / "photo00.jpg").read_bytes()
@@ -101,7 +107,7 @@ def test_ray_engine_gives_the_local_answers(cluster, photos_dir, tmp_path):
                   options=options)
     on_ray = audit(photos_dir, tmp_path / "ray", model="open-nsfw:onnx", device="cpu",
                    options=options, engine="ray", ray=RayOptions(actors=2))
-    assert (local.images, local.scored, local.failed) == (16, 13, 3)
+    assert (local.images, local.scored, local.failed) == (18, 13, 5)
     assert (on_ray.images, on_ray.scored, on_ray.failed, on_ray.key) == \
         (local.images, local.scored, local.failed, local.key)
     a, b = _rows(tmp_path / "local" / "scores.csv"), _rows(tmp_path / "ray" / "scores.csv")

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_frames import save_animation, save_video
+from test_clips import flash_video
+from test_frames import cut_gifs, gif_bomb, save_animation, save_video
 from typer.testing import CliRunner
 
 from explain.cli import app
@@ -19,6 +20,13 @@ def score(images):
     x = images.astype(np.int32)
     red = (x[..., 0] > 200) & (x[..., 1] < 60) & (x[..., 2] < 60)
     s = red.mean(axis=(1, 2))
+    return np.stack([1 - s, s], axis=1)
+'''
+FLASH = '''
+def flash(images):
+    x = images.astype(np.int32)
+    red = ((x[..., 0] > 200) & (x[..., 1] < 60) & (x[..., 2] < 60)).mean(axis=(1, 2)) > 0.5
+    s = np.where(red, 0.9, 0.02)
     return np.stack([1 - s, s], axis=1)
 '''
 SHARE = 12 * 16 / (H * W)
@@ -113,6 +121,71 @@ def test_bad_clips_are_one_error_each_and_the_batch_goes_on(clips):
     assert "garbage.mov: cannot be opened as a video" in errors[1]
     assert "cut.mkv" in errors[2] and "truncated" in errors[2]
     assert "planted.gif  nsfw max" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["score", "occlude"])
+def test_cut_piped_and_oversized_animations_are_one_error_each(clips, fifos, command):
+    """A GIF cut anywhere, a FIFO named like an image, and 320 G pixels of GIF frames in 460 KB:
+    one red line each naming the file, and the batch goes on (before: a traceback, a hang)."""
+    cuts = [p.name for p in cut_gifs(clips)]
+    fifos(clips)
+    gif_bomb(clips / "bomb.gif", 4000, 20_000)
+    names = [*cuts, "pipe.gif", "pipe.png", "bomb.gif", "planted.gif"]
+    more = ["-o", "out", "--box", "16", "--stride", "16"] if command == "occlude" else []
+    result = CliRunner().invoke(app, [command, *names, *more, *ARGS])
+    assert result.exit_code == 2, result.output  # an uncaught exception exits 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert sum("pipe." in e and "is not a regular file" in e for e in errors) == 2
+    assert any("bomb.gif: 20,000 frames of 4000x4000" in e for e in errors)
+    for cut in cuts:  # scored (a cut in the trailer), or one line naming it
+        assert (cut in result.stdout) != any(e.startswith(f"error: {cut}:") for e in errors)
+    assert sum(e.startswith("error: cut") for e in errors) >= 30
+    assert "planted.gif" in result.stdout
+
+
+def test_a_one_frame_flash_is_found_by_default_and_past_max_frames(clips):
+    """The default scores every frame of a 10 fps video (4 frames per second skipped the hot
+    one); past --max-frames the difference pass still scores it; the line, the JSON and the
+    timeline say how many frames were scored."""
+    flash_video(clips / "flash.mkv")
+    model = ["-m", "model.py:flash", "--classes", "sfw,nsfw"]
+    (clips / "model.py").write_text(MODEL + FLASH)
+    result = CliRunner().invoke(app, ["score", "flash.mkv", "--json", *model])
+    assert result.exit_code == 0, result.output
+    clip = json.loads(result.stdout)[0]["clip"]
+    assert clip["max"] == pytest.approx(0.9) and clip["max_frame"] == 24
+    assert (clip["frames_scored"], clip["source_frames"], clip["sampling"]) == (60, 60, "all")
+    capped = CliRunner().invoke(app, ["score", "flash.mkv", "--max-frames", "8", *model])
+    assert capped.exit_code == 0, capped.output
+    assert "max nsfw at frame 24 (2.40 s)" in capped.stdout
+    assert "8 of 60 frames scored" in capped.stdout
+    assert "a difference pass kept the 4 frames most unlike" in " ".join(capped.stderr.split())
+    out = CliRunner().invoke(app, ["occlude", "flash.mkv", "-o", "out", "--max-frames", "8",
+                                   "--top-frames", "1", "--box", "16", "--stride", "16", *model])
+    assert out.exit_code == 0, out.output
+    assert ("max 0.9000 at frame 24 (2.40 s), mean 0.1300 over 8 of 60 frames (difference "
+            "pass, 8 frames)") in " ".join(out.stdout.split())
+
+
+def test_a_long_clip_animates_its_explained_frames_and_frames_evenly_spaced(clips, monkeypatch):
+    monkeypatch.setattr("explain.render_clip.ANIMATION_FRAMES", 10)
+    flash_video(clips / "flash.mkv")
+    (clips / "model.py").write_text(MODEL + FLASH)
+    result = CliRunner().invoke(app, ["occlude", "flash.mkv", "-o", "out", "--top-frames", "1",
+                                      "--box", "16", "--stride", "16", "-m", "model.py:flash",
+                                      "--classes", "sfw,nsfw"])
+    assert result.exit_code == 0, result.output
+    assert "over 60 of 60 frames (every frame)" in " ".join(result.stdout.split())
+    with Image.open(clips / "out" / "flash.occlusion.gif") as gif:
+        durations, red = [], []
+        for k in range(gif.n_frames):
+            gif.seek(k)
+            durations.append(gif.info["duration"])
+            rgb = np.asarray(gif.convert("RGB"))[:H, :W].astype(int)
+            red.append(rgb[..., 0].mean() - rgb[..., 1].mean() > 60)
+    # 10 spread and frame 24 (Pillow merges equal neighbours), held for the whole clip
+    assert gif.n_frames <= 11 and sum(durations) == 6000
+    assert red.count(True) == 1  # the one-frame flash is shown, with its map
 
 
 def test_bad_frames_option(clips):

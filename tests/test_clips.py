@@ -203,3 +203,42 @@ def test_timeline_marks_the_explained_frames():
     assert any(abs(c - centres[1]) <= 8 for c in columns)
     assert any(abs(c - centres[3]) <= 8 for c in columns)
     assert not any(abs(c - centres[2]) <= 12 for c in columns)
+
+
+def flash(images: np.ndarray) -> np.ndarray:
+    """p(nsfw) = 0.9 for a frame that is mostly strongly red, else 0.02: a model that scores a
+    frame by its content."""
+    x = images.astype(np.int32)
+    red = ((x[..., 0] > 200) & (x[..., 1] < 60) & (x[..., 2] < 60)).mean(axis=(1, 2)) > 0.5
+    s = np.where(red, 0.9, 0.02)
+    return np.stack([1 - s, s], axis=1)
+
+
+def flash_video(path, n: int = 60, hot: int = 24):
+    """A 10 fps lossless video of ``n`` gray frames (the level changes a little each frame), one
+    of which, ``hot``, is red: a one-frame flash that 4 frames per second never sample."""
+    frames = [np.full((H, W, 3), 80 + 3 * (k % 7), np.uint8) for k in range(n)]
+    frames[hot][:] = (230, 20, 20)
+    return save_video(path, frames, fps=10)
+
+
+def test_a_one_frame_flash_is_found_by_default_and_past_the_cap(tmp_path, monkeypatch):
+    video = flash_video(tmp_path / "flash.mkv")
+    clf = model(flash)
+    assert 24 not in [f.index for f in read_clip(video, "fps:4").frames]  # the old default
+    clip = read_clip(video)
+    assert clip.every_frame and len(clip.frames) == 60 and clip.notes == []
+    scores = score_clip(clf, clip)
+    assert scores.max == pytest.approx(0.9) and scores.summary()["max_frame"] == 24
+    capped = read_clip(video, max_frames=8)  # past the cap: the difference pass
+    assert len(capped.frames) == 8 and capped.sampling == "difference pass, 8 frames"
+    assert {0, 24} <= {f.index for f in capped.frames}
+    assert capped.scored_text() == "8 of 60 frames (difference pass, 8 frames)"
+    assert "a difference pass kept the 4 frames most unlike the frames before them" in (
+        " ".join(capped.notes))
+    found = score_clip(clf, capped)
+    assert found.max == pytest.approx(0.9) and found.summary()["max_frame"] == 24
+    monkeypatch.setenv("EXPLAIN_MEMORY_BUDGET", str(2 * 3 * H * W * 5))  # 5 frames fit
+    tight = read_clip(video, "all")
+    assert len(tight.frames) == 5 and 24 in [f.index for f in tight.frames]
+    assert "the memory budget, 5 frames of 64x48" in " ".join(tight.notes)

@@ -3,6 +3,7 @@ caps and bad files."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,8 @@ from PIL import Image
 
 from explain import frames as frames_module
 from explain.errors import ImageError, OptionError
-from explain.frames import Sampling, is_clip, parse_sampling, read_clip
+from explain.frames import Sampling, frame_at, is_clip, parse_sampling, read_clip
+from explain.images import load_image
 
 H, W = 48, 64
 
@@ -87,15 +89,16 @@ def test_sampling_fps_count_and_the_note(tmp_path):
     assert by_rate.notes == ["6 of 30 frames sampled (fps:2); the rest were skipped"]
     by_count = read_clip(path, "4")
     assert [f.index for f in by_count.frames] == [0, 10, 19, 29]
-    default = read_clip(path)  # a video: DEFAULT_VIDEO_FPS
-    assert len(default.frames) == 12 and default.sampling == "fps:4"
+    default = read_clip(path)  # every frame, a video too, while the clip fits the cap
+    assert len(default.frames) == 30 and default.sampling == "all" and default.notes == []
+    assert default.every_frame and default.scored_text() == "30 of 30 frames (every frame)"
 
 
 def test_frame_cap_keeps_frames_evenly_and_says_so(tmp_path):
     path = save_animation(tmp_path / "long.gif", [coloured(k) for k in range(25)], 40)
-    clip = read_clip(path, "all", max_frames=5)
+    clip = read_clip(path, "13", max_frames=5)
     assert [f.index for f in clip.frames] == [0, 6, 12, 18, 24]
-    assert "above the cap (--max-frames 5)" in " ".join(clip.notes)
+    assert "13 frames would keep 13 frames, above the cap (--max-frames 5)" in clip.notes[1]
     assert clip.notes[0] == "5 of 25 frames sampled (5 frames); the rest were skipped"
 
 
@@ -157,3 +160,74 @@ def test_sampling_forms():
     assert parse_sampling("ALL") == Sampling("all")
     assert parse_sampling(" 12 ") == Sampling("count", 12)
     assert parse_sampling("fps:2.5") == Sampling("fps", 2.5)
+
+
+def gif_bomb(path: Path, side: int, frames: int) -> Path:
+    """A GIF of ``frames`` frames on a ``side``×``side`` screen, each frame a 1-pixel update of
+    23 bytes (written by hand): 20,000 frames at 4000² are a 460 KB file."""
+    head = b"GIF89a" + struct.pack("<HHBBB", side, side, 0x80, 0, 0) + bytes([0, 0, 0] + [255] * 3)
+    frame = (b"\x21\xf9\x04\x00\x0a\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+             + b"\x02\x02\x44\x01\x00")
+    path.write_bytes(head + frame * frames + b"\x3b")
+    return path
+
+
+def cut_gifs(tmp_path: Path) -> list[Path]:
+    """An 8-frame animated GIF cut at 40 places through its length (Pillow raises OSError,
+    EOFError, IndexError or struct.error on them, depending on where the cut falls)."""
+    rng = np.random.default_rng(0)
+    gif = save_animation(tmp_path / "whole.gif", [rng.integers(0, 255, (H, W, 3), np.uint8)
+                                                  for _ in range(8)], 40)
+    data = gif.read_bytes()
+    cuts = []
+    for k, end in enumerate(range(40, len(data), len(data) // 40)):
+        (tmp_path / f"cut{k:02d}.gif").write_bytes(data[:end])
+        cuts.append(tmp_path / f"cut{k:02d}.gif")
+    return cuts
+
+
+def test_a_gif_cut_anywhere_is_one_image_error_naming_it(tmp_path):
+    for cut in cut_gifs(tmp_path):
+        try:
+            (read_clip if is_clip(cut) else load_image)(cut)
+        except ImageError as exc:
+            assert str(cut) in str(exc)
+
+
+def test_decoding_work_is_refused_from_the_header(tmp_path, monkeypatch):
+    bomb = gif_bomb(tmp_path / "bomb.gif", 4000, 20_000)
+    assert bomb.stat().st_size < 470_000 and is_clip(bomb)
+
+    def no_decoding(self):
+        raise AssertionError("a frame was decoded")
+
+    monkeypatch.setattr(frames_module._AnimatedSource, "_frames", no_decoding)
+    with pytest.raises(ImageError, match=r"bomb.gif: 20,000 frames of 4000x4000 are "
+                                         r"320,000,000,000 pixels to decode, above the limit of "
+                                         r"30,000,000,000 \(300 frames of --max-pixels\)"):
+        read_clip(bomb)
+    monkeypatch.undo()
+    small = gif_bomb(tmp_path / "small.gif", 100, frames_module.CLIP_WORK_FRAMES + 1)
+    with pytest.raises(ImageError, match="301 frames of 100x100 are 3,010,000 pixels"):
+        read_clip(small, max_pixels=10_000)
+    assert len(read_clip(small, max_pixels=10_100).frames) == 301
+
+
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path, fifos):
+    for p in fifos(tmp_path):
+        assert not is_clip(p) or p.suffix == ".mp4"
+        with pytest.raises(ImageError, match="is not a regular file"):
+            read_clip(p)
+        with pytest.raises(ImageError, match="is not a regular file"):
+            load_image(p)
+
+
+def test_frame_at_reads_one_frame_by_its_source_index(tmp_path):
+    frames = [coloured(k) for k in range(6)]
+    path = save_animation(tmp_path / "clip.gif", frames, [100, 200, 50, 300, 100, 250])
+    got = frame_at(path, 3)
+    assert (got.index, round(got.time, 3), round(got.duration, 3)) == (3, 0.35, 0.3)
+    assert np.array_equal(got.rgb, frames[3])
+    assert round(frame_at(path, 5).duration, 3) == 0.25
+    with pytest.raises(ImageError, match="has no frame 6: it has 6 frames"):
+        frame_at(path, 6)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from explain.choices import DEFAULT_MAX_PIXELS, ENGINES, check_occlusion_fill
+from explain.choices import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ENGINES, check_occlusion_fill
 from explain.drill_down import check_drill_down
 from explain.errors import OptionError
+from explain.frames import parse_sampling
 from explain.render import check_look
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
@@ -89,6 +90,8 @@ class AuditOptions:
     target: str = "nsfw"
     concepts: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    frames: str = "auto"
+    max_frames: int = DEFAULT_MAX_FRAMES
     batch_size: int | None = None
     workers: int = 4
     colormap: str | None = None
@@ -125,6 +128,9 @@ class AuditOptions:
             check_grid_memory(self.mosaic, None, 64)
         check_occlusion_fill(self.fill)
         check_drill_down(self.drill_down)
+        parse_sampling(self.frames)
+        if self.max_frames < 1:
+            raise OptionError(f"max_frames must be at least 1, got {self.max_frames}")
         if self.batch_size is not None and self.batch_size < 1:
             raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
         if self.workers < 1:

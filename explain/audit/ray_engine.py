@@ -123,7 +123,8 @@ class _Scorer:
         input_size = tuple(self.classifier.input_size) if self.classifier.input_size else None
         with collect_warnings():
             items = [_load(it.row, input_size, self.detector is not None, self.o.max_pixels,
-                           self.classifier, self.t) if it.clip else it for it in items]
+                           self.classifier, self.t, frames=self.o.frames,
+                           max_frames=self.o.max_frames) if it.clip else it for it in items]
         try:
             records = _score_batch(items, self.classifier, self.t, self.o, self.detector)
         except ExplainError as exc:  # a broken model: the driver raises it (see _unpacked)

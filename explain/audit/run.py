@@ -50,7 +50,7 @@ from explain.audit.options import AuditOptions, AuditResult, RayOptions
 from explain.audit.outputs import write_outputs
 from explain.audit.stages import Rate, cue_stage, heatmap_stage, heatmap_targets, score_stage
 from explain.audit.store import Store
-from explain.choices import BLACK_BOX_MODEL
+from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES
 from explain.files import check_output_dir
 from explain.images import collect_warnings
 from explain.models import Classifier, load, resolve_target
@@ -148,6 +148,8 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
     }
     if o.drill_down is not None:  # only then, so that earlier exact runs keep their keys
         params["drill_down"] = o.drill_down
+    if (o.frames, o.max_frames) != ("auto", DEFAULT_MAX_FRAMES):  # the same: clips' sampling
+        params["frames"] = [o.frames, o.max_frames]
     store = Store(out, params)
     rate = Rate(progress)
     seconds: dict[str, float] = {}

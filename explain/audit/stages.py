@@ -27,7 +27,7 @@ from explain.audit.cues import CueImage, Cues, StoreCache, find_cues
 from explain.audit.options import AuditOptions
 from explain.audit.slices import image_properties
 from explain.audit.store import ImageRow, Store
-from explain.choices import AUDIT_BATCH
+from explain.choices import AUDIT_BATCH, DEFAULT_MAX_FRAMES
 from explain.errors import ExplainError, ModelError
 from explain.files import display
 from explain.frames import is_clip
@@ -90,18 +90,21 @@ class Loaded:
 
 
 def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
-          max_pixels: int, classifier: Classifier | None, target: int) -> Loaded:
+          max_pixels: int, classifier: Classifier | None, target: int, *,
+          frames: str = "auto", max_frames: int = DEFAULT_MAX_FRAMES) -> Loaded:
     """Decode one file and prepare what the scoring pass needs (off the main thread); the
     warnings its decoding raises are kept with it. A clip is its max frame for ``target``
     (:mod:`explain.audit.clip_frame`: ``classifier`` scores its frames); without a
     ``classifier`` (a decoding task with no model) a clip is left undecoded, ``clip=True``, for
-    whoever holds the model to load with this same function."""
+    whoever holds the model to load with this same function. ``frames`` and ``max_frames``: a
+    clip's sampling (:func:`explain.frames.read_clip`)."""
     if classifier is None and is_clip(row.file):
         return Loaded(row, clip=True)
     notes: list[str] = []
     try:
         rgb, frame = audit_pixels(row.file, max_pixels=max_pixels, notes=notes,
-                              classifier=classifier, target=target)
+                                  classifier=classifier, target=target, frames=frames,
+                                  max_frames=max_frames)
     except ExplainError as exc:
         return Loaded(row, error=getattr(exc, "reason", str(exc)), notes=notes)
     shape = rgb.shape[:2]
@@ -197,8 +200,8 @@ def score_stage(store: Store, classifier: Classifier, t: int, o: AuditOptions,
     with collect_warnings(), ThreadPoolExecutor(max_workers=o.workers) as pool, \
             rate.task("scoring", todo) as advance:
         def submit(batch: list[ImageRow]) -> list[Future]:
-            return [pool.submit(_load, r, input_size, concepts, o.max_pixels, classifier, t)
-                    for r in batch]
+            return [pool.submit(_load, r, input_size, concepts, o.max_pixels, classifier, t,
+                                frames=o.frames, max_frames=o.max_frames) for r in batch]
 
         source = chunks()
         ahead = submit(next(source, []))
@@ -282,7 +285,8 @@ def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o:
     call it (the Ray engine on its actors)."""
     try:  # its decoding warnings were recorded when it was scored
         rgb, frame = audit_pixels(row.file, max_pixels=o.max_pixels, notes=[],
-                                  classifier=classifier, target=o.target)
+                                  classifier=classifier, target=o.target, frames=o.frames,
+                                  max_frames=o.max_frames)
     except ExplainError as exc:
         return f"no heatmap for {display(row.file)}: {exc.reason}"
     heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,

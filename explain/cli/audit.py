@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_PIXELS, ENGINES
+from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ENGINES
 from explain.cli.common import (
     AlphaOpt,
     BatchOpt,
@@ -18,6 +18,8 @@ from explain.cli.common import (
     DrillDownOpt,
     FastOpt,
     FillOpt,
+    FramesOpt,
+    MaxFramesOpt,
     ModelOptions,
     NormalizeOpt,
     OcclusionFill,
@@ -121,6 +123,8 @@ def audit(
                                          "ahead of the model.")] = 4,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Larger images are "
                                             "reported as errors.")] = DEFAULT_MAX_PIXELS,
+    frames: FramesOpt = "auto",
+    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
     mosaic: Annotated[int, typer.Option("--mosaic", min=0, help="Images in the similarity "
                                         "mosaic (0: none).")] = 256,
     colormap: ColormapOpt = None,
@@ -135,7 +139,8 @@ def audit(
     gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor", min=0.0, help="Ray: GPUs per actor (default: 1 when the cluster has GPUs, else 0).")] = None,  # noqa: E501
 ) -> None:
     """Audit a dataset: metrics, false positives/negatives with heatmaps, and which detected body
-    parts drive the score. Re-running the same command resumes an interrupted audit."""
+    parts drive the score. Re-running the same command resumes an interrupted audit. A clip
+    (animated GIF/WebP/PNG, video) is audited as its max frame among those --frames samples."""
     from explain.audit import audit as run_audit
     from explain.audit.options import AuditOptions, RayOptions
     from explain.errors import OptionError
@@ -149,6 +154,7 @@ def audit(
                            stride=int_pair(stride, "--stride"), fill=fill, target=target,
                            drill_down=drill_down_fraction(fast, drill_down),
                            concepts=concepts, cues=cues, max_pixels=max_pixels,
+                           frames=frames, max_frames=max_frames,
                            batch_size=batch_size, workers=workers, colormap=colormap,
                            alpha=alpha, normalize=normalize, vmin=vmin, vmax=vmax, mosaic=mosaic)
     options.check()

@@ -219,7 +219,7 @@ def _explain_clip(path: Path, stem: Path, clf: object, make_map: Callable[..., H
     top = scores.summary()
     seconds = sum(hm.seconds or 0.0 for hm in explained.maps)
     return (f"{display(path)}  {top['target']} max {top['max']:.4f} at frame {top['max_frame']} "
-            f"({top['max_time']:.2f} s), mean {top['mean']:.4f} over {len(clip.frames)} frames"
+            f"({top['max_time']:.2f} s), mean {top['mean']:.4f} over {clip.scored_text()}"
             f"  {len(explained.maps)} explained (reuse: {paths})  {seconds:.2f} s"
             f"  → {', '.join(map(display, written[:2]))}"
             + (f" + {len(written) - 2} frame pictures" if len(written) > 2 else ""))

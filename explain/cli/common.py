@@ -346,10 +346,11 @@ NoLegendOpt = Annotated[bool, typer.Option(
 # Clips (animated images, videos): how their frames are sampled and which are explained
 FramesOpt = Annotated[str, typer.Option(
     "--frames", help="Clips (animated GIF/WebP/PNG, MP4/WebM/MOV/MKV): all, N (evenly spaced) "
-    "or fps:R; auto = every frame of an animated image, 4 frames per second of a video.")]
+    "or fps:R; auto = every frame, and past --max-frames a difference pass that keeps the "
+    "frames most unlike those before them (a one-frame flash) and spreads the rest.")]
 MaxFramesOpt = Annotated[int, typer.Option(
-    "--max-frames", min=1, help="Clips: at most this many frames are kept (evenly spaced when "
-    "the sampling asks for more; a note says so).")]
+    "--max-frames", min=1, help="Clips: at most this many frames are scored (fewer when the "
+    "memory budget holds fewer; a note says how they were picked).")]
 TopFramesOpt = Annotated[int, typer.Option(
     "--top-frames", min=1, help="Clips: explain the K frames with the highest p(target).")]
 AllFramesOpt = Annotated[bool, typer.Option(

@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from explain.choices import DEFAULT_MASKS, FORMATS, WHITE_BOX_MODEL
+from explain.choices import DEFAULT_MASKS, FORMATS, SANITY_LAYERS, SANITY_THRESHOLD, WHITE_BOX_MODEL
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     AlphaOpt,
@@ -77,6 +77,13 @@ DeletionFillOpt = Annotated[Fill, typer.Option("--fill", help="What deleted pixe
 FormatOpt = Annotated[Format, typer.Option("--format", help="The report file's format.",
                                            callback=plain)]
 ReportOutOpt = Annotated[Path, typer.Option("--output", "-o", help="The report file.")]
+SanityOpt = Annotated[bool, typer.Option(
+    "--sanity", help="Sanity check (Adebayo et al. 2018): re-initialise the model's top layers "
+    "in cascade (torch models) and flag every method whose map keeps Spearman rank correlation "
+    f"≥ {SANITY_THRESHOLD} with the original.")]
+SanityLayersOpt = Annotated[int, typer.Option(
+    "--sanity-layers", min=1, help="--sanity: how many top layers to re-initialise, one more "
+    "per step.")]
 
 
 @user_errors
@@ -89,15 +96,18 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
            normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
            fmt: FormatOpt = Format.html,
            output: ReportOutOpt = Path("report.html"), fast: FastOpt = False,
-           drill_down: DrillDownOpt = None) -> None:
+           drill_down: DrillDownOpt = None, sanity: SanityOpt = False,
+           sanity_layers: SanityLayersOpt = SANITY_LAYERS) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
-    insertion AUC), rank them, and write one self-contained report."""
+    insertion AUC), rank them, and write one self-contained report. With --sanity, flag every
+    method whose map survives randomising the model's top layers (Adebayo et al. 2018)."""
     from explain.report import DEFAULT_MODELS, Options, write_report
 
     options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
                       target=target, steps=steps, fill=fill, masks=masks, batch_size=batch_size,
                       colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
-                      vmax=vmax, drill_down=drill_down_fraction(fast, drill_down))
+                      vmax=vmax, drill_down=drill_down_fraction(fast, drill_down),
+                      sanity=sanity, sanity_layers=sanity_layers)
     options.check()
     paths, failed_inputs = gather_images(images, clips=True)
     check_output_file(output, inputs=paths)

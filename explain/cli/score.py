@@ -118,7 +118,7 @@ def _clip_cell(row: dict) -> str:
     if c is None:
         return ""
     return (f"max {c['target']} at frame {c['max_frame']} ({c['max_time']:.2f} s), mean "
-            f"{c['mean']:.4f}, {c['frames_scored']} frames")
+            f"{c['mean']:.4f}, {c['frames_scored']} of {c['source_frames']} frames scored")
 
 
 def models() -> None:

@@ -25,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.choices import BLACK_BOX_MODEL, DEFAULT_MASKS, WHITE_BOX_MODEL, check_fill
+from explain.choices import (
+    BLACK_BOX_MODEL,
+    DEFAULT_MASKS,
+    SANITY_LAYERS,
+    SANITY_THRESHOLD,
+    WHITE_BOX_MODEL,
+    check_fill,
+)
 from explain.clips import judge_clip
 from explain.drill_down import check_drill_down
 from explain.errors import ExplainError, OptionError, WhiteBoxError
@@ -51,6 +58,7 @@ from explain.render import (
 from explain.render_clip import timeline
 from explain.report.ranking import rank
 from explain.rise import check_rise
+from explain.sanity import Sanity, check_layers, sanity_checks
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 THUMB_SIDE = 64
@@ -75,10 +83,13 @@ class Options:
     normalize: str | None = None
     vmin: float | None = None
     vmax: float | None = None
+    sanity: bool = False
+    sanity_layers: int = SANITY_LAYERS
 
     def check(self) -> None:
         """Refuse bad values before any model runs (not once per image)."""
         check_fill(self.fill)
+        check_layers(self.sanity_layers)
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
         check_windows(self.box, self.stride)
@@ -104,6 +115,7 @@ class MethodResult:
     overlay_uri: str | None = None
     raw_uri: str | None = None
     reading: str | None = None
+    sanity: dict | None = None
 
 
 @dataclass
@@ -171,11 +183,14 @@ def _params(heatmap: Heatmap) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if v is not None}
 
 
-def _run_method(name: str, models: Models, image: np.ndarray, o: Options) -> MethodResult:
+def _run_method(name: str, models: Models, image: np.ndarray, o: Options,
+                maps: dict[str, Heatmap]) -> MethodResult:
+    """Run one method, time it, score its faithfulness and draw its panels; its map goes into
+    ``maps`` (for the sanity check)."""
     method = METHODS[name]
     result = MethodResult(name, method.title)
     start = time.perf_counter()
-    heatmap = method.run(models, image, o)
+    heatmap = maps[name] = method.run(models, image, o)
     result.seconds = time.perf_counter() - start
     result.params = _params(heatmap)
     start = time.perf_counter()
@@ -209,19 +224,44 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
     row.scores = dict(zip(classes, probs, strict=True))
     row.score = probs[resolve_target(models.black, o.target)]
     row.original_uri, row.thumb_uri = data_uri(image), data_uri(image, THUMB_SIDE)
+    maps: dict[str, Heatmap] = {}
     for name in names:
         if name in skipped:
             row.methods.append(MethodResult(name, METHODS[name].title, skipped=skipped[name]))
         else:
             try:
-                row.methods.append(_run_method(name, models, image, o))
+                row.methods.append(_run_method(name, models, image, o, maps))
             except WhiteBoxError as exc:
                 skipped[name] = str(exc)
                 row.methods.append(MethodResult(name, METHODS[name].title, skipped=str(exc)))
             except (ExplainError, RuntimeError, ValueError) as exc:
                 row.methods.append(MethodResult(name, METHODS[name].title, error=str(exc)))
         tick(f"{display(path.name)}: {name}")
+    if o.sanity:
+        _sanity(row, models, image, o, {m.method: maps[m.method] for m in row.methods
+                                        if m.faithfulness is not None})
     return row
+
+
+def _sanity(row: ImageResult, models: Models, image: np.ndarray, o: Options,
+            maps: dict[str, Heatmap]) -> None:
+    """The sanity check (:mod:`explain.sanity`) of every method that made a map on this row;
+    a method whose map cannot be recomputed on a randomised model records why."""
+    def model_of(name: str) -> object:
+        return models.white if METHODS[name].white_box else models.black
+
+    def run(name: str, randomised: object) -> Heatmap:
+        black = randomised if models.black is model_of(name) else models.black
+        white = randomised if models.white is model_of(name) else models.white
+        return METHODS[name].run(Models(black, white), image, o)
+
+    try:
+        checks = sanity_checks(maps, model_of, run, layers=o.sanity_layers)
+    except (ExplainError, RuntimeError, ValueError) as exc:
+        checks = {name: Sanity(False, note=f"the sanity check failed: {exc}") for name in maps}
+    for m in row.methods:
+        if m.method in checks:
+            m.sanity = checks[m.method].as_dict()
 
 
 def _pixels(path: Path, models: Models, o: Options, row: ImageResult) -> np.ndarray:
@@ -232,9 +272,42 @@ def _pixels(path: Path, models: Models, o: Options, row: ImageResult) -> np.ndar
         return load_image(path)
     clip, scores, row.clip = judge_clip(models.black, path, o.target)
     picture = timeline(scores.times, scores.curve.tolist(), [f.duration for f in clip.frames],
-                       target=scores.class_names[scores.target], marked=[scores.top])
+                       target=scores.class_names[scores.target], marked=[scores.top],
+                       indices=scores.indices, total=clip.source_frames,
+                       scored=clip.scored_text())
     row.timeline_uri = data_uri(picture, picture.shape[1])
     return clip.frames[scores.top].rgb
+
+
+def _images(n: int) -> str:
+    return f"{n} image" + ("" if n == 1 else "s")
+
+
+def sanity_notes(images: Sequence[ImageResult], names: Sequence[str], layers: int
+                 ) -> list[str]:
+    """The page's sentences on the sanity check: per method, on how many images it was flagged,
+    or why it could not be checked."""
+    notes = []
+    for name in names:
+        checks = [m.sanity for img in images for m in img.methods
+                  if m.method == name and m.sanity is not None]
+        if not checks:
+            continue
+        title = METHODS[name].title
+        done = [c for c in checks if c["checked"]]
+        if not done:
+            notes.append(f"Sanity check: {title} cannot be checked: {checks[0]['note']}")
+            continue
+        flagged = sum(c["flagged"] for c in done)
+        verdict = (f"FLAGGED on {flagged} of {_images(len(done))}: its map keeps rank correlation "
+                   f"≥ {SANITY_THRESHOLD} with the original after the top {layers} layers are "
+                   "re-initialised, so it does not show what the model learned" if flagged else
+                   f"passes on {_images(len(done))} (its map changes when the top {layers} "
+                   "layers are re-initialised)")
+        unchecked = len(checks) - len(done)
+        notes.append(f"Sanity check: {title} {verdict}" + (
+            f"; not checked on {_images(unchecked)} (constant map)." if unchecked else "."))
+    return notes
 
 
 def build_report(paths: Sequence[str | os.PathLike], *, model: object = WHITE_BOX_MODEL,
@@ -267,6 +340,8 @@ def build_report(paths: Sequence[str | os.PathLike], *, model: object = WHITE_BO
 
     images = [_image(i, Path(p), models, names, o, skipped, tick) for i, p in enumerate(paths)]
     notes = [f"{METHODS[m].title} skipped: {why}" for m, why in skipped.items()]
+    if o.sanity:
+        notes += sanity_notes(images, names, o.sanity_layers)
     verdict, not_ranked, summary = rank(images, names, target)
     return Report(
         model=getattr(models.black, "name", str(model)),

@@ -71,7 +71,7 @@ def report_json(report: Report) -> dict:
     def method(m: MethodResult) -> dict:
         return {"method": m.method, "seconds": m.seconds, "faith_seconds": m.faith_seconds,
                 "params": m.params, "rank": m.rank, "tied": m.tied, "error": m.error,
-                "skipped": m.skipped, "faithfulness": m.faithfulness}
+                "skipped": m.skipped, "faithfulness": m.faithfulness, "sanity": m.sanity}
 
     def image(img: ImageResult) -> dict:
         return {"path": to_storable(img.path), **_shown({
