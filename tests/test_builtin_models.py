@@ -9,6 +9,7 @@ skipped when its package is absent, and fail under ``CI=true`` (``.ci/run`` inst
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import struct
 
 import numpy as np
@@ -289,3 +290,113 @@ def test_guided_backprop_on_the_mobilenet_is_not_the_plain_gradient(mobilenet, p
         plain = grad[0].permute(1, 2, 0).numpy().ravel()
         cosine = abs(guided @ plain) / (np.linalg.norm(guided) * np.linalg.norm(plain) + 1e-12)
         assert cosine < 0.99, output
+
+
+# --- every tool on the two new built-in models, through the command line ---------------------
+
+NEW_MODELS = ("nudenet-classifier", "nudity-mobilenet")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """sfw/ and nsfw/ folders of small real photos (96×96: cheap for every model)."""
+    root = tmp_path_factory.mktemp("photos")
+    for name, label in (("astronaut", "sfw"), ("chelsea", "sfw"), ("coffee", "nsfw"),
+                        ("cell", "nsfw")):
+        (root / label).mkdir(exist_ok=True)
+        Image.fromarray(rgb(name)).resize((96, 96)).save(root / label / f"{name}.png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", NEW_MODELS)
+def test_every_tool_runs_on_the_new_models(spec, folder, tmp_path, nudenet_clf, mobilenet):
+    runner = CliRunner()
+    photo = str(folder / "sfw" / "astronaut.png")
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(app, [*args, "--model", spec])
+        assert result.exit_code == 0, (args, result.output)
+        return result.output
+
+    scores = ok("score", photo, "--json")
+    clf = nudenet_clf if spec == "nudenet-classifier" else mobilenet
+    expected = clf.predict(to_tensor(np.asarray(Image.open(photo))))[0].tolist()
+    assert [pytest.approx(v, abs=1e-4) for v in expected] == \
+        list(json.loads(scores)[0]["scores"].values())
+    for command in (["occlude", "--box", "50%", "--stride", "50%"],
+                    ["slide", "--box", "50%", "--stride", "50%"], ["rise", "--masks", "8"]):
+        ok(command[0], photo, *command[1:], "-o", str(tmp_path / "maps"))
+    assert {p.name for p in (tmp_path / "maps").iterdir()} == {
+        "astronaut.occlusion.png", "astronaut.sliding.png", "astronaut.rise.png"}
+    ok("report", photo, "--methods", "occlusion,gradcam", "--box", "50%", "--stride", "50%",
+       "--steps", "3", "-o", str(tmp_path / "report.html"))
+    page = (tmp_path / "report.html").read_text()
+    assert ("Grad-CAM skipped" in page) == (spec == "nudenet-classifier")  # a black box
+    ok("grid", str(folder), "-o", str(tmp_path / "grid.png"))
+    embedding = json.loads((tmp_path / "grid.json").read_text())
+    assert "features" in str(embedding)
+    ok("audit", str(folder), "-o", str(tmp_path / "audit"), "--top", "1", "--box", "50%",
+       "--stride", "50%", "--no-concepts", "--no-cues", "--mosaic", "0", "--quiet")
+    assert (tmp_path / "audit" / "audit.html").is_file()
+    if spec == "nudity-mobilenet":
+        for command in ("gradcam", "deconv", "guided"):
+            ok(command, photo, "-o", str(tmp_path / "white"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", NEW_MODELS)
+def test_serve_model_answers_a_job(spec, tmp_path, nudenet_clf, mobilenet):
+    from serve_client import Server, png
+
+    image = np.asarray(Image.fromarray(rgb("coffee")).resize((96, 64)))
+    server = Server(tmp_path / "data", model=spec).start()
+    try:
+        job = server.submit(png(image), box="50%", stride="50%").json()
+        done = server.wait(job["id"])
+    finally:
+        server.stop()
+    clf = nudenet_clf if spec == "nudenet-classifier" else mobilenet
+    expected = occlusion_map(clf, image, box=0.5, stride=0.5, target="nsfw")
+    assert done["status"] == "done", done
+    assert done["score"] == pytest.approx(expected.score, abs=1e-5)
+
+
+# --- several models in one command -----------------------------------------------------------
+
+@pytest.mark.slow
+def test_occlude_with_several_models_draws_a_row_per_model_on_one_scale(
+        folder, tmp_path, nsfw_onnx, mobilenet):
+    from explain.render import model_rows
+
+    photo = folder / "sfw" / "astronaut.png"
+    result = CliRunner().invoke(app, ["occlude", str(photo), "-m", "open-nsfw:onnx",
+                                      "-m", "nudity-mobilenet", "--box", "50%", "--stride",
+                                      "50%", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    image = np.asarray(Image.open(photo))
+    rows = [(name, occlusion_map(clf, image, box=0.5, stride=0.5, target="nsfw"))
+            for name, clf in (("open-nsfw:onnx", nsfw_onnx), ("nudity-mobilenet", mobilenet))]
+    assert f"open-nsfw:onnx {rows[0][1].score:.4f}, nudity-mobilenet {rows[1][1].score:.4f}" \
+        in result.output
+    written = np.asarray(Image.open(tmp_path / "astronaut.occlusion.png").convert("RGB"))
+    np.testing.assert_array_equal(written, model_rows(image, rows))
+
+
+def test_model_rows_share_one_scale_and_several_models_refuse_single_model_options(
+        folder, tmp_path):
+    from explain.heatmap import Heatmap
+    from explain.render import model_rows, scale
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    weak = Heatmap(np.full((8, 8), 0.1, np.float32), "occlusion", "nsfw", signed=True, score=0.2)
+    strong = Heatmap(np.full((8, 8), -0.6, np.float32), "occlusion", "nsfw", signed=True,
+                     score=0.9)
+    both = model_rows(image, [("a", weak), ("b", strong)])
+    alone = model_rows(image, [("a", weak)])
+    # the weak map's row is paler when it shares the strong map's ±0.6 than on its own ±0.1
+    assert scale(weak).hi == pytest.approx(0.1) and not np.array_equal(both[:len(alone)], alone)
+    result = CliRunner().invoke(app, ["slide", str(folder / "sfw"), "-m", "open-nsfw:onnx",
+                                      "-m", "nudity-mobilenet", "--side-by-side", "-o",
+                                      str(tmp_path)])
+    assert result.exit_code == 2 and "--side-by-side: one --model only" in result.output
