@@ -272,6 +272,7 @@ def test_gradcam_on_every_torch_built_in_model(spec, nsfw_torch, mobilenet, phot
     assert hm.values.max() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="guided backprop has no ReLU6 rule yet (issue 22 item 8): "
                    "remove this marker when it lands")
 def test_guided_backprop_on_the_mobilenet_is_not_the_plain_gradient(mobilenet, photos):
