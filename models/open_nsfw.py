@@ -28,6 +28,7 @@ from torch import nn
 from explain.errors import ModelError
 from explain.models.adapters import OnnxClassifier, TorchClassifier
 from explain.models.base import Preprocess, to_uint8_images
+from explain.models.onnx_graph import add_output, nchw_input
 
 CLASS_NAMES = ("sfw", "nsfw")
 PREPROCESS = Preprocess(
@@ -159,21 +160,8 @@ def onnx_model_bytes() -> bytes:
     import onnx
 
     model = onnx.load(str(onnx_path()))
-    graph = model.graph
-    first, source = graph.node[0], graph.input[0]
-    perm = [list(a.ints) for a in first.attribute if a.name == "perm"]
-    if first.op_type == "Transpose" and first.input[0] == source.name and perm == [[0, 3, 1, 2]]:
-        for node in graph.node[1:]:
-            node.input[:] = [source.name if i == first.output[0] else i for i in node.input]
-        graph.node.remove(first)
-        dims = source.type.tensor_type.shape.dim
-        h, w, c = (dims[k].dim_value for k in (1, 2, 3))
-        for k, v in zip((1, 2, 3), (c, h, w), strict=True):
-            dims[k].dim_value = v
-    model.graph.output.append(
-        onnx.helper.make_tensor_value_info(ONNX_FEATURE_OUTPUT, onnx.TensorProto.FLOAT,
-                                           ["N", FEATURE_DIM])
-    )
+    nchw_input(model)
+    add_output(model, ONNX_FEATURE_OUTPUT, FEATURE_DIM)
     return model.SerializeToString()
 
 

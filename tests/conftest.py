@@ -1,5 +1,6 @@
-"""Shared fixtures: the real open_nsfw on both backends (built once), real photos, the browser
-for the page tests, and the one comparison of a CLI picture with the renderer's."""
+"""Shared fixtures: the real open_nsfw on both backends and the other built-in models (built
+once), real photos, the browser for the page tests, and the one comparison of a CLI picture with
+the renderer's."""
 
 from __future__ import annotations
 
@@ -29,6 +30,34 @@ def nsfw_torch():
 @pytest.fixture(scope="session")
 def nsfw_onnx():
     return load("open-nsfw:onnx", "cpu")
+
+
+def builtin(spec: str):
+    """The built-in model ``spec`` on the CPU, or :func:`missing` naming its install command
+    when its weights' package is absent."""
+    import importlib.metadata
+
+    from explain.choices import BUILTIN_MODELS
+
+    package = BUILTIN_MODELS[spec]
+    try:
+        importlib.metadata.distribution(package.package)
+    except importlib.metadata.PackageNotFoundError:
+        missing(f"{package.package} is not installed ({package.install}; .ci/run does it)",
+                f"tests of the built-in model {spec}")
+    return load(spec, "cpu")
+
+
+@pytest.fixture(scope="session")
+def nudenet_clf():
+    """NudeNet v2's classifier (``nudenet-classifier``), built once."""
+    return builtin("nudenet-classifier")
+
+
+@pytest.fixture(scope="session")
+def mobilenet():
+    """The nudity package's MobileNet (``nudity-mobilenet``), built once."""
+    return builtin("nudity-mobilenet")
 
 
 @pytest.fixture(scope="session")

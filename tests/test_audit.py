@@ -238,7 +238,7 @@ def test_heat_share():
 
 
 def test_nudenet_detector_matches_the_package(detector):
-    from nudenet import NudeDetector
+    from nudenet.nudenet import NudeDetector  # either install order (see concepts.py)
 
     rgb = skdata.astronaut()
     ours = detector.detect([rgb])[0]

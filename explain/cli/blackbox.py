@@ -76,7 +76,7 @@ from explain.cli.common import (
     user_errors,
     with_model_options,
 )
-from explain.errors import ExplainError
+from explain.errors import ExplainError, OptionError
 from explain.files import display
 
 if TYPE_CHECKING:
@@ -131,6 +131,11 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     from explain.windows import small_box_note
 
     check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
+    if models.others:
+        _compare_models(method, make_map, images, target=target, models=models,
+                        batch_size=batch_size, look=look, output=output,
+                        refused={"--save-npy": save_npy, "--side-by-side": side})
+        return
     drawing = {k: look[k] for k in ("colormap", "normalize", "vmin", "vmax")}
     parse_sampling(clips.frames)
     paths, failed = gather_images(images, clips=True)
@@ -174,6 +179,48 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
             result_line(f"{display(path)}  {hm.target} {hm.score:.4f}  {count} {unit}  "
                         f"{hm.seconds:.2f} s  → {', '.join(map(display, written))}"
                         + "".join(f"  ({n})" for n in notes))
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _compare_models(method: str, make_map: Callable[..., Heatmap], images: list[Path], *,
+                    target: str, models: ModelOptions, batch_size: int | None, look: dict,
+                    output: Path, refused: dict[str, bool]) -> None:
+    """Several --model: each still image explained by every model, written as one picture
+    (:func:`explain.render.model_rows`: a row per model, its score, one colour scale)."""
+    from explain.frames import is_clip
+    from explain.images import load_image
+    from explain.models import resolve_target
+    from explain.render import model_rows, save_png
+
+    given = [flag for flag, on in refused.items() if on] + [
+        flag for flag, key in (("--normalize", "normalize"), ("--vmin", "vmin"),
+                               ("--vmax", "vmax")) if look[key] is not None]
+    if given or not look["legend"]:
+        raise OptionError(f"{', '.join(given) or '--no-legend'}: one --model only; with "
+                          "several, the rows share one scale and each row shows its legend")
+    paths, failed = gather_images(images)
+    stems = output_stems(paths, output, method, [".png"])
+    specs = models.each()
+    classifiers = [m.load() for m in specs]
+    for clf in classifiers:
+        resolve_target(clf, target)
+    for path, stem in zip(paths, stems, strict=True):
+        try:
+            if is_clip(path):
+                raise OptionError("several --model explain still images; give one --model "
+                                  "for a clip")
+            img = load_image(path)
+            rows = [(m.describe(), make_map(clf, img, target=target, batch_size=batch_size))
+                    for m, clf in zip(specs, classifiers, strict=True)]
+            written = save_png(model_rows(img, rows, colormap=look["colormap"],
+                                          alpha=look["alpha"]), f"{stem}.png")
+        except ExplainError as exc:
+            error_line(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            failed += 1
+            continue
+        scores = ", ".join(f"{name} {hm.score:.4f}" for name, hm in rows)
+        result_line(f"{display(path)}  {rows[0][1].target}: {scores}  → {display(written)}")
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
@@ -242,7 +289,7 @@ def _look(colormap: str | None, alpha: float, normalize: str | None, vmin: float
 
 
 @user_errors
-@with_model_options(BLACK_BOX_MODEL)
+@with_model_options(BLACK_BOX_MODEL, several=True)
 def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
             stride: StrideOpt = "18.75%", fill: FillOpt = OcclusionFill.gray,
             target: TargetOpt = "nsfw",
@@ -261,6 +308,7 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
     image, video) writes NAME.occlusion.gif (the animated overlay), NAME.occlusion.timeline.png
     and NAME.occlusion.frameINDEX.png for its explained frames. --fast / --drill-down score the
     fine windows of a still image only where the map needs them (the line says how many ran).
+    Several --model: NAME.occlusion.png has a row per model, on one colour scale.
     """
     from explain.frame_reuse import occlusion_maps
     from explain.occlusion import occlusion_map
@@ -276,7 +324,7 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
 
 
 @user_errors
-@with_model_options(BLACK_BOX_MODEL)
+@with_model_options(BLACK_BOX_MODEL, several=True)
 def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: StrideOpt = "18.75%",
           target: TargetOpt = "nsfw", batch_size: BatchOpt = None, colormap: ColormapOpt = None,
           alpha: AlphaOpt = 0.5, output: ImageOutDirOpt = Path("."),
@@ -290,7 +338,7 @@ def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: Str
     """Sliding window: each window cropped and scored alone; per pixel the mean crop score.
 
     Writes NAME.sliding.png: the crops' probability on a fixed 0..1 scale (red = crops here
-    score high on their own).
+    score high on their own). Several --model: a row per model.
     """
     from explain.frame_reuse import sliding_maps
     from explain.sliding import sliding_window_map

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NamedTuple, TypeVar, get_type_hints
@@ -53,6 +53,9 @@ Channels = choice("Channels", CHANNEL_ORDERS)
 Images = Annotated[list[Path], typer.Argument(help="Image files (several allowed).",
                                               show_default=False)]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec; see `explain models`.")]
+ModelsOpt = Annotated[list[str], typer.Option(
+    "--model", "-m", help="Model spec; see `explain models`. Repeat it to explain each image "
+    "with several models: one picture, a row per model, on one colour scale.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N (default "
                                                                 "auto: cuda when available).")]
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target class, name or index.")]
@@ -255,6 +258,11 @@ class ModelOptions:
     std: str | None = None
     channels: str | None = None
     scale: float | None = None
+    others: tuple[str, ...] = ()  # further --model specs, for the commands that compare models
+
+    def each(self) -> list[ModelOptions]:
+        """One :class:`ModelOptions` per --model given, the other options shared."""
+        return [replace(self, model=spec, others=()) for spec in (self.model, *self.others)]
 
     @property
     def plain(self) -> bool:
@@ -281,27 +289,33 @@ class ModelOptions:
                            if value is not None)])
 
 
-def with_model_options(default: str) -> Callable[[F], F]:
+def with_model_options(default: str, *, several: bool = False) -> Callable[[F], F]:
     """Give a command the shared model options (``--model`` with ``default``, ``--device``,
     ``--logits``, ``--sigmoid``, ``--classes``, ``--input-size``, ``--mean``, ``--std``,
     ``--channels``, ``--scale``); the command receives them as one :class:`ModelOptions`
-    argument named ``models``."""
-    annotations = {"model": ModelOpt, "device": DeviceOpt, "logits": LogitsOpt,
-                   "sigmoid": SigmoidOpt, "classes": ClassesOpt, "input_size": InputSizeOpt,
-                   "mean": MeanOpt, "std": StdOpt, "channels": ChannelsOpt, "scale": ScaleOpt}
+    argument named ``models``. ``several``: ``--model`` may be repeated (the first is
+    ``models.model``, the rest ``models.others``)."""
+    annotations = {"model": ModelsOpt if several else ModelOpt, "device": DeviceOpt,
+                   "logits": LogitsOpt, "sigmoid": SigmoidOpt, "classes": ClassesOpt,
+                   "input_size": InputSizeOpt, "mean": MeanOpt, "std": StdOpt,
+                   "channels": ChannelsOpt, "scale": ScaleOpt}
 
     def decorate(fn: F) -> F:
         hints = get_type_hints(fn, include_extras=True)
         own = [p.replace(annotation=hints.get(p.name, p.annotation))
                for p in inspect.signature(fn).parameters.values() if p.name != "models"]
+        first = [default] if several else default
         added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                   default=default if f.name == "model" else f.default,
+                                   default=first if f.name == "model" else f.default,
                                    annotation=annotations[f.name])
-                 for f in fields(ModelOptions)]
+                 for f in fields(ModelOptions) if f.name in annotations]
 
         @functools.wraps(fn)
         def command(*args: object, **kwargs: object) -> object:
             chosen = {name: kwargs.pop(name) for name in annotations}
+            if several:
+                specs = list(chosen.pop("model") or [default])
+                chosen.update(model=specs[0], others=tuple(specs[1:]))
             return fn(*args, models=ModelOptions(**chosen), **kwargs)  # type: ignore[arg-type]
 
         params = own + added

@@ -8,7 +8,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from explain.choices import BLACK_BOX_MODEL, BUNDLED, DEFAULT_MAX_FRAMES, SPEC_FORMS
+from explain.choices import (
+    BLACK_BOX_MODEL,
+    BUILTIN_MODELS,
+    BUNDLED,
+    DEFAULT_MAX_FRAMES,
+    SPEC_FORMS,
+)
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     FramesOpt,
@@ -122,11 +128,26 @@ def _clip_cell(row: dict) -> str:
 
 
 def models() -> None:
-    """List the bundled models and the model spec forms accepted by --model."""
-    for title, rows in (("bundled models", BUNDLED), ("--model accepts", SPEC_FORMS)):
-        table = Table(title=title)
-        table.add_column("spec")
-        table.add_column("what")
-        for spec, what in rows.items():
-            table.add_row(escape(spec), escape(what))
-        console.print(table)
+    """List the built-in models (whether their weights' package is installed, the licence, the
+    install command) and the model spec forms accepted by --model."""
+    import importlib.metadata
+
+    table = Table(title="built-in models")
+    for column in ("spec", "what", "state", "licence", "install"):
+        table.add_column(column, overflow="fold")
+    for spec, what in BUNDLED.items():
+        built_in = BUILTIN_MODELS[spec.partition(":")[0]]
+        try:
+            state = (f"installed ({built_in.package} "
+                     f"{importlib.metadata.version(built_in.package)})")
+        except importlib.metadata.PackageNotFoundError:
+            state = "not installed"
+        table.add_row(*(escape(text) for text in (spec, what, state, built_in.licence,
+                                                  built_in.install)))
+    console.print(table)
+    table = Table(title="--model accepts")
+    table.add_column("spec")
+    table.add_column("what")
+    for spec, what in SPEC_FORMS.items():
+        table.add_row(escape(spec), escape(what))
+    console.print(table)
