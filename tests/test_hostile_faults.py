@@ -217,8 +217,8 @@ def test_an_audit_with_a_one_class_model_writes_its_outputs(tmp_path):
         result = audit(tmp_path / "data", tmp_path / "out", model=_one_class, options=options)
         assert (result.images, result.scored) == (8, 8)
     rows = list(csv.DictReader((tmp_path / "out" / "scores.csv").open()))
-    assert {r["predicted"] for r in rows} <= {"nsfw", "not nsfw"}
-    assert result.metrics["confusion_columns"] == ["nsfw", "not nsfw"]
+    assert {r["predicted"] for r in rows} <= {"nsfw", "not-nsfw"}  # one column: a binary pair
+    assert result.metrics["confusion_columns"] == ["not-nsfw", "nsfw"]
     assert sum(map(sum, result.metrics["confusion"])) == 4
     assert (tmp_path / "out" / "audit.html").stat().st_size > 0
 
@@ -231,7 +231,8 @@ def test_grid_of_one_dimensional_embeddings(embed):
     images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(9)]
     spec = "features" if embed == "features" else f"{__name__}:_one_number"
     result = similarity_grid(images, load(_one_class), embed=spec, layout="tsne-jv")
-    assert result.embedding.shape == (9, 1)
+    # a one-column model's probabilities are its binary pair (1 - p, p); a function's one number
+    assert result.embedding.shape == ((9, 2) if embed == "features" else (9, 1))
     assert sorted(map(tuple, result.cells.tolist())) == [(r, c) for r in range(3)
                                                          for c in range(3)]
 

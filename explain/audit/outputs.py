@@ -116,19 +116,13 @@ def csv_file(path: Path) -> Iterator[CsvRows]:
 
 
 def _predicted(probs: list[float], class_names: list[str], t: int, threshold: float) -> str:
-    """The target at or above the threshold, else the likeliest other class (``not TARGET`` for
-    a model of one class)."""
+    """The target at or above the threshold, else the likeliest other class (a model of one
+    output column is read as two classes, ``not-TARGET`` and ``TARGET``:
+    :func:`explain.models.base.check_scores`)."""
     if probs[t] >= threshold:
         return class_names[t]
     others = [i for i in range(len(probs)) if i != t]
-    if not others:
-        return _not(class_names[t])
     return class_names[max(others, key=lambda i: probs[i])]
-
-
-def _not(target: str) -> str:
-    """What a model of one class predicts below the threshold."""
-    return f"not {target}"
 
 
 def _outcome(label: str | None, predicted: str, target: str) -> str:
@@ -230,7 +224,7 @@ def compute_metrics(seen: dict, target: str, threshold: float, class_names: list
     calibrated = m.calibration(scores, positive)
     out["ece"], out["brier"] = calibrated["ece"], calibrated["brier"]
     out["calibration_bins"] = calibrated["bins"]
-    columns = list(class_names) if len(class_names) > 1 else [*class_names, _not(target)]
+    columns = list(class_names)
     rows = [c for c in columns if c in set(true)]
     out["confusion_labels"] = rows
     out["confusion_columns"] = columns
