@@ -37,7 +37,8 @@ def test_equals_the_formula_computed_by_hand(photos):
     expected = torch.relu((grad.mean((2, 3), keepdim=True) * acts).sum(1))[0].detach().numpy()
     assert default_layer(net) == "2"
     h = gradcam(tiny(net), img, target="b")
-    assert h.method == "gradcam" and h.params == {"layer": "2", "layer_shape": (24, 20)}
+    assert h.method == "gradcam" and h.params == {"layer": "2", "layer_shape": (24, 20),
+                                                  "model_view": [0, 0, 24, 20]}
     assert expected.max() > 0
     np.testing.assert_allclose(h.values, expected, rtol=1e-5, atol=1e-7)
     assert h.score == pytest.approx(torch.softmax(net(x)[0], 0)[1].item(), rel=1e-6)
