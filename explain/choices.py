@@ -26,6 +26,8 @@ def check_fill(fill: str) -> str:
 # occlusion (the maps, the audit, the service): the fills, or ``auto``, the one the model scores
 # lowest for the target (explain.occlusion.choose_fill)
 OCCLUSION_FILLS = ("auto", *FILLS)
+# the occlusion fill of every surface (library, CLI, audit, service, report)
+DEFAULT_FILL = "gray"
 
 
 def check_occlusion_fill(fill: str) -> str:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from explain.choices import DEFAULT_REUSE_THRESHOLD, check_occlusion_fill, check_reuse
+from explain.choices import DEFAULT_FILL, DEFAULT_REUSE_THRESHOLD, check_occlusion_fill, check_reuse
 from explain.clips import changed
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import to_tensor
@@ -82,7 +82,7 @@ def meeting(windows: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
-                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
+                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = DEFAULT_FILL,
                    target: str | int = "nsfw", batch_size: int | None = None,
                    threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: str = "identical",
                    progress: Progress | None = None) -> list[Heatmap]:

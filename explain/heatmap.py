@@ -20,9 +20,10 @@ Two ``params`` say what the values are measured against and where they mean anyt
   everything hidden (occlusion: the whole image filled; sliding: a blank crop). Occlusion drops
   are measured against it: :meth:`Heatmap.baseline_note` warns when it is not below the image's
   own score (the drops then measure the fill, not the image).
-- ``model_view``: ``[top, left, bottom, right)`` in the values' pixels, the part of the image
-  the model sees (:func:`~explain.models.base.model_view`); outside it the map means nothing,
-  and pictures hatch it.
+- ``model_view``: ``[top, left, bottom, right)`` in the original image's pixels (those of the
+  values, or of ``params["original_shape"]`` for a map shrunk for display), the part of the
+  image the model sees (:func:`~explain.models.base.model_view`); outside it the map means
+  nothing, and pictures hatch it.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from explain.choices import FILLS, check_occlusion_fill
+from explain.choices import DEFAULT_FILL, FILLS, check_occlusion_fill
 from explain.drill_down import check_drill_down, drill_down
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
@@ -225,7 +225,7 @@ class OcclusionPlan:
 
 
 def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
-                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
+                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = DEFAULT_FILL,
                    target: str | int = "nsfw") -> OcclusionPlan:
     """The :class:`OcclusionPlan` of :func:`occlusion_map` (same arguments, same checks): the
     image at the classifier's input size on its device, the fill (``auto``:
@@ -331,7 +331,7 @@ def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
 
 @torch.no_grad()
 def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
-                  box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = "gray",
+                  box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = DEFAULT_FILL,
                   target: str | int = "nsfw", batch_size: int | None = None,
                   progress: Progress | None = None, drill_down: float | None = None,
                   incremental: bool | None = None, tau: float | None = None) -> Heatmap:

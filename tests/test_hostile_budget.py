@@ -146,7 +146,7 @@ def test_explicit_batch_size_over_the_budget_is_refused_exactly(photos, monkeypa
 
 
 @pytest.mark.parametrize("command, budget, used, side, fits", [
-    ("occlude", "1200K", 49, (48, 64), 2),  # 48 windows + the unoccluded image, at 48x64
+    ("occlude", "1200K", 50, (48, 64), 2),  # 48 windows + the intact image + the baseline
     ("slide", "100K", 48, (8, 8), 8),  # 48 crops of 8x8
 ])
 def test_cli_batch_size_over_the_budget_is_refused(folder, command, budget, used, side, fits):

@@ -57,7 +57,7 @@ from explain.audit.cue_harvest import (
     top_windows,
 )
 from explain.audit.options import CueOptions
-from explain.choices import check_occlusion_fill
+from explain.choices import DEFAULT_FILL, check_occlusion_fill
 from explain.errors import ImageError
 from explain.files import display
 from explain.images import DEFAULT_MAX_PIXELS
@@ -215,7 +215,7 @@ def _share(images: set[int], of: int) -> float | None:
 def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
               options: CueOptions | None = None, target: str | int = "nsfw",
               box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE,
-              fill: str = "gray", batch_size: int | None = None,
+              fill: str = DEFAULT_FILL, batch_size: int | None = None,
               max_pixels: int = DEFAULT_MAX_PIXELS, cache: CueCache | None = None,
               progress: CueProgress | None = None) -> Cues:
     """Harvest, group, measure and rank (the module docstring) over ``images``, keeping every
@@ -325,7 +325,7 @@ def discover_cues(classifier: Classifier, false_positives: Sequence[object],
                   *, heatmaps: Sequence[np.ndarray | None] | None = None,
                   scores: Sequence[float | None] | None = None, target: str | int = "nsfw",
                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE,
-                  fill: str = "gray", batch_size: int | None = None,
+                  fill: str = DEFAULT_FILL, batch_size: int | None = None,
                   options: CueOptions | None = None, progress: CueProgress | None = None
                   ) -> Cues:
     """The cues a model reacts to in its false positives (see the module docstring).

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from explain.choices import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ENGINES, check_occlusion_fill
+from explain.choices import (
+    DEFAULT_FILL,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_PIXELS,
+    ENGINES,
+    check_occlusion_fill,
+)
 from explain.drill_down import check_drill_down
 from explain.errors import OptionError
 from explain.frames import parse_sampling
@@ -85,7 +91,7 @@ class AuditOptions:
     top: int = 50
     box: Size = DEFAULT_BOX
     stride: Size = DEFAULT_STRIDE
-    fill: str = "gray"
+    fill: str = DEFAULT_FILL
     drill_down: float | None = None
     target: str = "nsfw"
     concepts: bool = True

@@ -11,6 +11,7 @@ import typer
 
 from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ENGINES
 from explain.cli.common import (
+    DEFAULT_OCCLUSION_FILL,
     AlphaOpt,
     BatchOpt,
     BoxOpt,
@@ -22,7 +23,6 @@ from explain.cli.common import (
     MaxFramesOpt,
     ModelOptions,
     NormalizeOpt,
-    OcclusionFill,
     OutDirOpt,
     StrideOpt,
     TargetOpt,
@@ -109,7 +109,7 @@ def audit(
                                      "positives and as many false negatives.")] = 50,
     box: BoxOpt = "25%",
     stride: StrideOpt = "18.75%",
-    fill: FillOpt = OcclusionFill.gray,
+    fill: FillOpt = DEFAULT_OCCLUSION_FILL,
     fast: FastOpt = False,
     drill_down: DrillDownOpt = None,
     concepts: Annotated[bool, typer.Option("--concepts/--no-concepts", help="Run the NudeNet "

@@ -37,6 +37,7 @@ from explain.choices import (
     REUSE_MODES,
 )
 from explain.cli.common import (
+    DEFAULT_OCCLUSION_FILL,
     EXIT_BAD_INPUT,
     AllFramesOpt,
     AlphaOpt,
@@ -54,7 +55,6 @@ from explain.cli.common import (
     ModelOptions,
     NoLegendOpt,
     NormalizeOpt,
-    OcclusionFill,
     SaveNpyOpt,
     SideBySideOpt,
     StrideOpt,
@@ -291,7 +291,7 @@ def _look(colormap: str | None, alpha: float, normalize: str | None, vmin: float
 @user_errors
 @with_model_options(BLACK_BOX_MODEL, several=True)
 def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
-            stride: StrideOpt = "18.75%", fill: FillOpt = OcclusionFill.gray,
+            stride: StrideOpt = "18.75%", fill: FillOpt = DEFAULT_OCCLUSION_FILL,
             target: TargetOpt = "nsfw",
             batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
             output: ImageOutDirOpt = Path("."), save_npy: SaveNpyOpt = False,

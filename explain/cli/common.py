@@ -20,7 +20,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from explain.choices import CHANNEL_ORDERS, FAST_DRILL_DOWN, FILLS, NORMALIZE_MODES, OCCLUSION_FILLS
+from explain.choices import (
+    CHANNEL_ORDERS,
+    DEFAULT_FILL,
+    FAST_DRILL_DOWN,
+    FILLS,
+    NORMALIZE_MODES,
+    OCCLUSION_FILLS,
+)
 from explain.errors import ExplainError, OptionError
 from explain.files import check_output_dir, check_outputs, display, output_names
 
@@ -47,6 +54,7 @@ def plain(chosen: Enum | None) -> str | None:
 
 Fill = choice("Fill", FILLS)
 OcclusionFill = choice("OcclusionFill", OCCLUSION_FILLS)
+DEFAULT_OCCLUSION_FILL = OcclusionFill(DEFAULT_FILL)
 Normalize = choice("Normalize", NORMALIZE_MODES)
 Channels = choice("Channels", CHANNEL_ORDERS)
 

@@ -47,7 +47,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from explain.choices import DEFAULT_MASKS, DEFAULT_MAX_PIXELS, OCCLUSION_FILLS
+from explain.choices import DEFAULT_FILL, DEFAULT_MASKS, DEFAULT_MAX_PIXELS, OCCLUSION_FILLS
 from explain.errors import ExplainError, ImageError, ImageTooLargeError, OptionError
 from explain.files import atomic_write
 from explain.images import probe_image
@@ -79,6 +79,7 @@ FORM_SLACK = 64 * 1024  # the multipart framing and the other fields around the 
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)  # type: ignore[misc]
 FillName = Enum("FillName", {name: name for name in OCCLUSION_FILLS}, type=str)  # type: ignore[misc]
+DEFAULT_FILL_NAME = FillName(DEFAULT_FILL)
 
 
 @dataclass
@@ -241,7 +242,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
                stride: Annotated[str, Form(description="Window step, as box; at most the "
                                                        "box.")] = "18.75%",
                fill: Annotated[FillName, Form(description="Occlusion: what a hidden window "
-                                                          "becomes.")] = FillName.gray,
+                                                          "becomes.")] = DEFAULT_FILL_NAME,
                target: Annotated[str, Form(description="The class, by name or index.")] = "nsfw",
                masks: Annotated[int, Form(ge=1, le=MAX_MASKS, description="RISE: random masks."
                                           )] = DEFAULT_MASKS,
@@ -356,7 +357,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         size = list(black.input_size) if black.input_size else None
         return ModelInfo(model=served.name, classes=list(black.class_names), input_size=size,
                          device=str(black.device), methods=methods, fills=list(OCCLUSION_FILLS),
-                         defaults={"box": "25%", "stride": "18.75%", "fill": "gray",
+                         defaults={"box": "25%", "stride": "18.75%", "fill": DEFAULT_FILL,
                                    "target": "nsfw", "masks": DEFAULT_MASKS, "fast": False})
 
     app.include_router(api)
