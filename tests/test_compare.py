@@ -244,3 +244,24 @@ def test_matched_threshold_mcnemar_and_weighted_auc_by_hand():
     assert auc[0] == pytest.approx(roc_auc(scores, positive))
     repeated = np.repeat(np.arange(6), [2, 0, 1, 1, 0, 3])
     assert auc[1] == pytest.approx(roc_auc(scores[repeated], positive[repeated]))
+
+
+@pytest.mark.slow
+def test_compare_page_in_chromium_decodes_every_picture(runs, chromium, tmp_path):
+    from test_report_browser import Browser
+
+    _, result = runs
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(result.files["html"].as_uri())
+        assert browser.console_errors() == []
+        images = browser.evaluate("Array.from(document.images, i => [i.alt, i.complete, "
+                                  "i.naturalWidth, i.naturalHeight])")
+    finally:
+        browser.close()
+    html = result.files["html"].read_text(encoding="utf-8")
+    assert len(images) == html.count("<img ") > 0
+    assert all(complete and w > 0 and h > 0 for _, complete, w, h in images), images
+    alts = [alt for alt, *_ in images]
+    # 6 fixed (A's map), 2 new (B's map), then the largest changes: each with its image
+    assert alts.count("run A map") >= 6 and alts.count("run B map") >= 2

@@ -32,9 +32,20 @@ def _map(found: tuple[Path, str] | None) -> Heatmap | None:
         return None
 
 
+def _card_size(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` at the card's size: shrunk to :data:`~explain.render.DISPLAY_SIDE`, or a small
+    image enlarged to it by whole pixels (nearest neighbour), so that a map of a 64 px image
+    is not drawn, legend and all, 64 px wide."""
+    h, w = rgb.shape[:2]
+    if max(h, w) >= DISPLAY_SIDE:
+        return shrink(rgb, DISPLAY_SIDE)
+    factor = max(1, DISPLAY_SIDE // max(h, w))
+    return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+
+
 def _drawn(rgb: np.ndarray, heatmap: Heatmap, look: dict) -> dict:
     shown = shrink_map(heatmap, DISPLAY_SIDE)
-    return {"uri": data_uri(figure(shrink(rgb, DISPLAY_SIDE), shown, **look), DISPLAY_SIDE * 2),
+    return {"uri": data_uri(figure(_card_size(rgb), shown, **look), DISPLAY_SIDE * 2),
             "reading": reading(shown, scale(shown, **look))}
 
 
