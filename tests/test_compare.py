@@ -265,3 +265,23 @@ def test_compare_page_in_chromium_decodes_every_picture(runs, chromium, tmp_path
     alts = [alt for alt, *_ in images]
     # 6 fixed (A's map), 2 new (B's map), then the largest changes: each with its image
     assert alts.count("run A map") >= 6 and alts.count("run B map") >= 2
+
+
+@pytest.mark.slow
+def test_a_run_scored_before_hashes_were_kept_is_hashed_from_its_files(runs, tmp_path):
+    import sqlite3
+
+    from explain.files import file_sha256
+
+    root, _ = runs
+    with sqlite3.connect(root / "a" / "audit.sqlite") as db:
+        stored = dict(db.execute("SELECT path, sha256 FROM images"))
+    assert all(digest == file_sha256(path) for path, digest in stored.items())
+    old = tmp_path / "old"
+    shutil.copytree(root / "b", old)
+    with sqlite3.connect(old / "audit.sqlite") as db:
+        db.execute("UPDATE images SET sha256 = NULL")
+    result = compare(root / "a", old, tmp_path / "out", resamples=100, shown=0)
+    assert result.summary["matched"] == 30
+    assert any("run B: 31 image(s) were scored before audits kept a content hash" in n
+               for n in result.summary["notes"])
