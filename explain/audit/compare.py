@@ -38,7 +38,7 @@ import numpy as np
 from explain.audit.compare_page import pair_pictures, write_page
 from explain.audit.dataset import Dataset, open_dataset
 from explain.audit.findings import labeled_images
-from explain.audit.outputs import csv_file
+from explain.audit.outputs import csv_file, csv_value
 from explain.audit.slices import benjamini_hochberg
 from explain.audit.store import Store
 from explain.errors import ExplainError, OptionError
@@ -321,29 +321,23 @@ def slice_changes(a: Run, b: Run, pairs: Pairs, labeled: np.ndarray, positive: n
                                        r["slice"], -r["n"], r["value"]))
 
 
-def _cell(value: object) -> object:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
-
-
 def write_image_changes(path: Path, pairs: Pairs, error_a: list, error_b: list) -> Path:
     """``image_changes.csv``: one row per matched image, in run A's order."""
     with csv_file(path) as writer:
         writer.writerow(IMAGE_COLUMNS)
         for k, p in enumerate(pairs.paths):
             writer.writerow([p, pairs.labels[k] or "", f"{pairs.score_a[k]:.6f}",
-                             f"{pairs.score_b[k]:.6f}", _cell(error_a[k]), _cell(error_b[k])])
+                             f"{pairs.score_b[k]:.6f}", csv_value(error_a[k]),
+                             csv_value(error_b[k])])
     return path
 
 
 def write_slice_changes(path: Path, rows: list[dict]) -> Path:
+    """``slice_changes.csv``: one row per slice (:data:`SLICE_COLUMNS`)."""
     with csv_file(path) as writer:
         writer.writerow(SLICE_COLUMNS)
         for row in rows:
-            writer.writerow([_cell(row[c]) for c in SLICE_COLUMNS])
+            writer.writerow([csv_value(row[c]) for c in SLICE_COLUMNS])
     return path
 
 

@@ -263,7 +263,7 @@ def write_cue_tables(folder: Path, cues: Cues) -> dict[str, Path]:
     return files
 
 
-def _csv_value(value: object) -> object:
+def csv_value(value: object) -> object:
     """A cell of the findings' CSVs: empty for None, a float to 6 significant digits (p-values
     are small)."""
     if value is None:
@@ -278,7 +278,7 @@ def write_slices(path: Path, rows: list[dict]) -> None:
     with csv_file(path) as writer:
         writer.writerow(COLUMNS)
         for row in rows:
-            writer.writerow([_csv_value(row[c]) for c in COLUMNS])
+            writer.writerow([csv_value(row[c]) for c in COLUMNS])
 
 
 def write_label_issues(path: Path, found: Findings) -> None:
@@ -303,7 +303,7 @@ def write_clusters(path: Path, found: Findings) -> None:
         for c in found.clusters:
             exemplars = [found.images[i].path for i in c.exemplars]
             writer.writerow([c.kind, c.cluster, len(c.members), c.region, c.region_errors,
-                             *(_csv_value(v) for v in (c.error_rate, *c.interval, c.cue,
+                             *(csv_value(v) for v in (c.error_rate, *c.interval, c.cue,
                                                       c.cue_share)),
                              *(exemplars + [""] * (4 - len(exemplars)))])
 
