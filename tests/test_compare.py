@@ -285,3 +285,25 @@ def test_a_run_scored_before_hashes_were_kept_is_hashed_from_its_files(runs, tmp
     assert result.summary["matched"] == 30
     assert any("run B: 31 image(s) were scored before audits kept a content hash" in n
                for n in result.summary["notes"])
+
+
+@pytest.mark.slow
+def test_unlabeled_runs_get_score_changes_only(tmp_path):
+    rng = np.random.default_rng(1)
+    (tmp_path / "d").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            tmp_path / "d" / f"x{i}.png")
+    for name, fn in (("a", model_a), ("b", model_b)):
+        audit(tmp_path / "d", tmp_path / name,
+              model=CallableClassifier(fn, class_names=["sfw", "nsfw"]), options=OPTIONS)
+    result = compare(tmp_path / "a", tmp_path / "b", tmp_path / "out", resamples=100)
+    s = result.summary
+    assert (s["matched"], s["labeled"]) == (4, 0)
+    assert "own_thresholds" not in s and "changes" not in s and "slice_changes" not in result.files
+    rows = _csv(result.files["image_changes"])
+    assert all(r["label"] == r["error_a"] == r["error_b"] == "" for r in rows)
+    assert all(float(r["score_b"]) - float(r["score_a"]) == pytest.approx(SHIFT, abs=2e-6)
+               for r in rows)
+    html = result.files["html"].read_text(encoding="utf-8")
+    assert "Largest score changes (4)" in html and "Errors fixed" not in html

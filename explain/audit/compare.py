@@ -417,7 +417,10 @@ def _compare(a: Run, b: Run, out: Path, resamples: int, seed: int, shown: int) -
                      "metrics, no errors fixed or new")
     summary["notes"] = notes
     lists = change_lists(pairs, error_a, error_b, shown)
-    summary["changes"] = {name: len(index) for name, index in lists.items() if name != "largest"}
+    if labeled.any():
+        summary["changes"] = {name: len(lists[name]) for name in ("fixed", "new")}
+    else:
+        lists = {"largest": lists["largest"]}
     files["json"] = write_text(out / "compare.json",
                                json.dumps(summary, indent=1, default=str) + "\n")
     cards: dict[int, dict] = {}
@@ -429,7 +432,7 @@ def _compare(a: Run, b: Run, out: Path, resamples: int, seed: int, shown: int) -
             maps = [None if h is None else (run.folder, h["npy"])
                     for run, h in zip((a, b), found, strict=True)]
             cards[k] = {"path": display(from_storable(pairs.paths[k])),
-                        "label": pairs.labels[k] or "unlabeled",
+                        "label": pairs.labels[k],
                         "score_a": float(pairs.score_a[k]), "score_b": float(pairs.score_b[k]),
                         "error_a": error_a[k], "error_b": error_b[k],
                         **pair_pictures(pairs.paths[k], *maps)}
