@@ -49,39 +49,59 @@ def _drawn(rgb: np.ndarray, heatmap: Heatmap, look: dict) -> dict:
             "reading": reading(shown, scale(shown, **look))}
 
 
-def pair_pictures(path: str, map_a: tuple[Path, str] | None, map_b: tuple[Path, str] | None
-                  ) -> dict:
-    """The pictures of one listed image (``path`` its stored form): ``thumb`` (a data URI, or
-    None when the file cannot be read), ``a`` and ``b`` (each ``{uri, reading}`` or None) and a
-    ``note`` saying which scale they share."""
-    heat_a, heat_b = _map(map_a), _map(map_b)
-    frame = next((h.params.get("frame") for h in (heat_a, heat_b) if h is not None), None)
+def _pixels(path: str, frame: int | None) -> np.ndarray | None:
+    """The stored path's pixels (a clip: the frame of that index, else its first), or None."""
     try:
         rgb, _ = audit_pixels(from_storable(path), max_pixels=DEFAULT_MAX_PIXELS, notes=[],
                               frame=0 if frame is None else frame)
     except ExplainError:
-        return {"thumb": None, "a": None, "b": None,
-                "note": "the file can no longer be read"}
-    out = {"thumb": data_uri(shrink(rgb, THUMB), THUMB), "a": None, "b": None, "note": ""}
-    if heat_a is not None and heat_b is not None and heat_a.unit == heat_b.unit \
-            and heat_a.signed and heat_b.signed:
-        top = max(float(np.abs(heat_a.values).max()), float(np.abs(heat_b.values).max()))
+        return None
+    return rgb
+
+
+def pair_pictures(path: str, map_a: tuple[Path, str] | None, map_b: tuple[Path, str] | None
+                  ) -> dict:
+    """The pictures of one listed image (``path`` its stored form): ``thumb`` (a data URI, or
+    None when the file cannot be read), ``a`` and ``b`` (each ``{uri, reading}`` or None) and a
+    ``note`` saying which scale they share. Each map is drawn over the frame it explains (for a
+    clip, each model judged it by its own max frame)."""
+    heat = {"a": _map(map_a), "b": _map(map_b)}
+    frame = {side: None if h is None else h.params.get("frame") for side, h in heat.items()}
+    pixels: dict[int | None, np.ndarray | None] = {}
+    for f in {frame["a"], frame["b"]}:
+        pixels[f] = _pixels(path, f)
+    thumb = pixels[frame["a"] if heat["a"] is not None else frame["b"]]
+    out: dict = {"thumb": None, "a": None, "b": None, "note": ""}
+    if thumb is None or any(pixels[f] is None for f in frame.values()):
+        out["note"] = "the file can no longer be read"
+        return out
+    out["thumb"] = data_uri(shrink(thumb, THUMB), THUMB)
+    notes = []
+    if None not in frame.values() and frame["a"] != frame["b"]:
+        notes.append(f"run A's map is of frame {frame['a']}, run B's of frame {frame['b']} "
+                     "(each model's max frame)")
+    a, b = heat["a"], heat["b"]
+    if a is not None and b is not None and a.unit == b.unit and a.signed and b.signed:
+        top = max(float(np.abs(a.values).max()), float(np.abs(b.values).max()))
         top = top if top > 0 else 1.0
         look = {"normalize": "fixed", "vmin": -top, "vmax": top}
-        out["a"], out["b"] = _drawn(rgb, heat_a, look), _drawn(rgb, heat_b, look)
-        out["note"] = f"both maps on one scale, ±{top:.3g} {heat_a.unit}"
+        out["a"] = _drawn(pixels[frame["a"]], a, look)  # type: ignore[arg-type]
+        out["b"] = _drawn(pixels[frame["b"]], b, look)  # type: ignore[arg-type]
+        out["note"] = "; ".join([f"both maps on one scale, ±{top:.3g} {a.unit}", *notes])
         return out
-    for side, heat in (("a", heat_a), ("b", heat_b)):
-        if heat is not None:
-            out[side] = _drawn(rgb, heat, {})
-    if heat_a is not None and heat_b is not None:
-        out["note"] = "the two maps measure different things; each is on its own scale"
-    elif heat_a is not None or heat_b is not None:
-        missing = "B" if heat_a is not None else "A"
-        out["note"] = (f"run {missing} drew no map of this image (an audit draws maps for its "
-                       "top-k errors only)")
+    for side, h in heat.items():
+        if h is not None:
+            out[side] = _drawn(pixels[frame[side]], h, {})  # type: ignore[arg-type]
+    if a is not None and b is not None:
+        notes.insert(0, "the two maps measure different things; each is on its own scale")
+    elif a is not None or b is not None:
+        missing = "B" if a is not None else "A"
+        notes.insert(0, f"run {missing} drew no map of this image (an audit draws maps for its "
+                        "top-k errors only)")
     else:
-        out["note"] = "neither run drew a map of this image (maps are drawn for top-k errors)"
+        notes.insert(0, "neither run drew a map of this image (maps are drawn for top-k "
+                        "errors)")
+    out["note"] = "; ".join(notes)
     return out
 
 
