@@ -279,12 +279,14 @@ def test_a_run_scored_before_hashes_were_kept_is_hashed_from_its_files(runs, tmp
     assert all(digest == file_sha256(path) for path, digest in stored.items())
     old = tmp_path / "old"
     shutil.copytree(root / "b", old)
-    with sqlite3.connect(old / "audit.sqlite") as db:
-        db.execute("UPDATE images SET sha256 = NULL")
+    with sqlite3.connect(old / "audit.sqlite") as db:  # a database from before the column
+        db.execute("ALTER TABLE images DROP COLUMN sha256")
     result = compare(root / "a", old, tmp_path / "out", resamples=100, shown=0)
     assert result.summary["matched"] == 30
     assert any("run B: 31 image(s) were scored before audits kept a content hash" in n
                for n in result.summary["notes"])
+    with sqlite3.connect(old / "audit.sqlite") as db:  # opened read-only: not migrated
+        assert "sha256" not in {r[1] for r in db.execute("PRAGMA table_info(images)")}
 
 
 @pytest.mark.slow

@@ -131,15 +131,22 @@ class Store:
 
     @classmethod
     def finished(cls, folder: str | os.PathLike) -> Store:
-        """The store of ``folder``'s audit, bound to its run finished last (what the folder's
-        ``metrics.json`` and page describe); :class:`~explain.errors.OptionError` when the folder
-        holds no audit or no finished run."""
+        """The store of ``folder``'s audit, opened read-only and bound to its run finished last
+        (what the folder's ``metrics.json`` and page describe); :class:`~explain.errors.OptionError`
+        when the folder holds no audit or no finished run."""
         path = Path(folder) / DB_NAME
         if not path.is_file():
             raise OptionError(f"{display(folder)} holds no audit ({DB_NAME}); give the output "
                               "folder of an `explain audit` run")
         store = cls.__new__(cls)
-        store.path, store._db = path, _connect(path)
+        try:  # read-only: comparing audits never changes them
+            db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30.0,
+                                 isolation_level=None)
+            db.execute("SELECT id FROM runs LIMIT 1")
+        except sqlite3.DatabaseError as exc:
+            raise OptionError(f"{display(path)} is not a readable audit database ({exc})"
+                              ) from None
+        store.path, store._db = path, db
         row = store._db.execute("SELECT id, key, params FROM runs WHERE finished IS NOT NULL "
                                 "ORDER BY finished DESC, id DESC LIMIT 1").fetchone()
         if row is None:
@@ -292,8 +299,10 @@ class Store:
     def content_rows(self) -> Iterator[tuple[int, str, str | None, float, str | None]]:
         """(id, stored path, label, score, SHA-256 of the file or None when scored before it was
         kept) of every scored image, in id order."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
+        digest = "sha256" if "sha256" in columns else "NULL"  # a database from before it
         yield from self._db.execute(
-            "SELECT id, path, label, score, sha256 FROM images WHERE run = ? AND score IS NOT "
+            f"SELECT id, path, label, score, {digest} FROM images WHERE run = ? AND score IS NOT "
             "NULL ORDER BY id", (self.run,))
 
     def labels(self) -> list[str]:
