@@ -38,7 +38,7 @@ import numpy as np
 from explain.audit.compare_page import pair_pictures, write_page
 from explain.audit.dataset import Dataset, open_dataset
 from explain.audit.findings import labeled_images
-from explain.audit.outputs import csv_file, csv_value
+from explain.audit.outputs import csv_file, csv_value, write_table
 from explain.audit.slices import benjamini_hochberg
 from explain.audit.store import Store
 from explain.errors import ExplainError, OptionError
@@ -332,15 +332,6 @@ def write_image_changes(path: Path, pairs: Pairs, error_a: list, error_b: list) 
     return path
 
 
-def write_slice_changes(path: Path, rows: list[dict]) -> Path:
-    """``slice_changes.csv``: one row per slice (:data:`SLICE_COLUMNS`)."""
-    with csv_file(path) as writer:
-        writer.writerow(SLICE_COLUMNS)
-        for row in rows:
-            writer.writerow([csv_value(row[c]) for c in SLICE_COLUMNS])
-    return path
-
-
 def _run_summary(run: Run) -> dict:
     return {"folder": str(run.folder), "model": run.model, "key": run.key,
             "threshold": run.threshold, "target": run.target,
@@ -410,7 +401,7 @@ def _compare(a: Run, b: Run, out: Path, resamples: int, seed: int, shown: int) -
                   "matched_fpr": (a.threshold, matched_threshold(sb, pos, fpr_a))}
         summary.update(paired_deltas(sa, sb, pos, points, resamples=resamples, seed=seed))
         rows = slice_changes(a, b, pairs, labeled, positive, notes)
-        files["slice_changes"] = write_slice_changes(out / "slice_changes.csv", rows)
+        files["slice_changes"] = write_table(out / "slice_changes.csv", SLICE_COLUMNS, rows)
         summary["slices"] = rows
     else:
         notes.append("no matched image is labeled (with the same label in both runs): no "

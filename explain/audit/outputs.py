@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -273,12 +273,19 @@ def csv_value(value: object) -> object:
     return value
 
 
+def write_table(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
+    """A CSV of ``columns`` with one line per row (a dict with those keys, each cell through
+    :func:`csv_value`)."""
+    with csv_file(path) as writer:
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([csv_value(row[c]) for c in columns])
+    return path
+
+
 def write_slices(path: Path, rows: list[dict]) -> None:
     """``slices.csv``: one row per slice, flagged first."""
-    with csv_file(path) as writer:
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow([csv_value(row[c]) for c in COLUMNS])
+    write_table(path, COLUMNS, rows)
 
 
 def write_label_issues(path: Path, found: Findings) -> None:
