@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from explain.audit import AuditOptions, audit
-from explain.audit.compare import compare, matched_threshold, mcnemar, weighted_auc
+from explain.audit.comparison import compare, matched_threshold, mcnemar, weighted_auc
 from explain.audit.metrics import roc_auc
 from explain.cli import app
 from explain.errors import OptionError

@@ -34,7 +34,7 @@ def compare(
 ) -> None:
     """Compare two audits of the same images (two models, or two versions of one): metrics with
     paired intervals, McNemar's test, slices, errors fixed and new, both models' maps."""
-    from explain.audit.compare import compare as run_compare
+    from explain.audit.comparison import compare as run_compare
 
     result = run_compare(run_a, run_b, output, resamples=resamples, seed=seed, shown=shown)
     s = result.summary

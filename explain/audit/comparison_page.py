@@ -1,4 +1,4 @@
-"""The pictures and the page of ``explain compare`` (:mod:`explain.audit.compare` gathers what
+"""The pictures and the page of ``explain compare`` (:mod:`explain.audit.comparison` gathers what
 they show): each listed image with run A's and run B's occlusion maps side by side, drawn on one
 colour scale (± the larger |value| of the two maps) so that equal colours mean equal score drops
 in both; a map drawn by one run only is shown alone on its own scale, and the caption says so.

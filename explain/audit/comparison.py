@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.audit.compare_page import pair_pictures, write_page
+from explain.audit.comparison_page import pair_pictures, write_page
 from explain.audit.dataset import Dataset, open_dataset
 from explain.audit.findings import labeled_images
 from explain.audit.outputs import csv_file, csv_value, write_table
