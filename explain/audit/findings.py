@@ -7,7 +7,6 @@ into a transparency report (``summary.md``, and ``summary`` in ``metrics.json``)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from explain.audit.label_issues import find_issues
 from explain.audit.slices import FDR, Labeled, families, properties_of, slice_table
 from explain.audit.store import Store
 from explain.errors import ExplainError
-from explain.files import display, from_storable, write_text
+from explain.files import display, file_sha256, from_storable, write_text
 
 
 @dataclass
@@ -129,14 +128,6 @@ def model_file(spec: str) -> Path | None:
     return None
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f} %"
 
@@ -154,7 +145,7 @@ def summary(metrics: dict, found: Findings | None, *, model: str, data: str, ima
         "positives": metrics.get("positives"), "negatives": metrics.get("negatives"),
         "scored_from": created, "written": written, "model": model,
         "model_file": str(path) if path else None,
-        "model_sha256": sha256(path) if path else None,
+        "model_sha256": file_sha256(path) if path else None,
         "threshold": metrics.get("threshold"), "rule": rule,
         "precision": [metrics.get(k) for k in ("precision", "precision_low", "precision_high")],
         "recall": [metrics.get(k) for k in ("recall", "recall_low", "recall_high")],

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -257,7 +257,7 @@ def write_cue_tables(folder: Path, cues: Cues) -> dict[str, Path]:
     return files
 
 
-def _csv_value(value: object) -> object:
+def csv_value(value: object) -> object:
     """A cell of the findings' CSVs: empty for None, a float to 6 significant digits (p-values
     are small)."""
     if value is None:
@@ -267,12 +267,19 @@ def _csv_value(value: object) -> object:
     return value
 
 
+def write_table(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
+    """A CSV of ``columns`` with one line per row (a dict with those keys, each cell through
+    :func:`csv_value`)."""
+    with csv_file(path) as writer:
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([csv_value(row[c]) for c in columns])
+    return path
+
+
 def write_slices(path: Path, rows: list[dict]) -> None:
     """``slices.csv``: one row per slice, flagged first."""
-    with csv_file(path) as writer:
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow([_csv_value(row[c]) for c in COLUMNS])
+    write_table(path, COLUMNS, rows)
 
 
 def write_label_issues(path: Path, found: Findings) -> None:
@@ -297,7 +304,7 @@ def write_clusters(path: Path, found: Findings) -> None:
         for c in found.clusters:
             exemplars = [found.images[i].path for i in c.exemplars]
             writer.writerow([c.kind, c.cluster, len(c.members), c.region, c.region_errors,
-                             *(_csv_value(v) for v in (c.error_rate, *c.interval, c.cue,
+                             *(csv_value(v) for v in (c.error_rate, *c.interval, c.cue,
                                                       c.cue_share)),
                              *(exemplars + [""] * (4 - len(exemplars)))])
 

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS images (
     error TEXT,
     notes TEXT,
     props TEXT,
+    sha256 TEXT,
     scored_at REAL,
     concepts_at REAL,
     UNIQUE (run, path)

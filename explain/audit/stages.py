@@ -29,7 +29,7 @@ from explain.audit.slices import image_properties
 from explain.audit.store import ImageRow, Store
 from explain.choices import AUDIT_BATCH, DEFAULT_MAX_FRAMES
 from explain.errors import ExplainError, ModelError
-from explain.files import display
+from explain.files import display, file_sha256
 from explain.frames import is_clip
 from explain.heatmap import Heatmap
 from explain.images import collect_warnings, to_batch, to_tensor
@@ -87,6 +87,7 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
     clip: bool = False
     props: dict | None = None
+    sha256: str | None = None
 
 
 def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
@@ -105,8 +106,11 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
         rgb, frame = audit_pixels(row.file, max_pixels=max_pixels, notes=notes,
                                   classifier=classifier, target=target, frames=frames,
                                   max_frames=max_frames)
+        digest = file_sha256(row.file)
     except ExplainError as exc:
         return Loaded(row, error=getattr(exc, "reason", str(exc)), notes=notes)
+    except OSError as exc:
+        return Loaded(row, error=f"cannot read the file: {exc.strerror or exc}", notes=notes)
     shape = rgb.shape[:2]
     x = pixels = None
     if input_size is None:
@@ -122,7 +126,7 @@ def _load(row: ImageRow, input_size: tuple[int, int] | None, need_small: bool,
         small = shrink(rgb, DETECT_SIDE)
     props = image_properties(rgb) | ({} if frame is None else {"frame": frame})
     return Loaded(row, x=x, rgb=pixels, shape=shape, small=small, factor=factor, notes=notes,
-                  props=props)
+                  props=props, sha256=digest)
 
 
 def model_batch(items: list[Loaded], device: torch.device) -> torch.Tensor:
@@ -230,7 +234,8 @@ def _score_batch(items: list[Loaded], classifier: Classifier, t: int, o: AuditOp
             continue
         scores[it.row.id] = float(p[t])
         records[it.row.id].update(score=float(p[t]), probs=p.tolist(), height=it.shape[0],
-                                  width=it.shape[1], props=it.props)  # type: ignore[index]
+                                  width=it.shape[1], props=it.props,  # type: ignore[index]
+                                  sha256=it.sha256)
     if detector is not None:
         alive = [it for it in items if it.row.id in scores and it.error is None]
         found = detector.detect([it.small for it in alive]) if alive else []

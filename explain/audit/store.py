@@ -37,7 +37,7 @@ from pathlib import Path
 
 from explain.audit.schema import SCHEMA, SELECTIONS, STAGES
 from explain.errors import OptionError
-from explain.files import from_storable, to_storable
+from explain.files import display, from_storable, to_storable
 
 DB_NAME = "audit.sqlite"
 
@@ -74,6 +74,24 @@ def run_key(params: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """The database at ``path`` (created when absent) with the current schema."""
+    try:
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(SCHEMA)
+        columns = {r[1] for r in db.execute("PRAGMA table_info(images)")}
+        for column in ("notes", "props", "sha256"):  # a database written before they were kept
+            if column not in columns:
+                db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT")
+    except sqlite3.DatabaseError as exc:
+        raise OptionError(f"{path} is not a usable audit database ({exc}); choose "
+                          "another output folder or remove the file") from exc
+    return db
+
+
 @dataclass
 class ImageRow:
     """One image of the run; ``path`` is the stored (strict UTF-8) form, ``file`` the path."""
@@ -97,19 +115,7 @@ class Store:
     def __init__(self, folder: str | os.PathLike, params: dict) -> None:
         self.path = Path(folder) / DB_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
-            for column in ("notes", "props"):  # a database written before they were kept
-                if column not in columns:
-                    self._db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT")
-        except sqlite3.DatabaseError as exc:
-            raise OptionError(f"{self.path} is not a usable audit database ({exc}); choose "
-                              "another output folder or remove the file") from exc
+        self._db = _connect(self.path)
         self.params = params
         self.key = run_key(params)
         row = self._db.execute("SELECT id, created FROM runs WHERE key = ?", (self.key,)).fetchone()
@@ -122,6 +128,34 @@ class Store:
             self.run = int(cur.lastrowid)
         else:
             self.run = int(row[0])
+
+    @classmethod
+    def finished(cls, folder: str | os.PathLike) -> Store:
+        """The store of ``folder``'s audit, opened read-only and bound to its run finished last
+        (what the folder's ``metrics.json`` and page describe); :class:`~explain.errors.OptionError`
+        when the folder holds no audit or no finished run."""
+        path = Path(folder) / DB_NAME
+        if not path.is_file():
+            raise OptionError(f"{display(folder)} holds no audit ({DB_NAME}); give the output "
+                              "folder of an `explain audit` run")
+        store = cls.__new__(cls)
+        try:  # read-only: comparing audits never changes them
+            db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30.0,
+                                 isolation_level=None)
+            db.execute("SELECT id FROM runs LIMIT 1")
+        except sqlite3.DatabaseError as exc:
+            raise OptionError(f"{display(path)} is not a readable audit database ({exc})"
+                              ) from None
+        store.path, store._db = path, db
+        row = store._db.execute("SELECT id, key, params FROM runs WHERE finished IS NOT NULL "
+                                "ORDER BY finished DESC, id DESC LIMIT 1").fetchone()
+        if row is None:
+            store.close()
+            raise OptionError(f"the audit in {display(folder)} has no finished run; run the same "
+                              "`explain audit` command again to finish it")
+        store.run, store.key, store.params = int(row[0]), row[1], json.loads(row[2])
+        store.resumed = True
+        return store
 
     def close(self) -> None:
         self._db.close()
@@ -224,6 +258,9 @@ class Store:
                 if r.get("props") is not None:
                     self._db.execute("UPDATE images SET props = ? WHERE id = ?",
                                     (json.dumps(r["props"]), r["id"]))
+                if r.get("sha256") is not None:
+                    self._db.execute("UPDATE images SET sha256 = ? WHERE id = ?",
+                                    (r["sha256"], r["id"]))
                 if "score" in r:
                     self._db.execute(
                         "UPDATE images SET score = ?, probs = ?, height = ?, width = ?, "
@@ -258,6 +295,15 @@ class Store:
             f"score IS NOT NULL AND ({_where(selection, args)}) ORDER BY score {order}, id "
             "LIMIT ?", (self.run, *args, limit)).fetchall()
         return [ImageRow(*r) for r in rows]
+
+    def content_rows(self) -> Iterator[tuple[int, str, str | None, float, str | None]]:
+        """(id, stored path, label, score, SHA-256 of the file or None when scored before it was
+        kept) of every scored image, in id order."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
+        digest = "sha256" if "sha256" in columns else "NULL"  # a database from before it
+        yield from self._db.execute(
+            f"SELECT id, path, label, score, {digest} FROM images WHERE run = ? AND score IS NOT "
+            "NULL ORDER BY id", (self.run,))
 
     def labels(self) -> list[str]:
         """The distinct true labels of this run's images, sorted (empty for unlabeled data)."""

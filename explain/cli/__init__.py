@@ -14,7 +14,7 @@ import typer
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-from explain.cli import audit, blackbox, grid, report, score, serve, whitebox
+from explain.cli import audit, blackbox, compare, grid, report, score, serve, whitebox
 
 app = typer.Typer(
     name="explain",
@@ -35,6 +35,7 @@ app.command("layers")(whitebox.layers_command)
 app.command("grid")(grid.grid)
 app.command("report")(report.report)
 app.command("audit")(audit.audit)
+app.command("compare")(compare.compare)
 app.command("serve")(serve.serve)
 
 
