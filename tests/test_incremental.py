@@ -165,7 +165,8 @@ def test_drill_down_runs_through_incremental_inference_with_the_same_answer(imag
     monkeypatch.setattr(explain.occlusion, "window_scores", counted)
     clf = tiny(SmallResNet(), input_size=None)
     exact, fast = both(clf, image, box=6, stride=2, fill="gray", target=1, drill_down=0.3)
-    # the coarse pass (with the intact image and the baseline) and each round went through incremental inference
+    # the coarse pass (with the intact image and the baseline) and each round went through
+    # incremental inference
     assert len(scored) >= 2 and sum(scored) == fast.params["windows_evaluated"] + 2
     assert fast.params["drill_down"] == exact.params["drill_down"] == 0.3
     assert fast.params["windows_evaluated"] == exact.params["windows_evaluated"] < \

@@ -150,7 +150,8 @@ def test_10000_windows_in_batches_bounded_by_batch_size():
     done = []
     hm = occlusion_map(clf, img, box=1, stride=1, target="bright", batch_size=64,
                        progress=lambda d, n: done.append((d, n)))
-    assert hm.windows == 10_000 and max(batches) == 64 and sum(batches) == 10_002  # + intact, baseline
+    # the windows, the intact image and the baseline
+    assert hm.windows == 10_000 and max(batches) == 64 and sum(batches) == 10_002
     assert done[-1] == (10_000, 10_000) and len(done) == len(batches)
     expected = (img.astype(np.float64).mean(2) / 255.0 - 0.5) / 10_000
     np.testing.assert_allclose(hm.values, expected, atol=3e-7)  # float32 scores near 0.5
