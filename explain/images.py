@@ -91,10 +91,11 @@ def _check_path(p: Path) -> None:
 
 def is_regular(p: Path) -> bool:
     """True for a regular file (links followed), decided from its metadata without opening it:
-    opening a FIFO blocks until a writer comes."""
+    opening a FIFO blocks until a writer comes. False for a path the system cannot stat (one
+    with a NUL byte, from a manifest, too)."""
     try:
         return stat.S_ISREG(p.stat().st_mode)
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
