@@ -45,6 +45,9 @@ MAX_ATTEMPTS = 3
 LOCK = "lock"
 RESULTS = {"overlay.png": "image/png", "side.png": "image/png", "original.png": "image/png",
            "heatmap.npy": "application/octet-stream", "heatmap.json": "application/json"}
+GRID_RESULTS = {"grid.png": "image/png", "grid.json": "application/json",
+                "grid.html": "text/html; charset=utf-8"}
+"""A grid job's result files (those of `explain grid`); its pyramid's tiles are served too."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

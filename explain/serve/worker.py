@@ -34,7 +34,9 @@ bounded too (:func:`write_results`).
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +62,11 @@ from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
 
 INPUT = "input"
+GRID_IMAGES = "images"
+"""A grid job's folder of its collection's images (links), named 00000… in their order."""
+GRID_MEMBERS = "members.json"
+"""A grid job's names and labels of its images, in that order."""
+GRID_OUTPUT = "grid.png"
 FRAME = "frame.png"
 FAULT_PAUSE_S = 1.0  # after a fault outside any one job: do not spin on a lasting one
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
@@ -247,6 +254,10 @@ class Worker(threading.Thread):
                 continue
             self._alone = job.id
             try:
+                if job.method == "grid":
+                    self._run_grid(job)
+                    self._alone = None
+                    continue
                 image, clip = pixels(self.store.folder(job.id), self.models.black,
                                      job.options["target"], self.max_pixels)
                 if job.method == "occlusion" and not job.options.get("fast"):
@@ -292,6 +303,44 @@ class Worker(threading.Thread):
                 heatmap = method.run(self.models, image, options, watch)
         heatmap.seconds = time.perf_counter() - start
         self._finish(job, heatmap, clip, None if clip is None else image)
+
+    def _run_grid(self, job: Job) -> None:
+        """A grid job: :func:`explain.grid.similarity_grid` over the job's own copy of the
+        collection, with `explain grid`'s defaults for every option the job does not set, its
+        files written by :func:`explain.grid.write_grid` (the CLI's writer), then ``done``;
+        progress counts the images embedded, then the t-SNE iterations."""
+        from explain.grid import TSNE_ITERATIONS, similarity_grid, tiles_folder, write_grid
+
+        folder = self.store.folder(job.id)
+        members = json.loads((folder / GRID_MEMBERS).read_text())
+        names = members["names"]
+        paths = [folder / GRID_IMAGES / f"{i:05d}" for i in range(len(names))]
+        o = job.options
+        watch = self._watch(job.id)
+        total = len(names) + TSNE_ITERATIONS
+
+        def progress(done: int, _: int, stage: str) -> None:
+            watch(done if stage == "embedding" else len(names) + min(done, TSNE_ITERATIONS),
+                  total)
+
+        progress(0, 0, "embedding")
+        classifier = None
+        if o["embed"] != "pixels" or o["color_by"] == "score":
+            classifier = self.models.black
+        result = similarity_grid(
+            paths, classifier, embed=o["embed"], names=names, labels=members["labels"],
+            target=o["target"] if o["color_by"] == "score" else None, size=o["size"],
+            layout=o["layout"], batch_size=self.batch_size or 32, progress=progress)
+        try:
+            with self.store.locked(job.id):
+                if self.store.get(job.id) is None:
+                    return  # deleted meanwhile
+                output = folder / GRID_OUTPUT
+                shutil.rmtree(tiles_folder(output.with_suffix(".html")), ignore_errors=True)
+                write_grid(result, output, color_by=o["color_by"])
+                self.store.finish(job.id, None)
+        except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
+            self._fail(job.id, reason(exc))
 
     def _finish(self, job: Job, heatmap: Heatmap, clip: dict | None,
                 frame: np.ndarray | None) -> None:
