@@ -16,7 +16,14 @@ jobs: another tenant's id is 404, as an unknown one. The page, its assets, ``/do
 ``/healthz`` hold no data and are open (the page asks for the token and sends it with each
 API request). No CORS header unless ``cors`` origins are given. A client's string never
 becomes a path: job folders are named by the ids the store makes, result files by the fixed
-table :data:`~explain.serve.jobs.RESULTS`.
+table :data:`~explain.serve.jobs.RESULTS` (a grid job's by
+:data:`~explain.serve.jobs.GRID_RESULTS`, its tiles by a fixed pattern).
+
+Collections (``/v1/collections``, :mod:`explain.serve.collections`): a tenant's images, each
+file through the very checks of a job's upload (:func:`_receive`, :func:`_probe`), a bad one
+rejected by name while the rest are added; another tenant's collection is 404 like an unknown
+one. ``method=grid`` queues a grid job over one (:class:`~explain.serve.worker.Worker`, which
+writes the files of ``explain grid`` through its own writer).
 """
 
 from __future__ import annotations
@@ -222,7 +229,8 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
 
     app = FastAPI(title="explain", version="1",
                   description="Why does an image classifier score an image the way it does? "
-                              "POST an image, poll the job, fetch the pictures.",
+                              "POST an image, poll the job, fetch the pictures; or make "
+                              "a collection of images and map it with a grid job.",
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=settings.max_upload + FORM_SLACK,
                        timeout=settings.upload_timeout, batch=settings.max_batch)

@@ -17,6 +17,10 @@ culprit fails). A fault outside any one job (the job table's disk is full, say) 
 the worker holds with the reason, and the worker goes on after a pause; it never dies of an
 error (the app's supervisor restarts one that dies all the same).
 
+A grid job (``method=grid``) runs on its own: :func:`explain.grid.similarity_grid` over the
+job's own links to its collection's images (:data:`GRID_IMAGES`, :data:`GRID_MEMBERS`), its
+files written by :func:`explain.grid.write_grid`, the writer of ``explain grid``.
+
 An animated upload (GIF, WebP, APNG) is judged as the CLI judges a clip: every frame scored,
 the clip explained by its max frame (:func:`pixels`), which the job's answer names.
 
