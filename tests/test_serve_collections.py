@@ -1,15 +1,19 @@
 """Collections and grid jobs of `explain serve`, for real: uvicorn in a subprocess on 127.0.0.1
 with the real open_nsfw (onnx). A 40-image labelled collection's grid job writes the files
-`explain grid` writes for the same files and options (equal cells, equal mosaic); tenants do
-not see each other's collections; a bad file is rejected by name and the rest added; a grid
-job killed with ``kill -9`` finishes after a restart."""
+`explain grid` writes for the same files and options (equal cells, equal mosaic); an audit
+job's scores.csv is `explain audit`'s; tenants do not see each other's collections; a bad file
+is rejected by name and the rest added; a grid job killed with ``kill -9`` finishes after a
+restart, and the audit queued behind it too."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +199,12 @@ def test_bad_files_are_rejected_by_name_and_the_rest_added(server, photos):
     few = server.call("POST", "/v1/visualizations", token=ALICE,
                       fields={"method": "grid", "collection": collection})
     assert few.status == 422 and "at least 4" in few.json()["detail"][0]["msg"]
+    audit = server.call("POST", "/v1/visualizations", token=ALICE,
+                        fields={"method": "audit", "collection": collection})
+    assert audit.status == 422
+    assert audit.json()["detail"][0]["msg"] == ("image 'one.png' is labelled 'a', not a class "
+                                                "of the model (sfw, nsfw); an audit needs "
+                                                "those labels")
     no_image = server.call("POST", "/v1/visualizations", token=ALICE,
                            fields={"method": "occlusion"})
     assert no_image.status == 422 and no_image.json()["detail"][0]["loc"] == ["body", "image"]
@@ -236,6 +246,59 @@ def test_the_tenants_bytes_are_limited(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_audit_job_writes_what_explain_audit_writes(server, photos, nsfw_onnx, tmp_path,
+                                                       monkeypatch):
+    root = tmp_path / "audit-data"
+    images, names = crops(photos, 12, seed=5)
+    for i, (image, photo) in enumerate(zip(images, names, strict=True)):
+        label = "nsfw" if photo == "chelsea" else "sfw"
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / label / f"{i:02d}.png")
+    paths = list(iter_image_files([root]))
+    collection = make_collection(server, ALICE, "to audit")
+    upload(server, collection, root, paths, ALICE)
+    reply = server.call("POST", "/v1/visualizations", token=ALICE, fields={
+        "method": "audit", "collection": collection, "threshold": "0.3", "top": "2",
+        "concepts": "false", "cues": "false"})
+    assert reply.status == 202, reply.body
+    job_id = reply.json()["id"]
+    stages = set()
+    while (job := server.call("GET", f"/v1/visualizations/{job_id}", token=ALICE).json()
+           )["status"] not in ("done", "failed"):
+        stages.add(job["progress"]["stage"])
+        time.sleep(0.05)
+    assert job["status"] == "done", job["error"]
+    assert stages & {"scoring", "starting"}, stages
+    assert {"audit.html", "scores.csv", "metrics.json"} <= set(job["results"])
+    assert "concepts.csv" not in job["results"]
+
+    monkeypatch.setattr("explain.cli.common.load_model", lambda *a, **k: nsfw_onnx)
+    out = tmp_path / "cli-audit"
+    ran = CliRunner().invoke(app, ["audit", str(root), "-o", str(out), "--threshold", "0.3",
+                                   "--top", "2", "--no-concepts", "--no-cues", "--quiet"])
+    assert ran.exit_code == 0, ran.output
+
+    served = server.call("GET", job["results"]["scores.csv"], token=ALICE).body.decode()
+    local = (out / "scores.csv").read_text()
+    member = {f"images/{i:05d}": p.relative_to(root).as_posix() for i, p in enumerate(paths)}
+
+    def rows(text: str, name: Callable[[str], str]) -> dict[str, list[str]]:
+        table = list(csv.reader(io.StringIO(text)))
+        return {name(row[0]): row[1:] for row in table[1:]} | {"header": table[0]}
+
+    by_member = rows(served, lambda p: member[Path(p).relative_to(
+        server.data / "jobs" / job_id).as_posix()])
+    by_path = rows(local, lambda p: Path(p).relative_to(root).as_posix()
+                   if Path(p).is_absolute() else p)
+    assert len(by_member) == 13 and by_member == by_path
+    page = server.call("GET", job["results"]["audit.html"], token=ALICE)
+    assert page.status == 200 and b"<html" in page.body
+    assert "img-src data:" in page.headers["content-security-policy"]
+    metrics = json.loads(server.call("GET", job["results"]["metrics.json"], token=ALICE).body)
+    assert metrics["threshold"] == 0.3
+
+
+@pytest.mark.slow
 def test_a_grid_job_killed_mid_run_finishes_after_a_restart(labelled, tmp_path):
     root, paths = labelled
     first = Server(tmp_path / "data").start()
@@ -244,6 +307,11 @@ def test_a_grid_job_killed_mid_run_finishes_after_a_restart(labelled, tmp_path):
         upload(first, collection, root, paths, "", labelled=False)
         job_id = grid_job(first, "", collection=collection, layout="tsne-jv",
                           color_by="none")
+        reply = first.call("POST", "/v1/visualizations", fields={
+            "method": "audit", "collection": collection, "top": "0", "concepts": "false",
+            "cues": "false"})
+        assert reply.status == 202, reply.body
+        audit_id = reply.json()["id"]
         job = first.wait(job_id, until=("running", "done", "failed"))
         assert job["status"] == "running"
     finally:
@@ -252,6 +320,10 @@ def test_a_grid_job_killed_mid_run_finishes_after_a_restart(labelled, tmp_path):
     try:
         job = second.wait(job_id)
         assert job["status"] == "done", job["error"]
+        audit = second.wait(audit_id)
+        assert audit["status"] == "done", audit["error"]
+        scores = second.call("GET", audit["results"]["scores.csv"]).body.decode()
+        assert len(scores.splitlines()) == 41  # the header and the 40 images, unlabelled
         doc = json.loads(second.call("GET", job["results"]["grid.json"]).body)
         assert sorted(doc["images"]) == sorted(p.relative_to(root).as_posix() for p in paths)
         assert not list((tmp_path / "data").rglob("*.part"))

@@ -23,7 +23,8 @@ Collections (``/v1/collections``, :mod:`explain.serve.collections`): a tenant's 
 file through the very checks of a job's upload (:func:`_receive`, :func:`_probe`), a bad one
 rejected by name while the rest are added; another tenant's collection is 404 like an unknown
 one. ``method=grid`` queues a grid job over one (:class:`~explain.serve.worker.Worker`, which
-writes the files of ``explain grid`` through its own writer).
+writes the files of ``explain grid`` through its own writer), ``method=audit`` an audit job
+(the files of ``explain audit``).
 """
 
 from __future__ import annotations
@@ -73,7 +74,15 @@ from explain.models.base import resolve_target
 from explain.render import save_png
 from explain.serve.assets import Assets
 from explain.serve.collections import CollectionStore, link_or_copy
-from explain.serve.jobs import GRID_RESULTS, RESULTS, Job, JobStore, is_disk_full, is_job_id
+from explain.serve.jobs import (
+    AUDIT_RESULTS,
+    GRID_RESULTS,
+    RESULTS,
+    Job,
+    JobStore,
+    is_disk_full,
+    is_job_id,
+)
 from explain.serve.schemas import (
     Accepted,
     Added,
@@ -92,7 +101,16 @@ from explain.serve.schemas import (
 )
 from explain.serve.security import BodyLimit, Tokens
 from explain.serve.served import Served
-from explain.serve.worker import GRID_IMAGES, GRID_MEMBERS, INPUT, PICTURES, Worker, draw
+from explain.serve.worker import (
+    AUDIT_FOLDER,
+    AUDIT_LABELS,
+    GRID_IMAGES,
+    GRID_MEMBERS,
+    INPUT,
+    PICTURES,
+    Worker,
+    draw,
+)
 from explain.windows import parse_size, window_grid
 
 MAX_WINDOWS = 20_000
@@ -105,12 +123,17 @@ TILE = re.compile(r"[0-9]{1,6}_[0-9]{1,6}\.jpg")
 GRID_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                     "img-src 'self'; base-uri 'none'; form-action 'none'; "
                     "frame-ancestors 'self'")
+AUDIT_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src "
+                     "'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
+                     "frame-ancestors 'self'")
+MAX_AUDIT_TOP = 1000
 MAX_NAME = 1000  # characters of an image's name kept in a collection
 
 MAX_GRID_SIDE = 128  # 128 cells of 64 px: the mosaic still fits one PNG (8192 px a side)
 GRID_CELL_PX = 64  # the cell side of `explain grid`'s default, which grid jobs use
 
-MethodName = Enum("MethodName", {name: name for name in (*METHODS, "grid")},  # type: ignore[misc]
+MethodName = Enum("MethodName",  # type: ignore[misc]
+                  {name: name for name in (*METHODS, "grid", "audit")},
                   type=str)
 EmbedName = Enum("EmbedName", {name: name for name in EMBED_MODES}, type=str)  # type: ignore[misc]
 LayoutName = Enum("LayoutName", {name: name for name in LAYOUTS}, type=str)  # type: ignore[misc]
@@ -306,7 +329,18 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
                    "the smallest near-square grid holding all."))] = None,
                color_by: Annotated[ColorName, Form(description="method=grid: thumbnail "
                                                    "border, as `explain grid --color-by`."
-                                                   )] = ColorName.score
+                                                   )] = ColorName.score,
+               threshold: Annotated[float, Form(ge=0.0, le=1.0, description=(
+                   "method=audit: the score at or above which an image counts as the "
+                   "target."))] = 0.5,
+               top: Annotated[int, Form(ge=0, le=MAX_AUDIT_TOP, description=(
+                   "method=audit: heatmaps for this many false positives and as many false "
+                   "negatives."))] = 50,
+               concepts: Annotated[bool, Form(description="method=audit: run the NudeNet part "
+                                              "detector and measure each part's effect."
+                                              )] = True,
+               cues: Annotated[bool, Form(description="method=audit: discover the cues the "
+                                          "model reacts to in its false positives.")] = True
                ) -> Accepted:
         """Queue a visualization of ``image``, or with ``method=grid`` a similarity grid of a
         collection (the files of `explain grid`); poll ``status_url`` until it is done."""
@@ -314,6 +348,10 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         if name == "grid":
             return submit_grid(request, response, who, collection, target, embed.value,
                                layout.value, size, color_by.value)
+        if name == "audit":
+            return submit_audit(request, response, who, collection, target,
+                                {"threshold": threshold, "top": top, "concepts": concepts,
+                                 "cues": cues})
         if image is None:
             raise invalid("image", f"method={name} explains one image: send it as the "
                           "field image")
@@ -356,10 +394,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
     def submit_grid(request: Request, response: Response, who: str, collection: str | None,
                     target: str, embed: str, layout: str, size: int | None,
                     color_by: str) -> Accepted:
-        """Queue a grid job over the caller's collection: its images are linked into the
-        job's folder (:data:`~explain.serve.worker.GRID_IMAGES`) with their names and labels
-        (:data:`~explain.serve.worker.GRID_MEMBERS`), so deleting the collection later does
-        not change the job, and a restart runs it again from its own files."""
+        """Queue a grid job over the caller's collection (:func:`queue_collection_job`)."""
         found = None if collection is None else collections.get(collection, who)
         if found is None:
             raise invalid("collection", "no such collection" if collection else
@@ -380,10 +415,48 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
             check_grid_memory(len(members), size, GRID_CELL_PX, layout)
         except OptionError as exc:
             raise invalid("size", str(exc)) from None
-        if store.pending() >= settings.max_queue or store.pending(who) >= settings.tenant_limit:
-            raise queue_full(who)
         options = {"collection": found.id, "embed": embed, "layout": layout, "size": size,
                    "color_by": color_by, "target": target}
+        labels = [m.label or NO_LABEL for m in members] if labelled else None
+        return queue_collection_job(request, response, who, "grid", options, members, labels)
+
+    def submit_audit(request: Request, response: Response, who: str, collection: str | None,
+                     target: str, options: dict) -> Accepted:
+        """Queue an audit job over the caller's collection (as :func:`submit_grid`); its
+        labels must be classes of the model (case-insensitive), an image without one is
+        unlabelled; the job writes a ``path,label`` manifest of its own links
+        (:data:`~explain.serve.worker.AUDIT_LABELS`) for :func:`explain.audit.audit`."""
+        found = None if collection is None else collections.get(collection, who)
+        if found is None:
+            raise invalid("collection", "no such collection" if collection else
+                          "method=audit needs collection: the id of one of your collections")
+        members = collections.members(found.id, who)
+        if not members:
+            raise invalid("collection", "the collection has no images")
+        classes = {c.lower(): c for c in served.models.black.class_names}
+        for member in members:
+            if member.label is not None and member.label.lower() not in classes:
+                raise invalid("collection", f"image {member.name!r} is labelled "
+                              f"{member.label!r}, not a class of the model "
+                              f"({', '.join(classes.values())}); an audit needs those labels")
+        try:
+            resolve_target(served.models.black, target)
+        except ExplainError as exc:
+            raise invalid("target", str(exc)) from None
+        labels = [classes[m.label.lower()] if m.label is not None else "" for m in members]
+        return queue_collection_job(request, response, who, "audit",
+                                    {"collection": found.id, "target": target, **options},
+                                    members, labels)
+
+    def queue_collection_job(request: Request, response: Response, who: str, method: str,
+                             options: dict, members: list, labels: list[str] | None
+                             ) -> Accepted:
+        """Queue a job over a collection's ``members``: they are linked into the job's folder
+        (:data:`~explain.serve.worker.GRID_IMAGES`, named by their index) with their names and
+        ``labels`` (:data:`~explain.serve.worker.GRID_MEMBERS`), so deleting the collection
+        later does not change the job, and a restart runs it again from its own files."""
+        if store.pending() >= settings.max_queue or store.pending(who) >= settings.tenant_limit:
+            raise queue_full(who)
         job_id = store.new_id()
         folder = store.folder(job_id)
         try:
@@ -391,9 +464,11 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
             for i, member in enumerate(members):
                 link_or_copy(member.path, folder / GRID_IMAGES / f"{i:05d}")
             write_text(folder / GRID_MEMBERS, json.dumps({
-                "names": [m.name for m in members],
-                "labels": [m.label or NO_LABEL for m in members] if labelled else None}))
-            queued = store.add(job_id, who, "grid", options, settings.max_queue,
+                "names": [m.name for m in members], "labels": labels}))
+            if method == "audit":
+                write_text(folder / AUDIT_LABELS, "path,label\n" + "".join(
+                    f"{GRID_IMAGES}/{i:05d},{label}\n" for i, label in enumerate(labels or [])))
+            queued = store.add(job_id, who, method, options, settings.max_queue,
                                settings.tenant_limit)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -504,7 +579,8 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
     @api.get("/visualizations/{job_id}", response_model=Visualization)
     def get_visualization(request: Request, job_id: str, who: Tenant) -> Visualization:
         """A job's status, progress and, once done, the links to its results."""
-        return visualization(owned(job_id, who), job_url(request, job_id))
+        job = owned(job_id, who)
+        return visualization(job, job_url(request, job_id), audit_written(job))
 
     @api.get("/visualizations/{job_id}/{name}", response_class=Response,
              responses={200: {"content": {t: {} for t in {*RESULTS.values(),
@@ -518,6 +594,8 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         job = owned(job_id, who)
         if job.method == "grid":
             return grid_file(job, GRID_RESULTS, name, who)
+        if job.method == "audit":
+            return grid_file(job, AUDIT_RESULTS, name, who, AUDIT_FOLDER)
         known = next((k for k in RESULTS if k == name), None)
         if known is None or job.status != "done":
             raise HTTPException(404, "no such result" if known is None else
@@ -537,6 +615,13 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         return Response(body, media_type=RESULTS[known],
                         headers={"Cache-Control": "private, max-age=3600"})
 
+    def audit_written(job: Job) -> list[str] | None:
+        """The result files a done audit job wrote (None for any other job)."""
+        if job.method != "audit" or job.status != "done":
+            return None
+        folder = store.folder(job.id) / AUDIT_FOLDER
+        return [name for name in AUDIT_RESULTS if (folder / name).is_file()]
+
     def grid_file(job: Job, names: dict[str, str], name: str, who: str,
                   *folders: str) -> Response:
         """File ``name`` of a done grid job, ``folders`` below its folder (each an item of a
@@ -553,6 +638,8 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
         if name == "grid.html":  # its own inline script and style; tiles from this service
             headers["Content-Security-Policy"] = GRID_PAGE_POLICY
+        elif name == "audit.html":  # self-contained: its pictures are data: URIs
+            headers["Content-Security-Policy"] = AUDIT_PAGE_POLICY
         return Response(body, media_type=names[name], headers=headers)
 
     @api.get("/visualizations/{job_id}/grid_tiles/{level}/{tile}", response_class=Response,
@@ -584,7 +671,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
             raise HTTPException(422, detail=[{"loc": ["query", "before"], "msg": "not a job id",
                                               "type": "value_error"}])
         jobs = store.page(who, limit, before)
-        items = [visualization(j, job_url(request, j.id)) for j in jobs]
+        items = [visualization(j, job_url(request, j.id), audit_written(j)) for j in jobs]
         following = None
         if len(jobs) == limit:
             following = f"{request.url.path}?limit={limit}&before={jobs[-1].id}"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field
 
 from explain.serve.collections import Collection
-from explain.serve.jobs import GRID_RESULTS, RESULTS, Job
+from explain.serve.jobs import AUDIT_RESULTS, GRID_RESULTS, RESULTS, Job
 
 
 class Accepted(BaseModel):
@@ -21,6 +21,9 @@ class JobProgress(BaseModel):
     done: int = Field(description="Units done: masked copies scored (occlusion), images "
                                   "embedded then t-SNE iterations (grid), else 0 or 1.")
     total: int = Field(description="Units in all; 0 until the job starts.")
+    stage: str | None = Field(default=None, description="The step counted, for a job of "
+                              "several: a grid's embedding, t-SNE; an audit's scoring, "
+                              "heatmaps, cues, … (null for the others).")
 
 
 class Visualization(BaseModel):
@@ -40,7 +43,9 @@ class Visualization(BaseModel):
                                                 + ", ".join(RESULTS) + "; a grid job's: "
                                                 + ", ".join(GRID_RESULTS) + " (the files "
                                                 "of `explain grid`; grid.html loads its tiles "
-                                                "from grid_tiles/ beside it).")
+                                                "from grid_tiles/ beside it); an audit job's: "
+                                                "those of `explain audit` it wrote, of "
+                                                + ", ".join(AUDIT_RESULTS) + ".")
     clip: dict | None = Field(default=None, description=(
         "An animated upload (GIF, WebP, APNG), once done: every frame was scored and the clip "
         "is judged and explained by its max frame, as the CLI does (``score`` and the pictures "
@@ -90,12 +95,14 @@ def iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
-def visualization(job: Job, base: str) -> Visualization:
-    """The API's view of ``job``; ``base`` is the job's URL."""
-    names = GRID_RESULTS if job.method == "grid" else RESULTS
+def visualization(job: Job, base: str, written: list[str] | None = None) -> Visualization:
+    """The API's view of ``job``; ``base`` is the job's URL; ``written``: the result files of
+    an audit job that exist (an audit writes some only when they apply)."""
+    names = {"grid": list(GRID_RESULTS), "audit": written or []}.get(job.method, list(RESULTS))
     results = {name: f"{base}/{name}" for name in names} if job.status == "done" else {}
     return Visualization(id=job.id, method=job.method, options=job.options, status=job.status,
-                         progress=JobProgress(done=job.done, total=job.total), score=job.score,
+                         progress=JobProgress(done=job.done, total=job.total,
+                                                             stage=job.stage), score=job.score,
                          error=job.error, created=iso(job.created) or "",
                          finished=iso(job.finished), results=results,
                          clip=job.clip if job.status == "done" else None)
