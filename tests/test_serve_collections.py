@@ -21,6 +21,8 @@ import pytest
 from PIL import Image
 from serve_client import Server, png
 from test_grid import crops
+from test_report_browser import Browser
+from test_serve import wait_js
 from typer.testing import CliRunner
 
 from explain.cli import app
@@ -329,3 +331,51 @@ def test_a_grid_job_killed_mid_run_finishes_after_a_restart(labelled, tmp_path):
         assert not list((tmp_path / "data").rglob("*.part"))
     finally:
         second.stop()
+
+
+@pytest.mark.slow
+def test_the_page_makes_a_collection_from_a_folder_and_opens_its_grid(photos, chromium,
+                                                                      tmp_path):
+    """Chromium: a folder picked (its sub-folders are the labels, a text file in it rejected by
+    name), the collection listed, a grid started from its row, its mosaic shown, and the grid
+    viewer opened with its tiles."""
+    root = tmp_path / "pets"
+    images, names = crops(photos, 9, seed=7)
+    for i, (image, photo) in enumerate(zip(images, names, strict=True)):
+        (root / photo).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / photo / f"{i}.png")
+    (root / "coffee" / "notes.txt").write_text("not an image")
+    server = Server(tmp_path / "data").start()
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(server.base + "/")
+        browser.deadline += 120
+        wait_js(browser, "!document.getElementById('make').disabled")
+        document = browser.page("DOM.getDocument")["root"]["nodeId"]
+        node = browser.page("DOM.querySelector", nodeId=document, selector="#folder")["nodeId"]
+        browser.page("DOM.setFileInputFiles", nodeId=node, files=[str(root)])
+        assert wait_js(browser, "document.getElementById('files-name').textContent") == \
+            "10 files, 10 in sub-folders (labelled)"
+        assert browser.evaluate("document.getElementById('collection-name').value") == "pets"
+        browser.evaluate("document.getElementById('make').click(); true")
+        message = wait_js(browser, "document.getElementById('collection-message').textContent"
+                          ".startsWith('Collection') && document.getElementById("
+                          "'collection-message').textContent")
+        assert message == 'Collection "pets": 9 images added, 1 rejected.'
+        assert browser.evaluate("document.getElementById('rejected').textContent").startswith(
+            "coffee/notes.txt: ")
+        listed = server.call("GET", "/v1/collections").json()["items"]
+        assert [(c["name"], c["images"], c["labelled"]) for c in listed] == [("pets", 9, 9)]
+        wait_js(browser, "document.querySelector('#collection-list .do-grid')")
+        browser.evaluate("document.querySelector('#collection-list .do-grid').click(); true")
+        assert wait_js(browser, "document.getElementById('mosaic').naturalWidth") > 0
+        link = wait_js(browser, "document.querySelector('#open a') && "
+                                "document.querySelector('#open a').href")
+        assert link.endswith("/grid.html")
+        browser.open(link)
+        assert wait_js(browser, "window.gridTiles && window.gridTiles.loaded") > 0
+        assert browser.evaluate("window.gridTiles.failed") == 0
+        assert browser.console_errors() == []
+    finally:
+        browser.close()
+        server.stop()
