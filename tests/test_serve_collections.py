@@ -29,6 +29,7 @@ from explain.cli import app
 from explain.images import iter_image_files
 from explain.serve.collections import CollectionStore
 from explain.serve.jobs import JobStore
+from explain.serve.security import BodyLimit
 
 if importlib.util.find_spec("fastapi") is None:  # under CI a missing extra fails, never skips
     if os.environ.get("CI", "").lower() == "true":
@@ -38,15 +39,17 @@ if importlib.util.find_spec("fastapi") is None:  # under CI a missing extra fail
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
 MAX_COLLECTION = 41
+MAX_UPLOAD = 200_000  # bytes of one file; a request of many files may carry more
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Two tenants, 1,000,000 pixels at most, 41 images per collection."""
+    """Two tenants, 1,000,000 pixels and 200 kB a file at most, 41 images per collection."""
     root = tmp_path_factory.mktemp("collections")
     tokens = root / "tokens.txt"
     tokens.write_text(f"{ALICE}\n{BOB}\n")
     s = Server(root / "data", "--tokens", str(tokens), "--max-pixels", "1000000",
+               "--max-upload-mb", str(MAX_UPLOAD / 1e6),
                "--max-collection", str(MAX_COLLECTION)).start()
     yield s
     s.stop()
@@ -91,6 +94,7 @@ def grid_job(server: Server, token: str, **fields: str) -> str:
 def test_a_grid_job_writes_what_explain_grid_writes(server, labelled, nsfw_onnx, tmp_path,
                                                     monkeypatch):
     root, paths = labelled
+    assert sum(p.stat().st_size for p in paths) > 2 * MAX_UPLOAD  # one request, many files
     collection = make_collection(server, ALICE)
     assert upload(server, collection, root, paths, ALICE) == {"added": 40, "rejected": []}
     info = server.call("GET", f"/v1/collections/{collection}", token=ALICE).json()
@@ -178,15 +182,19 @@ def test_bad_files_are_rejected_by_name_and_the_rest_added(server, photos):
     good = [png(np.ascontiguousarray(photos["coffee"][i * 20:i * 20 + 40, :40]))
             for i in range(3)]
     huge = png(np.zeros((1001, 1000, 3), np.uint8))  # over --max-pixels 1,000,000
+    noise = png(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8))
+    assert len(noise) > MAX_UPLOAD
     files = [("one.png", good[0]), ("notes.txt", b"just some text, not an image"),
              ("empty.jpg", b""), ("huge.png", huge), ("two.png", good[1]),
-             ("one.png", good[2])]
-    reply = server.add_images(collection, files, ["a", "b", "c", "d", "", "f"], token=ALICE)
+             ("one.png", good[2]), ("noise.png", noise)]
+    reply = server.add_images(collection, files, ["a", "b", "c", "d", "", "f", "g"],
+                              token=ALICE)
     assert reply.status == 201
     answer = reply.json()
     assert answer["added"] == 2
     reasons = {r["name"]: r["reason"] for r in answer["rejected"]}
-    assert list(reasons) == ["notes.txt", "empty.jpg", "huge.png", "one.png"]
+    assert list(reasons) == ["notes.txt", "empty.jpg", "huge.png", "one.png", "noise.png"]
+    assert reasons["noise.png"] == f"the upload is over the limit of {MAX_UPLOAD:,} bytes"
     assert "not an image" in reasons["notes.txt"] or "cannot" in reasons["notes.txt"]
     assert "empty" in reasons["empty.jpg"]
     assert "1,001,000" in reasons["huge.png"] or "pixels" in reasons["huge.png"]
@@ -245,6 +253,14 @@ def test_the_tenants_bytes_are_limited(tmp_path):
     finally:
         store.close()
         jobs.close()
+
+
+def test_only_a_collections_images_get_the_batch_limit():
+    limits = BodyLimit(None, 10, batch=100)  # type: ignore[arg-type]
+    assert limits.limit_for("/v1/collections/C/images") == 100
+    for path in ("/v1/visualizations", "/v1/collections", "/v1/collections/C",
+                 "/v1/collections/C/images/x", "/x/v1/collections/C/images"):
+        assert limits.limit_for(path) == 10, path
 
 
 @pytest.mark.slow

@@ -192,13 +192,22 @@ class CollectionStore:
         """Delete the tenant's collection, its images' rows, then its files; False when the
         tenant has no such collection. (A grid job over it keeps its own links to the files,
         so it is not affected.)"""
-        if not is_job_id(collection_id) or self._run(
-                "DELETE FROM collections WHERE id = ? AND tenant = ?",
-                (collection_id, tenant)) == 0:
+        if not is_job_id(collection_id):
             return False
-        self._run("DELETE FROM images WHERE collection = ?", (collection_id,))
-        shutil.rmtree(self.folder(collection_id), ignore_errors=True)
-        return True
+        with self._lock:  # one transaction: no image row outlives its collection's
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self._db.execute("DELETE FROM collections WHERE id = ? AND tenant = ?",
+                                        (collection_id, tenant)).rowcount
+                self._db.execute("DELETE FROM images WHERE collection = ? AND tenant = ?",
+                                 (collection_id, tenant))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if gone:
+            shutil.rmtree(self.folder(collection_id), ignore_errors=True)
+        return gone > 0
 
     def remove_orphans(self) -> int:
         """At start-up: collection folders without a row, image files without a row (an
