@@ -593,9 +593,9 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         ``grid.html`` (the page that pans and zooms over its tiles)."""
         job = owned(job_id, who)
         if job.method == "grid":
-            return grid_file(job, GRID_RESULTS, name, who)
+            return job_file(job, GRID_RESULTS, name, who)
         if job.method == "audit":
-            return grid_file(job, AUDIT_RESULTS, name, who, AUDIT_FOLDER)
+            return job_file(job, AUDIT_RESULTS, name, who, AUDIT_FOLDER)
         known = next((k for k in RESULTS if k == name), None)
         if known is None or job.status != "done":
             raise HTTPException(404, "no such result" if known is None else
@@ -622,11 +622,11 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         folder = store.folder(job.id) / AUDIT_FOLDER
         return [name for name in AUDIT_RESULTS if (folder / name).is_file()]
 
-    def grid_file(job: Job, names: dict[str, str], name: str, who: str,
+    def job_file(job: Job, names: dict[str, str], name: str, who: str,
                   *folders: str) -> Response:
-        """File ``name`` of a done grid job, ``folders`` below its folder (each an item of a
-        fixed pattern, checked by the caller), if ``name`` is one of ``names`` (file name →
-        type); 404 otherwise."""
+        """File ``name`` of a done grid or audit job, ``folders`` below its folder (fixed
+        names, or items of a fixed pattern checked by the caller), if ``name`` is one of
+        ``names`` (file name → type); 404 otherwise."""
         if name not in names or job.status != "done":
             raise HTTPException(404, "no such result" if name not in names else
                                 f"the visualization is {job.status}, not done")
@@ -649,7 +649,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         job = owned(job_id, who)
         if job.method != "grid" or not 0 <= level < 64 or TILE.fullmatch(tile) is None:
             raise HTTPException(404, "no such result")
-        return grid_file(job, {tile: "image/jpeg"}, tile, who, "grid_tiles", str(level))
+        return job_file(job, {tile: "image/jpeg"}, tile, who, "grid_tiles", str(level))
 
     @api.delete("/visualizations/{job_id}", status_code=204,
                 responses={507: {"description": "The server's disk is full; retry after "
