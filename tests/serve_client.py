@@ -57,9 +57,13 @@ class Client:
         return f"http://127.0.0.1:{self.port}"
 
     def call(self, method: str, path: str, *, token: str | None = None,
-             fields: dict[str, str] | None = None, file: bytes | None = None) -> Reply:
+             fields: dict[str, str] | None = None, file: bytes | None = None,
+             json_body: dict | None = None) -> Reply:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         data = None
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
         if fields is not None or file is not None:
             data, kind = multipart(fields or {}, file)
             headers["Content-Type"] = kind
@@ -67,6 +71,21 @@ class Client:
                                          headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as answer:
+                return Reply(answer.status, dict(answer.headers), answer.read())
+        except urllib.error.HTTPError as err:
+            return Reply(err.code, dict(err.headers), err.read())
+
+    def add_images(self, collection: str, files: list[tuple[str, bytes]],
+                   labels: list[str] | None = None, token: str | None = None) -> Reply:
+        """POST ``files`` (name, bytes) to a collection, with one label each when given."""
+        data, kind = multipart_files(files, labels)
+        request = urllib.request.Request(f"{self.base}/v1/collections/{collection}/images",
+                                         data=data, method="POST", headers={
+                                             "Content-Type": kind,
+                                             **({"Authorization": f"Bearer {token}"}
+                                                if token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
                 return Reply(answer.status, dict(answer.headers), answer.read())
         except urllib.error.HTTPError as err:
             return Reply(err.code, dict(err.headers), err.read())
@@ -180,5 +199,19 @@ def multipart(fields: dict[str, str], file: bytes | None) -> tuple[bytes, str]:
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
                      'filename="upload.png"\r\nContent-Type: application/octet-stream\r\n\r\n'
                      .encode() + file + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def multipart_files(files: list[tuple[str, bytes]], labels: list[str] | None = None
+                    ) -> tuple[bytes, str]:
+    """A multipart body with the field ``image`` repeated (each file under its name) and, when
+    given, the field ``label`` repeated in the same order."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+             f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+             + body + b"\r\n" for name, body in files]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="label"\r\n\r\n'
+              f'{label}\r\n'.encode() for label in labels or []]
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"

@@ -88,15 +88,13 @@ def grid(
     """Lay a folder of images out on a grid so that similar images sit together."""
     from explain.grid import (
         check_grid_memory,
-        draw_mosaic,
         fits_png,
         folder_labels,
         similarity_grid,
         tiles_folder,
-        write_viewer,
+        write_grid,
     )
     from explain.images import iter_image_files
-    from explain.render import save_png
 
     if not folder.is_dir():
         raise OptionError(f"{display(folder)} is not a folder; give a folder of images")
@@ -132,12 +130,7 @@ def grid(
             progress=progress)
     for path, reason in result.skipped:
         error_line(f"{path}: {reason} (skipped)")
-    written = [json_path, page]
-    if fits_png(result, cell_px):
-        save_png(draw_mosaic(result, color_by=color_by), output)
-        written.insert(0, output)
-    result.save_json(json_path)
-    write_viewer(result, page, color_by=color_by)
+    written = write_grid(result, output, color_by=color_by)
     times = ", ".join(f"{stage} {s:.1f} s" for stage, s in result.seconds.items())
     lines = [f"embedding: {display(result.embed)}",
              *(f"note: {display(note)}" for note in result.notes),

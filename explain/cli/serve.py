@@ -54,6 +54,15 @@ UploadTimeoutOpt = Annotated[float, typer.Option(
     "408 (a dripping client cannot hold a connection).")]
 ConnectionsOpt = Annotated[int, typer.Option(
     "--max-connections", min=1, help="Connections and requests at once; past it 503.")]
+CollectionOpt = Annotated[int, typer.Option(
+    "--max-collection", min=1, help="Images in one collection at most; past it each one more "
+    "is rejected by name.")]
+TenantBytesOpt = Annotated[float, typer.Option(
+    "--max-tenant-mb", min=0.001, help="Bytes (MB) of all one tenant's collection images at "
+    "most; past it each one more is rejected by name.")]
+BatchMbOpt = Annotated[float, typer.Option(
+    "--max-batch-mb", min=0.001, help="Largest request adding images to a collection (MB); "
+    "each file in it is still held to --max-upload-mb.")]
 CorsOpt = Annotated[list[str] | None, typer.Option(
     "--cors", help="An origin allowed to call the API from a browser (repeatable); none by "
     "default.", show_default=False)]
@@ -78,7 +87,9 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
           max_upload_mb: UploadOpt = 20.0, max_pixels: PixelsOpt = DEFAULT_MAX_PIXELS,
           max_queue: QueueOpt = 1000, max_queue_per_tenant: TenantQueueOpt = None,
           retain: RetainOpt = None, upload_timeout: UploadTimeoutOpt = 60.0,
-          max_connections: ConnectionsOpt = 256, cors: CorsOpt = None) -> None:
+          max_connections: ConnectionsOpt = 256, cors: CorsOpt = None,
+          max_collection: CollectionOpt = 10_000, max_tenant_mb: TenantBytesOpt = 2000.0,
+          max_batch_mb: BatchMbOpt = 200.0) -> None:
     """Serve explanations over HTTP: POST /v1/visualizations, poll the job, fetch the pictures;
     the web page at /, the API docs at /docs."""
     _require_extra()
@@ -102,7 +113,9 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
                         max_pixels=max_pixels, max_queue=max_queue,
                         tenant_queue=max_queue_per_tenant, cors=list(cors or []),
                         workers=workers, interleave=interleave, batch_size=batch_size,
-                        retain_days=retain, upload_timeout=upload_timeout)
+                        retain_days=retain, upload_timeout=upload_timeout,
+                        max_collection=max_collection, tenant_bytes=int(max_tenant_mb * 1e6),
+                        max_batch=int(max_batch_mb * 1e6))
     app = create_app(settings, served, store)
     shown = f"[{host}]" if ":" in host else host
     console.print(f"explain serve: http://{shown}:{port}/ (API docs /docs), data in "

@@ -78,6 +78,7 @@ from explain.grid.tiles import (
     pyramid_levels,
     pyramid_tiles,
     tiles_folder,
+    write_grid,
     write_pyramid,
     write_viewer,
 )
@@ -94,5 +95,5 @@ __all__ = [
     "principal_components", "pyramid_levels", "pyramid_tiles", "random_cells", "read_grid_json",
     "scaled_points", "score_colours", "similarity_grid", "snap_to_grid", "swap_bytes",
     "swap_polish", "thumbnail", "tiles_folder",
-    "tsne_layout", "write_pyramid", "write_viewer",
+    "tsne_layout", "write_grid", "write_pyramid", "write_viewer",
 ]

@@ -117,3 +117,22 @@ def write_viewer(grid: SimilarityGrid, page: str | os.PathLike, *, color_by: str
     text = environment().get_template("grid.html.j2").render(
         data=viewer_data(grid, pyramid, tiles.name), title=f"similarity grid: {page.stem}")
     return write_text(page, text)
+
+
+def write_grid(grid: SimilarityGrid, output: str | os.PathLike, *, color_by: str = "none",
+               cell_px: int | None = None) -> list[Path]:
+    """Write every file of a grid, as ``explain grid -o OUTPUT`` does: the mosaic PNG at
+    ``output`` (only when it :func:`fits_png`), ``grid.json`` and ``grid.html`` beside it (the
+    output's stem) and the page's pyramid (:func:`tiles_folder`). One writer for the CLI and
+    the service's grid jobs, so both write the same files. ``cell_px``: the mosaic's cell side
+    (default: the thumbnails'). Returns the files written, the PNG first when written."""
+    from explain.render import save_png
+
+    output = Path(output)
+    written = []
+    if fits_png(grid, cell_px or int(grid.thumbnails.shape[1])):
+        written.append(save_png(draw_mosaic(grid, color_by=color_by, cell_px=cell_px), output))
+    written.append(grid.save_json(output.with_suffix(".json")))
+    written.append(write_viewer(grid, output.with_suffix(".html"), color_by=color_by,
+                                cell_px=cell_px))
+    return written

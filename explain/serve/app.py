@@ -16,11 +16,21 @@ jobs: another tenant's id is 404, as an unknown one. The page, its assets, ``/do
 ``/healthz`` hold no data and are open (the page asks for the token and sends it with each
 API request). No CORS header unless ``cors`` origins are given. A client's string never
 becomes a path: job folders are named by the ids the store makes, result files by the fixed
-table :data:`~explain.serve.jobs.RESULTS`.
+table :data:`~explain.serve.jobs.RESULTS` (a grid job's by
+:data:`~explain.serve.jobs.GRID_RESULTS`, its tiles by a fixed pattern).
+
+Collections (``/v1/collections``, :mod:`explain.serve.collections`): a tenant's images, each
+file through the very checks of a job's upload (:func:`_receive`, :func:`_probe`), a bad one
+rejected by name while the rest are added; another tenant's collection is 404 like an unknown
+one. ``method=grid`` queues a grid job over one (:class:`~explain.serve.worker.Worker`, which
+writes the files of ``explain grid`` through its own writer), ``method=audit`` an audit job
+(the files of ``explain audit``).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sqlite3
 import threading
@@ -47,27 +57,61 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from explain.choices import DEFAULT_FILL, DEFAULT_MASKS, DEFAULT_MAX_PIXELS, OCCLUSION_FILLS
+from explain.choices import (
+    COLOR_BY,
+    DEFAULT_FILL,
+    DEFAULT_MASKS,
+    DEFAULT_MAX_PIXELS,
+    EMBED_MODES,
+    LAYOUTS,
+    OCCLUSION_FILLS,
+)
 from explain.errors import ExplainError, ImageError, ImageTooLargeError, OptionError
-from explain.files import atomic_write
+from explain.files import atomic_write, write_text
+from explain.grid import MIN_IMAGES, NO_LABEL, check_grid_memory
 from explain.images import probe_image
 from explain.methods import METHODS
 from explain.models.base import resolve_target
 from explain.render import save_png
 from explain.serve.assets import Assets
-from explain.serve.jobs import RESULTS, Job, JobStore, is_disk_full, is_job_id
+from explain.serve.collections import CollectionStore, link_or_copy
+from explain.serve.jobs import (
+    AUDIT_RESULTS,
+    GRID_RESULTS,
+    RESULTS,
+    Job,
+    JobStore,
+    is_disk_full,
+    is_job_id,
+)
 from explain.serve.schemas import (
     Accepted,
+    Added,
+    CollectionInfo,
+    CollectionPage,
+    Created,
     Health,
     MethodInfo,
     ModelInfo,
+    NewCollection,
+    Rejected,
     Visualization,
     VisualizationPage,
+    collection_info,
     visualization,
 )
 from explain.serve.security import BodyLimit, Tokens
 from explain.serve.served import Served
-from explain.serve.worker import INPUT, PICTURES, Worker, draw
+from explain.serve.worker import (
+    AUDIT_FOLDER,
+    AUDIT_LABELS,
+    GRID_IMAGES,
+    GRID_MEMBERS,
+    INPUT,
+    PICTURES,
+    Worker,
+    draw,
+)
 from explain.windows import parse_size, window_grid
 
 MAX_WINDOWS = 20_000
@@ -76,8 +120,25 @@ RETRY_AFTER_S = 10
 SUPERVISE_S = 1.0
 CHUNK = 1 << 20
 FORM_SLACK = 64 * 1024  # the multipart framing and the other fields around the image
+TILE = re.compile(r"[0-9]{1,6}_[0-9]{1,6}\.jpg")
+GRID_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                    "img-src 'self'; base-uri 'none'; form-action 'none'; "
+                    "frame-ancestors 'self'")
+AUDIT_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src "
+                     "'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
+                     "frame-ancestors 'self'")
+MAX_AUDIT_TOP = 1000
+MAX_NAME = 1000  # characters of an image's name kept in a collection
 
-MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)  # type: ignore[misc]
+MAX_GRID_SIDE = 128  # 128 cells of 64 px: the mosaic still fits one PNG (8192 px a side)
+GRID_CELL_PX = 64  # the cell side of `explain grid`'s default, which grid jobs use
+
+MethodName = Enum("MethodName",  # type: ignore[misc]
+                  {name: name for name in (*METHODS, "grid", "audit")},
+                  type=str)
+EmbedName = Enum("EmbedName", {name: name for name in EMBED_MODES}, type=str)  # type: ignore[misc]
+LayoutName = Enum("LayoutName", {name: name for name in LAYOUTS}, type=str)  # type: ignore[misc]
+ColorName = Enum("ColorName", {name: name for name in COLOR_BY}, type=str)  # type: ignore[misc]
 FillName = Enum("FillName", {name: name for name in OCCLUSION_FILLS}, type=str)  # type: ignore[misc]
 DEFAULT_FILL_NAME = FillName(DEFAULT_FILL)
 
@@ -99,6 +160,9 @@ class Settings:
     batch_size: int | None = None
     retain_days: float | None = None
     upload_timeout: float = 60.0
+    max_collection: int = 10_000
+    tenant_bytes: int = 2_000_000_000
+    max_batch: int = 200_000_000
 
     @property
     def tenant_limit(self) -> int:
@@ -139,6 +203,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
     ``store``: the job store of ``settings.data``, when the caller opened it already (the CLI
     does, to take the folder's lock before it loads the model)."""
     store = store or JobStore(settings.data)
+    collections = CollectionStore(store.data)
     wake = threading.Event()
     workers: list[Worker] = []
     stopping = threading.Event()
@@ -170,6 +235,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store.requeue_running()
         store.remove_orphans()
+        collections.remove_orphans()
         workers.extend(new_worker(i) for i in range(settings.workers))
         supervisor = threading.Thread(target=supervise, name="explain-supervisor", daemon=True)
         supervisor.start()
@@ -184,13 +250,15 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
             for worker in workers:
                 worker.join(timeout=30)
             store.close()
+            collections.close()
 
     app = FastAPI(title="explain", version="1",
                   description="Why does an image classifier score an image the way it does? "
-                              "POST an image, poll the job, fetch the pictures.",
+                              "POST an image, poll the job, fetch the pictures; or make "
+                              "a collection of images and map it with a grid job.",
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=settings.max_upload + FORM_SLACK,
-                       timeout=settings.upload_timeout)
+                       timeout=settings.upload_timeout, batch=settings.max_batch)
     if settings.cors:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors,
                            allow_methods=["GET", "POST", "DELETE"],
@@ -235,7 +303,8 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
                          507: {"description": "The server's disk is full; retry after "
                                               "Retry-After seconds."}})
     def submit(request: Request, response: Response, who: Tenant,
-               image: Annotated[UploadFile, File(description="The image file.")],
+               image: Annotated[UploadFile | None, File(description="The image file (not "
+                                                              "for method=grid).")] = None,
                method: Annotated[MethodName, Form()] = MethodName.occlusion,
                box: Annotated[str, Form(description="Window side: N px or P% of the shorter "
                                                     "side; N or H,W.")] = "25%",
@@ -249,9 +318,45 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
                fast: Annotated[bool, Form(description="Occlusion: adaptive drill-down, as "
                                                       "`explain occlude --fast` (far fewer "
                                                       "windows scored; exact where refined)."
-                                          )] = False) -> Accepted:
-        """Queue a visualization of ``image``; poll ``status_url`` until it is done."""
+                                          )] = False,
+               collection: Annotated[str | None, Form(description="method=grid: the id of "
+                                                      "one of your collections.")] = None,
+               embed: Annotated[EmbedName, Form(description="method=grid: features (the "
+                                                "model's penultimate layer) or pixels."
+                                                )] = EmbedName.features,
+               layout: Annotated[LayoutName, Form(description="method=grid: as `explain grid "
+                                                  "--layout`.")] = LayoutName.auto,
+               size: Annotated[int | None, Form(ge=1, le=MAX_GRID_SIDE, description=(
+                   "method=grid: a SIZE x SIZE grid (images beyond SIZE² sampled); default "
+                   "the smallest near-square grid holding all."))] = None,
+               color_by: Annotated[ColorName, Form(description="method=grid: thumbnail "
+                                                   "border, as `explain grid --color-by`."
+                                                   )] = ColorName.score,
+               threshold: Annotated[float, Form(ge=0.0, le=1.0, description=(
+                   "method=audit: the score at or above which an image counts as the "
+                   "target."))] = 0.5,
+               top: Annotated[int, Form(ge=0, le=MAX_AUDIT_TOP, description=(
+                   "method=audit: heatmaps for this many false positives and as many false "
+                   "negatives."))] = 50,
+               concepts: Annotated[bool, Form(description="method=audit: run the NudeNet part "
+                                              "detector and measure each part's effect."
+                                              )] = True,
+               cues: Annotated[bool, Form(description="method=audit: discover the cues the "
+                                          "model reacts to in its false positives.")] = True
+               ) -> Accepted:
+        """Queue a visualization of ``image``, or with ``method=grid`` a similarity grid of a
+        collection (the files of `explain grid`); poll ``status_url`` until it is done."""
         name = method.value
+        if name == "grid":
+            return submit_grid(request, response, who, collection, target, embed.value,
+                               layout.value, size, color_by.value)
+        if name == "audit":
+            return submit_audit(request, response, who, collection, target,
+                                {"threshold": threshold, "top": top, "concepts": concepts,
+                                 "cues": cues})
+        if image is None:
+            raise invalid("image", f"method={name} explains one image: send it as the "
+                          "field image")
         options = {"box": _size(box, "box"), "stride": _size(stride, "stride"),
                    "fill": fill.value, "target": target, "masks": masks, "fast": fast}
         if METHODS[name].white_box and served.white_error:
@@ -288,19 +393,211 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         response.headers["Location"] = url
         return Accepted(id=job_id, status_url=url)
 
+    def submit_grid(request: Request, response: Response, who: str, collection: str | None,
+                    target: str, embed: str, layout: str, size: int | None,
+                    color_by: str) -> Accepted:
+        """Queue a grid job over the caller's collection (:func:`queue_collection_job`)."""
+        found = None if collection is None else collections.get(collection, who)
+        if found is None:
+            raise invalid("collection", "no such collection" if collection else
+                          "method=grid needs collection: the id of one of your collections")
+        members = collections.members(found.id, who)
+        if len(members) < MIN_IMAGES:
+            raise invalid("collection", f"the collection has {len(members)} image(s); a grid "
+                          f"needs at least {MIN_IMAGES}")
+        labelled = any(m.label is not None for m in members)
+        if color_by == "label" and not labelled:
+            raise invalid("color_by", "color_by=label needs a labelled collection")
+        if color_by == "score":
+            try:
+                resolve_target(served.models.black, target)
+            except ExplainError as exc:
+                raise invalid("target", str(exc)) from None
+        try:
+            check_grid_memory(len(members), size, GRID_CELL_PX, layout)
+        except OptionError as exc:
+            raise invalid("size", str(exc)) from None
+        options = {"collection": found.id, "embed": embed, "layout": layout, "size": size,
+                   "color_by": color_by, "target": target}
+        labels = [m.label or NO_LABEL for m in members] if labelled else None
+        return queue_collection_job(request, response, who, "grid", options, members, labels)
+
+    def submit_audit(request: Request, response: Response, who: str, collection: str | None,
+                     target: str, options: dict) -> Accepted:
+        """Queue an audit job over the caller's collection (as :func:`submit_grid`); its
+        labels must be classes of the model (case-insensitive), an image without one is
+        unlabelled; the job writes a ``path,label`` manifest of its own links
+        (:data:`~explain.serve.worker.AUDIT_LABELS`) for :func:`explain.audit.audit`."""
+        found = None if collection is None else collections.get(collection, who)
+        if found is None:
+            raise invalid("collection", "no such collection" if collection else
+                          "method=audit needs collection: the id of one of your collections")
+        members = collections.members(found.id, who)
+        if not members:
+            raise invalid("collection", "the collection has no images")
+        classes = {c.lower(): c for c in served.models.black.class_names}
+        for member in members:
+            if member.label is not None and member.label.lower() not in classes:
+                raise invalid("collection", f"image {member.name!r} is labelled "
+                              f"{member.label!r}, not a class of the model "
+                              f"({', '.join(classes.values())}); an audit needs those labels")
+        try:
+            resolve_target(served.models.black, target)
+        except ExplainError as exc:
+            raise invalid("target", str(exc)) from None
+        labels = [classes[m.label.lower()] if m.label is not None else "" for m in members]
+        return queue_collection_job(request, response, who, "audit",
+                                    {"collection": found.id, "target": target, **options},
+                                    members, labels)
+
+    def queue_collection_job(request: Request, response: Response, who: str, method: str,
+                             options: dict, members: list, labels: list[str] | None
+                             ) -> Accepted:
+        """Queue a job over a collection's ``members``: they are linked into the job's folder
+        (:data:`~explain.serve.worker.GRID_IMAGES`, named by their index) with their names and
+        ``labels`` (:data:`~explain.serve.worker.GRID_MEMBERS`), so deleting the collection
+        later does not change the job, and a restart runs it again from its own files."""
+        if store.pending() >= settings.max_queue or store.pending(who) >= settings.tenant_limit:
+            raise queue_full(who)
+        job_id = store.new_id()
+        folder = store.folder(job_id)
+        try:
+            (folder / GRID_IMAGES).mkdir(parents=True)
+            for i, member in enumerate(members):
+                link_or_copy(member.path, folder / GRID_IMAGES / f"{i:05d}")
+            write_text(folder / GRID_MEMBERS, json.dumps({
+                "names": [m.name for m in members], "labels": labels}))
+            if method == "audit":
+                write_text(folder / AUDIT_LABELS, "path,label\n" + "".join(
+                    f"{GRID_IMAGES}/{i:05d},{label}\n" for i, label in enumerate(labels or [])))
+            queued = store.add(job_id, who, method, options, settings.max_queue,
+                               settings.tenant_limit)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if not queued:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise queue_full(who)
+        wake.set()
+        url = job_url(request, job_id)
+        response.headers["Location"] = url
+        return Accepted(id=job_id, status_url=url)
+
+    def owned_collection(collection_id: str, who: str) -> str:
+        found = collections.get(collection_id, who)
+        if found is None:
+            raise HTTPException(404, "no such collection")
+        return found.id
+
+    def collection_url(request: Request, collection_id: str) -> str:
+        return str(request.url_for("get_collection", collection_id=collection_id).path)
+
+    @api.post("/collections", status_code=201, response_model=Created)
+    def create_collection(request: Request, response: Response, who: Tenant,
+                          body: NewCollection) -> Created:
+        """Make an empty collection; add images to it with POST .../images."""
+        collection_id = collections.create(who, body.name)
+        url = collection_url(request, collection_id)
+        response.headers["Location"] = url
+        return Created(id=collection_id, url=url)
+
+    @api.post("/collections/{collection_id}/images", status_code=201, response_model=Added,
+              responses={404: {"description": "No such collection (or another tenant's)."},
+                         413: {"description": "The request is over the limit of one batch "
+                                              "of images."},
+                         507: {"description": "The server's disk is full; retry after "
+                                              "Retry-After seconds."}})
+    def add_images(collection_id: str, who: Tenant,
+                   image: Annotated[list[UploadFile], File(description="The image files "
+                                                           "(repeat the field).")],
+                   label: Annotated[list[str] | None, Form(description="Optional: one label "
+                                                           "per image, in the same order "
+                                                           "(empty: none).")] = None) -> Added:
+        """Add images to a collection. Each one passes the checks of a job's upload (bytes,
+        pixels, bombs, types) and the limits (images per collection, bytes per tenant); a
+        file that does not is rejected by name with the reason, and the others are added."""
+        found = owned_collection(collection_id, who)
+        if label is not None and len(label) != len(image):
+            raise invalid("label", f"{len(label)} labels for {len(image)} images: give one "
+                          "per image, in the same order, or none")
+        added, rejected = 0, []
+        for i, upload in enumerate(image):
+            name = (upload.filename or f"image {i + 1}")[:MAX_NAME]
+            image_id, path = collections.new_image(found)
+            try:
+                _receive(upload, path, settings.max_upload)
+                _probe(path, settings.max_pixels)
+            except HTTPException as exc:
+                path.unlink(missing_ok=True)
+                rejected.append(Rejected(name=name, reason=str(exc.detail)))
+                continue
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            tag = (label[i].strip() or None) if label is not None else None
+            why = collections.add(found, who, image_id, name, tag, path.stat().st_size,
+                                  settings.max_collection, settings.tenant_bytes)
+            if why is not None:
+                rejected.append(Rejected(name=name, reason=why))
+                continue
+            added += 1
+        return Added(added=added, rejected=rejected)
+
+    @api.get("/collections/{collection_id}", response_model=CollectionInfo,
+             responses={404: {"description": "No such collection (or another tenant's)."}})
+    def get_collection(request: Request, collection_id: str, who: Tenant) -> CollectionInfo:
+        """A collection: its name, how many images and how many of them labelled."""
+        found = collections.get(collection_id, who)
+        if found is None:
+            raise HTTPException(404, "no such collection")
+        return collection_info(found, collection_url(request, found.id))
+
+    @api.get("/collections", response_model=CollectionPage)
+    def list_collections(request: Request, who: Tenant,
+                         limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                         before: Annotated[str | None, Query(
+                             description="A collection id: list the ones older than it.")
+                             ] = None) -> CollectionPage:
+        """The caller's collections, newest first, a page at a time."""
+        if before is not None and not is_job_id(before):
+            raise HTTPException(422, detail=[{"loc": ["query", "before"],
+                                              "msg": "not a collection id",
+                                              "type": "value_error"}])
+        found = collections.page(who, limit, before)
+        items = [collection_info(c, collection_url(request, c.id)) for c in found]
+        following = None
+        if len(found) == limit:
+            following = f"{request.url.path}?limit={limit}&before={found[-1].id}"
+        return CollectionPage(items=items, next=following)
+
+    @api.delete("/collections/{collection_id}", status_code=204,
+                responses={404: {"description": "No such collection (or another tenant's)."}})
+    def delete_collection(collection_id: str, who: Tenant) -> Response:
+        """Delete a collection and its files (grid jobs made from it keep theirs)."""
+        if not collections.delete(collection_id, who):
+            raise HTTPException(404, "no such collection")
+        return Response(status_code=204)
+
     @api.get("/visualizations/{job_id}", response_model=Visualization)
     def get_visualization(request: Request, job_id: str, who: Tenant) -> Visualization:
         """A job's status, progress and, once done, the links to its results."""
-        return visualization(owned(job_id, who), job_url(request, job_id))
+        job = owned(job_id, who)
+        return visualization(job, job_url(request, job_id), audit_written(job))
 
     @api.get("/visualizations/{job_id}/{name}", response_class=Response,
-             responses={200: {"content": {t: {} for t in set(RESULTS.values())}},
+             responses={200: {"content": {t: {} for t in {*RESULTS.values(),
+                                                          *GRID_RESULTS.values()}}},
                         507: {"description": "The server's disk is full (a picture not yet "
                                              "rendered cannot be kept)."}})
     def get_result(job_id: str, name: str, who: Tenant) -> Response:
         """One result file of a done job: ``overlay.png``, ``side.png``, ``original.png``,
-        ``heatmap.npy`` or ``heatmap.json``."""
+        ``heatmap.npy`` or ``heatmap.json``; of a grid job ``grid.png``, ``grid.json`` or
+        ``grid.html`` (the page that pans and zooms over its tiles)."""
         job = owned(job_id, who)
+        if job.method == "grid":
+            return job_file(job, GRID_RESULTS, name, who)
+        if job.method == "audit":
+            return job_file(job, AUDIT_RESULTS, name, who, AUDIT_FOLDER)
         known = next((k for k in RESULTS if k == name), None)
         if known is None or job.status != "done":
             raise HTTPException(404, "no such result" if known is None else
@@ -319,6 +616,42 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
             body = path.read_bytes()
         return Response(body, media_type=RESULTS[known],
                         headers={"Cache-Control": "private, max-age=3600"})
+
+    def audit_written(job: Job) -> list[str] | None:
+        """The result files a done audit job wrote (None for any other job)."""
+        if job.method != "audit" or job.status != "done":
+            return None
+        folder = store.folder(job.id) / AUDIT_FOLDER
+        return [name for name in AUDIT_RESULTS if (folder / name).is_file()]
+
+    def job_file(job: Job, names: dict[str, str], name: str, who: str,
+                  *folders: str) -> Response:
+        """File ``name`` of a done grid or audit job, ``folders`` below its folder (fixed
+        names, or items of a fixed pattern checked by the caller), if ``name`` is one of
+        ``names`` (file name → type); 404 otherwise."""
+        if name not in names or job.status != "done":
+            raise HTTPException(404, "no such result" if name not in names else
+                                f"the visualization is {job.status}, not done")
+        path = store.folder(job.id).joinpath(*folders, name)
+        with store.locked(job.id):  # a DELETE removes the files after it
+            if store.get(job.id, who) is None or not path.is_file():
+                raise HTTPException(404, "no such result")
+            body = path.read_bytes()
+        headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        if name == "grid.html":  # its own inline script and style; tiles from this service
+            headers["Content-Security-Policy"] = GRID_PAGE_POLICY
+        elif name == "audit.html":  # self-contained: its pictures are data: URIs
+            headers["Content-Security-Policy"] = AUDIT_PAGE_POLICY
+        return Response(body, media_type=names[name], headers=headers)
+
+    @api.get("/visualizations/{job_id}/grid_tiles/{level}/{tile}", response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}}})
+    def get_tile(job_id: str, level: int, tile: str, who: Tenant) -> Response:
+        """A tile of a grid job's pyramid (what its grid.html loads)."""
+        job = owned(job_id, who)
+        if job.method != "grid" or not 0 <= level < 64 or TILE.fullmatch(tile) is None:
+            raise HTTPException(404, "no such result")
+        return job_file(job, {tile: "image/jpeg"}, tile, who, "grid_tiles", str(level))
 
     @api.delete("/visualizations/{job_id}", status_code=204,
                 responses={507: {"description": "The server's disk is full; retry after "
@@ -340,7 +673,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
             raise HTTPException(422, detail=[{"loc": ["query", "before"], "msg": "not a job id",
                                               "type": "value_error"}])
         jobs = store.page(who, limit, before)
-        items = [visualization(j, job_url(request, j.id)) for j in jobs]
+        items = [visualization(j, job_url(request, j.id), audit_written(j)) for j in jobs]
         following = None
         if len(jobs) == limit:
             following = f"{request.url.path}?limit={limit}&before={jobs[-1].id}"

@@ -45,6 +45,18 @@ MAX_ATTEMPTS = 3
 LOCK = "lock"
 RESULTS = {"overlay.png": "image/png", "side.png": "image/png", "original.png": "image/png",
            "heatmap.npy": "application/octet-stream", "heatmap.json": "application/json"}
+GRID_RESULTS = {"grid.png": "image/png", "grid.json": "application/json",
+                "grid.html": "text/html; charset=utf-8"}
+"""A grid job's result files (those of `explain grid`); its pyramid's tiles are served too."""
+AUDIT_RESULTS = {"audit.html": "text/html; charset=utf-8", "scores.csv": "text/csv",
+                 "errors.csv": "text/csv", "metrics.json": "application/json",
+                 "summary.md": "text/markdown; charset=utf-8", "concepts.csv": "text/csv",
+                 "parts.csv": "text/csv", "cues.csv": "text/csv", "cue_patches.csv": "text/csv",
+                 "slices.csv": "text/csv", "label_issues.csv": "text/csv",
+                 "error_clusters.csv": "text/csv", "histogram.png": "image/png",
+                 "roc.png": "image/png", "reliability.png": "image/png",
+                 "grid.png": "image/png", "grid.json": "application/json"}
+"""An audit job's result files, those of `explain audit` (each served once it exists)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -62,13 +74,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     started REAL,
     finished REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    clip TEXT
+    clip TEXT,
+    stage TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, seq);
 """
 _COLUMNS = "seq, id, tenant, method, options, status, done, total, score, error, created, " \
-           "started, finished, attempts, clip"
+           "started, finished, attempts, clip, stage"
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,7 @@ class Job:
     finished: float | None
     attempts: int
     clip: dict | None = None
+    stage: str | None = None
 
 
 def _job(row: tuple) -> Job:
@@ -155,6 +169,8 @@ class JobStore:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "clip" not in columns:  # a table made before animated uploads were judged
                 self._db.execute("ALTER TABLE jobs ADD COLUMN clip TEXT")
+            if "stage" not in columns:  # a table made before grid and audit jobs
+                self._db.execute("ALTER TABLE jobs ADD COLUMN stage TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -253,10 +269,11 @@ class JobStore:
                                    f"LIMIT 1) RETURNING {_COLUMNS}", (time.time(),)).fetchone()
         return None if row is None else _job(row)
 
-    def progress(self, job_id: str, done: int, total: int) -> bool:
-        """Record a running job's progress; False when the job is gone (deleted)."""
-        return self._run("UPDATE jobs SET done = ?, total = ? WHERE id = ? AND status = "
-                         "'running'", (done, total, job_id)) > 0
+    def progress(self, job_id: str, done: int, total: int, stage: str | None = None) -> bool:
+        """Record a running job's progress (``stage``: the step it counts, for a job of several
+        steps); False when the job is gone (deleted)."""
+        return self._run("UPDATE jobs SET done = ?, total = ?, stage = ? WHERE id = ? AND "
+                         "status = 'running'", (done, total, stage, job_id)) > 0
 
     def finish(self, job_id: str, score: float | None, clip: dict | None = None) -> bool:
         """Mark a running job done (its results written; ``clip``: how an animated upload was

@@ -11,7 +11,8 @@ size.
   jobs) is a hash of the token, never the token itself. :meth:`Tokens.tenant` compares a
   presented token with EVERY known token in constant time (:func:`hmac.compare_digest`), so
   neither the answer nor its time says which token or how much of one matched.
-- :class:`BodyLimit`: an ASGI middleware that answers 413 to a request body over the limit,
+- :class:`BodyLimit`: an ASGI middleware that answers 413 to a request body over the limit
+  (a larger one for a batch of a collection's images, each file then held to the limit),
   from its ``Content-Length`` before reading it, or as soon as a streamed body passes it: an
   upload is never read past the limit; and 408 to a body not received in full within its
   timeout (a client dripping bytes cannot hold a connection forever).
@@ -111,8 +112,19 @@ class BodyLimit:
     in full within ``timeout`` seconds 408 (see the module docstring); the app then sees the
     client gone and its own answer is dropped."""
 
-    def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0,
+                 batch: int | None = None) -> None:
         self.app, self.limit, self.timeout = app, limit, timeout
+        self.batch = limit if batch is None else max(limit, batch)
+
+    def limit_for(self, path: str) -> int:
+        """The limit of a request to ``path``: ``batch`` for a batch of a collection's images
+        (``/v1/collections/{id}/images``, each file then checked against ``limit`` by the
+        app), ``limit`` for any other."""
+        parts = path.split("/")
+        if len(parts) == 5 and parts[1:3] == ["v1", "collections"] and parts[4] == "images":
+            return self.batch
+        return self.limit
 
     @staticmethod
     async def _refuse(send: Send, status: int, detail: str) -> None:
@@ -121,16 +133,17 @@ class BodyLimit:
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 
-    async def _too_large(self, send: Send) -> None:
-        await self._refuse(send, 413, f"the upload is over the limit of {self.limit:,} bytes")
+    async def _too_large(self, send: Send, limit: int) -> None:
+        await self._refuse(send, 413, f"the upload is over the limit of {limit:,} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope.get("path", ""))
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(send)
+        if declared.isdigit() and int(declared) > limit:
+            await self._too_large(send, limit)
             return
         received = 0
         answered = gone = False
@@ -155,9 +168,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
-                if received > self.limit:
+                if received > limit:
                     answered = True
-                    await self._too_large(send)
+                    await self._too_large(send, limit)
                     return {"type": "http.disconnect"}
             gone = gone or message["type"] == "http.disconnect"
             return message

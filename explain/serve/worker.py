@@ -17,6 +17,12 @@ culprit fails). A fault outside any one job (the job table's disk is full, say) 
 the worker holds with the reason, and the worker goes on after a pause; it never dies of an
 error (the app's supervisor restarts one that dies all the same).
 
+A grid job (``method=grid``) runs on its own: :func:`explain.grid.similarity_grid` over the
+job's own links to its collection's images (:data:`GRID_IMAGES`, :data:`GRID_MEMBERS`), its
+files written by :func:`explain.grid.write_grid`, the writer of ``explain grid``. An audit job
+(``method=audit``) runs :func:`explain.audit.audit` over a manifest of those links, into the
+job's :data:`AUDIT_FOLDER`.
+
 An animated upload (GIF, WebP, APNG) is judged as the CLI judges a clip: every frame scored,
 the clip explained by its max frame (:func:`pixels`), which the job's answer names.
 
@@ -34,7 +40,9 @@ bounded too (:func:`write_results`).
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +68,15 @@ from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
 
 INPUT = "input"
+GRID_IMAGES = "images"
+"""A grid job's folder of its collection's images (links), named 00000… in their order."""
+GRID_MEMBERS = "members.json"
+"""A grid job's names and labels of its images, in that order."""
+GRID_OUTPUT = "grid.png"
+AUDIT_LABELS = "labels.csv"
+"""An audit job's ``path,label`` manifest of its images (:data:`GRID_IMAGES`)."""
+AUDIT_FOLDER = "audit"
+"""An audit job's output folder: the audit's store and its files."""
 FRAME = "frame.png"
 FAULT_PAUSE_S = 1.0  # after a fault outside any one job: do not spin on a lasting one
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
@@ -244,6 +261,10 @@ class Worker(threading.Thread):
                 continue
             self._alone = job.id
             try:
+                if job.method in ("grid", "audit"):
+                    (self._run_grid if job.method == "grid" else self._run_audit)(job)
+                    self._alone = None
+                    continue
                 image, clip = pixels(self.store.folder(job.id), self.models.black,
                                      job.options["target"], self.max_pixels)
                 if job.method == "occlusion" and not job.options.get("fast"):
@@ -262,11 +283,12 @@ class Worker(threading.Thread):
                 self._fail(job.id, reason(exc))
             self._alone = None
 
-    def _watch(self, job_id: str) -> Callable[[int, int], None]:
-        """The progress callback of a job run on its own: records progress, and raises
-        :class:`Cancelled` once the job is deleted or the server stops."""
-        def report(done: int, total: int) -> None:
-            if not self.store.progress(job_id, done, total) or self.stopping.is_set():
+    def _watch(self, job_id: str) -> Callable[..., None]:
+        """The progress callback of a job run on its own, ``(done, total, stage=None)``:
+        records progress, and raises :class:`Cancelled` once the job is deleted or the server
+        stops."""
+        def report(done: int, total: int, stage: str | None = None) -> None:
+            if not self.store.progress(job_id, done, total, stage) or self.stopping.is_set():
                 raise Cancelled(job_id)
         return report
 
@@ -289,6 +311,65 @@ class Worker(threading.Thread):
                 heatmap = method.run(self.models, image, options, watch)
         heatmap.seconds = time.perf_counter() - start
         self._finish(job, heatmap, clip, None if clip is None else image)
+
+    def _run_grid(self, job: Job) -> None:
+        """A grid job: :func:`explain.grid.similarity_grid` over the job's own copy of the
+        collection, with `explain grid`'s defaults for every option the job does not set, its
+        files written by :func:`explain.grid.write_grid` (the CLI's writer), then ``done``;
+        progress counts the images embedded, then the t-SNE iterations."""
+        from explain.grid import TSNE_ITERATIONS, similarity_grid, tiles_folder, write_grid
+
+        folder = self.store.folder(job.id)
+        members = json.loads((folder / GRID_MEMBERS).read_text())
+        names = members["names"]
+        paths = [folder / GRID_IMAGES / f"{i:05d}" for i in range(len(names))]
+        o = job.options
+        watch = self._watch(job.id)
+        total = len(names) + TSNE_ITERATIONS
+
+        def progress(done: int, _: int, stage: str) -> None:
+            watch(done if stage == "embedding" else len(names) + min(done, TSNE_ITERATIONS),
+                  total, stage)
+
+        progress(0, 0, "embedding")
+        classifier = None
+        if o["embed"] != "pixels" or o["color_by"] == "score":
+            classifier = self.models.black
+        result = similarity_grid(
+            paths, classifier, embed=o["embed"], names=names, labels=members["labels"],
+            target=o["target"] if o["color_by"] == "score" else None, size=o["size"],
+            layout=o["layout"], batch_size=self.batch_size or 32, progress=progress)
+        try:
+            with self.store.locked(job.id):
+                if self.store.get(job.id) is None:
+                    return  # deleted meanwhile
+                output = folder / GRID_OUTPUT
+                shutil.rmtree(tiles_folder(output.with_suffix(".html")), ignore_errors=True)
+                write_grid(result, output, color_by=o["color_by"])
+                self.store.finish(job.id, None)
+        except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
+            self._fail(job.id, reason(exc))
+
+    def _run_audit(self, job: Job) -> None:
+        """An audit job: :func:`explain.audit.audit` over the job's manifest
+        (:data:`AUDIT_LABELS`) into :data:`AUDIT_FOLDER`, with `explain audit`'s defaults for
+        every option the job does not set; the audit resumes its own run after a restart.
+        Progress is the audit's, stage by stage."""
+        from explain.audit import audit
+        from explain.audit.options import AuditOptions
+
+        folder = self.store.folder(job.id)
+        o = job.options
+        watch = self._watch(job.id)
+        watch(0, 1, "starting")
+        options = AuditOptions(threshold=o["threshold"], top=o["top"], concepts=o["concepts"],
+                               cues=o["cues"], target=o["target"], max_pixels=self.max_pixels,
+                               batch_size=self.batch_size)
+        audit(folder / AUDIT_LABELS, folder / AUDIT_FOLDER, model=self.models.black,
+              options=options, progress=lambda done, total, stage: watch(done, total, stage))
+        with self.store.locked(job.id):
+            if self.store.get(job.id) is not None:
+                self.store.finish(job.id, None)
 
     def _finish(self, job: Job, heatmap: Heatmap, clip: dict | None,
                 frame: np.ndarray | None) -> None:

@@ -1,11 +1,14 @@
-// The page of `explain serve`: submit an image, watch the job, see its pictures, list past jobs.
+// The page of `explain serve`: submit an image, watch the job, see its pictures, list past jobs;
+// make a collection from many files or a folder, run a grid or an audit over it, open its results.
 // Every server string is shown with textContent (never as HTML); pictures are fetched with the
 // token and shown as blob URLs.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = { token: sessionStorage.getItem("explain-token"), file: null, shown: null,
-                poll: null, blobs: [], oldest: null };
+                poll: null, blobs: [], oldest: null, auth: false, picked: [], pickedName: "" };
+const BATCH_FILES = 100;  // files per request adding images to a collection
+const BATCH_BYTES = 50e6;  // and bytes (the server's --max-batch-mb is 200 by default)
 
 function say(text, isError = false) {
   $("message").textContent = text;
@@ -60,6 +63,7 @@ async function start() {
     return;
   }
   $("token-box").hidden = true;
+  state.auth = health.auth;
   const response = await api("v1/models");
   const info = await response.json();
   $("model").textContent = `model: ${info.model} (${info.classes.join(", ")}) on ${info.device}`;
@@ -72,9 +76,11 @@ async function start() {
   for (const f of info.fills) option($("fill"), f, f);
   showFields();
   $("go").disabled = false;
+  $("make").disabled = false;
   const opened = openedJob();
   if (opened) await show(opened);
   await listJobs(true);
+  await listCollections();
 }
 
 function pick(file) {
@@ -112,8 +118,15 @@ async function submit(event) {
 function clearPictures() {
   for (const url of state.blobs) URL.revokeObjectURL(url);
   state.blobs = [];
-  for (const id of ["original", "overlay", "side"]) $(id).removeAttribute("src");
-  for (const id of ["downloads", "reading", "share", "score"]) $(id).textContent = "";
+  for (const id of ["original", "overlay", "side", "mosaic"]) $(id).removeAttribute("src");
+  for (const id of ["downloads", "reading", "share", "score", "open"]) $(id).textContent = "";
+}
+
+function pictures(single) {
+  // the three pictures of a one-image job, or the mosaic of a grid (nothing for an audit)
+  document.querySelector("#job .panels").hidden = !single;
+  $("side-figure").hidden = !single;
+  $("mosaic-figure").hidden = true;
 }
 
 function share(id) {
@@ -165,10 +178,13 @@ async function refresh(statusUrl) {
   }
   const job = await response.json();
   $("job-title").textContent = `${job.method} · ${job.status} · ${job.id}`;
-  const { done, total } = job.progress;
+  const { done, total, stage } = job.progress;
   $("progress").max = Math.max(total, 1);
   $("progress").value = job.status === "done" ? $("progress").max : done;
-  $("progress-text").textContent = total ? `${done} / ${total}` : job.status;
+  $("progress-text").textContent = (total ? `${done} / ${total}` : job.status)
+    + (stage && job.status === "running" ? ` · ${stage}` : "");
+  const single = job.method !== "grid" && job.method !== "audit";
+  pictures(single);
   if (job.status === "queued" || job.status === "running") {
     state.poll = setTimeout(() => refresh(statusUrl).catch((e) => say(e.message, true)), 500);
     return;
@@ -180,6 +196,11 @@ async function refresh(statusUrl) {
     return;
   }
   $("score").className = "";
+  if (!single) {
+    await showCollectionJob(job, statusUrl);
+    await listJobs(true);
+    return;
+  }
   $("score").textContent = `p(${job.options.target}) of the image: ${job.score === null
     ? "—" : job.score.toFixed(4)}`;
   share(job.id);
@@ -198,6 +219,202 @@ async function refresh(statusUrl) {
     $("downloads").append(button, " ");
   }
   await listJobs(true);
+}
+
+async function showCollectionJob(job, statusUrl) {
+  // a grid's mosaic and its viewer, an audit's page; every result file can be downloaded
+  $("score").textContent = job.method === "grid"
+    ? `Similarity grid of collection ${job.options.collection}`
+    : `Audit of collection ${job.options.collection} at threshold ${job.options.threshold}`;
+  share(job.id);
+  say("Done.");
+  if (job.method === "grid") {
+    $("mosaic-figure").hidden = false;
+    await picture("mosaic", job.results["grid.png"]);
+  }
+  if (state.shown !== statusUrl) return;
+  const page = job.results[job.method === "grid" ? "grid.html" : "audit.html"];
+  if (page && !state.auth) {
+    const link = document.createElement("a");
+    link.href = page;
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.textContent = job.method === "grid" ? "Open the grid viewer (pan and zoom)"
+      : "Open the audit page";
+    $("open").append(link);
+  } else if (page) {
+    $("open").textContent = "This server needs a token, which a page opened on its own "
+      + "cannot send: download the files below.";
+  }
+  for (const name of Object.keys(job.results)) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = `download ${name}`;
+    button.addEventListener("click", () => download(job.results[name], name));
+    $("downloads").append(button, " ");
+  }
+}
+
+async function folderFiles(entry, path, out) {
+  // every file below a dropped folder, with its path inside it
+  if (entry.isFile) {
+    const file = await new Promise((ok, fail) => entry.file(ok, fail));
+    out.push({ file, path });
+    return;
+  }
+  const reader = entry.createReader();
+  for (;;) {
+    const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+    if (!batch.length) return;
+    for (const child of batch) {
+      await folderFiles(child, path ? `${path}/${child.name}` : child.name, out);
+    }
+  }
+}
+
+function pickMany(picked, name) {
+  // hidden files (.DS_Store, ._x) are left out; any other file goes up and the server judges it
+  state.picked = picked.filter((p) => !p.path.split("/").some((part) => part.startsWith(".")))
+    .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  state.pickedName = name;
+  const labelled = state.picked.filter((p) => p.path.includes("/")).length;
+  $("files-name").textContent = `${state.picked.length} files`
+    + (labelled ? `, ${labelled} in sub-folders (labelled)` : "");
+  if (!$("collection-name").value) $("collection-name").value = name;
+}
+
+function fromFolderInput(files) {
+  // webkitRelativePath is "FOLDER/sub/x.jpg": the path inside the folder drops FOLDER
+  const picked = [...files].map((file) => ({
+    file, path: file.webkitRelativePath.split("/").slice(1).join("/") || file.name }));
+  const root = files.length ? files[0].webkitRelativePath.split("/")[0] : "";
+  pickMany(picked, root);
+}
+
+async function fromDrop(items) {
+  const entries = [...items].map((item) => item.webkitGetAsEntry()).filter(Boolean);
+  const out = [];
+  const folders = entries.filter((e) => e.isDirectory);
+  for (const entry of entries) {
+    // one folder dropped: paths inside it; files or several folders: paths from here
+    await folderFiles(entry, entries.length === 1 && entry.isDirectory ? "" : entry.name, out);
+  }
+  pickMany(out, folders.length === 1 && entries.length === 1 ? folders[0].name
+    : `${out.length} images`);
+}
+
+function label(path) {
+  // the first sub-folder names the label, as `explain grid` and `explain audit` read a folder
+  const parts = path.split("/");
+  return parts.length > 1 ? parts[0] : "";
+}
+
+async function makeCollection(event) {
+  event.preventDefault();
+  if (!state.picked.length) {
+    tell("Drop or choose images, or a folder, first.", true);
+    return;
+  }
+  const name = $("collection-name").value.trim() || state.pickedName || "images";
+  const made = await api("v1/collections", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ name }) });
+  if (made.status !== 201) {
+    tell(`Refused (${made.status}): ${await problem(made)}`, true);
+    return;
+  }
+  const { id } = await made.json();
+  $("rejected").textContent = "";
+  const labelled = state.picked.some((p) => label(p.path));
+  let added = 0;
+  let sent = 0;
+  let batch = [];
+  let bytes = 0;
+  const send = async () => {
+    const form = new FormData();
+    for (const p of batch) form.append("image", p.file, p.path);
+    if (labelled) for (const p of batch) form.append("label", label(p.path));
+    const response = await api(`v1/collections/${id}/images`, { method: "POST", body: form });
+    if (response.status !== 201) {
+      for (const p of batch) rejectedLine(p.path, await problem(response));
+    } else {
+      const answer = await response.json();
+      added += answer.added;
+      for (const r of answer.rejected) rejectedLine(r.name, r.reason);
+    }
+    sent += batch.length;
+    tell(`Uploading… ${sent} / ${state.picked.length}`);
+    batch = [];
+    bytes = 0;
+  };
+  for (const p of state.picked) {
+    if (batch.length && (batch.length >= BATCH_FILES || bytes + p.file.size > BATCH_BYTES)) {
+      await send();
+    }
+    batch.push(p);
+    bytes += p.file.size;
+  }
+  if (batch.length) await send();
+  const refused = state.picked.length - added;
+  tell(`Collection "${name}": ${added} images added` + (refused ? `, ${refused} rejected` : "")
+    + ".", refused > 0);
+  await listCollections();
+}
+
+function rejectedLine(name, reason) {
+  const li = document.createElement("li");
+  li.textContent = `${name}: ${reason}`;
+  $("rejected").append(li);
+}
+
+function tell(text, isError = false) {
+  $("collection-message").textContent = text;
+  $("collection-message").className = isError ? "error" : "";
+}
+
+async function runOver(collection, method) {
+  const form = new FormData();
+  form.append("method", method);
+  form.append("collection", collection);
+  form.append("target", $("target").value);
+  const response = await api("v1/visualizations", { method: "POST", body: form });
+  if (response.status !== 202) {
+    tell(`Refused (${response.status}): ${await problem(response)}`, true);
+    return;
+  }
+  tell(`${method === "grid" ? "Grid" : "Audit"} queued.`);
+  await show((await response.json()).status_url);
+  await listJobs(true);
+}
+
+async function listCollections() {
+  const response = await api("v1/collections?limit=100");
+  if (!response.ok) return;
+  const page = await response.json();
+  $("collection-list").textContent = "";
+  for (const c of page.items) {
+    const row = document.createElement("tr");
+    cell(row, c.created.replace("T", " ").slice(0, 19));
+    cell(row, c.name);
+    cell(row, String(c.images));
+    cell(row, String(c.labelled));
+    const actions = cell(row, "");
+    for (const [text, act] of [
+      ["grid", () => runOver(c.id, "grid")],
+      ["audit", () => runOver(c.id, "audit")],
+      ["delete", async () => {
+        await api(`v1/collections/${c.id}`, { method: "DELETE" });
+        await listCollections();
+      }]]) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = text;
+      button.className = `do-${text}`;
+      button.addEventListener("click", () => act().catch((e) => tell(e.message, true)));
+      actions.append(button);
+    }
+    $("collection-list").append(row);
+  }
 }
 
 function cell(row, text, className = "") {
@@ -260,6 +477,23 @@ function wire() {
     drop.classList.remove("over");
     pick(event.dataTransfer.files[0]);
   });
+  const many = $("drop-many");
+  many.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    many.classList.add("over");
+  });
+  many.addEventListener("dragleave", () => many.classList.remove("over"));
+  many.addEventListener("drop", (event) => {
+    event.preventDefault();
+    many.classList.remove("over");
+    fromDrop(event.dataTransfer.items).catch((e) => tell(e.message, true));
+  });
+  $("files").addEventListener("change", () => pickMany(
+    [...$("files").files].map((file) => ({ file, path: file.name })),
+    `${$("files").files.length} images`));
+  $("folder").addEventListener("change", () => fromFolderInput($("folder").files));
+  $("collection-form").addEventListener(
+    "submit", (e) => makeCollection(e).catch((x) => tell(x.message, true)));
 }
 
 wire();
