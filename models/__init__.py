@@ -37,6 +37,7 @@ from explain.models.adapters import (
 from explain.models.base import (
     BaseClassifier,
     Classifier,
+    FeatureClassifier,
     Preprocess,
     check_scores,
     default_device,
@@ -45,9 +46,9 @@ from explain.models.base import (
 from explain.models.http import HttpClassifier, is_url
 
 __all__ = [
-    "BaseClassifier", "CallableClassifier", "Classifier", "HttpClassifier", "OnnxClassifier",
-    "Preprocess", "TorchClassifier", "check_scores", "default_device", "load", "open_nsfw",
-    "resolve_target", "SPEC_FORMS", "BUNDLED",
+    "BaseClassifier", "CallableClassifier", "Classifier", "FeatureClassifier", "HttpClassifier",
+    "OnnxClassifier", "Preprocess", "TorchClassifier", "check_scores", "default_device", "load",
+    "open_nsfw", "resolve_target", "SPEC_FORMS", "BUNDLED",
 ]
 
 

@@ -67,9 +67,23 @@ class TorchClassifier(BaseClassifier):
     @torch.no_grad()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """Penultimate features, when the module has a ``features`` method."""
+        return self._features(self.model_input(batch))
+
+    def _features(self, inputs: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.module, "features"):
             raise ModelError(f"model {self.name} has no features() method")
-        return self.module.features(self.model_input(batch))
+        return self.module.features(inputs)
+
+    @torch.no_grad()
+    def features_and_scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, probabilities) of ``batch``. One forward pass when the module declares
+        its head (``head(features(x))`` is ``forward(x)``, as open_nsfw does); otherwise the
+        features, then ``forward`` on the same inputs."""
+        inputs = self.model_input(batch)
+        feats = self._features(inputs)
+        head = getattr(self.module, "head", None)
+        raw = head(feats) if callable(head) else self.module(inputs)
+        return feats, self._checked(raw, len(inputs)).to(batch.device)
 
 
 def load_torchscript(path: str | os.PathLike, preprocess: Preprocess, **kwargs: object
@@ -186,9 +200,20 @@ class OnnxClassifier(BaseClassifier):
 
     @torch.no_grad()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """The graph's feature output (``feature_output``) for ``batch``."""
+        return torch.from_numpy(self._run(batch, [self._feature_name()])[0]).to(batch.device)
+
+    @torch.no_grad()
+    def features_and_scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, probabilities) of ``batch``: both outputs of one session run."""
+        scores, feats = self._run(batch, [self.output_name, self._feature_name()])
+        probs = self._checked(scores, len(batch)).to(batch.device)
+        return torch.from_numpy(feats).to(batch.device), probs
+
+    def _feature_name(self) -> str:
         if self.feature_output is None:
             raise ModelError(f"ONNX model {self.name} has no feature output")
-        return torch.from_numpy(self._run(batch, [self.feature_output])[0]).to(batch.device)
+        return self.feature_output
 
 
 def expected_input(inp: object) -> str:

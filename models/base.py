@@ -32,6 +32,20 @@ class Classifier(Protocol):
     def predict(self, batch: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class FeatureClassifier(Classifier, Protocol):
+    """A classifier that also gives its penultimate features (the torch and ONNX adapters,
+    open_nsfw on both backends); either method raises ModelError when the model behind it has
+    none (a torch module without ``features``, an ONNX graph without a feature output)."""
+
+    def features(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def features_and_scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features N×F, probabilities N×C as ``predict`` gives them) of one batch, from one
+        forward pass where the model allows it."""
+        ...
+
+
 def resolve_target(classifier: Classifier, target: str | int) -> int:
     """Class index of ``target``, given by name (``"nsfw"``) or index (``1`` or ``"1"``)."""
     names = list(classifier.class_names)

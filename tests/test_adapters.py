@@ -91,6 +91,9 @@ def test_torch_module_with_preprocess_known_answer():
     torch.testing.assert_close(clf.predict(batch), expected)
     torch.testing.assert_close(clf.model_input(batch)[:, :, 0, 0], means)
     torch.testing.assert_close(clf.features(batch), means)
+    feats, probs = clf.features_and_scores(batch)  # no head declared: features, then forward
+    torch.testing.assert_close(feats, means)
+    torch.testing.assert_close(probs, expected)
     assert clf.module.training is False
 
 
@@ -107,6 +110,8 @@ def test_torch_module_without_features():
     assert clf.class_names == ["0", "1", "2"]
     with pytest.raises(ModelError, match="no features"):
         clf.features(torch.rand(1, 3, 16, 16))
+    with pytest.raises(ModelError, match="no features"):
+        clf.features_and_scores(torch.rand(1, 3, 16, 16))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -30,6 +30,8 @@ from explain.grid import (
     score_colours,
     tsne_layout,
 )
+from explain.grid.embed import resize
+from explain.images import to_batch
 from explain.models import CallableClassifier, Preprocess, TorchClassifier
 
 
@@ -154,6 +156,30 @@ def test_crops_of_one_photo_end_up_together(nsfw_grid):
     assert g.scores is not None and g.scores.shape == (64,) and g.target == "nsfw"
     assert g.quality.dpq == g.tried[g.layout] == max(g.tried.values()) > 0.8
     assert any(note.startswith(f"layout auto kept {g.layout}") for note in g.notes)
+
+
+class CountingSession:
+    """An onnxruntime session that counts its runs."""
+
+    def __init__(self, session: object) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, outputs: list[str], feeds: dict) -> list:
+        self.runs += 1
+        return self.session.run(outputs, feeds)
+
+
+def test_features_and_scores_come_from_one_model_call_per_batch(crop_set, nsfw_onnx,
+                                                                 monkeypatch):
+    """When the embedder is the model, each batch costs one model call for both the features
+    and the scores, and the scores are predict's."""
+    images = crop_set[0][:12]
+    session = CountingSession(nsfw_onnx.session)
+    monkeypatch.setattr(nsfw_onnx, "session", session)
+    g = similarity_grid(images, nsfw_onnx, target="nsfw", batch_size=6)
+    assert session.runs == 2 and g.embed.startswith("penultimate features")
+    expected = nsfw_onnx.predict(to_batch([resize(img, (256, 256)) for img in images]))[:, 1]
+    np.testing.assert_allclose(g.scores, expected.numpy(), rtol=1e-6)
 
 
 def test_features_group_photos_better_than_raw_pixels(crop_set, nsfw_grid):
