@@ -25,6 +25,7 @@ from explain.grid import (
     grid_shape,
     knn_preservation,
     label_agreement,
+    label_colours,
     nearest_neighbours,
     neighbourhood_radius,
     score_colours,
@@ -336,6 +337,62 @@ def test_cli_writes_mosaic_and_json_and_lists_the_bad_image(tmp_path, photos, ns
     assert doc["quality"]["dpq"] == doc["layouts_tried"][doc["layout"]]
     assert len(doc["images"]) == 12 and doc["skipped"][0]["path"].endswith("broken.jpg")
     assert {e["label"] for e in doc["images"].values()} == set(photos)
+
+
+def _labelled_folder(root, photos, n: int = 8):
+    images, labels = crops(photos, n, seed=2)
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / label / f"{i:02d}.png")
+    return root
+
+
+def test_cli_scores_are_a_choice_and_the_colouring_follows(tmp_path, photos, monkeypatch):
+    """--embed pixels loads no model and scores nothing unless --scores is given; the default
+    colouring follows (label with sub-folders, score with scores); --color-by score without
+    scores is refused before any work; --no-scores turns them off when the embedder is the
+    model too (here a black box: its probabilities)."""
+    loaded = []
+
+    def load(*args, **kwargs):
+        loaded.append(args)
+        return CallableClassifier(mean_colour_probs, class_names=["sfw", "nsfw"])
+
+    monkeypatch.setattr("explain.cli.common.load_model", load)
+    root = _labelled_folder(tmp_path / "data", photos)
+    out = tmp_path / "out" / "grid.png"
+
+    def run(*options: str) -> dict:
+        result = CliRunner().invoke(app, ["grid", str(root), "-o", str(out), *options])
+        assert result.exit_code == 0, result.output
+        return json.loads(out.with_suffix(".json").read_text())
+
+    def border(doc: dict, name: str) -> list[int]:
+        r, c = doc["images"][name]["cell"]
+        picture = np.asarray(Image.open(out))
+        left = (picture.shape[1] - doc["cols"] * 64) // 2  # the footer is at least 512 wide
+        return picture[r * 64 + 1, left + c * 64 + 32].tolist()
+
+    doc = run("--embed", "pixels")
+    assert loaded == [] and not any("score" in e for e in doc["images"].values())
+    assert doc["embed"].startswith("raw pixels")
+    palette = label_colours([e["label"] for e in doc["images"].values()])
+    assert all(border(doc, name) == list(palette[e["label"]])
+               for name, e in doc["images"].items())
+    refused = CliRunner().invoke(app, ["grid", str(root), "-o", str(tmp_path / "x.png"),
+                                       "--embed", "pixels", "--color-by", "score"])
+    assert refused.exit_code == 2 and "--color-by score needs scores: add --scores" in \
+        refused.output
+    assert loaded == [] and not (tmp_path / "x.json").exists()
+    doc = run("--embed", "pixels", "--scores")
+    assert len(loaded) == 1 and all("score" in e for e in doc["images"].values())
+    assert all(border(doc, name) == score_colours(np.array([e["score"]]))[0].tolist()
+               for name, e in doc["images"].items())
+    doc = run("--no-scores")
+    assert len(loaded) == 2 and doc["embed"].startswith("class probabilities")
+    assert not any("score" in e for e in doc["images"].values())
+    doc = run()
+    assert all("score" in e for e in doc["images"].values())
 
 
 def test_cli_refuses_label_colouring_without_subfolders(tmp_path):
