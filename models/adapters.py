@@ -2,8 +2,9 @@
 
 - :class:`TorchClassifier`: an ``nn.Module`` (or a loaded TorchScript module) plus its
   :class:`~explain.models.base.Preprocess`; white-box methods use its ``module``.
-- :class:`OnnxClassifier`: an ONNX file on onnxruntime (CUDA provider when present), NCHW or NHWC
-  input layout read from the graph.
+- :class:`OnnxClassifier`: an ONNX file on onnxruntime (the CUDA provider on a CUDA device when
+  onnxruntime offers it: the ``gpu`` extra; the provider used is its ``provider``), NCHW or
+  NHWC input layout read from the graph.
 - :class:`CallableClassifier`: a Python function taking a uint8 N×H×W×3 numpy batch.
 """
 
@@ -21,7 +22,13 @@ import torch
 from torch import nn
 
 from explain.errors import ModelError
-from explain.models.base import BaseClassifier, Preprocess, default_device, to_uint8_images
+from explain.models.base import (
+    BaseClassifier,
+    Preprocess,
+    default_device,
+    onnx_providers,
+    to_uint8_images,
+)
 
 
 class TorchClassifier(BaseClassifier):
@@ -117,10 +124,7 @@ class OnnxClassifier(BaseClassifier):
                  sigmoid: bool = False) -> None:
         import onnxruntime as ort
 
-        wanted = default_device(device)
-        providers = ["CPUExecutionProvider"]
-        if wanted.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        providers = onnx_providers(default_device(device))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         source = model if isinstance(model, bytes) else str(model)
@@ -128,7 +132,8 @@ class OnnxClassifier(BaseClassifier):
             self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"cannot load ONNX model {name or model!s:.200}: {exc}") from exc
-        self.device = torch.device("cuda" if providers[0].startswith("CUDA") else "cpu")
+        self.provider = self.session.get_providers()[0]  # what it runs on, not what was asked
+        self.device = torch.device("cuda" if self.provider.startswith("CUDA") else "cpu")
         self.name = name or Path(str(model)).name
         inputs = self.session.get_inputs()
         if len(inputs) != 1:

@@ -240,6 +240,7 @@ def test_heat_share():
 def test_nudenet_detector_matches_the_package(detector):
     from nudenet import NudeDetector
 
+    assert detector.provider == "CPUExecutionProvider"  # the shared choice: no CUDA device here
     rgb = skdata.astronaut()
     ours = detector.detect([rgb])[0]
     theirs = NudeDetector().detect(rgb)
