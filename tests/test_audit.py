@@ -237,10 +237,15 @@ def test_heat_share():
     assert heat_share(np.zeros((4, 4)), (0, 0, 2, 2)) is None
 
 
+def test_nudenet_detector_records_its_provider(detector):
+    """The detector's session is made by the shared provider choice (models.base.onnx_providers):
+    on the CPU device here, the CPU provider, and it says which one it runs on."""
+    assert detector.provider == "CPUExecutionProvider"
+
+
 def test_nudenet_detector_matches_the_package(detector):
     from nudenet import NudeDetector
 
-    assert detector.provider == "CPUExecutionProvider"  # the shared choice: no CUDA device here
     rgb = skdata.astronaut()
     ours = detector.detect([rgb])[0]
     theirs = NudeDetector().detect(rgb)
