@@ -16,10 +16,13 @@ from explain.grid import (
     assign_to_grid,
     candidates,
     check_grid_memory,
+    dpq_and_neighbours,
     dpq_scores,
     flas_layout,
     grid_cells,
+    grid_quality,
     grid_shape,
+    nearest_neighbours,
     polish_layout,
     principal_components,
     scaled_points,
@@ -78,6 +81,24 @@ def test_random_layouts_of_400_colours_score_near_the_papers_random_value():
     # authors' code (equal to ours, above) random 20x20 colour grids score 0.35-0.39
     assert 0.28 < np.mean(scores) < 0.42
     assert np.ptp(scores) < 0.05
+
+
+def test_the_dpq_pass_finds_the_nearest_neighbours_and_the_quality_takes_them():
+    """One pass over the distances gives the DPQ of every layout and each row's k nearest
+    neighbours, equal to the separate search's; the quality figures built on them are the
+    same as when it searches itself. The grid asks for them through arrange(k=...)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 40)).astype(np.float32)
+    shape = grid_shape(300)
+    layouts = [grid_cells(shape)[:300], grid_cells(shape)[rng.permutation(300)]]
+    scores, near = dpq_and_neighbours(x, layouts, 8)
+    assert scores == dpq_scores(x, layouts)
+    np.testing.assert_array_equal(near, nearest_neighbours(x, 8))
+    assert dpq_and_neighbours(x, layouts, 0)[1] is None
+    own = grid_quality(x, layouts[1], shape, k=8, dpq=scores[1])
+    assert grid_quality(x, layouts[1], shape, k=8, dpq=scores[1], neighbours=near) == own
+    laid = arrange(x, shape, layout="flas", k=8)
+    np.testing.assert_array_equal(laid.neighbours, near)
 
 
 def test_dpq_needs_one_cell_per_vector():
