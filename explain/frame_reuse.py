@@ -36,7 +36,13 @@ from explain.clips import changed
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import to_tensor
 from explain.incremental import network_for
-from explain.models.base import Classifier, model_view, resize, resolve_target
+from explain.models.base import (
+    Classifier,
+    execution_provider,
+    model_view,
+    resize,
+    resolve_target,
+)
 from explain.occlusion import LEAD, choose_fill, lead_rows, occluded_scores, scale_windows
 from explain.perturb import fill_values
 from explain.progress import Progress
@@ -143,6 +149,7 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
             seconds=time.perf_counter() - start,
             params={"fill": fill, "fill_asked": asked, "baseline": f"whole image {fill}-filled",
                     "baseline_score": base, "model_view": view,
+                    "provider": execution_provider(classifier),
                     "batch_size": step, "work_size": list(size), "box_asked": box,
                     "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
                     "incremental": net is not None,
@@ -203,6 +210,7 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
             score=score, box=(bh, bw), stride=pixels(stride, "stride", shape),
             windows=len(windows), seconds=time.perf_counter() - start,
             params={"baseline": BLANK, "baseline_score": blank, "model_view": view,
+                    "provider": execution_provider(classifier),
                     "batch_size": step, "crop_size": list(size), "box_asked": box,
                     "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
                     "threshold": threshold},

@@ -48,6 +48,7 @@ from explain.incremental import Network, check_incremental, network_for, window_
 from explain.models.base import (
     Classifier,
     Preprocess,
+    execution_provider,
     model_view,
     pixelwise_input,
     resize,
@@ -215,6 +216,7 @@ class OcclusionPlan:
                                "baseline": f"whole image {self.fill}-filled",
                                "baseline_score": baseline,
                                "model_view": model_view(self.classifier, self.shape),
+                               "provider": execution_provider(self.classifier),
                                "batch_size": batch_size,
                                "work_size": list(self.size), "box_asked": self.box,
                                "stride_asked": self.stride, "incremental": incremental, "tau": tau,

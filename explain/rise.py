@@ -52,7 +52,13 @@ from explain.choices import DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P
 from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
-from explain.models.base import Classifier, model_view, resize, resolve_target
+from explain.models.base import (
+    Classifier,
+    execution_provider,
+    model_view,
+    resize,
+    resolve_target,
+)
 from explain.perturb import masked_scores
 from explain.progress import Progress
 from explain.windows import check_batch_size
@@ -169,5 +175,6 @@ def rise_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                    params={"masks": masks, "cell": cell, "p": p, "seed": seed,
                            "batch_size": step, "work_size": list(size),
                            "model_view": model_view(classifier, shape),
+                           "provider": execution_provider(classifier),
                            "standard_error": float(f"{error:.3g}")},
                    unit=f"E[p({name}) | pixel kept]", bounds=(0.0, 1.0), noise_floor=NOISE_FLOOR)

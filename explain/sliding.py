@@ -21,7 +21,13 @@ import torch
 
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import as_rgb, to_tensor
-from explain.models.base import Classifier, model_view, resize, resolve_target
+from explain.models.base import (
+    Classifier,
+    execution_provider,
+    model_view,
+    resize,
+    resolve_target,
+)
 from explain.progress import Progress
 from explain.windows import (
     DEFAULT_BOX,
@@ -75,6 +81,7 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
                    seconds=time.perf_counter() - start,
                    params={"baseline": BLANK, "baseline_score": blank_score(classifier, size, t),
                            "model_view": crops_view(classifier, windows),
+                           "provider": execution_provider(classifier),
                            "batch_size": step, "crop_size": list(size), "box_asked": box,
                            "stride_asked": stride},
                    unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0),

@@ -39,6 +39,7 @@ from explain.models.adapters import (
 from explain.models.base import (
     BaseClassifier,
     Classifier,
+    FeatureClassifier,
     Preprocess,
     check_scores,
     default_device,
@@ -47,9 +48,9 @@ from explain.models.base import (
 from explain.models.http import HttpClassifier, is_url
 
 __all__ = [
-    "BaseClassifier", "CallableClassifier", "Classifier", "HttpClassifier", "OnnxClassifier",
-    "Preprocess", "TorchClassifier", "check_scores", "default_device", "load", "open_nsfw",
-    "resolve_target", "SPEC_FORMS", "BUNDLED", "BUILT_IN",
+    "BaseClassifier", "CallableClassifier", "Classifier", "FeatureClassifier", "HttpClassifier",
+    "OnnxClassifier", "Preprocess", "TorchClassifier", "check_scores", "default_device", "load",
+    "open_nsfw", "resolve_target", "SPEC_FORMS", "BUNDLED", "BUILT_IN",
 ]
 
 # the built-in models besides open-nsfw (whose backends load() picks): spec → builder

@@ -2,8 +2,9 @@
 
 - :class:`TorchClassifier`: an ``nn.Module`` (or a loaded TorchScript module) plus its
   :class:`~explain.models.base.Preprocess`; white-box methods use its ``module``.
-- :class:`OnnxClassifier`: an ONNX file on onnxruntime (CUDA provider when present), NCHW or NHWC
-  input layout read from the graph.
+- :class:`OnnxClassifier`: an ONNX file on onnxruntime (the CUDA provider on a CUDA device when
+  onnxruntime offers it: the ``gpu`` extra; the provider used is its ``provider``), NCHW or
+  NHWC input layout read from the graph.
 - :class:`CallableClassifier`: a Python function taking a uint8 N×H×W×3 numpy batch.
 """
 
@@ -21,7 +22,13 @@ import torch
 from torch import nn
 
 from explain.errors import ModelError
-from explain.models.base import BaseClassifier, Preprocess, default_device, to_uint8_images
+from explain.models.base import (
+    BaseClassifier,
+    Preprocess,
+    default_device,
+    onnx_providers,
+    to_uint8_images,
+)
 
 
 class TorchClassifier(BaseClassifier):
@@ -67,9 +74,23 @@ class TorchClassifier(BaseClassifier):
     @torch.no_grad()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """Penultimate features, when the module has a ``features`` method."""
+        return self._features(self.model_input(batch))
+
+    def _features(self, inputs: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.module, "features"):
             raise ModelError(f"model {self.name} has no features() method")
-        return self.module.features(self.model_input(batch))
+        return self.module.features(inputs)
+
+    @torch.no_grad()
+    def features_and_scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, probabilities) of ``batch``. One forward pass when the module declares
+        its head (``head(features(x))`` is ``forward(x)``, as open_nsfw does); otherwise the
+        features, then ``forward`` on the same inputs."""
+        inputs = self.model_input(batch)
+        feats = self._features(inputs)
+        head = getattr(self.module, "head", None)
+        raw = head(feats) if callable(head) else self.module(inputs)
+        return feats, self._checked(raw, len(inputs)).to(batch.device)
 
 
 def load_torchscript(path: str | os.PathLike, preprocess: Preprocess, **kwargs: object
@@ -103,10 +124,7 @@ class OnnxClassifier(BaseClassifier):
                  sigmoid: bool = False) -> None:
         import onnxruntime as ort
 
-        wanted = default_device(device)
-        providers = ["CPUExecutionProvider"]
-        if wanted.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        providers = onnx_providers(default_device(device))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         source = model if isinstance(model, bytes) else str(model)
@@ -114,7 +132,8 @@ class OnnxClassifier(BaseClassifier):
             self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"cannot load ONNX model {name or model!s:.200}: {exc}") from exc
-        self.device = torch.device("cuda" if providers[0].startswith("CUDA") else "cpu")
+        self.provider = self.session.get_providers()[0]  # what it runs on, not what was asked
+        self.device = torch.device("cuda" if self.provider.startswith("CUDA") else "cpu")
         self.name = name or Path(str(model)).name
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -186,9 +205,20 @@ class OnnxClassifier(BaseClassifier):
 
     @torch.no_grad()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """The graph's feature output (``feature_output``) for ``batch``."""
+        return torch.from_numpy(self._run(batch, [self._feature_name()])[0]).to(batch.device)
+
+    @torch.no_grad()
+    def features_and_scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, probabilities) of ``batch``: both outputs of one session run."""
+        scores, feats = self._run(batch, [self.output_name, self._feature_name()])
+        probs = self._checked(scores, len(batch)).to(batch.device)
+        return torch.from_numpy(feats).to(batch.device), probs
+
+    def _feature_name(self) -> str:
         if self.feature_output is None:
             raise ModelError(f"ONNX model {self.name} has no feature output")
-        return torch.from_numpy(self._run(batch, [self.feature_output])[0]).to(batch.device)
+        return self.feature_output
 
 
 def expected_input(inp: object) -> str:

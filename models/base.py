@@ -32,6 +32,20 @@ class Classifier(Protocol):
     def predict(self, batch: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class FeatureClassifier(Classifier, Protocol):
+    """A classifier that also gives its penultimate features (the torch and ONNX adapters,
+    open_nsfw on both backends); either method raises ModelError when the model behind it has
+    none (a torch module without ``features``, an ONNX graph without a feature output)."""
+
+    def features(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def features_and_scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features N×F, probabilities N×C as ``predict`` gives them) of one batch, from one
+        forward pass where the model allows it."""
+        ...
+
+
 def resolve_target(classifier: Classifier, target: str | int) -> int:
     """Class index of ``target``, given by name (``"nsfw"``) or index (``1`` or ``"1"``)."""
     names = list(classifier.class_names)
@@ -205,6 +219,23 @@ def model_view(classifier: object, shape: tuple[int, int]) -> list[int]:
     return [0, 0, int(shape[0]), int(shape[1])]
 
 
+def execution_provider(classifier: object) -> str | None:
+    """The onnxruntime execution provider ``classifier`` runs on ("CUDAExecutionProvider",
+    "CPUExecutionProvider"), recorded in every black-box map's ``params["provider"]``; None
+    for a model that is not run by onnxruntime (its ``device`` says where it runs)."""
+    return getattr(classifier, "provider", None)
+
+
+def onnx_providers(device: torch.device) -> list[str]:
+    """The onnxruntime providers to ask for on ``device``: CUDA first when the device is CUDA
+    and onnxruntime offers it (the ``gpu`` extra, onnxruntime-gpu), then the CPU."""
+    import onnxruntime as ort
+
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
     """RGB [0, 1] batch N×3×H×W → contiguous uint8 N×H×W×3 numpy array (rounded, clamped)."""
     arr = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
@@ -231,7 +262,9 @@ class BaseClassifier:
 
     Subclasses implement ``_scores(batch)`` returning raw N×C scores for an RGB [0, 1] batch.
     ``geometry``: the resize and crop the model applies when they are not in its ``preprocess``
-    (an input transform that crops), read by :func:`model_view`.
+    (an input transform that crops), read by :func:`model_view`. ``provider``: the onnxruntime
+    execution provider an ONNX model's session really runs on (None for other models), read by
+    :func:`execution_provider`.
     """
 
     name: str = "model"
@@ -240,6 +273,7 @@ class BaseClassifier:
     logits: bool = False
     sigmoid: bool = False
     geometry: Preprocess | None = None
+    provider: str | None = None
     _class_names: list[str] | None = None
 
     def _scores(self, batch: torch.Tensor) -> object:

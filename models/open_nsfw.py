@@ -75,7 +75,8 @@ class Bottleneck(nn.Module):
 
 
 class OpenNSFWNet(nn.Module):
-    """The open_nsfw network; ``forward`` returns the two logits, ``features`` the 1024-d pool.
+    """The open_nsfw network; ``forward`` returns the two logits, ``features`` the 1024-d pool,
+    ``head`` the logits of a pool.
     ``default_cam_layer``: Grad-CAM's layer when none is given, the last stage (7×7 at 224)."""
 
     class_names = CLASS_NAMES
@@ -103,8 +104,13 @@ class OpenNSFWNet(nn.Module):
         x = self.pool1(self.pad1(self.relu1(self.conv1(x))))
         return self.flatten(self.avgpool(self.stages(x)))
 
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits of ``features`` (:meth:`features`'s): ``forward(x)`` is
+        ``head(features(x))``, so the adapter gets both from one pass."""
+        return self.fc(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.head(self.features(x))
 
 
 def _conv_for(net: OpenNSFWNet, onnx_output: str) -> nn.Conv2d:

@@ -6,12 +6,15 @@ with open_nsfw's penultimate features (or raw 32×32 pixels where --cheap-from s
 RGB colours (solid images, raw pixels). Each layout runs in its own process (so its peak
 memory is its own: the resident peak of a Python process with numpy, torch and the features
 loaded); the peer is the authors' FLAS (``vc-flas``) at its best settings on the same
-features. The end-to-end row runs ``explain grid``'s library path on the images: embedding,
-layout (auto), quality, the PNG (when it fits 8192 px) and grid.html with its tiles.
+features. The end-to-end row runs the command users run, ``explain grid`` in its own process,
+on the crops written as PNG files in label folders: reading, embedding (scores only where the
+embedder is the model, or with --scores), layout (auto), quality, the PNG (when it fits
+8192 px) and grid.html with its tiles.
 
     python scripts/bench_grid.py                         # N = 1024, 4096, 16384
     python scripts/bench_grid.py --sizes 1024 --layouts auto flas
     python scripts/bench_grid.py --sizes 16384 --layouts --no-peer   # only end to end
+    python scripts/bench_grid.py --sizes 4096 --layouts --no-peer --cheap-from 0  # pixels
 """
 
 from __future__ import annotations
@@ -100,23 +103,43 @@ def one_layout(path: str, layout: str, seed: int) -> dict:
             "seconds": seconds, "cpu": cpu, "peak_mib": peak_mib(), "steps": note}
 
 
-def end_to_end(n: int, embed: str, model: str, out: str, seed: int) -> dict:
-    """In a child process: crops → similarity_grid(auto) → PNG (if it fits) + grid.html."""
-    from explain.grid import draw_mosaic, fits_png, similarity_grid, write_viewer
-    from explain.models import load
-    from explain.render import save_png
+def write_folder(n: int, seed: int, folder: Path) -> None:
+    """The ``n`` crops as PNG files in label sub-folders (``folder/photo/00000.png``): the
+    folder a user gives ``explain grid``."""
+    from PIL import Image
 
     images, labels = photo_crops(n, seed)
-    clf = load(model) if embed == "features" else None
-    wall, cpu = time.perf_counter(), time.process_time()
-    g = similarity_grid(images, clf, embed=embed, labels=labels, seed=seed)
-    if fits_png(g, 64):
-        save_png(draw_mosaic(g, color_by="label"), Path(out) / "grid.png")
-    write_viewer(g, Path(out) / "grid.html", color_by="label")
-    return {"layout": "end to end", "kept": g.layout, "dpq": g.quality.dpq,
-            "ratio": g.quality.ratio, "seconds": time.perf_counter() - wall,
-            "cpu": time.process_time() - cpu, "peak_mib": peak_mib(),
-            "steps": " ".join(f"{k} {v:.1f}s" for k, v in g.seconds.items())}
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / label / f"{i:05d}.png")
+
+
+def end_to_end(n: int, embed: str, model: str, out: str, seed: int, scores: bool) -> dict:
+    """``explain grid`` as users run it: the crops written as PNG files in label folders (not
+    timed), then ``python -m explain grid`` in its own process (reading, embedding, layout
+    auto, quality, the PNG when it fits 8,192 px, grid.html and its tiles). Wall seconds,
+    CPU seconds and resident peak are that process's (``os.wait4``)."""
+    folder, grid = Path(out) / "images", Path(out) / "grid.png"
+    write_folder(n, seed, folder)
+    command = [sys.executable, "-m", "explain", "grid", str(folder), "-o", str(grid),
+               "--embed", embed, "--seed", str(seed), "--model", model,
+               "--scores" if scores else "--no-scores"]
+    log = Path(out) / "log.txt"
+    with log.open("w") as sink:
+        wall = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - wall
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"explain grid exited {proc.returncode}: "
+                           + log.read_text().strip().splitlines()[-1])
+    doc = json.loads(grid.with_suffix(".json").read_text())
+    times = next(line for line in log.read_text().splitlines() if " images on " in line)
+    return {"layout": "explain grid", "kept": doc["layout"], "dpq": doc["quality"]["dpq"],
+            "ratio": doc["quality"]["ratio"], "seconds": seconds,
+            "cpu": usage.ru_utime + usage.ru_stime, "peak_mib": usage.ru_maxrss / 1024,
+            "steps": times[times.index("(") + 1:times.index(")")]}
 
 
 def child(*args: str) -> dict:
@@ -177,6 +200,8 @@ def main() -> None:
     parser.add_argument("--cheap-from", type=int, default=8192,
                         help="from this N on, embed with raw pixels instead of the model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scores", action="store_true",
+                        help="end to end: score the tiles also when embedding by pixels")
     args = parser.parse_args()
 
     print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the start "
@@ -212,8 +237,11 @@ def main() -> None:
                     lines.append(row(name, n, result, peer))
                     print("  " + lines[-1], flush=True)
             out = Path(tmp) / f"e2e-{n}"
+            out.mkdir()
+            scores = "--scores" if embed == "features" or args.scores else "--no-scores"
             lines.append(row(f"crops/{embed}", n, child("--e2e", str(n), embed, args.model,
-                                                         str(out), str(args.seed)), None))
+                                                         str(out), str(args.seed), scores),
+                             None))
             print("  " + lines[-1], flush=True)
     print()
     print(header)
@@ -226,6 +254,6 @@ if __name__ == "__main__":
         print(json.dumps(one_layout(sys.argv[3], sys.argv[2], int(sys.argv[4]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "--e2e":
         print(json.dumps(end_to_end(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5],
-                                    int(sys.argv[6]))))
+                                    int(sys.argv[6]), sys.argv[7] == "--scores")))
     else:
         main()

@@ -91,6 +91,9 @@ def test_torch_module_with_preprocess_known_answer():
     torch.testing.assert_close(clf.predict(batch), expected)
     torch.testing.assert_close(clf.model_input(batch)[:, :, 0, 0], means)
     torch.testing.assert_close(clf.features(batch), means)
+    feats, probs = clf.features_and_scores(batch)  # no head declared: features, then forward
+    torch.testing.assert_close(feats, means)
+    torch.testing.assert_close(probs, expected)
     assert clf.module.training is False
 
 
@@ -107,6 +110,8 @@ def test_torch_module_without_features():
     assert clf.class_names == ["0", "1", "2"]
     with pytest.raises(ModelError, match="no features"):
         clf.features(torch.rand(1, 3, 16, 16))
+    with pytest.raises(ModelError, match="no features"):
+        clf.features_and_scores(torch.rand(1, 3, 16, 16))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -155,6 +160,39 @@ def test_onnx_file_nchw_static_size(tmp_path):
     batch = torch.rand(4, 3, 40, 30)
     expected = torch.softmax(net(resize(batch, (16, 16))), dim=1)
     torch.testing.assert_close(clf.predict(batch), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_onnx_provider_follows_the_device_and_is_recorded_in_every_map(tmp_path, monkeypatch):
+    """CUDA is asked for only on a CUDA device and only when onnxruntime offers it (the
+    ``gpu`` extra); the provider the session really runs on is the classifier's ``provider``
+    and every black-box map's ``params["provider"]`` (None for a torch model)."""
+    import onnxruntime as ort
+
+    from explain.models.base import onnx_providers
+    from explain.occlusion import occlusion_map
+    from explain.rise import rise_map
+    from explain.sliding import sliding_window_map
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_providers(cuda) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers(cpu) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert onnx_providers(cuda) == ["CPUExecutionProvider"]
+    monkeypatch.undo()
+    net = TinyConvNet()
+    path = tmp_path / "tiny.onnx"
+    _export_onnx(net, torch.rand(1, 3, 16, 16), path, {0: "N"})
+    clf = load(str(path), "cpu", logits=True)
+    assert clf.provider == "CPUExecutionProvider" and clf.device == cpu
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    maps = [occlusion_map(clf, image, box=8, stride=8, target=0),
+            sliding_window_map(clf, image, box=8, stride=8, target=0),
+            rise_map(clf, image, masks=8, cell=2, target=0)]
+    assert [hm.params["provider"] for hm in maps] == ["CPUExecutionProvider"] * 3
+    torch_clf = load(net, "cpu", preprocess=PRE, logits=True)
+    assert occlusion_map(torch_clf, image, box=8, stride=8, target=0).params["provider"] is None
 
 
 def test_onnx_file_nchw_with_preprocess(tmp_path):

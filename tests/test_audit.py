@@ -237,6 +237,12 @@ def test_heat_share():
     assert heat_share(np.zeros((4, 4)), (0, 0, 2, 2)) is None
 
 
+def test_nudenet_detector_records_its_provider(detector):
+    """The detector's session is made by the shared provider choice (models.base.onnx_providers):
+    on the CPU device here, the CPU provider, and it says which one it runs on."""
+    assert detector.provider == "CPUExecutionProvider"
+
+
 def test_nudenet_detector_matches_the_package(detector):
     from nudenet.nudenet import NudeDetector  # either install order (see concepts.py)
 

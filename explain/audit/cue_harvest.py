@@ -20,8 +20,8 @@ from explain.audit.concepts import Part, score_drops
 from explain.audit.options import CueOptions
 from explain.errors import ExplainError, OptionError
 from explain.images import as_rgb, load_image, to_batch
-from explain.models import Classifier
-from explain.models.base import Preprocess, model_view, resize
+from explain.models import Classifier, FeatureClassifier
+from explain.models.base import Preprocess, execution_provider, model_view, resize
 from explain.occlusion import occlusion_map
 from explain.windows import Size, check_batch_size, pixels
 
@@ -75,6 +75,11 @@ class Counting:
     @property
     def input_size(self) -> tuple[int, int] | None:
         return self.classifier.input_size
+
+    @property
+    def provider(self) -> str | None:
+        """The counted model's onnxruntime provider (what :func:`execution_provider` reads)."""
+        return execution_provider(self.classifier)
 
     @property
     def geometry(self) -> Preprocess | None:
@@ -192,7 +197,7 @@ class PatchEmbedder:
 
         self.calls = 0
         candidates: list[Callable[[], object]] = []
-        if embed in ("auto", "features") and callable(getattr(classifier, "features", None)):
+        if embed in ("auto", "features") and isinstance(classifier, FeatureClassifier):
             candidates.append(lambda: classifier)
         if embed in ("auto", "open-nsfw"):
             candidates.append(lambda: load("open-nsfw:auto", None))

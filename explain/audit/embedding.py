@@ -24,7 +24,7 @@ from explain.audit.options import AuditOptions
 from explain.audit.store import Store
 from explain.errors import ExplainError
 from explain.images import collect_warnings
-from explain.models import Classifier
+from explain.models import Classifier, FeatureClassifier
 from explain.progress import LabelledProgress
 
 DIMENSIONS = 128
@@ -35,7 +35,7 @@ def embedder_for(classifier: Classifier) -> tuple[object, str]:
     """The grid's embedder for ``classifier`` and the name its vectors are stored under."""
     from explain.grid import Embedder
 
-    if callable(getattr(classifier, "features", None)):
+    if isinstance(classifier, FeatureClassifier):
         return Embedder("features", classifier), f"features:{getattr(classifier, 'name', '?')}"
     return Embedder("pixels", None), "pixels"
 

@@ -64,9 +64,15 @@ def grid(
     embed: Annotated[str, typer.Option("--embed", help=f"{', '.join(EMBED_MODES)} or "
                      "package.module:fn (uint8 NxHxWx3 -> NxD); features: the model's "
                      "penultimate layer (its probabilities for a black box).")] = "features",
-    color_by: Annotated[ColorBy, typer.Option("--color-by", help="Thumbnail border: score (one "
-                        "more model pass), label (sub-folder) or none.",
-                        callback=plain)] = ColorBy.score,
+    scores: Annotated[bool | None, typer.Option("--scores/--no-scores", help="Score every "
+                      "image for --target (colours, grid.json). Default: on when the embedder "
+                      "is the model (--embed features: the same forward pass), off for pixels "
+                      "or a function (the model is then not loaded).",
+                      show_default=False)] = None,
+    color_by: Annotated[ColorBy | None, typer.Option("--color-by", help="Thumbnail border: "
+                        "score (needs scores), label (sub-folder) or none. Default: score with "
+                        "scores, else label with sub-folders, else none.", show_default=False,
+                        callback=plain)] = None,
     layout: Annotated[Layout, typer.Option("--layout", help="auto: the layouts that fit the "
                       "size, keeping the best by DPQ16; tsne-jv: t-SNE + dense assignment "
                       "(<= 4096 images); tsne-jv+polish: then improved locally; flas: Fast "
@@ -102,6 +108,13 @@ def grid(
     if not paths:
         raise OptionError(f"no image files in {display(folder)}")
     labels = folder_labels(folder, paths)
+    if scores is None:
+        scores = embed == "features"
+    if color_by is None:
+        color_by = "score" if scores else "label" if labels is not None else "none"
+    if color_by == "score" and not scores:
+        raise OptionError("--color-by score needs scores: add --scores (one more model pass "
+                          f"per image with --embed {embed}), or colour by label or none")
     if color_by == "label" and labels is None:
         raise OptionError(f"--color-by label needs sub-folders: {display(folder)}/LABEL/image.jpg")
     json_path, page = output.with_suffix(".json"), output.with_suffix(".html")
@@ -109,9 +122,7 @@ def grid(
     check_output_file(output, inputs=paths)
     check_outputs([output, json_path, page], paths, folders=[tiles])
     check_grid_memory(len(paths), size, cell_px, layout)  # before the model loads
-    clf = None
-    if embed != "pixels" or color_by == "score":
-        clf = models.load()
+    clf = models.load() if embed == "features" or scores else None
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=err_console) as bar:
@@ -124,7 +135,7 @@ def grid(
 
         result = similarity_grid(
             paths, clf, embed=embed, labels=labels,
-            target=target if color_by == "score" else None, size=size, layout=layout,
+            target=target if scores else None, size=size, layout=layout,
             perplexity=perplexity,
             seed=seed, cost=cost, k=k, thumb_px=cell_px, batch_size=batch_size or 32,
             progress=progress)

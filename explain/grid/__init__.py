@@ -53,6 +53,7 @@ from explain.grid.mosaic import (
 from explain.grid.quality import (
     DPQ_P,
     GridQuality,
+    dpq_and_neighbours,
     dpq_bytes,
     dpq_scores,
     grid_quality,
@@ -88,7 +89,8 @@ __all__ = [
     "MIN_IMAGES",
     "NO_LABEL", "PIXEL_SIDE", "PNG_MAX_PX", "SWAP_MAX", "TAB10", "TILE_PX", "TSNE_ITERATIONS",
     "Arranged", "Embedder", "GridProgress", "GridQuality", "ImageSource", "SimilarityGrid",
-    "arrange", "assign_to_grid", "candidates", "check_grid_memory", "dpq_bytes", "dpq_scores",
+    "arrange", "assign_to_grid", "candidates", "check_grid_memory", "dpq_and_neighbours",
+    "dpq_bytes", "dpq_scores",
     "draw_mosaic", "fits_png", "flas_layout", "folder_labels", "grid_bytes", "grid_cells",
     "grid_quality", "grid_shape", "knn_preservation", "label_agreement", "label_colours",
     "mosaic_bytes", "nearest_neighbours", "neighbourhood_radius", "polish_layout",

@@ -30,7 +30,7 @@ import numpy as np
 from explain.choices import GRID_PERPLEXITY, LAYOUTS
 from explain.errors import OptionError
 from explain.grid.layout import assign_to_grid, grid_cells, tsne_layout
-from explain.grid.quality import dpq_scores
+from explain.grid.quality import dpq_and_neighbours
 from explain.grid.sorting import (
     LAYOUT_DIMS,
     flas_layout,
@@ -49,8 +49,9 @@ FLAS_DECAY_LARGE = 0.93
 class Arranged:
     """A layout's outcome: ``cells`` (N×2 (row, col)), ``coords`` (N×2: the t-SNE points when
     t-SNE ran, else the cells as (x, y)), the ``perplexity`` t-SNE used (0 without t-SNE), the
-    ``layout`` kept, its ``dpq``, the DPQ of every candidate ``tried``, ``seconds`` per step and
-    ``notes`` in words."""
+    ``layout`` kept, its ``dpq``, the DPQ of every candidate ``tried``, ``seconds`` per step,
+    ``notes`` in words, and each vector's ``neighbours`` (N×k) when they were asked for and
+    measured with the DPQ."""
 
     layout: str
     cells: np.ndarray
@@ -60,6 +61,7 @@ class Arranged:
     tried: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    neighbours: np.ndarray | None = None
 
 
 def flas_decay(n: int) -> float:
@@ -82,12 +84,13 @@ def candidates(layout: str, n: int) -> list[str]:
 
 def arrange(vectors: np.ndarray, shape: tuple[int, int], *, layout: str = "auto",
             perplexity: float = GRID_PERPLEXITY, seed: int = 0, cost: str = "sqeuclidean",
-            tsne_step: Callable[[int], None] | None = None) -> Arranged:
+            tsne_step: Callable[[int], None] | None = None, k: int = 0) -> Arranged:
     """Lay ``vectors`` (N×D, N ≤ rows·cols) out on a ``shape`` = (rows, cols) grid.
 
     ``layout`` is one of :data:`explain.choices.LAYOUTS` (see the module docstring);
     ``perplexity`` and ``seed`` drive t-SNE (``seed`` also FLAS and the polish), ``cost`` the
-    dense assignment; ``tsne_step(iterations)`` follows t-SNE's progress. Returns the
+    dense assignment; ``tsne_step(iterations)`` follows t-SNE's progress; ``k`` > 0 also
+    finds each vector's k nearest neighbours in the DPQ's distance pass. Returns the
     :class:`Arranged` layout with the highest DPQ16 among those run; OptionError for a bad
     option.
     """
@@ -135,7 +138,8 @@ def arrange(vectors: np.ndarray, shape: tuple[int, int], *, layout: str = "auto"
         layouts["tsne-jv+polish"] = timed("polish", lambda: swap_polish(
             x, layouts["tsne-jv"], shape))
     start = time.perf_counter()
-    scores = dict(zip(layouts, dpq_scores(x, list(layouts.values())), strict=True))
+    measured, out.neighbours = dpq_and_neighbours(x, list(layouts.values()), k)
+    scores = dict(zip(layouts, measured, strict=True))
     out.seconds["dpq"] = time.perf_counter() - start
     out.tried = scores
     pool = runs if layout == "auto" else list(layouts)

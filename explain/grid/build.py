@@ -155,13 +155,13 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
         report(iterations, TSNE_ITERATIONS, "t-SNE")
 
     laid = arrange(emb, shape, layout=layout, perplexity=perplexity, seed=seed, cost=cost,
-                   tsne_step=tsne_step)
+                   tsne_step=tsne_step, k=min(k, len(kept) - 1))
     seconds.update(laid.seconds)
     notes.extend(laid.notes)
     kept_labels = [labels[i] for i in kept] if labels is not None else None
     start = time.perf_counter()
     quality = grid_quality(emb, laid.cells, shape, k=k, labels=kept_labels, seed=seed,
-                           dpq=laid.dpq)
+                           dpq=laid.dpq, neighbours=laid.neighbours)
     seconds["quality"] = time.perf_counter() - start
     return SimilarityGrid(
         names=[names[i] for i in kept], cells=laid.cells, coords=laid.coords, shape=shape,

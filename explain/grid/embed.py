@@ -19,7 +19,7 @@ import torch
 
 from explain.errors import ImageError, ModelError, OptionError
 from explain.images import as_rgb, to_batch
-from explain.models import Classifier
+from explain.models import Classifier, FeatureClassifier
 from explain.models.adapters import import_callable, raised
 from explain.windows import Progress
 
@@ -90,7 +90,7 @@ class Embedder:
             if classifier is None:
                 raise OptionError("embedding by features needs a classifier (--model)")
             self.mode = "features"
-            if not callable(getattr(classifier, "features", None)):
+            if not isinstance(classifier, FeatureClassifier):
                 self.mode, self.why_not_features = "probabilities", "it has no features()"
         elif ":" in embed:
             self.mode, self.fn = "function", import_callable(embed)
@@ -118,7 +118,16 @@ class Embedder:
         A classifier whose ``features`` refuses on the first batch falls back to its
         probabilities for the whole run; a refusal after a batch worked raises ModelError.
         """
+        return self.embed(images)[0]
+
+    def embed(self, images: list[np.ndarray], probabilities: bool = False
+              ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """(vectors, probabilities) of ``images``: the vectors as :meth:`__call__` gives them
+        and, when ``probabilities`` is asked and the embedder is the model (modes "features"
+        and "probabilities"), the model's N×C probabilities from the same forward pass
+        (``features_and_scores``); None otherwise (another model pass is then needed)."""
         n = len(images)
+        probs = None
         if self.mode == "pixels":
             out: object = np.stack(images).reshape(n, -1).astype(np.float32) / 255.0
         elif self.mode == "function":
@@ -134,16 +143,19 @@ class Embedder:
             out = None
             if self.mode == "features":
                 try:
-                    out = clf.features(batch)  # type: ignore[union-attr]
+                    if probabilities:
+                        out, probs = clf.features_and_scores(batch)  # type: ignore[union-attr]
+                    else:
+                        out = clf.features(batch)  # type: ignore[union-attr]
                 except ModelError as exc:
                     if self.dim:  # features worked on an earlier batch: a real failure
                         raise
                     self.mode, self.why_not_features = "probabilities", str(exc)
             if out is None:
-                out = clf.predict(batch)  # type: ignore[union-attr]
+                out = probs = clf.predict(batch)  # type: ignore[union-attr]
         vectors = _as_matrix(out, n)
         self.dim = vectors.shape[1]
-        return vectors
+        return vectors, probs if probabilities else None
 
 
 def _as_matrix(out: object, n: int) -> np.ndarray:
@@ -160,12 +172,10 @@ def _as_matrix(out: object, n: int) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _target_scores(classifier: Classifier, embedder: Embedder, vectors: np.ndarray,
-                   embed_in: list[np.ndarray], originals: list[np.ndarray], t_index: int
-                   ) -> np.ndarray:
-    """The target probability of each image; free when the embedding already is probabilities."""
-    if embedder.mode == "probabilities":
-        return vectors[:, t_index]
+def _target_scores(classifier: Classifier, embedder: Embedder, embed_in: list[np.ndarray],
+                   originals: list[np.ndarray], t_index: int) -> np.ndarray:
+    """The target probability of each image, by one more model pass (the embedder is not the
+    model: pixels or a function)."""
     size = tuple(classifier.input_size or DEFAULT_INPUT)
     model_in = embed_in if embedder.size == size else [resize(img, size) for img in originals]
     probs = classifier.predict(to_batch(model_in, classifier.device))
@@ -206,10 +216,13 @@ def embed_all(images: Sequence[ImageSource], order: np.ndarray, names: list[str]
         if loaded:
             originals = [img for _, img in loaded]
             embed_in = [resize(img, embedder.size) for img in originals]
-            out.vectors.append(embedder(embed_in))
-            if t_index is not None:
-                out.scores.append(_target_scores(classifier, embedder, out.vectors[-1],
-                                                 embed_in, originals, t_index))
+            vectors, probs = embedder.embed(embed_in, probabilities=t_index is not None)
+            out.vectors.append(vectors)
+            if probs is not None:
+                out.scores.append(probs[:, t_index].cpu().numpy().astype(np.float32))
+            elif t_index is not None:
+                out.scores.append(_target_scores(classifier, embedder, embed_in, originals,
+                                                 t_index))
             out.thumbs.extend(thumbnail(img, thumb_px) for img in originals)
             out.kept.extend(i for i, _ in loaded)
         progress(lo + len(chunk), len(order))
