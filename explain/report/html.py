@@ -14,6 +14,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from markupsafe import Markup
+
 from explain.choices import FORMATS
 from explain.errors import OptionError
 from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN
@@ -40,8 +42,9 @@ def curve_points(ys: Sequence[float], xs: Sequence[float], y_range: tuple[float,
 
 
 def _text(value: object) -> object:
-    """jinja2's ``finalize``: a printed text as :func:`display` shows it, any other value as is."""
-    return display(value) if isinstance(value, str) else value
+    """jinja2's ``finalize``: a printed text as :func:`display` shows it, any other value (a
+    macro's HTML, :class:`markupsafe.Markup`, included) as is."""
+    return display(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
 
 def render_html(report: Report) -> str:
