@@ -65,7 +65,8 @@ ModelOpt = Annotated[list[str], typer.Option("--model", "-m", metavar="<str>",
                                              help="Model spec; see `explain models`.")]
 ModelsOpt = Annotated[list[str], typer.Option(
     "--model", "-m", help="Model spec; see `explain models`. Repeat it to explain each image "
-    "with several models: one picture, a row per model, on one colour scale.")]
+    "with several models (occlude, slide: one picture, a row per model, on one colour scale; "
+    "report: a column per model).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N (default "
                                                                 "auto: cuda when available).")]
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target class, name or index.")]
