@@ -356,11 +356,12 @@ def build_reports(paths: Sequence[str | os.PathLike], *, models: Sequence[object
                   methods: str | Sequence[str] = DEFAULT_METHODS, device: str | None = None,
                   options: Options | None = None, progress: Progress | None = None
                   ) -> list[Report]:
-    """One :func:`build_report` per model of ``models`` (specs or Classifiers), on the same
-    images with the same methods and options, so that the page can show them a column each.
-    Each model runs the white-box methods only if it can (the others are skipped with a note, as
-    on a one-model report). ``progress(done, total, label)`` counts over all the models, each
-    label led by the model's spec or name."""
+    """One :func:`build_report` per model of ``models`` (specs or Classifiers, each loaded on
+    ``device``), on the same ``paths`` with the same ``methods`` and ``options``, so that the page
+    can show them a column each. Each model runs the white-box methods only if it can (the others
+    are skipped with a note, as on a one-model report). ``progress(done, total, label)`` counts
+    over all the models, each label led by the model's spec or name. Returns the reports in the
+    order of ``models``."""
     o = options or Options()
     o.check()
     reports: list[Report] = []

@@ -137,10 +137,10 @@ def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, 
 def write_reports(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *,
                   models: Sequence[object], format: str = "html", **kwargs: object
                   ) -> list[Report]:
-    """:func:`build_reports` (one report per model of ``models``; ``kwargs`` are its keyword
-    arguments) written to ``output`` as one page with a column per model
-    (:func:`render_models_html`) or as JSON (:func:`models_json`), atomically. Returns the
-    reports, in the order of ``models``."""
+    """:func:`build_reports` over ``paths`` (one report per model of ``models``; ``kwargs``
+    are its other keyword arguments) written to ``output`` as one page with a column per model
+    (``format`` ``html``: :func:`render_models_html`) or as JSON (``json``:
+    :func:`models_json`), atomically. Returns the reports, in the order of ``models``."""
     _check_format(format)
     reports = build_reports(paths, models=models, **kwargs)  # type: ignore[arg-type]
     text = (render_models_html(reports) if format == "html"
