@@ -27,6 +27,8 @@ _EXPORTS = {
     "render_html": "explain.report",
     "report_json": "explain.report",
     "write_report": "explain.report",
+    "build_reports": "explain.report",
+    "write_reports": "explain.report",
     "similarity_grid": "explain.grid",
     "SimilarityGrid": "explain.grid",
     "GridQuality": "explain.grid",

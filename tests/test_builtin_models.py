@@ -399,3 +399,13 @@ def test_model_rows_share_one_scale_and_several_models_refuse_single_model_optio
                                       "-m", "nudity-mobilenet", "--side-by-side", "-o",
                                       str(tmp_path)])
     assert result.exit_code == 2 and "--side-by-side: one --model only" in result.output
+
+
+@pytest.mark.parametrize("command", ["score", "rise", "gradcam", "grid", "audit", "serve"])
+def test_a_repeated_model_on_a_single_model_command_is_refused(command, tmp_path):
+    paths = [] if command == "serve" else [str(tmp_path)]
+    result = CliRunner().invoke(app, [command, *paths, "-m", "open-nsfw:onnx",
+                                      "-m", "nudity-mobilenet"])
+    assert result.exit_code == 2, result.output
+    assert ("error: --model given 2 times; this command takes one model (the ones that take "
+            "several: explain occlude, explain slide") in " ".join(result.output.split())

@@ -279,3 +279,70 @@ def test_each_panel_says_what_its_colours_mean_from_its_map(tiny_report):
     assert readings["gradcam"].replace("(>= 0)", "(&gt;= 0)") in html
     assert 'class="legend" src="data:image/jpeg' in html
     assert "img.legend { max-width: none; }" in html
+
+
+# --- several models: a column per model ------------------------------------------------------
+
+def test_several_models_get_a_column_each_with_their_own_numbers(tmp_path, photos):
+    from explain.report import models_json, write_reports
+
+    def dark(batch: np.ndarray) -> np.ndarray:
+        return _scores_by_brightness(batch)[:, ::-1].copy()
+
+    clf = CallableClassifier(dark, class_names=["x", "dark"], input_size=(32, 32))
+    paths = write_images(tmp_path / "imgs", photos)  # astronaut, broken, coffee
+    o = Options(box=16, stride=16, steps=4, target=1)
+    out = tmp_path / "r.html"
+    reports = write_reports(paths, out, models=[tiny_model(), clf],
+                            methods="occlusion,gradcam", options=o)
+    assert [r.model for r in reports] == [tiny_model().name, "dark"]
+    alone = build_report(paths, model=clf, methods="occlusion,gradcam", options=o)
+    # each column holds exactly what that model's own report holds
+    assert reports[1].images[0].methods[0].faithfulness == alone.images[0].methods[0].faithfulness
+    assert reports[1].images[2].score == alone.images[2].score
+    untimed = [[{k: v for k, v in s.items() if "seconds" not in k} for s in r.summary]
+               for r in (reports[1], alone)]
+    assert untimed[0] == untimed[1] and reports[1].notes == alone.notes
+    # white-box methods only on the model that can run them
+    assert reports[0].images[0].methods[1].faithfulness is not None
+    assert reports[1].images[0].methods[1].skipped and reports[1].images[0].methods[1].seconds \
+        is None
+    page = out.read_text()
+    heads = re.findall(r'<h3 class="model">([^<]*)</h3>', page)
+    # one header row above the rankings and one above each of the two good images
+    assert heads == [reports[0].model, "dark"] * 3
+    assert "dark: Grad-CAM skipped" in page and page.count('class="panel"') == 2 * 2 * 2
+    assert page.count('alt="original"') == 2  # each image shown once, above its columns
+    assert f"{alone.images[0].score:.4f}" in page
+    data = models_json(reports)
+    assert [m["model"] for m in data["models"]] == [reports[0].model, "dark"]
+    assert data["models"][1]["images"][0]["methods"][0]["faithfulness"] == \
+        alone.images[0].methods[0].faithfulness
+
+
+def test_cli_report_with_two_models_writes_both_into_the_json(tmp_path, photos):
+    module = tmp_path / "brightness.py"
+    module.write_text("import numpy as np\n\n"
+                      "def bright(batch):\n"
+                      "    p = batch.reshape(len(batch), -1).mean(1) / 255.0\n"
+                      "    return np.stack([1 - p, p], axis=1)\n\n"
+                      "def dark(batch):\n"
+                      "    return bright(batch)[:, ::-1].copy()\n")
+    paths = write_images(tmp_path / "imgs", photos)
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, [
+        "report", str(paths[0]), str(paths[2]), "-m", f"{module}:bright", "-m",
+        f"{module}:dark", "--target", "1", "--methods", "occlusion,gradcam", "--box", "40",
+        "--stride", "40", "--steps", "2", "-o", str(out), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert [m["model"] for m in data["models"]] == [f"{module}:bright", f"{module}:dark"]
+    for m in data["models"]:
+        assert [Path(img["path"]).name for img in m["images"]] == ["astronaut.png", "coffee.png"]
+        assert m["images"][0]["methods"][1]["skipped"]
+    scores = [m["images"][0]["score"] for m in data["models"]]
+    assert scores[0] == pytest.approx(1 - scores[1])
+    text = " ".join(res.output.split())
+    for name in ("bright", "dark"):
+        assert f"note: {module}:{name}: Grad-CAM skipped" in text
+        assert f"{module}:{name}: ranking (target 1)" in text

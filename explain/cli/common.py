@@ -60,10 +60,13 @@ Channels = choice("Channels", CHANNEL_ORDERS)
 
 Images = Annotated[list[Path], typer.Argument(help="Image files (several allowed).",
                                               show_default=False)]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec; see `explain models`.")]
+# a list even where one model is taken, so that a repeated --model is refused, not the last kept
+ModelOpt = Annotated[list[str], typer.Option("--model", "-m", metavar="<str>",
+                                             help="Model spec; see `explain models`.")]
 ModelsOpt = Annotated[list[str], typer.Option(
     "--model", "-m", help="Model spec; see `explain models`. Repeat it to explain each image "
-    "with several models: one picture, a row per model, on one colour scale.")]
+    "with several models (occlude, slide: one picture, a row per model, on one colour scale; "
+    "report: a column per model).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N (default "
                                                                 "auto: cuda when available).")]
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target class, name or index.")]
@@ -297,12 +300,16 @@ class ModelOptions:
                            if value is not None)])
 
 
+SEVERAL_MODELS: list[str] = []  # the commands that take several --model, as they are declared
+
+
 def with_model_options(default: str, *, several: bool = False) -> Callable[[F], F]:
     """Give a command the shared model options (``--model`` with ``default``, ``--device``,
     ``--logits``, ``--sigmoid``, ``--classes``, ``--input-size``, ``--mean``, ``--std``,
     ``--channels``, ``--scale``); the command receives them as one :class:`ModelOptions`
     argument named ``models``. ``several``: ``--model`` may be repeated (the first is
-    ``models.model``, the rest ``models.others``)."""
+    ``models.model``, the rest ``models.others``); otherwise a repeated ``--model`` is an
+    :class:`OptionError` naming the commands that take several."""
     annotations = {"model": ModelsOpt if several else ModelOpt, "device": DeviceOpt,
                    "logits": LogitsOpt, "sigmoid": SigmoidOpt, "classes": ClassesOpt,
                    "input_size": InputSizeOpt, "mean": MeanOpt, "std": StdOpt,
@@ -312,18 +319,22 @@ def with_model_options(default: str, *, several: bool = False) -> Callable[[F], 
         hints = get_type_hints(fn, include_extras=True)
         own = [p.replace(annotation=hints.get(p.name, p.annotation))
                for p in inspect.signature(fn).parameters.values() if p.name != "models"]
-        first = [default] if several else default
+        if several:
+            SEVERAL_MODELS.append(fn.__name__)
         added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                   default=first if f.name == "model" else f.default,
+                                   default=[default] if f.name == "model" else f.default,
                                    annotation=annotations[f.name])
                  for f in fields(ModelOptions) if f.name in annotations]
 
         @functools.wraps(fn)
         def command(*args: object, **kwargs: object) -> object:
             chosen = {name: kwargs.pop(name) for name in annotations}
-            if several:
-                specs = list(chosen.pop("model") or [default])
-                chosen.update(model=specs[0], others=tuple(specs[1:]))
+            specs = list(chosen.pop("model") or [default])
+            if len(specs) > 1 and not several:
+                raise OptionError(
+                    f"--model given {len(specs)} times; this command takes one model (the ones "
+                    f"that take several: {', '.join(f'explain {n}' for n in SEVERAL_MODELS)})")
+            chosen.update(model=specs[0], others=tuple(specs[1:]))
             return fn(*args, models=ModelOptions(**chosen), **kwargs)  # type: ignore[arg-type]
 
         params = own + added

@@ -87,7 +87,7 @@ SanityLayersOpt = Annotated[int, typer.Option(
 
 
 @user_errors
-@with_model_options(WHITE_BOX_MODEL)
+@with_model_options(WHITE_BOX_MODEL, several=True)
 def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
            box: BoxOpt = "25%", stride: StrideOpt = "18.75%", target: TargetOpt = "nsfw",
            steps: StepsOpt = 20, fill: DeletionFillOpt = Fill.blur,
@@ -100,8 +100,9 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
            sanity_layers: SanityLayersOpt = SANITY_LAYERS) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
     insertion AUC), rank them, and write one self-contained report. With --sanity, flag every
-    method whose map survives randomising the model's top layers (Adebayo et al. 2018)."""
-    from explain.report import DEFAULT_MODELS, Options, write_report
+    method whose map survives randomising the model's top layers (Adebayo et al. 2018).
+    Several --model: the report has a column per model (JSON: a "models" list)."""
+    from explain.report import DEFAULT_MODELS, Options, write_report, write_reports
 
     options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
                       target=target, steps=steps, fill=fill, masks=masks, batch_size=batch_size,
@@ -111,9 +112,8 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
     options.check()
     paths, failed_inputs = gather_images(images, clips=True)
     check_output_file(output, inputs=paths)
-    spec: object = models.model
-    if models.model not in DEFAULT_MODELS or not models.plain:
-        spec = models.load()
+    specs = [m.model if m.model in DEFAULT_MODELS and m.plain else m.load()
+             for m in models.each()]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True,
@@ -123,32 +123,43 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
         def progress(done: int, total: int, label: str) -> None:
             bar.update(task, completed=done, total=total, description=escape(display(label)))
 
-        result = write_report(paths, output, format=fmt, model=spec, methods=methods,
-                              device=models.device, options=options, progress=progress)
-    for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {escape(display(note))}", highlight=False,
-                          soft_wrap=True)
-    failed = [img for img in result.images if img.error]
-    for img in failed:
-        error_line(f"{display(img.path)}: {img.error}")
-    method_failures = [(img, m) for img in result.images for m in img.methods if m.error]
-    for img, m in method_failures:
-        error_line(f"{display(img.path)}: {m.title} failed: {m.error}")
-    ok = len(result.images) - len(failed)
-    if result.summary:
-        console.print(_summary_table(result, ok))
-    result_line(f"ranking (target {display(result.target)}): {display(result.ranking)}")
-    for name, why in result.not_ranked.items():
-        result_line(f"not ranked: {name}: {display(why)}")
+        kwargs = dict(format=fmt, methods=methods, device=models.device, options=options,
+                      progress=progress)
+        results = (write_reports(paths, output, models=specs, **kwargs) if len(specs) > 1
+                   else [write_report(paths, output, model=specs[0], **kwargs)])
+    several = len(results) > 1
+    bad = False
+    shown: set[tuple[str, str]] = set()  # a bad file fails alike for every model: one line
+    for result in results:
+        who = f"{display(result.model)}: " if several else ""
+        for note in result.notes:
+            err_console.print(f"[yellow]note:[/] {escape(who + display(note))}", highlight=False,
+                              soft_wrap=True)
+        failed = [img for img in result.images if img.error]
+        for img in failed:
+            if (img.path, img.error) not in shown:
+                shown.add((img.path, img.error))
+                error_line(f"{display(img.path)}: {img.error}")
+        method_failures = [(img, m) for img in result.images for m in img.methods if m.error]
+        for img, m in method_failures:
+            error_line(f"{who}{display(img.path)}: {m.title} failed: {m.error}")
+        ok = len(result.images) - len(failed)
+        if result.summary:
+            console.print(_summary_table(result, ok, who))
+        result_line(f"{who}ranking (target {display(result.target)}): "
+                    f"{display(result.ranking)}")
+        for name, why in result.not_ranked.items():
+            result_line(f"{who}not ranked: {name}: {display(why)}")
+        bad = bad or bool(failed or method_failures)
     result_line(f"wrote {display(output)} ({output.stat().st_size / 1e6:.1f} MB) in "
-                f"{result.seconds:.1f} s")
-    if failed or failed_inputs or method_failures:
+                f"{sum(r.seconds for r in results):.1f} s")
+    if bad or failed_inputs:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def _summary_table(result: Report, ok: int) -> Table:
-    """The methods ranked by faithfulness, best first."""
-    table = Table(title=f"faithfulness over {ok} image{'' if ok == 1 else 's'} "
+def _summary_table(result: Report, ok: int, who: str = "") -> Table:
+    """The methods ranked by faithfulness, best first (``who``: the model, when several)."""
+    table = Table(title=f"{escape(who)}faithfulness over {ok} image{'' if ok == 1 else 's'} "
                         f"(target {escape(display(result.target))})")
     for name in ("rank", "method", "images", "deletion ↓", "insertion ↑", "ins − del ↑",
                  "s / image"):

@@ -1,11 +1,13 @@
 """Heatmap reports: every method on every image, timed, scored for faithfulness, ranked.
 
 - :mod:`explain.report.build`: :func:`build_report` runs the methods on the images and collects
-  numbers and pictures into a :class:`Report`.
+  numbers and pictures into a :class:`Report`; :func:`build_reports` does it once per model.
 - :mod:`explain.report.ranking`: the ranking rules (:func:`rank`, :func:`tie_ranks`): which
   methods are compared on which images, by ``insertion_auc − deletion_auc``, and how ties count.
 - :mod:`explain.report.html`: the report as one self-contained HTML page (:func:`render_html`),
-  as JSON (:func:`report_json`), or written to a file (:func:`write_report`). The only part that
+  as JSON (:func:`report_json`), or written to a file (:func:`write_report`); several models'
+  reports as one page with a column per model (:func:`render_models_html`, :func:`models_json`,
+  :func:`write_reports`). The only part that
   loads jinja2, and only when one of its names is first used.
 
 Every name is re-exported here, as are the registry's ``METHODS``, ``Method``, ``Models`` and
@@ -28,16 +30,19 @@ from explain.report.build import (
     Progress,
     Report,
     build_report,
+    build_reports,
     resolve_models,
 )
 from explain.report.ranking import TIE_TOLERANCE, rank, tie_ranks
 
-_PAGES = ("curve_points", "curve_range", "render_html", "report_json", "write_report")
+_PAGES = ("curve_points", "curve_range", "models_json", "render_html", "render_models_html",
+          "report_json", "write_report", "write_reports")
 
 __all__ = [
     "DEFAULT_METHODS", "DEFAULT_MODELS", "DISPLAY_SIDE", "METHODS", "THUMB_SIDE", "TIE_TOLERANCE",
     "ImageResult", "Method", "MethodResult", "Models", "Options", "Progress", "Report",
-    "build_report", "data_uri", "parse_methods", "rank", "resolve_models", "shrink", "tie_ranks",
+    "build_report", "build_reports", "data_uri", "parse_methods", "rank", "resolve_models",
+    "shrink", "tie_ranks",
     *_PAGES,
 ]
 

@@ -350,3 +350,28 @@ def build_report(paths: Sequence[str | os.PathLike], *, model: object = WHITE_BO
         ranking=verdict, not_ranked=not_ranked, seconds=time.perf_counter() - start,
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
+
+
+def build_reports(paths: Sequence[str | os.PathLike], *, models: Sequence[object],
+                  methods: str | Sequence[str] = DEFAULT_METHODS, device: str | None = None,
+                  options: Options | None = None, progress: Progress | None = None
+                  ) -> list[Report]:
+    """One :func:`build_report` per model of ``models`` (specs or Classifiers, each loaded on
+    ``device``), on the same ``paths`` with the same ``methods`` and ``options``, so that the page
+    can show them a column each. Each model runs the white-box methods only if it can (the others
+    are skipped with a note, as on a one-model report). ``progress(done, total, label)`` counts
+    over all the models, each label led by the model's spec or name. Returns the reports in the
+    order of ``models``."""
+    o = options or Options()
+    o.check()
+    reports: list[Report] = []
+    for i, model in enumerate(models):
+        name = display(model if isinstance(model, str) else getattr(model, "name", str(model)))
+
+        def step(done: int, total: int, label: str, i: int = i, name: str = name) -> None:
+            if progress is not None:
+                progress(i * total + done, len(models) * total, f"{name}: {label}")
+
+        reports.append(build_report(paths, model=model, methods=methods, device=device,
+                                    options=o, progress=step))
+    return reports

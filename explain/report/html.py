@@ -14,13 +14,21 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from markupsafe import Markup
+
 from explain.choices import FORMATS
 from explain.errors import OptionError
 from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN
 from explain.files import display, to_storable, write_text
 from explain.html import environment
 from explain.methods import METHODS
-from explain.report.build import ImageResult, MethodResult, Report, build_report
+from explain.report.build import (
+    ImageResult,
+    MethodResult,
+    Report,
+    build_report,
+    build_reports,
+)
 from explain.report.ranking import TIE_TOLERANCE
 
 
@@ -40,8 +48,9 @@ def curve_points(ys: Sequence[float], xs: Sequence[float], y_range: tuple[float,
 
 
 def _text(value: object) -> object:
-    """jinja2's ``finalize``: a printed text as :func:`display` shows it, any other value as is."""
-    return display(value) if isinstance(value, str) else value
+    """jinja2's ``finalize``: a printed text as :func:`display` shows it, any other value (a
+    macro's HTML, :class:`markupsafe.Markup`, included) as is."""
+    return display(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
 
 def render_html(report: Report) -> str:
@@ -90,15 +99,51 @@ def report_json(report: Report) -> dict:
         "summary": report.summary}), "images": [image(img) for img in report.images]}
 
 
+def render_models_html(reports: Sequence[Report]) -> str:
+    """Several models' reports on the same images as one self-contained HTML page: a column per
+    model (its ranking, and on each image its scores, method table and panels), under a header
+    naming the model."""
+    titles = {name: m.title for name, m in METHODS.items()}
+    env = environment(finalize=_text, filters={"points": curve_points, "y_range": curve_range})
+    return env.get_template("report_models.html.j2").render(
+        reports=list(reports), r=reports[0], titles=titles, tie=TIE_TOLERANCE,
+        margin=SATURATION_MARGIN, flat=FLAT_TOLERANCE)
+
+
+def models_json(reports: Sequence[Report]) -> dict:
+    """Several models' reports as JSON: ``models`` holds each model's :func:`report_json`, in
+    the order the models were given."""
+    return {"models": [report_json(r) for r in reports]}
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise OptionError(f"unknown format {format!r}; use html or json")
+
+
 def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *,
                  format: str = "html", **kwargs: object) -> Report:
     """:func:`build_report` over ``paths`` (``kwargs`` are its keyword arguments) and write it to
     ``output`` as ``html`` (:func:`render_html`) or ``json`` (:func:`report_json`), atomically
     (:func:`explain.files.write_text`: a crash never leaves a partial file). Returns the
     :class:`~explain.report.build.Report`; an unknown ``format`` is an ``OptionError``."""
-    if format not in FORMATS:
-        raise OptionError(f"unknown format {format!r}; use html or json")
+    _check_format(format)
     report = build_report(paths, **kwargs)  # type: ignore[arg-type]
     text = render_html(report) if format == "html" else json.dumps(report_json(report), indent=2)
     write_text(output, text)
     return report
+
+
+def write_reports(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *,
+                  models: Sequence[object], format: str = "html", **kwargs: object
+                  ) -> list[Report]:
+    """:func:`build_reports` over ``paths`` (one report per model of ``models``; ``kwargs``
+    are its other keyword arguments) written to ``output`` as one page with a column per model
+    (``format`` ``html``: :func:`render_models_html`) or as JSON (``json``:
+    :func:`models_json`), atomically. Returns the reports, in the order of ``models``."""
+    _check_format(format)
+    reports = build_reports(paths, models=models, **kwargs)  # type: ignore[arg-type]
+    text = (render_models_html(reports) if format == "html"
+            else json.dumps(models_json(reports), indent=2))
+    write_text(output, text)
+    return reports
