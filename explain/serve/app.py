@@ -379,8 +379,14 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        return enqueue(request, response, job_id, folder, who, name, options)
+
+    def enqueue(request: Request, response: Response, job_id: str, folder: Path, who: str,
+                method: str, options: dict) -> Accepted:
+        """Add the job whose files ``folder`` holds to the queue (the one place a job is
+        queued): a refusal (a full queue, a fault of the table) removes its folder."""
         try:
-            queued = store.add(job_id, who, name, options, settings.max_queue,
+            queued = store.add(job_id, who, method, options, settings.max_queue,
                                settings.tenant_limit)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -470,18 +476,10 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
             if method == "audit":
                 write_text(folder / AUDIT_LABELS, "path,label\n" + "".join(
                     f"{GRID_IMAGES}/{i:05d},{label}\n" for i, label in enumerate(labels or [])))
-            queued = store.add(job_id, who, method, options, settings.max_queue,
-                               settings.tenant_limit)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        if not queued:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise queue_full(who)
-        wake.set()
-        url = job_url(request, job_id)
-        response.headers["Location"] = url
-        return Accepted(id=job_id, status_url=url)
+        return enqueue(request, response, job_id, folder, who, method, options)
 
     def owned_collection(collection_id: str, who: str) -> str:
         found = collections.get(collection_id, who)
