@@ -122,7 +122,7 @@ CHUNK = 1 << 20
 FORM_SLACK = 64 * 1024  # the multipart framing and the other fields around the image
 TILE = re.compile(r"[0-9]{1,6}_[0-9]{1,6}\.jpg")
 GRID_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                    "img-src 'self'; base-uri 'none'; form-action 'none'; "
+                    "img-src 'self' data:; base-uri 'none'; form-action 'none'; "
                     "frame-ancestors 'self'")
 AUDIT_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src "
                      "'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
