@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.spatial.distance import cdist
+from test_open_nsfw import CountingSession
 from torch import nn
 from typer.testing import CliRunner
 
@@ -157,17 +158,6 @@ def test_crops_of_one_photo_end_up_together(nsfw_grid):
     assert g.scores is not None and g.scores.shape == (64,) and g.target == "nsfw"
     assert g.quality.dpq == g.tried[g.layout] == max(g.tried.values()) > 0.8
     assert any(note.startswith(f"layout auto kept {g.layout}") for note in g.notes)
-
-
-class CountingSession:
-    """An onnxruntime session that counts its runs."""
-
-    def __init__(self, session: object) -> None:
-        self.session, self.runs = session, 0
-
-    def run(self, outputs: list[str], feeds: dict) -> list:
-        self.runs += 1
-        return self.session.run(outputs, feeds)
 
 
 def test_features_and_scores_come_from_one_model_call_per_batch(crop_set, nsfw_onnx,
