@@ -337,6 +337,28 @@ def test_an_audit_inside_its_data_never_audits_outputs(tmp_path):
         assert sorted(Path(r["path"]).name for r in rows) == ["a.png", "b.png", "c.png"]
 
 
+def test_the_data_folder_is_refused_as_the_audits_output(tmp_path):
+    """``explain audit DIR -o DIR`` wrote the mosaic over an image named DIR/grid.png: the data
+    folder as the output is one clear error before any image is read or file written."""
+    data = tmp_path / "data"
+    _photos(data, ["grid.png", "sfw/a.png"])
+    before = (data / "grid.png").read_bytes()
+    calls = []
+    inner = Brightness(["sfw", "nsfw"])
+
+    def model(batch):
+        calls.append(len(batch))
+        return inner(batch)
+
+    with pytest.raises(OptionError, match="is the data folder"):
+        audit(data, data, model=CallableClassifier(model, class_names=["sfw", "nsfw"]),
+              options=_quick(top=2, box=8, stride=8))
+    assert (data / "grid.png").read_bytes() == before and not calls
+    assert sorted(p.name for p in data.iterdir()) == ["grid.png", "sfw"]
+    result = CliRunner().invoke(app, ["audit", str(data), "-o", str(data), "--no-concepts"])
+    assert result.exit_code == 2 and "is the data folder" in result.output
+
+
 def test_symlink_loops_and_unreadable_folders_are_error_rows(tmp_path, monkeypatch):
     data = tmp_path / "data"
     _photos(data, ["sfw/a.png", "sfw/locked/b.png", "nsfw/c.png"])

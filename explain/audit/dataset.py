@@ -105,7 +105,8 @@ def open_dataset(data: str | os.PathLike, class_names: Sequence[str], *,
                  labels: str | os.PathLike | None = None,
                  exclude: Sequence[str | os.PathLike] = ()) -> Dataset:
     """Check ``data`` (folder or CSV) and ``labels`` (CSV) and describe the input; folders in
-    ``exclude`` (the audit's output) are left out of a folder listing."""
+    ``exclude`` (the audit's output) are left out of a folder listing, and may not be the data
+    folder itself (the outputs would be written over its images)."""
     root = _resolved(data, "DATA")
     if not root.exists():
         raise OptionError(f"{display(data)} does not exist; give a folder of images or a "
@@ -118,12 +119,18 @@ def open_dataset(data: str | os.PathLike, class_names: Sequence[str], *,
         csv_path = root
     if csv_path is not None and not csv_path.is_file():
         raise OptionError(f"labels file {display(labels or csv_path)} not found")
+    outputs = tuple(_resolved(p, "output") for p in exclude)
+    if root.is_dir() and root in outputs:
+        raise OptionError(f"the output folder {display(data)} is the data folder: the audit's "
+                          "pictures, tables and heatmaps would be written among its images (an "
+                          "image named grid.png or roc.png would be replaced); give another "
+                          "folder with -o, inside the data folder or beside it")
     rows: tuple[Item, ...] = ()
     if csv_path is not None:
         base = root if root.is_dir() else csv_path.parent
         rows = tuple(read_labels_csv(csv_path, base, class_names))
     return Dataset(root=root, labels_csv=csv_path, class_names=tuple(class_names),
-                   exclude=tuple(_resolved(p, "output") for p in exclude), rows=rows)
+                   exclude=outputs, rows=rows)
 
 
 def _label_map(class_names: Sequence[str]) -> dict[str, str]:
