@@ -65,8 +65,9 @@ class Separable(nn.Module):
 
 
 class MobileNetNudity(nn.Module):
-    """The network; ``forward`` returns the two logits, ``features`` the 1024-d pool.
-    ``default_cam_layer``: Grad-CAM's layer when none is given, the last block (7×7 at 224)."""
+    """The network; ``forward`` returns the two logits, ``features`` the 1024-d pool, ``head``
+    the logits of a pool. ``default_cam_layer``: Grad-CAM's layer when none is given, the last
+    block (7×7 at 224)."""
 
     class_names = CLASS_NAMES
     default_cam_layer = "blocks.12"
@@ -87,8 +88,13 @@ class MobileNetNudity(nn.Module):
         x = self.relu0(self.conv0(self.pad0(x)))
         return self.flatten(self.pool(self.blocks(x)))
 
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits of ``features`` (:meth:`features`'s): ``forward(x)`` is
+        ``head(features(x))``, so the adapter gets both from one pass."""
+        return self.fc(self.logits(features))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.logits(self.features(x)))
+        return self.head(self.features(x))
 
 
 def _folded(graph: dict, layer: str, weights: np.ndarray, depthwise: bool

@@ -187,6 +187,22 @@ def test_mobilenet_equals_tensorflow(mobilenet):
     assert type(mobilenet.module).default_cam_layer == "blocks.12"
 
 
+def test_mobilenet_features_and_scores_are_one_pass(mobilenet):
+    """The network declares its head, so (features, probabilities) come from one forward pass
+    (its first convolution runs once) and equal features() and predict() exactly."""
+    batch = torch.cat([to_tensor(pil_resized(name, 224)) for name in ("coffee", "chelsea")])
+    calls = []
+    hook = mobilenet.module.conv0.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        feats, probs = mobilenet.features_and_scores(batch)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    assert feats.shape == (2, nudity_mobilenet.FEATURE_DIM)
+    assert torch.equal(feats, mobilenet.features(batch))
+    assert torch.equal(probs, mobilenet.predict(batch))
+
+
 @pytest.mark.slow
 def test_nudenet_equals_onnxruntime_on_the_package_file(nudenet_clf):
     images = np.stack([pil_resized(name, 256) for name in ("astronaut", "coffee", "cell")])
