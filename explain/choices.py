@@ -73,6 +73,11 @@ ENGINES = ("local", "ray")
 BLACK_BOX_MODEL = "open-nsfw:auto"
 WHITE_BOX_MODEL = "open-nsfw"
 
+# torch models: the precision a model's forward passes run in (--precision; explain.models.load's
+# precision=): fp32, or bf16/fp16 under torch.autocast (explain.models.base.check_precision)
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "fp32"
+
 # a model's input convention (--channels; explain.models.load's channels=)
 CHANNEL_ORDERS = ("rgb", "bgr")
 

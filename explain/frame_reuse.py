@@ -40,6 +40,7 @@ from explain.models.base import (
     Classifier,
     execution_provider,
     model_view,
+    precision_params,
     resize,
     resolve_target,
 )
@@ -124,6 +125,7 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     maps: list[Heatmap] = []
     drops = np.zeros(len(windows))
     score = base = 0.0
+    precision: dict = {}
     window = tuple(int(v) for v in scaled[0, 2:] - scaled[0, :2])
     for k, frame in enumerate(frames):
         start = time.perf_counter()
@@ -140,6 +142,7 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
             p = occluded_scores(classifier, x, baseline, bounds, t, step, None, net,
                                 None).double().numpy()
             score, base = float(p[0]), float(p[1])
+            precision = precision_params(classifier, x)
             drops = drops.copy()
             drops[chosen] = p[0] - p[LEAD:]
         maps.append(Heatmap(
@@ -149,7 +152,7 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
             seconds=time.perf_counter() - start,
             params={"fill": fill, "fill_asked": asked, "baseline": f"whole image {fill}-filled",
                     "baseline_score": base, "model_view": view,
-                    "provider": execution_provider(classifier),
+                    "provider": execution_provider(classifier), **precision,
                     "batch_size": step, "work_size": list(size), "box_asked": box,
                     "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
                     "incremental": net is not None,
@@ -196,13 +199,16 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     maps: list[Heatmap] = []
     crops = np.zeros(len(windows))
     score = 0.0
+    precision: dict = {}
     blank, view = blank_score(classifier, size, t), crops_view(classifier, windows)
     for k, frame in enumerate(frames):
         start = time.perf_counter()
         how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold)
         if how != "identical":
             x = to_tensor(frame, device)[0]
-            score = float(classifier.predict(x.unsqueeze(0))[0, t])
+            probs = classifier.predict(x.unsqueeze(0))
+            score = float(probs[0, t])
+            precision = precision_params(classifier, x.unsqueeze(0), probs)
             crops = crops.copy()
             crops[chosen] = crop_scores(classifier, x, windows[chosen], size, t, step)
         maps.append(Heatmap(
@@ -210,7 +216,7 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
             score=score, box=(bh, bw), stride=pixels(stride, "stride", shape),
             windows=len(windows), seconds=time.perf_counter() - start,
             params={"baseline": BLANK, "baseline_score": blank, "model_view": view,
-                    "provider": execution_provider(classifier),
+                    "provider": execution_provider(classifier), **precision,
                     "batch_size": step, "crop_size": list(size), "box_asked": box,
                     "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
                     "threshold": threshold},

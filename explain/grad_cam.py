@@ -102,7 +102,7 @@ class _GradCam(Method):
             raise OptionError(f"Grad-CAM needs a layer with N×C×H×W output; {ctx.layer!r} gives "
                               f"{tuple(out.shape)}: pick a convolutional one")
         self.layer_shape = tuple(out.shape[-2:])
-        cam = out.detach()[:, 0]
+        cam = out.detach()[:, 0].float()  # bf16/fp16 under a low precision
         self.raw = cam.abs().flatten(1).amax(1).tolist()
         out = torch.relu(cam)[:, None]
         maps = to_original(out.detach()[:, 0], ctx.clf.preprocess, tuple(x.shape[-2:]))

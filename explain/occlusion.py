@@ -51,6 +51,7 @@ from explain.models.base import (
     execution_provider,
     model_view,
     pixelwise_input,
+    precision_params,
     resize,
     resolve_target,
 )
@@ -217,6 +218,7 @@ class OcclusionPlan:
                                "baseline_score": baseline,
                                "model_view": model_view(self.classifier, self.shape),
                                "provider": execution_provider(self.classifier),
+                               **precision_params(self.classifier, self.x),
                                "batch_size": batch_size,
                                "work_size": list(self.size), "box_asked": self.box,
                                "stride_asked": self.stride, "incremental": incremental, "tau": tau,

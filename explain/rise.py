@@ -56,6 +56,7 @@ from explain.models.base import (
     Classifier,
     execution_provider,
     model_view,
+    precision_params,
     resize,
     resolve_target,
 )
@@ -147,7 +148,9 @@ def rise_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
     step = check_batch_size(batch_size, device, size, masks)
     step = _mask_batch(cell, size, step, batch_size is not None, device)
     grid_rng, shift_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    score = float(classifier.predict(x)[0, t])
+    probs = classifier.predict(x)
+    score = float(probs[0, t])
+    precision = precision_params(classifier, x, probs)
 
     def drawn() -> Iterator[torch.Tensor]:
         for lo in range(0, masks, step):
@@ -175,6 +178,6 @@ def rise_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                    params={"masks": masks, "cell": cell, "p": p, "seed": seed,
                            "batch_size": step, "work_size": list(size),
                            "model_view": model_view(classifier, shape),
-                           "provider": execution_provider(classifier),
+                           "provider": execution_provider(classifier), **precision,
                            "standard_error": float(f"{error:.3g}")},
                    unit=f"E[p({name}) | pixel kept]", bounds=(0.0, 1.0), noise_floor=NOISE_FLOOR)

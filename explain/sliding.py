@@ -25,6 +25,7 @@ from explain.models.base import (
     Classifier,
     execution_provider,
     model_view,
+    precision_params,
     resize,
     resolve_target,
 )
@@ -72,7 +73,9 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
     size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)
     n = len(windows)
     step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])), n)
-    score = float(classifier.predict(x.unsqueeze(0))[0, t])
+    probs = classifier.predict(x.unsqueeze(0))
+    score = float(probs[0, t])
+    precision = precision_params(classifier, x.unsqueeze(0), probs)
     scores = crop_scores(classifier, x, windows, size, t, step, progress)
     values = window_mean(shape, windows, scores)
     name = classifier.class_names[t]
@@ -81,7 +84,7 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
                    seconds=time.perf_counter() - start,
                    params={"baseline": BLANK, "baseline_score": blank_score(classifier, size, t),
                            "model_view": crops_view(classifier, windows),
-                           "provider": execution_provider(classifier),
+                           "provider": execution_provider(classifier), **precision,
                            "batch_size": step, "crop_size": list(size), "box_asked": box,
                            "stride_asked": stride},
                    unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0),

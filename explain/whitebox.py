@@ -33,6 +33,7 @@ from torch import nn
 from explain.errors import OptionError, WhiteBoxError
 from explain.images import ImageInput, as_rgb, to_batch
 from explain.models import TorchClassifier, check_scores, load, resolve_target
+from explain.models.base import precision_deltas
 from explain.windows import batch_limit
 
 BLACK_BOX_COMMANDS = "`explain occlude` or `explain slide`"
@@ -110,7 +111,9 @@ def find_layer(clf: TorchClassifier, name: str) -> nn.Module:
 class OnOriginal(nn.Module):
     """The classifier as a module of the original-size RGB [0, 1] batch, preprocessing inside,
     so gradients land in original image coordinates. Keeps its last output for the scores. A
-    one-column (binary) module gets two output columns, one per class name."""
+    one-column (binary) module gets two output columns, one per class name. The module runs in
+    the classifier's precision (:meth:`TorchClassifier.autocast`); gradients reach the fp32
+    image."""
 
     def __init__(self, clf: TorchClassifier) -> None:
         super().__init__()
@@ -119,7 +122,9 @@ class OnOriginal(nn.Module):
         self.output: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(self.clf.model_input(x))
+        inputs = self.clf.model_input(x)
+        with self.clf.autocast():
+            out = self.net(inputs)
         self.output = out.detach()
         if out.ndim == 2 and out.shape[1] == 1:  # a binary model: its negative class's output
             # is −z for a logit z (sigmoid(−z) = 1 − sigmoid(z)), 1 − p for a probability p
@@ -127,12 +132,15 @@ class OnOriginal(nn.Module):
             out = torch.cat([-out, out] if reads_logits else [1 - out, out], dim=1)
         return out
 
+    def probabilities(self) -> torch.Tensor:
+        """The class probabilities (N×C) of each image of the last pass."""
+        n = self.output.shape[0]  # type: ignore[union-attr]
+        return check_scores(self.output, n, None, logits=self.clf.logits,
+                            sigmoid=self.clf.sigmoid, name=self.clf.name)
+
     def scores(self, target: int) -> list[float]:
         """Probability of ``target`` per image of the last pass."""
-        n = self.output.shape[0]  # type: ignore[union-attr]
-        probs = check_scores(self.output, n, None, logits=self.clf.logits,
-                             sigmoid=self.clf.sigmoid, name=self.clf.name)
-        return probs[:, target].tolist()
+        return self.probabilities()[:, target].tolist()
 
 
 @dataclass
@@ -232,7 +240,9 @@ def run(method: Method, model: object, image: Images, *, target: str | int, laye
     """``method`` on one image (its result) or a list of images (a list of results, in order);
     see the module docstring for the steps. ``model``: a TorchClassifier or a spec for
     :func:`explain.models.load`; ``target``: class name or index; ``layer``: a layer name, or None
-    for the method's default; ``batch_size``: images per pass at most."""
+    for the method's default; ``batch_size``: images per pass at most. A model in bf16 or fp16
+    adds ``precision`` and ``precision_delta`` (:func:`~explain.models.base.precision_deltas`,
+    one fp32 forward per batch) to each map's params."""
     clf = white_box(model)
     images, single = as_images(image)
     t = resolve_target(clf, target)
@@ -249,9 +259,13 @@ def run(method: Method, model: object, image: Images, *, target: str | int, laye
             calls.check(clf.name, layer)
         maps = method.maps(ctx, out, x)
         scores = ctx.wrapper.scores(t)
+        deltas = precision_deltas(clf, x.detach(), ctx.wrapper.probabilities())
         seconds = (time.perf_counter() - start) / len(indices)
         for k, i in enumerate(indices):
             results[i] = method.result(ctx, maps[k], i, k, scores[k], seconds)
+            if deltas is not None:
+                magnitude = getattr(results[i], "magnitude", results[i])  # a Reconstruction's
+                magnitude.params.update(precision=clf.precision, precision_delta=deltas[k])
     return results[0] if single else results
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from explain.choices import BUNDLED, OPEN_NSFW, SPEC_FORMS
+from explain.choices import BUNDLED, DEFAULT_PRECISION, OPEN_NSFW, PRECISIONS, SPEC_FORMS
 from explain.errors import ModelError
 from explain.models import nudenet_classifier, nudity_mobilenet, open_nsfw
 from explain.models.adapters import (
@@ -41,6 +41,7 @@ from explain.models.base import (
     Classifier,
     FeatureClassifier,
     Preprocess,
+    check_precision,
     check_scores,
     default_device,
     resolve_target,
@@ -63,7 +64,8 @@ BUILT_IN = {
 def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *,
          preprocess: Preprocess | None = None, class_names: Sequence[str] | None = None,
          logits: bool = False, sigmoid: bool = False, channels: str | None = None,
-         scale: float | None = None, jpeg_reencode: bool = False) -> Classifier:
+         scale: float | None = None, jpeg_reencode: bool = False,
+         precision: str = DEFAULT_PRECISION) -> Classifier:
     """Build a :class:`Classifier` from ``spec`` (see the module docstring for the forms).
 
     ``device``: where torch and ONNX models run (default: CUDA when present, else CPU).
@@ -77,10 +79,38 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
     (``"rgb"``/``"bgr"``) and ``scale`` (1 for [0, 1] inputs, 255 for 0–255): the input
     convention of a torch or ONNX model, set on ``preprocess`` (its mean/std are on that scale,
     in that order). ``jpeg_reencode``: the open-nsfw models only, the reference package's PIL
-    resize and JPEG round trip.
+    resize and JPEG round trip. ``precision``: ``fp32`` (default), ``bf16`` or ``fp16``, what a
+    torch model's forward passes run in (:class:`TorchClassifier`); any other model refuses a
+    precision but fp32, and ``open-nsfw:auto`` takes the torch backend for one.
     Returns the :class:`Classifier`; raises :class:`~explain.errors.ModelError` for a spec that
     makes none.
     """
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    clf = _build(spec, device, preprocess=preprocess, class_names=class_names, logits=logits,
+                 sigmoid=sigmoid, channels=channels, scale=scale, jpeg_reencode=jpeg_reencode,
+                 precision=precision)
+    if precision == DEFAULT_PRECISION:
+        return clf
+    if not isinstance(clf, TorchClassifier):
+        raise ModelError(f"model {getattr(clf, 'name', spec)} is not a torch model "
+                         f"({type(clf).__name__}): precision {precision} (--precision) applies "
+                         "to torch models only; leave it at fp32")
+    if clf is spec:
+        if clf.precision != precision:
+            raise ModelError(f"model {clf.name} is a ready classifier in {clf.precision}: give "
+                             f"precision={precision!r} where it is built (TorchClassifier)")
+        return clf
+    clf.precision = check_precision(precision, clf.device)
+    return clf
+
+
+def _build(spec: object, device: str | torch.device | None, *, preprocess: Preprocess | None,
+           class_names: Sequence[str] | None, logits: bool, sigmoid: bool,
+           channels: str | None, scale: float | None, jpeg_reencode: bool,
+           precision: str) -> Classifier:
+    """The classifier of :func:`load`, in fp32 (``precision`` picks open-nsfw:auto's
+    backend)."""
     bundled = isinstance(spec, str) and spec in BUNDLED
     if jpeg_reencode and not (isinstance(spec, str) and spec in OPEN_NSFW):
         raise ModelError("jpeg_reencode (--jpeg-reencode) only applies to the bundled open-nsfw "
@@ -111,7 +141,8 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
     if text in BUNDLED:
         backend = text.partition(":")[2] or "torch"
         if backend == "auto":
-            backend = "torch" if default_device(device).type == "cuda" else "onnx"
+            torch_wanted = default_device(device).type == "cuda" or precision != DEFAULT_PRECISION
+            backend = "torch" if torch_wanted else "onnx"
         return open_nsfw.classifier(backend, device=device, jpeg_reencode=jpeg_reencode)
     if text.partition(":")[0] in BUNDLED:
         raise ModelError(f"unknown model {text!r}; the bundled models are {', '.join(BUNDLED)}")

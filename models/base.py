@@ -8,6 +8,7 @@ the model resizes every input to: the engine may resize an image there once and 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -16,9 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from explain.choices import DEFAULT_PRECISION, PRECISIONS
 from explain.errors import ModelError, TargetError
 
 PROBE_SIZE = 64
+# the dtypes torch.autocast runs a torch model's forward in, per precision but fp32
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @runtime_checkable
@@ -236,6 +240,56 @@ def onnx_providers(device: torch.device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def check_precision(precision: str, device: torch.device) -> str:
+    """``precision`` when it is one of :data:`~explain.choices.PRECISIONS` and torch runs it
+    on ``device``, else a ModelError saying what to use. A probe under ``torch.autocast`` must
+    give the dtype asked for: a torch that cannot (fp16 on the CPU before torch 2.3, bf16 on a
+    GPU without it) warns and turns autocast off, which would run fp32 under another name."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == DEFAULT_PRECISION:
+        return precision
+    dtype = AUTOCAST_DTYPES[precision]
+    ones = torch.ones(1, 1, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.autocast(device.type, dtype=dtype):
+                made = F.linear(ones, ones).dtype
+        except RuntimeError:
+            made = None
+    if made != dtype:
+        raise ModelError(f"torch {torch.__version__} does not run {precision} on {device} "
+                         f"(torch.autocast gives no {dtype} there); use --precision fp32"
+                         + (" or bf16" if device.type == "cpu" else ""))
+    return precision
+
+
+def precision_deltas(classifier: object, batch: torch.Tensor,
+                     probs: torch.Tensor | None = None) -> list[float] | None:
+    """Per image of ``batch`` (RGB [0, 1], unperturbed), the largest |Δp| over the classes
+    between ``classifier``'s answer in its precision (``probs`` when the caller has them, else
+    one ``predict``) and in fp32 (one extra fp32 forward, :meth:`fp32_predict`); None for a
+    model that runs in fp32 (every model but a torch one given bf16 or fp16)."""
+    if getattr(classifier, "precision", DEFAULT_PRECISION) == DEFAULT_PRECISION:
+        return None
+    low = classifier.predict(batch) if probs is None else probs  # type: ignore[attr-defined]
+    exact = classifier.fp32_predict(batch)  # type: ignore[attr-defined]
+    return (low.float().to(exact.device) - exact).abs().amax(dim=1).tolist()
+
+
+def precision_params(classifier: object, batch: torch.Tensor,
+                     probs: torch.Tensor | None = None) -> dict:
+    """What a map of the one image ``batch`` (1×3×H×W) records about its precision:
+    ``precision`` and ``precision_delta`` (:func:`precision_deltas`) for a model run in bf16 or
+    fp16; nothing in fp32, so that fp32 maps stay as they were."""
+    deltas = precision_deltas(classifier, batch, probs)
+    if deltas is None:
+        return {}
+    return {"precision": classifier.precision,  # type: ignore[attr-defined]
+            "precision_delta": deltas[0]}
+
+
 def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
     """RGB [0, 1] batch N×3×H×W → contiguous uint8 N×H×W×3 numpy array (rounded, clamped)."""
     arr = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
@@ -274,6 +328,7 @@ class BaseClassifier:
     sigmoid: bool = False
     geometry: Preprocess | None = None
     provider: str | None = None
+    precision: str = DEFAULT_PRECISION
     _class_names: list[str] | None = None
 
     def _scores(self, batch: torch.Tensor) -> object:

@@ -23,10 +23,12 @@ from rich.markup import escape
 from explain.choices import (
     CHANNEL_ORDERS,
     DEFAULT_FILL,
+    DEFAULT_PRECISION,
     FAST_DRILL_DOWN,
     FILLS,
     NORMALIZE_MODES,
     OCCLUSION_FILLS,
+    PRECISIONS,
 )
 from explain.errors import ExplainError, OptionError
 from explain.files import check_output_dir, check_outputs, display, output_names
@@ -57,6 +59,7 @@ OcclusionFill = choice("OcclusionFill", OCCLUSION_FILLS)
 DEFAULT_OCCLUSION_FILL = OcclusionFill(DEFAULT_FILL)
 Normalize = choice("Normalize", NORMALIZE_MODES)
 Channels = choice("Channels", CHANNEL_ORDERS)
+Precision = choice("Precision", PRECISIONS)
 
 Images = Annotated[list[Path], typer.Argument(help="Image files (several allowed).",
                                               show_default=False)]
@@ -97,6 +100,10 @@ ChannelsOpt = Annotated[Channels | None, typer.Option(
 ScaleOpt = Annotated[float | None, typer.Option(
     "--scale", help="Torch/ONNX file models: pixel values on 0..SCALE (255 for models trained "
     "on 0-255 input; default 1).", show_default=False)]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    "--precision", help="Torch models: run every forward pass in bf16 or fp16 (torch.autocast); "
+    "each map records the largest |change| of the image's probabilities against fp32 "
+    "(precision_delta). Other models take fp32 only.", callback=plain)]
 StdOpt = Annotated[str | None, typer.Option("--std", help="Torch/ONNX file models: per-channel "
                                             "std, e.g. 0.229,0.224,0.225.")]
 ColormapOpt = Annotated[str | None, typer.Option(
@@ -269,6 +276,7 @@ class ModelOptions:
     std: str | None = None
     channels: str | None = None
     scale: float | None = None
+    precision: str = DEFAULT_PRECISION
     others: tuple[str, ...] = ()  # further --model specs, for the commands that compare models
 
     def each(self) -> list[ModelOptions]:
@@ -279,14 +287,15 @@ class ModelOptions:
     def plain(self) -> bool:
         """No option beyond the spec and the device: a bundled spec can be passed on as is."""
         return not (self.logits or self.sigmoid or self.classes or self.input_size or self.mean
-                    or self.std or self.channels is not None or self.scale is not None)
+                    or self.std or self.channels is not None or self.scale is not None
+                    or self.precision != DEFAULT_PRECISION)
 
     def load(self, *, jpeg_reencode: bool = False):  # noqa: ANN201
         """The classifier (``explain.models.load`` with these options)."""
         return load_model(self.model, self.device, logits=self.logits, sigmoid=self.sigmoid,
                           classes=self.classes, input_size=self.input_size, mean=self.mean,
                           std=self.std, channels=self.channels, scale=self.scale,
-                          jpeg_reencode=jpeg_reencode)
+                          jpeg_reencode=jpeg_reencode, precision=self.precision)
 
     def describe(self) -> str:
         """The spec and the options that change the model's answers, as command-line text (the
@@ -294,7 +303,8 @@ class ModelOptions:
         flags = {"--logits": self.logits, "--sigmoid": self.sigmoid}
         given = {"--classes": self.classes, "--input-size": self.input_size,
                  "--mean": self.mean, "--std": self.std, "--channels": self.channels,
-                 "--scale": None if self.scale is None else f"{self.scale:g}"}
+                 "--scale": None if self.scale is None else f"{self.scale:g}",
+                 "--precision": None if self.precision == DEFAULT_PRECISION else self.precision}
         return " ".join([self.model, *(flag for flag, on in flags.items() if on),
                          *(f"{flag} {value}" for flag, value in given.items()
                            if value is not None)])
@@ -306,14 +316,14 @@ SEVERAL_MODELS: list[str] = []  # the commands that take several --model, as the
 def with_model_options(default: str, *, several: bool = False) -> Callable[[F], F]:
     """Give a command the shared model options (``--model`` with ``default``, ``--device``,
     ``--logits``, ``--sigmoid``, ``--classes``, ``--input-size``, ``--mean``, ``--std``,
-    ``--channels``, ``--scale``); the command receives them as one :class:`ModelOptions`
-    argument named ``models``. ``several``: ``--model`` may be repeated (the first is
-    ``models.model``, the rest ``models.others``); otherwise a repeated ``--model`` is an
-    :class:`OptionError` naming the commands that take several."""
+    ``--channels``, ``--scale``, ``--precision``); the command receives them as one
+    :class:`ModelOptions` argument named ``models``. ``several``: ``--model`` may be repeated
+    (the first is ``models.model``, the rest ``models.others``); otherwise a repeated
+    ``--model`` is an :class:`OptionError` naming the commands that take several."""
     annotations = {"model": ModelsOpt if several else ModelOpt, "device": DeviceOpt,
                    "logits": LogitsOpt, "sigmoid": SigmoidOpt, "classes": ClassesOpt,
                    "input_size": InputSizeOpt, "mean": MeanOpt, "std": StdOpt,
-                   "channels": ChannelsOpt, "scale": ScaleOpt}
+                   "channels": ChannelsOpt, "scale": ScaleOpt, "precision": PrecisionOpt}
 
     def decorate(fn: F) -> F:
         hints = get_type_hints(fn, include_extras=True)
@@ -322,7 +332,9 @@ def with_model_options(default: str, *, several: bool = False) -> Callable[[F], 
         if several:
             SEVERAL_MODELS.append(fn.__name__)
         added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                   default=[default] if f.name == "model" else f.default,
+                                   default=[default] if f.name == "model"
+                                   else Precision(f.default) if f.name == "precision"
+                                   else f.default,
                                    annotation=annotations[f.name])
                  for f in fields(ModelOptions) if f.name in annotations]
 
@@ -348,7 +360,8 @@ def with_model_options(default: str, *, several: bool = False) -> Callable[[F], 
 def load_model(model: str, device: str | None = None, *, logits: bool = False,
                sigmoid: bool = False, classes: str | None = None, input_size: int | None = None,
                mean: str | None = None, std: str | None = None, channels: str | None = None,
-               scale: float | None = None, jpeg_reencode: bool = False):  # noqa: ANN201
+               scale: float | None = None, jpeg_reencode: bool = False,
+               precision: str = DEFAULT_PRECISION):  # noqa: ANN201
     """``explain.models.load`` with the CLI's options."""
     from explain.models import Preprocess, load
 
@@ -361,7 +374,8 @@ def load_model(model: str, device: str | None = None, *, logits: bool = False,
         )
     names = [c.strip() for c in classes.split(",")] if classes else None
     return load(model, device, preprocess=preprocess, class_names=names, logits=logits,
-                sigmoid=sigmoid, channels=channels, scale=scale, jpeg_reencode=jpeg_reencode)
+                sigmoid=sigmoid, channels=channels, scale=scale, jpeg_reencode=jpeg_reencode,
+                precision=precision)
 
 
 # Drawing: every command that writes a picture takes these (explain.render); the defaults come

@@ -39,7 +39,8 @@ MOST = 0.6
 def _why_not(classifier: Classifier) -> str | Network:
     """The traced network of ``classifier``, or why incremental inference cannot run on it."""
     module = getattr(classifier, "module", None)
-    if not isinstance(module, torch.nn.Module) or not hasattr(classifier, "model_input"):
+    if not isinstance(module, torch.nn.Module) or not hasattr(classifier, "model_input") \
+            or not hasattr(classifier, "autocast"):
         return (f"model {getattr(classifier, 'name', classifier)!s} is not a torch module "
                 f"({type(classifier).__name__}); only torch models can reuse activations")
     if getattr(classifier, "input_transform", None) is not None:
@@ -133,13 +134,17 @@ def window_scores(classifier: Classifier, net: Network, x: torch.Tensor, fill: t
     empty window = the intact image); ``step``: windows per batch; ``progress(done, n)`` after
     each batch. Returns the n probabilities (float32, on ``x``'s device). Windows that miss the
     network's input (outside the crop) score as the intact image without running. Windows run
-    in order of size, so that a batch's patches have one size."""
+    in order of size, so that a batch's patches have one size. The network runs in the
+    classifier's precision (its ``autocast``, bf16 or fp16 as for full re-inference)."""
     pre: Preprocess = classifier.preprocess  # type: ignore[attr-defined]
     if pre.input_size is not None and tuple(x.shape[-2:]) != tuple(pre.input_size):
         raise OptionError(f"incremental inference needs the image at the model's input size "
                           f"{tuple(pre.input_size)}, got {tuple(x.shape[-2:])}")
     model_input = classifier.model_input  # type: ignore[attr-defined]
-    engine = Incremental(net, model_input(x), model_input(fill.expand_as(x)), most=MOST, tau=tau)
+    autocast = classifier.autocast  # type: ignore[attr-defined]
+    with autocast():
+        engine = Incremental(net, model_input(x), model_input(fill.expand_as(x)), most=MOST,
+                             tau=tau)
     n_classes = len(classifier.class_names)
 
     def probs(out: object, n: int) -> torch.Tensor:
@@ -155,8 +160,9 @@ def window_scores(classifier: Classifier, net: Network, x: torch.Tensor, fill: t
     done = len(rect) - len(todo)
     for lo in range(0, len(todo), step):
         rows = todo[lo:lo + step]
-        scores[torch.from_numpy(rows).to(scores.device)] = probs(engine.run(rect[rows]),
-                                                                  len(rows))
+        with autocast():
+            out = engine.run(rect[rows])
+        scores[torch.from_numpy(rows).to(scores.device)] = probs(out, len(rows))
         done += len(rows)
         if progress is not None:
             progress(done, len(rect))
