@@ -24,6 +24,11 @@ Two ``params`` say what the values are measured against and where they mean anyt
   values, or of ``params["original_shape"]`` for a map shrunk for display), the part of the
   image the model sees (:func:`~explain.models.base.model_view`); outside it the map means
   nothing, and pictures hatch it.
+
+A map of a torch model run in bf16 or fp16 (``precision=``) records ``params["precision"]`` and
+``params["precision_delta"]``, the largest |Δp| of the image's probabilities against fp32;
+:meth:`Heatmap.precision_note` says it wherever the map's notes are shown. An fp32 map records
+neither.
 """
 
 from __future__ import annotations
@@ -127,9 +132,19 @@ class Heatmap:
         return (f"baseline {value:.3g} >= image's p({self.target}) {self.score:.3g}: "
                 f"the drops measure the fill{hint}")
 
+    def precision_note(self) -> str | None:
+        """``"bf16: the image's p differs from fp32 by up to …"`` for a map computed in a
+        precision below fp32 (see the module docstring), else ``None``."""
+        delta = self.params.get("precision_delta")
+        if delta is None:
+            return None
+        return (f"{self.params.get('precision')}: the image's p differs from fp32 by up to "
+                f"{delta:.2g}")
+
     def notes(self) -> list[str]:
-        """The map's warnings, in order: no signal, a baseline not below the image's score."""
-        return [n for n in (self.no_signal(), self.baseline_note()) if n]
+        """The map's warnings, in order: no signal, a baseline not below the image's score, a
+        precision below fp32."""
+        return [n for n in (self.no_signal(), self.baseline_note(), self.precision_note()) if n]
 
     @property
     def shape(self) -> tuple[int, int]:
