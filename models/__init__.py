@@ -93,9 +93,7 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
     if precision == DEFAULT_PRECISION:
         return clf
     if not isinstance(clf, TorchClassifier):
-        raise ModelError(f"model {getattr(clf, 'name', spec)} is not a torch model "
-                         f"({type(clf).__name__}): precision {precision} (--precision) applies "
-                         "to torch models only; leave it at fp32")
+        _fp32_only(getattr(clf, "name", spec), type(clf).__name__, precision)
     if clf is spec:
         if clf.precision != precision:
             raise ModelError(f"model {clf.name} is a ready classifier in {clf.precision}: give "
@@ -105,12 +103,21 @@ def load(spec: object = "open-nsfw", device: str | torch.device | None = None, *
     return clf
 
 
+def _fp32_only(name: object, kind: str, precision: str) -> None:
+    """The ModelError of a model that is not torch (``kind``) asked for a precision but fp32;
+    nothing for fp32."""
+    if precision != DEFAULT_PRECISION:
+        raise ModelError(f"model {name} is not a torch model ({kind}): precision {precision} "
+                         "(--precision) applies to torch models only; leave it at fp32")
+
+
 def _build(spec: object, device: str | torch.device | None, *, preprocess: Preprocess | None,
            class_names: Sequence[str] | None, logits: bool, sigmoid: bool,
            channels: str | None, scale: float | None, jpeg_reencode: bool,
            precision: str) -> Classifier:
-    """The classifier of :func:`load`, in fp32 (``precision`` picks open-nsfw:auto's
-    backend)."""
+    """The classifier of :func:`load`, in fp32; ``precision`` picks open-nsfw:auto's backend,
+    and a model that is not torch is refused for it before it is built (an endpoint is not
+    called, an ONNX file not loaded)."""
     bundled = isinstance(spec, str) and spec in BUNDLED
     if jpeg_reencode and not (isinstance(spec, str) and spec in OPEN_NSFW):
         raise ModelError("jpeg_reencode (--jpeg-reencode) only applies to the bundled open-nsfw "
@@ -131,6 +138,7 @@ def _build(spec: object, device: str | torch.device | None, *, preprocess: Prepr
         return spec
     if callable(spec) and not isinstance(spec, type):
         name = getattr(spec, "__name__", "callable")
+        _fp32_only(name, "a Python function", precision)
         return CallableClassifier(spec, name=name, input_size=_pixels_only(preprocess, name),
                                   **reading)
     if not isinstance(spec, str | Path):
@@ -143,16 +151,20 @@ def _build(spec: object, device: str | torch.device | None, *, preprocess: Prepr
         if backend == "auto":
             torch_wanted = default_device(device).type == "cuda" or precision != DEFAULT_PRECISION
             backend = "torch" if torch_wanted else "onnx"
+        if backend == "onnx":
+            _fp32_only(text, "onnxruntime", precision)
         return open_nsfw.classifier(backend, device=device, jpeg_reencode=jpeg_reencode)
     if text.partition(":")[0] in BUNDLED:
         raise ModelError(f"unknown model {text!r}; the bundled models are {', '.join(BUNDLED)}")
     if is_url(text):
+        _fp32_only(text, "an HTTP endpoint", precision)
         return HttpClassifier(text, input_size=_pixels_only(preprocess, text), **reading)
     suffix = Path(text).suffix.lower()
     if suffix in (".pt", ".ts", ".pth", ".onnx"):
         if not Path(text).is_file():
             raise ModelError(f"model file {text} not found")
         if suffix == ".onnx":
+            _fp32_only(text, "onnxruntime", precision)
             return OnnxClassifier(text, preprocess, device=device, **reading)
         return load_torchscript(text, preprocess or Preprocess(input_size=None), device=device,
                                 **reading)
@@ -161,6 +173,7 @@ def _build(spec: object, device: str | torch.device | None, *, preprocess: Prepr
         if isinstance(obj, nn.Module):
             return TorchClassifier(obj, preprocess or Preprocess(input_size=None),
                                    device=device, name=text, **reading)
+        _fp32_only(text, "a Python function", precision)
         return CallableClassifier(obj, name=text, input_size=_pixels_only(preprocess, text),
                                   **reading)
     raise ModelError(

@@ -388,6 +388,29 @@ def pixelwise_input(classifier: Classifier, size: tuple[int, int]) -> bool:
             and (pre.input_size is None or tuple(pre.input_size) == tuple(size)))
 
 
+NO_GPU = "no GPU on this machine"
+
+
+def gpu_line() -> str:
+    """The CUDA GPUs torch sees, each by its card's name (``torch.cuda.get_device_name``):
+    "GPU: cuda:0 NVIDIA H100 80GB HBM3"; :data:`NO_GPU` when it sees none. The line every
+    benchmark prints first, so that a figure always says what it ran on."""
+    if not torch.cuda.is_available():
+        return NO_GPU
+    return "GPU: " + ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}"
+                               for i in range(torch.cuda.device_count()))
+
+
+def device_label(device: str | torch.device) -> str:
+    """``device`` in words: as torch writes it on the CPU ("cpu"), with the card's name on a
+    GPU ("cuda:0 (NVIDIA H100 80GB HBM3)")."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return str(dev)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 def default_device(device: str | torch.device | None) -> torch.device:
     """``None`` or ``"auto"``: CUDA when available, else CPU; anything else as given, validated."""
     if device is None or device == "auto":

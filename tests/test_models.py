@@ -19,7 +19,7 @@ from explain.models import (
     load,
     resolve_target,
 )
-from explain.models.base import center_crop
+from explain.models.base import NO_GPU, center_crop, device_label, gpu_line
 
 
 class MeanColour(nn.Module):
@@ -193,6 +193,22 @@ def test_cuda_index_beyond_the_gpus(monkeypatch):
     assert default_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(ModelError, match="torch sees 2 CUDA GPU"):
         default_device("cuda:2")
+
+
+def test_the_device_in_words_names_the_card(monkeypatch):
+    """What the benchmarks print first: every GPU by its card's name, or plainly that there is
+    none; the device a figure ran on, the card named on CUDA and as torch writes it on the CPU."""
+    assert device_label("cpu") == device_label(torch.device("cpu")) == "cpu"
+    if not torch.cuda.is_available():
+        assert gpu_line() == NO_GPU == "no GPU on this machine"
+    names = {0: "NVIDIA H100 80GB HBM3", 1: "NVIDIA H200"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: names[i or 0])
+    assert gpu_line() == "GPU: cuda:0 NVIDIA H100 80GB HBM3, cuda:1 NVIDIA H200"
+    assert device_label("cuda") == "cuda:0 (NVIDIA H100 80GB HBM3)"
+    assert device_label(torch.device("cuda:1")) == "cuda:1 (NVIDIA H200)"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -6,6 +6,7 @@ and are what the module gives; models that are not torch refuse a precision but 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -143,12 +144,21 @@ def test_bf16_runs_in_bf16_everywhere(image):
     np.testing.assert_allclose(incremental.values, fp32.values, atol=5e-3, rtol=0)
 
 
-def test_refusals_say_what_to_do(monkeypatch):
-    """A precision on a model that is not torch, an unknown precision, a ready classifier in
-    another precision and a torch that cannot run the dtype (autocast silently off) are each
-    one ModelError, never an fp32 run under another name."""
+def test_refusals_say_what_to_do(monkeypatch, tmp_path):
+    """A precision on a model that is not torch (refused before it is built: no endpoint
+    called, no ONNX file read), an unknown precision, a ready classifier in another precision
+    and a torch that cannot run the dtype (autocast silently off) are each one ModelError, never
+    an fp32 run under another name."""
     with pytest.raises(ModelError, match="not a torch model .*applies to torch models only"):
         load(lambda batch: np.full((len(batch), 2), 0.5), precision="bf16")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    for spec, kind in ((str(tmp_path / "junk.onnx"), "onnxruntime"),
+                       ("http://127.0.0.1:9/score", "an HTTP endpoint"),
+                       ("open-nsfw:onnx", "onnxruntime")):
+        with pytest.raises(ModelError, match=re.escape(
+                f"model {spec} is not a torch model ({kind}): precision fp16 (--precision) "
+                "applies to torch models only; leave it at fp32")):
+            load(spec, "cpu", precision="fp16")
     with pytest.raises(ModelError, match="unknown precision 'fp8'; use one of fp32, bf16, fp16"):
         load(tiny_net(), "cpu", preprocess=PRE, precision="fp8")
     ready = classifier("fp32")
