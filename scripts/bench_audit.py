@@ -1,4 +1,4 @@
-"""Throughput of `explain audit` on CPU: scoring alone, scoring with part detection, and the full
+"""Throughput of `explain audit`: scoring alone, scoring with part detection, and the full
 audit with occlusion heatmaps for the top-k false positives and negatives.
 
     python scripts/bench_audit.py [--images 200] [--top 10] [--side 512] [--model open-nsfw:auto]
@@ -17,6 +17,10 @@ The dataset is written as JPEG files: random crops of scikit-image photos resize
 the long side, labelled sfw/nsfw in turn (so that the low threshold used here gives false
 positives and negatives). Each configuration runs in a fresh output folder; the baseline is the
 naive loop (load, score one image at a time) that `explain score` does.
+
+``--device auto`` (the default) runs the model on CUDA when torch sees a GPU, naming the card;
+without one it says "no GPU on this machine" and runs on the CPU (the fake fast model of
+``--manifest-rows`` always runs on the CPU).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from skimage import data
 from explain.audit import AuditOptions, audit
 from explain.images import iter_image_files, load_image, to_tensor
 from explain.models import load
+from explain.models.base import default_device, device_label, gpu_line
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
           "immunohistochemistry", "retina", "colorwheel", "cat", "motorcycle_left")
@@ -60,8 +65,8 @@ def write_dataset(folder: Path, n: int, side: int, seed: int = 0) -> None:
         Image.fromarray(np.ascontiguousarray(crop)).save(path, quality=90)
 
 
-def naive(folder: Path, model: str) -> float:
-    clf = load(model, "cpu")
+def naive(folder: Path, model: str, device: str) -> float:
+    clf = load(model, device)
     paths = list(iter_image_files([folder]))
     start = time.perf_counter()
     for p in paths:
@@ -98,19 +103,19 @@ def engines(args: argparse.Namespace) -> None:
             target = root / "half" / p.relative_to(root / "all")
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(p, target)
-        clf = load(args.model, "cpu")
+        clf = load(args.model, args.device)
         raw = raw_throughput(clf, args.batch_size)
         o = AuditOptions(threshold=args.threshold, top=0, concepts=False, cues=False, mosaic=0,
                          batch_size=args.batch_size)
         # warm-up: Ray's worker processes started and the library imported in them, once
-        audit(root / "half", root / "out-warm-up", model=args.model, device="cpu", options=o,
-              engine="ray", ray=RayOptions(actors=2))
+        audit(root / "half", root / "out-warm-up", model=args.model, device=args.device,
+              options=o, engine="ray", ray=RayOptions(actors=2))
         for name, engine, actors in (("local", "local", 1), ("ray, 1 actor", "ray", 1),
                                      ("ray, 2 actors", "ray", 2)):
             times = []
             for part in ("half", "all"):
                 result = audit(root / part, root / f"out-{engine}{actors}-{part}",
-                               model=args.model, device="cpu", options=o, engine=engine,
+                               model=args.model, device=args.device, options=o, engine=engine,
                                ray=RayOptions(actors=actors))
                 times.append(result.seconds["score"])
             marginal = (args.images - half) / (times[1] - times[0])
@@ -118,7 +123,8 @@ def engines(args: argparse.Namespace) -> None:
     ray.shutdown()
     batches = (args.images - half) / args.batch_size
     local_batch = (args.images - half) / rows[0][2] / batches
-    print(f"\n{args.images} JPEGs, long side {args.side}px, model {args.model}, batch "
+    on = "" if args.device == "cpu" else f" on {device_label(args.device)}"
+    print(f"\n{args.images} JPEGs, long side {args.side}px, model {args.model}{on}, batch "
           f"{args.batch_size}, scoring only, {os.cpu_count()} CPU cores, load average "
           f"{load_avg:.1f} at start; raw predict() {raw:.1f} img/s\n")
     print(f"{'engine':16} {'stage img/s':>12} {'marginal img/s':>15} {'s/batch':>8} "
@@ -131,7 +137,7 @@ def engines(args: argparse.Namespace) -> None:
 
 def raw_throughput(clf: object, batch: int) -> float:
     """Images/s of predict() alone on batches of ``batch`` 256×256 images (median of 3)."""
-    x = torch.rand(batch, 3, 256, 256)
+    x = torch.rand(batch, 3, 256, 256, device=clf.device)
     clf.predict(x)
     times = []
     for _ in range(3):
@@ -199,7 +205,11 @@ def main() -> None:
                         help="a Parquet manifest of this many tiny images, fake fast model")
     parser.add_argument("--engine", default="ray", choices=("local", "ray"))
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: cuda when torch sees one), cpu, cuda, cuda:N")
     args = parser.parse_args()
+    print(gpu_line(), flush=True)
+    args.device = str(default_device(args.device))
     if args.manifest_rows:
         args.batch_size = args.batch_size or 256
         return manifest(args)
@@ -210,8 +220,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_dataset(root / "data", args.images, args.side)
-        rows = [("naive loop (load + predict one by one)", naive(root / "data", args.model),
-                 None, "")]
+        rows = [("naive loop (load + predict one by one)",
+                 naive(root / "data", args.model, args.device), None, "")]
         configs = (
             ("audit: scoring only", dict(concepts=False, top=0)),
             ("audit: scoring + NudeNet parts + part drops", dict(concepts=True, top=0)),
@@ -221,14 +231,15 @@ def main() -> None:
         for i, (name, kw) in enumerate(configs):
             o = AuditOptions(threshold=args.threshold, box=64, stride=48, mosaic=0, **kw)
             start = time.perf_counter()
-            result = audit(root / "data", root / f"out{i}", model=args.model, device="cpu",
-                           options=o)
+            result = audit(root / "data", root / f"out{i}", model=args.model,
+                           device=args.device, options=o)
             total = time.perf_counter() - start
             s = result.seconds
             detail = (f"score stage {s['score']:.1f} s, heatmaps {result.heatmaps} in "
                       f"{s['heatmaps']:.1f} s, outputs {s['outputs']:.1f} s")
             rows.append((name, args.images / s["score"], args.images / total, detail))
-    print(f"\n{args.images} JPEGs, long side {args.side}px, model {args.model} on CPU "
+    on = "CPU" if args.device == "cpu" else device_label(args.device)
+    print(f"\n{args.images} JPEGs, long side {args.side}px, model {args.model} on {on} "
           f"({os.cpu_count()} cores, load average {load_avg:.1f} at start)\n")
     print(f"{'configuration':48} {'scoring img/s':>14} {'end-to-end img/s':>17}  details")
     for name, scoring, overall, detail in rows:

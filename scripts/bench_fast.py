@@ -14,6 +14,9 @@ run back to back in one process, exact first.
 
     python scripts/bench_fast.py [--crops 1] [--photos astronaut] [--settings 64/48,32/8,16/4]
         [--backends onnx,torch] [--r 0.05,0.1] [--device cuda --batch-size 64]
+
+``--device auto`` (the default) runs on CUDA when torch sees a GPU, naming the card; without one
+it says "no GPU on this machine" and runs on the CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from explain.choices import FAST_DRILL_DOWN
 from explain.drill_down import exact_pixels
 from explain.images import to_tensor
 from explain.models import load
+from explain.models.base import default_device, device_label, gpu_line
 from explain.occlusion import occlusion_map
 from explain.windows import window_grid
 
@@ -142,10 +146,12 @@ def main() -> None:
     parser.add_argument("--r", default=str(FAST_DRILL_DOWN),
                         help=f"drill-down fractions (default {FAST_DRILL_DOWN}, --fast's)")
     parser.add_argument("--seed", type=int, default=0, help="the crop search's seed")
-    parser.add_argument("--device", default=None, help="cpu (default), cuda")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: cuda when torch sees one), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args()
-    device = torch.device(args.device or "cpu")
+    print(gpu_line(), flush=True)
+    device = default_device(args.device)
     clfs = {b: load("open-nsfw" if b == "torch" else f"open-nsfw:{b}", device)
             for b in args.backends.split(",")}
     search = clfs.get("onnx") or next(iter(clfs.values()))
@@ -158,7 +164,7 @@ def main() -> None:
                    for name in args.photos.split(",")]
     settings = [tuple(int(v) for v in s.split("/")) for s in args.settings.split(",")]
     fractions = [float(r) for r in args.r.split(",")]
-    print(f"device {device}, torch threads {torch.get_num_threads()}, load average "
+    print(f"device {device_label(device)}, torch threads {torch.get_num_threads()}, load average "
           f"{os.getloadavg()[0]:.2f}; variants "
           f"{', '.join(dict.fromkeys(v for b in clfs for v in variants(fractions, b)))}",
           flush=True)

@@ -15,6 +15,10 @@ embedder is the model, or with --scores), layout (auto), quality, the PNG (when 
     python scripts/bench_grid.py --sizes 1024 --layouts auto flas
     python scripts/bench_grid.py --sizes 16384 --layouts --no-peer   # only end to end
     python scripts/bench_grid.py --sizes 4096 --layouts --no-peer --cheap-from 0  # pixels
+
+``--device auto`` (the default) embeds and scores on CUDA when torch sees a GPU, naming the card,
+end to end too (``explain grid --device``); without one it says "no GPU on this machine" and
+runs on the CPU. The layouts run on the CPU either way.
 """
 
 from __future__ import annotations
@@ -114,7 +118,8 @@ def write_folder(n: int, seed: int, folder: Path) -> None:
         Image.fromarray(img).save(folder / label / f"{i:05d}.png")
 
 
-def end_to_end(n: int, embed: str, model: str, out: str, seed: int, scores: bool) -> dict:
+def end_to_end(n: int, embed: str, model: str, out: str, seed: int, scores: bool,
+               device: str) -> dict:
     """``explain grid`` as users run it: the crops written as PNG files in label folders (not
     timed), then ``python -m explain grid`` in its own process (reading, embedding, layout
     auto, quality, the PNG when it fits 8,192 px, grid.html and its tiles). Wall seconds,
@@ -123,7 +128,7 @@ def end_to_end(n: int, embed: str, model: str, out: str, seed: int, scores: bool
     write_folder(n, seed, folder)
     command = [sys.executable, "-m", "explain", "grid", str(folder), "-o", str(grid),
                "--embed", embed, "--seed", str(seed), "--model", model,
-               "--scores" if scores else "--no-scores"]
+               "--scores" if scores else "--no-scores", "--device", device]
     log = Path(out) / "log.txt"
     with log.open("w") as sink:
         wall = time.perf_counter()
@@ -152,30 +157,35 @@ def child(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def features(images: list[np.ndarray], embed: str, model: str) -> tuple[np.ndarray, float]:
+def features(images: list[np.ndarray], embed: str, model: str, device: str
+             ) -> tuple[np.ndarray, float]:
     """The embeddings of ``images`` and the embedding's throughput (images/s)."""
     from explain.grid import Embedder
     from explain.grid.embed import resize
     from explain.models import load
 
-    embedder = Embedder(embed, load(model) if embed == "features" else None)
+    embedder = Embedder(embed, load(model, device) if embed == "features" else None)
     start, parts = time.perf_counter(), []
     for lo in range(0, len(images), 64):
         parts.append(embedder([resize(img, embedder.size) for img in images[lo:lo + 64]]))
     return np.concatenate(parts), len(images) / (time.perf_counter() - start)
 
 
-def raw_throughput(model: str) -> float:
+def raw_throughput(model: str, device: str) -> float:
     """open_nsfw's own predict on ready 64-image float batches at its input size (images/s)."""
     import torch
 
     from explain.models import load
-    clf = load(model)
-    batch = torch.rand(64, 3, *clf.input_size)
+    clf = load(model, device)
+    batch = torch.rand(64, 3, *clf.input_size, device=clf.device)
     clf.predict(batch)
+    if clf.device.type == "cuda":
+        torch.cuda.synchronize(clf.device)
     start = time.perf_counter()
     for _ in range(3):
         clf.predict(batch)
+    if clf.device.type == "cuda":
+        torch.cuda.synchronize(clf.device)
     return 3 * 64 / (time.perf_counter() - start)
 
 
@@ -202,12 +212,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scores", action="store_true",
                         help="end to end: score the tiles also when embedding by pixels")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: cuda when torch sees one), cpu, cuda, cuda:N")
     args = parser.parse_args()
+    from explain.models.base import default_device, device_label, gpu_line
+
+    print(gpu_line(), flush=True)
+    device = str(default_device(args.device))
+    on = "" if device == "cpu" else f" on {device_label(device)}"
 
     print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the start "
           "(other work on the machine slows every wall-clock figure; cpu = this process's CPU "
           "seconds)")
-    print(f"model {args.model}: raw predict {raw_throughput(args.model):.1f} images/s on ready "
+    print(f"model {args.model}{on}: raw predict {raw_throughput(args.model, device):.1f} "
+          "images/s on ready "
           f"batches of 64; peer: vc-flas {PEER}\n")
     header = (f"{'data':<16} {'N':>6} {'layout':<15} {'kept':<15} {'DPQ16':>6} {'kNN x':>6} "
               f"{'wall s':>8} {'cpu s':>7} {'peak MiB':>7} {'vs peer: DPQ, time':<19} steps")
@@ -218,10 +236,10 @@ def main() -> None:
             images, _ = photo_crops(n, args.seed)
             sets = []
             if args.layouts or not args.no_peer:
-                sets.append((f"crops/{embed}", *features(images, embed, args.model)))
+                sets.append((f"crops/{embed}", *features(images, embed, args.model, device)))
             if n <= 4096 and (args.layouts or not args.no_peer):
                 sets.append(("colours/pixels", *features(colours(n, args.seed), "pixels",
-                                                          args.model)))
+                                                          args.model, device)))
             for name, x, speed in sets:
                 path = str(Path(tmp) / f"{name.replace('/', '-')}-{n}.npy")
                 np.save(path, x)
@@ -240,8 +258,8 @@ def main() -> None:
             out.mkdir()
             scores = "--scores" if embed == "features" or args.scores else "--no-scores"
             lines.append(row(f"crops/{embed}", n, child("--e2e", str(n), embed, args.model,
-                                                         str(out), str(args.seed), scores),
-                             None))
+                                                         str(out), str(args.seed), scores,
+                                                         device), None))
             print("  " + lines[-1], flush=True)
     print()
     print(header)
@@ -254,6 +272,6 @@ if __name__ == "__main__":
         print(json.dumps(one_layout(sys.argv[3], sys.argv[2], int(sys.argv[4]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "--e2e":
         print(json.dumps(end_to_end(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5],
-                                    int(sys.argv[6]), sys.argv[7] == "--scores")))
+                                    int(sys.argv[6]), sys.argv[7] == "--scores", sys.argv[8])))
     else:
         main()

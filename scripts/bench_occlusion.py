@@ -10,9 +10,11 @@ stride 48 among --ppe, default 8, 16, 32 and 64; 1 is slower than all and takes 
 cores). At stride 48, ``--repeats`` rounds interleave captum (every ppe) and ours (both
 backends), so load hits both alike; each figure is the fastest round. captum has no flush last
 window, so at stride 48 it evaluates 100 windows where we evaluate 121: the captum ratio is per
-window. Runs on CUDA unchanged when torch sees one.
+window. Runs on CUDA when torch sees one (``--device auto``, the default), naming the card;
+without one it says "no GPU on this machine" and runs on the CPU.
 
     python scripts/bench_occlusion.py [--no-captum-16] [--ppe 8,16,32,64] [--repeats 3]
+        [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from captum.attr import Occlusion
 from explain import occlusion_map
 from explain.images import load_image, to_tensor
 from explain.models import load
+from explain.models.base import default_device, device_label, gpu_line
 from explain.windows import default_batch_size
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "astronaut.jpg"
@@ -98,16 +101,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved rounds at stride 48 (captum at each ppe, then ours on "
                              "each backend); each figure is its fastest round")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: cuda when torch sees one), cpu, cuda, cuda:N")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(gpu_line(), flush=True)
+    device = default_device(args.device)
     img = load_image(SAMPLE)
     if img.shape[:2] != (512, 512):
         img = cv2.resize(img, (512, 512), interpolation=cv2.INTER_AREA)
     backends = {"torch": load("open-nsfw", device), "onnx": load("open-nsfw:onnx", device)}
     for clf in backends.values():
         warm_up(clf)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, image 512x512, box {BOX}, "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"device {device_label(device)}, torch threads {torch.get_num_threads()}, image "
+          f"512x512, box {BOX}, load average {os.getloadavg()[0]:.2f}", flush=True)
     torch_clf = backends["torch"]
     ppes = [int(v) for v in args.ppe.split(",")]
     ppe_times: dict[int, tuple[float, int]] = {}

@@ -22,6 +22,9 @@ onnxruntime's cost grows with the batch, so the gain is mostly the calls saved; 
 of 64 costs about what a batch of 9 does.
 
     python scripts/bench_serve.py [--jobs 50] [--model open-nsfw:onnx] [--device cpu]
+
+Without ``--device`` the model runs where ``explain serve`` would put it (CUDA when torch sees a
+GPU, named; else "no GPU on this machine" and the CPU).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from bench_occlusion import time_raw  # noqa: E402
 from serve_client import Server  # noqa: E402
 
 from explain.models import load  # noqa: E402
+from explain.models.base import device_label, gpu_line  # noqa: E402
 from explain.occlusion import occlusion_map, plan_occlusion  # noqa: E402
 from explain.render import figure, save_png, side_by_side  # noqa: E402
 from explain.serve.batching import OcclusionRun, score_step  # noqa: E402
@@ -168,12 +172,14 @@ def main() -> None:
     parser.add_argument("--model", default="open-nsfw:onnx")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
+    print(gpu_line(), flush=True)
     images = make_images(args.jobs)
     clf = load(args.model, args.device)
     batch = default_batch_size(clf.device, clf.input_size)
     copies = 26
     print(f"{args.jobs} occlusion jobs, box {BOX} stride {STRIDE}, {SIDE}x{SIDE} images, "
-          f"{copies} masked copies each; model {args.model} on {clf.device}, batch {batch}")
+          f"{copies} masked copies each; model {args.model} on {device_label(clf.device)}, batch "
+          f"{batch}")
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
     occlusion_map(clf, images[0], box=BOX, stride=STRIDE)  # warm-up
     runs = {f"batch {batch} (default)": library_loop(clf, images, None),
