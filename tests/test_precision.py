@@ -236,3 +236,14 @@ def test_cli_precision_recorded_in_the_map_and_refused_for_other_models(tmp_path
     assert "'fp32', 'bf16', 'fp16'" in message and "Traceback" not in res.output
     wide = CliRunner().invoke(app, ["gradcam", "--help"], env={"COLUMNS": "160"}).stdout
     assert "<fp32|bf16|fp16>" in wide
+
+
+def test_the_run_key_and_the_service_carry_a_precision():
+    """The audit's run key and the service's model name (``describe``) say a precision below
+    fp32, so a bf16 audit never resumes an fp32 one; fp32 reads as before, and a bf16 bundled
+    model is loaded with its options (not ``plain``)."""
+    from explain.cli.common import ModelOptions
+
+    assert ModelOptions("open-nsfw").describe() == "open-nsfw" and ModelOptions("open-nsfw").plain
+    low = ModelOptions("open-nsfw", precision="bf16")
+    assert low.describe() == "open-nsfw --precision bf16" and not low.plain
