@@ -253,3 +253,23 @@ def test_auto_backend_on_cpu():
     clf = load("open-nsfw:auto", "cpu")
     assert clf.name == "open-nsfw:onnx"
     assert clf.input_size == (256, 256)
+
+
+def test_load_pair_is_the_default_pair_or_one_model_for_both(monkeypatch):
+    """The default open-nsfw runs black-box methods on open-nsfw:auto and white-box ones on the
+    torch port (loaded only when asked for); any other model serves both."""
+    import explain.models.loading as loading
+    from explain.models import load_pair
+
+    asked = []
+    monkeypatch.setattr(loading, "load", lambda spec, device=None: asked.append(spec) or spec)
+    for spec in ("open-nsfw", "open-nsfw:auto"):
+        asked.clear()
+        assert load_pair(spec, white=True) == ("open-nsfw:auto", "open-nsfw")
+        assert asked == ["open-nsfw:auto", "open-nsfw"]
+        asked.clear()
+        assert load_pair(spec, white=False) == ("open-nsfw:auto", None)
+        assert asked == ["open-nsfw:auto"]
+    asked.clear()
+    assert load_pair("open-nsfw:onnx", white=True) == ("open-nsfw:onnx", "open-nsfw:onnx")
+    assert asked == ["open-nsfw:onnx"]

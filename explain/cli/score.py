@@ -8,13 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from explain.choices import (
-    BLACK_BOX_MODEL,
-    BUILTIN_MODELS,
-    BUNDLED,
-    DEFAULT_MAX_FRAMES,
-    SPEC_FORMS,
-)
+from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     FramesOpt,
@@ -32,6 +26,7 @@ from explain.cli.common import (
 )
 from explain.errors import ExplainError
 from explain.files import display, to_storable
+from explain.models.specs import BUILTIN_MODELS, BUNDLED, SPEC_FORMS
 
 
 @user_errors

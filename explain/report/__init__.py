@@ -10,19 +10,26 @@
   :func:`write_reports`). The only part that
   loads jinja2, and only when one of its names is first used.
 
-Every name is re-exported here, as are the registry's ``METHODS``, ``Method``, ``Models`` and
-``parse_methods`` and the renderer's ``shrink``, ``data_uri`` and ``DISPLAY_SIDE``, under the
-names ``explain.report`` has always had.
+Every name is re-exported here, as are the registry's ``METHODS``, ``Method``, ``Models``,
+``parse_methods`` and ``resolve_models``, the model table's ``DEFAULT_MODELS`` and the renderer's
+``shrink``, ``data_uri`` and ``DISPLAY_SIDE``, under the names ``explain.report`` has always had.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from explain.methods import DEFAULT_METHODS, METHODS, Method, Models, parse_methods
+from explain.methods import (
+    DEFAULT_METHODS,
+    METHODS,
+    Method,
+    Models,
+    parse_methods,
+    resolve_models,
+)
+from explain.models.specs import DEFAULT_MODELS
 from explain.render import DISPLAY_SIDE, data_uri, shrink
 from explain.report.build import (
-    DEFAULT_MODELS,
     THUMB_SIDE,
     ImageResult,
     MethodResult,
@@ -31,7 +38,6 @@ from explain.report.build import (
     Report,
     build_report,
     build_reports,
-    resolve_models,
 )
 from explain.report.ranking import TIE_TOLERANCE, rank, tie_ranks
 

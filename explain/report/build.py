@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from explain.choices import (
-    BLACK_BOX_MODEL,
     DEFAULT_MASKS,
     SANITY_LAYERS,
     SANITY_THRESHOLD,
@@ -41,8 +40,8 @@ from explain.files import display
 from explain.frames import is_clip
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
-from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods
-from explain.models import load, resolve_target
+from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods, resolve_models
+from explain.models import resolve_target
 from explain.progress import LabelledProgress
 from explain.render import (
     DISPLAY_SIDE,
@@ -62,7 +61,6 @@ from explain.sanity import Sanity, check_layers, sanity_checks
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 THUMB_SIDE = 64
-DEFAULT_MODELS = (WHITE_BOX_MODEL, BLACK_BOX_MODEL)
 Progress = LabelledProgress
 
 
@@ -164,17 +162,6 @@ class Report:
     not_ranked: dict[str, str]
     seconds: float
     created: str
-
-
-def resolve_models(model: object, device: str | None, methods: Sequence[str]) -> Models:
-    """The default open_nsfw: black-box on the fastest backend, white-box on torch (loaded only
-    when a white-box method is asked for). Any other model: the same one for both."""
-    wants_white = any(METHODS[m].white_box for m in methods)
-    if isinstance(model, str) and model in DEFAULT_MODELS:
-        black = load(BLACK_BOX_MODEL, device)
-        return Models(black, load(WHITE_BOX_MODEL, device) if wants_white else None)
-    clf = load(model, device)
-    return Models(clf, clf if wants_white else None)
 
 
 def _params(heatmap: Heatmap) -> dict:
