@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from explain.models.base import (
         BaseClassifier,
         Classifier,
+        Differentiable,
         FeatureClassifier,
+        FixedInput,
+        HasFeatures,
         Preprocess,
         check_scores,
         default_device,
@@ -40,7 +43,8 @@ if TYPE_CHECKING:
     from explain.models.specs import BUNDLED, SPEC_FORMS
 
 _EXPORTS = {
-    "BaseClassifier": "base", "Classifier": "base", "FeatureClassifier": "base",
+    "BaseClassifier": "base", "Classifier": "base", "Differentiable": "base",
+    "FeatureClassifier": "base", "FixedInput": "base", "HasFeatures": "base",
     "Preprocess": "base", "check_scores": "base", "default_device": "base",
     "resolve_target": "base",
     "CallableClassifier": "adapters", "OnnxClassifier": "adapters", "TorchClassifier": "adapters",
@@ -52,8 +56,9 @@ _EXPORTS = {
 
 __all__ = [
     "BUILT_IN", "BUNDLED", "SPEC_FORMS", "BaseClassifier", "CallableClassifier", "Classifier",
-    "FeatureClassifier", "HttpClassifier", "OnnxClassifier", "Preprocess", "TorchClassifier",
-    "check_scores", "default_device", "input_convention", "load", "load_pair", "resolve_target",
+    "Differentiable", "FeatureClassifier", "FixedInput", "HasFeatures", "HttpClassifier",
+    "OnnxClassifier", "Preprocess", "TorchClassifier", "check_scores", "default_device",
+    "input_convention", "load", "load_pair", "resolve_target",
 ]
 
 

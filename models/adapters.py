@@ -32,7 +32,11 @@ from explain.models.base import (
 
 
 class TorchClassifier(BaseClassifier):
-    """A torch module with its preprocessing; the module runs in eval mode on ``device``."""
+    """A torch module with its preprocessing; the module runs in eval mode on ``device``.
+    :class:`~explain.models.base.Differentiable` (and so
+    :class:`~explain.models.base.FixedInput`: its input is NCHW)."""
+
+    layout = "NCHW"
 
     def __init__(self, module: nn.Module, preprocess: Preprocess, *,
                  class_names: Sequence[str] | None = None, device: str | torch.device | None = None,

@@ -54,6 +54,7 @@ from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES
 from explain.files import check_output_dir
 from explain.images import collect_warnings
 from explain.models import Classifier, load, resolve_target
+from explain.models.base import model_name
 from explain.progress import LabelledProgress
 from explain.windows import check_windows
 
@@ -74,7 +75,7 @@ def spec_of(model: object, classifier: Classifier) -> str:
     """How the model enters the run key: its spec string, or for an object its kind and name."""
     if isinstance(model, str | os.PathLike):
         return str(model)
-    return f"{type(classifier).__name__}:{getattr(classifier, 'name', '?')}"
+    return f"{type(classifier).__name__}:{model_name(classifier, '?')}"
 
 
 def chosen_threshold(store: Store, target: str, o: AuditOptions) -> float:
@@ -143,7 +144,7 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
         "data": dataset.source, "target": class_names[t],
         "box": list(box), "stride": list(stride),
         "fill": o.fill, "max_pixels": o.max_pixels,
-        "concepts": getattr(detector, "name", type(detector).__name__) if o.concepts else None,
+        "concepts": model_name(detector) if o.concepts else None,
         "code": code_version(),
     }
     if o.drill_down is not None:  # only then, so that earlier exact runs keep their keys

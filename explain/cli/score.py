@@ -47,11 +47,12 @@ def score(images: Images, models: ModelOptions, target: TargetOpt = None,
     from explain.frames import is_clip, parse_sampling
     from explain.images import load_image, to_tensor
     from explain.models import resolve_target
+    from explain.models.base import model_name
 
     sampling = parse_sampling(frames)
     clf = models.load(jpeg_reencode=jpeg_reencode)
     names = list(clf.class_names)
-    title = str(getattr(clf, "name", models.model))
+    title = model_name(clf, str(models.model))
     if target is not None:
         title += f" — target {names[resolve_target(clf, target)]}"
     clip_target = target if target is not None else (

@@ -42,6 +42,7 @@ from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
 from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods, resolve_models
 from explain.models import resolve_target
+from explain.models.base import model_name
 from explain.progress import LabelledProgress
 from explain.render import (
     DISPLAY_SIDE,
@@ -331,8 +332,8 @@ def build_report(paths: Sequence[str | os.PathLike], *, model: object = WHITE_BO
         notes += sanity_notes(images, names, o.sanity_layers)
     verdict, not_ranked, summary = rank(images, names, target)
     return Report(
-        model=getattr(models.black, "name", str(model)),
-        white_model=None if models.white is None else getattr(models.white, "name", str(model)),
+        model=model_name(models.black, str(model)),
+        white_model=None if models.white is None else model_name(models.white, str(model)),
         target=target, methods=names, options=o, images=images, notes=notes, summary=summary,
         ranking=verdict, not_ranked=not_ranked, seconds=time.perf_counter() - start,
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -353,7 +354,7 @@ def build_reports(paths: Sequence[str | os.PathLike], *, models: Sequence[object
     o.check()
     reports: list[Report] = []
     for i, model in enumerate(models):
-        name = display(model if isinstance(model, str) else getattr(model, "name", str(model)))
+        name = display(model if isinstance(model, str) else model_name(model, str(model)))
 
         def step(done: int, total: int, label: str, i: int = i, name: str = name) -> None:
             if progress is not None:
