@@ -8,7 +8,8 @@ from explain.audit.comparison import Comparison, compare
 from explain.audit.concepts import NudeNetDetector, Part, PartDetector
 from explain.audit.cues import Cue, Cues, discover_cues
 from explain.audit.dataset import Item, open_dataset
-from explain.audit.options import AuditOptions, AuditResult, CueOptions, RayOptions
+from explain.audit.options import AuditOptions, CueOptions, RayOptions
+from explain.audit.result import AuditResult
 from explain.audit.run import audit
 
 __all__ = ["AuditOptions", "AuditResult", "Comparison", "Cue", "CueOptions", "Cues", "Item",

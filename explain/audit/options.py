@@ -1,9 +1,8 @@
-"""What shapes an audit and what it returns: :class:`AuditOptions` (with the cue discovery's
-:class:`CueOptions`) and :class:`AuditResult`.
+"""What shapes an audit: :class:`AuditOptions` (with the cue discovery's :class:`CueOptions`)
+and :class:`RayOptions`; what it returns is :class:`explain.audit.result.AuditResult`.
 
 A module of its own so that the stages, the outputs, the cue discovery and the CLI read the same
-types without importing one another (the outputs used to import the orchestration for
-``AuditResult`` while the orchestration imported the outputs).
+types without importing one another; it imports no other module of the audit.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from explain.choices import (
     DEFAULT_FILL,
@@ -27,9 +24,6 @@ from explain.errors import OptionError
 from explain.frames import parse_sampling
 from explain.render import check_look
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
-
-if TYPE_CHECKING:
-    from explain.audit.cues import Cues
 
 EMBEDS = ("auto", "features", "open-nsfw", "pixels")
 
@@ -142,25 +136,6 @@ class AuditOptions:
         if self.workers < 1:
             raise OptionError(f"workers must be at least 1, got {self.workers}")
         self.cue_options.check()
-
-
-@dataclass
-class AuditResult:
-    """Where the audit went and what it found; ``metrics`` is empty for unlabeled data."""
-
-    output: Path
-    run: int
-    key: str
-    resumed: bool
-    images: int
-    scored: int
-    failed: int
-    heatmaps: int
-    threshold: float = 0.5
-    seconds: dict[str, float] = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-    cues: Cues | None = None
 
 
 @dataclass(frozen=True)

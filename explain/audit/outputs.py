@@ -34,8 +34,9 @@ from explain.audit import metrics as m
 from explain.audit.cues import Cues
 from explain.audit.dataset import Dataset
 from explain.audit.findings import Findings, find, summary, write_summary
-from explain.audit.options import AuditOptions, AuditResult
+from explain.audit.options import AuditOptions
 from explain.audit.page import cue_section, write_mosaic, write_page, write_plots
+from explain.audit.result import AuditResult
 from explain.audit.slices import COLUMNS
 from explain.audit.store import Store
 from explain.files import atomic_write, display, from_storable, write_text

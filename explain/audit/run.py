@@ -46,8 +46,9 @@ from explain.audit import metrics as m
 from explain.audit.concepts import NudeNetDetector, PartDetector
 from explain.audit.dataset import open_dataset
 from explain.audit.embedding import embed_labeled
-from explain.audit.options import AuditOptions, AuditResult, RayOptions
+from explain.audit.options import AuditOptions, RayOptions
 from explain.audit.outputs import write_outputs
+from explain.audit.result import AuditResult
 from explain.audit.stages import Rate, cue_stage, heatmap_stage, heatmap_targets, score_stage
 from explain.audit.store import Store
 from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES

