@@ -111,6 +111,51 @@ def test_the_graph_counts_type_only_and_function_body_imports(tmp_path):
     assert cycles(graph) == [["explain.a", "explain.b"]]
 
 
+# ARCHITECTURE.md's layers, top to bottom: a module's layer is that of its longest prefix here
+LAYERS = {
+    **dict.fromkeys(("explain", "explain.__main__", "explain.cli"), 4),
+    **dict.fromkeys(("explain.audit", "explain.report", "explain.grid", "explain.serve"), 3),
+    **dict.fromkeys((f"explain.{m}" for m in (
+        "methods occlusion sliding rise backprop grad_cam whitebox reconstruction faithfulness "
+        "sanity clips frame_reuse").split()), 2),
+    **dict.fromkeys((f"explain.{m}" for m in (
+        "perturb incremental drill_down windows render render_clip heatmap images frames files "
+        "budget progress choices html").split()), 1),
+    **dict.fromkeys(("explain.models", "explain.errors"), 0),
+}
+# the dataset tools that may import another: the audit its mosaic and embedder from the grid,
+# the service the grid and the audit it runs as jobs
+TOOLS_ALLOWED = {("explain.audit", "explain.grid"), ("explain.serve", "explain.grid"),
+                 ("explain.serve", "explain.audit")}
+
+
+def layer_of(name: str) -> tuple[str, int] | None:
+    """(the LAYERS key, its layer) of module ``name``, or None when it has none."""
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        key = ".".join(parts[:n])
+        if key in LAYERS:
+            return key, LAYERS[key]
+    return None
+
+
+def test_imports_point_down_the_layers():
+    """An import points down, or sideways in its layer; between the dataset tools only as
+    TOOLS_ALLOWED says. A module with no layer is an error: give it one here and in
+    ARCHITECTURE.md's diagram."""
+    graph = imports(modules())
+    assert [m for m in graph if layer_of(m) is None] == []
+    wrong = []
+    for m, ws in sorted(graph.items()):
+        (home, level) = layer_of(m)
+        for w in sorted(ws):
+            (there, below) = layer_of(w)
+            if below > level or (level == below == 3 and home != there
+                                 and (home, there) not in TOOLS_ALLOWED):
+                wrong.append(f"{m} -> {w}")
+    assert wrong == []
+
+
 def code_map(text: str) -> dict[str, set[str]]:
     """Folder (``explain/report/``) → the ``*.py`` files ARCHITECTURE.md's code map names in
     it. A line that is no bullet opens a folder (its first backticked name: ``models/``,
