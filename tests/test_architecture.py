@@ -8,6 +8,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -78,15 +80,19 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def test_the_package_has_no_import_cycle():
-    graph = imports(modules())
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    """The package's import graph, read once for the tests below."""
+    return imports(modules())
+
+
+def test_the_package_has_no_import_cycle(graph):
     assert len(graph) > 100 and "explain.models.base" in graph and "explain.cli.score" in graph
     assert cycles(graph) == []
 
 
-def test_models_import_nothing_of_explain_but_its_errors():
+def test_models_import_nothing_of_explain_but_its_errors(graph):
     """models/ is the bottom layer: besides its own modules it imports explain.errors only."""
-    graph = imports(modules())
     models = {m: ws for m, ws in graph.items() if m == "explain.models"
               or m.startswith("explain.models.")}
     assert len(models) >= 10
@@ -139,11 +145,10 @@ def layer_of(name: str) -> tuple[str, int] | None:
     return None
 
 
-def test_imports_point_down_the_layers():
+def test_imports_point_down_the_layers(graph):
     """An import points down, or sideways in its layer; between the dataset tools only as
     TOOLS_ALLOWED says. A module with no layer is an error: give it one here and in
     ARCHITECTURE.md's diagram."""
-    graph = imports(modules())
     assert [m for m in graph if layer_of(m) is None] == []
     wrong = []
     for m, ws in sorted(graph.items()):
