@@ -79,12 +79,14 @@ Progress = Callable[[int, int, str], None]
 @dataclass
 class MinedCue:
     """One cue as the mining needs it: its unit ``centroid`` in the centred space and the
-    patches to paste (stored path, box in its image's pixels)."""
+    patches to paste (stored path, box in its image's pixels): its false positives' patches, or
+    all of them when it has none (``from_fps`` False)."""
 
     cue: int
     rank: int
     centroid: np.ndarray
     donors: list[tuple[str, tuple[int, int, int, int]]]
+    from_fps: bool = True
 
 
 @dataclass
@@ -136,7 +138,7 @@ def _mined(members: dict[tuple[int, int], list[tuple[str, str, tuple, np.ndarray
         vectors = _unit(np.stack([v for *_, v in patches]).astype(np.float64) - mean)
         fp = [(path, box) for path, role, box, _ in patches if role == "fp"]
         cues.append(MinedCue(cue, rank, _unit(vectors.mean(0)),
-                             fp or [(path, box) for path, _, box, _ in patches]))
+                             fp or [(path, box) for path, _, box, _ in patches], bool(fp)))
     return cues, mean
 
 
@@ -376,12 +378,15 @@ def synthesized(mining: Mining, n: int, out: Path) -> tuple[list[dict], list[str
 
 
 def _outlined(path: str, box: tuple[int, int, int, int]) -> str | None:
-    """The image as a data URI at :data:`THUMB` pixels with ``box`` outlined, or None."""
+    """The image as a data URI at :data:`THUMB` pixels (shrunk, or a small one enlarged by
+    whole pixels) with ``box`` outlined, or None."""
     try:
         rgb = load_image(from_storable(path), notes=[])
     except ExplainError:
         return None
-    small = np.ascontiguousarray(shrink(rgb, THUMB)).copy()
+    factor = max(1, THUMB // max(rgb.shape[:2]))  # a small image enlarged by whole pixels
+    small = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1) if factor > 1 else \
+        np.ascontiguousarray(shrink(rgb, THUMB)).copy()
     f = small.shape[1] / rgb.shape[1]
     t, le, b, r = box
     cv2.rectangle(small, (round(le * f), round(t * f)), (round(r * f) - 1, round(b * f) - 1),
@@ -407,7 +412,7 @@ def _write_page(path: Path, mining: Mining, result: CounterExamples,
     for c in mining.cues:
         rows = [r for r in result.rows if r["cue"] == c.cue]
         cards.append({
-            "cue": c.cue, "rank": c.rank, "total": len(rows),
+            "cue": c.cue, "rank": c.rank, "total": len(rows), "from_fps": c.from_fps,
             "tiles": [u for u in (_tile(p, b) for p, b in c.donors[:TILES]) if u],
             "images": [{**r, "name": display(from_storable(r["path"])),
                         "uri": _outlined(r["path"], (r["top"], r["left"], r["bottom"],
