@@ -155,10 +155,12 @@ def test_synthetic_counter_examples_paste_the_cue_into_true_negatives(mined):
             assert (b - t, ri - le) == (16, 16)  # same image size: the patch keeps its size
 
 
+@pytest.mark.slow
 def test_the_audit_mines_its_pool_after_cue_discovery(mined, tmp_path):
     root, _, clf, _, _ = mined
     options = AuditOptions(**{**OPTIONS.__dict__, "pool": str(root / "pool")})
-    audit(root / "data", tmp_path / "run", model=clf, options=options)
+    result = audit(root / "data", tmp_path / "run", model=clf, options=options)
+    assert result.files["pool_counterexamples"] == tmp_path / "run" / "counterexamples.csv"
     assert (_csv(tmp_path / "run" / "counterexamples.csv")
             == _csv(root / "out" / "counterexamples.csv"))
     assert (tmp_path / "run" / "counterexamples.html").is_file()
@@ -178,6 +180,7 @@ def test_pools_that_are_the_run_or_the_output_are_refused(mined):
         AuditOptions(pool=str(root / "nowhere")).check()
 
 
+@pytest.mark.slow
 def test_the_cli_loads_the_model_or_says_how(mined, tmp_path):
     root, _, _, _, _ = mined
     runner = CliRunner()

@@ -99,16 +99,16 @@ def chosen_threshold(store: Store, target: str, o: AuditOptions) -> float:
 
 
 def pool_stage(store: Store, classifier: Classifier, cues: Cues | None, o: AuditOptions,
-               folder: Path, rate: Rate) -> list[str]:
+               folder: Path, rate: Rate) -> tuple[list[str], dict[str, Path]]:
     """The counter-examples of the cues found, mined from ``o.pool`` into the audit's folder
-    (:func:`explain.audit.mining.mine`), or why not."""
+    (:func:`explain.audit.mining.mine`): the notes and the files written, or why not."""
     if cues is None or not cues.cues:
-        return ["counter-examples skipped: the audit found no cues to mine the pool for"]
+        return ["counter-examples skipped: the audit found no cues to mine the pool for"], {}
     mining = from_cues(cues, store, o.cue_options, store.params, o.threshold)
     with collect_warnings():
         found = mine(classifier, mining, o.pool, folder, synthesize=o.synthesize,
                      batch_size=o.batch_size, run=folder, progress=rate.progress)
-    return found.notes
+    return found.notes, found.files
 
 
 def audit(data: str | os.PathLike, output: str | os.PathLike, *,
@@ -198,9 +198,11 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
         notes += cue_notes
         if cues is not None:
             seconds["cues"] = time.perf_counter() - start
+        mined: dict[str, Path] = {}
         if o.pool is not None:
             start = time.perf_counter()
-            notes += pool_stage(store, classifier, cues, o, out, rate)
+            pool_notes, mined = pool_stage(store, classifier, cues, o, out, rate)
+            notes += pool_notes
             seconds["pool"] = time.perf_counter() - start
 
         embedded = None
@@ -219,6 +221,7 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
                                    cues=cues, dataset=dataset, embedded=embedded)
         seconds["outputs"] = time.perf_counter() - start
         store.mark_stage("finished")
+        result.files.update({f"pool_{name}": path for name, path in mined.items()})
         result.seconds = seconds
         result.cues = cues
         return result

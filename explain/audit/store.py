@@ -19,6 +19,9 @@ committed in one short transaction together with its stage marks, so a kill at a
 at most the batch in flight and never leaves half of one. WAL journaling keeps readers (a
 progress poller, a test) from blocking the writer.
 
+:class:`MiningStore` is the counter-example mining's database (``counterexamples.sqlite`` in its
+output folder, :mod:`explain.audit.mining`): each pool image scanned, with its top windows.
+
 Paths are stored in the strict-UTF-8 form of :func:`explain.files.to_storable`, so any byte file
 name (``caf\xe9.jpg``) is kept losslessly; ``ImageRow.file`` gives the path to open.
 """
