@@ -209,3 +209,26 @@ def test_status_thresholds():
     assert status(1.0, None, 0.8, 0.0) == "vanished"  # B's errors not harvested: gain decides
     assert status(1.0, 0.0, 0.8, 0.4) == "weakened"  # B still reacts, makes no error with it
     assert status(0.0, 0.0, 0.01, 0.01) == "vanished"
+
+
+@pytest.mark.slow
+def test_the_cue_section_in_chromium_decodes_every_patch(audits, chromium, tmp_path):
+    from test_report_browser import Browser
+
+    result = compare(audits / "red", audits / "green", audits / "seen", resamples=100,
+                     cue_embed="pixels")
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(result.files["html"].as_uri())
+        assert browser.console_errors() == []
+        patches = browser.evaluate("Array.from(document.querySelectorAll('img[alt$=patch]'), "
+                                   "i => [i.alt, i.complete, i.naturalWidth])")
+        statuses = browser.evaluate("Array.from(document.querySelectorAll('#cues ~ .cards h4 "
+                                    "span'), s => s.textContent)")
+    finally:
+        browser.close()
+    assert statuses == ["vanished", "persists", "new"]
+    # A's red cue (6 patches), A's region cue and B's (6 each), B's green cue (6)
+    assert [alt for alt, *_ in patches].count("run A patch") == 12
+    assert [alt for alt, *_ in patches].count("run B patch") == 12
+    assert all(done and width == 96 for _, done, width in patches)
