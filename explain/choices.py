@@ -67,6 +67,7 @@ SANITY_THRESHOLD = 0.5
 
 # audit: where it computes (local: this process; ray: a Ray cluster, the optional extra 'ray')
 ENGINES = ("local", "ray")
+CUE_EMBEDS = ("open-nsfw", "pixels")  # explain compare: the shared cue-patch embedders
 
 # the default models: the fastest backend for black-box work (onnxruntime on CPU, torch on
 # CUDA) and the torch port for white-box methods, which need gradients

@@ -416,6 +416,13 @@ class Store:
             "cue_images c JOIN images i ON i.id = c.image WHERE i.run = ? AND c.setting = ? "
             "ORDER BY c.image", (self.run, setting)).fetchall()
 
+    def cue_settings(self) -> list[str]:
+        """The cue-option hashes this run holds harvests under, the most recently written
+        first."""
+        return [r[0] for r in self._db.execute(
+            "SELECT c.setting FROM cue_images c JOIN images i ON i.id = c.image WHERE i.run = ? "
+            "GROUP BY c.setting ORDER BY MAX(c.done_at) DESC", (self.run,))]
+
     def cue_patches(self, setting: str) -> list[tuple]:
         """(image, role, n, top, left, bottom, right, heat, drop, vector bytes) of every patch."""
         return self._db.execute(
