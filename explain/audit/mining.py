@@ -87,6 +87,7 @@ class MinedCue:
     centroid: np.ndarray
     donors: list[tuple[str, tuple[int, int, int, int]]]
     from_fps: bool = True
+    strength: float | None = None
 
 
 @dataclass
@@ -128,9 +129,10 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.where(norms > 0, norms, 1.0)
 
 
-def _mined(members: dict[tuple[int, int], list[tuple[str, str, tuple, np.ndarray]]]
-           ) -> tuple[list[MinedCue], np.ndarray]:
-    """(cue, rank) → [(stored path, role, box, vector)] → the mined cues and the mean vector."""
+def _mined(members: dict[tuple[int, int], list[tuple[str, str, tuple, np.ndarray]]],
+           strengths: dict[int, float]) -> tuple[list[MinedCue], np.ndarray]:
+    """(cue, rank) → [(stored path, role, box, vector)] and cue → its audit strength → the
+    mined cues and the mean vector."""
     every = np.stack([v for patches in members.values() for *_, v in patches]).astype(np.float64)
     mean = every.mean(0)
     cues = []
@@ -138,7 +140,8 @@ def _mined(members: dict[tuple[int, int], list[tuple[str, str, tuple, np.ndarray
         vectors = _unit(np.stack([v for *_, v in patches]).astype(np.float64) - mean)
         fp = [(path, box) for path, role, box, _ in patches if role == "fp"]
         cues.append(MinedCue(cue, rank, _unit(vectors.mean(0)),
-                             fp or [(path, box) for path, _, box, _ in patches], bool(fp)))
+                             fp or [(path, box) for path, _, box, _ in patches], bool(fp),
+                             strengths.get(cue)))
     return cues, mean
 
 
@@ -147,7 +150,7 @@ def from_cues(cues: Cues, store: Store, options: CueOptions, params: dict, thres
     """The mining of the cues an audit just found (``params``: its run's parameters)."""
     members = {(c.cue, c.rank): [(cues.images[p.image].name, p.role, p.box, p.vector)
                                  for p in c.patches] for c in cues.cues}
-    mined, mean = _mined(members)
+    mined, mean = _mined(members, {c.cue: c.strength for c in cues.cues})
     return _mining(mined, mean, cues.embedding, options, cues.setting, store, params, threshold)
 
 
@@ -201,7 +204,9 @@ def read_run(folder: str | os.PathLike) -> tuple[Mining, str]:
                     (path, row["role"], box, vector))
         if not members:
             raise OptionError(f"the audit in {display(folder)} found no cues to mine for")
-        mined, mean = _mined(members)
+        with open(folder / "cues.csv", newline="", encoding="utf-8") as f:
+            strengths = {int(r["cue"]): float(r["strength"]) for r in csv.DictReader(f)}
+        mined, mean = _mined(members, strengths)
         mining = _mining(mined, mean, found["embedding"], CueOptions(**found["options"]),
                          setting, store, store.params, threshold)
         return mining, str(store.params.get("model"))
@@ -260,7 +265,7 @@ def mine(classifier: Classifier, mining: Mining, pool: str | os.PathLike,
         files["synthetic"] = write_table(out / "synthetic.csv", SYNTHETIC_COLUMNS, made)
         notes += why
     result = CounterExamples(out, rows, scanned, failed, calls, len(made), files, notes)
-    files["html"] = _write_page(out / "counterexamples.html", mining, result, failures)
+    files["html"] = _write_page(out / "counterexamples.html", mining, result, failures, top)
     return result
 
 
@@ -406,13 +411,14 @@ def _tile(path: str, box: tuple[int, int, int, int]) -> str | None:
 
 
 def _write_page(path: Path, mining: Mining, result: CounterExamples,
-                failures: list[dict]) -> Path:
+                failures: list[dict], top: int) -> Path:
     """``counterexamples.html``, one self-contained file (pictures inlined)."""
     cards = []
     for c in mining.cues:
         rows = [r for r in result.rows if r["cue"] == c.cue]
         cards.append({
             "cue": c.cue, "rank": c.rank, "total": len(rows), "from_fps": c.from_fps,
+            "strength": c.strength,
             "tiles": [u for u in (_tile(p, b) for p, b in c.donors[:TILES]) if u],
             "images": [{**r, "name": display(from_storable(r["path"])),
                         "uri": _outlined(r["path"], (r["top"], r["left"], r["bottom"],
@@ -423,7 +429,7 @@ def _write_page(path: Path, mining: Mining, result: CounterExamples,
         failed=[{"path": display(from_storable(f["path"])), "reason": f["reason"]}
                 for f in failures[:50]],
         calls=result.calls, synthetic=result.synthetic, embedding=mining.embedding,
-        fill=mining.fill, target=mining.target, notes=result.notes)
+        fill=mining.fill, target=mining.target, notes=result.notes, top=top)
     return write_text(path, page)
 
 
