@@ -195,3 +195,26 @@ def test_the_cli_loads_the_model_or_says_how(mined, tmp_path):
     assert done.exit_code == 0, done.output
     assert (_csv(tmp_path / "b" / "counterexamples.csv")
             == _csv(root / "out" / "counterexamples.csv"))
+
+
+@pytest.mark.slow
+def test_the_page_in_chromium_shows_each_listed_image_with_its_window(mined, chromium,
+                                                                       tmp_path):
+    from test_report_browser import Browser
+
+    root, _, _, found, _ = mined
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(found.files["html"].as_uri())
+        assert browser.console_errors() == []
+        shown = browser.evaluate("Array.from(document.querySelectorAll('figure img'), "
+                                 "i => [i.alt, i.complete, i.naturalWidth])")
+        headings = browser.evaluate("Array.from(document.querySelectorAll('h2'), "
+                                    "h => h.textContent)")
+    finally:
+        browser.close()
+    assert sorted(Path(alt).name for alt, *_ in shown) == [f"carrier_{i}.png" for i in range(5)]
+    assert all(done and width == 192 for _, done, width in shown)  # 64 px enlarged 3×
+    assert headings[0].startswith("Cue 1 (rank 1 in the audit, strength 0.787)")
+    assert "5 pool image(s) listed" in headings[0]
+    assert headings[-1] == "Pool images that could not be read"
