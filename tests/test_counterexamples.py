@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from explain.audit import AuditOptions, CueOptions, audit, counterexamples
-from explain.audit.mining import COLUMNS, SYNTHETIC_COLUMNS
+from explain.audit.mining import COLUMNS, SYNTHETIC_COLUMNS, mine, read_run
 from explain.cli import app
 from explain.errors import OptionError
 from explain.models import CallableClassifier
@@ -178,6 +178,18 @@ def test_pools_that_are_the_run_or_the_output_are_refused(mined):
         counterexamples(root / "run", root / "pool" / "broken.png", root / "x", model=clf)
     with pytest.raises(OptionError, match="--pool"):
         AuditOptions(pool=str(root / "nowhere")).check()
+
+
+def test_synthetic_files_are_never_written_over_the_run_s_images(mined, tmp_path):
+    root, model, clf, _, _ = mined
+    mining, _ = read_run(root / "run")
+    negative = tmp_path / "out" / "synthetic" / "dark.png"
+    image(negative, 20, 1)
+    mining.negatives = [(str(negative), "sfw")]
+    before = model.calls
+    with pytest.raises(OptionError, match="holds the input"):
+        mine(clf, mining, root / "pool", tmp_path / "out", synthesize=1)
+    assert model.calls == before  # refused before any work
 
 
 @pytest.mark.slow

@@ -55,7 +55,14 @@ from explain.audit.outputs import csv_cell, write_table
 from explain.audit.store import DB_NAME, MiningStore, Store
 from explain.choices import DEFAULT_MAX_PIXELS
 from explain.errors import ExplainError, ImageError, OptionError
-from explain.files import check_output_dir, display, from_storable, to_storable, write_text
+from explain.files import (
+    check_output_dir,
+    check_outputs,
+    display,
+    from_storable,
+    to_storable,
+    write_text,
+)
 from explain.html import environment
 from explain.images import iter_image_files, load_image
 from explain.models import Classifier, load, resolve_target
@@ -244,6 +251,11 @@ def mine(classifier: Classifier, mining: Mining, pool: str | os.PathLike,
         raise OptionError(f"synthesize must be 0 or more images per cue, got {synthesize}")
     out = check_output_dir(output)
     root = _check_pool(pool, out, run)
+    names = ("counterexamples.csv", "counterexamples.html", "pool_failed.csv", "synthetic.csv")
+    sources = {from_storable(p) for p, _ in mining.negatives} | {
+        from_storable(p) for c in mining.cues for p, _ in c.donors}
+    check_outputs([out / name for name in names], sources,
+                  folders=[out / "synthetic"] if synthesize else [])
     box, stride = check_windows(mining.box, mining.stride)
     store = MiningStore(out, {**mining.key, "pool": str(root),
                               "windows": [list(box), list(stride), mining.fill, mining.target]})
