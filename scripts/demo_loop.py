@@ -113,6 +113,12 @@ def train(images: np.ndarray, labels: np.ndarray, seed: int, epochs: int = 8) ->
     return net.eval()
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV written by explain."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 def save(net: TinyNet, path: Path) -> Path:
     torch.jit.script(net).save(str(path))
     return path
@@ -163,10 +169,10 @@ def _run(work: Path, seed: int) -> dict:
     figures: dict = {}
 
     a = audit(manifest, work / "audit_a", model=str(model_a), options=OPTIONS)
-    cues = {int(r["rank"]): r for r in csv.DictReader(open(work / "audit_a" / "cues.csv"))}
+    cues = {int(r["rank"]): r for r in read_rows(work / "audit_a" / "cues.csv")}
     first = cues[1]
     on_cross = []  # each false-positive patch of cue rank 1: does its box hold the cross?
-    for r in csv.DictReader(open(work / "audit_a" / "cue_patches.csv")):
+    for r in read_rows(work / "audit_a" / "cue_patches.csv"):
         if r["cue"] == first["cue"] and r["role"] == "fp":
             t, le, b, ri = (int(r[k]) for k in ("top", "left", "bottom", "right"))
             box = np.asarray(Image.open(r["path"]).convert("RGB"))[t:b, le:ri]
@@ -184,8 +190,7 @@ def _run(work: Path, seed: int) -> dict:
                         "precision_listed": (sum("_cross" in r["path"] for r in listed)
                                              / max(1, len(listed)))}
 
-    made = [work / "mined" / r["path"] for r in csv.DictReader(open(work / "mined" /
-                                                                   "synthetic.csv"))
+    made = [work / "mined" / r["path"] for r in read_rows(work / "mined" / "synthetic.csv")
             if r["cue"] == first["cue"]]
     figures["mined"]["synthetic"] = len(made)
     extra = np.stack([np.asarray(Image.open(p).convert("RGB"))
@@ -202,7 +207,7 @@ def _run(work: Path, seed: int) -> dict:
     figures["compare"] = {"fpr_cross_a": crossed["fpr_a"], "fpr_cross_b": crossed["fpr_b"]}
     changes = work / "compare" / "cue_changes.csv"
     if changes.is_file():
-        row = next(r for r in csv.DictReader(open(changes)) if r["cue_a"] == first["cue"])
+        row = next(r for r in read_rows(changes) if r["cue_a"] == first["cue"])
         figures["compare"].update({k: row[k] for k in ("status", "paste_gain_a", "paste_gain_b",
                                                        "strength_a", "strength_b")})
     else:
