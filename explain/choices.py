@@ -70,6 +70,7 @@ SANITY_THRESHOLD = 0.5
 
 # audit: where it computes (local: this process; ray: a Ray cluster, the optional extra 'ray')
 ENGINES = ("local", "ray")
+CUE_EMBEDS = ("open-nsfw", "pixels")  # explain compare: the shared cue-patch embedders
 
 # a model's input convention (--channels; explain.models.load's channels=)
 CHANNEL_ORDERS = ("rgb", "bgr")

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from explain.choices import (
     DEFAULT_FILL,
@@ -21,6 +22,7 @@ from explain.choices import (
 )
 from explain.drill_down import check_drill_down
 from explain.errors import OptionError
+from explain.files import display
 from explain.frames import parse_sampling
 from explain.render import check_look
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
@@ -77,7 +79,9 @@ class AuditOptions:
     ``target_precision`` / ``target_recall`` (at most one) replace ``threshold`` by the one that
     meets them on the labeled images (:func:`explain.audit.metrics.operating_threshold`).
     ``label_issues``: find images whose label the data contradicts (cleanlab);
-    ``clusters``: group the errors in the embedder's feature space."""
+    ``clusters``: group the errors in the embedder's feature space; ``pool``: a folder of
+    images to mine for counter-examples of the cues found (:mod:`explain.audit.mining`), with
+    ``synthesize`` pasted ones per cue."""
 
     threshold: float = 0.5
     target_precision: float | None = None
@@ -104,6 +108,8 @@ class AuditOptions:
     cue_options: CueOptions = field(default_factory=CueOptions)
     label_issues: bool = True
     clusters: bool = True
+    pool: str | None = None
+    synthesize: int = 0
 
     def check(self) -> None:
         """Raise :class:`~explain.errors.OptionError` for a value out of its range, an unknown
@@ -136,6 +142,15 @@ class AuditOptions:
         if self.workers < 1:
             raise OptionError(f"workers must be at least 1, got {self.workers}")
         self.cue_options.check()
+        if self.synthesize < 0:
+            raise OptionError(f"synthesize must be 0 or more images per cue, got "
+                              f"{self.synthesize}")
+        if self.synthesize and self.pool is None:
+            raise OptionError("synthetic counter-examples are written with the pool's: give a "
+                              "pool folder (--pool) with --synthesize")
+        if self.pool is not None and not Path(self.pool).is_dir():
+            raise OptionError(f"pool {display(self.pool)} is not a folder; give a folder of "
+                              "images with --pool")
 
 
 @dataclass(frozen=True)
