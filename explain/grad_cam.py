@@ -28,8 +28,8 @@ from explain.backprop import guided_backprop
 from explain.choices import WHITE_BOX_BATCH
 from explain.errors import OptionError
 from explain.heatmap import WHITE_BOX_FLOOR, Heatmap
-from explain.models import Preprocess, TorchClassifier
-from explain.models.base import model_view
+from explain.models import Preprocess
+from explain.models.base import Differentiable, model_view
 from explain.reconstruction import Reconstruction
 from explain.whitebox import Calls, Context, Images, Method, run
 
@@ -85,7 +85,7 @@ class _GradCam(Method):
         self.layer_shape: tuple[int, ...] = ()
         self.raw: list[float] = []
 
-    def default_layer(self, clf: TorchClassifier) -> str:
+    def default_layer(self, clf: Differentiable) -> str:
         return default_layer(clf.module)
 
     def start(self, ctx: Context) -> None:

@@ -132,3 +132,13 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
         raise OptionError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose "
                           f"from {','.join(METHODS)}")
     return list(dict.fromkeys(names))
+
+
+def resolve_models(model: object, device: str | None, methods: Sequence[str]) -> Models:
+    """The classifiers that ``methods`` run on (:func:`explain.models.load_pair`): the default
+    open_nsfw on its fastest backend for black-box methods and on torch for white-box ones (loaded
+    only when one of ``methods`` is white-box); any other model, the same one for both."""
+    from explain.models import load_pair
+
+    black, white = load_pair(model, device, white=any(METHODS[m].white_box for m in methods))
+    return Models(black, white)

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import cast
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from explain.images import as_rgb, to_tensor
 from explain.incremental import Network, check_incremental, network_for, window_scores
 from explain.models.base import (
     Classifier,
-    Preprocess,
+    FixedInput,
     execution_provider,
     model_view,
     pixelwise_input,
@@ -102,10 +103,10 @@ class OccludedCopies:
         self.size = (int(x.shape[2]), int(x.shape[3]))
         self.in_input = pixelwise_input(classifier, self.size)
         if self.in_input:
-            model_input = classifier.model_input  # type: ignore[attr-defined]
-            self.x_input = model_input(x)
-            self.fill_input = model_input(fill.expand_as(x))
-            self.last = getattr(classifier, "layout", "NCHW") == "NHWC"
+            self.fixed = cast(FixedInput, classifier)  # what pixelwise_input checked
+            self.x_input = self.fixed.model_input(x)
+            self.fill_input = self.fixed.model_input(fill.expand_as(x))
+            self.last = self.fixed.layout == "NHWC"
             shape = self.x_input.shape
             self._input_size = (int(shape[1]), int(shape[2])) if self.last else \
                 (int(shape[2]), int(shape[3]))
@@ -115,8 +116,7 @@ class OccludedCopies:
         pixels; an empty one = the intact image): what :meth:`score` takes."""
         if not self.in_input:
             return masked(self.x, self.fill, window_masks(bounds.to(self.x.device), self.size))
-        pre: Preprocess = self.classifier.preprocess  # type: ignore[attr-defined]
-        rect = pre.input_windows(bounds.cpu().numpy(), self.size)
+        rect = self.fixed.preprocess.input_windows(bounds.cpu().numpy(), self.size)
         if self.x_input.device.type != "cpu":  # one launch, not two per window
             where = torch.from_numpy(rect).to(self.x_input.device, non_blocking=True)
             keep = window_masks(where, self._input_size)
@@ -135,7 +135,7 @@ class OccludedCopies:
     def score(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N×C) of a batch :meth:`build` made (or several concatenated)."""
         if self.in_input:
-            return self.classifier.predict_input(batch)  # type: ignore[attr-defined]
+            return self.fixed.predict_input(batch)
         return self.classifier.predict(batch)
 
 

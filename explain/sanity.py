@@ -30,6 +30,7 @@ from explain.choices import SANITY_LAYERS, SANITY_THRESHOLD
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
 from explain.models.adapters import TorchClassifier
+from explain.models.base import model_name
 
 SANITY_SEED = 0
 
@@ -66,9 +67,8 @@ def randomisable(model: object) -> str | None:
     cannot, for the page."""
     if isinstance(model, TorchClassifier) and not isinstance(model.module, torch.jit.ScriptModule):
         return None
-    name = getattr(model, "name", type(model).__name__)
-    return (f"model {name} is a black box ({type(model).__name__}) whose weights cannot be "
-            "randomised: this map cannot be sanity-checked")
+    return (f"model {model_name(model)} is a black box ({type(model).__name__}) whose weights "
+            "cannot be randomised: this map cannot be sanity-checked")
 
 
 def top_layers(module: nn.Module, n: int) -> list[str]:

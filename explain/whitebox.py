@@ -3,7 +3,7 @@ their neuron mode, Grad-CAM), like TorchRay's ``saliency``.
 
 :func:`run` does, for a :class:`Method` (a small strategy object, one per call)::
 
-    model → TorchClassifier (refused if it is not an eager torch module)  → target index
+    model → Differentiable (refused if it is not an eager torch module)   → target index
     → layer (the method's default when none is given) → method.start (once)
     → images grouped by shape in batches
     → per batch: prepared(module) { method.attribute } → method.maps (original coordinates)
@@ -32,8 +32,8 @@ from torch import nn
 
 from explain.errors import OptionError, WhiteBoxError
 from explain.images import ImageInput, as_rgb, to_batch
-from explain.models import TorchClassifier, check_scores, load, resolve_target
-from explain.models.base import precision_deltas
+from explain.models import check_scores, load, resolve_target
+from explain.models.base import Differentiable, model_name, precision_deltas
 from explain.windows import batch_limit
 
 BLACK_BOX_COMMANDS = "`explain occlude` or `explain slide`"
@@ -43,12 +43,14 @@ INPLACE_ACTIVATIONS = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.RReLU)
 Images = ImageInput | Sequence[ImageInput]
 
 
-def white_box(model: object) -> TorchClassifier:
-    """``model`` as a :class:`TorchClassifier` whose gradients we can take, or a WhiteBoxError."""
-    clf = model if isinstance(model, TorchClassifier) else load(model)
-    if not isinstance(clf, TorchClassifier):
+def white_box(model: object) -> Differentiable:
+    """``model`` as a :class:`~explain.models.base.Differentiable` classifier whose gradients we
+    can take, or a WhiteBoxError: the one check of that capability for every white-box method
+    (and the service's refusal)."""
+    clf = model if isinstance(model, Differentiable) else load(model)
+    if not isinstance(clf, Differentiable):
         raise WhiteBoxError(
-            f"model {getattr(clf, 'name', clf)} is a black box ({type(clf).__name__}): "
+            f"model {model_name(clf)} is a black box ({type(clf).__name__}): "
             "deconvnet, guided backprop and Grad-CAM need a torch module (e.g. --model "
             f"open-nsfw); for this model use the black-box commands {BLACK_BOX_COMMANDS}"
         )
@@ -98,7 +100,7 @@ def batches(images: list[np.ndarray], batch_size: int, device: torch.device | No
             yield indices[start:start + step]
 
 
-def find_layer(clf: TorchClassifier, name: str) -> nn.Module:
+def find_layer(clf: Differentiable, name: str) -> nn.Module:
     """The submodule of ``clf``'s module called ``name`` (a name of ``named_modules()``), or an
     OptionError."""
     try:
@@ -115,7 +117,7 @@ class OnOriginal(nn.Module):
     the classifier's precision (:meth:`TorchClassifier.autocast`); gradients reach the fp32
     image."""
 
-    def __init__(self, clf: TorchClassifier) -> None:
+    def __init__(self, clf: Differentiable) -> None:
         super().__init__()
         self.net = clf.module
         self.clf = clf
@@ -193,7 +195,7 @@ def prepared(module: nn.Module, *, layer: nn.Module | None = None) -> Iterator[C
 class Context:
     """What :func:`run` resolved once per call and hands to every step of the method."""
 
-    clf: TorchClassifier
+    clf: Differentiable
     target: int
     target_name: str
     layer: str | None
@@ -214,7 +216,7 @@ class Context:
 class Method:
     """A white-box method as :func:`run` drives it; subclasses fill in the three steps."""
 
-    def default_layer(self, clf: TorchClassifier) -> str | None:
+    def default_layer(self, clf: Differentiable) -> str | None:
         """The layer used when none is given (None: no layer, class mode)."""
         return None
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from explain.choices import DEFAULT_PRECISION
 from explain.errors import ModelError
 from explain.models.base import (
     AUTOCAST_DTYPES,
@@ -33,6 +32,7 @@ from explain.models.base import (
     onnx_providers,
     to_uint8_images,
 )
+from explain.models.specs import DEFAULT_PRECISION
 
 
 class TorchClassifier(BaseClassifier):
@@ -42,7 +42,10 @@ class TorchClassifier(BaseClassifier):
     module (scores, features, the white-box and incremental engines, through :meth:`autocast`)
     runs under ``torch.autocast`` in that dtype. The weights stay fp32, so :meth:`fp32_predict`
     gives the fp32 answer that a map's ``params["precision_delta"]`` is measured against.
-    """
+    :class:`~explain.models.base.Differentiable` (and so
+    :class:`~explain.models.base.FixedInput`: its input is NCHW)."""
+
+    layout = "NCHW"
 
     def __init__(self, module: nn.Module, preprocess: Preprocess, *,
                  class_names: Sequence[str] | None = None, device: str | torch.device | None = None,

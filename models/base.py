@@ -4,12 +4,18 @@ A classifier takes a float32 batch N×3×H×W, RGB, values in [0, 1], on any dev
 N×C class probabilities as a torch tensor. It owns its preprocessing (resize, crop, channel order,
 normalisation), its device and its batching limits. ``input_size`` (H, W), when set, is the size
 the model resizes every input to: the engine may resize an image there once and work at that size.
+
+What a model can do besides scoring is declared by the protocols it satisfies, never probed
+where it is used: :class:`HasFeatures` (penultimate features), :class:`FixedInput` (a known,
+pixel-wise input: copies can be built in the model's own input), :class:`Differentiable` (a torch
+module gradients flow through: the white-box methods, incremental inference).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -17,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from explain.choices import DEFAULT_PRECISION, PRECISIONS
 from explain.errors import ModelError, TargetError
+from explain.models.specs import DEFAULT_PRECISION, PRECISIONS
 
 PROBE_SIZE = 64
 # the dtypes torch.autocast runs a torch model's forward in, per precision but fp32
@@ -37,7 +43,7 @@ class Classifier(Protocol):
 
 
 @runtime_checkable
-class FeatureClassifier(Classifier, Protocol):
+class HasFeatures(Classifier, Protocol):
     """A classifier that also gives its penultimate features (the torch and ONNX adapters,
     open_nsfw on both backends); either method raises ModelError when the model behind it has
     none (a torch module without ``features``, an ONNX graph without a feature output)."""
@@ -48,6 +54,46 @@ class FeatureClassifier(Classifier, Protocol):
         """(features N×F, probabilities N×C as ``predict`` gives them) of one batch, from one
         forward pass where the model allows it."""
         ...
+
+
+FeatureClassifier = HasFeatures
+"""The name :class:`HasFeatures` had first."""
+
+
+@runtime_checkable
+class FixedInput(Classifier, Protocol):
+    """A classifier whose model input is a known function of the RGB batch, reachable apart
+    from the model (the torch and ONNX adapters): ``model_input`` (an RGB [0, 1] batch → the
+    tensor the model sees, in its ``layout``, "NCHW" or "NHWC") through ``input_transform``
+    (None, or a step outside the :class:`Preprocess`, such as a JPEG round trip) and
+    ``preprocess``; ``predict_input`` scores such tensors. Where the transform is None and the
+    preprocessing a plain :class:`Preprocess`, hiding a window can be done in the model input
+    (:func:`pixelwise_input`)."""
+
+    preprocess: Preprocess
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    layout: str
+
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def predict_input(self, inputs: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Differentiable(FixedInput, Protocol):
+    """A white-box classifier: a torch ``module`` that gradients flow through, fed
+    ``model_input``'s tensors, whose raw outputs are read as ``logits``/``sigmoid`` say
+    (:func:`check_scores`) under its ``name`` (the torch adapter: open_nsfw's torch port,
+    nudity-mobilenet, any ``nn.Module`` or TorchScript file)."""
+
+    module: torch.nn.Module
+    name: str
+    logits: bool
+    sigmoid: bool
+    precision: str
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context every forward of ``module`` runs in (its ``precision``)."""
 
 
 def resolve_target(classifier: Classifier, target: str | int) -> int:
@@ -211,14 +257,27 @@ def _nearest(value: float) -> int:
     return int(np.floor(value + 0.5))
 
 
+def model_name(classifier: object, default: str | None = None) -> str:
+    """The name ``classifier`` is shown by: its ``name`` (every adapter has one), else
+    ``default``, else its type's name (a classifier of the user's own with no name)."""
+    name = getattr(classifier, "name", None)
+    return str(name) if name is not None else default or type(classifier).__name__
+
+
+def model_geometry(classifier: object) -> Preprocess | None:
+    """The resize and centre crop ``classifier`` applies: its ``geometry`` (the resize and crop
+    it applies when they are not its ``preprocess``'s, as an input transform that crops), else
+    its ``preprocess``; None when it declares neither (a function, an endpoint)."""
+    pre = getattr(classifier, "geometry", None) or getattr(classifier, "preprocess", None)
+    return pre if isinstance(pre, Preprocess) else None
+
+
 def model_view(classifier: object, shape: tuple[int, int]) -> list[int]:
     """``[top, left, bottom, right)``: the part of an ORIGINAL image of ``shape`` (H, W) that
-    reaches ``classifier``'s model after its resize and centre crop
-    (:meth:`Preprocess.view` of its ``geometry``, the resize and crop it applies when they are
-    not its ``preprocess``'s, else of its ``preprocess``); the whole image when it declares
-    neither (a function, an endpoint: no crop is known)."""
-    pre = getattr(classifier, "geometry", None) or getattr(classifier, "preprocess", None)
-    if isinstance(pre, Preprocess):
+    reaches ``classifier``'s model after its resize and centre crop (:meth:`Preprocess.view`
+    of :func:`model_geometry`); the whole image when no crop is known."""
+    pre = model_geometry(classifier)
+    if pre is not None:
         return pre.view(shape)
     return [0, 0, int(shape[0]), int(shape[1])]
 
@@ -241,7 +300,7 @@ def onnx_providers(device: torch.device) -> list[str]:
 
 
 def check_precision(precision: str, device: torch.device) -> str:
-    """``precision`` when it is one of :data:`~explain.choices.PRECISIONS` and torch runs it
+    """``precision`` when it is one of :data:`~explain.models.specs.PRECISIONS` and torch runs it
     on ``device``, else a ModelError saying what to use. A probe under ``torch.autocast`` must
     give the dtype asked for: a torch that cannot (fp16 on the CPU before torch 2.3, bf16 on a
     GPU without it) warns and turns autocast off, which would run fp32 under another name."""
@@ -377,15 +436,14 @@ class BaseClassifier:
 
 def pixelwise_input(classifier: Classifier, size: tuple[int, int]) -> bool:
     """Whether a window hidden in an image of ``size`` (H, W) can be hidden in ``classifier``'s
-    model input instead: the adapter turns RGB batches into model inputs
-    (``model_input``/``predict_input``, the torch and ONNX adapters) with a plain
+    model input instead: it is :class:`FixedInput` (the torch and ONNX adapters) with a plain
     :class:`Preprocess` and no ``input_transform`` (a JPEG round trip is not pixel-wise), and
     ``size`` is its input size (no resize runs)."""
-    pre = getattr(classifier, "preprocess", None)
-    return (hasattr(classifier, "model_input") and hasattr(classifier, "predict_input")
-            and getattr(classifier, "input_transform", None) is None
-            and type(pre) is Preprocess
-            and (pre.input_size is None or tuple(pre.input_size) == tuple(size)))
+    if not isinstance(classifier, FixedInput) or classifier.input_transform is not None:
+        return False
+    pre = classifier.preprocess
+    return type(pre) is Preprocess and (pre.input_size is None
+                                        or tuple(pre.input_size) == tuple(size))
 
 
 NO_GPU = "no GPU on this machine"

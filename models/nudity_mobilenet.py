@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from explain.choices import BUILTIN_MODELS
 from explain.errors import ModelError
 from explain.models.adapters import TorchClassifier
 from explain.models.base import Preprocess
 from explain.models.packages import package_file
+from explain.models.specs import BUILTIN_MODELS
 from explain.models.tf_graph import constant, read_graph
 
 NAME = "nudity-mobilenet"

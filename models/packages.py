@@ -7,8 +7,8 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
-from explain.choices import BUILTIN_MODELS
 from explain.errors import ModelError
+from explain.models.specs import BUILTIN_MODELS
 
 
 def package_file(model: str, relative: str) -> Path:

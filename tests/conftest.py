@@ -37,7 +37,7 @@ def builtin(spec: str):
     when its weights' package is absent."""
     import importlib.metadata
 
-    from explain.choices import BUILTIN_MODELS
+    from explain.models.specs import BUILTIN_MODELS
 
     package = BUILTIN_MODELS[spec]
     try:

@@ -1,6 +1,6 @@
 """The audit store is the one home of SQL: names chosen by callers (stages, image selections) are
-checked against its lists, never interpolated, and no other module of explain/ runs a query. The
-audit package has no import cycle."""
+checked against its lists, never interpolated, and no other module of explain/ runs a query.
+(That no package has an import cycle is tests/test_architecture.py's, for the whole package.)"""
 
 from __future__ import annotations
 
@@ -66,75 +66,6 @@ def test_no_module_outside_the_stores_runs_sql():
                                                                  "executescript"):
                 callers.append(f"{path.relative_to(EXPLAIN.parent)}:{node.lineno}")
     assert callers == []
-
-
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (never executed)."""
-    skipped = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-               and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
-               for stmt in block.body for n in ast.walk(stmt)}
-    return [n for n in ast.walk(tree) if id(n) not in skipped]
-
-
-def imports(modules: dict[str, Path]) -> dict[str, set[str]]:
-    """Module → the explain modules it imports when it runs (at any depth of its code, in
-    function bodies too; type-checking imports left out), from its source; an import of a
-    package's submodule (``from explain.audit import metrics``) points at the submodule."""
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        found = set()
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                found |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
-                    base = ".".join([*parts, *([base] if base else [])])
-                for a in node.names:
-                    found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
-        graph[name] = {m for m in found if m in modules and m != name}
-    return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    out: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                out.append(sorted(component))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return out
-
-
-def test_the_audit_package_has_no_import_cycle():
-    graph = imports(_modules())
-    audit = {m: {w for w in ws if w.startswith("explain.audit.")}
-             for m, ws in graph.items() if m.startswith("explain.audit.")}
-    assert cycles(audit) == []
 
 
 def test_the_audit_reports_progress_through_a_callback_and_never_prints(tmp_path, capsys):

@@ -269,3 +269,63 @@ def test_auto_backend_on_cpu():
     clf = load("open-nsfw:auto", "cpu")
     assert clf.name == "open-nsfw:onnx"
     assert clf.input_size == (256, 256)
+
+
+def test_load_pair_is_the_default_pair_or_one_model_for_both(monkeypatch):
+    """The default open-nsfw runs black-box methods on open-nsfw:auto and white-box ones on the
+    torch port (loaded only when asked for); any other model serves both."""
+    import explain.models.loading as loading
+    from explain.models import load_pair
+
+    asked = []
+    monkeypatch.setattr(loading, "load", lambda spec, device=None: asked.append(spec) or spec)
+    for spec in ("open-nsfw", "open-nsfw:auto"):
+        asked.clear()
+        assert load_pair(spec, white=True) == ("open-nsfw:auto", "open-nsfw")
+        assert asked == ["open-nsfw:auto", "open-nsfw"]
+        asked.clear()
+        assert load_pair(spec, white=False) == ("open-nsfw:auto", None)
+        assert asked == ["open-nsfw:auto"]
+    asked.clear()
+    assert load_pair("open-nsfw:onnx", white=True) == ("open-nsfw:onnx", "open-nsfw:onnx")
+    assert asked == ["open-nsfw:onnx"]
+
+
+def test_capabilities_are_declared_protocols(colour_clf, nsfw_onnx):
+    """What a model can do is the protocols it satisfies: a torch model is differentiable, with
+    a fixed input and features; an ONNX graph has a fixed input and features but no gradients;
+    a function is a plain classifier. White-box methods take any Differentiable, and refuse the
+    rest once, with the WhiteBoxError that names the black-box commands."""
+    from explain.errors import WhiteBoxError
+    from explain.models import Differentiable, FixedInput, HasFeatures
+    from explain.models.base import pixelwise_input
+    from explain.whitebox import white_box
+
+    def declared(clf):
+        return [p.__name__ for p in (Classifier, HasFeatures, FixedInput, Differentiable)
+                if isinstance(clf, p)]
+
+    function = load(lambda x: x.mean(axis=(1, 2)) / 255)
+    assert declared(colour_clf) == ["Classifier", "HasFeatures", "FixedInput", "Differentiable"]
+    assert declared(nsfw_onnx) == ["Classifier", "HasFeatures", "FixedInput"]
+    assert declared(function) == ["Classifier"]
+    assert white_box(colour_clf) is colour_clf
+    for black in (nsfw_onnx, function):
+        with pytest.raises(WhiteBoxError, match=r"is a black box .* `explain occlude`"):
+            white_box(black)
+    assert pixelwise_input(nsfw_onnx, (256, 256)) and not pixelwise_input(function, (8, 8))
+
+    class Own:
+        """A differentiable classifier of the user's own, no adapter of ours."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def predict(self, batch):
+            return self.inner.predict(batch)
+
+    own = Own(colour_clf)
+    assert isinstance(own, Differentiable) and white_box(own) is own

@@ -24,6 +24,10 @@ by side, with no model call: everything is read from the two audit folders.
   ``slice_changes.csv``, ``compare.json`` and ``compare.html`` (self-contained): the errors fixed,
   the new errors and the largest score changes, each with both runs' occlusion maps side by side
   on one colour scale where both runs drew one (an audit draws maps for its top-k errors only).
+- **Cues** (:mod:`explain.audit.cue_changes`): each cue of run A re-measured under model B
+  (the one step that calls a model: B's, reloaded from its run's recorded spec, and the shared
+  patch embedder; kept in the output folder, so a resumed compare calls none), B's new cues,
+  ``cue_changes.csv`` and the page's cue section.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ from pathlib import Path
 import numpy as np
 
 from explain.audit.comparison_page import pair_pictures, write_page
+from explain.audit.cue_changes import (
+    CUE_COLUMNS,
+    GAIN_FLOOR,
+    VANISHED_SHARE,
+    WEAKENED_SHARE,
+    cue_changes,
+)
 from explain.audit.dataset import Dataset, open_dataset
 from explain.audit.findings import labeled_images
 from explain.audit.outputs import csv_file, csv_value, write_table
@@ -339,10 +350,13 @@ def _run_summary(run: Run) -> dict:
 
 
 def compare(run_a: str | os.PathLike, run_b: str | os.PathLike, output: str | os.PathLike, *,
-            resamples: int = RESAMPLES, seed: int = 0, shown: int = SHOWN) -> Comparison:
+            resamples: int = RESAMPLES, seed: int = 0, shown: int = SHOWN,
+            cue_embed: str = "open-nsfw", model_b: object | None = None) -> Comparison:
     """Compare the audits in ``run_a`` and ``run_b`` (module docstring) and write the outputs
-    into ``output``; no model is loaded. ``resamples`` bootstrap resamples (seeded by ``seed``),
-    ``shown`` images per list on the page."""
+    into ``output``. ``resamples`` bootstrap resamples (seeded by ``seed``, which also seeds
+    B's paste tests), ``shown`` images per list on the page; ``cue_embed`` the shared patch
+    embedder (``open-nsfw`` or ``pixels``); ``model_b`` (a classifier or spec) replaces run B's
+    recorded spec for the cue tests. Only the cue tests load a model."""
     if resamples < 100:
         raise OptionError(f"resamples must be at least 100 for a 95 % interval, got {resamples}")
     out = check_output_dir(output)
@@ -357,13 +371,14 @@ def compare(run_a: str | os.PathLike, run_b: str | os.PathLike, output: str | os
         a.store.close()
         raise
     try:
-        return _compare(a, b, out, resamples, seed, shown)
+        return _compare(a, b, out, resamples, seed, shown, cue_embed, model_b)
     finally:
         a.store.close()
         b.store.close()
 
 
-def _compare(a: Run, b: Run, out: Path, resamples: int, seed: int, shown: int) -> Comparison:
+def _compare(a: Run, b: Run, out: Path, resamples: int, seed: int, shown: int,
+             cue_embed: str, model_b: object | None) -> Comparison:
     if a.target != b.target:
         raise OptionError(f"run A's target class is {a.target!r} and run B's {b.target!r}; "
                           "compare two audits of the same target (--target)")
@@ -406,6 +421,18 @@ def _compare(a: Run, b: Run, out: Path, resamples: int, seed: int, shown: int) -
     else:
         notes.append("no matched image is labeled (with the same label in both runs): no "
                      "metrics, no errors fixed or new")
+    to_a = {int(ib): int(ia) for ia, ib in zip(pairs.ids_a, pairs.ids_b, strict=True)}
+    cues = cue_changes(a, b, to_a, out, seed=seed, embed=cue_embed, model_b=model_b)
+    notes += cues.notes
+    (out / "cue_changes.csv").unlink(missing_ok=True)
+    if cues.reason is None:
+        files["cue_changes"] = write_table(out / "cue_changes.csv", CUE_COLUMNS, cues.rows)
+    summary["cues"] = {
+        "embedding": cues.embedding, "reason": cues.reason, "model_calls": cues.calls,
+        "thresholds": {"gain_floor": GAIN_FLOOR, "vanished_share": VANISHED_SHARE,
+                       "weakened_share": WEAKENED_SHARE},
+        "rows": [{k: v for k, v in r.items() if not k.startswith("thumbs")}
+                 for r in cues.rows]}
     summary["notes"] = notes
     lists = change_lists(pairs, error_a, error_b, shown)
     if labeled.any():
@@ -433,7 +460,7 @@ def _compare(a: Run, b: Run, out: Path, resamples: int, seed: int, shown: int) -
             "lists": [{"name": name, "total": len(index),
                        "cards": [card(k) for k in index[:shown]]}
                       for name, index in lists.items()],
-            "slices": summary.get("slices", [])[:40]}
+            "slices": summary.get("slices", [])[:40], "cues": cues}
     files["html"] = write_page(out / "compare.html", page)
     return Comparison(output=out, summary=summary, files=files)
 

@@ -116,7 +116,7 @@ def cluster(vectors: np.ndarray, max_k: int, seed: int) -> tuple[np.ndarray, flo
 
 # --- 3. measure ---------------------------------------------------------------------------------
 
-def _paste(recipient: np.ndarray, crop: np.ndarray, donor_shape: tuple[int, int],
+def paste(recipient: np.ndarray, crop: np.ndarray, donor_shape: tuple[int, int],
            rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """``recipient`` with ``crop`` pasted at a seeded position, scaled to keep its share of the
     image area."""
@@ -163,7 +163,7 @@ def paste_test(classifier: Counting, donors: list[Patch], recipients: list[int],
         src, dst = pixels(donor.image), pixels(rec)
         if src is None or dst is None:  # a file gone since its harvest
             continue
-        pasted, where = _paste(dst, src[t_:b_, l_:r_], src.shape[:2], rng)
+        pasted, where = paste(dst, src[t_:b_, l_:r_], src.shape[:2], rng)
         images.append(pasted)
         made.append((donor, rec, where))
     after = score_images(classifier, images, t, batch_size) if images else []

@@ -20,8 +20,14 @@ from explain.audit.concepts import Part, score_drops
 from explain.audit.options import CueOptions
 from explain.errors import ExplainError, OptionError
 from explain.images import as_rgb, load_image, to_batch
-from explain.models import Classifier, FeatureClassifier
-from explain.models.base import Preprocess, execution_provider, model_view, resize
+from explain.models import Classifier, HasFeatures
+from explain.models.base import (
+    Preprocess,
+    execution_provider,
+    model_geometry,
+    model_view,
+    resize,
+)
 from explain.occlusion import occlusion_map
 from explain.windows import Size, check_batch_size, pixels
 
@@ -84,8 +90,7 @@ class Counting:
     @property
     def geometry(self) -> Preprocess | None:
         """The resize and crop of the counted model (what :func:`model_view` reads)."""
-        inner = self.classifier
-        return getattr(inner, "geometry", None) or getattr(inner, "preprocess", None)
+        return model_geometry(self.classifier)
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         self.calls += int(batch.shape[0])
@@ -197,7 +202,7 @@ class PatchEmbedder:
 
         self.calls = 0
         candidates: list[Callable[[], object]] = []
-        if embed in ("auto", "features") and isinstance(classifier, FeatureClassifier):
+        if embed in ("auto", "features") and isinstance(classifier, HasFeatures):
             candidates.append(lambda: classifier)
         if embed in ("auto", "open-nsfw"):
             candidates.append(lambda: load("open-nsfw:auto", None))

@@ -110,7 +110,8 @@ class Cue:
 class Cues:
     """The ranked cues (best first) and how they were found. ``calls`` counts the images the
     model scored for them, over every call that built them (``new_calls``: this call only);
-    ``embed_calls`` the embedder's images."""
+    ``embed_calls`` the embedder's images; ``setting`` the cache's key of the options they
+    were found under (the audit's: :meth:`CueOptions.setting`; empty in memory)."""
 
     cues: list[Cue]
     images: dict[int, CueImage]
@@ -124,6 +125,7 @@ class Cues:
     tn_images: int
     tp_images: int
     notes: list[str] = field(default_factory=list)
+    setting: str = ""
 
 
 class CueCache(Protocol):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,19 +25,23 @@ from explain.audit.options import AuditOptions
 from explain.audit.store import Store
 from explain.errors import ExplainError
 from explain.images import collect_warnings
-from explain.models import Classifier, FeatureClassifier
+from explain.models import Classifier, HasFeatures
+from explain.models.base import model_name
 from explain.progress import LabelledProgress
+
+if TYPE_CHECKING:
+    from explain.grid.embed import Embedder
 
 DIMENSIONS = 128
 BATCH = 32
 
 
-def embedder_for(classifier: Classifier) -> tuple[object, str]:
+def embedder_for(classifier: Classifier) -> tuple[Embedder, str]:
     """The grid's embedder for ``classifier`` and the name its vectors are stored under."""
     from explain.grid import Embedder
 
-    if isinstance(classifier, FeatureClassifier):
-        return Embedder("features", classifier), f"features:{getattr(classifier, 'name', '?')}"
+    if isinstance(classifier, HasFeatures):
+        return Embedder("features", classifier), f"features:{model_name(classifier, '?')}"
     return Embedder("pixels", None), "pixels"
 
 
@@ -93,15 +98,15 @@ def _embed_missing(store: Store, classifier: Classifier, o: AuditOptions, embedd
                                   target=o.target, frame=row[2])
         except ExplainError as exc:
             return row[0], f"no embedding for {display(from_storable(row[1]))}: {exc}"
-        return row[0], resize(rgb, embedder.size)  # type: ignore[attr-defined]
+        return row[0], resize(rgb, embedder.size)
 
     for lo in range(0, len(rows), BATCH):
         got = list(pool.map(read, rows[lo:lo + BATCH]))
         notes += [x for _, x in got if isinstance(x, str)]
         good = [(i, x) for i, x in got if not isinstance(x, str)]
         if good:
-            vectors = embedder([x for _, x in good])  # type: ignore[operator]
-            if getattr(embedder, "mode", "") == "probabilities":
+            vectors = embedder([x for _, x in good])
+            if embedder.mode == "probabilities":
                 raise _NoFeatures
             batch = [(i, v.tobytes()) for (i, _), v in
                      zip(good, project(vectors), strict=True)]

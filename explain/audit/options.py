@@ -1,9 +1,8 @@
-"""What shapes an audit and what it returns: :class:`AuditOptions` (with the cue discovery's
-:class:`CueOptions`) and :class:`AuditResult`.
+"""What shapes an audit: :class:`AuditOptions` (with the cue discovery's :class:`CueOptions`)
+and :class:`RayOptions`; what it returns is :class:`explain.audit.result.AuditResult`.
 
 A module of its own so that the stages, the outputs, the cue discovery and the CLI read the same
-types without importing one another (the outputs used to import the orchestration for
-``AuditResult`` while the orchestration imported the outputs).
+types without importing one another; it imports no other module of the audit.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from explain.choices import (
     DEFAULT_FILL,
@@ -24,12 +22,10 @@ from explain.choices import (
 )
 from explain.drill_down import check_drill_down
 from explain.errors import OptionError
+from explain.files import display
 from explain.frames import parse_sampling
 from explain.render import check_look
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
-
-if TYPE_CHECKING:
-    from explain.audit.cues import Cues
 
 EMBEDS = ("auto", "features", "open-nsfw", "pixels")
 
@@ -83,7 +79,9 @@ class AuditOptions:
     ``target_precision`` / ``target_recall`` (at most one) replace ``threshold`` by the one that
     meets them on the labeled images (:func:`explain.audit.metrics.operating_threshold`).
     ``label_issues``: find images whose label the data contradicts (cleanlab);
-    ``clusters``: group the errors in the embedder's feature space."""
+    ``clusters``: group the errors in the embedder's feature space; ``pool``: a folder of
+    images to mine for counter-examples of the cues found (:mod:`explain.audit.mining`), with
+    ``synthesize`` pasted ones per cue."""
 
     threshold: float = 0.5
     target_precision: float | None = None
@@ -110,6 +108,8 @@ class AuditOptions:
     cue_options: CueOptions = field(default_factory=CueOptions)
     label_issues: bool = True
     clusters: bool = True
+    pool: str | None = None
+    synthesize: int = 0
 
     def check(self) -> None:
         """Raise :class:`~explain.errors.OptionError` for a value out of its range, an unknown
@@ -142,25 +142,15 @@ class AuditOptions:
         if self.workers < 1:
             raise OptionError(f"workers must be at least 1, got {self.workers}")
         self.cue_options.check()
-
-
-@dataclass
-class AuditResult:
-    """Where the audit went and what it found; ``metrics`` is empty for unlabeled data."""
-
-    output: Path
-    run: int
-    key: str
-    resumed: bool
-    images: int
-    scored: int
-    failed: int
-    heatmaps: int
-    threshold: float = 0.5
-    seconds: dict[str, float] = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-    cues: Cues | None = None
+        if self.synthesize < 0:
+            raise OptionError(f"synthesize must be 0 or more images per cue, got "
+                              f"{self.synthesize}")
+        if self.synthesize and self.pool is None:
+            raise OptionError("synthetic counter-examples are written with the pool's: give a "
+                              "pool folder (--pool) with --synthesize")
+        if self.pool is not None and not Path(self.pool).is_dir():
+            raise OptionError(f"pool {display(self.pool)} is not a folder; give a folder of "
+                              "images with --pool")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import csv
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,8 +34,9 @@ from explain.audit import metrics as m
 from explain.audit.cues import Cues
 from explain.audit.dataset import Dataset
 from explain.audit.findings import Findings, find, summary, write_summary
-from explain.audit.options import AuditOptions, AuditResult
+from explain.audit.options import AuditOptions
 from explain.audit.page import cue_section, write_mosaic, write_page, write_plots
+from explain.audit.result import AuditResult
 from explain.audit.slices import COLUMNS
 from explain.audit.store import Store
 from explain.files import atomic_write, display, from_storable, write_text
@@ -379,6 +380,9 @@ def write_outputs(store: Store, folder: Path, *, classifier: Classifier, target:
         files["summary"] = write_summary(folder / "summary.md", block)
         metrics_["summary"] = {k: v for k, v in block.items() if k != "markdown"}
         metrics_["slices_flagged"] = block["flagged_slices"]
+        if cues is not None:  # what `explain counterexamples` reads to find them in the store
+            metrics_["cues"] = {"setting": cues.setting, "embedding": cues.embedding,
+                                "options": asdict(o.cue_options)}
         metrics_["label_issues"] = len(found.issues) if found else 0
         metrics_["label_issue_probabilities"] = found.issue_source if found else None
         metrics_["error_clusters"] = [

@@ -23,6 +23,9 @@ had none yet).
    with a heatmap): :func:`explain.audit.cues.find_cues` over those false positives (their stored
    heatmaps reused), a seeded sample of true negatives and of true positives; each image's
    harvest and each cluster's paste test is committed as computed.
+   With ``options.pool``, the pool is then mined for counter-examples of the cues
+   (:mod:`explain.audit.mining`: its outputs and its own store in the audit folder, resumed
+   the same way).
 5. **embeddings** (labeled data, with label issues or error clusters on): each labeled image's
    vector in the model's feature space (:mod:`explain.audit.embedding`), once per image.
 6. **mosaic** (when :mod:`explain.grid` is available) and the outputs, rebuilt from the store on
@@ -41,19 +44,24 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from explain.audit import metrics as m
 from explain.audit.concepts import NudeNetDetector, PartDetector
+from explain.audit.cues import Cues
 from explain.audit.dataset import open_dataset
 from explain.audit.embedding import embed_labeled
-from explain.audit.options import AuditOptions, AuditResult, RayOptions
+from explain.audit.mining import from_cues, mine
+from explain.audit.options import AuditOptions, RayOptions
 from explain.audit.outputs import write_outputs
+from explain.audit.result import AuditResult
 from explain.audit.stages import Rate, cue_stage, heatmap_stage, heatmap_targets, score_stage
 from explain.audit.store import Store
 from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES
 from explain.files import check_output_dir
 from explain.images import collect_warnings
 from explain.models import Classifier, load, resolve_target
+from explain.models.base import model_name
 from explain.progress import LabelledProgress
 from explain.windows import check_windows
 
@@ -74,7 +82,7 @@ def spec_of(model: object, classifier: Classifier) -> str:
     """How the model enters the run key: its spec string, or for an object its kind and name."""
     if isinstance(model, str | os.PathLike):
         return str(model)
-    return f"{type(classifier).__name__}:{getattr(classifier, 'name', '?')}"
+    return f"{type(classifier).__name__}:{model_name(classifier, '?')}"
 
 
 def chosen_threshold(store: Store, target: str, o: AuditOptions) -> float:
@@ -90,6 +98,19 @@ def chosen_threshold(store: Store, target: str, o: AuditOptions) -> float:
             positive.append(label == target)
     return m.operating_threshold(scores, positive, precision=o.target_precision,
                                  recall=o.target_recall)
+
+
+def pool_stage(store: Store, classifier: Classifier, cues: Cues | None, o: AuditOptions,
+               folder: Path, rate: Rate) -> tuple[list[str], dict[str, Path]]:
+    """The counter-examples of the cues found, mined from ``o.pool`` into the audit's folder
+    (:func:`explain.audit.mining.mine`): the notes and the files written, or why not."""
+    if cues is None or not cues.cues:
+        return ["counter-examples skipped: the audit found no cues to mine the pool for"], {}
+    mining = from_cues(cues, store, o.cue_options, store.params, o.threshold)
+    with collect_warnings():
+        found = mine(classifier, mining, o.pool, folder, synthesize=o.synthesize,
+                     batch_size=o.batch_size, run=folder, progress=rate.progress)
+    return found.notes, found.files
 
 
 def audit(data: str | os.PathLike, output: str | os.PathLike, *,
@@ -143,7 +164,7 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
         "data": dataset.source, "target": class_names[t],
         "box": list(box), "stride": list(stride),
         "fill": o.fill, "max_pixels": o.max_pixels,
-        "concepts": getattr(detector, "name", type(detector).__name__) if o.concepts else None,
+        "concepts": model_name(detector) if o.concepts else None,
         "code": code_version(),
     }
     if o.drill_down is not None:  # only then, so that earlier exact runs keep their keys
@@ -179,6 +200,12 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
         notes += cue_notes
         if cues is not None:
             seconds["cues"] = time.perf_counter() - start
+        mined: dict[str, Path] = {}
+        if o.pool is not None:
+            start = time.perf_counter()
+            pool_notes, mined = pool_stage(store, classifier, cues, o, out, rate)
+            notes += pool_notes
+            seconds["pool"] = time.perf_counter() - start
 
         embedded = None
         if labels_seen and (o.label_issues or o.clusters):
@@ -196,6 +223,7 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
                                    cues=cues, dataset=dataset, embedded=embedded)
         seconds["outputs"] = time.perf_counter() - start
         store.mark_stage("finished")
+        result.files.update({f"pool_{name}": path for name, path in mined.items()})
         result.seconds = seconds
         result.cues = cues
         return result

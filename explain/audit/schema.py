@@ -96,6 +96,39 @@ CREATE TABLE IF NOT EXISTS cue_pastes (
 );
 """
 
+MINING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mining_runs (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    params TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pool_images (
+    id INTEGER PRIMARY KEY,
+    run INTEGER NOT NULL REFERENCES mining_runs(id),
+    path TEXT NOT NULL,
+    score REAL,
+    error TEXT,
+    done_at REAL NOT NULL,
+    UNIQUE (run, path)
+);
+CREATE TABLE IF NOT EXISTS pool_windows (
+    image INTEGER NOT NULL REFERENCES pool_images(id),
+    n INTEGER NOT NULL,
+    top INTEGER NOT NULL,
+    left INTEGER NOT NULL,
+    bottom INTEGER NOT NULL,
+    right INTEGER NOT NULL,
+    heat REAL NOT NULL,
+    drop_ REAL NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (image, n)
+);
+"""
+"""The counter-example mining's database (``counterexamples.sqlite`` in its output folder,
+:class:`explain.audit.store.MiningStore`): each pool image scanned under one *run* (a hash of the
+audit run, its cues' setting and the model), with its top windows."""
+
 STAGES = ("listed", "scored", "mosaic", "finished")
 """The stages of a run that :meth:`Store.mark_stage` records (columns of ``runs``)."""
 

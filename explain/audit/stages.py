@@ -376,4 +376,6 @@ def cue_stage(store: Store, classifier: Classifier, targets: list[tuple[str, Ima
                          stride=stride, fill=o.fill, batch_size=o.batch_size,
                          max_pixels=o.max_pixels, cache=cache,
                          progress=lambda stage, done, total: advance())
+    cues.setting = cache.setting
     return cues, cues.notes
+

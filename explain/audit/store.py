@@ -19,6 +19,9 @@ committed in one short transaction together with its stage marks, so a kill at a
 at most the batch in flight and never leaves half of one. WAL journaling keeps readers (a
 progress poller, a test) from blocking the writer.
 
+:class:`MiningStore` is the counter-example mining's database (``counterexamples.sqlite`` in its
+output folder, :mod:`explain.audit.mining`): each pool image scanned, with its top windows.
+
 Paths are stored in the strict-UTF-8 form of :func:`explain.files.to_storable`, so any byte file
 name (``caf\xe9.jpg``) is kept losslessly; ``ImageRow.file`` gives the path to open.
 """
@@ -35,11 +38,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from explain.audit.schema import SCHEMA, SELECTIONS, STAGES
+from explain.audit.schema import MINING_SCHEMA, SCHEMA, SELECTIONS, STAGES
 from explain.errors import OptionError
 from explain.files import display, from_storable, to_storable
 
 DB_NAME = "audit.sqlite"
+MINING_DB = "counterexamples.sqlite"
 
 
 def _stage(stage: str) -> str:
@@ -74,14 +78,16 @@ def run_key(params: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """The database at ``path`` (created when absent) with the current schema."""
+def _connect(path: Path, schema: str = SCHEMA) -> sqlite3.Connection:
+    """The database at ``path`` (created when absent) with the current ``schema``."""
     try:
         db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(SCHEMA)
+        db.executescript(schema)
+        if schema is not SCHEMA:
+            return db
         columns = {r[1] for r in db.execute("PRAGMA table_info(images)")}
         for column in ("notes", "props", "sha256"):  # a database written before they were kept
             if column not in columns:
@@ -410,6 +416,13 @@ class Store:
             "cue_images c JOIN images i ON i.id = c.image WHERE i.run = ? AND c.setting = ? "
             "ORDER BY c.image", (self.run, setting)).fetchall()
 
+    def cue_settings(self) -> list[str]:
+        """The cue-option hashes this run holds harvests under, the most recently written
+        first."""
+        return [r[0] for r in self._db.execute(
+            "SELECT c.setting FROM cue_images c JOIN images i ON i.id = c.image WHERE i.run = ? "
+            "GROUP BY c.setting ORDER BY MAX(c.done_at) DESC", (self.run,))]
+
     def cue_patches(self, setting: str) -> list[tuple]:
         """(image, role, n, top, left, bottom, right, heat, drop, vector bytes) of every patch."""
         return self._db.execute(
@@ -462,3 +475,82 @@ class Store:
             "ORDER BY (id * 2654435761 + ?) % 4294967296, id LIMIT ?",
             (self.run, target, threshold, seed, n)).fetchall()
         return [ImageRow(*r) for r in rows]
+
+
+class MiningStore:
+    """The counter-example mining's database in its output folder (:data:`MINING_DB`), bound to
+    one mining run (found by the hash of ``params`` or created): each pool image scanned, with
+    its score or the reason it failed, and its top windows, committed one image at a time so
+    that a rerun scans only what is missing. Its connection is private."""
+
+    def __init__(self, folder: str | os.PathLike, params: dict) -> None:
+        self.path = Path(folder) / MINING_DB
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = _connect(self.path, MINING_SCHEMA)
+        self.key = run_key(params)
+        row = self._db.execute("SELECT id FROM mining_runs WHERE key = ?", (self.key,)).fetchone()
+        if row is None:
+            cur = self._db.execute("INSERT INTO mining_runs (key, params, created) VALUES "
+                                   "(?, ?, ?)", (self.key, json.dumps(params, sort_keys=True,
+                                                                      default=str), time.time()))
+            self.run = int(cur.lastrowid)
+        else:
+            self.run = int(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def done(self) -> set[str]:
+        """The stored paths of the pool images already scanned (or failed)."""
+        return {r[0] for r in self._db.execute("SELECT path FROM pool_images WHERE run = ?",
+                                              (self.run,))}
+
+    def save_image(self, path: str | os.PathLike, score: float | None, error: str | None,
+                   windows: list[tuple]) -> None:
+        """One pool image: its score or ``error``, and its ``windows`` = (n, top, left, bottom,
+        right, heat, drop, vector bytes) rows, in one transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self._db.execute(
+                "INSERT OR REPLACE INTO pool_images (run, path, score, error, done_at) VALUES "
+                "(?, ?, ?, ?, ?)", (self.run, to_storable(path), score, error, time.time()))
+            self._db.executemany(
+                "INSERT INTO pool_windows (image, n, top, left, bottom, right, heat, drop_, "
+                "vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(cur.lastrowid, *w) for w in windows])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def counts(self) -> tuple[int, int]:
+        """(images scanned, images failed) of this run."""
+        row = self._db.execute("SELECT COUNT(*), COUNT(error) FROM pool_images WHERE run = ?",
+                               (self.run,)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def failed(self) -> list[tuple[str, str]]:
+        """(stored path, reason) of each pool image that could not be scanned."""
+        return self._db.execute("SELECT path, error FROM pool_images WHERE run = ? AND error IS "
+                                "NOT NULL ORDER BY path", (self.run,)).fetchall()
+
+    def windows(self, chunk: int = 256) -> Iterator[tuple[str, float, list[tuple]]]:
+        """(stored path, score, [(top, left, bottom, right, drop, vector bytes)]) of each scanned
+        image that has windows, in id order, ``chunk`` images at a time (bounded memory)."""
+        last = 0
+        while True:
+            ids = self._db.execute(
+                "SELECT id, path, score FROM pool_images WHERE run = ? AND id > ? AND error IS "
+                "NULL ORDER BY id LIMIT ?", (self.run, last, chunk)).fetchall()
+            if not ids:
+                return
+            found: dict[int, list[tuple]] = {}
+            for image, *w in self._db.execute(
+                    "SELECT image, top, left, bottom, right, drop_, vector FROM pool_windows "
+                    f"WHERE image IN ({','.join('?' * len(ids))}) ORDER BY image, n",
+                    [r[0] for r in ids]):
+                found.setdefault(image, []).append(tuple(w))
+            for image, path, score in ids:
+                if image in found:
+                    yield path, float(score), found[image]
+            last = ids[-1][0]

@@ -14,7 +14,17 @@ import typer
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-from explain.cli import audit, blackbox, compare, grid, report, score, serve, whitebox
+from explain.cli import (
+    audit,
+    blackbox,
+    compare,
+    counterexamples,
+    grid,
+    report,
+    score,
+    serve,
+    whitebox,
+)
 
 app = typer.Typer(
     name="explain",
@@ -36,6 +46,7 @@ app.command("grid")(grid.grid)
 app.command("report")(report.report)
 app.command("audit")(audit.audit)
 app.command("compare")(compare.compare)
+app.command("counterexamples")(counterexamples.counterexamples)
 app.command("serve")(serve.serve)
 
 

@@ -25,6 +25,7 @@ from explain.cli.common import (
     NormalizeOpt,
     OutDirOpt,
     StrideOpt,
+    SynthesizeOpt,
     TargetOpt,
     VmaxOpt,
     VminOpt,
@@ -118,6 +119,8 @@ def audit(
     cues: Annotated[bool, typer.Option("--cues/--no-cues", help="Discover the cues the model reacts to in its false positives (needs 5 with a heatmap).")] = True,  # noqa: E501
     label_issues: Annotated[bool, typer.Option("--label-issues/--no-label-issues", help="Find images whose label the data contradicts (cleanlab; embeds every labeled image once).")] = True,  # noqa: E501
     clusters: Annotated[bool, typer.Option("--clusters/--no-clusters", help="Cluster the false positives and negatives in the model's feature space.")] = True,  # noqa: E501
+    pool: Annotated[Path | None, typer.Option("--pool", help="After cue discovery, rank this folder's images by how strongly they carry each cue (counterexamples.csv).")] = None,  # noqa: E501
+    synthesize: SynthesizeOpt = 0,
     batch_size: BatchOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Threads decoding images "
                                          "ahead of the model.")] = 4,
@@ -156,7 +159,8 @@ def audit(
                            concepts=concepts, cues=cues, max_pixels=max_pixels,
                            frames=frames, max_frames=max_frames,
                            batch_size=batch_size, workers=workers, colormap=colormap,
-                           alpha=alpha, normalize=normalize, vmin=vmin, vmax=vmax, mosaic=mosaic)
+                           alpha=alpha, normalize=normalize, vmin=vmin, vmax=vmax, mosaic=mosaic,
+                           pool=None if pool is None else str(pool), synthesize=synthesize)
     options.check()
     if engine != "ray" and (address is not None or actors != 1 or gpus_per_actor is not None):
         raise OptionError("--address, --actors and --gpus-per-actor need --engine ray")

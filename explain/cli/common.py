@@ -76,6 +76,9 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target class, na
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", min=1,
                                               help="Images per model call.")]
 OutDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+SynthesizeOpt = Annotated[int, typer.Option("--synthesize", min=0, help="Also write this many "
+                                            "synthetic counter-examples per cue: its patches "
+                                            "pasted into the run's true negatives.")]
 ImageOutDirOpt = Annotated[Path, typer.Option(
     "--output", "-o", help="Output folder. Files are NAME.METHOD…, NAME the image's stem; inputs "
     "sharing a stem get their file name (photo.jpg), then their path below their common folder "

@@ -7,8 +7,12 @@ from typing import Annotated
 
 import typer
 
-from explain.cli.common import OutDirOpt, result_line, user_errors
+from explain.choices import CUE_EMBEDS
+from explain.cli.common import OutDirOpt, choice, plain, result_line, user_errors
 from explain.files import display
+
+CueEmbed = choice("CueEmbed", CUE_EMBEDS)
+DEFAULT_CUE_EMBED = CueEmbed("open-nsfw")
 
 RunArg = Annotated[Path, typer.Argument(help="An `explain audit` output folder.",
                                         show_default=False)]
@@ -31,12 +35,18 @@ def compare(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
     shown: Annotated[int, typer.Option("--shown", min=0, help="Images per list on the page.")
                      ] = 12,
+    cue_embed: Annotated[CueEmbed, typer.Option(  # type: ignore[valid-type]
+        "--cue-embed", callback=plain,
+        help="The one embedder both runs' cue patches are matched in.")
+    ] = DEFAULT_CUE_EMBED,
 ) -> None:
     """Compare two audits of the same images (two models, or two versions of one): metrics with
-    paired intervals, McNemar's test, slices, errors fixed and new, both models' maps."""
+    paired intervals, McNemar's test, slices, errors fixed and new, both models' maps, and each
+    cue of run A tested under model B (reloaded from run B's recorded spec)."""
     from explain.audit.comparison import compare as run_compare
 
-    result = run_compare(run_a, run_b, output, resamples=resamples, seed=seed, shown=shown)
+    result = run_compare(run_a, run_b, output, resamples=resamples, seed=seed, shown=shown,
+                         cue_embed=cue_embed)
     s = result.summary
     result_line(f"{s['matched']} images in both runs ({s['only_a']} only in A, {s['only_b']} "
                 f"only in B), {s['labeled']} labeled alike")
@@ -51,6 +61,14 @@ def compare(
                         f"{_delta(point['metrics']['fpr'])} · {mc['fixed']} fixed, {mc['new']} "
                         f"new (McNemar p {p})")
         result_line(f"ROC AUC {_delta(s['auc'])}")
+    cues = s["cues"]
+    if cues["reason"]:
+        result_line(f"cues: not re-measured: {display(cues['reason'])}")
+    else:
+        counts = {k: sum(1 for r in cues["rows"] if r["status"] == k)
+                  for k in ("persists", "weakened", "vanished", "new")}
+        result_line("cues: " + ", ".join(f"{n} {k}" for k, n in counts.items()) +
+                    f" ({cues['model_calls']} images scored by model B)")
     for note in s["notes"]:
         result_line(f"note: {display(note)}")
     result_line("wrote " + ", ".join(display(path) for path in result.files.values()))

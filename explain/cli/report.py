@@ -102,7 +102,8 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
     insertion AUC), rank them, and write one self-contained report. With --sanity, flag every
     method whose map survives randomising the model's top layers (Adebayo et al. 2018).
     Several --model: the report has a column per model (JSON: a "models" list)."""
-    from explain.report import DEFAULT_MODELS, Options, write_report, write_reports
+    from explain.models.specs import DEFAULT_MODELS
+    from explain.report import Options, write_report, write_reports
 
     options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
                       target=target, steps=steps, fill=fill, masks=masks, batch_size=batch_size,

@@ -8,13 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from explain.choices import (
-    BLACK_BOX_MODEL,
-    BUILTIN_MODELS,
-    BUNDLED,
-    DEFAULT_MAX_FRAMES,
-    SPEC_FORMS,
-)
+from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     FramesOpt,
@@ -32,6 +26,7 @@ from explain.cli.common import (
 )
 from explain.errors import ExplainError
 from explain.files import display, to_storable
+from explain.models.specs import BUILTIN_MODELS, BUNDLED, SPEC_FORMS
 
 
 @user_errors
@@ -52,11 +47,12 @@ def score(images: Images, models: ModelOptions, target: TargetOpt = None,
     from explain.frames import is_clip, parse_sampling
     from explain.images import load_image, to_tensor
     from explain.models import resolve_target
+    from explain.models.base import model_name
 
     sampling = parse_sampling(frames)
     clf = models.load(jpeg_reencode=jpeg_reencode)
     names = list(clf.class_names)
-    title = str(getattr(clf, "name", models.model))
+    title = model_name(clf, str(models.model))
     if target is not None:
         title += f" — target {names[resolve_target(clf, target)]}"
     clip_target = target if target is not None else (

@@ -95,7 +95,7 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
     _require_extra()
     import uvicorn
 
-    from explain.report.build import DEFAULT_MODELS
+    from explain.models.specs import DEFAULT_MODELS
     from explain.serve.app import Settings, create_app
     from explain.serve.jobs import JobStore
     from explain.serve.security import RateLimitedLog, check_bind, load_tokens

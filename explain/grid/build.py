@@ -116,7 +116,8 @@ def similarity_grid(images: Sequence[ImageSource], classifier: Classifier | None
             raise OptionError("scores need a classifier (--model)")
         t_index = resolve_target(classifier, target)
     embedder = Embedder(embed, classifier)
-    fit_batch(batch_size, getattr(classifier, "device", None), embedder.size, items=n)
+    fit_batch(batch_size, None if classifier is None else classifier.device, embedder.size,
+              items=n)
     check_grid_memory(n, size, thumb_px, layout)
 
     notes: list[str] = []

@@ -19,8 +19,9 @@ import torch
 
 from explain.errors import ImageError, ModelError, OptionError
 from explain.images import as_rgb, to_batch
-from explain.models import Classifier, FeatureClassifier
+from explain.models import Classifier, HasFeatures
 from explain.models.adapters import import_callable, raised
+from explain.models.base import model_name
 from explain.windows import Progress
 
 PIXEL_SIDE = 32
@@ -85,12 +86,13 @@ class Embedder:
         if embed == "pixels":
             self.mode, self.size = "pixels", (PIXEL_SIDE, PIXEL_SIDE)
             return
-        self.size = tuple(getattr(classifier, "input_size", None) or DEFAULT_INPUT)
+        own = classifier.input_size if classifier is not None else None
+        self.size = tuple(own or DEFAULT_INPUT)
         if embed == "features":
             if classifier is None:
                 raise OptionError("embedding by features needs a classifier (--model)")
             self.mode = "features"
-            if not isinstance(classifier, FeatureClassifier):
+            if not isinstance(classifier, HasFeatures):
                 self.mode, self.why_not_features = "probabilities", "it has no features()"
         elif ":" in embed:
             self.mode, self.fn = "function", import_callable(embed)
@@ -102,7 +104,7 @@ class Embedder:
     def describe(self) -> str:
         """The embedding in words, with its dimension (e.g. "penultimate features of open-nsfw
         (1024-d)"); a fallback to probabilities says why features were not used."""
-        name = getattr(self.classifier, "name", type(self.classifier).__name__)
+        name = model_name(self.classifier)
         if self.mode == "pixels":
             return f"raw pixels ({PIXEL_SIDE}x{PIXEL_SIDE} RGB, {self.dim}-d)"
         if self.mode == "function":

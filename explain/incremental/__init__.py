@@ -26,7 +26,7 @@ import torch
 from explain.errors import OptionError
 from explain.incremental.engine import Incremental
 from explain.incremental.graph import Full, Network, trace
-from explain.models.base import Classifier, Preprocess, check_scores
+from explain.models.base import Classifier, Differentiable, Preprocess, check_scores, model_name
 from explain.progress import Progress
 
 __all__ = ["AUTO_SIDE", "MOST", "Incremental", "check_incremental", "network_for", "pays",
@@ -38,15 +38,14 @@ MOST = 0.6
 
 def _why_not(classifier: Classifier) -> str | Network:
     """The traced network of ``classifier``, or why incremental inference cannot run on it."""
-    module = getattr(classifier, "module", None)
-    if not isinstance(module, torch.nn.Module) or not hasattr(classifier, "model_input") \
-            or not hasattr(classifier, "autocast"):
-        return (f"model {getattr(classifier, 'name', classifier)!s} is not a torch module "
+    if not isinstance(classifier, Differentiable):
+        return (f"model {model_name(classifier)} is not a torch module "
                 f"({type(classifier).__name__}); only torch models can reuse activations")
-    if getattr(classifier, "input_transform", None) is not None:
+    module = classifier.module
+    if classifier.input_transform is not None:
         return (f"model {classifier.name} transforms its input before the network (the "
                 "reference JPEG round trip?), which is not pixel-wise")
-    if type(getattr(classifier, "preprocess", None)) is not Preprocess:
+    if type(classifier.preprocess) is not Preprocess:
         return f"model {classifier.name} has a preprocessing that is not a Preprocess"
     if isinstance(module, torch.jit.ScriptModule):
         return f"model {classifier.name} is TorchScript, which torch.fx cannot trace"
@@ -122,7 +121,7 @@ def network_for(classifier: Classifier, incremental: bool | None, tau: float | N
 
 
 @torch.no_grad()
-def window_scores(classifier: Classifier, net: Network, x: torch.Tensor, fill: torch.Tensor,
+def window_scores(classifier: Differentiable, net: Network, x: torch.Tensor, fill: torch.Tensor,
                   bounds: torch.Tensor, target: int, step: int,
                   progress: Progress | None = None, *, tau: float | None = None
                   ) -> torch.Tensor:
@@ -136,21 +135,19 @@ def window_scores(classifier: Classifier, net: Network, x: torch.Tensor, fill: t
     network's input (outside the crop) score as the intact image without running. Windows run
     in order of size, so that a batch's patches have one size. The network runs in the
     classifier's precision (its ``autocast``, bf16 or fp16 as for full re-inference)."""
-    pre: Preprocess = classifier.preprocess  # type: ignore[attr-defined]
+    pre = classifier.preprocess
     if pre.input_size is not None and tuple(x.shape[-2:]) != tuple(pre.input_size):
         raise OptionError(f"incremental inference needs the image at the model's input size "
                           f"{tuple(pre.input_size)}, got {tuple(x.shape[-2:])}")
-    model_input = classifier.model_input  # type: ignore[attr-defined]
-    autocast = classifier.autocast  # type: ignore[attr-defined]
-    with autocast():
+    model_input = classifier.model_input
+    with classifier.autocast():
         engine = Incremental(net, model_input(x), model_input(fill.expand_as(x)), most=MOST,
                              tau=tau)
     n_classes = len(classifier.class_names)
 
     def probs(out: object, n: int) -> torch.Tensor:
-        return check_scores(out, n, n_classes, logits=classifier.logits,  # type: ignore[attr-defined]
-                            sigmoid=classifier.sigmoid,  # type: ignore[attr-defined]
-                            name=classifier.name)[:, target]  # type: ignore[attr-defined]
+        return check_scores(out, n, n_classes, logits=classifier.logits,
+                            sigmoid=classifier.sigmoid, name=classifier.name)[:, target]
 
     rect = pre.input_windows(bounds.cpu().numpy(), tuple(x.shape[-2:]))
     scores = probs(engine.output, 1).expand(len(rect)).clone()
@@ -160,7 +157,7 @@ def window_scores(classifier: Classifier, net: Network, x: torch.Tensor, fill: t
     done = len(rect) - len(todo)
     for lo in range(0, len(todo), step):
         rows = todo[lo:lo + step]
-        with autocast():
+        with classifier.autocast():
             out = engine.run(rect[rows])
         scores[torch.from_numpy(rows).to(scores.device)] = probs(out, len(rows))
         done += len(rows)

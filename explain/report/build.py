@@ -19,14 +19,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from explain.choices import (
-    BLACK_BOX_MODEL,
     DEFAULT_MASKS,
     SANITY_LAYERS,
     SANITY_THRESHOLD,
@@ -41,8 +40,9 @@ from explain.files import display
 from explain.frames import is_clip
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
-from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods
-from explain.models import load, resolve_target
+from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods, resolve_models
+from explain.models import resolve_target
+from explain.models.base import model_name
 from explain.progress import LabelledProgress
 from explain.render import (
     DISPLAY_SIDE,
@@ -57,12 +57,12 @@ from explain.render import (
 )
 from explain.render_clip import timeline
 from explain.report.ranking import rank
+from explain.report.results import ImageResult, MethodResult
 from explain.rise import check_rise
 from explain.sanity import Sanity, check_layers, sanity_checks
 from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
 
 THUMB_SIDE = 64
-DEFAULT_MODELS = (WHITE_BOX_MODEL, BLACK_BOX_MODEL)
 Progress = LabelledProgress
 
 
@@ -99,56 +99,6 @@ class Options:
 
 
 @dataclass
-class MethodResult:
-    """One method on one image: its numbers, or why there are none; pictures as data URIs."""
-
-    method: str
-    title: str
-    seconds: float | None = None
-    faith_seconds: float | None = None
-    params: dict = field(default_factory=dict)
-    faithfulness: dict | None = None
-    rank: int | None = None
-    tied: bool = False
-    error: str | None = None
-    skipped: str | None = None
-    overlay_uri: str | None = None
-    raw_uri: str | None = None
-    reading: str | None = None
-    sanity: dict | None = None
-
-
-@dataclass
-class ImageResult:
-    """One image's row; ``path`` is the path as given (``os.fsdecode`` text: any byte name);
-    the JSON writes it in :func:`explain.files.to_storable` form, the page through
-    :func:`explain.files.display`."""
-
-    path: str
-    anchor: str
-    error: str | None = None
-    size: tuple[int, int] | None = None
-    scores: dict[str, float] = field(default_factory=dict)
-    score: float | None = None
-    original_uri: str | None = None
-    thumb_uri: str | None = None
-    methods: list[MethodResult] = field(default_factory=list)
-    left_out: str | None = None
-    clip: str | None = None
-    timeline_uri: str | None = None
-
-    @property
-    def best(self) -> list[MethodResult]:
-        """The methods ranked first on this image (several when tied, none when not ranked)."""
-        return [m for m in self.methods if m.rank == 1]
-
-    @property
-    def ranked(self) -> list[MethodResult]:
-        """The methods best first; skipped and failed ones last."""
-        return sorted(self.methods, key=lambda m: (m.rank is None, m.rank or 0))
-
-
-@dataclass
 class Report:
     """A built report: the run's settings, one :class:`ImageResult` per image, the ranking."""
 
@@ -164,17 +114,6 @@ class Report:
     not_ranked: dict[str, str]
     seconds: float
     created: str
-
-
-def resolve_models(model: object, device: str | None, methods: Sequence[str]) -> Models:
-    """The default open_nsfw: black-box on the fastest backend, white-box on torch (loaded only
-    when a white-box method is asked for). Any other model: the same one for both."""
-    wants_white = any(METHODS[m].white_box for m in methods)
-    if isinstance(model, str) and model in DEFAULT_MODELS:
-        black = load(BLACK_BOX_MODEL, device)
-        return Models(black, load(WHITE_BOX_MODEL, device) if wants_white else None)
-    clf = load(model, device)
-    return Models(clf, clf if wants_white else None)
 
 
 def _params(heatmap: Heatmap) -> dict:
@@ -344,8 +283,8 @@ def build_report(paths: Sequence[str | os.PathLike], *, model: object = WHITE_BO
         notes += sanity_notes(images, names, o.sanity_layers)
     verdict, not_ranked, summary = rank(images, names, target)
     return Report(
-        model=getattr(models.black, "name", str(model)),
-        white_model=None if models.white is None else getattr(models.white, "name", str(model)),
+        model=model_name(models.black, str(model)),
+        white_model=None if models.white is None else model_name(models.white, str(model)),
         target=target, methods=names, options=o, images=images, notes=notes, summary=summary,
         ranking=verdict, not_ranked=not_ranked, seconds=time.perf_counter() - start,
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -366,7 +305,7 @@ def build_reports(paths: Sequence[str | os.PathLike], *, models: Sequence[object
     o.check()
     reports: list[Report] = []
     for i, model in enumerate(models):
-        name = display(model if isinstance(model, str) else getattr(model, "name", str(model)))
+        name = display(model if isinstance(model, str) else model_name(model, str(model)))
 
         def step(done: int, total: int, label: str, i: int = i, name: str = name) -> None:
             if progress is not None:

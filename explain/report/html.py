@@ -22,14 +22,9 @@ from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN
 from explain.files import display, to_storable, write_text
 from explain.html import environment
 from explain.methods import METHODS
-from explain.report.build import (
-    ImageResult,
-    MethodResult,
-    Report,
-    build_report,
-    build_reports,
-)
+from explain.report.build import Report, build_report, build_reports
 from explain.report.ranking import TIE_TOLERANCE
+from explain.report.results import ImageResult, MethodResult
 
 
 def curve_range(f: dict) -> tuple[float, float]:

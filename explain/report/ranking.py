@@ -26,15 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import combinations
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from explain.faithfulness import FLAT_TOLERANCE, SATURATION_MARGIN
 from explain.methods import METHODS
-
-if TYPE_CHECKING:
-    from explain.report.build import ImageResult, MethodResult
+from explain.report.results import ImageResult, MethodResult
 
 TIE_TOLERANCE = 0.01
 

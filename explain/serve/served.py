@@ -2,7 +2,7 @@
 white-box methods can run at all.
 
 The default ``open-nsfw`` is served as the report serves it
-(:func:`explain.report.build.resolve_models`): black-box methods on the fastest backend
+(:func:`explain.methods.resolve_models`): black-box methods on the fastest backend
 (``open-nsfw:auto``), white-box ones on the torch port. Any other model serves every method it
 can; when it is no torch module (ONNX, a function, an endpoint) the white-box methods are
 refused with the reason (:func:`explain.whitebox.white_box`), a 422 when asked for.
@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from explain.errors import WhiteBoxError
-from explain.methods import METHODS, Models
-from explain.report.build import resolve_models
+from explain.methods import METHODS, Models, resolve_models
 from explain.whitebox import white_box
 
 
