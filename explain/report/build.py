@@ -34,14 +34,20 @@ from explain.choices import (
     check_fill,
 )
 from explain.clips import judge_clip
-from explain.drill_down import check_drill_down
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
 from explain.files import display
 from explain.frames import is_clip
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
-from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods
+from explain.methods import (
+    DEFAULT_METHODS,
+    METHODS,
+    REPORT_OPTIONS,
+    Models,
+    check_options,
+    parse_methods,
+)
 from explain.models import load, resolve_target
 from explain.progress import LabelledProgress
 from explain.render import (
@@ -57,9 +63,8 @@ from explain.render import (
 )
 from explain.render_clip import timeline
 from explain.report.ranking import rank
-from explain.rise import check_rise
 from explain.sanity import Sanity, check_layers, sanity_checks
-from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size
 
 THUMB_SIDE = 64
 DEFAULT_MODELS = (WHITE_BOX_MODEL, BLACK_BOX_MODEL)
@@ -92,10 +97,13 @@ class Options:
         check_layers(self.sanity_layers)
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
-        check_windows(self.box, self.stride)
-        check_drill_down(self.drill_down)
-        check_rise(self.masks)
+        check_options(REPORT_OPTIONS, self.settings())
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
+
+    def settings(self) -> dict[str, object]:
+        """The methods' options these hold (:data:`explain.methods.REPORT_OPTIONS`, by name;
+        ``fill`` here is the deletion fill, not occlusion's, which is never read from here)."""
+        return {o.name: getattr(self, o.name) for o in REPORT_OPTIONS if hasattr(self, o.name)}
 
 
 @dataclass
@@ -190,7 +198,8 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options,
     method = METHODS[name]
     result = MethodResult(name, method.title)
     start = time.perf_counter()
-    heatmap = maps[name] = method.run(models, image, o)
+    heatmap = maps[name] = method.run(models, image, o.settings(), target=o.target,
+                                      batch_size=o.batch_size)
     result.seconds = time.perf_counter() - start
     result.params = _params(heatmap)
     start = time.perf_counter()
@@ -253,7 +262,8 @@ def _sanity(row: ImageResult, models: Models, image: np.ndarray, o: Options,
     def run(name: str, randomised: object) -> Heatmap:
         black = randomised if models.black is model_of(name) else models.black
         white = randomised if models.white is model_of(name) else models.white
-        return METHODS[name].run(Models(black, white), image, o)
+        return METHODS[name].run(Models(black, white), image, o.settings(), target=o.target,
+                                batch_size=o.batch_size)
 
     try:
         checks = sanity_checks(maps, model_of, run, layers=o.sanity_layers)

@@ -47,7 +47,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -80,19 +79,6 @@ AUDIT_FOLDER = "audit"
 FRAME = "frame.png"
 FAULT_PAUSE_S = 1.0  # after a fault outside any one job: do not spin on a lasting one
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """A job's options as the registry's run functions take them
-    (:class:`explain.methods.RunOptions`)."""
-
-    box: int | float | tuple
-    stride: int | float | tuple
-    target: str | int
-    batch_size: int | None
-    masks: int
-    drill_down: float | None = None
 
 
 class Cancelled(Exception):  # noqa: N818 — a control signal, not an error
@@ -304,11 +290,10 @@ class Worker(threading.Thread):
                                     batch_size=self.batch_size, drill_down=FAST_DRILL_DOWN,
                                     progress=watch)
         else:
-            options = JobOptions(box=o["box"], stride=o["stride"], target=o["target"],
-                                 batch_size=self.batch_size, masks=o["masks"])
             with WHITE_BOX if method.white_box else nullcontext():
                 watch(0, 1)  # waiting for the white-box lock may have taken a while
-                heatmap = method.run(self.models, image, options, watch)
+                heatmap = method.run(self.models, image, o, target=o["target"],
+                                     batch_size=self.batch_size, progress=watch)
         heatmap.seconds = time.perf_counter() - start
         self._finish(job, heatmap, clip, None if clip is None else image)
 
