@@ -8,8 +8,9 @@ name, type, default, help, the check of a value), its ``compute`` function
 ``compute(models, image, target=…, batch_size=…, progress=…, **arguments) -> Heatmap`` (the
 method's library function, imported when called), and whether a report runs it when no
 methods are named (``by_default``; RISE is left out: it scores thousands of masked images,
-minutes per image on a CPU). :meth:`Method.run` runs it with its options' values (by name; an
-absent one takes its declared default): ``progress(done, total)`` after each batch of a
+minutes per image on a CPU). ``Method.run(models, image, o, progress=None)`` runs it with
+:class:`RunOptions` ``o`` (the target, the batch size, its options' values by name; an absent
+one takes its declared default): ``progress(done, total)`` after each batch of a
 black-box method; a white-box method on one image is one batch, so it reports nothing; a caller
 stops a run by raising from it, as the service's DELETE does.
 
@@ -31,8 +32,9 @@ function here, one line in :data:`METHODS`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
 
 from explain.choices import (
     DEFAULT_CELL,
@@ -170,9 +172,31 @@ SEED = Option("seed", int, 0, "RISE: random seed; the same seed gives the same m
               "Seed", _rise("seed"), low=0, report=False, service=False)
 
 
+class RunOptions(Protocol):
+    """What every method is run with: the target, the batch size, and its options' values by
+    name in ``settings`` (an absent one takes its default; other keys are ignored). The report's
+    :class:`explain.report.Options` is one, :class:`Run` another."""
+
+    target: str | int
+    batch_size: int | None
+
+    @property
+    def settings(self) -> Mapping[str, object]: ...
+
+
+@dataclass(frozen=True)
+class Run:
+    """:class:`RunOptions` as plain values (the service runs its jobs with one)."""
+
+    target: str | int
+    batch_size: int | None = None
+    settings: Mapping[str, object] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Method:
-    """One explanation method, as the registry declares it (see the module docstring)."""
+    """One explanation method, as the registry declares it (see the module docstring); ``run``
+    is :func:`run` over its ``compute`` unless given."""
 
     name: str
     title: str
@@ -180,6 +204,12 @@ class Method:
     compute: Callable[..., Heatmap]
     options: tuple[Option, ...] = ()
     by_default: bool = True
+    run: Callable[..., Heatmap] = field(default=None, repr=False,  # type: ignore[assignment]
+                                        compare=False)
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            object.__setattr__(self, "run", partial(run, self))
 
     def check(self, given: Mapping[str, object], labels: Callable[[Option], str] | None = None
               ) -> dict[str, object]:
@@ -191,14 +221,14 @@ class Method:
         """The keyword arguments of the method's library function, from checked options."""
         return {o.name: checked[o.name] for o in self.options if o.argument}
 
-    def run(self, models: Models, image: np.ndarray, settings: Mapping[str, object], *,
-            target: str | int, batch_size: int | None = None,
-            progress: Progress | None = None) -> Heatmap:
-        """The method's map of ``image`` for ``target`` with its options' values in ``settings``
-        (by name; an option absent there takes its default; other keys are ignored)."""
-        given = {o.name: settings[o.name] for o in self.options if o.name in settings}
-        return self.compute(models, image, target=target, batch_size=batch_size,
-                            progress=progress, **self.arguments(self.check(given)))
+
+def run(method: Method, models: Models, image: np.ndarray, o: RunOptions,
+        progress: Progress | None = None) -> Heatmap:
+    """``method``'s map of ``image`` with the run options ``o`` (its own options checked)."""
+    given = {opt.name: o.settings[opt.name] for opt in method.options
+             if opt.name in o.settings}
+    return method.compute(models, image, target=o.target, batch_size=o.batch_size,
+                          progress=progress, **method.arguments(method.check(given)))
 
 
 def check_options(options: Iterable[Option], given: Mapping[str, object],

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from explain.choices import DEFAULT_FILL
 from explain.cli import app
 from explain.errors import OptionError
-from explain.methods import METHODS, REPORT_OPTIONS, SERVICE_OPTIONS, Models
+from explain.methods import METHODS, REPORT_OPTIONS, SERVICE_OPTIONS, Models, Run
 from explain.models import load
 from explain.models.base import Preprocess
 from explain.report import Options
@@ -71,13 +71,14 @@ def test_a_method_runs_with_its_options_by_name_and_ignores_the_others(photos):
     model = load(brightness, class_names=["sfw", "nsfw"],
                  preprocess=Preprocess(input_size=(32, 32)))
     image = next(iter(photos.values()))[:64, :64]
-    settings = Options(box=32, stride=32, fill="black").settings()
+    options = Options(box=32, stride=32, fill="black")
+    settings = options.settings
     assert "fill" not in settings
-    heatmap = METHODS["occlusion"].run(Models(model, None), image, settings, target="nsfw")
+    heatmap = METHODS["occlusion"].run(Models(model, None), image, options)
     assert heatmap.box == (32, 32) and heatmap.params["fill"] == DEFAULT_FILL
     with pytest.raises(OptionError, match="larger than box"):
-        METHODS["sliding"].run(Models(model, None), image, {"box": 8, "stride": 16},
-                               target="nsfw")
+        METHODS["sliding"].run(Models(model, None), image,
+                               Run("nsfw", settings={"box": 8, "stride": 16}))
 
 
 def test_the_service_form_and_page_fields_are_the_declarations(tmp_path):

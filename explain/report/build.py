@@ -97,9 +97,10 @@ class Options:
         check_layers(self.sanity_layers)
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
-        check_options(REPORT_OPTIONS, self.settings())
+        check_options(REPORT_OPTIONS, self.settings)
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
 
+    @property
     def settings(self) -> dict[str, object]:
         """The methods' options these hold (:data:`explain.methods.REPORT_OPTIONS`, by name;
         ``fill`` here is the deletion fill, not occlusion's, which is never read from here)."""
@@ -198,8 +199,7 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options,
     method = METHODS[name]
     result = MethodResult(name, method.title)
     start = time.perf_counter()
-    heatmap = maps[name] = method.run(models, image, o.settings(), target=o.target,
-                                      batch_size=o.batch_size)
+    heatmap = maps[name] = method.run(models, image, o)
     result.seconds = time.perf_counter() - start
     result.params = _params(heatmap)
     start = time.perf_counter()
@@ -262,8 +262,7 @@ def _sanity(row: ImageResult, models: Models, image: np.ndarray, o: Options,
     def run(name: str, randomised: object) -> Heatmap:
         black = randomised if models.black is model_of(name) else models.black
         white = randomised if models.white is model_of(name) else models.white
-        return METHODS[name].run(Models(black, white), image, o.settings(), target=o.target,
-                                batch_size=o.batch_size)
+        return METHODS[name].run(Models(black, white), image, o)
 
     try:
         checks = sanity_checks(maps, model_of, run, layers=o.sanity_layers)

@@ -58,7 +58,7 @@ from explain.clips import judge_clip
 from explain.errors import ExplainError
 from explain.heatmap import Heatmap
 from explain.images import decoding_warnings, load_image
-from explain.methods import METHODS, Models
+from explain.methods import METHODS, Models, Run
 from explain.models.base import Classifier
 from explain.occlusion import occlusion_map, plan_occlusion
 from explain.render import described, figure, save_png, scale, shrink_map, side_by_side
@@ -292,8 +292,8 @@ class Worker(threading.Thread):
         else:
             with WHITE_BOX if method.white_box else nullcontext():
                 watch(0, 1)  # waiting for the white-box lock may have taken a while
-                heatmap = method.run(self.models, image, o, target=o["target"],
-                                     batch_size=self.batch_size, progress=watch)
+                heatmap = method.run(self.models, image, Run(o["target"], self.batch_size, o),
+                                     watch)
         heatmap.seconds = time.perf_counter() - start
         self._finish(job, heatmap, clip, None if clip is None else image)
 
