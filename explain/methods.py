@@ -71,8 +71,9 @@ Check = Callable[[object, str, Mapping[str, object]], object]
 class Option:
     """One option of a method, declared once (see the module docstring). ``kind``: the type of
     its given value (str, int, float, bool; ``optional``: None is a value, "not given");
-    ``flag``: its command-line name (default ``--name``); ``low``/``high``: the range a given
-    number must lie in (typer's ``min``/``max``, the form's ``ge``/``le``); ``choices``: the
+    ``flag``: its command-line name (default ``--name``), ``aliases`` its short ones;
+    ``low``/``high``: the range a given number must lie in (typer's ``min``/``max``, the
+    form's ``ge``/``le``); ``choices``: the
     values a text may take (typer lists them; the form refuses others); ``argument``: passed to
     the method's library function under ``name`` (False: folded into another option's value);
     ``report``/``service``: taken by ``explain report`` / the service's form."""
@@ -84,6 +85,7 @@ class Option:
     title: str
     check: Check | None = None
     flag: str | None = None
+    aliases: tuple[str, ...] = ()
     metavar: str | None = None
     optional: bool = False
     low: float | None = None
@@ -168,6 +170,24 @@ CELL = Option("cell", int, DEFAULT_CELL, "RISE: each mask is a CELL×CELL grid o
 KEEP = Option("p", float, DEFAULT_P, "RISE: probability that a cell is kept (the rest of the "
               "image goes black).", "Keep", _rise("p"), low=0.0, high=1.0, report=False,
               service=False)
+def _neuron(value: object, label: str, checked: Mapping[str, object]) -> object:
+    from explain.backprop import parse_neuron
+
+    parse_neuron(value)  # type: ignore[arg-type]
+    return value
+
+
+LAYER = Option("layer", str, None, "Reconstruct one activation of this layer (names: `explain "
+               "layers`) instead of the target class.", "Layer", aliases=("-l",), optional=True,
+               report=False, service=False)
+NEURON = Option("neuron", str, "max", "With --layer: 'max' (each image's strongest activation) "
+                "or C,Y,X.", "Neuron", _neuron, report=False, service=False)
+CAM_LAYER = Option("layer", str, None, "Convolutional layer (default: the model's "
+                   "default_cam_layer, stages.3 for open-nsfw, else the last top-level module "
+                   "holding a Conv2d; names: `explain layers`).", "Layer", aliases=("-l",),
+                   optional=True, report=False, service=False)
+GUIDED = Option("guided", bool, False, "Guided Grad-CAM: times guided backprop.", "Guided",
+                report=False, service=False)
 SEED = Option("seed", int, 0, "RISE: random seed; the same seed gives the same masks and map.",
               "Seed", _rise("seed"), low=0, report=False, service=False)
 
@@ -265,31 +285,37 @@ def _rise_map(models: Models, image: np.ndarray, **kwargs: object) -> Heatmap:
     return rise_map(models.black, image, **kwargs)  # type: ignore[arg-type]
 
 
-def _deconv(models: Models, image: np.ndarray, *, target: str | int, **_: object) -> Heatmap:
+def _deconv(models: Models, image: np.ndarray, *, target: str | int, layer: str | None = None,
+            neuron: object = "max", **_: object) -> Heatmap:
     from explain.backprop import deconvnet
 
-    return deconvnet(models.white, image, target=target).magnitude
+    return deconvnet(models.white, image, target=target, layer=layer,
+                     neuron=neuron).magnitude  # type: ignore[arg-type, union-attr]
 
 
-def _guided(models: Models, image: np.ndarray, *, target: str | int, **_: object) -> Heatmap:
+def _guided(models: Models, image: np.ndarray, *, target: str | int, layer: str | None = None,
+            neuron: object = "max", **_: object) -> Heatmap:
     from explain.backprop import guided_backprop
 
-    return guided_backprop(models.white, image, target=target).magnitude
+    return guided_backprop(models.white, image, target=target, layer=layer,
+                           neuron=neuron).magnitude  # type: ignore[arg-type, union-attr]
 
 
-def _gradcam(models: Models, image: np.ndarray, *, target: str | int, **_: object) -> Heatmap:
+def _gradcam(models: Models, image: np.ndarray, *, target: str | int, layer: str | None = None,
+             guided: bool = False, **_: object) -> Heatmap:
     from explain.grad_cam import gradcam
 
-    return gradcam(models.white, image, target=target)
+    return gradcam(models.white, image, target=target, layer=layer,
+                   guided=guided)  # type: ignore[return-value]
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("occlusion", "Occlusion", False, _occlusion, (BOX, STRIDE, FILL, FAST, DRILL_DOWN)),
     Method("sliding", "Sliding window", False, _sliding, (BOX, STRIDE)),
     Method("rise", "RISE", False, _rise_map, (MASKS, CELL, KEEP, SEED), by_default=False),
-    Method("deconv", "Deconvnet", True, _deconv),
-    Method("guided", "Guided backprop", True, _guided),
-    Method("gradcam", "Grad-CAM", True, _gradcam),
+    Method("deconv", "Deconvnet", True, _deconv, (LAYER, NEURON)),
+    Method("guided", "Guided backprop", True, _guided, (LAYER, NEURON)),
+    Method("gradcam", "Grad-CAM", True, _gradcam, (CAM_LAYER, GUIDED)),
 )}
 DEFAULT_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.by_default)
 REPORT_OPTIONS: tuple[Option, ...] = tuple(union(

@@ -22,7 +22,8 @@ from explain.report import Options
 
 COMMANDS = {"occlude": METHODS["occlusion"].options, "slide": METHODS["sliding"].options,
             "rise": METHODS["rise"].options, "audit": METHODS["occlusion"].options,
-            "report": REPORT_OPTIONS}
+            "report": REPORT_OPTIONS, "deconv": METHODS["deconv"].options,
+            "guided": METHODS["guided"].options, "gradcam": METHODS["gradcam"].options}
 
 
 def brightness(batch: np.ndarray) -> np.ndarray:
@@ -37,8 +38,8 @@ def test_the_cli_options_of_a_method_are_its_declarations(command):
     for option in COMMANDS[command]:
         param = params[option.name]
         default = param.default.value if isinstance(param.default, Enum) else param.default
-        assert (param.opts, param.help, default) == ([option.cli_flag], option.help,
-                                                     option.default)
+        assert (param.opts, param.help, default) == ([option.cli_flag, *option.aliases],
+                                                     option.help, option.default)
 
 
 def test_a_bad_option_is_refused_alike_by_the_cli_the_library_and_the_report(tmp_path):

@@ -224,7 +224,7 @@ def option_parameter(option: Option) -> tuple[object, object]:
         default, extra["callback"] = kind(default), plain  # type: ignore[operator]
     if option.optional:
         kind = kind | None  # type: ignore[operator]
-    typed = typer.Option(option.cli_flag, help=option.help, metavar=option.metavar,
+    typed = typer.Option(option.cli_flag, *option.aliases, help=option.help, metavar=option.metavar,
                          show_default=option.show_default, min=option.low, max=option.high,
                          **extra)  # type: ignore[arg-type]
     return Annotated[kind, typed], default

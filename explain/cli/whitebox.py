@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -47,26 +47,18 @@ from explain.cli.common import (
     output_stems,
     result_line,
     user_errors,
+    with_method_options,
     with_model_options,
 )
 from explain.errors import ExplainError, ImageError, OptionError, TargetError, WhiteBoxError
 from explain.files import display, to_storable, write_text
+from explain.methods import METHODS
 
 if TYPE_CHECKING:
     import numpy as np
 
     from explain.heatmap import Heatmap
     from explain.reconstruction import Reconstruction
-
-LayerOpt = Annotated[str | None, typer.Option(
-    "--layer", "-l", help="Reconstruct one activation of this layer (names: `explain layers`) "
-    "instead of the target class.")]
-NeuronOpt = Annotated[str, typer.Option(
-    "--neuron", help="With --layer: 'max' (each image's strongest activation) or C,Y,X.")]
-GradcamLayerOpt = Annotated[str | None, typer.Option(
-    "--layer", "-l", help="Convolutional layer (default: the model's default_cam_layer, stages.3 "
-    "for open-nsfw, else the last top-level module holding a Conv2d; names: `explain layers`).")]
-
 
 
 def _note(heatmap: Heatmap) -> str:
@@ -122,12 +114,13 @@ def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | No
 
 def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
     """The `explain deconv` / `explain guided` command for a :func:`explain.backprop.reconstruct`
-    ``method``."""
+    ``method`` (``suffix``: its registry name)."""
 
     @user_errors
     @with_model_options(WHITE_BOX_MODEL)
-    def command(images: Images, models: ModelOptions, layer: LayerOpt = None,
-                neuron: NeuronOpt = "max", target: TargetOpt = "nsfw",
+    @with_method_options(METHODS[suffix].options)
+    def command(images: Images, models: ModelOptions, settings: dict | None = None,
+                target: TargetOpt = "nsfw",
                 output: ImageOutDirOpt = Path("."), batch_size: BatchOpt = None,
                 colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
                 normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
@@ -144,7 +137,7 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
         clf = models.load()
 
         def explain_chunk(chunk: list[np.ndarray]) -> list:
-            return reconstruct(method, clf, chunk, target=target, layer=layer, neuron=neuron,
+            return reconstruct(method, clf, chunk, target=target, **settings,
                                batch_size=batch_size or WHITE_BOX_BATCH)
 
         def write(path: Path, stem: Path, img: np.ndarray, rec: Reconstruction) -> None:
@@ -178,9 +171,8 @@ guided = _reconstruction_command(
 
 @user_errors
 @with_model_options(WHITE_BOX_MODEL)
-def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
-            guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times "
-                                                 "guided backprop.")] = False,
+@with_method_options(METHODS["gradcam"].options)
+def gradcam(images: Images, models: ModelOptions, settings: dict | None = None,
             target: TargetOpt = "nsfw", output: ImageOutDirOpt = Path("."),
             batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
             normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
@@ -190,6 +182,7 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
     from explain.render import check_look, described, figure, save_png, scale
 
     check_look(colormap, normalize, vmin, vmax)
+    guided = settings["guided"]
     drawing = dict(colormap=colormap, vmin=vmin, vmax=vmax,
                    normalize=normalize or ("percentile" if guided else "minmax"))
     look = dict(drawing, alpha=alpha, legend=not no_legend)
@@ -199,7 +192,7 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
     clf = models.load()
 
     def explain_chunk(chunk: list[np.ndarray]) -> list:
-        return gradcam_maps(clf, chunk, target=target, layer=layer, guided=guided,
+        return gradcam_maps(clf, chunk, target=target, **settings,
                             batch_size=batch_size or WHITE_BOX_BATCH)
 
     def write(path: Path, stem: Path, img: np.ndarray, heatmap: Heatmap) -> None:
