@@ -111,7 +111,8 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     from explain.frames import is_clip, parse_sampling
     from explain.images import load_image
     from explain.models import resolve_target
-    from explain.render import check_look, described, figure, save_png, scale, side_by_side
+    from explain.outputs import record, write_map
+    from explain.render import check_look, figure, side_by_side
     from explain.windows import small_box_note
 
     check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
@@ -144,11 +145,11 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                 hm = make_map(clf, img, target=target, batch_size=batch_size,
                               progress=lambda done, total, t=task: bar.update(
                                   t, completed=done, total=total))
-                written = [save_png(figure(img, hm, **look), f"{stem}.png")]
+                pictures = {".png": figure(img, hm, **look)}
                 if side:
-                    written.append(save_png(side_by_side(img, hm, **look), f"{stem}.side.png"))
-                if save_npy:
-                    written.extend(hm.save(stem, extra=described(hm, scale(hm, **drawing))))
+                    pictures[".side.png"] = side_by_side(img, hm, **look)
+                written = write_map(stem, hm, pictures=pictures, values=save_npy, json=save_npy,
+                                    extra=record(hm, drawing) if save_npy else None)
             except ExplainError as exc:
                 error_line(file_error(path, exc))
                 failed += 1
@@ -175,7 +176,8 @@ def _compare_models(method: str, make_map: Callable[..., Heatmap], images: list[
     from explain.frames import is_clip
     from explain.images import load_image
     from explain.models import resolve_target
-    from explain.render import model_rows, save_png
+    from explain.outputs import write_map
+    from explain.render import model_rows
 
     given = [flag for flag, on in refused.items() if on] + [
         flag for flag, key in (("--normalize", "normalize"), ("--vmin", "vmin"),
@@ -197,8 +199,8 @@ def _compare_models(method: str, make_map: Callable[..., Heatmap], images: list[
             img = load_image(path)
             rows = [(m.describe(), make_map(clf, img, target=target, batch_size=batch_size))
                     for m, clf in zip(specs, classifiers, strict=True)]
-            written = save_png(model_rows(img, rows, colormap=look["colormap"],
-                                          alpha=look["alpha"]), f"{stem}.png")
+            written, = write_map(stem, pictures={".png": model_rows(
+                img, rows, colormap=look["colormap"], alpha=look["alpha"])})
         except ExplainError as exc:
             error_line(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
             failed += 1

@@ -17,7 +17,6 @@ Per image NAME in the output folder (the file's stem, made unique within the cal
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,7 +50,7 @@ from explain.cli.common import (
     with_model_options,
 )
 from explain.errors import ExplainError, ImageError, OptionError, TargetError, WhiteBoxError
-from explain.files import display, to_storable, write_text
+from explain.files import display, to_storable
 from explain.methods import METHODS
 
 if TYPE_CHECKING:
@@ -126,7 +125,8 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
                 normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
                 no_legend: NoLegendOpt = False) -> None:
         from explain.backprop import reconstruct
-        from explain.render import check_look, described, figure, save_png, scale
+        from explain.outputs import record, write_map
+        from explain.render import check_look, figure
 
         check_look(colormap, normalize, vmin, vmax)
         drawing = dict(colormap=colormap, normalize=normalize or "percentile", vmin=vmin,
@@ -141,14 +141,11 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
                                batch_size=batch_size or WHITE_BOX_BATCH)
 
         def write(path: Path, stem: Path, img: np.ndarray, rec: Reconstruction) -> None:
-            overlay = described(rec.magnitude, scale(rec.magnitude, **drawing))
-            written = [
-                save_png(rec.picture(legend=not no_legend), f"{stem}.png"),
-                save_png(figure(img, rec.magnitude, **look), f"{stem}.overlay.png"),
-                write_text(f"{stem}.json", json.dumps({"image": to_storable(path),
-                                                       **rec.metadata(), "overlay": overlay},
-                                                      indent=2)),
-            ]
+            written = write_map(stem, pictures={
+                ".png": rec.picture(legend=not no_legend),
+                ".overlay.png": figure(img, rec.magnitude, **look)},
+                extra={"image": to_storable(path), **rec.metadata(),
+                       "overlay": record(rec.magnitude, drawing)})
             where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" \
                 if rec.layer else ""
             result_line(f"{display(path)}: {rec.target} {rec.score:.4f}{where} -> "
@@ -179,7 +176,8 @@ def gradcam(images: Images, models: ModelOptions, settings: dict | None = None,
             no_legend: NoLegendOpt = False) -> None:
     """Grad-CAM (or guided Grad-CAM) heatmap of the target class, on the photo."""
     from explain.grad_cam import gradcam as gradcam_maps
-    from explain.render import check_look, described, figure, save_png, scale
+    from explain.outputs import record, write_map
+    from explain.render import check_look, figure
 
     check_look(colormap, normalize, vmin, vmax)
     guided = settings["guided"]
@@ -196,12 +194,8 @@ def gradcam(images: Images, models: ModelOptions, settings: dict | None = None,
                             batch_size=batch_size or WHITE_BOX_BATCH)
 
     def write(path: Path, stem: Path, img: np.ndarray, heatmap: Heatmap) -> None:
-        written = [
-            save_png(figure(img, heatmap, **look), f"{stem}.png"),
-            write_text(f"{stem}.json", json.dumps(
-                {"image": to_storable(path), **heatmap.metadata(),
-                 **described(heatmap, scale(heatmap, **drawing))}, indent=2)),
-        ]
+        written = write_map(stem, heatmap, pictures={".png": figure(img, heatmap, **look)},
+                            extra=record(heatmap, drawing, image=path))
         result_line(f"{display(path)}: {heatmap.target} {heatmap.score:.4f}, layer "
                     f"{heatmap.params['layer']} -> {', '.join(map(display, written))}"
                     + _note(heatmap))

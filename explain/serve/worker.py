@@ -61,7 +61,8 @@ from explain.images import decoding_warnings, load_image
 from explain.methods import METHODS, Models, Run
 from explain.models.base import Classifier
 from explain.occlusion import occlusion_map, plan_occlusion
-from explain.render import described, figure, save_png, scale, shrink_map, side_by_side
+from explain.outputs import record, write_map
+from explain.render import figure, save_png, shrink_map, side_by_side
 from explain.serve.batching import OcclusionRun, score_step
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
@@ -115,7 +116,7 @@ def write_results(folder: Path, heatmap: Heatmap) -> None:
     if h * w > MAP_PIXELS:
         heatmap = shrink_map(heatmap, max(1, math.floor(max(h, w) * math.sqrt(MAP_PIXELS
                                                                             / (h * w)))))
-    heatmap.save(folder / "heatmap", extra=described(heatmap, scale(heatmap)))
+    write_map(folder / "heatmap", heatmap, values=True, extra=record(heatmap))
 
 
 def draw(folder: Path, name: str, max_pixels: int) -> np.ndarray:
