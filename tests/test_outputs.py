@@ -77,3 +77,36 @@ def test_the_service_and_the_audit_write_the_cli_s_files(tmp_path):
     assert store.row[:4] == (7, "fp", "heatmaps/fp_0000007.png", "heatmaps/fp_0000007.npy")
     assert json.loads((tmp_path / "audit" / "heatmaps" / "fp_0000007.json").read_text()) == \
         json.loads((tmp_path / "lib.json").read_text())
+
+
+def test_the_white_box_file_loop_is_the_library_s(tmp_path):
+    """explain.whitebox.explain_files (the loop `explain deconv/guided/gradcam` run over): an
+    unreadable file is reported at once, a batch that fails is explained image by image so only
+    the bad image fails, and an error of the call itself stops the run."""
+    import pytest
+    from PIL import Image
+
+    from explain.errors import ExplainError, ImageError, OptionError
+    from explain.whitebox import explain_files
+
+    paths = []
+    for k, level in enumerate((10, 20, 30)):
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(np.full((8, 8, 3), level, np.uint8)).save(paths[-1])
+    paths.insert(1, tmp_path / "missing.png")
+    calls = []
+
+    def explain(images: list[np.ndarray]) -> list:
+        calls.append(len(images))
+        if any(img[0, 0, 0] == 20 for img in images):
+            raise ExplainError("the model failed on 20")
+        return [int(img[0, 0, 0]) for img in images]
+
+    got = [(k, None if img is None else int(img[0, 0, 0]),
+            type(r).__name__ if isinstance(r, Exception) else r)
+           for k, img, r in explain_files(paths, explain, batch_size=3)]
+    assert got == [(1, None, ImageError.__name__), (0, 10, 10), (2, 20, "ExplainError"),
+                   (3, 30, 30)]
+    assert calls == [3, 1, 1, 1]
+    with pytest.raises(OptionError):
+        list(explain_files(paths, lambda images: (_ for _ in ()).throw(OptionError("no")), 2))

@@ -49,7 +49,7 @@ from explain.cli.common import (
     with_method_options,
     with_model_options,
 )
-from explain.errors import ExplainError, ImageError, OptionError, TargetError, WhiteBoxError
+from explain.errors import ExplainError
 from explain.files import display, to_storable
 from explain.methods import METHODS
 
@@ -68,45 +68,17 @@ def _note(heatmap: Heatmap) -> str:
 
 def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | None,
          explain_chunk: Callable[[list[np.ndarray]], list], write: Callable) -> None:
-    """Explain the readable images ``batch_size`` at a time and write each result under its
-    stem; unreadable ones, and those the model fails on (a batch that fails is explained again
-    image by image to find them), are reported by name and skipped, and make the exit code 2 at
-    the end. An error of the call itself (an option, a layer) stops the command."""
-    from explain.images import load_image
+    """Explain the images through :func:`explain.whitebox.explain_files` and write each result
+    under its stem; unreadable ones, and those the model fails on, are reported by name and
+    skipped, and make the exit code 2 at the end."""
+    from explain.whitebox import explain_files
 
-    size = batch_size or WHITE_BOX_BATCH
-    chunk: list[tuple[Path, Path, np.ndarray]] = []
-
-    def each(images: list[np.ndarray]) -> list:
-        try:
-            return explain_chunk(images)
-        except (OptionError, TargetError, WhiteBoxError):
-            raise
-        except ExplainError as exc:
-            if len(images) == 1:
-                return [exc]
-            return [each([img])[0] for img in images]
-
-    def flush() -> None:
-        nonlocal failed
-        for (path, stem, img), result in zip(chunk, each([c[2] for c in chunk]), strict=True):
-            if isinstance(result, ExplainError):
-                error_line(file_error(path, result))
-                failed += 1
-            else:
-                write(path, stem, img, result)
-        chunk.clear()
-
-    for path, stem in zip(paths, stems, strict=True):
-        try:
-            chunk.append((path, stem, load_image(path)))
-        except ImageError as exc:
-            error_line(str(exc))
+    for k, img, result in explain_files(paths, explain_chunk, batch_size or WHITE_BOX_BATCH):
+        if isinstance(result, ExplainError):
+            error_line(file_error(paths[k], result))
             failed += 1
-        if len(chunk) == size:
-            flush()
-    if chunk:
-        flush()
+        else:
+            write(paths[k], stems[k], img, result)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
