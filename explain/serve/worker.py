@@ -27,12 +27,13 @@ An animated upload (GIF, WebP, APNG) is judged as the CLI judges a clip: every f
 the clip explained by its max frame (:func:`pixels`), which the job's answer names.
 
 Results, in the job's folder: ``heatmap.npy`` + ``heatmap.json``
-(:meth:`explain.heatmap.Heatmap.save`), written atomically before the job is ``done``, under
-the job's lock (:meth:`~explain.serve.jobs.JobStore.locked`), so a DELETE either comes first
-(nothing is written) or removes them. The pictures (:data:`PICTURES`: ``overlay.png``, the
-overlay with its legend strip, :func:`explain.render.figure`; ``side.png``, original | heatmap |
-overlay, :func:`explain.render.side_by_side`; ``original.png``, the decoded upload, or an
-animation's max frame) are rendered from the input (or that frame, :data:`FRAME`) and the map
+(:func:`explain.outputs.write_map`, the CLI's layout and record), written atomically before
+the job is ``done``, under the job's lock (:meth:`~explain.serve.jobs.JobStore.locked`), so a
+DELETE either comes first (nothing is written) or removes them. The pictures
+(:data:`PICTURES`: ``overlay.png``, the overlay with its legend strip,
+:func:`explain.render.figure`; ``side.png``, original | heatmap | overlay,
+:func:`explain.render.side_by_side`; ``original.png``, the decoded upload, or an animation's
+max frame) are rendered from the input (or that frame, :data:`FRAME`) and the map
 on their first request (:func:`draw`, at a bounded size) and kept: a client that wants only the
 map and the score pays for no PNG, and rendering is off the model's path. Stored maps are
 bounded too (:func:`write_results`).
