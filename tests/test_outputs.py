@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+from markupsafe import escape
+from test_audit_operating import audited, options  # noqa: F401 — the audited folder, shared
 
+from explain.audit import audit
 from explain.heatmap import Heatmap
 from explain.models import load
 from explain.models.base import Preprocess
@@ -83,7 +87,6 @@ def test_the_white_box_file_loop_is_the_library_s(tmp_path):
     """explain.whitebox.explain_files (the loop `explain deconv/guided/gradcam` run over): an
     unreadable file is reported at once, a batch that fails is explained image by image so only
     the bad image fails, and an error of the call itself stops the run."""
-    import pytest
     from PIL import Image
 
     from explain.errors import ExplainError, ImageError, OptionError
@@ -110,3 +113,21 @@ def test_the_white_box_file_loop_is_the_library_s(tmp_path):
     assert calls == [3, 1, 1, 1]
     with pytest.raises(OptionError):
         list(explain_files(paths, lambda images: (_ for _ in ()).throw(OptionError("no")), 2))
+
+
+@pytest.mark.slow
+def test_a_heatmap_redrawn_in_a_new_look_gets_the_reading_of_that_look(audited):  # noqa: F811
+    """A resumed audit with another colormap redraws each heatmap's picture from its saved map;
+    its record (``drawn``, ``reading``) and the page's words under it are rewritten with it, so
+    a viridis picture is never read with the words of the bwr one."""
+    root, _, _, clf, _ = audited
+    audit(root / "data" / "labels.csv", root / "out", model=clf,
+          options=options(threshold=0.5, colormap="viridis"))
+    records = [json.loads(p.read_text()) for p in sorted((root / "out" / "heatmaps")
+                                                         .glob("*.json"))]
+    assert records and all(r["drawn"]["colormap"] == "viridis" for r in records)
+    assert all("purple" in r["reading"] and "blue" not in r["reading"] for r in records)
+    page = (root / "out" / "audit.html").read_text()
+    assert all(str(escape(r["reading"])) in page for r in records)
+    back = Heatmap.load(sorted((root / "out" / "heatmaps").glob("*.npy"))[0].with_suffix(""))
+    assert back.params["source"] and back.params["original_shape"]
