@@ -33,9 +33,10 @@ from explain.frames import Clip, read_clip
 from explain.heatmap import Heatmap
 from explain.images import to_batch
 from explain.models.base import Classifier, resolve_target
+from explain.outputs import write_map
 from explain.progress import Progress
-from explain.render import figure, save_png
-from explain.render_clip import animation, save_gif, shown_frames, timeline
+from explain.render import figure
+from explain.render_clip import animation, shown_frames, timeline
 from explain.windows import fit_batch
 
 FrameMaps = Callable[[Sequence[np.ndarray], Progress | None], list[Heatmap]]
@@ -222,17 +223,15 @@ def write_clip(clip: Clip, explained: ClipExplanation, stem: str | Path, *,
     ends = [clip.frames[k].time for k in shown[1:]] + [
         clip.frames[-1].time + clip.frames[-1].duration]
     held = [end - clip.frames[k].time for k, end in zip(shown, ends, strict=True)]
-    written = [save_gif(pictures, held, f"{stem}.gif")]
     picture = timeline(scores.times, scores.curve.tolist(), [f.duration for f in clip.frames],
                        target=scores.class_names[scores.target], marked=explained.positions,
                        indices=scores.indices, total=clip.source_frames,
                        scored=clip.scored_text())
-    written.append(save_png(picture, f"{stem}.timeline.png"))
-    for k in pictured(scores, explained.positions, frame_pictures):
-        written.append(save_png(figure(clip.frames[k].rgb, maps[k], colormap=colormap,
-                                       alpha=alpha, legend=legend, **look),
-                                f"{stem}.frame{clip.frames[k].index}.png"))
-    return written
+    frames = {f".frame{clip.frames[k].index}.png": figure(
+        clip.frames[k].rgb, maps[k], colormap=colormap, alpha=alpha, legend=legend, **look)
+        for k in pictured(scores, explained.positions, frame_pictures)}
+    return write_map(stem, animation=(pictures, held),
+                     pictures={".timeline.png": picture, **frames}, json=False)
 
 
 def pictured(scores: ClipScores, positions: Sequence[int],

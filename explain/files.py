@@ -22,6 +22,7 @@ The one home for three promises the whole toolkit makes:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections import Counter
@@ -93,6 +94,18 @@ def write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -
     with atomic_write(path, "w", encoding=encoding) as f:
         f.write(text)
     return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: object) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically (numpy numbers and arrays as plain
+    numbers and lists, anything else unknown as its text); return the path. The one JSON
+    writer of a map's record (:mod:`explain.outputs`)."""
+    return write_text(path, json.dumps(data, indent=2, default=_jsonable))
+
+
+def _jsonable(obj: object) -> object:
+    tolist = getattr(obj, "tolist", None)  # numpy scalars and arrays
+    return tolist() if callable(tolist) else str(obj)
 
 
 _CONTROL: dict[int, str] = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.files import atomic_write, write_text
+from explain.files import atomic_write, write_json
 
 NOISE_FLOOR = 0.01
 """One percentage point of probability: a black-box map whose signal (largest |value| of a signed
@@ -159,16 +159,18 @@ class Heatmap:
         meta["warnings"] = self.notes()
         return meta
 
-    def save(self, stem: str | Path, extra: dict | None = None) -> tuple[Path, Path]:
-        """Write ``<stem>.npy`` (values) and ``<stem>.json`` (metadata, plus ``extra``: e.g.
-        how a picture of it was drawn), each atomically; return both paths."""
+    def save(self, stem: str | Path, extra: dict | None = None, *, values: bool = True
+             ) -> tuple[Path, ...]:
+        """Write ``<stem>.npy`` (values; not with ``values=False``) and ``<stem>.json``
+        (metadata, plus ``extra``: e.g. how a picture of it was drawn), each atomically; return
+        the paths. A surface writes a map's files through :func:`explain.outputs.write_map`."""
         stem = Path(stem)
         npy, meta = stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
-        with atomic_write(npy) as f:
-            np.save(f, self.values)
-        write_text(meta, json.dumps({**self.metadata(), **(extra or {})}, indent=2,
-                                    default=_jsonable))
-        return npy, meta
+        if values:
+            with atomic_write(npy) as f:
+                np.save(f, self.values)
+        write_json(meta, {**self.metadata(), **(extra or {})})
+        return (npy, meta) if values else (meta,)
 
     @classmethod
     def load(cls, stem: str | Path) -> Heatmap:
@@ -183,11 +185,3 @@ class Heatmap:
 
 
 _FIELDS = frozenset(f.name for f in fields(Heatmap)) - {"values"}
-
-
-def _jsonable(obj: object) -> object:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)

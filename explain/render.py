@@ -257,7 +257,8 @@ def reading(heatmap: Heatmap, s: Scale) -> str:
 
 def described(heatmap: Heatmap, s: Scale) -> dict:
     """What a map's JSON says about a picture of it drawn on ``s``: ``drawn`` (colormap and the
-    values at the two ends) and ``reading`` (:func:`reading`); for ``Heatmap.save(extra=…)``."""
+    values at the two ends) and ``reading`` (:func:`reading`); part of a map's record
+    (:func:`explain.outputs.record`)."""
     return {"drawn": {"colormap": s.colormap, "lo": s.lo, "hi": s.hi},
             "reading": reading(heatmap, s)}
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from explain.errors import OptionError, WhiteBoxError
-from explain.images import ImageInput, as_rgb, to_batch
+from explain.choices import WHITE_BOX_BATCH
+from explain.errors import ExplainError, ImageError, OptionError, TargetError, WhiteBoxError
+from explain.images import ImageInput, as_rgb, load_image, to_batch
 from explain.models import check_scores, load, resolve_target
 from explain.models.base import Differentiable, model_name, precision_deltas
 from explain.windows import batch_limit
@@ -300,3 +301,41 @@ def layers(model: object, *, size: tuple[int, int] | None = None
         for handle in handles:
             handle.remove()
     return [(name, type(m).__name__, shapes.get(name)) for name, m in named if name]
+
+
+def explain_files(paths: Sequence[str | os.PathLike], explain: Callable[[list[np.ndarray]], list],
+                  batch_size: int = WHITE_BOX_BATCH
+                  ) -> Iterator[tuple[int, np.ndarray | None, object]]:
+    """Explain the image files ``paths`` ``batch_size`` at a time with ``explain`` (a list of RGB
+    images → one result each), yielding ``(index, image, result)`` as soon as it is known: an
+    unreadable file at once, with image None and its :class:`ImageError` as the result; the
+    others when their batch is done, a model failure on one image as its
+    :class:`ExplainError` (a batch that fails is explained again image by image to find
+    them). An error of the call itself (an option, a target, a model that is no torch module)
+    stops the run. The CLI's deconv, guided and gradcam run over it."""
+    chunk: list[tuple[int, np.ndarray]] = []
+
+    def each(images: list[np.ndarray]) -> list:
+        try:
+            return explain(images)
+        except (OptionError, TargetError, WhiteBoxError):
+            raise
+        except ExplainError as exc:
+            if len(images) == 1:
+                return [exc]
+            return [each([img])[0] for img in images]
+
+    def flush() -> Iterator[tuple[int, np.ndarray | None, object]]:
+        done = each([img for _, img in chunk])
+        yield from ((k, img, result) for (k, img), result in zip(chunk, done, strict=True))
+        chunk.clear()
+
+    for k, path in enumerate(paths):
+        try:
+            chunk.append((k, load_image(path)))
+        except ImageError as exc:
+            yield k, None, exc
+        if len(chunk) == batch_size:
+            yield from flush()
+    if chunk:
+        yield from flush()

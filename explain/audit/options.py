@@ -18,14 +18,13 @@ from explain.choices import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_PIXELS,
     ENGINES,
-    check_occlusion_fill,
 )
-from explain.drill_down import check_drill_down
 from explain.errors import OptionError
 from explain.files import display
 from explain.frames import parse_sampling
+from explain.methods import METHODS
 from explain.render import check_look
-from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size
 
 EMBEDS = ("auto", "features", "open-nsfw", "pixels")
 
@@ -124,7 +123,8 @@ class AuditOptions:
                 raise OptionError(f"{name.replace('_', ' ')} must be in (0, 1], got {value}")
         if self.top < 0:
             raise OptionError(f"top must be 0 or more, got {self.top}")
-        check_windows(self.box, self.stride)
+        METHODS["occlusion"].check({"box": self.box, "stride": self.stride, "fill": self.fill,
+                                    "drill_down": self.drill_down})
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
         if self.mosaic < 0:
             raise OptionError(f"mosaic must be 0 or more images, got {self.mosaic}")
@@ -132,8 +132,6 @@ class AuditOptions:
             from explain.grid import check_grid_memory
 
             check_grid_memory(self.mosaic, None, 64)
-        check_occlusion_fill(self.fill)
-        check_drill_down(self.drill_down)
         parse_sampling(self.frames)
         if self.max_frames < 1:
             raise OptionError(f"max_frames must be at least 1, got {self.max_frames}")

@@ -31,6 +31,7 @@ from explain.heatmap import Heatmap
 from explain.html import environment
 from explain.images import load_image, warnings_into
 from explain.models import Classifier
+from explain.outputs import record, write_map
 from explain.render import DISPLAY_SIDE, TEXT_SIZE, data_uri, draw_text, figure, save_png, shrink
 
 PART_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -183,9 +184,12 @@ def gallery(store: Store, folder: Path, targets: list, kind: str,
             card["error"] = display(str(exc))
             pixels = None
         if done is not None and look is not None and pixels is not None:
-            saved = Heatmap.load((folder / done["npy"]).with_suffix(""))
-            png = save_png(figure(shrink(pixels, SAVED_SIDE), saved, **look), folder / done["png"])
-            card["overlay"] = file_uri(png)
+            stem = (folder / done["npy"]).with_suffix("")
+            saved = Heatmap.load(stem)
+            drawn = record(saved, {k: v for k, v in look.items() if k != "alpha"})
+            png, _ = write_map(stem, saved, extra=drawn, pictures={
+                ".png": figure(shrink(pixels, SAVED_SIDE), saved, **look)})
+            card["overlay"], card["reading"] = file_uri(png), drawn["reading"]
         yield card
 
 

@@ -36,8 +36,9 @@ from explain.images import collect_warnings, to_batch, to_tensor
 from explain.models import Classifier
 from explain.models.base import model_view, resize
 from explain.occlusion import occlusion_map
+from explain.outputs import write_map
 from explain.progress import LabelledProgress
-from explain.render import DISPLAY_SIDE, described, figure, save_png, scale, shrink
+from explain.render import DISPLAY_SIDE, described, figure, scale, shrink
 from explain.windows import batch_limit, check_windows, fit_batch
 
 DETECT_SIDE = 640
@@ -315,10 +316,9 @@ def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o:
 def write_heatmap(store: Store, folder: Path, kind: str, row: ImageRow, done: HeatmapDone
                   ) -> None:
     """Write a computed heatmap's files (atomically, first) and then its store row."""
-    stem = folder / f"{kind}_{row.id:07d}"
-    save_png(done.picture, stem.with_suffix(".png"))
-    npy, _ = done.saved.save(stem, extra=done.described)
-    store.save_heatmap(row.id, kind, str(stem.with_suffix(".png").relative_to(folder.parent)),
+    png, npy, _ = write_map(folder / f"{kind}_{row.id:07d}", done.saved,
+                            pictures={".png": done.picture}, values=True, extra=done.described)
+    store.save_heatmap(row.id, kind, str(png.relative_to(folder.parent)),
                        str(npy.relative_to(folder.parent)), done.seconds, done.shares)
 
 

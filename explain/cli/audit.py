@@ -11,34 +11,28 @@ import typer
 
 from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ENGINES
 from explain.cli.common import (
-    DEFAULT_OCCLUSION_FILL,
     AlphaOpt,
     BatchOpt,
-    BoxOpt,
     ColormapOpt,
-    DrillDownOpt,
-    FastOpt,
-    FillOpt,
     FramesOpt,
     MaxFramesOpt,
     ModelOptions,
     NormalizeOpt,
     OutDirOpt,
-    StrideOpt,
     SynthesizeOpt,
     TargetOpt,
     VmaxOpt,
     VminOpt,
     choice,
     console,
-    drill_down_fraction,
-    int_pair,
     plain,
     result_line,
     user_errors,
+    with_method_options,
     with_model_options,
 )
 from explain.files import check_output_dir, display
+from explain.methods import METHODS
 
 Engine = choice("Engine", ENGINES)
 
@@ -90,6 +84,7 @@ def _bounds(metrics: dict, name: str) -> str:
 
 @user_errors
 @with_model_options(BLACK_BOX_MODEL)
+@with_method_options(METHODS["occlusion"].options)
 def audit(
     data: Annotated[Path, typer.Argument(help="Folder of images (sub-folders named after classes "
                                               "give the true labels) or a path,label CSV.",
@@ -108,11 +103,7 @@ def audit(
     target_recall: Annotated[float | None, typer.Option("--target-recall", min=0.0, max=1.0, help="Pick the threshold: the highest with at least this recall on the labeled images.")] = None,  # noqa: E501
     top: Annotated[int, typer.Option("--top", min=0, help="Heatmaps for this many false "
                                      "positives and as many false negatives.")] = 50,
-    box: BoxOpt = "25%",
-    stride: StrideOpt = "18.75%",
-    fill: FillOpt = DEFAULT_OCCLUSION_FILL,
-    fast: FastOpt = False,
-    drill_down: DrillDownOpt = None,
+    settings: dict | None = None,
     concepts: Annotated[bool, typer.Option("--concepts/--no-concepts", help="Run the NudeNet "
                                            "part detector and measure each part's effect.")
                         ] = True,
@@ -153,9 +144,7 @@ def audit(
     options = AuditOptions(threshold=0.5 if threshold is None else threshold,
                            target_precision=target_precision, target_recall=target_recall,
                            label_issues=label_issues, clusters=clusters, top=top,
-                           box=int_pair(box, "--box"),
-                           stride=int_pair(stride, "--stride"), fill=fill, target=target,
-                           drill_down=drill_down_fraction(fast, drill_down),
+                           **METHODS["occlusion"].arguments(settings), target=target,
                            concepts=concepts, cues=cues, max_pixels=max_pixels,
                            frames=frames, max_frames=max_frames,
                            batch_size=batch_size, workers=workers, colormap=colormap,

@@ -28,65 +28,51 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from explain.choices import (
     BLACK_BOX_MODEL,
-    DEFAULT_CELL,
-    DEFAULT_MASKS,
     DEFAULT_MAX_FRAMES,
-    DEFAULT_P,
     DEFAULT_REUSE_THRESHOLD,
     DEFAULT_TOP_FRAMES,
     REUSE_MODES,
 )
 from explain.cli.common import (
-    DEFAULT_OCCLUSION_FILL,
     EXIT_BAD_INPUT,
     AllFramesOpt,
     AlphaOpt,
     BatchOpt,
-    BoxOpt,
     ColormapOpt,
-    DrillDownOpt,
-    FastOpt,
-    FillOpt,
     FramesOpt,
     ImageOutDirOpt,
     Images,
-    MasksOpt,
     MaxFramesOpt,
     ModelOptions,
     NoLegendOpt,
     NormalizeOpt,
     SaveNpyOpt,
     SideBySideOpt,
-    StrideOpt,
     TargetOpt,
     TopFramesOpt,
     VmaxOpt,
     VminOpt,
     choice,
     console,
-    drill_down_fraction,
     error_line,
     file_error,
     gather_images,
-    int_pair,
     note_line,
     output_stems,
     plain,
     result_line,
     user_errors,
+    with_method_options,
     with_model_options,
 )
 from explain.errors import ExplainError, OptionError
 from explain.files import display
+from explain.methods import METHODS
 
 if TYPE_CHECKING:
     from explain.heatmap import Heatmap
 
 
-CellOpt = Annotated[int, typer.Option("--cell", min=1, help="RISE: each mask is a CELL×CELL grid "
-                                      "of random cells, smoothly up-sampled to the image.")]
-KeepOpt = Annotated[float, typer.Option("--p", min=0.0, max=1.0, help="RISE: probability that a "
-                                        "cell is kept (the rest of the image goes black).")]
 Reuse = choice("Reuse", REUSE_MODES)
 ReuseOpt = Annotated[Reuse, typer.Option(
     "--reuse", help="Clips, between consecutive explained frames: identical = an unchanged frame "
@@ -96,8 +82,6 @@ ReuseOpt = Annotated[Reuse, typer.Option(
 ReuseBelowOpt = Annotated[int, typer.Option(
     "--reuse-below", min=0, max=255, help="Clips: a pixel differing from the previous "
     "frame's by at most this many levels (0..255) counts as unchanged; 0 = exact.")]
-SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="RISE: random seed; the same seed "
-                                      "gives the same masks and map.")]
 
 
 @dataclass(frozen=True)
@@ -127,7 +111,8 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
     from explain.frames import is_clip, parse_sampling
     from explain.images import load_image
     from explain.models import resolve_target
-    from explain.render import check_look, described, figure, save_png, scale, side_by_side
+    from explain.outputs import record, write_map
+    from explain.render import check_look, figure, side_by_side
     from explain.windows import small_box_note
 
     check_look(look["colormap"], look["normalize"], look["vmin"], look["vmax"])
@@ -160,11 +145,11 @@ def _explain_images(method: str, make_map: Callable[..., Heatmap], images: list[
                 hm = make_map(clf, img, target=target, batch_size=batch_size,
                               progress=lambda done, total, t=task: bar.update(
                                   t, completed=done, total=total))
-                written = [save_png(figure(img, hm, **look), f"{stem}.png")]
+                pictures = {".png": figure(img, hm, **look)}
                 if side:
-                    written.append(save_png(side_by_side(img, hm, **look), f"{stem}.side.png"))
-                if save_npy:
-                    written.extend(hm.save(stem, extra=described(hm, scale(hm, **drawing))))
+                    pictures[".side.png"] = side_by_side(img, hm, **look)
+                written = write_map(stem, hm, pictures=pictures, values=save_npy, json=save_npy,
+                                    extra=record(hm, drawing) if save_npy else None)
             except ExplainError as exc:
                 error_line(file_error(path, exc))
                 failed += 1
@@ -191,7 +176,8 @@ def _compare_models(method: str, make_map: Callable[..., Heatmap], images: list[
     from explain.frames import is_clip
     from explain.images import load_image
     from explain.models import resolve_target
-    from explain.render import model_rows, save_png
+    from explain.outputs import write_map
+    from explain.render import model_rows
 
     given = [flag for flag, on in refused.items() if on] + [
         flag for flag, key in (("--normalize", "normalize"), ("--vmin", "vmin"),
@@ -213,8 +199,8 @@ def _compare_models(method: str, make_map: Callable[..., Heatmap], images: list[
             img = load_image(path)
             rows = [(m.describe(), make_map(clf, img, target=target, batch_size=batch_size))
                     for m, clf in zip(specs, classifiers, strict=True)]
-            written = save_png(model_rows(img, rows, colormap=look["colormap"],
-                                          alpha=look["alpha"]), f"{stem}.png")
+            written, = write_map(stem, pictures={".png": model_rows(
+                img, rows, colormap=look["colormap"], alpha=look["alpha"])})
         except ExplainError as exc:
             error_line(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
             failed += 1
@@ -272,15 +258,6 @@ def _explain_clip(path: Path, stem: Path, clf: object, make_map: Callable[..., H
             + (f" + {len(written) - 2} frame pictures" if len(written) > 2 else ""))
 
 
-def _windows(box: str, stride: str) -> dict:
-    """--box / --stride as the window methods' ``box``/``stride`` arguments, checked."""
-    from explain.windows import check_windows
-
-    box_px, stride_px = int_pair(box, "--box"), int_pair(stride, "--stride")
-    check_windows(box_px, stride_px)
-    return {"box": box_px, "stride": stride_px}
-
-
 def _look(colormap: str | None, alpha: float, normalize: str | None, vmin: float | None,
           vmax: float | None, no_legend: bool) -> dict:
     """The drawing options as :func:`explain.render.figure` takes them."""
@@ -290,8 +267,8 @@ def _look(colormap: str | None, alpha: float, normalize: str | None, vmin: float
 
 @user_errors
 @with_model_options(BLACK_BOX_MODEL, several=True)
-def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
-            stride: StrideOpt = "18.75%", fill: FillOpt = DEFAULT_OCCLUSION_FILL,
+@with_method_options(METHODS["occlusion"].options)
+def occlude(images: Images, models: ModelOptions, settings: dict | None = None,
             target: TargetOpt = "nsfw",
             batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
             output: ImageOutDirOpt = Path("."), save_npy: SaveNpyOpt = False,
@@ -299,8 +276,8 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
             vmin: VminOpt = None, vmax: VmaxOpt = None, no_legend: NoLegendOpt = False,
             frames: FramesOpt = "auto", max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
             top_frames: TopFramesOpt = DEFAULT_TOP_FRAMES, all_frames: AllFramesOpt = False,
-            reuse: ReuseOpt = Reuse.identical, reuse_below: ReuseBelowOpt = DEFAULT_REUSE_THRESHOLD,
-            fast: FastOpt = False, drill_down: DrillDownOpt = None) -> None:
+            reuse: ReuseOpt = Reuse.identical, reuse_below: ReuseBelowOpt = DEFAULT_REUSE_THRESHOLD
+            ) -> None:
     """Occlusion sensitivity: how much the target's score drops when each window is hidden.
 
     Writes NAME.occlusion.png: red = hiding this region lowers the score, blue = raises it,
@@ -313,11 +290,11 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
     from explain.frame_reuse import occlusion_maps
     from explain.occlusion import occlusion_map
 
-    drill = drill_down_fraction(fast, drill_down)
-    windows = _windows(box, stride)
-    sequence = partial(occlusion_maps, fill=fill, reuse=reuse, threshold=reuse_below, **windows)
-    _explain_images("occlusion", partial(occlusion_map, fill=fill, drill_down=drill, **windows),
-                    images, target=target, models=models, batch_size=batch_size, output=output,
+    o = METHODS["occlusion"].arguments(settings)
+    sequence = partial(occlusion_maps, box=o["box"], stride=o["stride"], fill=o["fill"],
+                       reuse=reuse, threshold=reuse_below)
+    _explain_images("occlusion", partial(occlusion_map, **o), images, target=target,
+                    models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
                     look=_look(colormap, alpha, normalize, vmin, vmax, no_legend),
                     clips=ClipChoice(frames, max_frames, top_frames, all_frames, sequence))
@@ -325,7 +302,8 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
 
 @user_errors
 @with_model_options(BLACK_BOX_MODEL, several=True)
-def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: StrideOpt = "18.75%",
+@with_method_options(METHODS["sliding"].options)
+def slide(images: Images, models: ModelOptions, settings: dict | None = None,
           target: TargetOpt = "nsfw", batch_size: BatchOpt = None, colormap: ColormapOpt = None,
           alpha: AlphaOpt = 0.5, output: ImageOutDirOpt = Path("."),
           save_npy: SaveNpyOpt = False, side_by_side: SideBySideOpt = False,
@@ -343,7 +321,7 @@ def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: Str
     from explain.frame_reuse import sliding_maps
     from explain.sliding import sliding_window_map
 
-    windows = _windows(box, stride)
+    windows = METHODS["sliding"].arguments(settings)
     sequence = partial(sliding_maps, reuse=reuse, threshold=reuse_below, **windows)
     _explain_images("sliding", partial(sliding_window_map, **windows), images,
                     target=target, models=models, batch_size=batch_size, output=output,
@@ -354,8 +332,8 @@ def slide(images: Images, models: ModelOptions, box: BoxOpt = "25%", stride: Str
 
 @user_errors
 @with_model_options(BLACK_BOX_MODEL)
-def rise(images: Images, models: ModelOptions, masks: MasksOpt = DEFAULT_MASKS,
-         cell: CellOpt = DEFAULT_CELL, p: KeepOpt = DEFAULT_P, seed: SeedOpt = 0,
+@with_method_options(METHODS["rise"].options)
+def rise(images: Images, models: ModelOptions, settings: dict | None = None,
          target: TargetOpt = "nsfw", batch_size: BatchOpt = None, colormap: ColormapOpt = None,
          alpha: AlphaOpt = 0.5, output: ImageOutDirOpt = Path("."),
          save_npy: SaveNpyOpt = False, side_by_side: SideBySideOpt = False,
@@ -369,10 +347,9 @@ def rise(images: Images, models: ModelOptions, masks: MasksOpt = DEFAULT_MASKS,
     Writes NAME.rise.png: per pixel the expected p(target) when that pixel is kept, on a fixed
     0..1 scale (red = the score stays high when this region is shown).
     """
-    from explain.rise import check_rise, rise_map
+    from explain.rise import rise_map
 
-    check_rise(masks, cell, p, seed)
-    _explain_images("rise", partial(rise_map, masks=masks, cell=cell, p=p, seed=seed), images,
+    _explain_images("rise", partial(rise_map, **METHODS["rise"].arguments(settings)), images,
                     target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side, unit="masks",
                     look=_look(colormap, alpha, normalize, vmin, vmax, no_legend),

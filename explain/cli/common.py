@@ -20,18 +20,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from explain.choices import (
-    CHANNEL_ORDERS,
-    DEFAULT_FILL,
-    DEFAULT_PRECISION,
-    FAST_DRILL_DOWN,
-    FILLS,
-    NORMALIZE_MODES,
-    OCCLUSION_FILLS,
-    PRECISIONS,
-)
+from explain.choices import CHANNEL_ORDERS, DEFAULT_PRECISION, FILLS, NORMALIZE_MODES, PRECISIONS
 from explain.errors import ExplainError, OptionError
 from explain.files import check_output_dir, check_outputs, display, output_names
+from explain.methods import Option, check_options
 
 console = Console()
 err_console = Console(stderr=True)
@@ -55,8 +47,6 @@ def plain(chosen: Enum | None) -> str | None:
 
 
 Fill = choice("Fill", FILLS)
-OcclusionFill = choice("OcclusionFill", OCCLUSION_FILLS)
-DEFAULT_OCCLUSION_FILL = OcclusionFill(DEFAULT_FILL)
 Normalize = choice("Normalize", NORMALIZE_MODES)
 Channels = choice("Channels", CHANNEL_ORDERS)
 Precision = choice("Precision", PRECISIONS)
@@ -113,45 +103,11 @@ ColormapOpt = Annotated[str | None, typer.Option(
     "--colormap", help="bwr, jet, viridis, … (OpenCV or matplotlib name); default bwr (diverging, "
     "white = 0) for signed maps, jet otherwise.", show_default=False)]
 AlphaOpt = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Heatmap opacity.")]
-BoxOpt = Annotated[str, typer.Option("--box", help="Window side: N pixels or P% of the image's "
-                                     "shorter side; N or H,W.")]
-StrideOpt = Annotated[str, typer.Option("--stride", help="Window step: N pixels or P% of the "
-                                        "image's shorter side; N or H,W (at most the box).")]
-FillOpt = Annotated[OcclusionFill, typer.Option(
-    "--fill", help="Occluder; auto = of the others, the one the model scores lowest for the "
-    "target on the whole image (the map records its choice and every fill's score).",
-    callback=plain)]
-FastOpt = Annotated[bool, typer.Option("--fast", help="Occlusion: adaptive drill-down with the "
-                                      f"tuned fraction {FAST_DRILL_DOWN:g} (see --drill-down).")]
-DrillDownOpt = Annotated[float | None, typer.Option(
-    "--drill-down", metavar="R", help="Occlusion: a coarse pass, then fine windows only in the "
-    "fraction R (0 < R ≤ 1) of cells where the map varies or matters most, level by level; the "
-    "rest interpolated, exact where refined; 1 = the exact map. Overrides --fast.",
-    show_default=False)]
-MasksOpt = Annotated[int, typer.Option("--masks", min=1, help="RISE: random masks scored per "
-                                      "image (more: less sampling noise, proportionally slower).")]
 SaveNpyOpt = Annotated[bool, typer.Option("--save-npy", help="Also write the raw map as "
                                           "NAME.METHOD.npy + .json.")]
 SideBySideOpt = Annotated[bool, typer.Option("--side-by-side", help="Also write "
                                              "NAME.METHOD.side.png: original | heatmap | overlay "
                                              "with a colour bar.")]
-
-
-def int_pair(text: str, option: str) -> int | float | tuple[int | float, int | float]:
-    """--box / --stride text: ``"64"`` → 64, ``"25%"`` → 0.25, ``"64,25%"`` → (64, 0.25); see
-    :func:`explain.windows.parse_size`."""
-    from explain.windows import parse_size
-
-    return parse_size(text, option)
-
-
-def drill_down_fraction(fast: bool, drill_down: float | None) -> float | None:
-    """--fast / --drill-down R as ``occlusion_map``'s ``drill_down``, checked (R wins; neither:
-    None, the exact map)."""
-    from explain.drill_down import check_drill_down
-
-    return check_drill_down(drill_down if drill_down is not None
-                            else FAST_DRILL_DOWN if fast else None)
 
 
 def error_line(message: str) -> None:
@@ -261,6 +217,55 @@ def result_line(text: str) -> None:
     """One result line on stdout, never wrapped (a pipe gets whole lines); ``text`` holds no
     markup and its file names went through :func:`explain.files.display`."""
     console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+# --- method options: generated from their declarations in the registry (explain.methods) ---
+
+def option_parameter(option: Option) -> tuple[object, object]:
+    """The typer annotation and default of a method :class:`~explain.methods.Option` (a choice
+    is an Enum typer lists, handed to the command as its plain string)."""
+    kind: object = option.kind
+    default = option.default
+    extra: dict[str, object] = {}
+    if option.choices:
+        kind = choice(option.title.replace(" ", "").replace("-", ""), option.choices)
+        default, extra["callback"] = kind(default), plain  # type: ignore[operator]
+    if option.optional:
+        kind = kind | None  # type: ignore[operator]
+    typed = typer.Option(option.cli_flag, *option.aliases, help=option.help, metavar=option.metavar,
+                         show_default=option.show_default, min=option.low, max=option.high,
+                         **extra)  # type: ignore[arg-type]
+    return Annotated[kind, typed], default
+
+
+def with_method_options(options: Sequence[Option]) -> Callable[[F], F]:
+    """Give a command the method ``options`` (their declarations in :mod:`explain.methods`: flag,
+    type, default, help, range), in place of its parameter ``settings``, which receives them
+    checked (:func:`explain.methods.check_options`, messages naming the flag) as one dict."""
+
+    def decorate(fn: F) -> F:
+        hints = get_type_hints(fn, include_extras=True)
+        params: list[inspect.Parameter] = []
+        for p in inspect.signature(fn).parameters.values():
+            if p.name != "settings":
+                params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
+                continue
+            for option in options:
+                annotation, default = option_parameter(option)
+                params.append(inspect.Parameter(option.name, p.kind, default=default,
+                                                annotation=annotation))
+
+        @functools.wraps(fn)
+        def command(*args: object, **kwargs: object) -> object:
+            given = {o.name: kwargs.pop(o.name) for o in options}
+            settings = check_options(options, given, lambda o: o.cli_flag)
+            return fn(*args, settings=settings, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command  # type: ignore[return-value]
+
+    return decorate
 
 
 # --- model options: declared once, given to every command that loads a model ---

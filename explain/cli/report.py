@@ -17,39 +17,33 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from explain.choices import DEFAULT_MASKS, FORMATS, SANITY_LAYERS, SANITY_THRESHOLD, WHITE_BOX_MODEL
+from explain.choices import FORMATS, SANITY_LAYERS, SANITY_THRESHOLD, WHITE_BOX_MODEL
 from explain.cli.common import (
     EXIT_BAD_INPUT,
     AlphaOpt,
     BatchOpt,
-    BoxOpt,
     ColormapOpt,
-    DrillDownOpt,
-    FastOpt,
     Fill,
     Images,
-    MasksOpt,
     ModelOptions,
     NormalizeOpt,
-    StrideOpt,
     TargetOpt,
     VmaxOpt,
     VminOpt,
     choice,
     console,
-    drill_down_fraction,
     err_console,
     error_line,
     gather_images,
-    int_pair,
     plain,
     result_line,
     user_errors,
+    with_method_options,
     with_model_options,
 )
 from explain.errors import OptionError
 from explain.files import check_output_file, display
-from explain.methods import DEFAULT_METHODS, METHODS, parse_methods
+from explain.methods import DEFAULT_METHODS, METHODS, REPORT_OPTIONS, parse_methods
 
 if TYPE_CHECKING:
     from explain.report import Report
@@ -88,15 +82,14 @@ SanityLayersOpt = Annotated[int, typer.Option(
 
 @user_errors
 @with_model_options(WHITE_BOX_MODEL, several=True)
+@with_method_options(REPORT_OPTIONS)
 def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
-           box: BoxOpt = "25%", stride: StrideOpt = "18.75%", target: TargetOpt = "nsfw",
-           steps: StepsOpt = 20, fill: DeletionFillOpt = Fill.blur,
-           masks: MasksOpt = DEFAULT_MASKS, batch_size: BatchOpt = None,
+           settings: dict | None = None, target: TargetOpt = "nsfw",
+           steps: StepsOpt = 20, fill: DeletionFillOpt = Fill.blur, batch_size: BatchOpt = None,
            colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
            normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
            fmt: FormatOpt = Format.html,
-           output: ReportOutOpt = Path("report.html"), fast: FastOpt = False,
-           drill_down: DrillDownOpt = None, sanity: SanityOpt = False,
+           output: ReportOutOpt = Path("report.html"), sanity: SanityOpt = False,
            sanity_layers: SanityLayersOpt = SANITY_LAYERS) -> None:
     """Run the explanation methods on every image, score each map's faithfulness (deletion and
     insertion AUC), rank them, and write one self-contained report. With --sanity, flag every
@@ -105,11 +98,10 @@ def report(images: Images, models: ModelOptions, methods: MethodsOpt = None,
     from explain.models.specs import DEFAULT_MODELS
     from explain.report import Options, write_report, write_reports
 
-    options = Options(box=int_pair(box, "--box"), stride=int_pair(stride, "--stride"),
-                      target=target, steps=steps, fill=fill, masks=masks, batch_size=batch_size,
+    given = {o.name: settings[o.name] for o in REPORT_OPTIONS if o.argument}
+    options = Options(**given, target=target, steps=steps, fill=fill, batch_size=batch_size,
                       colormap=colormap, alpha=alpha, normalize=normalize, vmin=vmin,
-                      vmax=vmax, drill_down=drill_down_fraction(fast, drill_down),
-                      sanity=sanity, sanity_layers=sanity_layers)
+                      vmax=vmax, sanity=sanity, sanity_layers=sanity_layers)
     options.check()
     paths, failed_inputs = gather_images(images, clips=True)
     check_output_file(output, inputs=paths)

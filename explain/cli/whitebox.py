@@ -17,10 +17,9 @@ Per image NAME in the output folder (the file's stem, made unique within the cal
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -47,26 +46,18 @@ from explain.cli.common import (
     output_stems,
     result_line,
     user_errors,
+    with_method_options,
     with_model_options,
 )
-from explain.errors import ExplainError, ImageError, OptionError, TargetError, WhiteBoxError
-from explain.files import display, to_storable, write_text
+from explain.errors import ExplainError
+from explain.files import display, to_storable
+from explain.methods import METHODS
 
 if TYPE_CHECKING:
     import numpy as np
 
     from explain.heatmap import Heatmap
     from explain.reconstruction import Reconstruction
-
-LayerOpt = Annotated[str | None, typer.Option(
-    "--layer", "-l", help="Reconstruct one activation of this layer (names: `explain layers`) "
-    "instead of the target class.")]
-NeuronOpt = Annotated[str, typer.Option(
-    "--neuron", help="With --layer: 'max' (each image's strongest activation) or C,Y,X.")]
-GradcamLayerOpt = Annotated[str | None, typer.Option(
-    "--layer", "-l", help="Convolutional layer (default: the model's default_cam_layer, stages.3 "
-    "for open-nsfw, else the last top-level module holding a Conv2d; names: `explain layers`).")]
-
 
 
 def _note(heatmap: Heatmap) -> str:
@@ -77,63 +68,37 @@ def _note(heatmap: Heatmap) -> str:
 
 def _run(paths: list[Path], stems: list[Path], failed: int, batch_size: int | None,
          explain_chunk: Callable[[list[np.ndarray]], list], write: Callable) -> None:
-    """Explain the readable images ``batch_size`` at a time and write each result under its
-    stem; unreadable ones, and those the model fails on (a batch that fails is explained again
-    image by image to find them), are reported by name and skipped, and make the exit code 2 at
-    the end. An error of the call itself (an option, a layer) stops the command."""
-    from explain.images import load_image
+    """Explain the images through :func:`explain.whitebox.explain_files` and write each result
+    under its stem; unreadable ones, and those the model fails on, are reported by name and
+    skipped, and make the exit code 2 at the end."""
+    from explain.whitebox import explain_files
 
-    size = batch_size or WHITE_BOX_BATCH
-    chunk: list[tuple[Path, Path, np.ndarray]] = []
-
-    def each(images: list[np.ndarray]) -> list:
-        try:
-            return explain_chunk(images)
-        except (OptionError, TargetError, WhiteBoxError):
-            raise
-        except ExplainError as exc:
-            if len(images) == 1:
-                return [exc]
-            return [each([img])[0] for img in images]
-
-    def flush() -> None:
-        nonlocal failed
-        for (path, stem, img), result in zip(chunk, each([c[2] for c in chunk]), strict=True):
-            if isinstance(result, ExplainError):
-                error_line(file_error(path, result))
-                failed += 1
-            else:
-                write(path, stem, img, result)
-        chunk.clear()
-
-    for path, stem in zip(paths, stems, strict=True):
-        try:
-            chunk.append((path, stem, load_image(path)))
-        except ImageError as exc:
-            error_line(str(exc))
+    for k, img, result in explain_files(paths, explain_chunk, batch_size or WHITE_BOX_BATCH):
+        if isinstance(result, ExplainError):
+            error_line(file_error(paths[k], result))
             failed += 1
-        if len(chunk) == size:
-            flush()
-    if chunk:
-        flush()
+        else:
+            write(paths[k], stems[k], img, result)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
     """The `explain deconv` / `explain guided` command for a :func:`explain.backprop.reconstruct`
-    ``method``."""
+    ``method`` (``suffix``: its registry name)."""
 
     @user_errors
     @with_model_options(WHITE_BOX_MODEL)
-    def command(images: Images, models: ModelOptions, layer: LayerOpt = None,
-                neuron: NeuronOpt = "max", target: TargetOpt = "nsfw",
+    @with_method_options(METHODS[suffix].options)
+    def command(images: Images, models: ModelOptions, settings: dict | None = None,
+                target: TargetOpt = "nsfw",
                 output: ImageOutDirOpt = Path("."), batch_size: BatchOpt = None,
                 colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
                 normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
                 no_legend: NoLegendOpt = False) -> None:
         from explain.backprop import reconstruct
-        from explain.render import check_look, described, figure, save_png, scale
+        from explain.outputs import record, write_map
+        from explain.render import check_look, figure
 
         check_look(colormap, normalize, vmin, vmax)
         drawing = dict(colormap=colormap, normalize=normalize or "percentile", vmin=vmin,
@@ -144,18 +109,15 @@ def _reconstruction_command(method: str, suffix: str, doc: str) -> Callable:
         clf = models.load()
 
         def explain_chunk(chunk: list[np.ndarray]) -> list:
-            return reconstruct(method, clf, chunk, target=target, layer=layer, neuron=neuron,
+            return reconstruct(method, clf, chunk, target=target, **settings,
                                batch_size=batch_size or WHITE_BOX_BATCH)
 
         def write(path: Path, stem: Path, img: np.ndarray, rec: Reconstruction) -> None:
-            overlay = described(rec.magnitude, scale(rec.magnitude, **drawing))
-            written = [
-                save_png(rec.picture(legend=not no_legend), f"{stem}.png"),
-                save_png(figure(img, rec.magnitude, **look), f"{stem}.overlay.png"),
-                write_text(f"{stem}.json", json.dumps({"image": to_storable(path),
-                                                       **rec.metadata(), "overlay": overlay},
-                                                      indent=2)),
-            ]
+            written = write_map(stem, pictures={
+                ".png": rec.picture(legend=not no_legend),
+                ".overlay.png": figure(img, rec.magnitude, **look)},
+                extra={"image": to_storable(path), **rec.metadata(),
+                       "overlay": record(rec.magnitude, drawing)})
             where = f", {rec.layer}{list(rec.neuron or ())} = {rec.activation:.4g}" \
                 if rec.layer else ""
             result_line(f"{display(path)}: {rec.target} {rec.score:.4f}{where} -> "
@@ -178,18 +140,19 @@ guided = _reconstruction_command(
 
 @user_errors
 @with_model_options(WHITE_BOX_MODEL)
-def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
-            guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times "
-                                                 "guided backprop.")] = False,
+@with_method_options(METHODS["gradcam"].options)
+def gradcam(images: Images, models: ModelOptions, settings: dict | None = None,
             target: TargetOpt = "nsfw", output: ImageOutDirOpt = Path("."),
             batch_size: BatchOpt = None, colormap: ColormapOpt = None, alpha: AlphaOpt = 0.5,
             normalize: NormalizeOpt = None, vmin: VminOpt = None, vmax: VmaxOpt = None,
             no_legend: NoLegendOpt = False) -> None:
     """Grad-CAM (or guided Grad-CAM) heatmap of the target class, on the photo."""
     from explain.grad_cam import gradcam as gradcam_maps
-    from explain.render import check_look, described, figure, save_png, scale
+    from explain.outputs import record, write_map
+    from explain.render import check_look, figure
 
     check_look(colormap, normalize, vmin, vmax)
+    guided = settings["guided"]
     drawing = dict(colormap=colormap, vmin=vmin, vmax=vmax,
                    normalize=normalize or ("percentile" if guided else "minmax"))
     look = dict(drawing, alpha=alpha, legend=not no_legend)
@@ -199,16 +162,12 @@ def gradcam(images: Images, models: ModelOptions, layer: GradcamLayerOpt = None,
     clf = models.load()
 
     def explain_chunk(chunk: list[np.ndarray]) -> list:
-        return gradcam_maps(clf, chunk, target=target, layer=layer, guided=guided,
+        return gradcam_maps(clf, chunk, target=target, **settings,
                             batch_size=batch_size or WHITE_BOX_BATCH)
 
     def write(path: Path, stem: Path, img: np.ndarray, heatmap: Heatmap) -> None:
-        written = [
-            save_png(figure(img, heatmap, **look), f"{stem}.png"),
-            write_text(f"{stem}.json", json.dumps(
-                {"image": to_storable(path), **heatmap.metadata(),
-                 **described(heatmap, scale(heatmap, **drawing))}, indent=2)),
-        ]
+        written = write_map(stem, heatmap, pictures={".png": figure(img, heatmap, **look)},
+                            extra=record(heatmap, drawing, image=path))
         result_line(f"{display(path)}: {heatmap.target} {heatmap.score:.4f}, layer "
                     f"{heatmap.params['layer']} -> {', '.join(map(display, written))}"
                     + _note(heatmap))

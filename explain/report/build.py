@@ -33,14 +33,21 @@ from explain.choices import (
     check_fill,
 )
 from explain.clips import judge_clip
-from explain.drill_down import check_drill_down
 from explain.errors import ExplainError, OptionError, WhiteBoxError
 from explain.faithfulness import faithfulness
 from explain.files import display
 from explain.frames import is_clip
 from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
-from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods, resolve_models
+from explain.methods import (
+    DEFAULT_METHODS,
+    METHODS,
+    REPORT_OPTIONS,
+    Models,
+    check_options,
+    parse_methods,
+    resolve_models,
+)
 from explain.models import resolve_target
 from explain.models.base import model_name
 from explain.progress import LabelledProgress
@@ -58,9 +65,8 @@ from explain.render import (
 from explain.render_clip import timeline
 from explain.report.ranking import rank
 from explain.report.results import ImageResult, MethodResult
-from explain.rise import check_rise
 from explain.sanity import Sanity, check_layers, sanity_checks
-from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size
 
 THUMB_SIDE = 64
 Progress = LabelledProgress
@@ -92,10 +98,14 @@ class Options:
         check_layers(self.sanity_layers)
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
-        check_windows(self.box, self.stride)
-        check_drill_down(self.drill_down)
-        check_rise(self.masks)
+        check_options(REPORT_OPTIONS, self.settings)
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """The methods' options these hold (:data:`explain.methods.REPORT_OPTIONS`, by name;
+        ``fill`` here is the deletion fill, not occlusion's, which is never read from here)."""
+        return {o.name: getattr(self, o.name) for o in REPORT_OPTIONS if hasattr(self, o.name)}
 
 
 @dataclass

@@ -29,6 +29,7 @@ writes the files of ``explain grid`` through its own writer), ``method=audit`` a
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
@@ -40,7 +41,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import (
     APIRouter,
@@ -59,8 +60,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from explain.choices import (
     COLOR_BY,
-    DEFAULT_FILL,
-    DEFAULT_MASKS,
     DEFAULT_MAX_PIXELS,
     EMBED_MODES,
     LAYOUTS,
@@ -70,7 +69,7 @@ from explain.errors import ExplainError, ImageError, ImageTooLargeError, OptionE
 from explain.files import atomic_write, write_text
 from explain.grid import MIN_IMAGES, NO_LABEL, check_grid_memory
 from explain.images import probe_image
-from explain.methods import METHODS
+from explain.methods import METHODS, SERVICE_OPTIONS, Option
 from explain.models.base import resolve_target
 from explain.render import save_png
 from explain.serve.assets import Assets
@@ -94,6 +93,7 @@ from explain.serve.schemas import (
     MethodInfo,
     ModelInfo,
     NewCollection,
+    OptionInfo,
     Rejected,
     Visualization,
     VisualizationPage,
@@ -112,7 +112,7 @@ from explain.serve.worker import (
     Worker,
     draw,
 )
-from explain.windows import parse_size, window_grid
+from explain.windows import window_grid
 
 MAX_WINDOWS = 20_000
 MAX_MASKS = 50_000
@@ -139,8 +139,57 @@ MethodName = Enum("MethodName",  # type: ignore[misc]
 EmbedName = Enum("EmbedName", {name: name for name in EMBED_MODES}, type=str)  # type: ignore[misc]
 LayoutName = Enum("LayoutName", {name: name for name in LAYOUTS}, type=str)  # type: ignore[misc]
 ColorName = Enum("ColorName", {name: name for name in COLOR_BY}, type=str)  # type: ignore[misc]
-FillName = Enum("FillName", {name: name for name in OCCLUSION_FILLS}, type=str)  # type: ignore[misc]
-DEFAULT_FILL_NAME = FillName(DEFAULT_FILL)
+F = TypeVar("F")
+FORM_HIGH = {"masks": MAX_MASKS}
+"""The service's own caps on method options (on top of their declared range)."""
+
+
+def form_parameter(option: Option) -> inspect.Parameter:
+    """The form field of a method :class:`~explain.methods.Option` (its declaration: type,
+    default, range, help; a choice is an Enum the form refuses others of), for
+    ``POST /v1/visualizations``."""
+    kind: object = option.kind
+    default = option.default
+    if option.choices:
+        kind = Enum(f"{option.title}Name", {c: c for c in option.choices}, type=str)
+        default = kind(default)  # type: ignore[operator]
+    if option.optional:
+        kind = kind | None  # type: ignore[operator]
+    high = FORM_HIGH.get(option.name, option.high)
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[kind, Form(ge=option.low, le=high,
+                                                             description=option.help)])
+
+
+def with_form_options(endpoint: F) -> F:
+    """``endpoint`` with the form fields of the methods' options in place of its ``**given``
+    (FastAPI reads the signature; the fields arrive in ``given``)."""
+    params = [p for p in inspect.signature(endpoint).parameters.values()
+              if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        params + [form_parameter(o) for o in SERVICE_OPTIONS])
+    return endpoint
+
+
+def form_options(given: dict[str, object]) -> dict[str, object]:
+    """The method options of a form (:data:`explain.methods.SERVICE_OPTIONS`), each checked by
+    its declaration; a refused one is a 422 naming its field."""
+    checked: dict[str, object] = {}
+    for option in SERVICE_OPTIONS:
+        value = given[option.name]
+        try:
+            checked[option.name] = option.checked(
+                value.value if isinstance(value, Enum) else value, option.name, checked)
+        except OptionError as exc:
+            raise invalid(option.name, str(exc)) from None
+    return checked
+
+
+def option_info(option: Option) -> OptionInfo:
+    """A form option as ``GET /v1/models`` describes it (the page builds its fields from it)."""
+    return OptionInfo(name=option.name, title=option.title, type=option.kind.__name__,
+                      default=option.default, help=option.help, choices=list(option.choices),
+                      low=option.low, high=FORM_HIGH.get(option.name, option.high))
 
 
 @dataclass
@@ -302,23 +351,12 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
                                               "full; retry after Retry-After seconds."},
                          507: {"description": "The server's disk is full; retry after "
                                               "Retry-After seconds."}})
+    @with_form_options
     def submit(request: Request, response: Response, who: Tenant,
                image: Annotated[UploadFile | None, File(description="The image file (not "
                                                               "for method=grid).")] = None,
                method: Annotated[MethodName, Form()] = MethodName.occlusion,
-               box: Annotated[str, Form(description="Window side: N px or P% of the shorter "
-                                                    "side; N or H,W.")] = "25%",
-               stride: Annotated[str, Form(description="Window step, as box; at most the "
-                                                       "box.")] = "18.75%",
-               fill: Annotated[FillName, Form(description="Occlusion: what a hidden window "
-                                                          "becomes.")] = DEFAULT_FILL_NAME,
                target: Annotated[str, Form(description="The class, by name or index.")] = "nsfw",
-               masks: Annotated[int, Form(ge=1, le=MAX_MASKS, description="RISE: random masks."
-                                          )] = DEFAULT_MASKS,
-               fast: Annotated[bool, Form(description="Occlusion: adaptive drill-down, as "
-                                                      "`explain occlude --fast` (far fewer "
-                                                      "windows scored; exact where refined)."
-                                          )] = False,
                collection: Annotated[str | None, Form(description="method=grid: the id of "
                                                       "one of your collections.")] = None,
                embed: Annotated[EmbedName, Form(description="method=grid: features (the "
@@ -342,10 +380,12 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
                                               "detector and measure each part's effect."
                                               )] = True,
                cues: Annotated[bool, Form(description="method=audit: discover the cues the "
-                                          "model reacts to in its false positives.")] = True
-               ) -> Accepted:
+                                          "model reacts to in its false positives.")] = True,
+               **given: object) -> Accepted:
         """Queue a visualization of ``image``, or with ``method=grid`` a similarity grid of a
-        collection (the files of `explain grid`); poll ``status_url`` until it is done."""
+        collection (the files of `explain grid`); poll ``status_url`` until it is done. The
+        methods' options are form fields generated from their declarations
+        (:data:`explain.methods.SERVICE_OPTIONS`)."""
         name = method.value
         if name == "grid":
             return submit_grid(request, response, who, collection, target, embed.value,
@@ -357,8 +397,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         if image is None:
             raise invalid("image", f"method={name} explains one image: send it as the "
                           "field image")
-        options = {"box": _size(box, "box"), "stride": _size(stride, "stride"),
-                   "fill": fill.value, "target": target, "masks": masks, "fast": fast}
+        options = {**form_options(given), "target": target}
         if METHODS[name].white_box and served.white_error:
             raise invalid("method", served.white_error)
         try:
@@ -683,13 +722,15 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         black = served.models.black
         methods = [MethodInfo(name=m.name, title=m.title, white_box=m.white_box,
                               available=not (m.white_box and served.white_error),
-                              why_not=served.white_error if m.white_box else None)
+                              why_not=served.white_error if m.white_box else None,
+                              options=[o.name for o in m.options if o.service])
                    for m in METHODS.values()]
         size = list(black.input_size) if black.input_size else None
         return ModelInfo(model=served.name, classes=list(black.class_names), input_size=size,
                          device=str(black.device), methods=methods, fills=list(OCCLUSION_FILLS),
-                         defaults={"box": "25%", "stride": "18.75%", "fill": DEFAULT_FILL,
-                                   "target": "nsfw", "masks": DEFAULT_MASKS, "fast": False})
+                         options=[option_info(o) for o in SERVICE_OPTIONS],
+                         defaults={"target": "nsfw",
+                                   **{o.name: o.default for o in SERVICE_OPTIONS}})
 
     app.include_router(api)
 
@@ -707,13 +748,6 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
 
     assets.mount(app)
     return app
-
-
-def _size(text: str, field_name: str) -> int | float | tuple:
-    try:
-        return parse_size(text, field_name)
-    except OptionError as exc:
-        raise invalid(field_name, str(exc)) from None
 
 
 def _check_windows(shape: tuple[int, int], box: object, stride: object) -> None:

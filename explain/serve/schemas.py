@@ -67,6 +67,20 @@ class MethodInfo(BaseModel):
     white_box: bool = Field(description="Needs a torch model (gradients).")
     available: bool = Field(description="The served model can run it.")
     why_not: str | None = Field(description="Why not, when it cannot.")
+    options: list[str] = Field(description="The form options it takes (see ModelInfo.options).")
+
+
+class OptionInfo(BaseModel):
+    """A method option of ``POST /v1/visualizations``, as the registry declares it."""
+
+    name: str = Field(description="The form field.")
+    title: str
+    type: str = Field(description="str, int, float or bool.")
+    default: str | int | float | bool | None
+    help: str
+    choices: list[str] = Field(description="The values it may take (empty: any).")
+    low: float | None = Field(description="The least value of a number.")
+    high: float | None = Field(description="The greatest value of a number.")
 
 
 class ModelInfo(BaseModel):
@@ -78,6 +92,7 @@ class ModelInfo(BaseModel):
     device: str
     methods: list[MethodInfo]
     fills: list[str]
+    options: list[OptionInfo] = Field(description="The methods' options (form fields).")
     defaults: dict
 
 

@@ -27,12 +27,13 @@ An animated upload (GIF, WebP, APNG) is judged as the CLI judges a clip: every f
 the clip explained by its max frame (:func:`pixels`), which the job's answer names.
 
 Results, in the job's folder: ``heatmap.npy`` + ``heatmap.json``
-(:meth:`explain.heatmap.Heatmap.save`), written atomically before the job is ``done``, under
-the job's lock (:meth:`~explain.serve.jobs.JobStore.locked`), so a DELETE either comes first
-(nothing is written) or removes them. The pictures (:data:`PICTURES`: ``overlay.png``, the
-overlay with its legend strip, :func:`explain.render.figure`; ``side.png``, original | heatmap |
-overlay, :func:`explain.render.side_by_side`; ``original.png``, the decoded upload, or an
-animation's max frame) are rendered from the input (or that frame, :data:`FRAME`) and the map
+(:func:`explain.outputs.write_map`, the CLI's layout and record), written atomically before
+the job is ``done``, under the job's lock (:meth:`~explain.serve.jobs.JobStore.locked`), so a
+DELETE either comes first (nothing is written) or removes them. The pictures
+(:data:`PICTURES`: ``overlay.png``, the overlay with its legend strip,
+:func:`explain.render.figure`; ``side.png``, original | heatmap | overlay,
+:func:`explain.render.side_by_side`; ``original.png``, the decoded upload, or an animation's
+max frame) are rendered from the input (or that frame, :data:`FRAME`) and the map
 on their first request (:func:`draw`, at a bounded size) and kept: a client that wants only the
 map and the score pays for no PNG, and rendering is off the model's path. Stored maps are
 bounded too (:func:`write_results`).
@@ -47,7 +48,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -59,10 +59,11 @@ from explain.clips import judge_clip
 from explain.errors import ExplainError
 from explain.heatmap import Heatmap
 from explain.images import decoding_warnings, load_image
-from explain.methods import METHODS, Models
+from explain.methods import METHODS, Models, Run
 from explain.models.base import Classifier
 from explain.occlusion import occlusion_map, plan_occlusion
-from explain.render import described, figure, save_png, scale, shrink_map, side_by_side
+from explain.outputs import record, write_map
+from explain.render import figure, save_png, shrink_map, side_by_side
 from explain.serve.batching import OcclusionRun, score_step
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
@@ -80,19 +81,6 @@ AUDIT_FOLDER = "audit"
 FRAME = "frame.png"
 FAULT_PAUSE_S = 1.0  # after a fault outside any one job: do not spin on a lasting one
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """A job's options as the registry's run functions take them
-    (:class:`explain.methods.RunOptions`)."""
-
-    box: int | float | tuple
-    stride: int | float | tuple
-    target: str | int
-    batch_size: int | None
-    masks: int
-    drill_down: float | None = None
 
 
 class Cancelled(Exception):  # noqa: N818 — a control signal, not an error
@@ -129,7 +117,7 @@ def write_results(folder: Path, heatmap: Heatmap) -> None:
     if h * w > MAP_PIXELS:
         heatmap = shrink_map(heatmap, max(1, math.floor(max(h, w) * math.sqrt(MAP_PIXELS
                                                                             / (h * w)))))
-    heatmap.save(folder / "heatmap", extra=described(heatmap, scale(heatmap)))
+    write_map(folder / "heatmap", heatmap, values=True, extra=record(heatmap))
 
 
 def draw(folder: Path, name: str, max_pixels: int) -> np.ndarray:
@@ -304,11 +292,10 @@ class Worker(threading.Thread):
                                     batch_size=self.batch_size, drill_down=FAST_DRILL_DOWN,
                                     progress=watch)
         else:
-            options = JobOptions(box=o["box"], stride=o["stride"], target=o["target"],
-                                 batch_size=self.batch_size, masks=o["masks"])
             with WHITE_BOX if method.white_box else nullcontext():
                 watch(0, 1)  # waiting for the white-box lock may have taken a while
-                heatmap = method.run(self.models, image, options, watch)
+                heatmap = method.run(self.models, image, Run(o["target"], self.batch_size, o),
+                                     watch)
         heatmap.seconds = time.perf_counter() - start
         self._finish(job, heatmap, clip, None if clip is None else image)
 

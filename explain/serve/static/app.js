@@ -49,6 +49,32 @@ function option(select, value, text, disabled = false, title = "") {
   select.append(o);
 }
 
+function field(o, methods) {
+  // one method option's form field, as the registry declares it (GET v1/models: options)
+  const label = document.createElement("label");
+  label.dataset.for = methods.filter((m) => m.options.includes(o.name)).map((m) => m.name).join(" ");
+  label.title = o.help;
+  let input;
+  if (o.choices.length) {
+    input = document.createElement("select");
+    for (const c of o.choices) option(input, c, c);
+  } else {
+    input = document.createElement("input");
+    if (o.type === "bool") input.type = "checkbox";
+    else if (o.type === "int" || o.type === "float") {
+      input.type = "number";
+      if (o.low !== null) input.min = o.low;
+      if (o.high !== null) input.max = o.high;
+      if (o.type === "float") input.step = "any";
+    } else input.size = 8;
+  }
+  input.id = o.name;
+  if (o.type === "bool") input.checked = o.default;
+  else input.value = o.default;
+  label.append(`${o.title} `, input);
+  return label;
+}
+
 function showFields() {
   const method = $("method").value;
   for (const label of document.querySelectorAll("label[data-for]")) {
@@ -73,7 +99,7 @@ async function start() {
   for (const c of info.classes) option($("target"), c, c);
   $("target").value = info.classes.includes(info.defaults.target)
     ? info.defaults.target : info.classes[info.classes.length - 1];
-  for (const f of info.fills) option($("fill"), f, f);
+  for (const o of info.options) $("go").before(field(o, info.methods));
   showFields();
   $("go").disabled = false;
   $("make").disabled = false;
