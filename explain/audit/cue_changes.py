@@ -48,32 +48,18 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import cv2
 import numpy as np
 
 from explain.audit.cue_groups import paste_test, strength
 from explain.audit.cue_harvest import Counting, CueImage, Patch, PatchEmbedder, decode
+from explain.audit.finished import Run
 from explain.audit.options import CueOptions
-from explain.audit.store import Store
 from explain.choices import CUE_EMBEDS
 from explain.errors import ExplainError, ImageError, ModelError, OptionError
 from explain.files import display, write_bytes
 from explain.images import DEFAULT_MAX_PIXELS
-
-
-class AuditRun(Protocol):
-    """What this module reads of a finished audit (:class:`explain.audit.comparison.Run`)."""
-
-    folder: Path
-    store: Store
-    threshold: float
-    model: str
-    target: str
-
-    @property
-    def key(self) -> str: ...
 
 GAIN_FLOOR = 0.02
 VANISHED_SHARE = 0.1
@@ -140,7 +126,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def published(run: AuditRun, name: str) -> tuple[Published | None, str | None]:
+def published(run: Run, name: str) -> tuple[Published | None, str | None]:
     """Run ``name``'s published cues, or None and why."""
     folder = run.folder
     if not (folder / "cues.csv").is_file() or not (folder / "cue_patches.csv").is_file():
@@ -358,7 +344,7 @@ def _thumbs(patches: list[CuePatch], pixels: Callable[[int], np.ndarray | None])
     return out
 
 
-def cue_changes(a: AuditRun, b: AuditRun, to_a: dict[int, int], out: Path, *, seed: int,
+def cue_changes(a: Run, b: Run, to_a: dict[int, int], out: Path, *, seed: int,
                 embed: str, model_b: object | None = None) -> CueChanges:
     """The cue section of the comparison of ``a`` and ``b`` (module docstring); ``to_a`` maps
     B's image ids to A's where the two runs matched an image by content; ``model_b``, a
@@ -423,7 +409,7 @@ def cue_changes(a: AuditRun, b: AuditRun, to_a: dict[int, int], out: Path, *, se
     return result
 
 
-def _paste_under_b(classifier: object, pa: Published, b: AuditRun, recipients: list[int],
+def _paste_under_b(classifier: object, pa: Published, b: Run, recipients: list[int],
                    key_b: dict[int, int], scores_b: dict[int, float],
                    pixels: Callable[[int], np.ndarray | None], seed: int) -> dict:
     """B's paste test of each cue of A: {"pastes": cue → [before, after] pairs, "calls"}."""
