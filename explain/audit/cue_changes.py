@@ -149,8 +149,7 @@ def published(run: Run, name: str) -> tuple[Published | None, str | None]:
     for setting in run.store.cue_settings():
         stored = {(image, (t, le, b, r)): (role, drop)
                   for image, role, _, t, le, b, r, _, drop, _ in run.store.cue_patches(setting)}
-        has_fp = any(role == "fp" for role, _ in stored.values())
-        if set(stored) != wanted or (not listed and has_fp):
+        if set(stored) != wanted:
             continue
         by_cue = {(image, box): cue for cue, image, _, box in listed}
         patches = [CuePatch(image, role, box, float(drop), by_cue[(image, box)])
