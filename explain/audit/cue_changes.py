@@ -21,16 +21,18 @@ harvest in its store whose patches they list). Everything below is measured, not
   spec): the cue's false-positive patches (any of its patches when it has none) pasted into
   B's true negatives (those its cue discovery sampled, else a seeded sample of
   :data:`NEGATIVES`), as many pairs as A's test, seeded by the compare's seed + the cue id.
-- **Matching.** A cue of B matches the cue of A that carries at least half of its patches;
-  ``cue_b`` is the matching B cue holding most of them. A cue of B that matches no cue of A is
-  ``new``; its A side is measured by the same rule (no paste test under A: model A is not
-  loaded), so ``paste_gain_a`` and ``strength_a`` stay empty.
+- **Matching.** A cue of A and a cue of B match when at least :data:`MATCH_SHARE` of either
+  one's patches carry the other (each measured in its home run's cues); ``cue_b`` is the
+  matching B cue of the largest such share. A cue of B that matches no cue of A is ``new``;
+  its A side is measured by the same rule (no paste test under A: model A is not loaded), so
+  ``paste_gain_a`` and ``strength_a`` stay empty.
 - **Status** of each cue of A (thresholds, once): ``vanished`` when B's paste gain is at most
   :data:`GAIN_FLOOR` (pasting it moves B's score by at most two points) and B's strength is at
-  most :data:`VANISHED_SHARE` of A's (or unmeasured); else ``weakened`` when B's strength or
-  paste gain is at most :data:`WEAKENED_SHARE` of A's (it fell by half or more); else
-  ``persists``. A ratio is only read where A's value is above 0. Paste gains over 16 pairs
-  move by a few points between seeds, hence a floor rather than 0.
+  most :data:`VANISHED_SHARE` of A's (0 when A's is 0; or unmeasured); else ``weakened`` when
+  B's strength or paste gain is at most :data:`WEAKENED_SHARE` of A's (it fell by half or
+  more), read only where A's strength is above 0 and A's paste gain above the floor; else
+  ``persists``. Paste gains over 16 pairs move by a few points between seeds, hence a floor
+  rather than 0.
 
 The embeddings and B's paste tests are kept in ``OUT/`` :data:`CACHE` (written atomically),
 keyed by both runs' cue data, B's recipients and scores, B's spec, the embedder and the seed:
@@ -69,6 +71,7 @@ CACHE = "cue_changes.cache.npz"
 CUE_COLUMNS = ("cue_a", "cue_b", "status", "strength_a", "strength_b", "fp_share_a",
                "fp_share_b", "paste_gain_a", "paste_gain_b")
 SHOWN_PATCHES = 6
+MATCH_SHARE = 0.5
 RADIUS_SLACK = 1e-6  # float32 embeddings: an identical patch must fall inside its cue
 
 
@@ -294,15 +297,15 @@ def measure(run: Published, carried: list[int | None], cue: int) -> dict:
 def status(strength_a: float | None, strength_b: float | None, gain_a: float | None,
            gain_b: float | None) -> str:
     """persists | weakened | vanished (the module docstring's thresholds)."""
-    def share(b: float | None, a: float | None) -> float | None:
-        return None if b is None or a is None or a <= 0 else b / a
-
-    s, g = share(strength_b, strength_a), share(gain_b, gain_a)
-    if (gain_b is None or gain_b <= GAIN_FLOOR) and (s is None or s <= VANISHED_SHARE) and \
-            not (gain_b is None and strength_b is None):
+    if gain_b is None and strength_b is None:
+        return "persists"  # nothing measured under B: nothing says it went
+    gone_gain = gain_b is None or gain_b <= GAIN_FLOOR
+    gone_strength = strength_b is None or strength_b <= VANISHED_SHARE * max(strength_a or 0, 0)
+    if gone_gain and gone_strength:
         return "vanished"
-    if (s is not None and s <= WEAKENED_SHARE) or (g is not None and g <= WEAKENED_SHARE):
-        return "weakened"
+    for a, b, floor in ((strength_a, strength_b, 0.0), (gain_a, gain_b, GAIN_FLOOR)):
+        if a is not None and a > floor and b is not None and b <= WEAKENED_SHARE * a:
+            return "weakened"
     return "persists"
 
 
@@ -430,6 +433,13 @@ def _paste_under_b(classifier: object, pa: Published, b: Run, recipients: list[i
     return {"pastes": pastes, "calls": counted.calls}
 
 
+def _carried_share(patches: list[CuePatch], carried: list[int | None], own: int, other: int
+                   ) -> float:
+    """The share of cue ``own``'s patches that carry cue ``other`` of the other run."""
+    mine = [c for p, c in zip(patches, carried, strict=True) if p.cue == own]
+    return sum(1 for c in mine if c == other) / len(mine) if mine else 0.0
+
+
 def _rows_of(result: CueChanges, pa: Published, pb: Published | None, va: np.ndarray,
              vb: np.ndarray, pastes: dict[str, list], pixels: Callable[[int], np.ndarray | None],
              key_b: dict[int, int]) -> None:
@@ -443,14 +453,15 @@ def _rows_of(result: CueChanges, pa: Published, pb: Published | None, va: np.nda
     b_in_a = space_a.carried(vb)
     patches_b = pb.patches if pb is not None else []
     space_b = Space.of(patches_b, vb) if patches_b else None
-    matched: dict[int, list[tuple[int, int]]] = {}
+    a_in_b = space_b.carried(va) if space_b is not None else [None] * len(va)
+    matched: dict[int, list[tuple[float, int]]] = {}
     for cue_b in (pb.cues if pb is not None else {}):
-        own = [c for p, c in zip(patches_b, b_in_a, strict=True) if p.cue == cue_b]
-        counts = {c: own.count(c) for c in set(own) if c is not None}
-        if counts:
-            best = max(counts, key=lambda c: (counts[c], -c))
-            if counts[best] >= len(own) / 2:
-                matched.setdefault(best, []).append((counts[best], cue_b))
+        for cue in pa.cues:
+            overlap = max(_carried_share(patches_b, b_in_a, cue_b, cue),
+                          _carried_share(pa.patches, a_in_b, cue, cue_b))
+            if overlap >= MATCH_SHARE:
+                matched.setdefault(cue, []).append((overlap, cue_b))
+
     def pixels_b(image: int) -> np.ndarray | None:
         return pixels(key_b[image])
 
@@ -487,7 +498,6 @@ def _rows_of(result: CueChanges, pa: Published, pb: Published | None, va: np.nda
     taken = {c for pairs in matched.values() for _, c in pairs}
     if pb is None or space_b is None:
         return
-    a_in_b = space_b.carried(va)
     b_in_b = space_b.carried(vb)
     for cue in sorted(pb.cues, key=lambda c: pb.cues[c]["rank"]):
         if cue in taken:
