@@ -235,3 +235,15 @@ def test_the_cue_section_in_chromium_decodes_every_patch(audits, chromium, tmp_p
     assert [alt for alt, *_ in patches].count("run A patch") == 12
     assert [alt for alt, *_ in patches].count("run B patch") == 12
     assert all(done and width == 96 for _, done, width in patches)
+
+
+def test_the_recorded_spec_is_read_back_with_its_model_options():
+    from explain.audit.cue_changes import reload_model
+    from explain.errors import ModelError
+
+    clf = reload_model("test_compare_cues:model_plain --classes safe,nude --input-size 32")
+    assert clf.class_names == ["safe", "nude"] and tuple(clf.input_size) == (32, 32)
+    with pytest.raises(ModelError, match="--bogus"):
+        reload_model("test_compare_cues:model_plain --bogus 1")
+    with pytest.raises(ModelError):
+        reload_model("CallableClassifier:model_plain")  # what an audit of an object records

@@ -396,10 +396,11 @@ def cue_changes(a: Run, b: Run, to_a: dict[int, int], out: Path, *, seed: int,
             np.zeros((0, va.shape[1]), np.float32)
         meta = {"key": key, "embedding": embedder.describe, "pastes": {}, "calls": 0}
         try:
-            classifier = model_b if model_b is not None and not isinstance(model_b, str) \
-                else reload_model(spec_b)
-            meta.update(_paste_under_b(classifier, pa, b, recipients_b, key_b, scores_b,
-                                       pixels, seed))
+            if pa.cues:  # model B is loaded only when A has a cue to test
+                classifier = model_b if model_b is not None and not isinstance(model_b, str) \
+                    else reload_model(spec_b)
+                meta.update(_paste_under_b(classifier, pa, b, recipients_b, key_b, scores_b,
+                                           pixels, seed))
         except ExplainError as exc:
             result.reason = (f"model B ({display(str(spec_b))}) cannot be run again to test "
                              f"A's cues: {getattr(exc, 'reason', None) or exc}")
