@@ -207,8 +207,12 @@ def test_status_thresholds():
     assert status(1.0, 0.1, 0.8, GAIN_FLOOR) == "vanished"
     assert status(1.0, 0.2, 0.8, GAIN_FLOOR) == "weakened"  # still ranks as a cue of errors
     assert status(1.0, None, 0.8, 0.0) == "vanished"  # B's errors not harvested: gain decides
+    assert status(1.0, None, 0.8, None) == "unmeasured"  # nothing under B: never "persists"
     assert status(1.0, 0.0, 0.8, 0.4) == "weakened"  # B still reacts, makes no error with it
     assert status(0.0, 0.0, 0.01, 0.01) == "vanished"
+    assert status(0.0, 0.06, 0.0, 0.004) == "persists"  # no lift under A, some under B
+    assert status(None, None, 0.8, None) == "persists"  # nothing measured under B
+    assert status(0.0, 0.05, 0.01, -0.2) == "persists"  # A's gain below the floor: no ratio
 
 
 @pytest.mark.slow
@@ -232,3 +236,15 @@ def test_the_cue_section_in_chromium_decodes_every_patch(audits, chromium, tmp_p
     assert [alt for alt, *_ in patches].count("run A patch") == 12
     assert [alt for alt, *_ in patches].count("run B patch") == 12
     assert all(done and width == 96 for _, done, width in patches)
+
+
+def test_the_recorded_spec_is_read_back_with_its_model_options():
+    from explain.audit.cue_changes import reload_model
+    from explain.errors import ModelError
+
+    clf = reload_model("test_compare_cues:model_plain --classes safe,nude --input-size 32")
+    assert clf.class_names == ["safe", "nude"] and tuple(clf.input_size) == (32, 32)
+    with pytest.raises(ModelError, match="--bogus"):
+        reload_model("test_compare_cues:model_plain --bogus 1")
+    with pytest.raises(ModelError):
+        reload_model("CallableClassifier:model_plain")  # what an audit of an object records

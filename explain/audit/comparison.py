@@ -49,9 +49,9 @@ from explain.audit.cue_changes import (
 )
 from explain.audit.dataset import Dataset, open_dataset
 from explain.audit.findings import labeled_images
+from explain.audit.finished import Run, open_run
 from explain.audit.outputs import csv_file, csv_value, write_table
 from explain.audit.slices import benjamini_hochberg
-from explain.audit.store import Store
 from explain.errors import ExplainError, OptionError
 from explain.files import check_output_dir, display, file_sha256, from_storable, write_text
 
@@ -64,22 +64,6 @@ IMAGE_COLUMNS = ("path", "label", "score_a", "score_b", "error_a", "error_b")
 SLICE_COLUMNS = ("slice", "value", "n", "errors_a", "errors_b", "error_rate_a", "error_rate_b",
                  "error_rate_delta", "fpr_a", "fpr_b", "fnr_a", "fnr_b", "fixed", "new",
                  "mcnemar_p", "mcnemar_q")
-
-
-@dataclass
-class Run:
-    """One audit as the comparison reads it: its store (bound to its last finished run), the
-    threshold its ``metrics.json`` records, and what the notes and page name it by."""
-
-    folder: Path
-    store: Store
-    threshold: float
-    model: str
-    target: str
-
-    @property
-    def key(self) -> str:
-        return self.store.key
 
 
 @dataclass
@@ -104,22 +88,6 @@ class Comparison:
     output: Path
     summary: dict
     files: dict[str, Path]
-
-
-def open_run(folder: str | os.PathLike) -> Run:
-    """The audit in ``folder`` (its last finished run and the threshold its ``metrics.json``
-    records); :class:`~explain.errors.OptionError` when there is none."""
-    folder = Path(folder)
-    store = Store.finished(folder)
-    try:
-        threshold = json.loads((folder / "metrics.json").read_text())["threshold"]
-    except (OSError, ValueError, KeyError, TypeError):
-        store.close()
-        raise OptionError(f"{display(folder)} has no readable metrics.json with the run's "
-                          "threshold; run the same `explain audit` command again to rewrite "
-                          "its outputs") from None
-    return Run(folder, store, float(threshold), str(store.params.get("model")),
-               str(store.params.get("target")))
 
 
 def _keyed(run: Run, notes: list[str], name: str) -> dict[tuple[str, int], tuple]:

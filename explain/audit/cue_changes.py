@@ -21,16 +21,20 @@ harvest in its store whose patches they list). Everything below is measured, not
   spec): the cue's false-positive patches (any of its patches when it has none) pasted into
   B's true negatives (those its cue discovery sampled, else a seeded sample of
   :data:`NEGATIVES`), as many pairs as A's test, seeded by the compare's seed + the cue id.
-- **Matching.** A cue of B matches the cue of A that carries at least half of its patches;
-  ``cue_b`` is the matching B cue holding most of them. A cue of B that matches no cue of A is
-  ``new``; its A side is measured by the same rule (no paste test under A: model A is not
-  loaded), so ``paste_gain_a`` and ``strength_a`` stay empty.
+- **Matching.** A cue of A and a cue of B match when at least :data:`MATCH_SHARE` of either
+  one's patches carry the other (each measured in its home run's cues); ``cue_b`` is the
+  matching B cue of the largest such share. A cue of B that matches no cue of A is ``new``;
+  its A side is measured by the same rule (no paste test under A: model A is not loaded), so
+  ``paste_gain_a`` and ``strength_a`` stay empty.
 - **Status** of each cue of A (thresholds, once): ``vanished`` when B's paste gain is at most
   :data:`GAIN_FLOOR` (pasting it moves B's score by at most two points) and B's strength is at
-  most :data:`VANISHED_SHARE` of A's (or unmeasured); else ``weakened`` when B's strength or
-  paste gain is at most :data:`WEAKENED_SHARE` of A's (it fell by half or more); else
-  ``persists``. A ratio is only read where A's value is above 0. Paste gains over 16 pairs
-  move by a few points between seeds, hence a floor rather than 0.
+  most :data:`VANISHED_SHARE` of A's (0 when A's is 0; or unmeasured); else ``weakened`` when
+  B's strength or paste gain is at most :data:`WEAKENED_SHARE` of A's (it fell by half or
+  more), read only where A's strength is above 0 and A's paste gain above the floor; else
+  ``persists``; ``unmeasured`` when B gave neither a paste gain nor a strength (model B could
+  not be reloaded or pasted into, and B's errors held none of its patches): never read as
+  ``persists``. Paste gains over 16 pairs move by a few points between seeds, hence a floor
+  rather than 0.
 
 The embeddings and B's paste tests are kept in ``OUT/`` :data:`CACHE` (written atomically),
 keyed by both runs' cue data, B's recipients and scores, B's spec, the embedder and the seed:
@@ -48,32 +52,18 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import cv2
 import numpy as np
 
 from explain.audit.cue_groups import paste_test, strength
 from explain.audit.cue_harvest import Counting, CueImage, Patch, PatchEmbedder, decode
+from explain.audit.finished import Run
 from explain.audit.options import CueOptions
-from explain.audit.store import Store
 from explain.choices import CUE_EMBEDS
 from explain.errors import ExplainError, ImageError, ModelError, OptionError
 from explain.files import display, write_bytes
 from explain.images import DEFAULT_MAX_PIXELS
-
-
-class AuditRun(Protocol):
-    """What this module reads of a finished audit (:class:`explain.audit.comparison.Run`)."""
-
-    folder: Path
-    store: Store
-    threshold: float
-    model: str
-    target: str
-
-    @property
-    def key(self) -> str: ...
 
 GAIN_FLOOR = 0.02
 VANISHED_SHARE = 0.1
@@ -83,6 +73,7 @@ CACHE = "cue_changes.cache.npz"
 CUE_COLUMNS = ("cue_a", "cue_b", "status", "strength_a", "strength_b", "fp_share_a",
                "fp_share_b", "paste_gain_a", "paste_gain_b")
 SHOWN_PATCHES = 6
+MATCH_SHARE = 0.5
 RADIUS_SLACK = 1e-6  # float32 embeddings: an identical patch must fall inside its cue
 
 
@@ -140,7 +131,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def published(run: AuditRun, name: str) -> tuple[Published | None, str | None]:
+def published(run: Run, name: str) -> tuple[Published | None, str | None]:
     """Run ``name``'s published cues, or None and why."""
     folder = run.folder
     if not (folder / "cues.csv").is_file() or not (folder / "cue_patches.csv").is_file():
@@ -163,8 +154,7 @@ def published(run: AuditRun, name: str) -> tuple[Published | None, str | None]:
     for setting in run.store.cue_settings():
         stored = {(image, (t, le, b, r)): (role, drop)
                   for image, role, _, t, le, b, r, _, drop, _ in run.store.cue_patches(setting)}
-        has_fp = any(role == "fp" for role, _ in stored.values())
-        if set(stored) != wanted or (not listed and has_fp):
+        if set(stored) != wanted:
             continue
         by_cue = {(image, box): cue for cue, image, _, box in listed}
         patches = [CuePatch(image, role, box, float(drop), by_cue[(image, box)])
@@ -308,16 +298,17 @@ def measure(run: Published, carried: list[int | None], cue: int) -> dict:
 
 def status(strength_a: float | None, strength_b: float | None, gain_a: float | None,
            gain_b: float | None) -> str:
-    """persists | weakened | vanished (the module docstring's thresholds)."""
-    def share(b: float | None, a: float | None) -> float | None:
-        return None if b is None or a is None or a <= 0 else b / a
-
-    s, g = share(strength_b, strength_a), share(gain_b, gain_a)
-    if (gain_b is None or gain_b <= GAIN_FLOOR) and (s is None or s <= VANISHED_SHARE) and \
-            not (gain_b is None and strength_b is None):
+    """persists | weakened | vanished (the module docstring's thresholds), or unmeasured when
+    B gave neither a paste gain nor a strength: the product cannot tell, and says so."""
+    if gain_b is None and strength_b is None:
+        return "unmeasured"
+    gone_gain = gain_b is None or gain_b <= GAIN_FLOOR
+    gone_strength = strength_b is None or strength_b <= VANISHED_SHARE * max(strength_a or 0, 0)
+    if gone_gain and gone_strength:
         return "vanished"
-    if (s is not None and s <= WEAKENED_SHARE) or (g is not None and g <= WEAKENED_SHARE):
-        return "weakened"
+    for a, b, floor in ((strength_a, strength_b, 0.0), (gain_a, gain_b, GAIN_FLOOR)):
+        if a is not None and a > floor and b is not None and b <= WEAKENED_SHARE * a:
+            return "weakened"
     return "persists"
 
 
@@ -358,7 +349,7 @@ def _thumbs(patches: list[CuePatch], pixels: Callable[[int], np.ndarray | None])
     return out
 
 
-def cue_changes(a: AuditRun, b: AuditRun, to_a: dict[int, int], out: Path, *, seed: int,
+def cue_changes(a: Run, b: Run, to_a: dict[int, int], out: Path, *, seed: int,
                 embed: str, model_b: object | None = None) -> CueChanges:
     """The cue section of the comparison of ``a`` and ``b`` (module docstring); ``to_a`` maps
     B's image ids to A's where the two runs matched an image by content; ``model_b``, a
@@ -408,10 +399,11 @@ def cue_changes(a: AuditRun, b: AuditRun, to_a: dict[int, int], out: Path, *, se
             np.zeros((0, va.shape[1]), np.float32)
         meta = {"key": key, "embedding": embedder.describe, "pastes": {}, "calls": 0}
         try:
-            classifier = model_b if model_b is not None and not isinstance(model_b, str) \
-                else reload_model(spec_b)
-            meta.update(_paste_under_b(classifier, pa, b, recipients_b, key_b, scores_b,
-                                       pixels, seed))
+            if pa.cues:  # model B is loaded only when A has a cue to test
+                classifier = model_b if model_b is not None and not isinstance(model_b, str) \
+                    else reload_model(spec_b)
+                meta.update(_paste_under_b(classifier, pa, b, recipients_b, key_b, scores_b,
+                                           pixels, seed))
         except ExplainError as exc:
             result.reason = (f"model B ({display(str(spec_b))}) cannot be run again to test "
                              f"A's cues: {getattr(exc, 'reason', None) or exc}")
@@ -423,7 +415,7 @@ def cue_changes(a: AuditRun, b: AuditRun, to_a: dict[int, int], out: Path, *, se
     return result
 
 
-def _paste_under_b(classifier: object, pa: Published, b: AuditRun, recipients: list[int],
+def _paste_under_b(classifier: object, pa: Published, b: Run, recipients: list[int],
                    key_b: dict[int, int], scores_b: dict[int, float],
                    pixels: Callable[[int], np.ndarray | None], seed: int) -> dict:
     """B's paste test of each cue of A: {"pastes": cue → [before, after] pairs, "calls"}."""
@@ -445,6 +437,13 @@ def _paste_under_b(classifier: object, pa: Published, b: AuditRun, recipients: l
     return {"pastes": pastes, "calls": counted.calls}
 
 
+def _carried_share(patches: list[CuePatch], carried: list[int | None], own: int, other: int
+                   ) -> float:
+    """The share of cue ``own``'s patches that carry cue ``other`` of the other run."""
+    mine = [c for p, c in zip(patches, carried, strict=True) if p.cue == own]
+    return sum(1 for c in mine if c == other) / len(mine) if mine else 0.0
+
+
 def _rows_of(result: CueChanges, pa: Published, pb: Published | None, va: np.ndarray,
              vb: np.ndarray, pastes: dict[str, list], pixels: Callable[[int], np.ndarray | None],
              key_b: dict[int, int]) -> None:
@@ -458,14 +457,15 @@ def _rows_of(result: CueChanges, pa: Published, pb: Published | None, va: np.nda
     b_in_a = space_a.carried(vb)
     patches_b = pb.patches if pb is not None else []
     space_b = Space.of(patches_b, vb) if patches_b else None
-    matched: dict[int, list[tuple[int, int]]] = {}
+    a_in_b = space_b.carried(va) if space_b is not None else [None] * len(va)
+    matched: dict[int, list[tuple[float, int]]] = {}
     for cue_b in (pb.cues if pb is not None else {}):
-        own = [c for p, c in zip(patches_b, b_in_a, strict=True) if p.cue == cue_b]
-        counts = {c: own.count(c) for c in set(own) if c is not None}
-        if counts:
-            best = max(counts, key=lambda c: (counts[c], -c))
-            if counts[best] >= len(own) / 2:
-                matched.setdefault(best, []).append((counts[best], cue_b))
+        for cue in pa.cues:
+            overlap = max(_carried_share(patches_b, b_in_a, cue_b, cue),
+                          _carried_share(pa.patches, a_in_b, cue, cue_b))
+            if overlap >= MATCH_SHARE:
+                matched.setdefault(cue, []).append((overlap, cue_b))
+
     def pixels_b(image: int) -> np.ndarray | None:
         return pixels(key_b[image])
 
@@ -502,7 +502,6 @@ def _rows_of(result: CueChanges, pa: Published, pb: Published | None, va: np.nda
     taken = {c for pairs in matched.values() for _, c in pairs}
     if pb is None or space_b is None:
         return
-    a_in_b = space_b.carried(va)
     b_in_b = space_b.carried(vb)
     for cue in sorted(pb.cues, key=lambda c: pb.cues[c]["rank"]):
         if cue in taken:
