@@ -67,6 +67,8 @@ def compare(
     else:
         counts = {k: sum(1 for r in cues["rows"] if r["status"] == k)
                   for k in ("persists", "weakened", "vanished", "new", "unmeasured")}
+        if not counts["unmeasured"]:
+            del counts["unmeasured"]
         result_line("cues: " + ", ".join(f"{n} {k}" for k, n in counts.items()) +
                     f" ({cues['model_calls']} images scored by model B)")
     for note in s["notes"]:
