@@ -211,7 +211,7 @@ def test_status_thresholds():
     assert status(1.0, 0.0, 0.8, 0.4) == "weakened"  # B still reacts, makes no error with it
     assert status(0.0, 0.0, 0.01, 0.01) == "vanished"
     assert status(0.0, 0.06, 0.0, 0.004) == "persists"  # no lift under A, some under B
-    assert status(None, None, 0.8, None) == "persists"  # nothing measured under B
+    assert status(None, None, 0.8, None) == "unmeasured"  # nothing measured under B
     assert status(0.0, 0.05, 0.01, -0.2) == "persists"  # A's gain below the floor: no ratio
 
 
