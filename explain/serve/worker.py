@@ -474,11 +474,11 @@ class Worker(threading.Thread):
             (parts, built), self._next = self._next, None
         else:
             parts = take(runs, step)
-            built = self._submit(build, parts)
+            built = self._submit(build, parts) if parts else None
         following = take(runs, step)
         if following:
             self._next = following, self._submit(build, following)
-        if parts:
+        if built is not None:
             self._score(parts, built)
         for a in list(self._active):
             if a.run.complete:
