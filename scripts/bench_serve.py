@@ -25,12 +25,22 @@ of 64 costs about what a batch of 9 does.
 
 Without ``--device`` the model runs where ``explain serve`` would put it (CUDA when torch sees a
 GPU, named; else "no GPU on this machine" and the CPU).
+
+``--null``: the service's own pace. A model that costs nothing (:func:`null_onnx`: an ONNX graph
+whose every answer is 0.5/0.5, at a 256×256 input, so the copies are built as for a real
+model's input), :data:`NULL_JOBS` occlusion jobs of 256×256 PNGs at box = stride = 64 (16
+windows + the intact image and the baseline), submitted by :data:`CLIENTS` client threads to a
+real `explain serve` as users run it; jobs/s from the first submission to the last finished job,
+best of ``--rounds``, with the load average. Everything measured is the service's work.
+
+    python scripts/bench_serve.py --null [--jobs 400] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -58,6 +68,9 @@ from explain.serve.worker import write_results  # noqa: E402
 from explain.windows import default_batch_size  # noqa: E402
 
 BOX, STRIDE, SIDE = 64, 48, 256
+NULL_BOX = 64
+NULL_JOBS = 400
+CLIENTS = 8
 
 
 def make_images(n: int) -> list[np.ndarray]:
@@ -166,13 +179,101 @@ def interleaved(clf, images: list[np.ndarray], batch_size: int, together: bool
     return time.perf_counter() - start, calls
 
 
+def null_onnx(side: int = SIDE) -> bytes:
+    """An ONNX model that costs nothing: input ``x`` N×3×side×side, output N×2 all 0.5 (its
+    batch size read from the input's shape, nothing computed on the pixels)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Shape", ["x"], ["n"], start=0, end=1),
+             helper.make_node("Concat", ["n", "two"], ["shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["shape"], ["probs"],
+                              value=helper.make_tensor("half", TensorProto.FLOAT, [1], [0.5]))]
+    graph = helper.make_graph(
+        nodes, "null", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                      ["N", 3, side, side])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2])],
+        initializer=[helper.make_tensor("two", TensorProto.INT64, [1], [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def null_round(bodies: list[bytes], model: Path, data: Path) -> tuple[float, int, float]:
+    """One round of ``--null``: seconds from the first submission to the last finished job,
+    the number of jobs done (every one must be) and the server's CPU seconds meanwhile (HTTP
+    included)."""
+    server = Server(data, "--classes", "sfw,nsfw", model=str(model)).start()
+    try:
+        assert server.proc is not None
+        cpu = cpu_seconds(server.proc.pid)
+        start = time.time()
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            replies = list(pool.map(lambda b: server.submit(b, box=str(NULL_BOX),
+                                                            stride=str(NULL_BOX)), bodies))
+        refused = [r for r in replies if r.status != 202]
+        if refused:
+            raise RuntimeError(f"{len(refused)} submissions refused, e.g. HTTP "
+                               f"{refused[0].status}: {refused[0].body[:300]!r}")
+        while server.call("GET", "/healthz").json()["pending"]:
+            time.sleep(0.05)
+        cpu = cpu_seconds(server.proc.pid) - cpu
+        jobs = []
+        page = "/v1/visualizations?limit=100"
+        while page:
+            got = server.call("GET", page).json()
+            jobs += got["items"]
+            page = got["next"]
+    finally:
+        server.stop()
+    done = [j for j in jobs if j["status"] == "done"]
+    if len(done) != len(bodies):
+        raise RuntimeError(f"{len(bodies) - len(done)} jobs did not finish: "
+                           f"{next(j for j in jobs if j['status'] != 'done')}")
+    return max(parse_time(j["finished"]) for j in done) - start, len(done), cpu
+
+
+def null_bench(jobs: int, rounds: int) -> None:
+    """``--null`` (see the module docstring)."""
+    bodies = [png(img) for img in make_images(jobs)]
+    print(f"--null: {jobs} occlusion jobs, {SIDE}x{SIDE} PNG, box = stride = {NULL_BOX} "
+          f"({(SIDE // NULL_BOX) ** 2} windows), {CLIENTS} client threads, a model that costs "
+          "nothing")
+    print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "null.onnx"
+        model.write_bytes(null_onnx())
+        rates = []
+        for i in range(rounds):
+            seconds, done, cpu = null_round(bodies, model, Path(tmp) / f"data{i}")
+            rates.append(done / seconds)
+            print(f"round {i + 1}: {done} jobs in {seconds:.2f} s = {rates[-1]:.1f} jobs/s; "
+                  f"server CPU {1000 * cpu / done:.1f} ms a job")
+    print(f"best: {max(rates):.1f} jobs/s; load average after: "
+          f"{Path('/proc/loadavg').read_text().split()[:3]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="jobs (default 50; --null: 400)")
     parser.add_argument("--model", default="open-nsfw:onnx")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--null", action="store_true",
+                        help="the service's own pace, with a model that costs nothing")
+    parser.add_argument("--rounds", type=int, default=3, help="--null: rounds (best kept)")
     args = parser.parse_args()
     print(gpu_line(), flush=True)
+    if args.null:
+        null_bench(NULL_JOBS if args.jobs is None else args.jobs, args.rounds)
+        return
+    args.jobs = 50 if args.jobs is None else args.jobs
     images = make_images(args.jobs)
     clf = load(args.model, args.device)
     batch = default_batch_size(clf.device, clf.input_size)

@@ -259,3 +259,91 @@ def test_the_job_store_answers_many_threads_at_once(tmp_path):
     for t in threads:
         t.join()
     assert not errors, errors[:3]
+
+
+def test_the_model_thread_only_scores_while_preparation_threads_do_the_rest(tmp_path,
+                                                                           monkeypatch):
+    """With preparation threads, an occlusion job's decode and plan, the building of its
+    batches' copies and the writing of its map run on them; the worker's own thread makes
+    every model call. Every map equals the library's, and a job whose upload is not an image
+    fails with the reason while the others finish."""
+    import explain.serve.worker as worker_module
+
+    threads: dict[str, set[str]] = {"predict": set(), "plan": set(), "build": set(),
+                                    "write": set()}
+
+    def spy(kind, real):
+        def wrapped(*args, **kwargs):
+            threads[kind].add(threading.current_thread().name)
+            return real(*args, **kwargs)
+        return wrapped
+
+    calls: list[int] = []
+    clf = counting_model(calls)
+    clf.fn = spy("predict", clf.fn)
+    monkeypatch.setattr(worker_module, "plan_occlusion", spy("plan", plan_occlusion))
+    monkeypatch.setattr(worker_module, "build", spy("build", worker_module.build))
+    monkeypatch.setattr(worker_module, "write_results",
+                        spy("write", worker_module.write_results))
+    store = JobStore(tmp_path)
+    ids = []
+    for i, picture in enumerate([*images(), None]):
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        if picture is None:
+            (store.folder(ids[-1]) / INPUT).write_bytes(b"not an image")
+        else:
+            Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 4 + i, "fill": "gray",
+                                            "target": "b"})
+    worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
+                    max_pixels=10**6, prepare=2, name="model-thread")
+    worker.start()
+    try:
+        while store.pending():
+            worker.wake.wait(0.05)
+    finally:
+        worker.stop()
+        worker.join()
+    assert threads["predict"] == {"model-thread"}
+    for kind in ("plan", "build", "write"):
+        assert threads[kind] and all(name.startswith("model-thread-prepare")
+                                     for name in threads[kind]), (kind, threads[kind])
+    *jobs, broken = [store.get(i) for i in ids]
+    assert broken.status == "failed" and broken.error.startswith("not an image")
+    for i, (job, picture) in enumerate(zip(jobs, images(), strict=True)):
+        expected = occlusion_map(clf, picture, box=8, stride=4 + i, target="b")
+        assert (job.status, job.done, job.total) == ("done", *[expected.windows + 2] * 2), job
+        np.testing.assert_array_equal(np.load(store.folder(job.id) / "heatmap.npy"),
+                                      expected.values)
+        assert job.score == expected.score
+
+
+def test_a_tick_records_every_jobs_progress_and_finish_in_one_transaction(tmp_path):
+    """The worker's tick: the progress of every held job and the finished ones marked done in
+    ONE transaction (one commit, whatever the number of jobs); the ids deleted meanwhile are
+    returned, and a finished job deleted meanwhile has its folder removed."""
+    store = JobStore(tmp_path)
+    ids = []
+    for _ in range(6):
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        store.add(ids[-1], "", "occlusion", {})
+        store.claim()
+    assert store.delete(ids[1], "")
+    assert store.delete(ids[5], "")
+    store.folder(ids[5]).mkdir()  # its map, written as the delete came
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    gone = store.tick({ids[0]: (3, 10), ids[1]: (4, 10), ids[2]: (10, 10), ids[3]: (7, 7)},
+                      {ids[3]: (0.25, None), ids[4]: (0.5, {"frame": 2}), ids[5]: (0.75, None)})
+    store._db.set_trace_callback(None)
+    assert gone == {ids[1]}
+    assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == \
+        ["BEGIN IMMEDIATE", "COMMIT"]
+    jobs = {i: store.get(i) for i in ids}
+    assert (jobs[ids[0]].done, jobs[ids[0]].total, jobs[ids[0]].status) == (3, 10, "running")
+    assert (jobs[ids[3]].status, jobs[ids[3]].score, jobs[ids[3]].done) == ("done", 0.25, 7)
+    assert (jobs[ids[4]].status, jobs[ids[4]].clip) == ("done", {"frame": 2})
+    assert jobs[ids[1]] is None and jobs[ids[5]] is None
+    assert not store.folder(ids[5]).exists() and store.folder(ids[3]).exists()

@@ -36,6 +36,10 @@ WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Worker thread
 InterleaveOpt = Annotated[int, typer.Option(
     "--interleave", min=1, help="Occlusion jobs a worker holds at once, their windows sharing "
     "model batches (1: no cross-job batching).")]
+PrepareOpt = Annotated[int, typer.Option(
+    "--prepare", min=0, help="Preparation threads per worker: they decode and plan occlusion "
+    "jobs, build the next batch's copies and write the maps, so the worker's thread only "
+    "runs the model (0: the worker does it all).")]
 UploadOpt = Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest upload "
                                           "(MB); larger ones are refused with 413.")]
 PixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="Largest image (pixels); "
@@ -83,7 +87,8 @@ def _require_extra() -> None:
 @with_model_options(WHITE_BOX_MODEL)
 def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 8000,
           data: DataOpt = Path("explain-serve"), tokens: TokensOpt = None,
-          workers: WorkersOpt = 1, interleave: InterleaveOpt = 16, batch_size: BatchOpt = None,
+          workers: WorkersOpt = 1, interleave: InterleaveOpt = 16, prepare: PrepareOpt = 2,
+          batch_size: BatchOpt = None,
           max_upload_mb: UploadOpt = 20.0, max_pixels: PixelsOpt = DEFAULT_MAX_PIXELS,
           max_queue: QueueOpt = 1000, max_queue_per_tenant: TenantQueueOpt = None,
           retain: RetainOpt = None, upload_timeout: UploadTimeoutOpt = 60.0,
@@ -112,7 +117,8 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
     settings = Settings(data=str(data), tokens=known, max_upload=int(max_upload_mb * 1e6),
                         max_pixels=max_pixels, max_queue=max_queue,
                         tenant_queue=max_queue_per_tenant, cors=list(cors or []),
-                        workers=workers, interleave=interleave, batch_size=batch_size,
+                        workers=workers, interleave=interleave, prepare=prepare,
+                        batch_size=batch_size,
                         retain_days=retain, upload_timeout=upload_timeout,
                         max_collection=max_collection, tenant_bytes=int(max_tenant_mb * 1e6),
                         max_batch=int(max_batch_mb * 1e6))

@@ -109,6 +109,7 @@ from explain.serve.worker import (
     GRID_MEMBERS,
     INPUT,
     PICTURES,
+    PREPARE,
     Worker,
     draw,
 )
@@ -206,6 +207,7 @@ class Settings:
     cors: list[str] = field(default_factory=list)
     workers: int = 1
     interleave: int = 16
+    prepare: int = PREPARE
     batch_size: int | None = None
     retain_days: float | None = None
     upload_timeout: float = 60.0
@@ -261,7 +263,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
     def new_worker(i: int) -> Worker:
         worker = Worker(store, served.models, wake, interleave=settings.interleave,
                         batch_size=settings.batch_size, max_pixels=settings.max_pixels,
-                        name=f"explain-worker-{i}")
+                        prepare=settings.prepare, name=f"explain-worker-{i}")
         worker.start()
         return worker
 

@@ -13,6 +13,11 @@ scores through), so a run's scores, and so its map
 :func:`~explain.occlusion.occlusion_map` for the same image and options; only how the copies
 are grouped into model calls differs.
 
+A batch is taken (:func:`take`: which masks of which runs, reserved at once), built
+(:func:`build`) and scored (:func:`score`) as three steps, so that the service's worker builds
+the next batch on a preparation thread while its model thread scores this one
+(:class:`explain.serve.worker.Worker`); :func:`score_step` does all three in one call.
+
 Runs whose work size differs (a model without an input size sees each image at its own size)
 cannot share a tensor: a batch takes the runs of the oldest run's size only.
 """
@@ -29,54 +34,85 @@ from explain.occlusion import OcclusionPlan
 
 
 class OcclusionRun:
-    """One occlusion job in progress: its plan, how many of its masks are scored, their scores.
+    """One occlusion job in progress: its plan, how many of its masks are taken into a batch
+    (``reserved``) and scored, their scores.
 
-    ``key`` is the caller's (the service's job id)."""
+    ``key`` is the caller's (the service's job id). Masks are taken in order (:func:`take`)
+    and their scores put back by position (:meth:`put`), so a batch can be built and scored on
+    other threads than the one that took it, in any order. ``dropped``: the caller gave the
+    job up (deleted, failed); it is taken from no more."""
 
     def __init__(self, key: str, plan: OcclusionPlan) -> None:
         self.key = key
         self.plan = plan
+        self.reserved = 0
         self.scored = 0
-        self._scores: list[torch.Tensor] = []
+        self.dropped = False
+        self._p = np.zeros(plan.n, np.float64)
 
     @property
     def complete(self) -> bool:
         return self.scored >= self.plan.n
 
-    def add(self, scores: torch.Tensor) -> None:
-        """Record the scores of the next ``len(scores)`` masks."""
-        self._scores.append(scores)
+    def put(self, lo: int, scores: torch.Tensor) -> None:
+        """Record the scores of masks ``lo`` to ``lo + len(scores)``."""
+        self._p[lo:lo + len(scores)] = scores.double().cpu().numpy()
         self.scored += len(scores)
 
     def probabilities(self) -> np.ndarray:
         """p(target) of every mask in order (float64), once :attr:`complete`."""
-        return torch.cat(self._scores).double().cpu().numpy()
+        return self._p
 
 
-@torch.no_grad()
-def score_step(classifier: Classifier, runs: Sequence[OcclusionRun],
-               batch_size: int) -> list[OcclusionRun]:
-    """Score one model batch of at most ``batch_size`` masks, taken from ``runs`` in order (those
-    of the first unfinished run's work size), in ONE model call; returns the runs
-    that got scores (none when every run is complete)."""
-    pending = [r for r in runs if not r.complete]
+Part = tuple[OcclusionRun, int, int]
+"""Masks ``lo`` to ``hi`` of a run, in one batch."""
+
+
+def take(runs: Sequence[OcclusionRun], batch_size: int) -> list[Part]:
+    """Take the next batch: at most ``batch_size`` masks not yet taken from ``runs`` in order,
+    those of the first such run's work size (a tensor holds one size); none when every mask is
+    taken."""
+    pending = [r for r in runs if r.reserved < r.plan.n and not r.dropped]
     if not pending:
         return []
     size = pending[0].plan.size
-    parts: list[tuple[OcclusionRun, int, int]] = []
+    parts: list[Part] = []
     room = batch_size
     for run in pending:
         if room == 0:
             break
         if run.plan.size != size:
             continue
-        hi = min(run.scored + room, run.plan.n)
-        parts.append((run, run.scored, hi))
-        room -= hi - run.scored
-    batch = torch.cat([r.plan.copies.build(r.plan.bounds[lo:hi]) for r, lo, hi in parts])
+        hi = min(run.reserved + room, run.plan.n)
+        parts.append((run, run.reserved, hi))
+        room -= hi - run.reserved
+        run.reserved = hi
+    return parts
+
+
+def build(parts: Sequence[Part]) -> torch.Tensor:
+    """The model batch of ``parts``: each run's copies (:class:`~explain.occlusion.
+    OccludedCopies`), concatenated in order."""
+    return torch.cat([r.plan.copies.build(r.plan.bounds[lo:hi]) for r, lo, hi in parts])
+
+
+@torch.no_grad()
+def score(parts: Sequence[Part], batch: torch.Tensor) -> None:
+    """Score ``batch`` (:func:`build` of ``parts``) in ONE model call and put each run's
+    p(target) back."""
     probs = parts[0][0].plan.copies.score(batch)
     at = 0
     for run, lo, hi in parts:
-        run.add(probs[at:at + hi - lo, run.plan.target])
+        run.put(lo, probs[at:at + hi - lo, run.plan.target])
         at += hi - lo
+
+
+def score_step(classifier: Classifier, runs: Sequence[OcclusionRun],
+               batch_size: int) -> list[OcclusionRun]:
+    """Take, build and score one model batch of at most ``batch_size`` masks from ``runs``
+    (:func:`take`), in ONE model call; returns the runs that got scores (none when every run
+    is complete). ``classifier`` is the runs' own (each plan holds it)."""
+    parts = take(runs, batch_size)
+    if parts:
+        score(parts, build(parts))
     return [r for r, _, _ in parts]

@@ -286,6 +286,42 @@ class JobStore:
             shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return changed > 0
 
+    def tick(self, progress: dict[str, tuple[int, int]],
+             finished: dict[str, tuple[float | None, dict | None]]) -> set[str]:
+        """One worker tick in ONE transaction: the progress ``(done, total)`` of every running
+        job of ``progress``, then the jobs of ``finished`` marked done (``(score, clip)``, as
+        :meth:`finish`: a job deleted meanwhile has its folder removed; give its progress too,
+        so its total is recorded); returns the ids of ``progress`` not in ``finished`` that are
+        no longer running (deleted)."""
+        now = time.time()
+        ids = list(progress)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("UPDATE jobs SET done = ?, total = ?, stage = NULL WHERE "
+                                     "id = ? AND status = 'running'",
+                                     [(d, t, i) for i, (d, t) in progress.items()])
+                gone = [job_id for job_id, (score, clip) in finished.items()
+                        if self._db.execute(
+                            "UPDATE jobs SET status = 'done', done = total, score = ?, "
+                            "finished = ?, clip = ? WHERE id = ? AND status = 'running'",
+                            (score, now, None if clip is None else json.dumps(clip), job_id)
+                        ).rowcount == 0]
+                running: set[str] = set()
+                for lo in range(0, len(ids), 500):  # SQLite's limit of bound variables
+                    chunk = ids[lo:lo + 500]
+                    running.update(row[0] for row in self._db.execute(
+                        f"SELECT id FROM jobs WHERE status = 'running' AND id IN "
+                        f"({', '.join('?' * len(chunk))})", chunk))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        for job_id in gone:
+            shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        return {i for i in ids if i not in running and i not in finished}
+
     def fail(self, job_id: str, error: str) -> None:
         """Mark a running job failed with ``error`` (a reason a user can read)."""
         self._run("UPDATE jobs SET status = 'failed', error = ?, finished = ? WHERE id = ? AND "

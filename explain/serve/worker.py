@@ -3,19 +3,26 @@
 Each :class:`Worker` claims queued jobs oldest first (:meth:`~explain.serve.jobs.JobStore.claim`
 is atomic, so several workers never take one job twice). Occlusion jobs are held as
 :class:`~explain.serve.batching.OcclusionRun` s, up to ``interleave`` at a time, and advanced
-one shared model batch at a time (:func:`~explain.serve.batching.score_step`): windows of
-different jobs share batches. An occlusion job with ``fast`` (drill-down, whose later windows
-depend on the earlier scores) runs on its own through :func:`explain.occlusion.occlusion_map`
-with ``drill_down=``:data:`explain.choices.FAST_DRILL_DOWN`; every other method runs one job at
-a time through the registry (:data:`explain.methods.METHODS`). After each batch the worker
-records progress; a job deleted meanwhile is dropped. Every other method reports each batch
-through its progress callback, which raises :class:`Cancelled` once the job is deleted (or the
-server stops): a DELETE stops any method within one batch. A job whose image cannot be decoded
-(truncated, corrupt) or whose model call fails becomes ``failed`` with the reason; the worker
-goes on with the rest (a shared batch the model refuses is retried job by job, so only the
-culprit fails). A fault outside any one job (the job table's disk is full, say) fails the jobs
-the worker holds with the reason, and the worker goes on after a pause; it never dies of an
-error (the app's supervisor restarts one that dies all the same).
+one shared model batch at a time: windows of different jobs share batches
+(:mod:`explain.serve.batching`). The worker's own thread is the model's: for these jobs it only
+scores batches. Its preparation threads (``prepare``, :data:`PREPARE`) do the rest beside it:
+decode the upload and plan the job (:meth:`Worker._prepare`), build the next batch's copies
+while the model scores this one, and turn a complete job's scores into its map and write it
+(:meth:`Worker._write`). After each batch ONE transaction (:meth:`~explain.serve.jobs.JobStore.
+tick`) records every held job's progress and marks the written ones ``done``; a job deleted
+meanwhile is dropped (a batch already built may still hold its windows: at most one more model
+call). An occlusion job with ``fast`` (drill-down, whose later windows depend on the earlier
+scores) runs on its own through :func:`explain.occlusion.occlusion_map` with
+``drill_down=``:data:`explain.choices.FAST_DRILL_DOWN`; every other method runs one job at a
+time through the registry (:data:`explain.methods.METHODS`), on the worker's thread, and
+reports each batch through its progress callback, which raises :class:`Cancelled` once the job
+is deleted (or the server stops): a DELETE stops any method within one batch. A job whose
+image cannot be decoded (truncated, corrupt) or whose model call fails becomes ``failed`` with
+the reason; the worker goes on with the rest (a shared batch the model refuses is retried job by
+job, so only the culprit fails). A fault outside any one job (the job table's disk is full,
+say) fails the jobs the worker holds with the reason, and the worker goes on after a pause; it
+never dies of an error (the app's supervisor restarts one that dies all the same, and puts the
+jobs it held, in preparation and being written included, back in the queue).
 
 A grid job (``method=grid``) runs on its own: :func:`explain.grid.similarity_grid` over the
 job's own links to its collection's images (:data:`GRID_IMAGES`, :data:`GRID_MEMBERS`), its
@@ -29,7 +36,8 @@ the clip explained by its max frame (:func:`pixels`), which the job's answer nam
 Results, in the job's folder: ``heatmap.npy`` + ``heatmap.json``
 (:func:`explain.outputs.write_map`, the CLI's layout and record), written atomically before
 the job is ``done``, under the job's lock (:meth:`~explain.serve.jobs.JobStore.locked`), so a
-DELETE either comes first (nothing is written) or removes them. The pictures
+DELETE either comes first (nothing is written) or removes them (one that comes between the write
+and the tick finds the row gone; the tick then removes the folder). The pictures
 (:data:`PICTURES`: ``overlay.png``, the overlay with its legend strip,
 :func:`explain.render.figure`; ``side.png``, original | heatmap | overlay,
 :func:`explain.render.side_by_side`; ``original.png``, the decoded upload, or an animation's
@@ -47,11 +55,14 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from explain.choices import FAST_DRILL_DOWN
@@ -64,7 +75,7 @@ from explain.models.base import Classifier
 from explain.occlusion import occlusion_map, plan_occlusion
 from explain.outputs import record, write_map
 from explain.render import figure, save_png, shrink_map, side_by_side
-from explain.serve.batching import OcclusionRun, score_step
+from explain.serve.batching import OcclusionRun, Part, build, score, take
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
 from explain.windows import check_batch_size
 
@@ -81,6 +92,7 @@ AUDIT_FOLDER = "audit"
 FRAME = "frame.png"
 FAULT_PAUSE_S = 1.0  # after a fault outside any one job: do not spin on a lasting one
 WHITE_BOX = threading.Lock()  # white-box methods hook the one torch module: one job at a time
+T = TypeVar("T")
 
 
 class Cancelled(Exception):  # noqa: N818 — a control signal, not an error
@@ -181,22 +193,36 @@ class _Active:
         self.start = time.perf_counter()
 
 
+PREPARE = 2
+"""Preparation threads of a worker (``explain serve --prepare``)."""
+EMPTY_RECHECK_S = 0.2  # a worker that found the queue empty looks again this often, or when woken
+
+
 class Worker(threading.Thread):
     """One worker thread (see the module docstring). ``models``: the served classifiers;
     ``wake`` is set when a job is queued; ``interleave``: occlusion jobs sharing batches (1: no
     cross-job batching); ``batch_size``: masks per model call (None: the library's default for
-    the device); ``max_pixels``: the decoding limit."""
+    the device); ``max_pixels``: the decoding limit; ``prepare``: preparation threads (0: the
+    worker's own thread prepares, builds and writes too, as when its methods are called
+    without :meth:`run`)."""
 
     def __init__(self, store: JobStore, models: Models, wake: threading.Event, *,
                  interleave: int = 16, batch_size: int | None = None,
-                 max_pixels: int, name: str = "explain-worker") -> None:
+                 max_pixels: int, prepare: int = PREPARE,
+                 name: str = "explain-worker") -> None:
         super().__init__(name=name, daemon=True)
         self.store, self.models, self.wake = store, models, wake
         self.interleave, self.batch_size, self.max_pixels = interleave, batch_size, max_pixels
+        self.prepare = prepare
         self.stopping = threading.Event()
-        self._active: list[_Active] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._preparing: dict[str, Future[_Active]] = {}  # claimed, being decoded and planned
+        self._active: list[_Active] = []  # planned: their masks go into the model's batches
+        self._next: tuple[list[Part], Future[torch.Tensor]] | None = None  # built meanwhile
+        self._finishing: dict[str, tuple[_Active, Future[float | None]]] = {}  # being written
         self._alone: str | None = None  # the job run on its own right now
         self._unrecorded: dict[str, str] = {}  # failed jobs the table could not record yet
+        self._empty_at: float | None = None  # when a claim last found the queue empty
 
     def stop(self) -> None:
         self.stopping.set()
@@ -206,24 +232,48 @@ class Worker(threading.Thread):
         """The ids of the jobs this worker is running (what a supervisor puts back in the queue
         when the worker died)."""
         alone = [] if self._alone is None else [self._alone]
-        return [a.job.id for a in self._active] + alone
+        return [*self._preparing, *(a.job.id for a in self._active), *self._finishing, *alone]
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self._record_failures()
-                self._claim()
-                if not self._active:
-                    self.wake.wait(0.2)
-                    self.wake.clear()
-                    continue
-                self._step()
-            except Exception as exc:  # noqa: BLE001 — a fault outside any one job (the disk)
-                for job_id in self.held():
-                    self._fail(job_id, reason(exc))
-                self._active.clear()
-                self._alone = None
-                self.stopping.wait(FAULT_PAUSE_S)
+        if self.prepare:
+            self._pool = ThreadPoolExecutor(self.prepare, f"{self.name}-prepare")
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self._record_failures()
+                    self._claim()
+                    if self._active:
+                        self._step()
+                    elif self._preparing or self._finishing:
+                        self._tick()
+                        wait([*self._preparing.values(),
+                              *(f for _, f in self._finishing.values())],
+                             timeout=0.05, return_when=FIRST_COMPLETED)
+                    else:
+                        self.wake.wait(EMPTY_RECHECK_S)
+                except Exception as exc:  # noqa: BLE001 — a fault outside any one job (the disk)
+                    for job_id in self.held():
+                        self._fail(job_id, reason(exc))
+                    self._preparing.clear()
+                    self._active.clear()
+                    self._finishing.clear()
+                    self._next = None
+                    self._alone = None
+                    self.stopping.wait(FAULT_PAUSE_S)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """``fn(*args)`` on a preparation thread; without any, here and now (the future done)."""
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 — read by whoever takes the result
+            future.set_exception(exc)
+        return future
 
     def _fail(self, job_id: str, why: str) -> None:
         """Fail job ``job_id`` with ``why``; when the table cannot record it (its disk is
@@ -239,37 +289,60 @@ class Worker(threading.Thread):
             del self._unrecorded[job_id]
 
     def _claim(self) -> None:
-        while len(self._active) < self.interleave and not self.stopping.is_set():
+        """Claim queued jobs while fewer than ``interleave`` occlusion jobs are held: an
+        occlusion job is prepared on a preparation thread (:meth:`_prepare`), any other job is
+        run here on its own; then take in the prepared ones."""
+        while (len(self._active) + len(self._preparing) < self.interleave
+               and not self.stopping.is_set()):
+            if (self._empty_at is not None and not self.wake.is_set()
+                    and time.monotonic() - self._empty_at < EMPTY_RECHECK_S):
+                break
             job = self.store.claim()
             if job is None:
-                return
+                self._empty_at = time.monotonic()
+                self.wake.clear()
+                break
+            self._empty_at = None
             if job.attempts > MAX_ATTEMPTS:
                 self._fail(job.id, f"the server stopped {MAX_ATTEMPTS} times while running "
                            "this job; it is not tried again")
+                continue
+            if job.method == "occlusion" and not job.options.get("fast"):
+                self._preparing[job.id] = self._submit(self._prepare, job)
                 continue
             self._alone = job.id
             try:
                 if job.method in ("grid", "audit"):
                     (self._run_grid if job.method == "grid" else self._run_audit)(job)
-                    self._alone = None
-                    continue
-                image, clip = pixels(self.store.folder(job.id), self.models.black,
-                                     job.options["target"], self.max_pixels)
-                if job.method == "occlusion" and not job.options.get("fast"):
-                    o = job.options
-                    plan = plan_occlusion(self.models.black, image, box=o["box"],
-                                          stride=o["stride"], fill=o["fill"],
-                                          target=o["target"])
-                    self._active.append(_Active(job, OcclusionRun(job.id, plan), clip,
-                                                None if clip is None else image))
-                    self.store.progress(job.id, 0, plan.n)
                 else:
+                    image, clip = pixels(self.store.folder(job.id), self.models.black,
+                                         job.options["target"], self.max_pixels)
                     self._run_alone(job, image, clip)
             except Cancelled:
                 pass  # deleted (its files went with it), or the server stops (run again at start)
             except Exception as exc:  # noqa: BLE001 — a bad job never stops the worker
                 self._fail(job.id, reason(exc))
             self._alone = None
+        for job_id, future in list(self._preparing.items()):  # in the order they were claimed
+            if future.done():
+                del self._preparing[job_id]
+                try:
+                    self._active.append(future.result())
+                except Exception as exc:  # noqa: BLE001 — an undecodable upload, say
+                    self._fail(job_id, reason(exc))
+
+    def _prepare(self, job: Job) -> _Active:
+        """An occlusion job made ready for the model's batches (on a preparation thread): its
+        upload decoded (an animation judged, :func:`pixels`), its plan
+        (:func:`explain.occlusion.plan_occlusion`) and the model inputs its copies are built
+        from."""
+        image, clip = pixels(self.store.folder(job.id), self.models.black,
+                             job.options["target"], self.max_pixels)
+        o = job.options
+        plan = plan_occlusion(self.models.black, image, box=o["box"], stride=o["stride"],
+                              fill=o["fill"], target=o["target"])
+        plan.copies  # noqa: B018 — made here, not on the model's thread
+        return _Active(job, OcclusionRun(job.id, plan), clip, None if clip is None else image)
 
     def _watch(self, job_id: str) -> Callable[..., None]:
         """The progress callback of a job run on its own, ``(done, total, stage=None)``:
@@ -376,34 +449,89 @@ class Worker(threading.Thread):
             self._fail(job.id, reason(exc))
 
     def _step(self) -> None:
-        """One shared model batch for the held occlusion jobs; finish the complete ones."""
+        """One shared model batch for the held occlusion jobs: the batch built meanwhile (or
+        built now), while a preparation thread builds the next; complete jobs go to be written
+        (:meth:`_write`), and the table is updated (:meth:`_tick`)."""
         runs = [a.run for a in self._active]
         first = runs[0].plan
         step = check_batch_size(self.batch_size, first.x.device, first.size)
-        try:
-            stepped = score_step(self.models.black, runs, step)
-        except Exception:  # noqa: BLE001 — which job's copies broke the call is unknown
-            stepped = self._one_by_one(step)
-        keys = {r.key for r in stepped}
+        if self._next is not None and all(r.dropped for r, _, _ in self._next[0]):
+            self._next = None  # every job in it was deleted or failed: no model call
+        if self._next is not None:
+            (parts, built), self._next = self._next, None
+        else:
+            parts = take(runs, step)
+            built = self._submit(build, parts) if parts else None
+        following = take(runs, step)
+        if following:
+            self._next = following, self._submit(build, following)
+        if built is not None:
+            self._score(parts, built)
         for a in list(self._active):
-            if a.run.key not in keys:
-                continue
-            if not self.store.progress(a.job.id, a.run.scored, a.run.plan.n):
-                self._active.remove(a)  # deleted meanwhile
-            elif a.run.complete:
+            if a.run.complete:
                 self._active.remove(a)
-                heatmap = a.run.plan.heatmap(a.run.probabilities(),
-                                             time.perf_counter() - a.start, step)
-                self._finish(a.job, heatmap, a.clip, a.frame)
+                self._finishing[a.job.id] = a, self._submit(self._write, a, step)
+        self._tick()
 
-    def _one_by_one(self, step: int) -> list[OcclusionRun]:
-        """After a shared batch failed: one batch of each held job alone; a job whose own batch
-        fails is failed with the model's reason, the others go on."""
-        stepped = []
-        for a in list(self._active):
+    def _score(self, parts: list[Part], built: Future[torch.Tensor]) -> None:
+        """Score a built batch in one model call; when it fails, each job's part alone, and a
+        job whose own part fails is failed with the model's reason, the others go on."""
+        try:
+            score(parts, built.result())
+            return
+        except Exception:  # noqa: BLE001 — which job's copies broke the call is unknown
+            pass
+        for part in parts:
+            run = part[0]
+            if run.dropped:
+                continue
             try:
-                stepped += score_step(self.models.black, [a.run], step)
+                score([part], build([part]))
             except Exception as exc:  # noqa: BLE001 — only this job fails
+                self._drop(run.key)
+                self._fail(run.key, f"the model failed: {reason(exc)}")
+
+    def _drop(self, job_id: str) -> None:
+        """Give up held occlusion job ``job_id`` (deleted, or failed): no more of its masks
+        go into a batch."""
+        for a in list(self._active):
+            if a.job.id == job_id:
+                a.run.dropped = True
                 self._active.remove(a)
-                self._fail(a.job.id, f"the model failed: {reason(exc)}")
-        return stepped
+
+    def _write(self, a: _Active, step: int) -> float | None:
+        """A complete job's map written (and an animation's max frame), under the job's lock,
+        on a preparation thread; its score, or None when the job was deleted meanwhile (nothing
+        is written). The next :meth:`_tick` marks it done."""
+        heatmap = a.run.plan.heatmap(a.run.probabilities(), time.perf_counter() - a.start, step)
+        with self.store.locked(a.job.id):
+            if self.store.get(a.job.id) is None:
+                return None
+            write_results(self.store.folder(a.job.id), heatmap)
+            if a.frame is not None:
+                save_png(a.frame, self.store.folder(a.job.id) / FRAME)
+        return heatmap.score
+
+    def _tick(self) -> None:
+        """One transaction for every held occlusion job (:meth:`~explain.serve.jobs.JobStore.
+        tick`): the progress of those in the model's batches, ``done`` for those written (a
+        job whose write failed, a full disk say, is failed with the reason); a job deleted
+        meanwhile is dropped."""
+        finished: dict[str, tuple[float | None, dict | None]] = {}
+        progress: dict[str, tuple[int, int]] = {}
+        for job_id, (a, future) in list(self._finishing.items()):
+            if not future.done():
+                continue
+            del self._finishing[job_id]
+            try:
+                written = future.result()
+            except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
+                self._fail(job_id, reason(exc))
+                continue
+            if written is not None:
+                finished[job_id] = written, a.clip
+                progress[job_id] = a.run.plan.n, a.run.plan.n
+        progress.update({a.job.id: (a.run.scored, a.run.plan.n) for a in self._active})
+        if progress or finished:
+            for job_id in self.store.tick(progress, finished):
+                self._drop(job_id)
