@@ -196,7 +196,7 @@ def test_compare_cli_writes_the_cue_changes(audits):
     res = CliRunner().invoke(app, ["compare", str(audits / "red"), str(audits / "green"), "-o",
                                    str(out), "--cue-embed", "pixels", "--resamples", "100"])
     assert res.exit_code == 0, res.output
-    assert "cues: 1 persists, 0 weakened, 1 vanished, 1 new (" in res.output
+    assert "cues: 0 persists, 0 weakened, 1 vanished, 1 new, 1 unproven (" in res.output
     assert _red_row(_rows(out / "cue_changes.csv"))["status"] == "vanished"
 
 
@@ -209,10 +209,12 @@ def test_status_thresholds():
     assert status(1.0, None, 0.8, 0.0) == "vanished"  # B's errors not harvested: gain decides
     assert status(1.0, None, 0.8, None) == "unmeasured"  # nothing under B: never "persists"
     assert status(1.0, 0.0, 0.8, 0.4) == "weakened"  # B still reacts, makes no error with it
-    assert status(0.0, 0.0, 0.01, 0.01) == "vanished"
-    assert status(0.0, 0.06, 0.0, 0.004) == "persists"  # no lift under A, some under B
-    assert status(None, None, 0.8, None) == "unmeasured"  # nothing measured under B
-    assert status(0.0, 0.05, 0.01, -0.2) == "persists"  # A's gain below the floor: no ratio
+    assert status(0.0, 0.0, 0.01, 0.01) == "unproven"  # never a cue of A's errors
+    assert status(0.0, 0.06, 0.0, 0.004) == "unproven"  # ... whatever B does
+    assert status(None, 0.06, 0.8, 0.004) == "unproven"
+    assert status(None, None, 0.8, None) == "unproven"  # A gave it no strength either
+    assert status(0.0, 0.05, 0.01, -0.2) == "unproven"  # no strength under A: no comparison
+    assert status(0.5, 0.4, 0.01, -0.2) == "persists"  # A's gain below the floor: no ratio
 
 
 @pytest.mark.slow
@@ -231,7 +233,7 @@ def test_the_cue_section_in_chromium_decodes_every_patch(audits, chromium, tmp_p
                                     "span'), s => s.textContent)")
     finally:
         browser.close()
-    assert statuses == ["vanished", "persists", "new"]
+    assert statuses == ["vanished", "unproven", "new"]
     # A's red cue (6 patches), A's region cue and B's (6 each), B's green cue (6)
     assert [alt for alt, *_ in patches].count("run A patch") == 12
     assert [alt for alt, *_ in patches].count("run B patch") == 12

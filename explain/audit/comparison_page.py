@@ -16,7 +16,16 @@ from explain.errors import ExplainError
 from explain.files import display, from_storable
 from explain.heatmap import Heatmap
 from explain.html import environment
-from explain.render import DISPLAY_SIDE, data_uri, figure, reading, scale, shrink, shrink_map
+from explain.render import (
+    DISPLAY_SIDE,
+    data_uri,
+    figure,
+    number,
+    reading,
+    scale,
+    shrink,
+    shrink_map,
+)
 
 THUMB = 160
 
@@ -113,6 +122,11 @@ def _signed_pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:+.1f} pp"
 
 
+def _gain(value: float | None) -> str:
+    """A signed score change to 3 significant digits: never "-0.000" for a tiny loss."""
+    return "—" if value is None else ("+" if value > 0 else "") + number(value)
+
+
 def _p(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}"
 
@@ -122,5 +136,5 @@ def write_page(path: Path, page: dict) -> Path:
     from explain.files import write_text
 
     env = environment(finalize=lambda v: display(v) if isinstance(v, str) else v,
-                      filters={"pct": _pct, "spct": _signed_pct, "p": _p})
+                      filters={"pct": _pct, "spct": _signed_pct, "p": _p, "gain": _gain})
     return write_text(path, env.get_template("compare.html.j2").render(**page))

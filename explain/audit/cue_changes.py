@@ -26,13 +26,14 @@ harvest in its store whose patches they list). Everything below is measured, not
   matching B cue of the largest such share. A cue of B that matches no cue of A is ``new``;
   its A side is measured by the same rule (no paste test under A: model A is not loaded), so
   ``paste_gain_a`` and ``strength_a`` stay empty.
-- **Status** of each cue of A (thresholds, once): ``vanished`` when B's paste gain is at most
-  :data:`GAIN_FLOOR` (pasting it moves B's score by at most two points) and B's strength is at
-  most :data:`VANISHED_SHARE` of A's (0 when A's is 0; or unmeasured); else ``weakened`` when
-  B's strength or paste gain is at most :data:`WEAKENED_SHARE` of A's (it fell by half or
-  more), read only where A's strength is above 0 and A's paste gain above the floor; else
-  ``persists``; ``unmeasured`` when B gave neither a paste gain nor a strength (model B could
-  not be reloaded or pasted into, and B's errors held none of its patches): never read as
+- **Status** of each cue of A (thresholds, once): ``unproven`` when A's own strength is 0 (the
+  cluster never ranked as a cue of A's errors: nothing can persist or vanish); ``unmeasured``
+  when B gave neither a paste gain nor a strength (model B could not be reloaded or pasted into,
+  and B's errors held none of its patches), never read as ``persists``; else ``vanished`` when
+  B's paste gain is at most :data:`GAIN_FLOOR` (pasting it moves B's score by at most two
+  points) and B's strength is at most :data:`VANISHED_SHARE` of A's (or unmeasured); else
+  ``weakened`` when B's strength or paste gain is at most :data:`WEAKENED_SHARE` of A's (it fell
+  by half or more), read only where A's paste gain is above the floor for the gain; else
   ``persists``. Paste gains over 16 pairs move by a few points between seeds, hence a floor
   rather than 0.
 
@@ -298,8 +299,12 @@ def measure(run: Published, carried: list[int | None], cue: int) -> dict:
 
 def status(strength_a: float | None, strength_b: float | None, gain_a: float | None,
            gain_b: float | None) -> str:
-    """persists | weakened | vanished (the module docstring's thresholds), or unmeasured when
-    B gave neither a paste gain nor a strength: the product cannot tell, and says so."""
+    """persists | weakened | vanished (the module docstring's thresholds); unproven when A's own
+    audit gave the cue no strength (it never ranked as a cue of A's errors, so nothing can
+    persist or vanish), unmeasured when B gave neither a paste gain nor a strength: where the
+    product cannot tell, it says so."""
+    if not strength_a or strength_a <= 0:
+        return "unproven"
     if gain_b is None and strength_b is None:
         return "unmeasured"
     gone_gain = gain_b is None or gain_b <= GAIN_FLOOR

@@ -66,9 +66,9 @@ def compare(
         result_line(f"cues: not re-measured: {display(cues['reason'])}")
     else:
         counts = {k: sum(1 for r in cues["rows"] if r["status"] == k)
-                  for k in ("persists", "weakened", "vanished", "new", "unmeasured")}
-        if not counts["unmeasured"]:
-            del counts["unmeasured"]
+                  for k in ("persists", "weakened", "vanished", "new", "unproven", "unmeasured")}
+        counts = {k: n for k, n in counts.items() if n or k in ("persists", "weakened",
+                                                                "vanished", "new")}
         result_line("cues: " + ", ".join(f"{n} {k}" for k, n in counts.items()) +
                     f" ({cues['model_calls']} images scored by model B)")
     for note in s["notes"]:
