@@ -215,19 +215,23 @@ class Run:
 
 @dataclass(frozen=True)
 class Method:
-    """One explanation method, as the registry declares it (see the module docstring); ``run``
-    is :func:`run` over its ``compute`` unless given."""
+    """One explanation method, as the registry declares it (see the module docstring): its
+    name, title, white-box flag and ``run(models, image, o, progress)``, as ever; a registry
+    method gives ``compute`` (its library function) and its ``options`` instead of ``run``,
+    and ``run`` is then :func:`run` over them."""
 
     name: str
     title: str
     white_box: bool
-    compute: Callable[..., Heatmap]
-    options: tuple[Option, ...] = ()
-    by_default: bool = True
     run: Callable[..., Heatmap] = field(default=None, repr=False,  # type: ignore[assignment]
                                         compare=False)
+    compute: Callable[..., Heatmap] | None = None
+    options: tuple[Option, ...] = ()
+    by_default: bool = True
 
     def __post_init__(self) -> None:
+        if (self.run is None) == (self.compute is None):
+            raise TypeError(f"method {self.name}: give run or compute, one of them")
         if self.run is None:
             object.__setattr__(self, "run", partial(run, self))
 
@@ -247,6 +251,7 @@ def run(method: Method, models: Models, image: np.ndarray, o: RunOptions,
     """``method``'s map of ``image`` with the run options ``o`` (its own options checked)."""
     given = {opt.name: o.settings[opt.name] for opt in method.options
              if opt.name in o.settings}
+    assert method.compute is not None  # Method.__post_init__: a run function otherwise
     return method.compute(models, image, target=o.target, batch_size=o.batch_size,
                           progress=progress, **method.arguments(method.check(given)))
 
@@ -310,12 +315,14 @@ def _gradcam(models: Models, image: np.ndarray, *, target: str | int, layer: str
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("occlusion", "Occlusion", False, _occlusion, (BOX, STRIDE, FILL, FAST, DRILL_DOWN)),
-    Method("sliding", "Sliding window", False, _sliding, (BOX, STRIDE)),
-    Method("rise", "RISE", False, _rise_map, (MASKS, CELL, KEEP, SEED), by_default=False),
-    Method("deconv", "Deconvnet", True, _deconv, (LAYER, NEURON)),
-    Method("guided", "Guided backprop", True, _guided, (LAYER, NEURON)),
-    Method("gradcam", "Grad-CAM", True, _gradcam, (CAM_LAYER, GUIDED)),
+    Method("occlusion", "Occlusion", False, compute=_occlusion,
+           options=(BOX, STRIDE, FILL, FAST, DRILL_DOWN)),
+    Method("sliding", "Sliding window", False, compute=_sliding, options=(BOX, STRIDE)),
+    Method("rise", "RISE", False, compute=_rise_map, options=(MASKS, CELL, KEEP, SEED),
+           by_default=False),
+    Method("deconv", "Deconvnet", True, compute=_deconv, options=(LAYER, NEURON)),
+    Method("guided", "Guided backprop", True, compute=_guided, options=(LAYER, NEURON)),
+    Method("gradcam", "Grad-CAM", True, compute=_gradcam, options=(CAM_LAYER, GUIDED)),
 )}
 DEFAULT_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.by_default)
 REPORT_OPTIONS: tuple[Option, ...] = tuple(union(
