@@ -17,11 +17,14 @@ import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# the 3.12 protocol check on 3.11 too: isinstance reads members statically (inspect.getattr_static),
+# so checking a capability never runs a property such as class_names (which may call the model)
+from typing_extensions import Protocol, runtime_checkable
 
 from explain.errors import ModelError, TargetError
 from explain.models.specs import DEFAULT_PRECISION, PRECISIONS

@@ -329,3 +329,23 @@ def test_capabilities_are_declared_protocols(colour_clf, nsfw_onnx):
 
     own = Own(colour_clf)
     assert isinstance(own, Differentiable) and white_box(own) is own
+
+
+def test_checking_a_capability_never_calls_the_model():
+    """isinstance against a capability reads members statically: the class_names property
+    (which probes the model once when the classes are unnamed) does not run."""
+    from explain.models import CallableClassifier, Classifier, Differentiable, HasFeatures
+
+    calls = []
+
+    def fn(batch):
+        calls.append(len(batch))
+        return torch.full((len(batch), 2), 0.5)
+
+    clf = CallableClassifier(fn, name="counting")
+    torch_clf = TorchClassifier(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)),
+                                Preprocess(input_size=(8, 8)))
+    assert isinstance(clf, Classifier) and not isinstance(clf, HasFeatures | Differentiable)
+    assert isinstance(torch_clf, Differentiable)
+    assert calls == []
+    assert torch_clf._class_names is None  # its probe did not run either
