@@ -36,24 +36,18 @@ from explain.clips import changed
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import to_tensor
 from explain.incremental import network_for
-from explain.models.base import (
-    Classifier,
-    execution_provider,
-    model_view,
-    resize,
-    resolve_target,
-)
-from explain.occlusion import LEAD, choose_fill, lead_rows, occluded_scores, scale_windows
+from explain.models.base import Classifier, execution_provider, model_view, resolve_target
+from explain.occlusion import LEAD, choose_fill, lead_rows, occluded_scores
 from explain.perturb import fill_values
+from explain.perturbation import at_size, probabilities, scale_windows, work_size
 from explain.progress import Progress
 from explain.sliding import BLANK, blank_score, crop_scores, crops_view
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
     Size,
+    WindowPlan,
     check_batch_size,
-    pixels,
-    window_grid,
     window_mean,
 )
 
@@ -111,8 +105,9 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     shape = frames[0].shape[:2]
     t = resolve_target(classifier, target)
     name = classifier.class_names[t]
-    windows = window_grid(shape, box, stride)
-    size = tuple(classifier.input_size) if classifier.input_size else shape
+    grid = WindowPlan(box, stride)
+    windows = grid.grid(shape)
+    size = work_size(classifier, shape)
     scaled = scale_windows(windows, shape, size)
     device = classifier.device
     step = check_batch_size(batch_size, device, size, len(windows) + LEAD)
@@ -129,12 +124,12 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
         start = time.perf_counter()
         x = None
         if fill == "auto":
-            x = _at(frame, device, size)
+            x = at_size(to_tensor(frame, device), size)
             fill = choose_fill(classifier, x, t, window)[0]
         how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold,
                            region=fill in REGION_FILLS)
         if how != "identical":
-            x = _at(frame, device, size) if x is None else x
+            x = at_size(to_tensor(frame, device), size) if x is None else x
             baseline = fill_values(x, fill, window)
             bounds = torch.from_numpy(np.concatenate([head, scaled[chosen]]))
             p = occluded_scores(classifier, x, baseline, bounds, t, step, None, net,
@@ -145,7 +140,7 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
         maps.append(Heatmap(
             values=window_mean(shape, windows, drops), method="occlusion", target=name,
             score=score, box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
-            stride=pixels(stride, "stride", shape), windows=len(windows),
+            stride=grid.pixels(shape)[1], windows=len(windows),
             seconds=time.perf_counter() - start,
             params={"fill": fill, "fill_asked": asked, "baseline": f"whole image {fill}-filled",
                     "baseline_score": base, "model_view": view,
@@ -158,12 +153,6 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
         if progress is not None:
             progress(k + 1, len(frames))
     return maps
-
-
-def _at(frame: np.ndarray, device: torch.device, size: tuple[int, int]) -> torch.Tensor:
-    """``frame`` as a 1×3×H×W tensor on ``device`` at the work ``size``."""
-    x = to_tensor(frame, device)
-    return x if tuple(x.shape[-2:]) == tuple(size) else resize(x, size)
 
 
 @torch.no_grad()
@@ -187,10 +176,11 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     shape = frames[0].shape[:2]
     t = resolve_target(classifier, target)
     name = classifier.class_names[t]
-    windows = window_grid(shape, box, stride)
+    grid = WindowPlan(box, stride)
+    windows = grid.grid(shape)
     device = classifier.device
     bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
-    size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)
+    size = work_size(classifier, (bh, bw))
     step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])),
                             len(windows))
     maps: list[Heatmap] = []
@@ -202,12 +192,12 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
         how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold)
         if how != "identical":
             x = to_tensor(frame, device)[0]
-            score = float(classifier.predict(x.unsqueeze(0))[0, t])
+            score = float(probabilities(classifier, x.unsqueeze(0))[0, t])
             crops = crops.copy()
             crops[chosen] = crop_scores(classifier, x, windows[chosen], size, t, step)
         maps.append(Heatmap(
             values=window_mean(shape, windows, crops), method="sliding", target=name,
-            score=score, box=(bh, bw), stride=pixels(stride, "stride", shape),
+            score=score, box=(bh, bw), stride=grid.pixels(shape)[1],
             windows=len(windows), seconds=time.perf_counter() - start,
             params={"baseline": BLANK, "baseline_score": blank, "model_view": view,
                     "provider": execution_provider(classifier),

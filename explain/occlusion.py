@@ -31,6 +31,7 @@ exactly by recomputing only what each window changes (both combine).
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -43,7 +44,6 @@ import torch
 from explain.choices import DEFAULT_FILL, FILLS, check_occlusion_fill
 from explain.drill_down import check_drill_down, drill_down
 from explain.heatmap import NOISE_FLOOR, Heatmap
-from explain.images import as_rgb, to_tensor
 from explain.incremental import Network, check_incremental, network_for, window_scores
 from explain.models.base import (
     Classifier,
@@ -51,36 +51,26 @@ from explain.models.base import (
     execution_provider,
     model_view,
     pixelwise_input,
-    resize,
     resolve_target,
 )
 from explain.perturb import fill_values, masked
+from explain.perturbation import Copies, probabilities, score_all, work_image
 from explain.progress import Progress
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
     Size,
+    WindowPlan,
     check_batch_size,
-    pixels,
-    window_grid,
     window_mean,
 )
 
 
-def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, int]
-                  ) -> np.ndarray:
-    """Windows in ``shape`` pixels → the same windows in ``size`` pixels (rounded, never empty)."""
-    scale = np.array([size[0] / shape[0], size[1] / shape[1]] * 2)
-    scaled = np.floor(windows * scale + 0.5).astype(np.int64)
-    limit = np.array([size[0], size[1]])
-    scaled[:, :2] = np.minimum(scaled[:, :2], limit - 1)
-    scaled[:, 2:] = np.clip(scaled[:, 2:], scaled[:, :2] + 1, limit)
-    return scaled
-
-
-class OccludedCopies:
+class OccludedCopies(Copies):
     """The occluded copies of one image and how ``classifier`` scores them, one model call per
-    batch: :meth:`build` makes the batch of copies for some windows, :meth:`score` scores it.
+    batch: :meth:`build` makes the batch of copies for some windows, :meth:`score` scores it;
+    the copy builder (:class:`~explain.perturbation.Copies`) of the rows of ``bounds``
+    (:meth:`rows` binds others).
 
     ``x``: the image, 1×3×H×W RGB in [0, 1] at the work size, on the classifier's device;
     ``fill``: what hidden pixels become, broadcastable to ``x``. When the classifier allows it
@@ -95,9 +85,11 @@ class OccludedCopies:
     function, an endpoint, an input transform) the copies are RGB images, ``torch.where``
     against :func:`window_masks`, scored by ``predict``."""
 
-    def __init__(self, classifier: Classifier, x: torch.Tensor, fill: torch.Tensor) -> None:
+    def __init__(self, classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
+                 bounds: torch.Tensor | None = None) -> None:
         self.classifier = classifier
         self.x, self.fill = x, fill
+        self.bounds = torch.zeros((0, 4), dtype=torch.int64) if bounds is None else bounds.cpu()
         self.size = (int(x.shape[2]), int(x.shape[3]))
         self.in_input = pixelwise_input(classifier, self.size)
         if self.in_input:
@@ -108,6 +100,18 @@ class OccludedCopies:
             shape = self.x_input.shape
             self._input_size = (int(shape[1]), int(shape[2])) if self.last else \
                 (int(shape[2]), int(shape[3]))
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def rows(self, bounds: torch.Tensor) -> OccludedCopies:
+        """The same copies (nothing prepared again) over the windows ``bounds``."""
+        other = copy.copy(self)
+        other.bounds = bounds.cpu()  # once: the batches never wait for the device
+        return other
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        return self.build(self.bounds[lo:hi])
 
     def build(self, bounds: torch.Tensor) -> torch.Tensor:
         """The copies for ``bounds`` ((b, 4) int64 windows [top, left, bottom, right) in work
@@ -135,7 +139,7 @@ class OccludedCopies:
         """Class probabilities (N×C) of a batch :meth:`build` made (or several concatenated)."""
         if self.in_input:
             return self.classifier.predict_input(batch)  # type: ignore[attr-defined]
-        return self.classifier.predict(batch)
+        return super().score(batch)
 
 
 def window_masks(bounds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -176,6 +180,7 @@ class OcclusionPlan:
     stride: Size
     fill: str
     classifier: Classifier
+    grid: WindowPlan
     fill_asked: str = ""
     fill_scores: dict[str, float] | None = None
 
@@ -192,7 +197,7 @@ class OcclusionPlan:
     @cached_property
     def copies(self) -> OccludedCopies:
         """How the occluded copies of rows of :attr:`bounds` are built and scored."""
-        return OccludedCopies(self.classifier, self.x, self.baseline)
+        return OccludedCopies(self.classifier, self.x, self.baseline, self.bounds)
 
     def heatmap(self, p: np.ndarray, seconds: float, batch_size: int) -> Heatmap:
         """The map from ``p``, p(target) of every row in order (float64, length :attr:`n`)."""
@@ -209,7 +214,7 @@ class OcclusionPlan:
         return Heatmap(values=window_mean(self.shape, self.windows, drops),
                        method="occlusion", target=self.target_name, score=score,
                        box=tuple(int(v) for v in self.windows[0, 2:] - self.windows[0, :2]),
-                       stride=pixels(self.stride, "stride", self.shape),
+                       stride=self.grid.pixels(self.shape)[1],
                        windows=len(self.windows), seconds=seconds,
                        params={"fill": self.fill, "fill_asked": self.fill_asked or self.fill,
                                "fill_scores": self.fill_scores,
@@ -233,16 +238,12 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
     image at the classifier's input size on its device, the fill (``auto``:
     :func:`choose_fill`, one model call), the scaled windows."""
     check_occlusion_fill(fill)
-    rgb = as_rgb(image)
-    shape = rgb.shape[:2]
+    work = work_image(classifier, image)
+    shape, size, x = work.shape, work.size, work.x
     t = resolve_target(classifier, target)
-    windows = window_grid(shape, box, stride)
-    device = classifier.device
-    x = to_tensor(rgb, device)
-    size = tuple(classifier.input_size) if classifier.input_size else shape
-    if size != shape:
-        x = resize(x, size)
-    scaled = scale_windows(windows, shape, size)
+    grid = WindowPlan(box, stride)
+    windows = grid.grid(shape)
+    scaled = work.to_work(windows)
     window = tuple(int(v) for v in scaled[0, 2:] - scaled[0, :2])
     asked, fill_scores = fill, None
     if fill == "auto":
@@ -252,7 +253,8 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
     bounds = torch.from_numpy(np.concatenate([lead_rows(size), scaled]))
     return OcclusionPlan(shape=shape, windows=windows, x=x, baseline=baseline, bounds=bounds,
                          target=t, target_name=classifier.class_names[t], box=box,
-                         stride=stride, fill=fill, classifier=classifier, fill_asked=asked,
+                         stride=stride, fill=fill, classifier=classifier, grid=grid,
+                         fill_asked=asked,
                          fill_scores=fill_scores)
 
 
@@ -270,7 +272,7 @@ def choose_fill(classifier: Classifier, x: torch.Tensor, target: int, window: tu
     evidence for ``target``, the lowest p(target); ties go to the earlier fill. Returns it and
     every fill's score (one model call of four images)."""
     canvases = torch.cat([fill_values(x, f, window).expand_as(x) for f in FILLS])
-    scores = classifier.predict(canvases)[:, target].double().cpu().tolist()
+    scores = probabilities(classifier, canvases)[:, target].double().tolist()
     chosen = FILLS[int(np.argmin(scores))]
     return chosen, {f: float(v) for f, v in zip(FILLS, scores, strict=True)}
 
@@ -292,14 +294,8 @@ def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     if net is not None:
         return window_scores(classifier, net, x, fill, bounds.to(x.device), target, step,
                              progress, tau=tau).cpu()
-    copies = copies or OccludedCopies(classifier, x, fill)
-    bounds = bounds.cpu()  # once: the batches below never wait for the device
-    scores = []
-    for lo in range(0, len(bounds), step):
-        scores.append(copies.score(copies.build(bounds[lo:lo + step]))[:, target])
-        if progress is not None:
-            progress(min(lo + step, len(bounds)), len(bounds))
-    return torch.cat(scores).cpu()
+    copies = (copies or OccludedCopies(classifier, x, fill)).rows(bounds)
+    return score_all(copies, step, target, progress=progress)
 
 
 def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],

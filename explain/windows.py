@@ -15,7 +15,9 @@ scale with the image, so a 4000-px phone photo gets the same 25 windows as its 2
 instead of thousands of windows that each hide a few pixels of what the model sees.
 :func:`small_box_note` warns when a box is under :data:`MIN_BOX_AT_INPUT` px at the model's input.
 
-The module also holds what both window methods share: batch sizing. Image intake lives in
+:class:`WindowPlan` is the one place a box and a stride are validated (:func:`check_windows`)
+and turned into windows; the black-box engine (:mod:`explain.perturbation`) takes its windows
+from it. The module also holds what the window methods share: batch sizing. Image intake lives in
 :mod:`explain.images`.
 """
 
@@ -79,9 +81,13 @@ def _spec(pair: tuple[int | float, int | float]) -> str:
 def pixels(value: Size, name: str, shape: tuple[int, int]) -> tuple[int, int]:
     """``value`` (see :func:`as_pair`) in pixels of an image of ``shape``: a fraction f becomes
     ``max(1, round(f × min(H, W)))``, rounding halves up."""
+    return in_pixels(as_pair(value, name), shape)
+
+
+def in_pixels(pair: tuple[int | float, int | float], shape: tuple[int, int]) -> tuple[int, int]:
+    """A validated pair (:func:`as_pair`) in pixels of an image of ``shape``."""
     short = min(int(shape[0]), int(shape[1]))
-    h, w = (v if isinstance(v, int) else max(1, int(v * short + 0.5))
-            for v in as_pair(value, name))
+    h, w = (v if isinstance(v, int) else max(1, int(v * short + 0.5)) for v in pair)
     return h, w
 
 
@@ -127,21 +133,43 @@ def axis_starts(length: int, box: int, stride: int) -> np.ndarray:
     return starts
 
 
+class WindowPlan:
+    """The window plan of a black-box method: ``box`` and ``stride`` as asked (see
+    :func:`as_pair`), validated once here (:func:`check_windows`), and from them the windows of
+    any image (:meth:`grid`) and their sides in its pixels (:meth:`pixels`), with no second
+    check."""
+
+    def __init__(self, box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE) -> None:
+        self.box, self.stride = box, stride
+        self.box_pair, self.stride_pair = check_windows(box, stride)
+
+    def __repr__(self) -> str:
+        return f"WindowPlan(box={self.box!r}, stride={self.stride!r})"
+
+    def pixels(self, shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(box, stride) in pixels of an image of ``shape`` (:func:`pixels`' rounding), the box
+        not yet clipped to the image."""
+        return in_pixels(self.box_pair, shape), in_pixels(self.stride_pair, shape)
+
+    def grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """All windows over an image of ``shape`` (H, W): int64 array (N, 4) of top, left,
+        bottom, right, rows first."""
+        h, w = int(shape[0]), int(shape[1])
+        if h < 1 or w < 1:
+            raise OptionError(f"cannot place windows on an empty image of shape {shape}")
+        (bh, bw), (sh, sw) = self.pixels((h, w))
+        if sh > bh or sw > bw:
+            raise OptionError(f"stride {(sh, sw)} is larger than box {(bh, bw)} on this {h}×{w} "
+                              "image: the pixels between windows would be covered by none")
+        bh, bw = min(bh, h), min(bw, w)
+        tops, lefts = axis_starts(h, bh, sh), axis_starts(w, bw, sw)
+        top, left = np.repeat(tops, len(lefts)), np.tile(lefts, len(tops))
+        return np.stack([top, left, top + bh, left + bw], axis=1)
+
+
 def window_grid(shape: tuple[int, int], box: Size, stride: Size) -> np.ndarray:
-    """All windows over an image of ``shape`` (H, W): int64 array (N, 4) of top, left, bottom,
-    right, rows first."""
-    h, w = int(shape[0]), int(shape[1])
-    if h < 1 or w < 1:
-        raise OptionError(f"cannot place windows on an empty image of shape {shape}")
-    check_windows(box, stride)
-    (bh, bw), (sh, sw) = pixels(box, "box", (h, w)), pixels(stride, "stride", (h, w))
-    if sh > bh or sw > bw:
-        raise OptionError(f"stride {(sh, sw)} is larger than box {(bh, bw)} on this {h}×{w} "
-                          "image: the pixels between windows would be covered by none")
-    bh, bw = min(bh, h), min(bw, w)
-    tops, lefts = axis_starts(h, bh, sh), axis_starts(w, bw, sw)
-    top, left = np.repeat(tops, len(lefts)), np.tile(lefts, len(tops))
-    return np.stack([top, left, top + bh, left + bw], axis=1)
+    """All windows over an image of ``shape`` (H, W) (:meth:`WindowPlan.grid`)."""
+    return WindowPlan(box, stride).grid(shape)
 
 
 def window_mean(shape: tuple[int, int], windows: np.ndarray, values: np.ndarray) -> np.ndarray:
