@@ -36,6 +36,7 @@ from explain.images import collect_warnings, to_batch, to_tensor
 from explain.models import Classifier
 from explain.models.base import model_view, resize
 from explain.occlusion import occlusion_map
+from explain.perturbation import probabilities
 from explain.progress import LabelledProgress
 from explain.render import DISPLAY_SIDE, described, figure, save_png, scale, shrink
 from explain.windows import batch_limit, check_windows, fit_batch
@@ -152,12 +153,12 @@ def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | s
     for indices in groups.values():
         batch = model_batch([items[i] for i in indices], classifier.device)
         try:
-            probs = classifier.predict(batch).double().cpu().numpy()
+            probs = probabilities(classifier, batch).double().cpu().numpy()
         except ModelError:
             failures: list[ModelError] = []
             for j, i in enumerate(indices):
                 try:
-                    out[i] = classifier.predict(batch[j:j + 1]).double().cpu().numpy()[0]
+                    out[i] = probabilities(classifier, batch[j:j + 1]).double().cpu().numpy()[0]
                 except ModelError as exc:
                     failures.append(exc)
                     out[i] = f"the model failed on this image: {exc}"

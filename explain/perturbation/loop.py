@@ -127,6 +127,6 @@ class Images(Copies):
 
 @torch.no_grad()
 def probabilities(classifier: Classifier, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (N×C, on the CPU) of the batch ``x`` in one model call: a plain
-    score, through the loop."""
-    return score_all(Batch(classifier, x), max(1, int(x.shape[0])))
+    """Class probabilities (N×C, where the classifier answers) of the batch ``x`` (N ≥ 1) in one
+    model call: a plain score, through the loop."""
+    return next(scored(Batch(classifier, x), int(x.shape[0])))[2]

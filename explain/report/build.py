@@ -43,6 +43,7 @@ from explain.heatmap import Heatmap
 from explain.images import load_image, to_tensor
 from explain.methods import DEFAULT_METHODS, METHODS, Models, parse_methods
 from explain.models import load, resolve_target
+from explain.perturbation import probabilities
 from explain.progress import LabelledProgress
 from explain.render import (
     DISPLAY_SIDE,
@@ -213,7 +214,7 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
     row = ImageResult(path=str(path), anchor=f"img-{index}")
     try:
         image = _pixels(path, models, o, row)
-        probs = models.black.predict(to_tensor(image, models.black.device))[0].tolist()
+        probs = probabilities(models.black, to_tensor(image, models.black.device))[0].tolist()
     except ExplainError as exc:
         row.error = getattr(exc, "reason", None) or str(exc)
         for name in names:
