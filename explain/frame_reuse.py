@@ -33,11 +33,13 @@ import torch
 
 from explain.choices import DEFAULT_FILL, DEFAULT_REUSE_THRESHOLD, check_occlusion_fill, check_reuse
 from explain.clips import changed
+from explain.drill_down import check_drill_down
+from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import to_tensor
 from explain.incremental import network_for
 from explain.models.base import Classifier, execution_provider, model_view, resolve_target
-from explain.occlusion import LEAD, choose_fill, lead_rows, occluded_scores
+from explain.occlusion import LEAD, choose_fill, drilled_scores, lead_rows, occluded_scores
 from explain.perturb import fill_values
 from explain.perturbation import at_size, probabilities, scale_windows, work_size
 from explain.progress import Progress
@@ -85,14 +87,19 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                    box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = DEFAULT_FILL,
                    target: str | int = "nsfw", batch_size: int | None = None,
                    threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: str = "identical",
+                   drill_down: float | None = None,
                    progress: Progress | None = None) -> list[Heatmap]:
     """One occlusion map per frame of ``frames`` (RGB uint8 arrays of one size, in time order),
     each as :func:`explain.occlusion.occlusion_map` defines it (same parameters: ``box``,
     ``stride``, ``fill``, ``target``, ``batch_size``), reusing the previous frame's work as the
     module docstring says: ``reuse`` is ``identical`` (exact; the default), ``region``
     (approximate for occlusion, see the module docstring) or ``none``. ``threshold``: the level
-    difference (0..255) up to which a pixel counts as unchanged. ``progress(done, total)``
-    counts frames.
+    difference (0..255) up to which a pixel counts as unchanged. ``drill_down``: None = every
+    window scored; r in (0, 1] = each frame that is scored drills down as
+    :func:`~explain.occlusion.occlusion_map` does (:func:`~explain.occlusion.drilled_scores`;
+    ``params`` then record ``drill_down`` and ``windows_evaluated``); identical frames still
+    take the previous map, and region reuse, which keeps windows of its own, is refused with
+    it. ``progress(done, total)`` counts frames.
 
     Returns one SIGNED :class:`~explain.heatmap.Heatmap` per frame, in units of p(target),
     ``params["reuse"]`` in ``identical``, ``region`` or ``none`` and ``params["rescored"]`` the
@@ -102,6 +109,11 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     """
     asked = check_occlusion_fill(fill)
     check_reuse(reuse)
+    drill = check_drill_down(drill_down)
+    if drill is not None and reuse == "region":
+        raise OptionError("drill-down and region reuse both leave windows unscored, each by its "
+                          "own rule: use one of them (--reuse identical or none with "
+                          "--fast/--drill-down)")
     shape = frames[0].shape[:2]
     t = resolve_target(classifier, target)
     name = classifier.class_names[t]
@@ -128,15 +140,24 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
             fill = choose_fill(classifier, x, t, window)[0]
         how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold,
                            region=fill in REGION_FILLS)
+        rescored = int(chosen.sum())
         if how != "identical":
             x = at_size(to_tensor(frame, device), size) if x is None else x
             baseline = fill_values(x, fill, window)
-            bounds = torch.from_numpy(np.concatenate([head, scaled[chosen]]))
-            p = occluded_scores(classifier, x, baseline, bounds, t, step, None, net,
-                                None).double().numpy()
-            score, base = float(p[0]), float(p[1])
-            drops = drops.copy()
-            drops[chosen] = p[0] - p[LEAD:]
+            bounds = np.concatenate([head, scaled[chosen]])
+
+            def scores(rows: torch.Tensor, report: Progress | None,
+                       x: torch.Tensor = x, baseline: torch.Tensor = baseline) -> torch.Tensor:
+                return occluded_scores(classifier, x, baseline, rows, t, step, report, net, None)
+
+            if drill is None:
+                p = scores(torch.from_numpy(bounds), None).double().numpy()
+                score, base = float(p[0]), float(p[1])
+                drops = drops.copy()
+                drops[chosen] = p[0] - p[LEAD:]
+            else:  # chosen is every window: region reuse is refused with drill-down
+                score, base, drops, rescored = drilled_scores(scores, bounds, windows, None,
+                                                              drill)
         maps.append(Heatmap(
             values=window_mean(shape, windows, drops), method="occlusion", target=name,
             score=score, box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
@@ -146,9 +167,10 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                     "baseline_score": base, "model_view": view,
                     "provider": execution_provider(classifier),
                     "batch_size": step, "work_size": list(size), "box_asked": box,
-                    "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
+                    "stride_asked": stride, "reuse": how, "rescored": rescored,
                     "incremental": net is not None,
-                    "threshold": threshold},
+                    "threshold": threshold}
+                | ({} if drill is None else {"drill_down": drill, "windows_evaluated": rescored}),
             signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR))
         if progress is not None:
             progress(k + 1, len(frames))

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from explain.choices import DEFAULT_FILL, FILLS, check_occlusion_fill
-from explain.drill_down import check_drill_down, drill_down
+from explain.drill_down import check_drill_down, drilled_drops
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.incremental import Network, check_incremental, network_for, window_scores
 from explain.models.base import (
@@ -298,15 +298,21 @@ def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     return score_all(copies, step, target, progress=progress)
 
 
-def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
-             head: np.ndarray, scaled: np.ndarray, grid: tuple[int, int],
-             progress: Progress | None, r: float) -> tuple[float, float, np.ndarray, int]:
-    """Drill-down over the fine windows ``scaled`` (work pixels; a ``grid`` of (rows, columns),
-    rows first), each batch of windows scored by ``scores(bounds, progress)`` (the map's
+def drilled_scores(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
+                   bounds: np.ndarray, windows: np.ndarray, progress: Progress | None, r: float
+                   ) -> tuple[float, float, np.ndarray, int]:
+    """Drill-down (:func:`explain.drill_down.drilled_drops`) over an occlusion map's rows
+    ``bounds`` (:attr:`OcclusionPlan.bounds`: the :data:`LEAD` rows, then the fine windows in
+    work pixels), each batch of rows scored by ``scores(bounds, progress)`` (the map's
     :func:`occluded_scores`): (the intact image's score, the baseline's, every window's drop,
-    evaluated or estimated, the number evaluated). The ``head`` rows (:func:`lead_rows`: the
-    intact image and the baseline) ride in the coarse pass's first batch, as in the exact
-    map."""
+    evaluated or estimated, the number evaluated). ``windows``: the same windows in original
+    pixels, which give the grid's shape (scaled down, distinct tops may coincide). The lead
+    rows ride in the coarse pass's first batch, as in the exact map. Stills
+    (:func:`occlusion_map`) and clips (:func:`explain.frame_reuse.occlusion_maps`) drill
+    through here."""
+    rows = len(np.unique(windows[:, 0]))
+    grid = (rows, len(windows) // rows)
+    head, scaled = bounds[:LEAD], bounds[LEAD:]
     n_cols = grid[1]
     intact: list[float] = []
     done = 0  # windows scored so far, the head rows not counted
@@ -323,7 +329,7 @@ def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
         done += len(points)
         return intact[0] - p[lead:]
 
-    drops, known = drill_down(grid, score, r)
+    drops, known = drilled_drops(grid, score, r)
     return intact[0], intact[1], drops.ravel(), int(known.sum())
 
 
@@ -389,10 +395,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
         p = scores(plan.bounds, done).double().numpy()
         return plan.drop_map(float(p[0]), float(p[1]), p[0] - p[LEAD:],
                              time.perf_counter() - start, step, None, len(plan.windows), **ran)
-    # the grid's shape from the ORIGINAL windows: scaled down, distinct tops may coincide
-    rows = len(np.unique(plan.windows[:, 0]))
-    score, baseline, drops, evaluated = _drilled(
-        scores, plan.bounds[:LEAD].numpy(), plan.bounds[LEAD:].numpy(),
-        (rows, len(plan.windows) // rows), progress, drill)
+    score, baseline, drops, evaluated = drilled_scores(scores, plan.bounds.numpy(), plan.windows,
+                                                       progress, drill)
     return plan.drop_map(score, baseline, drops, time.perf_counter() - start, step, drill,
                          evaluated, **ran)

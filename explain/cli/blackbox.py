@@ -307,7 +307,8 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
     white = no effect (the colour bar below gives the drop in probability). A clip (animated
     image, video) writes NAME.occlusion.gif (the animated overlay), NAME.occlusion.timeline.png
     and NAME.occlusion.frameINDEX.png for its explained frames. --fast / --drill-down score the
-    fine windows of a still image only where the map needs them (the line says how many ran).
+    fine windows of a still image, or of each clip frame scored, only where the map needs them
+    (the line says how many ran; not with --reuse region).
     Several --model: NAME.occlusion.png has a row per model, on one colour scale.
     """
     from explain.frame_reuse import occlusion_maps
@@ -315,7 +316,8 @@ def occlude(images: Images, models: ModelOptions, box: BoxOpt = "25%",
 
     drill = drill_down_fraction(fast, drill_down)
     windows = _windows(box, stride)
-    sequence = partial(occlusion_maps, fill=fill, reuse=reuse, threshold=reuse_below, **windows)
+    sequence = partial(occlusion_maps, fill=fill, reuse=reuse, threshold=reuse_below,
+                       drill_down=drill, **windows)
     _explain_images("occlusion", partial(occlusion_map, fill=fill, drill_down=drill, **windows),
                     images, target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
