@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from explain.choices import check_fill
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
-from explain.images import ImageInput, as_rgb, to_tensor
-from explain.models.base import Classifier, model_view, resize, resolve_target
+from explain.images import ImageInput
+from explain.models.base import Classifier, model_view, resolve_target
 from explain.perturb import fill_values, gaussian_blur
-from explain.perturbation import Copies, score_all
+from explain.perturbation import Copies, score_all, work_image
 from explain.windows import check_batch_size
 
 SATURATION_MARGIN = 0.01
@@ -78,7 +78,8 @@ def _saliency(heatmap: Heatmap | np.ndarray, shape: tuple[int, int]) -> np.ndarr
 class Steps(Copies):
     """The copy builder of the curves: copies 0..steps are the deletion steps (the first
     ``counts[k]`` pixels of ``rank`` replaced by ``removed``), steps+1..2·steps+1 the insertion
-    steps (the same pixels of ``x`` on ``canvas``); one vectorised ``torch.where`` per part."""
+    steps (the same pixels of ``x`` on ``canvas``); one vectorised ``torch.where`` per part.
+    No fast path applies: each step changes pixels across the whole image."""
 
     def __init__(self, classifier: Classifier, x: torch.Tensor, rank: torch.Tensor,
                  counts: torch.Tensor, removed: torch.Tensor, canvas: torch.Tensor) -> None:
@@ -124,15 +125,12 @@ def faithfulness(classifier: Classifier, image: ImageInput,
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise OptionError(f"steps must be a positive integer, got {steps!r}")
     check_fill(fill)
-    rgb = as_rgb(image)
+    work = work_image(classifier, image)
     t = resolve_target(classifier, target)
-    device = classifier.device
-    x = to_tensor(rgb, device)
-    sal = torch.from_numpy(_saliency(heatmap, rgb.shape[:2])).to(device)[None, None]
-    size = classifier.input_size
-    if size is not None and tuple(x.shape[-2:]) != tuple(size):
-        x = resize(x, tuple(size))
-        sal = F.interpolate(sal, size=tuple(size), mode="area")
+    device, x = classifier.device, work.x
+    sal = torch.from_numpy(_saliency(heatmap, work.shape)).to(device)[None, None]
+    if work.size != work.shape:
+        sal = F.interpolate(sal, size=work.size, mode="area")
     h, w = x.shape[-2:]
     top, left, bottom, right = view = model_view(classifier, (h, w))
     seen = torch.zeros((h, w), dtype=torch.bool, device=device)

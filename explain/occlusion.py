@@ -163,7 +163,8 @@ class OcclusionPlan:
     """Everything an occlusion map scores (see :func:`plan_occlusion`): the image and the fill
     ready on the classifier's device; ``bounds`` (on the host), row 0 an empty window (the intact
     image), row 1 the whole image (the baseline: the fill's own score), rows 2… the windows
-    scaled to the work size; :attr:`copies` builds and scores the occluded copies of any rows and
+    scaled to the work size (``grid``: the window plan, box and stride as asked);
+    :attr:`copies` builds and scores the occluded copies of any rows and
     :meth:`heatmap` turns their scores into the map. ``fill`` is the fill used (``fill_asked``
     ``auto`` chose it; ``fill_scores``: each fill's own score, when it did).
     :func:`occlusion_map` drives it batch after batch; the service
@@ -176,11 +177,9 @@ class OcclusionPlan:
     bounds: torch.Tensor
     target: int
     target_name: str
-    box: Size
-    stride: Size
+    grid: WindowPlan
     fill: str
     classifier: Classifier
-    grid: WindowPlan
     fill_asked: str = ""
     fill_scores: dict[str, float] | None = None
 
@@ -223,9 +222,9 @@ class OcclusionPlan:
                                "model_view": model_view(self.classifier, self.shape),
                                "provider": execution_provider(self.classifier),
                                "batch_size": batch_size,
-                               "work_size": list(self.size), "box_asked": self.box,
-                               "stride_asked": self.stride, "incremental": incremental, "tau": tau,
-                               "drill_down": drill, "windows_evaluated": evaluated,
+                               "work_size": list(self.size), "box_asked": self.grid.box,
+                               "stride_asked": self.grid.stride, "incremental": incremental,
+                               "tau": tau, "drill_down": drill, "windows_evaluated": evaluated,
                                "windows_total": len(self.windows)},
                        signed=True, unit=f"drop in p({self.target_name})",
                        noise_floor=NOISE_FLOOR)
@@ -252,10 +251,8 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
     # on the host: building copies from them never waits for the device
     bounds = torch.from_numpy(np.concatenate([lead_rows(size), scaled]))
     return OcclusionPlan(shape=shape, windows=windows, x=x, baseline=baseline, bounds=bounds,
-                         target=t, target_name=classifier.class_names[t], box=box,
-                         stride=stride, fill=fill, classifier=classifier, grid=grid,
-                         fill_asked=asked,
-                         fill_scores=fill_scores)
+                         target=t, target_name=classifier.class_names[t], grid=grid, fill=fill,
+                         classifier=classifier, fill_asked=asked, fill_scores=fill_scores)
 
 
 def lead_rows(size: tuple[int, int]) -> np.ndarray:

@@ -28,7 +28,9 @@ class MaskedCopies(Copies):
     """``n`` masked copies of ``x`` (1×3×H×W) with ``fill`` (broadcastable to ``x``);
     ``masks(lo, hi)`` makes the masks of copies ``lo:hi`` (hi−lo × H × W, boolean or float, see
     the module docstring), called once per batch in order; :attr:`last` holds the last
-    batch's."""
+    batch's. No fast path: RISE's masks change the whole image; the audit's part boxes could
+    take incremental inference (:class:`~explain.occlusion.OccludedCopies`), which is not wired
+    here, so their drops stay those of these RGB copies."""
 
     def __init__(self, classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
                  masks: Callable[[int, int], torch.Tensor], n: int) -> None:

@@ -114,7 +114,9 @@ def crops_view(classifier: Classifier, windows: np.ndarray) -> list[int]:
 class Crops(Copies):
     """The copy builder of the sliding map: each window of ``windows`` (n × 4 [y0, x0, y1, x1),
     one box size, in x's pixels) cropped from ``x`` (3 × H × W on the classifier's device) and
-    resized to ``size`` when it differs from the box: one gather and one resize per batch."""
+    resized to ``size`` when it differs from the box: one gather and one resize per batch.
+    Neither fast path applies: a crop is a new image at the model's input (no intact activations
+    to reuse), and drill-down's rule is occlusion's (its drops)."""
 
     def __init__(self, classifier: Classifier, x: torch.Tensor, windows: np.ndarray,
                  size: tuple[int, int]) -> None:

@@ -15,10 +15,9 @@ scale with the image, so a 4000-px phone photo gets the same 25 windows as its 2
 instead of thousands of windows that each hide a few pixels of what the model sees.
 :func:`small_box_note` warns when a box is under :data:`MIN_BOX_AT_INPUT` px at the model's input.
 
-:class:`WindowPlan` is the one place a box and a stride are validated (:func:`check_windows`)
-and turned into windows; the black-box engine (:mod:`explain.perturbation`) takes its windows
-from it. The module also holds what the window methods share: batch sizing. Image intake lives in
-:mod:`explain.images`.
+:class:`WindowPlan` is the one place a box and a stride are validated and turned into windows;
+the black-box engine (:mod:`explain.perturbation`) takes its windows from it. The module also
+holds what the window methods share: batch sizing. Image intake lives in :mod:`explain.images`.
 """
 
 from __future__ import annotations
@@ -59,18 +58,6 @@ def as_pair(value: Size, name: str) -> tuple[int | float, int | float]:
         else:
             out.append(float(v))
     return out[0], out[1]
-
-
-def check_windows(box: Size, stride: Size) -> tuple[tuple[int | float, int | float],
-                                                     tuple[int | float, int | float]]:
-    """Validated ``(box, stride)`` pairs; a stride larger than the box is refused (here when both
-    are in the same unit, else by :func:`window_grid` once the image's size is known)."""
-    (bh, bw), (sh, sw) = as_pair(box, "box"), as_pair(stride, "stride")
-    if any(type(b) is type(s) and s > b for b, s in ((bh, sh), (bw, sw))):
-        raise OptionError(f"stride {_spec((sh, sw))} is larger than box {_spec((bh, bw))}: the "
-                          "pixels between windows would be covered by none; use a stride of at "
-                          "most the box")
-    return (bh, bw), (sh, sw)
 
 
 def _spec(pair: tuple[int | float, int | float]) -> str:
@@ -135,13 +122,19 @@ def axis_starts(length: int, box: int, stride: int) -> np.ndarray:
 
 class WindowPlan:
     """The window plan of a black-box method: ``box`` and ``stride`` as asked (see
-    :func:`as_pair`), validated once here (:func:`check_windows`), and from them the windows of
-    any image (:meth:`grid`) and their sides in its pixels (:meth:`pixels`), with no second
-    check."""
+    :func:`as_pair`), validated here and nowhere else, and from them the windows of any image
+    (:meth:`grid`) and their sides in its pixels (:meth:`pixels`), with no second check. A
+    stride larger than the box is refused here when both are in the same unit, else by
+    :meth:`grid` once the image's size is known."""
 
     def __init__(self, box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE) -> None:
         self.box, self.stride = box, stride
-        self.box_pair, self.stride_pair = check_windows(box, stride)
+        (bh, bw), (sh, sw) = as_pair(box, "box"), as_pair(stride, "stride")
+        if any(type(b) is type(s) and s > b for b, s in ((bh, sh), (bw, sw))):
+            raise OptionError(f"stride {_spec((sh, sw))} is larger than box {_spec((bh, bw))}: "
+                              "the pixels between windows would be covered by none; use a "
+                              "stride of at most the box")
+        self.box_pair, self.stride_pair = (bh, bw), (sh, sw)
 
     def __repr__(self) -> str:
         return f"WindowPlan(box={self.box!r}, stride={self.stride!r})"

@@ -26,7 +26,7 @@ from explain.drill_down import check_drill_down
 from explain.errors import OptionError
 from explain.frames import parse_sampling
 from explain.render import check_look
-from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, WindowPlan
 
 if TYPE_CHECKING:
     from explain.audit.cues import Cues
@@ -124,7 +124,7 @@ class AuditOptions:
                 raise OptionError(f"{name.replace('_', ' ')} must be in (0, 1], got {value}")
         if self.top < 0:
             raise OptionError(f"top must be 0 or more, got {self.top}")
-        check_windows(self.box, self.stride)
+        WindowPlan(self.box, self.stride)
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
         if self.mosaic < 0:
             raise OptionError(f"mosaic must be 0 or more images, got {self.mosaic}")

@@ -39,7 +39,7 @@ from explain.occlusion import occlusion_map
 from explain.perturbation import probabilities
 from explain.progress import LabelledProgress
 from explain.render import DISPLAY_SIDE, described, figure, save_png, scale, shrink
-from explain.windows import batch_limit, check_windows, fit_batch
+from explain.windows import WindowPlan, batch_limit, fit_batch
 
 DETECT_SIDE = 640
 SAVED_SIDE = 512
@@ -369,7 +369,8 @@ def cue_stage(store: Store, classifier: Classifier, targets: list[tuple[str, Ima
     for role, n in (("tn", c.negatives), ("tp", c.positives)):
         items += [CueImage(row.id, role, row.file, row.path, row.score)
                   for row in store.sample(role, target_name, o.threshold, n, c.seed)]
-    box, stride = check_windows(o.box, o.stride)
+    grid = WindowPlan(o.box, o.stride)
+    box, stride = grid.box_pair, grid.stride_pair
     cache = StoreCache(store, c.setting(box=box, stride=stride, fill=o.fill, target=target_name))
     todo = len(items) - len(cache.harvested().keys() & {it.key for it in items})
     with collect_warnings(), rate.task("cues", todo) as advance:

@@ -274,10 +274,10 @@ def _explain_clip(path: Path, stem: Path, clf: object, make_map: Callable[..., H
 
 def _windows(box: str, stride: str) -> dict:
     """--box / --stride as the window methods' ``box``/``stride`` arguments, checked."""
-    from explain.windows import check_windows
+    from explain.windows import WindowPlan
 
     box_px, stride_px = int_pair(box, "--box"), int_pair(stride, "--stride")
-    check_windows(box_px, stride_px)
+    WindowPlan(box_px, stride_px)
     return {"box": box_px, "stride": stride_px}
 
 

@@ -60,7 +60,7 @@ from explain.render_clip import timeline
 from explain.report.ranking import rank
 from explain.rise import check_rise
 from explain.sanity import Sanity, check_layers, sanity_checks
-from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, WindowPlan
 
 THUMB_SIDE = 64
 DEFAULT_MODELS = (WHITE_BOX_MODEL, BLACK_BOX_MODEL)
@@ -93,7 +93,7 @@ class Options:
         check_layers(self.sanity_layers)
         if self.steps < 1:
             raise OptionError(f"steps must be at least 1, got {self.steps}")
-        check_windows(self.box, self.stride)
+        WindowPlan(self.box, self.stride)
         check_drill_down(self.drill_down)
         check_rise(self.masks)
         check_look(self.colormap, self.normalize, self.vmin, self.vmax)
