@@ -8,9 +8,10 @@ Three coordinate systems, and the one function for each step between them:
   when it declares none), so that no copy is ever resized; :meth:`WorkImage.to_work` scales
   original windows to it (:func:`scale_windows`);
 - the model's input: what its :class:`~explain.models.base.Preprocess` makes of the work image
-  (the centre crop); :meth:`WorkImage.to_input` maps work windows there
-  (:meth:`~explain.models.base.Preprocess.input_windows`), and :attr:`WorkImage.view` is the
-  part of the original the model sees (:func:`~explain.models.base.model_view`).
+  (the centre crop); the model's own :meth:`~explain.models.base.Preprocess.input_windows` maps
+  work windows there (occlusion's copies in the model input,
+  :class:`~explain.occlusion.OccludedCopies`), and :attr:`WorkImage.view` is the part of the
+  original the model sees (:func:`~explain.models.base.model_view`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from explain.images import as_rgb, to_tensor
-from explain.models.base import Classifier, Preprocess, model_view, resize
+from explain.models.base import Classifier, model_view, resize
 
 
 def work_size(classifier: Classifier, shape: tuple[int, int]) -> tuple[int, int]:
@@ -71,13 +72,6 @@ class WorkImage:
     def to_work(self, windows: np.ndarray) -> np.ndarray:
         """Windows (n×4, original pixels) in work pixels."""
         return scale_windows(windows, self.shape, self.size)
-
-    def to_input(self, bounds: np.ndarray) -> np.ndarray:
-        """Windows (n×4, work pixels) in the model's input, after its centre crop (a window that
-        misses the crop becomes empty); only for a classifier with a plain
-        :class:`~explain.models.base.Preprocess`."""
-        pre: Preprocess = self.classifier.preprocess  # type: ignore[attr-defined]
-        return pre.input_windows(bounds, self.size)
 
 
 def work_image(classifier: Classifier, image: np.ndarray | str | os.PathLike | torch.Tensor
