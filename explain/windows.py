@@ -160,6 +160,14 @@ class WindowPlan:
         return np.stack([top, left, top + bh, left + bw], axis=1)
 
 
+def check_windows(box: Size, stride: Size) -> tuple[tuple[int | float, int | float],
+                                                     tuple[int | float, int | float]]:
+    """Validated ``(box, stride)`` pairs: those of :class:`WindowPlan` (where the checks live),
+    for callers that keep the values and not the plan."""
+    plan = WindowPlan(box, stride)
+    return plan.box_pair, plan.stride_pair
+
+
 def window_grid(shape: tuple[int, int], box: Size, stride: Size) -> np.ndarray:
     """All windows over an image of ``shape`` (H, W) (:meth:`WindowPlan.grid`)."""
     return WindowPlan(box, stride).grid(shape)
