@@ -31,9 +31,9 @@ from explain.choices import (
 )
 from explain.frames import Clip, read_clip
 from explain.heatmap import Heatmap
-from explain.images import to_batch
 from explain.models.base import Classifier, resolve_target
 from explain.outputs import write_map
+from explain.perturbation import Images, score_all
 from explain.progress import Progress
 from explain.render import figure
 from explain.render_clip import animation, shown_frames, timeline
@@ -99,13 +99,7 @@ def score_frames(classifier: Classifier, frames: Sequence[np.ndarray], *,
     after each batch."""
     shape = frames[0].shape[:2]
     step = fit_batch(batch_size, classifier.device, shape, classifier.input_size, len(frames))
-    out = []
-    for lo in range(0, len(frames), step):
-        batch = to_batch(frames[lo:lo + step], classifier.device)
-        out.append(classifier.predict(batch).double().cpu().numpy())
-        if progress is not None:
-            progress(min(lo + step, len(frames)), len(frames))
-    return np.concatenate(out)
+    return score_all(Images(classifier, frames), step, progress=progress).double().numpy()
 
 
 def score_clip(classifier: Classifier, clip: Clip, target: str | int = "nsfw", *,

@@ -86,7 +86,7 @@ def _triangles(known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return points[tri.simplices[simplex]], np.c_[b, 1.0 - b.sum(1)]
 
 
-def drill_down(grid: tuple[int, int], score: Callable[[np.ndarray], np.ndarray], r: float
+def drilled_drops(grid: tuple[int, int], score: Callable[[np.ndarray], np.ndarray], r: float
                ) -> tuple[np.ndarray, np.ndarray]:
     """Drops on a fine grid of ``grid`` = (n_r, n_c) windows by the rule of the module docstring.
 

@@ -14,7 +14,8 @@ Each AUC is the trapezoid area under p_t over the fraction axis 0..1, so for pro
 lie in [0, 1]; ``insertion_auc − deletion_auc`` sums them up into one number to rank methods by.
 
 All 2·(steps+1) perturbed images are built in one vectorised operation per batch on the
-classifier's device and scored with as few ``predict`` calls as the batch size allows. When the
+classifier's device (:class:`Steps`, a copy builder of :mod:`explain.perturbation`) and scored
+with as few model calls as the batch size allows. When the
 classifier declares an input size, image and heatmap are resized there once and the curves are
 computed at that size (the model would resize every perturbed copy anyway).
 
@@ -41,9 +42,10 @@ import torch.nn.functional as F
 from explain.choices import check_fill
 from explain.errors import OptionError
 from explain.heatmap import Heatmap
-from explain.images import ImageInput, as_rgb, to_tensor
-from explain.models.base import Classifier, model_view, resize, resolve_target
+from explain.images import ImageInput
+from explain.models.base import Classifier, model_view, resolve_target
 from explain.perturb import fill_values, gaussian_blur
+from explain.perturbation import Copies, score_all, work_image
 from explain.windows import check_batch_size
 
 SATURATION_MARGIN = 0.01
@@ -73,6 +75,33 @@ def _saliency(heatmap: Heatmap | np.ndarray, shape: tuple[int, int]) -> np.ndarr
     return np.nan_to_num(values, nan=low, neginf=low, posinf=float(np.finfo(np.float32).max))
 
 
+class Steps(Copies):
+    """The copy builder of the curves: copies 0..steps are the deletion steps (the first
+    ``counts[k]`` pixels of ``rank`` replaced by ``removed``), steps+1..2·steps+1 the insertion
+    steps (the same pixels of ``x`` on ``canvas``); one vectorised ``torch.where`` per part.
+    No fast path applies: each step changes pixels across the whole image."""
+
+    def __init__(self, classifier: Classifier, x: torch.Tensor, rank: torch.Tensor,
+                 counts: torch.Tensor, removed: torch.Tensor, canvas: torch.Tensor) -> None:
+        self.classifier, self.x, self.rank, self.counts = classifier, x, rank, counts
+        self.removed, self.canvas = removed, canvas
+        self.steps = len(counts) - 1
+
+    def __len__(self) -> int:
+        return 2 * (self.steps + 1)
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        steps, parts = self.steps, []
+        if lo <= steps:
+            hidden = self.rank < self.counts[lo: min(hi, steps + 1)].view(-1, 1, 1, 1)
+            parts.append(torch.where(hidden, self.removed, self.x))
+        if hi > steps + 1:
+            shown = self.rank < self.counts[max(lo, steps + 1) - steps - 1:
+                                            hi - steps - 1].view(-1, 1, 1, 1)
+            parts.append(torch.where(shown, self.x, self.canvas))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 @torch.no_grad()
 def faithfulness(classifier: Classifier, image: ImageInput,
                  heatmap: Heatmap | np.ndarray, *, steps: int = 20, target: str | int = "nsfw",
@@ -96,15 +125,12 @@ def faithfulness(classifier: Classifier, image: ImageInput,
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise OptionError(f"steps must be a positive integer, got {steps!r}")
     check_fill(fill)
-    rgb = as_rgb(image)
+    work = work_image(classifier, image)
     t = resolve_target(classifier, target)
-    device = classifier.device
-    x = to_tensor(rgb, device)
-    sal = torch.from_numpy(_saliency(heatmap, rgb.shape[:2])).to(device)[None, None]
-    size = classifier.input_size
-    if size is not None and tuple(x.shape[-2:]) != tuple(size):
-        x = resize(x, tuple(size))
-        sal = F.interpolate(sal, size=tuple(size), mode="area")
+    device, x = classifier.device, work.x
+    sal = torch.from_numpy(_saliency(heatmap, work.shape)).to(device)[None, None]
+    if work.size != work.shape:
+        sal = F.interpolate(sal, size=work.size, mode="area")
     h, w = x.shape[-2:]
     top, left, bottom, right = view = model_view(classifier, (h, w))
     seen = torch.zeros((h, w), dtype=torch.bool, device=device)
@@ -125,19 +151,8 @@ def faithfulness(classifier: Classifier, image: ImageInput,
     # Items 0..steps are the deletion steps, steps+1..2·steps+1 the insertion steps.
     total = 2 * (steps + 1)
     batch_size = check_batch_size(batch_size, device, (h, w), total)
-    scores = []
-    for lo in range(0, total, batch_size):
-        hi = min(lo + batch_size, total)
-        parts = []
-        if lo <= steps:
-            hidden = rank < counts[lo: min(hi, steps + 1)].view(-1, 1, 1, 1)
-            parts.append(torch.where(hidden, removed, x))
-        if hi > steps + 1:
-            shown = rank < counts[max(lo, steps + 1) - steps - 1: hi - steps - 1].view(-1, 1, 1, 1)
-            parts.append(torch.where(shown, x, canvas))
-        batch = torch.cat(parts) if len(parts) > 1 else parts[0]
-        scores.append(classifier.predict(batch)[:, t].detach().float().cpu())
-    curve = torch.cat(scores).numpy().astype(np.float64)
+    copies = Steps(classifier, x, rank, counts, removed, canvas)
+    curve = score_all(copies, batch_size, t).float().numpy().astype(np.float64)
     deletion, insertion = curve[: steps + 1], curve[steps + 1:]
     fractions = counts.cpu().numpy() / n
     d_auc, i_auc = auc(deletion, fractions), auc(insertion, fractions)

@@ -33,6 +33,8 @@ import torch
 
 from explain.choices import DEFAULT_FILL, DEFAULT_REUSE_THRESHOLD, check_occlusion_fill, check_reuse
 from explain.clips import changed
+from explain.drill_down import check_drill_down
+from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
 from explain.images import to_tensor
 from explain.incremental import network_for
@@ -41,20 +43,19 @@ from explain.models.base import (
     execution_provider,
     model_view,
     precision_params,
-    resize,
     resolve_target,
 )
-from explain.occlusion import LEAD, choose_fill, lead_rows, occluded_scores, scale_windows
+from explain.occlusion import LEAD, choose_fill, drilled_scores, lead_rows, occluded_scores
 from explain.perturb import fill_values
+from explain.perturbation import at_size, probabilities, scale_windows, work_size
 from explain.progress import Progress
 from explain.sliding import BLANK, blank_score, crop_scores, crops_view
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
     Size,
+    WindowPlan,
     check_batch_size,
-    pixels,
-    window_grid,
     window_mean,
 )
 
@@ -92,14 +93,19 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                    box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = DEFAULT_FILL,
                    target: str | int = "nsfw", batch_size: int | None = None,
                    threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: str = "identical",
+                   drill_down: float | None = None,
                    progress: Progress | None = None) -> list[Heatmap]:
     """One occlusion map per frame of ``frames`` (RGB uint8 arrays of one size, in time order),
     each as :func:`explain.occlusion.occlusion_map` defines it (same parameters: ``box``,
     ``stride``, ``fill``, ``target``, ``batch_size``), reusing the previous frame's work as the
     module docstring says: ``reuse`` is ``identical`` (exact; the default), ``region``
     (approximate for occlusion, see the module docstring) or ``none``. ``threshold``: the level
-    difference (0..255) up to which a pixel counts as unchanged. ``progress(done, total)``
-    counts frames.
+    difference (0..255) up to which a pixel counts as unchanged. ``drill_down``: None = every
+    window scored; r in (0, 1] = each frame that is scored drills down as
+    :func:`~explain.occlusion.occlusion_map` does (:func:`~explain.occlusion.drilled_scores`;
+    ``params`` then record ``drill_down`` and ``windows_evaluated``); identical frames still
+    take the previous map, and region reuse, which keeps windows of its own, is refused with
+    it. ``progress(done, total)`` counts frames.
 
     Returns one SIGNED :class:`~explain.heatmap.Heatmap` per frame, in units of p(target),
     ``params["reuse"]`` in ``identical``, ``region`` or ``none`` and ``params["rescored"]`` the
@@ -109,11 +115,17 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     """
     asked = check_occlusion_fill(fill)
     check_reuse(reuse)
+    drill = check_drill_down(drill_down)
+    if drill is not None and reuse == "region":
+        raise OptionError("drill-down and region reuse both leave windows unscored, each by its "
+                          "own rule: use one of them (--reuse identical or none with "
+                          "--fast/--drill-down)")
     shape = frames[0].shape[:2]
     t = resolve_target(classifier, target)
     name = classifier.class_names[t]
-    windows = window_grid(shape, box, stride)
-    size = tuple(classifier.input_size) if classifier.input_size else shape
+    grid = WindowPlan(box, stride)
+    windows = grid.grid(shape)
+    size = work_size(classifier, shape)
     scaled = scale_windows(windows, shape, size)
     device = classifier.device
     step = check_batch_size(batch_size, device, size, len(windows) + LEAD)
@@ -131,42 +143,46 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
         start = time.perf_counter()
         x = None
         if fill == "auto":
-            x = _at(frame, device, size)
+            x = at_size(to_tensor(frame, device), size)
             fill = choose_fill(classifier, x, t, window)[0]
         how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold,
                            region=fill in REGION_FILLS)
+        rescored = int(chosen.sum())
         if how != "identical":
-            x = _at(frame, device, size) if x is None else x
+            x = at_size(to_tensor(frame, device), size) if x is None else x
             baseline = fill_values(x, fill, window)
-            bounds = torch.from_numpy(np.concatenate([head, scaled[chosen]]))
-            p = occluded_scores(classifier, x, baseline, bounds, t, step, None, net,
-                                None).double().numpy()
-            score, base = float(p[0]), float(p[1])
+            bounds = np.concatenate([head, scaled[chosen]])
+
+            def scores(rows: torch.Tensor, report: Progress | None,
+                       x: torch.Tensor = x, baseline: torch.Tensor = baseline) -> torch.Tensor:
+                return occluded_scores(classifier, x, baseline, rows, t, step, report, net, None)
+
             precision = precision_params(classifier, x)
-            drops = drops.copy()
-            drops[chosen] = p[0] - p[LEAD:]
+            if drill is None:
+                p = scores(torch.from_numpy(bounds), None).double().numpy()
+                score, base = float(p[0]), float(p[1])
+                drops = drops.copy()
+                drops[chosen] = p[0] - p[LEAD:]
+            else:  # chosen is every window: region reuse is refused with drill-down
+                score, base, drops, rescored = drilled_scores(scores, bounds, windows, None,
+                                                              drill)
         maps.append(Heatmap(
             values=window_mean(shape, windows, drops), method="occlusion", target=name,
             score=score, box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
-            stride=pixels(stride, "stride", shape), windows=len(windows),
+            stride=grid.pixels(shape)[1], windows=len(windows),
             seconds=time.perf_counter() - start,
             params={"fill": fill, "fill_asked": asked, "baseline": f"whole image {fill}-filled",
                     "baseline_score": base, "model_view": view,
                     "provider": execution_provider(classifier), **precision,
                     "batch_size": step, "work_size": list(size), "box_asked": box,
-                    "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
+                    "stride_asked": stride, "reuse": how, "rescored": rescored,
                     "incremental": net is not None,
-                    "threshold": threshold},
+                    "threshold": threshold}
+                | ({} if drill is None else {"drill_down": drill, "windows_evaluated": rescored}),
             signed=True, unit=f"drop in p({name})", noise_floor=NOISE_FLOOR))
         if progress is not None:
             progress(k + 1, len(frames))
     return maps
-
-
-def _at(frame: np.ndarray, device: torch.device, size: tuple[int, int]) -> torch.Tensor:
-    """``frame`` as a 1×3×H×W tensor on ``device`` at the work ``size``."""
-    x = to_tensor(frame, device)
-    return x if tuple(x.shape[-2:]) == tuple(size) else resize(x, size)
 
 
 @torch.no_grad()
@@ -190,10 +206,11 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     shape = frames[0].shape[:2]
     t = resolve_target(classifier, target)
     name = classifier.class_names[t]
-    windows = window_grid(shape, box, stride)
+    grid = WindowPlan(box, stride)
+    windows = grid.grid(shape)
     device = classifier.device
     bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
-    size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)
+    size = work_size(classifier, (bh, bw))
     step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])),
                             len(windows))
     maps: list[Heatmap] = []
@@ -206,14 +223,14 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
         how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold)
         if how != "identical":
             x = to_tensor(frame, device)[0]
-            probs = classifier.predict(x.unsqueeze(0))
+            probs = probabilities(classifier, x.unsqueeze(0))
             score = float(probs[0, t])
             precision = precision_params(classifier, x.unsqueeze(0), probs)
             crops = crops.copy()
             crops[chosen] = crop_scores(classifier, x, windows[chosen], size, t, step)
         maps.append(Heatmap(
             values=window_mean(shape, windows, crops), method="sliding", target=name,
-            score=score, box=(bh, bw), stride=pixels(stride, "stride", shape),
+            score=score, box=(bh, bw), stride=grid.pixels(shape)[1],
             windows=len(windows), seconds=time.perf_counter() - start,
             params={"baseline": BLANK, "baseline_score": blank, "model_view": view,
                     "provider": execution_provider(classifier), **precision,

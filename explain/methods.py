@@ -217,8 +217,8 @@ class Run:
 class Method:
     """One explanation method, as the registry declares it (see the module docstring): its
     name, title, white-box flag and ``run(models, image, o, progress)``, as ever; a registry
-    method gives ``compute`` (its library function) and its ``options`` instead of ``run``,
-    and ``run`` is then :func:`run` over them."""
+    method gives ``compute`` (its library function) and its ``options``, and ``run`` is then
+    :func:`run` over them unless given."""
 
     name: str
     title: str
@@ -230,8 +230,8 @@ class Method:
     by_default: bool = True
 
     def __post_init__(self) -> None:
-        if (self.run is None) == (self.compute is None):
-            raise TypeError(f"method {self.name}: give run or compute, one of them")
+        if self.run is None and self.compute is None:
+            raise TypeError(f"method {self.name}: give its run or its compute function")
         if self.run is None:
             object.__setattr__(self, "run", partial(run, self))
 

@@ -31,6 +31,7 @@ exactly by recomputing only what each window changes (both combine).
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -42,9 +43,8 @@ import numpy as np
 import torch
 
 from explain.choices import DEFAULT_FILL, FILLS, check_occlusion_fill
-from explain.drill_down import check_drill_down, drill_down
+from explain.drill_down import check_drill_down, drilled_drops
 from explain.heatmap import NOISE_FLOOR, Heatmap
-from explain.images import as_rgb, to_tensor
 from explain.incremental import Network, check_incremental, network_for, window_scores
 from explain.models.base import (
     Classifier,
@@ -53,36 +53,26 @@ from explain.models.base import (
     model_view,
     pixelwise_input,
     precision_params,
-    resize,
     resolve_target,
 )
 from explain.perturb import fill_values, masked
+from explain.perturbation import Copies, probabilities, score_all, work_image
 from explain.progress import Progress
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
     Size,
+    WindowPlan,
     check_batch_size,
-    pixels,
-    window_grid,
     window_mean,
 )
 
 
-def scale_windows(windows: np.ndarray, shape: tuple[int, int], size: tuple[int, int]
-                  ) -> np.ndarray:
-    """Windows in ``shape`` pixels → the same windows in ``size`` pixels (rounded, never empty)."""
-    scale = np.array([size[0] / shape[0], size[1] / shape[1]] * 2)
-    scaled = np.floor(windows * scale + 0.5).astype(np.int64)
-    limit = np.array([size[0], size[1]])
-    scaled[:, :2] = np.minimum(scaled[:, :2], limit - 1)
-    scaled[:, 2:] = np.clip(scaled[:, 2:], scaled[:, :2] + 1, limit)
-    return scaled
-
-
-class OccludedCopies:
+class OccludedCopies(Copies):
     """The occluded copies of one image and how ``classifier`` scores them, one model call per
-    batch: :meth:`build` makes the batch of copies for some windows, :meth:`score` scores it.
+    batch: :meth:`build` makes the batch of copies for some windows, :meth:`score` scores it;
+    the copy builder (:class:`~explain.perturbation.Copies`) of the rows of ``bounds``
+    (:meth:`rows` binds others).
 
     ``x``: the image, 1×3×H×W RGB in [0, 1] at the work size, on the classifier's device;
     ``fill``: what hidden pixels become, broadcastable to ``x``. When the classifier allows it
@@ -97,9 +87,11 @@ class OccludedCopies:
     function, an endpoint, an input transform) the copies are RGB images, ``torch.where``
     against :func:`window_masks`, scored by ``predict``."""
 
-    def __init__(self, classifier: Classifier, x: torch.Tensor, fill: torch.Tensor) -> None:
+    def __init__(self, classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
+                 bounds: torch.Tensor | None = None) -> None:
         self.classifier = classifier
         self.x, self.fill = x, fill
+        self.bounds = torch.zeros((0, 4), dtype=torch.int64) if bounds is None else bounds.cpu()
         self.size = (int(x.shape[2]), int(x.shape[3]))
         self.in_input = pixelwise_input(classifier, self.size)
         if self.in_input:
@@ -110,6 +102,18 @@ class OccludedCopies:
             shape = self.x_input.shape
             self._input_size = (int(shape[1]), int(shape[2])) if self.last else \
                 (int(shape[2]), int(shape[3]))
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def rows(self, bounds: torch.Tensor) -> OccludedCopies:
+        """The same copies (nothing prepared again) over the windows ``bounds``."""
+        other = copy.copy(self)
+        other.bounds = bounds.cpu()  # once: the batches never wait for the device
+        return other
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        return self.build(self.bounds[lo:hi])
 
     def build(self, bounds: torch.Tensor) -> torch.Tensor:
         """The copies for ``bounds`` ((b, 4) int64 windows [top, left, bottom, right) in work
@@ -136,7 +140,7 @@ class OccludedCopies:
         """Class probabilities (N×C) of a batch :meth:`build` made (or several concatenated)."""
         if self.in_input:
             return self.fixed.predict_input(batch)
-        return self.classifier.predict(batch)
+        return super().score(batch)
 
 
 def window_masks(bounds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -160,7 +164,8 @@ class OcclusionPlan:
     """Everything an occlusion map scores (see :func:`plan_occlusion`): the image and the fill
     ready on the classifier's device; ``bounds`` (on the host), row 0 an empty window (the intact
     image), row 1 the whole image (the baseline: the fill's own score), rows 2… the windows
-    scaled to the work size; :attr:`copies` builds and scores the occluded copies of any rows and
+    scaled to the work size (``grid``: the window plan, box and stride as asked);
+    :attr:`copies` builds and scores the occluded copies of any rows and
     :meth:`heatmap` turns their scores into the map. ``fill`` is the fill used (``fill_asked``
     ``auto`` chose it; ``fill_scores``: each fill's own score, when it did).
     :func:`occlusion_map` drives it batch after batch; the service
@@ -173,8 +178,7 @@ class OcclusionPlan:
     bounds: torch.Tensor
     target: int
     target_name: str
-    box: Size
-    stride: Size
+    grid: WindowPlan
     fill: str
     classifier: Classifier
     fill_asked: str = ""
@@ -193,7 +197,7 @@ class OcclusionPlan:
     @cached_property
     def copies(self) -> OccludedCopies:
         """How the occluded copies of rows of :attr:`bounds` are built and scored."""
-        return OccludedCopies(self.classifier, self.x, self.baseline)
+        return OccludedCopies(self.classifier, self.x, self.baseline, self.bounds)
 
     def heatmap(self, p: np.ndarray, seconds: float, batch_size: int) -> Heatmap:
         """The map from ``p``, p(target) of every row in order (float64, length :attr:`n`)."""
@@ -210,7 +214,7 @@ class OcclusionPlan:
         return Heatmap(values=window_mean(self.shape, self.windows, drops),
                        method="occlusion", target=self.target_name, score=score,
                        box=tuple(int(v) for v in self.windows[0, 2:] - self.windows[0, :2]),
-                       stride=pixels(self.stride, "stride", self.shape),
+                       stride=self.grid.pixels(self.shape)[1],
                        windows=len(self.windows), seconds=seconds,
                        params={"fill": self.fill, "fill_asked": self.fill_asked or self.fill,
                                "fill_scores": self.fill_scores,
@@ -220,9 +224,9 @@ class OcclusionPlan:
                                "provider": execution_provider(self.classifier),
                                **precision_params(self.classifier, self.x),
                                "batch_size": batch_size,
-                               "work_size": list(self.size), "box_asked": self.box,
-                               "stride_asked": self.stride, "incremental": incremental, "tau": tau,
-                               "drill_down": drill, "windows_evaluated": evaluated,
+                               "work_size": list(self.size), "box_asked": self.grid.box,
+                               "stride_asked": self.grid.stride, "incremental": incremental,
+                               "tau": tau, "drill_down": drill, "windows_evaluated": evaluated,
                                "windows_total": len(self.windows)},
                        signed=True, unit=f"drop in p({self.target_name})",
                        noise_floor=NOISE_FLOOR)
@@ -235,16 +239,12 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
     image at the classifier's input size on its device, the fill (``auto``:
     :func:`choose_fill`, one model call), the scaled windows."""
     check_occlusion_fill(fill)
-    rgb = as_rgb(image)
-    shape = rgb.shape[:2]
+    work = work_image(classifier, image)
+    shape, size, x = work.shape, work.size, work.x
     t = resolve_target(classifier, target)
-    windows = window_grid(shape, box, stride)
-    device = classifier.device
-    x = to_tensor(rgb, device)
-    size = tuple(classifier.input_size) if classifier.input_size else shape
-    if size != shape:
-        x = resize(x, size)
-    scaled = scale_windows(windows, shape, size)
+    grid = WindowPlan(box, stride)
+    windows = grid.grid(shape)
+    scaled = work.to_work(windows)
     window = tuple(int(v) for v in scaled[0, 2:] - scaled[0, :2])
     asked, fill_scores = fill, None
     if fill == "auto":
@@ -253,9 +253,8 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
     # on the host: building copies from them never waits for the device
     bounds = torch.from_numpy(np.concatenate([lead_rows(size), scaled]))
     return OcclusionPlan(shape=shape, windows=windows, x=x, baseline=baseline, bounds=bounds,
-                         target=t, target_name=classifier.class_names[t], box=box,
-                         stride=stride, fill=fill, classifier=classifier, fill_asked=asked,
-                         fill_scores=fill_scores)
+                         target=t, target_name=classifier.class_names[t], grid=grid, fill=fill,
+                         classifier=classifier, fill_asked=asked, fill_scores=fill_scores)
 
 
 def lead_rows(size: tuple[int, int]) -> np.ndarray:
@@ -272,7 +271,7 @@ def choose_fill(classifier: Classifier, x: torch.Tensor, target: int, window: tu
     evidence for ``target``, the lowest p(target); ties go to the earlier fill. Returns it and
     every fill's score (one model call of four images)."""
     canvases = torch.cat([fill_values(x, f, window).expand_as(x) for f in FILLS])
-    scores = classifier.predict(canvases)[:, target].double().cpu().tolist()
+    scores = probabilities(classifier, canvases)[:, target].double().tolist()
     chosen = FILLS[int(np.argmin(scores))]
     return chosen, {f: float(v) for f, v in zip(FILLS, scores, strict=True)}
 
@@ -294,25 +293,25 @@ def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     if net is not None:
         return window_scores(classifier, net, x, fill, bounds.to(x.device), target, step,
                              progress, tau=tau).cpu()
-    copies = copies or OccludedCopies(classifier, x, fill)
-    bounds = bounds.cpu()  # once: the batches below never wait for the device
-    scores = []
-    for lo in range(0, len(bounds), step):
-        scores.append(copies.score(copies.build(bounds[lo:lo + step]))[:, target])
-        if progress is not None:
-            progress(min(lo + step, len(bounds)), len(bounds))
-    return torch.cat(scores).cpu()
+    copies = (copies or OccludedCopies(classifier, x, fill)).rows(bounds)
+    return score_all(copies, step, target, progress=progress)
 
 
-def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
-             head: np.ndarray, scaled: np.ndarray, grid: tuple[int, int],
-             progress: Progress | None, r: float) -> tuple[float, float, np.ndarray, int]:
-    """Drill-down over the fine windows ``scaled`` (work pixels; a ``grid`` of (rows, columns),
-    rows first), each batch of windows scored by ``scores(bounds, progress)`` (the map's
+def drilled_scores(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
+                   bounds: np.ndarray, windows: np.ndarray, progress: Progress | None, r: float
+                   ) -> tuple[float, float, np.ndarray, int]:
+    """Drill-down (:func:`explain.drill_down.drilled_drops`) over an occlusion map's rows
+    ``bounds`` (:attr:`OcclusionPlan.bounds`: the :data:`LEAD` rows, then the fine windows in
+    work pixels), each batch of rows scored by ``scores(bounds, progress)`` (the map's
     :func:`occluded_scores`): (the intact image's score, the baseline's, every window's drop,
-    evaluated or estimated, the number evaluated). The ``head`` rows (:func:`lead_rows`: the
-    intact image and the baseline) ride in the coarse pass's first batch, as in the exact
-    map."""
+    evaluated or estimated, the number evaluated). ``windows``: the same windows in original
+    pixels, which give the grid's shape (scaled down, distinct tops may coincide). The lead
+    rows ride in the coarse pass's first batch, as in the exact map. Stills
+    (:func:`occlusion_map`) and clips (:func:`explain.frame_reuse.occlusion_maps`) drill
+    through here."""
+    rows = len(np.unique(windows[:, 0]))
+    grid = (rows, len(windows) // rows)
+    head, scaled = bounds[:LEAD], bounds[LEAD:]
     n_cols = grid[1]
     intact: list[float] = []
     done = 0  # windows scored so far, the head rows not counted
@@ -329,7 +328,7 @@ def _drilled(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
         done += len(points)
         return intact[0] - p[lead:]
 
-    drops, known = drill_down(grid, score, r)
+    drops, known = drilled_drops(grid, score, r)
     return intact[0], intact[1], drops.ravel(), int(known.sum())
 
 
@@ -395,10 +394,7 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
         p = scores(plan.bounds, done).double().numpy()
         return plan.drop_map(float(p[0]), float(p[1]), p[0] - p[LEAD:],
                              time.perf_counter() - start, step, None, len(plan.windows), **ran)
-    # the grid's shape from the ORIGINAL windows: scaled down, distinct tops may coincide
-    rows = len(np.unique(plan.windows[:, 0]))
-    score, baseline, drops, evaluated = _drilled(
-        scores, plan.bounds[:LEAD].numpy(), plan.bounds[LEAD:].numpy(),
-        (rows, len(plan.windows) // rows), progress, drill)
+    score, baseline, drops, evaluated = drilled_scores(scores, plan.bounds.numpy(), plan.windows,
+                                                       progress, drill)
     return plan.drop_map(score, baseline, drops, time.perf_counter() - start, step, drill,
                          evaluated, **ran)

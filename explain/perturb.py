@@ -1,45 +1,60 @@
-"""Batched masked scoring, the core the mask-based perturbations share (RISE, the audit's concept
-occlusion; occlusion maps of models whose input is not pixel-wise, through :func:`masked` in
-:class:`explain.occlusion.OccludedCopies`).
+"""The perturbation core: fills (:func:`fill_values`, :func:`gaussian_blur`) and masked copies,
+shared by RISE, the audit's concept occlusion and occlusion maps of models whose input is not
+pixel-wise (through :func:`masked` in :class:`explain.occlusion.OccludedCopies`).
 
-:func:`masked_scores` takes the image ``x`` (1×3×H×W on the classifier's device), what hidden
-pixels become (``fill``, broadcastable to ``x``) and batches of masks (b×H×W on the same device,
-made by the caller batch after batch, so memory is bounded by the batch): a boolean mask keeps
-the image where True and puts the fill elsewhere (one ``torch.where``, exact); a float mask in
-[0, 1] blends, ``fill + m·(x − fill)`` (RISE's smooth masks; with a black fill, ``x·m``). Each
-batch of masked images is scored in ONE ``predict``, with no copy between host and device.
+:class:`MaskedCopies` is the copy builder (:mod:`explain.perturbation.loop`) of the image ``x``
+(1×3×H×W on the classifier's device) under masks made batch by batch by the caller (b×H×W on the
+same device, so memory is bounded by the batch): a boolean mask keeps the image where True and
+puts the fill elsewhere (one ``torch.where``, exact); a float mask in [0, 1] blends,
+``fill + m·(x − fill)`` (RISE's smooth masks; with a black fill, ``x·m``). Each batch of masked
+images is scored in ONE model call, with no copy between host and device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from explain.choices import check_fill
 from explain.models.base import Classifier
+from explain.perturbation.loop import Copies, scored
 from explain.progress import Progress
 
 
+class MaskedCopies(Copies):
+    """``n`` masked copies of ``x`` (1×3×H×W) with ``fill`` (broadcastable to ``x``);
+    ``masks(lo, hi)`` makes the masks of copies ``lo:hi`` (hi−lo × H × W, boolean or float, see
+    the module docstring), called once per batch in order; :attr:`last` holds the last
+    batch's. No fast path: RISE's masks change the whole image; the audit's part boxes could
+    take incremental inference (:class:`~explain.occlusion.OccludedCopies`), which is not wired
+    here, so their drops stay those of these RGB copies."""
+
+    def __init__(self, classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
+                 masks: Callable[[int, int], torch.Tensor], n: int) -> None:
+        self.classifier, self.x, self.fill, self.masks, self.n = classifier, x, fill, masks, n
+        self.last = torch.zeros(0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        self.last = self.masks(lo, hi)
+        return masked(self.x, self.fill, self.last)
+
+
 def masked_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
-                  masks: Iterable[torch.Tensor], target: int, total: int,
+                  masks: Callable[[int, int], torch.Tensor], target: int, total: int, step: int,
                   progress: Progress | None = None
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """For each batch of ``masks``: (the masks, p(``target``) of each masked image).
-
-    ``classifier`` scores; ``x`` is the image (1×3×H×W on its device), ``fill`` what hidden
-    pixels become (broadcastable to ``x``); a boolean mask keeps ``x`` where True, a float one
-    blends (see the module docstring). ``progress(done, total)`` after each batch, counting
-    masks out of ``total``."""
-    done = 0
-    for m in masks:
-        scores = classifier.predict(masked(x, fill, m))[:, target]
-        done += len(m)
-        if progress is not None:
-            progress(done, total)
-        yield m, scores
+    """For each batch of ``step`` of the ``total`` masks: (the masks, p(``target``) of each
+    masked image), through :class:`MaskedCopies` and the one scoring loop.
+    ``progress(done, total)`` after each batch, counting masks."""
+    copies = MaskedCopies(classifier, x, fill, masks, total)
+    for _, _, probs in scored(copies, step, progress=progress):
+        yield copies.last, probs[:, target]
 
 
 def masked(x: torch.Tensor, fill: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

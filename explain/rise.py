@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -51,16 +50,15 @@ from explain.budget import check_memory, memory_budget
 from explain.choices import DEFAULT_CELL, DEFAULT_MASKS, DEFAULT_P
 from explain.errors import OptionError
 from explain.heatmap import NOISE_FLOOR, Heatmap
-from explain.images import as_rgb, to_tensor
 from explain.models.base import (
     Classifier,
     execution_provider,
-    model_view,
     precision_params,
     resize,
     resolve_target,
 )
 from explain.perturb import masked_scores
+from explain.perturbation import probabilities, work_image
 from explain.progress import Progress
 from explain.windows import check_batch_size
 
@@ -136,33 +134,27 @@ def rise_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
     """
     start = time.perf_counter()
     check_rise(masks, cell, p, seed)
-    rgb = as_rgb(image)
-    shape = rgb.shape[:2]
+    work = work_image(classifier, image)
+    shape, size, x = work.shape, work.size, work.x
     t = resolve_target(classifier, target)
     device = classifier.device
-    x = to_tensor(rgb, device)
-    size = tuple(classifier.input_size) if classifier.input_size else shape
-    if size != shape:
-        x = resize(x, size)
     cells = (math.ceil(size[0] / cell), math.ceil(size[1] / cell))
     step = check_batch_size(batch_size, device, size, masks)
     step = _mask_batch(cell, size, step, batch_size is not None, device)
     grid_rng, shift_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    probs = classifier.predict(x)
+    probs = probabilities(classifier, x)
     score = float(probs[0, t])
     precision = precision_params(classifier, x, probs)
 
-    def drawn() -> Iterator[torch.Tensor]:
-        for lo in range(0, masks, step):
-            n = min(step, masks - lo)
-            keep = grid_rng.random((n, cell, cell)) < p
-            shifts = np.floor(shift_rng.random((n, 2)) * cells).astype(np.int64)
-            yield _masks(keep, shifts, cells, size, device)
+    def drawn(lo: int, hi: int) -> torch.Tensor:  # called in order, one batch at a time
+        keep = grid_rng.random((hi - lo, cell, cell)) < p
+        shifts = np.floor(shift_rng.random((hi - lo, 2)) * cells).astype(np.int64)
+        return _masks(keep, shifts, cells, size, device)
 
     total = torch.zeros(size, dtype=torch.float64, device=device)
     squares = torch.zeros(size, dtype=torch.float64, device=device)
     black = torch.zeros((1, 3, 1, 1), device=device)
-    for m, scores in masked_scores(classifier, x, black, drawn(), t, masks, progress):
+    for m, scores in masked_scores(classifier, x, black, drawn, t, masks, step, progress):
         weighted = scores.view(-1, 1, 1) * m
         total += weighted.sum(0, dtype=torch.float64)
         squares += weighted.square().sum(0, dtype=torch.float64)
@@ -177,7 +169,7 @@ def rise_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                    seconds=time.perf_counter() - start,
                    params={"masks": masks, "cell": cell, "p": p, "seed": seed,
                            "batch_size": step, "work_size": list(size),
-                           "model_view": model_view(classifier, shape),
+                           "model_view": work.view,
                            "provider": execution_provider(classifier), **precision,
                            "standard_error": float(f"{error:.3g}")},
                    unit=f"E[p({name}) | pixel kept]", bounds=(0.0, 1.0), noise_floor=NOISE_FLOOR)

@@ -5,8 +5,9 @@ it declares one; otherwise fed at the box size) and scored alone; each pixel get
 ``p_t(crop)`` over the windows covering it. It answers "which part, shown by itself, is
 classified as t", a complement to occlusion, which asks "which part, hidden, changes the score".
 
-Speed: the whole image goes to the classifier's device once; each batch of crops is one gather
-(pixel indices built from the batch's window starts) and one resize, followed by one ``predict``.
+Speed: the whole image goes to the classifier's device once; each batch of crops
+(:class:`Crops`, a copy builder of :mod:`explain.perturbation`) is one gather (pixel indices
+built from the batch's window starts) and one resize, followed by one model call.
 The resize is the one the classifier's own preprocessing applies, so the scores equal scoring each
 crop separately.
 """
@@ -29,14 +30,14 @@ from explain.models.base import (
     resize,
     resolve_target,
 )
+from explain.perturbation import Copies, probabilities, score_all, work_size
 from explain.progress import Progress
 from explain.windows import (
     DEFAULT_BOX,
     DEFAULT_STRIDE,
     Size,
+    WindowPlan,
     check_batch_size,
-    pixels,
-    window_grid,
     window_mean,
 )
 
@@ -63,24 +64,24 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
     model input covers (:func:`crops_view`).
     """
     start = time.perf_counter()
-    rgb = as_rgb(image)
-    shape = rgb.shape[:2]
+    x = to_tensor(as_rgb(image), classifier.device)[0]
+    shape = (int(x.shape[1]), int(x.shape[2]))
     t = resolve_target(classifier, target)
-    windows = window_grid(shape, box, stride)
+    grid = WindowPlan(box, stride)
+    windows = grid.grid(shape)
     device = classifier.device
-    x = to_tensor(rgb, device)[0]
     bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
-    size = tuple(classifier.input_size) if classifier.input_size else (bh, bw)
+    size = work_size(classifier, (bh, bw))
     n = len(windows)
     step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])), n)
-    probs = classifier.predict(x.unsqueeze(0))
+    probs = probabilities(classifier, x.unsqueeze(0))
     score = float(probs[0, t])
     precision = precision_params(classifier, x.unsqueeze(0), probs)
     scores = crop_scores(classifier, x, windows, size, t, step, progress)
     values = window_mean(shape, windows, scores)
     name = classifier.class_names[t]
     return Heatmap(values=values, method="sliding", target=name, score=score,
-                   box=(bh, bw), stride=pixels(stride, "stride", shape), windows=n,
+                   box=(bh, bw), stride=grid.pixels(shape)[1], windows=n,
                    seconds=time.perf_counter() - start,
                    params={"baseline": BLANK, "baseline_score": blank_score(classifier, size, t),
                            "model_view": crops_view(classifier, windows),
@@ -100,7 +101,7 @@ def blank_score(classifier: Classifier, size: tuple[int, int], target: int) -> f
     """p(``target``) of a blank gray crop of ``size`` (the sliding map's canvas: a crop's score
     means something only against what a crop of nothing scores)."""
     blank = torch.full((1, 3, *size), 0.5, device=classifier.device)
-    return float(classifier.predict(blank)[0, target])
+    return float(probabilities(classifier, blank)[0, target])
 
 
 def crops_view(classifier: Classifier, windows: np.ndarray) -> list[int]:
@@ -113,25 +114,38 @@ def crops_view(classifier: Classifier, windows: np.ndarray) -> list[int]:
             int(windows[:, 0].max() + bottom), int(windows[:, 1].max() + right)]
 
 
+class Crops(Copies):
+    """The copy builder of the sliding map: each window of ``windows`` (n × 4 [y0, x0, y1, x1),
+    one box size, in x's pixels) cropped from ``x`` (3 × H × W on the classifier's device) and
+    resized to ``size`` when it differs from the box: one gather and one resize per batch.
+    Neither fast path applies: a crop is a new image at the model's input (no intact activations
+    to reuse), and drill-down's rule is occlusion's (its drops)."""
+
+    def __init__(self, classifier: Classifier, x: torch.Tensor, windows: np.ndarray,
+                 size: tuple[int, int]) -> None:
+        self.classifier, self.x, self.size = classifier, x, size
+        self.box = (int(windows[0, 2] - windows[0, 0]), int(windows[0, 3] - windows[0, 1])) \
+            if len(windows) else (0, 0)
+        self.starts = torch.from_numpy(windows[:, :2]).to(x.device)
+        self.dy = torch.arange(self.box[0], device=x.device)
+        self.dx = torch.arange(self.box[1], device=x.device)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        s = self.starts[lo:hi]
+        crops = self.x[:, (s[:, 0:1] + self.dy)[:, :, None],
+                       (s[:, 1:2] + self.dx)[:, None, :]].transpose(0, 1)
+        return crops if self.size == self.box else resize(crops, self.size)
+
+
 def crop_scores(classifier: Classifier, x: torch.Tensor, windows: np.ndarray,
                 size: tuple[int, int], target: int, step: int,
                 progress: Progress | None = None) -> np.ndarray:
-    """p(``target``) (float64) of each window of ``windows`` (n × 4 [y0, x0, y1, x1), one box
-    size, in x's pixels) cropped from ``x`` (3 × H × W on the classifier's device), resized to
-    ``size`` when it differs from the box and scored alone: one gather, one resize and one
-    ``predict`` per batch of ``step``; ``progress(done, n)`` after each batch. The sliding map's
-    scoring, and the clip maps' (:mod:`explain.frame_reuse`)."""
-    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2]) if len(windows) else (0, 0)
-    starts = torch.from_numpy(windows[:, :2]).to(x.device)
-    dy, dx = torch.arange(bh, device=x.device), torch.arange(bw, device=x.device)
-    n = len(windows)
-    scores = torch.empty(n, device=x.device)
-    for lo in range(0, n, step):
-        s = starts[lo:lo + step]
-        crops = x[:, (s[:, 0:1] + dy)[:, :, None], (s[:, 1:2] + dx)[:, None, :]].transpose(0, 1)
-        if size != (bh, bw):
-            crops = resize(crops, size)
-        scores[lo:lo + len(s)] = classifier.predict(crops)[:, target]
-        if progress is not None:
-            progress(min(lo + step, n), n)
-    return scores.double().cpu().numpy()
+    """p(``target``) (float64 of the model's float32) of each window of ``windows`` cropped from
+    ``x`` and scored alone (:class:`Crops`), ``step`` crops per model call;
+    ``progress(done, n)`` after each batch. The sliding map's scoring, and the clip maps'
+    (:mod:`explain.frame_reuse`)."""
+    scores = score_all(Crops(classifier, x, windows, size), step, target, progress=progress)
+    return scores.float().double().numpy()

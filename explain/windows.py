@@ -15,8 +15,9 @@ scale with the image, so a 4000-px phone photo gets the same 25 windows as its 2
 instead of thousands of windows that each hide a few pixels of what the model sees.
 :func:`small_box_note` warns when a box is under :data:`MIN_BOX_AT_INPUT` px at the model's input.
 
-The module also holds what both window methods share: batch sizing. Image intake lives in
-:mod:`explain.images`.
+:class:`WindowPlan` is the one place a box and a stride are validated and turned into windows;
+the black-box engine (:mod:`explain.perturbation`) takes its windows from it. The module also
+holds what the window methods share: batch sizing. Image intake lives in :mod:`explain.images`.
 """
 
 from __future__ import annotations
@@ -59,18 +60,6 @@ def as_pair(value: Size, name: str) -> tuple[int | float, int | float]:
     return out[0], out[1]
 
 
-def check_windows(box: Size, stride: Size) -> tuple[tuple[int | float, int | float],
-                                                     tuple[int | float, int | float]]:
-    """Validated ``(box, stride)`` pairs; a stride larger than the box is refused (here when both
-    are in the same unit, else by :func:`window_grid` once the image's size is known)."""
-    (bh, bw), (sh, sw) = as_pair(box, "box"), as_pair(stride, "stride")
-    if any(type(b) is type(s) and s > b for b, s in ((bh, sh), (bw, sw))):
-        raise OptionError(f"stride {_spec((sh, sw))} is larger than box {_spec((bh, bw))}: the "
-                          "pixels between windows would be covered by none; use a stride of at "
-                          "most the box")
-    return (bh, bw), (sh, sw)
-
-
 def _spec(pair: tuple[int | float, int | float]) -> str:
     text = [f"{v:.4g}" if isinstance(v, int) else f"{100 * v:.4g}%" for v in pair]
     return text[0] if text[0] == text[1] else f"({text[0]}, {text[1]})"
@@ -79,9 +68,13 @@ def _spec(pair: tuple[int | float, int | float]) -> str:
 def pixels(value: Size, name: str, shape: tuple[int, int]) -> tuple[int, int]:
     """``value`` (see :func:`as_pair`) in pixels of an image of ``shape``: a fraction f becomes
     ``max(1, round(f × min(H, W)))``, rounding halves up."""
+    return in_pixels(as_pair(value, name), shape)
+
+
+def in_pixels(pair: tuple[int | float, int | float], shape: tuple[int, int]) -> tuple[int, int]:
+    """A validated pair (:func:`as_pair`) in pixels of an image of ``shape``."""
     short = min(int(shape[0]), int(shape[1]))
-    h, w = (v if isinstance(v, int) else max(1, int(v * short + 0.5))
-            for v in as_pair(value, name))
+    h, w = (v if isinstance(v, int) else max(1, int(v * short + 0.5)) for v in pair)
     return h, w
 
 
@@ -127,21 +120,57 @@ def axis_starts(length: int, box: int, stride: int) -> np.ndarray:
     return starts
 
 
+class WindowPlan:
+    """The window plan of a black-box method: ``box`` and ``stride`` as asked (see
+    :func:`as_pair`), validated here and nowhere else, and from them the windows of any image
+    (:meth:`grid`) and their sides in its pixels (:meth:`pixels`), with no second check. A
+    stride larger than the box is refused here when both are in the same unit, else by
+    :meth:`grid` once the image's size is known."""
+
+    def __init__(self, box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE) -> None:
+        self.box, self.stride = box, stride
+        (bh, bw), (sh, sw) = as_pair(box, "box"), as_pair(stride, "stride")
+        if any(type(b) is type(s) and s > b for b, s in ((bh, sh), (bw, sw))):
+            raise OptionError(f"stride {_spec((sh, sw))} is larger than box {_spec((bh, bw))}: "
+                              "the pixels between windows would be covered by none; use a "
+                              "stride of at most the box")
+        self.box_pair, self.stride_pair = (bh, bw), (sh, sw)
+
+    def __repr__(self) -> str:
+        return f"WindowPlan(box={self.box!r}, stride={self.stride!r})"
+
+    def pixels(self, shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(box, stride) in pixels of an image of ``shape`` (:func:`pixels`' rounding), the box
+        not yet clipped to the image."""
+        return in_pixels(self.box_pair, shape), in_pixels(self.stride_pair, shape)
+
+    def grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """All windows over an image of ``shape`` (H, W): int64 array (N, 4) of top, left,
+        bottom, right, rows first."""
+        h, w = int(shape[0]), int(shape[1])
+        if h < 1 or w < 1:
+            raise OptionError(f"cannot place windows on an empty image of shape {shape}")
+        (bh, bw), (sh, sw) = self.pixels((h, w))
+        if sh > bh or sw > bw:
+            raise OptionError(f"stride {(sh, sw)} is larger than box {(bh, bw)} on this {h}×{w} "
+                              "image: the pixels between windows would be covered by none")
+        bh, bw = min(bh, h), min(bw, w)
+        tops, lefts = axis_starts(h, bh, sh), axis_starts(w, bw, sw)
+        top, left = np.repeat(tops, len(lefts)), np.tile(lefts, len(tops))
+        return np.stack([top, left, top + bh, left + bw], axis=1)
+
+
+def check_windows(box: Size, stride: Size) -> tuple[tuple[int | float, int | float],
+                                                     tuple[int | float, int | float]]:
+    """Validated ``(box, stride)`` pairs: those of :class:`WindowPlan` (where the checks live),
+    for callers that keep the values and not the plan."""
+    plan = WindowPlan(box, stride)
+    return plan.box_pair, plan.stride_pair
+
+
 def window_grid(shape: tuple[int, int], box: Size, stride: Size) -> np.ndarray:
-    """All windows over an image of ``shape`` (H, W): int64 array (N, 4) of top, left, bottom,
-    right, rows first."""
-    h, w = int(shape[0]), int(shape[1])
-    if h < 1 or w < 1:
-        raise OptionError(f"cannot place windows on an empty image of shape {shape}")
-    check_windows(box, stride)
-    (bh, bw), (sh, sw) = pixels(box, "box", (h, w)), pixels(stride, "stride", (h, w))
-    if sh > bh or sw > bw:
-        raise OptionError(f"stride {(sh, sw)} is larger than box {(bh, bw)} on this {h}×{w} "
-                          "image: the pixels between windows would be covered by none")
-    bh, bw = min(bh, h), min(bw, w)
-    tops, lefts = axis_starts(h, bh, sh), axis_starts(w, bw, sw)
-    top, left = np.repeat(tops, len(lefts)), np.tile(lefts, len(tops))
-    return np.stack([top, left, top + bh, left + bw], axis=1)
+    """All windows over an image of ``shape`` (H, W) (:meth:`WindowPlan.grid`)."""
+    return WindowPlan(box, stride).grid(shape)
 
 
 def window_mean(shape: tuple[int, int], windows: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -116,7 +116,7 @@ def compare(exact: np.ndarray, other: np.ndarray, exact_here: np.ndarray) -> dic
 def timed_map(clf, img: np.ndarray, box: int, stride: int, batch_size: int | None,
               kwargs: dict) -> tuple[object, float, np.ndarray | None]:
     """(the map, its wall seconds, the windows drill-down scored or None): the mask is taken from
-    the library's own call (:func:`explain.drill_down.drill_down`), not recomputed."""
+    the library's own call (:func:`explain.drill_down.drilled_drops`), not recomputed."""
     kept: dict[str, np.ndarray] = {}
     real = occlusion.drill_down
 

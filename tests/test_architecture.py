@@ -125,8 +125,8 @@ LAYERS = {
         "methods occlusion sliding rise backprop grad_cam whitebox reconstruction faithfulness "
         "sanity clips frame_reuse").split()), 2),
     **dict.fromkeys((f"explain.{m}" for m in (
-        "perturb incremental drill_down windows render render_clip outputs heatmap images frames "
-        "files budget progress choices html").split()), 1),
+        "perturbation perturb incremental drill_down windows render render_clip outputs heatmap "
+        "images frames files budget progress choices html").split()), 1),
     **dict.fromkeys(("explain.models", "explain.errors"), 0),
 }
 # the dataset tools that may import another: the audit its mosaic and embedder from the grid,

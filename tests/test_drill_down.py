@@ -27,7 +27,7 @@ from explain.drill_down import (
     check_drill_down,
     coarse_indices,
     coarse_mask,
-    drill_down,
+    drilled_drops,
     exact_pixels,
 )
 from explain.errors import OptionError
@@ -102,7 +102,7 @@ def test_the_rule_keeps_every_score_and_is_exact_where_it_refines(r):
         asked.extend(map(tuple, points.tolist()))
         return truth[points[:, 0], points[:, 1]]
 
-    est, known = drill_down(shape, score, r)
+    est, known = drilled_drops(shape, score, r)
     assert len(asked) == len(set(asked)) == known.sum() < truth.size  # each window once
     coarse = coarse_mask(shape)
     assert coarse[np.ix_(coarse_indices(19, 4), coarse_indices(23, 4))].all()
@@ -124,11 +124,11 @@ def test_the_rule_refines_where_the_map_varies():
     shape = (17, 17)
     truth = np.zeros(shape)
     truth[9:, 9:] = 1.0  # a step: only the cells across its edges need more windows
-    est, known = drill_down(shape, lambda p: truth[p[:, 0], p[:, 1]], 0.2)
+    est, known = drilled_drops(shape, lambda p: truth[p[:, 0], p[:, 1]], 0.2)
     added = known & ~coarse_mask(shape)
     assert added.sum() == 3 * 17 and not added[:7, :7].any()  # none in the flat corner
     np.testing.assert_array_equal(est, truth)  # found the whole edge
-    coarse_only, _ = drill_down(shape, lambda p: truth[p[:, 0], p[:, 1]], 1e-9)
+    coarse_only, _ = drilled_drops(shape, lambda p: truth[p[:, 0], p[:, 1]], 1e-9)
     assert np.abs(coarse_only - truth).max() > 0.5
 
 
@@ -149,11 +149,11 @@ def test_drilled_map_equals_the_exact_map_where_it_refines(small, photo, monkeyp
     kept = {}
 
     def keep(*args):
-        est, known = drill_down(*args)
+        est, known = drilled_drops(*args)
         kept["known"] = known
         return est, known
 
-    monkeypatch.setattr(occlusion, "drill_down", keep)
+    monkeypatch.setattr(occlusion, "drilled_drops", keep)
     model = Counting(small)
     exact = occlusion_map(small, photo, box=8, stride=2, target="b")
     fast = occlusion_map(model, photo, box=8, stride=2, target="b", drill_down=0.25)
@@ -276,3 +276,31 @@ def test_a_grid_of_fewer_than_100_windows_is_scored_in_full(small, photo):
     assert fast.params["windows_evaluated"] == fast.params["windows_total"] == 20
     np.testing.assert_allclose(fast.values, exact.values, atol=1e-6)
     assert MIN_WINDOWS == 100 and coarse_mask((9, 11)).all() and not coarse_mask((10, 10)).all()
+
+
+@pytest.mark.slow
+def test_drill_down_reaches_clip_frames(small, photo):
+    # a clip's frames drill down exactly as a still does: each scored frame's map IS the
+    # still's drilled map, an identical frame takes it, r = 1 is the exact sequence
+    from explain.frame_reuse import occlusion_maps
+
+    still_a = np.ascontiguousarray(photo[:24, :30])  # 11×14 windows of 4 at stride 2
+    still_b = np.ascontiguousarray(still_a[::-1])
+    frames = [still_a, still_a, still_b]
+    maps = occlusion_maps(small, frames, box=4, stride=2, target="b", drill_down=0.25)
+    for frame, hm in zip((still_a, still_b), (maps[0], maps[2]), strict=True):
+        still = occlusion_map(small, frame, box=4, stride=2, target="b", drill_down=0.25)
+        np.testing.assert_array_equal(hm.values, still.values)
+        assert hm.params["windows_evaluated"] == hm.params["rescored"] \
+            == still.params["windows_evaluated"] < hm.windows
+        assert hm.params["drill_down"] == 0.25
+    np.testing.assert_array_equal(maps[1].values, maps[0].values)
+    assert maps[1].params["reuse"] == "identical" and maps[1].params["rescored"] == 0
+    exact = occlusion_maps(small, frames, box=4, stride=2, target="b")
+    full = occlusion_maps(small, frames, box=4, stride=2, target="b", drill_down=1.0)
+    assert "drill_down" not in exact[0].params
+    for a, b in zip(full, exact, strict=True):
+        np.testing.assert_allclose(a.values, b.values, rtol=0, atol=1e-6)
+    with pytest.raises(OptionError, match="region reuse"):
+        occlusion_maps(small, frames, box=4, stride=2, target="b", reuse="region",
+                       drill_down=0.25)

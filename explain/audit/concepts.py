@@ -23,7 +23,7 @@ use a fake one).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -34,8 +34,9 @@ import torch
 
 from explain.models.base import Classifier, onnx_providers
 from explain.models.packages import distribution_file
-from explain.occlusion import choose_fill, scale_windows
+from explain.occlusion import choose_fill
 from explain.perturb import fill_values, masked_scores
+from explain.perturbation import scale_windows
 from explain.windows import check_batch_size
 
 NUDENET_CLASSES = (
@@ -183,14 +184,14 @@ def score_drops(classifier: Classifier, x: torch.Tensor, shape: tuple[int, int],
     cols = torch.arange(size[1], device=x.device).view(1, 1, 1, -1)
     step = check_batch_size(batch_size, x.device, size, len(boxes))
 
-    def keep() -> Iterator[torch.Tensor]:  # each batch's masks: True outside the part's box
-        for lo in range(0, len(boxes), step):
-            b = torch.from_numpy(boxes[lo:lo + step]).to(x.device)[:, :, None, None]
-            inside = (rows >= b[:, 0:1]) & (rows < b[:, 2:3]) & (cols >= b[:, 1:2]) & \
-                (cols < b[:, 3:4])
-            yield ~inside[:, 0]
+    def keep(lo: int, hi: int) -> torch.Tensor:  # a batch's masks: True outside each box
+        b = torch.from_numpy(boxes[lo:hi]).to(x.device)[:, :, None, None]
+        inside = (rows >= b[:, 0:1]) & (rows < b[:, 2:3]) & (cols >= b[:, 1:2]) & \
+            (cols < b[:, 3:4])
+        return ~inside[:, 0]
 
-    scores = [s for _, s in masked_scores(classifier, x, baseline, keep(), target, len(boxes))]
+    scores = [s for _, s in masked_scores(classifier, x, baseline, keep, target, len(boxes),
+                                          step)]
     return base - torch.cat(scores).double().cpu().numpy()
 
 

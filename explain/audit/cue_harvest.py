@@ -21,14 +21,9 @@ from explain.audit.options import CueOptions
 from explain.errors import ExplainError, OptionError
 from explain.images import as_rgb, load_image, to_batch
 from explain.models import Classifier, HasFeatures
-from explain.models.base import (
-    Preprocess,
-    execution_provider,
-    model_geometry,
-    model_view,
-    resize,
-)
+from explain.models.base import Preprocess, execution_provider, model_geometry, model_view
 from explain.occlusion import occlusion_map
+from explain.perturbation import Images, at_size, probabilities, score_all, work_size
 from explain.windows import Size, check_batch_size, pixels
 
 MIN_SHARE = 0.5
@@ -94,7 +89,7 @@ class Counting:
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         self.calls += int(batch.shape[0])
-        return self.classifier.predict(batch)
+        return probabilities(self.classifier, batch)
 
 
 def seen_heat(values: np.ndarray, view: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
@@ -170,10 +165,7 @@ def model_input(classifier: Classifier, images: Sequence[np.ndarray]) -> torch.T
     """Same-size RGB uint8 images → the batch the audit scores (resized to the model's input
     size when it has one)."""
     x = to_batch(list(images), classifier.device)
-    size = classifier.input_size
-    if size is not None and tuple(size) != tuple(x.shape[-2:]):
-        x = resize(x, tuple(size))
-    return x
+    return at_size(x, work_size(classifier, (int(x.shape[2]), int(x.shape[3]))))
 
 
 def score_images(classifier: Classifier, images: Sequence[np.ndarray], t: int,
@@ -184,13 +176,17 @@ def score_images(classifier: Classifier, images: Sequence[np.ndarray], t: int,
     for i, img in enumerate(images):
         groups.setdefault(img.shape, []).append(i)
     for shape, idx in groups.items():
-        size = tuple(classifier.input_size or shape[:2])
-        step = check_batch_size(batch_size, classifier.device, size)
-        for lo in range(0, len(idx), step):
-            part = idx[lo:lo + step]
-            probs = classifier.predict(model_input(classifier, [images[i] for i in part]))
-            out[part] = probs[:, t].double().cpu().numpy()
+        step = check_batch_size(batch_size, classifier.device, work_size(classifier, shape[:2]))
+        scores = score_all(AtWorkSize(classifier, [images[i] for i in idx]), step, t)
+        out[idx] = scores.double().numpy()
     return out
+
+
+class AtWorkSize(Images):
+    """Same-size RGB uint8 images as the audit scores them (:func:`model_input`)."""
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        return model_input(self.classifier, self.images[lo:hi])
 
 
 class PatchEmbedder:
@@ -273,7 +269,7 @@ def harvest(classifier: Counting, image: CueImage, rgb: np.ndarray, t: int, embe
         values, score = heat.values, heat.score
     x = model_input(classifier, [rgb])
     if score is None:
-        score = float(classifier.predict(x)[0, t])
+        score = float(probabilities(classifier, x)[0, t])
     values = seen_heat(np.asarray(values), model_view(classifier, shape), shape)
     found = _scaled_boxes(values, shape, pixels(box, "box", shape),
                           options.per_image, options.percentile)

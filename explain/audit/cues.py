@@ -62,7 +62,7 @@ from explain.errors import ImageError
 from explain.files import display
 from explain.images import DEFAULT_MAX_PIXELS
 from explain.models import Classifier, resolve_target
-from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, check_windows
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, WindowPlan
 
 __all__ = ["Cue", "CueCache", "CueImage", "CueOptions", "Cues", "Harvested", "MemoryCache",
            "Paste", "Patch", "StoreCache", "discover_cues", "find_cues", "put", "top_windows"]
@@ -227,7 +227,8 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
     o = options or CueOptions()
     o.check()
     check_occlusion_fill(fill)
-    box_, stride_ = check_windows(box, stride)
+    grid = WindowPlan(box, stride)
+    box_, stride_ = grid.box_pair, grid.stride_pair
     cache = cache if cache is not None else MemoryCache()
     counted = Counting(classifier)
     t = resolve_target(classifier, target)

@@ -63,7 +63,7 @@ from explain.images import collect_warnings
 from explain.models import Classifier, load, resolve_target
 from explain.models.base import model_name
 from explain.progress import LabelledProgress
-from explain.windows import check_windows
+from explain.windows import WindowPlan
 
 __all__ = ["AuditOptions", "AuditResult", "audit"]
 
@@ -158,7 +158,8 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
     dataset = open_dataset(data, class_names, labels=labels, exclude=[out])
     if o.concepts and detector is None:
         detector = NudeNetDetector(device=classifier.device)
-    box, stride = check_windows(o.box, o.stride)
+    grid = WindowPlan(o.box, o.stride)
+    box, stride = grid.box_pair, grid.stride_pair
     params = {
         "model": model_spec or spec_of(model, classifier), "classes": class_names,
         "data": dataset.source, "target": class_names[t],

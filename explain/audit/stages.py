@@ -37,9 +37,10 @@ from explain.models import Classifier
 from explain.models.base import model_view, resize
 from explain.occlusion import occlusion_map
 from explain.outputs import write_map
+from explain.perturbation import probabilities
 from explain.progress import LabelledProgress
 from explain.render import DISPLAY_SIDE, described, figure, scale, shrink
-from explain.windows import batch_limit, check_windows, fit_batch
+from explain.windows import WindowPlan, batch_limit, fit_batch
 
 DETECT_SIDE = 640
 SAVED_SIDE = 512
@@ -153,12 +154,12 @@ def _predict(classifier: Classifier, items: list[Loaded]) -> list[np.ndarray | s
     for indices in groups.values():
         batch = model_batch([items[i] for i in indices], classifier.device)
         try:
-            probs = classifier.predict(batch).double().cpu().numpy()
+            probs = probabilities(classifier, batch).double().cpu().numpy()
         except ModelError:
             failures: list[ModelError] = []
             for j, i in enumerate(indices):
                 try:
-                    out[i] = classifier.predict(batch[j:j + 1]).double().cpu().numpy()[0]
+                    out[i] = probabilities(classifier, batch[j:j + 1]).double().cpu().numpy()[0]
                 except ModelError as exc:
                     failures.append(exc)
                     out[i] = f"the model failed on this image: {exc}"
@@ -368,7 +369,8 @@ def cue_stage(store: Store, classifier: Classifier, targets: list[tuple[str, Ima
     for role, n in (("tn", c.negatives), ("tp", c.positives)):
         items += [CueImage(row.id, role, row.file, row.path, row.score)
                   for row in store.sample(role, target_name, o.threshold, n, c.seed)]
-    box, stride = check_windows(o.box, o.stride)
+    grid = WindowPlan(o.box, o.stride)
+    box, stride = grid.box_pair, grid.stride_pair
     cache = StoreCache(store, c.setting(box=box, stride=stride, fill=o.fill, target=target_name))
     todo = len(items) - len(cache.harvested().keys() & {it.key for it in items})
     with collect_warnings(), rate.task("cues", todo) as advance:

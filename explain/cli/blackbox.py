@@ -284,7 +284,8 @@ def occlude(images: Images, models: ModelOptions, settings: dict | None = None,
     white = no effect (the colour bar below gives the drop in probability). A clip (animated
     image, video) writes NAME.occlusion.gif (the animated overlay), NAME.occlusion.timeline.png
     and NAME.occlusion.frameINDEX.png for its explained frames. --fast / --drill-down score the
-    fine windows of a still image only where the map needs them (the line says how many ran).
+    fine windows of a still image, or of each clip frame scored, only where the map needs them
+    (the line says how many ran; not with --reuse region).
     Several --model: NAME.occlusion.png has a row per model, on one colour scale.
     """
     from explain.frame_reuse import occlusion_maps
@@ -292,7 +293,7 @@ def occlude(images: Images, models: ModelOptions, settings: dict | None = None,
 
     o = METHODS["occlusion"].arguments(settings)
     sequence = partial(occlusion_maps, box=o["box"], stride=o["stride"], fill=o["fill"],
-                       reuse=reuse, threshold=reuse_below)
+                       drill_down=o["drill_down"], reuse=reuse, threshold=reuse_below)
     _explain_images("occlusion", partial(occlusion_map, **o), images, target=target,
                     models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,

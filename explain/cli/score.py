@@ -48,6 +48,7 @@ def score(images: Images, models: ModelOptions, target: TargetOpt = None,
     from explain.images import load_image, to_tensor
     from explain.models import resolve_target
     from explain.models.base import model_name
+    from explain.perturbation import probabilities
 
     sampling = parse_sampling(frames)
     clf = models.load(jpeg_reencode=jpeg_reencode)
@@ -64,7 +65,7 @@ def score(images: Images, models: ModelOptions, target: TargetOpt = None,
             if is_clip(path):
                 rows.append(_score_clip(clf, path, clip_target, sampling, max_frames))
                 continue
-            probs = clf.predict(to_tensor(load_image(path), clf.device))[0].tolist()
+            probs = probabilities(clf, to_tensor(load_image(path), clf.device))[0].tolist()
         except ExplainError as exc:
             error_line(file_error(path, exc))
             rows.append({"path": to_storable(path), "error": str(exc)})

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from explain import perturbation
 from explain.errors import ImageError, ModelError, OptionError
 from explain.images import as_rgb, to_batch
 from explain.models import Classifier, HasFeatures
@@ -154,7 +155,7 @@ class Embedder:
                         raise
                     self.mode, self.why_not_features = "probabilities", str(exc)
             if out is None:
-                out = probs = clf.predict(batch)  # type: ignore[union-attr]
+                out = probs = perturbation.probabilities(clf, batch)  # type: ignore[arg-type]
         vectors = _as_matrix(out, n)
         self.dim = vectors.shape[1]
         return vectors, probs if probabilities else None
@@ -180,7 +181,7 @@ def _target_scores(classifier: Classifier, embedder: Embedder, embed_in: list[np
     model: pixels or a function)."""
     size = tuple(classifier.input_size or DEFAULT_INPUT)
     model_in = embed_in if embedder.size == size else [resize(img, size) for img in originals]
-    probs = classifier.predict(to_batch(model_in, classifier.device))
+    probs = perturbation.probabilities(classifier, to_batch(model_in, classifier.device))
     return probs[:, t_index].cpu().numpy().astype(np.float32)
 
 

@@ -50,6 +50,7 @@ from explain.methods import (
 )
 from explain.models import resolve_target
 from explain.models.base import model_name
+from explain.perturbation import probabilities
 from explain.progress import LabelledProgress
 from explain.render import (
     DISPLAY_SIDE,
@@ -162,7 +163,7 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
     row = ImageResult(path=str(path), anchor=f"img-{index}")
     try:
         image = _pixels(path, models, o, row)
-        probs = models.black.predict(to_tensor(image, models.black.device))[0].tolist()
+        probs = probabilities(models.black, to_tensor(image, models.black.device))[0].tolist()
     except ExplainError as exc:
         row.error = getattr(exc, "reason", None) or str(exc)
         for name in names:

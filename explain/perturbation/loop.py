@@ -1,0 +1,132 @@
+"""The one scoring loop of every black-box method: copies of images, built batch by batch by a
+copy builder, scored by the model, one model call per batch.
+
+A *copy builder* (:class:`Copies`) knows how many copies it makes (``len``), builds the copies
+``lo:hi`` as one batch (:meth:`Copies.copies`) and scores a batch it built
+(:meth:`Copies.score`: the classifier's ``predict`` unless the builder works in the model's own
+input). Builders live beside their method (occluded windows in :mod:`explain.occlusion`, crops
+in :mod:`explain.sliding`, blended or boolean masks in :mod:`explain.perturb`, deletion and
+insertion steps in :mod:`explain.faithfulness`); the plain ones (whole images, a tensor batch)
+live here.
+
+:func:`scored` runs one builder in batches of ``step`` copies (a size checked against the memory
+budget by :func:`explain.windows.check_batch_size` or :func:`~explain.windows.fit_batch`),
+calls ``progress(done, total)`` after each batch (:mod:`explain.progress`) and checks
+``cancel()`` before each: a True answer raises :class:`Cancelled` before the next model call.
+:func:`score_parts` scores the copies of SEVERAL builders (several images or jobs) in one model
+call: the service's cross-job batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from explain.images import to_batch
+from explain.models.base import Classifier
+from explain.progress import Progress
+
+Cancel = Callable[[], bool]
+"""``cancel()``: True once the caller wants the work stopped (checked before each batch)."""
+
+
+class Cancelled(Exception):  # noqa: N818 — a control signal, not an error
+    """Raised by the loop before a model call once ``cancel()`` said True: the work stops after
+    the batch in flight, and what it computed so far is the caller's to keep or drop."""
+
+
+class Copies:
+    """A copy builder: ``len(self)`` copies, built ``lo:hi`` at a time, scored by
+    ``classifier``. Subclasses implement :meth:`copies`; :meth:`score` is the classifier's
+    ``predict`` unless a builder works in the model's own input."""
+
+    classifier: Classifier
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        """The copies ``lo:hi`` as one batch (what :meth:`score` takes)."""
+        raise NotImplementedError
+
+    def score(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N×C) of a batch :meth:`copies` built (or several, concatenated):
+        ONE model call."""
+        return self.classifier.predict(batch)
+
+
+def scored(builder: Copies, step: int, *, progress: Progress | None = None,
+           cancel: Cancel | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """For each batch of at most ``step`` copies of ``builder``, in order: ``(lo, hi, probs)``,
+    ``probs`` the class probabilities (hi−lo × C) of copies ``lo:hi``. ``progress(hi, len)``
+    after each batch; ``cancel()`` before each (True: :class:`Cancelled`)."""
+    n = len(builder)
+    for lo in range(0, n, step):
+        if cancel is not None and cancel():
+            raise Cancelled
+        hi = min(lo + step, n)
+        probs = builder.score(builder.copies(lo, hi))
+        if progress is not None:
+            progress(hi, n)
+        yield lo, hi, probs
+
+
+def score_all(builder: Copies, step: int, target: int | None = None, *,
+              progress: Progress | None = None, cancel: Cancel | None = None) -> torch.Tensor:
+    """Every copy of ``builder`` scored (:func:`scored`), on the CPU: p(``target``) of each
+    (length ``len(builder)``), or every class (len × C) when ``target`` is None."""
+    out = [probs if target is None else probs[:, target]
+           for _, _, probs in scored(builder, step, progress=progress, cancel=cancel)]
+    if not out:
+        return torch.zeros(0)
+    return torch.cat(out).cpu()
+
+
+def score_parts(parts: Sequence[tuple[Copies, int, int]]) -> list[torch.Tensor]:
+    """The copies ``lo:hi`` of several builders (one image or job each; builders of one kind and
+    one classifier, whose copies have one shape) scored in ONE model call: each part's class
+    probabilities, in order. The service's cross-job batches go through here."""
+    first = parts[0][0]
+    if any(type(b) is not type(first) or b.classifier is not first.classifier
+           for b, _, _ in parts):
+        raise ValueError("score_parts needs builders of one kind over one classifier")
+    probs = first.score(torch.cat([b.copies(lo, hi) for b, lo, hi in parts]))
+    bounds = np.cumsum([0] + [hi - lo for _, lo, hi in parts])
+    return [probs[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+class Batch(Copies):
+    """The images of a tensor batch (N×3×H×W in [0, 1], on the classifier's device), unchanged:
+    how a plain score goes through the loop."""
+
+    def __init__(self, classifier: Classifier, x: torch.Tensor) -> None:
+        self.classifier, self.x = classifier, x
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        return self.x[lo:hi]
+
+
+class Images(Copies):
+    """RGB uint8 images of one size (H×W×3 arrays), turned into a batch on the classifier's
+    device ``lo:hi`` at a time (:func:`explain.images.to_batch`)."""
+
+    def __init__(self, classifier: Classifier, images: Sequence[np.ndarray]) -> None:
+        self.classifier, self.images = classifier, images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        return to_batch(self.images[lo:hi], self.classifier.device)
+
+
+@torch.no_grad()
+def probabilities(classifier: Classifier, x: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (N×C, where the classifier answers) of the batch ``x`` (N ≥ 1) in one
+    model call: a plain score, through the loop."""
+    return next(scored(Batch(classifier, x), int(x.shape[0])))[2]
