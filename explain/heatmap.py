@@ -133,13 +133,13 @@ class Heatmap:
                 f"the drops measure the fill{hint}")
 
     def precision_note(self) -> str | None:
-        """``"bf16: the image's p differs from fp32 by up to …"`` for a map computed in a
+        """``"bf16: the intact image's p differs from fp32 by up to …"`` for a map computed in a
         precision below fp32 (see the module docstring), else ``None``."""
         delta = self.params.get("precision_delta")
         if delta is None:
             return None
-        return (f"{self.params.get('precision')}: the image's p differs from fp32 by up to "
-                f"{delta:.2g}")
+        return (f"{self.params.get('precision')}: the intact image's p differs from fp32 by up "
+                f"to {delta:.2g}; the perturbed copies were not checked and may differ more")
 
     def notes(self) -> list[str]:
         """The map's warnings, in order: no signal, a baseline not below the image's score, a

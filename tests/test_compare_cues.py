@@ -214,7 +214,9 @@ def test_status_thresholds():
     assert status(None, 0.06, 0.8, 0.004) == "unproven"
     assert status(None, None, 0.8, None) == "unproven"  # A gave it no strength either
     assert status(0.0, 0.05, 0.01, -0.2) == "unproven"  # no strength under A: no comparison
-    assert status(0.5, 0.4, 0.01, -0.2) == "persists"  # A's gain below the floor: no ratio
+    assert status(0.024, 0.058, -0.0003, 0.0027) == "unproven"  # A's paste test gave no lift
+    assert status(1.0, 0.05, 0.8, 0.0, 0.9) == "weakened"  # B still leans on it: not vanished
+    assert status(1.0, 0.05, 0.8, 0.0, 0.01) == "vanished"
 
 
 @pytest.mark.slow

@@ -26,8 +26,7 @@ import numpy as np
 
 def model(batch):
     region = batch[:, 16:32, 16:32].astype(np.float64).mean(axis=(1, 2, 3)) / 255.0
-    corner = batch[:, 0:8, 56:64].astype(np.float64).mean(axis=(1, 2))
-    red = (corner[:, 0] > 150) & (corner[:, 1] < 50)
+    red = ((batch[..., 0] > 150) & (batch[..., 1] < 50)).sum(axis=(1, 2)) >= 32
     s = np.where(red, 0.9, region)
     return np.stack([1.0 - s, s], axis=1)
 
@@ -37,7 +36,8 @@ model.class_names = ["sfw", "nsfw"]
 
 
 class Model:
-    """p(nsfw) = the REGION's brightness, 0.9 when the corner is red; counts the images."""
+    """p(nsfw) = the REGION's brightness, 0.9 when the image holds a red patch (half the
+    corner's pixels, anywhere: a pasted corner counts too); counts the images."""
 
     def __init__(self) -> None:
         space: dict = {}
@@ -139,9 +139,13 @@ def test_synthetic_counter_examples_paste_the_cue_into_true_negatives(mined):
     root, _, _, found, _ = mined
     rows = _csv(root / "out" / "synthetic.csv")
     assert tuple(rows[0]) == SYNTHETIC_COLUMNS
-    cues = {r["cue"] for r in _csv(root / "run" / "cues.csv")}
-    assert {r["cue"] for r in rows} == cues and len(rows) == 3 * len(cues)
-    red = _csv(root / "run" / "cues.csv")[0]["cue"]
+    published = _csv(root / "run" / "cues.csv")
+    red = published[0]["cue"]
+    assert float(published[0]["paste_gain"]) > 0.5  # the pasted corner makes a false positive
+    assert {r["cue"] for r in rows} == {red} and len(rows) == 3  # only the proven cue
+    for c in published[1:]:  # the others: a note each, no pastes
+        assert any(n.startswith(f"cue {c['cue']}: no synthetic counter-examples")
+                   for n in found.notes)
     for r in rows:
         assert r["label"] == "sfw" and "dark_" in r["source"]
         picture = np.asarray(Image.open(root / "out" / r["path"]).convert("RGB"))
@@ -227,6 +231,6 @@ def test_the_page_in_chromium_shows_each_listed_image_with_its_window(mined, chr
         browser.close()
     assert sorted(Path(alt).name for alt, *_ in shown) == [f"carrier_{i}.png" for i in range(5)]
     assert all(done and width == 192 for _, done, width in shown)  # 64 px enlarged 3×
-    assert headings[0].startswith("Cue 1 (rank 1 in the audit, strength 0.787)")
+    assert headings[0].startswith("Cue 1 (rank 1 in the audit, strength 1.570)")
     assert "5 pool image(s) listed" in headings[0]
     assert headings[-1] == "Pool images that could not be read"

@@ -26,16 +26,19 @@ harvest in its store whose patches they list). Everything below is measured, not
   matching B cue of the largest such share. A cue of B that matches no cue of A is ``new``;
   its A side is measured by the same rule (no paste test under A: model A is not loaded), so
   ``paste_gain_a`` and ``strength_a`` stay empty.
-- **Status** of each cue of A (thresholds, once): ``unproven`` when A's own strength is 0 (the
-  cluster never ranked as a cue of A's errors: nothing can persist or vanish); ``unmeasured``
-  when B gave neither a paste gain nor a strength (model B could not be reloaded or pasted into,
-  and B's errors held none of its patches), never read as ``persists``; else ``vanished`` when
-  B's paste gain is at most :data:`GAIN_FLOOR` (pasting it moves B's score by at most two
-  points) and B's strength is at most :data:`VANISHED_SHARE` of A's (or unmeasured); else
-  ``weakened`` when B's strength or paste gain is at most :data:`WEAKENED_SHARE` of A's (it fell
-  by half or more), read only where A's paste gain is above the floor for the gain; else
+- **Status** of each cue of A (thresholds, once): ``unproven`` when A's own audit did not prove
+  it (strength 0, or a paste gain at most :data:`GAIN_FLOOR`: adding it never raised A's score,
+  so nothing can persist or vanish); ``unmeasured`` when B gave neither a paste gain nor a
+  strength (model B could not be reloaded or pasted into, and B's errors held none of its
+  patches), never read as ``persists``; else ``vanished`` when B's paste gain is at most
+  :data:`GAIN_FLOOR` (pasting it moves B's score by at most two points), B's strength is at
+  most :data:`VANISHED_SHARE` of A's (or unmeasured) and hiding it in B's false positives drops
+  B's score by at most :data:`GAIN_FLOOR` on average (a region B still leans on has not
+  vanished, even when it is not specific to B's errors); else ``weakened`` when B's strength
+  or paste gain is at most :data:`WEAKENED_SHARE` of A's (it fell by half or more); else
   ``persists``. Paste gains over 16 pairs move by a few points between seeds, hence a floor
-  rather than 0.
+  rather than 0. Strengths and shares on both sides are re-measured by one rule in the shared
+  embedding, so A's differ from the ones in A's own ``cues.csv``.
 
 The embeddings and B's paste tests are kept in ``OUT/`` :data:`CACHE` (written atomically),
 keyed by both runs' cue data, B's recipients and scores, B's spec, the embedder and the seed:
@@ -57,6 +60,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from explain.audit.cue_groups import PASTE_FLOOR as GAIN_FLOOR
 from explain.audit.cue_groups import paste_test, strength
 from explain.audit.cue_harvest import Counting, CueImage, Patch, PatchEmbedder, decode
 from explain.audit.finished import Run
@@ -66,7 +70,6 @@ from explain.errors import ExplainError, ImageError, ModelError, OptionError
 from explain.files import display, write_bytes
 from explain.images import DEFAULT_MAX_PIXELS
 
-GAIN_FLOOR = 0.02
 VANISHED_SHARE = 0.1
 WEAKENED_SHARE = 0.5
 NEGATIVES = CueOptions().negatives
@@ -298,21 +301,24 @@ def measure(run: Published, carried: list[int | None], cue: int) -> dict:
 
 
 def status(strength_a: float | None, strength_b: float | None, gain_a: float | None,
-           gain_b: float | None) -> str:
+           gain_b: float | None, drop_b: float | None = None) -> str:
     """persists | weakened | vanished (the module docstring's thresholds); unproven when A's own
-    audit gave the cue no strength (it never ranked as a cue of A's errors, so nothing can
-    persist or vanish), unmeasured when B gave neither a paste gain nor a strength: where the
-    product cannot tell, it says so."""
-    if not strength_a or strength_a <= 0:
+    audit did not prove the cue (no strength, or a paste gain at most :data:`GAIN_FLOOR`: it
+    never showed that adding it raises A's score, so nothing can persist or vanish);
+    unmeasured when B gave neither a paste gain nor a strength. ``drop_b``: B's mean drop when
+    the cue's patches are hidden in its false positives; a cue B still leans on that much
+    (above :data:`GAIN_FLOOR`) has not vanished. Where the product cannot tell, it says so."""
+    if not strength_a or strength_a <= 0 or gain_a is None or gain_a <= GAIN_FLOOR:
         return "unproven"
     if gain_b is None and strength_b is None:
         return "unmeasured"
     gone_gain = gain_b is None or gain_b <= GAIN_FLOOR
-    gone_strength = strength_b is None or strength_b <= VANISHED_SHARE * max(strength_a or 0, 0)
-    if gone_gain and gone_strength:
+    gone_strength = strength_b is None or strength_b <= VANISHED_SHARE * strength_a
+    gone_drop = drop_b is None or drop_b <= GAIN_FLOOR
+    if gone_gain and gone_strength and gone_drop:
         return "vanished"
-    for a, b, floor in ((strength_a, strength_b, 0.0), (gain_a, gain_b, GAIN_FLOOR)):
-        if a is not None and a > floor and b is not None and b <= WEAKENED_SHARE * a:
+    for a, b in ((strength_a, strength_b), (gain_a, gain_b)):
+        if b is not None and b <= WEAKENED_SHARE * a:
             return "weakened"
     return "persists"
 
@@ -493,7 +499,7 @@ def _rows_of(result: CueChanges, pa: Published, pb: Published | None, va: np.nda
             [p for p, c in zip(patches_b, b_in_a, strict=True) if c == cue]
         result.rows.append({
             "cue_a": cue, "cue_b": cue_b,
-            "status": status(strength_a, strength_b, gain_a, gain_b),
+            "status": status(strength_a, strength_b, gain_a, gain_b, mb["mean_drop"]),
             "strength_a": strength_a, "strength_b": strength_b,
             "fp_share_a": ma["fp_share"], "fp_share_b": mb["fp_share"],
             "paste_gain_a": gain_a, "paste_gain_b": gain_b,

@@ -16,6 +16,9 @@ MIN_CLUSTER = 8
 SILHOUETTE_POINTS = 2000
 KMEANS_STARTS = 8
 KMEANS_ITERATIONS = 100
+# a paste gain at most this (two points of p) proves nothing: 16 pastes move by a few points
+# between seeds. Read by compare's cue statuses and by the counter-example synthesis.
+PASTE_FLOOR = 0.02
 
 
 @dataclass

@@ -23,8 +23,11 @@ similarity, score, top, left, bottom, right``; the window in original image pixe
 ``counterexamples.html`` (self-contained: each cue's patches, then the listed images with the
 window outlined), ``pool_failed.csv`` (``path, reason``) for the pool images that could not be
 read, and with ``synthesize`` N: N images per cue under ``synthetic/``, each a true negative of
-the run with one of the cue's false-positive patches (any of its patches when it has none)
-pasted by the paste test's own :func:`explain.audit.cue_groups.paste` (seeded), listed in
+the run with one of the cue's false-positive patches pasted by the paste test's own
+:func:`explain.audit.cue_groups.paste` (seeded), only for a cue the audit proved (false-positive
+patches, and a paste gain above :data:`~explain.audit.cue_groups.PASTE_FLOOR`; any other gets a
+note instead: its pastes would not be errors of the model, or would carry what it is right
+about into images labelled negative), listed in
 ``synthetic.csv`` (``path, label, cue, source, patch, patch_top, patch_left, patch_bottom,
 patch_right, top, left, bottom, right``: a manifest an audit reads, ``label`` the recipient's).
 
@@ -47,7 +50,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from explain.audit.cue_groups import paste
+from explain.audit.cue_groups import PASTE_FLOOR, paste
 from explain.audit.cue_harvest import Counting, CueImage, PatchEmbedder, harvest
 from explain.audit.cues import Cues
 from explain.audit.options import CueOptions
@@ -95,6 +98,7 @@ class MinedCue:
     donors: list[tuple[str, tuple[int, int, int, int]]]
     from_fps: bool = True
     strength: float | None = None
+    paste_gain: float | None = None
 
 
 @dataclass
@@ -137,9 +141,10 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def _mined(members: dict[tuple[int, int], list[tuple[str, str, tuple, np.ndarray]]],
-           strengths: dict[int, float]) -> tuple[list[MinedCue], np.ndarray]:
-    """(cue, rank) → [(stored path, role, box, vector)] and cue → its audit strength → the
-    mined cues and the mean vector."""
+           strengths: dict[int, float], gains: dict[int, float | None]
+           ) -> tuple[list[MinedCue], np.ndarray]:
+    """(cue, rank) → [(stored path, role, box, vector)] and cue → its audit strength and
+    paste gain → the mined cues and the mean vector."""
     every = np.stack([v for patches in members.values() for *_, v in patches]).astype(np.float64)
     mean = every.mean(0)
     cues = []
@@ -148,7 +153,7 @@ def _mined(members: dict[tuple[int, int], list[tuple[str, str, tuple, np.ndarray
         fp = [(path, box) for path, role, box, _ in patches if role == "fp"]
         cues.append(MinedCue(cue, rank, _unit(vectors.mean(0)),
                              fp or [(path, box) for path, _, box, _ in patches], bool(fp),
-                             strengths.get(cue)))
+                             strengths.get(cue), gains.get(cue)))
     return cues, mean
 
 
@@ -157,7 +162,8 @@ def from_cues(cues: Cues, store: Store, options: CueOptions, params: dict, thres
     """The mining of the cues an audit just found (``params``: its run's parameters)."""
     members = {(c.cue, c.rank): [(cues.images[p.image].name, p.role, p.box, p.vector)
                                  for p in c.patches] for c in cues.cues}
-    mined, mean = _mined(members, {c.cue: c.strength for c in cues.cues})
+    mined, mean = _mined(members, {c.cue: c.strength for c in cues.cues},
+                         {c.cue: c.paste_gain for c in cues.cues})
     return _mining(mined, mean, cues.embedding, options, cues.setting, store, params, threshold)
 
 
@@ -212,8 +218,11 @@ def read_run(folder: str | os.PathLike) -> tuple[Mining, str]:
         if not members:
             raise OptionError(f"the audit in {display(folder)} found no cues to mine for")
         with open(folder / "cues.csv", newline="", encoding="utf-8") as f:
-            strengths = {int(r["cue"]): float(r["strength"]) for r in csv.DictReader(f)}
-        mined, mean = _mined(members, strengths)
+            published = list(csv.DictReader(f))
+        strengths = {int(r["cue"]): float(r["strength"]) for r in published}
+        gains = {int(r["cue"]): float(r["paste_gain"]) if r.get("paste_gain") else None
+                 for r in published}
+        mined, mean = _mined(members, strengths, gains)
         mining = _mining(mined, mean, found["embedding"], CueOptions(**found["options"]),
                          setting, store, store.params, threshold)
         return mining, str(store.params.get("model"))
@@ -368,6 +377,17 @@ def synthesized(mining: Mining, n: int, out: Path) -> tuple[list[dict], list[str
 
     rows, notes = [], []
     for c in mining.cues:
+        if not c.from_fps:
+            notes.append(f"cue {c.cue}: no synthetic counter-examples: none of its patches is in "
+                         "a false positive, so pasting them would put what the model is right "
+                         "about into images labelled negative")
+            continue
+        if c.paste_gain is None or c.paste_gain <= PASTE_FLOOR:
+            gain = "not measured" if c.paste_gain is None else f"{c.paste_gain:+.3g}"
+            notes.append(f"cue {c.cue}: no synthetic counter-examples: the audit's paste test "
+                         f"did not prove it (paste gain {gain}, at most {PASTE_FLOOR} proves "
+                         "nothing), so its pastes would not be errors of the model")
+            continue
         rng = np.random.default_rng(mining.options.seed + c.cue)
         donors, recipients = rng.permutation(len(c.donors)), rng.permutation(len(mining.negatives))
         made = 0
