@@ -158,6 +158,47 @@ def test_a_fast_job_shares_the_workers_batches(tmp_path, monkeypatch):
         assert saved["windows_evaluated"] == expected.params["windows_evaluated"]
 
 
+def test_a_fast_job_the_model_refuses_fails_alone_in_shared_batches(tmp_path, monkeypatch):
+    """A ``fast`` job whose copies the model refuses (an all-black image) shares a batch with a
+    plain job; the batch is split, the fast job fails with the model's reason and the plain one
+    finishes with the library's map."""
+    import explain.serve.worker as worker_module
+
+    batches: list[set[str]] = []
+    real = worker_module.build
+    monkeypatch.setattr(worker_module, "build",
+                        lambda parts: batches.append({r.key for r, _, _ in parts}) or real(parts))
+
+    def picky(batch: np.ndarray) -> np.ndarray:
+        if (batch.reshape(len(batch), -1).max(axis=1) == 0).any():
+            raise ValueError("refuses black images")
+        p = batch[:, :6, :6, 0].reshape(len(batch), -1).mean(axis=1) / 255.0
+        return np.stack([1.0 - p, p], axis=1)
+
+    clf = load(picky, class_names=["a", "b"])
+    store = JobStore(tmp_path)
+    plain = np.random.default_rng(5).integers(1, 256, (40, 48, 3), dtype=np.uint8)
+    ids = []
+    for picture, fast in ((plain, False), (np.zeros((40, 48, 3), np.uint8), True)):
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 3, "fill": "gray",
+                                            "target": "b", "fast": fast})
+    worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
+                    max_pixels=10**6, prepare=0)
+    worker._claim()
+    while worker._active:
+        worker._step()
+    worker._tick()
+    plain_job, fast_job = (store.get(i) for i in ids)
+    assert set(ids) in batches  # the plain job's tail and the fast job's head
+    assert fast_job.status == "failed" and "refuses black images" in fast_job.error
+    expected = occlusion_map(clf, plain, box=8, stride=3, target="b")
+    assert plain_job.status == "done"
+    np.testing.assert_array_equal(np.load(store.folder(ids[0]) / "heatmap.npy"), expected.values)
+
+
 def test_the_service_hands_no_batch_to_a_model_itself():
     """The service's batches are built and scored by the engine's loop
     (explain.perturbation.build_parts / score_built): no model or builder call in serve/."""
