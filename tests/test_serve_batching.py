@@ -199,6 +199,38 @@ def test_a_fast_job_the_model_refuses_fails_alone_in_shared_batches(tmp_path, mo
     np.testing.assert_array_equal(np.load(store.folder(ids[0]) / "heatmap.npy"), expected.values)
 
 
+def test_a_deleted_fast_job_stops_between_its_levels(tmp_path, monkeypatch):
+    """A ``fast`` job deleted while it is held is dropped at the next tick: at most the batch
+    already built holds its copies, no later level is planned or scored, nothing is written."""
+    import explain.serve.worker as worker_module
+
+    batches: list[set[str]] = []
+    real = worker_module.build
+    monkeypatch.setattr(worker_module, "build",
+                        lambda parts: batches.append({r.key for r, _, _ in parts}) or real(parts))
+    clf = counting_model([])
+    store = JobStore(tmp_path)
+    job_id = store.new_id()
+    store.folder(job_id).mkdir()
+    picture = np.random.default_rng(6).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(store.folder(job_id) / INPUT, format="PNG")
+    store.add(job_id, "", "occlusion", {"box": 8, "stride": 3, "fill": "gray", "target": "b",
+                                        "fast": True})
+    worker = Worker(store, Models(clf, None), threading.Event(), batch_size=4,
+                    max_pixels=10**6, prepare=0)
+    worker._claim()
+    worker._step()
+    run = worker._active[0].run
+    first_level = run.n
+    assert store.delete(job_id, "")
+    worker._step()  # scores the batch built meanwhile; its tick finds the job gone
+    built = len(batches)
+    while worker._active:
+        worker._step()
+    assert len(batches) == built and run.dropped and run.n == first_level
+    assert store.get(job_id) is None and not store.folder(job_id).exists()
+
+
 def test_the_service_hands_no_batch_to_a_model_itself():
     """The service's batches are built and scored by the engine's loop
     (explain.perturbation.build_parts / score_built): no model or builder call in serve/."""
