@@ -30,7 +30,7 @@ tuned with ``scripts/bench_fast.py`` on crops of photos that open_nsfw scores â‰
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import numpy as np
 
@@ -86,21 +86,21 @@ def _triangles(known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return points[tri.simplices[simplex]], np.c_[b, 1.0 - b.sum(1)]
 
 
-def drilled_drops(grid: tuple[int, int], score: Callable[[np.ndarray], np.ndarray], r: float
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Drops on a fine grid of ``grid`` = (n_r, n_c) windows by the rule of the module docstring.
+Levels = Generator[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]
+"""Drill-down one level at a time (:func:`drill_levels`): yields a level's points, is sent their
+drops, returns (the drops, the scored mask)."""
 
-    ``score(points)`` gets an (m, 2) int64 array of (row, column) grid indices, rows first, never
-    one it got before, and returns their m drops; it is called once for the coarse pass and once
-    per round that has windows left. ``r``: the fraction of the windows left after the coarse pass
-    that the rounds score (see :func:`check_drill_down`).
 
-    Returns (the drops, float64 (n_r, n_c): scored or estimated; the scored mask, bool).
-    """
+def drill_levels(grid: tuple[int, int], r: float) -> Levels:
+    """The rule of the module docstring on a fine grid of ``grid`` = (n_r, n_c) windows, one level
+    at a time, for a caller that scores a level when it can (the service's shared batches): it
+    yields an (m, 2) int64 array of (row, column) grid indices, rows first, never one it yielded
+    before (the coarse pass, then each round that has windows left), and must be sent their m
+    drops; it returns what :func:`drilled_drops` returns."""
     d = np.zeros(grid)
     known = coarse_mask(grid)
     points = np.argwhere(known)
-    d[known] = score(points)
+    d[known] = yield points
     per_round = math.ceil(r * (known.size - len(points)) / ROUNDS)
     for _ in range(ROUNDS):
         left = int((~known).sum())
@@ -112,13 +112,35 @@ def drilled_drops(grid: tuple[int, int], score: Callable[[np.ndarray], np.ndarra
         priority[known.ravel()] = -np.inf
         pick = np.argsort(-priority, kind="stable")[:min(per_round, left)]
         points = np.stack(np.unravel_index(np.sort(pick), grid), axis=1).astype(np.int64)
-        d[points[:, 0], points[:, 1]] = score(points)
+        d[points[:, 0], points[:, 1]] = yield points
         known[points[:, 0], points[:, 1]] = True
     if known.all():
         return d, known
     corners, weights = _triangles(known)
     estimate = (weights * d[corners[..., 0], corners[..., 1]]).sum(1).reshape(grid)
     return np.where(known, d, estimate), known
+
+
+def drilled_drops(grid: tuple[int, int], score: Callable[[np.ndarray], np.ndarray], r: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Drops on a fine grid of ``grid`` = (n_r, n_c) windows by the rule of the module docstring
+    (:func:`drill_levels`, driven here).
+
+    ``score(points)`` gets an (m, 2) int64 array of (row, column) grid indices, rows first, never
+    one it got before, and returns their m drops; it is called once for the coarse pass and once
+    per round that has windows left. ``r``: the fraction of the windows left after the coarse pass
+    that the rounds score (see :func:`check_drill_down`).
+
+    Returns (the drops, float64 (n_r, n_c): scored or estimated; the scored mask, bool).
+    """
+    levels = drill_levels(grid, r)
+    points = next(levels)
+    while True:
+        drops = score(points)
+        try:
+            points = levels.send(drops)
+        except StopIteration as done:
+            return done.value
 
 
 def exact_pixels(shape: tuple[int, int], windows: np.ndarray, evaluated: np.ndarray) -> np.ndarray:

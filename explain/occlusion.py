@@ -297,39 +297,66 @@ def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     return score_all(copies, step, target, progress=progress)
 
 
+class Drill:
+    """Drill-down's levels over an occlusion map's rows ``bounds`` (:attr:`OcclusionPlan.bounds`:
+    the :data:`LEAD` rows, then the fine windows in work pixels): :meth:`rows` are the rows a
+    level of grid points scores (the lead rows ride in the first level, as in the exact map's
+    first batch), :meth:`drops` turns their p(target) into the drops
+    :func:`explain.drill_down.drill_levels` is sent. ``windows``: the same windows in original
+    pixels, which give the grid's shape (scaled down, distinct tops may coincide). Stills and
+    clips (:func:`drilled_scores`) and the service's shared batches
+    (:class:`explain.serve.batching.OcclusionRun`) drill through here."""
+
+    def __init__(self, bounds: np.ndarray, windows: np.ndarray) -> None:
+        rows = len(np.unique(windows[:, 0]))
+        self.grid = (rows, len(windows) // rows)
+        self.head, self.scaled = bounds[:LEAD], bounds[LEAD:]
+        self.intact: list[float] = []  # p(target) of the intact image and of the baseline
+
+    @property
+    def lead(self) -> int:
+        """Lead rows in the next level: all of them in the first, none after."""
+        return 0 if self.intact else len(self.head)
+
+    def rows(self, points: np.ndarray) -> np.ndarray:
+        """The rows (work-pixel bounds) of the level of grid ``points`` ((m, 2) row, column)."""
+        return np.concatenate([self.head[:self.lead],
+                               self.scaled[points[:, 0] * self.grid[1] + points[:, 1]]])
+
+    def drops(self, p: np.ndarray) -> np.ndarray:
+        """The level's drops from ``p``, p(target) of its :meth:`rows` in order (float64)."""
+        lead = self.lead
+        self.intact.extend(p[:lead].tolist())
+        return self.intact[0] - p[lead:]
+
+    def result(self, drops: np.ndarray, known: np.ndarray) -> tuple[float, float, np.ndarray, int]:
+        """(the intact image's score, the baseline's, every window's drop, the number scored)
+        from what drill-down returned."""
+        return self.intact[0], self.intact[1], drops.ravel(), int(known.sum())
+
+
 def drilled_scores(scores: Callable[[torch.Tensor, Progress | None], torch.Tensor],
                    bounds: np.ndarray, windows: np.ndarray, progress: Progress | None, r: float
                    ) -> tuple[float, float, np.ndarray, int]:
     """Drill-down (:func:`explain.drill_down.drilled_drops`) over an occlusion map's rows
-    ``bounds`` (:attr:`OcclusionPlan.bounds`: the :data:`LEAD` rows, then the fine windows in
-    work pixels), each batch of rows scored by ``scores(bounds, progress)`` (the map's
-    :func:`occluded_scores`): (the intact image's score, the baseline's, every window's drop,
-    evaluated or estimated, the number evaluated). ``windows``: the same windows in original
-    pixels, which give the grid's shape (scaled down, distinct tops may coincide). The lead
-    rows ride in the coarse pass's first batch, as in the exact map. Stills
-    (:func:`occlusion_map`) and clips (:func:`explain.frame_reuse.occlusion_maps`) drill
-    through here."""
-    rows = len(np.unique(windows[:, 0]))
-    grid = (rows, len(windows) // rows)
-    head, scaled = bounds[:LEAD], bounds[LEAD:]
-    n_cols = grid[1]
-    intact: list[float] = []
+    ``bounds``, each level's rows (:class:`Drill`) scored by ``scores(bounds, progress)`` (the
+    map's :func:`occluded_scores`): (the intact image's score, the baseline's, every window's
+    drop, evaluated or estimated, the number evaluated). Stills (:func:`occlusion_map`) and clips
+    (:func:`explain.frame_reuse.occlusion_maps`) drill through here."""
+    drill = Drill(bounds, windows)
     done = 0  # windows scored so far, the head rows not counted
 
     def score(points: np.ndarray) -> np.ndarray:
         nonlocal done
-        lead = 0 if intact else len(head)
-        bounds = np.concatenate([head[:lead], scaled[points[:, 0] * n_cols + points[:, 1]]])
+        lead = drill.lead
         report = None if progress is None else \
             lambda k, total, before=done: progress(before + max(0, k - lead),
                                                    before + total - lead)
-        p = scores(torch.from_numpy(bounds), report).double().numpy()
-        intact.extend(p[:lead].tolist())
+        p = scores(torch.from_numpy(drill.rows(points)), report).double().numpy()
         done += len(points)
-        return intact[0] - p[lead:]
+        return drill.drops(p)
 
-    drops, known = drilled_drops(grid, score, r)
-    return intact[0], intact[1], drops.ravel(), int(known.sum())
+    return drill.result(*drilled_drops(drill.grid, score, r))
 
 
 @torch.no_grad()

@@ -74,6 +74,176 @@ def test_without_other_jobs_a_run_scores_as_the_library_batches():
     assert score_step(clf, [run], 4) == []
 
 
+def test_drill_down_runs_share_batches_and_give_the_librarys_drilled_maps():
+    """``fast`` (drill-down) runs join the shared batches, a level at a time, beside plain runs
+    and each other: every copy is scored once, in fewer model calls than run alone, and each
+    map is bit-equal to ``occlusion_map(..., drill_down=...)`` (params and score included)."""
+    calls: list[int] = []
+    clf = counting_model(calls)
+    rng = np.random.default_rng(3)
+    pictures = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    asked = [("gray", FAST_DRILL_DOWN), ("black", None), ("mean", 0.5)]
+    runs = [OcclusionRun(str(i), plan_occlusion(clf, img, box=8, stride=3, fill=fill,
+                                                target="b"), drill)
+            for i, (img, (fill, drill)) in enumerate(zip(pictures, asked, strict=True))]
+    shared = []
+    while batch := score_step(clf, runs, 16):
+        shared.append({r.key for r in batch})
+    assert all(r.complete for r in runs)
+    assert any(len(keys) > 1 for keys in shared)
+    assert {"0", "1", "2"} <= set().union(*(k for k in shared if len(k) > 1))
+    shared_calls, copies = len(calls), sum(calls)
+    alone = 0
+    evaluated = 0
+    for run, img, (fill, drill) in zip(runs, pictures, asked, strict=True):
+        calls.clear()
+        expected = occlusion_map(clf, img, box=8, stride=3, fill=fill, target="b",
+                                 batch_size=16, drill_down=drill)
+        alone += len(calls)
+        got = run.heatmap(0.0, 16)
+        np.testing.assert_array_equal(got.values, expected.values)
+        assert got.score == expected.score and got.params == expected.params
+        assert run.n == sum(calls) == expected.params["windows_evaluated"] + 2
+        evaluated += expected.params["windows_evaluated"] + 2
+    assert runs[0].heatmap(0.0, 16).params["windows_evaluated"] < runs[0].plan.n - 2
+    assert copies == evaluated and shared_calls < alone
+
+
+def test_a_fast_job_shares_the_workers_batches(tmp_path, monkeypatch):
+    """In the worker, a ``fast`` occlusion job is held beside a plain one and their copies share
+    model batches (built on a preparation thread, scored on the model's); its map is bit-equal
+    to the library's drill-down map and its progress ends complete."""
+    import explain.serve.worker as worker_module
+
+    batches: list[set[str]] = []
+    real = worker_module.build
+
+    def spy(parts):
+        batches.append({r.key for r, _, _ in parts})
+        return real(parts)
+
+    monkeypatch.setattr(worker_module, "build", spy)
+    calls: list[int] = []
+    clf = counting_model(calls)
+    rng = np.random.default_rng(4)
+    pictures = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(2)]
+    store = JobStore(tmp_path)
+    ids = []
+    for picture, fast in zip(pictures, (True, False), strict=True):
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 3, "fill": "gray",
+                                            "target": "b", "fast": fast})
+    worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
+                    max_pixels=10**6, prepare=2, name="model-thread")
+    worker.start()
+    try:
+        while store.pending():
+            worker.wake.wait(0.05)
+    finally:
+        worker.stop()
+        worker.join()
+    assert set(ids) in batches
+    for job_id, picture, drill in zip(ids, pictures, (FAST_DRILL_DOWN, None), strict=True):
+        job = store.get(job_id)
+        expected = occlusion_map(clf, picture, box=8, stride=3, target="b", batch_size=16,
+                                 drill_down=drill)
+        assert job.status == "done" and job.done == job.total, job
+        np.testing.assert_array_equal(np.load(store.folder(job_id) / "heatmap.npy"),
+                                      expected.values)
+        assert job.score == expected.score
+        saved = json.loads((store.folder(job_id) / "heatmap.json").read_text())["params"]
+        assert saved["drill_down"] == drill
+        assert saved["windows_evaluated"] == expected.params["windows_evaluated"]
+
+
+def test_a_fast_job_the_model_refuses_fails_alone_in_shared_batches(tmp_path, monkeypatch):
+    """A ``fast`` job whose copies the model refuses (an all-black image) shares a batch with a
+    plain job; the batch is split, the fast job fails with the model's reason and the plain one
+    finishes with the library's map."""
+    import explain.serve.worker as worker_module
+
+    batches: list[set[str]] = []
+    real = worker_module.build
+    monkeypatch.setattr(worker_module, "build",
+                        lambda parts: batches.append({r.key for r, _, _ in parts}) or real(parts))
+
+    def picky(batch: np.ndarray) -> np.ndarray:
+        if (batch.reshape(len(batch), -1).max(axis=1) == 0).any():
+            raise ValueError("refuses black images")
+        p = batch[:, :6, :6, 0].reshape(len(batch), -1).mean(axis=1) / 255.0
+        return np.stack([1.0 - p, p], axis=1)
+
+    clf = load(picky, class_names=["a", "b"])
+    store = JobStore(tmp_path)
+    plain = np.random.default_rng(5).integers(1, 256, (40, 48, 3), dtype=np.uint8)
+    ids = []
+    for picture, fast in ((plain, False), (np.zeros((40, 48, 3), np.uint8), True)):
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 3, "fill": "gray",
+                                            "target": "b", "fast": fast})
+    worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
+                    max_pixels=10**6, prepare=0)
+    worker._claim()
+    while worker._active:
+        worker._step()
+    worker._tick()
+    plain_job, fast_job = (store.get(i) for i in ids)
+    assert set(ids) in batches  # the plain job's tail and the fast job's head
+    assert fast_job.status == "failed" and "refuses black images" in fast_job.error
+    expected = occlusion_map(clf, plain, box=8, stride=3, target="b")
+    assert plain_job.status == "done"
+    np.testing.assert_array_equal(np.load(store.folder(ids[0]) / "heatmap.npy"), expected.values)
+
+
+def test_a_deleted_fast_job_stops_between_its_levels(tmp_path, monkeypatch):
+    """A ``fast`` job deleted while it is held is dropped at the next tick: at most the batch
+    already built holds its copies, no later level is planned or scored, nothing is written."""
+    import explain.serve.worker as worker_module
+
+    batches: list[set[str]] = []
+    real = worker_module.build
+    monkeypatch.setattr(worker_module, "build",
+                        lambda parts: batches.append({r.key for r, _, _ in parts}) or real(parts))
+    clf = counting_model([])
+    store = JobStore(tmp_path)
+    job_id = store.new_id()
+    store.folder(job_id).mkdir()
+    picture = np.random.default_rng(6).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(store.folder(job_id) / INPUT, format="PNG")
+    store.add(job_id, "", "occlusion", {"box": 8, "stride": 3, "fill": "gray", "target": "b",
+                                        "fast": True})
+    worker = Worker(store, Models(clf, None), threading.Event(), batch_size=4,
+                    max_pixels=10**6, prepare=0)
+    worker._claim()
+    worker._step()
+    run = worker._active[0].run
+    first_level = run.n
+    assert store.delete(job_id, "")
+    worker._step()  # scores the batch built meanwhile; its tick finds the job gone
+    built = len(batches)
+    while worker._active:
+        worker._step()
+    assert len(batches) == built and run.dropped and run.n == first_level
+    assert store.get(job_id) is None and not store.folder(job_id).exists()
+
+
+def test_the_service_hands_no_batch_to_a_model_itself():
+    """The service's batches are built and scored by the engine's loop
+    (explain.perturbation.build_parts / score_built): no model or builder call in serve/."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "explain" / "serve"
+    sites = [f"{p.name}:{i}" for p in root.rglob("*.py")
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"\.(predict|predict_input|score|build)\(", line)]
+    assert sites == []
+
+
 def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_onnx, nsfw_torch,
                                                                photos):
     """A worker thread over a job store: sliding (black box, onnx) and Grad-CAM (white box, the

@@ -17,14 +17,17 @@ from explain.perturbation.loop import (
     Cancelled,
     Copies,
     Images,
+    Part,
+    build_parts,
     probabilities,
     score_all,
+    score_built,
     score_parts,
     scored,
 )
 from explain.perturbation.work import WorkImage, at_size, scale_windows, work_image, work_size
 from explain.windows import WindowPlan
 
-__all__ = ["Batch", "Cancel", "Cancelled", "Copies", "Images", "WindowPlan", "WorkImage",
-           "at_size", "probabilities", "scale_windows", "score_all", "score_parts", "scored",
-           "work_image", "work_size"]
+__all__ = ["Batch", "Cancel", "Cancelled", "Copies", "Images", "Part", "WindowPlan", "WorkImage",
+           "at_size", "build_parts", "probabilities", "scale_windows", "score_all", "score_built",
+           "score_parts", "scored", "work_image", "work_size"]

@@ -14,7 +14,8 @@ budget by :func:`explain.windows.check_batch_size` or :func:`~explain.windows.fi
 calls ``progress(done, total)`` after each batch (:mod:`explain.progress`) and checks
 ``cancel()`` before each: a True answer raises :class:`Cancelled` before the next model call.
 :func:`score_parts` scores the copies of SEVERAL builders (several images or jobs) in one model
-call: the service's cross-job batches.
+call: the service's cross-job batches, built (:func:`build_parts`) on a preparation thread and
+scored (:func:`score_built`) on the model's. No other code hands a batch of copies to a model.
 """
 
 from __future__ import annotations
@@ -84,17 +85,35 @@ def score_all(builder: Copies, step: int, target: int | None = None, *,
     return torch.cat(out).cpu()
 
 
-def score_parts(parts: Sequence[tuple[Copies, int, int]]) -> list[torch.Tensor]:
-    """The copies ``lo:hi`` of several builders (one image or job each; builders of one kind and
-    one classifier, whose copies have one shape) scored in ONE model call: each part's class
-    probabilities, in order. The service's cross-job batches go through here."""
+Part = tuple[Copies, int, int]
+"""The copies ``lo:hi`` of one builder, in a batch shared with other builders."""
+
+
+def build_parts(parts: Sequence[Part]) -> torch.Tensor:
+    """ONE model batch of the copies ``lo:hi`` of several builders (one image or job each;
+    builders of one kind and one classifier, whose copies have one shape), in order: what
+    :func:`score_built` takes. Building may run on another thread than the model calls (the
+    service's preparation threads)."""
     first = parts[0][0]
     if any(type(b) is not type(first) or b.classifier is not first.classifier
            for b, _, _ in parts):
         raise ValueError("score_parts needs builders of one kind over one classifier")
-    probs = first.score(torch.cat([b.copies(lo, hi) for b, lo, hi in parts]))
+    return torch.cat([b.copies(lo, hi) for b, lo, hi in parts])
+
+
+def score_built(parts: Sequence[Part], batch: torch.Tensor) -> list[torch.Tensor]:
+    """``batch`` (:func:`build_parts` of ``parts``) scored in ONE model call: each part's class
+    probabilities, in order."""
+    probs = parts[0][0].score(batch)
     bounds = np.cumsum([0] + [hi - lo for _, lo, hi in parts])
     return [probs[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def score_parts(parts: Sequence[Part]) -> list[torch.Tensor]:
+    """The copies ``lo:hi`` of several builders scored in ONE model call (:func:`build_parts`,
+    then :func:`score_built`): each part's class probabilities, in order. The service's
+    cross-job batches (:mod:`explain.serve.batching`) go through these two steps."""
+    return score_built(parts, build_parts(parts))
 
 
 class Batch(Copies):

@@ -1,28 +1,27 @@
 """The service's workers: threads in the server process that run the queued jobs.
 
-Each :class:`Worker` claims queued jobs oldest first (:meth:`~explain.serve.jobs.JobStore.claim`
-is atomic, so several workers never take one job twice). Occlusion jobs are held as
-:class:`~explain.serve.batching.OcclusionRun` s, up to ``interleave`` at a time, and advanced
-one shared model batch at a time: windows of different jobs share batches
-(:mod:`explain.serve.batching`). The worker's own thread is the model's: for these jobs it only
-scores batches. Its preparation threads (``prepare``, :data:`PREPARE`) do the rest beside it:
-decode the upload and plan the job (:meth:`Worker._prepare`), build the next batch's copies
-while the model scores this one, and turn a complete job's scores into its map and write it
-(:meth:`Worker._write`). After each batch ONE transaction (:meth:`~explain.serve.jobs.JobStore.
-tick`) records every held job's progress and marks the written ones ``done``; a job deleted
-meanwhile is dropped (a batch already built may still hold its windows: at most one more model
-call). An occlusion job with ``fast`` (drill-down, whose later windows depend on the earlier
-scores) runs on its own through :func:`explain.occlusion.occlusion_map` with
-``drill_down=``:data:`explain.choices.FAST_DRILL_DOWN`; every other method runs one job at a
-time through the registry (:data:`explain.methods.METHODS`), on the worker's thread, and
-reports each batch through its progress callback, which raises :class:`Cancelled` once the job
-is deleted (or the server stops): a DELETE stops any method within one batch. A job whose
-image cannot be decoded (truncated, corrupt) or whose model call fails becomes ``failed`` with
-the reason; the worker goes on with the rest (a shared batch the model refuses is retried job by
-job, so only the culprit fails). A fault outside any one job (the job table's disk is full,
-say) fails the jobs the worker holds with the reason, and the worker goes on after a pause; it
-never dies of an error (the app's supervisor restarts one that dies all the same, and puts the
-jobs it held, in preparation and being written included, back in the queue).
+Each :class:`Worker` claims queued jobs oldest first (:meth:`~explain.serve.jobs.JobStore.claim` is
+atomic, so several workers never take one job twice). Occlusion jobs, with ``fast`` (drill-down)
+or without, are held as :class:`~explain.serve.batching.OcclusionRun` s, up to ``interleave`` at
+a time, and advanced one shared model batch at a time: windows of different jobs share batches,
+built and scored by the engine's loop (:mod:`explain.serve.batching`); a ``fast`` job's next
+drill-down level is planned when its level's scores are back. The worker's own thread is the
+model's: for these jobs it only scores batches. Its preparation threads (``prepare``,
+:data:`PREPARE`) do the rest beside it: decode the upload and plan the job
+(:meth:`Worker._prepare`), build the next batch's copies while the model scores this one, and
+turn a complete job's scores into its map and write it (:meth:`Worker._write`). After each batch
+ONE transaction (:meth:`~explain.serve.jobs.JobStore.tick`) records every held job's progress
+and marks the written ones ``done``; a job deleted meanwhile is dropped (a batch already built
+may still hold its windows: at most one more model call). Every other method runs one job at a
+time through the registry (:data:`explain.methods.METHODS`), on the worker's thread, and reports
+each batch through its progress callback, which raises :class:`Cancelled` once the job is
+deleted (or the server stops): a DELETE stops any method within one batch. A job whose image
+cannot be decoded (truncated, corrupt) or whose model call fails becomes ``failed`` with the
+reason; the worker goes on with the rest (a shared batch the model refuses is retried job by
+job, so only the culprit fails). A fault outside any one job (the job table's disk is full, say)
+fails the jobs the worker holds with the reason, and the worker goes on after a pause; it never
+dies of an error (the app's supervisor restarts one that dies all the same, and puts the jobs it
+held, in preparation and being written included, back in the queue).
 
 A grid job (``method=grid``) runs on its own: :func:`explain.grid.similarity_grid` over the
 job's own links to its collection's images (:data:`GRID_IMAGES`, :data:`GRID_MEMBERS`), its
@@ -72,7 +71,7 @@ from explain.heatmap import Heatmap
 from explain.images import decoding_warnings, load_image
 from explain.methods import METHODS, Models, Run
 from explain.models.base import Classifier
-from explain.occlusion import occlusion_map, plan_occlusion
+from explain.occlusion import plan_occlusion
 from explain.outputs import record, write_map
 from explain.render import figure, save_png, shrink_map, side_by_side
 from explain.serve.batching import OcclusionRun, Part, build, score, take
@@ -307,7 +306,7 @@ class Worker(threading.Thread):
                 self._fail(job.id, f"the server stopped {MAX_ATTEMPTS} times while running "
                            "this job; it is not tried again")
                 continue
-            if job.method == "occlusion" and not job.options.get("fast"):
+            if job.method == "occlusion":
                 self._preparing[job.id] = self._submit(self._prepare, job)
                 continue
             self._alone = job.id
@@ -334,15 +333,17 @@ class Worker(threading.Thread):
     def _prepare(self, job: Job) -> _Active:
         """An occlusion job made ready for the model's batches (on a preparation thread): its
         upload decoded (an animation judged, :func:`pixels`), its plan
-        (:func:`explain.occlusion.plan_occlusion`) and the model inputs its copies are built
-        from."""
+        (:func:`explain.occlusion.plan_occlusion`), the model inputs its copies are built
+        from, and with ``fast`` its first drill-down level
+        (:data:`explain.choices.FAST_DRILL_DOWN`)."""
         image, clip = pixels(self.store.folder(job.id), self.models.black,
                              job.options["target"], self.max_pixels)
         o = job.options
         plan = plan_occlusion(self.models.black, image, box=o["box"], stride=o["stride"],
                               fill=o["fill"], target=o["target"])
         plan.copies  # noqa: B018 — made here, not on the model's thread
-        return _Active(job, OcclusionRun(job.id, plan), clip, None if clip is None else image)
+        run = OcclusionRun(job.id, plan, FAST_DRILL_DOWN if o.get("fast") else None)
+        return _Active(job, run, clip, None if clip is None else image)
 
     def _watch(self, job_id: str) -> Callable[..., None]:
         """The progress callback of a job run on its own, ``(done, total, stage=None)``:
@@ -359,16 +360,10 @@ class Worker(threading.Thread):
         watch(0, 1)
         o = job.options
         method = METHODS[job.method]
-        if job.method == "occlusion":  # drill-down: adaptive, so it runs on its own
-            heatmap = occlusion_map(self.models.black, image, box=o["box"], stride=o["stride"],
-                                    fill=o["fill"], target=o["target"],
-                                    batch_size=self.batch_size, drill_down=FAST_DRILL_DOWN,
-                                    progress=watch)
-        else:
-            with WHITE_BOX if method.white_box else nullcontext():
-                watch(0, 1)  # waiting for the white-box lock may have taken a while
-                heatmap = method.run(self.models, image, Run(o["target"], self.batch_size, o),
-                                     watch)
+        with WHITE_BOX if method.white_box else nullcontext():
+            watch(0, 1)  # waiting for the white-box lock may have taken a while
+            heatmap = method.run(self.models, image, Run(o["target"], self.batch_size, o),
+                                 watch)
         heatmap.seconds = time.perf_counter() - start
         self._finish(job, heatmap, clip, None if clip is None else image)
 
@@ -503,7 +498,7 @@ class Worker(threading.Thread):
         """A complete job's map written (and an animation's max frame), under the job's lock,
         on a preparation thread; its score, or None when the job was deleted meanwhile (nothing
         is written). The next :meth:`_tick` marks it done."""
-        heatmap = a.run.plan.heatmap(a.run.probabilities(), time.perf_counter() - a.start, step)
+        heatmap = a.run.heatmap(time.perf_counter() - a.start, step)
         with self.store.locked(a.job.id):
             if self.store.get(a.job.id) is None:
                 return None
@@ -530,8 +525,8 @@ class Worker(threading.Thread):
                 continue
             if written is not None:
                 finished[job_id] = written, a.clip
-                progress[job_id] = a.run.plan.n, a.run.plan.n
-        progress.update({a.job.id: (a.run.scored, a.run.plan.n) for a in self._active})
+                progress[job_id] = a.run.n, a.run.n
+        progress.update({a.job.id: (a.run.scored, a.run.n) for a in self._active})
         if progress or finished:
             for job_id in self.store.tick(progress, finished):
                 self._drop(job_id)
