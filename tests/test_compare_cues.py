@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from explain.audit import AuditOptions, audit
 from explain.audit.comparison import compare
-from explain.audit.cue_changes import CUE_COLUMNS, GAIN_FLOOR, status
+from explain.audit.cue_changes import CUE_COLUMNS, GAIN_FLOOR, new_status, status
 from explain.audit.options import CueOptions
 from explain.cli import app
 from explain.models import CallableClassifier
@@ -217,6 +217,8 @@ def test_status_thresholds():
     assert status(0.024, 0.058, -0.0003, 0.0027) == "unproven"  # A's paste test gave no lift
     assert status(1.0, 0.05, 0.8, 0.0, 0.9) == "weakened"  # B still leans on it: not vanished
     assert status(1.0, 0.05, 0.8, 0.0, 0.01) == "vanished"
+    assert new_status(0.08, 0.076) == "new"  # B's own audit proved it
+    assert new_status(0.05, -0.17) == new_status(0.0, 0.5) == new_status(None, None) == "unproven"
 
 
 @pytest.mark.slow

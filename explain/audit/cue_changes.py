@@ -23,7 +23,8 @@ harvest in its store whose patches they list). Everything below is measured, not
   :data:`NEGATIVES`), as many pairs as A's test, seeded by the compare's seed + the cue id.
 - **Matching.** A cue of A and a cue of B match when at least :data:`MATCH_SHARE` of either
   one's patches carry the other (each measured in its home run's cues); ``cue_b`` is the
-  matching B cue of the largest such share. A cue of B that matches no cue of A is ``new``;
+  matching B cue of the largest such share. A cue of B that matches no cue of A is ``new``
+  when B's audit proved it (strength above 0, paste gain above the floor; else ``unproven``);
   its A side is measured by the same rule (no paste test under A: model A is not loaded), so
   ``paste_gain_a`` and ``strength_a`` stay empty.
 - **Status** of each cue of A (thresholds, once): ``unproven`` when A's own audit did not prove
@@ -323,6 +324,16 @@ def status(strength_a: float | None, strength_b: float | None, gain_a: float | N
     return "persists"
 
 
+def new_status(strength_b: float | None, gain_b: float | None) -> str:
+    """A cue of B that matches none of A's: ``new`` when B's own audit proved it (the rule of
+    :func:`status` for A's cues: strength above 0 and a paste gain above :data:`GAIN_FLOOR`),
+    else ``unproven``: a cluster of B's patches that adding does not raise B's score is no new
+    cue."""
+    if not strength_b or strength_b <= 0 or gain_b is None or gain_b <= GAIN_FLOOR:
+        return "unproven"
+    return "new"
+
+
 def _key(parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode("utf-8")).hexdigest()
 
@@ -520,10 +531,11 @@ def _rows_of(result: CueChanges, pa: Published, pb: Published | None, va: np.nda
         mb = measure(pb, b_in_b, cue)
         ma = measure(pa, a_in_b, cue)
         gain_b = pb.cues[cue]["paste_gain"]
+        strength_b = strength(mb["fp_share"], mb["tn_share"], mb["mean_drop"], gain_b)
         result.rows.append({
-            "cue_a": None, "cue_b": cue, "status": "new",
+            "cue_a": None, "cue_b": cue, "status": new_status(strength_b, gain_b),
             "strength_a": None,
-            "strength_b": strength(mb["fp_share"], mb["tn_share"], mb["mean_drop"], gain_b),
+            "strength_b": strength_b,
             "fp_share_a": ma["fp_share"], "fp_share_b": mb["fp_share"],
             "paste_gain_a": None, "paste_gain_b": gain_b,
             "tn_share_a": ma["tn_share"], "tn_share_b": mb["tn_share"],
@@ -535,5 +547,5 @@ def _rows_of(result: CueChanges, pa: Published, pb: Published | None, va: np.nda
         })
 
 
-__all__ = ["CUE_COLUMNS", "CUE_EMBEDS", "CueChanges", "cue_changes", "published",
+__all__ = ["CUE_COLUMNS", "CUE_EMBEDS", "CueChanges", "cue_changes", "new_status", "published",
            "reload_model", "status"]
