@@ -209,6 +209,7 @@ def test_the_cli_loads_the_model_or_says_how(mined, tmp_path):
                                str(root / "pool"), "-o", str(tmp_path / "b"), "-m",
                                f"{tmp_path / 'model.py'}:model"])
     assert done.exit_code == 0, done.output
+    assert "cue 1: 5 listed" in done.output
     assert (_csv(tmp_path / "b" / "counterexamples.csv")
             == _csv(root / "out" / "counterexamples.csv"))
 
@@ -231,6 +232,9 @@ def test_the_page_in_chromium_shows_each_listed_image_with_its_window(mined, chr
         browser.close()
     assert sorted(Path(alt).name for alt, *_ in shown) == [f"carrier_{i}.png" for i in range(5)]
     assert all(done and width == 192 for _, done, width in shown)  # 64 px enlarged 3×
-    assert headings[0].startswith("Cue 1 (rank 1 in the audit, strength 1.570)")
+    assert headings[0].startswith("Cue 1 (rank 1 in the audit, strength 1.570, paste gain +0.")
+    assert "not proven" not in headings[0] and "no strength" not in headings[0]
+    assert "strength 0.000, paste gain +0.103: no strength: not a cue of the audit's errors" in \
+        headings[1]  # the bright nsfw region: pasting it raises p, but it is no error cue
     assert "5 pool image(s) listed" in headings[0]
     assert headings[-1] == "Pool images that could not be read"

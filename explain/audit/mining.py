@@ -414,6 +414,15 @@ def synthesized(mining: Mining, n: int, out: Path) -> tuple[list[dict], list[str
     return rows, notes
 
 
+def _caveat(c: MinedCue) -> str | None:
+    """Why the audit did not prove cue ``c`` (the rule of compare's ``unproven``), or None."""
+    if not c.strength or c.strength <= 0:
+        return "no strength: not a cue of the audit's errors"
+    if c.paste_gain is None or c.paste_gain <= PASTE_FLOOR:
+        return "not proven by the paste test"
+    return None
+
+
 def _outlined(path: str, box: tuple[int, int, int, int]) -> str | None:
     """The image as a data URI at :data:`THUMB` pixels (shrunk, or a small one enlarged by
     whole pixels) with ``box`` outlined, or None."""
@@ -450,7 +459,7 @@ def _write_page(path: Path, mining: Mining, result: CounterExamples,
         rows = [r for r in result.rows if r["cue"] == c.cue]
         cards.append({
             "cue": c.cue, "rank": c.rank, "total": len(rows), "from_fps": c.from_fps,
-            "strength": c.strength,
+            "strength": c.strength, "paste_gain": c.paste_gain, "caveat": _caveat(c),
             "tiles": [u for u in (_tile(p, b) for p, b in c.donors[:TILES]) if u],
             "images": [{**r, "name": display(from_storable(r["path"])),
                         "uri": _outlined(r["path"], (r["top"], r["left"], r["bottom"],

@@ -51,8 +51,8 @@ def counterexamples(
         per_cue[row["cue"]] = per_cue.get(row["cue"], 0) + 1
     result_line(f"{result.scanned} pool images scanned ({result.failed} could not be read), "
                 f"{result.calls} scored by the model now; "
-                + (", ".join(f"cue {c}: {n}" for c, n in per_cue.items()) or "no image carries "
-                   "a cue"))
+                + (", ".join(f"cue {c}: {n} listed" for c, n in per_cue.items())
+                   or "no image carries a cue"))
     if result.synthetic:
         result_line(f"{result.synthetic} synthetic counter-examples")
     for note in result.notes:
