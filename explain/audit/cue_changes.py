@@ -63,11 +63,18 @@ import numpy as np
 
 from explain.audit.cue_groups import PASTE_FLOOR as GAIN_FLOOR
 from explain.audit.cue_groups import paste_test, strength
-from explain.audit.cue_harvest import Counting, CueImage, Patch, PatchEmbedder, decode
+from explain.audit.cue_harvest import (
+    Counting,
+    CueImage,
+    Patch,
+    PatchEmbedder,
+    decode,
+    kept_pixels,
+)
 from explain.audit.finished import Run
 from explain.audit.options import CueOptions
 from explain.choices import CUE_EMBEDS
-from explain.errors import ExplainError, ImageError, ModelError, OptionError
+from explain.errors import ExplainError, ModelError, OptionError
 from explain.files import display, write_bytes
 from explain.images import DEFAULT_MAX_PIXELS
 
@@ -212,20 +219,8 @@ def _pixels_of(files: dict[int, str]) -> Callable[[int], np.ndarray | None]:
     """image id → its RGB pixels (a few kept decoded), None when the file cannot be read."""
     from explain.files import from_storable
 
-    kept: dict[int, np.ndarray | None] = {}
-
-    def pixels(image: int) -> np.ndarray | None:
-        if image not in kept:
-            if len(kept) > 64:
-                kept.clear()
-            try:
-                kept[image] = decode(CueImage(image, "", from_storable(files[image]),
-                                              files[image]), DEFAULT_MAX_PIXELS)
-            except (ImageError, KeyError):
-                kept[image] = None
-        return kept[image]
-
-    return pixels
+    return kept_pixels(lambda image: decode(CueImage(image, "", from_storable(files[image]),
+                                                     files[image]), DEFAULT_MAX_PIXELS))
 
 
 def crops(patches: list[CuePatch], pixels: Callable[[int], np.ndarray | None]

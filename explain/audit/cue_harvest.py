@@ -9,8 +9,9 @@ heat the model can see: :func:`seen_heat`), each with its score drop and its emb
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -254,6 +255,23 @@ def decode(image: CueImage, max_pixels: int) -> np.ndarray:
     if isinstance(image.source, str | bytes | os.PathLike):
         return load_image(image.source, max_pixels=max_pixels, notes=[])  # type: ignore[arg-type]
     return as_rgb(image.source, name=image.name)
+
+
+def kept_pixels(read: Callable[[Hashable], np.ndarray], size: int = 64
+                ) -> Callable[[Hashable], np.ndarray | None]:
+    """``read`` (a key → RGB pixels) with its last ``size`` answers kept decoded, and None for
+    a key whose image cannot be read (an :class:`~explain.errors.ExplainError` or an unknown
+    key): how compare's cue section and the counter-examples' pastes read many patches of a
+    few images."""
+
+    @lru_cache(maxsize=size)
+    def pixels(key: Hashable) -> np.ndarray | None:
+        try:
+            return read(key)
+        except (ExplainError, KeyError):
+            return None
+
+    return pixels
 
 
 def harvest(classifier: Counting, image: CueImage, rgb: np.ndarray, t: int, embed: PatchEmbedder,

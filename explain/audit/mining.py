@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from explain.audit.cue_groups import PASTE_FLOOR, paste
-from explain.audit.cue_harvest import Counting, CueImage, PatchEmbedder, harvest
+from explain.audit.cue_harvest import Counting, CueImage, PatchEmbedder, harvest, kept_pixels
 from explain.audit.cues import Cues
 from explain.audit.options import CueOptions
 from explain.audit.outputs import csv_cell, write_table
@@ -362,18 +362,8 @@ def synthesized(mining: Mining, n: int, out: Path) -> tuple[list[dict], list[str
     the manifest rows and notes."""
     if not mining.negatives:
         return [], ["no synthetic counter-examples: the run has no true negatives to paste into"]
-    cache: dict[str, np.ndarray | None] = {}
-
-    def pixels(path: str) -> np.ndarray | None:
-        if path not in cache:
-            if len(cache) > 64:
-                cache.clear()
-            try:
-                cache[path] = load_image(from_storable(path), max_pixels=mining.max_pixels,
-                                         notes=[])
-            except ExplainError:
-                cache[path] = None
-        return cache[path]
+    pixels = kept_pixels(lambda path: load_image(from_storable(path),
+                                                 max_pixels=mining.max_pixels, notes=[]))
 
     rows, notes = [], []
     for c in mining.cues:
