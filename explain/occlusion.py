@@ -96,8 +96,9 @@ class OccludedCopies(Copies):
         self.in_input = pixelwise_input(classifier, self.size)
         if self.in_input:
             self.fixed = cast(FixedInput, classifier)  # what pixelwise_input checked
-            self.x_input = self.fixed.model_input(x)
-            self.fill_input = self.fixed.model_input(fill.expand_as(x))
+            # contiguous once here: each batch is then a plain copy, not a transposing one
+            self.x_input = self.fixed.model_input(x).contiguous()
+            self.fill_input = self.fixed.model_input(fill.expand_as(x)).contiguous()
             self.last = self.fixed.layout == "NHWC"
             shape = self.x_input.shape
             self._input_size = (int(shape[1]), int(shape[2])) if self.last else \
@@ -115,18 +116,30 @@ class OccludedCopies(Copies):
     def copies(self, lo: int, hi: int) -> torch.Tensor:
         return self.build(self.bounds[lo:hi])
 
-    def build(self, bounds: torch.Tensor) -> torch.Tensor:
+    def empty(self, n: int) -> torch.Tensor:
+        like = self.x_input if self.in_input else self.x
+        return torch.empty((n, *like.shape[1:]), dtype=like.dtype, device=like.device)
+
+    def copies_into(self, out: torch.Tensor, lo: int, hi: int) -> None:
+        self.build(self.bounds[lo:hi], out)
+
+    def build(self, bounds: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The copies for ``bounds`` ((b, 4) int64 windows [top, left, bottom, right) in work
-        pixels; an empty one = the intact image): what :meth:`score` takes."""
+        pixels; an empty one = the intact image): what :meth:`score` takes; written into
+        ``out`` (b rows of :meth:`empty`) when given."""
         if not self.in_input:
-            return masked(self.x, self.fill, window_masks(bounds.to(self.x.device), self.size))
+            return masked(self.x, self.fill, window_masks(bounds.to(self.x.device), self.size),
+                          out)
         rect = self.fixed.preprocess.input_windows(bounds.cpu().numpy(), self.size)
         if self.x_input.device.type != "cpu":  # one launch, not two per window
             where = torch.from_numpy(rect).to(self.x_input.device, non_blocking=True)
             keep = window_masks(where, self._input_size)
             keep = keep[..., None] if self.last else keep[:, None]
-            return torch.where(keep, self.x_input, self.fill_input)
-        batch = self.x_input.expand(len(rect), *self.x_input.shape[1:]).contiguous()
+            if out is None:
+                return torch.where(keep, self.x_input, self.fill_input)
+            return torch.where(keep, self.x_input, self.fill_input, out=out)
+        batch = self.x_input.expand(len(rect), *self.x_input.shape[1:])
+        batch = batch.contiguous() if out is None else out.copy_(batch)
         for i, (top, left, bottom, right) in enumerate(rect.tolist()):
             if bottom > top:
                 if self.last:

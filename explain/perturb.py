@@ -57,14 +57,16 @@ def masked_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
         yield copies.last, probs[:, target]
 
 
-def masked(x: torch.Tensor, fill: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def masked(x: torch.Tensor, fill: torch.Tensor, masks: torch.Tensor,
+           out: torch.Tensor | None = None) -> torch.Tensor:
     """The masked copies of ``x`` (1×3×H×W) for a batch of ``masks`` (b×H×W): a boolean mask keeps
     ``x`` where True and puts ``fill`` elsewhere, a float one blends (the module docstring);
-    b×3×H×W, on ``x``'s device."""
+    b×3×H×W, on ``x``'s device (written into ``out`` when given)."""
     keep = masks[:, None]
     if masks.dtype == torch.bool:
-        return torch.where(keep, x, fill)
-    return fill + keep * (x - fill)
+        return torch.where(keep, x, fill) if out is None else torch.where(keep, x, fill, out=out)
+    blend = fill + keep * (x - fill)
+    return blend if out is None else out.copy_(blend)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

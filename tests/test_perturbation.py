@@ -23,6 +23,7 @@ from explain.perturbation import (
     Images,
     WindowPlan,
     at_size,
+    build_parts,
     probabilities,
     scale_windows,
     score_all,
@@ -104,6 +105,27 @@ def test_several_jobs_in_one_model_call_score_as_each_alone():
     assert torch.equal(parts[0][:, 1], alone[0][3:]) and torch.equal(parts[1][:, 1], alone[1][:5])
     with pytest.raises(ValueError, match="one kind"):
         score_parts([(plans[0].copies, 0, 1), (Batch(clf, torch.rand(1, 3, 12, 12)), 0, 1)])
+
+
+@pytest.mark.parametrize("door", ["model input", "rgb"])
+def test_a_shared_batch_is_written_in_place_and_equals_each_alone(door, monkeypatch):
+    # build_parts writes each builder's rows into ONE batch (copies_into), no concatenation;
+    # the batch is bit-equal to each builder's own copies, in the RGB and the model-input door
+    clf = brightness()
+    if door == "rgb":  # an input transform: windows cannot be hidden in the model input
+        clf.input_transform = lambda batch: batch
+    rng = np.random.default_rng(2)
+    plans = [plan_occlusion(clf, rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), box=4,
+                            stride=4, target="bright") for _ in range(3)]
+    assert plans[0].copies.in_input == (door == "model input")
+    parts = [(plans[0].copies, 2, plans[0].n), (plans[1].copies, 0, 4), (plans[2].copies, 1, 3)]
+    alone = torch.cat([b.copies(lo, hi) for b, lo, hi in parts])
+    built = []
+    kind = type(plans[0].copies)
+    monkeypatch.setattr(kind, "copies", lambda self, lo, hi: built.append((lo, hi)))
+    batch = build_parts(parts)
+    assert built == []  # no builder made a batch of its own to be concatenated
+    assert batch.is_contiguous() and torch.equal(batch, alone)
 
 
 def test_probabilities_is_one_model_call():

@@ -57,6 +57,16 @@ class Copies:
         ONE model call."""
         return self.classifier.predict(batch)
 
+    def empty(self, n: int) -> torch.Tensor | None:
+        """An uninitialised batch for ``n`` copies, which :meth:`copies_into` fills in place;
+        None (the default) when the builder only builds new batches (:meth:`copies`)."""
+        return None
+
+    def copies_into(self, out: torch.Tensor, lo: int, hi: int) -> None:
+        """Build the copies ``lo:hi`` into ``out`` (rows of a batch :meth:`empty` made): a
+        shared batch is then written once, not built and then concatenated."""
+        out.copy_(self.copies(lo, hi))
+
 
 def scored(builder: Copies, step: int, *, progress: Progress | None = None,
            cancel: Cancel | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -98,7 +108,16 @@ def build_parts(parts: Sequence[Part]) -> torch.Tensor:
     if any(type(b) is not type(first) or b.classifier is not first.classifier
            for b, _, _ in parts):
         raise ValueError("score_parts needs builders of one kind over one classifier")
-    return torch.cat([b.copies(lo, hi) for b, lo, hi in parts])
+    if len(parts) == 1:
+        return first.copies(parts[0][1], parts[0][2])
+    out = first.empty(sum(hi - lo for _, lo, hi in parts))
+    if out is None:
+        return torch.cat([b.copies(lo, hi) for b, lo, hi in parts])
+    row = 0
+    for b, lo, hi in parts:  # each builder writes its rows in place: the batch is written once
+        b.copies_into(out[row:row + hi - lo], lo, hi)
+        row += hi - lo
+    return out
 
 
 def score_built(parts: Sequence[Part], batch: torch.Tensor) -> list[torch.Tensor]:
