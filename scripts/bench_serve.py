@@ -200,16 +200,33 @@ def null_onnx(side: int = SIDE) -> bytes:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of process ``pid`` and of every process under it (the
+    serving processes of ``--processes``), all their threads."""
+    children: dict[int, list[int]] = {}
+    spent: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = entry.joinpath("stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # gone meanwhile
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            spent[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        one = todo.pop()
+        total += spent.get(one, 0.0)
+        todo += children.get(one, [])
+    return total
 
 
-def null_round(bodies: list[bytes], model: Path, data: Path) -> tuple[float, int, float]:
+def null_round(bodies: list[bytes], model: Path, data: Path, processes: int = 1
+               ) -> tuple[float, int, float]:
     """One round of ``--null``: seconds from the first submission to the last finished job,
     the number of jobs done (every one must be) and the server's CPU seconds meanwhile (HTTP
     included)."""
-    server = Server(data, "--classes", "sfw,nsfw", model=str(model)).start()
+    server = Server(data, "--classes", "sfw,nsfw", "--processes", str(processes),
+                    model=str(model)).start()
     try:
         assert server.proc is not None
         cpu = cpu_seconds(server.proc.pid)
@@ -239,24 +256,28 @@ def null_round(bodies: list[bytes], model: Path, data: Path) -> tuple[float, int
     return max(parse_time(j["finished"]) for j in done) - start, len(done), cpu
 
 
-def null_bench(jobs: int, rounds: int) -> None:
-    """``--null`` (see the module docstring)."""
+def null_bench(jobs: int, rounds: int, processes: list[int]) -> None:
+    """``--null`` (see the module docstring): each round runs every ``--processes`` count in
+    turn (interleaved, so each count sees the same load), the best round of each is kept."""
     bodies = [png(img) for img in make_images(jobs)]
     print(f"--null: {jobs} occlusion jobs, {SIDE}x{SIDE} PNG, box = stride = {NULL_BOX} "
           f"({(SIDE // NULL_BOX) ** 2} windows), {CLIENTS} client threads, a model that costs "
-          "nothing")
+          f"nothing; {os.cpu_count()} CPUs")
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "null.onnx"
         model.write_bytes(null_onnx())
-        rates = []
+        rates: dict[int, list[float]] = {n: [] for n in processes}
         for i in range(rounds):
-            seconds, done, cpu = null_round(bodies, model, Path(tmp) / f"data{i}")
-            rates.append(done / seconds)
-            print(f"round {i + 1}: {done} jobs in {seconds:.2f} s = {rates[-1]:.1f} jobs/s; "
-                  f"server CPU {1000 * cpu / done:.1f} ms a job")
-    print(f"best: {max(rates):.1f} jobs/s; load average after: "
-          f"{Path('/proc/loadavg').read_text().split()[:3]}")
+            for n in processes:
+                seconds, done, cpu = null_round(bodies, model, Path(tmp) / f"data{i}-{n}", n)
+                rates[n].append(done / seconds)
+                print(f"round {i + 1}, --processes {n}: {done} jobs in {seconds:.2f} s = "
+                      f"{rates[n][-1]:.1f} jobs/s; server CPU {1000 * cpu / done:.1f} ms a job",
+                      flush=True)
+    for n in processes:
+        print(f"best, --processes {n}: {max(rates[n]):.1f} jobs/s")
+    print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
 
 
 def main() -> None:
@@ -268,10 +289,13 @@ def main() -> None:
     parser.add_argument("--null", action="store_true",
                         help="the service's own pace, with a model that costs nothing")
     parser.add_argument("--rounds", type=int, default=3, help="--null: rounds (best kept)")
+    parser.add_argument("--processes", default="1,2",
+                        help="--null: explain serve --processes counts to compare, e.g. 1,2")
     args = parser.parse_args()
     print(gpu_line(), flush=True)
     if args.null:
-        null_bench(NULL_JOBS if args.jobs is None else args.jobs, args.rounds)
+        null_bench(NULL_JOBS if args.jobs is None else args.jobs, args.rounds,
+                   [int(n) for n in args.processes.split(",")])
         return
     args.jobs = 50 if args.jobs is None else args.jobs
     images = make_images(args.jobs)

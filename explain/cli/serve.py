@@ -67,6 +67,11 @@ TenantBytesOpt = Annotated[float, typer.Option(
 BatchMbOpt = Annotated[float, typer.Option(
     "--max-batch-mb", min=0.001, help="Largest request adding images to a collection (MB); "
     "each file in it is still held to --max-upload-mb.")]
+ProcessesOpt = Annotated[int, typer.Option(
+    "--processes", min=1, help="Serving processes over the one data folder, each with its own "
+    "copy of the model, its workers and its share of the connections (on one port), so that "
+    "decoding, HTTP and the model's batches use several cores. --workers, --prepare and "
+    "--max-connections are per process.")]
 CorsOpt = Annotated[list[str] | None, typer.Option(
     "--cors", help="An origin allowed to call the API from a browser (repeatable); none by "
     "default.", show_default=False)]
@@ -94,7 +99,7 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
           retain: RetainOpt = None, upload_timeout: UploadTimeoutOpt = 60.0,
           max_connections: ConnectionsOpt = 256, cors: CorsOpt = None,
           max_collection: CollectionOpt = 10_000, max_tenant_mb: TenantBytesOpt = 2000.0,
-          max_batch_mb: BatchMbOpt = 200.0) -> None:
+          max_batch_mb: BatchMbOpt = 200.0, processes: ProcessesOpt = 1) -> None:
     """Serve explanations over HTTP: POST /v1/visualizations, poll the job, fetch the pictures;
     the web page at /, the API docs at /docs."""
     _require_extra()
@@ -121,15 +126,43 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
                         batch_size=batch_size,
                         retain_days=retain, upload_timeout=upload_timeout,
                         max_collection=max_collection, tenant_bytes=int(max_tenant_mb * 1e6),
-                        max_batch=int(max_batch_mb * 1e6))
-    app = create_app(settings, served, store)
+                        max_batch=int(max_batch_mb * 1e6), processes=processes)
     shown = f"[{host}]" if ":" in host else host
     console.print(f"explain serve: http://{shown}:{port}/ (API docs /docs), data in "
-                  f"{display(data)}, model {display(served.name)}", markup=False,
+                  f"{display(data)}, model {display(served.name)}"
+                  + (f", {processes} processes" if processes > 1 else ""), markup=False,
                   highlight=False, soft_wrap=True)
     console.file.flush()  # a log file sees it at once (stdout is block-buffered there)
+    if processes > 1:
+        from explain.serve.processes import run_processes
+
+        del served  # each process loads its own (this one proved the model loads)
+        run_processes(store, settings, (models, spec if isinstance(spec, str) else None),
+                      f"{__name__}:{process_app.__name__}", host=host, port=port,
+                      log_level="warning", limit_concurrency=max_connections,
+                      timeout_keep_alive=5)
+        return
+    app = create_app(settings, served, store)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             limit_concurrency=max_connections, timeout_keep_alive=5)
     for handler in logging.getLogger("uvicorn").handlers:  # set up by Config
         handler.addFilter(RateLimitedLog())
     uvicorn.Server(config).run()
+
+
+def process_app() -> object:
+    """The app of one serving process of ``explain serve --processes N`` (uvicorn calls it in
+    each process it starts): the model loaded from the command's options as the command loaded
+    it, over the data folder as a member of its store (:mod:`explain.serve.processes`)."""
+    from explain.serve.app import create_app
+    from explain.serve.jobs import JobStore
+    from explain.serve.processes import process_settings
+    from explain.serve.security import RateLimitedLog
+    from explain.serve.served import serve_models
+
+    settings, (models, spec) = process_settings()
+    for handler in logging.getLogger("uvicorn").handlers:
+        handler.addFilter(RateLimitedLog())
+    served = serve_models(spec if spec is not None else models.load(), models.describe(),
+                          models.device)
+    return create_app(settings, served, JobStore(Path(settings.data), member=True))

@@ -29,8 +29,10 @@ writes the files of ``explain grid`` through its own writer), ``method=audit`` a
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -214,6 +216,9 @@ class Settings:
     max_collection: int = 10_000
     tenant_bytes: int = 2_000_000_000
     max_batch: int = 200_000_000
+    processes: int = 1
+    """Serving processes over the data folder (:mod:`explain.serve.processes`): above 1 this
+    app is one of them, a member of its store; its parent requeued and cleaned up at start."""
 
     @property
     def tenant_limit(self) -> int:
@@ -222,6 +227,28 @@ class Settings:
         if self.tenant_queue is not None:
             return self.tenant_queue
         return self.max_queue if self.tokens is None else max(1, self.max_queue // 4)
+
+
+class Expiring:
+    """Which one of a server's processes deletes expired jobs (``--retain``): the one holding
+    the ``flock`` of ``DATA/expiring.lock``; when it dies the kernel frees the lock and the
+    next one to ask takes it over."""
+
+    def __init__(self, data: Path) -> None:
+        self._fd = os.open(Path(data) / "expiring.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._held = False
+
+    def mine(self) -> bool:
+        if not self._held:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._held = True
+            except BlockingIOError:
+                pass
+        return self._held
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def invalid(field_name: str, message: str) -> HTTPException:
@@ -267,9 +294,13 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         worker.start()
         return worker
 
+    member = settings.processes > 1
+    expiring = Expiring(store.data) if member else None
+
     def supervise() -> None:
         """Every SUPERVISE_S: a dead worker's jobs go back to the queue and a new worker takes
-        its place; finished jobs older than ``--retain`` days are deleted."""
+        its place (with several processes, a dead process's jobs too); finished jobs older
+        than ``--retain`` days are deleted (by one of the processes)."""
         while not stopping.wait(SUPERVISE_S):
             try:
                 for i, worker in enumerate(workers):
@@ -277,16 +308,19 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
                         store.requeue(worker.held())
                         workers[i] = new_worker(i)
                         wake.set()
-                if settings.retain_days is not None:
+                if member and store.requeue_orphaned():
+                    wake.set()
+                if settings.retain_days is not None and (expiring is None or expiring.mine()):
                     store.expire(time.time() - settings.retain_days * 86400)
             except Exception:  # noqa: BLE001 — a full disk, say: tried again next time
                 continue
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        store.requeue_running()
-        store.remove_orphans()
-        collections.remove_orphans()
+        if not member:  # else the parent did, once, before it started the processes
+            store.requeue_running()
+            store.remove_orphans()
+            collections.remove_orphans()
         workers.extend(new_worker(i) for i in range(settings.workers))
         supervisor = threading.Thread(target=supervise, name="explain-supervisor", daemon=True)
         supervisor.start()
@@ -302,6 +336,8 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
                 worker.join(timeout=30)
             store.close()
             collections.close()
+            if expiring is not None:
+                expiring.close()
 
     app = FastAPI(title="explain", version="1",
                   description="Why does an image classifier score an image the way it does? "

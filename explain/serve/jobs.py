@@ -19,6 +19,16 @@ its pid) for as long as it is open, so a second server on the same folder is ref
 holder's pid instead of re-running the first one's jobs and deleting their results. The kernel
 drops the lock when its process dies (``kill -9`` included), so a stale lock file is simply
 taken over.
+
+Several processes of ONE server (``explain serve --processes N``,
+:mod:`explain.serve.processes`): the parent holds the folder's lock, requeues and cleans up
+once, then starts N serving processes, each opening the store as a *member*
+(``JobStore(data, member=True)``: no lock of its own, no start-up clean-up). What they share is
+safe across processes: every change is one SQLite statement or transaction (a claim, an add with
+its queue limits, a tick); a job's lock (:meth:`JobStore.locked`) is also a POSIX record lock
+on ``DATA/jobs.locks``, so a DELETE in one process waits for a result being written in another;
+a claim records its process (``owner``: pid and start time), and
+:meth:`JobStore.requeue_orphaned` puts back the running jobs of a process that died.
 """
 
 from __future__ import annotations
@@ -79,6 +89,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, seq);
+-- a tenant's pending jobs (its quota, counted at each submission) without reading its finished
+-- ones: with finished jobs kept, the count would otherwise grow with the table
+CREATE INDEX IF NOT EXISTS jobs_tenant_status ON jobs (tenant, status);
 """
 _COLUMNS = "seq, id, tenant, method, options, status, done, total, score, error, created, " \
            "started, finished, attempts, clip, stage"
@@ -138,6 +151,30 @@ def _own(data: Path) -> int:
     return fd
 
 
+def process_key(pid: int | None = None) -> str:
+    """``pid:start`` of process ``pid`` (this one by default): its pid and its start time in
+    clock ticks since boot (``/proc/PID/stat``), so a pid the system reused is not taken for
+    the process that claimed a job; ``pid:?`` where /proc cannot tell."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return f"{pid}:{fields[19]}"
+    except (OSError, IndexError):
+        return f"{pid}:?"
+
+
+def process_alive(key: str) -> bool:
+    """Whether the process of ``key`` (:func:`process_key`) still runs."""
+    pid = int(key.partition(":")[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return key.endswith(":?") or process_key(pid) == key
+
+
 def is_job_id(text: str) -> bool:
     """Whether ``text`` is an id this store makes (a canonical uuid4): the only strings that
     ever name a job's folder."""
@@ -151,11 +188,15 @@ class JobStore:
     """The job table in ``data/jobs.sqlite3`` and the job folders in ``data/jobs/``; safe to use
     from several threads (one connection behind a lock; each change is committed)."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, member: bool = False) -> None:
         self.data = Path(data)
         self.data.mkdir(parents=True, exist_ok=True)
-        self._owner = _own(self.data)
+        # a member process of a server whose parent holds the folder's lock takes none
+        self._owner = None if member else _own(self.data)
+        self.me = process_key()
         (self.data / "jobs").mkdir(exist_ok=True)
+        # the jobs' locks across processes: one byte of this file per job (see locked())
+        self._job_bytes = os.open(self.data / "jobs.locks", os.O_RDWR | os.O_CREAT, 0o644)
         self._db = sqlite3.connect(self.data / "jobs.sqlite3", check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._lock = threading.Lock()
@@ -171,11 +212,15 @@ class JobStore:
                 self._db.execute("ALTER TABLE jobs ADD COLUMN clip TEXT")
             if "stage" not in columns:  # a table made before grid and audit jobs
                 self._db.execute("ALTER TABLE jobs ADD COLUMN stage TEXT")
+            if "owner" not in columns:  # a table made before several serving processes
+                self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        os.close(self._owner)  # the folder's lock goes with it
+        os.close(self._job_bytes)
+        if self._owner is not None:
+            os.close(self._owner)  # the folder's lock goes with it
 
     def _run(self, sql: str, args: tuple = ()) -> int:
         """Run a change; the number of rows it changed (read under the lock: a cursor of the
@@ -192,13 +237,21 @@ class JobStore:
     def locked(self, job_id: str) -> Iterator[None]:
         """Hold job ``job_id``'s own lock: what writes or removes its files (the worker's
         results, a picture's first render, a DELETE) holds it, so none of them sees the others
-        half done, and concurrent first requests of one picture render it once."""
+        half done, and concurrent first requests of one picture render it once. Across the
+        processes of one server (:mod:`explain.serve.processes`) it is also a POSIX record lock
+        on one byte of ``DATA/jobs.locks`` (at an offset made from the job's random id), taken
+        once this process's own lock for the job is held."""
         with self._job_locks_guard:
             lock, users = self._job_locks.setdefault(job_id, (threading.Lock(), [0]))
             users[0] += 1
+        offset = int(job_id.replace("-", "")[:15], 16)  # a uuid4's random bits: < 2**60
         try:
             with lock:
-                yield
+                fcntl.lockf(self._job_bytes, fcntl.LOCK_EX, 1, offset)
+                try:
+                    yield
+                finally:
+                    fcntl.lockf(self._job_bytes, fcntl.LOCK_UN, 1, offset)
         finally:
             with self._job_locks_guard:
                 users[0] -= 1
@@ -264,9 +317,10 @@ class JobStore:
         is queued."""
         with self._lock:
             row = self._db.execute("UPDATE jobs SET status = 'running', started = ?, "
-                                   "attempts = attempts + 1 WHERE seq = "
+                                   "attempts = attempts + 1, owner = ? WHERE seq = "
                                    "(SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq "
-                                   f"LIMIT 1) RETURNING {_COLUMNS}", (time.time(),)).fetchone()
+                                   f"LIMIT 1) RETURNING {_COLUMNS}",
+                                   (time.time(), self.me)).fetchone()
         return None if row is None else _job(row)
 
     def progress(self, job_id: str, done: int, total: int, stage: str | None = None) -> bool:
@@ -354,6 +408,16 @@ class JobStore:
             with self.locked(job_id):
                 shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return len(ids)
+
+    def requeue_orphaned(self) -> int:
+        """Running jobs claimed by another process of this server that is gone (killed, say)
+        go back to the queue, in their place (:func:`process_alive`); returns how many."""
+        owners = [row[0] for row in self._rows("SELECT DISTINCT owner FROM jobs WHERE status = "
+                                               "'running' AND owner IS NOT NULL AND owner != ?",
+                                               (self.me,))]
+        return sum(self._run("UPDATE jobs SET status = 'queued', started = NULL, done = 0 "
+                             "WHERE status = 'running' AND owner = ?", (key,))
+                   for key in owners if not process_alive(key))
 
     def requeue_running(self) -> int:
         """At start-up: jobs left running by a process that died go back to the queue (keeping
