@@ -138,8 +138,9 @@ class OccludedCopies(Copies):
             if out is None:
                 return torch.where(keep, self.x_input, self.fill_input)
             return torch.where(keep, self.x_input, self.fill_input, out=out)
-        batch = self.x_input.expand(len(rect), *self.x_input.shape[1:])
-        batch = batch.contiguous() if out is None else out.copy_(batch)
+        # always a new batch: contiguous() of a one-copy expand would be x_input itself
+        batch = self.empty(len(rect)) if out is None else out
+        batch.copy_(self.x_input.expand(len(rect), *self.x_input.shape[1:]))
         for i, (top, left, bottom, right) in enumerate(rect.tolist()):
             if bottom > top:
                 if self.last:

@@ -128,6 +128,17 @@ def test_a_shared_batch_is_written_in_place_and_equals_each_alone(door, monkeypa
     assert batch.is_contiguous() and torch.equal(batch, alone)
 
 
+def test_building_one_copy_leaves_the_image_untouched():
+    # a batch of one occluded copy is a new tensor, not the model input it is built from
+    clf = brightness()
+    plan = plan_occlusion(clf, np.full((12, 12, 3), 200, np.uint8), box=4, stride=4,
+                          target="bright")
+    before = plan.copies.x_input.clone()
+    one = plan.copies.copies(3, 4)
+    assert torch.equal(plan.copies.x_input, before) and not torch.equal(one[0], before[0])
+    assert torch.equal(plan.copies.copies(0, 1), before)  # row 0: the intact image
+
+
 def test_probabilities_is_one_model_call():
     clf = brightness()
     x = torch.rand(3, 3, 8, 8)
