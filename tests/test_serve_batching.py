@@ -111,8 +111,9 @@ def test_drill_down_runs_share_batches_and_give_the_librarys_drilled_maps():
 
 def test_a_fast_job_shares_the_workers_batches(tmp_path, monkeypatch):
     """In the worker, a ``fast`` occlusion job is held beside a plain one and their copies share
-    model batches (built on a preparation thread, scored on the model's); its map is bit-equal
-    to the library's drill-down map and its progress ends complete."""
+    model batches (built on a preparation thread, scored on the model's); its drill-down levels
+    are planned on a preparation thread too; its map is bit-equal to the library's drill-down
+    map and its progress ends complete."""
     import explain.serve.worker as worker_module
 
     batches: list[set[str]] = []
@@ -123,6 +124,14 @@ def test_a_fast_job_shares_the_workers_batches(tmp_path, monkeypatch):
         return real(parts)
 
     monkeypatch.setattr(worker_module, "build", spy)
+    planners: list[str] = []
+    plan_level = OcclusionRun.plan_level
+
+    def planned(run):
+        planners.append(threading.current_thread().name)
+        return plan_level(run)
+
+    monkeypatch.setattr(OcclusionRun, "plan_level", planned)
     calls: list[int] = []
     clf = counting_model(calls)
     rng = np.random.default_rng(4)
@@ -145,6 +154,7 @@ def test_a_fast_job_shares_the_workers_batches(tmp_path, monkeypatch):
         worker.stop()
         worker.join()
     assert set(ids) in batches
+    assert planners and all(name.startswith("model-thread-prepare") for name in planners)
     for job_id, picture, drill in zip(ids, pictures, (FAST_DRILL_DOWN, None), strict=True):
         job = store.get(job_id)
         expected = occlusion_map(clf, picture, box=8, stride=3, target="b", batch_size=16,

@@ -16,9 +16,11 @@ are grouped into model calls differs.
 
 A drill-down run (``drill_down=r``, the service's ``fast``) shares the batches too: its copies
 are one level of drill-down at a time (:func:`explain.drill_down.drill_levels`, the rows of
-:class:`explain.occlusion.Drill`), and its next level is planned when the scores of this one
-are all back (:meth:`OcclusionRun.put`), from the same scores in the same order as
-``occlusion_map(..., drill_down=r, incremental=False)``: the same map.
+:class:`explain.occlusion.Drill`), and its next level is planned (:meth:`OcclusionRun.plan_level`)
+once the scores of this one are all back (:attr:`OcclusionRun.needs_level`), from the same
+scores in the same order as ``occlusion_map(..., drill_down=r, incremental=False)``: the same
+map. Planning is a step of its own, so that the service plans on a preparation thread while
+its model thread scores the other jobs' batches (:func:`score_step` plans at once).
 
 A batch is taken (:func:`take`: which copies of which runs, reserved at once), built
 (:func:`build`) and scored (:func:`score`) as three steps, so that the service's worker builds
@@ -69,6 +71,7 @@ class OcclusionRun:
             self.copies = plan.copies.rows(torch.from_numpy(self._drill.rows(next(self._levels))))
         self._level = 0  # where the level being scored starts
         self._p = np.zeros(self.n, np.float64)
+        self.planning = False  # its next level is being planned (set by whoever plans it)
 
     @property
     def n(self) -> int:
@@ -80,24 +83,37 @@ class OcclusionRun:
         return self.scored >= self.n and (self._levels is None or self._result is not None)
 
     def put(self, lo: int, scores: torch.Tensor) -> None:
-        """Record the scores of copies ``lo`` to ``lo + len(scores)``; with drill-down, once a
-        level's are all back, plan the next level (or finish)."""
+        """Record the scores of copies ``lo`` to ``lo + len(scores)``."""
         self._p[lo:lo + len(scores)] = scores.double().cpu().numpy()
         self.scored += len(scores)
-        if self._levels is not None and self.scored == self.n:
-            self._next_level(self._levels)
 
-    def _next_level(self, levels: Levels) -> None:
-        drops = self._drill.drops(self._p[self._level:])
+    @property
+    def needs_level(self) -> bool:
+        """A drill-down run whose level is all scored, and whose next level (or end) is not
+        planned yet, nor being planned."""
+        return (self._levels is not None and self._result is None and not self.planning
+                and self.scored == self.n)
+
+    def plan_level(self) -> None:
+        """Plan the next drill-down level from the scores of this one (or finish): its copies
+        join :attr:`copies`, to be taken. Safe on another thread than the one taking batches:
+        the scores' room grows before the copies do, and no copy of the run is taken or
+        scored meanwhile (all of this level's are scored)."""
+        assert self._levels is not None
         try:
-            points = levels.send(drops)
-        except StopIteration as done:
-            self._result = done.value
-            return
-        rows = torch.from_numpy(self._drill.rows(points))
-        self._level = self.n
-        self.copies = self.copies.rows(torch.cat([self.copies.bounds, rows]))
-        self._p = np.concatenate([self._p, np.zeros(len(rows), np.float64)])
+            drops = self._drill.drops(self._p[self._level:])
+            try:
+                points = self._levels.send(drops)
+            except StopIteration as done:
+                self._result = done.value
+                return
+            rows = torch.from_numpy(self._drill.rows(points))
+            level = self.n
+            self._p = np.concatenate([self._p, np.zeros(len(rows), np.float64)])
+            self._level = level
+            self.copies = self.copies.rows(torch.cat([self.copies.bounds, rows]))
+        finally:
+            self.planning = False
 
     def probabilities(self) -> np.ndarray:
         """p(target) of every copy in order (float64), once :attr:`complete`."""
@@ -151,7 +167,8 @@ def build(parts: Sequence[Part]) -> torch.Tensor:
 @torch.no_grad()
 def score(parts: Sequence[Part], batch: torch.Tensor) -> None:
     """Score ``batch`` (:func:`build` of ``parts``) in ONE model call
-    (:func:`explain.perturbation.score_built`) and put each run's p(target) back."""
+    (:func:`explain.perturbation.score_built`) and put each run's p(target) back (a drill-down
+    run's next level is planned apart: :meth:`OcclusionRun.plan_level`)."""
     probs = score_built([(r.copies, lo, hi) for r, lo, hi in parts], batch)
     for (run, lo, _), p in zip(parts, probs, strict=True):
         run.put(lo, p[:, run.plan.target])
@@ -160,9 +177,13 @@ def score(parts: Sequence[Part], batch: torch.Tensor) -> None:
 def score_step(classifier: Classifier, runs: Sequence[OcclusionRun],
                batch_size: int) -> list[OcclusionRun]:
     """Take, build and score one model batch of at most ``batch_size`` copies from ``runs``
-    (:func:`take`), in ONE model call; returns the runs that got scores (none when no copy is
+    (:func:`take`), in ONE model call, then plan the next level of the drill-down runs whose
+    level it completed; returns the runs that got scores (none when no copy is
     left to take). ``classifier`` is the runs' own (each plan holds it)."""
     parts = take(runs, batch_size)
     if parts:
         score(parts, build(parts))
+    for run, _, _ in parts:
+        if run.needs_level:
+            run.plan_level()
     return [r for r, _, _ in parts]

@@ -5,7 +5,7 @@ atomic, so several workers never take one job twice). Occlusion jobs, with ``fas
 or without, are held as :class:`~explain.serve.batching.OcclusionRun` s, up to ``interleave`` at
 a time, and advanced one shared model batch at a time: windows of different jobs share batches,
 built and scored by the engine's loop (:mod:`explain.serve.batching`); a ``fast`` job's next
-drill-down level is planned when its level's scores are back. The worker's own thread is the
+drill-down level is planned when its level's scores are back, on a preparation thread. The worker's own thread is the
 model's: for these jobs it only scores batches. Its preparation threads (``prepare``,
 :data:`PREPARE`) do the rest beside it: decode the upload and plan the job
 (:meth:`Worker._prepare`), build the next batch's copies while the model scores this one, and
@@ -218,6 +218,7 @@ class Worker(threading.Thread):
         self._preparing: dict[str, Future[_Active]] = {}  # claimed, being decoded and planned
         self._active: list[_Active] = []  # planned: their masks go into the model's batches
         self._next: tuple[list[Part], Future[torch.Tensor]] | None = None  # built meanwhile
+        self._planning: dict[str, Future[None]] = {}  # a fast job's next drill-down level
         self._finishing: dict[str, tuple[_Active, Future[float | None]]] = {}  # being written
         self._alone: str | None = None  # the job run on its own right now
         self._unrecorded: dict[str, str] = {}  # failed jobs the table could not record yet
@@ -256,6 +257,7 @@ class Worker(threading.Thread):
                     self._preparing.clear()
                     self._active.clear()
                     self._finishing.clear()
+                    self._planning.clear()
                     self._next = None
                     self._alone = None
                     self.stopping.wait(FAULT_PAUSE_S)
@@ -462,11 +464,29 @@ class Worker(threading.Thread):
             self._next = following, self._submit(build, following)
         if built is not None:
             self._score(parts, built)
+        self._plan_levels()
+        if built is None and self._planning:  # nothing to score until a level is planned
+            wait(list(self._planning.values()), timeout=0.05, return_when=FIRST_COMPLETED)
         for a in list(self._active):
             if a.run.complete:
                 self._active.remove(a)
                 self._finishing[a.job.id] = a, self._submit(self._write, a, step)
         self._tick()
+
+    def _plan_levels(self) -> None:
+        """Plan the next drill-down level of each ``fast`` job whose level is all scored, on a
+        preparation thread (:meth:`~explain.serve.batching.OcclusionRun.plan_level`); a job
+        whose planning failed is failed with the reason."""
+        for job_id, future in list(self._planning.items()):
+            if future.done():
+                del self._planning[job_id]
+                if future.exception() is not None:
+                    self._drop(job_id)
+                    self._fail(job_id, reason(future.exception()))  # type: ignore[arg-type]
+        for a in self._active:
+            if a.run.needs_level and a.job.id not in self._planning:
+                a.run.planning = True
+                self._planning[a.job.id] = self._submit(a.run.plan_level)
 
     def _score(self, parts: list[Part], built: Future[torch.Tensor]) -> None:
         """Score a built batch in one model call; when it fails, each job's part alone, and a
