@@ -5,8 +5,8 @@ atomic, so several workers never take one job twice). Occlusion jobs, with ``fas
 or without, are held as :class:`~explain.serve.batching.OcclusionRun` s, up to ``interleave`` at
 a time, and advanced one shared model batch at a time: windows of different jobs share batches,
 built and scored by the engine's loop (:mod:`explain.serve.batching`); a ``fast`` job's next
-drill-down level is planned when its level's scores are back, on a preparation thread. The worker's own thread is the
-model's: for these jobs it only scores batches. Its preparation threads (``prepare``,
+drill-down level is planned when its level's scores are back, on a preparation thread. The
+worker's own thread is the model's: for these jobs it only scores batches. Its preparation threads (``prepare``,
 :data:`PREPARE`) do the rest beside it: decode the upload and plan the job
 (:meth:`Worker._prepare`), build the next batch's copies while the model scores this one, and
 turn a complete job's scores into its map and write it (:meth:`Worker._write`). After each batch
