@@ -6,8 +6,8 @@ or without, are held as :class:`~explain.serve.batching.OcclusionRun` s, up to `
 a time, and advanced one shared model batch at a time: windows of different jobs share batches,
 built and scored by the engine's loop (:mod:`explain.serve.batching`); a ``fast`` job's next
 drill-down level is planned when its level's scores are back, on a preparation thread. The
-worker's own thread is the model's: for these jobs it only scores batches. Its preparation threads (``prepare``,
-:data:`PREPARE`) do the rest beside it: decode the upload and plan the job
+worker's own thread is the model's: for these jobs it only scores batches. Its preparation
+threads (``prepare``, :data:`PREPARE`) do the rest beside it: decode the upload and plan the job
 (:meth:`Worker._prepare`), build the next batch's copies while the model scores this one, and
 turn a complete job's scores into its map and write it (:meth:`Worker._write`). After each batch
 ONE transaction (:meth:`~explain.serve.jobs.JobStore.tick`) records every held job's progress
