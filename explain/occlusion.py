@@ -285,8 +285,9 @@ def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     one score per row. ``bounds``: (n, 4) int64 windows (top, left, bottom, right) in work
     pixels; an empty window (e.g. all zeros) scores the intact image. ``step`` windows per
     ``predict``; ``progress(done, n)`` after each batch. ``net`` (from
-    :func:`explain.incremental.network_for`): score by incremental inference, with ``tau`` its
-    projective-field threshold; None: full re-inference of every occluded copy, made by
+    :func:`explain.incremental.network_for`): score by incremental inference
+    (:func:`~explain.incremental.window_scores`: its copy builder through the same loop), with
+    ``tau`` its projective-field threshold; None: full re-inference of every occluded copy, made by
     ``copies`` (the :class:`OccludedCopies` of ``x`` and ``fill``, so that several calls on one
     image prepare them once; made here when None). Every window an occlusion map scores goes
     through here: exact, drill-down, incremental or both."""
