@@ -401,19 +401,9 @@ def test_model_failures(tmp_path):
     assert _rows(tmp_path / "out2") and all(r[3] is None for r in _rows(tmp_path / "out2"))
 
 
-def test_one_window_plan_per_audit(tmp_path, monkeypatch):
-    # box and stride become a WindowPlan once per run and every image's map, cue harvest and
-    # pool scan gets it passed down; the options' own check (the registry's) makes the other
-    import explain.windows
-
-    built = []
-    init = explain.windows.WindowPlan.__init__
-
-    def counted(self, box, stride):
-        built.append((box, stride))
-        init(self, box, stride)
-
-    monkeypatch.setattr(explain.windows.WindowPlan, "__init__", counted)
+def test_one_window_plan_per_audit(tmp_path, window_plans):
+    # box and stride become a WindowPlan once per run and every image's map and cue harvest
+    # gets it passed down; the options' own check (the registry's) makes the other
     synthetic(tmp_path / "data", n_bright=4, n_dark=3)
     clf = CallableClassifier(region_score, class_names=["sfw", "nsfw"])
     cues = CueOptions(min_fps=1, negatives=3, positives=1, embed="pixels", paste_pairs=2)
@@ -421,4 +411,4 @@ def test_one_window_plan_per_audit(tmp_path, monkeypatch):
                      label_issues=False, clusters=False, cue_options=cues)
     result = audit(tmp_path / "data", tmp_path / "out", model=clf, options=o)
     assert result.heatmaps == 3 and result.cues is not None and result.cues.calls > 3
-    assert built == [(16, (8, 0.125))] * 2
+    assert window_plans == [(16, (8, 0.125))] * 2
