@@ -99,13 +99,13 @@ def build_parts(parts: Sequence[Part]) -> torch.Tensor:
     builders of one kind and one classifier, whose copies have one shape), in order: what
     :func:`score_built` takes. Building may run on another thread than the model calls (the
     service's preparation threads)."""
+    if parts[0][0].alone and any(b is not parts[0][0] for b, _, _ in parts):
+        raise ValueError(f"{type(parts[0][0]).__name__} scores its own image only: its copies "
+                         "cannot share a model call with another builder's")
     first = parts[0][0]
     if any(type(b) is not type(first) or b.classifier is not first.classifier
            for b, _, _ in parts):
         raise ValueError("score_parts needs builders of one kind over one classifier")
-    if first.alone and any(b is not first for b, _, _ in parts):
-        raise ValueError(f"{type(first).__name__} scores its own image only: its copies "
-                         "cannot share a model call with another builder's")
     return torch.cat([b.copies(lo, hi) for b, lo, hi in parts])
 
 
