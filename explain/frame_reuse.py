@@ -57,6 +57,7 @@ from explain.windows import (
     WindowPlan,
     check_batch_size,
     window_mean,
+    window_plan,
 )
 
 REGION_FILLS = ("gray", "black")
@@ -94,18 +95,19 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                    target: str | int = "nsfw", batch_size: int | None = None,
                    threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: str = "identical",
                    drill_down: float | None = None,
-                   progress: Progress | None = None) -> list[Heatmap]:
+                   progress: Progress | None = None, windows: WindowPlan | None = None
+                   ) -> list[Heatmap]:
     """One occlusion map per frame of ``frames`` (RGB uint8 arrays of one size, in time order),
     each as :func:`explain.occlusion.occlusion_map` defines it (same parameters: ``box``,
-    ``stride``, ``fill``, ``target``, ``batch_size``), reusing the previous frame's work as the
-    module docstring says: ``reuse`` is ``identical`` (exact; the default), ``region``
-    (approximate for occlusion, see the module docstring) or ``none``. ``threshold``: the level
-    difference (0..255) up to which a pixel counts as unchanged. ``drill_down``: None = every
-    window scored; r in (0, 1] = each frame that is scored drills down as
-    :func:`~explain.occlusion.occlusion_map` does (:func:`~explain.occlusion.drilled_scores`;
-    ``params`` then record ``drill_down`` and ``windows_evaluated``); identical frames still
-    take the previous map, and region reuse, which keeps windows of its own, is refused with
-    it. ``progress(done, total)`` counts frames.
+    ``stride`` or their plan ``windows``, ``fill``, ``target``, ``batch_size``), reusing the
+    previous frame's work as the module docstring says: ``reuse`` is ``identical`` (exact; the
+    default), ``region`` (approximate for occlusion, see the module docstring) or ``none``.
+    ``threshold``: the level difference (0..255) up to which a pixel counts as unchanged.
+    ``drill_down``: None = every window scored; r in (0, 1] = each frame that is scored drills
+    down as :func:`~explain.occlusion.occlusion_map` does
+    (:func:`~explain.occlusion.drilled_scores`; ``params`` then record ``drill_down`` and
+    ``windows_evaluated``); identical frames still take the previous map, and region reuse,
+    which keeps windows of its own, is refused with it. ``progress(done, total)`` counts frames.
 
     Returns one SIGNED :class:`~explain.heatmap.Heatmap` per frame, in units of p(target),
     ``params["reuse"]`` in ``identical``, ``region`` or ``none`` and ``params["rescored"]`` the
@@ -123,19 +125,19 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     shape = frames[0].shape[:2]
     t = resolve_target(classifier, target)
     name = classifier.class_names[t]
-    grid = WindowPlan(box, stride)
-    windows = grid.grid(shape)
+    grid = window_plan(box, stride, windows)
+    placed = grid.grid(shape)
     size = work_size(classifier, shape)
-    scaled = scale_windows(windows, shape, size)
+    scaled = scale_windows(placed, shape, size)
     device = classifier.device
-    step = check_batch_size(batch_size, device, size, len(windows) + LEAD)
+    step = check_batch_size(batch_size, device, size, len(placed) + LEAD)
     # incremental inference (exact) whenever it applies and pays
     net = network_for(classifier, None, window=tuple((scaled[0, 2:] - scaled[0, :2]).tolist()),
                       size=tuple(size))
     head = lead_rows(size)
     view = model_view(classifier, shape)
     maps: list[Heatmap] = []
-    drops = np.zeros(len(windows))
+    drops = np.zeros(len(placed))
     score = base = 0.0
     precision: dict = {}
     window = tuple(int(v) for v in scaled[0, 2:] - scaled[0, :2])
@@ -145,7 +147,7 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
         if fill == "auto":
             x = at_size(to_tensor(frame, device), size)
             fill = choose_fill(classifier, x, t, window)[0]
-        how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold,
+        how, chosen = plan(frames[k - 1] if k else None, frame, placed, reuse, threshold,
                            region=fill in REGION_FILLS)
         rescored = int(chosen.sum())
         if how != "identical":
@@ -164,18 +166,18 @@ def occlusion_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                 drops = drops.copy()
                 drops[chosen] = p[0] - p[LEAD:]
             else:  # chosen is every window: region reuse is refused with drill-down
-                score, base, drops, rescored = drilled_scores(scores, bounds, windows, None,
+                score, base, drops, rescored = drilled_scores(scores, bounds, placed, None,
                                                               drill)
         maps.append(Heatmap(
-            values=window_mean(shape, windows, drops), method="occlusion", target=name,
-            score=score, box=tuple(int(v) for v in windows[0, 2:] - windows[0, :2]),
-            stride=grid.pixels(shape)[1], windows=len(windows),
+            values=window_mean(shape, placed, drops), method="occlusion", target=name,
+            score=score, box=tuple(int(v) for v in placed[0, 2:] - placed[0, :2]),
+            stride=grid.pixels(shape)[1], windows=len(placed),
             seconds=time.perf_counter() - start,
             params={"fill": fill, "fill_asked": asked, "baseline": f"whole image {fill}-filled",
                     "baseline_score": base, "model_view": view,
                     "provider": execution_provider(classifier), **precision,
-                    "batch_size": step, "work_size": list(size), "box_asked": box,
-                    "stride_asked": stride, "reuse": how, "rescored": rescored,
+                    "batch_size": step, "work_size": list(size), "box_asked": grid.box,
+                    "stride_asked": grid.stride, "reuse": how, "rescored": rescored,
                     "incremental": net is not None,
                     "threshold": threshold}
                 | ({} if drill is None else {"drill_down": drill, "windows_evaluated": rescored}),
@@ -190,13 +192,14 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
                  box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE,
                  target: str | int = "nsfw", batch_size: int | None = None,
                  threshold: int = DEFAULT_REUSE_THRESHOLD, reuse: str = "region",
-                 progress: Progress | None = None) -> list[Heatmap]:
+                 progress: Progress | None = None, windows: WindowPlan | None = None
+                 ) -> list[Heatmap]:
     """One sliding-window map per frame of ``frames`` (RGB uint8 arrays of one size, in time
     order), each as :func:`explain.sliding.sliding_window_map` defines it (same ``box``,
-    ``stride``, ``target``, ``batch_size``), reusing the previous frame's work: ``reuse`` is
-    ``region`` (the default: exact for any model, see the module docstring), ``identical`` or
-    ``none``; ``threshold`` as for :func:`occlusion_maps`. ``progress(done, total)`` counts
-    frames.
+    ``stride`` or their plan ``windows``, ``target``, ``batch_size``), reusing the previous
+    frame's work: ``reuse`` is ``region`` (the default: exact for any model, see the module
+    docstring), ``identical`` or ``none``; ``threshold`` as for :func:`occlusion_maps`.
+    ``progress(done, total)`` counts frames.
 
     Returns one :class:`~explain.heatmap.Heatmap` per frame: per pixel the mean p(target) of the
     crops covering it, bounds (0, 1); ``params["reuse"]`` and ``params["rescored"]`` as for
@@ -206,36 +209,36 @@ def sliding_maps(classifier: Classifier, frames: Sequence[np.ndarray], *,
     shape = frames[0].shape[:2]
     t = resolve_target(classifier, target)
     name = classifier.class_names[t]
-    grid = WindowPlan(box, stride)
-    windows = grid.grid(shape)
+    grid = window_plan(box, stride, windows)
+    placed = grid.grid(shape)
     device = classifier.device
-    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
+    bh, bw = (int(v) for v in placed[0, 2:] - placed[0, :2])
     size = work_size(classifier, (bh, bw))
     step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])),
-                            len(windows))
+                            len(placed))
     maps: list[Heatmap] = []
-    crops = np.zeros(len(windows))
+    crops = np.zeros(len(placed))
     score = 0.0
     precision: dict = {}
-    blank, view = blank_score(classifier, size, t), crops_view(classifier, windows)
+    blank, view = blank_score(classifier, size, t), crops_view(classifier, placed)
     for k, frame in enumerate(frames):
         start = time.perf_counter()
-        how, chosen = plan(frames[k - 1] if k else None, frame, windows, reuse, threshold)
+        how, chosen = plan(frames[k - 1] if k else None, frame, placed, reuse, threshold)
         if how != "identical":
             x = to_tensor(frame, device)[0]
             probs = probabilities(classifier, x.unsqueeze(0))
             score = float(probs[0, t])
             precision = precision_params(classifier, x.unsqueeze(0), probs)
             crops = crops.copy()
-            crops[chosen] = crop_scores(classifier, x, windows[chosen], size, t, step)
+            crops[chosen] = crop_scores(classifier, x, placed[chosen], size, t, step)
         maps.append(Heatmap(
-            values=window_mean(shape, windows, crops), method="sliding", target=name,
+            values=window_mean(shape, placed, crops), method="sliding", target=name,
             score=score, box=(bh, bw), stride=grid.pixels(shape)[1],
-            windows=len(windows), seconds=time.perf_counter() - start,
+            windows=len(placed), seconds=time.perf_counter() - start,
             params={"baseline": BLANK, "baseline_score": blank, "model_view": view,
                     "provider": execution_provider(classifier), **precision,
-                    "batch_size": step, "crop_size": list(size), "box_asked": box,
-                    "stride_asked": stride, "reuse": how, "rescored": int(chosen.sum()),
+                    "batch_size": step, "crop_size": list(size), "box_asked": grid.box,
+                    "stride_asked": grid.stride, "reuse": how, "rescored": int(chosen.sum()),
                     "threshold": threshold},
             unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0), noise_floor=NOISE_FLOOR))
         if progress is not None:

@@ -228,12 +228,24 @@ class Method:
     compute: Callable[..., Heatmap] | None = None
     options: tuple[Option, ...] = ()
     by_default: bool = True
+    own_run: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.run is None and self.compute is None:
             raise TypeError(f"method {self.name}: give its run or its compute function")
+        object.__setattr__(self, "own_run", self.run is not None)
         if self.run is None:
             object.__setattr__(self, "run", partial(run, self))
+
+    def prepared(self, o: RunOptions) -> Runner:
+        """The method ready for every image of a job (a report) run with ``o``:
+        :func:`prepare` (options checked and window plan made once) for a registry method,
+        ``run`` with ``o`` for a method given its own."""
+        if self.own_run:  # as it was always called: progress only when there is one
+            return lambda models, image, progress=None: (
+                self.run(models, image, o) if progress is None
+                else self.run(models, image, o, progress))
+        return prepare(self, o)
 
     def check(self, given: Mapping[str, object], labels: Callable[[Option], str] | None = None
               ) -> dict[str, object]:
@@ -246,14 +258,52 @@ class Method:
         return {o.name: checked[o.name] for o in self.options if o.argument}
 
 
-def run(method: Method, models: Models, image: np.ndarray, o: RunOptions,
-        progress: Progress | None = None) -> Heatmap:
-    """``method``'s map of ``image`` with the run options ``o`` (its own options checked)."""
+class Runner(Protocol):
+    """``runner(models, image, progress=None)``: one method's map of one image, with the run
+    options it was prepared with (:meth:`Method.prepared`)."""
+
+    def __call__(self, models: Models, image: np.ndarray, progress: Progress | None = None
+                 ) -> Heatmap: ...
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A registry method with its options checked once (``arguments``: its library function's
+    keyword arguments, a box and stride turned into their window plan, ``windows``): what a
+    job runs on each of its images, so that nothing is checked or planned again per image."""
+
+    method: Method
+    target: str | int
+    batch_size: int | None
+    arguments: Mapping[str, object]
+
+    def __call__(self, models: Models, image: np.ndarray, progress: Progress | None = None
+                 ) -> Heatmap:
+        assert self.method.compute is not None  # prepare: a registry method
+        return self.method.compute(models, image, target=self.target,
+                                   batch_size=self.batch_size, progress=progress,
+                                   **self.arguments)
+
+
+def prepare(method: Method, o: RunOptions) -> Prepared:
+    """``method`` (a registry one: it has ``compute``) with the run options ``o``: its own
+    options checked, and a box and stride made into ONE
+    :class:`~explain.windows.WindowPlan` passed to its library function as ``windows``."""
     given = {opt.name: o.settings[opt.name] for opt in method.options
              if opt.name in o.settings}
-    assert method.compute is not None  # Method.__post_init__: a run function otherwise
-    return method.compute(models, image, target=o.target, batch_size=o.batch_size,
-                          progress=progress, **method.arguments(method.check(given)))
+    arguments = method.arguments(method.check(given))
+    if "box" in arguments and "stride" in arguments:
+        from explain.windows import WindowPlan
+
+        arguments["windows"] = WindowPlan(arguments.pop("box"), arguments.pop("stride"))
+    return Prepared(method, o.target, o.batch_size, arguments)
+
+
+def run(method: Method, models: Models, image: np.ndarray, o: RunOptions,
+        progress: Progress | None = None) -> Heatmap:
+    """``method``'s map of ``image`` with the run options ``o`` (its own options checked):
+    :func:`prepare` for one image."""
+    return prepare(method, o)(models, image, progress)
 
 
 def check_options(options: Iterable[Option], given: Mapping[str, object],

@@ -65,6 +65,7 @@ from explain.windows import (
     WindowPlan,
     check_batch_size,
     window_mean,
+    window_plan,
 )
 
 
@@ -248,7 +249,8 @@ class OcclusionPlan:
 
 def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                    box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = DEFAULT_FILL,
-                   target: str | int = "nsfw") -> OcclusionPlan:
+                   target: str | int = "nsfw", windows: WindowPlan | None = None
+                   ) -> OcclusionPlan:
     """The :class:`OcclusionPlan` of :func:`occlusion_map` (same arguments, same checks): the
     image at the classifier's input size on its device, the fill (``auto``:
     :func:`choose_fill`, one model call), the scaled windows."""
@@ -256,7 +258,7 @@ def plan_occlusion(classifier: Classifier, image: np.ndarray | str | os.PathLike
     work = work_image(classifier, image)
     shape, size, x = work.shape, work.size, work.x
     t = resolve_target(classifier, target)
-    grid = WindowPlan(box, stride)
+    grid = window_plan(box, stride, windows)
     windows = grid.grid(shape)
     scaled = work.to_work(windows)
     window = tuple(int(v) for v in scaled[0, 2:] - scaled[0, :2])
@@ -299,8 +301,9 @@ def occluded_scores(classifier: Classifier, x: torch.Tensor, fill: torch.Tensor,
     one score per row. ``bounds``: (n, 4) int64 windows (top, left, bottom, right) in work
     pixels; an empty window (e.g. all zeros) scores the intact image. ``step`` windows per
     ``predict``; ``progress(done, n)`` after each batch. ``net`` (from
-    :func:`explain.incremental.network_for`): score by incremental inference, with ``tau`` its
-    projective-field threshold; None: full re-inference of every occluded copy, made by
+    :func:`explain.incremental.network_for`): score by incremental inference
+    (:func:`~explain.incremental.window_scores`: its copy builder through the same loop), with
+    ``tau`` its projective-field threshold; None: full re-inference of every occluded copy, made by
     ``copies`` (the :class:`OccludedCopies` of ``x`` and ``fill``, so that several calls on one
     image prepare them once; made here when None). Every window an occlusion map scores goes
     through here: exact, drill-down, incremental or both."""
@@ -378,7 +381,8 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
                   box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE, fill: str = DEFAULT_FILL,
                   target: str | int = "nsfw", batch_size: int | None = None,
                   progress: Progress | None = None, drill_down: float | None = None,
-                  incremental: bool | None = None, tau: float | None = None) -> Heatmap:
+                  incremental: bool | None = None, tau: float | None = None,
+                  windows: WindowPlan | None = None) -> Heatmap:
     """Occlusion sensitivity map of ``image`` for ``target`` (the maths: the module docstring).
 
     ``classifier``: any :class:`~explain.models.base.Classifier` (black box is enough). ``image``:
@@ -388,7 +392,9 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     colour), ``blur`` (a heavily blurred copy) or ``auto`` (of those four, the one the model
     scores lowest for ``target`` when it fills the whole image: :func:`choose_fill`; ``params``
     record ``fill`` chosen, ``fill_asked`` and ``fill_scores``). ``target``: the class, by name
-    or index.
+    or index. ``windows``: the window plan of ``box`` and ``stride``
+    (:class:`~explain.windows.WindowPlan`) when a job made it once for all its images (then
+    ``box`` and ``stride`` are not given).
     ``batch_size``: occluded copies per ``predict`` (default:
     :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
     ``progress(done, total)`` is called after each batch, counting windows (with drill-down,
@@ -419,7 +425,8 @@ def occlusion_map(classifier: Classifier, image: np.ndarray | str | os.PathLike,
     start = time.perf_counter()
     drill = check_drill_down(drill_down)
     check_incremental(incremental, tau)
-    plan = plan_occlusion(classifier, image, box=box, stride=stride, fill=fill, target=target)
+    plan = plan_occlusion(classifier, image, box=box, stride=stride, fill=fill, target=target,
+                          windows=windows)
     window = plan.bounds[LEAD, 2:] - plan.bounds[LEAD, :2]
     net = network_for(classifier, incremental, tau, tuple(window.tolist()), plan.size)
     step = check_batch_size(batch_size, plan.x.device, plan.size, plan.n)

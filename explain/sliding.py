@@ -39,6 +39,7 @@ from explain.windows import (
     WindowPlan,
     check_batch_size,
     window_mean,
+    window_plan,
 )
 
 
@@ -46,7 +47,8 @@ from explain.windows import (
 def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.PathLike, *,
                        box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE,
                        target: str | int = "nsfw", batch_size: int | None = None,
-                       progress: Progress | None = None) -> Heatmap:
+                       progress: Progress | None = None, windows: WindowPlan | None = None
+                       ) -> Heatmap:
     """Sliding-window map of ``image`` for ``target`` (the maths: the module docstring).
 
     ``classifier``: any :class:`~explain.models.base.Classifier` (black box is enough). ``image``:
@@ -54,7 +56,9 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
     fractions of the shorter side (float in (0, 1]), one or (h, w); see :mod:`explain.windows`.
     ``target``: the class, by name or index. ``batch_size``: crops per ``predict`` (default:
     :func:`~explain.windows.default_batch_size`; a given size over the memory budget is refused).
-    ``progress(done, total)`` is called after each batch, counting windows.
+    ``progress(done, total)`` is called after each batch, counting windows. ``windows``: the
+    window plan of ``box`` and ``stride`` when a job made it once for all its images (then
+    ``box`` and ``stride`` are not given).
 
     Returns a :class:`~explain.heatmap.Heatmap` in the original image's coordinates: per pixel
     the mean over covering windows of p(target | the crop alone). A probability: unsigned, bounds
@@ -67,27 +71,27 @@ def sliding_window_map(classifier: Classifier, image: np.ndarray | str | os.Path
     x = to_tensor(as_rgb(image), classifier.device)[0]
     shape = (int(x.shape[1]), int(x.shape[2]))
     t = resolve_target(classifier, target)
-    grid = WindowPlan(box, stride)
-    windows = grid.grid(shape)
+    grid = window_plan(box, stride, windows)
+    placed = grid.grid(shape)
     device = classifier.device
-    bh, bw = (int(v) for v in windows[0, 2:] - windows[0, :2])
+    bh, bw = (int(v) for v in placed[0, 2:] - placed[0, :2])
     size = work_size(classifier, (bh, bw))
-    n = len(windows)
+    n = len(placed)
     step = check_batch_size(batch_size, device, (max(bh, size[0]), max(bw, size[1])), n)
     probs = probabilities(classifier, x.unsqueeze(0))
     score = float(probs[0, t])
     precision = precision_params(classifier, x.unsqueeze(0), probs)
-    scores = crop_scores(classifier, x, windows, size, t, step, progress)
-    values = window_mean(shape, windows, scores)
+    scores = crop_scores(classifier, x, placed, size, t, step, progress)
+    values = window_mean(shape, placed, scores)
     name = classifier.class_names[t]
     return Heatmap(values=values, method="sliding", target=name, score=score,
                    box=(bh, bw), stride=grid.pixels(shape)[1], windows=n,
                    seconds=time.perf_counter() - start,
                    params={"baseline": BLANK, "baseline_score": blank_score(classifier, size, t),
-                           "model_view": crops_view(classifier, windows),
+                           "model_view": crops_view(classifier, placed),
                            "provider": execution_provider(classifier), **precision,
-                           "batch_size": step, "crop_size": list(size), "box_asked": box,
-                           "stride_asked": stride},
+                           "batch_size": step, "crop_size": list(size), "box_asked": grid.box,
+                           "stride_asked": grid.stride},
                    unit=f"p({name}) of the crop alone", bounds=(0.0, 1.0),
                    noise_floor=NOISE_FLOOR)
 

@@ -160,6 +160,21 @@ class WindowPlan:
         return np.stack([top, left, top + bh, left + bw], axis=1)
 
 
+def window_plan(box: Size, stride: Size, windows: WindowPlan | None) -> WindowPlan:
+    """``windows`` (a job's plan, made once and passed down to each of its images), else the
+    plan of ``box`` and ``stride``. With a plan, ``box`` and ``stride`` are left at their
+    defaults or are the plan's own: two different windows for one map are refused, never one
+    chosen in silence."""
+    if windows is None:
+        return WindowPlan(box, stride)
+    for name, given, planned, default in (("box", box, windows.box, DEFAULT_BOX),
+                                          ("stride", stride, windows.stride, DEFAULT_STRIDE)):
+        if given != default and given != planned:
+            raise OptionError(f"{name} {given!r} differs from the window plan's {planned!r}: "
+                              f"give the {name} or the plan, not both")
+    return windows
+
+
 def check_windows(box: Size, stride: Size) -> tuple[tuple[int | float, int | float],
                                                      tuple[int | float, int | float]]:
     """Validated ``(box, stride)`` pairs: those of :class:`WindowPlan` (where the checks live),

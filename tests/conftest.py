@@ -1,6 +1,6 @@
 """Shared fixtures: the real open_nsfw on both backends and the other built-in models (built
-once), real photos, the browser for the page tests, and the one comparison of a CLI picture with
-the renderer's."""
+once), real photos, the browser for the page tests, the one comparison of a CLI picture with
+the renderer's, and the window plans a test builds."""
 
 from __future__ import annotations
 
@@ -64,6 +64,23 @@ def mobilenet():
 def photos() -> dict[str, np.ndarray]:
     """Real RGB uint8 photos from scikit-image."""
     return {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea()}
+
+
+@pytest.fixture
+def window_plans(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """The (box, stride) of every :class:`explain.windows.WindowPlan` built during the test,
+    in order: how a test shows that a job makes its window plan once."""
+    import explain.windows
+
+    built: list[tuple] = []
+    init = explain.windows.WindowPlan.__init__
+
+    def counted(self: explain.windows.WindowPlan, box: object, stride: object) -> None:
+        built.append((box, stride))
+        init(self, box, stride)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(explain.windows.WindowPlan, "__init__", counted)
+    return built
 
 
 @pytest.fixture(autouse=True)

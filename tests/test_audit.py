@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from explain.audit import AuditOptions, NudeNetDetector, Part, audit, open_dataset
 from explain.audit import metrics as m
 from explain.audit.concepts import heat_share
+from explain.audit.options import CueOptions
 from explain.cli import app
 from explain.errors import OptionError
 from explain.images import load_image, to_tensor
@@ -398,3 +399,16 @@ def test_model_failures(tmp_path):
     with pytest.raises(ModelError, match="server down"):
         audit(tmp_path / "data", tmp_path / "out2", model=clf, options=o)
     assert _rows(tmp_path / "out2") and all(r[3] is None for r in _rows(tmp_path / "out2"))
+
+
+def test_one_window_plan_per_audit(tmp_path, window_plans):
+    # box and stride become a WindowPlan once per run and every image's map and cue harvest
+    # gets it passed down; the options' own check (the registry's) makes the other
+    synthetic(tmp_path / "data", n_bright=4, n_dark=3)
+    clf = CallableClassifier(region_score, class_names=["sfw", "nsfw"])
+    cues = CueOptions(min_fps=1, negatives=3, positives=1, embed="pixels", paste_pairs=2)
+    o = AuditOptions(threshold=0.5, top=3, box=16, stride=(8, 0.125), mosaic=0, concepts=False,
+                     label_issues=False, clusters=False, cue_options=cues)
+    result = audit(tmp_path / "data", tmp_path / "out", model=clf, options=o)
+    assert result.heatmaps == 3 and result.cues is not None and result.cues.calls > 3
+    assert window_plans == [(16, (8, 0.125))] * 2

@@ -139,3 +139,21 @@ def test_occlude_says_when_the_baseline_is_not_below_the_score_and_fill_auto(run
     meta = json.loads(open("auto/white.occlusion.json").read())
     assert meta["params"]["fill_asked"] == "auto" and meta["params"]["fill"] == "black"
     assert meta["params"]["baseline_score"] == 0.0 and meta["warnings"] == []
+
+
+@pytest.mark.parametrize("command", ["occlude", "slide"])
+def test_one_window_plan_for_all_the_images_of_a_command(runner, files, window_plans,
+                                                           command):
+    # the checked --box/--stride make one WindowPlan that every image's map gets; the other
+    # is the options' check (the registry's); maps equal the library's with box and stride
+    Image.fromarray(np.full((50, 60, 3), 90, np.uint8)).save("gray.png")
+    args = [command, files["cat"], files["cup"], "gray.png", "--box", "32", "--stride",
+            "24,25%", "-m", files["model"], "--target", "1", "--save-npy", "-o", "out"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert window_plans == [(32, (24, 0.25))] * 2
+    make = occlusion_map if command == "occlude" else sliding_window_map
+    name = "occlusion" if command == "occlude" else "sliding"
+    expected = make(load(files["model"]), load_image(files["cup"]), box=32, stride=(24, 0.25),
+                    target=1)
+    np.testing.assert_array_equal(np.load(f"out/cup.{name}.npy"), expected.values)

@@ -305,3 +305,100 @@ def test_automatic_choice_reuses_activations_only_where_it_pays(image):
     assert pays(torch.device("cpu"), (64, 64), (256, 256))
     assert not pays(torch.device("cpu"), (65, 64), (256, 256))
     assert not pays(torch.device("cuda"), (16, 16), (256, 256))
+
+
+def _engine_runs(monkeypatch):
+    """Count the batch sizes IncrementalCopies hands to the cached network (one per batch)."""
+    import explain.incremental
+
+    runs = []
+    score = explain.incremental.IncrementalCopies.score
+
+    def counted(self, batch):
+        runs.append(len(batch))
+        return score(self, batch)
+
+    monkeypatch.setattr(explain.incremental.IncrementalCopies, "score", counted)
+    return runs
+
+
+def test_incremental_inference_is_a_copy_builder_of_the_loop(monkeypatch):
+    # batching, progress and cancellation are the engine loop's; the copies are the windows
+    # that change the input, largest last; the intact image's window runs nothing
+    from explain.incremental import IncrementalCopies
+    from explain.perturbation import Cancelled, score_all, score_parts, scored
+
+    clf = tiny(SmallResNet(), input_size=None)
+    net = network_for(clf, True)
+    x, fill = torch.rand(1, 3, 30, 26), torch.full((1, 3, 1, 1), 0.5)
+    bounds = torch.tensor([[0, 0, 0, 0], [0, 0, 30, 26], [2, 3, 7, 9], [10, 4, 15, 10],
+                           [20, 20, 30, 26], [0, 0, 4, 4], [5, 5, 9, 9]])
+    runs = _engine_runs(monkeypatch)
+    copies = IncrementalCopies(clf, net, x, fill, bounds)
+    assert len(copies) == 6 and copies.rows.tolist() == [5, 6, 2, 3, 4, 1]
+    seen = []
+    got = score_all(copies, 4, 1, progress=lambda d, t: seen.append((d, t)))
+    assert runs == [4, 2] and seen == [(4, 6), (6, 6)]
+    p = window_scores(clf, net, x, fill, bounds, 1, 4)
+    assert torch.equal(p[torch.from_numpy(copies.rows)], got) and p[0] == copies.intact[0, 1]
+    runs.clear()
+    calls = iter([False, True])
+    with pytest.raises(Cancelled):
+        list(scored(copies, 2, cancel=lambda: next(calls)))
+    assert runs == [2]
+    with pytest.raises(Cancelled):
+        window_scores(clf, net, x, fill, bounds, 1, 4, cancel=lambda: True)
+    other = IncrementalCopies(clf, net, torch.rand(1, 3, 30, 26), fill, bounds)
+    with pytest.raises(ValueError, match="own image"):
+        score_parts([(copies, 0, 2), (other, 0, 2)])
+
+
+def test_progress_and_a_stop_behave_as_for_full_inference(image, monkeypatch):
+    # the same callback: after each batch, counting windows, ending at the total; raising
+    # from it (the service's DELETE) stops the map before the next batch
+    clf = tiny(SmallResNet(), input_size=None)
+    runs = _engine_runs(monkeypatch)
+    seen = {}
+    for incremental in (False, True):
+        seen[incremental] = []
+        occlusion_map(clf, image, box=9, stride=5, target=1, batch_size=16,
+                      incremental=incremental,
+                      progress=lambda d, t, k=incremental: seen[k].append((d, t)))
+    windows = seen[False][-1][1]
+    assert seen[True][-1] == seen[False][-1] == (windows, windows) and windows == 63
+    # 65 rows (the intact image, the baseline, the windows) in batches of 16; the intact
+    # image's row runs nothing in incremental inference: 64 rows, 4 batches
+    assert len(seen[False]) == 5 and len(seen[True]) == len(runs) == 4
+    assert all(a[0] < b[0] and a[1] == b[1]
+               for a, b in zip(seen[True], seen[True][1:], strict=False))
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    runs.clear()
+    with pytest.raises(Stop):
+        occlusion_map(clf, image, box=9, stride=5, target=1, batch_size=16, incremental=True,
+                      progress=stop)
+    assert runs == [16]
+
+
+def test_clip_frames_take_incremental_inference_where_a_still_would(image, monkeypatch):
+    # frame_reuse scores each frame through the same builder, under the same incremental=None
+    # rule (explain.incremental.pays): each frame's map is the still's, bit for bit
+    from explain.frame_reuse import occlusion_maps
+
+    clf = tiny(SmallResNet(), input_size=None)
+    runs = _engine_runs(monkeypatch)
+    frames = [image, np.ascontiguousarray(image[::-1])]
+    maps = occlusion_maps(clf, frames, box=9, stride=5, target=1, reuse="none")
+    assert len(runs) > 0 and all(m.params["incremental"] is True for m in maps)
+    for frame, got in zip(frames, maps, strict=True):
+        still = occlusion_map(clf, frame, box=9, stride=5, target=1)
+        assert still.params["incremental"] is True
+        assert np.array_equal(got.values, still.values) and got.score == still.score
+    runs.clear()
+    big = occlusion_maps(clf, frames, box=20, stride=10, target=1, reuse="none")
+    assert runs == [] and big[0].params["incremental"] is False  # it does not pay: full

@@ -192,3 +192,20 @@ def test_model_calls_have_one_home():
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"\.predict\(", line)]
     assert len(sites) <= 3, sites
+
+
+def test_a_jobs_window_plan_passed_down_gives_the_same_map():
+    # a job (the audit) makes its WindowPlan once and passes it to every image's map: the
+    # same map and params as box and stride; a box that is not the plan's is refused
+    clf = brightness()
+    image = np.random.default_rng(3).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    plan = WindowPlan(8, (4, 0.25))
+    passed = occlusion_map(clf, image, windows=plan, target="bright")
+    given = occlusion_map(clf, image, box=8, stride=(4, 0.25), target="bright")
+    assert np.array_equal(passed.values, given.values)
+    assert {k: v for k, v in passed.params.items() if k != "seconds"} == \
+        {k: v for k, v in given.params.items() if k != "seconds"}
+    assert occlusion_map(clf, image, box=8, windows=plan, target="bright").windows == \
+        given.windows
+    with pytest.raises(OptionError, match="box 6 differs from the window plan's 8"):
+        occlusion_map(clf, image, box=6, windows=plan, target="bright")

@@ -113,3 +113,31 @@ def test_the_service_form_and_page_fields_are_the_declarations(tmp_path):
     assert refused.json()["detail"] == [{"loc": ["body", "stride"], "type": "value_error",
                                          "msg": "stride must be N (pixels), P% (of the image's "
                                                 "shorter side) or H,W of those, got 'abc'"}]
+
+
+def test_a_report_checks_and_plans_each_method_once_not_per_image(tmp_path, window_plans):
+    """A report prepares each method once (Method.prepared: options checked, box and stride
+    made into one WindowPlan passed down to every image's map): the WindowPlans it builds
+    do not grow with its images."""
+    from PIL import Image
+
+    from explain.report import build_report
+
+    model = load(brightness, class_names=["sfw", "nsfw"],
+                 preprocess=Preprocess(input_size=(32, 32)))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(paths[-1])
+    options = Options(box=16, stride=(8, 0.25), steps=2)
+    counts = []
+    for n in (1, 3):
+        window_plans.clear()
+        report = build_report(paths[:n], model=model, methods="occlusion,sliding",
+                              options=options)
+        assert all(m.error is None and m.params["box_asked"] == 16 for img in report.images
+                   for m in img.methods)
+        counts.append(len(window_plans))
+    # the options' check (Options.check, then each method's) and one plan per method
+    assert counts == [5, 5] and window_plans == [(16, (8, 0.25))] * 5

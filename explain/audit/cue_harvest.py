@@ -25,7 +25,7 @@ from explain.models import Classifier, HasFeatures
 from explain.models.base import Preprocess, execution_provider, model_geometry, model_view
 from explain.occlusion import occlusion_map
 from explain.perturbation import Images, at_size, probabilities, score_all, work_size
-from explain.windows import Size, check_batch_size, pixels
+from explain.windows import WindowPlan, check_batch_size
 
 MIN_SHARE = 0.5
 
@@ -275,21 +275,22 @@ def kept_pixels(read: Callable[[Hashable], np.ndarray], size: int = 64
 
 
 def harvest(classifier: Counting, image: CueImage, rgb: np.ndarray, t: int, embed: PatchEmbedder,
-            *, box: Size, stride: Size, fill: str,
+            *, windows: WindowPlan, fill: str,
             batch_size: int | None, options: CueOptions) -> tuple[float, list[Patch]]:
-    """The image's score and patches (see the module docstring, step 1)."""
+    """The image's score and patches (see the module docstring, step 1), on the caller's
+    window plan ``windows`` (made once for all its images)."""
     shape = rgb.shape[:2]
     values = image.heatmap() if callable(image.heatmap) else image.heatmap
     score = image.score
     if values is None:
-        heat = occlusion_map(classifier, rgb, box=box, stride=stride, fill=fill, target=t,
+        heat = occlusion_map(classifier, rgb, windows=windows, fill=fill, target=t,
                              batch_size=batch_size)
         values, score = heat.values, heat.score
     x = model_input(classifier, [rgb])
     if score is None:
         score = float(probabilities(classifier, x)[0, t])
     values = seen_heat(np.asarray(values), model_view(classifier, shape), shape)
-    found = _scaled_boxes(values, shape, pixels(box, "box", shape),
+    found = _scaled_boxes(values, shape, windows.pixels(shape)[0],
                           options.per_image, options.percentile)
     if not found:
         return float(score), []

@@ -62,7 +62,7 @@ from explain.errors import ImageError
 from explain.files import display
 from explain.images import DEFAULT_MAX_PIXELS
 from explain.models import Classifier, resolve_target
-from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, WindowPlan
+from explain.windows import DEFAULT_BOX, DEFAULT_STRIDE, Size, WindowPlan, window_plan
 
 __all__ = ["Cue", "CueCache", "CueImage", "CueOptions", "Cues", "Harvested", "MemoryCache",
            "Paste", "Patch", "StoreCache", "discover_cues", "find_cues", "put", "top_windows"]
@@ -219,16 +219,17 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
               box: Size = DEFAULT_BOX, stride: Size = DEFAULT_STRIDE,
               fill: str = DEFAULT_FILL, batch_size: int | None = None,
               max_pixels: int = DEFAULT_MAX_PIXELS, cache: CueCache | None = None,
-              progress: CueProgress | None = None) -> Cues:
+              progress: CueProgress | None = None, windows: WindowPlan | None = None) -> Cues:
     """Harvest, group, measure and rank (the module docstring) over ``images``, keeping every
     result in ``cache`` as it is computed; what the cache already holds is not recomputed.
     An image that cannot be read is recorded with its reason and skipped; a model error stops
-    the call (what was committed stays, and the next call goes on from there)."""
+    the call (what was committed stays, and the next call goes on from there). ``windows``:
+    the window plan of ``box`` and ``stride`` when the caller made it (the audit's, once per
+    run); every image's occlusion map and patches use it."""
     o = options or CueOptions()
     o.check()
     check_occlusion_fill(fill)
-    grid = WindowPlan(box, stride)
-    box_, stride_ = grid.box_pair, grid.stride_pair
+    grid = window_plan(box, stride, windows)
     cache = cache if cache is not None else MemoryCache()
     counted = Counting(classifier)
     t = resolve_target(classifier, target)
@@ -247,8 +248,8 @@ def find_cues(classifier: Classifier, images: Sequence[CueImage], *,
         except ImageError as exc:
             score, patches, error = None, [], display(exc.reason)
         else:
-            score, patches = harvest(counted, image, rgb, t, embed, box=box_, stride=stride_,
-                                     fill=fill, batch_size=batch_size, options=o)
+            score, patches = harvest(counted, image, rgb, t, embed, windows=grid, fill=fill,
+                                     batch_size=batch_size, options=o)
             error = None
         cache.save_image(image, Harvested(image.role, score, counted.calls - calls,
                                           embed.calls - embed_calls, embed.describe, error),

@@ -70,7 +70,7 @@ from explain.html import environment
 from explain.images import iter_image_files, load_image
 from explain.models import Classifier, load, resolve_target
 from explain.render import data_uri, save_png, shrink
-from explain.windows import check_windows
+from explain.windows import WindowPlan
 
 TOP = 50
 SHOWN = 24
@@ -265,11 +265,12 @@ def mine(classifier: Classifier, mining: Mining, pool: str | os.PathLike,
         from_storable(p) for c in mining.cues for p, _ in c.donors}
     check_outputs([out / name for name in names], sources,
                   folders=[out / "synthetic"] if synthesize else [])
-    box, stride = check_windows(mining.box, mining.stride)
+    grid = WindowPlan(mining.box, mining.stride)
+    box, stride = grid.box_pair, grid.stride_pair
     store = MiningStore(out, {**mining.key, "pool": str(root),
                               "windows": [list(box), list(stride), mining.fill, mining.target]})
     try:
-        calls = _scan(classifier, mining, root, out, store, box, stride, batch_size, progress)
+        calls = _scan(classifier, mining, root, out, store, grid, batch_size, progress)
         rows = ranked(mining, store, top)
         scanned, failed = store.counts()
         failures = [{"path": p, "reason": r} for p, r in store.failed()]
@@ -291,10 +292,9 @@ def mine(classifier: Classifier, mining: Mining, pool: str | os.PathLike,
 
 
 def _scan(classifier: Classifier, mining: Mining, root: Path, out: Path, store: MiningStore,
-          box: tuple, stride: tuple, batch_size: int | None,
-          progress: Progress | None) -> int:
-    """Each pool image not yet in ``store``: its top windows, committed one image at a time;
-    returns the images the model scored."""
+          grid: WindowPlan, batch_size: int | None, progress: Progress | None) -> int:
+    """Each pool image not yet in ``store``: its top windows on the window plan ``grid``,
+    committed one image at a time; returns the images the model scored."""
     done = store.done()
     skipped = out.resolve()
 
@@ -316,7 +316,7 @@ def _scan(classifier: Classifier, mining: Mining, root: Path, out: Path, store: 
         try:
             rgb = load_image(path, max_pixels=mining.max_pixels, notes=[])
             score, patches = harvest(counted, CueImage(0, "pool", path, str(path)), rgb, t,
-                                     embed, box=box, stride=stride, fill=mining.fill,
+                                     embed, windows=grid, fill=mining.fill,
                                      batch_size=batch_size, options=mining.options)
         except ImageError as exc:
             store.save_image(path, None, display(exc.reason), [])

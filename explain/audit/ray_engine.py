@@ -53,6 +53,7 @@ from explain.audit.store import ImageRow, Store
 from explain.errors import ExplainError, OptionError
 from explain.images import collect_warnings
 from explain.models import Classifier, load
+from explain.windows import WindowPlan
 
 PASSES = 3
 """Scoring passes over what is still pending before the engine gives up (Ray retries a killed
@@ -135,9 +136,10 @@ class _Scorer:
 class _Heatmapper:
     """Ray actor: loads the model once, then computes top-k heatmaps one job at a time."""
 
-    def __init__(self, loader: Callable[[], Classifier], o: AuditOptions) -> None:
+    def __init__(self, loader: Callable[[], Classifier], o: AuditOptions, grid: WindowPlan
+                 ) -> None:
         self.classifier = loader()
-        self.o = o
+        self.o, self.grid = o, grid
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []
@@ -145,7 +147,7 @@ class _Heatmapper:
             for raw in batch["job"]:
                 kind, row, parts = pickle.loads(raw)
                 try:
-                    done = compute_heatmap(self.classifier, row, parts, self.o)
+                    done = compute_heatmap(self.classifier, row, parts, self.o, self.grid)
                 except ExplainError as exc:  # a broken model: the driver raises it
                     out.append(pickle.dumps(exc))
                     continue
@@ -230,8 +232,8 @@ class RayStages:
             advance(len(records))
 
     def heatmaps(self, store: Store, classifier: Classifier,
-                 targets: list[tuple[str, ImageRow]], o: AuditOptions, folder: Path, rate: Rate
-                 ) -> list[str]:
+                 targets: list[tuple[str, ImageRow]], o: AuditOptions, grid: WindowPlan,
+                 folder: Path, rate: Rate) -> list[str]:
         """An occlusion map for each target image not done yet, computed on the actors and
         written here; returns notes on failures (in the targets' order)."""
         todo = heatmap_todo(store, targets)
@@ -242,7 +244,7 @@ class RayStages:
                 for kind, row in todo]
         data = self.ray.data.from_items(jobs, override_num_blocks=len(jobs)).map_batches(
             _Heatmapper, batch_size=1, batch_format="numpy",
-            fn_constructor_args=(self.loader, o), **self._pool(min(self.actors, len(jobs))))
+            fn_constructor_args=(self.loader, o, grid), **self._pool(min(self.actors, len(jobs))))
         failed: dict[int, str] = {}
         with rate.task("heatmaps", len(todo)) as advance:
             for kind, row, done in _unpacked(data, "done"):

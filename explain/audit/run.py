@@ -192,12 +192,12 @@ def _audit(data: str | os.PathLike, output: str | os.PathLike,
         o = replace(o, threshold=chosen_threshold(store, class_names[t], o))
         start = time.perf_counter()
         targets = heatmap_targets(store, labels_seen, class_names[t], o)
-        notes = heatmaps(store, classifier, targets, o, out / "heatmaps", rate)
+        notes = heatmaps(store, classifier, targets, o, grid, out / "heatmaps", rate)
         seconds["heatmaps"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        cues, cue_notes = cue_stage(store, classifier, targets, o, labels_seen, class_names[t],
-                                    out, rate)
+        cues, cue_notes = cue_stage(store, classifier, targets, o, grid, labels_seen,
+                                    class_names[t], out, rate)
         notes += cue_notes
         if cues is not None:
             seconds["cues"] = time.perf_counter() - start

@@ -285,19 +285,20 @@ class HeatmapDone:
     described: dict = field(default_factory=dict)
 
 
-def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o: AuditOptions
-                    ) -> HeatmapDone | str:
-    """The occlusion map of one top-k image with the heat shares of its ``parts`` (the store's
-    part rows) and its picture; a note (str) when the file can no longer be read. Both engines
-    call it (the Ray engine on its actors)."""
+def compute_heatmap(classifier: Classifier, row: ImageRow, parts: list[dict], o: AuditOptions,
+                    grid: WindowPlan) -> HeatmapDone | str:
+    """The occlusion map of one top-k image (``grid``: the audit's window plan of ``o.box`` and
+    ``o.stride``, made once per run) with the heat shares of its ``parts`` (the store's part
+    rows) and its picture; a note (str) when the file can no longer be read. Both engines call
+    it (the Ray engine on its actors)."""
     try:  # its decoding warnings were recorded when it was scored
         rgb, frame = audit_pixels(row.file, max_pixels=o.max_pixels, notes=[],
                                   classifier=classifier, target=o.target, frames=o.frames,
                                   max_frames=o.max_frames)
     except ExplainError as exc:
         return f"no heatmap for {display(row.file)}: {exc.reason}"
-    heatmap = occlusion_map(classifier, rgb, box=o.box, stride=o.stride, fill=o.fill,
-                            target=o.target, batch_size=o.batch_size, drill_down=o.drill_down)
+    heatmap = occlusion_map(classifier, rgb, windows=grid, fill=o.fill, target=o.target,
+                            batch_size=o.batch_size, drill_down=o.drill_down)
     view = heatmap.params.get("model_view")
     shares = {p["n"]: heat_share(heatmap.values, (p["top"], p["left"], p["bottom"], p["right"]),
                                  view)
@@ -330,8 +331,9 @@ def heatmap_todo(store: Store, targets: list[tuple[str, ImageRow]]
 
 
 def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
-                  o: AuditOptions, folder: Path, rate: Rate) -> list[str]:
-    """An occlusion map for each target image not done yet; returns notes on failures."""
+                  o: AuditOptions, grid: WindowPlan, folder: Path, rate: Rate) -> list[str]:
+    """An occlusion map for each target image not done yet, on the window plan ``grid``;
+    returns notes on failures."""
     todo = heatmap_todo(store, targets)
     notes: list[str] = []
     if not todo:
@@ -339,7 +341,7 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
     folder.mkdir(parents=True, exist_ok=True)
     with collect_warnings(), rate.task("heatmaps", len(todo)) as advance:
         for kind, row in todo:
-            done = compute_heatmap(classifier, row, store.parts(row.id), o)
+            done = compute_heatmap(classifier, row, store.parts(row.id), o, grid)
             if isinstance(done, str):
                 notes.append(done)
             else:
@@ -349,9 +351,10 @@ def heatmap_stage(store: Store, classifier: Classifier, targets: list[tuple[str,
 
 
 def cue_stage(store: Store, classifier: Classifier, targets: list[tuple[str, ImageRow]],
-              o: AuditOptions, labels: list[str], target_name: str, folder: Path, rate: Rate
-              ) -> tuple[Cues | None, list[str]]:
-    """Discovered cues over the false positives that have a heatmap (step 4), or why not."""
+              o: AuditOptions, grid: WindowPlan, labels: list[str], target_name: str,
+              folder: Path, rate: Rate) -> tuple[Cues | None, list[str]]:
+    """Discovered cues over the false positives that have a heatmap (step 4), on the window
+    plan ``grid``, or why not."""
     if not o.cues:
         return None, []
     c = o.cue_options
@@ -369,13 +372,12 @@ def cue_stage(store: Store, classifier: Classifier, targets: list[tuple[str, Ima
     for role, n in (("tn", c.negatives), ("tp", c.positives)):
         items += [CueImage(row.id, role, row.file, row.path, row.score)
                   for row in store.sample(role, target_name, o.threshold, n, c.seed)]
-    grid = WindowPlan(o.box, o.stride)
     box, stride = grid.box_pair, grid.stride_pair
     cache = StoreCache(store, c.setting(box=box, stride=stride, fill=o.fill, target=target_name))
     todo = len(items) - len(cache.harvested().keys() & {it.key for it in items})
     with collect_warnings(), rate.task("cues", todo) as advance:
-        cues = find_cues(classifier, items, options=c, target=target_name, box=box,
-                         stride=stride, fill=o.fill, batch_size=o.batch_size,
+        cues = find_cues(classifier, items, options=c, target=target_name, windows=grid,
+                         fill=o.fill, batch_size=o.batch_size,
                          max_pixels=o.max_pixels, cache=cache,
                          progress=lambda stage, done, total: advance())
     cues.setting = cache.setting

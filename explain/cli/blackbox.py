@@ -290,9 +290,11 @@ def occlude(images: Images, models: ModelOptions, settings: dict | None = None,
     """
     from explain.frame_reuse import occlusion_maps
     from explain.occlusion import occlusion_map
+    from explain.windows import WindowPlan
 
     o = METHODS["occlusion"].arguments(settings)
-    sequence = partial(occlusion_maps, box=o["box"], stride=o["stride"], fill=o["fill"],
+    o["windows"] = WindowPlan(o.pop("box"), o.pop("stride"))  # once, for every image
+    sequence = partial(occlusion_maps, windows=o["windows"], fill=o["fill"],
                        drill_down=o["drill_down"], reuse=reuse, threshold=reuse_below)
     _explain_images("occlusion", partial(occlusion_map, **o), images, target=target,
                     models=models, batch_size=batch_size, output=output,
@@ -321,10 +323,12 @@ def slide(images: Images, models: ModelOptions, settings: dict | None = None,
     """
     from explain.frame_reuse import sliding_maps
     from explain.sliding import sliding_window_map
+    from explain.windows import WindowPlan
 
-    windows = METHODS["sliding"].arguments(settings)
-    sequence = partial(sliding_maps, reuse=reuse, threshold=reuse_below, **windows)
-    _explain_images("sliding", partial(sliding_window_map, **windows), images,
+    o = METHODS["sliding"].arguments(settings)
+    windows = WindowPlan(o["box"], o["stride"])  # once, for every image
+    sequence = partial(sliding_maps, reuse=reuse, threshold=reuse_below, windows=windows)
+    _explain_images("sliding", partial(sliding_window_map, windows=windows), images,
                     target=target, models=models, batch_size=batch_size, output=output,
                     save_npy=save_npy, side=side_by_side,
                     look=_look(colormap, alpha, normalize, vmin, vmax, no_legend),

@@ -27,10 +27,11 @@ from explain.errors import OptionError
 from explain.incremental.engine import Incremental
 from explain.incremental.graph import Full, Network, trace
 from explain.models.base import Classifier, Differentiable, Preprocess, check_scores, model_name
+from explain.perturbation.loop import Cancel, Copies, scored
 from explain.progress import Progress
 
-__all__ = ["AUTO_SIDE", "MOST", "Incremental", "check_incremental", "network_for", "pays",
-           "window_scores"]
+__all__ = ["AUTO_SIDE", "MOST", "Incremental", "IncrementalCopies", "check_incremental",
+           "network_for", "pays", "window_scores"]
 
 MOST = 0.6
 """A step runs on whole maps when its patches would cover more than this fraction of the map."""
@@ -120,49 +121,78 @@ def network_for(classifier: Classifier, incremental: bool | None, tau: float | N
     return None
 
 
-@torch.no_grad()
-def window_scores(classifier: Differentiable, net: Network, x: torch.Tensor, fill: torch.Tensor,
-                  bounds: torch.Tensor, target: int, step: int,
-                  progress: Progress | None = None, *, tau: float | None = None
-                  ) -> torch.Tensor:
-    """p(``target``) of ``x`` with each window of ``bounds`` filled, by incremental inference.
+class IncrementalCopies(Copies):
+    """Occluded copies of one image scored by incremental inference: a copy builder of the
+    engine's loop (:mod:`explain.perturbation.loop`), so that batching, progress and
+    cancellation are the loop's (:func:`~explain.perturbation.scored`).
 
     ``classifier``: a torch classifier ``net`` was traced from (:func:`network_for`); ``x``:
     1×3×H×W RGB in [0, 1] at the classifier's input size; ``fill``: what hidden pixels become,
-    broadcastable to ``x``; ``bounds``: n×4 int64 windows [y0, x0, y1, x1) in ``x``'s pixels (an
-    empty window = the intact image); ``step``: windows per batch; ``progress(done, n)`` after
-    each batch. Returns the n probabilities (float32, on ``x``'s device). Windows that miss the
-    network's input (outside the crop) score as the intact image without running. Windows run
-    in order of size, so that a batch's patches have one size. The network runs in the
-    classifier's precision (its ``autocast``, bf16 or fp16 as for full re-inference)."""
-    pre = classifier.preprocess
-    if pre.input_size is not None and tuple(x.shape[-2:]) != tuple(pre.input_size):
-        raise OptionError(f"incremental inference needs the image at the model's input size "
-                          f"{tuple(pre.input_size)}, got {tuple(x.shape[-2:])}")
-    model_input = classifier.model_input
-    with classifier.autocast():
-        engine = Incremental(net, model_input(x), model_input(fill.expand_as(x)), most=MOST,
-                             tau=tau)
-    n_classes = len(classifier.class_names)
+    broadcastable to ``x``; ``bounds``: n×4 int64 windows [y0, x0, y1, x1) in ``x``'s pixels.
+    The intact image runs once, here (:class:`Incremental` caches its activations). The copies
+    are the windows that change the network's input, in order of size (so that a batch's
+    patches have one size), as rectangles on that input (:attr:`rows` says which row of
+    ``bounds`` each is); :meth:`score` runs the cached network on a batch of them, in the
+    classifier's precision (its ``autocast``). A window that misses the input (empty, or
+    outside the crop) is no copy: it scores as the intact image (:attr:`intact`) without
+    running. Its scores depend on this builder's own image, so its copies never share a model
+    call with another builder's (:attr:`~explain.perturbation.Copies.alone`)."""
 
-    def probs(out: object, n: int) -> torch.Tensor:
-        return check_scores(out, n, n_classes, logits=classifier.logits,
-                            sigmoid=classifier.sigmoid, name=classifier.name)[:, target]
+    alone = True
 
-    rect = pre.input_windows(bounds.cpu().numpy(), tuple(x.shape[-2:]))
-    scores = probs(engine.output, 1).expand(len(rect)).clone()
-    sides = rect[:, 2:] - rect[:, :2]
-    todo = np.flatnonzero(sides.min(axis=1) > 0)
-    todo = todo[np.lexsort((sides[todo, 1], sides[todo, 0]))]
-    done = len(rect) - len(todo)
-    for lo in range(0, len(todo), step):
-        rows = todo[lo:lo + step]
+    def __init__(self, classifier: Differentiable, net: Network, x: torch.Tensor,
+                 fill: torch.Tensor, bounds: torch.Tensor, tau: float | None = None) -> None:
+        pre = classifier.preprocess
+        if pre.input_size is not None and tuple(x.shape[-2:]) != tuple(pre.input_size):
+            raise OptionError(f"incremental inference needs the image at the model's input size "
+                              f"{tuple(pre.input_size)}, got {tuple(x.shape[-2:])}")
+        self.classifier = classifier
+        model_input = classifier.model_input
         with classifier.autocast():
-            out = engine.run(rect[rows])
-        scores[torch.from_numpy(rows).to(scores.device)] = probs(out, len(rows))
-        done += len(rows)
-        if progress is not None:
-            progress(done, len(rect))
-    if progress is not None and not len(todo):
-        progress(done, len(rect))
+            self.engine = Incremental(net, model_input(x), model_input(fill.expand_as(x)),
+                                      most=MOST, tau=tau)
+        self.n = len(bounds)
+        self.rect = pre.input_windows(bounds.cpu().numpy(), tuple(x.shape[-2:]))
+        sides = self.rect[:, 2:] - self.rect[:, :2]
+        todo = np.flatnonzero(sides.min(axis=1) > 0)
+        self.rows = todo[np.lexsort((sides[todo, 1], sides[todo, 0]))]
+        self.intact = self._probs(self.engine.output, 1)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def copies(self, lo: int, hi: int) -> torch.Tensor:
+        """The windows of copies ``lo:hi`` on the network's input (int64 N×4, on the host)."""
+        return torch.from_numpy(self.rect[self.rows[lo:hi]])
+
+    def score(self, batch: torch.Tensor) -> torch.Tensor:
+        with self.classifier.autocast():
+            out = self.engine.run(batch.numpy())
+        return self._probs(out, len(batch))
+
+    def _probs(self, out: object, n: int) -> torch.Tensor:
+        clf = self.classifier
+        return check_scores(out, n, len(clf.class_names), logits=clf.logits, sigmoid=clf.sigmoid,
+                            name=clf.name)
+
+
+@torch.no_grad()
+def window_scores(classifier: Differentiable, net: Network, x: torch.Tensor, fill: torch.Tensor,
+                  bounds: torch.Tensor, target: int, step: int,
+                  progress: Progress | None = None, *, tau: float | None = None,
+                  cancel: Cancel | None = None) -> torch.Tensor:
+    """p(``target``) of ``x`` with each window of ``bounds`` filled, by incremental inference:
+    :class:`IncrementalCopies` (the arguments' meaning) through the engine's loop, ``step``
+    windows per batch, ``progress(done, n)`` after each batch (the windows that do not run
+    counted in the first), ``cancel()`` before each
+    (:class:`~explain.perturbation.Cancelled`). Returns the n probabilities (float32, on
+    ``x``'s device), in the order of ``bounds``."""
+    copies = IncrementalCopies(classifier, net, x, fill, bounds.to(x.device), tau)
+    n, skipped = copies.n, copies.n - len(copies)
+    scores = copies.intact[:, target].expand(n).clone()
+    report = None if progress is None else lambda done, _: progress(skipped + done, n)
+    for lo, hi, probs in scored(copies, step, progress=report, cancel=cancel):
+        scores[torch.from_numpy(copies.rows[lo:hi]).to(scores.device)] = probs[:, target]
+    if progress is not None and not len(copies):
+        progress(n, n)
     return scores

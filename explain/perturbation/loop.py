@@ -4,10 +4,11 @@ copy builder, scored by the model, one model call per batch.
 A *copy builder* (:class:`Copies`) knows how many copies it makes (``len``), builds the copies
 ``lo:hi`` as one batch (:meth:`Copies.copies`) and scores a batch it built
 (:meth:`Copies.score`: the classifier's ``predict`` unless the builder works in the model's own
-input). Builders live beside their method (occluded windows in :mod:`explain.occlusion`, crops
-in :mod:`explain.sliding`, blended or boolean masks in :mod:`explain.perturb`, deletion and
-insertion steps in :mod:`explain.faithfulness`); the plain ones (whole images, a tensor batch)
-live here.
+input, or on cached activations). Builders live beside their method (occluded windows in
+:mod:`explain.occlusion`, crops in :mod:`explain.sliding`, blended or boolean masks in
+:mod:`explain.perturb`, deletion and insertion steps in :mod:`explain.faithfulness`, windows
+scored by incremental inference in :mod:`explain.incremental`); the plain ones (whole images, a
+tensor batch) live here.
 
 :func:`scored` runs one builder in batches of ``step`` copies (a size checked against the memory
 budget by :func:`explain.windows.check_batch_size` or :func:`~explain.windows.fit_batch`),
@@ -44,6 +45,10 @@ class Copies:
     ``predict`` unless a builder works in the model's own input."""
 
     classifier: Classifier
+    alone: bool = False
+    """True for a builder whose :meth:`score` depends on its own image, not only on the batch
+    (incremental inference's cached activations): its copies never share a model call with
+    another builder's (:func:`build_parts` refuses them)."""
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -104,6 +109,9 @@ def build_parts(parts: Sequence[Part]) -> torch.Tensor:
     builders of one kind and one classifier, whose copies have one shape), in order: what
     :func:`score_built` takes. Building may run on another thread than the model calls (the
     service's preparation threads)."""
+    if parts[0][0].alone and any(b is not parts[0][0] for b, _, _ in parts):
+        raise ValueError(f"{type(parts[0][0]).__name__} scores its own image only: its copies "
+                         "cannot share a model call with another builder's")
     first = parts[0][0]
     if any(type(b) is not type(first) or b.classifier is not first.classifier
            for b, _, _ in parts):

@@ -44,6 +44,7 @@ from explain.methods import (
     METHODS,
     REPORT_OPTIONS,
     Models,
+    Runner,
     check_options,
     parse_methods,
     resolve_models,
@@ -133,14 +134,13 @@ def _params(heatmap: Heatmap) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if v is not None}
 
 
-def _run_method(name: str, models: Models, image: np.ndarray, o: Options,
+def _run_method(name: str, runner: Runner, models: Models, image: np.ndarray, o: Options,
                 maps: dict[str, Heatmap]) -> MethodResult:
-    """Run one method, time it, score its faithfulness and draw its panels; its map goes into
-    ``maps`` (for the sanity check)."""
-    method = METHODS[name]
-    result = MethodResult(name, method.title)
+    """Run one method (``runner``: prepared once for the report), time it, score its
+    faithfulness and draw its panels; its map goes into ``maps`` (for the sanity check)."""
+    result = MethodResult(name, METHODS[name].title)
     start = time.perf_counter()
-    heatmap = maps[name] = method.run(models, image, o)
+    heatmap = maps[name] = runner(models, image)
     result.seconds = time.perf_counter() - start
     result.params = _params(heatmap)
     start = time.perf_counter()
@@ -158,8 +158,9 @@ def _run_method(name: str, models: Models, image: np.ndarray, o: Options,
     return result
 
 
-def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
+def _image(index: int, path: Path, models: Models, runners: dict[str, Runner], o: Options,
            skipped: dict[str, str], tick: Callable[[str], None]) -> ImageResult:
+    names = list(runners)
     row = ImageResult(path=str(path), anchor=f"img-{index}")
     try:
         image = _pixels(path, models, o, row)
@@ -180,7 +181,7 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
             row.methods.append(MethodResult(name, METHODS[name].title, skipped=skipped[name]))
         else:
             try:
-                row.methods.append(_run_method(name, models, image, o, maps))
+                row.methods.append(_run_method(name, runners[name], models, image, o, maps))
             except WhiteBoxError as exc:
                 skipped[name] = str(exc)
                 row.methods.append(MethodResult(name, METHODS[name].title, skipped=str(exc)))
@@ -188,13 +189,13 @@ def _image(index: int, path: Path, models: Models, names: list[str], o: Options,
                 row.methods.append(MethodResult(name, METHODS[name].title, error=str(exc)))
         tick(f"{display(path.name)}: {name}")
     if o.sanity:
-        _sanity(row, models, image, o, {m.method: maps[m.method] for m in row.methods
-                                        if m.faithfulness is not None})
+        _sanity(row, models, image, o, runners, {m.method: maps[m.method] for m in row.methods
+                                                 if m.faithfulness is not None})
     return row
 
 
 def _sanity(row: ImageResult, models: Models, image: np.ndarray, o: Options,
-            maps: dict[str, Heatmap]) -> None:
+            runners: dict[str, Runner], maps: dict[str, Heatmap]) -> None:
     """The sanity check (:mod:`explain.sanity`) of every method that made a map on this row;
     a method whose map cannot be recomputed on a randomised model records why."""
     def model_of(name: str) -> object:
@@ -203,7 +204,7 @@ def _sanity(row: ImageResult, models: Models, image: np.ndarray, o: Options,
     def run(name: str, randomised: object) -> Heatmap:
         black = randomised if models.black is model_of(name) else models.black
         white = randomised if models.white is model_of(name) else models.white
-        return METHODS[name].run(Models(black, white), image, o)
+        return runners[name](Models(black, white), image)
 
     try:
         checks = sanity_checks(maps, model_of, run, layers=o.sanity_layers)
@@ -288,7 +289,9 @@ def build_report(paths: Sequence[str | os.PathLike], *, model: object = WHITE_BO
         if progress is not None:
             progress(done, total, label)
 
-    images = [_image(i, Path(p), models, names, o, skipped, tick) for i, p in enumerate(paths)]
+    runners = {name: METHODS[name].prepared(o) for name in names}  # once, for every image
+    images = [_image(i, Path(p), models, runners, o, skipped, tick)
+              for i, p in enumerate(paths)]
     notes = [f"{METHODS[m].title} skipped: {why}" for m, why in skipped.items()]
     if o.sanity:
         notes += sanity_notes(images, names, o.sanity_layers)
