@@ -19,6 +19,7 @@ from explain.models.base import model_view
 from explain.occlusion import plan_occlusion
 from explain.perturbation import (
     Batch,
+    Buffers,
     Cancelled,
     Images,
     WindowPlan,
@@ -137,6 +138,29 @@ def test_building_one_copy_leaves_the_image_untouched():
     one = plan.copies.copies(3, 4)
     assert torch.equal(plan.copies.x_input, before) and not torch.equal(one[0], before[0])
     assert torch.equal(plan.copies.copies(0, 1), before)  # row 0: the intact image
+
+
+def test_buffers_lend_batches_again_once_given_back():
+    # the service's worker builds each batch into a kept one (no fresh memory per batch); a
+    # batch is lent again only after it is given back, and foreign tensors are never kept
+    clf = brightness()
+    rng = np.random.default_rng(3)
+    plans = [plan_occlusion(clf, rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), box=4,
+                            stride=4, target="bright") for _ in range(2)]
+    parts = [(plans[0].copies, 0, 5), (plans[1].copies, 0, 6)]
+    want = torch.cat([b.copies(lo, hi) for b, lo, hi in parts])
+    buffers = Buffers(keep=2)
+    first = build_parts(parts, buffers)
+    second = build_parts(parts, buffers)  # the first is not given back: another one
+    assert first.data_ptr() != second.data_ptr()
+    assert torch.equal(first, want) and torch.equal(second, want)
+    buffers.give(first)
+    again = build_parts(parts[1:], buffers)  # fewer rows: a view of the kept one
+    assert again.data_ptr() == first.data_ptr() and torch.equal(again, want[5:])
+    foreign = torch.zeros_like(want)
+    buffers.give(foreign)
+    buffers.give(second)
+    assert build_parts(parts, buffers).data_ptr() == second.data_ptr()
 
 
 def test_probabilities_is_one_model_call():

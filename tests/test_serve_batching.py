@@ -119,9 +119,9 @@ def test_a_fast_job_shares_the_workers_batches(tmp_path, monkeypatch):
     batches: list[set[str]] = []
     real = worker_module.build
 
-    def spy(parts):
+    def spy(parts, *rest):
         batches.append({r.key for r, _, _ in parts})
-        return real(parts)
+        return real(parts, *rest)
 
     monkeypatch.setattr(worker_module, "build", spy)
     planners: list[str] = []
@@ -177,7 +177,8 @@ def test_a_fast_job_the_model_refuses_fails_alone_in_shared_batches(tmp_path, mo
     batches: list[set[str]] = []
     real = worker_module.build
     monkeypatch.setattr(worker_module, "build",
-                        lambda parts: batches.append({r.key for r, _, _ in parts}) or real(parts))
+                        lambda parts, *rest: batches.append({r.key for r, _, _ in parts})
+                        or real(parts, *rest))
 
     def picky(batch: np.ndarray) -> np.ndarray:
         if (batch.reshape(len(batch), -1).max(axis=1) == 0).any():
@@ -217,7 +218,8 @@ def test_a_deleted_fast_job_stops_between_its_levels(tmp_path, monkeypatch):
     batches: list[set[str]] = []
     real = worker_module.build
     monkeypatch.setattr(worker_module, "build",
-                        lambda parts: batches.append({r.key for r, _, _ in parts}) or real(parts))
+                        lambda parts, *rest: batches.append({r.key for r, _, _ in parts})
+                        or real(parts, *rest))
     clf = counting_model([])
     store = JobStore(tmp_path)
     job_id = store.new_id()

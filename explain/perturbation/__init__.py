@@ -13,6 +13,7 @@ audit's masks, faithfulness's steps); see ARCHITECTURE.md.
 
 from explain.perturbation.loop import (
     Batch,
+    Buffers,
     Cancel,
     Cancelled,
     Copies,
@@ -28,6 +29,6 @@ from explain.perturbation.loop import (
 from explain.perturbation.work import WorkImage, at_size, scale_windows, work_image, work_size
 from explain.windows import WindowPlan
 
-__all__ = ["Batch", "Cancel", "Cancelled", "Copies", "Images", "Part", "WindowPlan", "WorkImage",
-           "at_size", "build_parts", "probabilities", "scale_windows", "score_all", "score_built",
-           "score_parts", "scored", "work_image", "work_size"]
+__all__ = ["Batch", "Buffers", "Cancel", "Cancelled", "Copies", "Images", "Part", "WindowPlan",
+           "WorkImage", "at_size", "build_parts", "probabilities", "scale_windows", "score_all",
+           "score_built", "score_parts", "scored", "work_image", "work_size"]

@@ -21,6 +21,8 @@ scored (:func:`score_built`) on the model's. No other code hands a batch of copi
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -104,11 +106,12 @@ Part = tuple[Copies, int, int]
 """The copies ``lo:hi`` of one builder, in a batch shared with other builders."""
 
 
-def build_parts(parts: Sequence[Part]) -> torch.Tensor:
+def build_parts(parts: Sequence[Part], buffers: Buffers | None = None) -> torch.Tensor:
     """ONE model batch of the copies ``lo:hi`` of several builders (one image or job each;
     builders of one kind and one classifier, whose copies have one shape), in order: what
     :func:`score_built` takes. Building may run on another thread than the model calls (the
-    service's preparation threads)."""
+    service's preparation threads). With ``buffers``, the batch is written into one of theirs
+    (:class:`Buffers`: give it back once scored)."""
     if parts[0][0].alone and any(b is not parts[0][0] for b, _, _ in parts):
         raise ValueError(f"{type(parts[0][0]).__name__} scores its own image only: its copies "
                          "cannot share a model call with another builder's")
@@ -116,9 +119,11 @@ def build_parts(parts: Sequence[Part]) -> torch.Tensor:
     if any(type(b) is not type(first) or b.classifier is not first.classifier
            for b, _, _ in parts):
         raise ValueError("score_parts needs builders of one kind over one classifier")
-    if len(parts) == 1:
+    total = sum(hi - lo for _, lo, hi in parts)
+    out = buffers.take(first, total) if buffers is not None else None
+    if out is None and len(parts) == 1:
         return first.copies(parts[0][1], parts[0][2])
-    out = first.empty(sum(hi - lo for _, lo, hi in parts))
+    out = first.empty(total) if out is None else out
     if out is None:
         return torch.cat([b.copies(lo, hi) for b, lo, hi in parts])
     row = 0
@@ -126,6 +131,48 @@ def build_parts(parts: Sequence[Part]) -> torch.Tensor:
         b.copies_into(out[row:row + hi - lo], lo, hi)
         row += hi - lo
     return out
+
+
+class Buffers:
+    """Batches kept for reuse by a caller that builds batches of one shape again and again (the
+    service's worker): a fresh batch of 64 copies of a 256² input is 50 MB of new memory, whose
+    pages the system maps and zeroes on first touch at every batch. :meth:`take` lends one
+    (a view of ``n`` rows of a kept batch, or a new one), :meth:`give` takes it back once its
+    scores are in; at most ``keep`` are kept. Safe across threads."""
+
+    def __init__(self, keep: int = 3) -> None:
+        self.keep = keep
+        self._free: list[torch.Tensor] = []
+        self._made: dict[int, weakref.ref[torch.Tensor]] = {}  # by id: the batches made here
+        self._lock = threading.Lock()
+
+    def take(self, builder: Copies, n: int) -> torch.Tensor | None:
+        """``n`` rows to build ``builder``'s copies into; None for a builder that builds only
+        new batches (:meth:`Copies.empty`)."""
+        like = builder.empty(0)
+        if like is None:
+            return None
+        with self._lock:
+            for i, kept in enumerate(self._free):
+                if (kept.shape[1:] == like.shape[1:] and kept.dtype == like.dtype
+                        and kept.device == like.device and len(kept) >= n):
+                    return self._free.pop(i)[:n]
+        made = builder.empty(n)
+        assert made is not None
+        with self._lock:
+            self._made = {k: r for k, r in self._made.items() if r() is not None}
+            self._made[id(made)] = weakref.ref(made)
+        return made[:n]
+
+    def give(self, batch: torch.Tensor) -> None:
+        """Take back a batch :meth:`take` lent (any other tensor is ignored): its rows may be
+        overwritten from now on."""
+        base = batch if batch._base is None else batch._base
+        with self._lock:
+            ref = self._made.get(id(base))
+            if (ref is not None and ref() is base and len(self._free) < self.keep
+                    and all(kept is not base for kept in self._free)):
+                self._free.append(base)
 
 
 def score_built(parts: Sequence[Part], batch: torch.Tensor) -> list[torch.Tensor]:

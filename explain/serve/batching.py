@@ -42,7 +42,7 @@ from explain.drill_down import Levels, drill_levels
 from explain.heatmap import Heatmap
 from explain.models.base import Classifier
 from explain.occlusion import Drill, OcclusionPlan
-from explain.perturbation import build_parts, score_built
+from explain.perturbation import Buffers, build_parts, score_built
 
 
 class OcclusionRun:
@@ -158,10 +158,10 @@ def take(runs: Sequence[OcclusionRun], batch_size: int) -> list[Part]:
     return parts
 
 
-def build(parts: Sequence[Part]) -> torch.Tensor:
-    """The model batch of ``parts``: each run's copies, concatenated in order
-    (:func:`explain.perturbation.build_parts`)."""
-    return build_parts([(r.copies, lo, hi) for r, lo, hi in parts])
+def build(parts: Sequence[Part], buffers: Buffers | None = None) -> torch.Tensor:
+    """The model batch of ``parts``: each run's copies, in order
+    (:func:`explain.perturbation.build_parts`), into one of ``buffers`` when given."""
+    return build_parts([(r.copies, lo, hi) for r, lo, hi in parts], buffers)
 
 
 @torch.no_grad()

@@ -73,6 +73,7 @@ from explain.methods import METHODS, Models, Run
 from explain.models.base import Classifier
 from explain.occlusion import plan_occlusion
 from explain.outputs import record, write_map
+from explain.perturbation import Buffers
 from explain.render import figure, save_png, shrink_map, side_by_side
 from explain.serve.batching import OcclusionRun, Part, build, score, take
 from explain.serve.jobs import MAX_ATTEMPTS, Job, JobStore
@@ -219,6 +220,7 @@ class Worker(threading.Thread):
         self._active: list[_Active] = []  # planned: their masks go into the model's batches
         self._next: tuple[list[Part], Future[torch.Tensor]] | None = None  # built meanwhile
         self._planning: dict[str, Future[None]] = {}  # a fast job's next drill-down level
+        self._buffers = Buffers()  # the batches, reused: no fresh 50 MB to map at each one
         self._finishing: dict[str, tuple[_Active, Future[float | None]]] = {}  # being written
         self._alone: str | None = None  # the job run on its own right now
         self._unrecorded: dict[str, str] = {}  # failed jobs the table could not record yet
@@ -458,12 +460,14 @@ class Worker(threading.Thread):
             (parts, built), self._next = self._next, None
         else:
             parts = take(runs, step)
-            built = self._submit(build, parts) if parts else None
+            built = self._submit(build, parts, self._buffers) if parts else None
         following = take(runs, step)
         if following:
-            self._next = following, self._submit(build, following)
+            self._next = following, self._submit(build, following, self._buffers)
         if built is not None:
             self._score(parts, built)
+            if built.exception() is None:
+                self._buffers.give(built.result())  # scored: its rows may be built over
         self._plan_levels()
         if built is None and self._planning:  # nothing to score until a level is planned
             wait(list(self._planning.values()), timeout=0.05, return_when=FIRST_COMPLETED)
