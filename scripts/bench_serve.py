@@ -31,9 +31,11 @@ whose every answer is 0.5/0.5, at a 256×256 input, so the copies are built as f
 model's input), :data:`NULL_JOBS` occlusion jobs of 256×256 PNGs at box = stride = 64 (16
 windows + the intact image and the baseline), submitted by :data:`CLIENTS` client threads to a
 real `explain serve` as users run it; jobs/s from the first submission to the last finished job,
-best of ``--rounds``, with the load average. Everything measured is the service's work.
+best of ``--rounds``, with the load average, for each ``explain serve --processes`` count of
+``--processes`` (default ``1,2``; the counts alternate within each round). The server's CPU is
+summed over all its processes. Everything measured is the service's work.
 
-    python scripts/bench_serve.py --null [--jobs 400] [--rounds 3]
+    python scripts/bench_serve.py --null [--jobs 400] [--rounds 3] [--processes 1,2]
 """
 
 from __future__ import annotations
