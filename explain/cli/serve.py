@@ -136,8 +136,11 @@ def serve(models: ModelOptions, host: HostOpt = "127.0.0.1", port: PortOpt = 800
     if processes > 1:
         from explain.serve.processes import run_processes
 
-        del served  # each process loads its own (this one proved the model loads)
-        run_processes(store, settings, (models, spec if isinstance(spec, str) else None),
+        # each process loads its own: this one proved the model loads, and lets go of it (on a
+        # GPU it would hold the device's memory while the processes run)
+        spec = spec if isinstance(spec, str) else None
+        del served
+        run_processes(store, settings, (models, spec),
                       f"{__name__}:{process_app.__name__}", host=host, port=port,
                       log_level="warning", limit_concurrency=max_connections,
                       timeout_keep_alive=5)
