@@ -11,6 +11,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from explain.choices import FAST_DRILL_DOWN
@@ -568,3 +569,21 @@ def test_a_job_incremental_inference_would_score_runs_it_as_the_library_does(tmp
     saved = json.loads((store.folder(job_id) / "heatmap.json").read_text())["params"]
     assert saved["incremental"] is True and saved["drill_down"] == expected.params["drill_down"]
     np.testing.assert_array_equal(np.load(store.folder(job_id) / "heatmap.npy"), expected.values)
+
+
+def test_a_preparation_thread_runs_torch_on_one_thread_and_leaves_the_others_alone():
+    # OpenMP's workers busy-wait between a preparation thread's small operations (one
+    # preparation thread made the service 6x slower); its team is set to one, per thread
+    from explain.serve.worker import one_torch_thread
+
+    before = torch.get_num_threads()
+    seen = []
+
+    def prepare() -> None:
+        one_torch_thread()
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=prepare)
+    thread.start()
+    thread.join()
+    assert seen == [1] and torch.get_num_threads() == before
