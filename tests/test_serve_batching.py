@@ -532,45 +532,6 @@ def test_a_tick_records_every_jobs_progress_and_finish_in_one_transaction(tmp_pa
     assert not store.folder(ids[5]).exists() and store.folder(ids[3]).exists()
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_a_job_incremental_inference_would_score_runs_it_as_the_library_does(tmp_path, fast):
-    """On a torch model on the CPU with small windows, occlusion_map scores by incremental
-    inference (its automatic rule); a service job with those options does too, on its own
-    (its copies cannot share a batch), and gives the library's map bit for bit."""
-    from torch import nn
-
-    from explain.models.base import Preprocess
-
-    torch_net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
-                              nn.Flatten(), nn.Linear(4, 2)).eval()
-    clf = load(torch_net, "cpu", preprocess=Preprocess(), logits=True, class_names=["a", "b"])
-    picture = np.random.default_rng(7).integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    store = JobStore(tmp_path)
-    job_id = store.new_id()
-    store.folder(job_id).mkdir()
-    Image.fromarray(picture).save(store.folder(job_id) / INPUT, format="PNG")
-    store.add(job_id, "", "occlusion", {"box": 8, "stride": 4, "fill": "gray", "target": "b",
-                                        "fast": fast})
-    worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
-                    max_pixels=10**6, prepare=2)
-    worker.start()
-    try:
-        while store.pending():
-            worker.wake.wait(0.05)
-    finally:
-        worker.stop()
-        worker.join()
-    job = store.get(job_id)
-    assert job.status == "done", job
-    expected = occlusion_map(clf, picture, box=8, stride=4, target="b", batch_size=16,
-                             drill_down=FAST_DRILL_DOWN if fast else None)
-    assert expected.params["incremental"] is True
-    saved = json.loads((store.folder(job_id) / "heatmap.json").read_text())["params"]
-    assert saved["incremental"] is True and saved["drill_down"] == expected.params["drill_down"]
-    np.testing.assert_array_equal(np.load(store.folder(job_id) / "heatmap.npy"), expected.values)
-
-
 def test_a_preparation_thread_runs_torch_on_one_thread_and_leaves_the_others_alone():
     # OpenMP's workers busy-wait between a preparation thread's small operations (one
     # preparation thread made the service 6x slower); its team is set to one, per thread

@@ -71,10 +71,9 @@ from explain.clips import judge_clip
 from explain.errors import ExplainError
 from explain.heatmap import Heatmap
 from explain.images import decoding_warnings, load_image
-from explain.incremental import network_for
 from explain.methods import METHODS, Models, Run
 from explain.models.base import Classifier
-from explain.occlusion import LEAD, plan_occlusion
+from explain.occlusion import plan_occlusion
 from explain.outputs import record, write_map
 from explain.perturbation import Buffers
 from explain.render import figure, save_png, shrink_map, side_by_side
@@ -188,12 +187,11 @@ def pixels(folder: Path, classifier: Classifier, target: str | int, max_pixels: 
 
 class _Active:
     """An occlusion job a worker holds: its row, its run and (an animation) its judgement and
-    its max frame; ``run`` None: a job for incremental inference, run on its own from
-    ``image``."""
+    its max frame."""
 
-    def __init__(self, job: Job, run: OcclusionRun | None, clip: dict | None,
-                 frame: np.ndarray | None, image: np.ndarray | None = None) -> None:
-        self.job, self.run, self.clip, self.frame, self.image = job, run, clip, frame, image
+    def __init__(self, job: Job, run: OcclusionRun, clip: dict | None,
+                 frame: np.ndarray | None) -> None:
+        self.job, self.run, self.clip, self.frame = job, run, clip, frame
         self.start = time.perf_counter()
 
 
@@ -366,22 +364,9 @@ class Worker(threading.Thread):
             if future.done():
                 del self._preparing[job_id]
                 try:
-                    prepared = future.result()
+                    self._active.append(future.result())
                 except Exception as exc:  # noqa: BLE001 — an undecodable upload, say
                     self._fail(job_id, reason(exc))
-                    continue
-                if prepared.run is not None:
-                    self._active.append(prepared)
-                    continue
-                self._alone = job_id  # incremental inference: on its own, here
-                try:
-                    assert prepared.image is not None
-                    self._run_alone(prepared.job, prepared.image, prepared.clip)
-                except Cancelled:
-                    pass
-                except Exception as exc:  # noqa: BLE001 — a bad job never stops the worker
-                    self._fail(job_id, reason(exc))
-                self._alone = None
 
     def _prepare(self, job: Job) -> _Active:
         """An occlusion job made ready for the model's batches (on a preparation thread): its
@@ -394,13 +379,6 @@ class Worker(threading.Thread):
         o = job.options
         plan = plan_occlusion(self.models.black, image, box=o["box"], stride=o["stride"],
                               fill=o["fill"], target=o["target"])
-        window = plan.bounds[LEAD, 2:] - plan.bounds[LEAD, :2]
-        if network_for(self.models.black, None, None, tuple(window.tolist()),
-                       plan.size) is not None:
-            # where occlusion_map would score by incremental inference (a torch model on the
-            # CPU, small windows), the job does too, on its own: its copies cannot share a
-            # batch (their scores need its image's cached activations); the same map
-            return _Active(job, None, clip, None if clip is None else image, image)
         plan.copies  # noqa: B018 — made here, not on the model's thread
         run = OcclusionRun(job.id, plan, FAST_DRILL_DOWN if o.get("fast") else None)
         return _Active(job, run, clip, None if clip is None else image)
