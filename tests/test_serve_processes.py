@@ -115,6 +115,68 @@ def test_a_jobs_lock_holds_across_the_processes_of_one_server(tmp_path):
         store.close()
 
 
+def _cross(data: str, hold: str, want: str, errors) -> None:
+    store = JobStore(Path(data), member=True)
+    held = threading.Event()
+
+    def holder() -> None:
+        with store.locked(hold):
+            held.set()
+            time.sleep(1.0)
+
+    def waiter() -> None:
+        held.wait(60)
+        time.sleep(0.3)  # the other process holds the job this one wants by now
+        try:
+            with store.locked(want):
+                pass
+        except OSError as exc:
+            errors.put(repr(exc))
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=waiter)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+
+
+def test_two_processes_waiting_on_each_others_other_jobs_is_no_deadlock(tmp_path):
+    # process A holds job X and waits for Y, process B holds Y and waits for X, each from
+    # another thread than the holding one: POSIX record locks (owned by the process) made the
+    # kernel fail one wait with EDEADLK; the jobs' locks are the descriptor's own
+    store = JobStore(tmp_path)
+    x, y = store.new_id(), store.new_id()
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.Queue()
+    both = [ctx.Process(target=_cross, args=(str(tmp_path), a, b, errors))
+            for a, b in ((x, y), (y, x))]
+    for process in both:
+        process.start()
+    for process in both:
+        process.join(60)
+    store.close()
+    assert [process.exitcode for process in both] == [0, 0]
+    assert errors.empty()
+
+
+def test_a_zombie_is_not_alive():
+    # a serving process that died and was not reaped yet still answers kill(pid, 0)
+    child = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,))
+    child.start()
+    key = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()
+        if stat[0] == "Z":
+            key = f"{child.pid}:{stat[19]}"
+            break
+        time.sleep(0.05)
+    assert key is not None
+    assert not process_alive(key)
+    child.join()
+
+
 @pytest.mark.slow
 def test_several_processes_share_one_folder_and_take_over_a_dead_ones_jobs(tmp_path):
     """A real `explain serve --processes 2`: jobs are run by both processes, each map is the
@@ -157,3 +219,44 @@ def test_several_processes_share_one_folder_and_take_over_a_dead_ones_jobs(tmp_p
     finally:
         server.stop()
     assert "Traceback" not in (tmp_path / "data.log").read_text()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = entry.joinpath("stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and stat[0] not in "ZX":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_the_tokens_stay_out_of_the_environment_and_orphans_stop(tmp_path):
+    """The settings (tokens) reach the serving processes in a file only the user can read,
+    not in their environment; when the parent is killed (kill -9), they stop by themselves."""
+    model = tmp_path / "model.py"
+    model.write_text(SLOW_PY)
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("secret-token-of-tenant-a\n")
+    server = Server(tmp_path / "data", "--classes", "sfw,nsfw", "--processes", "2", "--tokens",
+                    str(tokens), model=f"{model}:score").start()
+    try:
+        kids = wait_until(lambda: children(server.proc.pid))
+        for kid in kids:
+            assert b"secret-token" not in Path(f"/proc/{kid}/environ").read_bytes()
+        settings = tmp_path / "data" / "processes.pickle"
+        assert settings.stat().st_mode & 0o777 == 0o600
+        job = server.submit(png(image(1)), token="secret-token-of-tenant-a", box="16",
+                            stride="16").json()["id"]
+        assert server.wait(job, token="secret-token-of-tenant-a")["status"] == "done"
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        wait_until(lambda: not any(Path(f"/proc/{k}").exists() and
+                                   Path(f"/proc/{k}/stat").read_text().rpartition(")")[2]
+                                   .split()[0] not in "ZX" for k in kids), timeout=60)
+    finally:
+        server.stop()

@@ -159,10 +159,11 @@ def process_app() -> object:
     it, over the data folder as a member of its store (:mod:`explain.serve.processes`)."""
     from explain.serve.app import create_app
     from explain.serve.jobs import JobStore
-    from explain.serve.processes import process_settings
+    from explain.serve.processes import process_settings, watch_parent
     from explain.serve.security import RateLimitedLog
     from explain.serve.served import serve_models
 
+    watch_parent()
     settings, (models, spec) = process_settings()
     for handler in logging.getLogger("uvicorn").handlers:
         handler.addFilter(RateLimitedLog())

@@ -25,8 +25,8 @@ Several processes of ONE server (``explain serve --processes N``,
 once, then starts N serving processes, each opening the store as a *member*
 (``JobStore(data, member=True)``: no lock of its own, no start-up clean-up). What they share is
 safe across processes: every change is one SQLite statement or transaction (a claim, an add with
-its queue limits, a tick); a job's lock (:meth:`JobStore.locked`) is also a POSIX record lock
-on ``DATA/jobs.locks``, so a DELETE in one process waits for a result being written in another;
+its queue limits, a tick); a job's lock (:meth:`JobStore.locked`) is also a lock on one byte of
+``DATA/jobs.locks``, so a DELETE in one process waits for a result being written in another;
 a claim records its process (``owner``: pid and start time), and
 :meth:`JobStore.requeue_orphaned` puts back the running jobs of a process that died.
 """
@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -151,6 +152,26 @@ def _own(data: Path) -> int:
     return fd
 
 
+@contextmanager
+def _byte_lock(path: Path, offset: int) -> Iterator[None]:
+    """An exclusive lock on byte ``offset`` of the file at ``path``, held in the block. On Linux
+    an open-file-description lock (``F_OFD_SETLKW``) on a descriptor of its own: it belongs to
+    that descriptor, not to the process, so the kernel's deadlock check does not see two
+    processes' threads waiting on each other's other jobs as a deadlock (``EDEADLK``, which
+    plain POSIX record locks gave), and closing another descriptor of the file releases
+    nothing. Elsewhere a POSIX record lock (``lockf``)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(fcntl, "F_OFD_SETLKW"):
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW,
+                        struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with its descriptor
+
+
 def process_key(pid: int | None = None) -> str:
     """``pid:start`` of process ``pid`` (this one by default): its pid and its start time in
     clock ticks since boot (``/proc/PID/stat``), so a pid the system reused is not taken for
@@ -164,7 +185,8 @@ def process_key(pid: int | None = None) -> str:
 
 
 def process_alive(key: str) -> bool:
-    """Whether the process of ``key`` (:func:`process_key`) still runs."""
+    """Whether the process of ``key`` (:func:`process_key`) still runs: it exists, is not a
+    zombie (dead, not yet reaped by its parent) and started when the key says."""
     pid = int(key.partition(":")[0])
     try:
         os.kill(pid, 0)
@@ -172,6 +194,11 @@ def process_alive(key: str) -> bool:
         return False
     except PermissionError:
         return True
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in "ZX":
+            return False
+    except (OSError, IndexError):
+        pass
     return key.endswith(":?") or process_key(pid) == key
 
 
@@ -196,7 +223,8 @@ class JobStore:
         self.me = process_key()
         (self.data / "jobs").mkdir(exist_ok=True)
         # the jobs' locks across processes: one byte of this file per job (see locked())
-        self._job_bytes = os.open(self.data / "jobs.locks", os.O_RDWR | os.O_CREAT, 0o644)
+        self._job_bytes = self.data / "jobs.locks"
+        self._job_bytes.touch(0o644)
         self._db = sqlite3.connect(self.data / "jobs.sqlite3", check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._lock = threading.Lock()
@@ -218,7 +246,6 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        os.close(self._job_bytes)
         if self._owner is not None:
             os.close(self._owner)  # the folder's lock goes with it
 
@@ -238,20 +265,16 @@ class JobStore:
         """Hold job ``job_id``'s own lock: what writes or removes its files (the worker's
         results, a picture's first render, a DELETE) holds it, so none of them sees the others
         half done, and concurrent first requests of one picture render it once. Across the
-        processes of one server (:mod:`explain.serve.processes`) it is also a POSIX record lock
-        on one byte of ``DATA/jobs.locks`` (at an offset made from the job's random id), taken
-        once this process's own lock for the job is held."""
+        processes of one server (:mod:`explain.serve.processes`) it is also a lock on one byte
+        of ``DATA/jobs.locks`` (at an offset made from the job's random id), taken once this
+        process's own lock for the job is held (:func:`_byte_lock`)."""
         with self._job_locks_guard:
             lock, users = self._job_locks.setdefault(job_id, (threading.Lock(), [0]))
             users[0] += 1
         offset = int(job_id.replace("-", "")[:15], 16)  # a uuid4's random bits: < 2**60
         try:
-            with lock:
-                fcntl.lockf(self._job_bytes, fcntl.LOCK_EX, 1, offset)
-                try:
-                    yield
-                finally:
-                    fcntl.lockf(self._job_bytes, fcntl.LOCK_UN, 1, offset)
+            with lock, _byte_lock(self._job_bytes, offset):
+                yield
         finally:
             with self._job_locks_guard:
                 users[0] -= 1

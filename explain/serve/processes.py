@@ -17,21 +17,31 @@ shared one every :data:`~explain.serve.worker.EMPTY_RECHECK_S` (a job submitted 
 process wakes that one's workers at once). ``/healthz`` answers for the process that took the
 request. Cross-job batching happens within a process.
 
-The settings and the model's options reach the processes through an environment variable
-(:data:`SETTINGS_ENV`), the way a process started by ``spawn`` inherits them.
+The settings (the bearer tokens among them) and the model's options reach the processes in a file
+only its user can read, ``DATA/processes.pickle``, whose path an environment variable names
+(:data:`SETTINGS_ENV`: a process started by ``spawn`` inherits it; the settings themselves
+would put the tokens in every process's environment, and a long token list over the system's
+limit on one variable); it is removed when the server stops. A serving process whose parent is
+gone (killed, ``kill -9`` included) stops itself within :data:`PARENT_CHECK_S`
+(:func:`watch_parent`): the parent held the folder's lock for it, and a new server on the folder
+would run its running jobs again.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import pickle
+import signal
+import threading
+import time
 
 from explain.serve.app import Settings
 from explain.serve.collections import CollectionStore
 from explain.serve.jobs import JobStore
 
 SETTINGS_ENV = "EXPLAIN_SERVE_PROCESS"
+SETTINGS_FILE = "processes.pickle"
+PARENT_CHECK_S = 1.0
 
 
 def run_processes(store: JobStore, settings: Settings, model: object, app: str,
@@ -47,17 +57,37 @@ def run_processes(store: JobStore, settings: Settings, model: object, app: str,
     collections = CollectionStore(store.data)
     collections.remove_orphans()
     collections.close()
-    os.environ[SETTINGS_ENV] = base64.b64encode(pickle.dumps((settings, model))).decode()
+    path = store.data / SETTINGS_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an old file of other permissions is made private too
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump((settings, model), f)
+    os.environ[SETTINGS_ENV] = str(path)
     try:
         uvicorn.run(app, factory=True, workers=settings.processes,  # type: ignore[arg-type]
                     **uvicorn_options)
     finally:
         del os.environ[SETTINGS_ENV]
+        path.unlink(missing_ok=True)
         store.close()
 
 
 def process_settings() -> tuple[Settings, object]:
     """In a serving process: the settings and the model's description
     :func:`run_processes` passed on."""
-    settings, model = pickle.loads(base64.b64decode(os.environ[SETTINGS_ENV]))  # noqa: S301 — our own parent's
+    with open(os.environ[SETTINGS_ENV], "rb") as f:
+        settings, model = pickle.load(f)  # noqa: S301 — our own parent's, private to its user
     return settings, model
+
+
+def watch_parent() -> None:
+    """In a serving process: stop it (SIGTERM: uvicorn's clean shutdown) once its parent is
+    gone, checked every :data:`PARENT_CHECK_S` on a daemon thread."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="explain-parent-watch", daemon=True).start()
