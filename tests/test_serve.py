@@ -235,6 +235,7 @@ def test_the_page_explains_an_uploaded_image_in_chromium(server, chromium, tmp_p
                          "document.getElementById('go').click(); true")
         assert wait_js(browser, "document.getElementById('overlay').naturalWidth") >= 512
         wait_js(browser, "document.getElementById('side').naturalWidth")
+        wait_js(browser, "document.getElementById('original').naturalWidth")  # each loads alone
         shown = browser.evaluate("[document.getElementById('score').textContent, "
                                  "document.getElementById('side').naturalWidth, "
                                  "document.getElementById('original').naturalWidth, "
