@@ -86,6 +86,7 @@ def _hold(data: str, job_id: str, held, release) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_a_jobs_lock_holds_across_the_processes_of_one_server(tmp_path):
     store = JobStore(tmp_path)  # the parent's: the folder's lock
     job_id = store.new_id()
@@ -141,6 +142,7 @@ def _cross(data: str, hold: str, want: str, errors) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_two_processes_waiting_on_each_others_other_jobs_is_no_deadlock(tmp_path):
     # process A holds job X and waits for Y, process B holds Y and waits for X, each from
     # another thread than the holding one: POSIX record locks (owned by the process) made the
