@@ -172,16 +172,23 @@ def _byte_lock(path: Path, offset: int) -> Iterator[None]:
         os.close(fd)  # the lock goes with its descriptor
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command's name (state first), or None where
+    /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields if len(fields) > 19 else None
+
+
 def process_key(pid: int | None = None) -> str:
     """``pid:start`` of process ``pid`` (this one by default): its pid and its start time in
     clock ticks since boot (``/proc/PID/stat``), so a pid the system reused is not taken for
     the process that claimed a job; ``pid:?`` where /proc cannot tell."""
     pid = os.getpid() if pid is None else pid
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return f"{pid}:{fields[19]}"
-    except (OSError, IndexError):
-        return f"{pid}:?"
+    fields = _stat(pid)
+    return f"{pid}:{'?' if fields is None else fields[19]}"
 
 
 def process_alive(key: str) -> bool:
@@ -194,12 +201,10 @@ def process_alive(key: str) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in "ZX":
-            return False
-    except (OSError, IndexError):
-        pass
-    return key.endswith(":?") or process_key(pid) == key
+    fields = _stat(pid)  # read once: its state and its start time
+    if fields is None:  # gone meanwhile, or no /proc: only a key without a start time holds
+        return key.endswith(":?")
+    return fields[0] not in "ZX" and (key.endswith(":?") or key == f"{pid}:{fields[19]}")
 
 
 def is_job_id(text: str) -> bool:
