@@ -35,6 +35,17 @@ def counting_model(calls: list[int]):
     return load(score, class_names=["a", "b"])
 
 
+def drain(worker: Worker, store: JobStore) -> None:
+    """Start ``worker`` and stop it once the store has no job queued or running."""
+    worker.start()
+    try:
+        while store.pending():
+            worker.wake.wait(0.05)
+    finally:
+        worker.stop()
+        worker.join()
+
+
 def images() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -147,13 +158,7 @@ def test_a_fast_job_shares_the_workers_batches(tmp_path, monkeypatch):
                                             "target": "b", "fast": fast})
     worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
                     max_pixels=10**6, prepare=2, name="model-thread")
-    worker.start()
-    try:
-        while store.pending():
-            worker.wake.wait(0.05)
-    finally:
-        worker.stop()
-        worker.join()
+    drain(worker, store)
     assert set(ids) in batches
     assert planners and all(name.startswith("model-thread-prepare") for name in planners)
     for job_id, picture, drill in zip(ids, pictures, (FAST_DRILL_DOWN, None), strict=True):
@@ -281,13 +286,7 @@ def test_a_worker_runs_every_other_method_through_the_registry(tmp_path, nsfw_on
         else:
             store.add(ids[method], "", "sliding" if method == "broken" else method, options)
     worker = Worker(store, Models(nsfw_onnx, nsfw_torch), threading.Event(), max_pixels=10**6)
-    worker.start()
-    try:
-        while store.pending():
-            worker.wake.wait(0.05)
-    finally:
-        worker.stop()
-        worker.join()
+    drain(worker, store)
     expected = {"sliding": sliding_window_map(nsfw_onnx, image, box=0.5, stride=0.5),
                 "gradcam": gradcam(nsfw_torch, image),
                 "fast": occlusion_map(nsfw_onnx, image, box=0.25, stride=0.0625,
@@ -481,13 +480,7 @@ def test_the_model_thread_only_scores_while_preparation_threads_do_the_rest(tmp_
                                             "target": "b"})
     worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
                     max_pixels=10**6, prepare=2, name="model-thread")
-    worker.start()
-    try:
-        while store.pending():
-            worker.wake.wait(0.05)
-    finally:
-        worker.stop()
-        worker.join()
+    drain(worker, store)
     assert threads["predict"] == {"model-thread"}
     for kind in ("plan", "build", "write"):
         assert threads[kind] and all(name.startswith("model-thread-prepare")
