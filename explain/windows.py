@@ -192,21 +192,33 @@ def window_mean(shape: tuple[int, int], windows: np.ndarray, values: np.ndarray)
     """Per pixel, the mean of ``values`` over the windows covering it (float64, 0 if none).
 
     Summed-area accumulation: four corner updates per window and two cumulative sums, so the cost
-    does not grow with the box area.
+    does not grow with the box area. The sums run over the distinct window edges only (a
+    4×4 grid of windows has 5×5 of them, not the image's 257×257 corners): every other row and
+    column of the corner grid is zero, and adding zero changes no partial sum, so each pixel
+    gets exactly the value of the sum over the whole grid, at a fraction of its cost.
     """
     h, w = shape
-    t, le, b, r = (windows[:, i] for i in range(4))
+    windows = np.asarray(windows).reshape(-1, 4)
     vals = np.asarray(values, dtype=np.float64)
-    total = np.zeros((h + 1, w + 1))
-    count = np.zeros((h + 1, w + 1))
+    n = len(windows)
+    rows, row_of = np.unique(np.concatenate([windows[:, 0], windows[:, 2]]), return_inverse=True)
+    cols, col_of = np.unique(np.concatenate([windows[:, 1], windows[:, 3]]), return_inverse=True)
+    t, b, le, r = row_of[:n], row_of[n:], col_of[:n], col_of[n:]
+    total = np.zeros((len(rows), len(cols)))
+    count = np.zeros((len(rows), len(cols)))
     for grid, v in ((total, vals), (count, np.ones_like(vals))):
         np.add.at(grid, (t, le), v)
         np.add.at(grid, (t, r), -v)
         np.add.at(grid, (b, le), -v)
         np.add.at(grid, (b, r), v)
-    total = total.cumsum(0).cumsum(1)[:h, :w]
-    count = np.rint(count.cumsum(0).cumsum(1)[:h, :w])
-    return np.divide(total, count, out=np.zeros((h, w)), where=count > 0)
+    total = total.cumsum(0).cumsum(1)
+    count = np.rint(count.cumsum(0).cumsum(1))
+    mean = np.zeros((len(rows) + 1, len(cols) + 1))  # row and column 0: before any edge
+    np.divide(total, count, out=mean[1:, 1:], where=count > 0)
+    # pixel (y, x) takes the sums at the last edges at or before it
+    y = np.searchsorted(rows, np.arange(h), side="right")
+    x = np.searchsorted(cols, np.arange(w), side="right")
+    return mean[np.ix_(y, x)]
 
 
 def batch_bytes(batch_size: int, shape: tuple[int, int],

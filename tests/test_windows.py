@@ -75,6 +75,46 @@ def test_window_mean_matches_explicit_loops():
     assert np.allclose(window_mean(shape, w, vals), total / count, atol=1e-12)
 
 
+def _summed_area_over_every_pixel(shape, windows, values):
+    """window_mean as it was: the corner grid over every pixel, summed whole."""
+    h, w = shape
+    t, le, b, r = (windows[:, i] for i in range(4))
+    total, count = np.zeros((h + 1, w + 1)), np.zeros((h + 1, w + 1))
+    for grid, v in ((total, values), (count, np.ones_like(values))):
+        np.add.at(grid, (t, le), v)
+        np.add.at(grid, (t, r), -v)
+        np.add.at(grid, (b, le), -v)
+        np.add.at(grid, (b, r), v)
+    total = total.cumsum(0).cumsum(1)[:h, :w]
+    count = np.rint(count.cumsum(0).cumsum(1)[:h, :w])
+    return np.divide(total, count, out=np.zeros((h, w)), where=count > 0)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value")
+def test_window_mean_sums_over_window_edges_only_to_the_same_bits():
+    """The sums over the distinct edges give every pixel the bits the sums over every pixel
+    give: grids, overlapping and uneven windows, empty ones, none at all, NaN and inf."""
+    rng = np.random.default_rng(1)
+    for trial in range(400):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        if trial % 2:
+            box = int(rng.integers(1, min(h, w) + 1))
+            windows = window_grid((h, w), box, int(rng.integers(1, box + 1)))
+        else:
+            m = int(rng.integers(0, 40))
+            ys = np.sort(rng.integers(0, h + 1, (m, 2)))
+            xs = np.sort(rng.integers(0, w + 1, (m, 2)))
+            windows = np.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], 1)
+        values = rng.normal(size=len(windows)) * 10.0 ** rng.uniform(-8, 3)
+        if trial % 7 == 0 and len(values):
+            values[rng.integers(len(values))] = (np.nan, np.inf, -np.inf, -0.0)[trial % 4]
+        got = window_mean((h, w), windows, values)
+        want = _summed_area_over_every_pixel((h, w), windows, values)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.array_equal(got, want, equal_nan=True), (h, w, len(windows))
+        assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
 def test_default_batch_size_bounded_by_input_size():
     import torch
 
