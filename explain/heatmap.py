@@ -99,6 +99,10 @@ class Heatmap:
         ``raw_signal`` when the method measured it before a last step (Grad-CAM's ReLU)."""
         if self.raw_signal is not None:
             return self.raw_signal
+        if self.values.size:
+            top, bottom = self.values.max(), self.values.min()
+            if np.isfinite(top) and np.isfinite(bottom):  # no NaN, no inf: read off the two
+                return float(max(abs(top), abs(bottom)) if self.bounds is None else top - bottom)
         finite = self.values[np.isfinite(self.values)]
         if finite.size == 0:
             return 0.0

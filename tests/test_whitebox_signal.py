@@ -128,3 +128,20 @@ def test_open_nsfw_real_maps_are_far_above_the_floor(nsfw_torch, photos):
         for hm in (cam, rec.magnitude):
             assert hm.no_signal() is None, (name, hm.method)
             assert hm.signal > 100 * WHITE_BOX_FLOOR, (name, hm.method, hm.signal)
+
+
+def test_the_signal_of_a_finite_map_is_read_off_its_max_and_min():
+    """A map without NaN or inf takes its signal from its max and min; the same float as over
+    its finite values, signed or on a range; with NaN or inf, over the finite values only."""
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        values = (rng.normal(size=(7, 9)) * 10.0 ** rng.uniform(-9, 2)).astype(np.float32)
+        values += np.float32(rng.uniform(-1, 1)) * (trial % 3)  # all negative, mixed, positive
+        if trial % 5 == 0:
+            values[rng.integers(7), rng.integers(9)] = (np.nan, np.inf, -np.inf)[trial % 3]
+        for bounds in (None, (0.0, 1.0)):
+            finite = values[np.isfinite(values)]
+            want = float(np.abs(finite).max() if bounds is None else finite.max() - finite.min())
+            assert Heatmap(values, "m", "t", bounds=bounds).signal == want
+    assert Heatmap(np.full((3, 3), np.nan, np.float32), "m", "t").signal == 0.0
+    assert Heatmap(np.zeros((0, 4), np.float32), "m", "t").signal == 0.0
