@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -203,7 +204,7 @@ def test_a_fast_job_the_model_refuses_fails_alone_in_shared_batches(tmp_path, mo
         store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 3, "fill": "gray",
                                             "target": "b", "fast": fast})
     worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
-                    max_pixels=10**6, prepare=0)
+                    max_pixels=10**6, tick_s=0, prepare=0)
     worker._claim()
     while worker._active:
         worker._step()
@@ -217,8 +218,9 @@ def test_a_fast_job_the_model_refuses_fails_alone_in_shared_batches(tmp_path, mo
 
 
 def test_a_deleted_fast_job_stops_between_its_levels(tmp_path, monkeypatch):
-    """A ``fast`` job deleted while it is held is dropped at the next tick: at most the batch
-    already built holds its copies, no later level is planned or scored, nothing is written."""
+    """A ``fast`` job deleted while it is held is dropped after the batch in flight, between
+    two ticks of the table too (the worker's read of the jobs gone): at most the batch already
+    built holds its copies, no later level is planned or scored, nothing is written."""
     import explain.serve.worker as worker_module
 
     batches: list[set[str]] = []
@@ -235,7 +237,7 @@ def test_a_deleted_fast_job_stops_between_its_levels(tmp_path, monkeypatch):
     store.add(job_id, "", "occlusion", {"box": 8, "stride": 3, "fill": "gray", "target": "b",
                                         "fast": True})
     worker = Worker(store, Models(clf, None), threading.Event(), batch_size=4,
-                    max_pixels=10**6, prepare=0)
+                    max_pixels=10**6, tick_s=3600, prepare=0)
     worker._claim()
     worker._step()
     run = worker._active[0].run
@@ -359,7 +361,7 @@ def test_a_shared_batch_the_model_refuses_fails_only_the_culprit(tmp_path):
         store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
                                             "target": "b"})
     worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
-                    max_pixels=10**6)
+                    max_pixels=10**6, tick_s=0)
     worker._claim()
     while worker._active:
         worker._step()
@@ -398,7 +400,7 @@ def test_a_failed_write_fails_only_its_job(tmp_path, monkeypatch):
         store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
                                             "target": "b"})
     worker = Worker(store, Models(clf, None), threading.Event(), interleave=1, batch_size=64,
-                    max_pixels=10**6)
+                    max_pixels=10**6, tick_s=0)
     for _ in ids:
         worker._claim()
         while worker._active:
@@ -493,6 +495,34 @@ def test_the_model_thread_only_scores_while_preparation_threads_do_the_rest(tmp_
         np.testing.assert_array_equal(np.load(store.folder(job.id) / "heatmap.npy"),
                                       expected.values)
         assert job.score == expected.score
+
+
+def test_the_worker_updates_the_table_at_most_once_per_tick_s(tmp_path, monkeypatch):
+    """Many small jobs, one model batch each: the worker records progress and marks the written
+    jobs done in one transaction per ``tick_s`` at most, not one per batch, and every job is
+    recorded done all the same (the last ones when the worker goes idle or stops)."""
+    ticks: list[float] = []
+    real = JobStore.tick
+    monkeypatch.setattr(JobStore, "tick", lambda self, *a: ticks.append(time.monotonic())
+                        or real(self, *a))
+    store = JobStore(tmp_path)
+    ids = []
+    for picture in images() * 4:
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
+                                            "target": "b"})
+    calls: list[int] = []
+    worker = Worker(store, Models(counting_model(calls), None), threading.Event(),
+                    batch_size=4, max_pixels=10**6, tick_s=0.25)
+    start = time.monotonic()
+    drain(worker, store)
+    seconds = time.monotonic() - start
+    assert len(calls) > len(ids)  # more model batches than jobs
+    assert len(ticks) <= seconds / 0.25 + 2, (len(ticks), len(calls), seconds)
+    assert (np.diff(ticks[:-1]) >= 0.25).all()  # the last may be the one at the stop
+    assert all(store.get(i).status == "done" for i in ids)
 
 
 def test_a_tick_records_every_jobs_progress_and_finish_in_one_transaction(tmp_path):

@@ -389,12 +389,7 @@ class JobStore:
                             "finished = ?, clip = ? WHERE id = ? AND status = 'running'",
                             (score, now, None if clip is None else json.dumps(clip), job_id)
                         ).rowcount == 0]
-                running: set[str] = set()
-                for lo in range(0, len(ids), 500):  # SQLite's limit of bound variables
-                    chunk = ids[lo:lo + 500]
-                    running.update(row[0] for row in self._db.execute(
-                        f"SELECT id FROM jobs WHERE status = 'running' AND id IN "
-                        f"({', '.join('?' * len(chunk))})", chunk))
+                running = self._running(ids)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
@@ -403,6 +398,23 @@ class JobStore:
         for job_id in gone:
             shutil.rmtree(self.folder(job_id), ignore_errors=True)
         return {i for i in ids if i not in running and i not in finished}
+
+    def gone(self, ids: list[str]) -> set[str]:
+        """The jobs of ``ids`` that are no longer running (deleted): a read, no transaction
+        (what a worker asks after each model batch between two ticks)."""
+        with self._lock:
+            running = self._running(ids)
+        return {i for i in ids if i not in running}
+
+    def _running(self, ids: list[str]) -> set[str]:
+        """The jobs of ``ids`` that are running (under the store's lock)."""
+        running: set[str] = set()
+        for lo in range(0, len(ids), 500):  # SQLite's limit of bound variables
+            chunk = ids[lo:lo + 500]
+            running.update(row[0] for row in self._db.execute(
+                f"SELECT id FROM jobs WHERE status = 'running' AND id IN "
+                f"({', '.join('?' * len(chunk))})", chunk))
+        return running
 
     def fail(self, job_id: str, error: str) -> None:
         """Mark a running job failed with ``error`` (a reason a user can read)."""

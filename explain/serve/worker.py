@@ -9,11 +9,12 @@ drill-down level is planned when its level's scores are back, on a preparation t
 worker's own thread is the model's: for these jobs it only scores batches. Its preparation
 threads (``prepare``, :data:`PREPARE`) do the rest beside it: decode the upload and plan the job
 (:meth:`Worker._prepare`), build the next batch's copies while the model scores this one, and
-turn a complete job's scores into its map and write it (:meth:`Worker._write`). After each batch
-ONE transaction (:meth:`~explain.serve.jobs.JobStore.tick`) records every held job's progress
-and marks the written ones ``done``; a job deleted meanwhile is dropped (a batch already built
-may still hold its windows: at most one more model call). Every other method runs one job at a
-time through the registry (:data:`explain.methods.METHODS`), on the worker's thread, and reports
+turn a complete job's scores into its map and write it (:meth:`Worker._write`). At most every
+:data:`TICK_S` ONE transaction (:meth:`~explain.serve.jobs.JobStore.tick`) records every held
+job's progress and marks the written ones ``done``; after each batch a job deleted meanwhile is
+dropped (a batch already built may still hold its windows: at most one more model call).
+Every other method runs one job at a time through the registry
+(:data:`explain.methods.METHODS`), on the worker's thread, and reports
 each batch through its progress callback, which raises :class:`Cancelled` once the job is
 deleted (or the server stops): a DELETE stops any method within one batch. A job whose image
 cannot be decoded (truncated, corrupt) or whose model call fails becomes ``failed`` with the
@@ -229,6 +230,12 @@ def _openmp() -> ctypes.CDLL | None:
             continue
     return None
 EMPTY_RECHECK_S = 0.2  # a worker that found the queue empty looks again this often, or when woken
+TICK_S = 0.05
+"""How often at most a worker records its occlusion jobs' progress and marks the written ones
+done (:meth:`Worker._tick`), in one transaction: one per model batch cost about 1 ms of a
+2-core machine's CPU per job at the service's pace with a model that costs nothing. A job's
+``done`` shows at most this much later; a deleted job is still dropped after the batch in
+flight (between ticks, a read asks which held jobs are gone)."""
 
 
 class Worker(threading.Thread):
@@ -241,12 +248,13 @@ class Worker(threading.Thread):
 
     def __init__(self, store: JobStore, models: Models, wake: threading.Event, *,
                  interleave: int = 16, batch_size: int | None = None,
-                 max_pixels: int, prepare: int = PREPARE,
+                 max_pixels: int, prepare: int = PREPARE, tick_s: float = TICK_S,
                  name: str = "explain-worker") -> None:
         super().__init__(name=name, daemon=True)
         self.store, self.models, self.wake = store, models, wake
         self.interleave, self.batch_size, self.max_pixels = interleave, batch_size, max_pixels
-        self.prepare = prepare
+        self.prepare, self.tick_s = prepare, tick_s
+        self._ticked = -math.inf  # when the table was last updated (time.monotonic())
         self.stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._preparing: dict[str, Future[_Active]] = {}  # claimed, being decoded and planned
@@ -298,6 +306,11 @@ class Worker(threading.Thread):
                     self._alone = None
                     self.stopping.wait(FAULT_PAUSE_S)
         finally:
+            self._ticked = -math.inf  # the jobs written so far are recorded done, not run again
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 — they are run again at the next start
+                pass
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -567,9 +580,15 @@ class Worker(threading.Thread):
 
     def _tick(self) -> None:
         """One transaction for every held occlusion job (:meth:`~explain.serve.jobs.JobStore.
-        tick`): the progress of those in the model's batches, ``done`` for those written (a
-        job whose write failed, a full disk say, is failed with the reason); a job deleted
-        meanwhile is dropped."""
+        tick`), at most every ``tick_s``: the progress of those in the model's batches,
+        ``done`` for those written (a job whose write failed, a full disk say, is failed with
+        the reason); a job deleted meanwhile is dropped (between two ticks too:
+        :meth:`~explain.serve.jobs.JobStore.gone`)."""
+        if time.monotonic() - self._ticked < self.tick_s:  # between ticks: only a read
+            for job_id in self.store.gone([a.job.id for a in self._active]):
+                self._drop(job_id)
+            return
+        self._ticked = time.monotonic()
         finished: dict[str, tuple[float | None, dict | None]] = {}
         progress: dict[str, tuple[int, int]] = {}
         for job_id, (a, future) in list(self._finishing.items()):
