@@ -31,21 +31,27 @@ whose every answer is 0.5/0.5, at a 256×256 input, so the copies are built as f
 model's input), :data:`NULL_JOBS` occlusion jobs of 256×256 PNGs at box = stride = 64 (16
 windows + the intact image and the baseline), submitted by :data:`CLIENTS` client threads to a
 real `explain serve` as users run it; jobs/s from the first submission to the last finished job,
-best of ``--rounds``, with the load average, for each ``explain serve --processes`` count of
-``--processes`` (default ``1,2``; the counts alternate within each round). The server's CPU is
-summed over all its processes. Everything measured is the service's work.
+best (and median) of ``--rounds``, with the load average, for each ``explain serve
+--processes`` count of ``--processes`` (default ``1,2``; the counts alternate within each
+round). The server's CPU is summed over all its processes. Everything measured is the service's
+work. The client threads open a connection per job (urllib, as the tests' client does);
+``--connections kept`` has each keep one open (:class:`KeepAlive`, what a client sending many
+jobs does), ``both`` runs the two kinds in turn.
 
     python scripts/bench_serve.py --null [--jobs 400] [--rounds 3] [--processes 1,2]
+                                  [--connections kept|new|both]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -59,7 +65,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under python -P
 from bench_occlusion import time_raw  # noqa: E402
-from serve_client import Server  # noqa: E402
+from serve_client import Reply, Server, multipart  # noqa: E402
 
 from explain.models import load  # noqa: E402
 from explain.models.base import device_label, gpu_line  # noqa: E402
@@ -73,6 +79,7 @@ BOX, STRIDE, SIDE = 64, 48, 256
 NULL_BOX = 64
 NULL_JOBS = 400
 CLIENTS = 8
+CONNECTION = {True: "connections kept", False: "a connection per job"}
 
 
 def make_images(n: int) -> list[np.ndarray]:
@@ -222,20 +229,43 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def null_round(bodies: list[bytes], model: Path, data: Path, processes: int = 1
-               ) -> tuple[float, int, float]:
+class KeepAlive:
+    """A client whose every thread keeps one HTTP/1.1 connection open (as requests' Session,
+    httpx or any load balancer does), where :class:`serve_client.Client` opens a connection per
+    request (urllib): the server then accepts and closes no connection per job."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.local = threading.local()
+
+    def submit(self, image: bytes, **fields: str) -> Reply:
+        connection = getattr(self.local, "connection", None)
+        if connection is None:
+            connection = self.local.connection = http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=60)
+        body, kind = multipart(fields, image)
+        connection.request("POST", "/v1/visualizations", body=body,
+                           headers={"Content-Type": kind})
+        answer = connection.getresponse()
+        return Reply(answer.status, dict(answer.headers), answer.read())
+
+
+def null_round(bodies: list[bytes], model: Path, data: Path, processes: int = 1,
+               keep_alive: bool = False) -> tuple[float, int, float]:
     """One round of ``--null``: seconds from the first submission to the last finished job,
     the number of jobs done (every one must be) and the server's CPU seconds meanwhile (HTTP
-    included)."""
+    included); the clients open a connection per job, or with ``keep_alive`` keep one each
+    open (:class:`KeepAlive`)."""
     server = Server(data, "--classes", "sfw,nsfw", "--processes", str(processes),
                     model=str(model)).start()
     try:
         assert server.proc is not None
         cpu = cpu_seconds(server.proc.pid)
         start = time.time()
+        send = KeepAlive(server.port).submit if keep_alive else server.submit
         with ThreadPoolExecutor(CLIENTS) as pool:
-            replies = list(pool.map(lambda b: server.submit(b, box=str(NULL_BOX),
-                                                            stride=str(NULL_BOX)), bodies))
+            replies = list(pool.map(lambda b: send(b, box=str(NULL_BOX), stride=str(NULL_BOX)),
+                                    bodies))
         refused = [r for r in replies if r.status != 202]
         if refused:
             raise RuntimeError(f"{len(refused)} submissions refused, e.g. HTTP "
@@ -258,9 +288,11 @@ def null_round(bodies: list[bytes], model: Path, data: Path, processes: int = 1
     return max(parse_time(j["finished"]) for j in done) - start, len(done), cpu
 
 
-def null_bench(jobs: int, rounds: int, processes: list[int]) -> None:
+def null_bench(jobs: int, rounds: int, processes: list[int],
+               connections: list[bool]) -> None:
     """``--null`` (see the module docstring): each round runs every ``--processes`` count in
-    turn (interleaved, so each count sees the same load), the best round of each is kept."""
+    turn, with each kind of client connection of ``connections`` (True: kept open), interleaved
+    so each sees the same load; the best round of each is kept."""
     bodies = [png(img) for img in make_images(jobs)]
     print(f"--null: {jobs} occlusion jobs, {SIDE}x{SIDE} PNG, box = stride = {NULL_BOX} "
           f"({(SIDE // NULL_BOX) ** 2} windows), {CLIENTS} client threads, a model that costs "
@@ -269,16 +301,19 @@ def null_bench(jobs: int, rounds: int, processes: list[int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "null.onnx"
         model.write_bytes(null_onnx())
-        rates: dict[int, list[float]] = {n: [] for n in processes}
+        runs = [(n, keep) for keep in connections for n in processes]
+        rates: dict[tuple[int, bool], list[float]] = {run: [] for run in runs}
         for i in range(rounds):
-            for n in processes:
-                seconds, done, cpu = null_round(bodies, model, Path(tmp) / f"data{i}-{n}", n)
-                rates[n].append(done / seconds)
-                print(f"round {i + 1}, --processes {n}: {done} jobs in {seconds:.2f} s = "
-                      f"{rates[n][-1]:.1f} jobs/s; server CPU {1000 * cpu / done:.1f} ms a job",
-                      flush=True)
-    for n in processes:
-        print(f"best, --processes {n}: {max(rates[n]):.1f} jobs/s")
+            for n, keep in runs:
+                seconds, done, cpu = null_round(bodies, model, Path(tmp) / f"data{i}-{n}{keep}",
+                                                n, keep)
+                rates[n, keep].append(done / seconds)
+                print(f"round {i + 1}, --processes {n}, {CONNECTION[keep]}: {done} jobs in "
+                      f"{seconds:.2f} s = {rates[n, keep][-1]:.1f} jobs/s; server CPU "
+                      f"{1000 * cpu / done:.1f} ms a job", flush=True)
+    for n, keep in runs:
+        print(f"best, --processes {n}, {CONNECTION[keep]}: {max(rates[n, keep]):.1f} jobs/s "
+              f"(median {statistics.median(rates[n, keep]):.1f})")
     print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
 
 
@@ -293,11 +328,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="--null: rounds (best kept)")
     parser.add_argument("--processes", default="1,2",
                         help="--null: explain serve --processes counts to compare, e.g. 1,2")
+    parser.add_argument("--connections", default="new",
+                        help="--null: how the client threads connect, kept (one connection "
+                        "each, kept open), new (one per job, as urllib does) or both")
     args = parser.parse_args()
     print(gpu_line(), flush=True)
     if args.null:
+        kinds = {"kept": [True], "new": [False], "both": [True, False]}
+        if args.connections not in kinds:
+            parser.error(f"--connections is kept, new or both, not {args.connections!r}")
         null_bench(NULL_JOBS if args.jobs is None else args.jobs, args.rounds,
-                   [int(n) for n in args.processes.split(",")])
+                   [int(n) for n in args.processes.split(",")], kinds[args.connections])
         return
     args.jobs = 50 if args.jobs is None else args.jobs
     images = make_images(args.jobs)
