@@ -215,10 +215,11 @@ def window_mean(shape: tuple[int, int], windows: np.ndarray, values: np.ndarray)
     count = np.rint(count.cumsum(0).cumsum(1))
     mean = np.zeros((len(rows) + 1, len(cols) + 1))  # row and column 0: before any edge
     np.divide(total, count, out=mean[1:, 1:], where=count > 0)
-    # pixel (y, x) takes the sums at the last edges at or before it
+    # pixel (y, x) takes the sums at the last edges at or before it: the columns gathered,
+    # then each row repeated down to the next edge (y never decreases)
     y = np.searchsorted(rows, np.arange(h), side="right")
     x = np.searchsorted(cols, np.arange(w), side="right")
-    return mean[np.ix_(y, x)]
+    return np.repeat(mean[:, x], np.bincount(y, minlength=len(mean)), axis=0)
 
 
 def batch_bytes(batch_size: int, shape: tuple[int, int],
