@@ -97,10 +97,14 @@ class OccludedCopies(Copies):
         self.in_input = pixelwise_input(classifier, self.size)
         if self.in_input:
             self.fixed = cast(FixedInput, classifier)  # what pixelwise_input checked
-            # contiguous once here: each batch is then a plain copy, not a transposing one
-            self.x_input = self.fixed.model_input(x).contiguous()
-            self.fill_input = self.fixed.model_input(fill.expand_as(x)).contiguous()
             self.last = self.fixed.layout == "NHWC"
+            # the image in the input's memory order first (a decoded image is channels-last in
+            # memory), so the pixel-wise preprocessing runs over dense rows; contiguous once
+            # here: each batch is then a plain copy, not a transposing one
+            dense = x.contiguous(memory_format=torch.channels_last if self.last
+                                 else torch.contiguous_format)
+            self.x_input = self.fixed.model_input(dense).contiguous()
+            self.fill_input = self.fixed.model_input(fill.expand_as(x)).contiguous()
             shape = self.x_input.shape
             self._input_size = (int(shape[1]), int(shape[2])) if self.last else \
                 (int(shape[2]), int(shape[3]))
