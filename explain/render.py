@@ -126,7 +126,7 @@ def _values(heatmap: Heatmap | np.ndarray) -> np.ndarray:
     if values.ndim != 2 or values.size == 0:
         raise OptionError(f"a heatmap must be 2-D (H, W) and not empty, got shape "
                           f"{np.shape(values)}")
-    return np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.nan_to_num(values.astype(np.float64), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def value_range(values: np.ndarray, *, normalize: str = "minmax", vmin: float | None = None,
