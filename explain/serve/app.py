@@ -443,8 +443,8 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
                            else served.models.black, target)
         except ExplainError as exc:
             raise invalid("target", str(exc)) from None
-        if (store.pending() >= settings.max_queue  # before reading the upload; add() decides
-                or store.pending(who) >= settings.tenant_limit):
+        # refused before the upload is read; add() decides for good
+        if store.full(who, settings.max_queue, settings.tenant_limit):
             raise queue_full(who)
         job_id = store.new_id()
         folder = store.folder(job_id)
@@ -540,7 +540,7 @@ def create_app(settings: Settings, served: Served, store: JobStore | None = None
         (:data:`~explain.serve.worker.GRID_IMAGES`, named by their index) with their names and
         ``labels`` (:data:`~explain.serve.worker.GRID_MEMBERS`), so deleting the collection
         later does not change the job, and a restart runs it again from its own files."""
-        if store.pending() >= settings.max_queue or store.pending(who) >= settings.tenant_limit:
+        if store.full(who, settings.max_queue, settings.tenant_limit):
             raise queue_full(who)
         job_id = store.new_id()
         folder = store.folder(job_id)

@@ -340,6 +340,14 @@ class JobStore:
         return self._rows("SELECT COUNT(*) FROM jobs WHERE tenant = ? AND status IN "
                           "('queued', 'running')", (tenant,))[0][0]
 
+    def full(self, tenant: str, limit: int, tenant_limit: int) -> bool:
+        """Whether ``limit`` jobs in all, or ``tenant_limit`` of ``tenant``'s, are pending (what
+        :meth:`add` refuses), counted in one query: a submission asks before it reads its
+        upload."""
+        pending, theirs = self._rows("SELECT COUNT(*), COALESCE(SUM(tenant = ?), 0) FROM jobs "
+                                     "WHERE status IN ('queued', 'running')", (tenant,))[0]
+        return pending >= limit or theirs >= tenant_limit
+
     def claim(self) -> Job | None:
         """The oldest queued job, now marked running (its ``attempts`` counted); None when none
         is queued."""
