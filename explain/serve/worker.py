@@ -290,9 +290,7 @@ class Worker(threading.Thread):
                         self._step()
                     elif self._preparing or self._finishing:
                         self._tick()
-                        wait([*self._preparing.values(),
-                              *(f for _, f in self._finishing.values())],
-                             timeout=0.05, return_when=FIRST_COMPLETED)
+                        self._idle()
                     else:
                         self.wake.wait(EMPTY_RECHECK_S)
                 except Exception as exc:  # noqa: BLE001 — a fault outside any one job (the disk)
@@ -591,19 +589,36 @@ class Worker(threading.Thread):
         self._ticked = time.monotonic()
         finished: dict[str, tuple[float | None, dict | None]] = {}
         progress: dict[str, tuple[int, int]] = {}
+        recorded = []  # written (or deleted meanwhile): held until the table has them
         for job_id, (a, future) in list(self._finishing.items()):
             if not future.done():
                 continue
-            del self._finishing[job_id]
             try:
                 written = future.result()
             except Exception as exc:  # noqa: BLE001 — e.g. a full disk: this job fails
+                del self._finishing[job_id]
                 self._fail(job_id, reason(exc))
                 continue
+            recorded.append(job_id)
             if written is not None:
                 finished[job_id] = written, a.clip
                 progress[job_id] = a.run.n, a.run.n
         progress.update({a.job.id: (a.run.scored, a.run.n) for a in self._active})
-        if progress or finished:
-            for job_id in self.store.tick(progress, finished):
-                self._drop(job_id)
+        gone = self.store.tick(progress, finished) if progress or finished else set()
+        for job_id in recorded:
+            del self._finishing[job_id]
+        for job_id in gone:
+            self._drop(job_id)
+
+    def _idle(self) -> None:
+        """No batch to score: wait until a job's preparation or writing ends, the next tick is
+        due (written jobs wait for it) or a job is queued, whichever comes first; never spin
+        on a future that is already done."""
+        busy = [f for f in (*self._preparing.values(), *(f for _, f in self._finishing.values()))
+                if not f.done()]
+        until_tick = max(0.0, self._ticked + self.tick_s - time.monotonic())
+        if busy:
+            wait(busy, timeout=min(0.05, until_tick) if self._finishing and until_tick else 0.05,
+                 return_when=FIRST_COMPLETED)
+        else:  # only written jobs, waiting for the tick
+            self.wake.wait(until_tick)
