@@ -191,21 +191,33 @@ def window_grid(shape: tuple[int, int], box: Size, stride: Size) -> np.ndarray:
 def window_mean(shape: tuple[int, int], windows: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Per pixel, the mean of ``values`` over the windows covering it (float64, 0 if none).
 
-    Summed-area accumulation: four corner updates per window and two cumulative sums, so the cost
-    does not grow with the box area. The sums run over the distinct window edges only (a
-    4×4 grid of windows has 5×5 of them, not the image's 257×257 corners): every other row and
-    column of the corner grid is zero, and adding zero changes no partial sum, so each pixel
-    gets exactly the value of the sum over the whole grid, at a fraction of its cost.
+    ``windows``: (N, 4) integer ``[top, left, bottom, right)`` inside the image (else a
+    ValueError). Summed-area accumulation: four corner updates per window and two cumulative
+    sums, so the cost does not grow with the box area. The sums run over the distinct window
+    edges only (a 4×4 grid of windows has 5×5 of them, not the image's 257×257 corners): every
+    other row and column of the corner grid is zero, and adding zero changes no partial sum, so
+    each pixel gets exactly the value of the sum over the whole grid, at a fraction of its cost.
     """
-    h, w = shape
-    windows = np.asarray(windows).reshape(-1, 4)
+    h, w = (int(v) for v in shape)
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[1] < 4 or windows.dtype.kind not in "iu":
+        raise ValueError(f"windows must be an (N, 4) integer array, got {windows.dtype} of "
+                         f"shape {windows.shape}")
+    t, le, b, r = (windows[:, i].astype(np.int64) for i in range(4))
+    if len(windows) and (min(t.min(), le.min()) < 0 or max(t.max(), b.max()) > h
+                         or max(le.max(), r.max()) > w):
+        raise ValueError(f"windows must lie inside the {h}x{w} image")
     vals = np.asarray(values, dtype=np.float64)
-    n = len(windows)
-    rows, row_of = np.unique(np.concatenate([windows[:, 0], windows[:, 2]]), return_inverse=True)
-    cols, col_of = np.unique(np.concatenate([windows[:, 1], windows[:, 3]]), return_inverse=True)
-    t, b, le, r = row_of[:n], row_of[n:], col_of[:n], col_of[n:]
-    total = np.zeros((len(rows), len(cols)))
-    count = np.zeros((len(rows), len(cols)))
+    # the distinct edges: edges[y] counts those at or before y (a compressed index + 1)
+    edges = []
+    for side, starts, ends in ((h, t, b), (w, le, r)):
+        marked = np.zeros(side + 1, bool)
+        marked[starts] = marked[ends] = True
+        edges.append(np.cumsum(marked))
+    rows, cols = edges
+    t, b, le, r = rows[t] - 1, rows[b] - 1, cols[le] - 1, cols[r] - 1
+    total = np.zeros((rows[-1], cols[-1]))
+    count = np.zeros((rows[-1], cols[-1]))
     for grid, v in ((total, vals), (count, np.ones_like(vals))):
         np.add.at(grid, (t, le), v)
         np.add.at(grid, (t, r), -v)
@@ -213,13 +225,11 @@ def window_mean(shape: tuple[int, int], windows: np.ndarray, values: np.ndarray)
         np.add.at(grid, (b, r), v)
     total = total.cumsum(0).cumsum(1)
     count = np.rint(count.cumsum(0).cumsum(1))
-    mean = np.zeros((len(rows) + 1, len(cols) + 1))  # row and column 0: before any edge
+    mean = np.zeros((rows[-1] + 1, cols[-1] + 1))  # row and column 0: before any edge
     np.divide(total, count, out=mean[1:, 1:], where=count > 0)
     # pixel (y, x) takes the sums at the last edges at or before it: the columns gathered,
-    # then each row repeated down to the next edge (y never decreases)
-    y = np.searchsorted(rows, np.arange(h), side="right")
-    x = np.searchsorted(cols, np.arange(w), side="right")
-    return np.repeat(mean[:, x], np.bincount(y, minlength=len(mean)), axis=0)
+    # then each row repeated down to the next edge (rows[y] never decreases)
+    return np.repeat(mean[:, cols[:w]], np.bincount(rows[:h], minlength=len(mean)), axis=0)
 
 
 def batch_bytes(batch_size: int, shape: tuple[int, int],

@@ -115,6 +115,16 @@ def test_window_mean_sums_over_window_edges_only_to_the_same_bits():
         assert np.array_equal(np.signbit(got), np.signbit(want))
 
 
+def test_window_mean_refuses_windows_outside_the_image_or_not_integers():
+    windows = window_grid((20, 30), 5, 3)
+    values = np.ones(len(windows))
+    for bad in (windows - 1, windows + 5, windows.astype(float), windows[:, :3]):
+        with pytest.raises(ValueError):
+            window_mean((20, 30), bad, values)
+    with pytest.raises(ValueError):
+        window_mean((30, 20), windows, values)  # H and W swapped
+
+
 def test_default_batch_size_bounded_by_input_size():
     import torch
 
