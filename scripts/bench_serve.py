@@ -237,12 +237,18 @@ class KeepAlive:
     def __init__(self, port: int) -> None:
         self.port = port
         self.local = threading.local()
+        self.opened: list[http.client.HTTPConnection] = []
+
+    def close(self) -> None:
+        for connection in self.opened:
+            connection.close()
 
     def submit(self, image: bytes, **fields: str) -> Reply:
         connection = getattr(self.local, "connection", None)
         if connection is None:
             connection = self.local.connection = http.client.HTTPConnection(
                 "127.0.0.1", self.port, timeout=60)
+            self.opened.append(connection)
         body, kind = multipart(fields, image)
         connection.request("POST", "/v1/visualizations", body=body,
                            headers={"Content-Type": kind})
@@ -262,10 +268,12 @@ def null_round(bodies: list[bytes], model: Path, data: Path, processes: int = 1,
         assert server.proc is not None
         cpu = cpu_seconds(server.proc.pid)
         start = time.time()
-        send = KeepAlive(server.port).submit if keep_alive else server.submit
+        kept = KeepAlive(server.port)
+        send = kept.submit if keep_alive else server.submit
         with ThreadPoolExecutor(CLIENTS) as pool:
             replies = list(pool.map(lambda b: send(b, box=str(NULL_BOX), stride=str(NULL_BOX)),
                                     bodies))
+        kept.close()
         refused = [r for r in replies if r.status != 202]
         if refused:
             raise RuntimeError(f"{len(refused)} submissions refused, e.g. HTTP "
