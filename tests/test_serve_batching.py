@@ -516,14 +516,15 @@ def test_the_worker_updates_the_table_at_most_once_per_tick_s(tmp_path, monkeypa
     calls: list[int] = []
     model = load(_slow(calls), class_names=["a", "b"])
     worker = Worker(store, Models(model, None), threading.Event(), batch_size=4,
-                    max_pixels=10**6, tick_s=0.05)
+                    max_pixels=10**6, tick_s=0.2)
     start = time.monotonic()
     drain(worker, store)
     seconds = time.monotonic() - start
     assert len(calls) >= 2 * len(ids)  # model batches
-    assert 2 <= len(ticks) <= seconds / 0.05 + 2, (len(ticks), len(calls), seconds)
+    # at least the first (progress) and the last (done); per batch, they would be one a call
+    assert 2 <= len(ticks) <= seconds / 0.2 + 2, (len(ticks), len(calls), seconds)
     assert len(ticks) < len(calls) / 2
-    assert (np.diff(ticks[:-1]) >= 0.05).all()  # the last may be the one at the stop
+    assert (np.diff(ticks[:-1]) >= 0.2).all()  # the last may be the one at the stop
     assert all(store.get(i).status == "done" for i in ids)
 
 
