@@ -372,6 +372,26 @@ def test_cli_audit(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "larger than box" in bad.output
 
 
+def test_cli_audit_of_nothing_readable_fails(tmp_path, monkeypatch):
+    """An audit whose every image failed writes its report (errors.csv says why) but exits 2
+    with a red line: a run that measured nothing must not pass for one in a pipeline."""
+    for name in ("a.png", "b.png"):
+        (tmp_path / "data" / "sfw").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "sfw" / name).write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 20)
+    (tmp_path / "model.py").write_text(
+        "import numpy as np\n"
+        "def score(batch):\n    s = batch.mean(axis=(1, 2, 3)) / 255.0\n"
+        "    return np.stack([1 - s, s], axis=1)\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["audit", "data", "-o", "out", "--model", "model.py:score",
+                                      "--classes", "sfw,nsfw", "--no-concepts", "--mosaic", "0",
+                                      "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "0 scored, 2 failed" in result.output
+    assert "none of the 2 images could be read" in result.output
+    assert len(_read_csv(tmp_path / "out" / "errors.csv")) == 2
+
+
 def test_model_failures(tmp_path):
     """An image the model rejects fails alone; a model that rejects everything stops the run
     without recording the images as bad files (so a resume retries them)."""

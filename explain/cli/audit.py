@@ -11,6 +11,7 @@ import typer
 
 from explain.choices import BLACK_BOX_MODEL, DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ENGINES
 from explain.cli.common import (
+    EXIT_BAD_INPUT,
     AlphaOpt,
     BatchOpt,
     ColormapOpt,
@@ -25,6 +26,7 @@ from explain.cli.common import (
     VminOpt,
     choice,
     console,
+    error_line,
     plain,
     result_line,
     user_errors,
@@ -184,3 +186,7 @@ def audit(
                     f"{display(result.files['errors'])}")
     result_line("wrote " + ", ".join(display(path) for path in result.files.values()))
     result_line(f"report: {display(result.files['html'])}")
+    if result.images and not result.scored:  # a report of nothing must not pass for a run
+        error_line(f"none of the {result.images} images could be read: the audit measured "
+                   f"nothing (see {display(result.files['errors'])})")
+        raise typer.Exit(EXIT_BAD_INPUT)
