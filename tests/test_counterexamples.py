@@ -110,6 +110,7 @@ def test_the_carriers_are_found_with_their_window_and_score_rise(mined):
         level = 10 + 10 * int(Path(r["path"]).stem[-1])
         # filling the corner gray removes the red: the score falls from 0.9 to the REGION's level
         assert float(r["score"]) == pytest.approx(0.9 - level / 255, abs=1e-6)
+        assert float(r["p_target"]) == pytest.approx(0.9, abs=1e-6)  # the image's own score
         assert float(r["similarity"]) > 0.5
     # ranked by similarity × score: the darkest carrier (largest rise) first
     assert [int(r["rank"]) for r in top] == [1, 2, 3, 4, 5]

@@ -19,7 +19,8 @@ each cue:
   and is not listed; at most ``top`` images per cue.
 
 Outputs (in ``OUT``, written atomically): ``counterexamples.csv`` (``cue, rank, path,
-similarity, score, top, left, bottom, right``; the window in original image pixels),
+similarity, score, top, left, bottom, right, p_target``; the window in original image pixels,
+``p_target`` the image's own p(target): whether the model already flags it),
 ``counterexamples.html`` (self-contained: each cue's patches, then the listed images with the
 window outlined), ``pool_failed.csv`` (``path, reason``) for the pool images that could not be
 read, and with ``synthesize`` N: N images per cue under ``synthetic/``, each a true negative of
@@ -78,7 +79,8 @@ THUMB = 192
 TILES = 8
 RECIPIENTS = 500
 OUTLINE = (255, 0, 255)
-COLUMNS = ("cue", "rank", "path", "similarity", "score", "top", "left", "bottom", "right")
+COLUMNS = ("cue", "rank", "path", "similarity", "score", "top", "left", "bottom", "right",
+           "p_target")
 SYNTHETIC_COLUMNS = ("path", "label", "cue", "source", "patch", "patch_top", "patch_left",
                      "patch_bottom", "patch_right", "top", "left", "bottom", "right")
 FAILED_COLUMNS = ("path", "reason")
@@ -335,7 +337,7 @@ def ranked(mining: Mining, store: MiningStore, top: int) -> list[dict]:
     """The rows of ``counterexamples.csv`` (module docstring), streamed from ``store``."""
     centroids = np.stack([c.centroid for c in mining.cues])
     heaps: list[list[tuple]] = [[] for _ in mining.cues]
-    for path, _score, windows in store.windows():
+    for path, score, windows in store.windows():
         vectors = _unit(np.stack([np.frombuffer(w[5], np.float32) for w in windows])
                         .astype(np.float64) - mining.mean)
         similarity = vectors @ centroids.T
@@ -343,17 +345,18 @@ def ranked(mining: Mining, store: MiningStore, top: int) -> list[dict]:
             sim, drop = float(similarity[best, j]), float(windows[best][4])
             if sim <= 0.0 or drop <= 0.0:
                 continue
-            entry = (sim * drop, sim, path, windows[best][:4], drop)
+            entry = (sim * drop, sim, path, windows[best][:4], drop, score)
             if len(heaps[j]) < top:
                 heapq.heappush(heaps[j], entry)
             elif entry[:2] > heaps[j][0][:2]:
                 heapq.heapreplace(heaps[j], entry)
     rows = []
     for cue, heap in zip(mining.cues, heaps, strict=True):
-        for rank, (_, sim, path, (t, le, b, r), drop) in enumerate(
+        for rank, (_, sim, path, (t, le, b, r), drop, score) in enumerate(
                 sorted(heap, key=lambda e: (-e[0], -e[1], e[2])), 1):
             rows.append({"cue": cue.cue, "rank": rank, "path": path, "similarity": sim,
-                         "score": drop, "top": t, "left": le, "bottom": b, "right": r})
+                         "score": drop, "top": t, "left": le, "bottom": b, "right": r,
+                         "p_target": score})
     return rows
 
 
