@@ -374,7 +374,8 @@ def test_cli_audit(tmp_path, monkeypatch):
 
 def test_cli_audit_of_nothing_readable_fails(tmp_path, monkeypatch):
     """An audit whose every image failed writes its report (errors.csv says why) but exits 2
-    with a red line: a run that measured nothing must not pass for one in a pipeline."""
+    with a red line, and so does one that found no image: a run that measured nothing must not
+    pass for one in a pipeline."""
     for name in ("a.png", "b.png"):
         (tmp_path / "data" / "sfw").mkdir(parents=True, exist_ok=True)
         (tmp_path / "data" / "sfw" / name).write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 20)
@@ -388,8 +389,13 @@ def test_cli_audit_of_nothing_readable_fails(tmp_path, monkeypatch):
                                       "--quiet"])
     assert result.exit_code == 2, result.output
     assert "0 scored, 2 failed" in result.output
-    assert "none of the 2 images could be read" in result.output
+    assert "none of the 2 images could be read and scored" in result.output
     assert len(_read_csv(tmp_path / "out" / "errors.csv")) == 2
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["audit", "empty", "-o", "out2", "--model",
+                                      "model.py:score", "--classes", "sfw,nsfw", "--no-concepts",
+                                      "--mosaic", "0", "--quiet"])
+    assert result.exit_code == 2 and "found no image" in result.output, result.output
 
 
 def test_model_failures(tmp_path):

@@ -583,6 +583,42 @@ def test_written_jobs_stay_held_when_their_tick_fails(tmp_path, monkeypatch):
     assert store.requeue(worker.held()) == len(waiting)
 
 
+def test_a_passing_fault_of_the_table_costs_no_written_map(tmp_path, monkeypatch):
+    """One tick's transaction fails once (the table locked past its wait, say): the worker's
+    fault path fails the jobs it was still computing, but the jobs whose maps were written
+    are kept and marked done by the next tick."""
+    import sqlite3
+
+    real = JobStore.tick
+    calls = [0]
+
+    def once(self: JobStore, *args: object) -> set[str]:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, *args)
+
+    monkeypatch.setattr(JobStore, "tick", once)
+    store = JobStore(tmp_path)
+    ids = []
+    for picture in images() * 4:
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
+                                            "target": "b"})
+    worker = Worker(store, Models(load(_slow([]), class_names=["a", "b"]), None),
+                    threading.Event(), batch_size=4, max_pixels=10**6, tick_s=0.05)
+    drain(worker, store)
+    assert calls[0] > 2
+    jobs = [store.get(i) for i in ids]
+    for job in jobs:  # written: done; failed only with the fault, and then without a map
+        written = (store.folder(job.id) / "heatmap.npy").exists()
+        assert (job.status, written) in {("done", True), ("failed", False)}, job
+        assert job.status == "done" or "database is locked" in job.error
+    assert any(job.status == "done" for job in jobs)
+
+
 def _slow(calls: list[int]):
     """:func:`counting_model`'s black box, 5 ms a batch."""
     def score(batch: np.ndarray) -> np.ndarray:

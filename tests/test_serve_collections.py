@@ -317,6 +317,29 @@ def test_an_audit_job_writes_what_explain_audit_writes(server, photos, nsfw_onnx
 
 
 @pytest.mark.slow
+def test_an_audit_job_that_measured_nothing_fails(server, tmp_path):
+    """Every image of the collection is cut short after its header (accepted at upload, where
+    only the header is read; unreadable when decoded): the audit job fails with the sentence
+    `explain audit` exits 2 with, not ``done``."""
+    root = tmp_path / "cut"
+    (root / "sfw").mkdir(parents=True)
+    paths = []
+    for i in range(2):
+        whole = png(np.full((40, 40, 3), 60 * i, np.uint8))
+        paths.append(root / "sfw" / f"{i}.png")
+        paths[-1].write_bytes(whole[:len(whole) // 2])
+    collection = make_collection(server, ALICE, "cut short")
+    upload(server, collection, root, paths, ALICE)
+    reply = server.call("POST", "/v1/visualizations", token=ALICE, fields={
+        "method": "audit", "collection": collection, "top": "0", "concepts": "false",
+        "cues": "false"})
+    assert reply.status == 202, reply.body
+    job = server.wait(reply.json()["id"], token=ALICE)
+    assert job["status"] == "failed", job
+    assert job["error"] == ("none of the 2 images could be read and scored: the audit measured "
+                            "nothing (errors.csv says why)")
+
+
 def test_grid_and_audit_jobs_killed_mid_run_finish_after_a_restart(labelled, tmp_path):
     root, paths = labelled
     first = Server(tmp_path / "data").start()

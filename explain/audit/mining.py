@@ -20,7 +20,8 @@ each cue:
 
 Outputs (in ``OUT``, written atomically): ``counterexamples.csv`` (``cue, rank, path,
 similarity, score, top, left, bottom, right, p_target``; the window in original image pixels,
-``p_target`` the image's own p(target): whether the model already flags it),
+``p_target`` the image's own p(target), a clip's first frame's (the frame scanned): whether
+the model already flags it),
 ``counterexamples.html`` (self-contained: each cue's patches, then the listed images with the
 window outlined), ``pool_failed.csv`` (``path, reason``) for the pool images that could not be
 read, and with ``synthesize`` N: N images per cue under ``synthetic/``, each a true negative of

@@ -29,3 +29,14 @@ class AuditResult:
     metrics: dict = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     cues: Cues | None = None
+
+    def measured_nothing(self) -> str | None:
+        """Why this run measured nothing (no image found, or none read and scored), else None:
+        its report is written all the same, but a caller must not pass it for a run (the CLI
+        exits 2, the service fails the job)."""
+        if self.scored:
+            return None
+        if not self.images:
+            return "the audit found no image: it measured nothing"
+        return (f"none of the {self.images} images could be read and scored: the audit "
+                "measured nothing (errors.csv says why)")

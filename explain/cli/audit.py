@@ -186,7 +186,7 @@ def audit(
                     f"{display(result.files['errors'])}")
     result_line("wrote " + ", ".join(display(path) for path in result.files.values()))
     result_line(f"report: {display(result.files['html'])}")
-    if result.images and not result.scored:  # a report of nothing must not pass for a run
-        error_line(f"none of the {result.images} images could be read: the audit measured "
-                   f"nothing (see {display(result.files['errors'])})")
+    nothing = result.measured_nothing()  # a report of nothing must not pass for a run
+    if nothing:
+        error_line(nothing)
         raise typer.Exit(EXIT_BAD_INPUT)

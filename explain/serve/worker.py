@@ -234,8 +234,9 @@ TICK_S = 0.05
 """How often at most a worker records its occlusion jobs' progress and marks the written ones
 done (:meth:`Worker._tick`), in one transaction: one per model batch cost about 1 ms of a
 2-core machine's CPU per job at the service's pace with a model that costs nothing. A job's
-``done`` shows at most this much later; a deleted job is still dropped after the batch in
-flight (between ticks, a read asks which held jobs are gone)."""
+``done`` shows at most this much later than it would (at the end of the model batch in flight
+when its map is written); a deleted job is still dropped after the batch in flight (between
+ticks, a read asks which held jobs are gone)."""
 
 
 class Worker(threading.Thread):
@@ -294,11 +295,16 @@ class Worker(threading.Thread):
                     else:
                         self.wake.wait(EMPTY_RECHECK_S)
                 except Exception as exc:  # noqa: BLE001 — a fault outside any one job (the disk)
+                    # jobs whose map is written, or being written, are kept for a later tick:
+                    # their work is done (a write that fails is failed by that tick)
+                    written = {job_id: held for job_id, held in self._finishing.items()
+                               if not held[1].done() or held[1].exception() is None}
                     for job_id in self.held():
-                        self._fail(job_id, reason(exc))
+                        if job_id not in written:
+                            self._fail(job_id, reason(exc))
                     self._preparing.clear()
                     self._active.clear()
-                    self._finishing.clear()
+                    self._finishing = written
                     self._planning.clear()
                     self._next = None
                     self._alone = None
@@ -469,8 +475,13 @@ class Worker(threading.Thread):
         options = AuditOptions(threshold=o["threshold"], top=o["top"], concepts=o["concepts"],
                                cues=o["cues"], target=o["target"], max_pixels=self.max_pixels,
                                batch_size=self.batch_size)
-        audit(folder / AUDIT_LABELS, folder / AUDIT_FOLDER, model=self.models.black,
-              options=options, progress=lambda done, total, stage: watch(done, total, stage))
+        result = audit(folder / AUDIT_LABELS, folder / AUDIT_FOLDER, model=self.models.black,
+                       options=options,
+                       progress=lambda done, total, stage: watch(done, total, stage))
+        nothing = result.measured_nothing()
+        if nothing:  # as the CLI exits 2: its files stay, for the errors they list
+            self._fail(job.id, nothing)
+            return
         with self.store.locked(job.id):
             if self.store.get(job.id) is not None:
                 self.store.finish(job.id, None)
@@ -614,6 +625,8 @@ class Worker(threading.Thread):
         """No batch to score: wait until a job's preparation or writing ends, the next tick is
         due (written jobs wait for it) or a job is queued, whichever comes first; never spin
         on a future that is already done."""
+        if any(f.done() for f in self._preparing.values()):
+            return  # a job is ready to be taken in
         busy = [f for f in (*self._preparing.values(), *(f for _, f in self._finishing.values()))
                 if not f.done()]
         until_tick = max(0.0, self._ticked + self.tick_s - time.monotonic())
