@@ -47,6 +47,19 @@ def drain(worker: Worker, store: JobStore) -> None:
         worker.join()
 
 
+def queue(store: JobStore, pictures: list[np.ndarray]) -> list[str]:
+    """Occlusion jobs (box = stride = 8, gray, target b) of ``pictures`` queued in ``store``,
+    their uploads written as PNG; their ids."""
+    ids = []
+    for picture in pictures:
+        ids.append(store.new_id())
+        store.folder(ids[-1]).mkdir()
+        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
+        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
+                                            "target": "b"})
+    return ids
+
+
 def images() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -353,13 +366,7 @@ def test_a_shared_batch_the_model_refuses_fails_only_the_culprit(tmp_path):
     clf = load(picky, class_names=["a", "b"])
     store = JobStore(tmp_path)
     pictures = [images()[0], np.zeros((20, 24, 3), np.uint8), images()[2]]
-    ids = []
-    for picture in pictures:
-        ids.append(store.new_id())
-        store.folder(ids[-1]).mkdir()
-        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
-        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
-                                            "target": "b"})
+    ids = queue(store, pictures)
     worker = Worker(store, Models(clf, None), threading.Event(), batch_size=16,
                     max_pixels=10**6, tick_s=0)
     worker._claim()
@@ -392,13 +399,7 @@ def test_a_failed_write_fails_only_its_job(tmp_path, monkeypatch):
     clf = load(lambda b: np.stack([1 - b.mean((1, 2, 3)) / 255, b.mean((1, 2, 3)) / 255], 1),
                class_names=["a", "b"])
     store = JobStore(tmp_path)
-    ids = []
-    for picture in images()[:2]:
-        ids.append(store.new_id())
-        store.folder(ids[-1]).mkdir()
-        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
-        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
-                                            "target": "b"})
+    ids = queue(store, images()[:2])
     worker = Worker(store, Models(clf, None), threading.Event(), interleave=1, batch_size=64,
                     max_pixels=10**6, tick_s=0)
     for _ in ids:
@@ -506,13 +507,7 @@ def test_the_worker_updates_the_table_at_most_once_per_tick_s(tmp_path, monkeypa
     monkeypatch.setattr(JobStore, "tick", lambda self, *a: ticks.append(worker._ticked)
                         or real(self, *a))
     store = JobStore(tmp_path)
-    ids = []
-    for picture in images() * 8:
-        ids.append(store.new_id())
-        store.folder(ids[-1]).mkdir()
-        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
-        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
-                                            "target": "b"})
+    ids = queue(store, images() * 8)
     calls: list[int] = []
     model = load(_slow(calls), class_names=["a", "b"])
     worker = Worker(store, Models(model, None), threading.Event(), batch_size=4,
@@ -536,10 +531,7 @@ def test_a_written_job_waiting_for_its_tick_does_not_spin_the_worker(tmp_path, m
     monkeypatch.setattr(Worker, "_tick", lambda self: (idle.append(1) if not self._active
                                                        else None) or real(self))
     store = JobStore(tmp_path)
-    job_id = store.new_id()
-    store.folder(job_id).mkdir()
-    Image.fromarray(images()[0]).save(store.folder(job_id) / INPUT, format="PNG")
-    store.add(job_id, "", "occlusion", {"box": 8, "stride": 8, "fill": "gray", "target": "b"})
+    [job_id] = queue(store, images()[:1])
     worker = Worker(store, Models(counting_model([]), None), threading.Event(), batch_size=4,
                     max_pixels=10**6, tick_s=0.5)
     drain(worker, store)
@@ -554,13 +546,7 @@ def test_written_jobs_stay_held_when_their_tick_fails(tmp_path, monkeypatch):
     import sqlite3
 
     store = JobStore(tmp_path)
-    ids = []
-    for picture in images()[:2]:
-        ids.append(store.new_id())
-        store.folder(ids[-1]).mkdir()
-        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
-        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
-                                            "target": "b"})
+    queue(store, images()[:2])
     worker = Worker(store, Models(counting_model([]), None), threading.Event(), batch_size=64,
                     max_pixels=10**6, tick_s=3600, prepare=0)
     worker._claim()
@@ -600,13 +586,7 @@ def test_a_passing_fault_of_the_table_costs_no_written_map(tmp_path, monkeypatch
 
     monkeypatch.setattr(JobStore, "tick", once)
     store = JobStore(tmp_path)
-    ids = []
-    for picture in images() * 4:
-        ids.append(store.new_id())
-        store.folder(ids[-1]).mkdir()
-        Image.fromarray(picture).save(store.folder(ids[-1]) / INPUT, format="PNG")
-        store.add(ids[-1], "", "occlusion", {"box": 8, "stride": 8, "fill": "gray",
-                                            "target": "b"})
+    ids = queue(store, images() * 4)
     worker = Worker(store, Models(load(_slow([]), class_names=["a", "b"]), None),
                     threading.Event(), batch_size=4, max_pixels=10**6, tick_s=0.05)
     drain(worker, store)
