@@ -410,6 +410,8 @@ class JobStore:
     def gone(self, ids: list[str]) -> set[str]:
         """The jobs of ``ids`` that are no longer running (deleted): a read, no transaction
         (what a worker asks after each model batch between two ticks)."""
+        if not ids:
+            return set()  # nothing held: the lock the HTTP threads share is not taken
         with self._lock:
             running = self._running(ids)
         return {i for i in ids if i not in running}
